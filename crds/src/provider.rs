@@ -1,0 +1,174 @@
+//! `LLMProvider`: one provider account.
+
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::common::{ObjectStatus, SecretKeyRef};
+
+/// One provider account: where it is, how to authenticate, what its models cost.
+#[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[kube(
+    group = "tollgate.dev",
+    version = "v1alpha1",
+    kind = "LLMProvider",
+    root = "LlmProvider",
+    plural = "llmproviders",
+    singular = "llmprovider",
+    namespaced,
+    status = "ObjectStatus",
+    shortname = "llmp",
+    category = "tollgate",
+    doc = "An LLM provider account: type, endpoint, credentials (a weighted key pool), model prices.",
+    printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.endpoint"),
+    printcolumn(
+        name = "Accepted",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(validation = Rule::new("self.type != 'azure-openai' && self.type != 'openai-compatible' || has(self.endpoint)").message("endpoint is required for azure-openai and openai-compatible providers"))]
+#[x_kube(validation = Rule::new("self.type != 'bedrock' || has(self.region)").message("region is required for bedrock providers"))]
+#[x_kube(validation = Rule::new("self.type != 'vertex-ai' || (has(self.project) && has(self.region))").message("project and region are required for vertex-ai providers"))]
+#[x_kube(validation = Rule::new("self.type != 'azure-openai' || has(self.apiVersion)").message("apiVersion is required for azure-openai providers"))]
+#[serde(rename_all = "camelCase")]
+pub struct LlmProviderSpec {
+    /// The provider's API family.
+    #[serde(rename = "type")]
+    pub provider_type: ProviderType,
+    /// Base URL of the API, e.g. `https://api.openai.com/v1`. Defaults to the provider's
+    /// public endpoint where it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        regex(pattern = r"^https?://[^\s/?#]+([/?#]\S*)?$"),
+        length(max = 2048)
+    )]
+    pub endpoint: Option<String>,
+    /// Cloud region (bedrock, vertex-ai).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub region: Option<String>,
+    /// Cloud project (vertex-ai).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub project: Option<String>,
+    /// API version (azure-openai `api-version`, anthropic `anthropic-version`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 64))]
+    pub api_version: Option<String>,
+    /// Credentials, used as a weighted pool.
+    #[serde(default)]
+    #[schemars(length(max = 64))]
+    pub credentials: Vec<Credential>,
+    /// Per-model price and context-window overrides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub models: Vec<ModelOverride>,
+    /// Outlier ejection.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<HealthSpec>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderType {
+    Openai,
+    AzureOpenai,
+    Anthropic,
+    Gemini,
+    VertexAi,
+    Bedrock,
+    OpenaiCompatible,
+}
+
+impl ProviderType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Openai => "openai",
+            Self::AzureOpenai => "azure-openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::VertexAi => "vertex-ai",
+            Self::Bedrock => "bedrock",
+            Self::OpenaiCompatible => "openai-compatible",
+        }
+    }
+}
+
+/// One credential of the pool.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Credential {
+    /// Secret key holding the API key (default key `apiKey`).
+    pub secret_ref: SecretKeyRef,
+    /// Relative share of traffic within the pool.
+    #[serde(default = "default_weight")]
+    #[schemars(range(min = 0, max = 10000))]
+    pub weight: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limits: Option<CredentialLimits>,
+}
+
+fn default_weight() -> u32 {
+    1
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CredentialLimits {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub requests_per_minute: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub tokens_per_minute: Option<u64>,
+}
+
+/// Price (USD per million tokens) and context window for one model of this provider.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ModelOverride {
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub input_per_million_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub output_per_million_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.0))]
+    pub cached_input_per_million_usd: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
+    pub context_window: Option<u64>,
+}
+
+/// Outlier ejection: when a target or credential is taken out of rotation.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthSpec {
+    /// Consecutive failures that eject (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub consecutive_failures: Option<u32>,
+    /// First ejection time; grows on repeat (default 30s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub base_ejection_time: Option<String>,
+    /// Longest ejection (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub max_ejection_time: Option<String>,
+}
