@@ -1,0 +1,158 @@
+//! The controller's admin port: liveness, readiness, `/status` (every object's conditions,
+//! with `Programmed` from the dataplanes' ACKs) and Prometheus `/metrics`.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::compile::{Compiled, Condition, ObjectReport};
+use crate::objects::SourceError;
+use crate::tracker::{DataplaneInfo, Tracker};
+
+#[derive(Clone)]
+pub struct Admin {
+    pub snapshots: watch::Receiver<Arc<Compiled>>,
+    pub ready: watch::Receiver<bool>,
+    pub tracker: Arc<Tracker>,
+    pub registry: prometheus::Registry,
+}
+
+#[derive(Serialize)]
+struct StatusView<'a> {
+    config_version: &'a str,
+    objects: Vec<ObjectReport>,
+    errors: &'a [SourceError],
+    dataplanes: Vec<DataplaneInfo>,
+}
+
+impl Admin {
+    /// Every object's report with its `Programmed` condition filled in.
+    pub fn status(&self) -> serde_json::Value {
+        let snapshot = self.snapshots.borrow().clone();
+        let objects = snapshot
+            .reports
+            .iter()
+            .map(|r| {
+                let mut r = r.clone();
+                let accepted = r.condition("Accepted").is_some_and(|c| c.status == "True");
+                let programmed = match (&r.resource, accepted) {
+                    (Some(served), true) => {
+                        let p = self.tracker.programmed(served.type_url, &served.name, &served.version);
+                        let message = format!("applied by {} of {} dataplanes", p.applied, p.connected);
+                        if !p.rejections.is_empty() {
+                            Condition {
+                                type_: "Programmed",
+                                status: "False",
+                                reason: "Rejected".into(),
+                                message: format!("{message}; {}", p.rejections.join("; ")),
+                            }
+                        } else if p.connected > 0 && p.applied == p.connected {
+                            Condition {
+                                type_: "Programmed",
+                                status: "True",
+                                reason: "Programmed".into(),
+                                message,
+                            }
+                        } else {
+                            Condition {
+                                type_: "Programmed",
+                                status: "False",
+                                reason: "Pending".into(),
+                                message,
+                            }
+                        }
+                    }
+                    _ => Condition {
+                        type_: "Programmed",
+                        status: "False",
+                        reason: "NotServed".into(),
+                        message: "the object is not sent to dataplanes until it is accepted and its references resolve".into(),
+                    },
+                };
+                r.conditions.push(programmed);
+                r
+            })
+            .collect();
+        let view = StatusView {
+            config_version: &snapshot.version,
+            objects,
+            errors: &snapshot.source_errors,
+            dataplanes: self.tracker.dataplanes(),
+        };
+        serde_json::to_value(view).unwrap_or_default()
+    }
+
+    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
+        }
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/readyz" => {
+                if *self.ready.borrow() {
+                    text(StatusCode::OK, "ready\n")
+                } else {
+                    text(StatusCode::SERVICE_UNAVAILABLE, "config not loaded yet\n")
+                }
+            }
+            "/status" => {
+                let body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
+                let mut r = Response::new(Full::new(Bytes::from(body)));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("application/json"),
+                );
+                r
+            }
+            "/metrics" => {
+                let mut out = String::new();
+                let encoder = prometheus::TextEncoder::new();
+                if encoder
+                    .encode_utf8(&self.registry.gather(), &mut out)
+                    .is_err()
+                {
+                    return text(StatusCode::INTERNAL_SERVER_ERROR, "encoding failed\n");
+                }
+                let mut r = Response::new(Full::new(Bytes::from(out)));
+                r.headers_mut().insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/plain; version=0.0.4"),
+                );
+                r
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    pub async fn serve(self, listener: TcpListener) {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let this = self.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req| {
+                    let response = this.respond(&req);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, service)
+                    .await;
+            });
+        }
+    }
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *r.status_mut() = status;
+    r
+}

@@ -1,0 +1,866 @@
+//! Turns the objects read from a source into protocol resources, one per valid object, and
+//! a report of every object's conditions. Pure: no I/O, no clock, so every rule about what
+//! is accepted, resolved and served is tested without a cluster or a dataplane.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use base64::Engine;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use prost::Message;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+use tollgate_crds::common::{SecretKeyRef, parse_duration};
+use tollgate_crds::validate::{Validator, join_errors};
+use tollgate_crds::{API_VERSION, Kind};
+use tollgate_crds::{budget, mcp, provider, route, virtual_key};
+use tollgate_proto as pb;
+use tollgate_proto::resource::Body;
+
+use crate::objects::{Inputs, SourceError};
+
+/// Key of a provider's API key inside its Secret when `secretRef.key` is not given.
+pub const PROVIDER_SECRET_KEY: &str = "apiKey";
+/// Key of a virtual key inside its Secret when `secretRef.key` is not given.
+pub const VIRTUAL_KEY_SECRET_KEY: &str = "key";
+
+pub type ResourceMap = BTreeMap<String, Arc<pb::Resource>>;
+
+/// The compiled config: resources by type URL and name, and a report per object.
+#[derive(Clone, Debug, Default)]
+pub struct Compiled {
+    pub resources: BTreeMap<&'static str, ResourceMap>,
+    pub reports: Vec<ObjectReport>,
+    pub source_errors: Vec<SourceError>,
+    /// Identifies the whole config: changes when any resource does.
+    pub version: String,
+}
+
+impl Compiled {
+    pub fn resources_of(&self, type_url: &str) -> Option<&ResourceMap> {
+        self.resources.get(type_url)
+    }
+
+    pub fn resource_count(&self) -> usize {
+        self.resources.values().map(BTreeMap::len).sum()
+    }
+}
+
+/// The state of one object as the compiler sees it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ObjectReport {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub origin: String,
+    pub conditions: Vec<Condition>,
+    /// The protocol resource this object became, when it is served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resource: Option<ServedAs>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ServedAs {
+    pub type_url: &'static str,
+    pub name: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub type_: &'static str,
+    pub status: &'static str,
+    pub reason: String,
+    pub message: String,
+}
+
+impl Condition {
+    fn new(type_: &'static str, ok: bool, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            status: if ok { "True" } else { "False" },
+            reason: reason.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
+impl ObjectReport {
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
+
+struct Parsed<T> {
+    namespace: String,
+    name: String,
+    origin: String,
+    labels: BTreeMap<String, String>,
+    spec: T,
+}
+
+type Secrets = HashMap<(String, String), BTreeMap<String, Vec<u8>>>;
+
+#[derive(Default)]
+struct Kinds {
+    providers: Vec<Parsed<provider::LlmProviderSpec>>,
+    routes: Vec<Parsed<route::LlmRouteSpec>>,
+    keys: Vec<Parsed<virtual_key::VirtualKeySpec>>,
+    budgets: Vec<Parsed<budget::BudgetSpec>>,
+    mcp_servers: Vec<Parsed<mcp::McpServerSpec>>,
+    mcp_policies: Vec<Parsed<mcp::McpToolPolicySpec>>,
+}
+
+/// Compiles `inputs`. Objects without a namespace go to `default_namespace`.
+pub fn compile(inputs: &Inputs, validator: &Validator, default_namespace: &str) -> Compiled {
+    let mut out = Compiled {
+        source_errors: inputs.errors.clone(),
+        ..Compiled::default()
+    };
+    for type_url in pb::type_url::ALL {
+        out.resources.insert(type_url, BTreeMap::new());
+    }
+    let mut secrets: Secrets = HashMap::new();
+    let mut kinds = Kinds::default();
+    let mut seen: HashMap<(Kind, String, String), String> = HashMap::new();
+
+    for object in &inputs.objects {
+        let v = &object.value;
+        let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+        let kind_name = v.get("kind").and_then(Value::as_str).unwrap_or("");
+        let meta = v.get("metadata");
+        let name = meta
+            .and_then(|m| m.get("name"))
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let namespace = meta
+            .and_then(|m| m.get("namespace"))
+            .and_then(Value::as_str)
+            .unwrap_or(default_namespace)
+            .to_string();
+        if api_version == "v1" && kind_name == "Secret" {
+            match secret_data(v) {
+                Ok(data) => {
+                    secrets.insert((namespace, name), data);
+                }
+                Err(message) => out.source_errors.push(SourceError {
+                    origin: object.origin.clone(),
+                    message: format!("Secret {namespace}/{name}: {message}"),
+                }),
+            }
+            continue;
+        }
+        let Some(kind) = Kind::from_kind(kind_name).filter(|_| api_version == API_VERSION) else {
+            if api_version.starts_with("tollgate.dev/") {
+                out.source_errors.push(SourceError {
+                    origin: object.origin.clone(),
+                    message: format!("unknown kind {kind_name:?} in {api_version}"),
+                });
+            }
+            continue;
+        };
+        let mut report = ObjectReport {
+            kind: kind.to_string(),
+            namespace: namespace.clone(),
+            name: name.clone(),
+            origin: object.origin.clone(),
+            conditions: vec![],
+            resource: None,
+        };
+        if let Err(errors) = validator.validate(kind, v) {
+            report.conditions.push(Condition::new(
+                "Accepted",
+                false,
+                "Invalid",
+                join_errors(&errors),
+            ));
+            out.reports.push(report);
+            continue;
+        }
+        if let Some(first) = seen.insert(
+            (kind, namespace.clone(), name.clone()),
+            object.origin.clone(),
+        ) {
+            report.conditions.push(Condition::new(
+                "Accepted",
+                false,
+                "Duplicate",
+                format!("{kind} {namespace}/{name} is already defined in {first}"),
+            ));
+            out.reports.push(report);
+            continue;
+        }
+        let labels: BTreeMap<String, String> = meta
+            .and_then(|m| m.get("labels"))
+            .and_then(|l| serde_json::from_value(l.clone()).ok())
+            .unwrap_or_default();
+        let spec = v.get("spec").cloned().unwrap_or(Value::Null);
+        let origin = object.origin.clone();
+        let pushed = match kind {
+            Kind::LlmProvider => push(&mut kinds.providers, spec, namespace, name, origin, labels),
+            Kind::LlmRoute => push(&mut kinds.routes, spec, namespace, name, origin, labels),
+            Kind::VirtualKey => push(&mut kinds.keys, spec, namespace, name, origin, labels),
+            Kind::Budget => push(&mut kinds.budgets, spec, namespace, name, origin, labels),
+            Kind::McpServer => push(
+                &mut kinds.mcp_servers,
+                spec,
+                namespace,
+                name,
+                origin,
+                labels,
+            ),
+            Kind::McpToolPolicy => push(
+                &mut kinds.mcp_policies,
+                spec,
+                namespace,
+                name,
+                origin,
+                labels,
+            ),
+        };
+        if let Err(message) = pushed {
+            report
+                .conditions
+                .push(Condition::new("Accepted", false, "Invalid", message));
+            out.reports.push(report);
+        }
+    }
+
+    let names = |items: &[(&str, &str)]| -> std::collections::HashSet<(String, String)> {
+        items
+            .iter()
+            .map(|(ns, n)| (ns.to_string(), n.to_string()))
+            .collect()
+    };
+    let provider_names = names(
+        &kinds
+            .providers
+            .iter()
+            .map(|p| (p.namespace.as_str(), p.name.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let budget_names = names(
+        &kinds
+            .budgets
+            .iter()
+            .map(|p| (p.namespace.as_str(), p.name.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let server_names = names(
+        &kinds
+            .mcp_servers
+            .iter()
+            .map(|p| (p.namespace.as_str(), p.name.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let policy_names = names(
+        &kinds
+            .mcp_policies
+            .iter()
+            .map(|p| (p.namespace.as_str(), p.name.as_str()))
+            .collect::<Vec<_>>(),
+    );
+
+    for p in &kinds.providers {
+        let (body, missing) = compile_provider(p, &secrets);
+        finish(
+            &mut out,
+            Kind::LlmProvider,
+            p,
+            Some(Body::Provider(body)),
+            missing,
+        );
+    }
+    for r in &kinds.routes {
+        let body = compile_route(r);
+        let missing: Vec<String> = r
+            .spec
+            .targets
+            .iter()
+            .map(|t| &t.provider)
+            .chain(r.spec.fallbacks.iter().map(|f| &f.provider))
+            .filter(|p| !provider_names.contains(&(r.namespace.clone(), (*p).clone())))
+            .map(|p| format!("LLMProvider {p} not found"))
+            .collect();
+        finish(
+            &mut out,
+            Kind::LlmRoute,
+            r,
+            Some(Body::Route(body)),
+            missing,
+        );
+    }
+    for k in &kinds.keys {
+        let mut missing = Vec::new();
+        for b in &k.spec.budget_refs {
+            if !budget_names.contains(&(k.namespace.clone(), b.name.clone())) {
+                missing.push(format!("Budget {} not found", b.name));
+            }
+        }
+        if let Some(p) = &k.spec.mcp_tool_policy_ref
+            && !policy_names.contains(&(k.namespace.clone(), p.name.clone()))
+        {
+            missing.push(format!("MCPToolPolicy {} not found", p.name));
+        }
+        // Without its Secret a key cannot be checked, so it is not served at all.
+        match secret_value(
+            &secrets,
+            &k.namespace,
+            &k.spec.secret_ref,
+            VIRTUAL_KEY_SECRET_KEY,
+        ) {
+            Ok(key) => {
+                let body = compile_virtual_key(k, key.trim_ascii());
+                finish(
+                    &mut out,
+                    Kind::VirtualKey,
+                    k,
+                    Some(Body::VirtualKey(body)),
+                    missing,
+                );
+            }
+            Err(message) => {
+                missing.insert(0, message);
+                finish(&mut out, Kind::VirtualKey, k, None, missing);
+            }
+        }
+    }
+    for b in &kinds.budgets {
+        let mut missing = Vec::new();
+        if let Some(parent) = &b.spec.parent_ref
+            && !budget_names.contains(&(b.namespace.clone(), parent.name.clone()))
+        {
+            missing.push(format!("Budget {} not found", parent.name));
+        }
+        let body = compile_budget(b);
+        finish(&mut out, Kind::Budget, b, Some(Body::Budget(body)), missing);
+    }
+    for s in &kinds.mcp_servers {
+        let (body, missing) = compile_mcp_server(s, &secrets);
+        finish(
+            &mut out,
+            Kind::McpServer,
+            s,
+            Some(Body::McpServer(body)),
+            missing,
+        );
+    }
+    for p in &kinds.mcp_policies {
+        let missing: Vec<String> = p
+            .spec
+            .rules
+            .iter()
+            .filter(|r| !server_names.contains(&(p.namespace.clone(), r.server.clone())))
+            .map(|r| format!("MCPServer {} not found", r.server))
+            .collect();
+        let mut keys: Vec<String> = kinds
+            .keys
+            .iter()
+            .filter(|k| k.namespace == p.namespace && selector_matches(&p.spec.selector, &k.labels))
+            .map(|k| k.name.clone())
+            .collect();
+        keys.sort();
+        let body = pb::McpToolPolicy {
+            namespace: p.namespace.clone(),
+            name: p.name.clone(),
+            virtual_keys: keys,
+            rules: p
+                .spec
+                .rules
+                .iter()
+                .map(|r| pb::ToolRule {
+                    server: r.server.clone(),
+                    allow: r.allow.clone(),
+                    deny: r.deny.clone(),
+                    calls_per_minute: r
+                        .limits
+                        .as_ref()
+                        .and_then(|l| l.calls_per_minute)
+                        .unwrap_or(0),
+                })
+                .collect(),
+            compact_schemas: p.spec.compact_schemas,
+            log_arguments: p.spec.log_arguments,
+        };
+        finish(
+            &mut out,
+            Kind::McpToolPolicy,
+            p,
+            Some(Body::McpToolPolicy(body)),
+            missing,
+        );
+    }
+    let mut all = Sha256::new();
+    for (type_url, resources) in &out.resources {
+        for (name, r) in resources {
+            all.update(type_url.as_bytes());
+            all.update(name.as_bytes());
+            all.update(r.version.as_bytes());
+        }
+    }
+    out.version = to_hex(&all.finalize()[..8]);
+    out.reports.sort_by(|a, b| {
+        (&a.kind, &a.namespace, &a.name, &a.origin).cmp(&(
+            &b.kind,
+            &b.namespace,
+            &b.name,
+            &b.origin,
+        ))
+    });
+    out
+}
+
+fn push<T: DeserializeOwned>(
+    into: &mut Vec<Parsed<T>>,
+    spec: Value,
+    namespace: String,
+    name: String,
+    origin: String,
+    labels: BTreeMap<String, String>,
+) -> Result<(), String> {
+    let spec = serde_json::from_value(spec).map_err(|e| format!("spec: {e}"))?;
+    into.push(Parsed {
+        namespace,
+        name,
+        origin,
+        labels,
+        spec,
+    });
+    Ok(())
+}
+
+/// Records an accepted object: its conditions and, when it has a body, its resource.
+fn finish<T>(
+    out: &mut Compiled,
+    kind: Kind,
+    p: &Parsed<T>,
+    body: Option<Body>,
+    missing: Vec<String>,
+) {
+    let mut report = ObjectReport {
+        kind: kind.to_string(),
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        origin: p.origin.clone(),
+        conditions: vec![Condition::new("Accepted", true, "Accepted", "")],
+        resource: None,
+    };
+    report.conditions.push(if missing.is_empty() {
+        Condition::new("ResolvedRefs", true, "ResolvedRefs", "")
+    } else {
+        Condition::new("ResolvedRefs", false, "RefNotFound", missing.join("; "))
+    });
+    if let Some(body) = body {
+        let type_url = body.type_url();
+        let name = format!("{}/{}", p.namespace, p.name);
+        let version = version_of(&body);
+        report.resource = Some(ServedAs {
+            type_url,
+            name: name.clone(),
+            version: version.clone(),
+        });
+        out.resources.entry(type_url).or_default().insert(
+            name.clone(),
+            Arc::new(pb::Resource {
+                name,
+                version,
+                body: Some(body),
+            }),
+        );
+    }
+    out.reports.push(report);
+}
+
+/// A version that changes exactly when the body changes (prost encodes maps as BTreeMaps,
+/// so the encoding is deterministic).
+fn version_of(body: &Body) -> String {
+    let resource = pb::Resource {
+        name: String::new(),
+        version: String::new(),
+        body: Some(body.clone()),
+    };
+    let digest = Sha256::digest(resource.encode_to_vec());
+    to_hex(&digest[..8])
+}
+
+pub fn to_hex(bytes: &[u8]) -> String {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(HEX[(b >> 4) as usize] as char);
+        s.push(HEX[(b & 0xf) as usize] as char);
+    }
+    s
+}
+
+fn secret_data(v: &Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
+    let mut out = BTreeMap::new();
+    if let Some(data) = v.get("data").and_then(Value::as_object) {
+        for (k, val) in data {
+            let text = val
+                .as_str()
+                .ok_or_else(|| format!("data.{k} is not a string"))?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(text.trim())
+                .map_err(|_| format!("data.{k} is not valid base64"))?;
+            out.insert(k.clone(), bytes);
+        }
+    }
+    if let Some(data) = v.get("stringData").and_then(Value::as_object) {
+        for (k, val) in data {
+            let text = val
+                .as_str()
+                .ok_or_else(|| format!("stringData.{k} is not a string"))?;
+            out.insert(k.clone(), text.as_bytes().to_vec());
+        }
+    }
+    Ok(out)
+}
+
+/// The value at a Secret key. The error names the Secret and key, never the value.
+fn secret_value<'a>(
+    secrets: &'a Secrets,
+    namespace: &str,
+    r: &SecretKeyRef,
+    default_key: &str,
+) -> Result<&'a [u8], String> {
+    let key = r.key.as_deref().unwrap_or(default_key);
+    let data = secrets
+        .get(&(namespace.to_string(), r.name.clone()))
+        .ok_or_else(|| format!("Secret {} not found", r.name))?;
+    data.get(key)
+        .map(Vec::as_slice)
+        .ok_or_else(|| format!("Secret {} has no key {key:?}", r.name))
+}
+
+fn ms(d: Option<&String>) -> u64 {
+    d.and_then(|s| parse_duration(s))
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn default_endpoint(spec: &provider::LlmProviderSpec) -> String {
+    use provider::ProviderType as T;
+    if let Some(e) = &spec.endpoint {
+        return e.trim_end_matches('/').to_string();
+    }
+    let region = spec.region.as_deref().unwrap_or("");
+    match spec.provider_type {
+        T::Openai => "https://api.openai.com/v1".into(),
+        T::Anthropic => "https://api.anthropic.com".into(),
+        T::Gemini => "https://generativelanguage.googleapis.com".into(),
+        T::VertexAi => format!("https://{region}-aiplatform.googleapis.com"),
+        T::Bedrock => format!("https://bedrock-runtime.{region}.amazonaws.com"),
+        // The schema requires an endpoint for these.
+        T::AzureOpenai | T::OpenaiCompatible => String::new(),
+    }
+}
+
+fn compile_provider(
+    p: &Parsed<provider::LlmProviderSpec>,
+    secrets: &Secrets,
+) -> (pb::Provider, Vec<String>) {
+    use provider::ProviderType as T;
+    let mut missing = Vec::new();
+    let mut credentials = Vec::new();
+    for c in &p.spec.credentials {
+        match secret_value(secrets, &p.namespace, &c.secret_ref, PROVIDER_SECRET_KEY) {
+            Ok(value) => match std::str::from_utf8(value.trim_ascii()) {
+                Ok(key) => credentials.push(pb::Credential {
+                    id: format!(
+                        "{}/{}",
+                        c.secret_ref.name,
+                        c.secret_ref.key.as_deref().unwrap_or(PROVIDER_SECRET_KEY)
+                    ),
+                    api_key: key.to_string(),
+                    weight: c.weight,
+                    requests_per_minute: c
+                        .limits
+                        .as_ref()
+                        .and_then(|l| l.requests_per_minute)
+                        .unwrap_or(0),
+                    tokens_per_minute: c
+                        .limits
+                        .as_ref()
+                        .and_then(|l| l.tokens_per_minute)
+                        .unwrap_or(0),
+                }),
+                Err(_) => missing.push(format!("Secret {} value is not UTF-8", c.secret_ref.name)),
+            },
+            Err(message) => missing.push(message),
+        }
+    }
+    let provider_type = match p.spec.provider_type {
+        T::Openai => pb::ProviderType::Openai,
+        T::AzureOpenai => pb::ProviderType::AzureOpenai,
+        T::Anthropic => pb::ProviderType::Anthropic,
+        T::Gemini => pb::ProviderType::Gemini,
+        T::VertexAi => pb::ProviderType::VertexAi,
+        T::Bedrock => pb::ProviderType::Bedrock,
+        T::OpenaiCompatible => pb::ProviderType::OpenaiCompatible,
+    };
+    let body = pb::Provider {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        r#type: provider_type as i32,
+        endpoint: default_endpoint(&p.spec),
+        region: p.spec.region.clone().unwrap_or_default(),
+        project: p.spec.project.clone().unwrap_or_default(),
+        api_version: p.spec.api_version.clone().unwrap_or_default(),
+        credentials,
+        models: p
+            .spec
+            .models
+            .iter()
+            .map(|m| pb::ModelPrice {
+                name: m.name.clone(),
+                input_per_million_usd: m.input_per_million_usd,
+                output_per_million_usd: m.output_per_million_usd,
+                cached_input_per_million_usd: m.cached_input_per_million_usd,
+                context_window: m.context_window.unwrap_or(0),
+            })
+            .collect(),
+        health: p.spec.health.as_ref().map(|h| pb::Health {
+            consecutive_failures: h.consecutive_failures.unwrap_or(0),
+            base_ejection_ms: ms(h.base_ejection_time.as_ref()),
+            max_ejection_ms: ms(h.max_ejection_time.as_ref()),
+        }),
+    };
+    (body, missing)
+}
+
+fn compile_route(r: &Parsed<route::LlmRouteSpec>) -> pb::Route {
+    use route::Strategy as S;
+    let spec = &r.spec;
+    pb::Route {
+        namespace: r.namespace.clone(),
+        name: r.name.clone(),
+        models: spec.route_match.models.clone(),
+        headers: spec
+            .route_match
+            .headers
+            .iter()
+            .map(|h| pb::HeaderMatch {
+                name: h.name.to_ascii_lowercase(),
+                value: h.value.clone(),
+                regex: h.match_type == route::HeaderMatchType::RegularExpression,
+            })
+            .collect(),
+        strategy: match spec.strategy {
+            S::Weighted => pb::Strategy::Weighted,
+            S::Priority => pb::Strategy::Priority,
+            S::Latency => pb::Strategy::Latency,
+            S::LeastBusy => pb::Strategy::LeastBusy,
+            S::Cost => pb::Strategy::Cost,
+        } as i32,
+        targets: spec
+            .targets
+            .iter()
+            .map(|t| pb::Target {
+                provider: t.provider.clone(),
+                model: t.model.clone().unwrap_or_default(),
+                weight: t.weight,
+                priority: t.priority,
+            })
+            .collect(),
+        fallbacks: spec
+            .fallbacks
+            .iter()
+            .map(|f| pb::Fallback {
+                provider: f.provider.clone(),
+                model: f.model.clone().unwrap_or_default(),
+                timeout_ms: ms(f.timeout.as_ref()),
+            })
+            .collect(),
+        retries: spec.retries.as_ref().map(|rt| pb::Retries {
+            attempts: rt.attempts,
+            backoff_base_ms: ms(rt.backoff.as_ref().and_then(|b| b.base.as_ref())),
+            backoff_max_ms: ms(rt.backoff.as_ref().and_then(|b| b.max.as_ref())),
+            on: rt
+                .on
+                .iter()
+                .filter_map(|o| serde_json::to_value(o).ok())
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect(),
+        }),
+        timeouts: spec.timeouts.as_ref().map(|t| pb::Timeouts {
+            request_ms: ms(t.request.as_ref()),
+            first_token_ms: ms(t.first_token.as_ref()),
+            idle_ms: ms(t.idle.as_ref()),
+        }),
+    }
+}
+
+fn compile_virtual_key(k: &Parsed<virtual_key::VirtualKeySpec>, key: &[u8]) -> pb::VirtualKey {
+    let spec = &k.spec;
+    pb::VirtualKey {
+        namespace: k.namespace.clone(),
+        name: k.name.clone(),
+        key_sha256: Sha256::digest(key).to_vec(),
+        owner: spec.owner.as_ref().map(|o| pb::Owner {
+            team: o.team.clone().unwrap_or_default(),
+            customer: o.customer.clone().unwrap_or_default(),
+            user: o.user.clone().unwrap_or_default(),
+        }),
+        models: spec.models.clone(),
+        routes: spec.routes.clone(),
+        limits: spec.limits.as_ref().map(|l| pb::KeyLimits {
+            requests_per_minute: l.requests_per_minute.unwrap_or(0),
+            tokens_per_minute: l.tokens_per_minute.unwrap_or(0),
+            concurrency: l.concurrency.unwrap_or(0),
+        }),
+        budgets: spec.budget_refs.iter().map(|b| b.name.clone()).collect(),
+        session: spec.session.as_ref().map(|s| pb::SessionLimits {
+            header: s
+                .header
+                .clone()
+                .unwrap_or_else(|| "x-tollgate-session".into())
+                .to_ascii_lowercase(),
+            max_tokens: s.max_tokens.unwrap_or(0),
+            max_cost_usd: s.max_cost_usd,
+        }),
+        mcp_tool_policy: spec
+            .mcp_tool_policy_ref
+            .as_ref()
+            .map(|r| r.name.clone())
+            .unwrap_or_default(),
+        expires_at_unix: spec
+            .expires_at
+            .as_deref()
+            .and_then(parse_rfc3339_unix)
+            .unwrap_or(0),
+        disabled: spec.disabled,
+        labels: k.labels.clone(),
+    }
+}
+
+fn compile_budget(b: &Parsed<budget::BudgetSpec>) -> pb::Budget {
+    let spec = &b.spec;
+    let period = match spec.period.as_str() {
+        "day" | "week" | "month" => pb::budget::Period::Calendar(spec.period.clone()),
+        rolling => pb::budget::Period::RollingMs(ms(Some(&rolling.to_string()))),
+    };
+    pb::Budget {
+        namespace: b.namespace.clone(),
+        name: b.name.clone(),
+        parent: spec
+            .parent_ref
+            .as_ref()
+            .map(|p| p.name.clone())
+            .unwrap_or_default(),
+        limit_usd: spec.limit.usd,
+        limit_tokens: spec.limit.tokens,
+        period: Some(period),
+        time_zone: spec.time_zone.clone().unwrap_or_else(|| "UTC".into()),
+        thresholds: spec
+            .thresholds
+            .iter()
+            .map(|t| pb::Threshold {
+                percent: t.percent,
+                block: t.action == budget::ThresholdAction::Block,
+            })
+            .collect(),
+    }
+}
+
+fn compile_mcp_server(
+    s: &Parsed<mcp::McpServerSpec>,
+    secrets: &Secrets,
+) -> (pb::McpServer, Vec<String>) {
+    let mut missing = Vec::new();
+    let mut body = pb::McpServer {
+        namespace: s.namespace.clone(),
+        name: s.name.clone(),
+        url: s.spec.url.clone(),
+        sse: s.spec.transport == mcp::McpTransport::Sse,
+        tool_prefix: s.spec.tool_prefix.clone().unwrap_or_else(|| s.name.clone()),
+        timeout_ms: ms(s.spec.timeout.as_ref()),
+        ..Default::default()
+    };
+    let text = |r: &SecretKeyRef, default: &str, missing: &mut Vec<String>| -> String {
+        match secret_value(secrets, &s.namespace, r, default) {
+            Ok(v) => String::from_utf8_lossy(v.trim_ascii()).into_owned(),
+            Err(m) => {
+                missing.push(m);
+                String::new()
+            }
+        }
+    };
+    if let Some(auth) = &s.spec.auth {
+        if let Some(h) = &auth.header {
+            body.auth_header_name = h.name.clone();
+            let value = text(&h.secret_ref, "token", &mut missing);
+            body.auth_header_value = format!("{}{}", h.prefix.as_deref().unwrap_or(""), value);
+        }
+        if let Some(o) = &auth.oauth {
+            body.oauth = Some(pb::OAuthClient {
+                token_url: o.token_url.clone(),
+                client_id: o.client_id.clone(),
+                client_secret: text(&o.client_secret_ref, "clientSecret", &mut missing),
+                scopes: o.scopes.clone(),
+            });
+        }
+    }
+    (body, missing)
+}
+
+/// Kubernetes label-selector semantics: every matchLabels entry and every expression holds.
+pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    let labels_ok = selector
+        .match_labels
+        .iter()
+        .flatten()
+        .all(|(k, v)| labels.get(k) == Some(v));
+    let exprs_ok = selector.match_expressions.iter().flatten().all(|e| {
+        let values = e.values.as_deref().unwrap_or_default();
+        match e.operator.as_str() {
+            "In" => labels.get(&e.key).is_some_and(|v| values.contains(v)),
+            "NotIn" => labels.get(&e.key).is_none_or(|v| !values.contains(v)),
+            "Exists" => labels.contains_key(&e.key),
+            "DoesNotExist" => !labels.contains_key(&e.key),
+            _ => false,
+        }
+    });
+    labels_ok && exprs_ok
+}
+
+/// Unix seconds of an RFC 3339 time (already checked by the schema).
+pub fn parse_rfc3339_unix(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> { text.get(r)?.parse().ok() };
+    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    let mut i = 19;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+    }
+    let offset = match b.get(i) {
+        Some(b'Z' | b'z') => 0,
+        Some(sign @ (b'+' | b'-')) => {
+            let oh = num(i + 1..i + 3)?;
+            let om = num(i + 4..i + 6)?;
+            let o = oh * 3600 + om * 60;
+            if *sign == b'+' { o } else { -o }
+        }
+        _ => return None,
+    };
+    // Days from civil (proleptic Gregorian), 1970-01-01 is day 0.
+    let y = if mo <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (mo + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + h * 3600 + mi * 60 + s - offset)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,225 @@
+use serde_json::json;
+
+use super::*;
+use crate::objects::SourceObject;
+
+fn obj(origin: &str, v: Value) -> SourceObject {
+    SourceObject {
+        origin: origin.into(),
+        value: v,
+    }
+}
+
+fn base() -> Vec<SourceObject> {
+    vec![
+        obj(
+            "p.yaml#1",
+            json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+                "metadata": {"name": "openai"},
+                "spec": {"type": "openai", "credentials": [{"secretRef": {"name": "openai-key"}}]}
+            }),
+        ),
+        obj(
+            "p.yaml#2",
+            json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "openai-key"},
+                "data": {"apiKey": "c2stdXBzdHJlYW0="}
+            }),
+        ),
+        obj(
+            "r.yaml#1",
+            json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute",
+                "metadata": {"name": "chat"},
+                "spec": {"match": {"models": ["gpt-4o"]}, "targets": [{"provider": "openai"}]}
+            }),
+        ),
+        obj(
+            "k.yaml#1",
+            json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "VirtualKey",
+                "metadata": {"name": "alice", "labels": {"team": "a"}},
+                "spec": {"secretRef": {"name": "alice-key"}, "expiresAt": "2030-01-01T00:00:00Z"}
+            }),
+        ),
+        obj(
+            "k.yaml#2",
+            json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "alice-key"},
+                "stringData": {"key": "tg-alice\n"}
+            }),
+        ),
+    ]
+}
+
+fn run(objects: Vec<SourceObject>) -> Compiled {
+    compile(
+        &Inputs {
+            objects,
+            errors: vec![],
+        },
+        &Validator::new(),
+        "default",
+    )
+}
+
+fn report<'a>(c: &'a Compiled, kind: &str, name: &str) -> &'a ObjectReport {
+    c.reports
+        .iter()
+        .find(|r| r.kind == kind && r.name == name)
+        .unwrap_or_else(|| panic!("no report for {kind} {name}"))
+}
+
+#[test]
+fn valid_objects_become_one_resource_each() {
+    let c = run(base());
+    assert_eq!(c.resource_count(), 3);
+    let p = &c.resources[pb::type_url::PROVIDER]["default/openai"];
+    let Some(Body::Provider(body)) = &p.body else {
+        panic!()
+    };
+    assert_eq!(body.endpoint, "https://api.openai.com/v1");
+    assert_eq!(body.credentials[0].api_key, "sk-upstream");
+    assert_eq!(body.credentials[0].id, "openai-key/apiKey");
+    for r in &c.reports {
+        assert_eq!(r.condition("Accepted").unwrap().status, "True", "{r:?}");
+        assert_eq!(r.condition("ResolvedRefs").unwrap().status, "True", "{r:?}");
+    }
+}
+
+#[test]
+fn virtual_key_sends_only_a_hash_of_the_trimmed_key() {
+    let c = run(base());
+    let k = &c.resources[pb::type_url::VIRTUAL_KEY]["default/alice"];
+    let Some(Body::VirtualKey(body)) = &k.body else {
+        panic!()
+    };
+    assert_eq!(body.key_sha256, Sha256::digest(b"tg-alice").to_vec());
+    assert_eq!(body.expires_at_unix, 1_893_456_000);
+    assert_eq!(body.labels.get("team").map(String::as_str), Some("a"));
+    let encoded = k.encode_to_vec();
+    assert!(!encoded.windows(8).any(|w| w == b"tg-alice"));
+}
+
+#[test]
+fn invalid_object_is_reported_and_does_not_block_others() {
+    let mut objects = base();
+    objects.push(obj("bad.yaml#1", json!({
+        "apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute",
+        "metadata": {"name": "broken"},
+        "spec": {"match": {"models": ["x"]}, "targets": [{"provider": "openai", "weight": "heavy"}]}
+    })));
+    let c = run(objects);
+    let r = report(&c, "LLMRoute", "broken");
+    let accepted = r.condition("Accepted").unwrap();
+    assert_eq!(
+        (accepted.status, accepted.reason.as_str()),
+        ("False", "Invalid")
+    );
+    assert!(
+        accepted.message.contains("spec.targets[0].weight"),
+        "{accepted:?}"
+    );
+    assert_eq!(r.origin, "bad.yaml#1");
+    assert!(r.resource.is_none());
+    assert!(c.resources[pb::type_url::ROUTE].contains_key("default/chat"));
+    assert_eq!(c.resource_count(), 3);
+}
+
+#[test]
+fn missing_refs_are_reported() {
+    let mut objects = base();
+    objects.retain(|o| o.origin != "p.yaml#2" && o.origin != "k.yaml#2");
+    objects.push(obj(
+        "r2.yaml#1",
+        json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute",
+            "metadata": {"name": "other"},
+            "spec": {"match": {"models": ["claude*"]}, "targets": [{"provider": "anthropic"}]}
+        }),
+    ));
+    let c = run(objects);
+    let p = report(&c, "LLMProvider", "openai");
+    assert_eq!(
+        p.condition("ResolvedRefs").unwrap().message,
+        "Secret openai-key not found"
+    );
+    let r = report(&c, "LLMRoute", "other");
+    assert_eq!(
+        r.condition("ResolvedRefs").unwrap().message,
+        "LLMProvider anthropic not found"
+    );
+    // Served anyway: the dataplane answers with a clear error for that target.
+    assert!(r.resource.is_some());
+    // A key without its Secret cannot be checked and is not served.
+    let k = report(&c, "VirtualKey", "alice");
+    assert_eq!(k.condition("ResolvedRefs").unwrap().status, "False");
+    assert!(k.resource.is_none());
+}
+
+#[test]
+fn duplicates_keep_the_first() {
+    let mut objects = base();
+    let mut dup = objects[2].clone();
+    dup.origin = "dup.yaml#1".into();
+    objects.push(dup);
+    let c = run(objects);
+    let dups: Vec<_> = c
+        .reports
+        .iter()
+        .filter(|r| r.name == "chat" && r.condition("Accepted").unwrap().reason == "Duplicate")
+        .collect();
+    assert_eq!(dups.len(), 1);
+    assert_eq!(dups[0].origin, "dup.yaml#1");
+    assert!(
+        dups[0]
+            .condition("Accepted")
+            .unwrap()
+            .message
+            .contains("r.yaml#1")
+    );
+}
+
+#[test]
+fn versions_change_only_with_content() {
+    let a = run(base());
+    let b = run(base());
+    assert_eq!(
+        a.resources[pb::type_url::ROUTE]["default/chat"].version,
+        b.resources[pb::type_url::ROUTE]["default/chat"].version
+    );
+    let mut changed = base();
+    changed[2].value["spec"]["targets"][0]["weight"] = json!(5);
+    let c = run(changed);
+    assert_ne!(
+        a.resources[pb::type_url::ROUTE]["default/chat"].version,
+        c.resources[pb::type_url::ROUTE]["default/chat"].version
+    );
+    assert_eq!(
+        a.resources[pb::type_url::PROVIDER]["default/openai"].version,
+        c.resources[pb::type_url::PROVIDER]["default/openai"].version
+    );
+}
+
+#[test]
+fn selectors_and_times() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
+    let labels: BTreeMap<String, String> = [("team".to_string(), "a".to_string())].into();
+    let mut s = LabelSelector {
+        match_labels: Some([("team".to_string(), "a".to_string())].into()),
+        ..Default::default()
+    };
+    assert!(selector_matches(&s, &labels));
+    s.match_expressions = Some(vec![LabelSelectorRequirement {
+        key: "tier".into(),
+        operator: "Exists".into(),
+        values: None,
+    }]);
+    assert!(!selector_matches(&s, &labels));
+    assert_eq!(parse_rfc3339_unix("1970-01-01T00:00:00Z"), Some(0));
+    assert_eq!(
+        parse_rfc3339_unix("2026-11-22T10:00:00+01:00"),
+        Some(1_795_338_000)
+    );
+}

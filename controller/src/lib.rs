@@ -1,0 +1,13 @@
+//! The Tollgate controller: reads Tollgate resources (from a manifests directory in local
+//! mode), validates and compiles them into protocol resources, serves them to dataplanes
+//! over the config stream, tracks what each dataplane applied, and reports every object's
+//! conditions on its admin port.
+
+pub mod admin;
+pub mod auth;
+pub mod compile;
+pub mod local;
+pub mod objects;
+pub mod tracker;
+pub mod usage;
+pub mod xds;
