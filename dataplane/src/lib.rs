@@ -1,0 +1,15 @@
+//! The Tollgate dataplane: holds the config streamed by the controller as an immutable
+//! snapshot swapped atomically, serves the OpenAI-compatible API with virtual keys, picks
+//! a route and target per request, calls the provider over pooled connections, and
+//! streams the answer back as it arrives. It never talks to the Kubernetes API and keeps
+//! serving its last config while the controller is away.
+
+pub mod admin;
+pub mod glob;
+pub mod metrics;
+pub mod proxy;
+pub mod runtime;
+pub mod snapshot;
+pub mod store;
+pub mod upstream;
+pub mod xds;

@@ -1,0 +1,120 @@
+//! `tollgate-dataplane`: see the crate documentation.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
+use clap::{Parser, ValueEnum};
+use tokio::sync::watch;
+use tollgate_dataplane::admin::Admin;
+use tollgate_dataplane::metrics::Metrics;
+use tollgate_dataplane::proxy::{self, State};
+use tollgate_dataplane::snapshot::Snapshot;
+use tollgate_dataplane::store::Store;
+use tollgate_dataplane::{upstream, xds};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "tollgate-dataplane",
+    version,
+    about = "Serves the LLM APIs with config from the Tollgate controller"
+)]
+struct Args {
+    /// URL of the controller's config stream, e.g. http://127.0.0.1:18000.
+    #[arg(long)]
+    controller: String,
+    /// Address of the client-facing API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Address of /healthz, /readyz, /metrics and /config.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    admin_listen: SocketAddr,
+    /// File holding the token presented to the controller.
+    #[arg(long, value_name = "FILE")]
+    token_file: PathBuf,
+    /// Identifies this dataplane to the controller (default: host name and process id).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Largest request body accepted, in bytes.
+    #[arg(long, default_value_t = 32 * 1024 * 1024)]
+    max_body_bytes: usize,
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    init_logging(args.log_format);
+    let token = std::fs::read_to_string(&args.token_file)
+        .with_context(|| format!("reading --token-file {}", args.token_file.display()))?;
+    if token.trim().is_empty() {
+        bail!("--token-file {} is empty", args.token_file.display());
+    }
+    let node_id = args.node_id.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "dataplane".into());
+        format!("{}-{}", host.trim(), std::process::id())
+    });
+    let metrics = Metrics::new()?;
+    let config = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
+    let (ready_tx, ready_rx) = watch::channel(false);
+
+    let client = xds::Client {
+        controller: args.controller.clone(),
+        token,
+        node_id,
+        store: Arc::new(Mutex::new(Store::default())),
+        config: config.clone(),
+        ready: ready_tx,
+        metrics: metrics.clone(),
+    };
+    tokio::spawn(client.run());
+
+    let admin = Admin {
+        ready: ready_rx.clone(),
+        metrics: metrics.clone(),
+        config: config.clone(),
+    };
+    let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
+        .await
+        .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
+    tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
+    tokio::spawn(admin.serve(admin_listener));
+
+    let state = Arc::new(State {
+        config,
+        ready: ready_rx,
+        upstream: upstream::client(),
+        metrics,
+        max_body_bytes: args.max_body_bytes,
+    });
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("binding --listen {}", args.listen))?;
+    tracing::info!(addr = %listener.local_addr()?, "API listening");
+    tokio::select! {
+        () = proxy::serve(state, listener) => {},
+        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
+    }
+    Ok(())
+}

@@ -1,0 +1,88 @@
+//! The dataplane's Prometheus metrics.
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
+};
+
+#[derive(Clone, Debug)]
+pub struct Metrics {
+    pub registry: Registry,
+    /// Requests by route, provider, model (as sent upstream) and response status.
+    pub requests: IntCounterVec,
+    /// Time from request received to last byte sent.
+    pub duration: HistogramVec,
+    /// Time spent in the gateway itself, upstream wait excluded.
+    pub overhead: Histogram,
+    pub config_resources: IntGaugeVec,
+    pub config_updates: IntCounter,
+    pub config_rejected: IntCounter,
+    pub config_connected: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_requests_total",
+                "Requests served, by route, provider, model and status",
+            ),
+            &["route", "provider", "model", "status"],
+        )?;
+        let duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_request_duration_seconds",
+                "Time from request to last response byte",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
+                300.0,
+            ]),
+            &["route", "provider", "model"],
+        )?;
+        let overhead = Histogram::with_opts(
+            HistogramOpts::new(
+                "tollgate_overhead_seconds",
+                "Time spent in the gateway itself, upstream wait excluded",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
+            ]),
+        )?;
+        let config_resources = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_config_resources",
+                "Config resources held, by type",
+            ),
+            &["type"],
+        )?;
+        let config_updates =
+            IntCounter::new("tollgate_config_updates_total", "Config responses applied")?;
+        let config_rejected = IntCounter::new(
+            "tollgate_config_rejected_total",
+            "Config resources rejected (NACKed)",
+        )?;
+        let config_connected = IntGauge::new(
+            "tollgate_config_connected",
+            "1 while the config stream is up",
+        )?;
+        registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(duration.clone()))?;
+        registry.register(Box::new(overhead.clone()))?;
+        registry.register(Box::new(config_resources.clone()))?;
+        registry.register(Box::new(config_updates.clone()))?;
+        registry.register(Box::new(config_rejected.clone()))?;
+        registry.register(Box::new(config_connected.clone()))?;
+        Ok(Self {
+            registry,
+            requests,
+            duration,
+            overhead,
+            config_resources,
+            config_updates,
+            config_rejected,
+            config_connected,
+        })
+    }
+}

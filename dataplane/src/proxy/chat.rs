@@ -1,0 +1,299 @@
+//! `POST /v1/chat/completions`: authenticate, pick the route and target, rewrite the model
+//! if the target names another, call the provider, and forward its answer (JSON or SSE)
+//! chunk by chunk as it arrives.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body::{Frame, SizeHint};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::error::ApiError;
+use super::request::ChatHead;
+use super::{Body, BoxError, State, authenticate};
+use crate::metrics::Metrics;
+use crate::runtime::{ProviderKind, pick_weighted};
+
+/// Request headers passed on to the provider (trace context and request ids).
+const FORWARDED_REQUEST_HEADERS: [&str; 4] =
+    ["traceparent", "tracestate", "x-request-id", "accept"];
+
+/// Response headers never copied back (hop-by-hop, or describing the upstream connection).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "transfer-encoding"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "proxy-authenticate"
+            | "set-cookie"
+    )
+}
+
+#[derive(Default)]
+struct Labels {
+    route: String,
+    provider: String,
+    model: String,
+}
+
+/// Records a finished request once: when its body ends, fails, or is dropped.
+struct Completion {
+    metrics: Metrics,
+    labels: Labels,
+    status: StatusCode,
+    started: Instant,
+}
+
+impl Completion {
+    fn record(self) {
+        let l = &self.labels;
+        self.metrics
+            .requests
+            .with_label_values(&[
+                l.route.as_str(),
+                l.provider.as_str(),
+                l.model.as_str(),
+                self.status.as_str(),
+            ])
+            .inc();
+        self.metrics
+            .duration
+            .with_label_values(&[l.route.as_str(), l.provider.as_str(), l.model.as_str()])
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let mut labels = Labels::default();
+    match forward(state, req, started, &mut labels).await {
+        Ok(response) => response,
+        Err(e) => {
+            if matches!(e, ApiError::Internal | ApiError::UpstreamUnreachable) {
+                tracing::warn!(route = %labels.route, provider = %labels.provider, error = %e, "request failed");
+            }
+            let response = e.to_response();
+            Completion {
+                metrics: state.metrics.clone(),
+                labels,
+                status: response.status(),
+                started,
+            }
+            .record();
+            response
+        }
+    }
+}
+
+async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(ApiError::BodyTooLarge(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge(limit)),
+        Err(_) => Err(ApiError::BadRequest(
+            "The request body could not be read.".into(),
+        )),
+    }
+}
+
+async fn forward(
+    state: &State,
+    req: Request<Incoming>,
+    started: Instant,
+    labels: &mut Labels,
+) -> Result<Response<Body>, ApiError> {
+    let snapshot = state.config.load_full();
+    let (parts, body) = req.into_parts();
+    let key = authenticate(&snapshot, &parts.headers)?;
+    let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
+    let head = ChatHead::parse(&body)?;
+    if !key.allows_model(&head.model) {
+        return Err(ApiError::ModelNotAllowed(head.model));
+    }
+    let route = snapshot
+        .route(key, &head.model, &parts.headers)
+        .ok_or_else(|| ApiError::ModelNotFound(head.model.clone()))?;
+    labels.route.clone_from(&route.id);
+    let target = pick_weighted(&route.targets, |t| {
+        if snapshot.providers.contains_key(&t.provider) {
+            t.weight
+        } else {
+            0
+        }
+    })
+    .ok_or_else(|| ApiError::NoTarget(route.id.clone()))?;
+    let provider = snapshot
+        .providers
+        .get(&target.provider)
+        .ok_or_else(|| ApiError::NoTarget(route.id.clone()))?;
+    labels.provider.clone_from(&provider.id);
+    if !matches!(
+        provider.kind,
+        ProviderKind::OpenAi | ProviderKind::OpenAiCompatible | ProviderKind::AzureOpenAi
+    ) {
+        return Err(ApiError::UnsupportedProvider(provider.kind.as_str()));
+    }
+    let model = target.model.as_deref().unwrap_or(&head.model);
+    labels.model = model.to_string();
+
+    let mut upstream = Request::builder()
+        .method(Method::POST)
+        .uri(provider.chat_uri(model).map_err(|_| ApiError::Internal)?)
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
+        .body(Full::new(head.with_model(body, model)))
+        .map_err(|_| ApiError::Internal)?;
+    let headers = upstream.headers_mut();
+    for name in FORWARDED_REQUEST_HEADERS {
+        if let Some(v) = parts.headers.get(name) {
+            headers.insert(HeaderName::from_static(name), v.clone());
+        }
+    }
+    if let Some(credential) = provider.credential() {
+        headers.insert(credential.header.clone(), credential.value.clone());
+    }
+
+    let deadline = started + route.request_timeout;
+    let before_upstream = started.elapsed();
+    let response = match tokio::time::timeout_at(deadline, state.upstream.request(upstream)).await {
+        Err(_) => return Err(ApiError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            tracing::debug!(provider = %provider.id, error = %e, "upstream request failed");
+            return Err(ApiError::UpstreamUnreachable);
+        }
+        Ok(Ok(r)) => r,
+    };
+    let got_response = Instant::now();
+    let status = response.status();
+    match status.as_u16() {
+        401 | 403 => {
+            tracing::warn!(provider = %provider.id, status = status.as_u16(), "provider rejected the gateway's credentials");
+            return Err(ApiError::UpstreamAuth(status.as_u16()));
+        }
+        500..=599 => return Err(ApiError::UpstreamStatus(status.as_u16())),
+        // 2xx, and the provider's own 4xx (the client's request was at fault), pass through.
+        _ => {}
+    }
+    let (up_parts, up_body) = response.into_parts();
+    let mut out = Response::new(
+        Forwarded {
+            inner: up_body,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            done: Some(Completion {
+                metrics: state.metrics.clone(),
+                labels: std::mem::take(labels),
+                status,
+                started,
+            }),
+        }
+        .boxed(),
+    );
+    *out.status_mut() = status;
+    let out_headers = out.headers_mut();
+    for (name, value) in &up_parts.headers {
+        if !is_hop_by_hop(name) {
+            out_headers.append(name.clone(), value.clone());
+        }
+    }
+    for (name, value) in [
+        ("x-tollgate-route", route.id.as_str()),
+        ("x-tollgate-provider", provider.id.as_str()),
+        ("x-tollgate-model", model),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            out_headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    state
+        .metrics
+        .overhead
+        .observe((before_upstream + got_response.elapsed()).as_secs_f64());
+    Ok(out)
+}
+
+/// The provider's body, passed on frame by frame, cut at the request deadline; the
+/// request is recorded in metrics when it ends either way.
+struct Forwarded {
+    inner: Incoming,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    done: Option<Completion>,
+}
+
+impl Forwarded {
+    fn finish(&mut self) {
+        if let Some(done) = self.done.take() {
+            done.record();
+        }
+    }
+}
+
+impl Drop for Forwarded {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request exceeded its timeout of {0:?} while streaming")]
+struct StreamTimeout(Duration);
+
+impl http_body::Body for Forwarded {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
+            Poll::Ready(Some(Err(e))) => {
+                this.finish();
+                Poll::Ready(Some(Err(Box::new(e))))
+            }
+            Poll::Ready(None) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Pending => {
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    let elapsed = this
+                        .done
+                        .as_ref()
+                        .map(|d| d.started.elapsed())
+                        .unwrap_or_default();
+                    this.finish();
+                    return Poll::Ready(Some(Err(Box::new(StreamTimeout(elapsed)))));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}

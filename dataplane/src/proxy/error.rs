@@ -1,0 +1,159 @@
+//! Every error a client can get, and the one place that turns it into a response in
+//! OpenAI's error format with the right status code.
+
+use bytes::Bytes;
+use http::{HeaderValue, Response, StatusCode, header};
+use serde::Serialize;
+
+use super::{Body, full};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(
+        "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+    )]
+    MissingKey,
+    #[error("Incorrect API key provided.")]
+    InvalidKey,
+    #[error("This API key has expired.")]
+    ExpiredKey,
+    #[error("This API key is disabled.")]
+    DisabledKey,
+    #[error("This API key is not allowed to use the model `{0}`.")]
+    ModelNotAllowed(String),
+    #[error("The model `{0}` does not exist or you do not have access to it.")]
+    ModelNotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Request body is larger than the limit of {0} bytes.")]
+    BodyTooLarge(usize),
+    #[error("Unknown request URL: {method} {path}.")]
+    UnknownPath { method: String, path: String },
+    #[error("The gateway has not received its configuration yet.")]
+    NotReady,
+    #[error("Route `{0}` has no target that can take requests.")]
+    NoTarget(String),
+    #[error("Provider type `{0}` is not supported for this API yet.")]
+    UnsupportedProvider(&'static str),
+    #[error("The upstream provider could not be reached.")]
+    UpstreamUnreachable,
+    #[error("The upstream provider did not answer in time.")]
+    UpstreamTimeout,
+    #[error("The upstream provider rejected the gateway's credentials (status {0}).")]
+    UpstreamAuth(u16),
+    #[error("The upstream provider failed (status {0}).")]
+    UpstreamStatus(u16),
+    #[error("Internal gateway error.")]
+    Internal,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::MissingKey | Self::InvalidKey | Self::ExpiredKey | Self::DisabledKey => {
+                StatusCode::UNAUTHORIZED
+            }
+            Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::ModelNotFound(_) | Self::UnknownPath { .. } => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::NotReady | Self::NoTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UnsupportedProvider(_) => StatusCode::NOT_IMPLEMENTED,
+            Self::UpstreamUnreachable | Self::UpstreamAuth(_) | Self::UpstreamStatus(_) => {
+                StatusCode::BAD_GATEWAY
+            }
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.status().as_u16() {
+            401 => "invalid_request_error",
+            403 => "permission_error",
+            500..=599 => "server_error",
+            _ => "invalid_request_error",
+        }
+    }
+
+    fn code(&self) -> Option<&'static str> {
+        Some(match self {
+            Self::MissingKey | Self::InvalidKey => "invalid_api_key",
+            Self::ExpiredKey => "expired_api_key",
+            Self::DisabledKey => "disabled_api_key",
+            Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::ModelNotFound(_) => "model_not_found",
+            Self::BodyTooLarge(_) => "request_too_large",
+            Self::UnknownPath { .. } => "unknown_url",
+            Self::NotReady => "gateway_not_ready",
+            Self::NoTarget(_) => "no_target_available",
+            Self::UnsupportedProvider(_) => "unsupported_provider",
+            Self::UpstreamUnreachable => "upstream_unreachable",
+            Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamAuth(_) => "upstream_auth_failed",
+            Self::UpstreamStatus(_) => "upstream_error",
+            Self::BadRequest(_) | Self::Internal => return None,
+        })
+    }
+
+    fn param(&self) -> Option<&'static str> {
+        match self {
+            Self::ModelNotAllowed(_) | Self::ModelNotFound(_) => Some("model"),
+            _ => None,
+        }
+    }
+
+    pub fn to_response(&self) -> Response<Body> {
+        #[derive(Serialize)]
+        struct Inner<'a> {
+            message: String,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            param: Option<&'a str>,
+            code: Option<&'a str>,
+        }
+        #[derive(Serialize)]
+        struct Envelope<'a> {
+            error: Inner<'a>,
+        }
+        let body = serde_json::to_vec(&Envelope {
+            error: Inner {
+                message: self.to_string(),
+                kind: self.kind(),
+                param: self.param(),
+                code: self.code(),
+            },
+        })
+        .unwrap_or_default();
+        let mut response = Response::new(full(Bytes::from(body)));
+        *response.status_mut() = self.status();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn openai_error_shape() {
+        let r = ApiError::ModelNotFound("gpt-9".into()).to_response();
+        assert_eq!(r.status(), 404);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["error"]["code"], "model_not_found");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
+        assert_eq!(v["error"]["param"], "model");
+        assert_eq!(
+            v["error"]["message"],
+            "The model `gpt-9` does not exist or you do not have access to it."
+        );
+        assert_eq!(ApiError::UpstreamTimeout.status(), 504);
+        assert_eq!(ApiError::UpstreamUnreachable.status(), 502);
+    }
+}

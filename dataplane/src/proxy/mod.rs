@@ -1,0 +1,128 @@
+//! The client-facing HTTP server: OpenAI-compatible endpoints, dispatched by path.
+
+pub mod chat;
+pub mod error;
+pub mod models;
+pub mod request;
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::{Method, Request, Response};
+use http_body_util::BodyExt;
+use http_body_util::combinators::BoxBody;
+use hyper::body::Incoming;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::metrics::Metrics;
+use crate::snapshot::Snapshot;
+use crate::upstream::Upstream;
+use error::ApiError;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub type Body = BoxBody<Bytes, BoxError>;
+
+pub fn full(bytes: Bytes) -> Body {
+    http_body_util::Full::new(bytes)
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub struct State {
+    pub config: Arc<ArcSwap<Snapshot>>,
+    pub ready: watch::Receiver<bool>,
+    pub upstream: Upstream,
+    pub metrics: Metrics,
+    pub max_body_bytes: usize,
+}
+
+impl std::fmt::Debug for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State").finish_non_exhaustive()
+    }
+}
+
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Authenticates the request's virtual key against the snapshot.
+fn authenticate<'a>(
+    snapshot: &'a Snapshot,
+    headers: &http::HeaderMap,
+) -> Result<&'a Arc<crate::runtime::VirtualKey>, ApiError> {
+    let presented = headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim)
+        .filter(|v| !v.is_empty())
+        .ok_or(ApiError::MissingKey)?;
+    snapshot
+        .authenticate(presented.as_bytes(), now_unix())
+        .map_err(|refusal| match refusal {
+            crate::snapshot::KeyRefusal::Unknown => ApiError::InvalidKey,
+            crate::snapshot::KeyRefusal::Expired => ApiError::ExpiredKey,
+            crate::snapshot::KeyRefusal::Disabled => ApiError::DisabledKey,
+        })
+}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    if !*state.ready.borrow() {
+        return Ok(ApiError::NotReady.to_response());
+    }
+    let path = req.uri().path();
+    let response = match (req.method(), path) {
+        (&Method::POST, "/v1/chat/completions") => chat::handle(&state, req).await,
+        (&Method::GET, "/v1/models") => models::list(&state, &req),
+        (&Method::GET, p) if p.starts_with("/v1/models/") => models::get(&state, &req),
+        (method, path) => {
+            let e = ApiError::UnknownPath {
+                method: method.to_string(),
+                path: path.to_string(),
+            };
+            state
+                .metrics
+                .requests
+                .with_label_values(&["", "", "", e.status().as_str()])
+                .inc();
+            e.to_response()
+        }
+    };
+    Ok(response)
+}
+
+/// Accepts connections until the process ends; HTTP/1.1 and HTTP/2 (prior knowledge).
+pub async fn serve(state: Arc<State>, listener: TcpListener) {
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+            let io = hyper_util::rt::TokioIo::new(stream);
+            let builder =
+                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            if let Err(e) = builder.serve_connection(io, service).await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}

@@ -1,0 +1,122 @@
+//! Reads the little of a chat request the gateway needs (model, stream) without building
+//! the whole document, and rewrites the model in place, leaving every other byte as the
+//! client sent it.
+
+use std::ops::Range;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::error::ApiError;
+
+#[derive(Debug)]
+pub struct ChatHead {
+    pub model: String,
+    /// Byte range of the model's JSON string literal in the body.
+    model_span: Range<usize>,
+    pub stream: bool,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+}
+
+impl ChatHead {
+    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+        let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "We could not parse the JSON body of your request. ({e})"
+            ))
+        })?;
+        let raw = head
+            .model
+            .ok_or_else(|| ApiError::BadRequest("you must provide a model parameter".into()))?;
+        let model: String = serde_json::from_str(raw.get())
+            .map_err(|_| ApiError::BadRequest("model: expected a string".into()))?;
+        if model.is_empty() {
+            return Err(ApiError::BadRequest(
+                "you must provide a model parameter".into(),
+            ));
+        }
+        // The raw value borrows from `body`, so its offset is known without searching.
+        let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+        Ok(Self {
+            model,
+            model_span: start..start + raw.get().len(),
+            stream: head.stream.unwrap_or(false),
+        })
+    }
+
+    /// The body with `model` in place of the requested one (the same bytes when equal).
+    pub fn with_model(&self, body: bytes::Bytes, model: &str) -> bytes::Bytes {
+        if model == self.model {
+            return body;
+        }
+        let literal = serde_json::to_string(model).unwrap_or_default();
+        let mut out = Vec::with_capacity(body.len() + literal.len());
+        out.extend_from_slice(&body[..self.model_span.start]);
+        out.extend_from_slice(literal.as_bytes());
+        out.extend_from_slice(&body[self.model_span.end..]);
+        out.into()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_model_and_stream() {
+        let body =
+            br#"{"messages":[{"role":"user","content":"hi"}],"model":"gpt-4o","stream":true}"#;
+        let head = ChatHead::parse(body).unwrap();
+        assert_eq!(head.model, "gpt-4o");
+        assert!(head.stream);
+    }
+
+    #[test]
+    fn rewrites_only_the_model() {
+        let body = bytes::Bytes::from_static(
+            br#"{ "model" : "smart", "messages":[{"role":"user","content":"model: smart"}] }"#,
+        );
+        let head = ChatHead::parse(&body).unwrap();
+        let out = head.with_model(body.clone(), "gpt-4o-mini");
+        assert_eq!(
+            &out[..],
+            br#"{ "model" : "gpt-4o-mini", "messages":[{"role":"user","content":"model: smart"}] }"#
+        );
+        let same = head.with_model(body.clone(), "smart");
+        assert_eq!(same.as_ptr(), body.as_ptr(), "no copy when unchanged");
+    }
+
+    #[test]
+    fn escaped_model_names() {
+        let body = bytes::Bytes::from_static(br#"{"model":"a\"b"}"#);
+        let head = ChatHead::parse(&body).unwrap();
+        assert_eq!(head.model, "a\"b");
+        assert_eq!(&head.with_model(body, "c")[..], br#"{"model":"c"}"#);
+    }
+
+    #[test]
+    fn bad_bodies() {
+        for body in [
+            &b"not json"[..],
+            b"{\"model\":1}",
+            b"{}",
+            b"[]",
+            b"{\"model\":\"\"}",
+            b"{\"model\":\"a\",\"stream\":\"yes\"}",
+            b"{\"model\":\"a\",\"model\":\"b\"}",
+        ] {
+            assert!(
+                matches!(ChatHead::parse(body), Err(ApiError::BadRequest(_))),
+                "{:?}",
+                std::str::from_utf8(body)
+            );
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! The dataplane's own config types, converted from protocol resources with `TryFrom`.
+//! Everything a request needs is parsed here once (URIs, header values, regexes), so the
+//! request path does no parsing of config, and a resource that cannot be used is refused
+//! with a typed error instead of failing requests later.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use http::{HeaderName, HeaderValue, Uri};
+use regex::Regex;
+use tollgate_proto as pb;
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConvertError {
+    #[error("resource has no body")]
+    MissingBody,
+    #[error("body is a {found}, but the response is for {expected}")]
+    WrongType {
+        expected: String,
+        found: &'static str,
+    },
+    #[error("unknown provider type {0}")]
+    UnknownProviderType(i32),
+    #[error("endpoint {0:?} is not an absolute http(s) URL")]
+    BadEndpoint(String),
+    #[error("credential {0} cannot be sent as an HTTP header")]
+    BadCredential(String),
+    #[error("key hash must be 32 bytes, got {0}")]
+    BadKeyHash(usize),
+    #[error("route has no model names to match")]
+    NoModels,
+    #[error("route has no targets")]
+    NoTargets,
+    #[error("header match {name:?}: {reason}")]
+    BadHeaderMatch { name: String, reason: String },
+}
+
+/// Wire families the dataplane knows how to call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    OpenAi,
+    AzureOpenAi,
+    Anthropic,
+    Gemini,
+    VertexAi,
+    Bedrock,
+    OpenAiCompatible,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::AzureOpenAi => "azure-openai",
+            Self::Anthropic => "anthropic",
+            Self::Gemini => "gemini",
+            Self::VertexAi => "vertex-ai",
+            Self::Bedrock => "bedrock",
+            Self::OpenAiCompatible => "openai-compatible",
+        }
+    }
+}
+
+/// One credential, ready to put on a request.
+#[derive(Clone)]
+pub struct Credential {
+    pub id: String,
+    pub header: HeaderName,
+    pub value: HeaderValue,
+    pub weight: u32,
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("id", &self.id)
+            .field("weight", &self.weight)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Provider {
+    /// `<namespace>/<name>`.
+    pub id: String,
+    pub kind: ProviderKind,
+    /// Endpoint without a trailing slash.
+    pub endpoint: String,
+    pub api_version: String,
+    pub credentials: Vec<Credential>,
+}
+
+impl Provider {
+    /// The URI of a chat completion for `model` at this provider.
+    pub fn chat_uri(&self, model: &str) -> Result<Uri, http::Error> {
+        let uri = match self.kind {
+            ProviderKind::AzureOpenAi => format!(
+                "{}/openai/deployments/{}/chat/completions?api-version={}",
+                self.endpoint, model, self.api_version
+            ),
+            _ => format!("{}/chat/completions", self.endpoint),
+        };
+        Ok(Uri::try_from(uri)?)
+    }
+
+    /// Picks a credential by weight.
+    pub fn credential(&self) -> Option<&Credential> {
+        pick_weighted(&self.credentials, |c| c.weight)
+    }
+}
+
+impl TryFrom<&pb::Provider> for Provider {
+    type Error = ConvertError;
+
+    fn try_from(p: &pb::Provider) -> Result<Self, Self::Error> {
+        use pb::ProviderType as T;
+        let kind = match T::try_from(p.r#type) {
+            Ok(T::Openai) => ProviderKind::OpenAi,
+            Ok(T::AzureOpenai) => ProviderKind::AzureOpenAi,
+            Ok(T::Anthropic) => ProviderKind::Anthropic,
+            Ok(T::Gemini) => ProviderKind::Gemini,
+            Ok(T::VertexAi) => ProviderKind::VertexAi,
+            Ok(T::Bedrock) => ProviderKind::Bedrock,
+            Ok(T::OpenaiCompatible) => ProviderKind::OpenAiCompatible,
+            Ok(T::Unspecified) | Err(_) => return Err(ConvertError::UnknownProviderType(p.r#type)),
+        };
+        let endpoint = p.endpoint.trim_end_matches('/').to_string();
+        let parsed: Uri = endpoint
+            .parse()
+            .map_err(|_| ConvertError::BadEndpoint(p.endpoint.clone()))?;
+        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
+            return Err(ConvertError::BadEndpoint(p.endpoint.clone()));
+        }
+        let credentials = p
+            .credentials
+            .iter()
+            .map(|c| {
+                let (header, text) = match kind {
+                    ProviderKind::AzureOpenAi => {
+                        (HeaderName::from_static("api-key"), c.api_key.clone())
+                    }
+                    ProviderKind::Anthropic => {
+                        (HeaderName::from_static("x-api-key"), c.api_key.clone())
+                    }
+                    _ => (http::header::AUTHORIZATION, format!("Bearer {}", c.api_key)),
+                };
+                let mut value = HeaderValue::try_from(text)
+                    .map_err(|_| ConvertError::BadCredential(c.id.clone()))?;
+                value.set_sensitive(true);
+                Ok(Credential {
+                    id: c.id.clone(),
+                    header,
+                    value,
+                    weight: c.weight,
+                })
+            })
+            .collect::<Result<Vec<_>, ConvertError>>()?;
+        Ok(Self {
+            id: format!("{}/{}", p.namespace, p.name),
+            kind,
+            endpoint,
+            api_version: p.api_version.clone(),
+            credentials,
+        })
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum HeaderCondition {
+    Exact(String),
+    Regex(Regex),
+}
+
+#[derive(Clone, Debug)]
+pub struct HeaderMatch {
+    pub name: HeaderName,
+    pub condition: HeaderCondition,
+}
+
+#[derive(Clone, Debug)]
+pub struct Target {
+    /// `<namespace>/<name>` of the provider.
+    pub provider: String,
+    /// Model sent upstream; `None` sends the requested model.
+    pub model: Option<String>,
+    pub weight: u32,
+    pub priority: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct Route {
+    /// `<namespace>/<name>`.
+    pub id: String,
+    pub namespace: String,
+    pub name: String,
+    pub models: Vec<String>,
+    pub headers: Vec<HeaderMatch>,
+    pub targets: Vec<Target>,
+    pub request_timeout: Duration,
+}
+
+/// Used when a route sets no request timeout.
+pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+
+impl TryFrom<&pb::Route> for Route {
+    type Error = ConvertError;
+
+    fn try_from(r: &pb::Route) -> Result<Self, Self::Error> {
+        if r.models.is_empty() {
+            return Err(ConvertError::NoModels);
+        }
+        if r.targets.is_empty() {
+            return Err(ConvertError::NoTargets);
+        }
+        let headers = r
+            .headers
+            .iter()
+            .map(|h| {
+                let name = HeaderName::try_from(h.name.as_str()).map_err(|e| {
+                    ConvertError::BadHeaderMatch {
+                        name: h.name.clone(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                let condition = if h.regex {
+                    let anchored = format!("^(?:{})$", h.value);
+                    HeaderCondition::Regex(Regex::new(&anchored).map_err(|e| {
+                        ConvertError::BadHeaderMatch {
+                            name: h.name.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?)
+                } else {
+                    HeaderCondition::Exact(h.value.clone())
+                };
+                Ok(HeaderMatch { name, condition })
+            })
+            .collect::<Result<Vec<_>, ConvertError>>()?;
+        let timeout_ms = r.timeouts.as_ref().map_or(0, |t| t.request_ms);
+        Ok(Self {
+            id: format!("{}/{}", r.namespace, r.name),
+            namespace: r.namespace.clone(),
+            name: r.name.clone(),
+            models: r.models.clone(),
+            headers,
+            targets: r
+                .targets
+                .iter()
+                .map(|t| Target {
+                    provider: format!("{}/{}", r.namespace, t.provider),
+                    model: (!t.model.is_empty()).then(|| t.model.clone()),
+                    weight: t.weight,
+                    priority: t.priority,
+                })
+                .collect(),
+            request_timeout: if timeout_ms == 0 {
+                DEFAULT_REQUEST_TIMEOUT
+            } else {
+                Duration::from_millis(timeout_ms)
+            },
+        })
+    }
+}
+
+impl Route {
+    pub fn headers_match(&self, headers: &http::HeaderMap) -> bool {
+        self.headers.iter().all(|m| {
+            headers.get_all(&m.name).iter().any(|v| {
+                let Ok(v) = v.to_str() else { return false };
+                match &m.condition {
+                    HeaderCondition::Exact(want) => v == want,
+                    HeaderCondition::Regex(re) => re.is_match(v),
+                }
+            })
+        })
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub team: String,
+    pub customer: String,
+    pub user: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct VirtualKey {
+    /// `<namespace>/<name>`.
+    pub id: String,
+    pub namespace: String,
+    pub hash: [u8; 32],
+    pub owner: Owner,
+    /// Model globs; empty allows all.
+    pub models: Vec<String>,
+    /// Route-name globs; empty allows all in the namespace.
+    pub routes: Vec<String>,
+    /// Unix seconds; `None` never expires.
+    pub expires_at: Option<i64>,
+    pub disabled: bool,
+    pub labels: BTreeMap<String, String>,
+}
+
+impl TryFrom<&pb::VirtualKey> for VirtualKey {
+    type Error = ConvertError;
+
+    fn try_from(k: &pb::VirtualKey) -> Result<Self, Self::Error> {
+        let hash: [u8; 32] = k
+            .key_sha256
+            .as_slice()
+            .try_into()
+            .map_err(|_| ConvertError::BadKeyHash(k.key_sha256.len()))?;
+        Ok(Self {
+            id: format!("{}/{}", k.namespace, k.name),
+            namespace: k.namespace.clone(),
+            hash,
+            owner: k
+                .owner
+                .as_ref()
+                .map(|o| Owner {
+                    team: o.team.clone(),
+                    customer: o.customer.clone(),
+                    user: o.user.clone(),
+                })
+                .unwrap_or_default(),
+            models: k.models.clone(),
+            routes: k.routes.clone(),
+            expires_at: (k.expires_at_unix != 0).then_some(k.expires_at_unix),
+            disabled: k.disabled,
+            labels: k.labels.clone(),
+        })
+    }
+}
+
+impl VirtualKey {
+    pub fn allows_model(&self, model: &str) -> bool {
+        self.models.is_empty() || self.models.iter().any(|g| crate::glob::matches(g, model))
+    }
+
+    pub fn allows_route(&self, route: &Route) -> bool {
+        self.routes.is_empty()
+            || self
+                .routes
+                .iter()
+                .any(|g| crate::glob::matches(g, &route.name))
+    }
+}
+
+/// Picks an item with probability proportional to its weight; `None` when all weigh 0.
+pub fn pick_weighted<T>(items: &[T], weight: impl Fn(&T) -> u32) -> Option<&T> {
+    let total: u64 = items.iter().map(|i| u64::from(weight(i))).sum();
+    if total == 0 {
+        return None;
+    }
+    let mut point = fastrand::u64(0..total);
+    for item in items {
+        let w = u64::from(weight(item));
+        if point < w {
+            return Some(item);
+        }
+        point -= w;
+    }
+    None
+}
