@@ -2,4 +2,5 @@
 //! formats with injectable latency and faults, and helpers that start the real binaries
 //! on loopback for end-to-end tests.
 
+pub mod harness;
 pub mod mock;

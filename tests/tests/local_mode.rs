@@ -1,0 +1,559 @@
+//! End to end in local mode: mock-llm, the controller on a manifests directory, and a
+//! dataplane, as real processes on loopback, driven by real OpenAI clients.
+
+use std::time::{Duration, Instant};
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::error::OpenAIError;
+use async_openai::types::chat::{
+    ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions,
+    CreateChatCompletionRequestArgs,
+};
+use futures_util::StreamExt;
+use serde_json::Value;
+use tollgate_tests::harness::{DEMO_KEY, Stack, http_get};
+
+fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+fn client(api: &str, key: &str) -> Client<OpenAIConfig> {
+    init_tls();
+    Client::with_config(OpenAIConfig::new().with_api_base(api).with_api_key(key))
+}
+
+fn request(
+    model: &str,
+    text: &str,
+    stream: bool,
+) -> async_openai::types::chat::CreateChatCompletionRequest {
+    let mut args = CreateChatCompletionRequestArgs::default();
+    args.model(model)
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content(text)
+            .build()
+            .unwrap()
+            .into()]);
+    if stream {
+        args.stream_options(ChatCompletionStreamOptions {
+            include_usage: Some(true),
+            include_obfuscation: None,
+        });
+    }
+    args.build().unwrap()
+}
+
+/// Raw HTTP, for status codes and headers the SDKs hide.
+async fn post(
+    api: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    init_tls();
+    let mut req = reqwest::Client::new()
+        .post(format!("{api}/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, v)
+}
+
+fn chat_body(model: &str, text: &str) -> String {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]}).to_string()
+}
+
+/// Runs `f` and prints every process's log if it panics.
+async fn with_logs<F: std::future::Future<Output = ()>>(stack: &Stack, f: F) {
+    use futures_util::FutureExt;
+    if let Err(panic) = std::panic::AssertUnwindSafe(f).catch_unwind().await {
+        eprintln!("{}", stack.logs());
+        std::panic::resume_unwind(panic);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rust_openai_client_json_and_stream() {
+    let stack = Stack::start().unwrap();
+    with_logs(&stack, async {
+        let c = client(stack.api(), DEMO_KEY);
+        let r = c
+            .chat()
+            .create(request("gpt-4o", "hello from rust", false))
+            .await
+            .unwrap();
+        assert_eq!(r.model, "gpt-4o");
+        assert_eq!(
+            r.choices[0].message.content.as_deref(),
+            Some("Mock reply to: hello from rust")
+        );
+        let usage = r.usage.unwrap();
+        assert_eq!(
+            usage.total_tokens,
+            usage.prompt_tokens + usage.completion_tokens
+        );
+
+        // Streaming: every content chunk arrives, then the usage chunk.
+        let mut stream = c
+            .chat()
+            .create_stream(request("gpt-4o-mini", "count [mock chunks=20]", true))
+            .await
+            .unwrap();
+        let (mut pieces, mut usage) = (Vec::new(), None);
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            if let Some(text) = chunk.choices.first().and_then(|c| c.delta.content.clone())
+                && !text.is_empty()
+            {
+                pieces.push(text);
+            }
+            if chunk.usage.is_some() {
+                usage = chunk.usage;
+            }
+        }
+        assert_eq!(pieces.len(), 20, "{pieces:?}");
+        assert_eq!(usage.unwrap().completion_tokens, 20);
+
+        // The alias route sends gpt-4o upstream, and the provider got its own key.
+        let r = c
+            .chat()
+            .create(request("smart", "alias", false))
+            .await
+            .unwrap();
+        assert_eq!(r.model, "gpt-4o");
+        let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
+        let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
+        let last = requests.last().unwrap();
+        assert_eq!(last["body"]["model"], "gpt-4o");
+        assert_eq!(last["headers"]["authorization"], "Bearer sk-mock-primary");
+        assert!(
+            requests
+                .iter()
+                .all(|r| r["headers"]["authorization"] != format!("Bearer {DEMO_KEY}"))
+        );
+
+        let models = c.models().list().await.unwrap();
+        let mut ids: Vec<_> = models.data.iter().map(|m| m.id.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, ["gpt-4o", "gpt-4o-mini", "smart"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_forwarded_as_they_arrive() {
+    let stack = Stack::start().unwrap();
+    with_logs(&stack, async {
+        // 10 chunks, 150 ms apart: the first must arrive long before the last is sent.
+        let c = client(stack.api(), DEMO_KEY);
+        let started = Instant::now();
+        let mut stream = c
+            .chat()
+            .create_stream(request(
+                "gpt-4o",
+                "slow [mock chunks=10 chunk_delay_ms=150]",
+                false,
+            ))
+            .await
+            .unwrap();
+        let mut arrivals = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            chunk.unwrap();
+            arrivals.push(started.elapsed());
+        }
+        assert!(arrivals.len() >= 10, "{arrivals:?}");
+        let first = arrivals[0];
+        let last = *arrivals.last().unwrap();
+        assert!(last >= Duration::from_millis(1500), "{arrivals:?}");
+        assert!(
+            first < Duration::from_millis(700),
+            "first chunk held back: {arrivals:?}"
+        );
+    })
+    .await;
+}
+
+#[test]
+fn python_openai_sdk() {
+    let stack = Stack::start().unwrap();
+    let python = std::env::var("TOLLGATE_PYTHON").unwrap_or_else(|_| {
+        tollgate_tests::harness::workspace()
+            .join(".venv/bin/python")
+            .display()
+            .to_string()
+    });
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} not found: run `make venv` (make test does) or set TOLLGATE_PYTHON"
+    );
+    let script = tollgate_tests::harness::workspace().join("tests/python/openai_client.py");
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg(stack.api())
+        .arg(DEMO_KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        eprintln!("{}", stack.logs());
+    }
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains("python openai sdk: ok"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn errors_come_back_in_openai_format() {
+    let stack = Stack::start().unwrap();
+    with_logs(&stack, async {
+        let api = stack.api();
+        let cases: Vec<(Option<&str>, String, u16, Option<&str>)> = vec![
+            (
+                None,
+                chat_body("gpt-4o", "hi"),
+                401,
+                Some("invalid_api_key"),
+            ),
+            (
+                Some("tg-wrong"),
+                chat_body("gpt-4o", "hi"),
+                401,
+                Some("invalid_api_key"),
+            ),
+            (
+                Some(DEMO_KEY),
+                chat_body("gpt-9", "hi"),
+                404,
+                Some("model_not_found"),
+            ),
+            (Some(DEMO_KEY), "{\"model\": ".into(), 400, None),
+            (Some(DEMO_KEY), "{\"messages\": []}".into(), 400, None),
+            (
+                Some(DEMO_KEY),
+                chat_body("gpt-4o", "[mock status=500]"),
+                502,
+                Some("upstream_error"),
+            ),
+            (
+                Some(DEMO_KEY),
+                chat_body("gpt-4o", "[mock fail=reset]"),
+                502,
+                Some("upstream_unreachable"),
+            ),
+        ];
+        for (key, body, status, code) in cases {
+            let (got, _, v) = post(api, key, &body).await;
+            assert_eq!(got, status, "{body}: {v}");
+            assert_eq!(v["error"]["code"].as_str(), code, "{body}: {v}");
+            assert!(
+                v["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| !m.is_empty()),
+                "{v}"
+            );
+            assert!(v["error"]["type"].is_string(), "{v}");
+        }
+        // The provider's own client errors pass through with their status and headers.
+        let (got, headers, v) = post(
+            api,
+            Some(DEMO_KEY),
+            &chat_body("gpt-4o", "[mock status=429 retry_after=7]"),
+        )
+        .await;
+        assert_eq!(got, 429);
+        assert_eq!(headers["retry-after"], "7");
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        // Upstream messages are checked: an empty messages array is the provider's 400.
+        let (got, _, v) = post(api, Some(DEMO_KEY), r#"{"model":"gpt-4o","messages":[]}"#).await;
+        assert_eq!(got, 400);
+        assert_eq!(v["error"]["param"], "messages");
+
+        // The SDK sees the same errors.
+        let err = client(api, "tg-wrong")
+            .chat()
+            .create(request("gpt-4o", "hi", false))
+            .await
+            .unwrap_err();
+        let OpenAIError::ApiError(e) = err else {
+            panic!("{err:?}")
+        };
+        assert_eq!(e.status_code.as_u16(), 401);
+
+        // Requests are counted by route, provider, model and status.
+        let admin = &stack.dataplanes[0].admin;
+        let ok = Stack::metric(
+            admin,
+            "tollgate_requests_total",
+            &[("route", "default/chat"), ("status", "502")],
+        )
+        .unwrap();
+        assert_eq!(ok, 2.0);
+        let not_found =
+            Stack::metric(admin, "tollgate_requests_total", &[("status", "404")]).unwrap();
+        assert_eq!(not_found, 1.0);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn route_timeout_gives_504() {
+    let stack = Stack::start().unwrap();
+    with_logs(&stack, async {
+        stack
+            .write_manifest(
+                "timeout.yaml",
+                "apiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: hurried\nspec:\n  match:\n    models: [hurried]\n  targets:\n    - provider: openai-primary\n      model: gpt-4o\n  timeouts:\n    request: 300ms\n",
+            )
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let (status, _, v) = post(stack.api(), Some(DEMO_KEY), &chat_body("hurried", "[mock latency_ms=2000]")).await;
+            if status == 504 {
+                assert_eq!(v["error"]["code"], "upstream_timeout");
+                break;
+            }
+            assert_eq!(status, 404, "{v}");
+            assert!(Instant::now() < deadline, "route never applied");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await;
+}
+
+const NEW_KEY: &str = "\
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata:
+  name: carol
+spec:
+  secretRef:
+    name: carol-key
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: carol-key
+stringData:
+  key: tg-carol-secret
+";
+
+const BAD_ROUTE: &str = "\
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: broken
+spec:
+  match:
+    models: [broken-model]
+  strategy: round-robin
+  targets:
+    - provider: openai-primary
+";
+
+async fn status_of(api: &str, key: &str) -> u16 {
+    post(api, Some(key), &chat_body("gpt-4o", "hi")).await.0
+}
+
+fn find_object(admin: &str, name: &str) -> Option<Value> {
+    let (_, body) = http_get(&format!("{admin}/status")).ok()?;
+    let v: Value = serde_json::from_str(&body).ok()?;
+    v["objects"]
+        .as_array()?
+        .iter()
+        .find(|o| o["name"] == name)
+        .cloned()
+}
+
+/// Polls until `f` returns true; returns how long that took.
+async fn eventually<F, Fut>(within: Duration, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if f().await {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn manifests_are_watched() {
+    let stack = Stack::start().unwrap();
+    with_logs(&stack, async {
+        let admin = stack.controller_admin.clone();
+        let api = &stack.api().to_string();
+        let sent_before = Stack::metric(&admin, "tollgate_xds_resources_sent_total", &[]).unwrap();
+        assert_eq!(status_of(api, "tg-carol-secret").await, 401);
+
+        // A new key works within 2 s, and only that one resource is sent.
+        stack.write_manifest("carol.yaml", NEW_KEY).unwrap();
+        let took = eventually(Duration::from_secs(2), move || async move {
+            status_of(api, "tg-carol-secret").await == 200
+        })
+        .await;
+        eprintln!("new key served after {took:?}");
+        let sent =
+            Stack::metric(&admin, "tollgate_xds_resources_sent_total", &[]).unwrap() - sent_before;
+        assert_eq!(sent, 1.0, "a one-key change must send one resource");
+        assert_eq!(
+            Stack::metric(
+                &admin,
+                "tollgate_xds_resources_sent_total",
+                &[("type", "tollgate.dev/v1alpha1/VirtualKey")]
+            )
+            .unwrap(),
+            2.0,
+            "demo key at start, carol now"
+        );
+
+        // Deleting it makes it fail with 401.
+        stack.remove_manifest("carol.yaml").unwrap();
+        eventually(Duration::from_secs(2), move || async move {
+            status_of(api, "tg-carol-secret").await == 401
+        })
+        .await;
+
+        // An invalid route is reported with its file and reason; everything else works.
+        stack.write_manifest("broken.yaml", BAD_ROUTE).unwrap();
+        let admin_ref = &admin;
+        eventually(Duration::from_secs(2), move || async move {
+            find_object(admin_ref, "broken").is_some()
+        })
+        .await;
+        let report = find_object(&admin, "broken").unwrap();
+        assert_eq!(report["origin"], "broken.yaml#1");
+        let accepted = &report["conditions"][0];
+        assert_eq!(accepted["type"], "Accepted");
+        assert_eq!(accepted["status"], "False");
+        assert!(
+            accepted["message"]
+                .as_str()
+                .unwrap()
+                .contains("spec.strategy: Unsupported value: \"round-robin\""),
+            "{accepted}"
+        );
+        assert_eq!(status_of(api, DEMO_KEY).await, 200);
+        let (status, _, _) = post(stack.api(), Some(DEMO_KEY), &chat_body("smart", "hi")).await;
+        assert_eq!(status, 200);
+        let (status, _, _) = post(
+            stack.api(),
+            Some(DEMO_KEY),
+            &chat_body("broken-model", "hi"),
+        )
+        .await;
+        assert_eq!(status, 404);
+        let log = stack.controller.as_ref().unwrap().log_text();
+        assert!(
+            log.contains("broken.yaml#1") && log.contains("round-robin"),
+            "no log line for the bad file:\n{log}"
+        );
+
+        // Every accepted object is Programmed: the dataplane ACKed its current version.
+        let (_, body) = http_get(&format!("{admin}/status")).unwrap();
+        let v: Value = serde_json::from_str(&body).unwrap();
+        for o in v["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|o| o["name"] != "broken")
+        {
+            let programmed = o["conditions"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|c| c["type"] == "Programmed")
+                .unwrap();
+            assert_eq!(programmed["status"], "True", "{o}");
+            assert_eq!(programmed["message"], "applied by 1 of 1 dataplanes");
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dataplane_survives_controller_restart_without_resending() {
+    let mut stack = Stack::start().unwrap();
+    let api = stack.api().to_string();
+    let (status, _, _) = post(&api, Some(DEMO_KEY), &chat_body("gpt-4o", "hi")).await;
+    assert_eq!(status, 200);
+    stack.controller.as_mut().unwrap().kill();
+    // The last config keeps serving.
+    for _ in 0..5 {
+        let (status, _, v) = post(&api, Some(DEMO_KEY), &chat_body("gpt-4o", "hi")).await;
+        assert_eq!(status, 200, "{v}\n{}", stack.logs());
+    }
+    // A new controller: the dataplane resumes with the versions it holds; nothing is resent.
+    stack.start_controller().unwrap();
+    let admin = stack.controller_admin.clone();
+    eventually(Duration::from_secs(10), || {
+        let admin = admin.clone();
+        async move {
+            Stack::metric(&admin, "tollgate_xds_connected_dataplanes", &[]).unwrap_or(0.0) == 1.0
+        }
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = Stack::metric(&admin, "tollgate_xds_resources_sent_total", &[]).unwrap();
+    let responses = Stack::metric(&admin, "tollgate_xds_responses_total", &[]).unwrap();
+    assert_eq!(sent, 0.0, "{}", stack.logs());
+    assert_eq!(responses, 6.0, "one (empty) response per type");
+    let (status, _, _) = post(&api, Some(DEMO_KEY), &chat_body("gpt-4o", "hi")).await;
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn config_stream_requires_the_token() {
+    let mut stack = Stack::start().unwrap();
+    std::fs::write(&stack.token_file, "wrong-token\n").unwrap();
+    let (api_port, admin_port) = (
+        tollgate_tests::harness::free_port().unwrap(),
+        tollgate_tests::harness::free_port().unwrap(),
+    );
+    let args: Vec<String> = vec![
+        "--controller".into(),
+        format!("http://127.0.0.1:{}", stack.xds_port),
+        "--listen".into(),
+        format!("127.0.0.1:{api_port}"),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{admin_port}"),
+        "--token-file".into(),
+        stack.token_file.display().to_string(),
+    ];
+    let dp = tollgate_tests::harness::Process::start(
+        "intruder",
+        &tollgate_tests::harness::bin("tollgate-dataplane").unwrap(),
+        &args,
+        stack.dir.path(),
+    )
+    .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let (status, _) = http_get(&format!("http://127.0.0.1:{admin_port}/readyz")).unwrap();
+    assert_eq!(
+        status, 503,
+        "a dataplane with a wrong token must get no config"
+    );
+    assert!(
+        dp.log_text()
+            .contains("a valid dataplane token is required"),
+        "{}",
+        dp.log_text()
+    );
+    stack.dataplanes.clear();
+}
