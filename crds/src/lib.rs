@@ -3,6 +3,10 @@
 //! against those CRDs (OpenAPI schema and CEL rules) the way an apiserver would, so that
 //! local mode accepts exactly what a cluster accepts.
 
+// kube's derive takes repeated `printcolumn(...)` arguments, which this lint misreads as
+// duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod budget;
 pub mod common;
 pub mod mcp;

@@ -1,6 +1,8 @@
 //! End to end in local mode: mock-llm, the controller on a manifests directory, and a
 //! dataplane, as real processes on loopback, driven by real OpenAI clients.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use async_openai::Client;

@@ -114,27 +114,27 @@ impl Shared {
     }
 
     /// OpenAI's auth: `Authorization: Bearer`; Azure's: `api-key`.
-    fn check_key(&self, presented: Option<&str>, azure: bool) -> Result<(), Response<Body>> {
+    fn check_key(&self, presented: Option<&str>, azure: bool) -> Result<(), Box<Response<Body>>> {
         let Some(key) = presented.filter(|k| !k.is_empty()) else {
             let message = if azure {
                 "Access denied due to missing subscription key. Make sure to include subscription key when making requests to an API."
             } else {
                 "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
             };
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 message,
                 "invalid_request_error",
                 None,
-            ));
+            )));
         };
         if !self.config.api_keys.is_empty() && !self.config.api_keys.iter().any(|k| k == key) {
-            return Err(error(
+            return Err(Box::new(error(
                 StatusCode::UNAUTHORIZED,
                 &format!("Incorrect API key provided: {}.", mask(key)),
                 "invalid_request_error",
                 Some("invalid_api_key"),
-            ));
+            )));
         }
         Ok(())
     }
@@ -162,7 +162,7 @@ async fn chat(
             .and_then(|v| v.strip_prefix("Bearer "))
     };
     if let Err(response) = shared.check_key(presented, azure) {
-        return Ok(response);
+        return Ok(*response);
     }
     if azure && !parts.uri.query().unwrap_or("").contains("api-version=") {
         return Ok(error(
