@@ -361,3 +361,34 @@ pub fn pick_weighted<T>(items: &[T], weight: impl Fn(&T) -> u32) -> Option<&T> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_pick_follows_the_weights() {
+        fastrand::seed(7);
+        let weights = [3u32, 1, 0, 6];
+        let mut counts = [0u32; 4];
+        let n = 100_000;
+        for _ in 0..n {
+            let i = pick_weighted(&[0usize, 1, 2, 3], |&i| weights[i])
+                .copied()
+                .unwrap();
+            counts[i] += 1;
+        }
+        assert_eq!(counts[2], 0, "weight 0 is never picked");
+        // Chi-square with 2 degrees of freedom; 13.8 is the 0.1% critical value.
+        let total: u32 = weights.iter().sum();
+        let chi2: f64 = [0, 1, 3]
+            .iter()
+            .map(|&i| {
+                let expected = f64::from(n) * f64::from(weights[i]) / f64::from(total);
+                (f64::from(counts[i]) - expected).powi(2) / expected
+            })
+            .sum();
+        assert!(chi2 < 13.8, "counts {counts:?}, chi2 {chi2}");
+        assert!(pick_weighted(&[1, 2], |_| 0).is_none());
+    }
+}

@@ -52,8 +52,16 @@ async fn post(
     key: Option<&str>,
     body: &str,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
-    init_tls();
-    let mut req = reqwest::Client::new()
+    // One client per test thread: building one loads the trust store, and each test has
+    // its own runtime, which a client's pooled connections must not outlive.
+    thread_local! {
+        static HTTP: reqwest::Client = {
+            init_tls();
+            reqwest::Client::new()
+        };
+    }
+    let mut req = HTTP
+        .with(reqwest::Client::clone)
         .post(format!("{api}/chat/completions"))
         .header("content-type", "application/json")
         .body(body.to_string());
@@ -212,6 +220,40 @@ fn python_openai_sdk() {
         "python client failed:\n{stdout}\n{stderr}"
     );
     assert!(stdout.contains("python openai sdk: ok"), "{stdout}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_targets_share_traffic() {
+    let stack = Stack::start().unwrap();
+    with_logs(&stack, async {
+        // The quick start's `chat` route weighs openai-primary 3 and openai-secondary 1.
+        let n = 400;
+        let mut primary = 0;
+        for _ in 0..n {
+            let (status, headers, v) =
+                post(stack.api(), Some(DEMO_KEY), &chat_body("gpt-4o", "hi")).await;
+            assert_eq!(status, 200, "{v}");
+            match headers["x-tollgate-provider"].to_str().unwrap() {
+                "default/openai-primary" => primary += 1,
+                "default/openai-secondary" => {}
+                other => panic!("unexpected provider {other}"),
+            }
+        }
+        // Binomial(400, 0.75): mean 300, sd 8.7; five sd either side.
+        assert!(
+            (257..=343).contains(&primary),
+            "primary took {primary} of {n}"
+        );
+        // Each account was called with its own key.
+        let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
+        let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
+        let secondary_calls = requests
+            .iter()
+            .filter(|r| r["headers"]["authorization"] == "Bearer sk-mock-secondary")
+            .count();
+        assert_eq!(secondary_calls, n - primary);
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
