@@ -12,7 +12,7 @@ CTL_ADMIN   ?= 127.0.0.1:18001
 API_ADDR    ?= 127.0.0.1:8080
 DP_ADMIN    ?= 127.0.0.1:8081
 
-.PHONY: build run test lint fmt fmt-check clippy generate generate-check venv ci clean
+.PHONY: build run test lint fmt fmt-check clippy generate generate-check venv bench bench-smoke ci clean
 
 build:
 	$(CARGO) build -j $(JOBS) --workspace --bins
@@ -78,8 +78,19 @@ run: build
 	echo; \
 	wait
 
+## The benchmark (release build): direct vs bare proxy vs Tollgate; see docs/benchmarks.md.
+## Pass options with BENCH_ARGS, e.g. make bench BENCH_ARGS="--rate 4000 --seconds 20".
+BENCH_ARGS ?=
+bench:
+	$(CARGO) build --release -j $(JOBS) --workspace --bins
+	target/release/tollgate-bench $(BENCH_ARGS)
+
+## A few seconds per scenario on the debug build: checks the harness, measures nothing.
+bench-smoke: build
+	target/debug/tollgate-bench --smoke --out target/bench/smoke.json
+
 ## Exactly what CI runs.
-ci: lint generate-check test
+ci: lint generate-check test bench-smoke
 
 clean:
 	$(CARGO) clean

@@ -114,8 +114,35 @@ struct Kinds {
     mcp_policies: Vec<Parsed<mcp::McpToolPolicySpec>>,
 }
 
+/// Validation results of the previous compile, by object content: validation depends on
+/// the object alone and is most of a compile's cost, so an edit to one file of a large
+/// config re-validates only what changed.
+#[derive(Debug, Default)]
+pub struct ValidationCache {
+    entries: HashMap<ObjectKey, (Value, Result<(), String>)>,
+}
+
+/// Kind, namespace and name.
+type ObjectKey = (Kind, String, String);
+
 /// Compiles `inputs`. Objects without a namespace go to `default_namespace`.
 pub fn compile(inputs: &Inputs, validator: &Validator, default_namespace: &str) -> Compiled {
+    compile_cached(
+        inputs,
+        validator,
+        default_namespace,
+        &mut ValidationCache::default(),
+    )
+}
+
+/// [`compile`], reusing and refreshing `cache`.
+pub fn compile_cached(
+    inputs: &Inputs,
+    validator: &Validator,
+    default_namespace: &str,
+    cache: &mut ValidationCache,
+) -> Compiled {
+    let mut next_cache = HashMap::with_capacity(cache.entries.len());
     let mut out = Compiled {
         source_errors: inputs.errors.clone(),
         ..Compiled::default()
@@ -171,13 +198,24 @@ pub fn compile(inputs: &Inputs, validator: &Validator, default_namespace: &str) 
             conditions: vec![],
             resource: None,
         };
-        if let Err(errors) = validator.validate(kind, v) {
-            report.conditions.push(Condition::new(
-                "Accepted",
-                false,
-                "Invalid",
-                join_errors(&errors),
-            ));
+        let cache_key = (kind, namespace.clone(), name.clone());
+        let validated = match cache.entries.remove(&cache_key) {
+            Some((cached, result)) if &cached == v => {
+                next_cache.insert(cache_key, (cached, result.clone()));
+                result
+            }
+            _ => {
+                let result = validator
+                    .validate(kind, v)
+                    .map_err(|errors| join_errors(&errors));
+                next_cache.insert(cache_key, (v.clone(), result.clone()));
+                result
+            }
+        };
+        if let Err(message) = validated {
+            report
+                .conditions
+                .push(Condition::new("Accepted", false, "Invalid", message));
             out.reports.push(report);
             continue;
         }
@@ -394,6 +432,7 @@ pub fn compile(inputs: &Inputs, validator: &Validator, default_namespace: &str) 
             missing,
         );
     }
+    cache.entries = next_cache;
     let mut all = Sha256::new();
     for (type_url, resources) in &out.resources {
         for (name, r) in resources {

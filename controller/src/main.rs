@@ -12,7 +12,7 @@ use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::watch;
 use tollgate_controller::admin::Admin;
 use tollgate_controller::auth::TokenCheck;
-use tollgate_controller::compile::{Compiled, compile};
+use tollgate_controller::compile::{Compiled, ValidationCache, compile_cached};
 use tollgate_controller::local::LocalSource;
 use tollgate_controller::tracker::Tracker;
 use tollgate_controller::usage::UsageServer;
@@ -226,11 +226,12 @@ fn watch_manifests(
     let validator = Validator::new();
     let mut source = LocalSource::new(&dir);
     let mut reported: HashSet<String> = HashSet::new();
+    let mut cache = ValidationCache::default();
     loop {
         match source.scan() {
             Ok(true) => {
                 let started = std::time::Instant::now();
-                let compiled = compile(&source.inputs(), &validator, &namespace);
+                let compiled = compile_cached(&source.inputs(), &validator, &namespace, &mut cache);
                 compiles.inc();
                 report_problems(&compiled, &mut reported);
                 objects.reset();

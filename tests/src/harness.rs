@@ -20,12 +20,12 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     if let Ok(dir) = std::env::var("TOLLGATE_BIN_DIR") {
         return Ok(PathBuf::from(dir));
     }
-    // Test binaries live in target/<profile>/deps.
+    // Test binaries live in target/<profile>/deps, other binaries in target/<profile>.
     let exe = std::env::current_exe()?;
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("cannot find the target directory")?;
+    let mut dir = exe.parent().context("cannot find the target directory")?;
+    if dir.file_name().is_some_and(|n| n == "deps") {
+        dir = dir.parent().context("cannot find the target directory")?;
+    }
     Ok(dir.to_path_buf())
 }
 
@@ -81,6 +81,10 @@ impl Process {
             child,
             log,
         })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     pub fn kill(&mut self) {

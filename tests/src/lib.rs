@@ -2,5 +2,6 @@
 //! formats with injectable latency and faults, and helpers that start the real binaries
 //! on loopback for end-to-end tests.
 
+pub mod bench;
 pub mod harness;
 pub mod mock;

@@ -223,3 +223,39 @@ fn selectors_and_times() {
         Some(1_795_338_000)
     );
 }
+
+#[test]
+fn cached_compile_gives_the_same_result() {
+    let mut objects = base();
+    objects.push(obj(
+        "bad.yaml#1",
+        json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute",
+            "metadata": {"name": "broken"},
+            "spec": {"match": {"models": ["x"]}, "targets": []}
+        }),
+    ));
+    let inputs = Inputs {
+        objects,
+        errors: vec![],
+    };
+    let validator = Validator::new();
+    let mut cache = ValidationCache::default();
+    let first = compile_cached(&inputs, &validator, "default", &mut cache);
+    let second = compile_cached(&inputs, &validator, "default", &mut cache);
+    let plain = compile(&inputs, &validator, "default");
+    assert_eq!(first.reports, plain.reports);
+    assert_eq!(second.reports, plain.reports);
+    assert_eq!(second.version, plain.version);
+    // A changed object is validated again, not served from the cache.
+    let mut changed = inputs.clone();
+    changed.objects[2].value["spec"]["strategy"] = json!("nope");
+    let third = compile_cached(&changed, &validator, "default", &mut cache);
+    assert_eq!(
+        report(&third, "LLMRoute", "chat")
+            .condition("Accepted")
+            .unwrap()
+            .status,
+        "False"
+    );
+}

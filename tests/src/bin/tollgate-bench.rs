@@ -1,0 +1,647 @@
+//! `tollgate-bench`: the benchmark behind `make bench`. See docs/benchmarks.md.
+//!
+//! Starts mock-llm, a bare proxy and Tollgate (controller in local mode + dataplane) on
+//! loopback, measures three paths to the same mock (direct, through the bare proxy,
+//! through Tollgate), JSON and streamed, at a fixed rate and at max throughput, then the
+//! config-scale scenario, and writes every figure to a JSON file.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use bytes::Bytes;
+use clap::Parser;
+use http::{HeaderName, HeaderValue};
+use serde::Serialize;
+use tollgate_tests::bench::{self, HttpClient, Percentiles, Run, Target, proc};
+use tollgate_tests::harness::{Process, bin, free_port, http_get, wait_ok};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    name = "tollgate-bench",
+    about = "Measures Tollgate's own cost against a direct call and a bare proxy"
+)]
+struct Args {
+    /// Fixed request rate for the latency runs.
+    #[arg(long, default_value_t = 2000.0)]
+    rate: f64,
+    /// Seconds measured per run.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Seconds of unrecorded warm-up before each run.
+    #[arg(long, default_value_t = 2.0)]
+    warmup: f64,
+    /// Workers in the max-throughput runs.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Content chunks per answer (a stream has this many chunks plus framing).
+    #[arg(long, default_value_t = 20)]
+    chunks: usize,
+    /// VirtualKeys and LLMRoutes in the config-scale scenario.
+    #[arg(long, default_value_t = 10_000)]
+    scale_keys: usize,
+    #[arg(long, default_value_t = 1_000)]
+    scale_routes: usize,
+    /// Skip the config-scale scenario.
+    #[arg(long)]
+    skip_scale: bool,
+    /// A few seconds per scenario, to check the harness works (figures mean nothing).
+    #[arg(long)]
+    smoke: bool,
+    /// Where the JSON results go.
+    #[arg(long, default_value = "target/bench/results.json")]
+    out: PathBuf,
+}
+
+const UPSTREAM_KEY: &str = "sk-bench-upstream";
+const CLIENT_KEY: &str = "tg-bench-client-key";
+
+#[derive(Serialize)]
+struct ModeResult {
+    fixed_rate: Run,
+    max_throughput: Run,
+}
+
+#[derive(Serialize)]
+struct Scenario {
+    name: &'static str,
+    json: ModeResult,
+    stream: ModeResult,
+}
+
+#[derive(Serialize, Default)]
+struct Added {
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+impl Added {
+    fn between(a: &Percentiles, b: &Percentiles) -> Self {
+        Self {
+            p50: a.p50 - b.p50,
+            p90: a.p90 - b.p90,
+            p99: a.p99 - b.p99,
+            p999: a.p999 - b.p999,
+            max: a.max - b.max,
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Comparison {
+    /// Tollgate minus direct, per percentile, in ms (fixed rate).
+    added_latency_ms: Added,
+    /// Bare proxy minus direct: the cost of any hop.
+    bare_proxy_added_latency_ms: Added,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    added_first_chunk_ms: Option<Added>,
+    throughput_tollgate_over_direct: f64,
+    throughput_tollgate_over_bare_proxy: f64,
+}
+
+#[derive(Serialize)]
+struct Dataplane {
+    peak_rss_mib: f64,
+    cpu_seconds_per_1000_requests: f64,
+    /// Mean of tollgate_overhead_seconds over the whole run, in ms.
+    mean_overhead_ms: f64,
+}
+
+#[derive(Serialize)]
+struct Scale {
+    virtual_keys: usize,
+    routes: usize,
+    seconds_to_serve_full_config: f64,
+    dataplane_rss_mib: f64,
+    one_key_change_seconds: f64,
+    one_key_change_resources_sent: f64,
+}
+
+#[derive(Serialize)]
+struct Report {
+    date_unix: u64,
+    machine: String,
+    settings: Settings,
+    scenarios: Vec<Scenario>,
+    json: Comparison,
+    stream: Comparison,
+    dataplane: Dataplane,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scale: Option<Scale>,
+}
+
+#[derive(Serialize)]
+struct Settings {
+    rate: f64,
+    seconds: f64,
+    warmup: f64,
+    concurrency: usize,
+    chunks: usize,
+    smoke: bool,
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .map(|l| l.split(':').nth(1).unwrap_or("").trim().to_string())
+        })
+        .unwrap_or_default();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let mem = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .next()
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|k| k.parse::<u64>().ok())
+        })
+        .map(|kib| kib / 1024 / 1024)
+        .unwrap_or(0);
+    format!("{cores} cores, {mem} GiB, {cpu}")
+}
+
+fn chat_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target> {
+    let body = if stream {
+        r#"{"model":"gpt-4o","stream":true,"messages":[{"role":"user","content":"Benchmark request"}]}"#
+    } else {
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Benchmark request"}]}"#
+    };
+    Ok(Target {
+        uri: format!("{base}/v1/chat/completions").parse()?,
+        headers: vec![
+            (
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {key}"))?,
+            ),
+        ],
+        body: Bytes::from_static(body.as_bytes()),
+    })
+}
+
+fn manifests(dir: &Path, mock: &str) -> anyhow::Result<()> {
+    let mut text = String::new();
+    for name in ["bench-a", "bench-b"] {
+        write!(
+            text,
+            "apiVersion: tollgate.dev/v1alpha1\nkind: LLMProvider\nmetadata:\n  name: {name}\nspec:\n  type: openai\n  endpoint: {mock}/v1\n  credentials:\n    - secretRef:\n        name: {name}-key\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-key\nstringData:\n  apiKey: {UPSTREAM_KEY}\n---\n"
+        )?;
+    }
+    text += "apiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: bench\nspec:\n  match:\n    models: [gpt-4o]\n  targets:\n    - provider: bench-a\n      weight: 1\n    - provider: bench-b\n      weight: 1\n---\n";
+    write!(
+        text,
+        "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: bench\nspec:\n  secretRef:\n    name: bench-key\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-key\nstringData:\n  key: {CLIENT_KEY}\n"
+    )?;
+    std::fs::write(dir.join("bench.yaml"), text)?;
+    Ok(())
+}
+
+struct Tollgate {
+    // Held so the process lives as long as this value.
+    _controller: Process,
+    dataplane: Process,
+    api: String,
+    admin: String,
+    controller_admin: String,
+}
+
+fn start_tollgate(work: &Path, manifests: &Path, wait: bool) -> anyhow::Result<Tollgate> {
+    let token = work.join("token");
+    std::fs::write(&token, "bench-token\n")?;
+    let (xds, cadmin, api, admin) = (free_port()?, free_port()?, free_port()?, free_port()?);
+    let controller = Process::start(
+        "controller",
+        &bin("tollgate-controller")?,
+        &[
+            "--manifests".into(),
+            manifests.display().to_string(),
+            "--xds-listen".into(),
+            format!("127.0.0.1:{xds}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{cadmin}"),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--poll-interval".into(),
+            "100ms".into(),
+        ],
+        work,
+    )?;
+    let dataplane = Process::start(
+        "dataplane",
+        &bin("tollgate-dataplane")?,
+        &[
+            "--controller".into(),
+            format!("http://127.0.0.1:{xds}"),
+            "--listen".into(),
+            format!("127.0.0.1:{api}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin}"),
+            "--token-file".into(),
+            token.display().to_string(),
+        ],
+        work,
+    )?;
+    let t = Tollgate {
+        _controller: controller,
+        dataplane,
+        api: format!("http://127.0.0.1:{api}"),
+        admin: format!("http://127.0.0.1:{admin}"),
+        controller_admin: format!("http://127.0.0.1:{cadmin}"),
+    };
+    if wait {
+        wait_ok(&format!("{}/readyz", t.admin), Duration::from_secs(60))?;
+    }
+    Ok(t)
+}
+
+fn metric(admin: &str, name: &str) -> f64 {
+    tollgate_tests::harness::Stack::metric(admin, name, &[]).unwrap_or(0.0)
+}
+
+async fn scenario(
+    name: &'static str,
+    base: &str,
+    key: &str,
+    client: &HttpClient,
+    args: &Args,
+) -> anyhow::Result<Scenario> {
+    let warm = Duration::from_secs_f64(args.warmup);
+    let dur = Duration::from_secs_f64(args.seconds);
+    let mut modes = Vec::new();
+    for stream in [false, true] {
+        let target = chat_target(base, key, stream)?;
+        let fixed = bench::fixed_rate(client, &target, args.rate, warm, dur).await;
+        let max = bench::max_throughput(client, &target, args.concurrency, warm, dur).await;
+        eprintln!(
+            "{name:<10} {:<6} fixed {:>7.0} rps p50 {:>7.3} ms p99 {:>7.3} ms errors {} | max {:>7.0} rps",
+            if stream { "stream" } else { "json" },
+            fixed.rps,
+            fixed.latency_ms.p50,
+            fixed.latency_ms.p99,
+            fixed.errors + max.errors,
+            max.rps
+        );
+        if fixed.errors > 0 || max.errors > 0 {
+            bail!("{name}: {} requests failed", fixed.errors + max.errors);
+        }
+        modes.push(ModeResult {
+            fixed_rate: fixed,
+            max_throughput: max,
+        });
+    }
+    let stream = modes.pop().context("two modes")?;
+    let json = modes.pop().context("two modes")?;
+    Ok(Scenario { name, json, stream })
+}
+
+fn compare(s: &[Scenario], stream: bool) -> Comparison {
+    let pick = |i: usize| if stream { &s[i].stream } else { &s[i].json };
+    let (direct, bare, tg) = (pick(0), pick(1), pick(2));
+    Comparison {
+        added_latency_ms: Added::between(&tg.fixed_rate.latency_ms, &direct.fixed_rate.latency_ms),
+        bare_proxy_added_latency_ms: Added::between(
+            &bare.fixed_rate.latency_ms,
+            &direct.fixed_rate.latency_ms,
+        ),
+        added_first_chunk_ms: match (
+            &tg.fixed_rate.first_chunk_ms,
+            &direct.fixed_rate.first_chunk_ms,
+        ) {
+            (Some(a), Some(b)) if stream => Some(Added::between(a, b)),
+            _ => None,
+        },
+        throughput_tollgate_over_direct: tg.max_throughput.rps
+            / direct.max_throughput.rps.max(f64::EPSILON),
+        throughput_tollgate_over_bare_proxy: tg.max_throughput.rps
+            / bare.max_throughput.rps.max(f64::EPSILON),
+    }
+}
+
+async fn scale(args: &Args, client: &HttpClient, mock: &str) -> anyhow::Result<Scale> {
+    let work = tempfile::tempdir()?;
+    let dir = work.path().join("manifests");
+    std::fs::create_dir(&dir)?;
+    manifests(&dir, mock)?;
+    let mut routes = String::new();
+    for i in 0..args.scale_routes {
+        write!(
+            routes,
+            "apiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: route-{i}\nspec:\n  match:\n    models: [model-{i}]\n  targets:\n    - provider: bench-a\n      model: gpt-4o\n---\n"
+        )?;
+    }
+    std::fs::write(dir.join("routes.yaml"), routes)?;
+    let per_file = 100;
+    let key_file = |f: usize, changed: Option<usize>| -> anyhow::Result<String> {
+        let mut text = String::new();
+        for i in f * per_file..((f + 1) * per_file).min(args.scale_keys) {
+            let secret = if changed == Some(i) {
+                format!("tg-scale-{i}-rotated")
+            } else {
+                format!("tg-scale-{i}")
+            };
+            write!(
+                text,
+                "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: key-{i}\n  labels:\n    team: team-{}\nspec:\n  secretRef:\n    name: key-{i}\n  owner:\n    team: team-{}\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: key-{i}\nstringData:\n  key: {secret}\n---\n",
+                i % 50,
+                i % 50
+            )?;
+        }
+        Ok(text)
+    };
+    let files = args.scale_keys.div_ceil(per_file);
+    for f in 0..files {
+        std::fs::write(dir.join(format!("keys-{f:04}.yaml")), key_file(f, None)?)?;
+    }
+    let started = Instant::now();
+    let tg = start_tollgate(work.path(), &dir, false)?;
+    wait_ok(&format!("{}/readyz", tg.admin), Duration::from_secs(120))?;
+    let serve_seconds = started.elapsed().as_secs_f64();
+    let probe = |key: String, model: String| {
+        let uri = format!("{}/v1/chat/completions", tg.api);
+        async move {
+            let target = Target {
+                uri: uri.parse().ok()?,
+                headers: vec![
+                    (
+                        http::header::AUTHORIZATION,
+                        HeaderValue::from_str(&format!("Bearer {key}")).ok()?,
+                    ),
+                    (
+                        HeaderName::from_static("content-type"),
+                        HeaderValue::from_static("application/json"),
+                    ),
+                ],
+                body: Bytes::from(format!(
+                    r#"{{"model":"{model}","messages":[{{"role":"user","content":"x"}}]}}"#
+                )),
+            };
+            let run = bench::fixed_rate(
+                client,
+                &target,
+                1000.0,
+                Duration::ZERO,
+                Duration::from_millis(1),
+            )
+            .await;
+            Some(run.errors == 0 && run.requests == 1)
+        }
+    };
+    let last = args.scale_keys - 1;
+    let last_route = args.scale_routes - 1;
+    if probe(format!("tg-scale-{last}"), format!("model-{last_route}")).await != Some(true) {
+        bail!(
+            "the scaled config is not served: {}",
+            tg.dataplane.log_text()
+        );
+    }
+    let rss = proc::memory_kib(tg.dataplane.pid()).map_or(0.0, |(rss, _)| rss as f64 / 1024.0);
+
+    let changed = args.scale_keys / 2;
+    let sent_before = metric(&tg.controller_admin, "tollgate_xds_resources_sent_total");
+    let f = changed / per_file;
+    let tmp = work.path().join("rewrite.tmp");
+    std::fs::write(&tmp, key_file(f, Some(changed))?)?;
+    let t = Instant::now();
+    std::fs::rename(&tmp, dir.join(format!("keys-{f:04}.yaml")))?;
+    loop {
+        if probe(format!("tg-scale-{changed}-rotated"), "model-0".into()).await == Some(true) {
+            break;
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("the one-key change never arrived");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let change_seconds = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = metric(&tg.controller_admin, "tollgate_xds_resources_sent_total") - sent_before;
+    drop(tg);
+    Ok(Scale {
+        virtual_keys: args.scale_keys,
+        routes: args.scale_routes,
+        seconds_to_serve_full_config: serve_seconds,
+        dataplane_rss_mib: rss,
+        one_key_change_seconds: change_seconds,
+        one_key_change_resources_sent: sent,
+    })
+}
+
+fn table(r: &Report) -> String {
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "\n{:<11} {:<7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "scenario",
+        "mode",
+        "rate rps",
+        "p50 ms",
+        "p90 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "max ms",
+        "ttft p50",
+        "ttft p99",
+        "max rps"
+    );
+    for s in &r.scenarios {
+        for (mode, m) in [("json", &s.json), ("stream", &s.stream)] {
+            let l = &m.fixed_rate.latency_ms;
+            let (t50, t99) = m
+                .fixed_rate
+                .first_chunk_ms
+                .as_ref()
+                .filter(|_| mode == "stream")
+                .map_or(("-".to_string(), "-".to_string()), |t| {
+                    (format!("{:.3}", t.p50), format!("{:.3}", t.p99))
+                });
+            let _ = writeln!(
+                out,
+                "{:<11} {:<7} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>9} {:>9.0}",
+                s.name,
+                mode,
+                m.fixed_rate.rps,
+                l.p50,
+                l.p90,
+                l.p99,
+                l.p999,
+                l.max,
+                t50,
+                t99,
+                m.max_throughput.rps
+            );
+        }
+    }
+    for (mode, c) in [("json", &r.json), ("stream", &r.stream)] {
+        let a = &c.added_latency_ms;
+        let _ = writeln!(
+            out,
+            "\nadded by tollgate ({mode}): p50 {:+.3} ms, p90 {:+.3}, p99 {:+.3}, p99.9 {:+.3}, max {:+.3} (bare proxy p50 {:+.3}, p99 {:+.3})",
+            a.p50,
+            a.p90,
+            a.p99,
+            a.p999,
+            a.max,
+            c.bare_proxy_added_latency_ms.p50,
+            c.bare_proxy_added_latency_ms.p99
+        );
+        if let Some(t) = &c.added_first_chunk_ms {
+            let _ = writeln!(
+                out,
+                "  time to first chunk added: p50 {:+.3} ms, p99 {:+.3} ms",
+                t.p50, t.p99
+            );
+        }
+        let _ = writeln!(
+            out,
+            "  max throughput: tollgate/direct {:.2}, tollgate/bare-proxy {:.2}",
+            c.throughput_tollgate_over_direct, c.throughput_tollgate_over_bare_proxy
+        );
+    }
+    let d = &r.dataplane;
+    let _ = writeln!(
+        out,
+        "\ndataplane: peak RSS {:.1} MiB, {:.3} CPU s per 1000 requests, mean overhead {:.3} ms",
+        d.peak_rss_mib, d.cpu_seconds_per_1000_requests, d.mean_overhead_ms
+    );
+    if let Some(s) = &r.scale {
+        let _ = writeln!(
+            out,
+            "config scale: {} keys + {} routes served {:.2} s after start, dataplane RSS {:.1} MiB; one-key change applied in {:.3} s with {} resource(s) sent",
+            s.virtual_keys,
+            s.routes,
+            s.seconds_to_serve_full_config,
+            s.dataplane_rss_mib,
+            s.one_key_change_seconds,
+            s.one_key_change_resources_sent
+        );
+    }
+    out
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let mut args = Args::parse();
+    if args.smoke {
+        args.rate = args.rate.min(200.0);
+        args.seconds = args.seconds.min(1.0);
+        args.warmup = args.warmup.min(0.3);
+        args.concurrency = args.concurrency.min(16);
+        args.scale_keys = args.scale_keys.min(1000);
+        args.scale_routes = args.scale_routes.min(100);
+    }
+    let work = tempfile::tempdir()?;
+    let (mock_port, bare_port) = (free_port()?, free_port()?);
+    let mock_url = format!("http://127.0.0.1:{mock_port}");
+    let _mock = Process::start(
+        "mock-llm",
+        &bin("mock-llm")?,
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{mock_port}"),
+            "--api-key".into(),
+            UPSTREAM_KEY.into(),
+            "--chunks".into(),
+            args.chunks.to_string(),
+        ],
+        work.path(),
+    )?;
+    wait_ok(&format!("{mock_url}/healthz"), Duration::from_secs(10))?;
+    let _bare = Process::start(
+        "bare-proxy",
+        &bin("bare-proxy")?,
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{bare_port}"),
+            "--upstream".into(),
+            mock_url.clone(),
+        ],
+        work.path(),
+    )?;
+    let dir = work.path().join("manifests");
+    std::fs::create_dir(&dir)?;
+    manifests(&dir, &mock_url)?;
+    let tg = start_tollgate(work.path(), &dir, true)?;
+    let client = bench::client();
+
+    let mut scenarios = vec![
+        scenario("direct", &mock_url, UPSTREAM_KEY, &client, &args).await?,
+        scenario(
+            "bare-proxy",
+            &format!("http://127.0.0.1:{bare_port}"),
+            UPSTREAM_KEY,
+            &client,
+            &args,
+        )
+        .await?,
+    ];
+    let cpu_before = proc::cpu_seconds(tg.dataplane.pid()).unwrap_or(0.0);
+    scenarios.push(scenario("tollgate", &tg.api, CLIENT_KEY, &client, &args).await?);
+    let cpu = proc::cpu_seconds(tg.dataplane.pid()).unwrap_or(0.0) - cpu_before;
+    let requests: u64 = [&scenarios[2].json, &scenarios[2].stream]
+        .iter()
+        .map(|m| m.fixed_rate.requests + m.max_throughput.requests)
+        .sum();
+    let (_, peak) = proc::memory_kib(tg.dataplane.pid()).unwrap_or((0, 0));
+    let (_, metrics) = http_get(&format!("{}/metrics", tg.admin))?;
+    let find = |name: &str| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit_once(' '))
+            .and_then(|(_, v)| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    let mean_overhead_ms = find("tollgate_overhead_seconds_sum")
+        / find("tollgate_overhead_seconds_count").max(1.0)
+        * 1000.0;
+    drop(tg);
+
+    let scale = if args.skip_scale {
+        None
+    } else {
+        Some(scale(&args, &client, &mock_url).await?)
+    };
+    let report = Report {
+        date_unix: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0),
+        machine: machine(),
+        settings: Settings {
+            rate: args.rate,
+            seconds: args.seconds,
+            warmup: args.warmup,
+            concurrency: args.concurrency,
+            chunks: args.chunks,
+            smoke: args.smoke,
+        },
+        json: compare(&scenarios, false),
+        stream: compare(&scenarios, true),
+        scenarios,
+        dataplane: Dataplane {
+            peak_rss_mib: peak as f64 / 1024.0,
+            cpu_seconds_per_1000_requests: cpu / (requests as f64 / 1000.0).max(f64::EPSILON),
+            mean_overhead_ms,
+        },
+        scale,
+    };
+    print!("{}", table(&report));
+    if let Some(parent) = args.out.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(&args.out, serde_json::to_vec_pretty(&report)?)?;
+    println!("\nresults: {}", args.out.display());
+    Ok(())
+}
