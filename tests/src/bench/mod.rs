@@ -55,7 +55,7 @@ impl Target {
 
 /// What one request measured, in microseconds from its start (its due time at fixed rate).
 #[derive(Clone, Copy, Debug)]
-struct Sample {
+pub struct Sample {
     ok: bool,
     latency_us: u64,
     first_chunk_us: Option<u64>,
@@ -135,7 +135,8 @@ pub struct Run {
     pub first_chunk_ms: Option<Percentiles>,
 }
 
-fn summarize(samples: &[Sample], seconds: f64) -> Run {
+/// Percentiles and rates of samples gathered over `seconds` of measurement.
+pub fn summarize(samples: &[Sample], seconds: f64) -> Run {
     let new = || Histogram::<u64>::new_with_bounds(1, 120_000_000, 3);
     let (Ok(mut latency), Ok(mut first)) = (new(), new()) else {
         return Run::default();
@@ -171,7 +172,7 @@ pub async fn fixed_rate(
     rate: f64,
     warmup: Duration,
     duration: Duration,
-) -> Run {
+) -> Vec<Sample> {
     let target = Arc::new(target.clone());
     let total_warm = (rate * warmup.as_secs_f64()) as u64;
     let total = (rate * duration.as_secs_f64()) as u64;
@@ -193,7 +194,7 @@ pub async fn fixed_rate(
             samples.push(sample);
         }
     }
-    summarize(&samples, duration.as_secs_f64())
+    samples
 }
 
 /// `concurrency` workers send back to back for `duration` after an unrecorded `warmup`.
@@ -203,7 +204,7 @@ pub async fn max_throughput(
     concurrency: usize,
     warmup: Duration,
     duration: Duration,
-) -> Run {
+) -> Vec<Sample> {
     let target = Arc::new(target.clone());
     let begin = Instant::now();
     let record_from = begin + warmup;
@@ -232,5 +233,5 @@ pub async fn max_throughput(
             samples.append(&mut s);
         }
     }
-    summarize(&samples, duration.as_secs_f64())
+    samples
 }

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use bytes::Bytes;
 use clap::Parser;
 use http::{HeaderName, HeaderValue};
@@ -26,10 +26,13 @@ struct Args {
     /// Fixed request rate for the latency runs.
     #[arg(long, default_value_t = 2000.0)]
     rate: f64,
-    /// Seconds measured per run.
+    /// Seconds measured per path and mode (split into --rounds slices).
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
-    /// Seconds of unrecorded warm-up before each run.
+    /// Slices each measurement is split into; paths take turns slice by slice.
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Seconds of unrecorded warm-up per path and mode.
     #[arg(long, default_value_t = 2.0)]
     warmup: f64,
     /// Workers in the max-throughput runs.
@@ -138,6 +141,7 @@ struct Report {
 struct Settings {
     rate: f64,
     seconds: f64,
+    rounds: usize,
     warmup: f64,
     concurrency: usize,
     chunks: usize,
@@ -270,40 +274,73 @@ fn metric(admin: &str, name: &str) -> f64 {
     tollgate_tests::harness::Stack::metric(admin, name, &[]).unwrap_or(0.0)
 }
 
-async fn scenario(
-    name: &'static str,
-    base: &str,
-    key: &str,
+/// Measures every path in one mode. The paths take turns in short slices (round robin)
+/// so that drift on a shared machine spreads over all of them instead of landing on one.
+async fn measure(
+    paths: &[(&'static str, String, &'static str)],
+    stream: bool,
     client: &HttpClient,
     args: &Args,
-) -> anyhow::Result<Scenario> {
+    dataplane_pid: u32,
+    cpu: &mut (f64, u64),
+) -> anyhow::Result<Vec<ModeResult>> {
+    let targets = paths
+        .iter()
+        .map(|(_, base, key)| chat_target(base, key, stream))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let rounds = args.rounds.max(1);
+    let slice = Duration::from_secs_f64(args.seconds / rounds as f64);
     let warm = Duration::from_secs_f64(args.warmup);
-    let dur = Duration::from_secs_f64(args.seconds);
-    let mut modes = Vec::new();
-    for stream in [false, true] {
-        let target = chat_target(base, key, stream)?;
-        let fixed = bench::fixed_rate(client, &target, args.rate, warm, dur).await;
-        let max = bench::max_throughput(client, &target, args.concurrency, warm, dur).await;
-        eprintln!(
-            "{name:<10} {:<6} fixed {:>7.0} rps p50 {:>7.3} ms p99 {:>7.3} ms errors {} | max {:>7.0} rps",
-            if stream { "stream" } else { "json" },
-            fixed.rps,
-            fixed.latency_ms.p50,
-            fixed.latency_ms.p99,
-            fixed.errors + max.errors,
-            max.rps
-        );
-        if fixed.errors > 0 || max.errors > 0 {
-            bail!("{name}: {} requests failed", fixed.errors + max.errors);
+    let ramp = Duration::from_millis(200);
+    let mut fixed: Vec<Vec<bench::Sample>> = vec![Vec::new(); targets.len()];
+    let mut max: Vec<Vec<bench::Sample>> = vec![Vec::new(); targets.len()];
+    for t in &targets {
+        bench::fixed_rate(client, t, args.rate, warm, Duration::ZERO).await;
+    }
+    for round in 0..rounds {
+        for (i, t) in targets.iter().enumerate() {
+            let is_tollgate = paths[i].0 == "tollgate";
+            let before = proc::cpu_seconds(dataplane_pid).unwrap_or(0.0);
+            let fixed_samples =
+                bench::fixed_rate(client, t, args.rate, Duration::ZERO, slice).await;
+            let max_samples = bench::max_throughput(client, t, args.concurrency, ramp, slice).await;
+            if is_tollgate {
+                cpu.0 += proc::cpu_seconds(dataplane_pid).unwrap_or(0.0) - before;
+                cpu.1 += (fixed_samples.len() + max_samples.len()) as u64;
+            }
+            fixed[i].extend(fixed_samples);
+            max[i].extend(max_samples);
         }
-        modes.push(ModeResult {
-            fixed_rate: fixed,
-            max_throughput: max,
+        eprintln!(
+            "{} round {}/{rounds} done",
+            if stream { "stream" } else { "json" },
+            round + 1
+        );
+    }
+    let mut out = Vec::new();
+    for (i, (name, _, _)) in paths.iter().enumerate() {
+        let fixed_rate = bench::summarize(&fixed[i], args.seconds);
+        let max_throughput = bench::summarize(&max[i], args.seconds);
+        eprintln!(
+            "{name:<10} {:<6} fixed {:>7.0} rps p50 {:>7.3} ms p99 {:>7.3} ms | max {:>7.0} rps",
+            if stream { "stream" } else { "json" },
+            fixed_rate.rps,
+            fixed_rate.latency_ms.p50,
+            fixed_rate.latency_ms.p99,
+            max_throughput.rps
+        );
+        if fixed_rate.errors > 0 || max_throughput.errors > 0 {
+            bail!(
+                "{name}: {} requests failed",
+                fixed_rate.errors + max_throughput.errors
+            );
+        }
+        out.push(ModeResult {
+            fixed_rate,
+            max_throughput,
         });
     }
-    let stream = modes.pop().context("two modes")?;
-    let json = modes.pop().context("two modes")?;
-    Ok(Scenario { name, json, stream })
+    Ok(out)
 }
 
 fn compare(s: &[Scenario], stream: bool) -> Comparison {
@@ -395,6 +432,7 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str) -> anyhow::Result<S
                 Duration::from_millis(1),
             )
             .await;
+            let run = bench::summarize(&run, 0.001);
             Some(run.errors == 0 && run.requests == 1)
         }
     };
@@ -537,6 +575,7 @@ async fn main() -> anyhow::Result<()> {
         args.rate = args.rate.min(200.0);
         args.seconds = args.seconds.min(1.0);
         args.warmup = args.warmup.min(0.3);
+        args.rounds = args.rounds.min(2);
         args.concurrency = args.concurrency.min(16);
         args.scale_keys = args.scale_keys.min(1000);
         args.scale_routes = args.scale_routes.min(100);
@@ -575,24 +614,25 @@ async fn main() -> anyhow::Result<()> {
     let tg = start_tollgate(work.path(), &dir, true)?;
     let client = bench::client();
 
-    let mut scenarios = vec![
-        scenario("direct", &mock_url, UPSTREAM_KEY, &client, &args).await?,
-        scenario(
+    let paths = [
+        ("direct", mock_url.clone(), UPSTREAM_KEY),
+        (
             "bare-proxy",
-            &format!("http://127.0.0.1:{bare_port}"),
+            format!("http://127.0.0.1:{bare_port}"),
             UPSTREAM_KEY,
-            &client,
-            &args,
-        )
-        .await?,
+        ),
+        ("tollgate", tg.api.clone(), CLIENT_KEY),
     ];
-    let cpu_before = proc::cpu_seconds(tg.dataplane.pid()).unwrap_or(0.0);
-    scenarios.push(scenario("tollgate", &tg.api, CLIENT_KEY, &client, &args).await?);
-    let cpu = proc::cpu_seconds(tg.dataplane.pid()).unwrap_or(0.0) - cpu_before;
-    let requests: u64 = [&scenarios[2].json, &scenarios[2].stream]
+    let pid = tg.dataplane.pid();
+    let mut cpu = (0.0, 0u64);
+    let json = measure(&paths, false, &client, &args, pid, &mut cpu).await?;
+    let stream = measure(&paths, true, &client, &args, pid, &mut cpu).await?;
+    let scenarios: Vec<Scenario> = paths
         .iter()
-        .map(|m| m.fixed_rate.requests + m.max_throughput.requests)
-        .sum();
+        .zip(json.into_iter().zip(stream))
+        .map(|((name, _, _), (json, stream))| Scenario { name, json, stream })
+        .collect();
+    let (cpu, requests) = cpu;
     let (_, peak) = proc::memory_kib(tg.dataplane.pid()).unwrap_or((0, 0));
     let (_, metrics) = http_get(&format!("{}/metrics", tg.admin))?;
     let find = |name: &str| {
@@ -622,6 +662,7 @@ async fn main() -> anyhow::Result<()> {
         settings: Settings {
             rate: args.rate,
             seconds: args.seconds,
+            rounds: args.rounds,
             warmup: args.warmup,
             concurrency: args.concurrency,
             chunks: args.chunks,
