@@ -18,6 +18,8 @@ use crate::snapshot::Snapshot;
 #[derive(Clone)]
 pub struct Admin {
     pub ready: watch::Receiver<bool>,
+    /// Set on shutdown: not ready while open requests finish.
+    pub draining: Arc<std::sync::atomic::AtomicBool>,
     pub metrics: Metrics,
     pub config: Arc<ArcSwap<Snapshot>>,
 }
@@ -43,6 +45,9 @@ impl Admin {
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
+            "/readyz" if self.draining.load(std::sync::atomic::Ordering::Relaxed) => {
+                text(StatusCode::SERVICE_UNAVAILABLE, "text/plain", "draining\n")
+            }
             "/readyz" if *self.ready.borrow() => text(StatusCode::OK, "text/plain", "ready\n"),
             "/readyz" => text(
                 StatusCode::SERVICE_UNAVAILABLE,

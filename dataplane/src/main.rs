@@ -37,11 +37,22 @@ struct Args {
     /// Identifies this dataplane to the controller (default: host name and process id).
     #[arg(long)]
     node_id: Option<String>,
+    /// On SIGTERM or Ctrl-C, how long open requests may take to finish.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    drain_timeout: std::time::Duration,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let secs = s.strip_suffix('s').unwrap_or(s);
+    secs.parse::<f64>()
+        .ok()
+        .and_then(|v| std::time::Duration::try_from_secs_f64(v).ok())
+        .ok_or_else(|| format!("{s:?} is not a number of seconds such as 30s"))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -78,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
     let metrics = Metrics::new()?;
     let config = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
+    let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     let client = xds::Client {
         controller: args.controller.clone(),
@@ -91,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(client.run());
 
     let admin = Admin {
+        draining: draining.clone(),
         ready: ready_rx.clone(),
         metrics: metrics.clone(),
         config: config.clone(),
@@ -112,9 +125,27 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --listen {}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "API listening");
-    tokio::select! {
-        () = proxy::serve(state, listener) => {},
-        _ = tokio::signal::ctrl_c() => tracing::info!("shutting down"),
-    }
+    let shutdown = async move {
+        signal().await;
+        tracing::info!("shutting down");
+        // /readyz fails from now on, so load balancers stop sending new connections.
+        draining.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    proxy::serve(state, listener, shutdown, args.drain_timeout).await;
     Ok(())
+}
+
+/// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.
+async fn signal() {
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {},
+                _ = term.recv() => {},
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
 }

@@ -562,6 +562,51 @@ async fn dataplane_survives_controller_restart_without_resending() {
     assert_eq!(status, 200);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_open_streams() {
+    let mut stack = Stack::start().unwrap();
+    let api = stack.api().to_string();
+    let admin = stack.dataplanes[0].admin.clone();
+    let c = client(&api, DEMO_KEY);
+    // A stream of 10 chunks, 100 ms apart.
+    let mut stream = c
+        .chat()
+        .create_stream(request(
+            "gpt-4o",
+            "drain [mock chunks=10 chunk_delay_ms=100]",
+            false,
+        ))
+        .await
+        .unwrap();
+    let first = stream.next().await.unwrap().unwrap();
+    assert!(!first.choices.is_empty());
+    stack.dataplanes[0].process.terminate().unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (status, body) = http_get(&format!("{admin}/readyz")).unwrap();
+    assert_eq!((status, body.as_str()), (503, "draining\n"));
+    // The open stream runs to its end.
+    let mut text = String::new();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.unwrap();
+        if let Some(t) = chunk.choices.first().and_then(|c| c.delta.content.clone()) {
+            text += &t;
+        }
+    }
+    assert!(text.starts_with("Mock reply to: drain"), "{text}");
+    assert_eq!(
+        text.split_whitespace().count(),
+        10,
+        "every chunk arrived: {text}"
+    );
+    let exit = stack.dataplanes[0]
+        .process
+        .wait_exit(Duration::from_secs(5))
+        .unwrap();
+    assert!(exit.success(), "{exit:?}\n{}", stack.logs());
+    // New connections are refused once it has gone.
+    assert!(reqwest::get(format!("{api}/models")).await.is_err());
+}
+
 #[test]
 fn config_stream_requires_the_token() {
     let mut stack = Stack::start().unwrap();

@@ -84,45 +84,76 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let path = req.uri().path();
     let response = match (req.method(), path) {
         (&Method::POST, "/v1/chat/completions") => chat::handle(&state, req).await,
-        (&Method::GET, "/v1/models") => models::list(&state, &req),
-        (&Method::GET, p) if p.starts_with("/v1/models/") => models::get(&state, &req),
-        (method, path) => {
-            let e = ApiError::UnknownPath {
+        (&Method::GET, "/v1/models") => count(&state, models::list(&state, &req)),
+        (&Method::GET, p) if p.starts_with("/v1/models/") => {
+            count(&state, models::get(&state, &req))
+        }
+        (method, path) => count(
+            &state,
+            ApiError::UnknownPath {
                 method: method.to_string(),
                 path: path.to_string(),
-            };
-            state
-                .metrics
-                .requests
-                .with_label_values(&["", "", "", e.status().as_str()])
-                .inc();
-            e.to_response()
-        }
+            }
+            .to_response(),
+        ),
     };
     Ok(response)
 }
 
-/// Accepts connections until the process ends; HTTP/1.1 and HTTP/2 (prior knowledge).
-pub async fn serve(state: Arc<State>, listener: TcpListener) {
+/// Counts a request that has no route, provider or model.
+fn count(state: &State, response: Response<Body>) -> Response<Body> {
+    state
+        .metrics
+        .requests
+        .with_label_values(&["", "", "", response.status().as_str()])
+        .inc();
+    response
+}
+
+/// Accepts connections (HTTP/1.1 and HTTP/2 with prior knowledge) until `shutdown`
+/// resolves, then stops accepting and lets open connections finish their requests, for at
+/// most `drain`. Streams still open after that are cut.
+pub async fn serve(
+    state: Arc<State>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    drain: std::time::Duration,
+) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    tokio::pin!(shutdown);
     loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
         let state = state.clone();
+        let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
+        let connection = builder
+            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
+            .into_owned();
+        let connection = graceful.watch(connection);
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let builder =
-                hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            if let Err(e) = builder.serve_connection(io, service).await {
+            if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
         });
+    }
+    drop(listener);
+    tracing::info!(?drain, "draining open connections");
+    if tokio::time::timeout(drain, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("drain timed out; closing the remaining connections");
     }
 }
