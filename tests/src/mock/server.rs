@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::directives::{Directives, Failure};
-use super::openai;
+use super::{anthropic, openai};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -176,41 +176,15 @@ async fn chat(
         Ok(c) => c,
         Err(e) => return Ok(json_response(StatusCode::BAD_REQUEST, &e)),
     };
-    let mut d = shared.config.defaults.clone();
-    let from_headers = Directives::from_headers(&parts.headers);
-    if from_headers != Directives::default() {
-        d = from_headers;
-    }
-    for text in &chat.texts {
-        d.apply_tags(text);
-    }
-    if !d.latency.is_zero() {
-        tokio::time::sleep(d.latency).await;
-    }
-    if d.fail == Some(Failure::Reset) {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "mock reset",
-        ));
-    }
+    let d = shared.directives(&parts.headers, &chat.texts).await?;
     if let Some(status) = d.status.and_then(|s| StatusCode::from_u16(s).ok()) {
         let (kind, code) = match status.as_u16() {
             429 => ("requests", Some("rate_limit_exceeded")),
             400..=499 => ("invalid_request_error", None),
             _ => ("server_error", None),
         };
-        let mut r = error(
-            status,
-            &format!("mock-llm was asked to fail with {status}"),
-            kind,
-            code,
-        );
-        if let Some(secs) = d.retry_after
-            && let Ok(v) = HeaderValue::from_str(&secs.to_string())
-        {
-            r.headers_mut().insert(header::RETRY_AFTER, v);
-        }
-        return Ok(r);
+        let r = error(status, &format!("mock-llm was asked to fail with {status}"), kind, code);
+        return Ok(with_retry_after(r, &d));
     }
     let id = shared.id();
     let created = SystemTime::now()
@@ -226,7 +200,41 @@ async fn chat(
         }
         return Ok(json_response(StatusCode::OK, &v));
     }
-    let events = openai::stream_events(&chat, &id, created, &pieces);
+    Ok(sse(openai::stream_events(&chat, &id, created, &pieces), &d))
+}
+
+/// Waits and fails as the request's directives say; returns them for the rest.
+impl Shared {
+    async fn directives(&self, headers: &http::HeaderMap, texts: &[String]) -> Result<Directives, std::io::Error> {
+        let mut d = self.config.defaults.clone();
+        let from_headers = Directives::from_headers(headers);
+        if from_headers != Directives::default() {
+            d = from_headers;
+        }
+        for text in texts {
+            d.apply_tags(text);
+        }
+        if !d.latency.is_zero() {
+            tokio::time::sleep(d.latency).await;
+        }
+        if d.fail == Some(Failure::Reset) {
+            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock reset"));
+        }
+        Ok(d)
+    }
+}
+
+fn with_retry_after(mut r: Response<Body>, d: &Directives) -> Response<Body> {
+    if let Some(secs) = d.retry_after
+        && let Ok(v) = HeaderValue::from_str(&secs.to_string())
+    {
+        r.headers_mut().insert(header::RETRY_AFTER, v);
+    }
+    r
+}
+
+/// A server-sent-events response, paced and cut as the directives say.
+fn sse(events: Vec<String>, d: &Directives) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
     let cut_at = (d.fail == Some(Failure::Cut)).then_some(events.len() / 2);
     let delay = d.chunk_delay;
@@ -256,7 +264,41 @@ async fn chat(
     );
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    Ok(r)
+    r
+}
+
+async fn messages(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
+    let (parts, body) = req.into_parts();
+    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    shared.record(&parts.method, &parts.uri, &parts.headers, &body);
+    let a_error = |status: StatusCode, message: &str| {
+        json_response(status, &anthropic::error_body(anthropic::error_type(status.as_u16()), message))
+    };
+    match parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        None | Some("") => return Ok(a_error(StatusCode::UNAUTHORIZED, "x-api-key header is required")),
+        Some(key) if !shared.config.api_keys.is_empty() && !shared.config.api_keys.iter().any(|k| k == key) => {
+            return Ok(a_error(StatusCode::UNAUTHORIZED, "invalid x-api-key"));
+        }
+        Some(_) => {}
+    }
+    if parts.headers.get("anthropic-version").is_none() {
+        return Ok(a_error(StatusCode::BAD_REQUEST, "anthropic-version: header is required"));
+    }
+    let req = match anthropic::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return Ok(json_response(StatusCode::BAD_REQUEST, &e)),
+    };
+    let d = shared.directives(&parts.headers, &req.texts).await?;
+    if let Some(status) = d.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+        let r = a_error(status, &format!("mock-llm was asked to fail with {status}"));
+        return Ok(with_retry_after(r, &d));
+    }
+    let id = shared.id().replace("chatcmpl-", "msg_");
+    let (pieces, stop) = anthropic::pieces(&req, d.chunks);
+    if req.stream {
+        return Ok(sse(anthropic::stream_events(&req, &id, &pieces, stop), &d));
+    }
+    Ok(json_response(StatusCode::OK, &anthropic::message(&req, &id, &pieces, stop)))
 }
 
 /// A body that promises `declared` bytes, sends `sent`, then breaks.
@@ -291,6 +333,7 @@ async fn handle(
         (Method::POST, "/v1/chat/completions" | "/chat/completions") => {
             chat(shared, req, false).await
         }
+        (Method::POST, "/v1/messages") => messages(shared, req).await,
         (Method::POST, p)
             if p.starts_with("/openai/deployments/") && p.ends_with("/chat/completions") =>
         {

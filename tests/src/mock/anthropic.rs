@@ -1,0 +1,226 @@
+//! Anthropic's Messages API wire format, as mock-llm speaks it: request checks that mirror
+//! the real API's errors, the JSON message, and the SSE event stream (`message_start`,
+//! `content_block_*`, `message_delta`, `message_stop`).
+
+use serde_json::{Value, json};
+
+use super::openai::count_tokens;
+
+#[derive(Debug)]
+pub struct MessagesRequest {
+    pub model: String,
+    pub stream: bool,
+    pub max_tokens: u64,
+    pub texts: Vec<String>,
+    pub last_user: String,
+}
+
+/// An Anthropic-format error body.
+pub fn error_body(kind: &str, message: &str) -> Value {
+    json!({"type": "error", "error": {"type": kind, "message": message}})
+}
+
+/// The error `type` Anthropic uses for an HTTP status.
+pub fn error_type(status: u16) -> &'static str {
+    match status {
+        400 => "invalid_request_error",
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        413 => "request_too_large",
+        429 => "rate_limit_error",
+        529 => "overloaded_error",
+        _ => "api_error",
+    }
+}
+
+fn invalid(message: impl Into<String>) -> Value {
+    error_body("invalid_request_error", &message.into())
+}
+
+fn text_of(content: &Value, at: &str) -> Result<String, Value> {
+    match content {
+        Value::String(s) => Ok(s.clone()),
+        Value::Array(blocks) => {
+            let mut out = Vec::new();
+            for (i, b) in blocks.iter().enumerate() {
+                match b.get("type").and_then(Value::as_str) {
+                    Some("text") => out.push(
+                        b.get("text")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| invalid(format!("{at}.{i}.text: Field required")))?
+                            .to_string(),
+                    ),
+                    Some("image" | "document" | "tool_use" | "tool_result" | "thinking" | "redacted_thinking") => {}
+                    _ => return Err(invalid(format!("{at}.{i}.type: Input tag does not match any of the expected tags"))),
+                }
+            }
+            Ok(out.join(" "))
+        }
+        _ => Err(invalid(format!("{at}: Input should be a valid string or list"))),
+    }
+}
+
+pub fn parse(body: &[u8]) -> Result<MessagesRequest, Value> {
+    let v: Value = serde_json::from_slice(body).map_err(|_| invalid("There was an issue with your request body: invalid JSON"))?;
+    let obj = v.as_object().ok_or_else(|| invalid("The request body must be a JSON object"))?;
+    let model = match obj.get("model") {
+        Some(Value::String(m)) if !m.is_empty() => m.clone(),
+        None => return Err(invalid("model: Field required")),
+        Some(_) => return Err(invalid("model: Input should be a valid string")),
+    };
+    let max_tokens = match obj.get("max_tokens") {
+        Some(n) => n
+            .as_u64()
+            .filter(|n| *n >= 1)
+            .ok_or_else(|| invalid("max_tokens: Input should be a valid integer greater than or equal to 1"))?,
+        None => return Err(invalid("max_tokens: Field required")),
+    };
+    let messages = match obj.get("messages") {
+        Some(Value::Array(m)) => m,
+        None => return Err(invalid("messages: Field required")),
+        Some(_) => return Err(invalid("messages: Input should be a valid list")),
+    };
+    if messages.is_empty() {
+        return Err(invalid("messages: at least one message is required"));
+    }
+    let mut texts = Vec::new();
+    if let Some(system) = obj.get("system") {
+        texts.push(text_of(system, "system")?);
+    }
+    let mut last_user = String::new();
+    for (i, m) in messages.iter().enumerate() {
+        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        if role != "user" && role != "assistant" {
+            return Err(invalid(format!("messages.{i}.role: Input should be 'user' or 'assistant'")));
+        }
+        let text = text_of(m.get("content").unwrap_or(&Value::Null), &format!("messages.{i}.content"))?;
+        if role == "user" {
+            last_user.clone_from(&text);
+        }
+        texts.push(text);
+    }
+    if messages.first().and_then(|m| m.get("role")).and_then(Value::as_str) != Some("user") {
+        return Err(invalid("messages: first message must use the \"user\" role"));
+    }
+    let stream = match obj.get("stream") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(invalid("stream: Input should be a valid boolean")),
+    };
+    Ok(MessagesRequest {
+        model,
+        stream,
+        max_tokens,
+        texts,
+        last_user,
+    })
+}
+
+fn input_tokens(req: &MessagesRequest) -> u64 {
+    req.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + 2 * req.texts.len() as u64
+}
+
+/// Pieces of the answer, cut at `max_tokens` (one piece is one token here).
+pub fn pieces(req: &MessagesRequest, chunks: Option<usize>) -> (Vec<String>, &'static str) {
+    let mut pieces = vec!["Mock".to_string(), " reply".to_string(), " to:".to_string()];
+    pieces.extend(req.last_user.split_whitespace().map(|w| format!(" {w}")));
+    if let Some(n) = chunks {
+        let n = n.max(1);
+        while pieces.len() < n {
+            pieces.push(" more".to_string());
+        }
+        if pieces.len() > n {
+            let tail: String = pieces.split_off(n - 1).concat();
+            pieces.push(tail);
+        }
+    }
+    if pieces.len() as u64 > req.max_tokens {
+        pieces.truncate(req.max_tokens as usize);
+        return (pieces, "max_tokens");
+    }
+    (pieces, "end_turn")
+}
+
+pub fn message(req: &MessagesRequest, id: &str, pieces: &[String], stop_reason: &str) -> Value {
+    json!({
+        "id": id,
+        "type": "message",
+        "role": "assistant",
+        "model": req.model,
+        "content": [{"type": "text", "text": pieces.concat()}],
+        "stop_reason": stop_reason,
+        "stop_sequence": null,
+        "usage": {
+            "input_tokens": input_tokens(req),
+            "output_tokens": pieces.len(),
+            "cache_creation_input_tokens": 0,
+            "cache_read_input_tokens": 0
+        }
+    })
+}
+
+/// The SSE events of a streamed answer, each `event: ...\ndata: ...\n\n`.
+pub fn stream_events(req: &MessagesRequest, id: &str, pieces: &[String], stop_reason: &str) -> Vec<String> {
+    let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
+    let mut events = vec![
+        event(
+            "message_start",
+            json!({"type": "message_start", "message": {
+                "id": id, "type": "message", "role": "assistant", "model": req.model, "content": [],
+                "stop_reason": null, "stop_sequence": null,
+                "usage": {"input_tokens": input_tokens(req), "output_tokens": 1,
+                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+            }}),
+        ),
+        event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        ),
+        event("ping", json!({"type": "ping"})),
+    ];
+    for p in pieces {
+        events.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+        ));
+    }
+    events.push(event("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    events.push(event(
+        "message_delta",
+        json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
+               "usage": {"output_tokens": pieces.len()}}),
+    ));
+    events.push(event("message_stop", json!({"type": "message_stop"})));
+    events
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_what_the_real_api_rejects() {
+        for body in [
+            r#"{"max_tokens":10,"messages":[{"role":"user","content":"hi"}]}"#,
+            r#"{"model":"claude","messages":[{"role":"user","content":"hi"}]}"#,
+            r#"{"model":"claude","max_tokens":10,"messages":[]}"#,
+            r#"{"model":"claude","max_tokens":10,"messages":[{"role":"system","content":"hi"}]}"#,
+            r#"{"model":"claude","max_tokens":10,"messages":[{"role":"assistant","content":"hi"}]}"#,
+        ] {
+            let e = parse(body.as_bytes()).unwrap_err();
+            assert_eq!(e["type"], "error", "{body}");
+            assert_eq!(e["error"]["type"], "invalid_request_error");
+        }
+    }
+
+    #[test]
+    fn max_tokens_cuts_the_answer() {
+        let req = parse(br#"{"model":"c","max_tokens":2,"messages":[{"role":"user","content":"a b c"}]}"#).unwrap();
+        let (p, stop) = pieces(&req, None);
+        assert_eq!((p.len(), stop), (2, "max_tokens"));
+        let events = stream_events(&req, "msg_1", &p, stop);
+        assert!(events[0].starts_with("event: message_start\n"));
+        assert!(events.last().unwrap().starts_with("event: message_stop\n"));
+    }
+}
