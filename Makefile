@@ -60,7 +60,7 @@ run: build
 	@mkdir -p $(RUN_DIR)
 	@test -s $(RUN_DIR)/token || head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n' > $(RUN_DIR)/token
 	@set -e; trap 'kill $$(jobs -p) 2>/dev/null; exit 0' INT TERM EXIT; \
-	target/debug/mock-llm --listen $(MOCK_ADDR) --api-key sk-mock-primary --api-key sk-mock-secondary \
+	target/debug/mock-llm --listen $(MOCK_ADDR) --api-key sk-mock-primary --api-key sk-mock-secondary --api-key sk-ant-mock \
 		> $(RUN_DIR)/mock-llm.log 2>&1 & \
 	target/debug/tollgate-controller --manifests examples/quickstart --xds-listen $(XDS_ADDR) \
 		--admin-listen $(CTL_ADMIN) --token-file $(RUN_DIR)/token > $(RUN_DIR)/controller.log 2>&1 & \

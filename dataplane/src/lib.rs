@@ -10,6 +10,8 @@ pub mod metrics;
 pub mod proxy;
 pub mod runtime;
 pub mod snapshot;
+pub mod sse;
 pub mod store;
+pub mod translate;
 pub mod upstream;
 pub mod xds;

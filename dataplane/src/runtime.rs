@@ -103,6 +103,11 @@ impl Provider {
         Ok(Uri::try_from(uri)?)
     }
 
+    /// The URI of Anthropic's Messages API at this provider.
+    pub fn messages_uri(&self) -> Result<Uri, http::Error> {
+        Ok(Uri::try_from(format!("{}/v1/messages", self.endpoint))?)
+    }
+
     /// Picks a credential by weight.
     pub fn credential(&self) -> Option<&Credential> {
         pick_weighted(&self.credentials, |c| c.weight)

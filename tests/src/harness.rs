@@ -170,7 +170,7 @@ pub fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
 }
 
 /// Provider keys mock-llm accepts, matching examples/quickstart.
-pub const UPSTREAM_KEYS: [&str; 2] = ["sk-mock-primary", "sk-mock-secondary"];
+pub const UPSTREAM_KEYS: [&str; 3] = ["sk-mock-primary", "sk-mock-secondary", "sk-ant-mock"];
 /// The quick start's virtual key.
 pub const DEMO_KEY: &str = "tg-demo-key-0123456789";
 

@@ -152,7 +152,16 @@ async fn rust_openai_client_json_and_stream() {
         let models = c.models().list().await.unwrap();
         let mut ids: Vec<_> = models.data.iter().map(|m| m.id.clone()).collect();
         ids.sort();
-        assert_eq!(ids, ["gpt-4o", "gpt-4o-mini", "smart"]);
+        assert_eq!(
+            ids,
+            [
+                "claude-haiku-4-5",
+                "claude-sonnet-4-5",
+                "gpt-4o",
+                "gpt-4o-mini",
+                "smart"
+            ]
+        );
     })
     .await;
 }
@@ -190,8 +199,8 @@ async fn streams_are_forwarded_as_they_arrive() {
     .await;
 }
 
-#[test]
-fn python_openai_sdk() {
+/// Runs one of tests/python/*.py against a fresh stack; it asserts itself.
+fn run_python(script: &str, base_url: impl Fn(&Stack) -> String, ok_line: &str) {
     let stack = Stack::start().unwrap();
     let python = std::env::var("TOLLGATE_PYTHON").unwrap_or_else(|_| {
         tollgate_tests::harness::workspace()
@@ -203,10 +212,12 @@ fn python_openai_sdk() {
         std::path::Path::new(&python).exists(),
         "{python} not found: run `make venv` (make test does) or set TOLLGATE_PYTHON"
     );
-    let script = tollgate_tests::harness::workspace().join("tests/python/openai_client.py");
+    let script = tollgate_tests::harness::workspace()
+        .join("tests/python")
+        .join(script);
     let out = std::process::Command::new(&python)
         .arg(script)
-        .arg(stack.api())
+        .arg(base_url(&stack))
         .arg(DEMO_KEY)
         .output()
         .unwrap();
@@ -219,7 +230,68 @@ fn python_openai_sdk() {
         out.status.success(),
         "python client failed:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("python openai sdk: ok"), "{stdout}");
+    assert!(stdout.contains(ok_line), "{stdout}");
+}
+
+#[test]
+fn python_openai_sdk() {
+    run_python(
+        "openai_client.py",
+        |s| s.api().to_string(),
+        "python openai sdk: ok",
+    );
+}
+
+#[test]
+fn python_anthropic_sdk_and_translation() {
+    run_python(
+        "anthropic_client.py",
+        |s| s.api().trim_end_matches("/v1").to_string(),
+        "python anthropic sdk: ok",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_provider_gets_its_own_headers_and_the_translated_request() {
+    let stack = Stack::start().unwrap();
+    with_logs(&stack, async {
+        let c = client(stack.api(), DEMO_KEY);
+        let r = c
+            .chat()
+            .create(request("claude-haiku-4-5", "translated", false))
+            .await
+            .unwrap();
+        assert_eq!(
+            r.choices[0].message.content.as_deref(),
+            Some("Mock reply to: translated")
+        );
+        let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
+        let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
+        let last = requests.last().unwrap();
+        assert_eq!(last["path"], "/v1/messages");
+        assert_eq!(last["headers"]["x-api-key"], "sk-ant-mock");
+        assert_eq!(last["headers"]["anthropic-version"], "2023-06-01");
+        assert!(last["headers"].get("authorization").is_none(), "{last}");
+        assert_eq!(last["body"]["model"], "claude-haiku-4-5");
+        assert_eq!(last["body"]["max_tokens"], 4096);
+        assert_eq!(last["body"]["messages"][0]["content"], "translated");
+        // An Anthropic client on an OpenAI model has no translation yet: a clear 501 in
+        // Anthropic's error format.
+        let resp = reqwest::Client::new()
+            .post(format!("{}/messages", stack.api()))
+            .header("x-api-key", DEMO_KEY)
+            .body(
+                r#"{"model":"gpt-4o","max_tokens":10,"messages":[{"role":"user","content":"x"}]}"#,
+            )
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 501);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["type"], "error");
+        assert_eq!(v["error"]["type"], "api_error");
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -1,6 +1,7 @@
-//! `POST /v1/chat/completions`: authenticate, pick the route and target, rewrite the model
-//! if the target names another, call the provider, and forward its answer (JSON or SSE)
-//! chunk by chunk as it arrives.
+//! `POST /v1/chat/completions` (OpenAI) and `POST /v1/messages` (Anthropic): authenticate,
+//! pick the route and target, then either pass the request through (same format at both
+//! ends: only the model is rewritten) or translate it, call the provider, and forward its
+//! answer (JSON or SSE) chunk by chunk as it arrives.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -15,9 +16,20 @@ use tokio::time::Instant;
 
 use super::error::ApiError;
 use super::request::ChatHead;
-use super::{Body, BoxError, State, authenticate};
+use super::{Api, Body, BoxError, State, authenticate, now_unix};
 use crate::metrics::Metrics;
 use crate::runtime::{ProviderKind, pick_weighted};
+use crate::sse;
+use crate::translate::{DEFAULT_ANTHROPIC_VERSION, openai_to_anthropic};
+
+/// How a request and its answer cross the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// Same format at both ends.
+    Pass,
+    /// OpenAI client, Anthropic provider.
+    OpenAiToAnthropic { include_usage: bool },
+}
 
 /// Request headers passed on to the provider (trace context and request ids).
 const FORWARDED_REQUEST_HEADERS: [&str; 4] =
@@ -73,16 +85,16 @@ impl Completion {
     }
 }
 
-pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+pub async fn handle(state: &State, req: Request<Incoming>, api: Api) -> Response<Body> {
     let started = Instant::now();
     let mut labels = Labels::default();
-    match forward(state, req, started, &mut labels).await {
+    match forward(state, req, api, started, &mut labels).await {
         Ok(response) => response,
         Err(e) => {
             if matches!(e, ApiError::Internal | ApiError::UpstreamUnreachable) {
                 tracing::warn!(route = %labels.route, provider = %labels.provider, error = %e, "request failed");
             }
-            let response = e.to_response();
+            let response = e.to_response_for(api);
             Completion {
                 metrics: state.metrics.clone(),
                 labels,
@@ -115,6 +127,7 @@ async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<
 async fn forward(
     state: &State,
     req: Request<Incoming>,
+    api: Api,
     started: Instant,
     labels: &mut Labels,
 ) -> Result<Response<Body>, ApiError> {
@@ -143,28 +156,66 @@ async fn forward(
         .get(&target.provider)
         .ok_or_else(|| ApiError::NoTarget(route.id.clone()))?;
     labels.provider.clone_from(&provider.id);
-    if !matches!(
-        provider.kind,
-        ProviderKind::OpenAi | ProviderKind::OpenAiCompatible | ProviderKind::AzureOpenAi
-    ) {
-        return Err(ApiError::UnsupportedProvider(provider.kind.as_str()));
-    }
     let model = target.model.as_deref().unwrap_or(&head.model);
     labels.model = model.to_string();
-
+    let (mode, uri, upstream_body) = match (api, provider.kind) {
+        (
+            Api::OpenAi,
+            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible | ProviderKind::AzureOpenAi,
+        ) => (
+            Mode::Pass,
+            provider.chat_uri(model),
+            head.with_model(body, model),
+        ),
+        (Api::OpenAi, ProviderKind::Anthropic) => (
+            Mode::OpenAiToAnthropic {
+                include_usage: head.include_usage,
+            },
+            provider.messages_uri(),
+            openai_to_anthropic::request(&body, model)?.into(),
+        ),
+        (Api::Anthropic, ProviderKind::Anthropic) => (
+            Mode::Pass,
+            provider.messages_uri(),
+            head.with_model(body, model),
+        ),
+        (_, kind) => return Err(ApiError::UnsupportedProvider(kind.as_str())),
+    };
     let mut upstream = Request::builder()
         .method(Method::POST)
-        .uri(provider.chat_uri(model).map_err(|_| ApiError::Internal)?)
+        .uri(uri.map_err(|_| ApiError::Internal)?)
         .header(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         )
-        .body(Full::new(head.with_model(body, model)))
+        .body(Full::new(upstream_body))
         .map_err(|_| ApiError::Internal)?;
     let headers = upstream.headers_mut();
     for name in FORWARDED_REQUEST_HEADERS {
         if let Some(v) = parts.headers.get(name) {
             headers.insert(HeaderName::from_static(name), v.clone());
+        }
+    }
+    if provider.kind == ProviderKind::Anthropic {
+        // The client's own version and beta flags win when it speaks Anthropic's API.
+        let version = parts
+            .headers
+            .get("anthropic-version")
+            .filter(|_| api == Api::Anthropic)
+            .cloned()
+            .or_else(|| {
+                HeaderValue::from_str(&provider.api_version)
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            })
+            .unwrap_or(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
+        headers.insert(HeaderName::from_static("anthropic-version"), version);
+        if let Some(beta) = parts
+            .headers
+            .get("anthropic-beta")
+            .filter(|_| api == Api::Anthropic)
+        {
+            headers.insert(HeaderName::from_static("anthropic-beta"), beta.clone());
         }
     }
     if let Some(credential) = provider.credential() {
@@ -192,20 +243,57 @@ async fn forward(
         // 2xx, and the provider's own 4xx (the client's request was at fault), pass through.
         _ => {}
     }
-    let (up_parts, up_body) = response.into_parts();
-    let mut out = Response::new(
-        Forwarded {
-            inner: up_body,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            done: Some(Completion {
-                metrics: state.metrics.clone(),
-                labels: std::mem::take(labels),
-                status,
-                started,
-            }),
+    let (mut up_parts, up_body) = response.into_parts();
+    let completion = Completion {
+        metrics: state.metrics.clone(),
+        labels: std::mem::take(labels),
+        status,
+        started,
+    };
+    let forwarded = Forwarded {
+        inner: up_body,
+        deadline: Box::pin(tokio::time::sleep_until(deadline)),
+        done: Some(completion),
+    };
+    let body = match mode {
+        Mode::Pass => forwarded.boxed(),
+        Mode::OpenAiToAnthropic { include_usage } => {
+            up_parts.headers.remove(header::CONTENT_LENGTH);
+            let streamed = up_parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("text/event-stream"));
+            if status.is_success() && streamed {
+                SseToOpenAi {
+                    inner: forwarded,
+                    parser: sse::Parser::default(),
+                    translator: openai_to_anthropic::StreamTranslator::new(
+                        now_unix(),
+                        include_usage,
+                    ),
+                }
+                .boxed()
+            } else {
+                let bytes = forwarded
+                    .collect()
+                    .await
+                    .map_err(|_| ApiError::UpstreamBody)?
+                    .to_bytes();
+                let translated = if status.is_success() {
+                    openai_to_anthropic::response(&bytes, now_unix())?
+                } else {
+                    openai_to_anthropic::error(&bytes)
+                };
+                up_parts.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+                super::full(Bytes::from(translated))
+            }
         }
-        .boxed(),
-    );
+    };
+    let mut out = Response::new(body);
     *out.status_mut() = status;
     let out_headers = out.headers_mut();
     for (name, value) in &up_parts.headers {
@@ -295,5 +383,64 @@ impl http_body::Body for Forwarded {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// An Anthropic event stream, re-emitted as OpenAI chunks frame by frame. A stream that
+/// ends before `message_stop` ends with an error event, never with a false `[DONE]`.
+struct SseToOpenAi {
+    inner: Forwarded,
+    parser: sse::Parser,
+    translator: openai_to_anthropic::StreamTranslator,
+}
+
+impl http_body::Body for SseToOpenAi {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        loop {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    let Some(data) = frame.data_ref() else {
+                        continue;
+                    };
+                    let events = match this.parser.feed(data) {
+                        Ok(events) => events,
+                        Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                    };
+                    let mut out = String::new();
+                    for event in &events {
+                        out += &this.translator.event(event);
+                    }
+                    if !out.is_empty() {
+                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    }
+                }
+                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(None) => {
+                    let mut out = String::new();
+                    if let Some(event) = this.parser.finish() {
+                        out += &this.translator.event(&event);
+                    }
+                    if !this.translator.is_done() {
+                        out += &this.translator.event(&sse::Event {
+                            name: "error".into(),
+                            data: r#"{"type":"error","error":{"type":"api_error","message":"The provider's stream ended before the answer was complete."}}"#.into(),
+                        });
+                    }
+                    return if out.is_empty() {
+                        Poll::Ready(None)
+                    } else {
+                        Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
+                    };
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
 }

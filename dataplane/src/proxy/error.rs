@@ -10,7 +10,7 @@ use super::{Body, full};
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error(
-        "You didn't provide an API key. You need to provide your API key in an Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY)."
+        "You didn't provide an API key. Provide your key in an Authorization header using Bearer auth (Authorization: Bearer YOUR_KEY), or in an x-api-key or api-key header."
     )]
     MissingKey,
     #[error("Incorrect API key provided.")]
@@ -35,6 +35,8 @@ pub enum ApiError {
     NoTarget(String),
     #[error("Provider type `{0}` is not supported for this API yet.")]
     UnsupportedProvider(&'static str),
+    #[error("The upstream provider's stream could not be read.")]
+    UpstreamBody,
     #[error("The upstream provider could not be reached.")]
     UpstreamUnreachable,
     #[error("The upstream provider did not answer in time.")]
@@ -59,9 +61,10 @@ impl ApiError {
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotReady | Self::NoTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnsupportedProvider(_) => StatusCode::NOT_IMPLEMENTED,
-            Self::UpstreamUnreachable | Self::UpstreamAuth(_) | Self::UpstreamStatus(_) => {
-                StatusCode::BAD_GATEWAY
-            }
+            Self::UpstreamUnreachable
+            | Self::UpstreamAuth(_)
+            | Self::UpstreamStatus(_)
+            | Self::UpstreamBody => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -91,7 +94,7 @@ impl ApiError {
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",
             Self::UpstreamAuth(_) => "upstream_auth_failed",
-            Self::UpstreamStatus(_) => "upstream_error",
+            Self::UpstreamStatus(_) | Self::UpstreamBody => "upstream_error",
             Self::BadRequest(_) | Self::Internal => return None,
         })
     }
@@ -103,7 +106,37 @@ impl ApiError {
         }
     }
 
+    /// The error in OpenAI's format.
     pub fn to_response(&self) -> Response<Body> {
+        self.to_response_for(super::Api::OpenAi)
+    }
+
+    /// The error in the format of the API the client called.
+    pub fn to_response_for(&self, api: super::Api) -> Response<Body> {
+        if api == super::Api::Anthropic {
+            let kind = match self.status().as_u16() {
+                400 => "invalid_request_error",
+                401 => "authentication_error",
+                403 => "permission_error",
+                404 => "not_found_error",
+                413 => "request_too_large",
+                429 => "rate_limit_error",
+                503 | 529 => "overloaded_error",
+                _ => "api_error",
+            };
+            let body = serde_json::to_vec(&serde_json::json!({
+                "type": "error",
+                "error": {"type": kind, "message": self.to_string()}
+            }))
+            .unwrap_or_default();
+            let mut response = Response::new(full(Bytes::from(body)));
+            *response.status_mut() = self.status();
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return response;
+        }
         #[derive(Serialize)]
         struct Inner<'a> {
             message: String,

@@ -24,6 +24,13 @@ use crate::upstream::Upstream;
 use error::ApiError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The API a client called, which decides the format of its errors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Api {
+    OpenAi,
+    Anthropic,
+}
 pub type Body = BoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: Bytes) -> Body {
@@ -58,13 +65,17 @@ fn authenticate<'a>(
     snapshot: &'a Snapshot,
     headers: &http::HeaderMap,
 ) -> Result<&'a Arc<crate::runtime::VirtualKey>, ApiError> {
-    let presented = headers
+    // OpenAI SDKs send `Authorization: Bearer`, Anthropic's `x-api-key`, Azure's `api-key`.
+    let bearer = headers
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
             v.strip_prefix("Bearer ")
                 .or_else(|| v.strip_prefix("bearer "))
-        })
+        });
+    let presented = bearer
+        .or_else(|| headers.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .or_else(|| headers.get("api-key").and_then(|v| v.to_str().ok()))
         .map(str::trim)
         .filter(|v| !v.is_empty())
         .ok_or(ApiError::MissingKey)?;
@@ -83,7 +94,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     }
     let path = req.uri().path();
     let response = match (req.method(), path) {
-        (&Method::POST, "/v1/chat/completions") => chat::handle(&state, req).await,
+        (&Method::POST, "/v1/chat/completions") => chat::handle(&state, req, Api::OpenAi).await,
+        (&Method::POST, "/v1/messages") => chat::handle(&state, req, Api::Anthropic).await,
         (&Method::GET, "/v1/models") => count(&state, models::list(&state, &req)),
         (&Method::GET, p) if p.starts_with("/v1/models/") => {
             count(&state, models::get(&state, &req))

@@ -15,6 +15,14 @@ pub struct ChatHead {
     /// Byte range of the model's JSON string literal in the body.
     model_span: Range<usize>,
     pub stream: bool,
+    /// `stream_options.include_usage` (OpenAI).
+    pub include_usage: bool,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -23,6 +31,8 @@ struct Head<'a> {
     model: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
 }
 
 impl ChatHead {
@@ -48,6 +58,10 @@ impl ChatHead {
             model,
             model_span: start..start + raw.get().len(),
             stream: head.stream.unwrap_or(false),
+            include_usage: head
+                .stream_options
+                .and_then(|o| o.include_usage)
+                .unwrap_or(false),
         })
     }
 

@@ -51,29 +51,40 @@ fn text_of(content: &Value, at: &str) -> Result<String, Value> {
                             .ok_or_else(|| invalid(format!("{at}.{i}.text: Field required")))?
                             .to_string(),
                     ),
-                    Some("image" | "document" | "tool_use" | "tool_result" | "thinking" | "redacted_thinking") => {}
-                    _ => return Err(invalid(format!("{at}.{i}.type: Input tag does not match any of the expected tags"))),
+                    Some(
+                        "image" | "document" | "tool_use" | "tool_result" | "thinking"
+                        | "redacted_thinking",
+                    ) => {}
+                    _ => {
+                        return Err(invalid(format!(
+                            "{at}.{i}.type: Input tag does not match any of the expected tags"
+                        )));
+                    }
                 }
             }
             Ok(out.join(" "))
         }
-        _ => Err(invalid(format!("{at}: Input should be a valid string or list"))),
+        _ => Err(invalid(format!(
+            "{at}: Input should be a valid string or list"
+        ))),
     }
 }
 
 pub fn parse(body: &[u8]) -> Result<MessagesRequest, Value> {
-    let v: Value = serde_json::from_slice(body).map_err(|_| invalid("There was an issue with your request body: invalid JSON"))?;
-    let obj = v.as_object().ok_or_else(|| invalid("The request body must be a JSON object"))?;
+    let v: Value = serde_json::from_slice(body)
+        .map_err(|_| invalid("There was an issue with your request body: invalid JSON"))?;
+    let obj = v
+        .as_object()
+        .ok_or_else(|| invalid("The request body must be a JSON object"))?;
     let model = match obj.get("model") {
         Some(Value::String(m)) if !m.is_empty() => m.clone(),
         None => return Err(invalid("model: Field required")),
         Some(_) => return Err(invalid("model: Input should be a valid string")),
     };
     let max_tokens = match obj.get("max_tokens") {
-        Some(n) => n
-            .as_u64()
-            .filter(|n| *n >= 1)
-            .ok_or_else(|| invalid("max_tokens: Input should be a valid integer greater than or equal to 1"))?,
+        Some(n) => n.as_u64().filter(|n| *n >= 1).ok_or_else(|| {
+            invalid("max_tokens: Input should be a valid integer greater than or equal to 1")
+        })?,
         None => return Err(invalid("max_tokens: Field required")),
     };
     let messages = match obj.get("messages") {
@@ -92,16 +103,28 @@ pub fn parse(body: &[u8]) -> Result<MessagesRequest, Value> {
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         if role != "user" && role != "assistant" {
-            return Err(invalid(format!("messages.{i}.role: Input should be 'user' or 'assistant'")));
+            return Err(invalid(format!(
+                "messages.{i}.role: Input should be 'user' or 'assistant'"
+            )));
         }
-        let text = text_of(m.get("content").unwrap_or(&Value::Null), &format!("messages.{i}.content"))?;
+        let text = text_of(
+            m.get("content").unwrap_or(&Value::Null),
+            &format!("messages.{i}.content"),
+        )?;
         if role == "user" {
             last_user.clone_from(&text);
         }
         texts.push(text);
     }
-    if messages.first().and_then(|m| m.get("role")).and_then(Value::as_str) != Some("user") {
-        return Err(invalid("messages: first message must use the \"user\" role"));
+    if messages
+        .first()
+        .and_then(|m| m.get("role"))
+        .and_then(Value::as_str)
+        != Some("user")
+    {
+        return Err(invalid(
+            "messages: first message must use the \"user\" role",
+        ));
     }
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
@@ -161,7 +184,12 @@ pub fn message(req: &MessagesRequest, id: &str, pieces: &[String], stop_reason: 
 }
 
 /// The SSE events of a streamed answer, each `event: ...\ndata: ...\n\n`.
-pub fn stream_events(req: &MessagesRequest, id: &str, pieces: &[String], stop_reason: &str) -> Vec<String> {
+pub fn stream_events(
+    req: &MessagesRequest,
+    id: &str,
+    pieces: &[String],
+    stop_reason: &str,
+) -> Vec<String> {
     let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
     let mut events = vec![
         event(
@@ -185,7 +213,10 @@ pub fn stream_events(req: &MessagesRequest, id: &str, pieces: &[String], stop_re
             json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
         ));
     }
-    events.push(event("content_block_stop", json!({"type": "content_block_stop", "index": 0})));
+    events.push(event(
+        "content_block_stop",
+        json!({"type": "content_block_stop", "index": 0}),
+    ));
     events.push(event(
         "message_delta",
         json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
@@ -216,7 +247,10 @@ mod tests {
 
     #[test]
     fn max_tokens_cuts_the_answer() {
-        let req = parse(br#"{"model":"c","max_tokens":2,"messages":[{"role":"user","content":"a b c"}]}"#).unwrap();
+        let req = parse(
+            br#"{"model":"c","max_tokens":2,"messages":[{"role":"user","content":"a b c"}]}"#,
+        )
+        .unwrap();
         let (p, stop) = pieces(&req, None);
         assert_eq!((p.len(), stop), (2, "max_tokens"));
         let events = stream_events(&req, "msg_1", &p, stop);

@@ -183,7 +183,12 @@ async fn chat(
             400..=499 => ("invalid_request_error", None),
             _ => ("server_error", None),
         };
-        let r = error(status, &format!("mock-llm was asked to fail with {status}"), kind, code);
+        let r = error(
+            status,
+            &format!("mock-llm was asked to fail with {status}"),
+            kind,
+            code,
+        );
         return Ok(with_retry_after(r, &d));
     }
     let id = shared.id();
@@ -205,7 +210,11 @@ async fn chat(
 
 /// Waits and fails as the request's directives say; returns them for the rest.
 impl Shared {
-    async fn directives(&self, headers: &http::HeaderMap, texts: &[String]) -> Result<Directives, std::io::Error> {
+    async fn directives(
+        &self,
+        headers: &http::HeaderMap,
+        texts: &[String],
+    ) -> Result<Directives, std::io::Error> {
         let mut d = self.config.defaults.clone();
         let from_headers = Directives::from_headers(headers);
         if from_headers != Directives::default() {
@@ -218,7 +227,10 @@ impl Shared {
             tokio::time::sleep(d.latency).await;
         }
         if d.fail == Some(Failure::Reset) {
-            return Err(std::io::Error::new(std::io::ErrorKind::ConnectionReset, "mock reset"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionReset,
+                "mock reset",
+            ));
         }
         Ok(d)
     }
@@ -267,22 +279,43 @@ fn sse(events: Vec<String>, d: &Directives) -> Response<Body> {
     r
 }
 
-async fn messages(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Response<Body>, std::io::Error> {
+async fn messages(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::io::Error> {
     let (parts, body) = req.into_parts();
-    let body = body.collect().await.map_err(std::io::Error::other)?.to_bytes();
+    let body = body
+        .collect()
+        .await
+        .map_err(std::io::Error::other)?
+        .to_bytes();
     shared.record(&parts.method, &parts.uri, &parts.headers, &body);
     let a_error = |status: StatusCode, message: &str| {
-        json_response(status, &anthropic::error_body(anthropic::error_type(status.as_u16()), message))
+        json_response(
+            status,
+            &anthropic::error_body(anthropic::error_type(status.as_u16()), message),
+        )
     };
     match parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        None | Some("") => return Ok(a_error(StatusCode::UNAUTHORIZED, "x-api-key header is required")),
-        Some(key) if !shared.config.api_keys.is_empty() && !shared.config.api_keys.iter().any(|k| k == key) => {
+        None | Some("") => {
+            return Ok(a_error(
+                StatusCode::UNAUTHORIZED,
+                "x-api-key header is required",
+            ));
+        }
+        Some(key)
+            if !shared.config.api_keys.is_empty()
+                && !shared.config.api_keys.iter().any(|k| k == key) =>
+        {
             return Ok(a_error(StatusCode::UNAUTHORIZED, "invalid x-api-key"));
         }
         Some(_) => {}
     }
     if parts.headers.get("anthropic-version").is_none() {
-        return Ok(a_error(StatusCode::BAD_REQUEST, "anthropic-version: header is required"));
+        return Ok(a_error(
+            StatusCode::BAD_REQUEST,
+            "anthropic-version: header is required",
+        ));
     }
     let req = match anthropic::parse(&body) {
         Ok(r) => r,
@@ -298,7 +331,10 @@ async fn messages(shared: Arc<Shared>, req: Request<Incoming>) -> Result<Respons
     if req.stream {
         return Ok(sse(anthropic::stream_events(&req, &id, &pieces, stop), &d));
     }
-    Ok(json_response(StatusCode::OK, &anthropic::message(&req, &id, &pieces, stop)))
+    Ok(json_response(
+        StatusCode::OK,
+        &anthropic::message(&req, &id, &pieces, stop),
+    ))
 }
 
 /// A body that promises `declared` bytes, sends `sent`, then breaks.

@@ -1,0 +1,108 @@
+//! Golden files: `testdata/openai_to_anthropic/<case>.in.*` translated must equal
+//! `<case>.out.*`. Run with `UPDATE_GOLDEN=1` to rewrite the outputs, then review the diff.
+
+use std::path::PathBuf;
+
+use super::*;
+use crate::sse::Parser;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/openai_to_anthropic")
+}
+
+fn golden(name: &str, actual: &str) {
+    let path = dir().join(name);
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, actual).unwrap();
+        return;
+    }
+    let expected = std::fs::read_to_string(&path)
+        .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", path.display()));
+    assert_eq!(actual, expected, "{name} differs from the golden file");
+}
+
+fn pretty(bytes: &[u8]) -> String {
+    let v: Value = serde_json::from_slice(bytes).unwrap();
+    serde_json::to_string_pretty(&v).unwrap() + "\n"
+}
+
+fn input(name: &str) -> Vec<u8> {
+    std::fs::read(dir().join(name)).unwrap()
+}
+
+#[test]
+fn requests() {
+    for case in ["request_text", "request_system_images_stop"] {
+        let out = request(&input(&format!("{case}.in.json")), "claude-sonnet-4-5").unwrap();
+        golden(&format!("{case}.out.json"), &pretty(&out));
+    }
+}
+
+#[test]
+fn refused_parameters_name_themselves() {
+    for (body, param) in [
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
+            "tools",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+            "n",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+            "response_format",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"tool","content":"x","tool_call_id":"a"}]}"#,
+            "messages[0]",
+        ),
+    ] {
+        match request(body.as_bytes(), "c") {
+            Err(ApiError::BadRequest(m)) => assert!(m.starts_with(param), "{m}"),
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+    // Parameters with no Anthropic equivalent that do not change the request are dropped.
+    let out = request(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"seed":1,"presence_penalty":0.5}"#, "c").unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert!(v.get("seed").is_none() && v.get("presence_penalty").is_none());
+    assert_eq!(v["max_tokens"], DEFAULT_MAX_TOKENS);
+}
+
+#[test]
+fn responses() {
+    let out = response(&input("response_text.in.json"), 1_700_000_000).unwrap();
+    golden("response_text.out.json", &pretty(&out));
+    golden("error.out.json", &pretty(&error(&input("error.in.json"))));
+}
+
+#[test]
+fn streams_translate_event_by_event_whatever_the_chunking() {
+    let raw = input("stream_text.in.sse");
+    let run = |cut: usize| {
+        let mut parser = Parser::default();
+        let mut t = StreamTranslator::new(1_700_000_000, true);
+        let mut out = String::new();
+        for part in raw.chunks(cut) {
+            for event in parser.feed(part).unwrap() {
+                out += &t.event(&event);
+            }
+        }
+        out + &t.finish()
+    };
+    let whole = run(raw.len());
+    golden("stream_text.out.sse", &whole);
+    for cut in [1, 7, 64] {
+        assert_eq!(run(cut), whole, "chunks of {cut} bytes");
+    }
+    // Without include_usage: no usage fields at all.
+    let mut parser = Parser::default();
+    let mut t = StreamTranslator::new(1, false);
+    let mut out = String::new();
+    for event in parser.feed(&raw).unwrap() {
+        out += &t.event(&event);
+    }
+    assert!(!out.contains("usage"));
+    assert!(out.ends_with("data: [DONE]\n\n"));
+}
