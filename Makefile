@@ -12,7 +12,7 @@ CTL_ADMIN   ?= 127.0.0.1:18001
 API_ADDR    ?= 127.0.0.1:8080
 DP_ADMIN    ?= 127.0.0.1:8081
 
-.PHONY: build run test lint fmt fmt-check clippy generate generate-check venv bench bench-smoke ci clean
+.PHONY: build run test lint fmt fmt-check clippy generate generate-check venv bench bench-smoke fuzz ci clean
 
 build:
 	$(CARGO) build -j $(JOBS) --workspace --bins
@@ -88,6 +88,15 @@ bench:
 ## A few seconds per scenario on the debug build: checks the harness, measures nothing.
 bench-smoke: build
 	target/debug/tollgate-bench --smoke --out target/bench/smoke.json
+
+## Fuzz every target for FUZZ_SECONDS each (needs the nightly toolchain; installs cargo-fuzz).
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS := sse chat_request openai_to_anthropic
+fuzz:
+	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
+	cd fuzz && for t in $(FUZZ_TARGETS); do \
+		$(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
+	done
 
 ## Exactly what CI runs.
 ci: lint generate-check test bench-smoke
