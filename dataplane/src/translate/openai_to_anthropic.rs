@@ -11,6 +11,9 @@
 //!   refused with a 400 naming the parameter; penalties, `seed` and `logit_bias` are
 //!   dropped (Anthropic has no equivalent and they do not change what is asked).
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use crate::proxy::error::ApiError;
@@ -275,6 +278,27 @@ pub struct StreamTranslator {
     include_usage: bool,
     usage: Value,
     done: bool,
+    /// The JSON of a content chunk around its text, built at `message_start`, so the
+    /// events that are most of a stream (text deltas) cost one small parse and a copy.
+    text_prefix: String,
+    text_suffix: &'static str,
+}
+
+/// Just enough of an event to recognise a text delta without building a document.
+#[derive(Deserialize)]
+struct TextDeltaEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    delta: Option<TextDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct TextDelta<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Cow<'a, str>,
+    #[serde(default, borrow)]
+    text: Option<Cow<'a, str>>,
 }
 
 impl StreamTranslator {
@@ -286,6 +310,8 @@ impl StreamTranslator {
             include_usage,
             usage: json!({}),
             done: false,
+            text_prefix: String::new(),
+            text_suffix: "",
         }
     }
 
@@ -312,6 +338,24 @@ impl StreamTranslator {
 
     /// The OpenAI SSE text for one Anthropic event (often empty).
     pub fn event(&mut self, event: &crate::sse::Event) -> String {
+        if !self.text_prefix.is_empty()
+            && let Ok(e) = serde_json::from_str::<TextDeltaEvent<'_>>(&event.data)
+            && e.kind == "content_block_delta"
+            && let Some(TextDelta {
+                kind,
+                text: Some(text),
+            }) = e.delta
+            && kind == "text_delta"
+        {
+            let text = serde_json::to_string(&text).unwrap_or_default();
+            let mut out = String::with_capacity(self.text_prefix.len() + text.len() + 64);
+            out.push_str("data: ");
+            out.push_str(&self.text_prefix);
+            out.push_str(&text);
+            out.push_str(self.text_suffix);
+            out.push_str("\n\n");
+            return out;
+        }
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             return String::new();
         };
@@ -330,8 +374,20 @@ impl StreamTranslator {
                 if let Some(u) = m.get("usage").and_then(Value::as_object) {
                     self.merge_usage(u);
                 }
+                self.text_prefix = format!(
+                    "{{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":",
+                    Value::String(self.id.clone()),
+                    self.created,
+                    self.model
+                );
+                self.text_suffix = if self.include_usage {
+                    "},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}"
+                } else {
+                    "},\"logprobs\":null,\"finish_reason\":null}]}"
+                };
                 self.delta(json!({"role": "assistant", "content": ""}), None)
             }
+            // Text deltas after `message_start` take the fast path above.
             "content_block_delta" => match data.pointer("/delta/type").and_then(Value::as_str) {
                 Some("text_delta") => {
                     let text = data.pointer("/delta/text").cloned().unwrap_or(Value::Null);

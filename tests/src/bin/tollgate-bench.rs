@@ -132,6 +132,8 @@ struct Report {
     scenarios: Vec<Scenario>,
     json: Comparison,
     stream: Comparison,
+    translated_json: Translated,
+    translated_stream: Translated,
     dataplane: Dataplane,
     #[serde(skip_serializing_if = "Option::is_none")]
     scale: Option<Scale>,
@@ -195,6 +197,47 @@ fn chat_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target> {
     })
 }
 
+fn messages_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target> {
+    let body = if stream {
+        r#"{"model":"claude-sonnet-4-5","max_tokens":1024,"stream":true,"messages":[{"role":"user","content":"Benchmark request"}]}"#
+    } else {
+        r#"{"model":"claude-sonnet-4-5","max_tokens":1024,"messages":[{"role":"user","content":"Benchmark request"}]}"#
+    };
+    Ok(Target {
+        uri: format!("{base}/v1/messages").parse()?,
+        headers: vec![
+            (
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                HeaderName::from_static("x-api-key"),
+                HeaderValue::from_str(key)?,
+            ),
+            (
+                HeaderName::from_static("anthropic-version"),
+                HeaderValue::from_static("2023-06-01"),
+            ),
+        ],
+        body: Bytes::from_static(body.as_bytes()),
+    })
+}
+
+fn translated_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target> {
+    let mut t = chat_target(base, key, stream)?;
+    let body = String::from_utf8_lossy(&t.body).replace("gpt-4o", "claude-sonnet-4-5");
+    t.body = Bytes::from(body);
+    Ok(t)
+}
+
+/// How a path builds its request.
+#[derive(Clone, Copy)]
+enum Format {
+    OpenAi,
+    Anthropic,
+    OpenAiToAnthropic,
+}
+
 fn manifests(dir: &Path, mock: &str) -> anyhow::Result<()> {
     let mut text = String::new();
     for name in ["bench-a", "bench-b"] {
@@ -204,6 +247,10 @@ fn manifests(dir: &Path, mock: &str) -> anyhow::Result<()> {
         )?;
     }
     text += "apiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: bench\nspec:\n  match:\n    models: [gpt-4o]\n  targets:\n    - provider: bench-a\n      weight: 1\n    - provider: bench-b\n      weight: 1\n---\n";
+    write!(
+        text,
+        "apiVersion: tollgate.dev/v1alpha1\nkind: LLMProvider\nmetadata:\n  name: bench-anthropic\nspec:\n  type: anthropic\n  endpoint: {mock}\n  credentials:\n    - secretRef:\n        name: bench-a-key\n---\napiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: claude\nspec:\n  match:\n    models: [claude-sonnet-4-5]\n  targets:\n    - provider: bench-anthropic\n---\n"
+    )?;
     write!(
         text,
         "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: bench\nspec:\n  secretRef:\n    name: bench-key\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-key\nstringData:\n  key: {CLIENT_KEY}\n"
@@ -277,7 +324,7 @@ fn metric(admin: &str, name: &str) -> f64 {
 /// Measures every path in one mode. The paths take turns in short slices (round robin)
 /// so that drift on a shared machine spreads over all of them instead of landing on one.
 async fn measure(
-    paths: &[(&'static str, String, &'static str)],
+    paths: &[(&'static str, String, &'static str, Format)],
     stream: bool,
     client: &HttpClient,
     args: &Args,
@@ -286,7 +333,11 @@ async fn measure(
 ) -> anyhow::Result<Vec<ModeResult>> {
     let targets = paths
         .iter()
-        .map(|(_, base, key)| chat_target(base, key, stream))
+        .map(|(_, base, key, format)| match format {
+            Format::OpenAi => chat_target(base, key, stream),
+            Format::Anthropic => messages_target(base, key, stream),
+            Format::OpenAiToAnthropic => translated_target(base, key, stream),
+        })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let rounds = args.rounds.max(1);
     let slice = Duration::from_secs_f64(args.seconds / rounds as f64);
@@ -318,11 +369,11 @@ async fn measure(
         );
     }
     let mut out = Vec::new();
-    for (i, (name, _, _)) in paths.iter().enumerate() {
+    for (i, (name, _, _, _)) in paths.iter().enumerate() {
         let fixed_rate = bench::summarize(&fixed[i], args.seconds);
         let max_throughput = bench::summarize(&max[i], args.seconds);
         eprintln!(
-            "{name:<10} {:<6} fixed {:>7.0} rps p50 {:>7.3} ms p99 {:>7.3} ms | max {:>7.0} rps",
+            "{name:<19} {:<6} fixed {:>7.0} rps p50 {:>7.3} ms p99 {:>7.3} ms | max {:>7.0} rps",
             if stream { "stream" } else { "json" },
             fixed_rate.rps,
             fixed_rate.latency_ms.p50,
@@ -341,6 +392,31 @@ async fn measure(
         });
     }
     Ok(out)
+}
+
+/// Tollgate translating OpenAI to Anthropic, against calling Anthropic's API directly.
+#[derive(Serialize)]
+struct Translated {
+    added_latency_ms: Added,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    added_first_chunk_ms: Option<Added>,
+    throughput_over_direct: f64,
+}
+
+fn compare_translated(s: &[Scenario], stream: bool) -> Translated {
+    let pick = |i: usize| if stream { &s[i].stream } else { &s[i].json };
+    let (direct, tg) = (pick(3), pick(4));
+    Translated {
+        added_latency_ms: Added::between(&tg.fixed_rate.latency_ms, &direct.fixed_rate.latency_ms),
+        added_first_chunk_ms: match (
+            &tg.fixed_rate.first_chunk_ms,
+            &direct.fixed_rate.first_chunk_ms,
+        ) {
+            (Some(a), Some(b)) if stream => Some(Added::between(a, b)),
+            _ => None,
+        },
+        throughput_over_direct: tg.max_throughput.rps / direct.max_throughput.rps.max(f64::EPSILON),
+    }
 }
 
 fn compare(s: &[Scenario], stream: bool) -> Comparison {
@@ -480,7 +556,7 @@ fn table(r: &Report) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "\n{:<11} {:<7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
+        "\n{:<19} {:<7} {:>9} {:>8} {:>8} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9}",
         "scenario",
         "mode",
         "rate rps",
@@ -506,7 +582,7 @@ fn table(r: &Report) -> String {
                 });
             let _ = writeln!(
                 out,
-                "{:<11} {:<7} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>9} {:>9.0}",
+                "{:<19} {:<7} {:>9.0} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>8.3} {:>9} {:>9} {:>9.0}",
                 s.name,
                 mode,
                 m.fixed_rate.rps,
@@ -546,6 +622,24 @@ fn table(r: &Report) -> String {
             "  max throughput: tollgate/direct {:.2}, tollgate/bare-proxy {:.2}",
             c.throughput_tollgate_over_direct, c.throughput_tollgate_over_bare_proxy
         );
+    }
+    for (mode, t) in [
+        ("json", &r.translated_json),
+        ("stream", &r.translated_stream),
+    ] {
+        let a = &t.added_latency_ms;
+        let _ = writeln!(
+            out,
+            "\nadded by tollgate translating OpenAI to Anthropic ({mode}), against a direct Anthropic call: p50 {:+.3} ms, p99 {:+.3}; max throughput ratio {:.2}",
+            a.p50, a.p99, t.throughput_over_direct
+        );
+        if let Some(f) = &t.added_first_chunk_ms {
+            let _ = writeln!(
+                out,
+                "  time to first chunk added: p50 {:+.3} ms, p99 {:+.3} ms",
+                f.p50, f.p99
+            );
+        }
     }
     let d = &r.dataplane;
     let _ = writeln!(
@@ -615,13 +709,26 @@ async fn main() -> anyhow::Result<()> {
     let client = bench::client();
 
     let paths = [
-        ("direct", mock_url.clone(), UPSTREAM_KEY),
+        ("direct", mock_url.clone(), UPSTREAM_KEY, Format::OpenAi),
         (
             "bare-proxy",
             format!("http://127.0.0.1:{bare_port}"),
             UPSTREAM_KEY,
+            Format::OpenAi,
         ),
-        ("tollgate", tg.api.clone(), CLIENT_KEY),
+        ("tollgate", tg.api.clone(), CLIENT_KEY, Format::OpenAi),
+        (
+            "direct-anthropic",
+            mock_url.clone(),
+            UPSTREAM_KEY,
+            Format::Anthropic,
+        ),
+        (
+            "tollgate-translated",
+            tg.api.clone(),
+            CLIENT_KEY,
+            Format::OpenAiToAnthropic,
+        ),
     ];
     let pid = tg.dataplane.pid();
     let mut cpu = (0.0, 0u64);
@@ -630,7 +737,7 @@ async fn main() -> anyhow::Result<()> {
     let scenarios: Vec<Scenario> = paths
         .iter()
         .zip(json.into_iter().zip(stream))
-        .map(|((name, _, _), (json, stream))| Scenario { name, json, stream })
+        .map(|((name, _, _, _), (json, stream))| Scenario { name, json, stream })
         .collect();
     let (cpu, requests) = cpu;
     let (_, peak) = proc::memory_kib(tg.dataplane.pid()).unwrap_or((0, 0));
@@ -670,6 +777,8 @@ async fn main() -> anyhow::Result<()> {
         },
         json: compare(&scenarios, false),
         stream: compare(&scenarios, true),
+        translated_json: compare_translated(&scenarios, false),
+        translated_stream: compare_translated(&scenarios, true),
         scenarios,
         dataplane: Dataplane {
             peak_rss_mib: peak as f64 / 1024.0,

@@ -77,6 +77,35 @@ fn responses() {
     golden("error.out.json", &pretty(&error(&input("error.in.json"))));
 }
 
+/// The fast path for text deltas writes the same chunk as building it as a document.
+#[test]
+fn fast_text_chunks_equal_slow_ones() {
+    for include_usage in [false, true] {
+        let mut t = StreamTranslator::new(5, include_usage);
+        let start = crate::sse::Event {
+            name: "message_start".into(),
+            data: r#"{"type":"message_start","message":{"id":"msg_\"x","model":"claude","usage":{"input_tokens":1}}}"#.into(),
+        };
+        t.event(&start);
+        for text in ["plain", "quote \\\" and \\n newline", "unicode \\u00e9 é"] {
+            let data = format!(
+                r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"{text}"}}}}"#
+            );
+            let fast = t.event(&crate::sse::Event {
+                name: "content_block_delta".into(),
+                data: data.clone(),
+            });
+            let v: Value = serde_json::from_str(&data).unwrap();
+            let slow = t.delta(json!({"content": v["delta"]["text"]}), None);
+            let parse = |s: &str| {
+                serde_json::from_str::<Value>(s.trim_start_matches("data: ").trim()).unwrap()
+            };
+            assert_eq!(parse(&fast), parse(&slow), "{text}");
+            assert!(fast.starts_with("data: {") && fast.ends_with("}\n\n"));
+        }
+    }
+}
+
 #[test]
 fn streams_translate_event_by_event_whatever_the_chunking() {
     let raw = input("stream_text.in.sse");
