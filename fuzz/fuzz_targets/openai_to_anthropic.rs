@@ -4,7 +4,9 @@
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_dataplane::sse::Parser;
-use tollgate_dataplane::translate::openai_to_anthropic::{StreamTranslator, error, request, response};
+use tollgate_dataplane::translate::openai_to_anthropic::{
+    StreamTranslator, error, request, response,
+};
 
 fuzz_target!(|data: &[u8]| {
     if let Ok(out) = request(data, "claude") {
@@ -17,7 +19,11 @@ fuzz_target!(|data: &[u8]| {
     let mut parser = Parser::default();
     let mut t = StreamTranslator::new(0, true);
     for event in parser.feed(data).unwrap_or_default() {
-        for line in t.event(&event).lines().filter_map(|l| l.strip_prefix("data: ")) {
+        for line in t
+            .event(&event)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+        {
             if line != "[DONE]" {
                 serde_json::from_str::<serde_json::Value>(line).expect("chunk must be JSON");
             }

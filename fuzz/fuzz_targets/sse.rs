@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 use tollgate_dataplane::sse::Parser;
 
 fuzz_target!(|data: &[u8]| {
-    let Some((&cut, bytes)) = data.split_first() else { return };
+    let Some((&cut, bytes)) = data.split_first() else {
+        return;
+    };
     let mut whole = Parser::default();
     let mut expected = whole.feed(bytes).unwrap_or_default();
     expected.extend(whole.finish());
