@@ -87,6 +87,31 @@ impl Process {
         self.child.id()
     }
 
+    /// Polls `url` until it answers 200. Fails at once, with the process's log, if the
+    /// process exits first (typically: its port was taken between choosing and binding).
+    pub fn wait_ready(&mut self, url: &str, within: Duration) -> Result<(), StartError> {
+        let deadline = Instant::now() + within;
+        loop {
+            if http_get(url).map(|(s, _)| s == 200).unwrap_or(false) {
+                return Ok(());
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(StartError::Exited(format!(
+                    "{} exited ({status}):\n{}",
+                    self.name,
+                    self.log_text()
+                )));
+            }
+            if Instant::now() > deadline {
+                return Err(StartError::Timeout(format!(
+                    "{url} did not become ready within {within:?}:\n{}",
+                    self.log_text()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     /// Sends SIGTERM, as Kubernetes does to stop a pod.
     pub fn terminate(&self) -> anyhow::Result<()> {
         let status = Command::new("kill")
@@ -125,6 +150,46 @@ impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Why a process did not come up.
+#[derive(Debug)]
+pub enum StartError {
+    /// It exited: worth retrying on other ports.
+    Exited(String),
+    Timeout(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Exited(m) | Self::Timeout(m) => f.write_str(m),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Starts a process on ports picked by `args` (called again with fresh ports when the
+/// process exits during start-up, as when another process took a port first) and waits
+/// until `ready_url(args)` answers.
+pub fn start_ready(
+    name: &str,
+    program: &Path,
+    log_dir: &Path,
+    mut args: impl FnMut() -> anyhow::Result<(Vec<String>, String)>,
+) -> anyhow::Result<Process> {
+    let mut last = String::new();
+    for _ in 0..5 {
+        let (argv, ready_url) = args()?;
+        let mut process = Process::start(name, program, &argv, log_dir)?;
+        match process.wait_ready(&ready_url, Duration::from_secs(20)) {
+            Ok(()) => return Ok(process),
+            Err(StartError::Exited(log)) => last = log,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    bail!("{name} did not start after 5 attempts; last:\n{last}")
 }
 
 /// Polls `url` until it answers 200, or fails after `within`.
@@ -203,7 +268,18 @@ impl Stack {
         let dir = tempfile::tempdir()?;
         let manifests = dir.path().join("manifests");
         std::fs::create_dir(&manifests)?;
-        let mock_port = free_port()?;
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("test-token-{}\n", std::process::id()))?;
+        let logs = dir.path().to_path_buf();
+        let mut mock_port = 0;
+        let mock = start_ready("mock-llm", &bin("mock-llm")?, &logs, || {
+            mock_port = free_port()?;
+            let mut argv = vec!["--listen".to_string(), format!("127.0.0.1:{mock_port}")];
+            for key in UPSTREAM_KEYS {
+                argv.extend(["--api-key".to_string(), key.to_string()]);
+            }
+            Ok((argv, format!("http://127.0.0.1:{mock_port}/healthz")))
+        })?;
         let mock_url = format!("http://127.0.0.1:{mock_port}");
         for entry in std::fs::read_dir(workspace().join("examples/quickstart"))? {
             let entry = entry?;
@@ -211,15 +287,6 @@ impl Stack {
             let text = text.replace("http://127.0.0.1:9000", &mock_url);
             std::fs::write(manifests.join(entry.file_name()), text)?;
         }
-        let token_file = dir.path().join("token");
-        std::fs::write(&token_file, format!("test-token-{}\n", std::process::id()))?;
-        let logs = dir.path().to_path_buf();
-        let mut mock_args = vec!["--listen".to_string(), format!("127.0.0.1:{mock_port}")];
-        for key in UPSTREAM_KEYS {
-            mock_args.extend(["--api-key".to_string(), key.to_string()]);
-        }
-        let mock = Process::start("mock-llm", &bin("mock-llm")?, &mock_args, &logs)?;
-        wait_ok(&format!("{mock_url}/healthz"), Duration::from_secs(10))?;
         let mut stack = Self {
             dir,
             manifests,
@@ -227,7 +294,7 @@ impl Stack {
             mock,
             mock_url,
             controller: None,
-            xds_port: free_port()?,
+            xds_port: 0,
             controller_admin: String::new(),
             dataplanes: vec![],
         };
@@ -236,63 +303,72 @@ impl Stack {
         Ok(stack)
     }
 
+    /// Starts the controller; on its first start the config-stream port is chosen too, on
+    /// a restart the same port is used again so that dataplanes find it.
     pub fn start_controller(&mut self) -> anyhow::Result<()> {
-        let admin_port = free_port()?;
-        self.controller_admin = format!("http://127.0.0.1:{admin_port}");
-        let args = vec![
-            "--manifests".into(),
-            self.manifests.display().to_string(),
-            "--xds-listen".into(),
-            format!("127.0.0.1:{}", self.xds_port),
-            "--admin-listen".into(),
-            format!("127.0.0.1:{admin_port}"),
-            "--token-file".into(),
-            self.token_file.display().to_string(),
-            "--poll-interval".into(),
-            "100ms".into(),
-        ];
+        let first = self.controller.is_none();
         let logs = self.dir.path().to_path_buf();
-        self.controller = Some(Process::start(
-            "controller",
-            &bin("tollgate-controller")?,
-            &args,
-            &logs,
-        )?);
-        wait_ok(
-            &format!("{}/readyz", self.controller_admin),
-            Duration::from_secs(10),
-        )
+        let (manifests, token) = (
+            self.manifests.display().to_string(),
+            self.token_file.display().to_string(),
+        );
+        let mut chosen = (self.xds_port, 0);
+        let process = start_ready("controller", &bin("tollgate-controller")?, &logs, || {
+            if first {
+                chosen.0 = free_port()?;
+            }
+            chosen.1 = free_port()?;
+            let argv = vec![
+                "--manifests".into(),
+                manifests.clone(),
+                "--xds-listen".into(),
+                format!("127.0.0.1:{}", chosen.0),
+                "--admin-listen".into(),
+                format!("127.0.0.1:{}", chosen.1),
+                "--token-file".into(),
+                token.clone(),
+                "--poll-interval".into(),
+                "100ms".into(),
+            ];
+            Ok((argv, format!("http://127.0.0.1:{}/readyz", chosen.1)))
+        })?;
+        self.xds_port = chosen.0;
+        self.controller_admin = format!("http://127.0.0.1:{}", chosen.1);
+        self.controller = Some(process);
+        Ok(())
     }
 
     pub fn add_dataplane(&mut self) -> anyhow::Result<&Dataplane> {
-        let (api_port, admin_port) = (free_port()?, free_port()?);
         let n = self.dataplanes.len() + 1;
-        let args = vec![
-            "--controller".into(),
-            format!("http://127.0.0.1:{}", self.xds_port),
-            "--listen".into(),
-            format!("127.0.0.1:{api_port}"),
-            "--admin-listen".into(),
-            format!("127.0.0.1:{admin_port}"),
-            "--token-file".into(),
-            self.token_file.display().to_string(),
-            "--node-id".into(),
-            format!("dataplane-{n}"),
-        ];
         let logs = self.dir.path().to_path_buf();
-        let process = Process::start(
+        let (xds, token) = (self.xds_port, self.token_file.display().to_string());
+        let mut ports = (0, 0);
+        let process = start_ready(
             &format!("dataplane-{n}"),
             &bin("tollgate-dataplane")?,
-            &args,
             &logs,
+            || {
+                ports = (free_port()?, free_port()?);
+                let argv = vec![
+                    "--controller".into(),
+                    format!("http://127.0.0.1:{xds}"),
+                    "--listen".into(),
+                    format!("127.0.0.1:{}", ports.0),
+                    "--admin-listen".into(),
+                    format!("127.0.0.1:{}", ports.1),
+                    "--token-file".into(),
+                    token.clone(),
+                    "--node-id".into(),
+                    format!("dataplane-{n}"),
+                ];
+                Ok((argv, format!("http://127.0.0.1:{}/readyz", ports.1)))
+            },
         )?;
-        let dp = Dataplane {
+        self.dataplanes.push(Dataplane {
             process,
-            api: format!("http://127.0.0.1:{api_port}/v1"),
-            admin: format!("http://127.0.0.1:{admin_port}"),
-        };
-        wait_ok(&format!("{}/readyz", dp.admin), Duration::from_secs(10))?;
-        self.dataplanes.push(dp);
+            api: format!("http://127.0.0.1:{}/v1", ports.0),
+            admin: format!("http://127.0.0.1:{}", ports.1),
+        });
         self.dataplanes.last().context("just pushed")
     }
 
