@@ -422,6 +422,34 @@ async fn errors_come_back_in_openai_format() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_uses_only_its_allowed_models() {
+    let stack = Stack::start().unwrap();
+    with_logs(&stack, async {
+        stack
+            .write_manifest(
+                "mini.yaml",
+                "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: mini\nspec:\n  secretRef:\n    name: mini-key\n  models: [\"gpt-4o-mini\", \"claude-*\"]\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: mini-key\nstringData:\n  key: tg-mini\n",
+            )
+            .unwrap();
+        let api = stack.api().to_string();
+        let api_ref = &api;
+        eventually(Duration::from_secs(2), move || async move {
+            post(api_ref, Some("tg-mini"), &chat_body("gpt-4o-mini", "hi")).await.0 == 200
+        })
+        .await;
+        let (status, _, v) = post(&api, Some("tg-mini"), &chat_body("gpt-4o", "hi")).await;
+        assert_eq!(status, 403, "{v}");
+        assert_eq!(v["error"]["code"], "model_not_allowed");
+        assert_eq!(v["error"]["type"], "permission_error");
+        let models = client(&api, "tg-mini").models().list().await.unwrap();
+        let mut ids: Vec<_> = models.data.iter().map(|m| m.id.clone()).collect();
+        ids.sort();
+        assert_eq!(ids, ["claude-haiku-4-5", "claude-sonnet-4-5", "gpt-4o-mini"]);
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn route_timeout_gives_504() {
     let stack = Stack::start().unwrap();
     with_logs(&stack, async {
