@@ -2,7 +2,7 @@
 //! a report of every object's conditions. Pure: no I/O, no clock, so every rule about what
 //! is accepted, resolved and served is tested without a cluster or a dataplane.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use base64::Engine;
@@ -268,40 +268,10 @@ pub fn compile_cached(
         }
     }
 
-    let names = |items: &[(&str, &str)]| -> std::collections::HashSet<(String, String)> {
-        items
-            .iter()
-            .map(|(ns, n)| (ns.to_string(), n.to_string()))
-            .collect()
-    };
-    let provider_names = names(
-        &kinds
-            .providers
-            .iter()
-            .map(|p| (p.namespace.as_str(), p.name.as_str()))
-            .collect::<Vec<_>>(),
-    );
-    let budget_names = names(
-        &kinds
-            .budgets
-            .iter()
-            .map(|p| (p.namespace.as_str(), p.name.as_str()))
-            .collect::<Vec<_>>(),
-    );
-    let server_names = names(
-        &kinds
-            .mcp_servers
-            .iter()
-            .map(|p| (p.namespace.as_str(), p.name.as_str()))
-            .collect::<Vec<_>>(),
-    );
-    let policy_names = names(
-        &kinds
-            .mcp_policies
-            .iter()
-            .map(|p| (p.namespace.as_str(), p.name.as_str()))
-            .collect::<Vec<_>>(),
-    );
+    let provider_names = names_of(&kinds.providers);
+    let budget_names = names_of(&kinds.budgets);
+    let server_names = names_of(&kinds.mcp_servers);
+    let policy_names = names_of(&kinds.mcp_policies);
 
     for p in &kinds.providers {
         let (body, missing) = compile_provider(p, &secrets);
@@ -451,6 +421,14 @@ pub fn compile_cached(
         ))
     });
     out
+}
+
+/// (namespace, name) of every object of one kind, to resolve references against.
+fn names_of<T>(items: &[Parsed<T>]) -> HashSet<(String, String)> {
+    items
+        .iter()
+        .map(|p| (p.namespace.clone(), p.name.clone()))
+        .collect()
 }
 
 fn push<T: DeserializeOwned>(

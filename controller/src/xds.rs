@@ -100,7 +100,7 @@ impl Session {
     async fn run(mut self, mut inbound: Streaming<DeltaConfigRequest>) {
         self.metrics.connected.inc();
         let mut snapshot = self.snapshots.borrow_and_update().clone();
-        loop {
+        'session: loop {
             tokio::select! {
                 message = inbound.message() => match message {
                     Ok(Some(request)) => {
@@ -122,7 +122,8 @@ impl Session {
                     let subscribed: Vec<&'static str> = self.types.keys().copied().collect();
                     for type_url in subscribed {
                         if self.send_delta(type_url, &snapshot, false).await.is_err() {
-                            break;
+                            // The dataplane is gone: end the session, not just this round.
+                            break 'session;
                         }
                     }
                 }
