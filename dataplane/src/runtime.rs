@@ -4,6 +4,7 @@
 //! with a typed error instead of failing requests later.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{HeaderName, HeaderValue, Uri};
@@ -23,6 +24,8 @@ pub enum ConvertError {
     UnknownProviderType(i32),
     #[error("endpoint {0:?} is not an absolute http(s) URL")]
     BadEndpoint(String),
+    #[error("apiVersion {0:?} cannot be sent as an HTTP header")]
+    BadApiVersion(String),
     #[error("credential {0} cannot be sent as an HTTP header")]
     BadCredential(String),
     #[error("key hash must be 32 bytes, got {0}")]
@@ -81,12 +84,14 @@ impl std::fmt::Debug for Credential {
 
 #[derive(Clone, Debug)]
 pub struct Provider {
-    /// `<namespace>/<name>`.
-    pub id: String,
+    /// `<namespace>/<name>`; shared with metric labels, so cloning it is cheap.
+    pub id: Arc<str>,
     pub kind: ProviderKind,
     /// Endpoint without a trailing slash.
     pub endpoint: String,
     pub api_version: String,
+    /// `anthropic-version` for Anthropic providers: `api_version`, or the default.
+    pub anthropic_version: HeaderValue,
     pub credentials: Vec<Credential>,
 }
 
@@ -161,10 +166,16 @@ impl TryFrom<&pb::Provider> for Provider {
             })
             .collect::<Result<Vec<_>, ConvertError>>()?;
         Ok(Self {
-            id: format!("{}/{}", p.namespace, p.name),
+            id: format!("{}/{}", p.namespace, p.name).into(),
             kind,
             endpoint,
             api_version: p.api_version.clone(),
+            anthropic_version: if p.api_version.is_empty() {
+                HeaderValue::from_static(crate::translate::DEFAULT_ANTHROPIC_VERSION)
+            } else {
+                HeaderValue::try_from(p.api_version.as_str())
+                    .map_err(|_| ConvertError::BadApiVersion(p.api_version.clone()))?
+            },
             credentials,
         })
     }
@@ -187,15 +198,15 @@ pub struct Target {
     /// `<namespace>/<name>` of the provider.
     pub provider: String,
     /// Model sent upstream; `None` sends the requested model.
-    pub model: Option<String>,
+    pub model: Option<Arc<str>>,
     pub weight: u32,
     pub priority: u32,
 }
 
 #[derive(Clone, Debug)]
 pub struct Route {
-    /// `<namespace>/<name>`.
-    pub id: String,
+    /// `<namespace>/<name>`; shared with metric labels, so cloning it is cheap.
+    pub id: Arc<str>,
     pub namespace: String,
     pub name: String,
     pub models: Vec<String>,
@@ -243,7 +254,7 @@ impl TryFrom<&pb::Route> for Route {
             .collect::<Result<Vec<_>, ConvertError>>()?;
         let timeout_ms = r.timeouts.as_ref().map_or(0, |t| t.request_ms);
         Ok(Self {
-            id: format!("{}/{}", r.namespace, r.name),
+            id: format!("{}/{}", r.namespace, r.name).into(),
             namespace: r.namespace.clone(),
             name: r.name.clone(),
             models: r.models.clone(),
@@ -253,7 +264,7 @@ impl TryFrom<&pb::Route> for Route {
                 .iter()
                 .map(|t| Target {
                     provider: format!("{}/{}", r.namespace, t.provider),
-                    model: (!t.model.is_empty()).then(|| t.model.clone()),
+                    model: (!t.model.is_empty()).then(|| t.model.as_str().into()),
                     weight: t.weight,
                     priority: t.priority,
                 })
@@ -370,6 +381,33 @@ pub fn pick_weighted<T>(items: &[T], weight: impl Fn(&T) -> u32) -> Option<&T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn anthropic_version_is_resolved_once() {
+        let mut p = pb::Provider {
+            namespace: "ns".into(),
+            name: "claude".into(),
+            r#type: pb::ProviderType::Anthropic as i32,
+            endpoint: "https://api.anthropic.com".into(),
+            ..Default::default()
+        };
+        let default = Provider::try_from(&p).unwrap();
+        assert_eq!(
+            default.anthropic_version,
+            crate::translate::DEFAULT_ANTHROPIC_VERSION
+        );
+        assert_eq!(&*default.id, "ns/claude");
+        p.api_version = "2023-01-01".into();
+        assert_eq!(
+            Provider::try_from(&p).unwrap().anthropic_version,
+            "2023-01-01"
+        );
+        p.api_version = "bad\nversion".into();
+        assert_eq!(
+            Provider::try_from(&p).unwrap_err(),
+            ConvertError::BadApiVersion("bad\nversion".into())
+        );
+    }
 
     #[test]
     fn weighted_pick_follows_the_weights() {

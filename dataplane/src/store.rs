@@ -105,7 +105,7 @@ impl Store {
         let of = |t: &str| self.types.get(t).unwrap_or(&empty);
         for held in of(type_url::PROVIDER).values() {
             if let Item::Provider(p) = &held.item {
-                snapshot.providers.insert(p.id.clone(), p.clone());
+                snapshot.providers.insert(p.id.to_string(), p.clone());
             }
         }
         for held in of(type_url::VIRTUAL_KEY).values() {

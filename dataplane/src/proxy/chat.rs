@@ -4,6 +4,7 @@
 //! answer (JSON or SSE) chunk by chunk as it arrives.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,7 +21,7 @@ use super::{Api, Body, BoxError, State, authenticate, now_unix};
 use crate::metrics::Metrics;
 use crate::runtime::{ProviderKind, pick_weighted};
 use crate::sse;
-use crate::translate::{DEFAULT_ANTHROPIC_VERSION, openai_to_anthropic};
+use crate::translate::openai_to_anthropic;
 
 /// How a request and its answer cross the gateway.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,11 +52,12 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
     )
 }
 
+/// Metric labels: reference-counted, so a request allocates none.
 #[derive(Default)]
 struct Labels {
-    route: String,
-    provider: String,
-    model: String,
+    route: Arc<str>,
+    provider: Arc<str>,
+    model: Arc<str>,
 }
 
 /// Records a finished request once: when its body ends, fails, or is dropped.
@@ -71,16 +73,11 @@ impl Completion {
         let l = &self.labels;
         self.metrics
             .requests
-            .with_label_values(&[
-                l.route.as_str(),
-                l.provider.as_str(),
-                l.model.as_str(),
-                self.status.as_str(),
-            ])
+            .with_label_values(&[&l.route, &l.provider, &l.model, self.status.as_str()])
             .inc();
         self.metrics
             .duration
-            .with_label_values(&[l.route.as_str(), l.provider.as_str(), l.model.as_str()])
+            .with_label_values(&[&l.route, &l.provider, &l.model])
             .observe(self.started.elapsed().as_secs_f64());
     }
 }
@@ -142,7 +139,7 @@ async fn forward(
     let route = snapshot
         .route(key, &head.model, &parts.headers)
         .ok_or_else(|| ApiError::ModelNotFound(head.model.clone()))?;
-    labels.route.clone_from(&route.id);
+    labels.route = route.id.clone();
     let target = pick_weighted(&route.targets, |t| {
         if snapshot.providers.contains_key(&t.provider) {
             t.weight
@@ -150,14 +147,18 @@ async fn forward(
             0
         }
     })
-    .ok_or_else(|| ApiError::NoTarget(route.id.clone()))?;
+    .ok_or_else(|| ApiError::NoTarget(route.id.to_string()))?;
     let provider = snapshot
         .providers
         .get(&target.provider)
-        .ok_or_else(|| ApiError::NoTarget(route.id.clone()))?;
-    labels.provider.clone_from(&provider.id);
-    let model = target.model.as_deref().unwrap_or(&head.model);
-    labels.model = model.to_string();
+        .ok_or_else(|| ApiError::NoTarget(route.id.to_string()))?;
+    labels.provider = provider.id.clone();
+    let model: Arc<str> = target
+        .model
+        .clone()
+        .unwrap_or_else(|| head.model.as_str().into());
+    labels.model = model.clone();
+    let model: &str = &model;
     let (mode, uri, upstream_body) = match (api, provider.kind) {
         (
             Api::OpenAi,
@@ -202,13 +203,8 @@ async fn forward(
             .headers
             .get("anthropic-version")
             .filter(|_| api == Api::Anthropic)
-            .cloned()
-            .or_else(|| {
-                HeaderValue::from_str(&provider.api_version)
-                    .ok()
-                    .filter(|v| !v.is_empty())
-            })
-            .unwrap_or(HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION));
+            .unwrap_or(&provider.anthropic_version)
+            .clone();
         headers.insert(HeaderName::from_static("anthropic-version"), version);
         if let Some(beta) = parts
             .headers
@@ -302,8 +298,8 @@ async fn forward(
         }
     }
     for (name, value) in [
-        ("x-tollgate-route", route.id.as_str()),
-        ("x-tollgate-provider", provider.id.as_str()),
+        ("x-tollgate-route", &*route.id),
+        ("x-tollgate-provider", &*provider.id),
         ("x-tollgate-model", model),
     ] {
         if let Ok(v) = HeaderValue::from_str(value) {
