@@ -76,6 +76,21 @@ fn mask(key: &str) -> String {
 }
 
 impl Shared {
+    /// The whole request, recorded for `GET /mock/requests`.
+    async fn read_and_record(
+        &self,
+        req: Request<Incoming>,
+    ) -> Result<(http::request::Parts, Bytes), std::io::Error> {
+        let (parts, body) = req.into_parts();
+        let body = body
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        self.record(&parts.method, &parts.uri, &parts.headers, &body);
+        Ok((parts, body))
+    }
+
     fn record(&self, method: &Method, uri: &http::Uri, headers: &http::HeaderMap, body: &[u8]) {
         let header_map: serde_json::Map<String, Value> = headers
             .iter()
@@ -145,13 +160,7 @@ async fn chat(
     req: Request<Incoming>,
     azure: bool,
 ) -> Result<Response<Body>, std::io::Error> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
-    shared.record(&parts.method, &parts.uri, &parts.headers, &body);
+    let (parts, body) = shared.read_and_record(req).await?;
     let presented = if azure {
         parts.headers.get("api-key").and_then(|v| v.to_str().ok())
     } else {
@@ -283,13 +292,7 @@ async fn messages(
     shared: Arc<Shared>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::io::Error> {
-    let (parts, body) = req.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(std::io::Error::other)?
-        .to_bytes();
-    shared.record(&parts.method, &parts.uri, &parts.headers, &body);
+    let (parts, body) = shared.read_and_record(req).await?;
     let a_error = |status: StatusCode, message: &str| {
         json_response(
             status,
