@@ -5,6 +5,8 @@
 //! serving its last config while the controller is away.
 
 pub mod admin;
+pub mod auth;
+pub mod eventstream;
 pub mod glob;
 pub mod metrics;
 pub mod proxy;

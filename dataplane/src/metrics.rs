@@ -10,6 +10,8 @@ pub struct Metrics {
     pub registry: Registry,
     /// Requests by route, provider, model (as sent upstream) and response status.
     pub requests: IntCounterVec,
+    /// Tokens by route, provider, model and kind (input, output, cached, reasoning).
+    pub tokens: IntCounterVec,
     /// Time from request received to last byte sent.
     pub duration: HistogramVec,
     /// Time spent in the gateway itself, upstream wait excluded.
@@ -29,6 +31,13 @@ impl Metrics {
                 "Requests served, by route, provider, model and status",
             ),
             &["route", "provider", "model", "status"],
+        )?;
+        let tokens = IntCounterVec::new(
+            Opts::new(
+                "tollgate_tokens_total",
+                "Tokens metered, by route, provider, model and kind (input includes cached, output includes reasoning)",
+            ),
+            &["route", "provider", "model", "kind"],
         )?;
         let duration = HistogramVec::new(
             HistogramOpts::new(
@@ -68,6 +77,7 @@ impl Metrics {
             "1 while the config stream is up",
         )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(overhead.clone()))?;
         registry.register(Box::new(config_resources.clone()))?;
@@ -77,6 +87,7 @@ impl Metrics {
         Ok(Self {
             registry,
             requests,
+            tokens,
             duration,
             overhead,
             config_resources,

@@ -28,6 +28,10 @@ pub enum ConvertError {
     BadApiVersion(String),
     #[error("credential {0} cannot be sent as an HTTP header")]
     BadCredential(String),
+    #[error("credential {0}: {1}")]
+    BadServiceAccount(String, String),
+    #[error("{0}")]
+    MissingField(&'static str),
     #[error("key hash must be 32 bytes, got {0}")]
     BadKeyHash(usize),
     #[error("route has no model names to match")]
@@ -64,12 +68,26 @@ impl ProviderKind {
     }
 }
 
+/// How a credential authenticates a request.
+#[derive(Clone)]
+pub enum Auth {
+    /// A header carrying the key (`Authorization: Bearer`, `api-key`, `x-api-key`,
+    /// `x-goog-api-key`).
+    Header {
+        name: HeaderName,
+        value: HeaderValue,
+    },
+    /// AWS SigV4 with an access key.
+    Aws(crate::auth::sigv4::AwsCredentials),
+    /// A Google OAuth token from a service-account key.
+    Google(Arc<crate::auth::google::ServiceAccount>),
+}
+
 /// One credential, ready to put on a request.
 #[derive(Clone)]
 pub struct Credential {
     pub id: String,
-    pub header: HeaderName,
-    pub value: HeaderValue,
+    pub auth: Auth,
     pub weight: u32,
 }
 
@@ -89,21 +107,60 @@ pub struct Provider {
     pub kind: ProviderKind,
     /// Endpoint without a trailing slash.
     pub endpoint: String,
+    pub region: String,
+    pub project: String,
     pub api_version: String,
     /// `anthropic-version` for Anthropic providers: `api_version`, or the default.
     pub anthropic_version: HeaderValue,
     pub credentials: Vec<Credential>,
 }
 
+/// The wire format a provider speaks for a model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Wire {
+    OpenAi,
+    Anthropic,
+    /// Anthropic's Messages body on Vertex AI: no `model`, `anthropic_version` in the body.
+    VertexAnthropic,
+    Gemini,
+    Bedrock,
+}
+
 impl Provider {
+    /// The wire format for `model` at this provider: Vertex AI serves Claude models with
+    /// Anthropic's body and everything else with Gemini's.
+    pub fn wire(&self, model: &str) -> Wire {
+        match self.kind {
+            ProviderKind::OpenAi | ProviderKind::AzureOpenAi | ProviderKind::OpenAiCompatible => {
+                Wire::OpenAi
+            }
+            ProviderKind::Anthropic => Wire::Anthropic,
+            ProviderKind::Gemini => Wire::Gemini,
+            ProviderKind::VertexAi if model.starts_with("claude") => Wire::VertexAnthropic,
+            ProviderKind::VertexAi => Wire::Gemini,
+            ProviderKind::Bedrock => Wire::Bedrock,
+        }
+    }
+
     /// The URI of a chat completion for `model` at this provider.
     pub fn chat_uri(&self, model: &str) -> Result<Uri, http::Error> {
+        self.openai_uri(model, "chat/completions")
+    }
+
+    /// The URI of an embeddings request for `model` (OpenAI family).
+    pub fn embeddings_uri(&self, model: &str) -> Result<Uri, http::Error> {
+        self.openai_uri(model, "embeddings")
+    }
+
+    fn openai_uri(&self, model: &str, operation: &str) -> Result<Uri, http::Error> {
         let uri = match self.kind {
             ProviderKind::AzureOpenAi => format!(
-                "{}/openai/deployments/{}/chat/completions?api-version={}",
-                self.endpoint, model, self.api_version
+                "{}/openai/deployments/{}/{operation}?api-version={}",
+                self.endpoint,
+                crate::auth::sigv4::uri_encode(model, false),
+                self.api_version
             ),
-            _ => format!("{}/chat/completions", self.endpoint),
+            _ => format!("{}/{operation}", self.endpoint),
         };
         Ok(Uri::try_from(uri)?)
     }
@@ -113,9 +170,126 @@ impl Provider {
         Ok(Uri::try_from(format!("{}/v1/messages", self.endpoint))?)
     }
 
+    /// The URI of Anthropic's token counting at this provider.
+    pub fn count_tokens_uri(&self) -> Result<Uri, http::Error> {
+        Ok(Uri::try_from(format!(
+            "{}/v1/messages/count_tokens",
+            self.endpoint
+        ))?)
+    }
+
+    fn vertex_model_base(&self, publisher: &str, model: &str) -> String {
+        format!(
+            "{}/v1/projects/{}/locations/{}/publishers/{publisher}/models/{}",
+            self.endpoint,
+            self.project,
+            self.region,
+            crate::auth::sigv4::uri_encode(model, false)
+        )
+    }
+
+    /// The URI of `generateContent` (or its SSE stream) for `model`.
+    pub fn gemini_uri(&self, model: &str, stream: bool) -> Result<Uri, http::Error> {
+        let base = if self.kind == ProviderKind::VertexAi {
+            self.vertex_model_base("google", model)
+        } else {
+            format!(
+                "{}/v1beta/models/{}",
+                self.endpoint,
+                crate::auth::sigv4::uri_encode(model, false)
+            )
+        };
+        let uri = if stream {
+            format!("{base}:streamGenerateContent?alt=sse")
+        } else {
+            format!("{base}:generateContent")
+        };
+        Ok(Uri::try_from(uri)?)
+    }
+
+    /// The URI of a Claude model on Vertex AI.
+    pub fn vertex_anthropic_uri(&self, model: &str, stream: bool) -> Result<Uri, http::Error> {
+        let base = self.vertex_model_base("anthropic", model);
+        let verb = if stream {
+            "streamRawPredict"
+        } else {
+            "rawPredict"
+        };
+        Ok(Uri::try_from(format!("{base}:{verb}"))?)
+    }
+
+    /// The URI of Converse (or ConverseStream) for `model` on Bedrock.
+    pub fn bedrock_uri(&self, model: &str, stream: bool) -> Result<Uri, http::Error> {
+        let verb = if stream {
+            "converse-stream"
+        } else {
+            "converse"
+        };
+        Ok(Uri::try_from(format!(
+            "{}/model/{}/{verb}",
+            self.endpoint,
+            crate::auth::sigv4::uri_encode(model, false)
+        ))?)
+    }
+
+    /// The URI of Gemini's `embedContent` / `batchEmbedContents` for `model`.
+    pub fn gemini_embed_uri(&self, model: &str) -> Result<Uri, http::Error> {
+        let base = if self.kind == ProviderKind::VertexAi {
+            self.vertex_model_base("google", model)
+        } else {
+            format!(
+                "{}/v1beta/models/{}",
+                self.endpoint,
+                crate::auth::sigv4::uri_encode(model, false)
+            )
+        };
+        Ok(Uri::try_from(format!("{base}:batchEmbedContents"))?)
+    }
+
     /// Picks a credential by weight.
     pub fn credential(&self) -> Option<&Credential> {
         pick_weighted(&self.credentials, |c| c.weight)
+    }
+}
+
+/// AWS keys as the controller packs them: `{"accessKeyId", "secretAccessKey",
+/// "sessionToken"?}`.
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AwsKeyJson {
+    access_key_id: String,
+    secret_access_key: String,
+    #[serde(default)]
+    session_token: Option<String>,
+}
+
+fn header_auth(name: HeaderName, text: String, id: &str) -> Result<Auth, ConvertError> {
+    let mut value =
+        HeaderValue::try_from(text).map_err(|_| ConvertError::BadCredential(id.to_string()))?;
+    value.set_sensitive(true);
+    Ok(Auth::Header { name, value })
+}
+
+fn credential_auth(kind: ProviderKind, c: &pb::Credential) -> Result<Auth, ConvertError> {
+    let key = c.api_key.clone();
+    match kind {
+        ProviderKind::AzureOpenAi => header_auth(HeaderName::from_static("api-key"), key, &c.id),
+        ProviderKind::Anthropic => header_auth(HeaderName::from_static("x-api-key"), key, &c.id),
+        ProviderKind::Gemini => header_auth(HeaderName::from_static("x-goog-api-key"), key, &c.id),
+        ProviderKind::VertexAi => crate::auth::google::ServiceAccount::from_json(&key)
+            .map(Auth::Google)
+            .map_err(|e| ConvertError::BadServiceAccount(c.id.clone(), e.to_string())),
+        ProviderKind::Bedrock if key.trim_start().starts_with('{') => {
+            let k: AwsKeyJson = serde_json::from_str(&key)
+                .map_err(|_| ConvertError::BadCredential(c.id.clone()))?;
+            Ok(Auth::Aws(crate::auth::sigv4::AwsCredentials {
+                access_key_id: k.access_key_id,
+                secret_access_key: k.secret_access_key,
+                session_token: k.session_token.filter(|t| !t.is_empty()),
+            }))
+        }
+        // Bedrock API keys, and the OpenAI family.
+        _ => header_auth(http::header::AUTHORIZATION, format!("Bearer {key}"), &c.id),
     }
 }
 
@@ -141,26 +315,24 @@ impl TryFrom<&pb::Provider> for Provider {
         if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
             return Err(ConvertError::BadEndpoint(p.endpoint.clone()));
         }
+        match kind {
+            ProviderKind::VertexAi if p.project.is_empty() || p.region.is_empty() => {
+                return Err(ConvertError::MissingField(
+                    "vertex-ai needs project and region",
+                ));
+            }
+            ProviderKind::Bedrock if p.region.is_empty() => {
+                return Err(ConvertError::MissingField("bedrock needs region"));
+            }
+            _ => {}
+        }
         let credentials = p
             .credentials
             .iter()
             .map(|c| {
-                let (header, text) = match kind {
-                    ProviderKind::AzureOpenAi => {
-                        (HeaderName::from_static("api-key"), c.api_key.clone())
-                    }
-                    ProviderKind::Anthropic => {
-                        (HeaderName::from_static("x-api-key"), c.api_key.clone())
-                    }
-                    _ => (http::header::AUTHORIZATION, format!("Bearer {}", c.api_key)),
-                };
-                let mut value = HeaderValue::try_from(text)
-                    .map_err(|_| ConvertError::BadCredential(c.id.clone()))?;
-                value.set_sensitive(true);
                 Ok(Credential {
                     id: c.id.clone(),
-                    header,
-                    value,
+                    auth: credential_auth(kind, c)?,
                     weight: c.weight,
                 })
             })
@@ -169,8 +341,10 @@ impl TryFrom<&pb::Provider> for Provider {
             id: format!("{}/{}", p.namespace, p.name).into(),
             kind,
             endpoint,
+            region: p.region.clone(),
+            project: p.project.clone(),
             api_version: p.api_version.clone(),
-            anthropic_version: if p.api_version.is_empty() {
+            anthropic_version: if p.api_version.is_empty() || kind != ProviderKind::Anthropic {
                 HeaderValue::from_static(crate::translate::DEFAULT_ANTHROPIC_VERSION)
             } else {
                 HeaderValue::try_from(p.api_version.as_str())

@@ -19,18 +19,9 @@ use super::error::ApiError;
 use super::request::ChatHead;
 use super::{Api, Body, BoxError, State, authenticate, now_unix};
 use crate::metrics::Metrics;
-use crate::runtime::{ProviderKind, pick_weighted};
-use crate::sse;
-use crate::translate::openai_to_anthropic;
-
-/// How a request and its answer cross the gateway.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Mode {
-    /// Same format at both ends.
-    Pass,
-    /// OpenAI client, Anthropic provider.
-    OpenAiToAnthropic { include_usage: bool },
-}
+use crate::runtime::{Auth, Provider, ProviderKind, Wire, pick_weighted};
+use crate::translate::Usage;
+use crate::translate::pipeline::{Chain, Plan};
 
 /// Request headers passed on to the provider (trace context and request ids).
 const FORWARDED_REQUEST_HEADERS: [&str; 4] =
@@ -66,6 +57,7 @@ struct Completion {
     labels: Labels,
     status: StatusCode,
     started: Instant,
+    usage: Option<Usage>,
 }
 
 impl Completion {
@@ -79,6 +71,21 @@ impl Completion {
             .duration
             .with_label_values(&[&l.route, &l.provider, &l.model])
             .observe(self.started.elapsed().as_secs_f64());
+        if let Some(u) = self.usage {
+            for (kind, n) in [
+                ("input", u.input),
+                ("output", u.output),
+                ("cached", u.cached),
+                ("reasoning", u.reasoning),
+            ] {
+                if n > 0 {
+                    self.metrics
+                        .tokens
+                        .with_label_values(&[&l.route, &l.provider, &l.model, kind])
+                        .inc_by(n);
+                }
+            }
+        }
     }
 }
 
@@ -97,6 +104,7 @@ pub async fn handle(state: &State, req: Request<Incoming>, api: Api) -> Response
                 labels,
                 status: response.status(),
                 started,
+                usage: None,
             }
             .record();
             response
@@ -159,64 +167,40 @@ async fn forward(
         .unwrap_or_else(|| head.model.as_str().into());
     labels.model = model.clone();
     let model: &str = &model;
-    let (mode, uri, upstream_body) = match (api, provider.kind) {
-        (
-            Api::OpenAi,
-            ProviderKind::OpenAi | ProviderKind::OpenAiCompatible | ProviderKind::AzureOpenAi,
-        ) => (
-            Mode::Pass,
-            provider.chat_uri(model),
-            head.with_model(body, model),
-        ),
-        (Api::OpenAi, ProviderKind::Anthropic) => (
-            Mode::OpenAiToAnthropic {
-                include_usage: head.include_usage,
-            },
-            provider.messages_uri(),
-            openai_to_anthropic::request(&body, model)?.into(),
-        ),
-        (Api::Anthropic, ProviderKind::Anthropic) => (
-            Mode::Pass,
-            provider.messages_uri(),
-            head.with_model(body, model),
-        ),
-        (_, kind) => return Err(ApiError::UnsupportedProvider(kind.as_str())),
+    let wire = provider.wire(model);
+    let plan = Plan {
+        client: api,
+        wire,
+        provider: provider.kind,
+        model: model.to_string(),
+        stream: head.stream,
+        include_usage: head.include_usage,
+        created: now_unix(),
+        id: if wire == Wire::Bedrock {
+            next_id()
+        } else {
+            String::new()
+        },
     };
-    let mut upstream = Request::builder()
-        .method(Method::POST)
-        .uri(uri.map_err(|_| ApiError::Internal)?)
-        .header(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )
-        .body(Full::new(upstream_body))
-        .map_err(|_| ApiError::Internal)?;
-    let headers = upstream.headers_mut();
-    for name in FORWARDED_REQUEST_HEADERS {
-        if let Some(v) = parts.headers.get(name) {
-            headers.insert(HeaderName::from_static(name), v.clone());
+    let upstream_body: Bytes = if plan.passes_request() {
+        let body = head.with_model(body, model);
+        if wire == Wire::OpenAi {
+            head.with_usage_requested(body)
+        } else {
+            body
         }
+    } else {
+        plan.request(&body)?.into()
+    };
+    let uri = match wire {
+        Wire::OpenAi => provider.chat_uri(model),
+        Wire::Anthropic => provider.messages_uri(),
+        Wire::VertexAnthropic => provider.vertex_anthropic_uri(model, head.stream),
+        Wire::Gemini => provider.gemini_uri(model, head.stream),
+        Wire::Bedrock => provider.bedrock_uri(model, head.stream),
     }
-    if provider.kind == ProviderKind::Anthropic {
-        // The client's own version and beta flags win when it speaks Anthropic's API.
-        let version = parts
-            .headers
-            .get("anthropic-version")
-            .filter(|_| api == Api::Anthropic)
-            .unwrap_or(&provider.anthropic_version)
-            .clone();
-        headers.insert(HeaderName::from_static("anthropic-version"), version);
-        if let Some(beta) = parts
-            .headers
-            .get("anthropic-beta")
-            .filter(|_| api == Api::Anthropic)
-        {
-            headers.insert(HeaderName::from_static("anthropic-beta"), beta.clone());
-        }
-    }
-    if let Some(credential) = provider.credential() {
-        headers.insert(credential.header.clone(), credential.value.clone());
-    }
+    .map_err(|_| ApiError::Internal)?;
+    let upstream = build_upstream(state, provider, &parts.headers, api, uri, upstream_body).await?;
 
     let deadline = started + route.request_timeout;
     let before_upstream = started.elapsed();
@@ -240,54 +224,62 @@ async fn forward(
         _ => {}
     }
     let (mut up_parts, up_body) = response.into_parts();
-    let completion = Completion {
+    let streamed = up_parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.starts_with("text/event-stream")
+                || v.starts_with("application/vnd.amazon.eventstream")
+        });
+    let mut completion = Completion {
         metrics: state.metrics.clone(),
         labels: std::mem::take(labels),
         status,
         started,
+        usage: None,
     };
-    let forwarded = Forwarded {
-        inner: up_body,
-        deadline: Box::pin(tokio::time::sleep_until(deadline)),
-        done: Some(completion),
-    };
-    let body = match mode {
-        Mode::Pass => forwarded.boxed(),
-        Mode::OpenAiToAnthropic { include_usage } => {
-            up_parts.headers.remove(header::CONTENT_LENGTH);
-            let streamed = up_parts
-                .headers
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.starts_with("text/event-stream"));
-            if status.is_success() && streamed {
-                SseToOpenAi {
-                    inner: forwarded,
-                    parser: sse::Parser::default(),
-                    translator: openai_to_anthropic::StreamTranslator::new(
-                        now_unix(),
-                        include_usage,
-                    ),
-                }
-                .boxed()
-            } else {
-                let bytes = forwarded
-                    .collect()
-                    .await
-                    .map_err(|_| ApiError::UpstreamBody)?
-                    .to_bytes();
-                let translated = if status.is_success() {
-                    openai_to_anthropic::response(&bytes, now_unix())?
-                } else {
-                    openai_to_anthropic::error(&bytes)
-                };
-                up_parts.headers.insert(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                );
-                super::full(Bytes::from(translated))
-            }
+    let body = if status.is_success() && streamed {
+        up_parts.headers.remove(header::CONTENT_LENGTH);
+        up_parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        Translated {
+            inner: Forwarded {
+                inner: up_body,
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                done: Some(completion),
+            },
+            chain: plan.stream(),
         }
+        .boxed()
+    } else {
+        let collected = tokio::time::timeout_at(deadline, up_body.collect())
+            .await
+            .map_err(|_| ApiError::UpstreamTimeout)?
+            .map_err(|_| ApiError::UpstreamBody)?
+            .to_bytes();
+        let out = if status.is_success() {
+            let (out, usage) = plan.response(&collected)?;
+            completion.usage = usage;
+            out
+        } else {
+            let aws_type = up_parts
+                .headers
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok());
+            plan.error(status.as_u16(), &collected, aws_type)
+        };
+        if !plan.passes_response() {
+            up_parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        up_parts.headers.remove(header::CONTENT_LENGTH);
+        completion.record();
+        super::full(Bytes::from(out))
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
@@ -311,6 +303,137 @@ async fn forward(
         .overhead
         .observe((before_upstream + got_response.elapsed()).as_secs_f64());
     Ok(out)
+}
+
+/// A process-unique id for answers whose provider gives none.
+fn next_id() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "tg{:x}{:06x}",
+        now_unix(),
+        NEXT.fetch_add(1, Ordering::Relaxed) & 0xff_ffff
+    )
+}
+
+/// The request to the provider: body, forwarded headers, version headers and credentials.
+async fn build_upstream(
+    state: &State,
+    provider: &Provider,
+    client_headers: &HeaderMap,
+    api: Api,
+    uri: http::Uri,
+    body: Bytes,
+) -> Result<Request<Full<Bytes>>, ApiError> {
+    let wire_is_anthropic = provider.kind == ProviderKind::Anthropic;
+    let signed_body = body.clone();
+    let mut upstream = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )
+        .body(Full::new(body))
+        .map_err(|_| ApiError::Internal)?;
+    let headers = upstream.headers_mut();
+    for name in FORWARDED_REQUEST_HEADERS {
+        if let Some(v) = client_headers.get(name) {
+            headers.insert(HeaderName::from_static(name), v.clone());
+        }
+    }
+    if wire_is_anthropic {
+        // The client's own version and beta flags win when it speaks Anthropic's API.
+        let version = client_headers
+            .get("anthropic-version")
+            .filter(|_| api == Api::Anthropic)
+            .unwrap_or(&provider.anthropic_version)
+            .clone();
+        headers.insert(HeaderName::from_static("anthropic-version"), version);
+    }
+    if (wire_is_anthropic || provider.kind == ProviderKind::VertexAi)
+        && let Some(beta) = client_headers
+            .get("anthropic-beta")
+            .filter(|_| api == Api::Anthropic)
+    {
+        headers.insert(HeaderName::from_static("anthropic-beta"), beta.clone());
+    }
+    let Some(credential) = provider.credential() else {
+        return Ok(upstream);
+    };
+    match &credential.auth {
+        Auth::Header { name, value } => {
+            upstream.headers_mut().insert(name.clone(), value.clone());
+        }
+        Auth::Google(account) => {
+            let value = account
+                .authorization(&state.upstream)
+                .await
+                .map_err(|e| {
+                    tracing::warn!(provider = %provider.id, credential = %credential.id, error = %e, "no access token");
+                    ApiError::UpstreamToken
+                })?;
+            upstream.headers_mut().insert(header::AUTHORIZATION, value);
+        }
+        Auth::Aws(creds) => sign_aws(&mut upstream, &signed_body, creds, &provider.region)?,
+    }
+    Ok(upstream)
+}
+
+/// Signs a Bedrock request with SigV4 (service `bedrock`).
+fn sign_aws(
+    request: &mut Request<Full<Bytes>>,
+    body: &[u8],
+    creds: &crate::auth::sigv4::AwsCredentials,
+    region: &str,
+) -> Result<(), ApiError> {
+    use crate::auth::sigv4;
+    let host = request
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .ok_or(ApiError::Internal)?;
+    let payload_hash = sigv4::sha256_hex(body);
+    let date = sigv4::amz_date(now_unix());
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().unwrap_or("").to_string();
+    let mut signed: Vec<(&str, &str)> = vec![
+        ("host", &host),
+        ("x-amz-date", &date),
+        ("x-amz-content-sha256", &payload_hash),
+        ("content-type", "application/json"),
+    ];
+    if let Some(token) = &creds.session_token {
+        signed.push(("x-amz-security-token", token));
+    }
+    let authorization = sigv4::authorization(
+        creds,
+        region,
+        "bedrock",
+        &date,
+        &sigv4::Request {
+            method: "POST",
+            path: &path,
+            query: &query,
+            headers: &signed,
+            payload_sha256: &payload_hash,
+        },
+        true,
+    );
+    let headers = request.headers_mut();
+    let mut set = |name: &'static str, value: &str, sensitive: bool| -> Result<(), ApiError> {
+        let mut v = HeaderValue::from_str(value).map_err(|_| ApiError::Internal)?;
+        v.set_sensitive(sensitive);
+        headers.insert(HeaderName::from_static(name), v);
+        Ok(())
+    };
+    set("x-amz-date", &date, false)?;
+    set("x-amz-content-sha256", &payload_hash, false)?;
+    if let Some(token) = &creds.session_token {
+        set("x-amz-security-token", token, true)?;
+    }
+    set("authorization", &authorization, true)?;
+    Ok(())
 }
 
 /// The provider's body, passed on frame by frame, cut at the request deadline; the
@@ -382,15 +505,25 @@ impl http_body::Body for Forwarded {
     }
 }
 
-/// An Anthropic event stream, re-emitted as OpenAI chunks frame by frame. A stream that
-/// ends before `message_stop` ends with an error event, never with a false `[DONE]`.
-struct SseToOpenAi {
+/// The provider's stream, translated (or, for same-format pairs, metered) frame by frame:
+/// each frame is written to the client as soon as it completes an event. A stream that
+/// ends before the answer is complete ends with an error event, never with a false end.
+struct Translated {
     inner: Forwarded,
-    parser: sse::Parser,
-    translator: openai_to_anthropic::StreamTranslator,
+    chain: Chain,
 }
 
-impl http_body::Body for SseToOpenAi {
+impl Translated {
+    fn note_usage(&mut self) {
+        if let Some(u) = self.chain.usage()
+            && let Some(done) = self.inner.done.as_mut()
+        {
+            done.usage = Some(u);
+        }
+    }
+}
+
+impl http_body::Body for Translated {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -400,42 +533,50 @@ impl http_body::Body for SseToOpenAi {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            match Pin::new(&mut this.inner).poll_frame(cx) {
+            match Pin::new(&mut this.inner.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let Some(data) = frame.data_ref() else {
                         continue;
                     };
-                    let events = match this.parser.feed(data) {
-                        Ok(events) => events,
-                        Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
+                    let out = match this.chain.feed(data) {
+                        Ok(out) => out,
+                        Err(e) => {
+                            this.inner.finish();
+                            return Poll::Ready(Some(Err(Box::new(e))));
+                        }
                     };
-                    let mut out = String::new();
-                    for event in &events {
-                        out += &this.translator.event(event);
-                    }
+                    this.note_usage();
                     if !out.is_empty() {
                         return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
                     }
                 }
-                Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
+                Poll::Ready(Some(Err(e))) => {
+                    this.inner.finish();
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
                 Poll::Ready(None) => {
-                    let mut out = String::new();
-                    if let Some(event) = this.parser.finish() {
-                        out += &this.translator.event(&event);
-                    }
-                    if !this.translator.is_done() {
-                        out += &this.translator.event(&sse::Event {
-                            name: "error".into(),
-                            data: r#"{"type":"error","error":{"type":"api_error","message":"The provider's stream ended before the answer was complete."}}"#.into(),
-                        });
-                    }
+                    let out = this.chain.end();
+                    this.note_usage();
+                    this.inner.finish();
                     return if out.is_empty() {
                         Poll::Ready(None)
                     } else {
                         Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
                     };
                 }
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    if this.inner.deadline.as_mut().poll(cx).is_ready() {
+                        let elapsed = this
+                            .inner
+                            .done
+                            .as_ref()
+                            .map(|d| d.started.elapsed())
+                            .unwrap_or_default();
+                        this.inner.finish();
+                        return Poll::Ready(Some(Err(Box::new(StreamTimeout(elapsed)))));
+                    }
+                    return Poll::Pending;
+                }
             }
         }
     }

@@ -43,6 +43,8 @@ pub enum ApiError {
     UpstreamTimeout,
     #[error("The upstream provider rejected the gateway's credentials (status {0}).")]
     UpstreamAuth(u16),
+    #[error("The gateway could not get an access token for the upstream provider.")]
+    UpstreamToken,
     #[error("The upstream provider failed (status {0}).")]
     UpstreamStatus(u16),
     #[error("Internal gateway error.")]
@@ -62,6 +64,7 @@ impl ApiError {
             Self::NotReady | Self::NoTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnsupportedProvider(_) => StatusCode::NOT_IMPLEMENTED,
             Self::UpstreamUnreachable
+            | Self::UpstreamToken
             | Self::UpstreamAuth(_)
             | Self::UpstreamStatus(_)
             | Self::UpstreamBody => StatusCode::BAD_GATEWAY,
@@ -93,7 +96,7 @@ impl ApiError {
             Self::UnsupportedProvider(_) => "unsupported_provider",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",
-            Self::UpstreamAuth(_) => "upstream_auth_failed",
+            Self::UpstreamAuth(_) | Self::UpstreamToken => "upstream_auth_failed",
             Self::UpstreamStatus(_) | Self::UpstreamBody => "upstream_error",
             Self::BadRequest(_) | Self::Internal => return None,
         })

@@ -17,6 +17,8 @@ pub struct ChatHead {
     pub stream: bool,
     /// `stream_options.include_usage` (OpenAI).
     pub include_usage: bool,
+    /// The body has a `stream_options` member.
+    has_stream_options: bool,
 }
 
 #[derive(Deserialize)]
@@ -58,11 +60,42 @@ impl ChatHead {
             model,
             model_span: start..start + raw.get().len(),
             stream: head.stream.unwrap_or(false),
+            has_stream_options: head.stream_options.is_some(),
             include_usage: head
                 .stream_options
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
         })
+    }
+
+    /// An OpenAI streaming body that asks for the usage chunk, so every stream can be
+    /// metered: `"stream_options":{"include_usage":true},` is written after the opening
+    /// brace, leaving the rest as sent. A body with other `stream_options` is rebuilt.
+    pub fn with_usage_requested(&self, body: bytes::Bytes) -> bytes::Bytes {
+        if !self.stream || self.include_usage {
+            return body;
+        }
+        if !self.has_stream_options {
+            let Some(brace) = body.iter().position(|b| *b == b'{') else {
+                return body;
+            };
+            const MEMBER: &[u8] = br#""stream_options":{"include_usage":true}"#;
+            let rest = &body[brace + 1..];
+            let empty = rest.iter().all(|b| b.is_ascii_whitespace() || *b == b'}');
+            let mut out = Vec::with_capacity(body.len() + MEMBER.len() + 1);
+            out.extend_from_slice(&body[..=brace]);
+            out.extend_from_slice(MEMBER);
+            if !empty {
+                out.push(b',');
+            }
+            out.extend_from_slice(rest);
+            return out.into();
+        }
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return body;
+        };
+        v["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+        serde_json::to_vec(&v).map(Into::into).unwrap_or(body)
     }
 
     /// The body with `model` in place of the requested one (the same bytes when equal).
@@ -105,6 +138,28 @@ mod tests {
         );
         let same = head.with_model(body.clone(), "smart");
         assert_eq!(same.as_ptr(), body.as_ptr(), "no copy when unchanged");
+    }
+
+    #[test]
+    fn usage_is_requested_for_streams_only() {
+        let body = bytes::Bytes::from_static(br#"{"model":"m","stream":true}"#);
+        let head = ChatHead::parse(&body).unwrap();
+        let out = head.with_usage_requested(body);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["model"], "m");
+
+        let body = bytes::Bytes::from_static(
+            br#"{"model":"m","stream":true,"stream_options":{"include_usage":false}}"#,
+        );
+        let head = ChatHead::parse(&body).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&head.with_usage_requested(body)).unwrap();
+        assert_eq!(v["stream_options"]["include_usage"], true);
+
+        let body = bytes::Bytes::from_static(br#"{"model":"m"}"#);
+        let head = ChatHead::parse(&body).unwrap();
+        assert_eq!(&head.with_usage_requested(body)[..], br#"{"model":"m"}"#);
     }
 
     #[test]

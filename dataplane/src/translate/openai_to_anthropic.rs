@@ -3,121 +3,163 @@
 //! Rules per parameter (documented in docs/translation.md):
 //! - `system` and `developer` messages become the top-level `system`, in order;
 //! - text and image parts map to `text` and `image` blocks (data URLs as base64 sources,
-//!   other URLs as URL sources);
+//!   other URLs as URL sources); a `cache_control` on a part or tool is kept;
+//! - assistant `tool_calls` become `tool_use` blocks, `tool` messages `tool_result` blocks
+//!   in one user turn; `tools`, `tool_choice` and `parallel_tool_calls: false` map to
+//!   Anthropic's tools, tool choice and `disable_parallel_tool_use`;
 //! - `max_completion_tokens` or `max_tokens` become `max_tokens` (default 4096: Anthropic
 //!   requires it); `stop` becomes `stop_sequences`; `temperature`, `top_p` pass;
 //!   `user` becomes `metadata.user_id`;
-//! - `n` > 1, tools and tool messages, `response_format` other than `text`, `logprobs` are
-//!   refused with a 400 naming the parameter; penalties, `seed` and `logit_bias` are
-//!   dropped (Anthropic has no equivalent and they do not change what is asked).
+//! - `n` > 1, `response_format` other than `text`, `logprobs`, `audio` are refused with a
+//!   400 naming the parameter; penalties, `seed` and `logit_bias` are dropped (Anthropic
+//!   has no equivalent and they do not change what is asked).
 
 use std::borrow::Cow;
 
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::{Image, Usage, bad, openai_image, openai_text, tool_result_text};
 use crate::proxy::error::ApiError;
 
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
-fn bad(param: &str, message: &str) -> ApiError {
-    ApiError::BadRequest(format!("{param}: {message}"))
-}
+const PROVIDER: &str = "Anthropic";
 
-fn text_of_parts(content: &Value, param: &str) -> Result<String, ApiError> {
-    match content {
-        Value::String(s) => Ok(s.clone()),
-        Value::Null => Ok(String::new()),
-        Value::Array(parts) => parts
-            .iter()
-            .map(|p| match p.get("type").and_then(Value::as_str) {
-                Some("text") => Ok(p
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .unwrap_or("")
-                    .to_string()),
-                _ => Err(bad(param, "only text parts are allowed here")),
-            })
-            .collect::<Result<Vec<_>, _>>()
-            .map(|t| t.join("\n")),
-        _ => Err(bad(param, "expected a string or an array of parts")),
+fn with_cache_control(mut block: Value, part: &Value) -> Value {
+    if let Some(cc) = part.get("cache_control") {
+        block["cache_control"] = cc.clone();
     }
+    block
 }
 
-fn image_block(part: &Value, param: &str) -> Result<Value, ApiError> {
-    let url = part
-        .get("image_url")
-        .and_then(|i| i.get("url"))
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad(param, "image_url.url is required"))?;
-    if let Some(rest) = url.strip_prefix("data:") {
-        let (meta, data) = rest
-            .split_once(',')
-            .ok_or_else(|| bad(param, "malformed data URL"))?;
-        let media_type = meta
-            .strip_suffix(";base64")
-            .ok_or_else(|| bad(param, "data URLs must be base64"))?;
-        return Ok(
-            json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}),
-        );
-    }
-    Ok(json!({"type": "image", "source": {"type": "url", "url": url}}))
-}
-
-fn content_blocks(content: &Value, param: &str) -> Result<Value, ApiError> {
+fn content_blocks(content: &Value, param: &str) -> Result<Vec<Value>, ApiError> {
     match content {
-        Value::String(s) => Ok(Value::String(s.clone())),
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![json!({"type": "text", "text": s})]),
+        Value::Null => Ok(Vec::new()),
         Value::Array(parts) => parts
             .iter()
             .enumerate()
             .map(|(i, p)| {
                 let at = format!("{param}[{i}]");
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => Ok(json!({"type": "text", "text": p.get("text").and_then(Value::as_str).unwrap_or("")})),
-                    Some("image_url") => image_block(p, &at),
-                    Some(other) => Err(bad(&at, &format!("content parts of type {other:?} cannot be sent to an Anthropic model"))),
-                    None => Err(bad(&at, "type is required")),
-                }
+                let block = match p.get("type").and_then(Value::as_str) {
+                    Some("text") => json!({"type": "text", "text": p.get("text").and_then(Value::as_str).unwrap_or("")}),
+                    Some("image_url") => match openai_image(p, &at)? {
+                        Image::Base64 { media_type, data } => json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}),
+                        Image::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
+                    },
+                    Some(other) => return Err(bad(&at, &format!("content parts of type {other:?} cannot be sent to an Anthropic model"))),
+                    None => return Err(bad(&at, "type is required")),
+                };
+                Ok(with_cache_control(block, p))
             })
-            .collect::<Result<Vec<_>, _>>()
-            .map(Value::Array),
+            .collect(),
         _ => Err(bad(param, "expected a string or an array of parts")),
     }
 }
 
+/// Appends `blocks` as a turn of `role`, merging with the previous turn of the same role
+/// (tool results and the user's next words belong to one user turn).
+fn push_turn(out: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
+    if let Some(last) = out.last_mut()
+        && last.get("role").and_then(Value::as_str) == Some(role)
+        && let Some(content) = last.get_mut("content").and_then(Value::as_array_mut)
+    {
+        content.extend(blocks);
+        return;
+    }
+    out.push(json!({"role": role, "content": blocks}));
+}
+
+fn tools(obj: &Value) -> Result<Option<Value>, ApiError> {
+    let Some(list) = obj.get("tools").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| bad("tools", "expected an array"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let at = format!("tools[{i}]");
+            if t.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(bad(&at, "only function tools can be sent to an Anthropic model"));
+            }
+            let f = t
+                .get("function")
+                .ok_or_else(|| bad(&at, "function is required"))?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(&format!("{at}.function.name"), "is required"))?;
+            let mut tool = json!({
+                "name": name,
+                "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+            });
+            if let Some(d) = f.get("description").and_then(Value::as_str) {
+                tool["description"] = json!(d);
+            }
+            Ok(with_cache_control(tool, t))
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(|v| Some(Value::Array(v)))
+}
+
+fn tool_choice(obj: &Value) -> Result<Option<Value>, ApiError> {
+    let parallel_off = obj.get("parallel_tool_calls") == Some(&Value::Bool(false));
+    let mut choice = match obj.get("tool_choice") {
+        None | Some(Value::Null) => {
+            if parallel_off {
+                json!({"type": "auto"})
+            } else {
+                return Ok(None);
+            }
+        }
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => json!({"type": "auto"}),
+            "required" => json!({"type": "any"}),
+            "none" => json!({"type": "none"}),
+            _ => {
+                return Err(bad(
+                    "tool_choice",
+                    "must be auto, required, none or a function",
+                ));
+            }
+        },
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => json!({"type": "tool", "name": name}),
+            None => return Err(bad("tool_choice", "function.name is required")),
+        },
+    };
+    if parallel_off && choice["type"] != "none" {
+        choice["disable_parallel_tool_use"] = json!(true);
+    }
+    Ok(Some(choice))
+}
+
 /// The Anthropic request for an OpenAI chat request, sending `model`.
 pub fn request(body: &[u8], model: &str) -> Result<Vec<u8>, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::BadRequest(format!(
-            "We could not parse the JSON body of your request. ({e})"
-        ))
-    })?;
-    let obj = v
-        .as_object()
-        .ok_or_else(|| ApiError::BadRequest("The request body must be a JSON object.".into()))?;
-    for refused in [
-        "tools",
-        "tool_choice",
-        "functions",
-        "function_call",
-        "logprobs",
-        "top_logprobs",
-        "audio",
-        "prediction",
-    ] {
-        if obj
-            .get(refused)
-            .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
-        {
-            return Err(bad(
-                refused,
-                "not supported for Anthropic models through this gateway yet",
-            ));
-        }
-    }
-    if obj.get("n").and_then(Value::as_u64).is_some_and(|n| n > 1) {
-        return Err(bad("n", "Anthropic models return one choice; n must be 1"));
-    }
+    let v = super::parse_client_json(body)?;
+    let out = request_value(&v, model)?;
+    serde_json::to_vec(&out).map_err(|_| ApiError::Internal)
+}
+
+/// [`request`] on a parsed body.
+pub fn request_value(obj: &Value, model: &str) -> Result<Value, ApiError> {
+    super::refuse_set(
+        obj,
+        &[
+            "functions",
+            "function_call",
+            "logprobs",
+            "top_logprobs",
+            "audio",
+            "prediction",
+        ],
+        PROVIDER,
+    )?;
+    super::refuse_n(obj, PROVIDER)?;
     if let Some(format) = obj.get("response_format")
         && format
             .get("type")
@@ -126,130 +168,200 @@ pub fn request(body: &[u8], model: &str) -> Result<Vec<u8>, ApiError> {
     {
         return Err(bad(
             "response_format",
-            "JSON mode is not supported for Anthropic models through this gateway yet",
+            "JSON mode is not supported for Anthropic models through this gateway; describe the JSON you want in the prompt, or use a tool",
         ));
     }
     let messages = obj
         .get("messages")
         .and_then(Value::as_array)
         .ok_or_else(|| bad("messages", "a non-empty array is required"))?;
-    let mut system = Vec::new();
-    let mut out_messages = Vec::new();
+    let mut system: Vec<Value> = Vec::new();
+    let mut out_messages: Vec<Value> = Vec::new();
     for (i, m) in messages.iter().enumerate() {
         let param = format!("messages[{i}]");
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
         let content = m.get("content").unwrap_or(&Value::Null);
         match role {
             "system" | "developer" => {
-                system.push(text_of_parts(content, &format!("{param}.content"))?)
-            }
-            "user" | "assistant" => {
-                if m.get("tool_calls").is_some_and(|t| !t.is_null()) {
-                    return Err(bad(
-                        &param,
-                        "tool calls are not supported for Anthropic models through this gateway yet",
-                    ));
+                let text = openai_text(content, &format!("{param}.content"))?;
+                let mut block = json!({"type": "text", "text": text});
+                if let Some(Value::Array(parts)) = m.get("content")
+                    && let Some(cc) = parts.iter().rev().find_map(|p| p.get("cache_control"))
+                {
+                    block["cache_control"] = cc.clone();
                 }
-                out_messages.push(json!({"role": role, "content": content_blocks(content, &format!("{param}.content"))?}));
+                system.push(block);
             }
-            "tool" | "function" => {
+            "user" => {
+                let blocks = content_blocks(content, &format!("{param}.content"))?;
+                push_turn(&mut out_messages, "user", blocks);
+            }
+            "assistant" => {
+                let mut blocks = content_blocks(content, &format!("{param}.content"))?;
+                if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
+                    for (j, call) in calls.iter().enumerate() {
+                        let at = format!("{param}.tool_calls[{j}]");
+                        let id = call
+                            .get("id")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| bad(&format!("{at}.id"), "is required"))?;
+                        let name = call
+                            .pointer("/function/name")
+                            .and_then(Value::as_str)
+                            .ok_or_else(|| bad(&format!("{at}.function.name"), "is required"))?;
+                        blocks.push(json!({
+                            "type": "tool_use",
+                            "id": id,
+                            "name": name,
+                            "input": super::arguments_object(call.pointer("/function/arguments")),
+                        }));
+                    }
+                }
+                push_turn(&mut out_messages, "assistant", blocks);
+            }
+            "tool" => {
+                let id = m
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(&format!("{param}.tool_call_id"), "is required"))?;
+                push_turn(
+                    &mut out_messages,
+                    "user",
+                    vec![
+                        json!({"type": "tool_result", "tool_use_id": id, "content": tool_result_text(content)}),
+                    ],
+                );
+            }
+            "function" => {
                 return Err(bad(
                     &param,
-                    "tool results are not supported for Anthropic models through this gateway yet",
+                    "function messages are deprecated; use tool messages",
                 ));
             }
             _ => {
                 return Err(bad(
                     &format!("{param}.role"),
-                    "must be system, developer, user or assistant",
+                    "must be system, developer, user, assistant or tool",
                 ));
             }
         }
     }
+    // A turn that is one plain text block is sent as a string, as clients write it.
+    for m in &mut out_messages {
+        if let Some([only]) = m
+            .get("content")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            && only.get("type").and_then(Value::as_str) == Some("text")
+            && only.get("cache_control").is_none()
+        {
+            let text = only.get("text").cloned().unwrap_or_default();
+            m["content"] = text;
+        }
+    }
     let mut out = Map::new();
     out.insert("model".into(), Value::String(model.to_string()));
-    let max_tokens = obj
-        .get("max_completion_tokens")
-        .and_then(Value::as_u64)
-        .or_else(|| obj.get("max_tokens").and_then(Value::as_u64))
-        .unwrap_or(DEFAULT_MAX_TOKENS);
+    let max_tokens = super::openai_max_tokens(obj).unwrap_or(DEFAULT_MAX_TOKENS);
     out.insert("max_tokens".into(), json!(max_tokens));
     out.insert("messages".into(), Value::Array(out_messages));
     if !system.is_empty() {
-        out.insert("system".into(), Value::String(system.join("\n\n")));
+        // Plain text when no block carries cache_control, as most clients send it.
+        if system.iter().all(|b| b.get("cache_control").is_none()) {
+            let texts: Vec<&str> = system
+                .iter()
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect();
+            out.insert("system".into(), Value::String(texts.join("\n\n")));
+        } else {
+            out.insert("system".into(), Value::Array(system));
+        }
     }
     for key in ["temperature", "top_p", "stream"] {
         if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
             out.insert(key.into(), v.clone());
         }
     }
-    match obj.get("stop") {
-        Some(Value::String(s)) => {
-            out.insert("stop_sequences".into(), json!([s]));
-        }
-        Some(Value::Array(a)) if !a.is_empty() => {
-            out.insert("stop_sequences".into(), Value::Array(a.clone()));
-        }
-        _ => {}
+    if let Some(stop) = super::openai_stop(obj) {
+        out.insert("stop_sequences".into(), Value::Array(stop));
     }
     if let Some(user) = obj.get("user").and_then(Value::as_str) {
         out.insert("metadata".into(), json!({"user_id": user}));
     }
-    serde_json::to_vec(&Value::Object(out)).map_err(|_| ApiError::Internal)
+    if let Some(t) = tools(obj)? {
+        out.insert("tools".into(), t);
+    }
+    if let Some(c) = tool_choice(obj)? {
+        out.insert("tool_choice".into(), c);
+    }
+    Ok(Value::Object(out))
 }
 
 /// OpenAI's `finish_reason` for Anthropic's `stop_reason`.
 pub fn finish_reason(stop_reason: &str) -> &'static str {
     match stop_reason {
-        "max_tokens" => "length",
+        "max_tokens" | "model_context_window_exceeded" => "length",
         "tool_use" => "tool_calls",
         "refusal" => "content_filter",
         _ => "stop",
     }
 }
 
-fn usage(u: &Value) -> Value {
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let cached = n("cache_read_input_tokens");
-    let prompt = n("input_tokens") + cached + n("cache_creation_input_tokens");
-    let completion = n("output_tokens");
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": cached}
-    })
-}
-
 /// The OpenAI chat completion for an Anthropic message.
 pub fn response(body: &[u8], created: i64) -> Result<Vec<u8>, ApiError> {
-    let m: Value = serde_json::from_slice(body).map_err(|_| ApiError::UpstreamStatus(200))?;
-    let text: String = m
+    let m: Value = serde_json::from_slice(body).map_err(|_| ApiError::UpstreamBody)?;
+    serde_json::to_vec(&response_value(&m, created)).map_err(|_| ApiError::Internal)
+}
+
+/// [`response`] on a parsed message.
+pub fn response_value(m: &Value, created: i64) -> Value {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for b in m
         .get("content")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
-        .filter_map(|b| b.get("text").and_then(Value::as_str))
-        .collect();
+    {
+        match b.get("type").and_then(Value::as_str) {
+            Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
+            Some("tool_use") => calls.push(json!({
+                "id": b.get("id").cloned().unwrap_or(Value::Null),
+                "type": "function",
+                "function": {
+                    "name": b.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": b.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+                }
+            })),
+            // Thinking blocks have no place in a chat completion.
+            _ => {}
+        }
+    }
     let stop = m
         .get("stop_reason")
         .and_then(Value::as_str)
         .unwrap_or("end_turn");
-    let out = json!({
+    let mut message = json!({
+        "role": "assistant",
+        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) },
+        "refusal": null,
+    });
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    let usage = Usage::from_anthropic(m.get("usage").unwrap_or(&Value::Null)).unwrap_or_default();
+    json!({
         "id": format!("chatcmpl-{}", m.get("id").and_then(Value::as_str).unwrap_or("")),
         "object": "chat.completion",
         "created": created,
         "model": m.get("model").cloned().unwrap_or(Value::Null),
         "choices": [{
             "index": 0,
-            "message": {"role": "assistant", "content": text, "refusal": null},
+            "message": message,
             "logprobs": null,
             "finish_reason": finish_reason(stop)
         }],
-        "usage": usage(m.get("usage").unwrap_or(&Value::Null))
-    });
-    serde_json::to_vec(&out).map_err(|_| ApiError::Internal)
+        "usage": usage.to_openai()
+    })
 }
 
 /// An Anthropic error body as an OpenAI error body (the status is kept by the caller).
@@ -276,8 +388,11 @@ pub struct StreamTranslator {
     model: Value,
     created: i64,
     include_usage: bool,
-    usage: Value,
+    usage: Map<String, Value>,
+    seen_usage: bool,
     done: bool,
+    /// Anthropic content block index -> OpenAI tool call index, for tool-use blocks.
+    tool_blocks: Vec<(u64, usize)>,
     /// The JSON of a content chunk around its text, built at `message_start`, so the
     /// events that are most of a stream (text deltas) cost one small parse and a copy.
     text_prefix: String,
@@ -308,8 +423,10 @@ impl StreamTranslator {
             model: Value::Null,
             created,
             include_usage,
-            usage: json!({}),
+            usage: Map::new(),
+            seen_usage: false,
             done: false,
+            tool_blocks: Vec::new(),
             text_prefix: String::new(),
             text_suffix: "",
         }
@@ -387,11 +504,44 @@ impl StreamTranslator {
                 };
                 self.delta(json!({"role": "assistant", "content": ""}), None)
             }
+            "content_block_start" => {
+                let block = data.get("content_block").unwrap_or(&Value::Null);
+                if block.get("type").and_then(Value::as_str) != Some("tool_use") {
+                    return String::new();
+                }
+                let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                let call = self.tool_blocks.len();
+                self.tool_blocks.push((index, call));
+                self.delta(
+                    json!({"tool_calls": [{
+                        "index": call,
+                        "id": block.get("id").cloned().unwrap_or(Value::Null),
+                        "type": "function",
+                        "function": {"name": block.get("name").cloned().unwrap_or(Value::Null), "arguments": ""}
+                    }]}),
+                    None,
+                )
+            }
             // Text deltas after `message_start` take the fast path above.
             "content_block_delta" => match data.pointer("/delta/type").and_then(Value::as_str) {
                 Some("text_delta") => {
                     let text = data.pointer("/delta/text").cloned().unwrap_or(Value::Null);
                     self.delta(json!({"content": text}), None)
+                }
+                Some("input_json_delta") => {
+                    let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    let Some(&(_, call)) = self.tool_blocks.iter().find(|(b, _)| *b == index)
+                    else {
+                        return String::new();
+                    };
+                    let partial = data
+                        .pointer("/delta/partial_json")
+                        .cloned()
+                        .unwrap_or_else(|| json!(""));
+                    self.delta(
+                        json!({"tool_calls": [{"index": call, "function": {"arguments": partial}}]}),
+                        None,
+                    )
                 }
                 _ => String::new(),
             },
@@ -426,11 +576,16 @@ impl StreamTranslator {
     }
 
     fn merge_usage(&mut self, u: &Map<String, Value>) {
+        self.seen_usage = true;
         for (k, v) in u {
             if !v.is_null() {
-                self.usage[k] = v.clone();
+                self.usage.insert(k.clone(), v.clone());
             }
         }
+    }
+
+    fn current_usage(&self) -> Usage {
+        Usage::from_anthropic(&Value::Object(self.usage.clone())).unwrap_or_default()
     }
 
     /// The closing chunks: usage (when asked for) and `[DONE]`.
@@ -441,7 +596,7 @@ impl StreamTranslator {
         self.done = true;
         let mut out = String::new();
         if self.include_usage {
-            out += &self.chunk(json!([]), Some(usage(&self.usage)));
+            out += &self.chunk(json!([]), Some(self.current_usage().to_openai()));
         }
         out += "data: [DONE]\n\n";
         out
@@ -449,6 +604,26 @@ impl StreamTranslator {
 
     pub fn is_done(&self) -> bool {
         self.done
+    }
+}
+
+impl super::StreamStep for StreamTranslator {
+    fn event(&mut self, event: &crate::sse::Event) -> String {
+        StreamTranslator::event(self, event)
+    }
+
+    fn end(&mut self) -> String {
+        if self.done {
+            return String::new();
+        }
+        self.event(&crate::sse::Event {
+            name: "error".into(),
+            data: r#"{"type":"error","error":{"type":"api_error","message":"The provider's stream ended before the answer was complete."}}"#.into(),
+        })
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.seen_usage.then(|| self.current_usage())
     }
 }
 

@@ -42,8 +42,8 @@ fn requests() {
 fn refused_parameters_name_themselves() {
     for (body, param) in [
         (
-            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f"}}]}"#,
-            "tools",
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"functions":[{"name":"f"}]}"#,
+            "functions",
         ),
         (
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
@@ -54,8 +54,8 @@ fn refused_parameters_name_themselves() {
             "response_format",
         ),
         (
-            r#"{"model":"m","messages":[{"role":"tool","content":"x","tool_call_id":"a"}]}"#,
-            "messages[0]",
+            r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
+            "messages[0].tool_call_id",
         ),
     ] {
         match request(body.as_bytes(), "c") {

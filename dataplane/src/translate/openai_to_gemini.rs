@@ -1,0 +1,592 @@
+//! OpenAI chat completions from the client, Gemini `generateContent` at the provider (the
+//! Gemini API and Gemini models on Vertex AI share the body).
+//!
+//! Rules per parameter (documented in docs/translation.md):
+//! - `system`/`developer` messages become `systemInstruction`; `assistant` is role `model`;
+//! - text parts map to `text`, `data:` image URLs to `inlineData`, other image URLs to
+//!   `fileData` (MIME type from the extension, else `image/jpeg`);
+//! - assistant `tool_calls` become `functionCall` parts and `tool` messages
+//!   `functionResponse` parts (named after the call they answer, found in the history);
+//! - `tools` -> `functionDeclarations` (`$schema`, `additionalProperties` and `strict`
+//!   removed: Gemini's schema subset refuses them); `tool_choice` -> `functionCallingConfig`;
+//! - `max_completion_tokens`/`max_tokens` -> `maxOutputTokens`, `stop` -> `stopSequences`,
+//!   `n` -> `candidateCount`, `temperature`, `top_p`, `seed`, penalties pass;
+//!   `response_format` json_object/json_schema -> `responseMimeType`/`responseSchema`;
+//! - `logprobs`, `audio`, `prediction` are refused with a 400; `user`, `logit_bias`,
+//!   `parallel_tool_calls`, `store`, `metadata` are dropped.
+
+use std::collections::HashMap;
+
+use serde_json::{Map, Value, json};
+
+use super::{Image, Usage, bad, openai_image, openai_text, sse_data};
+use crate::proxy::error::ApiError;
+
+const PROVIDER: &str = "Gemini";
+
+fn mime_from_url(url: &str) -> &'static str {
+    let path = url
+        .split(['?', '#'])
+        .next()
+        .unwrap_or(url)
+        .to_ascii_lowercase();
+    match path.rsplit('.').next() {
+        Some("png") => "image/png",
+        Some("gif") => "image/gif",
+        Some("webp") => "image/webp",
+        Some("heic") => "image/heic",
+        Some("pdf") => "application/pdf",
+        _ => "image/jpeg",
+    }
+}
+
+fn parts_of(content: &Value, param: &str) -> Result<Vec<Value>, ApiError> {
+    match content {
+        Value::String(s) if s.is_empty() => Ok(Vec::new()),
+        Value::String(s) => Ok(vec![json!({"text": s})]),
+        Value::Null => Ok(Vec::new()),
+        Value::Array(parts) => parts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let at = format!("{param}[{i}]");
+                match p.get("type").and_then(Value::as_str) {
+                    Some("text") => {
+                        Ok(json!({"text": p.get("text").and_then(Value::as_str).unwrap_or("")}))
+                    }
+                    Some("image_url") => Ok(match openai_image(p, &at)? {
+                        Image::Base64 { media_type, data } => {
+                            json!({"inlineData": {"mimeType": media_type, "data": data}})
+                        }
+                        Image::Url(url) => {
+                            json!({"fileData": {"mimeType": mime_from_url(url), "fileUri": url}})
+                        }
+                    }),
+                    Some(other) => Err(bad(
+                        &at,
+                        &format!(
+                            "content parts of type {other:?} cannot be sent to a Gemini model"
+                        ),
+                    )),
+                    None => Err(bad(&at, "type is required")),
+                }
+            })
+            .collect(),
+        _ => Err(bad(param, "expected a string or an array of parts")),
+    }
+}
+
+fn push_turn(out: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
+    if parts.is_empty() {
+        return;
+    }
+    if let Some(last) = out.last_mut()
+        && last.get("role").and_then(Value::as_str) == Some(role)
+        && let Some(existing) = last.get_mut("parts").and_then(Value::as_array_mut)
+    {
+        existing.extend(parts);
+        return;
+    }
+    out.push(json!({"role": role, "parts": parts}));
+}
+
+/// A JSON Schema with what Gemini's OpenAPI subset refuses removed.
+fn clean_schema(v: &Value) -> Value {
+    match v {
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .filter(|(k, _)| {
+                    !matches!(k.as_str(), "$schema" | "additionalProperties" | "strict")
+                })
+                .map(|(k, v)| (k.clone(), clean_schema(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.iter().map(clean_schema).collect()),
+        other => other.clone(),
+    }
+}
+
+fn tools(obj: &Value) -> Result<Option<Value>, ApiError> {
+    let Some(list) = obj.get("tools").and_then(Value::as_array) else {
+        return Ok(None);
+    };
+    let declarations = list
+        .iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let at = format!("tools[{i}]");
+            let f = t
+                .get("function")
+                .filter(|_| t.get("type").and_then(Value::as_str) == Some("function"))
+                .ok_or_else(|| bad(&at, "only function tools can be sent to a Gemini model"))?;
+            let name = f
+                .get("name")
+                .and_then(Value::as_str)
+                .ok_or_else(|| bad(&format!("{at}.function.name"), "is required"))?;
+            let mut d = json!({"name": name});
+            if let Some(desc) = f.get("description").and_then(Value::as_str) {
+                d["description"] = json!(desc);
+            }
+            if let Some(p) = f.get("parameters") {
+                d["parameters"] = clean_schema(p);
+            }
+            Ok(d)
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    Ok(Some(json!([{"functionDeclarations": declarations}])))
+}
+
+fn tool_config(obj: &Value) -> Result<Option<Value>, ApiError> {
+    let config = match obj.get("tool_choice") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => json!({"mode": "AUTO"}),
+            "required" => json!({"mode": "ANY"}),
+            "none" => json!({"mode": "NONE"}),
+            _ => {
+                return Err(bad(
+                    "tool_choice",
+                    "must be auto, required, none or a function",
+                ));
+            }
+        },
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
+            None => return Err(bad("tool_choice", "function.name is required")),
+        },
+    };
+    Ok(Some(json!({"functionCallingConfig": config})))
+}
+
+/// The `generateContent` body for an OpenAI chat request (the model goes in the URL).
+pub fn request_value(obj: &Value) -> Result<Value, ApiError> {
+    super::refuse_set(
+        obj,
+        &[
+            "logprobs",
+            "top_logprobs",
+            "audio",
+            "prediction",
+            "functions",
+        ],
+        PROVIDER,
+    )?;
+    let messages = obj
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("messages", "a non-empty array is required"))?;
+    let mut system = Vec::new();
+    let mut contents = Vec::new();
+    let mut call_names: HashMap<String, String> = HashMap::new();
+    for (i, m) in messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let content = m.get("content").unwrap_or(&Value::Null);
+        match m.get("role").and_then(Value::as_str).unwrap_or("") {
+            "system" | "developer" => {
+                system.push(json!({"text": openai_text(content, &format!("{param}.content"))?}))
+            }
+            "user" => push_turn(
+                &mut contents,
+                "user",
+                parts_of(content, &format!("{param}.content"))?,
+            ),
+            "assistant" => {
+                let mut parts = parts_of(content, &format!("{param}.content"))?;
+                for (j, call) in m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .enumerate()
+                {
+                    let name = call
+                        .pointer("/function/name")
+                        .and_then(Value::as_str)
+                        .ok_or_else(|| {
+                            bad(
+                                &format!("{param}.tool_calls[{j}].function.name"),
+                                "is required",
+                            )
+                        })?;
+                    if let Some(id) = call.get("id").and_then(Value::as_str) {
+                        call_names.insert(id.to_string(), name.to_string());
+                    }
+                    parts.push(json!({"functionCall": {"name": name, "args": super::arguments_object(call.pointer("/function/arguments"))}}));
+                }
+                push_turn(&mut contents, "model", parts);
+            }
+            "tool" => {
+                let id = m
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(&format!("{param}.tool_call_id"), "is required"))?;
+                let name = call_names.get(id).ok_or_else(|| {
+                    bad(
+                        &format!("{param}.tool_call_id"),
+                        "does not match a tool call of an earlier assistant message",
+                    )
+                })?;
+                let text = super::tool_result_text(content);
+                let response = match serde_json::from_str::<Value>(&text) {
+                    Ok(v @ Value::Object(_)) => v,
+                    _ => json!({"content": text}),
+                };
+                push_turn(
+                    &mut contents,
+                    "user",
+                    vec![json!({"functionResponse": {"name": name, "response": response}})],
+                );
+            }
+            _ => {
+                return Err(bad(
+                    &format!("{param}.role"),
+                    "must be system, developer, user, assistant or tool",
+                ));
+            }
+        }
+    }
+    let mut out = Map::new();
+    out.insert("contents".into(), Value::Array(contents));
+    if !system.is_empty() {
+        out.insert("systemInstruction".into(), json!({"parts": system}));
+    }
+    let mut config = Map::new();
+    if let Some(n) = super::openai_max_tokens(obj) {
+        config.insert("maxOutputTokens".into(), json!(n));
+    }
+    if let Some(stop) = super::openai_stop(obj) {
+        config.insert("stopSequences".into(), Value::Array(stop));
+    }
+    for (from, to) in [
+        ("temperature", "temperature"),
+        ("top_p", "topP"),
+        ("n", "candidateCount"),
+        ("seed", "seed"),
+        ("presence_penalty", "presencePenalty"),
+        ("frequency_penalty", "frequencyPenalty"),
+    ] {
+        if let Some(v) = obj.get(from).filter(|v| !v.is_null()) {
+            config.insert(to.into(), v.clone());
+        }
+    }
+    match obj.pointer("/response_format/type").and_then(Value::as_str) {
+        Some("json_object") => {
+            config.insert("responseMimeType".into(), json!("application/json"));
+        }
+        Some("json_schema") => {
+            config.insert("responseMimeType".into(), json!("application/json"));
+            if let Some(schema) = obj.pointer("/response_format/json_schema/schema") {
+                config.insert("responseSchema".into(), clean_schema(schema));
+            }
+        }
+        _ => {}
+    }
+    if !config.is_empty() {
+        out.insert("generationConfig".into(), Value::Object(config));
+    }
+    if let Some(t) = tools(obj)? {
+        out.insert("tools".into(), t);
+    }
+    if let Some(c) = tool_config(obj)? {
+        out.insert("toolConfig".into(), c);
+    }
+    Ok(Value::Object(out))
+}
+
+/// OpenAI's `finish_reason` for Gemini's `finishReason`.
+pub fn finish_reason(reason: &str, has_calls: bool) -> &'static str {
+    match reason {
+        "MAX_TOKENS" => "length",
+        "SAFETY" | "RECITATION" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "IMAGE_SAFETY" => {
+            "content_filter"
+        }
+        _ if has_calls => "tool_calls",
+        _ => "stop",
+    }
+}
+
+/// Usage from `usageMetadata`: thoughts count as output (and as reasoning).
+pub fn usage(u: &Value) -> Option<Usage> {
+    u.as_object()?;
+    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let reasoning = n("thoughtsTokenCount");
+    Some(Usage {
+        input: n("promptTokenCount") + n("toolUsePromptTokenCount"),
+        output: n("candidatesTokenCount") + reasoning,
+        cached: n("cachedContentTokenCount"),
+        reasoning,
+    })
+}
+
+fn call_id(response_id: &str, candidate: u64, i: usize, given: Option<&Value>) -> Value {
+    match given.and_then(Value::as_str) {
+        Some(id) if !id.is_empty() => json!(id),
+        _ if response_id.is_empty() => json!(format!("call_{candidate}_{i}")),
+        _ => json!(format!("call_{response_id}_{candidate}_{i}")),
+    }
+}
+
+/// Text and tool calls of one candidate's parts (thought parts are left out).
+fn read_parts(
+    parts: &[Value],
+    response_id: &str,
+    candidate: u64,
+    first_call: usize,
+) -> (String, Vec<Value>) {
+    let mut text = String::new();
+    let mut calls = Vec::new();
+    for p in parts {
+        if p.get("thought") == Some(&Value::Bool(true)) {
+            continue;
+        }
+        if let Some(t) = p.get("text").and_then(Value::as_str) {
+            text.push_str(t);
+        }
+        if let Some(fc) = p.get("functionCall") {
+            let i = first_call + calls.len();
+            calls.push(json!({
+                "index": i,
+                "id": call_id(response_id, candidate, i, fc.get("id")),
+                "type": "function",
+                "function": {
+                    "name": fc.get("name").cloned().unwrap_or(Value::Null),
+                    "arguments": fc.get("args").map(Value::to_string).unwrap_or_else(|| "{}".into()),
+                }
+            }));
+        }
+    }
+    (text, calls)
+}
+
+/// The OpenAI chat completion for a `generateContent` response.
+pub fn response_value(g: &Value, model: &str, created: i64) -> Value {
+    let response_id = g.get("responseId").and_then(Value::as_str).unwrap_or("");
+    let mut choices = Vec::new();
+    for (pos, c) in g
+        .get("candidates")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+    {
+        let index = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64);
+        let parts = c
+            .pointer("/content/parts")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        let (text, mut calls) = read_parts(parts, response_id, index, 0);
+        for call in &mut calls {
+            if let Some(o) = call.as_object_mut() {
+                o.remove("index");
+            }
+        }
+        let reason = c
+            .get("finishReason")
+            .and_then(Value::as_str)
+            .unwrap_or("STOP");
+        let mut message = json!({
+            "role": "assistant",
+            "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) },
+            "refusal": null,
+        });
+        let finish = finish_reason(reason, !calls.is_empty());
+        if !calls.is_empty() {
+            message["tool_calls"] = Value::Array(calls);
+        }
+        choices.push(
+            json!({"index": index, "message": message, "logprobs": null, "finish_reason": finish}),
+        );
+    }
+    if choices.is_empty() {
+        // The prompt itself was blocked.
+        choices.push(json!({"index": 0, "message": {"role": "assistant", "content": "", "refusal": null}, "logprobs": null, "finish_reason": "content_filter"}));
+    }
+    let u = usage(g.get("usageMetadata").unwrap_or(&Value::Null)).unwrap_or_default();
+    json!({
+        "id": format!("chatcmpl-{response_id}"),
+        "object": "chat.completion",
+        "created": created,
+        "model": g.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
+        "choices": choices,
+        "usage": u.to_openai(),
+    })
+}
+
+/// OpenAI's error type for a status (for errors from providers with their own format).
+pub fn openai_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        500..=599 => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// A Google error body (`{"error": {code, message, status}}`) as an OpenAI error body.
+pub fn error(body: &[u8], status: u16) -> Vec<u8> {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let message = v
+        .pointer("/error/message")
+        .and_then(Value::as_str)
+        .unwrap_or("The provider returned an error.");
+    let code = v.pointer("/error/status").cloned().unwrap_or(Value::Null);
+    serde_json::to_vec(&json!({"error": {"message": message, "type": openai_error_type(status), "param": null, "code": code}}))
+        .unwrap_or_default()
+}
+
+/// Turns `streamGenerateContent?alt=sse` chunks into OpenAI chunks, one for one. Gemini
+/// sends no end marker: the stream is complete when a candidate has a `finishReason`.
+#[derive(Debug)]
+pub struct StreamTranslator {
+    model: String,
+    created: i64,
+    include_usage: bool,
+    id: String,
+    started: bool,
+    finished: bool,
+    done: bool,
+    /// Tool calls so far, per candidate index.
+    calls: HashMap<u64, usize>,
+    usage: Option<Usage>,
+}
+
+impl StreamTranslator {
+    pub fn new(model: &str, created: i64, include_usage: bool) -> Self {
+        Self {
+            model: model.to_string(),
+            created,
+            include_usage,
+            id: String::new(),
+            started: false,
+            finished: false,
+            done: false,
+            calls: HashMap::new(),
+            usage: None,
+        }
+    }
+
+    fn chunk(&self, choices: Value, usage: Option<Value>) -> String {
+        let mut v = json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        });
+        if self.include_usage {
+            v["usage"] = usage.unwrap_or(Value::Null);
+        }
+        sse_data(&v)
+    }
+
+    fn gemini_chunk(&mut self, g: &Value) -> String {
+        if let Some(e) = g.get("error") {
+            self.done = true;
+            let message = e
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("provider error");
+            return sse_data(
+                &json!({"error": {"message": message, "type": "server_error", "param": null, "code": e.get("status").cloned().unwrap_or(Value::Null)}}),
+            );
+        }
+        if !self.started {
+            self.started = true;
+            self.id = format!(
+                "chatcmpl-{}",
+                g.get("responseId").and_then(Value::as_str).unwrap_or("")
+            );
+            if let Some(m) = g.get("modelVersion").and_then(Value::as_str) {
+                self.model = m.to_string();
+            }
+        }
+        if let Some(u) = g.get("usageMetadata").and_then(usage) {
+            self.usage = Some(u);
+        }
+        let response_id = g
+            .get("responseId")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
+        let mut choices = Vec::new();
+        for (pos, c) in g
+            .get("candidates")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            let index = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64);
+            let parts = c
+                .pointer("/content/parts")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or(&[]);
+            let seen = self.calls.get(&index).copied().unwrap_or(0);
+            let (text, calls) = read_parts(parts, &response_id, index, seen);
+            let first = seen == 0 && !self.calls.contains_key(&index);
+            self.calls.insert(index, seen + calls.len());
+            let mut delta = Map::new();
+            if first {
+                delta.insert("role".into(), json!("assistant"));
+            }
+            if !text.is_empty() || first {
+                delta.insert("content".into(), json!(text));
+            }
+            if !calls.is_empty() {
+                delta.insert("tool_calls".into(), Value::Array(calls));
+            }
+            let finish = c.get("finishReason").and_then(Value::as_str).map(|r| {
+                self.finished = true;
+                finish_reason(r, seen + self.calls.get(&index).copied().unwrap_or(0) > 0)
+            });
+            choices.push(
+                json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}),
+            );
+        }
+        if g.pointer("/promptFeedback/blockReason").is_some() && choices.is_empty() {
+            self.finished = true;
+            choices.push(json!({"index": 0, "delta": {"role": "assistant", "content": ""}, "logprobs": null, "finish_reason": "content_filter"}));
+        }
+        if choices.is_empty() {
+            return String::new();
+        }
+        self.chunk(Value::Array(choices), None)
+    }
+}
+
+impl super::StreamStep for StreamTranslator {
+    fn event(&mut self, event: &crate::sse::Event) -> String {
+        if self.done {
+            return String::new();
+        }
+        match serde_json::from_str::<Value>(&event.data) {
+            Ok(g) => self.gemini_chunk(&g),
+            Err(_) => String::new(),
+        }
+    }
+
+    fn end(&mut self) -> String {
+        if self.done {
+            return String::new();
+        }
+        self.done = true;
+        if !self.finished {
+            return sse_data(
+                &json!({"error": {"message": "The provider's stream ended before the answer was complete.", "type": "server_error", "param": null, "code": null}}),
+            );
+        }
+        let mut out = String::new();
+        if self.include_usage {
+            out += &self.chunk(json!([]), Some(self.usage.unwrap_or_default().to_openai()));
+        }
+        out + "data: [DONE]\n\n"
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}

@@ -1,0 +1,368 @@
+//! The steps between a client format and a provider's wire format, for requests,
+//! answers, errors and streams. OpenAI's format is the pivot: an Anthropic client on a
+//! Gemini model is translated Anthropic -> OpenAI -> Gemini, and its answer back the same
+//! way. Same-format pairs pass through, with only the model rewritten and usage read.
+
+use serde_json::{Value, json};
+
+use super::{StreamStep, Usage};
+use crate::proxy::Api;
+use crate::proxy::error::ApiError;
+use crate::runtime::{ProviderKind, Wire};
+use crate::sse;
+
+/// `anthropic_version` in the body of Claude requests on Vertex AI.
+pub const VERTEX_ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
+
+/// One request's way across the gateway.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub client: Api,
+    pub wire: Wire,
+    pub provider: ProviderKind,
+    /// The model sent upstream.
+    pub model: String,
+    pub stream: bool,
+    /// The OpenAI client asked for the usage chunk (`stream_options.include_usage`).
+    pub include_usage: bool,
+    /// Seconds since the epoch, for `created`.
+    pub created: i64,
+    /// An id for answers whose provider gives none (Bedrock).
+    pub id: String,
+}
+
+impl Plan {
+    /// The request body leaves as the client sent it (model rewritten at most).
+    pub fn passes_request(&self) -> bool {
+        matches!(
+            (self.client, self.wire),
+            (Api::OpenAi, Wire::OpenAi) | (Api::Anthropic, Wire::Anthropic)
+        )
+    }
+
+    /// The answer reaches the client as the provider sent it.
+    pub fn passes_response(&self) -> bool {
+        matches!(
+            (self.client, self.wire),
+            (Api::OpenAi, Wire::OpenAi) | (Api::Anthropic, Wire::Anthropic | Wire::VertexAnthropic)
+        )
+    }
+
+    /// The body sent upstream for a translated request (`passes_request` is false).
+    pub fn request(&self, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+        let client = super::parse_client_json(body)?;
+        let out = match (self.client, self.wire) {
+            (Api::Anthropic, Wire::VertexAnthropic) => vertex_anthropic(client),
+            (Api::Anthropic, _) => {
+                let field = if matches!(
+                    self.provider,
+                    ProviderKind::OpenAi | ProviderKind::AzureOpenAi
+                ) {
+                    super::anthropic_to_openai::MaxTokensField::MaxCompletionTokens
+                } else {
+                    super::anthropic_to_openai::MaxTokensField::MaxTokens
+                };
+                let openai =
+                    super::anthropic_to_openai::request_value(&client, &self.model, field)?;
+                self.from_openai(&openai)?
+            }
+            (Api::OpenAi, _) => self.from_openai(&client)?,
+        };
+        serde_json::to_vec(&out).map_err(|_| ApiError::Internal)
+    }
+
+    fn from_openai(&self, v: &Value) -> Result<Value, ApiError> {
+        Ok(match self.wire {
+            Wire::OpenAi => v.clone(),
+            Wire::Anthropic => super::openai_to_anthropic::request_value(v, &self.model)?,
+            Wire::VertexAnthropic => {
+                vertex_anthropic(super::openai_to_anthropic::request_value(v, &self.model)?)
+            }
+            Wire::Gemini => super::openai_to_gemini::request_value(v)?,
+            Wire::Bedrock => super::openai_to_bedrock::request_value(v)?,
+        })
+    }
+
+    /// A successful JSON answer in the client's format, and its usage.
+    pub fn response(&self, body: &[u8]) -> Result<(Vec<u8>, Option<Usage>), ApiError> {
+        let upstream: Value = serde_json::from_slice(body).map_err(|_| ApiError::UpstreamBody)?;
+        if self.passes_response() {
+            let usage = match self.client {
+                Api::OpenAi => upstream.get("usage").and_then(Usage::from_openai),
+                Api::Anthropic => upstream.get("usage").and_then(Usage::from_anthropic),
+            };
+            return Ok((body.to_vec(), usage));
+        }
+        let openai = match self.wire {
+            Wire::OpenAi => upstream,
+            Wire::Anthropic | Wire::VertexAnthropic => {
+                super::openai_to_anthropic::response_value(&upstream, self.created)
+            }
+            Wire::Gemini => {
+                super::openai_to_gemini::response_value(&upstream, &self.model, self.created)
+            }
+            Wire::Bedrock => super::openai_to_bedrock::response_value(
+                &upstream,
+                &self.model,
+                &self.id,
+                self.created,
+            ),
+        };
+        let usage = openai.get("usage").and_then(Usage::from_openai);
+        let out = match self.client {
+            Api::OpenAi => openai,
+            Api::Anthropic => super::anthropic_to_openai::response_value(&openai),
+        };
+        Ok((
+            serde_json::to_vec(&out).map_err(|_| ApiError::Internal)?,
+            usage,
+        ))
+    }
+
+    /// A provider's error body (status `status`) in the client's format.
+    /// `aws_error_type` is Bedrock's `x-amzn-ErrorType` header.
+    pub fn error(&self, status: u16, body: &[u8], aws_error_type: Option<&str>) -> Vec<u8> {
+        if self.passes_response() {
+            return body.to_vec();
+        }
+        let openai = match self.wire {
+            Wire::OpenAi => body.to_vec(),
+            Wire::Anthropic | Wire::VertexAnthropic => super::openai_to_anthropic::error(body),
+            Wire::Gemini => super::openai_to_gemini::error(body, status),
+            Wire::Bedrock => super::openai_to_bedrock::error(body, status, aws_error_type),
+        };
+        match self.client {
+            Api::OpenAi => openai,
+            Api::Anthropic => super::anthropic_to_openai::error(&openai, status),
+        }
+    }
+
+    /// The stream translation for this plan.
+    pub fn stream(&self) -> Chain {
+        let decoder = if self.wire == Wire::Bedrock {
+            Decoder::Aws(crate::eventstream::Decoder::default())
+        } else {
+            Decoder::Sse(sse::Parser::default())
+        };
+        // A second step turns OpenAI chunks into Anthropic events; it needs usage in them.
+        let second: Option<Box<dyn StreamStep>> = match (self.client, self.passes_response()) {
+            (Api::Anthropic, false) => {
+                Some(Box::new(super::anthropic_to_openai::StreamTranslator::new()))
+            }
+            _ => None,
+        };
+        let usage_in_chunks = self.include_usage || second.is_some();
+        let first: Box<dyn StreamStep> = match (self.client, self.wire) {
+            (Api::Anthropic, Wire::Anthropic | Wire::VertexAnthropic) => {
+                Box::new(AnthropicMeter::default())
+            }
+            (_, Wire::OpenAi) => Box::new(OpenAiMeter::new(usage_in_chunks)),
+            (_, Wire::Anthropic | Wire::VertexAnthropic) => Box::new(
+                super::openai_to_anthropic::StreamTranslator::new(self.created, usage_in_chunks),
+            ),
+            (_, Wire::Gemini) => Box::new(super::openai_to_gemini::StreamTranslator::new(
+                &self.model,
+                self.created,
+                usage_in_chunks,
+            )),
+            (_, Wire::Bedrock) => Box::new(super::openai_to_bedrock::StreamTranslator::new(
+                &self.id,
+                &self.model,
+                self.created,
+                usage_in_chunks,
+            )),
+        };
+        Chain {
+            decoder,
+            first,
+            second: second.map(|s| (sse::Parser::default(), s)),
+        }
+    }
+}
+
+/// Claude on Vertex: the model is in the URL, the version in the body.
+fn vertex_anthropic(mut v: Value) -> Value {
+    if let Some(obj) = v.as_object_mut() {
+        obj.remove("model");
+        obj.insert("anthropic_version".into(), json!(VERTEX_ANTHROPIC_VERSION));
+    }
+    v
+}
+
+/// Frames of the provider's stream.
+enum Decoder {
+    Sse(sse::Parser),
+    Aws(crate::eventstream::Decoder),
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Sse(#[from] sse::TooLarge),
+    #[error("event stream: {0}")]
+    Aws(#[from] crate::eventstream::DecodeError),
+}
+
+/// Decoder and steps of one translated stream.
+pub struct Chain {
+    decoder: Decoder,
+    first: Box<dyn StreamStep>,
+    second: Option<(sse::Parser, Box<dyn StreamStep>)>,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain").finish_non_exhaustive()
+    }
+}
+
+impl Chain {
+    fn through_second(&mut self, text: String) -> String {
+        let Some((parser, step)) = self.second.as_mut() else {
+            return text;
+        };
+        let mut out = String::new();
+        // Text written by the first step is well-formed and small: it cannot be too large.
+        for event in parser.feed(text.as_bytes()).unwrap_or_default() {
+            out += &step.event(&event);
+        }
+        out
+    }
+
+    /// The client's bytes for the provider's `bytes`, written as soon as they are complete.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<String, StreamError> {
+        let events = match &mut self.decoder {
+            Decoder::Sse(p) => p.feed(bytes)?,
+            Decoder::Aws(d) => d.feed(bytes)?.iter().map(|m| m.to_event()).collect(),
+        };
+        let mut first = String::new();
+        for event in &events {
+            first += &self.first.event(event);
+        }
+        Ok(self.through_second(first))
+    }
+
+    /// The closing bytes when the provider's stream ends.
+    pub fn end(&mut self) -> String {
+        let mut first = String::new();
+        if let Decoder::Sse(p) = &mut self.decoder
+            && let Some(event) = p.finish()
+        {
+            first += &self.first.event(&event);
+        }
+        first += &self.first.end();
+        let mut out = self.through_second(first);
+        if let Some((_, step)) = self.second.as_mut() {
+            out += &step.end();
+        }
+        out
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.first.usage()
+    }
+}
+
+/// SSE text of an event as parsed.
+fn reemit(event: &sse::Event) -> String {
+    let mut out = String::with_capacity(event.data.len() + event.name.len() + 16);
+    if !event.name.is_empty() {
+        out.push_str("event: ");
+        out.push_str(&event.name);
+        out.push('\n');
+    }
+    for line in event.data.split('\n') {
+        out.push_str("data: ");
+        out.push_str(line);
+        out.push('\n');
+    }
+    out.push('\n');
+    out
+}
+
+/// Passes an OpenAI stream through, reading its usage chunk, and drops that chunk when
+/// the gateway asked for it on the client's behalf.
+#[derive(Debug)]
+pub struct OpenAiMeter {
+    client_wants_usage: bool,
+    usage: Option<Usage>,
+}
+
+impl OpenAiMeter {
+    pub fn new(client_wants_usage: bool) -> Self {
+        Self {
+            client_wants_usage,
+            usage: None,
+        }
+    }
+}
+
+impl StreamStep for OpenAiMeter {
+    fn event(&mut self, event: &sse::Event) -> String {
+        // Only the usage chunk has a usage object; the others have none or null.
+        if event.data.contains("\"usage\":{") || event.data.contains("\"usage\": {") {
+            if let Ok(v) = serde_json::from_str::<Value>(&event.data)
+                && let Some(u) = v.get("usage").and_then(Usage::from_openai)
+            {
+                self.usage = Some(u);
+                let no_choices = v
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .is_some_and(Vec::is_empty);
+                if no_choices && !self.client_wants_usage {
+                    return String::new();
+                }
+            }
+        }
+        reemit(event)
+    }
+
+    fn end(&mut self) -> String {
+        String::new()
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.usage
+    }
+}
+
+/// Passes an Anthropic stream through, reading usage from `message_start` and
+/// `message_delta`.
+#[derive(Debug, Default)]
+pub struct AnthropicMeter {
+    usage: serde_json::Map<String, Value>,
+    seen: bool,
+}
+
+impl StreamStep for AnthropicMeter {
+    fn event(&mut self, event: &sse::Event) -> String {
+        let usage_at = match event.name.as_str() {
+            "message_start" => Some("/message/usage"),
+            "message_delta" => Some("/usage"),
+            _ => None,
+        };
+        if let Some(at) = usage_at
+            && let Ok(v) = serde_json::from_str::<Value>(&event.data)
+            && let Some(u) = v.pointer(at).and_then(Value::as_object)
+        {
+            self.seen = true;
+            for (k, v) in u {
+                if !v.is_null() {
+                    self.usage.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        reemit(event)
+    }
+
+    fn end(&mut self) -> String {
+        String::new()
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        if !self.seen {
+            return None;
+        }
+        Usage::from_anthropic(&Value::Object(self.usage.clone()))
+    }
+}
