@@ -538,6 +538,28 @@ fn secret_data(v: &Value) -> Result<BTreeMap<String, Vec<u8>>, String> {
     Ok(out)
 }
 
+/// Key of a Vertex AI service-account key file inside its Secret.
+pub const VERTEX_SECRET_KEY: &str = "serviceAccount";
+
+/// Bedrock access keys: a Secret with `accessKeyId` and `secretAccessKey` (and optionally
+/// `sessionToken`), when `secretRef.key` is not given, packed as JSON for the dataplane.
+fn aws_keys(secrets: &Secrets, namespace: &str, r: &SecretKeyRef) -> Option<String> {
+    if r.key.is_some() {
+        return None;
+    }
+    let data = secrets.get(&(namespace.to_string(), r.name.clone()))?;
+    let text = |k: &str| {
+        data.get(k)
+            .map(|v| String::from_utf8_lossy(v.trim_ascii()).into_owned())
+    };
+    let (id, secret) = (text("accessKeyId")?, text("secretAccessKey")?);
+    let mut v = serde_json::json!({"accessKeyId": id, "secretAccessKey": secret});
+    if let Some(token) = text("sessionToken") {
+        v["sessionToken"] = serde_json::Value::String(token);
+    }
+    Some(v.to_string())
+}
+
 /// The value at a Secret key. The error names the Secret and key, never the value.
 fn secret_value<'a>(
     secrets: &'a Secrets,
@@ -570,6 +592,7 @@ fn default_endpoint(spec: &provider::LlmProviderSpec) -> String {
         T::Openai => "https://api.openai.com/v1".into(),
         T::Anthropic => "https://api.anthropic.com".into(),
         T::Gemini => "https://generativelanguage.googleapis.com".into(),
+        T::VertexAi if region == "global" => "https://aiplatform.googleapis.com".into(),
         T::VertexAi => format!("https://{region}-aiplatform.googleapis.com"),
         T::Bedrock => format!("https://bedrock-runtime.{region}.amazonaws.com"),
         // The schema requires an endpoint for these.
@@ -585,13 +608,26 @@ fn compile_provider(
     let mut missing = Vec::new();
     let mut credentials = Vec::new();
     for c in &p.spec.credentials {
-        match secret_value(secrets, &p.namespace, &c.secret_ref, PROVIDER_SECRET_KEY) {
+        let default_key = match p.spec.provider_type {
+            T::VertexAi => VERTEX_SECRET_KEY,
+            _ => PROVIDER_SECRET_KEY,
+        };
+        let value = match p.spec.provider_type {
+            T::Bedrock => match aws_keys(secrets, &p.namespace, &c.secret_ref) {
+                Some(packed) => Ok(std::borrow::Cow::Owned(packed.into_bytes())),
+                None => secret_value(secrets, &p.namespace, &c.secret_ref, default_key)
+                    .map(std::borrow::Cow::Borrowed),
+            },
+            _ => secret_value(secrets, &p.namespace, &c.secret_ref, default_key)
+                .map(std::borrow::Cow::Borrowed),
+        };
+        match value {
             Ok(value) => match std::str::from_utf8(value.trim_ascii()) {
                 Ok(key) => credentials.push(pb::Credential {
                     id: format!(
                         "{}/{}",
                         c.secret_ref.name,
-                        c.secret_ref.key.as_deref().unwrap_or(PROVIDER_SECRET_KEY)
+                        c.secret_ref.key.as_deref().unwrap_or(default_key)
                     ),
                     api_key: key.to_string(),
                     weight: c.weight,

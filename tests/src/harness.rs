@@ -265,6 +265,16 @@ pub struct Dataplane {
 impl Stack {
     /// Starts everything and waits until one dataplane is ready.
     pub fn start() -> anyhow::Result<Self> {
+        Self::start_with(false)
+    }
+
+    /// As [`Stack::start`], with a provider of every type as well
+    /// (`tests/testdata/providers`): Gemini, Vertex AI, Bedrock, Azure, OpenAI-compatible.
+    pub fn start_all_providers() -> anyhow::Result<Self> {
+        Self::start_with(true)
+    }
+
+    fn start_with(all_providers: bool) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let manifests = dir.path().join("manifests");
         std::fs::create_dir(&manifests)?;
@@ -278,14 +288,31 @@ impl Stack {
             for key in UPSTREAM_KEYS {
                 argv.extend(["--api-key".to_string(), key.to_string()]);
             }
+            if all_providers {
+                argv.extend([
+                    "--aws-key".to_string(),
+                    "AKIDTOLLGATETEST:tollgate-test-secret".to_string(),
+                    "--google-service-account".to_string(),
+                    workspace()
+                        .join("tests/testdata/vertex-service-account.json")
+                        .display()
+                        .to_string(),
+                ]);
+            }
             Ok((argv, format!("http://127.0.0.1:{mock_port}/healthz")))
         })?;
         let mock_url = format!("http://127.0.0.1:{mock_port}");
-        for entry in std::fs::read_dir(workspace().join("examples/quickstart"))? {
-            let entry = entry?;
-            let text = std::fs::read_to_string(entry.path())?;
-            let text = text.replace("http://127.0.0.1:9000", &mock_url);
-            std::fs::write(manifests.join(entry.file_name()), text)?;
+        let mut sources = vec![workspace().join("examples/quickstart")];
+        if all_providers {
+            sources.push(workspace().join("tests/testdata/providers"));
+        }
+        for source in sources {
+            for entry in std::fs::read_dir(source)? {
+                let entry = entry?;
+                let text = std::fs::read_to_string(entry.path())?;
+                let text = text.replace("http://127.0.0.1:9000", &mock_url);
+                std::fs::write(manifests.join(entry.file_name()), text)?;
+            }
         }
         let mut stack = Self {
             dir,

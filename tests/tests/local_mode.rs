@@ -201,7 +201,10 @@ async fn streams_are_forwarded_as_they_arrive() {
 
 /// Runs one of tests/python/*.py against a fresh stack; it asserts itself.
 fn run_python(script: &str, base_url: impl Fn(&Stack) -> String, ok_line: &str) {
-    let stack = Stack::start().unwrap();
+    run_python_on(Stack::start().unwrap(), script, base_url, ok_line);
+}
+
+fn run_python_on(stack: Stack, script: &str, base_url: impl Fn(&Stack) -> String, ok_line: &str) {
     let python = std::env::var("TOLLGATE_PYTHON").unwrap_or_else(|_| {
         tollgate_tests::harness::workspace()
             .join(".venv/bin/python")
@@ -248,6 +251,18 @@ fn python_anthropic_sdk_and_translation() {
         "anthropic_client.py",
         |s| s.api().trim_end_matches("/v1").to_string(),
         "python anthropic sdk: ok",
+    );
+}
+
+/// Both SDKs, sync and async, streaming and not, with a tool-call round trip, against a
+/// model of every provider type, each speaking its own wire format behind mock-llm.
+#[test]
+fn python_sdks_on_every_provider_type() {
+    run_python_on(
+        Stack::start_all_providers().unwrap(),
+        "providers_client.py",
+        |s| s.api().trim_end_matches("/v1").to_string(),
+        "python providers: ok",
     );
 }
 

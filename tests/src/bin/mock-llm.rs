@@ -12,6 +12,17 @@ ENDPOINTS
   POST /v1/chat/completions                     OpenAI chat completions (JSON, or SSE with \"stream\": true;
                                                 a final usage chunk when stream_options.include_usage is set)
   POST /openai/deployments/{d}/chat/completions Azure OpenAI (api-key header, api-version query required)
+  POST /v1/messages                             Anthropic Messages (x-api-key, anthropic-version)
+  POST /v1beta/models/{m}:generateContent       Gemini API (x-goog-api-key or ?key=);
+       /v1beta/models/{m}:streamGenerateContent  with ?alt=sse for server-sent events
+  POST /v1/projects/{p}/locations/{r}/publishers/google/models/{m}:generateContent (and stream)
+  POST /v1/projects/{p}/locations/{r}/publishers/anthropic/models/{m}:rawPredict (and streamRawPredict)
+                                                Vertex AI, with a bearer token from POST /token
+  POST /token                                   OAuth JWT-bearer grant for --google-service-account
+  POST /model/{id}/converse, /converse-stream   Bedrock (SigV4 with --aws-key, or a bearer API key);
+                                                streams as AWS event-stream frames
+  Tool calls: offered tools are called (the first, with arguments from its schema) until the
+  conversation holds a tool result, which the answer then quotes.
   GET  /v1/models                               the --model list
   GET  /mock/requests, DELETE /mock/requests    requests received (for tests), and clearing them
 
@@ -52,6 +63,12 @@ struct Args {
     /// Default delay between stream chunks, in ms.
     #[arg(long, default_value_t = 0)]
     chunk_delay_ms: u64,
+    /// AWS access key accepted by the Bedrock endpoints, as ID:SECRET (repeatable).
+    #[arg(long = "aws-key")]
+    aws_keys: Vec<String>,
+    /// Service-account key file whose JWT assertions POST /token accepts.
+    #[arg(long)]
+    google_service_account: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
@@ -66,7 +83,20 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     tracing::info!(addr = %listener.local_addr()?, "mock-llm listening");
+    let google_account = match &args.google_service_account {
+        Some(path) => Some(mock::GoogleAccount::from_key_file(
+            &std::fs::read_to_string(path)?,
+        )?),
+        None => None,
+    };
     let config = mock::Config {
+        aws_keys: args
+            .aws_keys
+            .iter()
+            .filter_map(|k| k.split_once(':'))
+            .map(|(id, secret)| (id.to_string(), secret.to_string()))
+            .collect(),
+        google_account,
         api_keys: args.api_keys,
         models: args.models,
         defaults: Directives {

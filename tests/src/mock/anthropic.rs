@@ -13,6 +13,7 @@ pub struct MessagesRequest {
     pub max_tokens: u64,
     pub texts: Vec<String>,
     pub last_user: String,
+    pub tool_call: Option<super::tools::ToolCall>,
 }
 
 /// An Anthropic-format error body.
@@ -100,8 +101,37 @@ pub fn parse(body: &[u8]) -> Result<MessagesRequest, Value> {
         texts.push(text_of(system, "system")?);
     }
     let mut last_user = String::new();
+    let mut tool_use_ids: Vec<String> = Vec::new();
+    let mut has_tool_result = false;
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).unwrap_or("");
+        let blocks = m
+            .get("content")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        if role == "assistant" {
+            tool_use_ids = blocks
+                .iter()
+                .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"))
+                .filter_map(|b| b.get("id").and_then(Value::as_str).map(str::to_string))
+                .collect();
+        }
+        let results: Vec<&Value> = blocks
+            .iter()
+            .filter(|b| b.get("type").and_then(Value::as_str) == Some("tool_result"))
+            .collect();
+        if role == "user" {
+            has_tool_result = !results.is_empty();
+        }
+        for r in &results {
+            let id = r.get("tool_use_id").and_then(Value::as_str).unwrap_or("");
+            if !tool_use_ids.iter().any(|t| t == id) {
+                return Err(invalid(format!(
+                    "messages.{i}.content: unexpected `tool_use_id` found in `tool_result` blocks: {id}. Each `tool_result` block must have a corresponding `tool_use` block in the previous message."
+                )));
+            }
+        }
         if role != "user" && role != "assistant" {
             return Err(invalid(format!(
                 "messages.{i}.role: Input should be 'user' or 'assistant'"
@@ -113,9 +143,35 @@ pub fn parse(body: &[u8]) -> Result<MessagesRequest, Value> {
         )?;
         if role == "user" {
             last_user.clone_from(&text);
+            if let Some(r) = results.last() {
+                let result = match r.get("content") {
+                    Some(Value::String(s)) => s.clone(),
+                    Some(c) => text_of(c, &format!("messages.{i}.content"))?,
+                    None => String::new(),
+                };
+                last_user = format!("tool result: {result}");
+            }
         }
         texts.push(text);
     }
+    let first_tool = match obj.get("tools") {
+        None => None,
+        Some(Value::Array(tools)) => match tools.first() {
+            None => None,
+            Some(t) => {
+                let name = t
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| invalid("tools.0.name: Field required"))?;
+                if t.get("input_schema").is_none() {
+                    return Err(invalid("tools.0.input_schema: Field required"));
+                }
+                Some((name.to_string(), t.get("input_schema").cloned()))
+            }
+        },
+        Some(_) => return Err(invalid("tools: Input should be a valid list")),
+    };
+    let tool_call = super::tools::decide(first_tool, has_tool_result);
     if messages
         .first()
         .and_then(|m| m.get("role"))
@@ -137,6 +193,7 @@ pub fn parse(body: &[u8]) -> Result<MessagesRequest, Value> {
         max_tokens,
         texts,
         last_user,
+        tool_call,
     })
 }
 
@@ -171,8 +228,11 @@ pub fn message(req: &MessagesRequest, id: &str, pieces: &[String], stop_reason: 
         "type": "message",
         "role": "assistant",
         "model": req.model,
-        "content": [{"type": "text", "text": pieces.concat()}],
-        "stop_reason": stop_reason,
+        "content": match &req.tool_call {
+            Some(call) => json!([{"type": "tool_use", "id": "toolu_mock0", "name": call.name, "input": call.arguments}]),
+            None => json!([{"type": "text", "text": pieces.concat()}]),
+        },
+        "stop_reason": if req.tool_call.is_some() { "tool_use" } else { stop_reason },
         "stop_sequence": null,
         "usage": {
             "input_tokens": input_tokens(req),
@@ -191,22 +251,42 @@ pub fn stream_events(
     stop_reason: &str,
 ) -> Vec<String> {
     let event = |name: &str, data: Value| format!("event: {name}\ndata: {data}\n\n");
-    let mut events = vec![
-        event(
-            "message_start",
-            json!({"type": "message_start", "message": {
-                "id": id, "type": "message", "role": "assistant", "model": req.model, "content": [],
-                "stop_reason": null, "stop_sequence": null,
-                "usage": {"input_tokens": input_tokens(req), "output_tokens": 1,
-                          "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
-            }}),
-        ),
-        event(
+    let mut events = vec![event(
+        "message_start",
+        json!({"type": "message_start", "message": {
+            "id": id, "type": "message", "role": "assistant", "model": req.model, "content": [],
+            "stop_reason": null, "stop_sequence": null,
+            "usage": {"input_tokens": input_tokens(req), "output_tokens": 1,
+                      "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+        }}),
+    )];
+    if let Some(call) = &req.tool_call {
+        events.push(event(
             "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-        ),
-        event("ping", json!({"type": "ping"})),
-    ];
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock0", "name": call.name, "input": {}}}),
+        ));
+        for piece in super::tools::argument_pieces(call) {
+            events.push(event(
+                "content_block_delta",
+                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+            ));
+        }
+        events.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        events.push(event(
+            "message_delta",
+            json!({"type": "message_delta", "delta": {"stop_reason": "tool_use", "stop_sequence": null}, "usage": {"output_tokens": 5}}),
+        ));
+        events.push(event("message_stop", json!({"type": "message_stop"})));
+        return events;
+    }
+    events.push(event(
+        "content_block_start",
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+    ));
+    events.push(event("ping", json!({"type": "ping"})));
     for p in pieces {
         events.push(event(
             "content_block_delta",

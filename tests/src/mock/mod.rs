@@ -5,9 +5,12 @@
 //! error statuses with `retry-after`, resets, and streams cut half way.
 
 pub mod anthropic;
+pub mod bedrock;
 pub mod directives;
+pub mod gemini;
 pub mod openai;
 pub mod server;
+pub mod tools;
 
 pub use directives::{Directives, Failure};
-pub use server::{Config, serve};
+pub use server::{Config, GoogleAccount, serve};

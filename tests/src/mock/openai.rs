@@ -14,6 +14,8 @@ pub struct ChatRequest {
     pub texts: Vec<String>,
     /// Text of the last user message.
     pub last_user: String,
+    /// The tool the answer calls.
+    pub tool_call: Option<super::tools::ToolCall>,
 }
 
 const ROLES: [&str; 6] = [
@@ -117,6 +119,8 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, Value> {
     };
     let mut texts = Vec::new();
     let mut last_user = String::new();
+    let mut call_ids: Vec<String> = Vec::new();
+    let mut has_tool_result = false;
     for (i, m) in messages.iter().enumerate() {
         let role = m.get("role").and_then(Value::as_str).ok_or_else(|| {
             invalid(
@@ -133,11 +137,61 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, Value> {
             ));
         }
         let text = content_text(m.get("content").unwrap_or(&Value::Null))?;
-        if role == "user" {
-            last_user.clone_from(&text);
+        match role {
+            "user" => {
+                last_user.clone_from(&text);
+                has_tool_result = false;
+            }
+            "assistant" => {
+                call_ids = m
+                    .get("tool_calls")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|c| c.get("id").and_then(Value::as_str).map(str::to_string))
+                    .collect();
+            }
+            "tool" => {
+                let id = m.get("tool_call_id").and_then(Value::as_str).unwrap_or("");
+                if !call_ids.iter().any(|c| c == id) {
+                    return Err(invalid(
+                        "Invalid parameter: messages with role 'tool' must be a response to a preceeding message with 'tool_calls'.",
+                        Some(&format!("messages.[{i}].role")),
+                    ));
+                }
+                last_user = format!("tool result: {text}");
+                has_tool_result = true;
+            }
+            _ => {}
         }
         texts.push(text);
     }
+    let first_tool = match obj.get("tools") {
+        None | Some(Value::Null) => None,
+        Some(Value::Array(tools)) => match tools.first() {
+            None => None,
+            Some(t) => {
+                let name = t
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .filter(|_| t.get("type").and_then(Value::as_str) == Some("function"))
+                    .ok_or_else(|| {
+                        invalid(
+                            "Missing required parameter: 'tools[0].function'.",
+                            Some("tools[0].function"),
+                        )
+                    })?;
+                Some((name.to_string(), t.pointer("/function/parameters").cloned()))
+            }
+        },
+        Some(_) => {
+            return Err(invalid(
+                "Invalid type for 'tools': expected an array.",
+                Some("tools"),
+            ));
+        }
+    };
+    let tool_call = super::tools::decide(first_tool, has_tool_result);
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -184,6 +238,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, Value> {
         n,
         texts,
         last_user,
+        tool_call,
     })
 }
 
@@ -225,13 +280,21 @@ pub fn usage(req: &ChatRequest, completion_tokens: u64) -> Value {
 pub fn completion(req: &ChatRequest, id: &str, created: u64, pieces: &[String]) -> Value {
     let content: String = pieces.concat();
     let choices: Vec<Value> = (0..req.n)
-        .map(|i| {
-            json!({
+        .map(|i| match &req.tool_call {
+            Some(call) => json!({
+                "index": i,
+                "message": {"role": "assistant", "content": null, "refusal": null, "annotations": [],
+                            "tool_calls": [{"id": format!("call_mock{i}"), "type": "function",
+                                            "function": {"name": call.name, "arguments": call.arguments.to_string()}}]},
+                "logprobs": null,
+                "finish_reason": "tool_calls"
+            }),
+            None => json!({
                 "index": i,
                 "message": {"role": "assistant", "content": content, "refusal": null, "annotations": []},
                 "logprobs": null,
                 "finish_reason": "stop"
-            })
+            }),
         })
         .collect();
     json!({
@@ -270,17 +333,37 @@ pub fn stream_events(req: &ChatRequest, id: &str, created: u64, pieces: &[String
             None,
         ));
     }
-    for piece in pieces {
+    if let Some(call) = &req.tool_call {
         for i in 0..req.n {
             events.push(chunk(
-                json!([{"index": i, "delta": {"content": piece}, "logprobs": null, "finish_reason": null}]),
+                json!([{"index": i, "delta": {"tool_calls": [{"index": 0, "id": format!("call_mock{i}"), "type": "function", "function": {"name": call.name, "arguments": ""}}]}, "logprobs": null, "finish_reason": null}]),
                 None,
             ));
+            for piece in super::tools::argument_pieces(call) {
+                events.push(chunk(
+                    json!([{"index": i, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, "logprobs": null, "finish_reason": null}]),
+                    None,
+                ));
+            }
+        }
+    } else {
+        for piece in pieces {
+            for i in 0..req.n {
+                events.push(chunk(
+                    json!([{"index": i, "delta": {"content": piece}, "logprobs": null, "finish_reason": null}]),
+                    None,
+                ));
+            }
         }
     }
+    let finish = if req.tool_call.is_some() {
+        "tool_calls"
+    } else {
+        "stop"
+    };
     for i in 0..req.n {
         events.push(chunk(
-            json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": "stop"}]),
+            json!([{"index": i, "delta": {}, "logprobs": null, "finish_reason": finish}]),
             None,
         ));
     }

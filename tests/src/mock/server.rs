@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::directives::{Directives, Failure};
-use super::{anthropic, openai};
+use super::{anthropic, bedrock, gemini, openai};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -29,6 +29,35 @@ pub struct Config {
     pub models: Vec<String>,
     /// Directives applied to every request (a request's own override them).
     pub defaults: Directives,
+    /// AWS access keys (id, secret) accepted with SigV4 on the Bedrock endpoints.
+    pub aws_keys: Vec<(String, String)>,
+    /// A Google service account whose JWT assertions `POST /token` accepts.
+    pub google_account: Option<GoogleAccount>,
+}
+
+/// The public half of a service-account key, to check token requests against.
+#[derive(Clone, Debug)]
+pub struct GoogleAccount {
+    pub client_email: String,
+    /// DER `RSAPublicKey`.
+    pub public_key: Vec<u8>,
+}
+
+impl GoogleAccount {
+    /// Reads a service-account key file (JSON with `client_email` and `private_key`).
+    pub fn from_key_file(text: &str) -> anyhow::Result<Self> {
+        let v: Value = serde_json::from_str(text)?;
+        let email = v["client_email"].as_str().unwrap_or("").to_string();
+        let der =
+            tollgate_dataplane::auth::google::pem_der(v["private_key"].as_str().unwrap_or(""))
+                .ok_or_else(|| anyhow::anyhow!("private_key is not PEM"))?;
+        let key = ring::signature::RsaKeyPair::from_pkcs8(&der)
+            .map_err(|e| anyhow::anyhow!("private_key: {e}"))?;
+        Ok(Self {
+            client_email: email,
+            public_key: key.public().as_ref().to_vec(),
+        })
+    }
 }
 
 #[derive(Debug)]
@@ -36,6 +65,8 @@ struct Shared {
     config: Config,
     requests: Mutex<VecDeque<Value>>,
     next_id: Mutex<u64>,
+    /// Access tokens issued by `POST /token`.
+    tokens: Mutex<Vec<String>>,
 }
 
 const RECORDED: usize = 10_000;
@@ -256,6 +287,15 @@ fn with_retry_after(mut r: Response<Body>, d: &Directives) -> Response<Body> {
 
 /// A server-sent-events response, paced and cut as the directives say.
 fn sse(events: Vec<String>, d: &Directives) -> Response<Body> {
+    streamed(
+        events.into_iter().map(Bytes::from).collect(),
+        d,
+        "text/event-stream; charset=utf-8",
+    )
+}
+
+/// A streamed response of `events`, paced and cut as the directives say.
+fn streamed(events: Vec<Bytes>, d: &Directives, content_type: &'static str) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
     let cut_at = (d.fail == Some(Failure::Cut)).then_some(events.len() / 2);
     let delay = d.chunk_delay;
@@ -273,16 +313,14 @@ fn sse(events: Vec<String>, d: &Directives) -> Response<Body> {
             if i > 0 && !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            if tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_err() {
+            if tx.send(Ok(Frame::data(event))).await.is_err() {
                 return;
             }
         }
     });
     let mut r = Response::new(StreamBody::new(ReceiverStream::new(rx)).boxed());
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream; charset=utf-8"),
-    );
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     r
@@ -291,6 +329,7 @@ fn sse(events: Vec<String>, d: &Directives) -> Response<Body> {
 async fn messages(
     shared: Arc<Shared>,
     req: Request<Incoming>,
+    vertex: Option<(String, bool)>,
 ) -> Result<Response<Body>, std::io::Error> {
     let (parts, body) = shared.read_and_record(req).await?;
     let a_error = |status: StatusCode, message: &str| {
@@ -299,6 +338,42 @@ async fn messages(
             &anthropic::error_body(anthropic::error_type(status.as_u16()), message),
         )
     };
+    if let Some((model, stream)) = vertex {
+        // Claude on Vertex: OAuth bearer token, model in the URL, version in the body.
+        if let Err(r) = shared.check_token(&parts.headers) {
+            return Ok(*r);
+        }
+        let mut v: Value = match serde_json::from_slice(&body) {
+            Ok(v) => v,
+            Err(_) => return Ok(a_error(StatusCode::BAD_REQUEST, "invalid JSON")),
+        };
+        if v.get("anthropic_version").and_then(Value::as_str) != Some("vertex-2023-10-16") {
+            return Ok(a_error(
+                StatusCode::BAD_REQUEST,
+                "anthropic_version: Input should be 'vertex-2023-10-16'",
+            ));
+        }
+        if v.get("model").is_some() {
+            return Ok(a_error(
+                StatusCode::BAD_REQUEST,
+                "model: Extra inputs are not permitted",
+            ));
+        }
+        v["model"] = json!(model);
+        if stream != (v.get("stream") == Some(&Value::Bool(true))) {
+            return Ok(a_error(
+                StatusCode::BAD_REQUEST,
+                "stream must match the method (streamRawPredict)",
+            ));
+        }
+        return answer_messages(
+            &shared,
+            &parts,
+            &serde_json::to_vec(&v).unwrap_or_default(),
+            a_error,
+        )
+        .await;
+    }
     match parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
         None | Some("") => {
             return Ok(a_error(
@@ -320,7 +395,16 @@ async fn messages(
             "anthropic-version: header is required",
         ));
     }
-    let req = match anthropic::parse(&body) {
+    answer_messages(&shared, &parts, &body, a_error).await
+}
+
+async fn answer_messages(
+    shared: &Shared,
+    parts: &http::request::Parts,
+    body: &[u8],
+    a_error: impl Fn(StatusCode, &str) -> Response<Body>,
+) -> Result<Response<Body>, std::io::Error> {
+    let req = match anthropic::parse(body) {
         Ok(r) => r,
         Err(e) => return Ok(json_response(StatusCode::BAD_REQUEST, &e)),
     };
@@ -372,7 +456,34 @@ async fn handle(
         (Method::POST, "/v1/chat/completions" | "/chat/completions") => {
             chat(shared, req, false).await
         }
-        (Method::POST, "/v1/messages") => messages(shared, req).await,
+        (Method::POST, "/v1/messages") => messages(shared, req, None).await,
+        (Method::POST, "/token") => token(shared, req).await,
+        (Method::POST, p) if p.starts_with("/v1beta/models/") => {
+            let (model, verb) = model_verb(&p["/v1beta/models/".len()..]);
+            generate(shared, req, model, verb, false).await
+        }
+        (Method::POST, p)
+            if p.starts_with("/v1/projects/") && p.contains("/publishers/google/models/") =>
+        {
+            let rest = p.split("/publishers/google/models/").nth(1).unwrap_or("");
+            let (model, verb) = model_verb(rest);
+            generate(shared, req, model, verb, true).await
+        }
+        (Method::POST, p)
+            if p.starts_with("/v1/projects/") && p.contains("/publishers/anthropic/models/") =>
+        {
+            let rest = p
+                .split("/publishers/anthropic/models/")
+                .nth(1)
+                .unwrap_or("");
+            let (model, verb) = model_verb(rest);
+            match verb.as_str() {
+                "rawPredict" => messages(shared, req, Some((model, false))).await,
+                "streamRawPredict" => messages(shared, req, Some((model, true))).await,
+                _ => Ok(google_error(StatusCode::NOT_FOUND, "method not found")),
+            }
+        }
+        (Method::POST, p) if p.starts_with("/model/") => converse(shared, req).await,
         (Method::POST, p)
             if p.starts_with("/openai/deployments/") && p.ends_with("/chat/completions") =>
         {
@@ -420,6 +531,7 @@ pub async fn serve(config: Config, listener: TcpListener) {
         config,
         requests: Mutex::new(VecDeque::new()),
         next_id: Mutex::new(0),
+        tokens: Mutex::new(Vec::new()),
     });
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -436,4 +548,348 @@ pub async fn serve(config: Config, listener: TcpListener) {
             let _ = builder.serve_connection(io, service).await;
         });
     }
+}
+
+/// `<model>:<verb>` from the end of a path, the model percent-decoded.
+fn model_verb(rest: &str) -> (String, String) {
+    let (model, verb) = rest.rsplit_once(':').unwrap_or((rest, ""));
+    (percent_decode(model), verb.to_string())
+}
+
+fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%'
+            && i + 2 < b.len() + 0
+            && let Ok(v) =
+                u8::from_str_radix(std::str::from_utf8(&b[i + 1..i + 3]).unwrap_or(""), 16)
+        {
+            out.push(v);
+            i += 3;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn google_error(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        &gemini::error_body(
+            status.as_u16(),
+            message,
+            gemini::status_name(status.as_u16()),
+        ),
+    )
+}
+
+impl Shared {
+    /// Vertex AI's auth: a bearer token issued by `POST /token`.
+    fn check_token(&self, headers: &http::HeaderMap) -> Result<(), Box<Response<Body>>> {
+        let token = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        let tokens = match self.tokens.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        match token {
+            Some(t) if tokens.iter().any(|k| k == t) => Ok(()),
+            _ => Err(Box::new(google_error(
+                StatusCode::UNAUTHORIZED,
+                "Request had invalid authentication credentials. Expected OAuth 2 access token, login cookie or other valid authentication credential.",
+            ))),
+        }
+    }
+
+    /// The Gemini API's auth: `x-goog-api-key` or `?key=`.
+    fn check_google_key(&self, parts: &http::request::Parts) -> Result<(), Box<Response<Body>>> {
+        let key = parts
+            .headers
+            .get("x-goog-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+            .or_else(|| {
+                parts.uri.query().and_then(|q| {
+                    q.split('&')
+                        .find_map(|p| p.strip_prefix("key=").map(str::to_string))
+                })
+            });
+        match key {
+            None => Err(Box::new(google_error(
+                StatusCode::FORBIDDEN,
+                "Method doesn't allow unregistered callers (callers without established identity). Please use API Key or other form of API consumer identity to call this API.",
+            ))),
+            Some(k) if !self.config.api_keys.is_empty() && !self.config.api_keys.contains(&k) => {
+                Err(Box::new(google_error(
+                    StatusCode::BAD_REQUEST,
+                    "API key not valid. Please pass a valid API key.",
+                )))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+/// The OAuth token endpoint: the JWT-bearer grant, with the assertion's RS256 signature,
+/// issuer, audience and expiry checked against the configured service account.
+async fn token(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::io::Error> {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let (parts, body) = shared.read_and_record(req).await?;
+    let oauth_error = |error: &str, description: &str| {
+        json_response(
+            StatusCode::BAD_REQUEST,
+            &json!({"error": error, "error_description": description}),
+        )
+    };
+    let form = String::from_utf8_lossy(&body).into_owned();
+    let field = |name: &str| {
+        form.split('&')
+            .find_map(|p| p.strip_prefix(&format!("{name}=")))
+            .map(percent_decode)
+    };
+    if field("grant_type").as_deref() != Some("urn:ietf:params:oauth:grant-type:jwt-bearer") {
+        return Ok(oauth_error("unsupported_grant_type", "Invalid grant_type"));
+    }
+    let Some(account) = shared.config.google_account.as_ref() else {
+        return Ok(oauth_error(
+            "invalid_grant",
+            "no service account is configured",
+        ));
+    };
+    let assertion = field("assertion").unwrap_or_default();
+    let pieces: Vec<&str> = assertion.split('.').collect();
+    let [head, claims, signature] = pieces.as_slice() else {
+        return Ok(oauth_error(
+            "invalid_grant",
+            "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe",
+        ));
+    };
+    let signature = URL_SAFE_NO_PAD.decode(signature).unwrap_or_default();
+    let key = ring::signature::UnparsedPublicKey::new(
+        &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+        &account.public_key,
+    );
+    if key
+        .verify(format!("{head}.{claims}").as_bytes(), &signature)
+        .is_err()
+    {
+        return Ok(oauth_error("invalid_grant", "Invalid JWT Signature."));
+    }
+    let claims: Value = URL_SAFE_NO_PAD
+        .decode(claims)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(Value::Null);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0);
+    let expected_aud = format!(
+        "http://{}/token",
+        parts
+            .headers
+            .get(header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+    );
+    if claims["iss"].as_str() != Some(account.client_email.as_str())
+        || claims["aud"].as_str() != Some(expected_aud.as_str())
+        || claims["scope"].as_str().is_none()
+        || claims["exp"]
+            .as_i64()
+            .is_none_or(|exp| exp < now || exp > now + 3700)
+    {
+        return Ok(oauth_error(
+            "invalid_grant",
+            "Invalid JWT: Token must be a short-lived token and in a reasonable timeframe",
+        ));
+    }
+    let token = format!(
+        "ya29.mock-{}",
+        shared.id().trim_start_matches("chatcmpl-mock")
+    );
+    match shared.tokens.lock() {
+        Ok(mut g) => g.push(token.clone()),
+        Err(p) => p.into_inner().push(token.clone()),
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"access_token": token, "expires_in": 3599, "token_type": "Bearer"}),
+    ))
+}
+
+/// Gemini `generateContent` / `streamGenerateContent` (the Gemini API, or Vertex AI).
+async fn generate(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    model: String,
+    verb: String,
+    vertex: bool,
+) -> Result<Response<Body>, std::io::Error> {
+    let (parts, body) = shared.read_and_record(req).await?;
+    let checked = if vertex {
+        shared.check_token(&parts.headers)
+    } else {
+        shared.check_google_key(&parts)
+    };
+    if let Err(r) = checked {
+        return Ok(*r);
+    }
+    let stream = match verb.as_str() {
+        "generateContent" => false,
+        "streamGenerateContent" => true,
+        _ => {
+            return Ok(google_error(
+                StatusCode::NOT_FOUND,
+                &format!("Method {verb} not found"),
+            ));
+        }
+    };
+    let g = match gemini::parse(&body, &model) {
+        Ok(g) => g,
+        Err(e) => return Ok(json_response(StatusCode::BAD_REQUEST, &e)),
+    };
+    let d = shared.directives(&parts.headers, &g.texts).await?;
+    if let Some(status) = d.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+        return Ok(with_retry_after(
+            google_error(status, &format!("mock-llm was asked to fail with {status}")),
+            &d,
+        ));
+    }
+    let id = shared.id().replace("chatcmpl-mock", "resp");
+    let (pieces, finish) = gemini::pieces(&g, d.chunks);
+    if !stream {
+        return Ok(json_response(
+            StatusCode::OK,
+            &gemini::response(&g, &id, &pieces, finish),
+        ));
+    }
+    let events = gemini::stream_events(&g, &id, &pieces, finish);
+    if parts
+        .uri
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .any(|p| p == "alt=sse")
+    {
+        return Ok(sse(events, &d));
+    }
+    // Without alt=sse the API streams one JSON array.
+    let items: Vec<Value> = events
+        .iter()
+        .filter_map(|e| serde_json::from_str(e.trim().trim_start_matches("data: ")).ok())
+        .collect();
+    Ok(json_response(StatusCode::OK, &Value::Array(items)))
+}
+
+fn aws_error(e: &bedrock::AwsError) -> Response<Body> {
+    let mut r = json_response(
+        StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+        &e.body(),
+    );
+    if let Ok(v) = HeaderValue::from_str(&format!(
+        "{}:http://internal.amazon.com/coral/com.amazon.bedrock/",
+        e.kind
+    )) {
+        r.headers_mut().insert("x-amzn-errortype", v);
+    }
+    r
+}
+
+/// Bedrock Converse and ConverseStream: `/model/{modelId}/converse[-stream]`.
+async fn converse(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::io::Error> {
+    let (parts, body) = shared.read_and_record(req).await?;
+    let path = parts.uri.path()["/model/".len()..].to_string();
+    let Some((model, verb)) = path.rsplit_once('/') else {
+        return Ok(aws_error(&bedrock::AwsError {
+            status: 404,
+            kind: "UnknownOperationException",
+            message: "unknown operation".into(),
+        }));
+    };
+    let stream = match verb {
+        "converse" => false,
+        "converse-stream" => true,
+        _ => {
+            return Ok(aws_error(&bedrock::AwsError {
+                status: 404,
+                kind: "UnknownOperationException",
+                message: "unknown operation".into(),
+            }));
+        }
+    };
+    let bearer = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let authorized = match bearer {
+        // Bedrock API keys.
+        Some(key) => {
+            if shared.config.api_keys.is_empty() || shared.config.api_keys.iter().any(|k| k == key)
+            {
+                Ok(())
+            } else {
+                Err(bedrock::AwsError {
+                    status: 403,
+                    kind: "UnrecognizedClientException",
+                    message: "The security token included in the request is invalid.".into(),
+                })
+            }
+        }
+        None => bedrock::check_signature(
+            "POST",
+            &parts.uri,
+            &parts.headers,
+            &body,
+            &shared.config.aws_keys,
+        ),
+    };
+    if let Err(e) = authorized {
+        return Ok(aws_error(&e));
+    }
+    let c = match bedrock::parse(&body, &percent_decode(model)) {
+        Ok(c) => c,
+        Err(e) => return Ok(aws_error(&e)),
+    };
+    let d = shared.directives(&parts.headers, &c.texts).await?;
+    if let Some(status) = d.status {
+        let kind = match status {
+            429 => "ThrottlingException",
+            503 => "ServiceUnavailableException",
+            400..=499 => "ValidationException",
+            _ => "InternalServerException",
+        };
+        let r = aws_error(&bedrock::AwsError {
+            status,
+            kind,
+            message: format!("mock-llm was asked to fail with {status}"),
+        });
+        return Ok(with_retry_after(r, &d));
+    }
+    let (pieces, stop) = bedrock::pieces(&c, d.chunks);
+    if stream {
+        return Ok(streamed(
+            bedrock::stream_frames(&c, &pieces, stop),
+            &d,
+            "application/vnd.amazon.eventstream",
+        ));
+    }
+    Ok(json_response(
+        StatusCode::OK,
+        &bedrock::response(&c, &pieces, stop),
+    ))
 }

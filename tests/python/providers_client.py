@@ -1,0 +1,167 @@
+"""Drives a Tollgate dataplane with the official OpenAI and Anthropic Python SDKs (sync and
+async, streaming and not, and a tool-call round trip) against a model of every provider
+type, each behind mock-llm in its own wire format. Exits non-zero on any mismatch.
+
+Usage: providers_client.py BASE_URL API_KEY   (BASE_URL without /v1)
+"""
+
+import asyncio
+import json
+import sys
+
+import anthropic
+import openai
+
+# model asked for -> provider that must serve it (x-tollgate-provider)
+MODELS = {
+    "smart": "default/openai-primary",
+    "azure-gpt": "default/azure",
+    "vllm-llama": "default/vllm",
+    "claude-sonnet-4-5": "default/anthropic",
+    "gemini-2.5-flash": "default/gemini",
+    "vertex-gemini": "default/vertex",
+    "vertex-claude": "default/vertex",
+    "bedrock-claude": "default/bedrock",
+    "bedrock-nova": "default/bedrock-apikey",
+}
+
+WEATHER_OPENAI = [{
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Current weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+    },
+}]
+WEATHER_ANTHROPIC = [{
+    "name": "get_weather",
+    "description": "Current weather in a city",
+    "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+}]
+
+
+def openai_checks(client, model, provider):
+    raw = client.chat.completions.with_raw_response.create(
+        model=model, messages=[{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]
+    )
+    assert raw.headers["x-tollgate-provider"] == provider, (model, raw.headers)
+    r = raw.parse()
+    assert r.choices[0].message.content == "Mock reply to: hello there", (model, r)
+    assert r.choices[0].finish_reason == "stop", (model, r)
+    assert r.usage.prompt_tokens > 0 and r.usage.completion_tokens == 5, (model, r.usage)
+
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "stream me"}], stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, usage, finish = "", None, None
+    for chunk in stream:
+        if chunk.usage:
+            usage = chunk.usage
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    assert text == "Mock reply to: stream me", (model, text)
+    assert finish == "stop" and usage and usage.completion_tokens == 5, (model, finish, usage)
+
+    # Tool-call round trip: the model calls the tool, the result goes back, the answer quotes it.
+    messages = [{"role": "user", "content": "weather in Paris?"}]
+    r = client.chat.completions.create(model=model, messages=messages, tools=WEATHER_OPENAI)
+    call = r.choices[0].message.tool_calls[0]
+    assert r.choices[0].finish_reason == "tool_calls", (model, r)
+    assert call.function.name == "get_weather" and json.loads(call.function.arguments) == {"city": "Paris"}, (model, call)
+    messages += [
+        {"role": "assistant", "content": None, "tool_calls": [call.model_dump()]},
+        {"role": "tool", "tool_call_id": call.id, "content": "sunny 21C"},
+    ]
+    r = client.chat.completions.create(model=model, messages=messages, tools=WEATHER_OPENAI)
+    assert r.choices[0].message.content == "Mock reply to: tool result: sunny 21C", (model, r)
+
+    # Streamed tool call: arguments arrive as deltas and add up.
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "weather?"}], tools=WEATHER_OPENAI, stream=True
+    )
+    name, args, finish = None, "", None
+    for chunk in stream:
+        for c in chunk.choices:
+            for tc in c.delta.tool_calls or []:
+                name = tc.function.name or name
+                args += tc.function.arguments or ""
+            finish = c.finish_reason or finish
+    assert name == "get_weather" and json.loads(args) == {"city": "Paris"} and finish == "tool_calls", (model, name, args, finish)
+
+
+def anthropic_checks(client, model, provider):
+    raw = client.messages.with_raw_response.create(
+        model=model, max_tokens=100, system="be brief", messages=[{"role": "user", "content": "hello there"}]
+    )
+    assert raw.headers["x-tollgate-provider"] == provider, (model, raw.headers)
+    m = raw.parse()
+    assert m.content[0].text == "Mock reply to: hello there", (model, m)
+    assert m.stop_reason == "end_turn" and m.usage.output_tokens == 5, (model, m)
+
+    with client.messages.stream(model=model, max_tokens=100, messages=[{"role": "user", "content": "stream me"}]) as s:
+        text = "".join(s.text_stream)
+        final = s.get_final_message()
+    assert text == "Mock reply to: stream me", (model, text)
+    assert final.stop_reason == "end_turn" and final.usage.output_tokens == 5, (model, final)
+
+    messages = [{"role": "user", "content": "weather in Paris?"}]
+    m = client.messages.create(model=model, max_tokens=100, messages=messages, tools=WEATHER_ANTHROPIC)
+    assert m.stop_reason == "tool_use", (model, m)
+    use = next(b for b in m.content if b.type == "tool_use")
+    assert use.name == "get_weather" and use.input == {"city": "Paris"}, (model, use)
+    messages += [
+        {"role": "assistant", "content": [b.model_dump() for b in m.content]},
+        {"role": "user", "content": [{"type": "tool_result", "tool_use_id": use.id, "content": "sunny 21C"}]},
+    ]
+    m = client.messages.create(model=model, max_tokens=100, messages=messages, tools=WEATHER_ANTHROPIC)
+    assert m.content[0].text == "Mock reply to: tool result: sunny 21C", (model, m)
+
+    with client.messages.stream(
+        model=model, max_tokens=100, messages=[{"role": "user", "content": "weather?"}], tools=WEATHER_ANTHROPIC
+    ) as s:
+        final = s.get_final_message()
+    use = next(b for b in final.content if b.type == "tool_use")
+    assert use.input == {"city": "Paris"} and final.stop_reason == "tool_use", (model, final)
+
+
+async def async_checks(base_url, key, model):
+    oc = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0)
+    r = await oc.chat.completions.create(model=model, messages=[{"role": "user", "content": "async hi"}])
+    assert r.choices[0].message.content == "Mock reply to: async hi", (model, r)
+    stream = await oc.chat.completions.create(model=model, messages=[{"role": "user", "content": "async stream"}], stream=True)
+    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+    assert text == "Mock reply to: async stream", (model, text)
+    ac = anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0)
+    m = await ac.messages.create(model=model, max_tokens=50, messages=[{"role": "user", "content": "async hi"}])
+    assert m.content[0].text == "Mock reply to: async hi", (model, m)
+    async with ac.messages.stream(model=model, max_tokens=50, messages=[{"role": "user", "content": "async stream"}]) as s:
+        text = "".join([t async for t in s.text_stream])
+    assert text == "Mock reply to: async stream", (model, text)
+
+
+def main(base_url, key):
+    oc = openai.OpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0)
+    ac = anthropic.Anthropic(base_url=base_url, api_key=key, max_retries=0)
+    for model, provider in MODELS.items():
+        openai_checks(oc, model, provider)
+        anthropic_checks(ac, model, provider)
+        asyncio.run(async_checks(base_url, key, model))
+        print(f"{model}: ok")
+    # Errors from a provider with its own format reach the client in the client's format.
+    try:
+        oc.chat.completions.create(model="gemini-2.5-flash", messages=[{"role": "user", "content": "x [mock status=429]"}])
+        raise AssertionError("expected a 429")
+    except openai.RateLimitError as e:
+        assert "asked to fail" in e.body["message"], e.body
+    try:
+        ac.messages.create(model="bedrock-claude", max_tokens=10, messages=[{"role": "user", "content": "x [mock status=400]"}])
+        raise AssertionError("expected a 400")
+    except anthropic.BadRequestError as e:
+        assert e.body["error"]["type"] == "invalid_request_error", e.body
+    print("python providers: ok")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
