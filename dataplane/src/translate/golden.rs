@@ -145,7 +145,7 @@ fn every_pair() {
             // Answers and errors.
             for (name, body) in cases(&up, "json") {
                 let out = if name == "error" {
-                    let status = if wire == Wire::OpenAi { 400 } else { 400 };
+                    let status = 400;
                     pretty(&p.error(status, &body, Some("ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/")))
                 } else {
                     let (out, usage) = p.response(&body).unwrap();

@@ -64,14 +64,14 @@ impl Plan {
                 };
                 let openai =
                     super::anthropic_to_openai::request_value(&client, &self.model, field)?;
-                self.from_openai(&openai)?
+                self.openai_to_wire(&openai)?
             }
-            (Api::OpenAi, _) => self.from_openai(&client)?,
+            (Api::OpenAi, _) => self.openai_to_wire(&client)?,
         };
         serde_json::to_vec(&out).map_err(|_| ApiError::Internal)
     }
 
-    fn from_openai(&self, v: &Value) -> Result<Value, ApiError> {
+    fn openai_to_wire(&self, v: &Value) -> Result<Value, ApiError> {
         Ok(match self.wire {
             Wire::OpenAi => v.clone(),
             Wire::Anthropic => super::openai_to_anthropic::request_value(v, &self.model)?,
@@ -300,9 +300,10 @@ impl OpenAiMeter {
 impl StreamStep for OpenAiMeter {
     fn event(&mut self, event: &sse::Event) -> String {
         // Only the usage chunk has a usage object; the others have none or null.
-        if event.data.contains("\"usage\":{") || event.data.contains("\"usage\": {") {
-            if let Ok(v) = serde_json::from_str::<Value>(&event.data)
-                && let Some(u) = v.get("usage").and_then(Usage::from_openai)
+        if (event.data.contains("\"usage\":{") || event.data.contains("\"usage\": {"))
+            && let Ok(v) = serde_json::from_str::<Value>(&event.data)
+            && let Some(u) = v.get("usage").and_then(Usage::from_openai)
+        {
             {
                 self.usage = Some(u);
                 let no_choices = v
