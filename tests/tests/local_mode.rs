@@ -290,8 +290,7 @@ async fn anthropic_provider_gets_its_own_headers_and_the_translated_request() {
         assert_eq!(last["body"]["model"], "claude-haiku-4-5");
         assert_eq!(last["body"]["max_tokens"], 4096);
         assert_eq!(last["body"]["messages"][0]["content"], "translated");
-        // An Anthropic client on an OpenAI model has no translation yet: a clear 501 in
-        // Anthropic's error format.
+        // An Anthropic client on an OpenAI model is translated both ways.
         let resp = reqwest::Client::new()
             .post(format!("{}/messages", stack.api()))
             .header("x-api-key", DEMO_KEY)
@@ -301,10 +300,22 @@ async fn anthropic_provider_gets_its_own_headers_and_the_translated_request() {
             .send()
             .await
             .unwrap();
-        assert_eq!(resp.status(), 501);
+        assert_eq!(resp.status(), 200);
+        let v: Value = resp.json().await.unwrap();
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["content"][0]["text"], "Mock reply to: x");
+        // Without max_tokens: Anthropic's own 400, in its format.
+        let resp = reqwest::Client::new()
+            .post(format!("{}/messages", stack.api()))
+            .header("x-api-key", DEMO_KEY)
+            .body(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"x"}]}"#)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 400);
         let v: Value = resp.json().await.unwrap();
         assert_eq!(v["type"], "error");
-        assert_eq!(v["error"]["type"], "api_error");
+        assert_eq!(v["error"]["type"], "invalid_request_error");
     })
     .await;
 }
