@@ -144,23 +144,14 @@ impl Provider {
 
     /// The URI of a chat completion for `model` at this provider.
     pub fn chat_uri(&self, model: &str) -> Result<Uri, http::Error> {
-        self.openai_uri(model, "chat/completions")
-    }
-
-    /// The URI of an embeddings request for `model` (OpenAI family).
-    pub fn embeddings_uri(&self, model: &str) -> Result<Uri, http::Error> {
-        self.openai_uri(model, "embeddings")
-    }
-
-    fn openai_uri(&self, model: &str, operation: &str) -> Result<Uri, http::Error> {
         let uri = match self.kind {
             ProviderKind::AzureOpenAi => format!(
-                "{}/openai/deployments/{}/{operation}?api-version={}",
+                "{}/openai/deployments/{}/chat/completions?api-version={}",
                 self.endpoint,
                 crate::auth::sigv4::uri_encode(model, false),
                 self.api_version
             ),
-            _ => format!("{}/{operation}", self.endpoint),
+            _ => format!("{}/chat/completions", self.endpoint),
         };
         Ok(Uri::try_from(uri)?)
     }
@@ -168,14 +159,6 @@ impl Provider {
     /// The URI of Anthropic's Messages API at this provider.
     pub fn messages_uri(&self) -> Result<Uri, http::Error> {
         Ok(Uri::try_from(format!("{}/v1/messages", self.endpoint))?)
-    }
-
-    /// The URI of Anthropic's token counting at this provider.
-    pub fn count_tokens_uri(&self) -> Result<Uri, http::Error> {
-        Ok(Uri::try_from(format!(
-            "{}/v1/messages/count_tokens",
-            self.endpoint
-        ))?)
     }
 
     fn vertex_model_base(&self, publisher: &str, model: &str) -> String {
@@ -230,20 +213,6 @@ impl Provider {
             self.endpoint,
             crate::auth::sigv4::uri_encode(model, false)
         ))?)
-    }
-
-    /// The URI of Gemini's `embedContent` / `batchEmbedContents` for `model`.
-    pub fn gemini_embed_uri(&self, model: &str) -> Result<Uri, http::Error> {
-        let base = if self.kind == ProviderKind::VertexAi {
-            self.vertex_model_base("google", model)
-        } else {
-            format!(
-                "{}/v1beta/models/{}",
-                self.endpoint,
-                crate::auth::sigv4::uri_encode(model, false)
-            )
-        };
-        Ok(Uri::try_from(format!("{base}:batchEmbedContents"))?)
     }
 
     /// Picks a credential by weight.

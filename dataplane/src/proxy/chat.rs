@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
-use http_body::{Frame, SizeHint};
+use http_body::Frame;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -172,7 +172,7 @@ async fn forward(
         client: api,
         wire,
         provider: provider.kind,
-        model: model.to_string(),
+        model: labels.model.clone(),
         stream: head.stream,
         include_usage: head.include_usage,
         created: now_unix(),
@@ -245,12 +245,10 @@ async fn forward(
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/event-stream; charset=utf-8"),
         );
-        Translated {
-            inner: Forwarded {
-                inner: up_body,
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                done: Some(completion),
-            },
+        Streamed {
+            inner: up_body,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            done: Some(completion),
             chain: plan.stream(),
         }
         .boxed()
@@ -261,7 +259,7 @@ async fn forward(
             .map_err(|_| ApiError::UpstreamBody)?
             .to_bytes();
         let out = if status.is_success() {
-            let (out, usage) = plan.response(&collected)?;
+            let (out, usage) = plan.response(collected)?;
             completion.usage = usage;
             out
         } else {
@@ -269,7 +267,7 @@ async fn forward(
                 .headers
                 .get("x-amzn-errortype")
                 .and_then(|v| v.to_str().ok());
-            plan.error(status.as_u16(), &collected, aws_type)
+            plan.error(status.as_u16(), collected, aws_type)
         };
         if !plan.passes_response() {
             up_parts.headers.insert(
@@ -279,7 +277,7 @@ async fn forward(
         }
         up_parts.headers.remove(header::CONTENT_LENGTH);
         completion.record();
-        super::full(Bytes::from(out))
+        super::full(out)
     };
     let mut out = Response::new(body);
     *out.status_mut() = status;
@@ -436,23 +434,33 @@ fn sign_aws(
     Ok(())
 }
 
-/// The provider's body, passed on frame by frame, cut at the request deadline; the
-/// request is recorded in metrics when it ends either way.
-struct Forwarded {
+/// The provider's stream, translated (or, for same-format pairs, metered) frame by frame:
+/// each frame is written to the client as soon as it completes an event, and the stream is
+/// cut at the request deadline. A stream that ends before the answer is complete ends with
+/// an error event, never with a false end. The request is recorded in metrics, with the
+/// usage the stream carried, once: when the stream ends, fails, or is dropped.
+struct Streamed {
     inner: Incoming,
     deadline: Pin<Box<tokio::time::Sleep>>,
     done: Option<Completion>,
+    chain: Chain,
 }
 
-impl Forwarded {
+impl Streamed {
     fn finish(&mut self) {
-        if let Some(done) = self.done.take() {
+        if let Some(mut done) = self.done.take() {
+            done.usage = self.chain.usage();
             done.record();
         }
     }
+
+    fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        self.finish();
+        Poll::Ready(Some(Err(e)))
+    }
 }
 
-impl Drop for Forwarded {
+impl Drop for Streamed {
     fn drop(&mut self) {
         self.finish();
     }
@@ -462,68 +470,7 @@ impl Drop for Forwarded {
 #[error("the request exceeded its timeout of {0:?} while streaming")]
 struct StreamTimeout(Duration);
 
-impl http_body::Body for Forwarded {
-    type Data = Bytes;
-    type Error = BoxError;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
-        match Pin::new(&mut this.inner).poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(frame))),
-            Poll::Ready(Some(Err(e))) => {
-                this.finish();
-                Poll::Ready(Some(Err(Box::new(e))))
-            }
-            Poll::Ready(None) => {
-                this.finish();
-                Poll::Ready(None)
-            }
-            Poll::Pending => {
-                if this.deadline.as_mut().poll(cx).is_ready() {
-                    let elapsed = this
-                        .done
-                        .as_ref()
-                        .map(|d| d.started.elapsed())
-                        .unwrap_or_default();
-                    this.finish();
-                    return Poll::Ready(Some(Err(Box::new(StreamTimeout(elapsed)))));
-                }
-                Poll::Pending
-            }
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
-/// The provider's stream, translated (or, for same-format pairs, metered) frame by frame:
-/// each frame is written to the client as soon as it completes an event. A stream that
-/// ends before the answer is complete ends with an error event, never with a false end.
-struct Translated {
-    inner: Forwarded,
-    chain: Chain,
-}
-
-impl Translated {
-    fn note_usage(&mut self) {
-        if let Some(u) = self.chain.usage()
-            && let Some(done) = self.inner.done.as_mut()
-        {
-            done.usage = Some(u);
-        }
-    }
-}
-
-impl http_body::Body for Translated {
+impl http_body::Body for Streamed {
     type Data = Bytes;
     type Error = BoxError;
 
@@ -533,31 +480,21 @@ impl http_body::Body for Translated {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         loop {
-            match Pin::new(&mut this.inner.inner).poll_frame(cx) {
+            match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
                     let Some(data) = frame.data_ref() else {
                         continue;
                     };
-                    let out = match this.chain.feed(data) {
-                        Ok(out) => out,
-                        Err(e) => {
-                            this.inner.finish();
-                            return Poll::Ready(Some(Err(Box::new(e))));
-                        }
-                    };
-                    this.note_usage();
-                    if !out.is_empty() {
-                        return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))));
+                    match this.chain.feed(data) {
+                        Ok(out) if out.is_empty() => {}
+                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out))))),
+                        Err(e) => return this.fail(Box::new(e)),
                     }
                 }
-                Poll::Ready(Some(Err(e))) => {
-                    this.inner.finish();
-                    return Poll::Ready(Some(Err(Box::new(e))));
-                }
+                Poll::Ready(Some(Err(e))) => return this.fail(Box::new(e)),
                 Poll::Ready(None) => {
                     let out = this.chain.end();
-                    this.note_usage();
-                    this.inner.finish();
+                    this.finish();
                     return if out.is_empty() {
                         Poll::Ready(None)
                     } else {
@@ -565,15 +502,13 @@ impl http_body::Body for Translated {
                     };
                 }
                 Poll::Pending => {
-                    if this.inner.deadline.as_mut().poll(cx).is_ready() {
+                    if this.deadline.as_mut().poll(cx).is_ready() {
                         let elapsed = this
-                            .inner
                             .done
                             .as_ref()
                             .map(|d| d.started.elapsed())
                             .unwrap_or_default();
-                        this.inner.finish();
-                        return Poll::Ready(Some(Err(Box::new(StreamTimeout(elapsed)))));
+                        return this.fail(Box::new(StreamTimeout(elapsed)));
                     }
                     return Poll::Pending;
                 }

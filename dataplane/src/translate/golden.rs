@@ -146,9 +146,9 @@ fn every_pair() {
             for (name, body) in cases(&up, "json") {
                 let out = if name == "error" {
                     let status = 400;
-                    pretty(&p.error(status, &body, Some("ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/")))
+                    pretty(&p.error(status, body.clone().into(), Some("ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/")))
                 } else {
-                    let (out, usage) = p.response(&body).unwrap();
+                    let (out, usage) = p.response(body.clone().into()).unwrap();
                     assert!(
                         usage.is_some(),
                         "{client_dir}-{wire_dir} {name}: no usage read"

@@ -601,10 +601,6 @@ impl StreamTranslator {
         out += "data: [DONE]\n\n";
         out
     }
-
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
 }
 
 impl super::StreamStep for StreamTranslator {

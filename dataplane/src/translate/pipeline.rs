@@ -3,6 +3,10 @@
 //! Gemini model is translated Anthropic -> OpenAI -> Gemini, and its answer back the same
 //! way. Same-format pairs pass through, with only the model rewritten and usage read.
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{StreamStep, Usage};
@@ -20,8 +24,8 @@ pub struct Plan {
     pub client: Api,
     pub wire: Wire,
     pub provider: ProviderKind,
-    /// The model sent upstream.
-    pub model: String,
+    /// The model sent upstream (shared with the request's metric labels).
+    pub model: Arc<str>,
     pub stream: bool,
     /// The OpenAI client asked for the usage chunk (`stream_options.include_usage`).
     pub include_usage: bool,
@@ -83,16 +87,24 @@ impl Plan {
         })
     }
 
-    /// A successful JSON answer in the client's format, and its usage.
-    pub fn response(&self, body: &[u8]) -> Result<(Vec<u8>, Option<Usage>), ApiError> {
-        let upstream: Value = serde_json::from_slice(body).map_err(|_| ApiError::UpstreamBody)?;
+    /// A successful JSON answer in the client's format, and its usage. A same-format
+    /// answer is returned as the same bytes; only its `usage` member is read.
+    pub fn response(&self, body: Bytes) -> Result<(Bytes, Option<Usage>), ApiError> {
         if self.passes_response() {
-            let usage = match self.client {
-                Api::OpenAi => upstream.get("usage").and_then(Usage::from_openai),
-                Api::Anthropic => upstream.get("usage").and_then(Usage::from_anthropic),
-            };
-            return Ok((body.to_vec(), usage));
+            #[derive(Deserialize)]
+            struct UsageOnly {
+                #[serde(default)]
+                usage: Option<Value>,
+            }
+            let only: UsageOnly =
+                serde_json::from_slice(&body).map_err(|_| ApiError::UpstreamBody)?;
+            let usage = only.usage.as_ref().and_then(match self.client {
+                Api::OpenAi => Usage::from_openai,
+                Api::Anthropic => Usage::from_anthropic,
+            });
+            return Ok((body, usage));
         }
+        let upstream: Value = serde_json::from_slice(&body).map_err(|_| ApiError::UpstreamBody)?;
         let openai = match self.wire {
             Wire::OpenAi => upstream,
             Wire::Anthropic | Wire::VertexAnthropic => {
@@ -114,26 +126,30 @@ impl Plan {
             Api::Anthropic => super::anthropic_to_openai::response_value(&openai),
         };
         Ok((
-            serde_json::to_vec(&out).map_err(|_| ApiError::Internal)?,
+            serde_json::to_vec(&out)
+                .map_err(|_| ApiError::Internal)?
+                .into(),
             usage,
         ))
     }
 
     /// A provider's error body (status `status`) in the client's format.
     /// `aws_error_type` is Bedrock's `x-amzn-ErrorType` header.
-    pub fn error(&self, status: u16, body: &[u8], aws_error_type: Option<&str>) -> Vec<u8> {
+    pub fn error(&self, status: u16, body: Bytes, aws_error_type: Option<&str>) -> Bytes {
         if self.passes_response() {
-            return body.to_vec();
+            return body;
         }
-        let openai = match self.wire {
-            Wire::OpenAi => body.to_vec(),
-            Wire::Anthropic | Wire::VertexAnthropic => super::openai_to_anthropic::error(body),
-            Wire::Gemini => super::openai_to_gemini::error(body, status),
-            Wire::Bedrock => super::openai_to_bedrock::error(body, status, aws_error_type),
+        let openai: Bytes = match self.wire {
+            Wire::OpenAi => body,
+            Wire::Anthropic | Wire::VertexAnthropic => {
+                super::openai_to_anthropic::error(&body).into()
+            }
+            Wire::Gemini => super::openai_to_gemini::error(&body, status).into(),
+            Wire::Bedrock => super::openai_to_bedrock::error(&body, status, aws_error_type).into(),
         };
         match self.client {
             Api::OpenAi => openai,
-            Api::Anthropic => super::anthropic_to_openai::error(&openai, status),
+            Api::Anthropic => super::anthropic_to_openai::error(&openai, status).into(),
         }
     }
 
