@@ -117,16 +117,7 @@ impl ApiError {
     /// The error in the format of the API the client called.
     pub fn to_response_for(&self, api: super::Api) -> Response<Body> {
         if api == super::Api::Anthropic {
-            let kind = match self.status().as_u16() {
-                400 => "invalid_request_error",
-                401 => "authentication_error",
-                403 => "permission_error",
-                404 => "not_found_error",
-                413 => "request_too_large",
-                429 => "rate_limit_error",
-                503 | 529 => "overloaded_error",
-                _ => "api_error",
-            };
+            let kind = crate::translate::anthropic_to_openai::error_type(self.status().as_u16());
             let body = serde_json::to_vec(&serde_json::json!({
                 "type": "error",
                 "error": {"type": kind, "message": self.to_string()}

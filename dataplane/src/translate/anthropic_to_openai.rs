@@ -377,6 +377,14 @@ pub fn error(body: &[u8], status: u16) -> Vec<u8> {
     .unwrap_or_default()
 }
 
+/// Anthropic's `error` event.
+fn error_event(message: &str) -> String {
+    sse_event(
+        "error",
+        &json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+    )
+}
+
 #[derive(Debug, PartialEq, Eq)]
 enum Block {
     None,
@@ -446,10 +454,7 @@ impl StreamTranslator {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("provider error");
-            out.push_str(&sse_event(
-                "error",
-                &json!({"type": "error", "error": {"type": "api_error", "message": message}}),
-            ));
+            out.push_str(&error_event(message));
             return out;
         }
         if !self.started {
@@ -572,10 +577,7 @@ impl super::StreamStep for StreamTranslator {
             return String::new();
         }
         self.done = true;
-        sse_event(
-            "error",
-            &json!({"type": "error", "error": {"type": "api_error", "message": "The provider's stream ended before the answer was complete."}}),
-        )
+        error_event(super::STREAM_CUT)
     }
 
     fn usage(&self) -> Option<Usage> {

@@ -88,11 +88,10 @@ fn plan(client: Api, wire: Wire, provider: ProviderKind, model: &str, include_us
 }
 
 /// The upstream stream for a case: SSE as is; Bedrock's events encoded as AWS frames.
-fn upstream_stream(wire_dir: &str, name: &str, raw: &[u8]) -> Vec<u8> {
+fn upstream_stream(wire_dir: &str, raw: &[u8]) -> Vec<u8> {
     if wire_dir != "bedrock" {
         return raw.to_vec();
     }
-    let _ = name;
     let mut out = Vec::new();
     for line in std::str::from_utf8(raw)
         .unwrap()
@@ -164,7 +163,7 @@ fn every_pair() {
                 "sse"
             };
             for (name, raw) in cases(&up, ext) {
-                let bytes = upstream_stream(wire_dir, &name, &raw);
+                let bytes = upstream_stream(wire_dir, &raw);
                 for include_usage in [false, true] {
                     if include_usage && client == Api::Anthropic {
                         continue;
@@ -219,7 +218,7 @@ fn cut_streams_end_in_an_error() {
                     .join(format!("text.{ext}")),
             )
             .unwrap();
-            let bytes = upstream_stream(wire_dir, "text", &raw);
+            let bytes = upstream_stream(wire_dir, &raw);
             let cut = &bytes[..bytes.len() / 2];
             let out = run_stream(&p, cut, cut.len());
             let tail = out.rsplit("\n\n").nth(1).unwrap_or("");

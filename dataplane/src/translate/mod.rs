@@ -226,3 +226,293 @@ pub(crate) fn tool_result_text(content: &Value) -> String {
         other => other.to_string(),
     }
 }
+
+/// Appends `items` as a turn of `role` (under `key`: `content` or `parts`), merging with
+/// the previous turn of the same role: tool results and the user's next words belong to
+/// one user turn, and providers refuse two turns of one role in a row.
+pub(crate) fn push_turn(out: &mut Vec<Value>, role: &str, key: &str, items: Vec<Value>) {
+    if let Some(last) = out.last_mut()
+        && last.get("role").and_then(Value::as_str) == Some(role)
+        && let Some(existing) = last.get_mut(key).and_then(Value::as_array_mut)
+    {
+        existing.extend(items);
+        return;
+    }
+    let mut turn = serde_json::Map::new();
+    turn.insert("role".into(), Value::String(role.to_string()));
+    turn.insert(key.into(), Value::Array(items));
+    out.push(Value::Object(turn));
+}
+
+/// A function tool offered in an OpenAI request.
+pub(crate) struct Function<'a> {
+    pub name: &'a str,
+    pub description: Option<&'a str>,
+    pub parameters: Option<&'a Value>,
+    /// The whole tool, for members some providers keep (`cache_control`).
+    pub tool: &'a Value,
+}
+
+/// The function tools of an OpenAI request; other tool types are refused.
+pub(crate) fn openai_functions<'a>(
+    obj: &'a Value,
+    provider: &str,
+) -> Result<Option<Vec<Function<'a>>>, ApiError> {
+    let Some(list) = obj.get("tools").filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let list = list
+        .as_array()
+        .ok_or_else(|| bad("tools", "expected an array"))?;
+    list.iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let at = format!("tools[{i}]");
+            if t.get("type").and_then(Value::as_str) != Some("function") {
+                return Err(bad(
+                    &at,
+                    &format!("only function tools can be sent to a {provider} model"),
+                ));
+            }
+            let f = t
+                .get("function")
+                .ok_or_else(|| bad(&at, "function is required"))?;
+            Ok(Function {
+                name: f
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(&format!("{at}.function.name"), "is required"))?,
+                description: f.get("description").and_then(Value::as_str),
+                parameters: f.get("parameters"),
+                tool: t,
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Some)
+}
+
+/// OpenAI's `tool_choice`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ToolChoice<'a> {
+    Auto,
+    Required,
+    None,
+    Function(&'a str),
+}
+
+pub(crate) fn openai_tool_choice(obj: &Value) -> Result<Option<ToolChoice<'_>>, ApiError> {
+    Ok(Some(match obj.get("tool_choice") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            "none" => ToolChoice::None,
+            _ => {
+                return Err(bad(
+                    "tool_choice",
+                    "must be auto, required, none or a function",
+                ));
+            }
+        },
+        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
+            Some(name) => ToolChoice::Function(name),
+            None => return Err(bad("tool_choice", "function.name is required")),
+        },
+    }))
+}
+
+/// A tool call of an assistant message in an OpenAI request.
+pub(crate) struct CallIn<'a> {
+    pub id: &'a str,
+    pub name: &'a str,
+    /// The parsed `arguments` (an object).
+    pub arguments: Value,
+}
+
+/// The `tool_calls` of OpenAI message `m` (at `param`, for errors).
+pub(crate) fn openai_tool_calls<'a>(
+    m: &'a Value,
+    param: &str,
+) -> Result<Vec<CallIn<'a>>, ApiError> {
+    m.get("tool_calls")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(|(j, call)| {
+            let at = format!("{param}.tool_calls[{j}]");
+            Ok(CallIn {
+                id: call
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(&format!("{at}.id"), "is required"))?,
+                name: call
+                    .pointer("/function/name")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(&format!("{at}.function.name"), "is required"))?,
+                arguments: arguments_object(call.pointer("/function/arguments")),
+            })
+        })
+        .collect()
+}
+
+/// An OpenAI tool call in an answer; `input` is serialised as `arguments`.
+pub(crate) fn openai_call(id: Value, name: Value, input: Option<&Value>) -> Value {
+    serde_json::json!({
+        "id": id,
+        "type": "function",
+        "function": {
+            "name": name,
+            "arguments": input.map(Value::to_string).unwrap_or_else(|| "{}".into()),
+        }
+    })
+}
+
+/// An OpenAI assistant message: `content` is null when there are only tool calls.
+pub(crate) fn openai_message(text: String, calls: Vec<Value>) -> Value {
+    let mut message = serde_json::json!({
+        "role": "assistant",
+        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) },
+        "refusal": null,
+    });
+    if !calls.is_empty() {
+        message["tool_calls"] = Value::Array(calls);
+    }
+    message
+}
+
+/// An OpenAI chat completion.
+pub(crate) fn openai_completion(
+    id: String,
+    created: i64,
+    model: Value,
+    choices: Vec<Value>,
+    usage: Usage,
+) -> Value {
+    serde_json::json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "choices": choices,
+        "usage": usage.to_openai(),
+    })
+}
+
+/// The message of an error event that closes a stream cut short.
+pub(crate) const STREAM_CUT: &str = "The provider's stream ended before the answer was complete.";
+
+fn openai_error(message: &str, kind: &str, code: Value) -> Value {
+    serde_json::json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+}
+
+/// An OpenAI error body.
+pub(crate) fn openai_error_body(message: &str, kind: &str, code: Value) -> Vec<u8> {
+    serde_json::to_vec(&openai_error(message, kind, code)).unwrap_or_default()
+}
+
+/// An OpenAI error chunk (how OpenAI reports an error inside a stream).
+pub(crate) fn openai_error_chunk(message: &str, kind: &str, code: Value) -> String {
+    sse_data(&openai_error(message, kind, code))
+}
+
+/// OpenAI's error type for a status, for errors from providers with their own format.
+pub(crate) fn openai_error_type(status: u16) -> &'static str {
+    match status {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        500..=599 => "server_error",
+        _ => "invalid_request_error",
+    }
+}
+
+/// Writes OpenAI chunks for one stream.
+#[derive(Debug)]
+pub(crate) struct ChunkWriter {
+    pub id: String,
+    pub model: Value,
+    pub created: i64,
+    /// The client asked for the usage chunk: every chunk then has `usage` (null but in
+    /// the last one), as OpenAI sends them.
+    pub include_usage: bool,
+}
+
+impl ChunkWriter {
+    pub fn chunk(&self, choices: Value, usage: Option<Value>) -> String {
+        let mut v = serde_json::json!({
+            "id": self.id,
+            "object": "chat.completion.chunk",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+        });
+        if self.include_usage {
+            v["usage"] = usage.unwrap_or(Value::Null);
+        }
+        sse_data(&v)
+    }
+
+    /// A chunk with one delta for choice 0.
+    pub fn delta(&self, delta: Value, finish: Option<&str>) -> String {
+        self.chunk(
+            serde_json::json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]),
+            None,
+        )
+    }
+
+    /// The end of the stream: the usage chunk (when asked for) and `[DONE]`.
+    pub fn close(&self, usage: Usage) -> String {
+        let mut out = String::new();
+        if self.include_usage {
+            out += &self.chunk(serde_json::json!([]), Some(usage.to_openai()));
+        }
+        out + "data: [DONE]\n\n"
+    }
+}
+
+/// Anthropic usage as it arrives in a stream: `message_start` has the input side,
+/// `message_delta` the output side (and, in newer versions, updated input counts).
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AnthropicUsage {
+    input: u64,
+    output: u64,
+    cache_read: u64,
+    cache_creation: u64,
+    seen: bool,
+}
+
+impl AnthropicUsage {
+    /// Takes the counts present (and not null) in a `usage` object.
+    pub fn merge(&mut self, u: &Value) {
+        if !u.is_object() {
+            return;
+        }
+        self.seen = true;
+        for (field, key) in [
+            (&mut self.input, "input_tokens"),
+            (&mut self.output, "output_tokens"),
+            (&mut self.cache_read, "cache_read_input_tokens"),
+            (&mut self.cache_creation, "cache_creation_input_tokens"),
+        ] {
+            if let Some(n) = u.get(key).and_then(Value::as_u64) {
+                *field = n;
+            }
+        }
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        self.seen.then(|| self.total())
+    }
+
+    /// The usage, zero when none was seen.
+    pub fn total(&self) -> Usage {
+        Usage {
+            input: self.input + self.cache_read + self.cache_creation,
+            output: self.output,
+            cached: self.cache_read,
+            reasoning: 0,
+        }
+    }
+}

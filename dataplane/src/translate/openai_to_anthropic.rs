@@ -59,78 +59,40 @@ fn content_blocks(content: &Value, param: &str) -> Result<Vec<Value>, ApiError> 
     }
 }
 
-/// Appends `blocks` as a turn of `role`, merging with the previous turn of the same role
-/// (tool results and the user's next words belong to one user turn).
 fn push_turn(out: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if let Some(last) = out.last_mut()
-        && last.get("role").and_then(Value::as_str) == Some(role)
-        && let Some(content) = last.get_mut("content").and_then(Value::as_array_mut)
-    {
-        content.extend(blocks);
-        return;
-    }
-    out.push(json!({"role": role, "content": blocks}));
+    super::push_turn(out, role, "content", blocks);
 }
 
 fn tools(obj: &Value) -> Result<Option<Value>, ApiError> {
-    let Some(list) = obj.get("tools").filter(|v| !v.is_null()) else {
+    let Some(functions) = super::openai_functions(obj, PROVIDER)? else {
         return Ok(None);
     };
-    let list = list
-        .as_array()
-        .ok_or_else(|| bad("tools", "expected an array"))?;
-    list.iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let at = format!("tools[{i}]");
-            if t.get("type").and_then(Value::as_str) != Some("function") {
-                return Err(bad(&at, "only function tools can be sent to an Anthropic model"));
-            }
-            let f = t
-                .get("function")
-                .ok_or_else(|| bad(&at, "function is required"))?;
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(&format!("{at}.function.name"), "is required"))?;
+    let tools = functions
+        .iter()
+        .map(|f| {
             let mut tool = json!({
-                "name": name,
-                "input_schema": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
+                "name": f.name,
+                "input_schema": f.parameters.cloned().unwrap_or_else(|| json!({"type": "object", "properties": {}})),
             });
-            if let Some(d) = f.get("description").and_then(Value::as_str) {
+            if let Some(d) = f.description {
                 tool["description"] = json!(d);
             }
-            Ok(with_cache_control(tool, t))
+            with_cache_control(tool, f.tool)
         })
-        .collect::<Result<Vec<_>, _>>()
-        .map(|v| Some(Value::Array(v)))
+        .collect();
+    Ok(Some(Value::Array(tools)))
 }
 
 fn tool_choice(obj: &Value) -> Result<Option<Value>, ApiError> {
+    use super::ToolChoice;
     let parallel_off = obj.get("parallel_tool_calls") == Some(&Value::Bool(false));
-    let mut choice = match obj.get("tool_choice") {
-        None | Some(Value::Null) => {
-            if parallel_off {
-                json!({"type": "auto"})
-            } else {
-                return Ok(None);
-            }
-        }
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => json!({"type": "auto"}),
-            "required" => json!({"type": "any"}),
-            "none" => json!({"type": "none"}),
-            _ => {
-                return Err(bad(
-                    "tool_choice",
-                    "must be auto, required, none or a function",
-                ));
-            }
-        },
-        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
-            Some(name) => json!({"type": "tool", "name": name}),
-            None => return Err(bad("tool_choice", "function.name is required")),
-        },
+    let mut choice = match super::openai_tool_choice(obj)? {
+        None if parallel_off => json!({"type": "auto"}),
+        None => return Ok(None),
+        Some(ToolChoice::Auto) => json!({"type": "auto"}),
+        Some(ToolChoice::Required) => json!({"type": "any"}),
+        Some(ToolChoice::None) => json!({"type": "none"}),
+        Some(ToolChoice::Function(name)) => json!({"type": "tool", "name": name}),
     };
     if parallel_off && choice["type"] != "none" {
         choice["disable_parallel_tool_use"] = json!(true);
@@ -198,24 +160,13 @@ pub fn request_value(obj: &Value, model: &str) -> Result<Value, ApiError> {
             }
             "assistant" => {
                 let mut blocks = content_blocks(content, &format!("{param}.content"))?;
-                if let Some(calls) = m.get("tool_calls").and_then(Value::as_array) {
-                    for (j, call) in calls.iter().enumerate() {
-                        let at = format!("{param}.tool_calls[{j}]");
-                        let id = call
-                            .get("id")
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| bad(&format!("{at}.id"), "is required"))?;
-                        let name = call
-                            .pointer("/function/name")
-                            .and_then(Value::as_str)
-                            .ok_or_else(|| bad(&format!("{at}.function.name"), "is required"))?;
-                        blocks.push(json!({
-                            "type": "tool_use",
-                            "id": id,
-                            "name": name,
-                            "input": super::arguments_object(call.pointer("/function/arguments")),
-                        }));
-                    }
+                for call in super::openai_tool_calls(m, &param)? {
+                    blocks.push(json!({
+                        "type": "tool_use",
+                        "id": call.id,
+                        "name": call.name,
+                        "input": call.arguments,
+                    }));
                 }
                 push_turn(&mut out_messages, "assistant", blocks);
             }
@@ -324,14 +275,11 @@ pub fn response_value(m: &Value, created: i64) -> Value {
     {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => calls.push(json!({
-                "id": b.get("id").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": b.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": b.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
-                }
-            })),
+            Some("tool_use") => calls.push(super::openai_call(
+                b.get("id").cloned().unwrap_or(Value::Null),
+                b.get("name").cloned().unwrap_or(Value::Null),
+                b.get("input"),
+            )),
             // Thinking blocks have no place in a chat completion.
             _ => {}
         }
@@ -340,28 +288,21 @@ pub fn response_value(m: &Value, created: i64) -> Value {
         .get("stop_reason")
         .and_then(Value::as_str)
         .unwrap_or("end_turn");
-    let mut message = json!({
-        "role": "assistant",
-        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) },
-        "refusal": null,
-    });
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
-    }
-    let usage = Usage::from_anthropic(m.get("usage").unwrap_or(&Value::Null)).unwrap_or_default();
-    json!({
-        "id": format!("chatcmpl-{}", m.get("id").and_then(Value::as_str).unwrap_or("")),
-        "object": "chat.completion",
-        "created": created,
-        "model": m.get("model").cloned().unwrap_or(Value::Null),
-        "choices": [{
+    super::openai_completion(
+        format!(
+            "chatcmpl-{}",
+            m.get("id").and_then(Value::as_str).unwrap_or("")
+        ),
+        created,
+        m.get("model").cloned().unwrap_or(Value::Null),
+        vec![json!({
             "index": 0,
-            "message": message,
+            "message": super::openai_message(text, calls),
             "logprobs": null,
             "finish_reason": finish_reason(stop)
-        }],
-        "usage": usage.to_openai()
-    })
+        })],
+        Usage::from_anthropic(m.get("usage").unwrap_or(&Value::Null)).unwrap_or_default(),
+    )
 }
 
 /// An Anthropic error body as an OpenAI error body (the status is kept by the caller).
@@ -375,21 +316,14 @@ pub fn error(body: &[u8]) -> Vec<u8> {
         .pointer("/error/type")
         .and_then(Value::as_str)
         .unwrap_or("api_error");
-    serde_json::to_vec(
-        &json!({"error": {"message": message, "type": kind, "param": null, "code": null}}),
-    )
-    .unwrap_or_default()
+    super::openai_error_body(message, kind, Value::Null)
 }
 
 /// Turns Anthropic stream events into OpenAI chunks, as they arrive.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    id: String,
-    model: Value,
-    created: i64,
-    include_usage: bool,
-    usage: Map<String, Value>,
-    seen_usage: bool,
+    out: super::ChunkWriter,
+    usage: super::AnthropicUsage,
     done: bool,
     /// Anthropic content block index -> OpenAI tool call index, for tool-use blocks.
     tool_blocks: Vec<(u64, usize)>,
@@ -419,38 +353,18 @@ struct TextDelta<'a> {
 impl StreamTranslator {
     pub fn new(created: i64, include_usage: bool) -> Self {
         Self {
-            id: String::new(),
-            model: Value::Null,
-            created,
-            include_usage,
-            usage: Map::new(),
-            seen_usage: false,
+            out: super::ChunkWriter {
+                id: String::new(),
+                model: Value::Null,
+                created,
+                include_usage,
+            },
+            usage: super::AnthropicUsage::default(),
             done: false,
             tool_blocks: Vec::new(),
             text_prefix: String::new(),
             text_suffix: "",
         }
-    }
-
-    fn chunk(&self, choices: Value, usage: Option<Value>) -> String {
-        let mut v = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices
-        });
-        if self.include_usage {
-            v["usage"] = usage.unwrap_or(Value::Null);
-        }
-        format!("data: {v}\n\n")
-    }
-
-    fn delta(&self, delta: Value, finish: Option<&str>) -> String {
-        self.chunk(
-            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]),
-            None,
-        )
     }
 
     /// The OpenAI SSE text for one Anthropic event (often empty).
@@ -483,26 +397,27 @@ impl StreamTranslator {
         match kind {
             "message_start" => {
                 let m = data.get("message").cloned().unwrap_or(Value::Null);
-                self.id = format!(
+                self.out.id = format!(
                     "chatcmpl-{}",
                     m.get("id").and_then(Value::as_str).unwrap_or("")
                 );
-                self.model = m.get("model").cloned().unwrap_or(Value::Null);
-                if let Some(u) = m.get("usage").and_then(Value::as_object) {
-                    self.merge_usage(u);
+                self.out.model = m.get("model").cloned().unwrap_or(Value::Null);
+                if let Some(u) = m.get("usage") {
+                    self.usage.merge(u);
                 }
                 self.text_prefix = format!(
                     "{{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":",
-                    Value::String(self.id.clone()),
-                    self.created,
-                    self.model
+                    Value::String(self.out.id.clone()),
+                    self.out.created,
+                    self.out.model
                 );
-                self.text_suffix = if self.include_usage {
+                self.text_suffix = if self.out.include_usage {
                     "},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}"
                 } else {
                     "},\"logprobs\":null,\"finish_reason\":null}]}"
                 };
-                self.delta(json!({"role": "assistant", "content": ""}), None)
+                self.out
+                    .delta(json!({"role": "assistant", "content": ""}), None)
             }
             "content_block_start" => {
                 let block = data.get("content_block").unwrap_or(&Value::Null);
@@ -512,7 +427,7 @@ impl StreamTranslator {
                 let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
                 let call = self.tool_blocks.len();
                 self.tool_blocks.push((index, call));
-                self.delta(
+                self.out.delta(
                     json!({"tool_calls": [{
                         "index": call,
                         "id": block.get("id").cloned().unwrap_or(Value::Null),
@@ -526,7 +441,7 @@ impl StreamTranslator {
             "content_block_delta" => match data.pointer("/delta/type").and_then(Value::as_str) {
                 Some("text_delta") => {
                     let text = data.pointer("/delta/text").cloned().unwrap_or(Value::Null);
-                    self.delta(json!({"content": text}), None)
+                    self.out.delta(json!({"content": text}), None)
                 }
                 Some("input_json_delta") => {
                     let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -538,7 +453,7 @@ impl StreamTranslator {
                         .pointer("/delta/partial_json")
                         .cloned()
                         .unwrap_or_else(|| json!(""));
-                    self.delta(
+                    self.out.delta(
                         json!({"tool_calls": [{"index": call, "function": {"arguments": partial}}]}),
                         None,
                     )
@@ -546,14 +461,14 @@ impl StreamTranslator {
                 _ => String::new(),
             },
             "message_delta" => {
-                if let Some(u) = data.get("usage").and_then(Value::as_object) {
-                    self.merge_usage(u);
+                if let Some(u) = data.get("usage") {
+                    self.usage.merge(u);
                 }
                 let stop = data
                     .pointer("/delta/stop_reason")
                     .and_then(Value::as_str)
                     .unwrap_or("end_turn");
-                self.delta(json!({}), Some(finish_reason(stop)))
+                self.out.delta(json!({}), Some(finish_reason(stop)))
             }
             "message_stop" => self.finish(),
             "error" => {
@@ -566,26 +481,10 @@ impl StreamTranslator {
                     .pointer("/error/type")
                     .and_then(Value::as_str)
                     .unwrap_or("api_error");
-                format!(
-                    "data: {}\n\n",
-                    json!({"error": {"message": message, "type": kind, "param": null, "code": null}})
-                )
+                super::openai_error_chunk(message, kind, Value::Null)
             }
             _ => String::new(),
         }
-    }
-
-    fn merge_usage(&mut self, u: &Map<String, Value>) {
-        self.seen_usage = true;
-        for (k, v) in u {
-            if !v.is_null() {
-                self.usage.insert(k.clone(), v.clone());
-            }
-        }
-    }
-
-    fn current_usage(&self) -> Usage {
-        Usage::from_anthropic(&Value::Object(self.usage.clone())).unwrap_or_default()
     }
 
     /// The closing chunks: usage (when asked for) and `[DONE]`.
@@ -594,12 +493,7 @@ impl StreamTranslator {
             return String::new();
         }
         self.done = true;
-        let mut out = String::new();
-        if self.include_usage {
-            out += &self.chunk(json!([]), Some(self.current_usage().to_openai()));
-        }
-        out += "data: [DONE]\n\n";
-        out
+        self.out.close(self.usage.total())
     }
 }
 
@@ -612,14 +506,12 @@ impl super::StreamStep for StreamTranslator {
         if self.done {
             return String::new();
         }
-        self.event(&crate::sse::Event {
-            name: "error".into(),
-            data: r#"{"type":"error","error":{"type":"api_error","message":"The provider's stream ended before the answer was complete."}}"#.into(),
-        })
+        self.done = true;
+        super::openai_error_chunk(super::STREAM_CUT, "api_error", Value::Null)
     }
 
     fn usage(&self) -> Option<Usage> {
-        self.seen_usage.then(|| self.current_usage())
+        self.usage.usage()
     }
 }
 

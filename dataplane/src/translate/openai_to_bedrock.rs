@@ -17,7 +17,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::{Image, Usage, bad, openai_image, openai_text, sse_data};
+use super::{Image, Usage, bad, openai_image, openai_text};
 use crate::proxy::error::ApiError;
 
 const PROVIDER: &str = "Bedrock";
@@ -80,63 +80,41 @@ fn blocks_of(content: &Value, param: &str) -> Result<Vec<Value>, ApiError> {
 }
 
 fn push_turn(out: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if blocks.is_empty() {
-        return;
+    if !blocks.is_empty() {
+        super::push_turn(out, role, "content", blocks);
     }
-    if let Some(last) = out.last_mut()
-        && last.get("role").and_then(Value::as_str) == Some(role)
-        && let Some(existing) = last.get_mut("content").and_then(Value::as_array_mut)
-    {
-        existing.extend(blocks);
-        return;
-    }
-    out.push(json!({"role": role, "content": blocks}));
 }
 
 fn tool_config(obj: &Value) -> Result<Option<Value>, ApiError> {
-    let Some(list) = obj.get("tools").and_then(Value::as_array) else {
+    use super::ToolChoice;
+    let Some(functions) = super::openai_functions(obj, PROVIDER)? else {
         return Ok(None);
     };
-    let tools = list
+    let tools: Vec<Value> = functions
         .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let at = format!("tools[{i}]");
-            let f = t
-                .get("function")
-                .filter(|_| t.get("type").and_then(Value::as_str) == Some("function"))
-                .ok_or_else(|| bad(&at, "only function tools can be sent to a Bedrock model"))?;
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(&format!("{at}.function.name"), "is required"))?;
+        .map(|f| {
             let mut spec = json!({
-                "name": name,
-                "inputSchema": {"json": f.get("parameters").cloned().unwrap_or_else(|| json!({"type": "object"}))},
+                "name": f.name,
+                "inputSchema": {"json": f.parameters.cloned().unwrap_or_else(|| json!({"type": "object"}))},
             });
-            if let Some(d) = f.get("description").and_then(Value::as_str) {
+            if let Some(d) = f.description {
                 spec["description"] = json!(d);
             }
-            Ok(json!({"toolSpec": spec}))
+            json!({"toolSpec": spec})
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .collect();
     let mut config = json!({"tools": tools});
-    match obj.get("tool_choice") {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => config["toolChoice"] = json!({"auto": {}}),
-            "required" => config["toolChoice"] = json!({"any": {}}),
-            _ => {
-                return Err(bad(
-                    "tool_choice",
-                    "Bedrock models take auto, required or a function",
-                ));
-            }
-        },
-        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
-            Some(name) => config["toolChoice"] = json!({"tool": {"name": name}}),
-            None => return Err(bad("tool_choice", "function.name is required")),
-        },
+    match super::openai_tool_choice(obj)? {
+        None => {}
+        Some(ToolChoice::Auto) => config["toolChoice"] = json!({"auto": {}}),
+        Some(ToolChoice::Required) => config["toolChoice"] = json!({"any": {}}),
+        Some(ToolChoice::Function(name)) => config["toolChoice"] = json!({"tool": {"name": name}}),
+        Some(ToolChoice::None) => {
+            return Err(bad(
+                "tool_choice",
+                "Bedrock models take auto, required or a function",
+            ));
+        }
     }
     Ok(Some(config))
 }
@@ -185,18 +163,11 @@ pub fn request_value(obj: &Value) -> Result<Value, ApiError> {
             ),
             "assistant" => {
                 let mut blocks = blocks_of(content, &format!("{param}.content"))?;
-                for (j, call) in m
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .enumerate()
-                {
-                    let at = format!("{param}.tool_calls[{j}]");
+                for call in super::openai_tool_calls(m, &param)? {
                     blocks.push(json!({"toolUse": {
-                        "toolUseId": call.get("id").and_then(Value::as_str).ok_or_else(|| bad(&format!("{at}.id"), "is required"))?,
-                        "name": call.pointer("/function/name").and_then(Value::as_str).ok_or_else(|| bad(&format!("{at}.function.name"), "is required"))?,
-                        "input": super::arguments_object(call.pointer("/function/arguments")),
+                        "toolUseId": call.id,
+                        "name": call.name,
+                        "input": call.arguments,
                     }}));
                 }
                 push_turn(&mut out_messages, "assistant", blocks);
@@ -284,37 +255,26 @@ pub fn response_value(b: &Value, model: &str, id: &str, created: i64) -> Value {
             text.push_str(t);
         }
         if let Some(tu) = block.get("toolUse") {
-            calls.push(json!({
-                "id": tu.get("toolUseId").cloned().unwrap_or(Value::Null),
-                "type": "function",
-                "function": {
-                    "name": tu.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": tu.get("input").map(Value::to_string).unwrap_or_else(|| "{}".into()),
-                }
-            }));
+            calls.push(super::openai_call(
+                tu.get("toolUseId").cloned().unwrap_or(Value::Null),
+                tu.get("name").cloned().unwrap_or(Value::Null),
+                tu.get("input"),
+            ));
         }
-    }
-    let mut message = json!({
-        "role": "assistant",
-        "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) },
-        "refusal": null,
-    });
-    if !calls.is_empty() {
-        message["tool_calls"] = Value::Array(calls);
     }
     let reason = b
         .get("stopReason")
         .and_then(Value::as_str)
         .unwrap_or("end_turn");
-    let u = usage(b.get("usage").unwrap_or(&Value::Null)).unwrap_or_default();
-    json!({
-        "id": format!("chatcmpl-{id}"),
-        "object": "chat.completion",
-        "created": created,
-        "model": model,
-        "choices": [{"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(reason)}],
-        "usage": u.to_openai(),
-    })
+    super::openai_completion(
+        format!("chatcmpl-{id}"),
+        created,
+        json!(model),
+        vec![
+            json!({"index": 0, "message": super::openai_message(text, calls), "logprobs": null, "finish_reason": finish_reason(reason)}),
+        ],
+        usage(b.get("usage").unwrap_or(&Value::Null)).unwrap_or_default(),
+    )
 }
 
 /// A Bedrock error body (`{"message": ...}`) as an OpenAI error body.
@@ -327,8 +287,7 @@ pub fn error(body: &[u8], status: u16, error_type: Option<&str>) -> Vec<u8> {
         .unwrap_or("The provider returned an error.");
     // `x-amzn-ErrorType` is `Name:namespace`; the name is the useful part.
     let code = error_type.map(|t| t.split(':').next().unwrap_or(t));
-    serde_json::to_vec(&json!({"error": {"message": message, "type": super::openai_to_gemini::openai_error_type(status), "param": null, "code": code}}))
-        .unwrap_or_default()
+    super::openai_error_body(message, super::openai_error_type(status), json!(code))
 }
 
 /// Turns ConverseStream events (decoded from AWS event-stream frames by
@@ -336,10 +295,7 @@ pub fn error(body: &[u8], status: u16, error_type: Option<&str>) -> Vec<u8> {
 /// into OpenAI chunks as they arrive.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    id: String,
-    model: String,
-    created: i64,
-    include_usage: bool,
+    out: super::ChunkWriter,
     /// Content block index -> tool call index.
     tool_blocks: Vec<(u64, usize)>,
     finish: Option<&'static str>,
@@ -350,10 +306,12 @@ pub struct StreamTranslator {
 impl StreamTranslator {
     pub fn new(id: &str, model: &str, created: i64, include_usage: bool) -> Self {
         Self {
-            id: format!("chatcmpl-{id}"),
-            model: model.to_string(),
-            created,
-            include_usage,
+            out: super::ChunkWriter {
+                id: format!("chatcmpl-{id}"),
+                model: json!(model),
+                created,
+                include_usage,
+            },
             tool_blocks: Vec::new(),
             finish: None,
             usage: None,
@@ -361,34 +319,13 @@ impl StreamTranslator {
         }
     }
 
-    fn chunk(&self, choices: Value, usage: Option<Value>) -> String {
-        let mut v = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        });
-        if self.include_usage {
-            v["usage"] = usage.unwrap_or(Value::Null);
-        }
-        sse_data(&v)
-    }
-
     fn delta(&self, delta: Value, finish: Option<&str>) -> String {
-        self.chunk(
-            json!([{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}]),
-            None,
-        )
+        self.out.delta(delta, finish)
     }
 
     fn close(&mut self) -> String {
         self.done = true;
-        let mut out = String::new();
-        if self.include_usage {
-            out += &self.chunk(json!([]), Some(self.usage.unwrap_or_default().to_openai()));
-        }
-        out + "data: [DONE]\n\n"
+        self.out.close(self.usage.unwrap_or_default())
     }
 }
 
@@ -461,8 +398,10 @@ impl super::StreamStep for StreamTranslator {
                     .get("message")
                     .and_then(Value::as_str)
                     .unwrap_or("provider error");
-                sse_data(
-                    &json!({"error": {"message": message, "type": "server_error", "param": null, "code": data.get("type").cloned().unwrap_or(Value::Null)}}),
+                super::openai_error_chunk(
+                    message,
+                    "server_error",
+                    data.get("type").cloned().unwrap_or(Value::Null),
                 )
             }
             _ => String::new(),
@@ -478,9 +417,7 @@ impl super::StreamStep for StreamTranslator {
             return self.close();
         }
         self.done = true;
-        sse_data(
-            &json!({"error": {"message": "The provider's stream ended before the answer was complete.", "type": "server_error", "param": null, "code": null}}),
-        )
+        super::openai_error_chunk(super::STREAM_CUT, "server_error", Value::Null)
     }
 
     fn usage(&self) -> Option<Usage> {

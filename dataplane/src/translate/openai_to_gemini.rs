@@ -19,7 +19,7 @@ use std::collections::HashMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{Image, Usage, bad, openai_image, openai_text, sse_data};
+use super::{Image, Usage, bad, openai_image, openai_text};
 use crate::proxy::error::ApiError;
 
 const PROVIDER: &str = "Gemini";
@@ -77,17 +77,9 @@ fn parts_of(content: &Value, param: &str) -> Result<Vec<Value>, ApiError> {
 }
 
 fn push_turn(out: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
-    if parts.is_empty() {
-        return;
+    if !parts.is_empty() {
+        super::push_turn(out, role, "parts", parts);
     }
-    if let Some(last) = out.last_mut()
-        && last.get("role").and_then(Value::as_str) == Some(role)
-        && let Some(existing) = last.get_mut("parts").and_then(Value::as_array_mut)
-    {
-        existing.extend(parts);
-        return;
-    }
-    out.push(json!({"role": role, "parts": parts}));
 }
 
 /// A JSON Schema with what Gemini's OpenAPI subset refuses removed.
@@ -107,53 +99,35 @@ fn clean_schema(v: &Value) -> Value {
 }
 
 fn tools(obj: &Value) -> Result<Option<Value>, ApiError> {
-    let Some(list) = obj.get("tools").and_then(Value::as_array) else {
+    let Some(functions) = super::openai_functions(obj, PROVIDER)? else {
         return Ok(None);
     };
-    let declarations = list
+    let declarations: Vec<Value> = functions
         .iter()
-        .enumerate()
-        .map(|(i, t)| {
-            let at = format!("tools[{i}]");
-            let f = t
-                .get("function")
-                .filter(|_| t.get("type").and_then(Value::as_str) == Some("function"))
-                .ok_or_else(|| bad(&at, "only function tools can be sent to a Gemini model"))?;
-            let name = f
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad(&format!("{at}.function.name"), "is required"))?;
-            let mut d = json!({"name": name});
-            if let Some(desc) = f.get("description").and_then(Value::as_str) {
+        .map(|f| {
+            let mut d = json!({"name": f.name});
+            if let Some(desc) = f.description {
                 d["description"] = json!(desc);
             }
-            if let Some(p) = f.get("parameters") {
+            if let Some(p) = f.parameters {
                 d["parameters"] = clean_schema(p);
             }
-            Ok(d)
+            d
         })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+        .collect();
     Ok(Some(json!([{"functionDeclarations": declarations}])))
 }
 
 fn tool_config(obj: &Value) -> Result<Option<Value>, ApiError> {
-    let config = match obj.get("tool_choice") {
-        None | Some(Value::Null) => return Ok(None),
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => json!({"mode": "AUTO"}),
-            "required" => json!({"mode": "ANY"}),
-            "none" => json!({"mode": "NONE"}),
-            _ => {
-                return Err(bad(
-                    "tool_choice",
-                    "must be auto, required, none or a function",
-                ));
-            }
-        },
-        Some(v) => match v.pointer("/function/name").and_then(Value::as_str) {
-            Some(name) => json!({"mode": "ANY", "allowedFunctionNames": [name]}),
-            None => return Err(bad("tool_choice", "function.name is required")),
-        },
+    use super::ToolChoice;
+    let config = match super::openai_tool_choice(obj)? {
+        None => return Ok(None),
+        Some(ToolChoice::Auto) => json!({"mode": "AUTO"}),
+        Some(ToolChoice::Required) => json!({"mode": "ANY"}),
+        Some(ToolChoice::None) => json!({"mode": "NONE"}),
+        Some(ToolChoice::Function(name)) => {
+            json!({"mode": "ANY", "allowedFunctionNames": [name]})
+        }
     };
     Ok(Some(json!({"functionCallingConfig": config})))
 }
@@ -177,7 +151,7 @@ pub fn request_value(obj: &Value) -> Result<Value, ApiError> {
         .ok_or_else(|| bad("messages", "a non-empty array is required"))?;
     let mut system = Vec::new();
     let mut contents = Vec::new();
-    let mut call_names: HashMap<String, String> = HashMap::new();
+    let mut call_names: HashMap<&str, &str> = HashMap::new();
     for (i, m) in messages.iter().enumerate() {
         let param = format!("messages[{i}]");
         let content = m.get("content").unwrap_or(&Value::Null);
@@ -192,26 +166,10 @@ pub fn request_value(obj: &Value) -> Result<Value, ApiError> {
             ),
             "assistant" => {
                 let mut parts = parts_of(content, &format!("{param}.content"))?;
-                for (j, call) in m
-                    .get("tool_calls")
-                    .and_then(Value::as_array)
-                    .into_iter()
-                    .flatten()
-                    .enumerate()
-                {
-                    let name = call
-                        .pointer("/function/name")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| {
-                            bad(
-                                &format!("{param}.tool_calls[{j}].function.name"),
-                                "is required",
-                            )
-                        })?;
-                    if let Some(id) = call.get("id").and_then(Value::as_str) {
-                        call_names.insert(id.to_string(), name.to_string());
-                    }
-                    parts.push(json!({"functionCall": {"name": name, "args": super::arguments_object(call.pointer("/function/arguments"))}}));
+                for call in super::openai_tool_calls(m, &param)? {
+                    call_names.insert(call.id, call.name);
+                    parts
+                        .push(json!({"functionCall": {"name": call.name, "args": call.arguments}}));
                 }
                 push_turn(&mut contents, "model", parts);
             }
@@ -326,7 +284,8 @@ fn call_id(response_id: &str, candidate: u64, i: usize, given: Option<&Value>) -
     }
 }
 
-/// Text and tool calls of one candidate's parts (thought parts are left out).
+/// Text and tool calls of one candidate's parts (thought parts are left out); calls are
+/// numbered from `first_call`.
 fn read_parts(
     parts: &[Value],
     response_id: &str,
@@ -344,85 +303,60 @@ fn read_parts(
         }
         if let Some(fc) = p.get("functionCall") {
             let i = first_call + calls.len();
-            calls.push(json!({
-                "index": i,
-                "id": call_id(response_id, candidate, i, fc.get("id")),
-                "type": "function",
-                "function": {
-                    "name": fc.get("name").cloned().unwrap_or(Value::Null),
-                    "arguments": fc.get("args").map(Value::to_string).unwrap_or_else(|| "{}".into()),
-                }
-            }));
+            calls.push(super::openai_call(
+                call_id(response_id, candidate, i, fc.get("id")),
+                fc.get("name").cloned().unwrap_or(Value::Null),
+                fc.get("args"),
+            ));
         }
     }
     (text, calls)
 }
 
-/// The OpenAI chat completion for a `generateContent` response.
-pub fn response_value(g: &Value, model: &str, created: i64) -> Value {
-    let response_id = g.get("responseId").and_then(Value::as_str).unwrap_or("");
-    let mut choices = Vec::new();
-    for (pos, c) in g
-        .get("candidates")
+/// Each candidate of a response: its index, its parts, and its finish reason.
+fn candidates(g: &Value) -> impl Iterator<Item = (u64, &[Value], Option<&str>)> {
+    g.get("candidates")
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .enumerate()
-    {
-        let index = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64);
-        let parts = c
-            .pointer("/content/parts")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or(&[]);
-        let (text, mut calls) = read_parts(parts, response_id, index, 0);
-        for call in &mut calls {
-            if let Some(o) = call.as_object_mut() {
-                o.remove("index");
-            }
-        }
-        let reason = c
-            .get("finishReason")
-            .and_then(Value::as_str)
-            .unwrap_or("STOP");
-        let mut message = json!({
-            "role": "assistant",
-            "content": if text.is_empty() && !calls.is_empty() { Value::Null } else { Value::String(text) },
-            "refusal": null,
-        });
-        let finish = finish_reason(reason, !calls.is_empty());
-        if !calls.is_empty() {
-            message["tool_calls"] = Value::Array(calls);
-        }
-        choices.push(
-            json!({"index": index, "message": message, "logprobs": null, "finish_reason": finish}),
-        );
-    }
+        .map(|(pos, c)| {
+            (
+                c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64),
+                c.pointer("/content/parts")
+                    .and_then(Value::as_array)
+                    .map(Vec::as_slice)
+                    .unwrap_or(&[]),
+                c.get("finishReason").and_then(Value::as_str),
+            )
+        })
+}
+
+/// The OpenAI chat completion for a `generateContent` response.
+pub fn response_value(g: &Value, model: &str, created: i64) -> Value {
+    let response_id = g.get("responseId").and_then(Value::as_str).unwrap_or("");
+    let mut choices: Vec<Value> = candidates(g)
+        .map(|(index, parts, reason)| {
+            let (text, calls) = read_parts(parts, response_id, index, 0);
+            let finish = finish_reason(reason.unwrap_or("STOP"), !calls.is_empty());
+            json!({"index": index, "message": super::openai_message(text, calls), "logprobs": null, "finish_reason": finish})
+        })
+        .collect();
     if choices.is_empty() {
         // The prompt itself was blocked.
         choices.push(json!({"index": 0, "message": {"role": "assistant", "content": "", "refusal": null}, "logprobs": null, "finish_reason": "content_filter"}));
     }
-    let u = usage(g.get("usageMetadata").unwrap_or(&Value::Null)).unwrap_or_default();
-    json!({
-        "id": format!("chatcmpl-{response_id}"),
-        "object": "chat.completion",
-        "created": created,
-        "model": g.get("modelVersion").and_then(Value::as_str).unwrap_or(model),
-        "choices": choices,
-        "usage": u.to_openai(),
-    })
-}
-
-/// OpenAI's error type for a status (for errors from providers with their own format).
-pub fn openai_error_type(status: u16) -> &'static str {
-    match status {
-        401 => "authentication_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        429 => "rate_limit_error",
-        500..=599 => "server_error",
-        _ => "invalid_request_error",
-    }
+    super::openai_completion(
+        format!("chatcmpl-{response_id}"),
+        created,
+        json!(
+            g.get("modelVersion")
+                .and_then(Value::as_str)
+                .unwrap_or(model)
+        ),
+        choices,
+        usage(g.get("usageMetadata").unwrap_or(&Value::Null)).unwrap_or_default(),
+    )
 }
 
 /// A Google error body (`{"error": {code, message, status}}`) as an OpenAI error body.
@@ -433,18 +367,14 @@ pub fn error(body: &[u8], status: u16) -> Vec<u8> {
         .and_then(Value::as_str)
         .unwrap_or("The provider returned an error.");
     let code = v.pointer("/error/status").cloned().unwrap_or(Value::Null);
-    serde_json::to_vec(&json!({"error": {"message": message, "type": openai_error_type(status), "param": null, "code": code}}))
-        .unwrap_or_default()
+    super::openai_error_body(message, super::openai_error_type(status), code)
 }
 
 /// Turns `streamGenerateContent?alt=sse` chunks into OpenAI chunks, one for one. Gemini
 /// sends no end marker: the stream is complete when a candidate has a `finishReason`.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    model: String,
-    created: i64,
-    include_usage: bool,
-    id: String,
+    out: super::ChunkWriter,
     started: bool,
     finished: bool,
     done: bool,
@@ -456,30 +386,18 @@ pub struct StreamTranslator {
 impl StreamTranslator {
     pub fn new(model: &str, created: i64, include_usage: bool) -> Self {
         Self {
-            model: model.to_string(),
-            created,
-            include_usage,
-            id: String::new(),
+            out: super::ChunkWriter {
+                id: String::new(),
+                model: json!(model),
+                created,
+                include_usage,
+            },
             started: false,
             finished: false,
             done: false,
             calls: HashMap::new(),
             usage: None,
         }
-    }
-
-    fn chunk(&self, choices: Value, usage: Option<Value>) -> String {
-        let mut v = json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-        });
-        if self.include_usage {
-            v["usage"] = usage.unwrap_or(Value::Null);
-        }
-        sse_data(&v)
     }
 
     fn gemini_chunk(&mut self, g: &Value) -> String {
@@ -489,46 +407,33 @@ impl StreamTranslator {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("provider error");
-            return sse_data(
-                &json!({"error": {"message": message, "type": "server_error", "param": null, "code": e.get("status").cloned().unwrap_or(Value::Null)}}),
+            return super::openai_error_chunk(
+                message,
+                "server_error",
+                e.get("status").cloned().unwrap_or(Value::Null),
             );
         }
+        let response_id = g.get("responseId").and_then(Value::as_str).unwrap_or("");
         if !self.started {
             self.started = true;
-            self.id = format!(
-                "chatcmpl-{}",
-                g.get("responseId").and_then(Value::as_str).unwrap_or("")
-            );
+            self.out.id = format!("chatcmpl-{response_id}");
             if let Some(m) = g.get("modelVersion").and_then(Value::as_str) {
-                self.model = m.to_string();
+                self.out.model = json!(m);
             }
         }
         if let Some(u) = g.get("usageMetadata").and_then(usage) {
             self.usage = Some(u);
         }
-        let response_id = g
-            .get("responseId")
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
         let mut choices = Vec::new();
-        for (pos, c) in g
-            .get("candidates")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            let index = c.get("index").and_then(Value::as_u64).unwrap_or(pos as u64);
-            let parts = c
-                .pointer("/content/parts")
-                .and_then(Value::as_array)
-                .map(Vec::as_slice)
-                .unwrap_or(&[]);
+        for (index, parts, reason) in candidates(g) {
+            let first = !self.calls.contains_key(&index);
             let seen = self.calls.get(&index).copied().unwrap_or(0);
-            let (text, calls) = read_parts(parts, &response_id, index, seen);
-            let first = seen == 0 && !self.calls.contains_key(&index);
-            self.calls.insert(index, seen + calls.len());
+            let (text, mut calls) = read_parts(parts, response_id, index, seen);
+            for (i, call) in calls.iter_mut().enumerate() {
+                call["index"] = json!(seen + i);
+            }
+            let total = seen + calls.len();
+            self.calls.insert(index, total);
             let mut delta = Map::new();
             if first {
                 delta.insert("role".into(), json!("assistant"));
@@ -539,10 +444,8 @@ impl StreamTranslator {
             if !calls.is_empty() {
                 delta.insert("tool_calls".into(), Value::Array(calls));
             }
-            let finish = c.get("finishReason").and_then(Value::as_str).map(|r| {
-                self.finished = true;
-                finish_reason(r, seen + self.calls.get(&index).copied().unwrap_or(0) > 0)
-            });
+            let finish = reason.map(|r| finish_reason(r, total > 0));
+            self.finished |= finish.is_some();
             choices.push(
                 json!({"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}),
             );
@@ -554,7 +457,7 @@ impl StreamTranslator {
         if choices.is_empty() {
             return String::new();
         }
-        self.chunk(Value::Array(choices), None)
+        self.out.chunk(Value::Array(choices), None)
     }
 }
 
@@ -575,15 +478,9 @@ impl super::StreamStep for StreamTranslator {
         }
         self.done = true;
         if !self.finished {
-            return sse_data(
-                &json!({"error": {"message": "The provider's stream ended before the answer was complete.", "type": "server_error", "param": null, "code": null}}),
-            );
+            return super::openai_error_chunk(super::STREAM_CUT, "server_error", Value::Null);
         }
-        let mut out = String::new();
-        if self.include_usage {
-            out += &self.chunk(json!([]), Some(self.usage.unwrap_or_default().to_openai()));
-        }
-        out + "data: [DONE]\n\n"
+        self.out.close(self.usage.unwrap_or_default())
     }
 
     fn usage(&self) -> Option<Usage> {

@@ -347,8 +347,7 @@ impl StreamStep for OpenAiMeter {
 /// `message_delta`.
 #[derive(Debug, Default)]
 pub struct AnthropicMeter {
-    usage: serde_json::Map<String, Value>,
-    seen: bool,
+    usage: super::AnthropicUsage,
 }
 
 impl StreamStep for AnthropicMeter {
@@ -360,14 +359,9 @@ impl StreamStep for AnthropicMeter {
         };
         if let Some(at) = usage_at
             && let Ok(v) = serde_json::from_str::<Value>(&event.data)
-            && let Some(u) = v.pointer(at).and_then(Value::as_object)
+            && let Some(u) = v.pointer(at)
         {
-            self.seen = true;
-            for (k, v) in u {
-                if !v.is_null() {
-                    self.usage.insert(k.clone(), v.clone());
-                }
-            }
+            self.usage.merge(u);
         }
         reemit(event)
     }
@@ -377,9 +371,6 @@ impl StreamStep for AnthropicMeter {
     }
 
     fn usage(&self) -> Option<Usage> {
-        if !self.seen {
-            return None;
-        }
-        Usage::from_anthropic(&Value::Object(self.usage.clone()))
+        self.usage.usage()
     }
 }

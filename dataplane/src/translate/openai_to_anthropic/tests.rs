@@ -96,7 +96,7 @@ fn fast_text_chunks_equal_slow_ones() {
                 data: data.clone(),
             });
             let v: Value = serde_json::from_str(&data).unwrap();
-            let slow = t.delta(json!({"content": v["delta"]["text"]}), None);
+            let slow = t.out.delta(json!({"content": v["delta"]["text"]}), None);
             let parse = |s: &str| {
                 serde_json::from_str::<Value>(s.trim_start_matches("data: ").trim()).unwrap()
             };
