@@ -203,20 +203,8 @@ fn input_tokens(req: &MessagesRequest) -> u64 {
 
 /// Pieces of the answer, cut at `max_tokens` (one piece is one token here).
 pub fn pieces(req: &MessagesRequest, chunks: Option<usize>) -> (Vec<String>, &'static str) {
-    let mut pieces = vec!["Mock".to_string(), " reply".to_string(), " to:".to_string()];
-    pieces.extend(req.last_user.split_whitespace().map(|w| format!(" {w}")));
-    if let Some(n) = chunks {
-        let n = n.max(1);
-        while pieces.len() < n {
-            pieces.push(" more".to_string());
-        }
-        if pieces.len() > n {
-            let tail: String = pieces.split_off(n - 1).concat();
-            pieces.push(tail);
-        }
-    }
-    if pieces.len() as u64 > req.max_tokens {
-        pieces.truncate(req.max_tokens as usize);
+    let mut pieces = super::reply_pieces(&req.last_user, chunks);
+    if super::cut_at_limit(&mut pieces, Some(req.max_tokens)) {
         return (pieces, "max_tokens");
     }
     (pieces, "end_turn")

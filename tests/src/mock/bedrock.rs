@@ -307,20 +307,11 @@ pub fn parse(body: &[u8], model: &str) -> Result<ConverseRequest, AwsError> {
 }
 
 pub fn pieces(req: &ConverseRequest, chunks: Option<usize>) -> (Vec<String>, &'static str) {
-    let mut pieces = vec!["Mock".to_string(), " reply".to_string(), " to:".to_string()];
-    pieces.extend(req.last_user.split_whitespace().map(|w| format!(" {w}")));
-    if let Some(n) = chunks {
-        while pieces.len() < n.max(1) {
-            pieces.push(" more".to_string());
-        }
-    }
+    let mut pieces = super::reply_pieces(&req.last_user, chunks);
     if req.tool_call.is_some() {
         return (pieces, "tool_use");
     }
-    if let Some(max) = req.max_tokens
-        && pieces.len() as u64 > max
-    {
-        pieces.truncate(max as usize);
+    if super::cut_at_limit(&mut pieces, req.max_tokens) {
         return (pieces, "max_tokens");
     }
     (pieces, "end_turn")

@@ -260,20 +260,9 @@ pub fn pieces(req: &GenerateRequest, chunks: Option<usize>) -> (Vec<String>, &'s
             Value::String(req.last_user.clone())
         )]
     } else {
-        let mut p = vec!["Mock".to_string(), " reply".to_string(), " to:".to_string()];
-        p.extend(req.last_user.split_whitespace().map(|w| format!(" {w}")));
-        p
+        super::reply_pieces(&req.last_user, chunks)
     };
-    if let Some(n) = chunks {
-        let n = n.max(1);
-        while pieces.len() < n {
-            pieces.push(" more".to_string());
-        }
-    }
-    if let Some(max) = req.max_output_tokens
-        && pieces.len() as u64 > max
-    {
-        pieces.truncate(max as usize);
+    if super::cut_at_limit(&mut pieces, req.max_output_tokens) {
         return (pieces, "MAX_TOKENS");
     }
     (pieces, "STOP")

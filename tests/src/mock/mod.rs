@@ -14,3 +14,32 @@ pub mod tools;
 
 pub use directives::{Directives, Failure};
 pub use server::{Config, GoogleAccount, serve};
+
+/// The answer to `last_user`, in pieces (one per stream chunk, one token each):
+/// "Mock reply to: <its words>", padded with " more" or merged to `chunks` pieces.
+pub fn reply_pieces(last_user: &str, chunks: Option<usize>) -> Vec<String> {
+    let mut pieces = vec!["Mock".to_string(), " reply".to_string(), " to:".to_string()];
+    pieces.extend(last_user.split_whitespace().map(|w| format!(" {w}")));
+    if let Some(n) = chunks {
+        let n = n.max(1);
+        while pieces.len() < n {
+            pieces.push(" more".to_string());
+        }
+        if pieces.len() > n {
+            let tail: String = pieces.split_off(n - 1).concat();
+            pieces.push(tail);
+        }
+    }
+    pieces
+}
+
+/// Cuts `pieces` at a token limit; true when it did.
+pub fn cut_at_limit(pieces: &mut Vec<String>, limit: Option<u64>) -> bool {
+    match limit {
+        Some(max) if pieces.len() as u64 > max => {
+            pieces.truncate(max as usize);
+            true
+        }
+        _ => false,
+    }
+}

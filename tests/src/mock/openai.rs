@@ -249,20 +249,7 @@ pub fn count_tokens(text: &str) -> u64 {
 
 /// The answer's content, in pieces (one per stream chunk).
 pub fn answer_pieces(req: &ChatRequest, chunks: Option<usize>) -> Vec<String> {
-    let words: Vec<&str> = req.last_user.split_whitespace().collect();
-    let mut pieces = vec!["Mock".to_string(), " reply".to_string(), " to:".to_string()];
-    pieces.extend(words.iter().map(|w| format!(" {w}")));
-    if let Some(n) = chunks {
-        let n = n.max(1);
-        while pieces.len() < n {
-            pieces.push(" more".to_string());
-        }
-        if pieces.len() > n {
-            let tail: String = pieces.split_off(n - 1).concat();
-            pieces.push(tail);
-        }
-    }
-    pieces
+    super::reply_pieces(&req.last_user, chunks)
 }
 
 pub fn usage(req: &ChatRequest, completion_tokens: u64) -> Value {
