@@ -166,6 +166,60 @@ async fn rust_openai_client_json_and_stream() {
     .await;
 }
 
+/// A stream is metered even when the client did not ask for usage: the gateway asks the
+/// provider for the usage chunk, counts it, and does not pass it on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_are_metered_without_the_client_asking_for_usage() {
+    let stack = Stack::start().unwrap();
+    with_logs(&stack, async {
+        let c = client(stack.api(), DEMO_KEY);
+        let mut stream = c
+            .chat()
+            .create_stream(request("smart", "meter me", false))
+            .await
+            .unwrap();
+        let mut text = String::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            assert!(
+                chunk.usage.is_none(),
+                "usage chunk reached the client: {chunk:?}"
+            );
+            if let Some(t) = chunk.choices.first().and_then(|c| c.delta.content.clone()) {
+                text += &t;
+            }
+        }
+        assert_eq!(text, "Mock reply to: meter me");
+        let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
+        let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
+        let last = requests.last().unwrap();
+        assert_eq!(
+            last["body"]["stream_options"]["include_usage"], true,
+            "{last}"
+        );
+        // The request is recorded when its body ends, just after the client's last byte.
+        let admin = &stack.dataplanes[0].admin;
+        let labels = [("route", "default/smart"), ("kind", "output")];
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let output = loop {
+            let n = Stack::metric(admin, "tollgate_tokens_total", &labels).unwrap_or(0.0);
+            if n > 0.0 || std::time::Instant::now() > deadline {
+                break n;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(output, 5.0, "5 pieces, one token each");
+        let input = Stack::metric(
+            admin,
+            "tollgate_tokens_total",
+            &[("route", "default/smart"), ("kind", "input")],
+        )
+        .unwrap();
+        assert!(input > 0.0);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_are_forwarded_as_they_arrive() {
     let stack = Stack::start().unwrap();
