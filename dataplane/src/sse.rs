@@ -33,10 +33,10 @@ impl Parser {
         let mut from = self.scanned.saturating_sub(3);
         while let Some((at, sep)) = find_blank_line(&self.buffer[from..]) {
             let end = from + at;
-            let raw: Vec<u8> = self.buffer.drain(..end + sep).collect();
-            if let Some(event) = parse_event(&raw[..end]) {
+            if let Some(event) = parse_event(&self.buffer[..end]) {
                 events.push(event);
             }
+            self.buffer.drain(..end + sep);
             from = 0;
         }
         self.scanned = self.buffer.len();
