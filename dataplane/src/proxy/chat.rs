@@ -19,7 +19,7 @@ use super::error::ApiError;
 use super::request::ChatHead;
 use super::{Api, Body, BoxError, State, authenticate, now_unix};
 use crate::metrics::Metrics;
-use crate::runtime::{Auth, Provider, ProviderKind, Wire, pick_weighted};
+use crate::runtime::{Auth, Provider, ProviderKind, Route, Wire, pick_weighted};
 use crate::translate::Usage;
 use crate::translate::pipeline::{Chain, Plan};
 
@@ -45,23 +45,23 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Metric labels: reference-counted, so a request allocates none.
 #[derive(Default)]
-struct Labels {
+pub(super) struct Labels {
     route: Arc<str>,
     provider: Arc<str>,
     model: Arc<str>,
 }
 
 /// Records a finished request once: when its body ends, fails, or is dropped.
-struct Completion {
-    metrics: Metrics,
-    labels: Labels,
-    status: StatusCode,
-    started: Instant,
-    usage: Option<Usage>,
+pub(super) struct Completion {
+    pub metrics: Metrics,
+    pub labels: Labels,
+    pub status: StatusCode,
+    pub started: Instant,
+    pub usage: Option<Usage>,
 }
 
 impl Completion {
-    fn record(self) {
+    pub fn record(self) {
         let l = &self.labels;
         self.metrics
             .requests
@@ -92,7 +92,20 @@ impl Completion {
 pub async fn handle(state: &State, req: Request<Incoming>, api: Api) -> Response<Body> {
     let started = Instant::now();
     let mut labels = Labels::default();
-    match forward(state, req, api, started, &mut labels).await {
+    let result = forward(state, req, api, started, &mut labels).await;
+    answer(state, result, api, started, labels)
+}
+
+/// The response for a request's outcome; a failure is logged (when it is the gateway's or
+/// the provider's) and recorded in metrics here.
+pub(super) fn answer(
+    state: &State,
+    result: Result<Response<Body>, ApiError>,
+    api: Api,
+    started: Instant,
+    labels: Labels,
+) -> Response<Body> {
+    match result {
         Ok(response) => response,
         Err(e) => {
             if matches!(e, ApiError::Internal | ApiError::UpstreamUnreachable) {
@@ -112,7 +125,124 @@ pub async fn handle(state: &State, req: Request<Incoming>, api: Api) -> Response
     }
 }
 
-async fn read_body(body: Incoming, headers: &HeaderMap, limit: usize) -> Result<Bytes, ApiError> {
+/// Where a request goes: its route, the picked target's provider, and the model sent
+/// upstream.
+pub(super) struct Resolved {
+    pub route: Arc<Route>,
+    pub provider: Arc<Provider>,
+    pub model: Arc<str>,
+}
+
+/// Authenticates the key, reads the body, and picks the route, target and model.
+pub(super) async fn resolve(
+    state: &State,
+    parts: &http::request::Parts,
+    body: Incoming,
+    labels: &mut Labels,
+) -> Result<(Bytes, ChatHead, Resolved), ApiError> {
+    let snapshot = state.config.load_full();
+    let key = authenticate(&snapshot, &parts.headers)?;
+    let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
+    let head = ChatHead::parse(&body)?;
+    if !key.allows_model(&head.model) {
+        return Err(ApiError::ModelNotAllowed(head.model));
+    }
+    let route = snapshot
+        .route(key, &head.model, &parts.headers)
+        .ok_or_else(|| ApiError::ModelNotFound(head.model.clone()))?
+        .clone();
+    labels.route = route.id.clone();
+    let target = pick_weighted(&route.targets, |t| {
+        if snapshot.providers.contains_key(&t.provider) {
+            t.weight
+        } else {
+            0
+        }
+    })
+    .ok_or_else(|| ApiError::NoTarget(route.id.to_string()))?;
+    let provider = snapshot
+        .providers
+        .get(&target.provider)
+        .ok_or_else(|| ApiError::NoTarget(route.id.to_string()))?
+        .clone();
+    labels.provider = provider.id.clone();
+    let model: Arc<str> = target
+        .model
+        .clone()
+        .unwrap_or_else(|| head.model.as_str().into());
+    labels.model = model.clone();
+    Ok((
+        body,
+        head,
+        Resolved {
+            route,
+            provider,
+            model,
+        },
+    ))
+}
+
+/// Sends a request to the provider within `deadline`. The provider refusing the gateway's
+/// credentials and its 5xx answers are errors; everything else is its answer.
+pub(super) async fn send(
+    state: &State,
+    provider: &Provider,
+    upstream: Request<Full<Bytes>>,
+    deadline: Instant,
+) -> Result<Response<Incoming>, ApiError> {
+    let response = match tokio::time::timeout_at(deadline, state.upstream.request(upstream)).await {
+        Err(_) => return Err(ApiError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            tracing::debug!(provider = %provider.id, error = %e, "upstream request failed");
+            return Err(ApiError::UpstreamUnreachable);
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status();
+    match status.as_u16() {
+        401 | 403 => {
+            tracing::warn!(provider = %provider.id, status = status.as_u16(), "provider rejected the gateway's credentials");
+            Err(ApiError::UpstreamAuth(status.as_u16()))
+        }
+        500..=599 => Err(ApiError::UpstreamStatus(status.as_u16())),
+        // 2xx, and the provider's own 4xx (the client's request was at fault), pass through.
+        _ => Ok(response),
+    }
+}
+
+/// The client's response: the provider's headers (less hop-by-hop ones) and the gateway's
+/// own `x-tollgate-*` headers.
+pub(super) fn respond(
+    status: StatusCode,
+    body: Body,
+    upstream_headers: &HeaderMap,
+    to: &Resolved,
+) -> Response<Body> {
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    let out_headers = out.headers_mut();
+    for (name, value) in upstream_headers {
+        if !is_hop_by_hop(name) {
+            out_headers.append(name.clone(), value.clone());
+        }
+    }
+    for (name, value) in [
+        ("x-tollgate-route", &*to.route.id),
+        ("x-tollgate-provider", &*to.provider.id),
+        ("x-tollgate-model", &*to.model),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            out_headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    out
+}
+
+pub(super) async fn read_body(
+    body: Incoming,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, ApiError> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -136,37 +266,10 @@ async fn forward(
     started: Instant,
     labels: &mut Labels,
 ) -> Result<Response<Body>, ApiError> {
-    let snapshot = state.config.load_full();
     let (parts, body) = req.into_parts();
-    let key = authenticate(&snapshot, &parts.headers)?;
-    let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
-    let head = ChatHead::parse(&body)?;
-    if !key.allows_model(&head.model) {
-        return Err(ApiError::ModelNotAllowed(head.model));
-    }
-    let route = snapshot
-        .route(key, &head.model, &parts.headers)
-        .ok_or_else(|| ApiError::ModelNotFound(head.model.clone()))?;
-    labels.route = route.id.clone();
-    let target = pick_weighted(&route.targets, |t| {
-        if snapshot.providers.contains_key(&t.provider) {
-            t.weight
-        } else {
-            0
-        }
-    })
-    .ok_or_else(|| ApiError::NoTarget(route.id.to_string()))?;
-    let provider = snapshot
-        .providers
-        .get(&target.provider)
-        .ok_or_else(|| ApiError::NoTarget(route.id.to_string()))?;
-    labels.provider = provider.id.clone();
-    let model: Arc<str> = target
-        .model
-        .clone()
-        .unwrap_or_else(|| head.model.as_str().into());
-    labels.model = model.clone();
-    let model: &str = &model;
+    let (body, head, to) = resolve(state, &parts, body, labels).await?;
+    let (route, provider) = (&to.route, &to.provider);
+    let model: &str = &to.model;
     let wire = provider.wire(model);
     let plan = Plan {
         client: api,
@@ -204,25 +307,9 @@ async fn forward(
 
     let deadline = started + route.request_timeout;
     let before_upstream = started.elapsed();
-    let response = match tokio::time::timeout_at(deadline, state.upstream.request(upstream)).await {
-        Err(_) => return Err(ApiError::UpstreamTimeout),
-        Ok(Err(e)) => {
-            tracing::debug!(provider = %provider.id, error = %e, "upstream request failed");
-            return Err(ApiError::UpstreamUnreachable);
-        }
-        Ok(Ok(r)) => r,
-    };
+    let response = send(state, provider, upstream, deadline).await?;
     let got_response = Instant::now();
     let status = response.status();
-    match status.as_u16() {
-        401 | 403 => {
-            tracing::warn!(provider = %provider.id, status = status.as_u16(), "provider rejected the gateway's credentials");
-            return Err(ApiError::UpstreamAuth(status.as_u16()));
-        }
-        500..=599 => return Err(ApiError::UpstreamStatus(status.as_u16())),
-        // 2xx, and the provider's own 4xx (the client's request was at fault), pass through.
-        _ => {}
-    }
     let (mut up_parts, up_body) = response.into_parts();
     let streamed = up_parts
         .headers
@@ -279,23 +366,7 @@ async fn forward(
         completion.record();
         super::full(out)
     };
-    let mut out = Response::new(body);
-    *out.status_mut() = status;
-    let out_headers = out.headers_mut();
-    for (name, value) in &up_parts.headers {
-        if !is_hop_by_hop(name) {
-            out_headers.append(name.clone(), value.clone());
-        }
-    }
-    for (name, value) in [
-        ("x-tollgate-route", &*route.id),
-        ("x-tollgate-provider", &*provider.id),
-        ("x-tollgate-model", model),
-    ] {
-        if let Ok(v) = HeaderValue::from_str(value) {
-            out_headers.insert(HeaderName::from_static(name), v);
-        }
-    }
+    let out = respond(status, body, &up_parts.headers, &to);
     state
         .metrics
         .overhead
@@ -315,7 +386,7 @@ fn next_id() -> String {
 }
 
 /// The request to the provider: body, forwarded headers, version headers and credentials.
-async fn build_upstream(
+pub(super) async fn build_upstream(
     state: &State,
     provider: &Provider,
     client_headers: &HeaderMap,
