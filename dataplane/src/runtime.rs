@@ -173,6 +173,16 @@ impl Provider {
 
     /// The URI of `generateContent` (or its SSE stream) for `model`.
     pub fn gemini_uri(&self, model: &str, stream: bool) -> Result<Uri, http::Error> {
+        if stream {
+            self.google_uri(model, "streamGenerateContent?alt=sse")
+        } else {
+            self.google_uri(model, "generateContent")
+        }
+    }
+
+    /// The URI of a method on a Google model (the Gemini API, or Vertex AI's Google
+    /// publisher): `countTokens`, `batchEmbedContents`, `predict`, ...
+    pub fn google_uri(&self, model: &str, method: &str) -> Result<Uri, http::Error> {
         let base = if self.kind == ProviderKind::VertexAi {
             self.vertex_model_base("google", model)
         } else {
@@ -182,10 +192,33 @@ impl Provider {
                 crate::auth::sigv4::uri_encode(model, false)
             )
         };
-        let uri = if stream {
-            format!("{base}:streamGenerateContent?alt=sse")
+        Ok(Uri::try_from(format!("{base}:{method}"))?)
+    }
+
+    /// The URI of OpenAI's embeddings API (an Azure deployment's, for Azure).
+    pub fn embeddings_uri(&self, model: &str) -> Result<Uri, http::Error> {
+        let uri = match self.kind {
+            ProviderKind::AzureOpenAi => format!(
+                "{}/openai/deployments/{}/embeddings?api-version={}",
+                self.endpoint,
+                crate::auth::sigv4::uri_encode(model, false),
+                self.api_version
+            ),
+            _ => format!("{}/embeddings", self.endpoint),
+        };
+        Ok(Uri::try_from(uri)?)
+    }
+
+    /// The URI of token counting for Claude: Anthropic's `count_tokens`, or the
+    /// `count-tokens` model on Vertex AI (which takes the model in the body).
+    pub fn count_tokens_uri(&self) -> Result<Uri, http::Error> {
+        let uri = if self.kind == ProviderKind::VertexAi {
+            format!(
+                "{}:rawPredict",
+                self.vertex_model_base("anthropic", "count-tokens")
+            )
         } else {
-            format!("{base}:generateContent")
+            format!("{}/v1/messages/count_tokens", self.endpoint)
         };
         Ok(Uri::try_from(uri)?)
     }
@@ -208,6 +241,11 @@ impl Provider {
         } else {
             "converse"
         };
+        self.bedrock_op_uri(model, verb)
+    }
+
+    /// The URI of a Bedrock runtime operation on `model`: `invoke`, `count-tokens`, ...
+    pub fn bedrock_op_uri(&self, model: &str, verb: &str) -> Result<Uri, http::Error> {
         Ok(Uri::try_from(format!(
             "{}/model/{}/{verb}",
             self.endpoint,

@@ -46,7 +46,7 @@ def main(base_url, key):
     assert usage is not None and usage.completion_tokens == 20, usage
 
     models = sorted(m.id for m in client.models.list())
-    assert models == ["claude-haiku-4-5", "claude-sonnet-4-5", "gpt-4o", "gpt-4o-mini", "smart"], models
+    assert models == ["claude-haiku-4-5", "claude-sonnet-4-5", "gpt-4o", "gpt-4o-mini", "smart", "text-embedding-3-small"], models
 
     try:
         client.chat.completions.create(model="no-such-model", messages=messages)

@@ -1,6 +1,8 @@
 """Drives a Tollgate dataplane with the official OpenAI and Anthropic Python SDKs (sync and
 async, streaming and not, and a tool-call round trip) against a model of every provider
-type, each behind mock-llm in its own wire format. Exits non-zero on any mismatch.
+type, each behind mock-llm in its own wire format; embeddings with the OpenAI SDK and token
+counting with the Anthropic SDK on every provider type that offers them. Exits non-zero on
+any mismatch.
 
 Usage: providers_client.py BASE_URL API_KEY   (BASE_URL without /v1)
 """
@@ -141,6 +143,69 @@ async def async_checks(base_url, key, model):
     assert text == "Mock reply to: async stream", (model, text)
 
 
+# embedding model asked for -> provider; every provider's mock embeds a text to the same vector
+EMBEDDING_MODELS = {
+    "embed-openai": "default/openai-primary",
+    "embed-azure": "default/azure",
+    "gemini-embedding-001": "default/gemini",
+    "embed-vertex": "default/vertex",
+    "embed-titan": "default/bedrock",
+}
+# models whose provider can count tokens
+COUNTING_MODELS = ["claude-sonnet-4-5", "vertex-claude", "gemini-2.5-flash", "vertex-gemini", "bedrock-claude", "bedrock-nova"]
+
+
+def embedding_checks(base_url, key):
+    oc = openai.OpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0)
+    texts = ["the quick brown fox", "jumps"]
+    seen = {}
+    for model, provider in EMBEDDING_MODELS.items():
+        # The SDK asks for base64 and decodes it; floats are asked for explicitly.
+        raw = oc.embeddings.with_raw_response.create(model=model, input=texts, dimensions=256)
+        assert raw.headers["x-tollgate-provider"] == provider, (model, raw.headers)
+        r = raw.parse()
+        floats = oc.embeddings.create(model=model, input=texts, dimensions=256, encoding_format="float")
+        assert [d.embedding for d in r.data] == [d.embedding for d in floats.data], model
+        assert [d.index for d in r.data] == [0, 1] and all(len(d.embedding) == 256 for d in r.data), (model, r)
+        seen[model] = [d.embedding for d in r.data]
+    first = next(iter(seen.values()))
+    assert all(v == first for v in seen.values()), "vectors differ between providers"
+    cohere = oc.embeddings.create(model="embed-cohere", input=texts)
+    titan = oc.embeddings.create(model="embed-titan", input=texts)
+    assert [d.embedding for d in cohere.data] == [d.embedding for d in titan.data]
+
+    async def run():
+        ac = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0)
+        r = await ac.embeddings.create(model="embed-vertex", input="jumps", dimensions=256)
+        assert r.data[0].embedding == first[1] and r.usage.prompt_tokens == 1, r
+    asyncio.run(run())
+    try:
+        oc.embeddings.create(model="vertex-claude", input="x")
+        raise AssertionError("expected a 400")
+    except openai.BadRequestError as e:
+        assert "no embeddings API" in e.body["message"], e.body
+
+
+def count_checks(base_url, key):
+    ac = anthropic.Anthropic(base_url=base_url, api_key=key, max_retries=0)
+    messages = [{"role": "user", "content": "weather in Paris?"}]
+    for model in COUNTING_MODELS:
+        count = ac.messages.count_tokens(model=model, system="be brief", messages=messages, tools=WEATHER_ANTHROPIC)
+        m = ac.messages.create(model=model, max_tokens=100, system="be brief", messages=messages, tools=WEATHER_ANTHROPIC)
+        assert count.input_tokens == m.usage.input_tokens > 0, (model, count, m.usage)
+
+    async def run():
+        aac = anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0)
+        count = await aac.messages.count_tokens(model="bedrock-nova", messages=messages)
+        assert count.input_tokens > 0, count
+    asyncio.run(run())
+    try:
+        ac.messages.count_tokens(model="smart", messages=messages)
+        raise AssertionError("expected a 400")
+    except anthropic.BadRequestError as e:
+        assert e.body["error"]["type"] == "invalid_request_error", e.body
+
+
 def main(base_url, key):
     oc = openai.OpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0)
     ac = anthropic.Anthropic(base_url=base_url, api_key=key, max_retries=0)
@@ -160,6 +225,10 @@ def main(base_url, key):
         raise AssertionError("expected a 400")
     except anthropic.BadRequestError as e:
         assert e.body["error"]["type"] == "invalid_request_error", e.body
+    embedding_checks(base_url, key)
+    print("embeddings: ok")
+    count_checks(base_url, key)
+    print("count_tokens: ok")
     print("python providers: ok")
 
 

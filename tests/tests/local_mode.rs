@@ -52,6 +52,15 @@ async fn post(
     key: Option<&str>,
     body: &str,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
+    post_to(api, "/chat/completions", key, body).await
+}
+
+async fn post_to(
+    api: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
     // One client per test thread: building one loads the trust store, and each test has
     // its own runtime, which a client's pooled connections must not outlive.
     thread_local! {
@@ -62,8 +71,9 @@ async fn post(
     }
     let mut req = HTTP
         .with(reqwest::Client::clone)
-        .post(format!("{api}/chat/completions"))
+        .post(format!("{api}{path}"))
         .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
         .body(body.to_string());
     if let Some(key) = key {
         req = req.bearer_auth(key);
@@ -159,7 +169,8 @@ async fn rust_openai_client_json_and_stream() {
                 "claude-sonnet-4-5",
                 "gpt-4o",
                 "gpt-4o-mini",
-                "smart"
+                "smart",
+                "text-embedding-3-small"
             ]
         );
     })
@@ -825,4 +836,214 @@ fn config_stream_requires_the_token() {
         dp.log_text()
     );
     stack.dataplanes.clear();
+}
+
+/// Embeddings reach every provider type in its own API, and come back as OpenAI's list
+/// with the provider's vectors unchanged, in either encoding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_on_every_provider_type() {
+    use base64::Engine;
+    use tollgate_tests::mock::embeddings::vector;
+    let stack = Stack::start_all_providers().unwrap();
+    with_logs(&stack, async {
+        // model, provider, upstream path ends with, dimensions sent, expected prompt tokens
+        let cases = [
+            (
+                "embed-openai",
+                "default/openai-primary",
+                "/embeddings",
+                Some(256),
+                3,
+            ),
+            ("embed-azure", "default/azure", "/embeddings", Some(256), 3),
+            (
+                "gemini-embedding-001",
+                "default/gemini",
+                ":batchEmbedContents",
+                Some(256),
+                0,
+            ),
+            ("embed-vertex", "default/vertex", ":predict", Some(256), 3),
+            ("embed-titan", "default/bedrock", "/invoke", Some(256), 3),
+            ("embed-cohere", "default/bedrock-apikey", "/invoke", None, 3),
+        ];
+        for (model, provider, path, dims, tokens) in cases {
+            let mut body = serde_json::json!({"model": model, "input": ["alpha beta", "gamma"]});
+            if let Some(d) = dims {
+                body["dimensions"] = d.into();
+            }
+            let (status, headers, v) = post_to(
+                stack.api(),
+                "/embeddings",
+                Some(DEMO_KEY),
+                &body.to_string(),
+            )
+            .await;
+            assert_eq!(status, 200, "{model}: {v}");
+            assert_eq!(headers["x-tollgate-provider"], provider, "{model}");
+            let n = dims.unwrap_or(1024);
+            for (i, text) in ["alpha beta", "gamma"].iter().enumerate() {
+                let got: Vec<f32> = v["data"][i]["embedding"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|x| x.as_f64().unwrap() as f32)
+                    .collect();
+                assert_eq!(got, vector(text, n), "{model} input {i}");
+                assert_eq!(v["data"][i]["index"], i, "{model}");
+            }
+            assert_eq!(v["object"], "list");
+            assert_eq!(
+                v["usage"]["prompt_tokens"], tokens,
+                "{model}: {}",
+                v["usage"]
+            );
+            let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
+            let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
+            let last = requests.last().unwrap();
+            assert!(
+                last["path"].as_str().unwrap().ends_with(path),
+                "{model}: {}",
+                last["path"]
+            );
+
+            // base64, as the OpenAI SDKs ask by default.
+            body["encoding_format"] = "base64".into();
+            let (status, _, v) = post_to(
+                stack.api(),
+                "/embeddings",
+                Some(DEMO_KEY),
+                &body.to_string(),
+            )
+            .await;
+            assert_eq!(status, 200, "{model}: {v}");
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(v["data"][1]["embedding"].as_str().unwrap())
+                .unwrap();
+            let got: Vec<f32> = bytes
+                .chunks(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect();
+            assert_eq!(got, vector("gamma", n), "{model} base64");
+        }
+
+        // What a target cannot do is a 400 in OpenAI's format.
+        for (body, says) in [
+            (
+                r#"{"model":"embed-titan","input":"a","dimensions":7}"#,
+                "256, 512 or 1024",
+            ),
+            (
+                r#"{"model":"vertex-claude","input":"a"}"#,
+                "no embeddings API",
+            ),
+            (
+                r#"{"model":"gemini-embedding-001","input":[1,2,3]}"#,
+                "token arrays",
+            ),
+            (
+                r#"{"model":"embed-cohere","input":"a","dimensions":8}"#,
+                "fixed size",
+            ),
+            (
+                r#"{"model":"embed-vertex","input":"a","task":"x"}"#,
+                "Unrecognized",
+            ),
+        ] {
+            let (status, _, v) = post_to(stack.api(), "/embeddings", Some(DEMO_KEY), body).await;
+            assert_eq!(status, 400, "{body}: {v}");
+            let message = v["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains(says), "{body}: {v}");
+            assert_eq!(v["error"]["type"], "invalid_request_error", "{body}: {v}");
+        }
+        let (status, _, _) = post_to(
+            stack.api(),
+            "/embeddings",
+            Some("tg-wrong"),
+            r#"{"model":"embed-openai","input":"a"}"#,
+        )
+        .await;
+        assert_eq!(status, 401);
+    })
+    .await;
+}
+
+/// `count_tokens` gives, for every provider that can count, the count that provider's
+/// answer to the same request reports as input tokens.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn count_tokens_matches_the_usage_of_the_answer() {
+    let stack = Stack::start_all_providers().unwrap();
+    with_logs(&stack, async {
+        for (model, upstream) in [
+            ("claude-sonnet-4-5", "/v1/messages/count_tokens"),
+            ("vertex-claude", "/count-tokens:rawPredict"),
+            ("gemini-2.5-flash", ":countTokens"),
+            ("vertex-gemini", ":countTokens"),
+            ("bedrock-claude", "/count-tokens"),
+            ("bedrock-nova", "/count-tokens"),
+        ] {
+            let body = serde_json::json!({
+                "model": model,
+                "system": "be brief",
+                "messages": [{"role": "user", "content": "how many tokens are in this request"}],
+                "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+            });
+            let (status, _, count) = post_to(
+                stack.api(),
+                "/messages/count_tokens",
+                Some(DEMO_KEY),
+                &body.to_string(),
+            )
+            .await;
+            assert_eq!(status, 200, "{model}: {count}");
+            let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
+            let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
+            let last = requests.last().unwrap();
+            assert!(
+                last["path"].as_str().unwrap().ends_with(upstream),
+                "{model}: {}",
+                last["path"]
+            );
+            let mut message = body.clone();
+            message["max_tokens"] = 100.into();
+            let (status, _, answer) = post_to(
+                stack.api(),
+                "/messages",
+                Some(DEMO_KEY),
+                &message.to_string(),
+            )
+            .await;
+            assert_eq!(status, 200, "{model}: {answer}");
+            assert!(
+                count["input_tokens"].as_u64().unwrap() > 0,
+                "{model}: {count}"
+            );
+            assert_eq!(
+                count["input_tokens"], answer["usage"]["input_tokens"],
+                "{model}: {count} vs {}",
+                answer["usage"]
+            );
+        }
+        // OpenAI-format providers cannot count: a 400 in Anthropic's format.
+        let (status, _, v) = post_to(
+            stack.api(),
+            "/messages/count_tokens",
+            Some(DEMO_KEY),
+            r#"{"model":"smart","messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .await;
+        assert_eq!(status, 400, "{v}");
+        assert_eq!(v["type"], "error", "{v}");
+        assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+        // max_tokens is not part of a count request, as Anthropic's API says.
+        let (status, _, v) = post_to(
+            stack.api(),
+            "/messages/count_tokens",
+            Some(DEMO_KEY),
+            r#"{"model":"bedrock-nova","max_tokens":5,"messages":[{"role":"user","content":"x"}]}"#,
+        )
+        .await;
+        assert_eq!(status, 400, "{v}");
+    })
+    .await;
 }

@@ -1,6 +1,8 @@
 //! The client-facing HTTP server: OpenAI-compatible endpoints, dispatched by path.
 
 pub mod chat;
+pub mod count_tokens;
+pub mod embeddings;
 pub mod error;
 pub mod models;
 pub mod request;
@@ -96,6 +98,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     let response = match (req.method(), path) {
         (&Method::POST, "/v1/chat/completions") => chat::handle(&state, req, Api::OpenAi).await,
         (&Method::POST, "/v1/messages") => chat::handle(&state, req, Api::Anthropic).await,
+        (&Method::POST, "/v1/messages/count_tokens") => count_tokens::handle(&state, req).await,
+        (&Method::POST, "/v1/embeddings") => embeddings::handle(&state, req).await,
         (&Method::GET, "/v1/models") => count(&state, models::list(&state, &req)),
         (&Method::GET, p) if p.starts_with("/v1/models/") => {
             count(&state, models::get(&state, &req))

@@ -6,6 +6,7 @@
 //! through with only the model rewritten. `pipeline` chooses the steps for a pair.
 
 pub mod anthropic_to_openai;
+pub mod embeddings;
 pub mod openai_to_anthropic;
 pub mod openai_to_bedrock;
 pub mod openai_to_gemini;

@@ -21,6 +21,14 @@ ENDPOINTS
   POST /token                                   OAuth JWT-bearer grant for --google-service-account
   POST /model/{id}/converse, /converse-stream   Bedrock (SigV4 with --aws-key, or a bearer API key);
                                                 streams as AWS event-stream frames
+  POST /v1/embeddings, /openai/deployments/{d}/embeddings   OpenAI / Azure embeddings (float or base64)
+  POST /v1beta/models/{m}:batchEmbedContents, :countTokens  Gemini API embeddings and token counts
+  POST .../publishers/google/models/{m}:predict, :countTokens  Vertex AI embeddings and token counts
+  POST .../publishers/anthropic/models/count-tokens:rawPredict Claude token counts on Vertex AI
+  POST /v1/messages/count_tokens                Anthropic token counts
+  POST /model/{id}/invoke                       Bedrock InvokeModel for Titan and Cohere embedding models
+  POST /model/{id}/count-tokens                 Bedrock CountTokens (input.converse)
+  Embeddings: a text has the same vector in every format, so tests can compare across providers.
   Tool calls: offered tools are called (the first, with arguments from its schema) until the
   conversation holds a tool result, which the answer then quotes.
   GET  /v1/models                               the --model list

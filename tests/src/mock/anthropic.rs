@@ -197,7 +197,8 @@ pub fn parse(body: &[u8]) -> Result<MessagesRequest, Value> {
     })
 }
 
-fn input_tokens(req: &MessagesRequest) -> u64 {
+/// The prompt's tokens as the mock counts them.
+pub fn input_tokens(req: &MessagesRequest) -> u64 {
     req.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + 2 * req.texts.len() as u64
 }
 

@@ -317,9 +317,13 @@ pub fn pieces(req: &ConverseRequest, chunks: Option<usize>) -> (Vec<String>, &'s
     (pieces, "end_turn")
 }
 
+/// The prompt's tokens as the mock counts them.
+pub fn input_tokens(req: &ConverseRequest) -> u64 {
+    req.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + req.texts.len() as u64
+}
+
 fn usage(req: &ConverseRequest, output: u64) -> Value {
-    let input: u64 =
-        req.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + req.texts.len() as u64;
+    let input = input_tokens(req);
     json!({"inputTokens": input, "outputTokens": output, "totalTokens": input + output})
 }
 

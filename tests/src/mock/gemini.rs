@@ -268,9 +268,13 @@ pub fn pieces(req: &GenerateRequest, chunks: Option<usize>) -> (Vec<String>, &'s
     (pieces, "STOP")
 }
 
+/// The prompt's tokens as the mock counts them.
+pub fn prompt_tokens(req: &GenerateRequest) -> u64 {
+    req.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + req.texts.len() as u64
+}
+
 fn usage(req: &GenerateRequest, output: u64) -> Value {
-    let prompt: u64 =
-        req.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + req.texts.len() as u64;
+    let prompt = prompt_tokens(req);
     json!({"promptTokenCount": prompt, "candidatesTokenCount": output, "totalTokenCount": prompt + output})
 }
 

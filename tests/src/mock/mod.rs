@@ -7,6 +7,7 @@
 pub mod anthropic;
 pub mod bedrock;
 pub mod directives;
+pub mod embeddings;
 pub mod gemini;
 pub mod openai;
 pub mod server;

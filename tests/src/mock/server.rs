@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::directives::{Directives, Failure};
-use super::{anthropic, bedrock, gemini, openai};
+use super::{anthropic, bedrock, embeddings, gemini, openai};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -248,6 +248,31 @@ async fn chat(
     Ok(sse(openai::stream_events(&chat, &id, created, &pieces), &d))
 }
 
+/// OpenAI's (or Azure's) embeddings.
+async fn embed_openai(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    azure: bool,
+) -> Result<Response<Body>, std::io::Error> {
+    let (parts, body) = shared.read_and_record(req).await?;
+    let presented = if azure {
+        parts.headers.get("api-key").and_then(|v| v.to_str().ok())
+    } else {
+        parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+    };
+    if let Err(response) = shared.check_key(presented, azure) {
+        return Ok(*response);
+    }
+    Ok(match embeddings::openai(&body) {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => json_response(StatusCode::BAD_REQUEST, &e),
+    })
+}
+
 /// Waits and fails as the request's directives say; returns them for the rest.
 impl Shared {
     async fn directives(
@@ -326,18 +351,68 @@ fn streamed(events: Vec<Bytes>, d: &Directives, content_type: &'static str) -> R
     r
 }
 
+/// Anthropic's `count_tokens`, or `count-tokens:rawPredict` on Vertex AI.
+async fn count_messages(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    vertex: bool,
+) -> Result<Response<Body>, std::io::Error> {
+    let (parts, body) = shared.read_and_record(req).await?;
+    let checked = if vertex {
+        shared.check_token(&parts.headers)
+    } else {
+        check_anthropic_headers(&shared, &parts)
+    };
+    if let Err(r) = checked {
+        return Ok(*r);
+    }
+    Ok(match embeddings::anthropic_count(&body) {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => json_response(StatusCode::BAD_REQUEST, &e),
+    })
+}
+
+fn anthropic_error(status: StatusCode, message: &str) -> Response<Body> {
+    json_response(
+        status,
+        &anthropic::error_body(anthropic::error_type(status.as_u16()), message),
+    )
+}
+
+/// Anthropic's auth and version headers.
+fn check_anthropic_headers(
+    shared: &Shared,
+    parts: &http::request::Parts,
+) -> Result<(), Box<Response<Body>>> {
+    let a_error = |status, message: &str| Err(Box::new(anthropic_error(status, message)));
+    match parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
+        None | Some("") => {
+            return a_error(StatusCode::UNAUTHORIZED, "x-api-key header is required");
+        }
+        Some(key)
+            if !shared.config.api_keys.is_empty()
+                && !shared.config.api_keys.iter().any(|k| k == key) =>
+        {
+            return a_error(StatusCode::UNAUTHORIZED, "invalid x-api-key");
+        }
+        Some(_) => {}
+    }
+    if parts.headers.get("anthropic-version").is_none() {
+        return a_error(
+            StatusCode::BAD_REQUEST,
+            "anthropic-version: header is required",
+        );
+    }
+    Ok(())
+}
+
 async fn messages(
     shared: Arc<Shared>,
     req: Request<Incoming>,
     vertex: Option<(String, bool)>,
 ) -> Result<Response<Body>, std::io::Error> {
     let (parts, body) = shared.read_and_record(req).await?;
-    let a_error = |status: StatusCode, message: &str| {
-        json_response(
-            status,
-            &anthropic::error_body(anthropic::error_type(status.as_u16()), message),
-        )
-    };
+    let a_error = anthropic_error;
     if let Some((model, stream)) = vertex {
         // Claude on Vertex: OAuth bearer token, model in the URL, version in the body.
         if let Err(r) = shared.check_token(&parts.headers) {
@@ -374,26 +449,8 @@ async fn messages(
         )
         .await;
     }
-    match parts.headers.get("x-api-key").and_then(|v| v.to_str().ok()) {
-        None | Some("") => {
-            return Ok(a_error(
-                StatusCode::UNAUTHORIZED,
-                "x-api-key header is required",
-            ));
-        }
-        Some(key)
-            if !shared.config.api_keys.is_empty()
-                && !shared.config.api_keys.iter().any(|k| k == key) =>
-        {
-            return Ok(a_error(StatusCode::UNAUTHORIZED, "invalid x-api-key"));
-        }
-        Some(_) => {}
-    }
-    if parts.headers.get("anthropic-version").is_none() {
-        return Ok(a_error(
-            StatusCode::BAD_REQUEST,
-            "anthropic-version: header is required",
-        ));
+    if let Err(r) = check_anthropic_headers(&shared, &parts) {
+        return Ok(*r);
     }
     answer_messages(&shared, &parts, &body, a_error).await
 }
@@ -457,6 +514,13 @@ async fn handle(
             chat(shared, req, false).await
         }
         (Method::POST, "/v1/messages") => messages(shared, req, None).await,
+        (Method::POST, "/v1/messages/count_tokens") => count_messages(shared, req, false).await,
+        (Method::POST, "/v1/embeddings" | "/embeddings") => embed_openai(shared, req, false).await,
+        (Method::POST, p)
+            if p.starts_with("/openai/deployments/") && p.ends_with("/embeddings") =>
+        {
+            embed_openai(shared, req, true).await
+        }
         (Method::POST, "/token") => token(shared, req).await,
         (Method::POST, p) if p.starts_with("/v1beta/models/") => {
             let (model, verb) = model_verb(&p["/v1beta/models/".len()..]);
@@ -478,6 +542,7 @@ async fn handle(
                 .unwrap_or("");
             let (model, verb) = model_verb(rest);
             match verb.as_str() {
+                "rawPredict" if model == "count-tokens" => count_messages(shared, req, true).await,
                 "rawPredict" => messages(shared, req, Some((model, false))).await,
                 "streamRawPredict" => messages(shared, req, Some((model, true))).await,
                 _ => Ok(google_error(StatusCode::NOT_FOUND, "method not found")),
@@ -745,9 +810,18 @@ async fn generate(
     if let Err(r) = checked {
         return Ok(*r);
     }
+    let reply = |r: Result<Value, Value>| match r {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => json_response(StatusCode::BAD_REQUEST, &e),
+    };
     let stream = match verb.as_str() {
         "generateContent" => false,
         "streamGenerateContent" => true,
+        "countTokens" => return Ok(reply(embeddings::gemini_count(&body, &model, vertex))),
+        "batchEmbedContents" if !vertex => {
+            return Ok(reply(embeddings::gemini_batch(&body, &model)));
+        }
+        "predict" if vertex => return Ok(reply(embeddings::vertex_predict(&body))),
         _ => {
             return Ok(google_error(
                 StatusCode::NOT_FOUND,
@@ -823,6 +897,7 @@ async fn converse(
     let stream = match verb {
         "converse" => false,
         "converse-stream" => true,
+        "invoke" | "count-tokens" => false,
         _ => {
             return Ok(aws_error(&bedrock::AwsError {
                 status: 404,
@@ -860,6 +935,32 @@ async fn converse(
     };
     if let Err(e) = authorized {
         return Ok(aws_error(&e));
+    }
+    let reply = |r: Result<Value, bedrock::AwsError>| match r {
+        Ok(v) => json_response(StatusCode::OK, &v),
+        Err(e) => aws_error(&e),
+    };
+    match verb {
+        "invoke" => {
+            let answer = embeddings::bedrock_invoke(&body, &percent_decode(model));
+            let tokens = embeddings::bedrock_input_tokens(&body);
+            let mut r = reply(answer);
+            if r.status().is_success() {
+                // InvokeModel reports usage in headers.
+                r.headers_mut().insert(
+                    "x-amzn-bedrock-input-token-count",
+                    HeaderValue::from(tokens),
+                );
+            }
+            return Ok(r);
+        }
+        "count-tokens" => {
+            return Ok(reply(embeddings::bedrock_count(
+                &body,
+                &percent_decode(model),
+            )));
+        }
+        _ => {}
     }
     let c = match bedrock::parse(&body, &percent_decode(model)) {
         Ok(c) => c,

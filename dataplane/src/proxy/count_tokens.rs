@@ -1,0 +1,169 @@
+//! `POST /v1/messages/count_tokens` (Anthropic): passed through to Anthropic (and to
+//! Claude on Vertex AI's `count-tokens` model); for Gemini and Bedrock models the request
+//! is translated as a message would be, and sent to `countTokens` / `CountTokens`.
+//! OpenAI-format providers have no token-counting API, so the request is refused there.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+use tokio::time::Instant;
+
+use super::chat::{Completion, Labels, answer, build_upstream, resolve, respond, send};
+use super::error::ApiError;
+use super::{Api, Body, State, now_unix};
+use crate::runtime::{ProviderKind, Wire};
+use crate::translate::pipeline::Plan;
+
+pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let mut labels = Labels::default();
+    let result = forward(state, req, started, &mut labels).await;
+    answer(state, result, Api::Anthropic, started, labels)
+}
+
+/// The upstream body for a Gemini or Bedrock model: the message request translated as for
+/// `/v1/messages`, then only the members that count.
+fn translated(plan: &Plan, client: &[u8]) -> Result<Vec<u8>, ApiError> {
+    let mut v = crate::translate::parse_client_json(client)?;
+    if let Some(obj) = v.as_object_mut() {
+        for extra in ["max_tokens", "stream"] {
+            if obj.contains_key(extra) {
+                return Err(crate::translate::bad(
+                    extra,
+                    "Extra inputs are not permitted",
+                ));
+            }
+        }
+        // Needed by the message translation; not sent.
+        obj.insert("max_tokens".into(), json!(1));
+    }
+    let full: Value = serde_json::from_slice(
+        &plan.request(&serde_json::to_vec(&v).map_err(|_| ApiError::Internal)?)?,
+    )
+    .map_err(|_| ApiError::Internal)?;
+    let pick = |keys: &[&str]| -> Value {
+        Value::Object(
+            keys.iter()
+                .filter_map(|k| full.get(*k).map(|v| ((*k).to_string(), v.clone())))
+                .collect(),
+        )
+    };
+    let out = match (plan.wire, plan.provider) {
+        (Wire::Bedrock, _) => {
+            json!({"input": {"converse": pick(&["messages", "system", "toolConfig"])}})
+        }
+        (_, ProviderKind::VertexAi) => pick(&["contents", "systemInstruction", "tools"]),
+        _ => {
+            let mut inner = pick(&["contents", "systemInstruction", "tools", "toolConfig"]);
+            inner["model"] = json!(format!("models/{}", plan.model));
+            json!({ "generateContentRequest": inner })
+        }
+    };
+    serde_json::to_vec(&out).map_err(|_| ApiError::Internal)
+}
+
+async fn forward(
+    state: &State,
+    req: Request<Incoming>,
+    started: Instant,
+    labels: &mut Labels,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let (body, head, to) = resolve(state, &parts, body, labels).await?;
+    let model: &str = &to.model;
+    let wire = to.provider.wire(model);
+    let plan = Plan {
+        client: Api::Anthropic,
+        wire,
+        provider: to.provider.kind,
+        model: to.model.clone(),
+        stream: false,
+        include_usage: false,
+        created: now_unix(),
+        id: String::new(),
+    };
+    let (uri, upstream_body) = match wire {
+        Wire::Anthropic | Wire::VertexAnthropic => {
+            (to.provider.count_tokens_uri(), head.with_model(body, model))
+        }
+        Wire::Gemini => (
+            to.provider.google_uri(model, "countTokens"),
+            translated(&plan, &body)?.into(),
+        ),
+        Wire::Bedrock => (
+            to.provider.bedrock_op_uri(model, "count-tokens"),
+            translated(&plan, &body)?.into(),
+        ),
+        Wire::OpenAi => {
+            return Err(crate::translate::bad(
+                "model",
+                &format!(
+                    "token counting is not available for `{}`: its provider ({}) has no token-counting API",
+                    model,
+                    to.provider.kind.as_str()
+                ),
+            ));
+        }
+    };
+    let uri = uri.map_err(|_| ApiError::Internal)?;
+    let upstream = build_upstream(
+        state,
+        &to.provider,
+        &parts.headers,
+        Api::Anthropic,
+        uri,
+        upstream_body,
+    )
+    .await?;
+    let deadline = started + to.route.request_timeout;
+    let response = send(state, &to.provider, upstream, deadline).await?;
+    let (mut up_parts, up_body) = response.into_parts();
+    let collected: Bytes = tokio::time::timeout_at(deadline, up_body.collect())
+        .await
+        .map_err(|_| ApiError::UpstreamTimeout)?
+        .map_err(|_| ApiError::UpstreamBody)?
+        .to_bytes();
+    let status = up_parts.status;
+    let out: Bytes = if plan.passes_response() {
+        collected
+    } else if status.is_success() {
+        let v: Value = serde_json::from_slice(&collected).map_err(|_| ApiError::UpstreamBody)?;
+        let n = v
+            .get(if wire == Wire::Bedrock {
+                "inputTokens"
+            } else {
+                "totalTokens"
+            })
+            .and_then(Value::as_u64)
+            .ok_or(ApiError::UpstreamBody)?;
+        serde_json::to_vec(&json!({ "input_tokens": n }))
+            .map_err(|_| ApiError::Internal)?
+            .into()
+    } else {
+        let aws_type = up_parts
+            .headers
+            .get("x-amzn-errortype")
+            .and_then(|v| v.to_str().ok());
+        plan.error(status.as_u16(), collected, aws_type)
+    };
+    if !plan.passes_response() {
+        // The provider's headers describe its own API's answer, not this one.
+        up_parts.headers = HeaderMap::new();
+        up_parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+    }
+    up_parts.headers.remove(header::CONTENT_LENGTH);
+    Completion {
+        metrics: state.metrics.clone(),
+        labels: std::mem::take(labels),
+        status,
+        started,
+        usage: None,
+    }
+    .record();
+    Ok(respond(status, super::full(out), &up_parts.headers, &to))
+}

@@ -1,0 +1,181 @@
+//! `POST /v1/embeddings` (OpenAI): passed through to OpenAI-format providers with only the
+//! model rewritten, translated for Gemini, Vertex AI and Bedrock (Titan, Cohere).
+
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::chat::{Completion, Labels, Resolved, answer, build_upstream, resolve, respond, send};
+use super::error::ApiError;
+use super::{Api, Body, State};
+use crate::translate::Usage;
+use crate::translate::embeddings::{self, Answer, EmbedWire};
+
+pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+    let started = Instant::now();
+    let mut labels = Labels::default();
+    let result = forward(state, req, started, &mut labels).await;
+    answer(state, result, Api::OpenAi, started, labels)
+}
+
+/// One upstream answer, read whole.
+struct Upstream {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+async fn call(
+    state: &State,
+    to: &Resolved,
+    client_headers: &HeaderMap,
+    uri: http::Uri,
+    body: Bytes,
+    deadline: Instant,
+) -> Result<Upstream, ApiError> {
+    let upstream =
+        build_upstream(state, &to.provider, client_headers, Api::OpenAi, uri, body).await?;
+    let response = send(state, &to.provider, upstream, deadline).await?;
+    let (parts, body) = response.into_parts();
+    let body = tokio::time::timeout_at(deadline, body.collect())
+        .await
+        .map_err(|_| ApiError::UpstreamTimeout)?
+        .map_err(|_| ApiError::UpstreamBody)?
+        .to_bytes();
+    Ok(Upstream {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
+}
+
+fn usage_of_openai(body: &[u8]) -> Option<Usage> {
+    #[derive(serde::Deserialize)]
+    struct UsageOnly {
+        #[serde(default)]
+        usage: Option<serde_json::Value>,
+    }
+    serde_json::from_slice::<UsageOnly>(body)
+        .ok()?
+        .usage
+        .as_ref()
+        .and_then(Usage::from_openai)
+}
+
+async fn forward(
+    state: &State,
+    req: Request<Incoming>,
+    started: Instant,
+    labels: &mut Labels,
+) -> Result<Response<Body>, ApiError> {
+    let (parts, body) = req.into_parts();
+    let (body, head, to) = resolve(state, &parts, body, labels).await?;
+    let wire = EmbedWire::of(&to.provider, &to.model)?;
+    let deadline = started + to.route.request_timeout;
+    let model: &str = &to.model;
+    let done = |labels: &mut Labels, status: StatusCode, usage: Option<Usage>| {
+        Completion {
+            metrics: state.metrics.clone(),
+            labels: std::mem::take(labels),
+            status,
+            started,
+            usage,
+        }
+        .record();
+    };
+
+    if wire == EmbedWire::OpenAi {
+        let uri = to
+            .provider
+            .embeddings_uri(model)
+            .map_err(|_| ApiError::Internal)?;
+        let up = call(
+            state,
+            &to,
+            &parts.headers,
+            uri,
+            head.with_model(body, model),
+            deadline,
+        )
+        .await?;
+        let usage = up
+            .status
+            .is_success()
+            .then(|| usage_of_openai(&up.body))
+            .flatten();
+        done(labels, up.status, usage);
+        let mut headers = up.headers;
+        headers.remove(header::CONTENT_LENGTH);
+        return Ok(respond(up.status, super::full(up.body), &headers, &to));
+    }
+
+    let request = embeddings::parse(&body)?;
+    let uri = match wire {
+        EmbedWire::Gemini => to.provider.google_uri(model, "batchEmbedContents"),
+        EmbedWire::Vertex => to.provider.google_uri(model, "predict"),
+        EmbedWire::Titan | EmbedWire::Cohere | EmbedWire::OpenAi => {
+            to.provider.bedrock_op_uri(model, "invoke")
+        }
+    }
+    .map_err(|_| ApiError::Internal)?;
+    let bodies = embeddings::upstream_bodies(&request, wire, model)?;
+    let answers = try_join_all(bodies.into_iter().map(|b| {
+        call(
+            state,
+            &to,
+            &parts.headers,
+            uri.clone(),
+            Bytes::from(b),
+            deadline,
+        )
+    }))
+    .await?;
+
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    // The first refusal, in OpenAI's format (the provider's status kept).
+    if let Some(refused) = answers.iter().find(|a| !a.status.is_success()) {
+        let status = refused.status.as_u16();
+        let body = if matches!(wire, EmbedWire::Gemini | EmbedWire::Vertex) {
+            crate::translate::openai_to_gemini::error(&refused.body, status)
+        } else {
+            let aws_type = refused
+                .headers
+                .get("x-amzn-errortype")
+                .and_then(|v| v.to_str().ok());
+            crate::translate::openai_to_bedrock::error(&refused.body, status, aws_type)
+        };
+        done(labels, refused.status, None);
+        return Ok(respond(
+            refused.status,
+            super::full(body.into()),
+            &headers,
+            &to,
+        ));
+    }
+    let read: Vec<Answer<'_>> = answers
+        .iter()
+        .map(|a| Answer {
+            body: &a.body,
+            header_tokens: a
+                .headers
+                .get("x-amzn-bedrock-input-token-count")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        })
+        .collect();
+    let (out, usage) = embeddings::response(&request, wire, model, &read)?;
+    done(labels, StatusCode::OK, Some(usage));
+    Ok(respond(
+        StatusCode::OK,
+        super::full(out.into()),
+        &headers,
+        &to,
+    ))
+}
