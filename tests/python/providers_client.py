@@ -186,6 +186,40 @@ def embedding_checks(base_url, key):
         assert "no embeddings API" in e.body["message"], e.body
 
 
+PERSON = {
+    "type": "json_schema",
+    "json_schema": {"name": "person", "schema": {
+        "type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"], "additionalProperties": False}},
+}
+
+
+def json_mode_checks(base_url, key):
+    """JSON mode on models whose provider has none (Claude, Bedrock): asked for through a
+    forced tool, answered as plain content, streamed as content deltas."""
+    oc = openai.OpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0)
+    messages = [{"role": "user", "content": "a person, as JSON"}]
+    for model in ["claude-sonnet-4-5", "vertex-claude", "bedrock-claude", "bedrock-nova"]:
+        r = oc.chat.completions.create(model=model, messages=messages, response_format=PERSON)
+        choice = r.choices[0]
+        assert choice.finish_reason == "stop" and not choice.message.tool_calls, (model, r)
+        assert json.loads(choice.message.content) == {"name": "Paris"}, (model, r)
+        r = oc.chat.completions.create(model=model, messages=messages, response_format={"type": "json_object"})
+        assert isinstance(json.loads(r.choices[0].message.content), dict), (model, r)
+        stream = oc.chat.completions.create(model=model, messages=messages, response_format=PERSON, stream=True)
+        text, finish = "", None
+        for chunk in stream:
+            for c in chunk.choices:
+                assert not c.delta.tool_calls, (model, chunk)
+                text += c.delta.content or ""
+                finish = c.finish_reason or finish
+        assert json.loads(text) == {"name": "Paris"} and finish == "stop", (model, text, finish)
+        try:
+            oc.chat.completions.create(model=model, messages=messages, response_format=PERSON, tools=WEATHER_OPENAI)
+            raise AssertionError("expected a 400")
+        except openai.BadRequestError as e:
+            assert "cannot be combined with tools" in e.body["message"], e.body
+
+
 def count_checks(base_url, key):
     ac = anthropic.Anthropic(base_url=base_url, api_key=key, max_retries=0)
     messages = [{"role": "user", "content": "weather in Paris?"}]
@@ -229,6 +263,8 @@ def main(base_url, key):
     print("embeddings: ok")
     count_checks(base_url, key)
     print("count_tokens: ok")
+    json_mode_checks(base_url, key)
+    print("json mode: ok")
     print("python providers: ok")
 
 

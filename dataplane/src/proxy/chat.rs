@@ -284,6 +284,7 @@ async fn forward(
         } else {
             String::new()
         },
+        json_mode: api == Api::OpenAi && head.json_mode,
     };
     let upstream_body: Bytes = if plan.passes_request() {
         let body = head.with_model(body, model);

@@ -83,6 +83,7 @@ async fn forward(
         include_usage: false,
         created: now_unix(),
         id: String::new(),
+        json_mode: false,
     };
     let (uri, upstream_body) = match wire {
         Wire::Anthropic | Wire::VertexAnthropic => {

@@ -19,6 +19,8 @@ pub struct ChatHead {
     pub include_usage: bool,
     /// The body has a `stream_options` member.
     has_stream_options: bool,
+    /// `response_format` asks for JSON (OpenAI).
+    pub json_mode: bool,
 }
 
 #[derive(Deserialize)]
@@ -28,7 +30,15 @@ struct StreamOptions {
 }
 
 #[derive(Deserialize)]
+struct ResponseFormat<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
 struct Head<'a> {
+    #[serde(borrow, default)]
+    response_format: Option<ResponseFormat<'a>>,
     #[serde(borrow, default)]
     model: Option<&'a RawValue>,
     #[serde(default)]
@@ -61,6 +71,10 @@ impl ChatHead {
             model_span: start..start + raw.get().len(),
             stream: head.stream.unwrap_or(false),
             has_stream_options: head.stream_options.is_some(),
+            json_mode: head
+                .response_format
+                .and_then(|f| f.kind)
+                .is_some_and(|k| k == "json_object" || k == "json_schema"),
             include_usage: head
                 .stream_options
                 .and_then(|o| o.include_usage)

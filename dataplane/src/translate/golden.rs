@@ -84,6 +84,7 @@ fn plan(client: Api, wire: Wire, provider: ProviderKind, model: &str, include_us
         include_usage,
         created: 1_700_000_000,
         id: "tg-test".into(),
+        json_mode: false,
     }
 }
 
@@ -125,6 +126,9 @@ fn every_pair() {
             let out_dir = root.join(format!("golden/{client_dir}-{wire_dir}"));
             // Requests.
             for (name, body) in cases(&root.join("client").join(client_dir), "json") {
+                let mut p = p.clone();
+                p.json_mode = client == Api::OpenAi
+                    && crate::proxy::request::ChatHead::parse(&body).is_ok_and(|h| h.json_mode);
                 let out = if p.passes_request() {
                     "passed through with only the model rewritten\n".to_string()
                 } else {
@@ -228,5 +232,80 @@ fn cut_streams_end_in_an_error() {
                 "{client_dir}-{wire_dir}: {out}"
             );
         }
+    }
+}
+
+/// JSON mode through a forced tool: the tool call in the provider's answer (JSON and
+/// stream) reaches the OpenAI client as the message content, finishing with `stop`.
+#[test]
+fn json_mode_answers_are_content() {
+    let root = root();
+    for (wire_dir, wire, provider, model) in WIRES {
+        if !matches!(
+            wire,
+            Wire::Anthropic | Wire::VertexAnthropic | Wire::Bedrock
+        ) {
+            continue;
+        }
+        let mut p = plan(Api::OpenAi, wire, provider, model, false);
+        p.json_mode = true;
+        let upstream_wire = if wire_dir == "vertex-anthropic" {
+            "anthropic"
+        } else {
+            wire_dir
+        };
+        let up = root.join("upstream").join(upstream_wire);
+        let out_dir = root.join(format!("golden/openai-{wire_dir}"));
+        let body = std::fs::read(up.join("tool_call.json")).unwrap();
+        let (out, _) = p.response(body.into()).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(
+            serde_json::from_str::<Value>(content).is_ok(),
+            "{wire_dir}: {v}"
+        );
+        assert!(
+            v["choices"][0]["message"].get("tool_calls").is_none(),
+            "{wire_dir}: {v}"
+        );
+        assert_eq!(v["choices"][0]["finish_reason"], "stop", "{wire_dir}");
+        golden(&out_dir.join("response_json_mode.json"), &pretty(&out));
+
+        let ext = if wire == Wire::Bedrock {
+            "jsonl"
+        } else {
+            "sse"
+        };
+        let raw = std::fs::read(up.join(format!("tool_call.{ext}"))).unwrap();
+        let bytes = upstream_stream(wire_dir, &raw);
+        let whole = run_stream(&p, &bytes, bytes.len());
+        assert_eq!(run_stream(&p, &bytes, 7), whole, "{wire_dir}: chunked");
+        let mut text = String::new();
+        let mut finish = None;
+        for event in whole.split("\n\n").filter_map(|e| e.strip_prefix("data: ")) {
+            let Ok(chunk) = serde_json::from_str::<Value>(event) else {
+                continue;
+            };
+            assert!(!event.contains("tool_calls"), "{wire_dir}: {event}");
+            if let Some(c) = chunk
+                .pointer("/choices/0/delta/content")
+                .and_then(Value::as_str)
+            {
+                text.push_str(c);
+            }
+            if let Some(f) = chunk
+                .pointer("/choices/0/finish_reason")
+                .and_then(Value::as_str)
+            {
+                finish = Some(f.to_string());
+            }
+        }
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).unwrap(),
+            serde_json::from_str::<Value>(content).unwrap(),
+            "{wire_dir}: the streamed JSON is the whole JSON"
+        );
+        assert_eq!(finish.as_deref(), Some("stop"), "{wire_dir}");
+        golden(&out_dir.join("stream_json_mode.sse"), &whole);
     }
 }

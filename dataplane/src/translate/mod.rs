@@ -187,6 +187,144 @@ pub(crate) fn refuse_n(obj: &Value, provider: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The name of the tool that carries JSON mode's answer when `response_format` asks for
+/// `json_object` (a `json_schema` lends its own name).
+pub(crate) const JSON_TOOL: &str = "json_response";
+
+/// JSON mode for providers without one (Anthropic, Bedrock): the OpenAI request with
+/// `response_format` replaced by a single tool whose input schema is the wanted JSON, and
+/// `tool_choice` forcing it. The answer's call becomes the message content again
+/// ([`calls_as_content`]). `None` when the request does not ask for JSON.
+pub(crate) fn json_mode_as_tool(v: &Value) -> Result<Option<Value>, ApiError> {
+    let Some(format) = v.get("response_format").filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    let (name, description, schema) = match format.get("type").and_then(Value::as_str) {
+        Some("text") => return Ok(None),
+        Some("json_object") => (
+            JSON_TOOL.to_string(),
+            "Give the answer as a JSON object.".to_string(),
+            serde_json::json!({"type": "object"}),
+        ),
+        Some("json_schema") => {
+            let s = format
+                .get("json_schema")
+                .ok_or_else(|| bad("response_format.json_schema", "is required"))?;
+            let name = s
+                .get("name")
+                .and_then(Value::as_str)
+                .filter(|n| {
+                    !n.is_empty()
+                        && n.len() <= 64
+                        && n.bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                })
+                .ok_or_else(|| {
+                    bad(
+                        "response_format.json_schema.name",
+                        "must be 1 to 64 letters, digits, _ or -",
+                    )
+                })?;
+            let description = s
+                .get("description")
+                .and_then(Value::as_str)
+                .unwrap_or("Give the answer as JSON matching this schema.");
+            (
+                name.to_string(),
+                description.to_string(),
+                s.get("schema")
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!({"type": "object"})),
+            )
+        }
+        _ => {
+            return Err(bad(
+                "response_format.type",
+                "must be text, json_object or json_schema",
+            ));
+        }
+    };
+    if v.get("tools")
+        .and_then(Value::as_array)
+        .is_some_and(|t| !t.is_empty())
+    {
+        return Err(bad(
+            "response_format",
+            "JSON mode cannot be combined with tools for this model: the gateway asks for the JSON through a tool",
+        ));
+    }
+    let mut out = v.clone();
+    if let Some(obj) = out.as_object_mut() {
+        obj.remove("response_format");
+        obj.insert(
+            "tools".into(),
+            serde_json::json!([{"type": "function", "function": {
+                "name": name, "description": description, "parameters": schema}}]),
+        );
+        obj.insert(
+            "tool_choice".into(),
+            serde_json::json!({"type": "function", "function": {"name": name}}),
+        );
+    }
+    Ok(Some(out))
+}
+
+/// JSON mode's answer in an OpenAI completion: the forced call's arguments become the
+/// message content, and `tool_calls` finishes as `stop`.
+pub(crate) fn calls_as_content(completion: &mut Value) {
+    let Some(choices) = completion.get_mut("choices").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for choice in choices {
+        let arguments = choice
+            .pointer("/message/tool_calls/0/function/arguments")
+            .cloned();
+        if let Some(message) = choice.get_mut("message").and_then(Value::as_object_mut)
+            && let Some(arguments) = arguments
+        {
+            message.remove("tool_calls");
+            message.insert("content".into(), arguments);
+        }
+        if choice.get("finish_reason").and_then(Value::as_str) == Some("tool_calls") {
+            choice["finish_reason"] = Value::String("stop".into());
+        }
+    }
+}
+
+/// JSON mode's answer in an OpenAI chunk: the forced call's argument fragments become
+/// content fragments (its opening, with id and name, an empty one); text beside the call is
+/// not part of the JSON and is dropped; `tool_calls` finishes as `stop`. False when the
+/// chunk is not a chat chunk.
+pub(crate) fn chunk_calls_as_content(chunk: &mut Value) -> bool {
+    let Some(choices) = chunk.get_mut("choices").and_then(Value::as_array_mut) else {
+        return false;
+    };
+    for choice in choices {
+        if let Some(delta) = choice.get_mut("delta").and_then(Value::as_object_mut) {
+            let calls = delta.remove("tool_calls");
+            let fragment = calls
+                .as_ref()
+                .and_then(Value::as_array)
+                .and_then(|c| {
+                    c.iter()
+                        .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+                })
+                .and_then(|c| c.pointer("/function/arguments"))
+                .cloned();
+            if calls.is_some() || delta.contains_key("content") {
+                delta.insert(
+                    "content".into(),
+                    fragment.unwrap_or_else(|| Value::String(String::new())),
+                );
+            }
+        }
+        if choice.get("finish_reason").and_then(Value::as_str) == Some("tool_calls") {
+            choice["finish_reason"] = Value::String("stop".into());
+        }
+    }
+    true
+}
+
 /// Refuses parameters that are set (not null or false) and cannot be honoured.
 pub(crate) fn refuse_set(obj: &Value, params: &[&str], provider: &str) -> Result<(), ApiError> {
     for p in params {

@@ -10,8 +10,9 @@
 //! - `max_completion_tokens` or `max_tokens` become `max_tokens` (default 4096: Anthropic
 //!   requires it); `stop` becomes `stop_sequences`; `temperature`, `top_p` pass;
 //!   `user` becomes `metadata.user_id`;
-//! - `n` > 1, `response_format` other than `text`, `logprobs`, `audio` are refused with a
-//!   400 naming the parameter; penalties, `seed` and `logit_bias` are dropped (Anthropic
+//! - `response_format` `json_object`/`json_schema` arrives here already turned into a forced
+//!   tool by the pipeline (`translate::json_mode_as_tool`);
+//! - `n` > 1, `logprobs`, `audio` are refused with a 400 naming the parameter; penalties, `seed` and `logit_bias` are dropped (Anthropic
 //!   has no equivalent and they do not change what is asked).
 
 use std::borrow::Cow;

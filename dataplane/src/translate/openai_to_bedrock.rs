@@ -12,8 +12,9 @@
 //! - `max_completion_tokens`/`max_tokens` -> `inferenceConfig.maxTokens`, `stop` ->
 //!   `stopSequences`, `temperature`, `top_p` -> `topP`; a `cache_control` on a part adds a
 //!   `cachePoint` after it;
-//! - `n` > 1, `response_format` other than `text`, `logprobs`, `audio` are refused with a
-//!   400; `seed`, penalties, `user`, `logit_bias`, `parallel_tool_calls` are dropped.
+//! - `response_format` `json_object`/`json_schema` arrives here already turned into a forced
+//!   tool by the pipeline (`translate::json_mode_as_tool`);
+//! - `n` > 1, `logprobs`, `audio` are refused with a 400; `seed`, penalties, `user`, `logit_bias`, `parallel_tool_calls` are dropped.
 
 use serde_json::{Map, Value, json};
 

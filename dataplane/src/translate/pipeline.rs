@@ -33,6 +33,9 @@ pub struct Plan {
     pub created: i64,
     /// An id for answers whose provider gives none (Bedrock).
     pub id: String,
+    /// The OpenAI client asked for JSON (`response_format`); for providers without JSON
+    /// mode it is asked for through a forced tool, whose call is the answer's content.
+    pub json_mode: bool,
 }
 
 impl Plan {
@@ -75,7 +78,28 @@ impl Plan {
         serde_json::to_vec(&out).map_err(|_| ApiError::Internal)
     }
 
+    /// JSON mode goes through a forced tool for these wire formats.
+    fn json_by_tool(&self) -> bool {
+        self.json_mode
+            && self.client == Api::OpenAi
+            && matches!(
+                self.wire,
+                Wire::Anthropic | Wire::VertexAnthropic | Wire::Bedrock
+            )
+    }
+
     fn openai_to_wire(&self, v: &Value) -> Result<Value, ApiError> {
+        let with_tool;
+        let v = match self.json_by_tool() {
+            true => match super::json_mode_as_tool(v)? {
+                Some(t) => {
+                    with_tool = t;
+                    &with_tool
+                }
+                None => v,
+            },
+            false => v,
+        };
         Ok(match self.wire {
             Wire::OpenAi => v.clone(),
             Wire::Anthropic => super::openai_to_anthropic::request_value(v, &self.model)?,
@@ -120,6 +144,10 @@ impl Plan {
                 self.created,
             ),
         };
+        let mut openai = openai;
+        if self.json_by_tool() {
+            super::calls_as_content(&mut openai);
+        }
         let usage = openai.get("usage").and_then(Usage::from_openai);
         let out = match self.client {
             Api::OpenAi => openai,
@@ -188,11 +216,54 @@ impl Plan {
                 usage_in_chunks,
             )),
         };
+        let first = if self.json_by_tool() {
+            Box::new(JsonAsContent(first))
+        } else {
+            first
+        };
         Chain {
             decoder,
             first,
             second: second.map(|s| (sse::Parser::default(), s)),
         }
+    }
+}
+
+/// JSON mode through a forced tool, in a stream: the translated OpenAI chunks have the
+/// call's fragments moved into content (see [`super::chunk_calls_as_content`]).
+struct JsonAsContent(Box<dyn StreamStep>);
+
+impl JsonAsContent {
+    fn rewrite(out: String) -> String {
+        let mut rewritten = String::with_capacity(out.len());
+        for event in out.split_inclusive("\n\n") {
+            let data = event.strip_prefix("data: ").map(str::trim_end);
+            match data.and_then(|d| serde_json::from_str::<Value>(d).ok()) {
+                Some(mut chunk) => {
+                    if super::chunk_calls_as_content(&mut chunk) {
+                        rewritten.push_str(&super::sse_data(&chunk));
+                    } else {
+                        rewritten.push_str(event);
+                    }
+                }
+                None => rewritten.push_str(event),
+            }
+        }
+        rewritten
+    }
+}
+
+impl StreamStep for JsonAsContent {
+    fn event(&mut self, event: &sse::Event) -> String {
+        Self::rewrite(self.0.event(event))
+    }
+
+    fn end(&mut self) -> String {
+        Self::rewrite(self.0.end())
+    }
+
+    fn usage(&self) -> Option<Usage> {
+        self.0.usage()
     }
 }
 
