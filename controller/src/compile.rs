@@ -677,6 +677,26 @@ fn compile_provider(
                 context_window: m.context_window.unwrap_or(0),
             })
             .collect(),
+        compatibility: p.spec.compatibility.as_ref().map(|c| pb::Compatibility {
+            no_stream_usage: c.stream_usage == Some(false),
+            max_tokens_field: match c.max_tokens_field {
+                Some(tollgate_crds::provider::MaxTokensField::MaxTokens) => "max_tokens".into(),
+                Some(tollgate_crds::provider::MaxTokensField::MaxCompletionTokens) => {
+                    "max_completion_tokens".into()
+                }
+                None => String::new(),
+            },
+            drop_params: c.drop_params.clone(),
+            developer_as_system: c.developer_as_system == Some(true),
+            headers: c
+                .headers
+                .iter()
+                .map(|h| pb::Header {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+        }),
         health: p.spec.health.as_ref().map(|h| pb::Health {
             consecutive_failures: h.consecutive_failures.unwrap_or(0),
             base_ejection_ms: ms(h.base_ejection_time.as_ref()),

@@ -42,6 +42,7 @@ use crate::common::{ObjectStatus, SecretKeyRef};
 #[x_kube(validation = Rule::new("self.type != 'bedrock' || has(self.region)").message("region is required for bedrock providers"))]
 #[x_kube(validation = Rule::new("self.type != 'vertex-ai' || (has(self.project) && has(self.region))").message("project and region are required for vertex-ai providers"))]
 #[x_kube(validation = Rule::new("self.type != 'azure-openai' || has(self.apiVersion)").message("apiVersion is required for azure-openai providers"))]
+#[x_kube(validation = Rule::new("!has(self.compatibility) || self.type in ['openai', 'azure-openai', 'openai-compatible']").message("compatibility applies to openai, azure-openai and openai-compatible providers"))]
 #[serde(rename_all = "camelCase")]
 pub struct LlmProviderSpec {
     /// The provider's API family.
@@ -78,6 +79,56 @@ pub struct LlmProviderSpec {
     /// Outlier ejection.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health: Option<HealthSpec>,
+    /// Settings for servers that speak OpenAI's API with differences (openai,
+    /// azure-openai, openai-compatible): vLLM, Ollama, Groq, Mistral, DeepSeek, ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compatibility: Option<Compatibility>,
+}
+
+/// How to talk to a server whose OpenAI API differs from OpenAI's own.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Compatibility {
+    /// Ask streams for a final usage chunk (`stream_options.include_usage`) so that every
+    /// stream is metered (default true). Turn off for servers that reject
+    /// `stream_options`; their streams are then metered only when they send usage anyway.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream_usage: Option<bool>,
+    /// The token-limit field the server understands: `max_tokens` or
+    /// `max_completion_tokens`. Either one in a request is renamed to it. Unset: as sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_tokens_field: Option<MaxTokensField>,
+    /// Top-level request members removed before sending (e.g. `parallel_tool_calls`,
+    /// `store`, `service_tier` for servers that reject what they do not know).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub drop_params: Vec<String>,
+    /// Send `developer` messages with the `system` role, for servers that know only that.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub developer_as_system: Option<bool>,
+    /// Extra request headers (not secrets), e.g. OpenRouter's `HTTP-Referer` and `X-Title`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub headers: Vec<HeaderSetting>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MaxTokensField {
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
+/// One request header.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize, JsonSchema)]
+pub struct HeaderSetting {
+    #[schemars(
+        regex(pattern = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"),
+        length(min = 1, max = 128)
+    )]
+    pub name: String,
+    #[schemars(length(max = 4096))]
+    pub value: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize, Serialize, JsonSchema)]

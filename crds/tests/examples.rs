@@ -159,3 +159,34 @@ fn committed_crds_match_the_types() {
         );
     }
 }
+
+/// `compatibility` belongs to OpenAI-format providers only, and its header names are
+/// checked before any dataplane sees them.
+#[test]
+fn compatibility_is_checked() {
+    let validator = committed_validator();
+    let (origin, _, doc) = examples()
+        .into_iter()
+        .find(|(origin, _, d)| {
+            origin.contains("openai-compatible") && d["metadata"]["name"] == "openrouter"
+        })
+        .unwrap();
+    let mut on_bedrock = doc.clone();
+    on_bedrock["spec"]["type"] = json!("bedrock");
+    on_bedrock["spec"]["region"] = json!("us-east-1");
+    let errors = validator
+        .validate(Kind::LlmProvider, &on_bedrock)
+        .unwrap_err();
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.message.contains("compatibility applies to")),
+        "{origin}: {errors:?}"
+    );
+    let mut bad_header = doc.clone();
+    bad_header["spec"]["compatibility"]["headers"][0]["name"] = json!("bad name");
+    assert!(validator.validate(Kind::LlmProvider, &bad_header).is_err());
+    let mut bad_field = doc;
+    bad_field["spec"]["compatibility"]["maxTokensField"] = json!("tokens");
+    assert!(validator.validate(Kind::LlmProvider, &bad_field).is_err());
+}

@@ -40,6 +40,8 @@ pub enum ConvertError {
     NoTargets,
     #[error("header match {name:?}: {reason}")]
     BadHeaderMatch { name: String, reason: String },
+    #[error("compatibility: {0}")]
+    BadCompatibility(String),
 }
 
 /// Wire families the dataplane knows how to call.
@@ -113,6 +115,110 @@ pub struct Provider {
     /// `anthropic-version` for Anthropic providers: `api_version`, or the default.
     pub anthropic_version: HeaderValue,
     pub credentials: Vec<Credential>,
+    /// How this server's OpenAI API differs from OpenAI's (`spec.compatibility`).
+    pub compat: Compat,
+}
+
+/// A server's differences from OpenAI's API, applied to every request sent to it in
+/// OpenAI's format.
+#[derive(Clone, Debug, Default)]
+pub struct Compat {
+    /// Streams get `stream_options.include_usage` (the default).
+    pub stream_usage: bool,
+    /// The token-limit field the server takes; `None` leaves requests as sent.
+    pub max_tokens_field: Option<&'static str>,
+    pub drop_params: Vec<String>,
+    pub developer_as_system: bool,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl Compat {
+    /// Nothing in the body changes.
+    pub fn keeps_body(&self) -> bool {
+        self.max_tokens_field.is_none() && self.drop_params.is_empty() && !self.developer_as_system
+    }
+
+    /// The request body as this server takes it (the same bytes when nothing applies).
+    pub fn apply(&self, body: bytes::Bytes) -> bytes::Bytes {
+        if self.keeps_body() {
+            return body;
+        }
+        let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
+            return body;
+        };
+        let Some(obj) = v.as_object_mut() else {
+            return body;
+        };
+        for p in &self.drop_params {
+            obj.remove(p);
+        }
+        if let Some(field) = self.max_tokens_field {
+            let other = if field == "max_tokens" {
+                "max_completion_tokens"
+            } else {
+                "max_tokens"
+            };
+            if let Some(n) = obj.remove(other) {
+                obj.entry(field).or_insert(n);
+            }
+        }
+        if self.developer_as_system
+            && let Some(messages) = obj.get_mut("messages").and_then(|m| m.as_array_mut())
+        {
+            for m in messages {
+                if m.get("role").and_then(|r| r.as_str()) == Some("developer") {
+                    m["role"] = serde_json::Value::String("system".into());
+                }
+            }
+        }
+        serde_json::to_vec(&v).map(Into::into).unwrap_or(body)
+    }
+}
+
+impl TryFrom<Option<&pb::Compatibility>> for Compat {
+    type Error = ConvertError;
+
+    fn try_from(c: Option<&pb::Compatibility>) -> Result<Self, Self::Error> {
+        let Some(c) = c else {
+            return Ok(Self {
+                stream_usage: true,
+                ..Self::default()
+            });
+        };
+        let max_tokens_field = match c.max_tokens_field.as_str() {
+            "" => None,
+            "max_tokens" => Some("max_tokens"),
+            "max_completion_tokens" => Some("max_completion_tokens"),
+            other => {
+                return Err(ConvertError::BadCompatibility(format!(
+                    "maxTokensField {other:?} is not max_tokens or max_completion_tokens"
+                )));
+            }
+        };
+        let headers = c
+            .headers
+            .iter()
+            .map(|h| {
+                let name = HeaderName::try_from(h.name.as_str()).map_err(|_| {
+                    ConvertError::BadCompatibility(format!("{:?} is not a header name", h.name))
+                })?;
+                let value = HeaderValue::try_from(h.value.as_str()).map_err(|_| {
+                    ConvertError::BadCompatibility(format!(
+                        "the value of header {} cannot be sent",
+                        h.name
+                    ))
+                })?;
+                Ok((name, value))
+            })
+            .collect::<Result<_, ConvertError>>()?;
+        Ok(Self {
+            stream_usage: !c.no_stream_usage,
+            max_tokens_field,
+            drop_params: c.drop_params.clone(),
+            developer_as_system: c.developer_as_system,
+            headers,
+        })
+    }
 }
 
 /// The wire format a provider speaks for a model.
@@ -358,6 +464,7 @@ impl TryFrom<&pb::Provider> for Provider {
                     .map_err(|_| ConvertError::BadApiVersion(p.api_version.clone()))?
             },
             credentials,
+            compat: Compat::try_from(p.compatibility.as_ref())?,
         })
     }
 }
@@ -562,6 +669,59 @@ pub fn pick_weighted<T>(items: &[T], weight: impl Fn(&T) -> u32) -> Option<&T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn compatibility_settings_rewrite_only_what_they_name() {
+        let c = Compat::try_from(Some(&pb::Compatibility {
+            no_stream_usage: true,
+            max_tokens_field: "max_tokens".into(),
+            drop_params: vec!["store".into()],
+            developer_as_system: true,
+            headers: vec![pb::Header {
+                name: "X-Title".into(),
+                value: "t".into(),
+            }],
+        }))
+        .unwrap();
+        assert!(!c.stream_usage);
+        let out = c.apply(bytes::Bytes::from_static(
+            br#"{"model":"m","max_completion_tokens":5,"store":true,"messages":[{"role":"developer","content":"d"},{"role":"user","content":"u"}]}"#,
+        ));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"model":"m","max_tokens":5,"messages":[{"role":"system","content":"d"},{"role":"user","content":"u"}]})
+        );
+        // Both fields present: the one the server takes wins, the other goes.
+        let out = c.apply(bytes::Bytes::from_static(
+            br#"{"max_tokens":7,"max_completion_tokens":5}"#,
+        ));
+        assert_eq!(&out[..], br#"{"max_tokens":7}"#);
+
+        let none = Compat::try_from(None).unwrap();
+        assert!(none.stream_usage && none.keeps_body());
+        let body = bytes::Bytes::from_static(br#"{ "model" : "m" }"#);
+        assert_eq!(none.apply(body.clone()).as_ptr(), body.as_ptr(), "no copy");
+
+        for bad in [
+            pb::Compatibility {
+                max_tokens_field: "tokens".into(),
+                ..Default::default()
+            },
+            pb::Compatibility {
+                headers: vec![pb::Header {
+                    name: "bad name".into(),
+                    value: "v".into(),
+                }],
+                ..Default::default()
+            },
+        ] {
+            assert!(matches!(
+                Compat::try_from(Some(&bad)),
+                Err(ConvertError::BadCompatibility(_))
+            ));
+        }
+    }
 
     #[test]
     fn anthropic_version_is_resolved_once() {

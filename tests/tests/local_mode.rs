@@ -1047,3 +1047,60 @@ async fn count_tokens_matches_the_usage_of_the_answer() {
     })
     .await;
 }
+
+/// An OpenAI-compatible server's differences (spec.compatibility) shape what it is sent:
+/// fields renamed and dropped, roles mapped, headers added, no stream_options.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compatibility_settings_shape_the_upstream_request() {
+    let stack = Stack::start_all_providers().unwrap();
+    with_logs(&stack, async {
+        let last_request = || {
+            let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
+            let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
+            requests.last().unwrap().clone()
+        };
+        let body = r#"{"model":"quirky","stream":true,"max_completion_tokens":50,
+            "parallel_tool_calls":false,"store":true,"temperature":0.5,
+            "messages":[{"role":"developer","content":"be brief"},{"role":"user","content":"hi there"}]}"#;
+        let (status, headers, v) = post(stack.api(), Some(DEMO_KEY), body).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(headers["x-tollgate-provider"], "default/quirky");
+        let text = v.as_str().unwrap_or_default();
+        assert!(
+            text.contains(r#""content":"Mock""#) && text.ends_with("data: [DONE]\n\n"),
+            "{text}"
+        );
+        let sent = last_request();
+        let b = &sent["body"];
+        assert!(b.get("stream_options").is_none(), "{b}");
+        assert_eq!(b["max_tokens"], 50, "{b}");
+        assert!(b.get("max_completion_tokens").is_none(), "{b}");
+        assert!(b.get("parallel_tool_calls").is_none() && b.get("store").is_none(), "{b}");
+        assert_eq!(b["messages"][0]["role"], "system", "{b}");
+        assert_eq!(b["temperature"], 0.5, "{b}");
+        assert_eq!(b["model"], "llama-3.1-8b", "{b}");
+        assert_eq!(sent["headers"]["x-title"], "Tollgate tests");
+
+        // An Anthropic client on the same server: translated, then the same settings.
+        let (status, _, v) = post_to(
+            stack.api(),
+            "/messages",
+            Some(DEMO_KEY),
+            r#"{"model":"quirky","max_tokens":20,"stream":true,"messages":[{"role":"user","content":"hello"}]}"#,
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        let b = &last_request()["body"];
+        assert!(b.get("stream_options").is_none(), "{b}");
+        assert_eq!(b["max_tokens"], 20, "{b}");
+
+        // Without settings, the same request keeps its fields and gets stream_options.
+        let (status, _, _) = post(stack.api(), Some(DEMO_KEY), &body.replace("\"quirky\"", "\"vllm-llama\"")).await;
+        assert_eq!(status, 200);
+        let b = &last_request()["body"];
+        assert_eq!(b["stream_options"]["include_usage"], true, "{b}");
+        assert_eq!(b["max_completion_tokens"], 50, "{b}");
+        assert_eq!(b["messages"][0]["role"], "developer", "{b}");
+    })
+    .await;
+}

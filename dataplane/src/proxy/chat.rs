@@ -286,9 +286,9 @@ async fn forward(
         },
         json_mode: api == Api::OpenAi && head.json_mode,
     };
-    let upstream_body: Bytes = if plan.passes_request() {
+    let mut upstream_body: Bytes = if plan.passes_request() {
         let body = head.with_model(body, model);
-        if wire == Wire::OpenAi {
+        if wire == Wire::OpenAi && provider.compat.stream_usage {
             head.with_usage_requested(body)
         } else {
             body
@@ -296,6 +296,12 @@ async fn forward(
     } else {
         plan.request(&body)?.into()
     };
+    if wire == Wire::OpenAi {
+        upstream_body = provider.compat.apply(upstream_body);
+        if !provider.compat.stream_usage && !plan.passes_request() {
+            upstream_body = without_stream_options(upstream_body);
+        }
+    }
     let uri = match wire {
         Wire::OpenAi => provider.chat_uri(model),
         Wire::Anthropic => provider.messages_uri(),
@@ -375,6 +381,19 @@ async fn forward(
     Ok(out)
 }
 
+/// A translated body without `stream_options`, for servers that reject it.
+fn without_stream_options(body: Bytes) -> Bytes {
+    match serde_json::from_slice::<serde_json::Value>(&body) {
+        Ok(mut v) if v.get("stream_options").is_some() => {
+            if let Some(obj) = v.as_object_mut() {
+                obj.remove("stream_options");
+            }
+            serde_json::to_vec(&v).map(Into::into).unwrap_or(body)
+        }
+        _ => body,
+    }
+}
+
 /// A process-unique id for answers whose provider gives none.
 fn next_id() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -411,6 +430,9 @@ pub(super) async fn build_upstream(
         if let Some(v) = client_headers.get(name) {
             headers.insert(HeaderName::from_static(name), v.clone());
         }
+    }
+    for (name, value) in &provider.compat.headers {
+        headers.insert(name.clone(), value.clone());
     }
     if wire_is_anthropic {
         // The client's own version and beta flags win when it speaks Anthropic's API.

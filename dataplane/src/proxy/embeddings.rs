@@ -97,7 +97,7 @@ async fn forward(
             &to,
             &parts.headers,
             uri,
-            head.with_model(body, model),
+            to.provider.compat.apply(head.with_model(body, model)),
             deadline,
         )
         .await?;

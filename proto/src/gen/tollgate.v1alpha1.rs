@@ -110,6 +110,35 @@ pub struct Provider {
     pub models: ::prost::alloc::vec::Vec<ModelPrice>,
     #[prost(message, optional, tag = "10")]
     pub health: ::core::option::Option<Health>,
+    #[prost(message, optional, tag = "11")]
+    pub compatibility: ::core::option::Option<Compatibility>,
+}
+/// Differences of a server speaking OpenAI's API (LLMProvider spec.compatibility).
+#[derive(Clone, PartialEq, ::prost::Message)]
+pub struct Compatibility {
+    /// Do not add stream_options.include_usage to streams.
+    #[prost(bool, tag = "1")]
+    pub no_stream_usage: bool,
+    /// "max_tokens" or "max_completion_tokens": the token-limit field the server takes; empty
+    /// leaves requests as sent.
+    #[prost(string, tag = "2")]
+    pub max_tokens_field: ::prost::alloc::string::String,
+    /// Top-level request members removed before sending.
+    #[prost(string, repeated, tag = "3")]
+    pub drop_params: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// Send developer messages with the system role.
+    #[prost(bool, tag = "4")]
+    pub developer_as_system: bool,
+    /// Extra request headers, in order.
+    #[prost(message, repeated, tag = "5")]
+    pub headers: ::prost::alloc::vec::Vec<Header>,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Header {
+    #[prost(string, tag = "1")]
+    pub name: ::prost::alloc::string::String,
+    #[prost(string, tag = "2")]
+    pub value: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 #[prost(skip_debug)]
