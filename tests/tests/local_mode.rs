@@ -982,11 +982,13 @@ async fn count_tokens_matches_the_usage_of_the_answer() {
             ("bedrock-claude", "/count-tokens"),
             ("bedrock-nova", "/count-tokens"),
         ] {
+            // cache_control reaches the providers that honour it (Bedrock as cachePoint).
             let body = serde_json::json!({
                 "model": model,
-                "system": "be brief",
+                "system": [{"type": "text", "text": "be brief", "cache_control": {"type": "ephemeral"}}],
                 "messages": [{"role": "user", "content": "how many tokens are in this request"}],
-                "tools": [{"name": "get_weather", "input_schema": {"type": "object"}}],
+                "tools": [{"name": "get_weather", "input_schema": {"type": "object"},
+                           "cache_control": {"type": "ephemeral"}}],
             });
             let (status, _, count) = post_to(
                 stack.api(),
@@ -1014,6 +1016,13 @@ async fn count_tokens_matches_the_usage_of_the_answer() {
             )
             .await;
             assert_eq!(status, 200, "{model}: {answer}");
+            if model.starts_with("bedrock") {
+                let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
+                let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
+                let sent = &requests.last().unwrap()["body"];
+                assert_eq!(sent["system"][1]["cachePoint"]["type"], "default", "{sent}");
+                assert_eq!(sent["toolConfig"]["tools"][1]["cachePoint"]["type"], "default", "{sent}");
+            }
             assert!(
                 count["input_tokens"].as_u64().unwrap() > 0,
                 "{model}: {count}"

@@ -11,8 +11,12 @@
 //!   becomes `stop`; `temperature`, `top_p` pass; `metadata.user_id` becomes `user`;
 //! - tools and `tool_choice` map to function tools (`any` -> `required`), and
 //!   `disable_parallel_tool_use` to `parallel_tool_calls: false`;
-//! - `thinking` and thinking blocks in the history, `top_k` and `cache_control` are dropped:
-//!   OpenAI's chat API has no equivalent (it caches prompts by itself);
+//! - `thinking` and thinking blocks in the history, and `top_k` are dropped: OpenAI's chat
+//!   API has no equivalent;
+//! - `cache_control` on system blocks, user text and image blocks and tools is kept on the
+//!   matching OpenAI part or tool when the request goes on to Bedrock (which turns it into
+//!   a `cachePoint`), and dropped otherwise (OpenAI caches prompts by itself, Gemini has no
+//!   per-request marker);
 //! - `document`, `search_result` and server-tool blocks are refused with a 400.
 
 use serde_json::{Map, Value, json};
@@ -84,8 +88,16 @@ fn tool_result_content(block: &Value) -> Value {
     }
 }
 
+/// `part` with `block`'s `cache_control`, when the request keeps them.
+fn cached(mut part: Value, block: &Value, keep: bool) -> Value {
+    if keep && let Some(cc) = block.get("cache_control") {
+        part["cache_control"] = cc.clone();
+    }
+    part
+}
+
 /// The OpenAI messages for one Anthropic message.
-fn messages_of(m: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), ApiError> {
+fn messages_of(m: &Value, i: usize, out: &mut Vec<Value>, keep: bool) -> Result<(), ApiError> {
     let param = format!("messages[{i}]");
     let role = m.get("role").and_then(Value::as_str).unwrap_or("");
     if role != "user" && role != "assistant" {
@@ -115,10 +127,10 @@ fn messages_of(m: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), ApiError
                 if role == "assistant" {
                     text.push_str(t);
                 } else {
-                    parts.push(json!({"type": "text", "text": t}));
+                    parts.push(cached(json!({"type": "text", "text": t}), b, keep));
                 }
             }
-            Some("image") if role == "user" => parts.push(image_part(b, &at)?),
+            Some("image") if role == "user" => parts.push(cached(image_part(b, &at)?, b, keep)),
             Some("tool_use") if role == "assistant" => calls.push(json!({
                 "id": b.get("id").cloned().unwrap_or(Value::Null),
                 "type": "function",
@@ -163,7 +175,9 @@ fn messages_of(m: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), ApiError
     } else if !parts.is_empty() {
         // A lone text block is sent as a string, which every OpenAI-compatible server takes.
         let content = match parts.as_slice() {
-            [only] if only["type"] == "text" => only["text"].clone(),
+            [only] if only["type"] == "text" && only.get("cache_control").is_none() => {
+                only["text"].clone()
+            }
             _ => Value::Array(parts),
         };
         out.push(json!({"role": "user", "content": content}));
@@ -171,7 +185,7 @@ fn messages_of(m: &Value, i: usize, out: &mut Vec<Value>) -> Result<(), ApiError
     Ok(())
 }
 
-fn tools(obj: &Value) -> Result<Option<Value>, ApiError> {
+fn tools(obj: &Value, keep: bool) -> Result<Option<Value>, ApiError> {
     let Some(list) = obj.get("tools").filter(|v| !v.is_null()) else {
         return Ok(None);
     };
@@ -201,15 +215,22 @@ fn tools(obj: &Value) -> Result<Option<Value>, ApiError> {
             if let Some(d) = t.get("description").and_then(Value::as_str) {
                 f["description"] = json!(d);
             }
-            Ok(json!({"type": "function", "function": f}))
+            Ok(cached(json!({"type": "function", "function": f}), t, keep))
         })
         .collect::<Result<Vec<_>, _>>()
         .map(|v| Some(Value::Array(v)))
 }
 
 /// The OpenAI chat request for an Anthropic request, sending `model`. Streams always ask
-/// for usage, so it can be metered and reported in `message_delta`.
-pub fn request_value(obj: &Value, model: &str, field: MaxTokensField) -> Result<Value, ApiError> {
+/// for usage, so it can be metered and reported in `message_delta`. `keep_cache_control`
+/// keeps `cache_control` markers on parts and tools, for a next step that honours them.
+pub fn request_value(
+    obj: &Value,
+    model: &str,
+    field: MaxTokensField,
+    keep_cache_control: bool,
+) -> Result<Value, ApiError> {
+    let keep = keep_cache_control;
     let messages = obj
         .get("messages")
         .and_then(Value::as_array)
@@ -220,13 +241,27 @@ pub fn request_value(obj: &Value, model: &str, field: MaxTokensField) -> Result<
         .ok_or_else(|| bad("max_tokens", "Field required"))?;
     let mut out_messages = Vec::new();
     if let Some(system) = obj.get("system").filter(|v| !v.is_null()) {
-        let text = text_of_system(system)?;
-        if !text.is_empty() {
-            out_messages.push(json!({"role": "system", "content": text}));
+        match system.as_array() {
+            Some(blocks) if keep && blocks.iter().any(|b| b.get("cache_control").is_some()) => {
+                let parts: Vec<Value> = blocks
+                    .iter()
+                    .filter_map(|b| {
+                        let t = b.get("text").and_then(Value::as_str)?;
+                        Some(cached(json!({"type": "text", "text": t}), b, keep))
+                    })
+                    .collect();
+                out_messages.push(json!({"role": "system", "content": parts}));
+            }
+            _ => {
+                let text = text_of_system(system)?;
+                if !text.is_empty() {
+                    out_messages.push(json!({"role": "system", "content": text}));
+                }
+            }
         }
     }
     for (i, m) in messages.iter().enumerate() {
-        messages_of(m, i, &mut out_messages)?;
+        messages_of(m, i, &mut out_messages, keep)?;
     }
     let mut out = Map::new();
     out.insert("model".into(), json!(model));
@@ -255,7 +290,7 @@ pub fn request_value(obj: &Value, model: &str, field: MaxTokensField) -> Result<
         out.insert("stream".into(), json!(true));
         out.insert("stream_options".into(), json!({"include_usage": true}));
     }
-    if let Some(t) = tools(obj)? {
+    if let Some(t) = tools(obj, keep)? {
         out.insert("tools".into(), t);
     }
     if let Some(choice) = obj.get("tool_choice").filter(|v| !v.is_null()) {
@@ -597,7 +632,7 @@ mod tests {
             {"role": "assistant", "content": [{"type": "text", "text": "checking"}, {"type": "tool_use", "id": "t1", "name": "w", "input": {"c": "Paris"}}]},
             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1", "content": "sunny"}, {"type": "text", "text": "thanks"}]}
         ]});
-        let out = request_value(&req, "gpt", MaxTokensField::MaxTokens).unwrap();
+        let out = request_value(&req, "gpt", MaxTokensField::MaxTokens, false).unwrap();
         let roles: Vec<&str> = out["messages"]
             .as_array()
             .unwrap()
@@ -616,7 +651,7 @@ mod tests {
     fn max_tokens_is_required() {
         let req = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
         assert!(matches!(
-            request_value(&req, "g", MaxTokensField::MaxTokens),
+            request_value(&req, "g", MaxTokensField::MaxTokens, false),
             Err(ApiError::BadRequest(m)) if m.starts_with("max_tokens")
         ));
     }

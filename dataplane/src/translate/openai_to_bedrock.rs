@@ -10,8 +10,8 @@
 //!   required / a function -> `auto` / `any` / `tool` (`none` is refused: Converse has no
 //!   such choice);
 //! - `max_completion_tokens`/`max_tokens` -> `inferenceConfig.maxTokens`, `stop` ->
-//!   `stopSequences`, `temperature`, `top_p` -> `topP`; a `cache_control` on a part adds a
-//!   `cachePoint` after it;
+//!   `stopSequences`, `temperature`, `top_p` -> `topP`; a `cache_control` on a part, a
+//!   system part or a tool adds a `cachePoint` after it;
 //! - `response_format` `json_object`/`json_schema` arrives here already turned into a forced
 //!   tool by the pipeline (`translate::json_mode_as_tool`);
 //! - `n` > 1, `logprobs`, `audio` are refused with a 400; `seed`, penalties, `user`, `logit_bias`, `parallel_tool_calls` are dropped.
@@ -91,19 +91,20 @@ fn tool_config(obj: &Value) -> Result<Option<Value>, ApiError> {
     let Some(functions) = super::openai_functions(obj, PROVIDER)? else {
         return Ok(None);
     };
-    let tools: Vec<Value> = functions
-        .iter()
-        .map(|f| {
-            let mut spec = json!({
-                "name": f.name,
-                "inputSchema": {"json": f.parameters.cloned().unwrap_or_else(|| json!({"type": "object"}))},
-            });
-            if let Some(d) = f.description {
-                spec["description"] = json!(d);
-            }
-            json!({"toolSpec": spec})
-        })
-        .collect();
+    let mut tools: Vec<Value> = Vec::with_capacity(functions.len());
+    for f in &functions {
+        let mut spec = json!({
+            "name": f.name,
+            "inputSchema": {"json": f.parameters.cloned().unwrap_or_else(|| json!({"type": "object"}))},
+        });
+        if let Some(d) = f.description {
+            spec["description"] = json!(d);
+        }
+        tools.push(json!({ "toolSpec": spec }));
+        if f.tool.get("cache_control").is_some() {
+            tools.push(json!({"cachePoint": {"type": "default"}}));
+        }
+    }
     let mut config = json!({"tools": tools});
     match super::openai_tool_choice(obj)? {
         None => {}
@@ -154,9 +155,22 @@ pub fn request_value(obj: &Value) -> Result<Value, ApiError> {
         let param = format!("messages[{i}]");
         let content = m.get("content").unwrap_or(&Value::Null);
         match m.get("role").and_then(Value::as_str).unwrap_or("") {
-            "system" | "developer" => {
-                system.push(json!({"text": openai_text(content, &format!("{param}.content"))?}))
-            }
+            "system" | "developer" => match content.as_array() {
+                // Parts marked with cache_control each get a cachePoint after them.
+                Some(parts) if parts.iter().any(|p| p.get("cache_control").is_some()) => {
+                    for p in parts {
+                        if let Some(t) = p.get("text").and_then(Value::as_str) {
+                            system.push(json!({ "text": t }));
+                        }
+                        if p.get("cache_control").is_some() {
+                            system.push(json!({"cachePoint": {"type": "default"}}));
+                        }
+                    }
+                }
+                _ => {
+                    system.push(json!({"text": openai_text(content, &format!("{param}.content"))?}))
+                }
+            },
             "user" => push_turn(
                 &mut out_messages,
                 "user",

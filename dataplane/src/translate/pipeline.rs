@@ -69,8 +69,12 @@ impl Plan {
                 } else {
                     super::anthropic_to_openai::MaxTokensField::MaxTokens
                 };
-                let openai =
-                    super::anthropic_to_openai::request_value(&client, &self.model, field)?;
+                let openai = super::anthropic_to_openai::request_value(
+                    &client,
+                    &self.model,
+                    field,
+                    self.wire == Wire::Bedrock,
+                )?;
                 self.openai_to_wire(&openai)?
             }
             (Api::OpenAi, _) => self.openai_to_wire(&client)?,
