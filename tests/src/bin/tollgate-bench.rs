@@ -132,8 +132,9 @@ struct Report {
     scenarios: Vec<Scenario>,
     json: Comparison,
     stream: Comparison,
-    translated_json: Translated,
-    translated_stream: Translated,
+    /// Tollgate translating OpenAI to each other wire format, against calling that API
+    /// directly.
+    translations: Vec<Translation>,
     dataplane: Dataplane,
     #[serde(skip_serializing_if = "Option::is_none")]
     scale: Option<Scale>,
@@ -223,11 +224,62 @@ fn messages_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target
     })
 }
 
-fn translated_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target> {
+/// An OpenAI chat request for `model` (a route to a provider of another format).
+fn translated_target(base: &str, key: &str, stream: bool, model: &str) -> anyhow::Result<Target> {
     let mut t = chat_target(base, key, stream)?;
-    let body = String::from_utf8_lossy(&t.body).replace("gpt-4o", "claude-sonnet-4-5");
+    let body = String::from_utf8_lossy(&t.body).replace("gpt-4o", model);
     t.body = Bytes::from(body);
     Ok(t)
+}
+
+/// Gemini's `generateContent` (or its SSE stream), called directly.
+fn gemini_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target> {
+    let verb = if stream {
+        "streamGenerateContent?alt=sse"
+    } else {
+        "generateContent"
+    };
+    Ok(Target {
+        uri: format!("{base}/v1beta/models/gemini-2.5-flash:{verb}").parse()?,
+        headers: vec![
+            (
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                HeaderName::from_static("x-goog-api-key"),
+                HeaderValue::from_str(key)?,
+            ),
+        ],
+        body: Bytes::from_static(
+            br#"{"contents":[{"role":"user","parts":[{"text":"Benchmark request"}]}]}"#,
+        ),
+    })
+}
+
+/// Bedrock's Converse (or ConverseStream), called directly with an API key.
+fn bedrock_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target> {
+    let verb = if stream {
+        "converse-stream"
+    } else {
+        "converse"
+    };
+    Ok(Target {
+        uri: format!("{base}/model/amazon.nova-pro-v1:0/{verb}").parse()?,
+        headers: vec![
+            (
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            ),
+            (
+                http::header::AUTHORIZATION,
+                HeaderValue::from_str(&format!("Bearer {key}"))?,
+            ),
+        ],
+        body: Bytes::from_static(
+            br#"{"messages":[{"role":"user","content":[{"text":"Benchmark request"}]}]}"#,
+        ),
+    })
 }
 
 /// How a path builds its request.
@@ -235,7 +287,10 @@ fn translated_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Targ
 enum Format {
     OpenAi,
     Anthropic,
-    OpenAiToAnthropic,
+    Gemini,
+    Bedrock,
+    /// OpenAI's format, for a model whose provider speaks another one.
+    OpenAiFor(&'static str),
 }
 
 fn manifests(dir: &Path, mock: &str) -> anyhow::Result<()> {
@@ -247,6 +302,20 @@ fn manifests(dir: &Path, mock: &str) -> anyhow::Result<()> {
         )?;
     }
     text += "apiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: bench\nspec:\n  match:\n    models: [gpt-4o]\n  targets:\n    - provider: bench-a\n      weight: 1\n    - provider: bench-b\n      weight: 1\n---\n";
+    for (name, kind, extra, model) in [
+        ("bench-gemini", "gemini", "", "gemini-2.5-flash"),
+        (
+            "bench-bedrock",
+            "bedrock",
+            "\n  region: us-east-1",
+            "amazon.nova-pro-v1:0",
+        ),
+    ] {
+        write!(
+            text,
+            "apiVersion: tollgate.dev/v1alpha1\nkind: LLMProvider\nmetadata:\n  name: {name}\nspec:\n  type: {kind}\n  endpoint: {mock}{extra}\n  credentials:\n    - secretRef:\n        name: bench-a-key\n---\napiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: {name}\nspec:\n  match:\n    models: [\"{model}\"]\n  targets:\n    - provider: {name}\n---\n"
+        )?;
+    }
     write!(
         text,
         "apiVersion: tollgate.dev/v1alpha1\nkind: LLMProvider\nmetadata:\n  name: bench-anthropic\nspec:\n  type: anthropic\n  endpoint: {mock}\n  credentials:\n    - secretRef:\n        name: bench-a-key\n---\napiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: claude\nspec:\n  match:\n    models: [claude-sonnet-4-5]\n  targets:\n    - provider: bench-anthropic\n---\n"
@@ -336,7 +405,9 @@ async fn measure(
         .map(|(_, base, key, format)| match format {
             Format::OpenAi => chat_target(base, key, stream),
             Format::Anthropic => messages_target(base, key, stream),
-            Format::OpenAiToAnthropic => translated_target(base, key, stream),
+            Format::Gemini => gemini_target(base, key, stream),
+            Format::Bedrock => bedrock_target(base, key, stream),
+            Format::OpenAiFor(model) => translated_target(base, key, stream, model),
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
     let rounds = args.rounds.max(1);
@@ -394,7 +465,15 @@ async fn measure(
     Ok(out)
 }
 
-/// Tollgate translating OpenAI to Anthropic, against calling Anthropic's API directly.
+/// Tollgate translating OpenAI to one wire format, in both modes.
+#[derive(Serialize)]
+struct Translation {
+    to: &'static str,
+    json: Translated,
+    stream: Translated,
+}
+
+/// Tollgate translating OpenAI to another format, against calling that API directly.
 #[derive(Serialize)]
 struct Translated {
     added_latency_ms: Added,
@@ -403,9 +482,10 @@ struct Translated {
     throughput_over_direct: f64,
 }
 
-fn compare_translated(s: &[Scenario], stream: bool) -> Translated {
+/// `s[direct]` is the direct call, `s[direct + 1]` Tollgate translating to it.
+fn compare_translated(s: &[Scenario], direct: usize, stream: bool) -> Translated {
     let pick = |i: usize| if stream { &s[i].stream } else { &s[i].json };
-    let (direct, tg) = (pick(3), pick(4));
+    let (direct, tg) = (pick(direct), pick(direct + 1));
     Translated {
         added_latency_ms: Added::between(&tg.fixed_rate.latency_ms, &direct.fixed_rate.latency_ms),
         added_first_chunk_ms: match (
@@ -623,14 +703,15 @@ fn table(r: &Report) -> String {
             c.throughput_tollgate_over_direct, c.throughput_tollgate_over_bare_proxy
         );
     }
-    for (mode, t) in [
-        ("json", &r.translated_json),
-        ("stream", &r.translated_stream),
-    ] {
+    for (to, mode, t) in r
+        .translations
+        .iter()
+        .flat_map(|t| [(t.to, "json", &t.json), (t.to, "stream", &t.stream)])
+    {
         let a = &t.added_latency_ms;
         let _ = writeln!(
             out,
-            "\nadded by tollgate translating OpenAI to Anthropic ({mode}), against a direct Anthropic call: p50 {:+.3} ms, p99 {:+.3}; max throughput ratio {:.2}",
+            "\nadded by tollgate translating OpenAI to {to} ({mode}), against a direct {to} call: p50 {:+.3} ms, p99 {:+.3}; max throughput ratio {:.2}",
             a.p50, a.p99, t.throughput_over_direct
         );
         if let Some(f) = &t.added_first_chunk_ms {
@@ -727,7 +808,31 @@ async fn main() -> anyhow::Result<()> {
             "tollgate-translated",
             tg.api.clone(),
             CLIENT_KEY,
-            Format::OpenAiToAnthropic,
+            Format::OpenAiFor("claude-sonnet-4-5"),
+        ),
+        (
+            "direct-gemini",
+            mock_url.clone(),
+            UPSTREAM_KEY,
+            Format::Gemini,
+        ),
+        (
+            "tollgate-to-gemini",
+            tg.api.clone(),
+            CLIENT_KEY,
+            Format::OpenAiFor("gemini-2.5-flash"),
+        ),
+        (
+            "direct-bedrock",
+            mock_url.clone(),
+            UPSTREAM_KEY,
+            Format::Bedrock,
+        ),
+        (
+            "tollgate-to-bedrock",
+            tg.api.clone(),
+            CLIENT_KEY,
+            Format::OpenAiFor("amazon.nova-pro-v1:0"),
         ),
     ];
     let pid = tg.dataplane.pid();
@@ -777,8 +882,14 @@ async fn main() -> anyhow::Result<()> {
         },
         json: compare(&scenarios, false),
         stream: compare(&scenarios, true),
-        translated_json: compare_translated(&scenarios, false),
-        translated_stream: compare_translated(&scenarios, true),
+        translations: [("Anthropic", 3), ("Gemini", 5), ("Bedrock", 7)]
+            .into_iter()
+            .map(|(to, direct)| Translation {
+                to,
+                json: compare_translated(&scenarios, direct, false),
+                stream: compare_translated(&scenarios, direct, true),
+            })
+            .collect(),
         scenarios,
         dataplane: Dataplane {
             peak_rss_mib: peak as f64 / 1024.0,
