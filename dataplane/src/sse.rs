@@ -55,7 +55,7 @@ impl Parser {
 }
 
 /// Position of the first blank line (the end of an event) and the separator's length.
-fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
+pub fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
     let mut i = 0;
     while i + 1 < b.len() {
         match (b[i], b[i + 1]) {
@@ -70,7 +70,8 @@ fn find_blank_line(b: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-fn parse_event(raw: &[u8]) -> Option<Event> {
+/// The event in `raw` (one event's lines, without the blank line); `None` for comments.
+pub fn parse_event(raw: &[u8]) -> Option<Event> {
     let text = String::from_utf8_lossy(raw);
     let mut event = Event::default();
     let mut data: Vec<&str> = Vec::new();

@@ -576,23 +576,23 @@ impl http_body::Body for Streamed {
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    let Some(data) = frame.data_ref() else {
+                    let Ok(data) = frame.into_data() else {
                         continue;
                     };
-                    match this.chain.feed(data) {
+                    match this.chain.feed_bytes(data) {
                         Ok(out) if out.is_empty() => {}
-                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(Bytes::from(out))))),
+                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
                         Err(e) => return this.fail(Box::new(e)),
                     }
                 }
                 Poll::Ready(Some(Err(e))) => return this.fail(Box::new(e)),
                 Poll::Ready(None) => {
-                    let out = this.chain.end();
+                    let out = this.chain.end_bytes();
                     this.finish();
                     return if out.is_empty() {
                         Poll::Ready(None)
                     } else {
-                        Poll::Ready(Some(Ok(Frame::data(Bytes::from(out)))))
+                        Poll::Ready(Some(Ok(Frame::data(out))))
                     };
                 }
                 Poll::Pending => {

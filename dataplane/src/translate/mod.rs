@@ -11,6 +11,7 @@ pub mod openai_to_anthropic;
 pub mod openai_to_bedrock;
 pub mod openai_to_gemini;
 pub mod pipeline;
+pub mod relay;
 
 #[cfg(test)]
 mod golden;

@@ -185,8 +185,15 @@ impl Plan {
         }
     }
 
-    /// The stream translation for this plan.
+    /// The stream translation for this plan: a relay of the bytes as they are for
+    /// same-format pairs, the steps between the formats otherwise.
     pub fn stream(&self) -> Chain {
+        if self.passes_response() && !self.json_by_tool() {
+            return Chain::Relay(match self.client {
+                Api::OpenAi => super::relay::Relay::openai(self.include_usage),
+                Api::Anthropic => super::relay::Relay::anthropic(),
+            });
+        }
         let decoder = if self.wire == Wire::Bedrock {
             Decoder::Aws(crate::eventstream::Decoder::default())
         } else {
@@ -201,9 +208,8 @@ impl Plan {
         };
         let usage_in_chunks = self.include_usage || second.is_some();
         let first: Box<dyn StreamStep> = match (self.client, self.wire) {
-            (Api::Anthropic, Wire::Anthropic | Wire::VertexAnthropic) => {
-                Box::new(AnthropicMeter::default())
-            }
+            // Same-format pairs are relayed (above); an Anthropic client on an OpenAI model
+            // reads OpenAI's chunks with their usage.
             (_, Wire::OpenAi) => Box::new(OpenAiMeter::new(usage_in_chunks)),
             (_, Wire::Anthropic | Wire::VertexAnthropic) => Box::new(
                 super::openai_to_anthropic::StreamTranslator::new(self.created, usage_in_chunks),
@@ -225,11 +231,11 @@ impl Plan {
         } else {
             first
         };
-        Chain {
+        Chain::Steps(Steps {
             decoder,
             first,
             second: second.map(|s| (sse::Parser::default(), s)),
-        }
+        })
     }
 }
 
@@ -294,20 +300,71 @@ pub enum StreamError {
     Aws(#[from] crate::eventstream::DecodeError),
 }
 
+/// One stream's way from the provider's format to the client's.
+#[derive(Debug)]
+pub enum Chain {
+    /// Same format: the bytes as they are, metered.
+    Relay(super::relay::Relay),
+    /// Translated: decoded into events, then through the steps.
+    Steps(Steps),
+}
+
+impl Chain {
+    /// The client's bytes for the provider's `bytes`, written as soon as they complete an
+    /// event (the same buffer, for most frames of a relayed stream).
+    pub fn feed_bytes(&mut self, bytes: Bytes) -> Result<Bytes, StreamError> {
+        match self {
+            Self::Relay(r) => Ok(r.feed(bytes)?),
+            Self::Steps(s) => Ok(s.feed(&bytes)?.into()),
+        }
+    }
+
+    /// [`Chain::feed_bytes`] as text.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<String, StreamError> {
+        match self {
+            Self::Relay(r) => {
+                Ok(String::from_utf8_lossy(&r.feed(Bytes::copy_from_slice(bytes))?).into_owned())
+            }
+            Self::Steps(s) => s.feed(bytes),
+        }
+    }
+
+    /// The closing bytes when the provider's stream ends.
+    pub fn end_bytes(&mut self) -> Bytes {
+        match self {
+            Self::Relay(r) => r.end(),
+            Self::Steps(s) => s.end().into(),
+        }
+    }
+
+    /// [`Chain::end_bytes`] as text.
+    pub fn end(&mut self) -> String {
+        String::from_utf8_lossy(&self.end_bytes()).into_owned()
+    }
+
+    /// Usage seen so far.
+    pub fn usage(&self) -> Option<Usage> {
+        match self {
+            Self::Relay(r) => r.usage(),
+            Self::Steps(s) => s.first.usage(),
+        }
+    }
+}
+
 /// Decoder and steps of one translated stream.
-pub struct Chain {
+pub struct Steps {
     decoder: Decoder,
     first: Box<dyn StreamStep>,
     second: Option<(sse::Parser, Box<dyn StreamStep>)>,
 }
 
-impl std::fmt::Debug for Chain {
+impl std::fmt::Debug for Steps {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Chain").finish_non_exhaustive()
+        f.debug_struct("Steps").finish_non_exhaustive()
     }
 }
 
-impl Chain {
+impl Steps {
     fn through_second(&mut self, text: String) -> String {
         let Some((parser, step)) = self.second.as_mut() else {
             return text;
@@ -347,10 +404,6 @@ impl Chain {
             out += &step.end();
         }
         out
-    }
-
-    pub fn usage(&self) -> Option<Usage> {
-        self.first.usage()
     }
 }
 
@@ -415,37 +468,5 @@ impl StreamStep for OpenAiMeter {
 
     fn usage(&self) -> Option<Usage> {
         self.usage
-    }
-}
-
-/// Passes an Anthropic stream through, reading usage from `message_start` and
-/// `message_delta`.
-#[derive(Debug, Default)]
-pub struct AnthropicMeter {
-    usage: super::AnthropicUsage,
-}
-
-impl StreamStep for AnthropicMeter {
-    fn event(&mut self, event: &sse::Event) -> String {
-        let usage_at = match event.name.as_str() {
-            "message_start" => Some("/message/usage"),
-            "message_delta" => Some("/usage"),
-            _ => None,
-        };
-        if let Some(at) = usage_at
-            && let Ok(v) = serde_json::from_str::<Value>(&event.data)
-            && let Some(u) = v.pointer(at)
-        {
-            self.usage.merge(u);
-        }
-        reemit(event)
-    }
-
-    fn end(&mut self) -> String {
-        String::new()
-    }
-
-    fn usage(&self) -> Option<Usage> {
-        self.usage.usage()
     }
 }

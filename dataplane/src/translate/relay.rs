@@ -1,0 +1,272 @@
+//! Same-format streams (the client and the provider speak one format): the provider's bytes
+//! reach the client unchanged, cut only at event boundaries so that a whole event is
+//! always forwarded at once. Only events that can carry usage are parsed, to meter them;
+//! OpenAI's usage chunk is dropped when the gateway asked for it on the client's behalf.
+//!
+//! A frame that ends at an event boundary and holds no usage is forwarded as the same
+//! buffer, without a copy: that is nearly every frame of a stream.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::{AnthropicUsage, Usage};
+use crate::sse;
+
+/// The format relayed, and what its meter needs.
+#[derive(Debug)]
+enum Meter {
+    OpenAi {
+        client_wants_usage: bool,
+        usage: Option<Usage>,
+    },
+    Anthropic(AnthropicUsage),
+}
+
+#[derive(Debug)]
+pub struct Relay {
+    meter: Meter,
+    /// Bytes of an event not complete yet.
+    pending: Vec<u8>,
+    /// How much of `pending` is known to hold no event boundary.
+    scanned: usize,
+}
+
+/// Where the last complete event of `b` ends (after its blank line), scanning from `from`.
+fn last_boundary(b: &[u8], from: usize) -> usize {
+    let mut end = 0;
+    let mut at = from;
+    while let Some((i, sep)) = sse::find_blank_line(&b[at..]) {
+        end = at + i + sep;
+        at = end;
+    }
+    end
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    memchr::memmem::find(haystack, needle).is_some()
+}
+
+impl Relay {
+    pub fn openai(client_wants_usage: bool) -> Self {
+        Self::with(Meter::OpenAi {
+            client_wants_usage,
+            usage: None,
+        })
+    }
+
+    pub fn anthropic() -> Self {
+        Self::with(Meter::Anthropic(AnthropicUsage::default()))
+    }
+
+    fn with(meter: Meter) -> Self {
+        Self {
+            meter,
+            pending: Vec::new(),
+            scanned: 0,
+        }
+    }
+
+    /// The client's bytes for the provider's `bytes`: every event they complete.
+    pub fn feed(&mut self, bytes: Bytes) -> Result<Bytes, sse::TooLarge> {
+        let (buf, from) = if self.pending.is_empty() {
+            (bytes, 0)
+        } else {
+            self.pending.extend_from_slice(&bytes);
+            // A separator may straddle the old end: look back three bytes.
+            let from = self.scanned.saturating_sub(3);
+            (Bytes::from(std::mem::take(&mut self.pending)), from)
+        };
+        let complete = last_boundary(&buf, from);
+        if complete < buf.len() {
+            self.pending = buf[complete..].to_vec();
+            self.scanned = self.pending.len();
+            if self.pending.len() > sse::MAX_EVENT_BYTES {
+                return Err(sse::TooLarge);
+            }
+        } else {
+            self.scanned = 0;
+        }
+        Ok(self.meter(buf.slice(..complete)))
+    }
+
+    /// What is left when the provider's stream ends: an unterminated last event, as is.
+    pub fn end(&mut self) -> Bytes {
+        let rest = Bytes::from(std::mem::take(&mut self.pending));
+        self.scanned = 0;
+        self.meter(rest)
+    }
+
+    pub fn usage(&self) -> Option<Usage> {
+        match &self.meter {
+            Meter::OpenAi { usage, .. } => *usage,
+            Meter::Anthropic(u) => u.usage(),
+        }
+    }
+
+    /// Meters the events of `ready` (whole events) and returns what the client gets.
+    fn meter(&mut self, ready: Bytes) -> Bytes {
+        let may_carry_usage = match self.meter {
+            // Chunks without usage have none or `"usage":null`.
+            Meter::OpenAi { .. } => {
+                contains(&ready, b"\"usage\":{") || contains(&ready, b"\"usage\": {")
+            }
+            Meter::Anthropic(_) => {
+                contains(&ready, b"message_start") || contains(&ready, b"message_delta")
+            }
+        };
+        if !may_carry_usage {
+            return ready;
+        }
+        // Walk the events; drop at most the injected usage chunk, copy only then.
+        let mut kept: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut dropped = false;
+        let mut start = 0;
+        while start < ready.len() {
+            let (end, next) = match sse::find_blank_line(&ready[start..]) {
+                Some((i, sep)) => (start + i, start + i + sep),
+                None => (ready.len(), ready.len()),
+            };
+            let keep = match sse::parse_event(&ready[start..end]) {
+                Some(event) => self.observe(&event),
+                None => true,
+            };
+            if keep {
+                kept.push(start..next);
+            } else {
+                dropped = true;
+            }
+            start = next;
+        }
+        if !dropped {
+            return ready;
+        }
+        let mut out = Vec::with_capacity(ready.len());
+        for r in kept {
+            out.extend_from_slice(&ready[r]);
+        }
+        out.into()
+    }
+
+    /// Reads usage from one event; false when the event must not reach the client.
+    fn observe(&mut self, event: &sse::Event) -> bool {
+        match &mut self.meter {
+            Meter::OpenAi {
+                client_wants_usage,
+                usage,
+            } => {
+                let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
+                    return true;
+                };
+                let Some(u) = v.get("usage").and_then(Usage::from_openai) else {
+                    return true;
+                };
+                *usage = Some(u);
+                let no_choices = v
+                    .get("choices")
+                    .and_then(Value::as_array)
+                    .is_some_and(Vec::is_empty);
+                !no_choices || *client_wants_usage
+            }
+            Meter::Anthropic(total) => {
+                let at = match event.name.as_str() {
+                    "message_start" => "/message/usage",
+                    "message_delta" => "/usage",
+                    _ => return true,
+                };
+                if let Ok(v) = serde_json::from_str::<Value>(&event.data)
+                    && let Some(u) = v.pointer(at)
+                {
+                    total.merge(u);
+                }
+                true
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const OPENAI: &str = concat!(
+        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}],\"usage\":null}\n\n",
+        ": keep-alive\n\n",
+        "data: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}],\"usage\":null}\n\n",
+        "data: {\"id\":\"c\",\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":2,\"total_tokens\":7}}\n\n",
+        "data: [DONE]\n\n",
+    );
+
+    fn run(relay: &mut Relay, input: &[u8], piece: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        for part in input.chunks(piece) {
+            out.extend_from_slice(&relay.feed(Bytes::copy_from_slice(part)).unwrap());
+        }
+        out.extend_from_slice(&relay.end());
+        out
+    }
+
+    #[test]
+    fn bytes_pass_unchanged_in_whole_events() {
+        for piece in [1, 3, 7, 64, OPENAI.len()] {
+            let mut r = Relay::openai(true);
+            assert_eq!(run(&mut r, OPENAI.as_bytes(), piece), OPENAI.as_bytes());
+            let u = r.usage().unwrap();
+            assert_eq!((u.input, u.output), (5, 2));
+        }
+        // An event is never split: each output holds whole events only.
+        let mut r = Relay::openai(true);
+        let half = r
+            .feed(Bytes::from_static(&OPENAI.as_bytes()[..40]))
+            .unwrap();
+        assert!(half.is_empty());
+    }
+
+    #[test]
+    fn a_frame_of_whole_events_is_not_copied() {
+        let mut r = Relay::openai(true);
+        let frame = Bytes::from_static(&OPENAI.as_bytes()[..OPENAI.find("\n\n").unwrap() + 2]);
+        let out = r.feed(frame.clone()).unwrap();
+        assert_eq!(out.as_ptr(), frame.as_ptr());
+    }
+
+    #[test]
+    fn injected_usage_chunk_is_dropped_but_counted() {
+        for piece in [1, 5, OPENAI.len()] {
+            let mut r = Relay::openai(false);
+            let out = String::from_utf8(run(&mut r, OPENAI.as_bytes(), piece)).unwrap();
+            assert!(!out.contains("prompt_tokens"), "{out}");
+            assert!(out.ends_with("data: [DONE]\n\n") && out.contains("keep-alive"));
+            assert_eq!(r.usage().unwrap().output, 2);
+        }
+    }
+
+    #[test]
+    fn anthropic_usage_is_read_from_start_and_delta() {
+        let stream = concat!(
+            "event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"usage\":{\"input_tokens\":9,\"output_tokens\":1,\"cache_read_input_tokens\":4}}}\r\n\r\n",
+            "event: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"delta\":{\"type\":\"text_delta\",\"text\":\"message_delta\"}}\r\n\r\n",
+            "event: message_delta\r\ndata: {\"type\":\"message_delta\",\"usage\":{\"output_tokens\":12}}\r\n\r\n",
+            "event: message_stop\r\ndata: {\"type\":\"message_stop\"}",
+        );
+        for piece in [1, 4, stream.len()] {
+            let mut r = Relay::anthropic();
+            assert_eq!(run(&mut r, stream.as_bytes(), piece), stream.as_bytes());
+            let u = r.usage().unwrap();
+            assert_eq!((u.input, u.output, u.cached), (13, 12, 4));
+        }
+    }
+
+    #[test]
+    fn an_endless_event_is_refused() {
+        let mut r = Relay::anthropic();
+        let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
+        let mut failed = false;
+        for _ in 0..20 {
+            if r.feed(chunk.clone()).is_err() {
+                failed = true;
+                break;
+            }
+        }
+        assert!(failed);
+    }
+}
