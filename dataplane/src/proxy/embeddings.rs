@@ -53,14 +53,7 @@ async fn call(
 }
 
 fn usage_of_openai(body: &[u8]) -> Option<Usage> {
-    #[derive(serde::Deserialize)]
-    struct UsageOnly {
-        #[serde(default)]
-        usage: Option<serde_json::Value>,
-    }
-    serde_json::from_slice::<UsageOnly>(body)
-        .ok()?
-        .usage
+    crate::translate::usage_member(body)
         .as_ref()
         .and_then(Usage::from_openai)
 }

@@ -87,6 +87,29 @@ pub trait StreamStep: Send + Sync {
     fn usage(&self) -> Option<Usage>;
 }
 
+/// The top-level `usage` object of a JSON answer, read without parsing the rest: the
+/// last `"usage"` key (providers write it last, and inside a JSON string a quote is always
+/// escaped, so the bytes `"usage"` followed by a colon are a key), then its value. `None`
+/// when there is no such key or its value is not an object; the caller then parses the
+/// whole answer.
+pub(crate) fn usage_member(body: &[u8]) -> Option<Value> {
+    let mut end = body.len();
+    while let Some(at) = memchr::memmem::rfind(&body[..end], b"\"usage\"") {
+        end = at;
+        let rest = &body[at + 7..];
+        let colon = rest.iter().position(|b| !b.is_ascii_whitespace())?;
+        if rest[colon] != b':' {
+            continue;
+        }
+        let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter();
+        return match values.next() {
+            Some(Ok(v @ Value::Object(_))) => Some(v),
+            _ => None,
+        };
+    }
+    None
+}
+
 /// A parse failure of the client's body, worded like the providers word it.
 pub(crate) fn parse_client_json(body: &[u8]) -> Result<Value, ApiError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {
@@ -654,5 +677,33 @@ impl AnthropicUsage {
             cached: self.cache_read,
             reasoning: 0,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::usage_member;
+
+    #[test]
+    fn usage_is_read_from_the_end_without_parsing_the_rest() {
+        let openai = br#"{"id":"c","choices":[{"message":{"content":"the \"usage\": {\"x\":1} of it"}}],"usage" : {"prompt_tokens":3,"completion_tokens":4}}"#;
+        assert_eq!(
+            usage_member(openai),
+            Some(json!({"prompt_tokens": 3, "completion_tokens": 4}))
+        );
+        // No usage object: the caller falls back to parsing the whole answer.
+        assert_eq!(usage_member(br#"{"usage":null}"#), None);
+        assert_eq!(usage_member(br#"{"choices":[]}"#), None);
+        assert_eq!(
+            usage_member(br#"{"a":"usage","usage":{"input_tokens":2}}"#),
+            Some(json!({"input_tokens": 2}))
+        );
+        // Broken after the usage: still read (the bytes pass to the client as sent).
+        assert_eq!(
+            usage_member(br#"{"usage":{"input_tokens":2}"#),
+            Some(json!({"input_tokens": 2}))
+        );
     }
 }

@@ -124,9 +124,15 @@ impl Plan {
                 #[serde(default)]
                 usage: Option<Value>,
             }
-            let only: UsageOnly =
-                serde_json::from_slice(&body).map_err(|_| ApiError::UpstreamBody)?;
-            let usage = only.usage.as_ref().and_then(match self.client {
+            let usage = match super::usage_member(&body) {
+                Some(u) => Some(u),
+                None => {
+                    serde_json::from_slice::<UsageOnly>(&body)
+                        .map_err(|_| ApiError::UpstreamBody)?
+                        .usage
+                }
+            };
+            let usage = usage.as_ref().and_then(match self.client {
                 Api::OpenAi => Usage::from_openai,
                 Api::Anthropic => Usage::from_anthropic,
             });
