@@ -357,11 +357,11 @@ async fn forward(
             completion.usage = usage;
             out
         } else {
-            let aws_type = up_parts
-                .headers
-                .get("x-amzn-errortype")
-                .and_then(|v| v.to_str().ok());
-            plan.error(status.as_u16(), collected, aws_type)
+            plan.error(
+                status.as_u16(),
+                collected,
+                aws_error_type(&up_parts.headers),
+            )
         };
         if !plan.passes_response() {
             up_parts.headers.insert(
@@ -379,6 +379,13 @@ async fn forward(
         .overhead
         .observe((before_upstream + got_response.elapsed()).as_secs_f64());
     Ok(out)
+}
+
+/// Bedrock's error type (`x-amzn-ErrorType`), which its error bodies lack.
+pub(super) fn aws_error_type(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get("x-amzn-errortype")
+        .and_then(|v| v.to_str().ok())
 }
 
 /// A translated body without `stream_options`, for servers that reject it.

@@ -143,11 +143,11 @@ async fn forward(
             .map_err(|_| ApiError::Internal)?
             .into()
     } else {
-        let aws_type = up_parts
-            .headers
-            .get("x-amzn-errortype")
-            .and_then(|v| v.to_str().ok());
-        plan.error(status.as_u16(), collected, aws_type)
+        plan.error(
+            status.as_u16(),
+            collected,
+            super::chat::aws_error_type(&up_parts.headers),
+        )
     };
     if !plan.passes_response() {
         // The provider's headers describe its own API's answer, not this one.

@@ -138,11 +138,11 @@ async fn forward(
         let body = if matches!(wire, EmbedWire::Gemini | EmbedWire::Vertex) {
             crate::translate::openai_to_gemini::error(&refused.body, status)
         } else {
-            let aws_type = refused
-                .headers
-                .get("x-amzn-errortype")
-                .and_then(|v| v.to_str().ok());
-            crate::translate::openai_to_bedrock::error(&refused.body, status, aws_type)
+            crate::translate::openai_to_bedrock::error(
+                &refused.body,
+                status,
+                super::chat::aws_error_type(&refused.headers),
+            )
         };
         done(labels, refused.status, None);
         return Ok(respond(

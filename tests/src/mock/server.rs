@@ -159,6 +159,23 @@ impl Shared {
         format!("chatcmpl-mock{n:08}")
     }
 
+    /// OpenAI's auth (`Authorization: Bearer`) or Azure's (`api-key`) on a request.
+    fn check_openai_key(
+        &self,
+        headers: &http::HeaderMap,
+        azure: bool,
+    ) -> Result<(), Box<Response<Body>>> {
+        let presented = if azure {
+            headers.get("api-key").and_then(|v| v.to_str().ok())
+        } else {
+            headers
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+        };
+        self.check_key(presented, azure)
+    }
+
     /// OpenAI's auth: `Authorization: Bearer`; Azure's: `api-key`.
     fn check_key(&self, presented: Option<&str>, azure: bool) -> Result<(), Box<Response<Body>>> {
         let Some(key) = presented.filter(|k| !k.is_empty()) else {
@@ -192,16 +209,7 @@ async fn chat(
     azure: bool,
 ) -> Result<Response<Body>, std::io::Error> {
     let (parts, body) = shared.read_and_record(req).await?;
-    let presented = if azure {
-        parts.headers.get("api-key").and_then(|v| v.to_str().ok())
-    } else {
-        parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-    };
-    if let Err(response) = shared.check_key(presented, azure) {
+    if let Err(response) = shared.check_openai_key(&parts.headers, azure) {
         return Ok(*response);
     }
     if azure && !parts.uri.query().unwrap_or("").contains("api-version=") {
@@ -255,16 +263,7 @@ async fn embed_openai(
     azure: bool,
 ) -> Result<Response<Body>, std::io::Error> {
     let (parts, body) = shared.read_and_record(req).await?;
-    let presented = if azure {
-        parts.headers.get("api-key").and_then(|v| v.to_str().ok())
-    } else {
-        parts
-            .headers
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-    };
-    if let Err(response) = shared.check_key(presented, azure) {
+    if let Err(response) = shared.check_openai_key(&parts.headers, azure) {
         return Ok(*response);
     }
     Ok(match embeddings::openai(&body) {
