@@ -220,6 +220,33 @@ def json_mode_checks(base_url, key):
             assert "cannot be combined with tools" in e.body["message"], e.body
 
 
+def thinking_checks(base_url, key):
+    """Claude's extended thinking on Bedrock for Anthropic clients: thinking blocks come back
+    with their signatures (JSON and stream), and go back in the history, where the provider
+    checks the signature."""
+    ac = anthropic.Anthropic(base_url=base_url, api_key=key, max_retries=0)
+    thinking = {"type": "enabled", "budget_tokens": 1024}
+    messages = [{"role": "user", "content": "think first"}]
+    m = ac.messages.create(model="bedrock-claude", max_tokens=2048, thinking=thinking, messages=messages)
+    assert [b.type for b in m.content] == ["thinking", "text"], m
+    assert m.content[0].thinking == "Mock thinking about: think first" and m.content[0].signature, m
+    with ac.messages.stream(model="bedrock-claude", max_tokens=2048, thinking=thinking, messages=messages) as s:
+        final = s.get_final_message()
+    assert final.content[0].type == "thinking" and final.content[0].signature == m.content[0].signature, final
+    assert final.content[0].thinking == m.content[0].thinking, final
+    assert final.content[1].text == "Mock reply to: think first", final
+    history = messages + [{"role": "assistant", "content": [b.model_dump() for b in m.content]},
+                          {"role": "user", "content": "and now?"}]
+    m2 = ac.messages.create(model="bedrock-claude", max_tokens=2048, thinking=thinking, messages=history)
+    assert m2.content[-1].text == "Mock reply to: and now?", m2
+    history[1]["content"][0]["signature"] = "forged"
+    try:
+        ac.messages.create(model="bedrock-claude", max_tokens=2048, thinking=thinking, messages=history)
+        raise AssertionError("expected a 400 for a forged signature")
+    except anthropic.BadRequestError as e:
+        assert "signature" in e.body["error"]["message"], e.body
+
+
 def count_checks(base_url, key):
     ac = anthropic.Anthropic(base_url=base_url, api_key=key, max_retries=0)
     messages = [{"role": "user", "content": "weather in Paris?"}]
@@ -265,6 +292,8 @@ def main(base_url, key):
     print("count_tokens: ok")
     json_mode_checks(base_url, key)
     print("json mode: ok")
+    thinking_checks(base_url, key)
+    print("thinking on bedrock: ok")
     print("python providers: ok")
 
 

@@ -11,8 +11,10 @@
 //!   becomes `stop`; `temperature`, `top_p` pass; `metadata.user_id` becomes `user`;
 //! - tools and `tool_choice` map to function tools (`any` -> `required`), and
 //!   `disable_parallel_tool_use` to `parallel_tool_calls: false`;
-//! - `thinking` and thinking blocks in the history, and `top_k` are dropped: OpenAI's chat
-//!   API has no equivalent;
+//! - `thinking` and thinking blocks in the history are kept (as the pivot's extension
+//!   members `thinking` and `thinking_blocks`) when the request goes on to Bedrock, whose
+//!   Claude models take them as `reasoningContent`, signatures included; elsewhere they are
+//!   dropped, as is `top_k`: OpenAI's chat API has no equivalent;
 //! - `cache_control` on system blocks, user text and image blocks and tools is kept on the
 //!   matching OpenAI part or tool when the request goes on to Bedrock (which turns it into
 //!   a `cachePoint`), and dropped otherwise (OpenAI caches prompts by itself, Gemini has no
@@ -119,6 +121,7 @@ fn messages_of(m: &Value, i: usize, out: &mut Vec<Value>, keep: bool) -> Result<
     let mut parts = Vec::new();
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut thinking = Vec::new();
     for (j, b) in blocks.iter().enumerate() {
         let at = format!("{param}.content[{j}]");
         match b.get("type").and_then(Value::as_str) {
@@ -152,8 +155,12 @@ fn messages_of(m: &Value, i: usize, out: &mut Vec<Value>, keep: bool) -> Result<
                     "content": content,
                 }));
             }
-            // The provider cannot check another provider's thinking signatures.
-            Some("thinking" | "redacted_thinking") => {}
+            // Only Bedrock's Claude can check the signatures; elsewhere they are dropped.
+            Some("thinking" | "redacted_thinking") => {
+                if keep && role == "assistant" {
+                    thinking.push(b.clone());
+                }
+            }
             Some(other) => {
                 return Err(bad(
                     &at,
@@ -170,6 +177,9 @@ fn messages_of(m: &Value, i: usize, out: &mut Vec<Value>, keep: bool) -> Result<
         let mut msg = json!({"role": "assistant", "content": if text.is_empty() { Value::Null } else { Value::String(text) }});
         if !calls.is_empty() {
             msg["tool_calls"] = Value::Array(calls);
+        }
+        if !thinking.is_empty() {
+            msg["thinking_blocks"] = Value::Array(thinking);
         }
         out.push(msg);
     } else if !parts.is_empty() {
@@ -293,6 +303,9 @@ pub fn request_value(
     if let Some(t) = tools(obj, keep)? {
         out.insert("tools".into(), t);
     }
+    if keep && let Some(t) = obj.get("thinking").filter(|t| !t.is_null()) {
+        out.insert("thinking".into(), t.clone());
+    }
     if let Some(choice) = obj.get("tool_choice").filter(|v| !v.is_null()) {
         let mapped = match choice.get("type").and_then(Value::as_str) {
             Some("auto") => json!("auto"),
@@ -347,7 +360,11 @@ fn message_id(openai_id: Option<&str>) -> String {
 pub fn response_value(c: &Value) -> Value {
     let choice = c.pointer("/choices/0").unwrap_or(&Value::Null);
     let message = choice.get("message").unwrap_or(&Value::Null);
-    let mut content = Vec::new();
+    let mut content: Vec<Value> = message
+        .get("thinking_blocks")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if let Some(text) = message
         .get("content")
         .and_then(Value::as_str)
@@ -423,6 +440,7 @@ fn error_event(message: &str) -> String {
 #[derive(Debug, PartialEq, Eq)]
 enum Block {
     None,
+    Thinking,
     Text,
     /// A tool call, by its OpenAI index.
     Tool(u64),
@@ -519,6 +537,9 @@ impl StreamTranslator {
             return out;
         };
         let delta = choice.get("delta").unwrap_or(&Value::Null);
+        if let Some(t) = delta.get("thinking_block") {
+            self.thinking_delta(t, &mut out);
+        }
         if let Some(text) = delta
             .get("content")
             .and_then(Value::as_str)
@@ -571,6 +592,40 @@ impl StreamTranslator {
             self.close_block(&mut out);
         }
         out
+    }
+
+    /// A piece of a thinking block (the pivot's `delta.thinking_block`: `thinking` text, its
+    /// `signature`, or a redacted block's `data`).
+    fn thinking_delta(&mut self, t: &Value, out: &mut String) {
+        if let Some(data) = t.get("data") {
+            self.open_block(
+                Block::Thinking,
+                json!({"type": "redacted_thinking", "data": data}),
+                out,
+            );
+            self.close_block(out);
+            return;
+        }
+        let index = if self.open == Block::Thinking {
+            self.next_index - 1
+        } else {
+            self.open_block(
+                Block::Thinking,
+                json!({"type": "thinking", "thinking": "", "signature": ""}),
+                out,
+            )
+        };
+        let delta = if let Some(text) = t.get("thinking") {
+            json!({"type": "thinking_delta", "thinking": text})
+        } else if let Some(sig) = t.get("signature") {
+            json!({"type": "signature_delta", "signature": sig})
+        } else {
+            return;
+        };
+        out.push_str(&sse_event(
+            "content_block_delta",
+            &json!({"type": "content_block_delta", "index": index, "delta": delta}),
+        ));
     }
 
     fn close_message(&mut self) -> String {

@@ -14,6 +14,10 @@
 //!   system part or a tool adds a `cachePoint` after it;
 //! - `response_format` `json_object`/`json_schema` arrives here already turned into a forced
 //!   tool by the pipeline (`translate::json_mode_as_tool`);
+//! - the pivot's `thinking` (from Anthropic clients) becomes
+//!   `additionalModelRequestFields.thinking`, and an assistant's `thinking_blocks` become
+//!   `reasoningContent` blocks (signatures kept); answers' `reasoningContent` goes back the
+//!   same way for Anthropic clients only;
 //! - `n` > 1, `logprobs`, `audio` are refused with a 400; `seed`, penalties, `user`, `logit_bias`, `parallel_tool_calls` are dropped.
 
 use serde_json::{Map, Value, json};
@@ -78,6 +82,31 @@ fn blocks_of(content: &Value, param: &str) -> Result<Vec<Value>, ApiError> {
         _ => return Err(bad(param, "expected a string or an array of parts")),
     }
     Ok(out)
+}
+
+/// A `reasoningContent` block for an Anthropic thinking block.
+fn reasoning_block(b: &Value) -> Option<Value> {
+    match b.get("type").and_then(Value::as_str)? {
+        "thinking" => Some(json!({"reasoningContent": {"reasoningText": {
+            "text": b.get("thinking").cloned().unwrap_or_else(|| json!("")),
+            "signature": b.get("signature").cloned().unwrap_or(Value::Null),
+        }}})),
+        "redacted_thinking" => Some(json!({"reasoningContent": {
+            "redactedContent": b.get("data").cloned().unwrap_or(Value::Null),
+        }})),
+        _ => None,
+    }
+}
+
+/// An Anthropic thinking block for a `reasoningContent` block.
+fn thinking_block(r: &Value) -> Option<Value> {
+    if let Some(t) = r.get("reasoningText") {
+        return Some(json!({"type": "thinking",
+            "thinking": t.get("text").cloned().unwrap_or_else(|| json!("")),
+            "signature": t.get("signature").cloned().unwrap_or_else(|| json!(""))}));
+    }
+    r.get("redactedContent")
+        .map(|d| json!({"type": "redacted_thinking", "data": d}))
 }
 
 fn push_turn(out: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
@@ -177,7 +206,15 @@ pub fn request_value(obj: &Value) -> Result<Value, ApiError> {
                 blocks_of(content, &format!("{param}.content"))?,
             ),
             "assistant" => {
-                let mut blocks = blocks_of(content, &format!("{param}.content"))?;
+                // Thinking first, as the model wrote it (Anthropic clients, via the pivot).
+                let mut blocks: Vec<Value> = m
+                    .get("thinking_blocks")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(reasoning_block)
+                    .collect();
+                blocks.extend(blocks_of(content, &format!("{param}.content"))?);
                 for call in super::openai_tool_calls(m, &param)? {
                     blocks.push(json!({"toolUse": {
                         "toolUseId": call.id,
@@ -231,6 +268,13 @@ pub fn request_value(obj: &Value) -> Result<Value, ApiError> {
     if let Some(c) = tool_config(obj)? {
         out.insert("toolConfig".into(), c);
     }
+    // Claude's extended thinking (Anthropic clients, via the pivot) is a model field.
+    if let Some(t) = obj.get("thinking").filter(|t| t.is_object()) {
+        out.insert(
+            "additionalModelRequestFields".into(),
+            json!({ "thinking": t }),
+        );
+    }
     Ok(Value::Object(out))
 }
 
@@ -256,10 +300,12 @@ pub fn usage(u: &Value) -> Option<Usage> {
     })
 }
 
-/// The OpenAI chat completion for a Converse response.
-pub fn response_value(b: &Value, model: &str, id: &str, created: i64) -> Value {
+/// The OpenAI chat completion for a Converse response. With `thinking` (an Anthropic
+/// client), `reasoningContent` blocks ride along as the pivot's `thinking_blocks`.
+pub fn response_value(b: &Value, model: &str, id: &str, created: i64, thinking: bool) -> Value {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut thinking_blocks = Vec::new();
     for block in b
         .pointer("/output/message/content")
         .and_then(Value::as_array)
@@ -268,6 +314,9 @@ pub fn response_value(b: &Value, model: &str, id: &str, created: i64) -> Value {
     {
         if let Some(t) = block.get("text").and_then(Value::as_str) {
             text.push_str(t);
+        }
+        if thinking && let Some(t) = block.get("reasoningContent").and_then(thinking_block) {
+            thinking_blocks.push(t);
         }
         if let Some(tu) = block.get("toolUse") {
             calls.push(super::openai_call(
@@ -281,12 +330,16 @@ pub fn response_value(b: &Value, model: &str, id: &str, created: i64) -> Value {
         .get("stopReason")
         .and_then(Value::as_str)
         .unwrap_or("end_turn");
+    let mut message = super::openai_message(text, calls);
+    if !thinking_blocks.is_empty() {
+        message["thinking_blocks"] = Value::Array(thinking_blocks);
+    }
     super::openai_completion(
         format!("chatcmpl-{id}"),
         created,
         json!(model),
         vec![
-            json!({"index": 0, "message": super::openai_message(text, calls), "logprobs": null, "finish_reason": finish_reason(reason)}),
+            json!({"index": 0, "message": message, "logprobs": null, "finish_reason": finish_reason(reason)}),
         ],
         usage(b.get("usage").unwrap_or(&Value::Null)).unwrap_or_default(),
     )
@@ -316,10 +369,13 @@ pub struct StreamTranslator {
     finish: Option<&'static str>,
     usage: Option<Usage>,
     done: bool,
+    thinking: bool,
 }
 
 impl StreamTranslator {
-    pub fn new(id: &str, model: &str, created: i64, include_usage: bool) -> Self {
+    /// `thinking`: pass reasoning on as the pivot's `delta.thinking_block` (Anthropic
+    /// clients); OpenAI clients do not get it.
+    pub fn new(id: &str, model: &str, created: i64, include_usage: bool, thinking: bool) -> Self {
         Self {
             out: super::ChunkWriter {
                 id: format!("chatcmpl-{id}"),
@@ -331,6 +387,7 @@ impl StreamTranslator {
             finish: None,
             usage: None,
             done: false,
+            thinking,
         }
     }
 
@@ -373,6 +430,21 @@ impl super::StreamStep for StreamTranslator {
                 let delta = data.get("delta").unwrap_or(&Value::Null);
                 if let Some(text) = delta.get("text").and_then(Value::as_str) {
                     return self.delta(json!({"content": text}), None);
+                }
+                if let Some(r) = delta.get("reasoningContent") {
+                    if !self.thinking {
+                        return String::new();
+                    }
+                    let piece = if let Some(t) = r.get("text") {
+                        json!({ "thinking": t })
+                    } else if let Some(s) = r.get("signature") {
+                        json!({ "signature": s })
+                    } else if let Some(d) = r.get("redactedContent") {
+                        json!({ "data": d })
+                    } else {
+                        return String::new();
+                    };
+                    return self.delta(json!({ "thinking_block": piece }), None);
                 }
                 if let Some(input) = delta.pointer("/toolUse/input").and_then(Value::as_str) {
                     let block = data

@@ -152,6 +152,7 @@ impl Plan {
                 &self.model,
                 &self.id,
                 self.created,
+                self.client == Api::Anthropic,
             ),
         };
         let mut openai = openai;
@@ -230,6 +231,7 @@ impl Plan {
                 &self.model,
                 self.created,
                 usage_in_chunks,
+                self.client == Api::Anthropic,
             )),
         };
         let first = if self.json_by_tool() {

@@ -18,6 +18,22 @@ pub struct ConverseRequest {
     pub texts: Vec<String>,
     pub last_user: String,
     pub tool_call: Option<ToolCall>,
+    /// Claude's extended thinking was asked for (`additionalModelRequestFields.thinking`).
+    pub thinking: bool,
+}
+
+/// The signature mock-llm gives a thinking text, and checks when the text comes back.
+pub fn thinking_signature(text: &str) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("mocksig{h:016x}")
+}
+
+fn thought(req: &ConverseRequest) -> String {
+    format!("Mock thinking about: {}", req.last_user)
 }
 
 /// A Bedrock error: status, `x-amzn-ErrorType` and body.
@@ -243,6 +259,17 @@ pub fn parse(body: &[u8], model: &str) -> Result<ConverseRequest, AwsError> {
             if let Some(t) = b.get("text").and_then(Value::as_str) {
                 text.push(t.to_string());
             }
+            if let Some(r) = b.pointer("/reasoningContent/reasoningText") {
+                let t = r.get("text").and_then(Value::as_str).unwrap_or("");
+                if role != "assistant"
+                    || r.get("signature").and_then(Value::as_str)
+                        != Some(thinking_signature(t).as_str())
+                {
+                    return Err(AwsError::validation(format!(
+                        "The reasoning block at messages.{i}.content has an invalid signature"
+                    )));
+                }
+            }
             if let Some(tu) = b.get("toolUse") {
                 ids.push(
                     tu.get("toolUseId")
@@ -303,6 +330,8 @@ pub fn parse(body: &[u8], model: &str) -> Result<ConverseRequest, AwsError> {
         texts,
         last_user,
         tool_call: super::tools::decide(first_tool, has_tool_result),
+        thinking: v.pointer("/additionalModelRequestFields/thinking/type")
+            == Some(&json!("enabled")),
     })
 }
 
@@ -334,6 +363,16 @@ pub fn response(req: &ConverseRequest, pieces: &[String], stop: &str) -> Value {
         }
         None => json!([{"text": pieces.concat()}]),
     };
+    let content = if req.thinking {
+        let t = thought(req);
+        let mut blocks = vec![
+            json!({"reasoningContent": {"reasoningText": {"text": t, "signature": thinking_signature(&t)}}}),
+        ];
+        blocks.extend(content.as_array().cloned().unwrap_or_default());
+        Value::Array(blocks)
+    } else {
+        content
+    };
     json!({
         "output": {"message": {"role": "assistant", "content": content}},
         "stopReason": stop,
@@ -349,23 +388,43 @@ pub fn stream_frames(req: &ConverseRequest, pieces: &[String], stop: &str) -> Ve
         "messageStart",
         json!({"role": "assistant", "p": "abcdefgh"}),
     )];
+    let mut index = 0;
+    if req.thinking {
+        let t = thought(req);
+        let (a, b) = t.split_at(t.len() / 2);
+        for piece in [a, b] {
+            out.push(frame(
+                "contentBlockDelta",
+                json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"text": piece}}}),
+            ));
+        }
+        out.push(frame(
+            "contentBlockDelta",
+            json!({"contentBlockIndex": 0, "delta": {"reasoningContent": {"signature": thinking_signature(&t)}}}),
+        ));
+        out.push(frame("contentBlockStop", json!({"contentBlockIndex": 0})));
+        index = 1;
+    }
     if let Some(call) = &req.tool_call {
-        out.push(frame("contentBlockStart", json!({"contentBlockIndex": 0, "start": {"toolUse": {"toolUseId": "tooluse_mock0", "name": call.name}}})));
+        out.push(frame("contentBlockStart", json!({"contentBlockIndex": index, "start": {"toolUse": {"toolUseId": "tooluse_mock0", "name": call.name}}})));
         for piece in super::tools::argument_pieces(call) {
             out.push(frame(
                 "contentBlockDelta",
-                json!({"contentBlockIndex": 0, "delta": {"toolUse": {"input": piece}}}),
+                json!({"contentBlockIndex": index, "delta": {"toolUse": {"input": piece}}}),
             ));
         }
     } else {
         for p in pieces {
             out.push(frame(
                 "contentBlockDelta",
-                json!({"contentBlockIndex": 0, "delta": {"text": p}, "p": "ab"}),
+                json!({"contentBlockIndex": index, "delta": {"text": p}, "p": "ab"}),
             ));
         }
     }
-    out.push(frame("contentBlockStop", json!({"contentBlockIndex": 0})));
+    out.push(frame(
+        "contentBlockStop",
+        json!({"contentBlockIndex": index}),
+    ));
     out.push(frame("messageStop", json!({"stopReason": stop})));
     out.push(frame(
         "metadata",
