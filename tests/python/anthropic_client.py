@@ -50,13 +50,13 @@ def main(base_url, key):
         assert e.body["error"]["type"] == "invalid_request_error", e.body
 
     async def run_async():
-        aclient = anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0)
-        m = await aclient.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=messages)
-        assert m.content[0].text == "Mock reply to: hello from anthropic"
-        text = ""
-        async with aclient.messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=messages) as s:
-            async for t in s.text_stream:
-                text += t
+        async with anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0) as aclient:
+            m = await aclient.messages.create(model="claude-sonnet-4-5", max_tokens=100, messages=messages)
+            assert m.content[0].text == "Mock reply to: hello from anthropic"
+            text = ""
+            async with aclient.messages.stream(model="claude-sonnet-4-5", max_tokens=100, messages=messages) as s:
+                async for t in s.text_stream:
+                    text += t
         assert text == "Mock reply to: hello from anthropic", text
 
     asyncio.run(run_async())

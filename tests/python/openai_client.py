@@ -62,13 +62,13 @@ def main(base_url, key):
         assert e.code == "invalid_api_key", e.body
 
     async def run_async():
-        aclient = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0)
-        c = await aclient.chat.completions.create(model="smart", messages=messages)
-        check_completion(c, "gpt-4o")
-        text = ""
-        async for chunk in await aclient.chat.completions.create(model="smart", messages=messages, stream=True):
-            if chunk.choices and chunk.choices[0].delta.content:
-                text += chunk.choices[0].delta.content
+        async with AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0) as aclient:
+            c = await aclient.chat.completions.create(model="smart", messages=messages)
+            check_completion(c, "gpt-4o")
+            text = ""
+            async for chunk in await aclient.chat.completions.create(model="smart", messages=messages, stream=True):
+                if chunk.choices and chunk.choices[0].delta.content:
+                    text += chunk.choices[0].delta.content
         assert text == "Mock reply to: hello from python", text
 
     asyncio.run(run_async())

@@ -129,18 +129,19 @@ def anthropic_checks(client, model, provider):
 
 
 async def async_checks(base_url, key, model):
-    oc = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0)
-    r = await oc.chat.completions.create(model=model, messages=[{"role": "user", "content": "async hi"}])
-    assert r.choices[0].message.content == "Mock reply to: async hi", (model, r)
-    stream = await oc.chat.completions.create(model=model, messages=[{"role": "user", "content": "async stream"}], stream=True)
-    text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
-    assert text == "Mock reply to: async stream", (model, text)
-    ac = anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0)
-    m = await ac.messages.create(model=model, max_tokens=50, messages=[{"role": "user", "content": "async hi"}])
-    assert m.content[0].text == "Mock reply to: async hi", (model, m)
-    async with ac.messages.stream(model=model, max_tokens=50, messages=[{"role": "user", "content": "async stream"}]) as s:
-        text = "".join([t async for t in s.text_stream])
-    assert text == "Mock reply to: async stream", (model, text)
+    # Clients are closed inside the event loop that opened them.
+    async with openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0) as oc:
+        r = await oc.chat.completions.create(model=model, messages=[{"role": "user", "content": "async hi"}])
+        assert r.choices[0].message.content == "Mock reply to: async hi", (model, r)
+        stream = await oc.chat.completions.create(model=model, messages=[{"role": "user", "content": "async stream"}], stream=True)
+        text = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+        assert text == "Mock reply to: async stream", (model, text)
+    async with anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0) as ac:
+        m = await ac.messages.create(model=model, max_tokens=50, messages=[{"role": "user", "content": "async hi"}])
+        assert m.content[0].text == "Mock reply to: async hi", (model, m)
+        async with ac.messages.stream(model=model, max_tokens=50, messages=[{"role": "user", "content": "async stream"}]) as s:
+            text = "".join([t async for t in s.text_stream])
+        assert text == "Mock reply to: async stream", (model, text)
 
 
 # embedding model asked for -> provider; every provider's mock embeds a text to the same vector
@@ -175,8 +176,8 @@ def embedding_checks(base_url, key):
     assert [d.embedding for d in cohere.data] == [d.embedding for d in titan.data]
 
     async def run():
-        ac = openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0)
-        r = await ac.embeddings.create(model="embed-vertex", input="jumps", dimensions=256)
+        async with openai.AsyncOpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0) as ac:
+            r = await ac.embeddings.create(model="embed-vertex", input="jumps", dimensions=256)
         assert r.data[0].embedding == first[1] and r.usage.prompt_tokens == 1, r
     asyncio.run(run())
     try:
@@ -256,8 +257,8 @@ def count_checks(base_url, key):
         assert count.input_tokens == m.usage.input_tokens > 0, (model, count, m.usage)
 
     async def run():
-        aac = anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0)
-        count = await aac.messages.count_tokens(model="bedrock-nova", messages=messages)
+        async with anthropic.AsyncAnthropic(base_url=base_url, api_key=key, max_retries=0) as aac:
+            count = await aac.messages.count_tokens(model="bedrock-nova", messages=messages)
         assert count.input_tokens > 0, count
     asyncio.run(run())
     try:

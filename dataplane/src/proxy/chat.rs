@@ -44,7 +44,7 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
 }
 
 /// Metric labels: reference-counted, so a request allocates none.
-#[derive(Default)]
+#[derive(Clone, Default)]
 pub(super) struct Labels {
     route: Arc<str>,
     provider: Arc<str>,
@@ -328,7 +328,9 @@ async fn forward(
         });
     let mut completion = Completion {
         metrics: state.metrics.clone(),
-        labels: std::mem::take(labels),
+        // A clone (three reference counts): an error after this point is still recorded
+        // with the request's labels.
+        labels: labels.clone(),
         status,
         started,
         usage: None,
