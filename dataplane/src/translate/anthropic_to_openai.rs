@@ -196,12 +196,9 @@ fn messages_of(m: &Value, i: usize, out: &mut Vec<Value>, keep: bool) -> Result<
 }
 
 fn tools(obj: &Value, keep: bool) -> Result<Option<Value>, ApiError> {
-    let Some(list) = obj.get("tools").filter(|v| !v.is_null()) else {
+    let Some(list) = super::tools_array(obj)? else {
         return Ok(None);
     };
-    let list = list
-        .as_array()
-        .ok_or_else(|| bad("tools", "expected an array"))?;
     list.iter()
         .enumerate()
         .map(|(i, t)| {

@@ -349,11 +349,21 @@ pub(crate) fn chunk_calls_as_content(chunk: &mut Value) -> bool {
     true
 }
 
-/// Refuses parameters that are set (not null or false) and cannot be honoured.
-pub(crate) fn refuse_set(obj: &Value, params: &[&str], provider: &str) -> Result<(), ApiError> {
-    for p in params {
+/// OpenAI parameters no other provider can honour: refused with a 400 when set.
+const OPENAI_ONLY: [&str; 6] = [
+    "functions",
+    "function_call",
+    "logprobs",
+    "top_logprobs",
+    "audio",
+    "prediction",
+];
+
+/// Refuses the OpenAI-only parameters that are set (not null or false).
+pub(crate) fn refuse_openai_only(obj: &Value, provider: &str) -> Result<(), ApiError> {
+    for p in OPENAI_ONLY {
         if obj
-            .get(*p)
+            .get(p)
             .is_some_and(|v| !v.is_null() && v != &Value::Bool(false))
         {
             return Err(bad(
@@ -416,17 +426,24 @@ pub(crate) struct Function<'a> {
     pub tool: &'a Value,
 }
 
+/// A request's `tools` (OpenAI's or Anthropic's): absent or null is none, anything but an
+/// array is refused.
+pub(crate) fn tools_array(obj: &Value) -> Result<Option<&Vec<Value>>, ApiError> {
+    match obj.get("tools") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(list)) => Ok(Some(list)),
+        Some(_) => Err(bad("tools", "expected an array")),
+    }
+}
+
 /// The function tools of an OpenAI request; other tool types are refused.
 pub(crate) fn openai_functions<'a>(
     obj: &'a Value,
     provider: &str,
 ) -> Result<Option<Vec<Function<'a>>>, ApiError> {
-    let Some(list) = obj.get("tools").filter(|v| !v.is_null()) else {
+    let Some(list) = tools_array(obj)? else {
         return Ok(None);
     };
-    let list = list
-        .as_array()
-        .ok_or_else(|| bad("tools", "expected an array"))?;
     list.iter()
         .enumerate()
         .map(|(i, t)| {

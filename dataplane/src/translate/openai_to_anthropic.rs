@@ -10,10 +10,12 @@
 //! - `max_completion_tokens` or `max_tokens` become `max_tokens` (default 4096: Anthropic
 //!   requires it); `stop` becomes `stop_sequences`; `temperature`, `top_p` pass;
 //!   `user` becomes `metadata.user_id`;
-//! - `response_format` `json_object`/`json_schema` arrives here already turned into a forced
-//!   tool by the pipeline (`translate::json_mode_as_tool`);
-//! - `n` > 1, `logprobs`, `audio` are refused with a 400 naming the parameter; penalties, `seed` and `logit_bias` are dropped (Anthropic
-//!   has no equivalent and they do not change what is asked).
+//! - `response_format` `json_object`/`json_schema` becomes a forced tool
+//!   (`translate::json_mode_as_tool`); the pipeline turns the call back into content;
+//! - `n` > 1 and OpenAI-only parameters (`translate::refuse_openai_only`: `functions`,
+//!   `logprobs`, `audio`, ...) are refused with a 400 naming the parameter; penalties,
+//!   `seed` and `logit_bias` are dropped (Anthropic has no equivalent and they do not
+//!   change what is asked).
 
 use std::borrow::Cow;
 
@@ -110,30 +112,16 @@ pub fn request(body: &[u8], model: &str) -> Result<Vec<u8>, ApiError> {
 
 /// [`request`] on a parsed body.
 pub fn request_value(obj: &Value, model: &str) -> Result<Value, ApiError> {
-    super::refuse_set(
-        obj,
-        &[
-            "functions",
-            "function_call",
-            "logprobs",
-            "top_logprobs",
-            "audio",
-            "prediction",
-        ],
-        PROVIDER,
-    )?;
+    super::refuse_openai_only(obj, PROVIDER)?;
     super::refuse_n(obj, PROVIDER)?;
-    if let Some(format) = obj.get("response_format")
-        && format
-            .get("type")
-            .and_then(Value::as_str)
-            .is_some_and(|t| t != "text")
-    {
-        return Err(bad(
-            "response_format",
-            "JSON mode is not supported for Anthropic models through this gateway; describe the JSON you want in the prompt, or use a tool",
-        ));
-    }
+    let with_tool;
+    let obj = match super::json_mode_as_tool(obj)? {
+        Some(v) => {
+            with_tool = v;
+            &with_tool
+        }
+        None => obj,
+    };
     let messages = obj
         .get("messages")
         .and_then(Value::as_array)

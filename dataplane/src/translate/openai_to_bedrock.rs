@@ -12,13 +12,14 @@
 //! - `max_completion_tokens`/`max_tokens` -> `inferenceConfig.maxTokens`, `stop` ->
 //!   `stopSequences`, `temperature`, `top_p` -> `topP`; a `cache_control` on a part, a
 //!   system part or a tool adds a `cachePoint` after it;
-//! - `response_format` `json_object`/`json_schema` arrives here already turned into a forced
-//!   tool by the pipeline (`translate::json_mode_as_tool`);
+//! - `response_format` `json_object`/`json_schema` becomes a forced tool
+//!   (`translate::json_mode_as_tool`); the pipeline turns the call back into content;
 //! - the pivot's `thinking` (from Anthropic clients) becomes
 //!   `additionalModelRequestFields.thinking`, and an assistant's `thinking_blocks` become
 //!   `reasoningContent` blocks (signatures kept); answers' `reasoningContent` goes back the
 //!   same way for Anthropic clients only;
-//! - `n` > 1, `logprobs`, `audio` are refused with a 400; `seed`, penalties, `user`, `logit_bias`, `parallel_tool_calls` are dropped.
+//! - `n` > 1 and OpenAI-only parameters (`translate::refuse_openai_only`) are refused
+//!   with a 400; `seed`, penalties, `user`, `logit_bias`, `parallel_tool_calls` are dropped.
 
 use serde_json::{Map, Value, json};
 
@@ -152,28 +153,16 @@ fn tool_config(obj: &Value) -> Result<Option<Value>, ApiError> {
 
 /// The Converse body for an OpenAI chat request (the model goes in the URL).
 pub fn request_value(obj: &Value) -> Result<Value, ApiError> {
-    super::refuse_set(
-        obj,
-        &[
-            "logprobs",
-            "top_logprobs",
-            "audio",
-            "prediction",
-            "functions",
-        ],
-        PROVIDER,
-    )?;
+    super::refuse_openai_only(obj, PROVIDER)?;
     super::refuse_n(obj, PROVIDER)?;
-    if obj
-        .pointer("/response_format/type")
-        .and_then(Value::as_str)
-        .is_some_and(|t| t != "text")
-    {
-        return Err(bad(
-            "response_format",
-            "JSON mode is not supported for Bedrock models through this gateway; describe the JSON you want in the prompt, or use a tool",
-        ));
-    }
+    let with_tool;
+    let obj = match super::json_mode_as_tool(obj)? {
+        Some(v) => {
+            with_tool = v;
+            &with_tool
+        }
+        None => obj,
+    };
     let messages = obj
         .get("messages")
         .and_then(Value::as_array)

@@ -134,17 +134,7 @@ fn tool_config(obj: &Value) -> Result<Option<Value>, ApiError> {
 
 /// The `generateContent` body for an OpenAI chat request (the model goes in the URL).
 pub fn request_value(obj: &Value) -> Result<Value, ApiError> {
-    super::refuse_set(
-        obj,
-        &[
-            "logprobs",
-            "top_logprobs",
-            "audio",
-            "prediction",
-            "functions",
-        ],
-        PROVIDER,
-    )?;
+    super::refuse_openai_only(obj, PROVIDER)?;
     let messages = obj
         .get("messages")
         .and_then(Value::as_array)

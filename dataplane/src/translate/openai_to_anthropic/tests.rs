@@ -49,9 +49,14 @@ fn refused_parameters_name_themselves() {
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
             "n",
         ),
+        // JSON mode travels as a forced tool, so it cannot join the client's own tools.
         (
-            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"},"tools":[{"type":"function","function":{"name":"f"}}]}"#,
             "response_format",
+        ),
+        (
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"xml"}}"#,
+            "response_format.type",
         ),
         (
             r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
@@ -63,6 +68,12 @@ fn refused_parameters_name_themselves() {
             other => panic!("{body}: {other:?}"),
         }
     }
+    let out = request(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#, "c").unwrap();
+    let v: Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(
+        v["tool_choice"],
+        serde_json::json!({"type": "tool", "name": "json_response"})
+    );
     // Parameters with no Anthropic equivalent that do not change the request are dropped.
     let out = request(br#"{"model":"m","messages":[{"role":"user","content":"x"}],"seed":1,"presence_penalty":0.5}"#, "c").unwrap();
     let v: Value = serde_json::from_slice(&out).unwrap();
