@@ -39,14 +39,11 @@ fn translated(plan: &Plan, client: &[u8]) -> Result<Vec<u8>, ApiError> {
         // Needed by the message translation; not sent.
         obj.insert("max_tokens".into(), json!(1));
     }
-    let full: Value = serde_json::from_slice(
-        &plan.request(&serde_json::to_vec(&v).map_err(|_| ApiError::Internal)?)?,
-    )
-    .map_err(|_| ApiError::Internal)?;
-    let pick = |keys: &[&str]| -> Value {
+    let mut full = plan.request_value(v)?;
+    let mut pick = |keys: &[&str]| -> Value {
         Value::Object(
             keys.iter()
-                .filter_map(|k| full.get(*k).map(|v| ((*k).to_string(), v.clone())))
+                .filter_map(|k| Some(((*k).to_string(), full.get_mut(*k)?.take())))
                 .collect(),
         )
     };

@@ -57,8 +57,13 @@ impl Plan {
 
     /// The body sent upstream for a translated request (`passes_request` is false).
     pub fn request(&self, body: &[u8]) -> Result<Vec<u8>, ApiError> {
-        let client = super::parse_client_json(body)?;
-        let out = match (self.client, self.wire) {
+        let out = self.request_value(super::parse_client_json(body)?)?;
+        serde_json::to_vec(&out).map_err(|_| ApiError::Internal)
+    }
+
+    /// [`Plan::request`] on a parsed body.
+    pub fn request_value(&self, client: Value) -> Result<Value, ApiError> {
+        Ok(match (self.client, self.wire) {
             (Api::Anthropic, Wire::VertexAnthropic) => vertex_anthropic(client),
             (Api::Anthropic, _) => {
                 let field = if matches!(
@@ -78,11 +83,11 @@ impl Plan {
                 self.openai_to_wire(&openai)?
             }
             (Api::OpenAi, _) => self.openai_to_wire(&client)?,
-        };
-        serde_json::to_vec(&out).map_err(|_| ApiError::Internal)
+        })
     }
 
-    /// JSON mode goes through a forced tool for these wire formats.
+    /// JSON mode went through a forced tool (the translators for these wire formats send
+    /// one), so the answer's call is its content.
     fn json_by_tool(&self) -> bool {
         self.json_mode
             && self.client == Api::OpenAi
@@ -93,17 +98,6 @@ impl Plan {
     }
 
     fn openai_to_wire(&self, v: &Value) -> Result<Value, ApiError> {
-        let with_tool;
-        let v = match self.json_by_tool() {
-            true => match super::json_mode_as_tool(v)? {
-                Some(t) => {
-                    with_tool = t;
-                    &with_tool
-                }
-                None => v,
-            },
-            false => v,
-        };
         Ok(match self.wire {
             Wire::OpenAi => v.clone(),
             Wire::Anthropic => super::openai_to_anthropic::request_value(v, &self.model)?,
