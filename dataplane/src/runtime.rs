@@ -133,14 +133,18 @@ pub struct Compat {
 }
 
 impl Compat {
-    /// Nothing in the body changes.
-    pub fn keeps_body(&self) -> bool {
-        self.max_tokens_field.is_none() && self.drop_params.is_empty() && !self.developer_as_system
+    /// Nothing in the body changes. A `translated` body (the gateway wrote it) also loses
+    /// the `stream_options` it asks for when the server takes none.
+    pub fn keeps_body(&self, translated: bool) -> bool {
+        self.max_tokens_field.is_none()
+            && self.drop_params.is_empty()
+            && !self.developer_as_system
+            && (self.stream_usage || !translated)
     }
 
     /// The request body as this server takes it (the same bytes when nothing applies).
-    pub fn apply(&self, body: bytes::Bytes) -> bytes::Bytes {
-        if self.keeps_body() {
+    pub fn apply(&self, body: bytes::Bytes, translated: bool) -> bytes::Bytes {
+        if self.keeps_body(translated) {
             return body;
         }
         let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
@@ -151,6 +155,9 @@ impl Compat {
         };
         for p in &self.drop_params {
             obj.remove(p);
+        }
+        if translated && !self.stream_usage {
+            obj.remove("stream_options");
         }
         if let Some(field) = self.max_tokens_field {
             let other = if field == "max_tokens" {
@@ -686,22 +693,34 @@ mod tests {
         assert!(!c.stream_usage);
         let out = c.apply(bytes::Bytes::from_static(
             br#"{"model":"m","max_completion_tokens":5,"store":true,"messages":[{"role":"developer","content":"d"},{"role":"user","content":"u"}]}"#,
-        ));
+        ), false);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(
             v,
             serde_json::json!({"model":"m","max_tokens":5,"messages":[{"role":"system","content":"d"},{"role":"user","content":"u"}]})
         );
         // Both fields present: the one the server takes wins, the other goes.
-        let out = c.apply(bytes::Bytes::from_static(
-            br#"{"max_tokens":7,"max_completion_tokens":5}"#,
-        ));
+        let out = c.apply(
+            bytes::Bytes::from_static(br#"{"max_tokens":7,"max_completion_tokens":5}"#),
+            false,
+        );
         assert_eq!(&out[..], br#"{"max_tokens":7}"#);
+        // The stream_options a translated body asks for go; a client's own stay.
+        let sent = bytes::Bytes::from_static(br#"{"stream_options":{"include_usage":true}}"#);
+        assert_eq!(&c.apply(sent.clone(), true)[..], b"{}");
+        assert_eq!(
+            &c.apply(sent, false)[..],
+            br#"{"stream_options":{"include_usage":true}}"#
+        );
 
         let none = Compat::try_from(None).unwrap();
-        assert!(none.stream_usage && none.keeps_body());
+        assert!(none.stream_usage && none.keeps_body(true));
         let body = bytes::Bytes::from_static(br#"{ "model" : "m" }"#);
-        assert_eq!(none.apply(body.clone()).as_ptr(), body.as_ptr(), "no copy");
+        assert_eq!(
+            none.apply(body.clone(), true).as_ptr(),
+            body.as_ptr(),
+            "no copy"
+        );
 
         for bad in [
             pb::Compatibility {

@@ -297,10 +297,7 @@ async fn forward(
         plan.request(&body)?.into()
     };
     if wire == Wire::OpenAi {
-        upstream_body = provider.compat.apply(upstream_body);
-        if !provider.compat.stream_usage && !plan.passes_request() {
-            upstream_body = without_stream_options(upstream_body);
-        }
+        upstream_body = provider.compat.apply(upstream_body, !plan.passes_request());
     }
     let uri = match wire {
         Wire::OpenAi => provider.chat_uri(model),
@@ -388,19 +385,6 @@ pub(super) fn aws_error_type(headers: &HeaderMap) -> Option<&str> {
     headers
         .get("x-amzn-errortype")
         .and_then(|v| v.to_str().ok())
-}
-
-/// A translated body without `stream_options`, for servers that reject it.
-fn without_stream_options(body: Bytes) -> Bytes {
-    match serde_json::from_slice::<serde_json::Value>(&body) {
-        Ok(mut v) if v.get("stream_options").is_some() => {
-            if let Some(obj) = v.as_object_mut() {
-                obj.remove("stream_options");
-            }
-            serde_json::to_vec(&v).map(Into::into).unwrap_or(body)
-        }
-        _ => body,
-    }
 }
 
 /// A process-unique id for answers whose provider gives none.

@@ -90,7 +90,9 @@ async fn forward(
             &to,
             &parts.headers,
             uri,
-            to.provider.compat.apply(head.with_model(body, model)),
+            to.provider
+                .compat
+                .apply(head.with_model(body, model), false),
             deadline,
         )
         .await?;
