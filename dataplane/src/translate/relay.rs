@@ -6,7 +6,10 @@
 //! A frame that ends at an event boundary and holds no usage is forwarded as the same
 //! buffer, without a copy: that is nearly every frame of a stream.
 
+use std::sync::LazyLock;
+
 use bytes::Bytes;
+use memchr::memmem::Finder;
 use serde_json::Value;
 
 use super::{AnthropicUsage, Usage};
@@ -42,8 +45,26 @@ fn last_boundary(b: &[u8], from: usize) -> usize {
     end
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    memchr::memmem::find(haystack, needle).is_some()
+/// Searchers built once: every frame of a relayed stream is scanned with one of them.
+static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":"));
+static MESSAGE_EVENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"message_"));
+
+/// An OpenAI chunk with a usage object (chunks without usage have none or `"usage":null`).
+fn has_usage_object(b: &[u8]) -> bool {
+    USAGE_KEY.find_iter(b).any(|at| {
+        b[at + USAGE_KEY.needle().len()..]
+            .iter()
+            .find(|c| !c.is_ascii_whitespace())
+            == Some(&b'{')
+    })
+}
+
+/// An Anthropic event that carries usage: `message_start` or `message_delta`.
+fn has_usage_event(b: &[u8]) -> bool {
+    MESSAGE_EVENT.find_iter(b).any(|at| {
+        let rest = &b[at + MESSAGE_EVENT.needle().len()..];
+        rest.starts_with(b"start") || rest.starts_with(b"delta")
+    })
 }
 
 impl Relay {
@@ -106,13 +127,8 @@ impl Relay {
     /// Meters the events of `ready` (whole events) and returns what the client gets.
     fn meter(&mut self, ready: Bytes) -> Bytes {
         let may_carry_usage = match self.meter {
-            // Chunks without usage have none or `"usage":null`.
-            Meter::OpenAi { .. } => {
-                contains(&ready, b"\"usage\":{") || contains(&ready, b"\"usage\": {")
-            }
-            Meter::Anthropic(_) => {
-                contains(&ready, b"message_start") || contains(&ready, b"message_delta")
-            }
+            Meter::OpenAi { .. } => has_usage_object(&ready),
+            Meter::Anthropic(_) => has_usage_event(&ready),
         };
         if !may_carry_usage {
             return ready;
@@ -254,6 +270,17 @@ mod tests {
             let u = r.usage().unwrap();
             assert_eq!((u.input, u.output, u.cached), (13, 12, 4));
         }
+    }
+
+    #[test]
+    fn only_events_that_can_carry_usage_are_parsed() {
+        assert!(has_usage_object(br#"data: {"usage": {"prompt_tokens":1}}"#));
+        assert!(has_usage_object(br#"{"usage":null} {"usage":{}}"#));
+        assert!(!has_usage_object(br#"data: {"choices":[],"usage":null}"#));
+        assert!(has_usage_event(b"event: message_delta\n"));
+        assert!(!has_usage_event(
+            b"event: message_stop\ndata: {\"type\":\"message_stop\"}"
+        ));
     }
 
     #[test]
