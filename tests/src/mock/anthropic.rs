@@ -4,8 +4,6 @@
 
 use serde_json::{Value, json};
 
-use super::openai::count_tokens;
-
 #[derive(Debug)]
 pub struct MessagesRequest {
     pub model: String,
@@ -199,7 +197,7 @@ pub fn parse(body: &[u8]) -> Result<MessagesRequest, Value> {
 
 /// The prompt's tokens as the mock counts them.
 pub fn input_tokens(req: &MessagesRequest) -> u64 {
-    req.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + 2 * req.texts.len() as u64
+    super::prompt_tokens(&req.texts, 2)
 }
 
 /// Pieces of the answer, cut at `max_tokens` (one piece is one token here).

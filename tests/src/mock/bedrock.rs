@@ -8,7 +8,6 @@ use serde_json::{Value, json};
 use tollgate_dataplane::auth::sigv4;
 use tollgate_dataplane::eventstream::encode_event;
 
-use super::openai::count_tokens;
 use super::tools::ToolCall;
 
 #[derive(Debug)]
@@ -348,7 +347,7 @@ pub fn pieces(req: &ConverseRequest, chunks: Option<usize>) -> (Vec<String>, &'s
 
 /// The prompt's tokens as the mock counts them.
 pub fn input_tokens(req: &ConverseRequest) -> u64 {
-    req.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + req.texts.len() as u64
+    super::prompt_tokens(&req.texts, 1)
 }
 
 fn usage(req: &ConverseRequest, output: u64) -> Value {

@@ -425,9 +425,19 @@ mod tests {
             )
             .is_err()
         );
+        // A valid conversation with a member CountTokens does not take: only that is wrong.
+        let messages = r#""messages":[{"role":"user","content":[{"text":"a"}]}]"#;
         assert!(
             bedrock_count(
-                br#"{"input":{"converse":{"messages":[],"inferenceConfig":{}}}}"#,
+                format!(r#"{{"input":{{"converse":{{{messages}}}}}}}"#).as_bytes(),
+                "m"
+            )
+            .is_ok()
+        );
+        assert!(
+            bedrock_count(
+                format!(r#"{{"input":{{"converse":{{{messages},"inferenceConfig":{{}}}}}}}}"#)
+                    .as_bytes(),
                 "m"
             )
             .is_err()

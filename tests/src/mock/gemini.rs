@@ -4,7 +4,6 @@
 
 use serde_json::{Value, json};
 
-use super::openai::count_tokens;
 use super::tools::ToolCall;
 
 #[derive(Debug)]
@@ -270,7 +269,7 @@ pub fn pieces(req: &GenerateRequest, chunks: Option<usize>) -> (Vec<String>, &'s
 
 /// The prompt's tokens as the mock counts them.
 pub fn prompt_tokens(req: &GenerateRequest) -> u64 {
-    req.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + req.texts.len() as u64
+    super::prompt_tokens(&req.texts, 1)
 }
 
 fn usage(req: &GenerateRequest, output: u64) -> Value {

@@ -34,6 +34,12 @@ pub fn reply_pieces(last_user: &str, chunks: Option<usize>) -> Vec<String> {
     pieces
 }
 
+/// A prompt's tokens as the mock counts them: its words, plus `per_message` for each
+/// message's framing (each format counts its framing differently).
+pub fn prompt_tokens(texts: &[String], per_message: u64) -> u64 {
+    texts.iter().map(|t| openai::count_tokens(t)).sum::<u64>() + per_message * texts.len() as u64
+}
+
 /// Cuts `pieces` at a token limit; true when it did.
 pub fn cut_at_limit(pieces: &mut Vec<String>, limit: Option<u64>) -> bool {
     match limit {

@@ -253,8 +253,7 @@ pub fn answer_pieces(req: &ChatRequest, chunks: Option<usize>) -> Vec<String> {
 }
 
 pub fn usage(req: &ChatRequest, completion_tokens: u64) -> Value {
-    let prompt: u64 =
-        req.texts.iter().map(|t| count_tokens(t)).sum::<u64>() + 3 * req.texts.len() as u64;
+    let prompt = super::prompt_tokens(&req.texts, 3);
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion_tokens,
