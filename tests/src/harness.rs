@@ -416,6 +416,19 @@ impl Stack {
     }
 
     /// The value of a counter or gauge (summed over label sets matching `labels`).
+    /// The requests mock-llm received, oldest first.
+    pub fn upstream_requests(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let (_, text) = http_get(&format!("{}/mock/requests", self.mock_url))?;
+        Ok(serde_json::from_str(&text)?)
+    }
+
+    /// The last request mock-llm received.
+    pub fn last_upstream_request(&self) -> anyhow::Result<serde_json::Value> {
+        self.upstream_requests()?
+            .pop()
+            .context("mock-llm received no request")
+    }
+
     pub fn metric(admin: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
         let (_, text) = http_get(&format!("{admin}/metrics"))?;
         let mut total = 0.0;

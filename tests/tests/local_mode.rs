@@ -148,8 +148,7 @@ async fn rust_openai_client_json_and_stream() {
             .await
             .unwrap();
         assert_eq!(r.model, "gpt-4o");
-        let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
-        let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
+        let requests = stack.upstream_requests().unwrap();
         let last = requests.last().unwrap();
         assert_eq!(last["body"]["model"], "gpt-4o");
         assert_eq!(last["headers"]["authorization"], "Bearer sk-mock-primary");
@@ -201,9 +200,7 @@ async fn streams_are_metered_without_the_client_asking_for_usage() {
             }
         }
         assert_eq!(text, "Mock reply to: meter me");
-        let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
-        let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
-        let last = requests.last().unwrap();
+        let last = &stack.last_upstream_request().unwrap();
         assert_eq!(
             last["body"]["stream_options"]["include_usage"], true,
             "{last}"
@@ -345,9 +342,7 @@ async fn anthropic_provider_gets_its_own_headers_and_the_translated_request() {
             r.choices[0].message.content.as_deref(),
             Some("Mock reply to: translated")
         );
-        let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
-        let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
-        let last = requests.last().unwrap();
+        let last = &stack.last_upstream_request().unwrap();
         assert_eq!(last["path"], "/v1/messages");
         assert_eq!(last["headers"]["x-api-key"], "sk-ant-mock");
         assert_eq!(last["headers"]["anthropic-version"], "2023-06-01");
@@ -408,8 +403,7 @@ async fn weighted_targets_share_traffic() {
             "primary took {primary} of {n}"
         );
         // Each account was called with its own key.
-        let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
-        let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
+        let requests = stack.upstream_requests().unwrap();
         let secondary_calls = requests
             .iter()
             .filter(|r| r["headers"]["authorization"] == "Bearer sk-mock-secondary")
@@ -898,9 +892,7 @@ async fn embeddings_on_every_provider_type() {
                 "{model}: {}",
                 v["usage"]
             );
-            let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
-            let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
-            let last = requests.last().unwrap();
+            let last = &stack.last_upstream_request().unwrap();
             assert!(
                 last["path"].as_str().unwrap().ends_with(path),
                 "{model}: {}",
@@ -998,9 +990,7 @@ async fn count_tokens_matches_the_usage_of_the_answer() {
             )
             .await;
             assert_eq!(status, 200, "{model}: {count}");
-            let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
-            let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
-            let last = requests.last().unwrap();
+            let last = &stack.last_upstream_request().unwrap();
             assert!(
                 last["path"].as_str().unwrap().ends_with(upstream),
                 "{model}: {}",
@@ -1017,9 +1007,7 @@ async fn count_tokens_matches_the_usage_of_the_answer() {
             .await;
             assert_eq!(status, 200, "{model}: {answer}");
             if model.starts_with("bedrock") {
-                let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
-                let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
-                let sent = &requests.last().unwrap()["body"];
+                let sent = &stack.last_upstream_request().unwrap()["body"];
                 assert_eq!(sent["system"][1]["cachePoint"]["type"], "default", "{sent}");
                 assert_eq!(sent["toolConfig"]["tools"][1]["cachePoint"]["type"], "default", "{sent}");
             }
@@ -1064,9 +1052,7 @@ async fn compatibility_settings_shape_the_upstream_request() {
     let stack = Stack::start_all_providers().unwrap();
     with_logs(&stack, async {
         let last_request = || {
-            let (_, requests) = http_get(&format!("{}/mock/requests", stack.mock_url)).unwrap();
-            let requests: Vec<Value> = serde_json::from_str(&requests).unwrap();
-            requests.last().unwrap().clone()
+            stack.last_upstream_request().unwrap()
         };
         let body = r#"{"model":"quirky","stream":true,"max_completion_tokens":50,
             "parallel_tool_calls":false,"store":true,"temperature":0.5,
