@@ -701,9 +701,20 @@ fn compile_provider(
             consecutive_failures: h.consecutive_failures.unwrap_or(0),
             base_ejection_ms: ms(h.base_ejection_time.as_ref()),
             max_ejection_ms: ms(h.max_ejection_time.as_ref()),
+            failure_percent: h.failure_percent.unwrap_or(0),
+            minimum_requests: h.minimum_requests.unwrap_or(0),
+            interval_ms: ms(h.interval.as_ref()),
         }),
     };
     (body, missing)
+}
+
+/// The CRD names of failure classes (`5xx`, `connect-error`, ...).
+fn retry_on_names(on: &[route::RetryOn]) -> Vec<String> {
+    on.iter()
+        .filter_map(|o| serde_json::to_value(o).ok())
+        .filter_map(|v| v.as_str().map(str::to_string))
+        .collect()
 }
 
 fn compile_route(r: &Parsed<route::LlmRouteSpec>) -> pb::Route {
@@ -753,12 +764,18 @@ fn compile_route(r: &Parsed<route::LlmRouteSpec>) -> pb::Route {
             attempts: rt.attempts,
             backoff_base_ms: ms(rt.backoff.as_ref().and_then(|b| b.base.as_ref())),
             backoff_max_ms: ms(rt.backoff.as_ref().and_then(|b| b.max.as_ref())),
-            on: rt
-                .on
-                .iter()
-                .filter_map(|o| serde_json::to_value(o).ok())
-                .filter_map(|v| v.as_str().map(str::to_string))
-                .collect(),
+            on: retry_on_names(&rt.on),
+            budget_percent: rt.budget_percent,
+            max_retry_after_ms: ms(rt.max_retry_after.as_ref()),
+        }),
+        fallback_on: retry_on_names(&spec.fallback_on),
+        streaming: spec.streaming.as_ref().map(|st| pb::Streaming {
+            continue_on_failure: st.continue_on_failure,
+            keep_alive_ms: match st.keep_alive_interval.as_deref().and_then(parse_duration) {
+                Some(d) if d.is_zero() => u64::MAX,
+                Some(d) => d.as_millis() as u64,
+                None => 0,
+            },
         }),
         timeouts: spec.timeouts.as_ref().map(|t| pb::Timeouts {
             request_ms: ms(t.request.as_ref()),

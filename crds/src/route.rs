@@ -55,6 +55,30 @@ pub struct LlmRouteSpec {
     pub retries: Option<Retries>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeouts: Option<Timeouts>,
+    /// Failures that move a request on to the next target, then to the fallbacks (default:
+    /// connect-error, 5xx, 429, timeout, first-token-timeout).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub fallback_on: Vec<RetryOn>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming: Option<Streaming>,
+}
+
+/// How streams behave when the provider is slow or fails.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Streaming {
+    /// After the first byte has reached the client, resume a failed stream on the next
+    /// target, sending the partial answer as an assistant prefill (default false: the
+    /// stream ends with an error event).
+    #[serde(default)]
+    pub continue_on_failure: bool,
+    /// While no byte has come from the provider, send an SSE comment this often (default
+    /// 10s; "0s" turns it off). Once one is sent the response status is 200, so a later
+    /// failure is told as an error event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub keep_alive_interval: Option<String>,
 }
 
 /// What a request must look like to take this route.
@@ -160,6 +184,16 @@ pub struct Retries {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub on: Vec<RetryOn>,
+    /// Retries allowed, as a percentage of the route's requests over the last 10 seconds
+    /// (default 20; at least 3 retries a second are always allowed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub budget_percent: Option<u32>,
+    /// Longest `Retry-After` waited for before a retry (default 5s); a provider asking
+    /// for longer is not retried but failed over.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub max_retry_after: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod balance;
 pub mod eventstream;
 pub mod glob;
 pub mod metrics;

@@ -120,6 +120,7 @@ async fn main() -> anyhow::Result<()> {
         upstream: upstream::client(),
         metrics,
         max_body_bytes: args.max_body_bytes,
+        balance: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

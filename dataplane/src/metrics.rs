@@ -20,6 +20,21 @@ pub struct Metrics {
     pub config_updates: IntCounter,
     pub config_rejected: IntCounter,
     pub config_connected: IntGauge,
+    /// Upstream attempts by route, provider, model and outcome (`ok`, or the failure
+    /// class: `5xx`, `429`, `connect-error`, ...).
+    pub attempts: IntCounterVec,
+    /// Retries by route.
+    pub retries: IntCounterVec,
+    /// Moves to another target or a fallback after a failure, by route and the provider
+    /// and model moved to.
+    pub fallbacks: IntCounterVec,
+    /// Retries refused by the route's retry budget.
+    pub retries_refused: IntCounterVec,
+    /// Ejections by provider and endpoint (`model` for a target, the credential id for a
+    /// credential) and kind (`target`, `credential`).
+    pub ejections: IntCounterVec,
+    /// 1 while a target or credential is ejected.
+    pub ejected: IntGaugeVec,
 }
 
 impl Metrics {
@@ -76,6 +91,55 @@ impl Metrics {
             "tollgate_config_connected",
             "1 while the config stream is up",
         )?;
+        let attempts = IntCounterVec::new(
+            Opts::new(
+                "tollgate_upstream_attempts_total",
+                "Upstream attempts, by route, provider, model and outcome (ok or the failure class)",
+            ),
+            &["route", "provider", "model", "outcome"],
+        )?;
+        let retries = IntCounterVec::new(
+            Opts::new("tollgate_retries_total", "Retries, by route"),
+            &["route"],
+        )?;
+        let fallbacks = IntCounterVec::new(
+            Opts::new(
+                "tollgate_fallbacks_total",
+                "Moves to another target or fallback after a failure, by route and where to",
+            ),
+            &["route", "provider", "model"],
+        )?;
+        let retries_refused = IntCounterVec::new(
+            Opts::new(
+                "tollgate_retries_budget_exhausted_total",
+                "Retries not made because the route's retry budget was spent, by route",
+            ),
+            &["route"],
+        )?;
+        let ejections = IntCounterVec::new(
+            Opts::new(
+                "tollgate_ejections_total",
+                "Outlier ejections, by provider, endpoint (model or credential) and kind",
+            ),
+            &["provider", "endpoint", "kind"],
+        )?;
+        let ejected = IntGaugeVec::new(
+            Opts::new(
+                "tollgate_upstream_ejected",
+                "1 while a target (model) or credential of a provider is ejected",
+            ),
+            &["provider", "endpoint", "kind"],
+        )?;
+        for m in [
+            &attempts,
+            &retries,
+            &fallbacks,
+            &retries_refused,
+            &ejections,
+        ] {
+            registry.register(Box::new(m.clone()))?;
+        }
+        registry.register(Box::new(ejected.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(duration.clone()))?;
@@ -94,6 +158,12 @@ impl Metrics {
             config_updates,
             config_rejected,
             config_connected,
+            attempts,
+            retries,
+            fallbacks,
+            retries_refused,
+            ejections,
+            ejected,
         })
     }
 }

@@ -11,6 +11,8 @@ use http::{HeaderName, HeaderValue, Uri};
 use regex::Regex;
 use tollgate_proto as pb;
 
+use crate::balance::{Failure, FailureSet, HealthPolicy};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConvertError {
     #[error("resource has no body")]
@@ -42,6 +44,10 @@ pub enum ConvertError {
     BadHeaderMatch { name: String, reason: String },
     #[error("compatibility: {0}")]
     BadCompatibility(String),
+    #[error("unknown strategy {0}")]
+    UnknownStrategy(i32),
+    #[error("unknown failure class {0:?}")]
+    BadFailureClass(String),
 }
 
 /// Wire families the dataplane knows how to call.
@@ -91,6 +97,9 @@ pub struct Credential {
     pub id: String,
     pub auth: Auth,
     pub weight: u32,
+    /// Per-minute limits of the key (0: none).
+    pub requests_per_minute: u64,
+    pub tokens_per_minute: u64,
 }
 
 impl std::fmt::Debug for Credential {
@@ -117,6 +126,10 @@ pub struct Provider {
     pub credentials: Vec<Credential>,
     /// How this server's OpenAI API differs from OpenAI's (`spec.compatibility`).
     pub compat: Compat,
+    /// When its targets and credentials are ejected.
+    pub health: HealthPolicy,
+    /// Prices by model name (`spec.models`): input and output USD per million tokens.
+    pub prices: Vec<(String, f64, f64)>,
 }
 
 /// A server's differences from OpenAI's API, applied to every request sent to it in
@@ -370,6 +383,39 @@ impl Provider {
     pub fn credential(&self) -> Option<&Credential> {
         pick_weighted(&self.credentials, |c| c.weight)
     }
+
+    /// What a request to `model` costs here, as one figure to compare targets by: the sum
+    /// of the input and output prices per million tokens. `None` when no price is known.
+    pub fn price(&self, model: &str) -> Option<f64> {
+        self.prices
+            .iter()
+            .find(|(name, _, _)| name == model)
+            .map(|(_, input, output)| input + output)
+    }
+}
+
+fn ms_or(ms: u64, default: Duration) -> Duration {
+    if ms == 0 {
+        default
+    } else {
+        Duration::from_millis(ms)
+    }
+}
+
+impl From<Option<&pb::Health>> for HealthPolicy {
+    fn from(h: Option<&pb::Health>) -> Self {
+        let d = Self::default();
+        let Some(h) = h else { return d };
+        let or = |v: u32, default: u32| if v == 0 { default } else { v };
+        Self {
+            consecutive_failures: or(h.consecutive_failures, d.consecutive_failures),
+            base_ejection: ms_or(h.base_ejection_ms, d.base_ejection),
+            max_ejection: ms_or(h.max_ejection_ms, d.max_ejection),
+            failure_percent: or(h.failure_percent, d.failure_percent),
+            minimum_requests: or(h.minimum_requests, d.minimum_requests),
+            interval: ms_or(h.interval_ms, d.interval),
+        }
+    }
 }
 
 /// AWS keys as the controller packs them: `{"accessKeyId", "secretAccessKey",
@@ -454,6 +500,8 @@ impl TryFrom<&pb::Provider> for Provider {
                     id: c.id.clone(),
                     auth: credential_auth(kind, c)?,
                     weight: c.weight,
+                    requests_per_minute: c.requests_per_minute,
+                    tokens_per_minute: c.tokens_per_minute,
                 })
             })
             .collect::<Result<Vec<_>, ConvertError>>()?;
@@ -472,6 +520,18 @@ impl TryFrom<&pb::Provider> for Provider {
             },
             credentials,
             compat: Compat::try_from(p.compatibility.as_ref())?,
+            health: HealthPolicy::from(p.health.as_ref()),
+            prices: p
+                .models
+                .iter()
+                .filter_map(|m| {
+                    Some((
+                        m.name.clone(),
+                        m.input_per_million_usd?,
+                        m.output_per_million_usd?,
+                    ))
+                })
+                .collect(),
         })
     }
 }
@@ -498,6 +558,47 @@ pub struct Target {
     pub priority: u32,
 }
 
+/// How a route picks among its targets.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Strategy {
+    #[default]
+    Weighted,
+    Priority,
+    Latency,
+    LeastBusy,
+    Cost,
+}
+
+#[derive(Clone, Debug)]
+pub struct Fallback {
+    pub target: Target,
+    /// This attempt's own timeout.
+    pub timeout: Option<Duration>,
+}
+
+/// A route's retries (`spec.retries`).
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts after the first.
+    pub attempts: u32,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    pub on: FailureSet,
+    pub budget_percent: u32,
+    pub max_retry_after: Duration,
+}
+
+impl RetryPolicy {
+    /// The wait before retry number `n` (1-based): exponential, with full jitter.
+    pub fn backoff(&self, n: u32) -> Duration {
+        let ceiling = self
+            .backoff_base
+            .saturating_mul(1u32 << (n.saturating_sub(1)).min(16))
+            .min(self.backoff_max);
+        ceiling.mul_f64(fastrand::f64())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct Route {
     /// `<namespace>/<name>`; shared with metric labels, so cloning it is cheap.
@@ -506,12 +607,36 @@ pub struct Route {
     pub name: String,
     pub models: Vec<String>,
     pub headers: Vec<HeaderMatch>,
+    pub strategy: Strategy,
     pub targets: Vec<Target>,
+    pub fallbacks: Vec<Fallback>,
+    pub retry: RetryPolicy,
+    /// Failures that move on to the next target or fallback.
+    pub fallback_on: FailureSet,
     pub request_timeout: Duration,
+    /// Streams: longest wait for the provider's first byte.
+    pub first_token_timeout: Option<Duration>,
+    /// Streams: resume on the next target after a failure mid-stream.
+    pub continue_on_failure: bool,
+    /// Streams: SSE comment interval while no byte has come; `None` sends none.
+    pub keep_alive: Option<Duration>,
 }
 
 /// Used when a route sets no request timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Used when a route sets no keep-alive interval.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
+
+fn failure_set(names: &[String], default: &[Failure]) -> Result<FailureSet, ConvertError> {
+    if names.is_empty() {
+        return Ok(FailureSet::of(default));
+    }
+    let parsed = names
+        .iter()
+        .map(|n| Failure::parse(n).ok_or_else(|| ConvertError::BadFailureClass(n.clone())))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(FailureSet::of(&parsed))
+}
 
 impl TryFrom<&pb::Route> for Route {
     type Error = ConvertError;
@@ -548,26 +673,75 @@ impl TryFrom<&pb::Route> for Route {
             })
             .collect::<Result<Vec<_>, ConvertError>>()?;
         let timeout_ms = r.timeouts.as_ref().map_or(0, |t| t.request_ms);
+        let first_token_ms = r.timeouts.as_ref().map_or(0, |t| t.first_token_ms);
+        let target = |provider: &str, model: &str, weight, priority| Target {
+            provider: format!("{}/{}", r.namespace, provider),
+            model: (!model.is_empty()).then(|| model.into()),
+            weight,
+            priority,
+        };
+        let retries = r.retries.clone().unwrap_or_default();
+        let keep_alive_ms = r.streaming.as_ref().map_or(0, |s| s.keep_alive_ms);
         Ok(Self {
             id: format!("{}/{}", r.namespace, r.name).into(),
             namespace: r.namespace.clone(),
             name: r.name.clone(),
             models: r.models.clone(),
             headers,
+            strategy: match pb::Strategy::try_from(r.strategy) {
+                Ok(pb::Strategy::Weighted) => Strategy::Weighted,
+                Ok(pb::Strategy::Priority) => Strategy::Priority,
+                Ok(pb::Strategy::Latency) => Strategy::Latency,
+                Ok(pb::Strategy::LeastBusy) => Strategy::LeastBusy,
+                Ok(pb::Strategy::Cost) => Strategy::Cost,
+                Err(_) => return Err(ConvertError::UnknownStrategy(r.strategy)),
+            },
             targets: r
                 .targets
                 .iter()
-                .map(|t| Target {
-                    provider: format!("{}/{}", r.namespace, t.provider),
-                    model: (!t.model.is_empty()).then(|| t.model.as_str().into()),
-                    weight: t.weight,
-                    priority: t.priority,
+                .map(|t| target(&t.provider, &t.model, t.weight, t.priority))
+                .collect(),
+            fallbacks: r
+                .fallbacks
+                .iter()
+                .map(|f| Fallback {
+                    target: target(&f.provider, &f.model, 1, 0),
+                    timeout: (f.timeout_ms > 0).then(|| Duration::from_millis(f.timeout_ms)),
                 })
                 .collect(),
-            request_timeout: if timeout_ms == 0 {
-                DEFAULT_REQUEST_TIMEOUT
-            } else {
-                Duration::from_millis(timeout_ms)
+            retry: RetryPolicy {
+                attempts: retries.attempts,
+                backoff_base: ms_or(retries.backoff_base_ms, Duration::from_millis(25)),
+                backoff_max: ms_or(retries.backoff_max_ms, Duration::from_millis(250)),
+                on: failure_set(
+                    &retries.on,
+                    &[
+                        Failure::ConnectError,
+                        Failure::ServerError,
+                        Failure::RateLimited,
+                    ],
+                )?,
+                budget_percent: retries.budget_percent.unwrap_or(20),
+                max_retry_after: ms_or(retries.max_retry_after_ms, Duration::from_secs(5)),
+            },
+            fallback_on: failure_set(
+                &r.fallback_on,
+                &[
+                    Failure::ConnectError,
+                    Failure::ServerError,
+                    Failure::RateLimited,
+                    Failure::Timeout,
+                    Failure::FirstTokenTimeout,
+                ],
+            )?,
+            request_timeout: ms_or(timeout_ms, DEFAULT_REQUEST_TIMEOUT),
+            first_token_timeout: (first_token_ms > 0)
+                .then(|| Duration::from_millis(first_token_ms)),
+            continue_on_failure: r.streaming.as_ref().is_some_and(|s| s.continue_on_failure),
+            keep_alive: match keep_alive_ms {
+                0 => Some(DEFAULT_KEEP_ALIVE),
+                u64::MAX => None,
+                ms => Some(Duration::from_millis(ms)),
             },
         })
     }

@@ -464,7 +464,12 @@ async fn errors_come_back_in_openai_format() {
             );
             assert!(v["error"]["type"].is_string(), "{v}");
         }
-        // The provider's own client errors pass through with their status and headers.
+        // Upstream messages are checked: an empty messages array is the provider's 400.
+        let (got, _, v) = post(api, Some(DEMO_KEY), r#"{"model":"gpt-4o","messages":[]}"#).await;
+        assert_eq!(got, 400);
+        assert_eq!(v["error"]["param"], "messages");
+        // The provider's own client errors pass through with their status and headers
+        // (both targets of the route said 429; the last answer is the client's).
         let (got, headers, v) = post(
             api,
             Some(DEMO_KEY),
@@ -473,11 +478,15 @@ async fn errors_come_back_in_openai_format() {
         .await;
         assert_eq!(got, 429);
         assert_eq!(headers["retry-after"], "7");
+        assert_eq!(headers["x-tollgate-attempts"], "2");
         assert_eq!(v["error"]["code"], "rate_limit_exceeded");
-        // Upstream messages are checked: an empty messages array is the provider's 400.
-        let (got, _, v) = post(api, Some(DEMO_KEY), r#"{"model":"gpt-4o","messages":[]}"#).await;
-        assert_eq!(got, 400);
-        assert_eq!(v["error"]["param"], "messages");
+        // Both keys are out for the 7 seconds the provider asked: the gateway says so
+        // itself, without calling the provider.
+        let sent = stack.upstream_requests().unwrap().len();
+        let (got, _, v) = post(api, Some(DEMO_KEY), &chat_body("gpt-4o", "hi")).await;
+        assert_eq!(got, 429, "{v}");
+        assert_eq!(v["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(stack.upstream_requests().unwrap().len(), sent);
 
         // The SDK sees the same errors.
         let err = client(api, "tg-wrong")

@@ -18,8 +18,10 @@ use tokio::time::Instant;
 use super::error::ApiError;
 use super::request::ChatHead;
 use super::{Api, Body, BoxError, State, authenticate, now_unix};
+use crate::balance::{self, Failure};
 use crate::metrics::Metrics;
-use crate::runtime::{Auth, Provider, ProviderKind, Route, Wire, pick_weighted};
+use crate::runtime::{Auth, Credential, Provider, ProviderKind, Route, Wire};
+use crate::snapshot::Snapshot;
 use crate::translate::Usage;
 use crate::translate::pipeline::{Chain, Plan};
 
@@ -58,11 +60,16 @@ pub(super) struct Completion {
     pub status: StatusCode,
     pub started: Instant,
     pub usage: Option<Usage>,
+    /// The credential used, whose tokens-per-minute count the usage adds to.
+    pub credential: Option<Arc<balance::Endpoint>>,
 }
 
 impl Completion {
     pub fn record(self) {
         let l = &self.labels;
+        if let (Some(c), Some(u)) = (&self.credential, &self.usage) {
+            c.add_tokens(u.input + u.output);
+        }
         self.metrics
             .requests
             .with_label_values(&[&l.route, &l.provider, &l.model, self.status.as_str()])
@@ -118,6 +125,7 @@ pub(super) fn answer(
                 status: response.status(),
                 started,
                 usage: None,
+                credential: None,
             }
             .record();
             response
@@ -125,21 +133,31 @@ pub(super) fn answer(
     }
 }
 
-/// Where a request goes: its route, the picked target's provider, and the model sent
-/// upstream.
+/// Where a request goes: its route, the picked target's provider and credential, the
+/// model sent upstream, and how many attempts it took to get there.
 pub(super) struct Resolved {
     pub route: Arc<Route>,
     pub provider: Arc<Provider>,
     pub model: Arc<str>,
+    /// Index into the provider's credentials.
+    pub credential: Option<usize>,
+    pub attempts: u32,
 }
 
-/// Authenticates the key, reads the body, and picks the route, target and model.
-pub(super) async fn resolve(
+impl Resolved {
+    pub fn credential(&self) -> Option<&Credential> {
+        self.credential
+            .and_then(|i| self.provider.credentials.get(i))
+    }
+}
+
+/// Authenticates the key, reads the body, and finds the route.
+async fn resolve_route(
     state: &State,
     parts: &http::request::Parts,
     body: Incoming,
     labels: &mut Labels,
-) -> Result<(Bytes, ChatHead, Resolved), ApiError> {
+) -> Result<(Bytes, ChatHead, Arc<Route>, Arc<Snapshot>), ApiError> {
     let snapshot = state.config.load_full();
     let key = authenticate(&snapshot, &parts.headers)?;
     let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
@@ -152,34 +170,43 @@ pub(super) async fn resolve(
         .ok_or_else(|| ApiError::ModelNotFound(head.model.clone()))?
         .clone();
     labels.route = route.id.clone();
-    let target = pick_weighted(&route.targets, |t| {
-        if snapshot.providers.contains_key(&t.provider) {
-            t.weight
-        } else {
-            0
-        }
-    })
-    .ok_or_else(|| ApiError::NoTarget(route.id.to_string()))?;
-    let provider = snapshot
-        .providers
-        .get(&target.provider)
-        .ok_or_else(|| ApiError::NoTarget(route.id.to_string()))?
-        .clone();
-    labels.provider = provider.id.clone();
-    let model: Arc<str> = target
-        .model
-        .clone()
-        .unwrap_or_else(|| head.model.as_str().into());
-    labels.model = model.clone();
-    Ok((
-        body,
-        head,
-        Resolved {
-            route,
-            provider,
-            model,
-        },
-    ))
+    Ok((body, head, route, snapshot))
+}
+
+/// Authenticates the key, reads the body, and picks the route, target, credential and
+/// model, for one attempt (the strategy applies, ejected targets are passed over).
+pub(super) async fn resolve(
+    state: &State,
+    parts: &http::request::Parts,
+    body: Incoming,
+    labels: &mut Labels,
+) -> Result<(Bytes, ChatHead, Resolved), ApiError> {
+    let (body, head, route, snapshot) = resolve_route(state, parts, body, labels).await?;
+    let plan = balance::Plan::new(&route, &snapshot, &state.balance, &head.model);
+    let now = Instant::now();
+    let c = plan
+        .peek_target(now)
+        .ok_or_else(|| ApiError::NoTarget(route.id.to_string()))?;
+    labels.provider = c.provider.id.clone();
+    labels.model = c.model.clone();
+    let credential = if c.provider.credentials.is_empty() {
+        None
+    } else {
+        let (chosen, _) = balance::pick_credential(&c.provider, &state.balance, now)
+            .ok_or_else(|| ApiError::NoCredential(c.provider.id.to_string()))?;
+        c.provider
+            .credentials
+            .iter()
+            .position(|x| std::ptr::eq(x, chosen))
+    };
+    let resolved = Resolved {
+        route: route.clone(),
+        provider: c.provider,
+        model: c.model,
+        credential,
+        attempts: 1,
+    };
+    Ok((body, head, resolved))
 }
 
 /// Sends a request to the provider within `deadline`. The provider refusing the gateway's
@@ -235,6 +262,7 @@ pub(super) fn respond(
             out_headers.insert(HeaderName::from_static(name), v);
         }
     }
+    set_attempts(out_headers, to.attempts);
     out
 }
 
@@ -267,117 +295,622 @@ async fn forward(
     labels: &mut Labels,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
-    let (body, head, to) = resolve(state, &parts, body, labels).await?;
-    let (route, provider) = (&to.route, &to.provider);
-    let model: &str = &to.model;
-    let wire = provider.wire(model);
-    let plan = Plan {
-        client: api,
-        wire,
-        provider: provider.kind,
-        model: labels.model.clone(),
-        stream: head.stream,
-        include_usage: head.include_usage,
-        created: now_unix(),
-        id: if wire == Wire::Bedrock {
-            next_id()
-        } else {
-            String::new()
-        },
-        json_mode: api == Api::OpenAi && head.json_mode,
-    };
-    let mut upstream_body: Bytes = if plan.passes_request() {
-        let body = head.with_model(body, model);
-        if wire == Wire::OpenAi && provider.compat.stream_usage {
-            head.with_usage_requested(body)
-        } else {
-            body
+    let (body, head, route, snapshot) = resolve_route(state, &parts, body, labels).await?;
+    let mut plan = balance::Plan::new(&route, &snapshot, &state.balance, &head.model);
+    let budget = state.balance.budget(&route.id);
+    let now = Instant::now();
+    budget.request(now);
+    let mut next = plan.pick_target(now).or_else(|| plan.fail_over(now));
+    if next.is_none() {
+        // Everything is ejected: a request still goes somewhere rather than failing here.
+        next = plan.pick_any();
+        if next.is_some() {
+            tracing::debug!(route = %route.id, "every target is ejected; trying one anyway");
         }
-    } else {
-        plan.request(&body)?.into()
-    };
-    if wire == Wire::OpenAi {
-        upstream_body = provider.compat.apply(upstream_body, !plan.passes_request());
     }
-    let uri = match wire {
-        Wire::OpenAi => provider.chat_uri(model),
-        Wire::Anthropic => provider.messages_uri(),
-        Wire::VertexAnthropic => provider.vertex_anthropic_uri(model, head.stream),
-        Wire::Gemini => provider.gemini_uri(model, head.stream),
-        Wire::Bedrock => provider.bedrock_uri(model, head.stream),
-    }
-    .map_err(|_| ApiError::Internal)?;
-    let upstream = build_upstream(state, provider, &parts.headers, api, uri, upstream_body).await?;
-
     let deadline = started + route.request_timeout;
-    let before_upstream = started.elapsed();
-    let response = send(state, provider, upstream, deadline).await?;
-    let got_response = Instant::now();
-    let status = response.status();
-    let (mut up_parts, up_body) = response.into_parts();
-    let streamed = up_parts
-        .headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.starts_with("text/event-stream")
-                || v.starts_with("application/vnd.amazon.eventstream")
-        });
-    let mut completion = Completion {
-        metrics: state.metrics.clone(),
-        // A clone (three reference counts): an error after this point is still recorded
-        // with the request's labels.
-        labels: labels.clone(),
-        status,
+    let request = Attempt {
+        state,
+        parts: &parts,
+        body: &body,
+        head: &head,
+        api,
+        route: &route,
         started,
-        usage: None,
+        deadline,
     };
-    let body = if status.is_success() && streamed {
-        up_parts.headers.remove(header::CONTENT_LENGTH);
-        up_parts.headers.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("text/event-stream; charset=utf-8"),
-        );
-        Streamed {
-            inner: up_body,
-            deadline: Box::pin(tokio::time::sleep_until(deadline)),
-            done: Some(completion),
-            chain: plan.stream(),
-        }
-        .boxed()
-    } else {
-        let collected = tokio::time::timeout_at(deadline, up_body.collect())
-            .await
-            .map_err(|_| ApiError::UpstreamTimeout)?
-            .map_err(|_| ApiError::UpstreamBody)?
-            .to_bytes();
-        let out = if status.is_success() {
-            let (out, usage) = plan.response(collected)?;
-            completion.usage = usage;
-            out
-        } else {
-            plan.error(
-                status.as_u16(),
-                collected,
-                aws_error_type(&up_parts.headers),
-            )
+    let (mut attempts, mut retries) = (0u32, 0u32);
+    let mut last: Option<Box<Failed>> = None;
+    while let Some(c) = next.take() {
+        attempts += 1;
+        labels.provider = c.provider.id.clone();
+        labels.model = c.model.clone();
+        let _probe = balance::ProbeGuard::new(&c);
+        let failed = match request.run(&c, attempts, labels).await {
+            Ok(response) => return Ok(response),
+            Err(Step::Final(e)) => return Err(e),
+            Err(Step::Failed(f)) => f,
         };
-        if !plan.passes_response() {
+        let class = failed.class;
+        let metrics = &state.metrics;
+        metrics
+            .attempts
+            .with_label_values(&[&route.id, &c.provider.id, &c.model, class.as_str()])
+            .inc();
+        let now = Instant::now();
+        if Instant::now() >= deadline {
+            last = Some(failed);
+            break;
+        }
+        // A retry: the same tier again (an untried target first), after a backoff or the
+        // provider's Retry-After, if the route retries this class and its budget allows.
+        if route.retry.on.contains(class) && retries < route.retry.attempts {
+            let wait = match failed.retry_after {
+                Some(ra) if ra > route.retry.max_retry_after => None,
+                Some(ra) => Some(ra),
+                None => Some(route.retry.backoff(retries + 1)),
+            };
+            if let Some(wait) = wait {
+                if budget.try_retry(route.retry.budget_percent, now) {
+                    let wake = (now + wait).min(deadline);
+                    tokio::time::sleep_until(wake).await;
+                    next = plan.pick_target(Instant::now());
+                    if next.is_some() {
+                        retries += 1;
+                        metrics.retries.with_label_values(&[&route.id]).inc();
+                    }
+                } else {
+                    metrics
+                        .retries_refused
+                        .with_label_values(&[&route.id])
+                        .inc();
+                }
+            }
+        }
+        if next.is_none() && route.fallback_on.contains(class) {
+            next = plan.fail_over(Instant::now());
+            if let Some(n) = &next {
+                metrics
+                    .fallbacks
+                    .with_label_values(&[&route.id, &n.provider.id, &n.model])
+                    .inc();
+            }
+        }
+        if next.is_some() {
+            tracing::debug!(route = %route.id, provider = %c.provider.id, model = %c.model, failure = class.as_str(), "moving on after a failed attempt");
+        }
+        last = Some(failed);
+    }
+    let Some(last) = last else {
+        return Err(ApiError::NoTarget(route.id.to_string()));
+    };
+    match last.answer {
+        Ok((mut response, completion)) => {
+            completion.record();
+            set_attempts(response.headers_mut(), attempts);
+            Ok(response)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// What a failed attempt leaves: why, and what the client gets if nothing else is tried.
+struct Failed {
+    class: Failure,
+    /// The provider's own answer in the client's format (with its metrics record, made
+    /// only if it is the one returned), or the gateway's error.
+    answer: Result<(Response<Body>, Completion), ApiError>,
+    /// The provider's `Retry-After`.
+    retry_after: Option<Duration>,
+}
+
+enum Step {
+    /// The client's answer is this error; nothing else is tried.
+    Final(ApiError),
+    Failed(Box<Failed>),
+}
+
+impl Step {
+    fn failed(class: Failure, e: ApiError) -> Self {
+        Self::Failed(Box::new(Failed {
+            class,
+            answer: Err(e),
+            retry_after: None,
+        }))
+    }
+}
+
+/// A request, ready to be tried on one candidate after another.
+struct Attempt<'a> {
+    state: &'a State,
+    parts: &'a http::request::Parts,
+    body: &'a Bytes,
+    head: &'a ChatHead,
+    api: Api,
+    route: &'a Arc<Route>,
+    started: Instant,
+    deadline: Instant,
+}
+
+/// The class of a refusal that is about the request (a 4xx): context window exceeded, or
+/// content policy. Other 4xx answers are the client's and are passed on.
+fn refusal_class(body: &[u8]) -> Option<Failure> {
+    const CONTEXT: [&[u8]; 6] = [
+        b"context_length_exceeded",
+        b"maximum context length",
+        b"prompt is too long",
+        b"input is too long",
+        b"too many input tokens",
+        b"exceeds the maximum number of tokens",
+    ];
+    const POLICY: [&[u8]; 4] = [
+        b"content_policy_violation",
+        b"content_filter",
+        b"ResponsibleAIPolicyViolation",
+        b"content management policy",
+    ];
+    let has = |needles: &[&[u8]]| {
+        needles
+            .iter()
+            .any(|n| memchr::memmem::find(body, n).is_some())
+    };
+    if has(&CONTEXT) {
+        Some(Failure::ContextWindow)
+    } else if has(&POLICY) {
+        Some(Failure::ContentPolicy)
+    } else {
+        None
+    }
+}
+
+/// A header's value as a number of seconds (`retry-after: 2`).
+fn header_secs(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    let v = headers.get(name)?.to_str().ok()?.trim();
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+}
+
+/// OpenAI's reset durations: `1s`, `6m0s`, `20ms`, `1h2m3.5s`.
+fn go_duration(text: &str) -> Option<Duration> {
+    let mut total = 0.0;
+    let mut rest = text.trim();
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let split = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let n: f64 = rest[..split].parse().ok()?;
+        rest = &rest[split..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        total += n * match &rest[..unit_len] {
+            "ms" => 0.001,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+    }
+    Some(Duration::from_secs_f64(total.min(3600.0)))
+}
+
+/// How long the provider says this credential is out of quota, from its rate-limit
+/// headers: `None` while it has some left.
+fn exhausted_for(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    const DEFAULT: Duration = Duration::from_secs(1);
+    let retry_after = header_secs(headers, "retry-after");
+    if status == StatusCode::TOO_MANY_REQUESTS && retry_after.is_some() {
+        return retry_after;
+    }
+    let zero = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0")
+    };
+    for (remaining, reset) in [
+        (
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+        ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    ] {
+        if zero(remaining) {
+            let wait = headers
+                .get(reset)
+                .and_then(|v| v.to_str().ok())
+                .and_then(go_duration);
+            return Some(wait.or(retry_after).unwrap_or(DEFAULT));
+        }
+    }
+    for (remaining, reset) in [
+        (
+            "anthropic-ratelimit-requests-remaining",
+            "anthropic-ratelimit-requests-reset",
+        ),
+        (
+            "anthropic-ratelimit-tokens-remaining",
+            "anthropic-ratelimit-tokens-reset",
+        ),
+    ] {
+        if zero(remaining) {
+            let wait = headers
+                .get(reset)
+                .and_then(|v| v.to_str().ok())
+                .and_then(rfc3339_unix)
+                .map(|at| Duration::from_secs(at.saturating_sub(now_unix()).max(0) as u64));
+            return Some(wait.or(retry_after).unwrap_or(DEFAULT));
+        }
+    }
+    None
+}
+
+/// `2026-11-22T10:00:30Z` as Unix seconds (UTC, fractions ignored).
+fn rfc3339_unix(text: &str) -> Option<i64> {
+    let b = text.as_bytes();
+    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
+}
+
+impl Attempt<'_> {
+    /// One attempt on candidate `c`: the client's answer, or why it failed.
+    async fn run(
+        &self,
+        c: &balance::Candidate,
+        attempts: u32,
+        labels: &Labels,
+    ) -> Result<Response<Body>, Step> {
+        let Self {
+            state,
+            parts,
+            body,
+            head,
+            api,
+            route,
+            started,
+            deadline,
+        } = *self;
+        let attempt_started = Instant::now();
+        let attempt_deadline = c
+            .timeout
+            .map_or(deadline, |t| (attempt_started + t).min(deadline));
+        // Streams: the first byte must come within the first-token timeout.
+        let first_deadline = match route.first_token_timeout {
+            Some(t) if head.stream => (attempt_started + t).min(attempt_deadline),
+            _ => attempt_deadline,
+        };
+        let timeout_class = |at: Instant| {
+            if at < attempt_deadline {
+                Failure::FirstTokenTimeout
+            } else {
+                Failure::Timeout
+            }
+        };
+        let provider = &c.provider;
+        let model: &str = &c.model;
+        let credential = if provider.credentials.is_empty() {
+            None
+        } else {
+            match balance::pick_credential(provider, &state.balance, attempt_started) {
+                Some(x) => Some(x),
+                None => {
+                    return Err(Step::failed(
+                        Failure::RateLimited,
+                        ApiError::NoCredential(provider.id.to_string()),
+                    ));
+                }
+            }
+        };
+        let wire = provider.wire(model);
+        let plan = Plan {
+            client: api,
+            wire,
+            provider: provider.kind,
+            model: c.model.clone(),
+            stream: head.stream,
+            include_usage: head.include_usage,
+            created: now_unix(),
+            id: if wire == Wire::Bedrock {
+                next_id()
+            } else {
+                String::new()
+            },
+            json_mode: api == Api::OpenAi && head.json_mode,
+        };
+        let mut upstream_body: Bytes = if plan.passes_request() {
+            let body = head.with_model(body.clone(), model);
+            if wire == Wire::OpenAi && provider.compat.stream_usage {
+                head.with_usage_requested(body)
+            } else {
+                body
+            }
+        } else {
+            plan.request(body).map_err(Step::Final)?.into()
+        };
+        if wire == Wire::OpenAi {
+            upstream_body = provider.compat.apply(upstream_body, !plan.passes_request());
+        }
+        let uri = match wire {
+            Wire::OpenAi => provider.chat_uri(model),
+            Wire::Anthropic => provider.messages_uri(),
+            Wire::VertexAnthropic => provider.vertex_anthropic_uri(model, head.stream),
+            Wire::Gemini => provider.gemini_uri(model, head.stream),
+            Wire::Bedrock => provider.bedrock_uri(model, head.stream),
+        }
+        .map_err(|_| Step::Final(ApiError::Internal))?;
+        let upstream = build_upstream(
+            state,
+            provider,
+            credential.as_ref().map(|(c, _)| *c),
+            &parts.headers,
+            api,
+            uri,
+            upstream_body,
+        )
+        .await
+        .map_err(|e| Step::failed(Failure::Auth, e))?;
+
+        let inflight = c.endpoint.start();
+        let before_upstream = attempt_started.elapsed();
+        let sent_at = Instant::now();
+        let health = &provider.health;
+        // Records a failure against the target (and the credential, when it is at fault).
+        let fail =
+            |class: Failure, e: Result<(Response<Body>, Completion), ApiError>, retry_after| {
+                let now = Instant::now();
+                if class.counts_against_target() {
+                    let t = c.endpoint.failure(health, now, now - sent_at);
+                    self.transition(t, provider, model, "target");
+                } else {
+                    c.endpoint.success(now - sent_at, now);
+                }
+                if let Some((cred, endpoint)) = &credential
+                    && class == Failure::Auth
+                {
+                    let t = endpoint.eject_now(health, now);
+                    self.transition(t, provider, &cred.id, "credential");
+                }
+                Step::Failed(Box::new(Failed {
+                    class,
+                    answer: e,
+                    retry_after,
+                }))
+            };
+        let response = match send(state, provider, upstream, first_deadline).await {
+            Ok(r) => r,
+            Err(e) => {
+                let class = match e {
+                    ApiError::UpstreamTimeout => timeout_class(first_deadline),
+                    ApiError::UpstreamAuth(_) => Failure::Auth,
+                    ApiError::UpstreamStatus(_) => Failure::ServerError,
+                    _ => Failure::ConnectError,
+                };
+                return Err(fail(class, Err(e), None));
+            }
+        };
+        let status = response.status();
+        let (mut up_parts, mut up_body) = response.into_parts();
+        if let Some((_, endpoint)) = &credential
+            && let Some(wait) = exhausted_for(status, &up_parts.headers)
+        {
+            endpoint.limit_for(wait, Instant::now());
+        }
+        let streamed = status.is_success()
+            && up_parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.starts_with("text/event-stream")
+                        || v.starts_with("application/vnd.amazon.eventstream")
+                });
+        let mut completion = Completion {
+            metrics: state.metrics.clone(),
+            // A clone (three reference counts): an error after this point is still
+            // recorded with the request's labels.
+            labels: labels.clone(),
+            status,
+            started,
+            usage: None,
+            credential: credential.as_ref().map(|(_, e)| e.clone()),
+        };
+        let to = Resolved {
+            route: route.clone(),
+            provider: provider.clone(),
+            model: c.model.clone(),
+            credential: None,
+            attempts,
+        };
+        let body = if streamed {
+            // Wait for the first bytes: until they come, a failure is invisible to the
+            // client, and the next target can be tried.
+            let first = loop {
+                match tokio::time::timeout_at(first_deadline, up_body.frame()).await {
+                    Err(_) => {
+                        return Err(fail(
+                            timeout_class(first_deadline),
+                            Err(ApiError::UpstreamTimeout),
+                            None,
+                        ));
+                    }
+                    Ok(None) | Ok(Some(Err(_))) => {
+                        return Err(fail(
+                            Failure::ConnectError,
+                            Err(ApiError::UpstreamBody),
+                            None,
+                        ));
+                    }
+                    Ok(Some(Ok(frame))) => {
+                        if let Ok(data) = frame.into_data()
+                            && !data.is_empty()
+                        {
+                            break data;
+                        }
+                    }
+                }
+            };
+            let t = c.endpoint.success(sent_at.elapsed(), Instant::now());
+            self.transition(t, provider, model, "target");
+            if let Some((cred, endpoint)) = &credential {
+                let t = endpoint.success(sent_at.elapsed(), Instant::now());
+                self.transition(t, provider, &cred.id, "credential");
+            }
+            self.count_ok(c);
+            up_parts.headers.remove(header::CONTENT_LENGTH);
             up_parts.headers.insert(
                 header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
+                HeaderValue::from_static("text/event-stream; charset=utf-8"),
             );
+            Streamed {
+                inner: up_body,
+                first: Some(first),
+                deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                done: Some(completion),
+                chain: plan.stream(),
+                ended: false,
+                _inflight: inflight,
+            }
+            .boxed()
+        } else {
+            let collected = match tokio::time::timeout_at(attempt_deadline, up_body.collect()).await
+            {
+                Err(_) => {
+                    return Err(fail(Failure::Timeout, Err(ApiError::UpstreamTimeout), None));
+                }
+                Ok(Err(_)) => {
+                    return Err(fail(
+                        Failure::ConnectError,
+                        Err(ApiError::UpstreamBody),
+                        None,
+                    ));
+                }
+                Ok(Ok(c)) => c.to_bytes(),
+            };
+            drop(inflight);
+            let failure = if status.is_success() {
+                None
+            } else if status == StatusCode::TOO_MANY_REQUESTS {
+                Some(Failure::RateLimited)
+            } else if status.is_client_error() {
+                refusal_class(&collected)
+            } else {
+                None
+            };
+            let out = if status.is_success() {
+                let (out, usage) = plan
+                    .response(collected)
+                    .map_err(|e| fail(Failure::ServerError, Err(e), None))?;
+                completion.usage = usage;
+                out
+            } else {
+                plan.error(
+                    status.as_u16(),
+                    collected,
+                    aws_error_type(&up_parts.headers),
+                )
+            };
+            if !plan.passes_response() {
+                up_parts.headers.insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                );
+            }
+            up_parts.headers.remove(header::CONTENT_LENGTH);
+            let response = respond(status, super::full(out), &up_parts.headers, &to);
+            if let Some(class) = failure {
+                let retry_after = header_secs(&up_parts.headers, "retry-after");
+                if class == Failure::RateLimited {
+                    // The credential is out of quota, not the target unwell: only the
+                    // credential is set aside (above), and the attempt fails over.
+                    let now = Instant::now();
+                    c.endpoint.success(now - sent_at, now);
+                    return Err(Step::Failed(Box::new(Failed {
+                        class,
+                        answer: Ok((response, completion)),
+                        retry_after,
+                    })));
+                }
+                return Err(fail(class, Ok((response, completion)), retry_after));
+            }
+            let t = c.endpoint.success(sent_at.elapsed(), Instant::now());
+            self.transition(t, provider, model, "target");
+            if let Some((cred, endpoint)) = &credential {
+                let t = endpoint.success(sent_at.elapsed(), Instant::now());
+                self.transition(t, provider, &cred.id, "credential");
+            }
+            self.count_ok(c);
+            completion.record();
+            state
+                .metrics
+                .overhead
+                .observe(before_upstream.as_secs_f64());
+            return Ok(response);
+        };
+        let got_response = Instant::now();
+        let out = respond(status, body, &up_parts.headers, &to);
+        state
+            .metrics
+            .overhead
+            .observe((before_upstream + got_response.elapsed()).as_secs_f64());
+        Ok(out)
+    }
+
+    fn count_ok(&self, c: &balance::Candidate) {
+        self.state
+            .metrics
+            .attempts
+            .with_label_values(&[&self.route.id, &c.provider.id, &c.model, "ok"])
+            .inc();
+    }
+
+    /// Records an ejection or a recovery in metrics and the log.
+    fn transition(&self, t: balance::Transition, provider: &Provider, endpoint: &str, kind: &str) {
+        let m = &self.state.metrics;
+        match t {
+            balance::Transition::None => {}
+            balance::Transition::Ejected(time) => {
+                tracing::warn!(provider = %provider.id, endpoint, kind, ejected_for = ?time, "ejected");
+                m.ejections
+                    .with_label_values(&[&provider.id, endpoint, kind])
+                    .inc();
+                m.ejected
+                    .with_label_values(&[&provider.id, endpoint, kind])
+                    .set(1);
+            }
+            balance::Transition::Recovered => {
+                tracing::info!(provider = %provider.id, endpoint, kind, "back in rotation");
+                m.ejected
+                    .with_label_values(&[&provider.id, endpoint, kind])
+                    .set(0);
+            }
         }
-        up_parts.headers.remove(header::CONTENT_LENGTH);
-        completion.record();
-        super::full(out)
-    };
-    let out = respond(status, body, &up_parts.headers, &to);
-    state
-        .metrics
-        .overhead
-        .observe((before_upstream + got_response.elapsed()).as_secs_f64());
-    Ok(out)
+    }
+}
+
+fn set_attempts(headers: &mut HeaderMap, attempts: u32) {
+    headers.insert(
+        HeaderName::from_static("x-tollgate-attempts"),
+        HeaderValue::from(attempts),
+    );
 }
 
 /// Bedrock's error type (`x-amzn-ErrorType`), which its error bodies lack.
@@ -402,6 +935,7 @@ fn next_id() -> String {
 pub(super) async fn build_upstream(
     state: &State,
     provider: &Provider,
+    credential: Option<&Credential>,
     client_headers: &HeaderMap,
     api: Api,
     uri: http::Uri,
@@ -443,7 +977,7 @@ pub(super) async fn build_upstream(
     {
         headers.insert(HeaderName::from_static("anthropic-beta"), beta.clone());
     }
-    let Some(credential) = provider.credential() else {
+    let Some(credential) = credential else {
         return Ok(upstream);
     };
     match &credential.auth {
@@ -528,9 +1062,14 @@ fn sign_aws(
 /// usage the stream carried, once: when the stream ends, fails, or is dropped.
 struct Streamed {
     inner: Incoming,
+    /// The provider's first bytes, read before the response was committed.
+    first: Option<Bytes>,
     deadline: Pin<Box<tokio::time::Sleep>>,
     done: Option<Completion>,
     chain: Chain,
+    /// The closing bytes have been written; the next poll ends the body.
+    ended: bool,
+    _inflight: balance::InFlight,
 }
 
 impl Streamed {
@@ -541,9 +1080,18 @@ impl Streamed {
         }
     }
 
-    fn fail(&mut self, e: BoxError) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    /// The stream broke after the client had its first bytes: it ends with a
+    /// well-formed error event in the client's format (and the stream's proper end).
+    fn fail(&mut self, e: &dyn std::fmt::Display) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        tracing::debug!(error = %e, "upstream stream failed after the first byte");
+        let out = self.chain.cut_bytes();
         self.finish();
-        Poll::Ready(Some(Err(e)))
+        self.ended = true;
+        if out.is_empty() {
+            Poll::Ready(None)
+        } else {
+            Poll::Ready(Some(Ok(Frame::data(out))))
+        }
     }
 }
 
@@ -566,6 +1114,16 @@ impl http_body::Body for Streamed {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(first) = this.first.take() {
+            match this.chain.feed_bytes(first) {
+                Ok(out) if out.is_empty() => {}
+                Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                Err(e) => return this.fail(&e),
+            }
+        }
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
@@ -575,10 +1133,10 @@ impl http_body::Body for Streamed {
                     match this.chain.feed_bytes(data) {
                         Ok(out) if out.is_empty() => {}
                         Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
-                        Err(e) => return this.fail(Box::new(e)),
+                        Err(e) => return this.fail(&e),
                     }
                 }
-                Poll::Ready(Some(Err(e))) => return this.fail(Box::new(e)),
+                Poll::Ready(Some(Err(e))) => return this.fail(&e),
                 Poll::Ready(None) => {
                     let out = this.chain.end_bytes();
                     this.finish();
@@ -595,7 +1153,7 @@ impl http_body::Body for Streamed {
                             .as_ref()
                             .map(|d| d.started.elapsed())
                             .unwrap_or_default();
-                        return this.fail(Box::new(StreamTimeout(elapsed)));
+                        return this.fail(&StreamTimeout(elapsed));
                     }
                     return Poll::Pending;
                 }

@@ -109,6 +109,7 @@ async fn forward(
     let upstream = build_upstream(
         state,
         &to.provider,
+        to.credential(),
         &parts.headers,
         Api::Anthropic,
         uri,
@@ -161,6 +162,7 @@ async fn forward(
         status,
         started,
         usage: None,
+        credential: None,
     }
     .record();
     Ok(respond(status, super::full(out), &up_parts.headers, &to))

@@ -36,8 +36,16 @@ async fn call(
     body: Bytes,
     deadline: Instant,
 ) -> Result<Upstream, ApiError> {
-    let upstream =
-        build_upstream(state, &to.provider, client_headers, Api::OpenAi, uri, body).await?;
+    let upstream = build_upstream(
+        state,
+        &to.provider,
+        to.credential(),
+        client_headers,
+        Api::OpenAi,
+        uri,
+        body,
+    )
+    .await?;
     let response = send(state, &to.provider, upstream, deadline).await?;
     let (parts, body) = response.into_parts();
     let body = tokio::time::timeout_at(deadline, body.collect())
@@ -76,6 +84,7 @@ async fn forward(
             status,
             started,
             usage,
+            credential: None,
         }
         .record();
     };

@@ -33,6 +33,8 @@ pub enum ApiError {
     NotReady,
     #[error("Route `{0}` has no target that can take requests.")]
     NoTarget(String),
+    #[error("Every credential of provider `{0}` is at its rate limit; retry later.")]
+    NoCredential(String),
     #[error("Provider type `{0}` is not supported for this API yet.")]
     UnsupportedProvider(&'static str),
     #[error("The upstream provider's stream could not be read.")]
@@ -62,6 +64,7 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotReady | Self::NoTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Self::NoCredential(_) => StatusCode::TOO_MANY_REQUESTS,
             Self::UnsupportedProvider(_) => StatusCode::NOT_IMPLEMENTED,
             Self::UpstreamUnreachable
             | Self::UpstreamToken
@@ -77,6 +80,7 @@ impl ApiError {
         match self.status().as_u16() {
             401 => "invalid_request_error",
             403 => "permission_error",
+            429 => "rate_limit_error",
             500..=599 => "server_error",
             _ => "invalid_request_error",
         }
@@ -93,6 +97,7 @@ impl ApiError {
             Self::UnknownPath { .. } => "unknown_url",
             Self::NotReady => "gateway_not_ready",
             Self::NoTarget(_) => "no_target_available",
+            Self::NoCredential(_) => "rate_limit_exceeded",
             Self::UnsupportedProvider(_) => "unsupported_provider",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",

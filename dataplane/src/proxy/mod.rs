@@ -47,6 +47,8 @@ pub struct State {
     pub upstream: Upstream,
     pub metrics: Metrics,
     pub max_body_bytes: usize,
+    /// Health, latency and load of targets and credentials, kept across config changes.
+    pub balance: crate::balance::Registry,
 }
 
 impl std::fmt::Debug for State {

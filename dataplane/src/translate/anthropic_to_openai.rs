@@ -428,10 +428,7 @@ pub fn error(body: &[u8], status: u16) -> Vec<u8> {
 
 /// Anthropic's `error` event.
 fn error_event(message: &str) -> String {
-    sse_event(
-        "error",
-        &json!({"type": "error", "error": {"type": "api_error", "message": message}}),
-    )
+    super::anthropic_error_event(message)
 }
 
 #[derive(Debug, PartialEq, Eq)]

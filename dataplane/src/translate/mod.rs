@@ -592,6 +592,14 @@ pub(crate) fn openai_error_body(message: &str, kind: &str, code: Value) -> Vec<u
 }
 
 /// An OpenAI error chunk (how OpenAI reports an error inside a stream).
+/// Anthropic's stream error event (`event: error`, type `api_error`).
+pub(crate) fn anthropic_error_event(message: &str) -> String {
+    sse_event(
+        "error",
+        &serde_json::json!({"type": "error", "error": {"type": "api_error", "message": message}}),
+    )
+}
+
 pub(crate) fn openai_error_chunk(message: &str, kind: &str, code: Value) -> String {
     sse_data(&openai_error(message, kind, code))
 }

@@ -339,6 +339,16 @@ impl Chain {
         }
     }
 
+    /// The closing bytes when the provider's stream broke: a translated stream's end
+    /// (which reports an unfinished answer as an error event), or a relayed stream's rest
+    /// and an error event in the client's format.
+    pub fn cut_bytes(&mut self) -> Bytes {
+        match self {
+            Self::Relay(r) => r.cut(),
+            Self::Steps(s) => s.end().into(),
+        }
+    }
+
     /// [`Chain::end_bytes`] as text.
     pub fn end(&mut self) -> String {
         String::from_utf8_lossy(&self.end_bytes()).into_owned()

@@ -32,6 +32,8 @@ pub struct Relay {
     pending: Vec<u8>,
     /// How much of `pending` is known to hold no event boundary.
     scanned: usize,
+    /// The stream's last event so far is its proper end (`[DONE]`, `message_stop`).
+    complete: bool,
 }
 
 /// Where the last complete event of `b` ends (after its blank line), scanning from `from`.
@@ -84,6 +86,7 @@ impl Relay {
             meter,
             pending: Vec::new(),
             scanned: 0,
+            complete: false,
         }
     }
 
@@ -107,7 +110,34 @@ impl Relay {
         } else {
             self.scanned = 0;
         }
+        if complete > 0 {
+            // The end event is the last one of its stream: only the tail needs a look.
+            let tail = &buf[complete.saturating_sub(48)..complete];
+            let end: &[u8] = match self.meter {
+                Meter::OpenAi { .. } => b"[DONE]",
+                Meter::Anthropic(_) => b"message_stop",
+            };
+            self.complete = memchr::memmem::find(tail, end).is_some();
+        }
         Ok(self.meter(buf.slice(..complete)))
+    }
+
+    /// The closing bytes of a stream that broke: what is complete of it, then (unless it
+    /// had already ended properly) an error event in the client's format.
+    pub fn cut(&mut self) -> Bytes {
+        let rest = self.end();
+        if self.complete {
+            return rest;
+        }
+        let error = match self.meter {
+            Meter::OpenAi { .. } => {
+                super::openai_error_chunk(super::STREAM_CUT, "server_error", Value::Null)
+            }
+            Meter::Anthropic(_) => super::anthropic_error_event(super::STREAM_CUT),
+        };
+        let mut out = rest.to_vec();
+        out.extend_from_slice(error.as_bytes());
+        out.into()
     }
 
     /// What is left when the provider's stream ends: an unterminated last event, as is.

@@ -177,6 +177,12 @@ pub struct Health {
     pub base_ejection_ms: u64,
     #[prost(uint64, tag = "3")]
     pub max_ejection_ms: u64,
+    #[prost(uint32, tag = "4")]
+    pub failure_percent: u32,
+    #[prost(uint32, tag = "5")]
+    pub minimum_requests: u32,
+    #[prost(uint64, tag = "6")]
+    pub interval_ms: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Route {
@@ -199,6 +205,19 @@ pub struct Route {
     pub retries: ::core::option::Option<Retries>,
     #[prost(message, optional, tag = "9")]
     pub timeouts: ::core::option::Option<Timeouts>,
+    /// Failure classes that move on to the next target or fallback (the RetryOn names).
+    #[prost(string, repeated, tag = "10")]
+    pub fallback_on: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(message, optional, tag = "11")]
+    pub streaming: ::core::option::Option<Streaming>,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Streaming {
+    #[prost(bool, tag = "1")]
+    pub continue_on_failure: bool,
+    /// Zero: the default; UINT64_MAX: off.
+    #[prost(uint64, tag = "2")]
+    pub keep_alive_ms: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct HeaderMatch {
@@ -242,6 +261,10 @@ pub struct Retries {
     pub backoff_max_ms: u64,
     #[prost(string, repeated, tag = "4")]
     pub on: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    #[prost(uint32, optional, tag = "5")]
+    pub budget_percent: ::core::option::Option<u32>,
+    #[prost(uint64, tag = "6")]
+    pub max_retry_after_ms: u64,
 }
 /// Zero means unset.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]

@@ -33,6 +33,7 @@ ENDPOINTS
   conversation holds a tool result, which the answer then quotes.
   GET  /v1/models                               the --model list
   GET  /mock/requests, DELETE /mock/requests    requests received (for tests), and clearing them
+  PUT  /mock/faults                             faults for matching requests (see FAULTS AT RUN TIME)
 
 PER-REQUEST BEHAVIOUR
   Set with x-mock-<name> request headers, or with a tag anywhere in a message's text, which
@@ -45,6 +46,18 @@ PER-REQUEST BEHAVIOUR
   chunk_delay_ms=N  wait N ms between stream chunks
   fail=reset        close the connection without answering
   fail=cut          send half of the body, then break the connection
+  first_token_ms=N  streams: wait N ms after the response headers before the first event
+  refuse=context_window | content_policy
+                    refuse as the provider refuses a too-long or disallowed request (OpenAI;
+                    context_window also for Anthropic)
+  exhausted_for=S   answer, with OpenAI rate-limit headers saying no requests are left for S s
+
+FAULTS AT RUN TIME
+  PUT /mock/faults with a JSON array of rules; each applies the directives above to the
+  requests that match its optional \"model\" (the requested model) and \"key\" (the API key
+  presented), for \"times\" requests (default: all). The first matching rule wins; an empty
+  array clears them.
+    [{\"model\": \"gpt-4o\", \"status\": 503, \"times\": 3}, {\"key\": \"sk-a\", \"status\": 401}]
 
 EXAMPLE
   curl localhost:9000/v1/chat/completions -H 'authorization: Bearer sk-mock' \\

@@ -18,6 +18,20 @@ pub struct Directives {
     pub chunk_delay: Duration,
     /// Break the connection: `reset` before any response, `cut` half way through the body.
     pub fail: Option<Failure>,
+    /// Streams: wait this long after the response headers before the first event.
+    pub first_token: Duration,
+    /// Refuse the request as the provider refuses one that is too long
+    /// (`context_window`) or against its content policy (`content_policy`).
+    pub refuse: Option<Refusal>,
+    /// Answer, but say in the rate-limit headers that the key has no requests left, for
+    /// this many seconds.
+    pub exhausted_for: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    ContextWindow,
+    ContentPolicy,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -35,6 +49,15 @@ impl Directives {
             "retry_after" | "retry-after" => self.retry_after = value.parse().ok(),
             "chunks" => self.chunks = value.parse().ok(),
             "chunk_delay_ms" | "chunk-delay-ms" => self.chunk_delay = ms(value).unwrap_or_default(),
+            "first_token_ms" | "first-token-ms" => self.first_token = ms(value).unwrap_or_default(),
+            "refuse" => {
+                self.refuse = match value {
+                    "context_window" => Some(Refusal::ContextWindow),
+                    "content_policy" => Some(Refusal::ContentPolicy),
+                    _ => None,
+                }
+            }
+            "exhausted_for" | "exhausted-for" => self.exhausted_for = value.parse().ok(),
             "fail" => {
                 self.fail = match value {
                     "reset" => Some(Failure::Reset),
@@ -44,6 +67,21 @@ impl Directives {
             }
             _ => {}
         }
+    }
+
+    /// Reads a JSON object of directive keys (a fault rule).
+    pub fn from_json(v: &serde_json::Value) -> Self {
+        let mut d = Self::default();
+        if let Some(obj) = v.as_object() {
+            for (k, v) in obj {
+                let text = match v {
+                    serde_json::Value::String(s) => s.clone(),
+                    other => other.to_string(),
+                };
+                d.set(k, &text);
+            }
+        }
+        d
     }
 
     /// Reads `x-mock-<key>` headers.

@@ -15,7 +15,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::directives::{Directives, Failure};
+use super::directives::{Directives, Failure, Refusal};
 use super::{anthropic, bedrock, embeddings, gemini, openai};
 
 type Body = BoxBody<Bytes, std::io::Error>;
@@ -60,9 +60,47 @@ impl GoogleAccount {
     }
 }
 
+/// A fault set at run time (`PUT /mock/faults`): directives for the requests that match.
+#[derive(Clone, Debug)]
+struct Fault {
+    /// The requested model; `None` matches any.
+    model: Option<String>,
+    /// The API key presented; `None` matches any.
+    key: Option<String>,
+    /// How many requests it applies to; `None`: all.
+    times: Option<u64>,
+    directives: Directives,
+}
+
+impl Fault {
+    fn parse(v: &Value) -> Self {
+        let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
+        Self {
+            model: text("model"),
+            key: text("key"),
+            times: v.get("times").and_then(|x| x.as_u64()),
+            directives: Directives::from_json(v),
+        }
+    }
+}
+
+/// The key a request presents, in any provider's header.
+fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    bearer.or_else(|| {
+        ["x-api-key", "api-key", "x-goog-api-key"]
+            .iter()
+            .find_map(|h| headers.get(*h).and_then(|v| v.to_str().ok()))
+    })
+}
+
 #[derive(Debug)]
 struct Shared {
     config: Config,
+    faults: Mutex<Vec<Fault>>,
     requests: Mutex<VecDeque<Value>>,
     next_id: Mutex<u64>,
     /// Access tokens issued by `POST /token`.
@@ -224,7 +262,9 @@ async fn chat(
         Ok(c) => c,
         Err(e) => return Ok(json_response(StatusCode::BAD_REQUEST, &e)),
     };
-    let d = shared.directives(&parts.headers, &chat.texts).await?;
+    let d = shared
+        .directives(&parts.headers, &chat.texts, &chat.model)
+        .await?;
     if let Some(status) = d.status.and_then(|s| StatusCode::from_u16(s).ok()) {
         let (kind, code) = match status.as_u16() {
             429 => ("requests", Some("rate_limit_exceeded")),
@@ -239,6 +279,22 @@ async fn chat(
         );
         return Ok(with_retry_after(r, &d));
     }
+    if let Some(refusal) = d.refuse {
+        return Ok(match refusal {
+            Refusal::ContextWindow => error(
+                StatusCode::BAD_REQUEST,
+                "This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens. Please reduce the length of the messages.",
+                "invalid_request_error",
+                Some("context_length_exceeded"),
+            ),
+            Refusal::ContentPolicy => error(
+                StatusCode::BAD_REQUEST,
+                "Your request was rejected as a result of our safety system.",
+                "invalid_request_error",
+                Some("content_policy_violation"),
+            ),
+        });
+    }
     let id = shared.id();
     let created = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -251,9 +307,12 @@ async fn chat(
             let bytes = serde_json::to_vec(&v).unwrap_or_default();
             return Ok(cut_body(bytes[..bytes.len() / 2].to_vec(), bytes.len()));
         }
-        return Ok(json_response(StatusCode::OK, &v));
+        return Ok(with_limits(json_response(StatusCode::OK, &v), &d));
     }
-    Ok(sse(openai::stream_events(&chat, &id, created, &pieces), &d))
+    Ok(with_limits(
+        sse(openai::stream_events(&chat, &id, created, &pieces), &d),
+        &d,
+    ))
 }
 
 /// OpenAI's (or Azure's) embeddings.
@@ -278,8 +337,26 @@ impl Shared {
         &self,
         headers: &http::HeaderMap,
         texts: &[String],
+        model: &str,
     ) -> Result<Directives, std::io::Error> {
         let mut d = self.config.defaults.clone();
+        {
+            let mut faults = match self.faults.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            let key = presented_key(headers);
+            if let Some(f) = faults.iter_mut().find(|f| {
+                f.times != Some(0)
+                    && f.model.as_deref().is_none_or(|m| m == model)
+                    && f.key.as_deref().is_none_or(|k| Some(k) == key)
+            }) {
+                if let Some(n) = f.times.as_mut() {
+                    *n -= 1;
+                }
+                d = f.directives.clone();
+            }
+        }
         let from_headers = Directives::from_headers(headers);
         if from_headers != Directives::default() {
             d = from_headers;
@@ -298,6 +375,20 @@ impl Shared {
         }
         Ok(d)
     }
+}
+
+/// OpenAI's rate-limit headers, saying the key has no requests left when the directives
+/// say so.
+fn with_limits(mut r: Response<Body>, d: &Directives) -> Response<Body> {
+    if let Some(secs) = d.exhausted_for {
+        let h = r.headers_mut();
+        h.insert("x-ratelimit-limit-requests", HeaderValue::from(100));
+        h.insert("x-ratelimit-remaining-requests", HeaderValue::from(0));
+        if let Ok(v) = HeaderValue::from_str(&format!("{secs}s")) {
+            h.insert("x-ratelimit-reset-requests", v);
+        }
+    }
+    r
 }
 
 fn with_retry_after(mut r: Response<Body>, d: &Directives) -> Response<Body> {
@@ -323,7 +414,11 @@ fn streamed(events: Vec<Bytes>, d: &Directives, content_type: &'static str) -> R
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
     let cut_at = (d.fail == Some(Failure::Cut)).then_some(events.len() / 2);
     let delay = d.chunk_delay;
+    let first_token = d.first_token;
     tokio::spawn(async move {
+        if !first_token.is_zero() {
+            tokio::time::sleep(first_token).await;
+        }
         for (i, event) in events.into_iter().enumerate() {
             if cut_at == Some(i) {
                 let _ = tx
@@ -464,10 +559,18 @@ async fn answer_messages(
         Ok(r) => r,
         Err(e) => return Ok(json_response(StatusCode::BAD_REQUEST, &e)),
     };
-    let d = shared.directives(&parts.headers, &req.texts).await?;
+    let d = shared
+        .directives(&parts.headers, &req.texts, &req.model)
+        .await?;
     if let Some(status) = d.status.and_then(|s| StatusCode::from_u16(s).ok()) {
         let r = a_error(status, &format!("mock-llm was asked to fail with {status}"));
         return Ok(with_retry_after(r, &d));
+    }
+    if d.refuse == Some(Refusal::ContextWindow) {
+        return Ok(a_error(
+            StatusCode::BAD_REQUEST,
+            "prompt is too long: 210000 tokens > 200000 maximum",
+        ));
     }
     let id = shared.id().replace("chatcmpl-", "msg_");
     let (pieces, stop) = anthropic::pieces(&req, d.chunks);
@@ -579,6 +682,16 @@ async fn handle(
             }
             Ok(full(StatusCode::NO_CONTENT, Bytes::new(), "text/plain"))
         }
+        (Method::PUT, "/mock/faults") => {
+            let (_, body) = shared.read_and_record(req).await?;
+            let rules: Vec<Value> = serde_json::from_slice(&body).unwrap_or_default();
+            let faults: Vec<Fault> = rules.iter().map(Fault::parse).collect();
+            match shared.faults.lock() {
+                Ok(mut g) => *g = faults,
+                Err(p) => *p.into_inner() = faults,
+            }
+            Ok(full(StatusCode::NO_CONTENT, Bytes::new(), "text/plain"))
+        }
         (Method::GET, "/healthz") => Ok(full(StatusCode::OK, "ok\n", "text/plain")),
         _ => Ok(error(
             StatusCode::NOT_FOUND,
@@ -594,6 +707,7 @@ pub async fn serve(config: Config, listener: TcpListener) {
     let shared = Arc::new(Shared {
         config,
         requests: Mutex::new(VecDeque::new()),
+        faults: Mutex::new(Vec::new()),
         next_id: Mutex::new(0),
         tokens: Mutex::new(Vec::new()),
     });
@@ -832,7 +946,7 @@ async fn generate(
         Ok(g) => g,
         Err(e) => return Ok(json_response(StatusCode::BAD_REQUEST, &e)),
     };
-    let d = shared.directives(&parts.headers, &g.texts).await?;
+    let d = shared.directives(&parts.headers, &g.texts, &model).await?;
     if let Some(status) = d.status.and_then(|s| StatusCode::from_u16(s).ok()) {
         return Ok(with_retry_after(
             google_error(status, &format!("mock-llm was asked to fail with {status}")),
@@ -965,7 +1079,9 @@ async fn converse(
         Ok(c) => c,
         Err(e) => return Ok(aws_error(&e)),
     };
-    let d = shared.directives(&parts.headers, &c.texts).await?;
+    let d = shared
+        .directives(&parts.headers, &c.texts, &c.model)
+        .await?;
     if let Some(status) = d.status {
         let kind = match status {
             429 => "ThrottlingException",
