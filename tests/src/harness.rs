@@ -208,6 +208,11 @@ pub fn wait_ok(url: &str, within: Duration) -> anyhow::Result<()> {
 
 /// A minimal blocking HTTP/1.1 GET for admin endpoints: status and body.
 pub fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
+    http_request("GET", url, "")
+}
+
+/// A minimal blocking HTTP/1.1 request with a JSON body: status and body.
+pub fn http_request(method: &str, url: &str, body: &str) -> anyhow::Result<(u16, String)> {
     use std::io::Read;
     let rest = url.strip_prefix("http://").context("http URLs only")?;
     let (authority, path) = rest
@@ -217,7 +222,8 @@ pub fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(
         stream,
-        "GET {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n\r\n"
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
     )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
@@ -236,6 +242,31 @@ pub fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
 
 /// Provider keys mock-llm accepts, matching examples/quickstart.
 pub const UPSTREAM_KEYS: [&str; 3] = ["sk-mock-primary", "sk-mock-secondary", "sk-ant-mock"];
+/// Starts a mock-llm accepting [`UPSTREAM_KEYS`]; its base URL with it.
+pub fn start_mock(name: &str, log_dir: &Path) -> anyhow::Result<(Process, String)> {
+    let mut port = 0;
+    let process = start_ready(name, &bin("mock-llm")?, log_dir, || {
+        port = free_port()?;
+        let mut argv = vec!["--listen".to_string(), format!("127.0.0.1:{port}")];
+        for key in UPSTREAM_KEYS {
+            argv.extend(["--api-key".to_string(), key.to_string()]);
+        }
+        Ok((argv, format!("http://127.0.0.1:{port}/healthz")))
+    })?;
+    Ok((process, format!("http://127.0.0.1:{port}")))
+}
+
+/// Sets mock-llm's run-time fault rules (`PUT /mock/faults`); `[]` clears them.
+pub fn set_faults(mock_url: &str, rules: &serde_json::Value) -> anyhow::Result<()> {
+    let (status, body) = http_request(
+        "PUT",
+        &format!("{mock_url}/mock/faults"),
+        &rules.to_string(),
+    )?;
+    anyhow::ensure!(status == 204, "PUT /mock/faults: {status} {body}");
+    Ok(())
+}
+
 /// The quick start's virtual key.
 pub const DEMO_KEY: &str = "tg-demo-key-0123456789";
 

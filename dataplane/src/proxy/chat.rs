@@ -319,7 +319,7 @@ async fn forward(
         started,
         deadline,
     };
-    let (mut attempts, mut retries) = (0u32, 0u32);
+    let (mut attempts, mut retries, mut other_credentials) = (0u32, 0u32, 0usize);
     let mut last: Option<Box<Failed>> = None;
     while let Some(c) = next.take() {
         attempts += 1;
@@ -341,6 +341,17 @@ async fn forward(
         if Instant::now() >= deadline {
             last = Some(failed);
             break;
+        }
+        // The provider refused the credential, or it is out of quota: the same target
+        // with another credential of its pool, at once.
+        if failed.credential_set_aside && other_credentials + 1 < c.provider.credentials.len() {
+            other_credentials += 1;
+            next = Some(balance::Candidate {
+                probe: false,
+                ..c.clone()
+            });
+            last = Some(failed);
+            continue;
         }
         // A retry: the same tier again (an untried target first), after a backoff or the
         // provider's Retry-After, if the route retries this class and its budget allows.
@@ -402,6 +413,9 @@ struct Failed {
     answer: Result<(Response<Body>, Completion), ApiError>,
     /// The provider's `Retry-After`.
     retry_after: Option<Duration>,
+    /// The credential was set aside (refused, or out of quota): the same target may be
+    /// tried again with another.
+    credential_set_aside: bool,
 }
 
 enum Step {
@@ -416,6 +430,7 @@ impl Step {
             class,
             answer: Err(e),
             retry_after: None,
+            credential_set_aside: false,
         }))
     }
 }
@@ -683,16 +698,19 @@ impl Attempt<'_> {
                 } else {
                     c.endpoint.success(now - sent_at, now);
                 }
+                let mut credential_set_aside = false;
                 if let Some((cred, endpoint)) = &credential
                     && class == Failure::Auth
                 {
                     let t = endpoint.eject_now(health, now);
                     self.transition(t, provider, &cred.id, "credential");
+                    credential_set_aside = true;
                 }
                 Step::Failed(Box::new(Failed {
                     class,
                     answer: e,
                     retry_after,
+                    credential_set_aside,
                 }))
             };
         let response = match send(state, provider, upstream, first_deadline).await {
@@ -709,10 +727,12 @@ impl Attempt<'_> {
         };
         let status = response.status();
         let (mut up_parts, mut up_body) = response.into_parts();
+        let mut credential_limited = false;
         if let Some((_, endpoint)) = &credential
             && let Some(wait) = exhausted_for(status, &up_parts.headers)
         {
             endpoint.limit_for(wait, Instant::now());
+            credential_limited = true;
         }
         let streamed = status.is_success()
             && up_parts
@@ -847,6 +867,7 @@ impl Attempt<'_> {
                         class,
                         answer: Ok((response, completion)),
                         retry_after,
+                        credential_set_aside: credential_limited,
                     })));
                 }
                 return Err(fail(class, Ok((response, completion)), retry_after));

@@ -1,0 +1,153 @@
+//! Helpers shared by the end-to-end test files: clients, raw requests, waiting, logs.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use async_openai::Client;
+use async_openai::config::OpenAIConfig;
+use async_openai::types::chat::{
+    ChatCompletionRequestUserMessageArgs, ChatCompletionStreamOptions,
+    CreateChatCompletionRequestArgs,
+};
+use serde_json::Value;
+use tollgate_tests::harness::{DEMO_KEY, Stack};
+
+pub fn init_tls() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+pub fn client(api: &str, key: &str) -> Client<OpenAIConfig> {
+    init_tls();
+    Client::with_config(OpenAIConfig::new().with_api_base(api).with_api_key(key))
+}
+
+pub fn request(
+    model: &str,
+    text: &str,
+    stream: bool,
+) -> async_openai::types::chat::CreateChatCompletionRequest {
+    let mut args = CreateChatCompletionRequestArgs::default();
+    args.model(model)
+        .messages([ChatCompletionRequestUserMessageArgs::default()
+            .content(text)
+            .build()
+            .unwrap()
+            .into()]);
+    if stream {
+        args.stream_options(ChatCompletionStreamOptions {
+            include_usage: Some(true),
+            include_obfuscation: None,
+        });
+    }
+    args.build().unwrap()
+}
+
+/// Raw HTTP, for status codes and headers the SDKs hide.
+pub async fn post(
+    api: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    post_to(api, "/chat/completions", key, body).await
+}
+
+pub async fn post_to(
+    api: &str,
+    path: &str,
+    key: Option<&str>,
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
+    // One client per test thread: building one loads the trust store, and each test has
+    // its own runtime, which a client's pooled connections must not outlive.
+    thread_local! {
+        static HTTP: reqwest::Client = {
+            init_tls();
+            reqwest::Client::new()
+        };
+    }
+    let mut req = HTTP
+        .with(reqwest::Client::clone)
+        .post(format!("{api}{path}"))
+        .header("content-type", "application/json")
+        .header("anthropic-version", "2023-06-01")
+        .body(body.to_string());
+    if let Some(key) = key {
+        req = req.bearer_auth(key);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let text = resp.text().await.unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    (status, headers, v)
+}
+
+pub fn chat_body(model: &str, text: &str) -> String {
+    serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]}).to_string()
+}
+
+/// Runs `f` and prints every process's log if it panics.
+pub async fn with_logs<F: std::future::Future<Output = ()>>(stack: &Stack, f: F) {
+    use futures_util::FutureExt;
+    if let Err(panic) = std::panic::AssertUnwindSafe(f).catch_unwind().await {
+        eprintln!("{}", stack.logs());
+        std::panic::resume_unwind(panic);
+    }
+}
+
+pub fn run_python_on(
+    stack: Stack,
+    script: &str,
+    base_url: impl Fn(&Stack) -> String,
+    ok_line: &str,
+) {
+    let python = std::env::var("TOLLGATE_PYTHON").unwrap_or_else(|_| {
+        tollgate_tests::harness::workspace()
+            .join(".venv/bin/python")
+            .display()
+            .to_string()
+    });
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} not found: run `make venv` (make test does) or set TOLLGATE_PYTHON"
+    );
+    let script = tollgate_tests::harness::workspace()
+        .join("tests/python")
+        .join(script);
+    let out = std::process::Command::new(&python)
+        .arg(script)
+        .arg(base_url(&stack))
+        .arg(DEMO_KEY)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if !out.status.success() {
+        eprintln!("{}", stack.logs());
+    }
+    assert!(
+        out.status.success(),
+        "python client failed:\n{stdout}\n{stderr}"
+    );
+    assert!(stdout.contains(ok_line), "{stdout}");
+}
+
+/// Polls until `f` returns true; returns how long that took.
+pub async fn eventually<F, Fut>(within: Duration, mut f: F) -> Duration
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    loop {
+        if f().await {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "condition not met within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
