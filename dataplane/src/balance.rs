@@ -549,19 +549,29 @@ impl Drop for ProbeGuard<'_> {
 }
 
 /// The places a request may go, in the order they are tried, and which have been.
-pub struct Plan<'a> {
-    route: &'a Route,
+pub struct Plan {
+    route: Arc<Route>,
     pub candidates: Vec<Candidate>,
     tried: Vec<bool>,
     /// The fallback to try next (index into the fallbacks).
     next_fallback: usize,
 }
 
-impl<'a> Plan<'a> {
+impl Plan {
+    /// A plan with nothing left to try.
+    pub fn empty(route: Arc<Route>) -> Self {
+        Self {
+            route,
+            candidates: vec![],
+            tried: vec![],
+            next_fallback: 0,
+        }
+    }
+
     /// Resolves the route's targets and fallbacks against the snapshot's providers;
     /// targets whose provider does not exist are left out.
     pub fn new(
-        route: &'a Route,
+        route: Arc<Route>,
         snapshot: &Snapshot,
         registry: &Registry,
         requested: &str,

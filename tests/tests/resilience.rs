@@ -195,6 +195,44 @@ spec:
     - {provider: capped, model: m-capped}
   fallbacks:
     - {provider: openai-secondary, model: m-overflow}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: continued
+spec:
+  match:
+    models: ["continued"]
+  strategy: priority
+  targets:
+    - {provider: pool, model: m-cut, priority: 0}
+    - {provider: pool, model: m-whole, priority: 1}
+  streaming:
+    continueOnFailure: true
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: patient
+spec:
+  match:
+    models: ["patient"]
+  targets:
+    - {provider: pool, model: m-slow}
+  streaming:
+    keepAliveInterval: 200ms
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: patient-fails
+spec:
+  match:
+    models: ["patient-fails"]
+  targets:
+    - {provider: pool, model: m-slow-fail}
+  streaming:
+    keepAliveInterval: 200ms
 "#;
 
 /// A stack with [`MANIFEST`] applied and its routes live.
@@ -802,4 +840,94 @@ spec:
         );
     })
     .await;
+}
+
+/// `streaming.continueOnFailure` and keep-alives, seen raw and through the official
+/// OpenAI Python SDK.
+#[test]
+fn broken_streams_continue_and_slow_ones_keep_alive() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stack = rt.block_on(stack());
+    set_faults(
+        &stack.mock_url,
+        &json!([
+            // The first target breaks its stream half way; the second answers whole.
+            {"model": "m-cut", "fail": "cut", "chunks": 10, "chunk_delay_ms": 30},
+            {"model": "m-whole", "chunks": 10},
+            {"model": "m-slow", "latency_ms": 700},
+            {"model": "m-slow-fail", "latency_ms": 700, "status": 503},
+        ]),
+    )
+    .unwrap();
+    let expected = format!("Mock reply to: continue this please{}", " more".repeat(4));
+    rt.block_on(with_logs(&stack, async {
+        let api = stack.api();
+        let (status, h, v) = post(
+            api,
+            Some(DEMO_KEY),
+            &stream_body("continued", "continue this please"),
+        )
+        .await;
+        assert_eq!(status, 200);
+        assert_eq!(header(&h, "x-tollgate-model"), "m-cut");
+        let data = sse_data(v.as_str().unwrap());
+        assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+        let chunks: Vec<Value> = data[..data.len() - 1]
+            .iter()
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect();
+        let content: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(content, expected);
+        assert!(
+            chunks.iter().all(|c| c["id"] == chunks[0]["id"]),
+            "{chunks:?}"
+        );
+        assert!(
+            chunks.iter().all(|c| c.get("error").is_none()),
+            "{chunks:?}"
+        );
+        // The second target was asked to continue the partial answer.
+        let requests = stack.upstream_requests().unwrap();
+        let resumed = requests
+            .iter()
+            .rfind(|r| r["body"]["model"] == "m-whole")
+            .unwrap();
+        let prefill = resumed["body"]["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .unwrap();
+        assert_eq!(prefill["role"], "assistant");
+        let partial = prefill["content"].as_str().unwrap();
+        assert!(
+            !partial.is_empty() && partial.len() < expected.len() && expected.starts_with(partial),
+            "{partial:?}"
+        );
+
+        // A slow first byte: keep-alive comments, then the answer.
+        let t = Instant::now();
+        let (status, _, v) = post(api, Some(DEMO_KEY), &stream_body("patient", "hi")).await;
+        assert_eq!(status, 200);
+        let text = v.as_str().unwrap();
+        assert!(text.matches(": keep-alive").count() >= 2, "{text}");
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        assert!(t.elapsed() >= Duration::from_millis(700));
+        // When the attempts fail after the response began, an error event ends it.
+        let (status, _, v) = post(api, Some(DEMO_KEY), &stream_body("patient-fails", "hi")).await;
+        assert_eq!(status, 200);
+        let text = v.as_str().unwrap();
+        assert!(text.contains(": keep-alive"), "{text}");
+        let data = sse_data(text);
+        let last: Value = serde_json::from_str(data.last().unwrap()).unwrap();
+        assert_eq!(last["error"]["type"], "server_error", "{text}");
+    }));
+    run_python_on(
+        stack,
+        "streams_client.py",
+        |s| s.api().to_string(),
+        "streams ok",
+    );
 }

@@ -96,7 +96,7 @@ impl Completion {
     }
 }
 
-pub async fn handle(state: &State, req: Request<Incoming>, api: Api) -> Response<Body> {
+pub async fn handle(state: &Arc<State>, req: Request<Incoming>, api: Api) -> Response<Body> {
     let started = Instant::now();
     let mut labels = Labels::default();
     let result = forward(state, req, api, started, &mut labels).await;
@@ -182,7 +182,7 @@ pub(super) async fn resolve(
     labels: &mut Labels,
 ) -> Result<(Bytes, ChatHead, Resolved), ApiError> {
     let (body, head, route, snapshot) = resolve_route(state, parts, body, labels).await?;
-    let plan = balance::Plan::new(&route, &snapshot, &state.balance, &head.model);
+    let plan = balance::Plan::new(route.clone(), &snapshot, &state.balance, &head.model);
     let now = Instant::now();
     let c = plan
         .peek_target(now)
@@ -288,7 +288,7 @@ pub(super) async fn read_body(
 }
 
 async fn forward(
-    state: &State,
+    state: &Arc<State>,
     req: Request<Incoming>,
     api: Api,
     started: Instant,
@@ -296,29 +296,82 @@ async fn forward(
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let (body, head, route, snapshot) = resolve_route(state, &parts, body, labels).await?;
-    let mut plan = balance::Plan::new(&route, &snapshot, &state.balance, &head.model);
-    let budget = state.balance.budget(&route.id);
+    let mut plan = balance::Plan::new(route.clone(), &snapshot, &state.balance, &head.model);
+    drop(snapshot);
     let now = Instant::now();
-    budget.request(now);
-    let mut next = plan.pick_target(now).or_else(|| plan.fail_over(now));
-    if next.is_none() {
+    state.balance.budget(&route.id).request(now);
+    let mut first = plan.pick_target(now).or_else(|| plan.fail_over(now));
+    if first.is_none() {
         // Everything is ejected: a request still goes somewhere rather than failing here.
-        next = plan.pick_any();
-        if next.is_some() {
+        first = plan.pick_any();
+        if first.is_some() {
             tracing::debug!(route = %route.id, "every target is ejected; trying one anyway");
         }
     }
-    let deadline = started + route.request_timeout;
-    let request = Attempt {
-        state,
-        parts: &parts,
-        body: &body,
-        head: &head,
+    let keep_alive = route.keep_alive.filter(|_| head.stream);
+    let ctx = Arc::new(Ctx {
+        state: state.clone(),
+        headers: parts.headers,
+        body,
+        head,
         api,
-        route: &route,
+        deadline: started + route.request_timeout,
+        route,
         started,
-        deadline,
+    });
+    let Some(every) = keep_alive else {
+        let (result, used) = run_plan(ctx, plan, first, labels.clone()).await;
+        *labels = used;
+        return result;
     };
+    // A stream whose first byte is slow in coming: after `every`, the response starts
+    // (200, SSE) and carries comments until the answer comes.
+    let mut run = run_plan_boxed(ctx.clone(), plan, first, labels.clone());
+    tokio::select! {
+        (result, used) = &mut run => {
+            *labels = used;
+            result
+        }
+        () = tokio::time::sleep(every) => Ok(keep_alive_response(&ctx, run, every)),
+    }
+}
+
+/// The attempts of one request: `first`, then retries and failover as the route says,
+/// until one answers or none is left. Also the labels the request ends with.
+async fn run_plan(
+    ctx: Arc<Ctx>,
+    mut plan: balance::Plan,
+    first: Option<balance::Candidate>,
+    mut labels: Labels,
+) -> (Result<Response<Body>, ApiError>, Labels) {
+    let result = run_plan_inner(&ctx, &mut plan, first, &mut labels).await;
+    (result, labels)
+}
+
+/// The same, boxed: the future a stream holds to continue on another target.
+fn run_plan_boxed(
+    ctx: Arc<Ctx>,
+    plan: balance::Plan,
+    first: Option<balance::Candidate>,
+    labels: Labels,
+) -> PlanFuture {
+    Box::pin(run_plan(ctx, plan, first, labels))
+}
+
+type PlanFuture =
+    Pin<Box<dyn std::future::Future<Output = (Result<Response<Body>, ApiError>, Labels)> + Send>>;
+
+async fn run_plan_inner(
+    ctx: &Arc<Ctx>,
+    plan: &mut balance::Plan,
+    mut next: Option<balance::Candidate>,
+    labels: &mut Labels,
+) -> Result<Response<Body>, ApiError> {
+    let (state, route, deadline) = (&ctx.state, &ctx.route, ctx.deadline);
+    let budget = state.balance.budget(&route.id);
+    // Streams an OpenAI client gets may be continued on the next target after a failure.
+    let resume = (route.continue_on_failure && ctx.head.stream && ctx.api == Api::OpenAi)
+        .then(ResumeSlot::default);
     let (mut attempts, mut retries, mut other_credentials) = (0u32, 0u32, 0usize);
     let mut last: Option<Box<Failed>> = None;
     while let Some(c) = next.take() {
@@ -326,8 +379,17 @@ async fn forward(
         labels.provider = c.provider.id.clone();
         labels.model = c.model.clone();
         let _probe = balance::ProbeGuard::new(&c);
-        let failed = match request.run(&c, attempts, labels).await {
-            Ok(response) => return Ok(response),
+        let failed = match ctx.run(&c, attempts, labels, resume.as_ref()).await {
+            Ok(response) => {
+                if let Some(slot) = &resume {
+                    slot.fill(Resume {
+                        ctx: ctx.clone(),
+                        plan: std::mem::replace(plan, balance::Plan::empty(route.clone())),
+                        labels: labels.clone(),
+                    });
+                }
+                return Ok(response);
+            }
             Err(Step::Final(e)) => return Err(e),
             Err(Step::Failed(f)) => f,
         };
@@ -435,14 +497,15 @@ impl Step {
     }
 }
 
-/// A request, ready to be tried on one candidate after another.
-struct Attempt<'a> {
-    state: &'a State,
-    parts: &'a http::request::Parts,
-    body: &'a Bytes,
-    head: &'a ChatHead,
+/// A chat request past authentication and routing, owned: what every attempt needs,
+/// including attempts made after the response has begun (keep-alive, continuation).
+struct Ctx {
+    state: Arc<State>,
+    headers: HeaderMap,
+    body: Bytes,
+    head: ChatHead,
     api: Api,
-    route: &'a Arc<Route>,
+    route: Arc<Route>,
     started: Instant,
     deadline: Instant,
 }
@@ -586,24 +649,27 @@ fn rfc3339_unix(text: &str) -> Option<i64> {
     Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
-impl Attempt<'_> {
-    /// One attempt on candidate `c`: the client's answer, or why it failed.
+impl Ctx {
+    /// One attempt on candidate `c`: the client's answer, or why it failed. A stream
+    /// that may be continued elsewhere gets `resume`, filled in if it is the answer.
     async fn run(
         &self,
         c: &balance::Candidate,
         attempts: u32,
         labels: &Labels,
+        resume: Option<&ResumeSlot>,
     ) -> Result<Response<Body>, Step> {
         let Self {
             state,
-            parts,
+            headers,
             body,
             head,
             api,
             route,
             started,
             deadline,
-        } = *self;
+        } = self;
+        let (api, started, deadline) = (*api, *started, *deadline);
         let attempt_started = Instant::now();
         let attempt_deadline = c
             .timeout
@@ -676,7 +742,7 @@ impl Attempt<'_> {
             state,
             provider,
             credential.as_ref().map(|(c, _)| *c),
-            &parts.headers,
+            headers,
             api,
             uri,
             upstream_body,
@@ -808,6 +874,9 @@ impl Attempt<'_> {
                 chain: plan.stream(),
                 ended: false,
                 _inflight: inflight,
+                resume: resume.cloned(),
+                transcript: resume.map(|_| Transcript::default()),
+                continuation: None,
             }
             .boxed()
         } else {
@@ -923,6 +992,113 @@ impl Attempt<'_> {
                     .with_label_values(&[&provider.id, endpoint, kind])
                     .set(0);
             }
+        }
+    }
+}
+
+/// The response of a stream whose provider has not sent a byte within the keep-alive
+/// interval: 200 and SSE at once, comments while the attempts go on, then the answer's
+/// stream, or an error event in the client's format.
+fn keep_alive_response(ctx: &Ctx, run: PlanFuture, every: Duration) -> Response<Body> {
+    let body = KeepAlive {
+        run: Some(std::sync::Mutex::new(run)),
+        ticker: tokio::time::interval_at(Instant::now() + every, every),
+        then: None,
+        api: ctx.api,
+        started: ctx.started,
+        metrics: ctx.state.metrics.clone(),
+    };
+    let mut out = Response::new(body.boxed());
+    let headers = out.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Ok(v) = HeaderValue::from_str(&ctx.route.id) {
+        headers.insert(HeaderName::from_static("x-tollgate-route"), v);
+    }
+    out
+}
+
+/// The body of [`keep_alive_response`].
+struct KeepAlive {
+    /// The attempts (behind a mutex only to make the body `Sync`); `None` once done.
+    run: Option<std::sync::Mutex<PlanFuture>>,
+    ticker: tokio::time::Interval,
+    /// The answer's stream.
+    then: Option<Body>,
+    api: Api,
+    started: Instant,
+    metrics: Metrics,
+}
+
+/// An SSE comment: ignored by clients, it keeps idle-timeouts along the way from firing.
+const KEEP_ALIVE_COMMENT: &[u8] = b": keep-alive\n\n";
+
+impl http_body::Body for KeepAlive {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if let Some(body) = this.then.as_mut() {
+            return http_body::Body::poll_frame(Pin::new(body), cx);
+        }
+        let Some(run) = this.run.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let polled = match run.get_mut() {
+            Ok(run) => run.as_mut().poll(cx),
+            Err(_) => Poll::Ready((Err(ApiError::Internal), Labels::default())),
+        };
+        match polled {
+            Poll::Ready((result, labels)) => {
+                this.run = None;
+                let message = match result {
+                    Ok(response) if response.status().is_success() => {
+                        let mut body = response.into_body();
+                        let first = http_body::Body::poll_frame(Pin::new(&mut body), cx);
+                        this.then = Some(body);
+                        return first;
+                    }
+                    // The provider's own error; its record was made with it.
+                    Ok(response) => format!(
+                        "The upstream provider answered with status {}.",
+                        response.status().as_u16()
+                    ),
+                    Err(e) => {
+                        Completion {
+                            metrics: this.metrics.clone(),
+                            labels,
+                            status: e.status(),
+                            started: this.started,
+                            usage: None,
+                            credential: None,
+                        }
+                        .record();
+                        e.to_string()
+                    }
+                };
+                let event = match this.api {
+                    Api::OpenAi => crate::translate::openai_error_chunk(
+                        &message,
+                        "server_error",
+                        serde_json::Value::Null,
+                    ),
+                    Api::Anthropic => crate::translate::anthropic_error_event(&message),
+                };
+                Poll::Ready(Some(Ok(Frame::data(event.into()))))
+            }
+            Poll::Pending => match this.ticker.poll_tick(cx) {
+                Poll::Ready(_) => Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                    KEEP_ALIVE_COMMENT,
+                ))))),
+                Poll::Pending => Poll::Pending,
+            },
         }
     }
 }
@@ -1091,13 +1267,257 @@ struct Streamed {
     /// The closing bytes have been written; the next poll ends the body.
     ended: bool,
     _inflight: balance::InFlight,
+    /// Set when the route continues broken streams on the next target.
+    resume: Option<ResumeSlot>,
+    /// What the client has been sent (kept only when the stream may be continued).
+    transcript: Option<Transcript>,
+    /// The continuation, once the provider's stream broke.
+    continuation: Option<Continuation>,
+}
+
+/// What a stream needs to continue on the next target: the request, the plan with what
+/// has been tried, and the labels.
+struct Resume {
+    ctx: Arc<Ctx>,
+    plan: balance::Plan,
+    labels: Labels,
+}
+
+/// Filled by the attempt loop once the stream is the answer; taken by the stream if it
+/// breaks.
+#[derive(Clone, Default)]
+struct ResumeSlot(Arc<std::sync::Mutex<Option<Resume>>>);
+
+impl ResumeSlot {
+    fn fill(&self, r: Resume) {
+        if let Ok(mut slot) = self.0.lock() {
+            *slot = Some(r);
+        }
+    }
+
+    fn take(&self) -> Option<Resume> {
+        self.0.lock().ok()?.take()
+    }
+}
+
+/// The answer an OpenAI client has received so far.
+#[derive(Debug, Default)]
+struct Transcript {
+    text: String,
+    /// The stream's chunk id, which a continuation keeps.
+    id: Option<String>,
+    /// The answer ended (a finish reason, or `[DONE]`): nothing to continue.
+    finished: bool,
+    /// It holds tool calls, which a continuation cannot resume.
+    tool_calls: bool,
+}
+
+impl Transcript {
+    fn observe(&mut self, out: &[u8]) {
+        for data in sse_data(out) {
+            if data == "[DONE]" {
+                self.finished = true;
+                continue;
+            }
+            let Ok(chunk) = serde_json::from_str::<serde_json::Value>(data) else {
+                continue;
+            };
+            if self.id.is_none() {
+                self.id = chunk["id"].as_str().map(str::to_string);
+            }
+            let choice = &chunk["choices"][0];
+            if let Some(text) = choice["delta"]["content"].as_str() {
+                self.text.push_str(text);
+            }
+            if choice["delta"]
+                .get("tool_calls")
+                .is_some_and(|t| !t.is_null())
+            {
+                self.tool_calls = true;
+            }
+            if choice.get("finish_reason").is_some_and(|f| !f.is_null()) {
+                self.finished = true;
+            }
+        }
+    }
+}
+
+/// The `data:` payloads of whole SSE events.
+fn sse_data(out: &[u8]) -> impl Iterator<Item = &str> {
+    std::str::from_utf8(out)
+        .unwrap_or("")
+        .split("\n\n")
+        .filter_map(|event| {
+            event
+                .lines()
+                .find_map(|l| l.trim_end_matches('\r').strip_prefix("data:"))
+                .map(str::trim_start)
+        })
+}
+
+/// The original request with the partial answer as an assistant prefill.
+fn continuation_body(body: &[u8], partial: &str) -> Option<Bytes> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    v.get_mut("messages")?
+        .as_array_mut()?
+        .push(serde_json::json!({"role": "assistant", "content": partial}));
+    serde_json::to_vec(&v).ok().map(Into::into)
+}
+
+enum Continuation {
+    /// The next target's attempt (behind a mutex only to make the body `Sync`).
+    Starting(std::sync::Mutex<PlanFuture>),
+    /// Its stream, passed on as part of the first.
+    Streaming { body: Body, id: Option<String> },
+}
+
+/// A continuation's events as part of the stream the client already has: the same chunk
+/// id, and no second opening (role) chunk. Its frames hold whole events.
+fn rejoin(frame: &[u8], id: Option<&str>) -> Bytes {
+    let mut out = String::new();
+    for data in sse_data(frame) {
+        let Ok(mut chunk) = serde_json::from_str::<serde_json::Value>(data) else {
+            out.push_str("data: ");
+            out.push_str(data);
+            out.push_str("\n\n");
+            continue;
+        };
+        let delta = &chunk["choices"][0]["delta"];
+        let opening = delta.get("role").is_some()
+            && delta["content"].as_str().unwrap_or("").is_empty()
+            && delta.get("tool_calls").is_none_or(|t| t.is_null())
+            && chunk["choices"][0]["finish_reason"].is_null();
+        if opening {
+            continue;
+        }
+        if let Some(id) = id {
+            chunk["id"] = serde_json::Value::String(id.to_string());
+        }
+        out.push_str("data: ");
+        out.push_str(&chunk.to_string());
+        out.push_str("\n\n");
+    }
+    out.into()
 }
 
 impl Streamed {
+    /// A frame for the client, noted in the transcript when the stream may be continued.
+    fn sent(&mut self, out: Bytes) -> Frame<Bytes> {
+        if let Some(t) = self.transcript.as_mut() {
+            t.observe(&out);
+        }
+        Frame::data(out)
+    }
+
     fn finish(&mut self) {
         if let Some(mut done) = self.done.take() {
             done.usage = self.chain.usage();
             done.record();
+        }
+    }
+
+    /// Starts the continuation of a broken stream on the next target, when the route asks
+    /// for it and the answer can be continued; false otherwise.
+    fn try_resume(&mut self) -> bool {
+        let Some(slot) = self.resume.take() else {
+            return false;
+        };
+        let Some(t) = &self.transcript else {
+            return false;
+        };
+        if t.finished || t.tool_calls {
+            return false;
+        }
+        let Some(r) = slot.take() else {
+            return false;
+        };
+        let Some(body) = continuation_body(&r.ctx.body, &t.text) else {
+            return false;
+        };
+        let Ok(head) = ChatHead::parse(&body) else {
+            return false;
+        };
+        let mut plan = r.plan;
+        let Some(next) = plan.fail_over(Instant::now()) else {
+            return false;
+        };
+        let ctx = Arc::new(Ctx {
+            state: r.ctx.state.clone(),
+            headers: r.ctx.headers.clone(),
+            body,
+            head,
+            api: r.ctx.api,
+            route: r.ctx.route.clone(),
+            started: r.ctx.started,
+            deadline: r.ctx.deadline,
+        });
+        ctx.state
+            .metrics
+            .fallbacks
+            .with_label_values(&[&ctx.route.id, &next.provider.id, &next.model])
+            .inc();
+        tracing::debug!(route = %ctx.route.id, provider = %next.provider.id, "continuing a broken stream");
+        self.finish();
+        let run = run_plan_boxed(ctx, plan, Some(next), r.labels);
+        self.continuation = Some(Continuation::Starting(std::sync::Mutex::new(run)));
+        true
+    }
+
+    fn poll_continuation(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        loop {
+            let Some(c) = self.continuation.as_mut() else {
+                return Poll::Ready(None);
+            };
+            match c {
+                Continuation::Starting(run) => {
+                    let polled = match run.get_mut() {
+                        Ok(run) => run.as_mut().poll(cx),
+                        Err(_) => Poll::Ready((Err(ApiError::Internal), Labels::default())),
+                    };
+                    match polled {
+                        Poll::Pending => return Poll::Pending,
+                        Poll::Ready((Ok(response), _)) if response.status().is_success() => {
+                            let id = self.transcript.as_ref().and_then(|t| t.id.clone());
+                            *c = Continuation::Streaming {
+                                body: response.into_body(),
+                                id,
+                            };
+                        }
+                        Poll::Ready(_) => {
+                            self.continuation = None;
+                            self.ended = true;
+                            let error = crate::translate::openai_error_chunk(
+                                crate::translate::STREAM_CUT,
+                                "server_error",
+                                serde_json::Value::Null,
+                            );
+                            return Poll::Ready(Some(Ok(Frame::data(error.into()))));
+                        }
+                    }
+                }
+                Continuation::Streaming { body, id } => {
+                    return match http_body::Body::poll_frame(Pin::new(body), cx) {
+                        Poll::Ready(Some(Ok(frame))) => {
+                            let Ok(data) = frame.into_data() else {
+                                continue;
+                            };
+                            let out = rejoin(&data, id.as_deref());
+                            if out.is_empty() {
+                                continue;
+                            }
+                            Poll::Ready(Some(Ok(Frame::data(out))))
+                        }
+                        Poll::Ready(None) => {
+                            self.ended = true;
+                            Poll::Ready(None)
+                        }
+                        other => other,
+                    };
+                }
+            }
         }
     }
 
@@ -1138,10 +1558,13 @@ impl http_body::Body for Streamed {
         if this.ended {
             return Poll::Ready(None);
         }
+        if this.continuation.is_some() {
+            return this.poll_continuation(cx);
+        }
         if let Some(first) = this.first.take() {
             match this.chain.feed_bytes(first) {
                 Ok(out) if out.is_empty() => {}
-                Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                Ok(out) => return Poll::Ready(Some(Ok(this.sent(out)))),
                 Err(e) => return this.fail(&e),
             }
         }
@@ -1153,11 +1576,16 @@ impl http_body::Body for Streamed {
                     };
                     match this.chain.feed_bytes(data) {
                         Ok(out) if out.is_empty() => {}
-                        Ok(out) => return Poll::Ready(Some(Ok(Frame::data(out)))),
+                        Ok(out) => return Poll::Ready(Some(Ok(this.sent(out)))),
                         Err(e) => return this.fail(&e),
                     }
                 }
-                Poll::Ready(Some(Err(e))) => return this.fail(&e),
+                Poll::Ready(Some(Err(e))) => {
+                    if this.try_resume() {
+                        return this.poll_continuation(cx);
+                    }
+                    return this.fail(&e);
+                }
                 Poll::Ready(None) => {
                     let out = this.chain.end_bytes();
                     this.finish();

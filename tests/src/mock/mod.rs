@@ -34,6 +34,27 @@ pub fn reply_pieces(last_user: &str, chunks: Option<usize>) -> Vec<String> {
     pieces
 }
 
+/// What is left of an answer once a `prefill` (the start of it, sent as the last
+/// assistant message) is taken off: a model continues its own partial answer. A prefill
+/// that is not the start of the answer changes nothing.
+pub fn continue_after(pieces: Vec<String>, prefill: &str) -> Vec<String> {
+    let whole: String = pieces.concat();
+    if prefill.is_empty() || !whole.starts_with(prefill) {
+        return pieces;
+    }
+    let mut skip = prefill.len();
+    let mut out = Vec::new();
+    for piece in pieces {
+        if skip >= piece.len() {
+            skip -= piece.len();
+        } else {
+            out.push(piece[skip..].to_string());
+            skip = 0;
+        }
+    }
+    out
+}
+
 /// A prompt's tokens as the mock counts them: its words, plus `per_message` for each
 /// message's framing (each format counts its framing differently).
 pub fn prompt_tokens(texts: &[String], per_message: u64) -> u64 {

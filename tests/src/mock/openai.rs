@@ -16,6 +16,8 @@ pub struct ChatRequest {
     pub last_user: String,
     /// The tool the answer calls.
     pub tool_call: Option<super::tools::ToolCall>,
+    /// Text of a last assistant message (a prefill): the answer continues it.
+    pub prefill: String,
 }
 
 const ROLES: [&str; 6] = [
@@ -166,6 +168,12 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, Value> {
         }
         texts.push(text);
     }
+    let prefill = match messages.last() {
+        Some(m) if m.get("role").and_then(Value::as_str) == Some("assistant") => {
+            texts.last().cloned().unwrap_or_default()
+        }
+        _ => String::new(),
+    };
     let first_tool = match obj.get("tools") {
         None | Some(Value::Null) => None,
         Some(Value::Array(tools)) => match tools.first() {
@@ -239,6 +247,7 @@ pub fn parse(body: &[u8]) -> Result<ChatRequest, Value> {
         texts,
         last_user,
         tool_call,
+        prefill,
     })
 }
 
@@ -249,7 +258,7 @@ pub fn count_tokens(text: &str) -> u64 {
 
 /// The answer's content, in pieces (one per stream chunk).
 pub fn answer_pieces(req: &ChatRequest, chunks: Option<usize>) -> Vec<String> {
-    super::reply_pieces(&req.last_user, chunks)
+    super::continue_after(super::reply_pieces(&req.last_user, chunks), &req.prefill)
 }
 
 pub fn usage(req: &ChatRequest, completion_tokens: u64) -> Value {
