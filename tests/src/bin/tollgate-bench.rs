@@ -301,13 +301,16 @@ enum Format {
 
 fn manifests(dir: &Path, mock: &str) -> anyhow::Result<()> {
     let mut text = String::new();
-    for name in ["bench-a", "bench-b"] {
+    // The measured route is configured as production routes are: outlier ejection on its
+    // providers, retries, a first-token timeout and a fallback chain. None of it fires
+    // while the upstream is healthy, but its bookkeeping is on the measured path.
+    for name in ["bench-a", "bench-b", "bench-fallback"] {
         write!(
             text,
-            "apiVersion: tollgate.dev/v1alpha1\nkind: LLMProvider\nmetadata:\n  name: {name}\nspec:\n  type: openai\n  endpoint: {mock}/v1\n  credentials:\n    - secretRef:\n        name: {name}-key\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-key\nstringData:\n  apiKey: {UPSTREAM_KEY}\n---\n"
+            "apiVersion: tollgate.dev/v1alpha1\nkind: LLMProvider\nmetadata:\n  name: {name}\nspec:\n  type: openai\n  endpoint: {mock}/v1\n  credentials:\n    - secretRef:\n        name: {name}-key\n  health:\n    consecutiveFailures: 5\n    baseEjectionTime: 30s\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-key\nstringData:\n  apiKey: {UPSTREAM_KEY}\n---\n"
         )?;
     }
-    text += "apiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: bench\nspec:\n  match:\n    models: [gpt-4o]\n  targets:\n    - provider: bench-a\n      weight: 1\n    - provider: bench-b\n      weight: 1\n---\n";
+    text += "apiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: bench\nspec:\n  match:\n    models: [gpt-4o]\n  targets:\n    - provider: bench-a\n      weight: 1\n    - provider: bench-b\n      weight: 1\n  fallbacks:\n    - provider: bench-fallback\n      model: gpt-4o-mini\n      timeout: 30s\n  retries:\n    attempts: 2\n  timeouts:\n    firstToken: 30s\n---\n";
     for (name, kind, extra, model) in [
         ("bench-gemini", "gemini", "", "gemini-2.5-flash"),
         (
