@@ -151,6 +151,8 @@ pub struct Endpoint {
 
 /// How fast an old latency is forgotten (the EWMA's time constant).
 const EWMA_DECAY: Duration = Duration::from_secs(5);
+/// The latency a failure counts as, at least.
+const FAILURE_LATENCY: Duration = Duration::from_secs(1);
 
 /// Why an endpoint changed state: the caller records it in metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -252,8 +254,10 @@ impl Endpoint {
         roll_window(&mut s, now, policy.interval);
         s.window_requests += 1;
         s.window_failures += 1;
-        // A failure is at least as slow as it took: the latency strategy avoids it too.
-        observe_latency(&mut s, latency.as_secs_f64(), now);
+        // A failure counts as a slow answer, however fast it came (a refused connection is
+        // instant): the latency strategy turns away from it too.
+        let penalised = latency.max(FAILURE_LATENCY).as_secs_f64();
+        observe_latency(&mut s, penalised, now);
         let probe_failed = s.probing;
         s.probing = false;
         let by_count = s.consecutive >= policy.consecutive_failures.max(1);

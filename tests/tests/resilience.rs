@@ -233,6 +233,30 @@ spec:
     - {provider: pool, model: m-slow-fail}
   streaming:
     keepAliveInterval: 200ms
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: agent-planning
+spec:
+  match:
+    models: ["agent"]
+    headers:
+      - {name: x-agent-step, value: planning}
+  targets:
+    - {provider: pool, model: m-fast}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: agent-reasoning
+spec:
+  match:
+    models: ["agent"]
+    headers:
+      - {name: X-Agent-Step, value: "reason(ing)?|think", type: RegularExpression}
+  targets:
+    - {provider: anthropic, model: claude-strong}
 "#;
 
 /// A stack with [`MANIFEST`] applied and its routes live.
@@ -930,4 +954,50 @@ fn broken_streams_continue_and_slow_ones_keep_alive() {
         |s| s.api().to_string(),
         "streams ok",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_headers_pick_the_route() {
+    let stack = stack().await;
+    with_logs(&stack, async {
+        let http = reqwest::Client::new();
+        let ask = |step: Option<&'static str>| {
+            let mut req = http
+                .post(format!("{}/chat/completions", stack.api()))
+                .bearer_auth(DEMO_KEY)
+                .header("content-type", "application/json")
+                .body(chat_body("agent", "next step?"));
+            if let Some(step) = step {
+                req = req.header("x-agent-step", step);
+            }
+            async move {
+                let resp = req.send().await.unwrap();
+                (
+                    resp.status().as_u16(),
+                    header(resp.headers(), "x-tollgate-route").to_string(),
+                    header(resp.headers(), "x-tollgate-model").to_string(),
+                )
+            }
+        };
+        assert_eq!(
+            ask(Some("planning")).await,
+            (200, "default/agent-planning".into(), "m-fast".into())
+        );
+        for step in ["reasoning", "reason", "think"] {
+            assert_eq!(
+                ask(Some(step)).await,
+                (
+                    200,
+                    "default/agent-reasoning".into(),
+                    "claude-strong".into()
+                ),
+                "{step}"
+            );
+        }
+        // Regular expressions match the whole value; no header, no route.
+        assert_eq!(ask(Some("reasoning-more")).await.0, 404);
+        assert_eq!(ask(Some("Planning")).await.0, 404);
+        assert_eq!(ask(None).await.0, 404);
+    })
+    .await;
 }

@@ -513,6 +513,10 @@ struct Ctx {
 /// The class of a refusal that is about the request (a 4xx): context window exceeded, or
 /// content policy. Other 4xx answers are the client's and are passed on.
 fn refusal_class(body: &[u8]) -> Option<Failure> {
+    // Providers differ in case ("Input is too long"): compare in lower case. Only 4xx
+    // bodies get here, and they are small.
+    let body = body.to_ascii_lowercase();
+    let body = body.as_slice();
     const CONTEXT: [&[u8]; 6] = [
         b"context_length_exceeded",
         b"maximum context length",
@@ -524,7 +528,7 @@ fn refusal_class(body: &[u8]) -> Option<Failure> {
     const POLICY: [&[u8]; 4] = [
         b"content_policy_violation",
         b"content_filter",
-        b"ResponsibleAIPolicyViolation",
+        b"responsibleaipolicyviolation",
         b"content management policy",
     ];
     let has = |needles: &[&[u8]]| {
@@ -1608,5 +1612,169 @@ impl http_body::Body for Streamed {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_durations_and_dates() {
+        assert_eq!(go_duration("1s"), Some(Duration::from_secs(1)));
+        assert_eq!(go_duration("6m0s"), Some(Duration::from_secs(360)));
+        assert_eq!(go_duration("20ms"), Some(Duration::from_millis(20)));
+        assert_eq!(go_duration("1m2.5s"), Some(Duration::from_secs_f64(62.5)));
+        assert_eq!(go_duration("2h"), Some(Duration::from_secs(3600)), "capped");
+        assert_eq!(go_duration("soon"), None);
+        assert_eq!(go_duration(""), None);
+        assert_eq!(rfc3339_unix("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(rfc3339_unix("2024-02-29T12:34:56Z"), Some(1_709_210_096));
+        assert_eq!(rfc3339_unix("2026-11-22T10:00:30.5Z"), Some(1_795_341_630));
+        assert_eq!(rfc3339_unix("yesterday"), None);
+    }
+
+    #[test]
+    fn rate_limit_headers_set_a_key_aside() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let ok = StatusCode::OK;
+        assert_eq!(exhausted_for(ok, &headers(&[])), None);
+        assert_eq!(
+            exhausted_for(ok, &headers(&[("x-ratelimit-remaining-requests", "3")])),
+            None
+        );
+        assert_eq!(
+            exhausted_for(
+                ok,
+                &headers(&[
+                    ("x-ratelimit-remaining-tokens", "0"),
+                    ("x-ratelimit-reset-tokens", "6m0s")
+                ])
+            ),
+            Some(Duration::from_secs(360))
+        );
+        let soon = now_unix() + 100;
+        let date = {
+            // Seconds since the epoch back to a date, by search: the parser is the thing
+            // under test, so the expected text is built independently.
+            let days = soon.div_euclid(86_400);
+            let secs = soon.rem_euclid(86_400);
+            let (mut y, mut d) = (1970i64, days);
+            let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+            while d >= if leap(y) { 366 } else { 365 } {
+                d -= if leap(y) { 366 } else { 365 };
+                y += 1;
+            }
+            let months = [
+                31,
+                if leap(y) { 29 } else { 28 },
+                31,
+                30,
+                31,
+                30,
+                31,
+                31,
+                30,
+                31,
+                30,
+                31,
+            ];
+            let mut m = 0;
+            while d >= months[m] {
+                d -= months[m];
+                m += 1;
+            }
+            format!(
+                "{y:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                m + 1,
+                d + 1,
+                secs / 3600,
+                secs % 3600 / 60,
+                secs % 60
+            )
+        };
+        let wait = exhausted_for(
+            ok,
+            &headers(&[
+                ("anthropic-ratelimit-requests-remaining", "0"),
+                ("anthropic-ratelimit-requests-reset", &date),
+            ]),
+        )
+        .unwrap();
+        assert!((99..=100).contains(&wait.as_secs()), "{wait:?} from {date}");
+        let limited = StatusCode::TOO_MANY_REQUESTS;
+        assert_eq!(exhausted_for(limited, &headers(&[])), None);
+        assert_eq!(
+            exhausted_for(limited, &headers(&[("retry-after", "7")])),
+            Some(Duration::from_secs(7))
+        );
+    }
+
+    #[test]
+    fn refusals_are_classed_by_the_providers_words() {
+        for (body, class) in [
+            (
+                &br#"{"error":{"code":"context_length_exceeded","message":"This model's maximum context length is 128000 tokens."}}"#[..],
+                Some(Failure::ContextWindow),
+            ),
+            (
+                br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens > 200000 maximum"}}"#,
+                Some(Failure::ContextWindow),
+            ),
+            (
+                br#"{"message":"Input is too long for requested model."}"#,
+                Some(Failure::ContextWindow),
+            ),
+            (
+                br#"{"error":{"code":"content_filter","message":"The response was filtered"}}"#,
+                Some(Failure::ContentPolicy),
+            ),
+            (
+                br#"{"error":{"code":null,"message":"Invalid value for 'temperature'"}}"#,
+                None,
+            ),
+        ] {
+            assert_eq!(refusal_class(body), class, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn a_continuation_joins_the_first_stream() {
+        let mut t = Transcript::default();
+        t.observe(b"data: {\"id\":\"a\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\ndata: {\"id\":\"a\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel\"},\"finish_reason\":null}]}\n\n");
+        t.observe(b"data: {\"id\":\"a\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"lo\"},\"finish_reason\":null}]}\n\n");
+        assert_eq!(t.text, "Hello");
+        assert_eq!(t.id.as_deref(), Some("a"));
+        assert!(!t.finished && !t.tool_calls);
+        let joined = rejoin(
+            b"data: {\"id\":\"b\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\ndata: {\"id\":\"b\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" world\"},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n",
+            t.id.as_deref(),
+        );
+        let text = String::from_utf8(joined.to_vec()).unwrap();
+        let data: Vec<&str> = sse_data(text.as_bytes()).collect();
+        assert_eq!(data.len(), 2, "{text}");
+        let chunk: serde_json::Value = serde_json::from_str(data[0]).unwrap();
+        assert_eq!(chunk["id"], "a");
+        assert_eq!(chunk["choices"][0]["delta"]["content"], " world");
+        assert_eq!(data[1], "[DONE]");
+        let body = continuation_body(
+            br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#,
+            &t.text,
+        )
+        .unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(
+            v["messages"][1],
+            serde_json::json!({"role": "assistant", "content": "Hello"})
+        );
+        // A finished answer, or one with tool calls, is not continued.
+        t.observe(b"data: {\"id\":\"a\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+        assert!(t.finished);
     }
 }
