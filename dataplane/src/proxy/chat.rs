@@ -318,6 +318,7 @@ async fn forward(
         deadline: started + route.request_timeout,
         route,
         started,
+        prelude: started.elapsed(),
     });
     let Some(every) = keep_alive else {
         let (result, used) = run_plan(ctx, plan, first, labels.clone()).await;
@@ -508,6 +509,8 @@ struct Ctx {
     route: Arc<Route>,
     started: Instant,
     deadline: Instant,
+    /// Time spent in the gateway before the first attempt (authentication, body, route).
+    prelude: Duration,
 }
 
 /// The class of a refusal that is about the request (a 4xx): context window exceeded, or
@@ -672,6 +675,7 @@ impl Ctx {
             route,
             started,
             deadline,
+            prelude,
         } = self;
         let (api, started, deadline) = (*api, *started, *deadline);
         let attempt_started = Instant::now();
@@ -755,7 +759,7 @@ impl Ctx {
         .map_err(|e| Step::failed(Failure::Auth, e))?;
 
         let inflight = c.endpoint.start();
-        let before_upstream = attempt_started.elapsed();
+        let before_upstream = *prelude + attempt_started.elapsed();
         let sent_at = Instant::now();
         let health = &provider.health;
         // Records a failure against the target (and the credential, when it is at fault).
@@ -898,6 +902,7 @@ impl Ctx {
                 }
                 Ok(Ok(c)) => c.to_bytes(),
             };
+            let collected_at = Instant::now();
             drop(inflight);
             let failure = if status.is_success() {
                 None
@@ -956,7 +961,7 @@ impl Ctx {
             state
                 .metrics
                 .overhead
-                .observe(before_upstream.as_secs_f64());
+                .observe((before_upstream + collected_at.elapsed()).as_secs_f64());
             return Ok(response);
         };
         let got_response = Instant::now();
@@ -1454,6 +1459,7 @@ impl Streamed {
             route: r.ctx.route.clone(),
             started: r.ctx.started,
             deadline: r.ctx.deadline,
+            prelude: Duration::ZERO,
         });
         ctx.state
             .metrics
