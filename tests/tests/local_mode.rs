@@ -409,10 +409,7 @@ async fn a_key_uses_only_its_allowed_models() {
             .unwrap();
         let api = stack.api().to_string();
         let api_ref = &api;
-        eventually(Duration::from_secs(2), move || async move {
-            post(api_ref, Some("tg-mini"), &chat_body("gpt-4o-mini", "hi")).await.0 == 200
-        })
-        .await;
+        until_served(api_ref, "tg-mini", "gpt-4o-mini", Duration::from_secs(2)).await;
         let (status, _, v) = post(&api, Some("tg-mini"), &chat_body("gpt-4o", "hi")).await;
         assert_eq!(status, 403, "{v}");
         assert_eq!(v["error"]["code"], "model_not_allowed");

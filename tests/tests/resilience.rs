@@ -268,15 +268,7 @@ async fn stack() -> Stack {
             &MANIFEST.replace("MOCK", &stack.mock_url),
         )
         .unwrap();
-    let api = stack.api().to_string();
-    let api = &api;
-    eventually(Duration::from_secs(5), move || async move {
-        post(api, Some(DEMO_KEY), &chat_body("capped", "ready?"))
-            .await
-            .0
-            == 200
-    })
-    .await;
+    until_served(stack.api(), DEMO_KEY, "capped", Duration::from_secs(5)).await;
     stack
 }
 
@@ -788,14 +780,7 @@ spec:
         .unwrap();
     with_logs(&stack, async {
         let api = stack.api().to_string();
-        let api_ref = &api;
-        eventually(Duration::from_secs(5), move || async move {
-            post(api_ref, Some(DEMO_KEY), &chat_body("resilient", "ready?"))
-                .await
-                .0
-                == 200
-        })
-        .await;
+        until_served(&api, DEMO_KEY, "resilient", Duration::from_secs(5)).await;
         let http = reqwest::Client::new();
         let total = 300;
         let mut tasks = tokio::task::JoinSet::new();

@@ -151,3 +151,12 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// Waits until a request for `model` with `key` is answered 200 (a manifest just written
+/// has reached the dataplane).
+pub async fn until_served(api: &str, key: &str, model: &str, within: Duration) -> Duration {
+    eventually(within, || async {
+        post(api, Some(key), &chat_body(model, "ready?")).await.0 == 200
+    })
+    .await
+}
