@@ -234,11 +234,22 @@ impl Endpoint {
 
     /// A request succeeded after `latency` (time to the provider's first byte).
     pub fn success(&self, latency: Duration, now: Instant) -> Transition {
+        self.first_byte(latency, now);
+        self.settled(now)
+    }
+
+    /// A stream's first byte came after `latency`: the latency estimate takes it; whether
+    /// the request succeeded is known when the stream ends ([`Endpoint::settled`]).
+    pub fn first_byte(&self, latency: Duration, now: Instant) {
+        observe_latency(&mut self.lock(), latency.as_secs_f64(), now);
+    }
+
+    /// A request ended well.
+    pub fn settled(&self, now: Instant) -> Transition {
         let mut s = self.lock();
         s.consecutive = 0;
         roll_window(&mut s, now, Duration::from_secs(10));
         s.window_requests += 1;
-        observe_latency(&mut s, latency.as_secs_f64(), now);
         s.probing = false;
         if s.ejected_until.take().is_some() {
             Transition::Recovered

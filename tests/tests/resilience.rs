@@ -546,6 +546,21 @@ async fn outliers_are_ejected_for_a_growing_time_and_probed_back() {
         )
         .unwrap();
         assert_eq!(ejections, 2.0);
+        // Streams that break after their first byte count too: two in a row eject it.
+        set_faults(
+            &stack.mock_url,
+            &json!([{"model": "m-bad", "fail": "cut", "chunks": 6, "chunk_delay_ms": 30}]),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            let (status, h, v) = post(api, Some(DEMO_KEY), &stream_body("ejectable", "hi")).await;
+            assert_eq!(status, 200);
+            assert_eq!(header(&h, "x-tollgate-model"), "m-bad");
+            let data = sse_data(v.as_str().unwrap());
+            assert!(data.last().unwrap().contains("\"error\""), "{data:?}");
+        }
+        assert_eq!(ejected(), 1.0);
+        assert_eq!(ask().await, ("m-good".into(), "1".into()));
     })
     .await;
 }

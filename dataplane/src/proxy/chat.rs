@@ -862,8 +862,8 @@ impl Ctx {
                     }
                 }
             };
-            let t = c.endpoint.success(sent_at.elapsed(), Instant::now());
-            self.transition(t, provider, model, "target");
+            // The target's outcome is the stream's: settled when it ends (or broken).
+            c.endpoint.first_byte(sent_at.elapsed(), Instant::now());
             if let Some((cred, endpoint)) = &credential {
                 let t = endpoint.success(sent_at.elapsed(), Instant::now());
                 self.transition(t, provider, &cred.id, "credential");
@@ -885,6 +885,7 @@ impl Ctx {
                 resume: resume.cloned(),
                 transcript: resume.map(|_| Transcript::default()),
                 continuation: None,
+                target: Some((c.endpoint.clone(), provider.health)),
             }
             .boxed()
         } else {
@@ -1282,6 +1283,8 @@ struct Streamed {
     transcript: Option<Transcript>,
     /// The continuation, once the provider's stream broke.
     continuation: Option<Continuation>,
+    /// The target's health record: a break after the first byte counts against it.
+    target: Option<(Arc<balance::Endpoint>, balance::HealthPolicy)>,
 }
 
 /// What a stream needs to continue on the next target: the request, the plan with what
@@ -1410,6 +1413,47 @@ fn rejoin(frame: &[u8], id: Option<&str>) -> Bytes {
 }
 
 impl Streamed {
+    /// The provider's stream ended: a success of the target, which may bring it back.
+    fn record_end(&mut self) {
+        let Some((endpoint, _)) = self.target.take() else {
+            return;
+        };
+        if endpoint.settled(Instant::now()) == balance::Transition::Recovered
+            && let Some(d) = &self.done
+        {
+            let l = &d.labels;
+            tracing::info!(provider = %l.provider, endpoint = %l.model, kind = "target", "back in rotation");
+            d.metrics
+                .ejected
+                .with_label_values(&[&l.provider, &l.model, "target"])
+                .set(0);
+        }
+    }
+
+    /// The provider broke its stream: a failure of the target (once), which may eject it.
+    fn record_break(&mut self) {
+        let Some((endpoint, policy)) = self.target.take() else {
+            return;
+        };
+        let balance::Transition::Ejected(time) =
+            endpoint.failure(&policy, Instant::now(), Duration::ZERO)
+        else {
+            return;
+        };
+        if let Some(d) = &self.done {
+            let l = &d.labels;
+            tracing::warn!(provider = %l.provider, endpoint = %l.model, kind = "target", ejected_for = ?time, "ejected");
+            d.metrics
+                .ejections
+                .with_label_values(&[&l.provider, &l.model, "target"])
+                .inc();
+            d.metrics
+                .ejected
+                .with_label_values(&[&l.provider, &l.model, "target"])
+                .set(1);
+        }
+    }
+
     /// A frame for the client, noted in the transcript when the stream may be continued.
     fn sent(&mut self, out: Bytes) -> Frame<Bytes> {
         if let Some(t) = self.transcript.as_mut() {
@@ -1591,12 +1635,14 @@ impl http_body::Body for Streamed {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
+                    this.record_break();
                     if this.try_resume() {
                         return this.poll_continuation(cx);
                     }
                     return this.fail(&e);
                 }
                 Poll::Ready(None) => {
+                    this.record_end();
                     let out = this.chain.end_bytes();
                     this.finish();
                     return if out.is_empty() {
