@@ -12,12 +12,13 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use tollgate_crds::common::{SecretKeyRef, parse_duration};
+use tollgate_crds::common::SecretKeyRef;
 use tollgate_crds::validate::{Validator, join_errors};
 use tollgate_crds::{API_VERSION, Kind};
 use tollgate_crds::{budget, mcp, provider, route, virtual_key};
 use tollgate_proto as pb;
 use tollgate_proto::resource::Body;
+use tollgate_proto::time::{parse_duration, parse_rfc3339_unix};
 
 use crate::objects::{Inputs, SourceError};
 
@@ -916,40 +917,6 @@ pub fn selector_matches(selector: &LabelSelector, labels: &BTreeMap<String, Stri
         }
     });
     labels_ok && exprs_ok
-}
-
-/// Unix seconds of an RFC 3339 time (already checked by the schema).
-pub fn parse_rfc3339_unix(text: &str) -> Option<i64> {
-    let b = text.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<i64> { text.get(r)?.parse().ok() };
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let mut i = 19;
-    if b.get(i) == Some(&b'.') {
-        i += 1;
-        while b.get(i).is_some_and(u8::is_ascii_digit) {
-            i += 1;
-        }
-    }
-    let offset = match b.get(i) {
-        Some(b'Z' | b'z') => 0,
-        Some(sign @ (b'+' | b'-')) => {
-            let oh = num(i + 1..i + 3)?;
-            let om = num(i + 4..i + 6)?;
-            let o = oh * 3600 + om * 60;
-            if *sign == b'+' { o } else { -o }
-        }
-        _ => return None,
-    };
-    // Days from civil (proleptic Gregorian), 1970-01-01 is day 0.
-    let y = if mo <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (mo + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + h * 3600 + mi * 60 + s - offset)
 }
 
 #[cfg(test)]

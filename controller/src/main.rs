@@ -80,7 +80,7 @@ async fn main() -> anyhow::Result<()> {
     let Some(dir) = args.manifests.clone() else {
         bail!("Kubernetes mode is not available yet: pass --manifests DIR to run in local mode");
     };
-    let poll = tollgate_crds::common::parse_duration(&args.poll_interval)
+    let poll = tollgate_proto::time::parse_duration(&args.poll_interval)
         .context("--poll-interval must be a duration such as 250ms")?;
     let token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("reading --token-file {}", args.token_file.display()))?;

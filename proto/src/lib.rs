@@ -11,6 +11,8 @@ mod generated {
 
 pub use generated::*;
 
+pub mod time;
+
 /// Type URLs of the resource types on the config stream, one per user-facing kind.
 pub mod type_url {
     pub const PROVIDER: &str = "tollgate.dev/v1alpha1/Provider";

@@ -24,6 +24,7 @@ use crate::runtime::{Auth, Credential, Provider, ProviderKind, Route, Wire};
 use crate::snapshot::Snapshot;
 use crate::translate::Usage;
 use crate::translate::pipeline::{Chain, Plan};
+use tollgate_proto::time::{parse_duration, parse_rfc3339_unix};
 
 /// Request headers passed on to the provider (trace context and request ids).
 const FORWARDED_REQUEST_HEADERS: [&str; 4] =
@@ -557,33 +558,8 @@ fn header_secs(headers: &HeaderMap, name: &str) -> Option<Duration> {
         .map(|s| Duration::from_secs_f64(s.min(3600.0)))
 }
 
-/// OpenAI's reset durations: `1s`, `6m0s`, `20ms`, `1h2m3.5s`.
-fn go_duration(text: &str) -> Option<Duration> {
-    let mut total = 0.0;
-    let mut rest = text.trim();
-    if rest.is_empty() {
-        return None;
-    }
-    while !rest.is_empty() {
-        let split = rest
-            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-            .unwrap_or(rest.len());
-        let n: f64 = rest[..split].parse().ok()?;
-        rest = &rest[split..];
-        let unit_len = rest
-            .find(|c: char| c.is_ascii_digit())
-            .unwrap_or(rest.len());
-        total += n * match &rest[..unit_len] {
-            "ms" => 0.001,
-            "s" => 1.0,
-            "m" => 60.0,
-            "h" => 3600.0,
-            _ => return None,
-        };
-        rest = &rest[unit_len..];
-    }
-    Some(Duration::from_secs_f64(total.min(3600.0)))
-}
+/// The longest a provider's rate-limit reset is believed.
+const LONGEST_RESET: Duration = Duration::from_secs(3600);
 
 /// How long the provider says this credential is out of quota, from its rate-limit
 /// headers: `None` while it has some left.
@@ -610,7 +586,8 @@ fn exhausted_for(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
             let wait = headers
                 .get(reset)
                 .and_then(|v| v.to_str().ok())
-                .and_then(go_duration);
+                .and_then(parse_duration)
+                .map(|d| d.min(LONGEST_RESET));
             return Some(wait.or(retry_after).unwrap_or(DEFAULT));
         }
     }
@@ -628,32 +605,12 @@ fn exhausted_for(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
             let wait = headers
                 .get(reset)
                 .and_then(|v| v.to_str().ok())
-                .and_then(rfc3339_unix)
+                .and_then(parse_rfc3339_unix)
                 .map(|at| Duration::from_secs(at.saturating_sub(now_unix()).max(0) as u64));
             return Some(wait.or(retry_after).unwrap_or(DEFAULT));
         }
     }
     None
-}
-
-/// `2026-11-22T10:00:30Z` as Unix seconds (UTC, fractions ignored).
-fn rfc3339_unix(text: &str) -> Option<i64> {
-    let b = text.as_bytes();
-    if b.len() < 19 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
-        return None;
-    }
-    let num = |r: std::ops::Range<usize>| text.get(r)?.parse::<i64>().ok();
-    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mm, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    // Days from the civil date (Howard Hinnant's algorithm).
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some(days * 86_400 + hh * 3600 + mm * 60 + ss)
 }
 
 impl Ctx {
@@ -1672,21 +1629,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reset_durations_and_dates() {
-        assert_eq!(go_duration("1s"), Some(Duration::from_secs(1)));
-        assert_eq!(go_duration("6m0s"), Some(Duration::from_secs(360)));
-        assert_eq!(go_duration("20ms"), Some(Duration::from_millis(20)));
-        assert_eq!(go_duration("1m2.5s"), Some(Duration::from_secs_f64(62.5)));
-        assert_eq!(go_duration("2h"), Some(Duration::from_secs(3600)), "capped");
-        assert_eq!(go_duration("soon"), None);
-        assert_eq!(go_duration(""), None);
-        assert_eq!(rfc3339_unix("1970-01-01T00:00:00Z"), Some(0));
-        assert_eq!(rfc3339_unix("2024-02-29T12:34:56Z"), Some(1_709_210_096));
-        assert_eq!(rfc3339_unix("2026-11-22T10:00:30.5Z"), Some(1_795_341_630));
-        assert_eq!(rfc3339_unix("yesterday"), None);
-    }
-
-    #[test]
     fn rate_limit_headers_set_a_key_aside() {
         let headers = |pairs: &[(&'static str, &str)]| {
             let mut h = HeaderMap::new();
@@ -1710,6 +1652,17 @@ mod tests {
                 ])
             ),
             Some(Duration::from_secs(360))
+        );
+        assert_eq!(
+            exhausted_for(
+                ok,
+                &headers(&[
+                    ("x-ratelimit-remaining-requests", "0"),
+                    ("x-ratelimit-reset-requests", "2h")
+                ])
+            ),
+            Some(Duration::from_secs(3600)),
+            "capped"
         );
         let soon = now_unix() + 100;
         let date = {
