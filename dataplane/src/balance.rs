@@ -62,9 +62,13 @@ impl Failure {
     }
 
     /// Whether the failure says the target is unwell (counts toward its ejection). A
-    /// context-window or content-policy refusal is about the request, not the target.
+    /// context-window or content-policy refusal is about the request, and a 429 about the
+    /// credential's quota, not the target.
     pub fn counts_against_target(self) -> bool {
-        !matches!(self, Self::ContextWindow | Self::ContentPolicy)
+        !matches!(
+            self,
+            Self::ContextWindow | Self::ContentPolicy | Self::RateLimited
+        )
     }
 }
 
@@ -813,6 +817,18 @@ pub fn pick_credential<'p>(
     registry: &Registry,
     now: Instant,
 ) -> Option<(&'p Credential, Arc<Endpoint>)> {
+    // The common case, one key, without the pool's bookkeeping.
+    if let [c] = provider.credentials.as_slice() {
+        let e = registry.credential(&provider.id, &c.id);
+        let usable = c.weight > 0
+            && match e.availability(now) {
+                Availability::Healthy => true,
+                Availability::Probe => e.claim_probe(now).is_some(),
+                Availability::Unavailable => false,
+            };
+        return (usable && e.take_rate(c.requests_per_minute, c.tokens_per_minute, now))
+            .then_some((c, e));
+    }
     let endpoints: Vec<(usize, Arc<Endpoint>, Availability)> = provider
         .credentials
         .iter()

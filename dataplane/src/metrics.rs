@@ -167,3 +167,30 @@ impl Metrics {
         })
     }
 }
+
+impl Metrics {
+    /// Records an ejection or a return to rotation of a target (`endpoint` is its model)
+    /// or a credential (its id), in metrics and the log.
+    pub fn health(
+        &self,
+        t: crate::balance::Transition,
+        provider: &str,
+        endpoint: &str,
+        kind: &str,
+    ) {
+        use crate::balance::Transition;
+        let labels = [provider, endpoint, kind];
+        match t {
+            Transition::None => {}
+            Transition::Ejected(time) => {
+                tracing::warn!(provider, endpoint, kind, ejected_for = ?time, "ejected");
+                self.ejections.with_label_values(&labels).inc();
+                self.ejected.with_label_values(&labels).set(1);
+            }
+            Transition::Recovered => {
+                tracing::info!(provider, endpoint, kind, "back in rotation");
+                self.ejected.with_label_values(&labels).set(0);
+            }
+        }
+    }
+}

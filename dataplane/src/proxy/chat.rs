@@ -300,7 +300,8 @@ async fn forward(
     let mut plan = balance::Plan::new(route.clone(), &snapshot, &state.balance, &head.model);
     drop(snapshot);
     let now = Instant::now();
-    state.balance.budget(&route.id).request(now);
+    let budget = state.balance.budget(&route.id);
+    budget.request(now);
     let mut first = plan.pick_target(now).or_else(|| plan.fail_over(now));
     if first.is_none() {
         // Everything is ejected: a request still goes somewhere rather than failing here.
@@ -318,6 +319,7 @@ async fn forward(
         api,
         deadline: started + route.request_timeout,
         route,
+        budget,
         started,
         prelude: started.elapsed(),
     });
@@ -370,7 +372,7 @@ async fn run_plan_inner(
     labels: &mut Labels,
 ) -> Result<Response<Body>, ApiError> {
     let (state, route, deadline) = (&ctx.state, &ctx.route, ctx.deadline);
-    let budget = state.balance.budget(&route.id);
+    let budget = &ctx.budget;
     // Streams an OpenAI client gets may be continued on the next target after a failure.
     let resume = (route.continue_on_failure && ctx.head.stream && ctx.api == Api::OpenAi)
         .then(ResumeSlot::default);
@@ -508,6 +510,8 @@ struct Ctx {
     head: ChatHead,
     api: Api,
     route: Arc<Route>,
+    /// The route's retry budget (this request is counted in it).
+    budget: Arc<balance::RetryBudget>,
     started: Instant,
     deadline: Instant,
     /// Time spent in the gateway before the first attempt (authentication, body, route).
@@ -633,6 +637,7 @@ impl Ctx {
             started,
             deadline,
             prelude,
+            ..
         } = self;
         let (api, started, deadline) = (*api, *started, *deadline);
         let attempt_started = Instant::now();
@@ -725,16 +730,19 @@ impl Ctx {
                 let now = Instant::now();
                 if class.counts_against_target() {
                     let t = c.endpoint.failure(health, now, now - sent_at);
-                    self.transition(t, provider, model, "target");
+                    state.metrics.health(t, &provider.id, model, "target");
                 } else {
-                    c.endpoint.success(now - sent_at, now);
+                    let t = c.endpoint.success(now - sent_at, now);
+                    state.metrics.health(t, &provider.id, model, "target");
                 }
                 let mut credential_set_aside = false;
                 if let Some((cred, endpoint)) = &credential
                     && class == Failure::Auth
                 {
                     let t = endpoint.eject_now(health, now);
-                    self.transition(t, provider, &cred.id, "credential");
+                    state
+                        .metrics
+                        .health(t, &provider.id, &cred.id, "credential");
                     credential_set_aside = true;
                 }
                 Step::Failed(Box::new(Failed {
@@ -823,7 +831,9 @@ impl Ctx {
             c.endpoint.first_byte(sent_at.elapsed(), Instant::now());
             if let Some((cred, endpoint)) = &credential {
                 let t = endpoint.success(sent_at.elapsed(), Instant::now());
-                self.transition(t, provider, &cred.id, "credential");
+                state
+                    .metrics
+                    .health(t, &provider.id, &cred.id, "credential");
             }
             self.count_ok(c);
             up_parts.headers.remove(header::CONTENT_LENGTH);
@@ -894,25 +904,20 @@ impl Ctx {
             let response = respond(status, super::full(out), &up_parts.headers, &to);
             if let Some(class) = failure {
                 let retry_after = header_secs(&up_parts.headers, "retry-after");
-                if class == Failure::RateLimited {
-                    // The credential is out of quota, not the target unwell: only the
-                    // credential is set aside (above), and the attempt fails over.
-                    let now = Instant::now();
-                    c.endpoint.success(now - sent_at, now);
-                    return Err(Step::Failed(Box::new(Failed {
-                        class,
-                        answer: Ok((response, completion)),
-                        retry_after,
-                        credential_set_aside: credential_limited,
-                    })));
+                let mut step = fail(class, Ok((response, completion)), retry_after);
+                if let Step::Failed(f) = &mut step {
+                    // A 429 that set the credential aside (above): try another at once.
+                    f.credential_set_aside |= credential_limited;
                 }
-                return Err(fail(class, Ok((response, completion)), retry_after));
+                return Err(step);
             }
             let t = c.endpoint.success(sent_at.elapsed(), Instant::now());
-            self.transition(t, provider, model, "target");
+            state.metrics.health(t, &provider.id, model, "target");
             if let Some((cred, endpoint)) = &credential {
                 let t = endpoint.success(sent_at.elapsed(), Instant::now());
-                self.transition(t, provider, &cred.id, "credential");
+                state
+                    .metrics
+                    .health(t, &provider.id, &cred.id, "credential");
             }
             self.count_ok(c);
             completion.record();
@@ -937,29 +942,6 @@ impl Ctx {
             .attempts
             .with_label_values(&[&self.route.id, &c.provider.id, &c.model, "ok"])
             .inc();
-    }
-
-    /// Records an ejection or a recovery in metrics and the log.
-    fn transition(&self, t: balance::Transition, provider: &Provider, endpoint: &str, kind: &str) {
-        let m = &self.state.metrics;
-        match t {
-            balance::Transition::None => {}
-            balance::Transition::Ejected(time) => {
-                tracing::warn!(provider = %provider.id, endpoint, kind, ejected_for = ?time, "ejected");
-                m.ejections
-                    .with_label_values(&[&provider.id, endpoint, kind])
-                    .inc();
-                m.ejected
-                    .with_label_values(&[&provider.id, endpoint, kind])
-                    .set(1);
-            }
-            balance::Transition::Recovered => {
-                tracing::info!(provider = %provider.id, endpoint, kind, "back in rotation");
-                m.ejected
-                    .with_label_values(&[&provider.id, endpoint, kind])
-                    .set(0);
-            }
-        }
     }
 }
 
@@ -1050,14 +1032,7 @@ impl http_body::Body for KeepAlive {
                         e.to_string()
                     }
                 };
-                let event = match this.api {
-                    Api::OpenAi => crate::translate::openai_error_chunk(
-                        &message,
-                        "server_error",
-                        serde_json::Value::Null,
-                    ),
-                    Api::Anthropic => crate::translate::anthropic_error_event(&message),
-                };
+                let event = crate::translate::stream_error_event(this.api, &message);
                 Poll::Ready(Some(Ok(Frame::data(event.into()))))
             }
             Poll::Pending => match this.ticker.poll_tick(cx) {
@@ -1279,16 +1254,18 @@ struct Transcript {
     finished: bool,
     /// It holds tool calls, which a continuation cannot resume.
     tool_calls: bool,
+    events: crate::sse::Parser,
 }
 
 impl Transcript {
     fn observe(&mut self, out: &[u8]) {
-        for data in sse_data(out) {
-            if data == "[DONE]" {
+        // The gateway's own output: well-formed, and far below the event size limit.
+        for event in self.events.feed(out).unwrap_or_default() {
+            if event.data == "[DONE]" {
                 self.finished = true;
                 continue;
             }
-            let Ok(chunk) = serde_json::from_str::<serde_json::Value>(data) else {
+            let Ok(chunk) = serde_json::from_str::<serde_json::Value>(&event.data) else {
                 continue;
             };
             if self.id.is_none() {
@@ -1311,19 +1288,6 @@ impl Transcript {
     }
 }
 
-/// The `data:` payloads of whole SSE events.
-fn sse_data(out: &[u8]) -> impl Iterator<Item = &str> {
-    std::str::from_utf8(out)
-        .unwrap_or("")
-        .split("\n\n")
-        .filter_map(|event| {
-            event
-                .lines()
-                .find_map(|l| l.trim_end_matches('\r').strip_prefix("data:"))
-                .map(str::trim_start)
-        })
-}
-
 /// The original request with the partial answer as an assistant prefill.
 fn continuation_body(body: &[u8], partial: &str) -> Option<Bytes> {
     let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
@@ -1337,17 +1301,21 @@ enum Continuation {
     /// The next target's attempt (behind a mutex only to make the body `Sync`).
     Starting(std::sync::Mutex<PlanFuture>),
     /// Its stream, passed on as part of the first.
-    Streaming { body: Body, id: Option<String> },
+    Streaming {
+        body: Body,
+        id: Option<String>,
+        events: crate::sse::Parser,
+    },
 }
 
 /// A continuation's events as part of the stream the client already has: the same chunk
-/// id, and no second opening (role) chunk. Its frames hold whole events.
-fn rejoin(frame: &[u8], id: Option<&str>) -> Bytes {
+/// id, and no second opening (role) chunk.
+fn rejoin(events: &mut crate::sse::Parser, frame: &[u8], id: Option<&str>) -> Bytes {
     let mut out = String::new();
-    for data in sse_data(frame) {
-        let Ok(mut chunk) = serde_json::from_str::<serde_json::Value>(data) else {
+    for event in events.feed(frame).unwrap_or_default() {
+        let Ok(mut chunk) = serde_json::from_str::<serde_json::Value>(&event.data) else {
             out.push_str("data: ");
-            out.push_str(data);
+            out.push_str(&event.data);
             out.push_str("\n\n");
             continue;
         };
@@ -1370,44 +1338,21 @@ fn rejoin(frame: &[u8], id: Option<&str>) -> Bytes {
 }
 
 impl Streamed {
-    /// The provider's stream ended: a success of the target, which may bring it back.
-    fn record_end(&mut self) {
-        let Some((endpoint, _)) = self.target.take() else {
-            return;
-        };
-        if endpoint.settled(Instant::now()) == balance::Transition::Recovered
-            && let Some(d) = &self.done
-        {
-            let l = &d.labels;
-            tracing::info!(provider = %l.provider, endpoint = %l.model, kind = "target", "back in rotation");
-            d.metrics
-                .ejected
-                .with_label_values(&[&l.provider, &l.model, "target"])
-                .set(0);
-        }
-    }
-
-    /// The provider broke its stream: a failure of the target (once), which may eject it.
-    fn record_break(&mut self) {
+    /// The provider's stream ended (`broke`: failed): the target's outcome, once, which
+    /// may eject it or bring it back.
+    fn settle(&mut self, broke: bool) {
         let Some((endpoint, policy)) = self.target.take() else {
             return;
         };
-        let balance::Transition::Ejected(time) =
-            endpoint.failure(&policy, Instant::now(), Duration::ZERO)
-        else {
-            return;
+        let now = Instant::now();
+        let t = if broke {
+            endpoint.failure(&policy, now, Duration::ZERO)
+        } else {
+            endpoint.settled(now)
         };
         if let Some(d) = &self.done {
-            let l = &d.labels;
-            tracing::warn!(provider = %l.provider, endpoint = %l.model, kind = "target", ejected_for = ?time, "ejected");
             d.metrics
-                .ejections
-                .with_label_values(&[&l.provider, &l.model, "target"])
-                .inc();
-            d.metrics
-                .ejected
-                .with_label_values(&[&l.provider, &l.model, "target"])
-                .set(1);
+                .health(t, &d.labels.provider, &d.labels.model, "target");
         }
     }
 
@@ -1458,6 +1403,7 @@ impl Streamed {
             head,
             api: r.ctx.api,
             route: r.ctx.route.clone(),
+            budget: r.ctx.budget.clone(),
             started: r.ctx.started,
             deadline: r.ctx.deadline,
             prelude: Duration::ZERO,
@@ -1495,27 +1441,27 @@ impl Streamed {
                             *c = Continuation::Streaming {
                                 body: response.into_body(),
                                 id,
+                                events: crate::sse::Parser::default(),
                             };
                         }
                         Poll::Ready(_) => {
                             self.continuation = None;
                             self.ended = true;
-                            let error = crate::translate::openai_error_chunk(
+                            let error = crate::translate::stream_error_event(
+                                Api::OpenAi,
                                 crate::translate::STREAM_CUT,
-                                "server_error",
-                                serde_json::Value::Null,
                             );
                             return Poll::Ready(Some(Ok(Frame::data(error.into()))));
                         }
                     }
                 }
-                Continuation::Streaming { body, id } => {
+                Continuation::Streaming { body, id, events } => {
                     return match http_body::Body::poll_frame(Pin::new(body), cx) {
                         Poll::Ready(Some(Ok(frame))) => {
                             let Ok(data) = frame.into_data() else {
                                 continue;
                             };
-                            let out = rejoin(&data, id.as_deref());
+                            let out = rejoin(events, &data, id.as_deref());
                             if out.is_empty() {
                                 continue;
                             }
@@ -1592,14 +1538,14 @@ impl http_body::Body for Streamed {
                     }
                 }
                 Poll::Ready(Some(Err(e))) => {
-                    this.record_break();
+                    this.settle(true);
                     if this.try_resume() {
                         return this.poll_continuation(cx);
                     }
                     return this.fail(&e);
                 }
                 Poll::Ready(None) => {
-                    this.record_end();
+                    this.settle(false);
                     let out = this.chain.end_bytes();
                     this.finish();
                     return if out.is_empty() {
@@ -1758,13 +1704,19 @@ mod tests {
         assert_eq!(t.id.as_deref(), Some("a"));
         assert!(!t.finished && !t.tool_calls);
         let joined = rejoin(
+            &mut crate::sse::Parser::default(),
             b"data: {\"id\":\"b\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\ndata: {\"id\":\"b\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" world\"},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n",
             t.id.as_deref(),
         );
         let text = String::from_utf8(joined.to_vec()).unwrap();
-        let data: Vec<&str> = sse_data(text.as_bytes()).collect();
+        let data: Vec<String> = crate::sse::Parser::default()
+            .feed(text.as_bytes())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.data)
+            .collect();
         assert_eq!(data.len(), 2, "{text}");
-        let chunk: serde_json::Value = serde_json::from_str(data[0]).unwrap();
+        let chunk: serde_json::Value = serde_json::from_str(&data[0]).unwrap();
         assert_eq!(chunk["id"], "a");
         assert_eq!(chunk["choices"][0]["delta"]["content"], " world");
         assert_eq!(data[1], "[DONE]");
@@ -1778,7 +1730,12 @@ mod tests {
             v["messages"][1],
             serde_json::json!({"role": "assistant", "content": "Hello"})
         );
-        // A finished answer, or one with tool calls, is not continued.
+        // A finished answer, or one with tool calls, is not continued. Events may come cut
+        // across frames.
+        t.observe(b"data: {\"id\":\"a\",\"choices\":[{\"index\":0,\"delta\":{\"tool_calls\":[{\"index\":0}]},");
+        assert!(!t.tool_calls);
+        t.observe(b"\"finish_reason\":null}]}\n\n");
+        assert!(t.tool_calls);
         t.observe(b"data: {\"id\":\"a\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
         assert!(t.finished);
     }

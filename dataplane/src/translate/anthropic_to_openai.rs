@@ -427,10 +427,6 @@ pub fn error(body: &[u8], status: u16) -> Vec<u8> {
 }
 
 /// Anthropic's `error` event.
-fn error_event(message: &str) -> String {
-    super::anthropic_error_event(message)
-}
-
 #[derive(Debug, PartialEq, Eq)]
 enum Block {
     None,
@@ -501,7 +497,7 @@ impl StreamTranslator {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("provider error");
-            out.push_str(&error_event(message));
+            out.push_str(&super::anthropic_error_event(message));
             return out;
         }
         if !self.started {
@@ -661,7 +657,7 @@ impl super::StreamStep for StreamTranslator {
             return String::new();
         }
         self.done = true;
-        error_event(super::STREAM_CUT)
+        super::anthropic_error_event(super::STREAM_CUT)
     }
 
     fn usage(&self) -> Option<Usage> {

@@ -592,6 +592,15 @@ pub(crate) fn openai_error_body(message: &str, kind: &str, code: Value) -> Vec<u
 }
 
 /// An OpenAI error chunk (how OpenAI reports an error inside a stream).
+/// A stream's closing error event in the client's format: an OpenAI chunk with an
+/// `error` object, or Anthropic's `event: error`.
+pub(crate) fn stream_error_event(client: crate::proxy::Api, message: &str) -> String {
+    match client {
+        crate::proxy::Api::OpenAi => openai_error_chunk(message, "server_error", Value::Null),
+        crate::proxy::Api::Anthropic => anthropic_error_event(message),
+    }
+}
+
 /// Anthropic's stream error event (`event: error`, type `api_error`).
 pub(crate) fn anthropic_error_event(message: &str) -> String {
     sse_event(

@@ -129,12 +129,11 @@ impl Relay {
         if self.complete {
             return rest;
         }
-        let error = match self.meter {
-            Meter::OpenAi { .. } => {
-                super::openai_error_chunk(super::STREAM_CUT, "server_error", Value::Null)
-            }
-            Meter::Anthropic(_) => super::anthropic_error_event(super::STREAM_CUT),
+        let client = match self.meter {
+            Meter::OpenAi { .. } => crate::proxy::Api::OpenAi,
+            Meter::Anthropic(_) => crate::proxy::Api::Anthropic,
         };
+        let error = super::stream_error_event(client, super::STREAM_CUT);
         let mut out = rest.to_vec();
         out.extend_from_slice(error.as_bytes());
         out.into()
