@@ -215,6 +215,20 @@ pub(crate) fn refuse_n(obj: &Value, provider: &str) -> Result<(), ApiError> {
 /// `json_object` (a `json_schema` lends its own name).
 pub(crate) const JSON_TOOL: &str = "json_response";
 
+/// How a request to a provider without JSON mode (Anthropic, Bedrock) starts: OpenAI-only
+/// parameters and `n` refused, and JSON mode as a forced tool ([`json_mode_as_tool`]).
+pub(crate) fn checked_with_json_tool<'a>(
+    obj: &'a Value,
+    provider: &str,
+) -> Result<std::borrow::Cow<'a, Value>, ApiError> {
+    refuse_openai_only(obj, provider)?;
+    refuse_n(obj, provider)?;
+    Ok(match json_mode_as_tool(obj)? {
+        Some(v) => std::borrow::Cow::Owned(v),
+        None => std::borrow::Cow::Borrowed(obj),
+    })
+}
+
 /// JSON mode for providers without one (Anthropic, Bedrock): the OpenAI request with
 /// `response_format` replaced by a single tool whose input schema is the wanted JSON, and
 /// `tool_choice` forcing it. The answer's call becomes the message content again

@@ -112,16 +112,8 @@ pub fn request(body: &[u8], model: &str) -> Result<Vec<u8>, ApiError> {
 
 /// [`request`] on a parsed body.
 pub fn request_value(obj: &Value, model: &str) -> Result<Value, ApiError> {
-    super::refuse_openai_only(obj, PROVIDER)?;
-    super::refuse_n(obj, PROVIDER)?;
-    let with_tool;
-    let obj = match super::json_mode_as_tool(obj)? {
-        Some(v) => {
-            with_tool = v;
-            &with_tool
-        }
-        None => obj,
-    };
+    let checked = super::checked_with_json_tool(obj, PROVIDER)?;
+    let obj = &*checked;
     let messages = obj
         .get("messages")
         .and_then(Value::as_array)

@@ -153,16 +153,8 @@ fn tool_config(obj: &Value) -> Result<Option<Value>, ApiError> {
 
 /// The Converse body for an OpenAI chat request (the model goes in the URL).
 pub fn request_value(obj: &Value) -> Result<Value, ApiError> {
-    super::refuse_openai_only(obj, PROVIDER)?;
-    super::refuse_n(obj, PROVIDER)?;
-    let with_tool;
-    let obj = match super::json_mode_as_tool(obj)? {
-        Some(v) => {
-            with_tool = v;
-            &with_tool
-        }
-        None => obj,
-    };
+    let checked = super::checked_with_json_tool(obj, PROVIDER)?;
+    let obj = &*checked;
     let messages = obj
         .get("messages")
         .and_then(Value::as_array)
