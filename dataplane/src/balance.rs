@@ -946,7 +946,6 @@ mod tests {
         e.success(Duration::from_millis(10), t);
         e.success(Duration::from_millis(500), t);
         assert!((e.latency_cost(t) - 0.5).abs() < 1e-9);
-        let _busy = Arc::new(Endpoint::default());
         let later = t + EWMA_DECAY;
         assert!(e.latency_cost(later) < 0.5 / 2.0);
         let shared = Arc::new(Endpoint::default());
