@@ -57,6 +57,13 @@ struct Args {
     /// A few seconds per scenario, to check the harness works (figures mean nothing).
     #[arg(long)]
     smoke: bool,
+    /// Only drive this one path (e.g. `tollgate`) at max throughput for --seconds and
+    /// print its rate: a steady load to profile with `perf`, not a measurement.
+    #[arg(long)]
+    only: Option<String>,
+    /// With --only: streamed answers instead of JSON.
+    #[arg(long)]
+    stream: bool,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
@@ -399,6 +406,16 @@ fn metric(admin: &str, name: &str) -> f64 {
     tollgate_tests::harness::Stack::metric(admin, name, &[]).unwrap_or(0.0)
 }
 
+fn target_for(base: &str, key: &str, format: Format, stream: bool) -> anyhow::Result<Target> {
+    match format {
+        Format::OpenAi => chat_target(base, key, stream),
+        Format::Anthropic => messages_target(base, key, stream),
+        Format::Gemini => gemini_target(base, key, stream),
+        Format::Bedrock => bedrock_target(base, key, stream),
+        Format::OpenAiFor(model) => translated_target(base, key, stream, model),
+    }
+}
+
 /// Measures every path in one mode. The paths take turns in short slices (round robin)
 /// so that drift on a shared machine spreads over all of them instead of landing on one.
 async fn measure(
@@ -411,13 +428,7 @@ async fn measure(
 ) -> anyhow::Result<Vec<ModeResult>> {
     let targets = paths
         .iter()
-        .map(|(_, base, key, format)| match format {
-            Format::OpenAi => chat_target(base, key, stream),
-            Format::Anthropic => messages_target(base, key, stream),
-            Format::Gemini => gemini_target(base, key, stream),
-            Format::Bedrock => bedrock_target(base, key, stream),
-            Format::OpenAiFor(model) => translated_target(base, key, stream, model),
-        })
+        .map(|(_, base, key, format)| target_for(base, key, *format, stream))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let rounds = args.rounds.max(1);
     let rate = if stream { args.stream_rate } else { args.rate };
@@ -472,6 +483,39 @@ async fn measure(
         });
     }
     Ok(out)
+}
+
+/// Drives one path at max throughput (for profiling); prints its rate.
+async fn load_one(
+    paths: &[(&'static str, String, &'static str, Format)],
+    only: &str,
+    client: &HttpClient,
+    args: &Args,
+    dataplane_pid: u32,
+) -> anyhow::Result<()> {
+    let Some(i) = paths.iter().position(|p| p.0 == only) else {
+        let names: Vec<_> = paths.iter().map(|p| p.0).collect();
+        bail!("no path {only:?}; the paths are {}", names.join(", "));
+    };
+    let (_, base, key, format) = &paths[i];
+    let target = target_for(base, key, *format, args.stream)?;
+    eprintln!(
+        "dataplane pid {dataplane_pid}: driving {only} for {} s",
+        args.seconds
+    );
+    let seconds = Duration::from_secs_f64(args.seconds);
+    let before = proc::cpu_seconds(dataplane_pid).unwrap_or(0.0);
+    let samples =
+        bench::max_throughput(client, &target, args.concurrency, Duration::ZERO, seconds).await;
+    let cpu = proc::cpu_seconds(dataplane_pid).unwrap_or(0.0) - before;
+    let run = bench::summarize(&samples, args.seconds);
+    println!(
+        "{only}: {:.0} rps, {} errors; dataplane {:.1} CPU µs per request",
+        run.rps,
+        run.errors,
+        cpu * 1e6 / samples.len().max(1) as f64
+    );
+    Ok(())
 }
 
 /// Tollgate translating OpenAI to one wire format, in both modes.
@@ -846,6 +890,9 @@ async fn main() -> anyhow::Result<()> {
         ),
     ];
     let pid = tg.dataplane.pid();
+    if let Some(only) = &args.only {
+        return load_one(&paths, only, &client, &args, pid).await;
+    }
     let mut cpu = (0.0, 0u64);
     let json = measure(&paths, false, &client, &args, pid, &mut cpu).await?;
     let stream = measure(&paths, true, &client, &args, pid, &mut cpu).await?;
