@@ -130,6 +130,8 @@ pub struct Provider {
     pub health: HealthPolicy,
     /// Prices by model name (`spec.models`): input and output USD per million tokens.
     pub prices: Vec<(String, f64, f64)>,
+    /// The chat completions URI, built once, where it does not depend on the model.
+    chat_completions: Option<Uri>,
 }
 
 /// A server's differences from OpenAI's API, applied to every request sent to it in
@@ -270,6 +272,9 @@ impl Provider {
 
     /// The URI of a chat completion for `model` at this provider.
     pub fn chat_uri(&self, model: &str) -> Result<Uri, http::Error> {
+        if let Some(uri) = &self.chat_completions {
+            return Ok(uri.clone());
+        }
         let uri = match self.kind {
             ProviderKind::AzureOpenAi => format!(
                 "{}/openai/deployments/{}/chat/completions?api-version={}",
@@ -505,10 +510,15 @@ impl TryFrom<&pb::Provider> for Provider {
                 })
             })
             .collect::<Result<Vec<_>, ConvertError>>()?;
+        let chat_completions = match kind {
+            ProviderKind::AzureOpenAi => None,
+            _ => Uri::try_from(format!("{endpoint}/chat/completions")).ok(),
+        };
         Ok(Self {
             id: format!("{}/{}", p.namespace, p.name).into(),
             kind,
             endpoint,
+            chat_completions,
             region: p.region.clone(),
             project: p.project.clone(),
             api_version: p.api_version.clone(),

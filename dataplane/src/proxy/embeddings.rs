@@ -60,12 +60,6 @@ async fn call(
     })
 }
 
-fn usage_of_openai(body: &[u8]) -> Option<Usage> {
-    crate::translate::usage_member(body)
-        .as_ref()
-        .and_then(Usage::from_openai)
-}
-
 async fn forward(
     state: &State,
     req: Request<Incoming>,
@@ -108,7 +102,7 @@ async fn forward(
         let usage = up
             .status
             .is_success()
-            .then(|| usage_of_openai(&up.body))
+            .then(|| crate::translate::usage_member(&up.body, super::Api::OpenAi))
             .flatten();
         done(labels, up.status, usage);
         let mut headers = up.headers;

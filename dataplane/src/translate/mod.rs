@@ -36,13 +36,13 @@ pub struct Usage {
 impl Usage {
     /// Reads an OpenAI `usage` object.
     pub fn from_openai(u: &Value) -> Option<Self> {
-        let n = |p: &str| u.pointer(p).and_then(Value::as_u64).unwrap_or(0);
+        let n = |v: Option<&Value>, k: &str| v.and_then(|v| v.get(k)?.as_u64()).unwrap_or(0);
         u.as_object()?;
         Some(Self {
-            input: n("/prompt_tokens"),
-            output: n("/completion_tokens"),
-            cached: n("/prompt_tokens_details/cached_tokens"),
-            reasoning: n("/completion_tokens_details/reasoning_tokens"),
+            input: n(Some(u), "prompt_tokens"),
+            output: n(Some(u), "completion_tokens"),
+            cached: n(u.get("prompt_tokens_details"), "cached_tokens"),
+            reasoning: n(u.get("completion_tokens_details"), "reasoning_tokens"),
         })
     }
 
@@ -87,12 +87,12 @@ pub trait StreamStep: Send + Sync {
     fn usage(&self) -> Option<Usage>;
 }
 
-/// The top-level `usage` object of a JSON answer, read without parsing the rest: the
-/// last `"usage"` key (providers write it last, and inside a JSON string a quote is always
-/// escaped, so the bytes `"usage"` followed by a colon are a key), then its value. `None`
-/// when there is no such key or its value is not an object; the caller then parses the
-/// whole answer.
-pub(crate) fn usage_member(body: &[u8]) -> Option<Value> {
+/// The counts of the top-level `usage` object of a JSON answer in `api`'s format, read
+/// without parsing the rest: the last `"usage"` key (providers write it last, and inside a
+/// JSON string a quote is always escaped, so the bytes `"usage"` followed by a colon are a
+/// key), then its value, straight into counts (no document is built). `None` when there is
+/// no such key or its value is not an object; the caller then parses the whole answer.
+pub(crate) fn usage_member(body: &[u8], api: crate::proxy::Api) -> Option<Usage> {
     let mut end = body.len();
     while let Some(at) = memchr::memmem::rfind(&body[..end], b"\"usage\"") {
         end = at;
@@ -101,13 +101,165 @@ pub(crate) fn usage_member(body: &[u8]) -> Option<Value> {
         if rest[colon] != b':' {
             continue;
         }
-        let mut values = serde_json::Deserializer::from_slice(&rest[colon + 1..]).into_iter();
-        return match values.next() {
-            Some(Ok(v @ Value::Object(_))) => Some(v),
-            _ => None,
+        let value = &rest[colon + 1..];
+        let open = value.iter().position(|b| !b.is_ascii_whitespace())?;
+        if value[open] != b'{' {
+            return None;
+        }
+        let mut de = serde_json::Deserializer::from_slice(&value[open..]);
+        return match api {
+            crate::proxy::Api::OpenAi => serde::Deserialize::deserialize(&mut de)
+                .ok()
+                .map(|u: counts::OpenAi| u.usage()),
+            crate::proxy::Api::Anthropic => serde::Deserialize::deserialize(&mut de)
+                .ok()
+                .map(|u: counts::Anthropic| u.usage()),
         };
     }
     None
+}
+
+/// `usage` objects read straight from bytes. A count that is missing, null or not a
+/// non-negative integer reads as 0, as it does through [`Usage::from_openai`].
+mod counts {
+    use serde::Deserialize;
+    use serde::de::{Deserializer, IgnoredAny, Visitor};
+
+    use super::Usage;
+
+    /// A token count, lenient about its type.
+    #[derive(Default, Clone, Copy)]
+    pub struct Count(pub u64);
+
+    impl<'de> Deserialize<'de> for Count {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Count;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a token count")
+                }
+                fn visit_u64<E>(self, n: u64) -> Result<Count, E> {
+                    Ok(Count(n))
+                }
+                fn visit_i64<E>(self, n: i64) -> Result<Count, E> {
+                    Ok(Count(u64::try_from(n).unwrap_or(0)))
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Count, E> {
+                    Ok(Count(0))
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
+                    Ok(Count(0))
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Count, E> {
+                    Ok(Count(0))
+                }
+                fn visit_unit<E>(self) -> Result<Count, E> {
+                    Ok(Count(0))
+                }
+                fn visit_none<E>(self) -> Result<Count, E> {
+                    Ok(Count(0))
+                }
+                fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Count, D::Error> {
+                    d.deserialize_any(self)
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Count, A::Error> {
+                    while a.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Count(0))
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Count, A::Error> {
+                    while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                    Ok(Count(0))
+                }
+            }
+            d.deserialize_any(V)
+        }
+    }
+
+    /// A details object: only objects count, anything else reads as empty.
+    #[derive(Default)]
+    pub struct Details {
+        cached_tokens: u64,
+        reasoning_tokens: u64,
+    }
+
+    impl<'de> Deserialize<'de> for Details {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            #[derive(Deserialize)]
+            struct Fields {
+                #[serde(default)]
+                cached_tokens: Count,
+                #[serde(default)]
+                reasoning_tokens: Count,
+            }
+            #[derive(Deserialize)]
+            #[serde(untagged)]
+            enum Any {
+                Object(Fields),
+                Other(IgnoredAny),
+            }
+            Ok(match Any::deserialize(d)? {
+                Any::Object(f) => Details {
+                    cached_tokens: f.cached_tokens.0,
+                    reasoning_tokens: f.reasoning_tokens.0,
+                },
+                Any::Other(_) => Details::default(),
+            })
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub struct OpenAi {
+        #[serde(default)]
+        prompt_tokens: Count,
+        #[serde(default)]
+        completion_tokens: Count,
+        #[serde(default)]
+        prompt_tokens_details: Details,
+        #[serde(default)]
+        completion_tokens_details: Details,
+    }
+
+    impl OpenAi {
+        pub fn usage(&self) -> Usage {
+            Usage {
+                input: self.prompt_tokens.0,
+                output: self.completion_tokens.0,
+                cached: self.prompt_tokens_details.cached_tokens,
+                reasoning: self.completion_tokens_details.reasoning_tokens,
+            }
+        }
+    }
+
+    #[derive(Deserialize)]
+    pub struct Anthropic {
+        #[serde(default)]
+        input_tokens: Count,
+        #[serde(default)]
+        output_tokens: Count,
+        #[serde(default)]
+        cache_read_input_tokens: Count,
+        #[serde(default)]
+        cache_creation_input_tokens: Count,
+    }
+
+    impl Anthropic {
+        pub fn usage(&self) -> Usage {
+            let cached = self.cache_read_input_tokens.0;
+            Usage {
+                input: self.input_tokens.0 + cached + self.cache_creation_input_tokens.0,
+                output: self.output_tokens.0,
+                cached,
+                reasoning: 0,
+            }
+        }
+    }
 }
 
 /// A parse failure of the client's body, worded like the providers word it.
@@ -730,28 +882,64 @@ impl AnthropicUsage {
 
 #[cfg(test)]
 mod tests {
-    use serde_json::json;
-
-    use super::usage_member;
+    use super::{Usage, usage_member};
+    use crate::proxy::Api;
 
     #[test]
     fn usage_is_read_from_the_end_without_parsing_the_rest() {
-        let openai = br#"{"id":"c","choices":[{"message":{"content":"the \"usage\": {\"x\":1} of it"}}],"usage" : {"prompt_tokens":3,"completion_tokens":4}}"#;
+        let openai = br#"{"id":"c","choices":[{"message":{"content":"the \"usage\": {\"x\":1} of it"}}],"usage" : {"prompt_tokens":3,"completion_tokens":4,"prompt_tokens_details":{"cached_tokens":2,"audio_tokens":0},"completion_tokens_details":{"reasoning_tokens":1}}}"#;
         assert_eq!(
-            usage_member(openai),
-            Some(json!({"prompt_tokens": 3, "completion_tokens": 4}))
+            usage_member(openai, Api::OpenAi),
+            Some(Usage {
+                input: 3,
+                output: 4,
+                cached: 2,
+                reasoning: 1
+            })
+        );
+        // The same counts as reading the object as a document.
+        let doc: serde_json::Value = serde_json::from_slice(openai).unwrap();
+        assert_eq!(
+            usage_member(openai, Api::OpenAi),
+            Usage::from_openai(&doc["usage"])
         );
         // No usage object: the caller falls back to parsing the whole answer.
-        assert_eq!(usage_member(br#"{"usage":null}"#), None);
-        assert_eq!(usage_member(br#"{"choices":[]}"#), None);
+        assert_eq!(usage_member(br#"{"usage":null}"#, Api::OpenAi), None);
+        assert_eq!(usage_member(br#"{"usage":[1,2]}"#, Api::OpenAi), None);
+        assert_eq!(usage_member(br#"{"choices":[]}"#, Api::OpenAi), None);
+        let anthropic = br#"{"a":"usage","usage":{"input_tokens":2,"cache_read_input_tokens":5,"cache_creation_input_tokens":1,"output_tokens":7,"server_tool_use":{"web_search_requests":1}}}"#;
         assert_eq!(
-            usage_member(br#"{"a":"usage","usage":{"input_tokens":2}}"#),
-            Some(json!({"input_tokens": 2}))
+            usage_member(anthropic, Api::Anthropic),
+            Some(Usage {
+                input: 8,
+                output: 7,
+                cached: 5,
+                reasoning: 0
+            })
         );
         // Broken after the usage: still read (the bytes pass to the client as sent).
         assert_eq!(
-            usage_member(br#"{"usage":{"input_tokens":2}"#),
-            Some(json!({"input_tokens": 2}))
+            usage_member(br#"{"usage":{"input_tokens":2}"#, Api::Anthropic),
+            Some(Usage {
+                input: 2,
+                ..Usage::default()
+            })
         );
+    }
+
+    #[test]
+    fn odd_counts_read_as_zero_as_they_do_in_a_document() {
+        for body in [
+            r#"{"usage":{"prompt_tokens":null,"completion_tokens":-1,"prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":"x"}}}"#,
+            r#"{"usage":{"prompt_tokens":1.5,"completion_tokens":[3],"prompt_tokens_details":[],"completion_tokens_details":{"reasoning_tokens":{"a":1}}}}"#,
+            r#"{"usage":{"prompt_tokens":7,"prompt_tokens_details":{"cached_tokens":true}}}"#,
+        ] {
+            let doc: serde_json::Value = serde_json::from_str(body).unwrap();
+            assert_eq!(
+                usage_member(body.as_bytes(), Api::OpenAi),
+                Usage::from_openai(&doc["usage"]),
+                "{body}"
+            );
+        }
     }
 }

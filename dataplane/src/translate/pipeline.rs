@@ -118,14 +118,12 @@ impl Plan {
                 #[serde(default)]
                 usage: Option<Value>,
             }
-            let usage = match super::usage_member(&body) {
-                Some(u) => Some(u),
-                None => {
-                    serde_json::from_slice::<UsageOnly>(&body)
-                        .map_err(|_| ApiError::UpstreamBody)?
-                        .usage
-                }
-            };
+            if let Some(usage) = super::usage_member(&body, self.client) {
+                return Ok((body, Some(usage)));
+            }
+            let usage = serde_json::from_slice::<UsageOnly>(&body)
+                .map_err(|_| ApiError::UpstreamBody)?
+                .usage;
             let usage = usage.as_ref().and_then(match self.client {
                 Api::OpenAi => Usage::from_openai,
                 Api::Anthropic => Usage::from_anthropic,
