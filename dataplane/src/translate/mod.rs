@@ -16,6 +16,7 @@ pub mod relay;
 #[cfg(test)]
 mod golden;
 
+use serde::Deserialize;
 use serde_json::Value;
 
 use crate::proxy::error::ApiError;
@@ -34,29 +35,16 @@ pub struct Usage {
 }
 
 impl Usage {
-    /// Reads an OpenAI `usage` object.
+    /// Reads an OpenAI `usage` object (as [`usage_member`] reads it from bytes).
     pub fn from_openai(u: &Value) -> Option<Self> {
-        let n = |v: Option<&Value>, k: &str| v.and_then(|v| v.get(k)?.as_u64()).unwrap_or(0);
         u.as_object()?;
-        Some(Self {
-            input: n(Some(u), "prompt_tokens"),
-            output: n(Some(u), "completion_tokens"),
-            cached: n(u.get("prompt_tokens_details"), "cached_tokens"),
-            reasoning: n(u.get("completion_tokens_details"), "reasoning_tokens"),
-        })
+        counts::OpenAi::deserialize(u).ok().map(|c| c.usage())
     }
 
     /// Reads an Anthropic `usage` object (input there excludes cache reads and writes).
     pub fn from_anthropic(u: &Value) -> Option<Self> {
-        let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
         u.as_object()?;
-        let cached = n("cache_read_input_tokens");
-        Some(Self {
-            input: n("input_tokens") + cached + n("cache_creation_input_tokens"),
-            output: n("output_tokens"),
-            cached,
-            reasoning: 0,
-        })
+        counts::Anthropic::deserialize(u).ok().map(|c| c.usage())
     }
 
     /// The OpenAI `usage` object.
@@ -119,8 +107,8 @@ pub(crate) fn usage_member(body: &[u8], api: crate::proxy::Api) -> Option<Usage>
     None
 }
 
-/// `usage` objects read straight from bytes. A count that is missing, null or not a
-/// non-negative integer reads as 0, as it does through [`Usage::from_openai`].
+/// `usage` objects, read from bytes or from a document. A count that is missing, null or
+/// not a non-negative integer reads as 0.
 mod counts {
     use serde::Deserialize;
     use serde::de::{Deserializer, IgnoredAny, Visitor};
@@ -251,13 +239,14 @@ mod counts {
 
     impl Anthropic {
         pub fn usage(&self) -> Usage {
-            let cached = self.cache_read_input_tokens.0;
-            Usage {
-                input: self.input_tokens.0 + cached + self.cache_creation_input_tokens.0,
+            super::AnthropicUsage {
+                input: self.input_tokens.0,
                 output: self.output_tokens.0,
-                cached,
-                reasoning: 0,
+                cache_read: self.cache_read_input_tokens.0,
+                cache_creation: self.cache_creation_input_tokens.0,
+                seen: true,
             }
+            .total()
         }
     }
 }
@@ -897,11 +886,16 @@ mod tests {
                 reasoning: 1
             })
         );
-        // The same counts as reading the object as a document.
+        // The same counts from the object as a document.
         let doc: serde_json::Value = serde_json::from_slice(openai).unwrap();
         assert_eq!(
-            usage_member(openai, Api::OpenAi),
-            Usage::from_openai(&doc["usage"])
+            Usage::from_openai(&doc["usage"]),
+            Some(Usage {
+                input: 3,
+                output: 4,
+                cached: 2,
+                reasoning: 1
+            })
         );
         // No usage object: the caller falls back to parsing the whole answer.
         assert_eq!(usage_member(br#"{"usage":null}"#, Api::OpenAi), None);
@@ -928,18 +922,44 @@ mod tests {
     }
 
     #[test]
-    fn odd_counts_read_as_zero_as_they_do_in_a_document() {
-        for body in [
-            r#"{"usage":{"prompt_tokens":null,"completion_tokens":-1,"prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":"x"}}}"#,
-            r#"{"usage":{"prompt_tokens":1.5,"completion_tokens":[3],"prompt_tokens_details":[],"completion_tokens_details":{"reasoning_tokens":{"a":1}}}}"#,
-            r#"{"usage":{"prompt_tokens":7,"prompt_tokens_details":{"cached_tokens":true}}}"#,
+    fn odd_counts_read_as_zero_from_bytes_and_from_a_document() {
+        let only = |input, output| {
+            Some(Usage {
+                input,
+                output,
+                ..Usage::default()
+            })
+        };
+        for (body, want) in [
+            (
+                r#"{"usage":{"prompt_tokens":null,"completion_tokens":-1,"prompt_tokens_details":null,"completion_tokens_details":{"reasoning_tokens":"x"}}}"#,
+                only(0, 0),
+            ),
+            (
+                r#"{"usage":{"prompt_tokens":1.5,"completion_tokens":[3],"prompt_tokens_details":[],"completion_tokens_details":{"reasoning_tokens":{"a":1}}}}"#,
+                only(0, 0),
+            ),
+            (
+                r#"{"usage":{"prompt_tokens":7,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":true}}}"#,
+                only(7, 2),
+            ),
         ] {
+            assert_eq!(usage_member(body.as_bytes(), Api::OpenAi), want, "{body}");
             let doc: serde_json::Value = serde_json::from_str(body).unwrap();
-            assert_eq!(
-                usage_member(body.as_bytes(), Api::OpenAi),
-                Usage::from_openai(&doc["usage"]),
-                "{body}"
-            );
+            assert_eq!(Usage::from_openai(&doc["usage"]), want, "{body}");
         }
+        // Not an object: no usage, either way.
+        assert_eq!(Usage::from_openai(&serde_json::json!([1, 2])), None);
+        assert_eq!(Usage::from_anthropic(&serde_json::Value::Null), None);
+        let doc = serde_json::json!({"input_tokens": 2, "cache_read_input_tokens": 5, "output_tokens": null});
+        assert_eq!(
+            Usage::from_anthropic(&doc),
+            Some(Usage {
+                input: 7,
+                output: 0,
+                cached: 5,
+                reasoning: 0
+            })
+        );
     }
 }
