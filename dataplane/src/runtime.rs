@@ -130,7 +130,7 @@ pub struct Provider {
     pub health: HealthPolicy,
     /// Prices by model name (`spec.models`): input and output USD per million tokens.
     pub prices: Vec<(String, f64, f64)>,
-    /// The chat completions URI, built once, where it does not depend on the model.
+    /// The chat completions URI, built once; `None` for Azure, whose URI names the model.
     chat_completions: Option<Uri>,
 }
 
@@ -275,16 +275,12 @@ impl Provider {
         if let Some(uri) = &self.chat_completions {
             return Ok(uri.clone());
         }
-        let uri = match self.kind {
-            ProviderKind::AzureOpenAi => format!(
-                "{}/openai/deployments/{}/chat/completions?api-version={}",
-                self.endpoint,
-                crate::auth::sigv4::uri_encode(model, false),
-                self.api_version
-            ),
-            _ => format!("{}/chat/completions", self.endpoint),
-        };
-        Ok(Uri::try_from(uri)?)
+        Ok(Uri::try_from(format!(
+            "{}/openai/deployments/{}/chat/completions?api-version={}",
+            self.endpoint,
+            crate::auth::sigv4::uri_encode(model, false),
+            self.api_version
+        ))?)
     }
 
     /// The URI of Anthropic's Messages API at this provider.
@@ -512,7 +508,10 @@ impl TryFrom<&pb::Provider> for Provider {
             .collect::<Result<Vec<_>, ConvertError>>()?;
         let chat_completions = match kind {
             ProviderKind::AzureOpenAi => None,
-            _ => Uri::try_from(format!("{endpoint}/chat/completions")).ok(),
+            _ => Some(
+                Uri::try_from(format!("{endpoint}/chat/completions"))
+                    .map_err(|_| ConvertError::BadEndpoint(p.endpoint.clone()))?,
+            ),
         };
         Ok(Self {
             id: format!("{}/{}", p.namespace, p.name).into(),
@@ -924,6 +923,32 @@ mod tests {
                 Err(ConvertError::BadCompatibility(_))
             ));
         }
+    }
+
+    #[test]
+    fn chat_uris_are_built_once_except_azures() {
+        let mut p = pb::Provider {
+            namespace: "ns".into(),
+            name: "p".into(),
+            r#type: pb::ProviderType::Openai as i32,
+            endpoint: "http://127.0.0.1:9/v1/".into(),
+            ..Default::default()
+        };
+        let openai = Provider::try_from(&p).unwrap();
+        assert!(openai.chat_completions.is_some());
+        assert_eq!(
+            openai.chat_uri("gpt-4o").unwrap(),
+            "http://127.0.0.1:9/v1/chat/completions"
+        );
+        p.r#type = pb::ProviderType::AzureOpenai as i32;
+        p.endpoint = "https://r.openai.azure.com".into();
+        p.api_version = "2024-10-21".into();
+        let azure = Provider::try_from(&p).unwrap();
+        assert!(azure.chat_completions.is_none());
+        assert_eq!(
+            azure.chat_uri("my deployment").unwrap(),
+            "https://r.openai.azure.com/openai/deployments/my%20deployment/chat/completions?api-version=2024-10-21"
+        );
     }
 
     #[test]
