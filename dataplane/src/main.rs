@@ -33,9 +33,10 @@ mod allocator {
     /// By default mimalloc returns freed pages to the system a second after they are
     /// freed, and only when the thread that freed them next calls into the allocator. A
     /// dataplane that decoded a large config and then sits idle kept the memory of the
-    /// decoding (60 MiB resident with 10,000 keys, against 31 MiB with the system
-    /// allocator). Purging at once brings it back to 35 MiB; under load it makes no
-    /// difference that the benchmark can see, since a busy heap reuses its pages.
+    /// decoding (57-61 MiB resident with 10,000 keys, against 33 MiB with the system
+    /// allocator). Purging at once brings it to 34-41 MiB (docs/benchmarks.md). Under
+    /// load, three alternating runs with and without it were within the runs' spread
+    /// (36-44 µs of CPU per request either way).
     pub fn purge_at_once() {
         // SAFETY: mi_option_set only stores an integer in mimalloc's option table; any
         // value is valid for this option, and it may be called at any time.
