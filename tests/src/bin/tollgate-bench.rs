@@ -54,6 +54,10 @@ struct Args {
     /// Skip the config-scale scenario.
     #[arg(long)]
     skip_scale: bool,
+    /// Measure only `direct`, `bare-proxy` and `tollgate` (no translated paths): a
+    /// quicker run for comparing two builds of the same-format path.
+    #[arg(long)]
+    core_only: bool,
     /// A few seconds per scenario, to check the harness works (figures mean nothing).
     #[arg(long)]
     smoke: bool,
@@ -162,6 +166,7 @@ struct Settings {
     concurrency: usize,
     chunks: usize,
     smoke: bool,
+    core_only: bool,
 }
 
 fn machine() -> String {
@@ -889,13 +894,18 @@ async fn main() -> anyhow::Result<()> {
             Format::OpenAiFor("amazon.nova-pro-v1:0"),
         ),
     ];
+    let paths = if args.core_only {
+        &paths[..3]
+    } else {
+        &paths[..]
+    };
     let pid = tg.dataplane.pid();
     if let Some(only) = &args.only {
-        return load_one(&paths, only, &client, &args, pid).await;
+        return load_one(paths, only, &client, &args, pid).await;
     }
     let mut cpu = (0.0, 0u64);
-    let json = measure(&paths, false, &client, &args, pid, &mut cpu).await?;
-    let stream = measure(&paths, true, &client, &args, pid, &mut cpu).await?;
+    let json = measure(paths, false, &client, &args, pid, &mut cpu).await?;
+    let stream = measure(paths, true, &client, &args, pid, &mut cpu).await?;
     let scenarios: Vec<Scenario> = paths
         .iter()
         .zip(json.into_iter().zip(stream))
@@ -937,11 +947,13 @@ async fn main() -> anyhow::Result<()> {
             concurrency: args.concurrency,
             chunks: args.chunks,
             smoke: args.smoke,
+            core_only: args.core_only,
         },
         json: compare(&scenarios, false),
         stream: compare(&scenarios, true),
         translations: [("Anthropic", 3), ("Gemini", 5), ("Bedrock", 7)]
             .into_iter()
+            .filter(|(_, direct)| direct + 1 < scenarios.len())
             .map(|(to, direct)| Translation {
                 to,
                 json: compare_translated(&scenarios, direct, false),
