@@ -12,8 +12,9 @@ use serde::Serialize;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::compile::{Compiled, Condition, ObjectReport};
+use crate::compile::{Compiled, ObjectReport};
 use crate::objects::SourceError;
+use crate::status::with_programmed;
 use crate::tracker::{DataplaneInfo, Tracker};
 
 #[derive(Clone)]
@@ -39,46 +40,7 @@ impl Admin {
         let objects = snapshot
             .reports
             .iter()
-            .map(|r| {
-                let mut r = r.clone();
-                let accepted = r.condition("Accepted").is_some_and(|c| c.status == "True");
-                let programmed = match (&r.resource, accepted) {
-                    (Some(served), true) => {
-                        let p = self.tracker.programmed(served.type_url, &served.name, &served.version);
-                        let message = format!("applied by {} of {} dataplanes", p.applied, p.connected);
-                        if !p.rejections.is_empty() {
-                            Condition {
-                                type_: "Programmed",
-                                status: "False",
-                                reason: "Rejected".into(),
-                                message: format!("{message}; {}", p.rejections.join("; ")),
-                            }
-                        } else if p.connected > 0 && p.applied == p.connected {
-                            Condition {
-                                type_: "Programmed",
-                                status: "True",
-                                reason: "Programmed".into(),
-                                message,
-                            }
-                        } else {
-                            Condition {
-                                type_: "Programmed",
-                                status: "False",
-                                reason: "Pending".into(),
-                                message,
-                            }
-                        }
-                    }
-                    _ => Condition {
-                        type_: "Programmed",
-                        status: "False",
-                        reason: "NotServed".into(),
-                        message: "the object is not sent to dataplanes until it is accepted and its references resolve".into(),
-                    },
-                };
-                r.conditions.push(programmed);
-                r
-            })
+            .map(|r| with_programmed(r, &self.tracker))
             .collect();
         let view = StatusView {
             config_version: &snapshot.version,

@@ -6,8 +6,11 @@
 pub mod admin;
 pub mod auth;
 pub mod compile;
+pub mod k8s;
 pub mod local;
 pub mod objects;
+pub mod publish;
+pub mod status;
 pub mod tracker;
 pub mod usage;
 pub mod xds;

@@ -1,6 +1,5 @@
 //! `tollgate-controller`: see the crate documentation.
 
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,16 +10,16 @@ use clap::{Parser, ValueEnum};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::watch;
 use tollgate_controller::admin::Admin;
-use tollgate_controller::auth::TokenCheck;
-use tollgate_controller::compile::{Compiled, ValidationCache, compile_cached};
+use tollgate_controller::auth::{AuthLayer, Authenticator, TokenCheck, TokenReviewer};
+use tollgate_controller::compile::Compiled;
+use tollgate_controller::k8s;
 use tollgate_controller::local::LocalSource;
+use tollgate_controller::publish::Publisher;
 use tollgate_controller::tracker::Tracker;
 use tollgate_controller::usage::UsageServer;
 use tollgate_controller::xds::{XdsMetrics, XdsServer};
-use tollgate_crds::validate::Validator;
 use tollgate_proto::config_discovery_server::ConfigDiscoveryServer;
 use tollgate_proto::usage_reporting_server::UsageReportingServer;
-use tonic::service::interceptor::InterceptedService;
 
 /// Largest config message either side accepts (a full snapshot of a large config).
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
@@ -33,7 +32,8 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 )]
 struct Args {
     /// Local mode: read manifests (multi-document YAML, Tollgate kinds and v1 Secrets)
-    /// from this directory and watch it for changes.
+    /// from this directory and watch it for changes. Without it, the controller runs in
+    /// Kubernetes mode, with the in-cluster config or $KUBECONFIG.
     #[arg(long, value_name = "DIR")]
     manifests: Option<PathBuf>,
     /// Address of the config and usage streams (gRPC).
@@ -42,15 +42,42 @@ struct Args {
     /// Address of /healthz, /readyz, /status and /metrics.
     #[arg(long, default_value = "127.0.0.1:18001")]
     admin_listen: SocketAddr,
-    /// File holding the token dataplanes must present.
+    /// File holding the token dataplanes must present. Required in local mode; in
+    /// Kubernetes mode, without it, dataplanes present ServiceAccount tokens checked with
+    /// TokenReview.
     #[arg(long, value_name = "FILE")]
-    token_file: PathBuf,
-    /// Namespace of objects that name none.
+    token_file: Option<PathBuf>,
+    /// Local mode: namespace of objects that name none.
     #[arg(long, default_value = "default")]
     namespace: String,
-    /// How often the manifests directory is checked for changes.
+    /// Local mode: how often the manifests directory is checked for changes.
     #[arg(long, default_value = "250ms")]
     poll_interval: String,
+    /// Kubernetes mode: namespaces to watch, comma-separated (default: all).
+    #[arg(long, env = "TOLLGATE_WATCH_NAMESPACES", value_delimiter = ',')]
+    watch_namespaces: Vec<String>,
+    /// Kubernetes mode: this replica's name in the leader Lease and in Events.
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// Kubernetes mode: namespace of the leader Lease (the controller's own).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    #[arg(long, default_value = "tollgate-controller")]
+    lease_name: String,
+    /// Kubernetes mode: how long a leader holds the Lease without renewing it.
+    #[arg(long, default_value = "15s")]
+    lease_duration: String,
+    /// Kubernetes mode, TokenReview: the audience of the dataplanes' projected tokens.
+    #[arg(long, default_value = "tollgate")]
+    token_audience: String,
+    /// Kubernetes mode, TokenReview: ServiceAccounts (`namespace/name`, comma-separated)
+    /// whose tokens may open the config stream.
+    #[arg(
+        long,
+        env = "TOLLGATE_DATAPLANE_SERVICE_ACCOUNTS",
+        value_delimiter = ','
+    )]
+    dataplane_service_accounts: Vec<String>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -77,19 +104,76 @@ fn init_logging(format: LogFormat) {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     init_logging(args.log_format);
-    let Some(dir) = args.manifests.clone() else {
-        bail!("Kubernetes mode is not available yet: pass --manifests DIR to run in local mode");
+    let token = match &args.token_file {
+        Some(path) => {
+            let token = std::fs::read_to_string(path)
+                .with_context(|| format!("reading --token-file {}", path.display()))?;
+            if token.trim().is_empty() {
+                bail!("--token-file {} is empty", path.display());
+            }
+            Some(token)
+        }
+        None => None,
     };
-    let poll = tollgate_proto::time::parse_duration(&args.poll_interval)
-        .context("--poll-interval must be a duration such as 250ms")?;
-    let token = std::fs::read_to_string(&args.token_file)
-        .with_context(|| format!("reading --token-file {}", args.token_file.display()))?;
-    if token.trim().is_empty() {
-        bail!("--token-file {} is empty", args.token_file.display());
-    }
-    if !dir.is_dir() {
-        bail!("--manifests {} is not a directory", dir.display());
-    }
+    let mode = match args.manifests.clone() {
+        Some(dir) => {
+            if !dir.is_dir() {
+                bail!("--manifests {} is not a directory", dir.display());
+            }
+            let poll = tollgate_proto::time::parse_duration(&args.poll_interval)
+                .context("--poll-interval must be a duration such as 250ms")?;
+            Mode::Local { dir, poll }
+        }
+        None => {
+            let client = kube::Client::try_default()
+                .await
+                .context("Kubernetes mode (no --manifests): cannot build a client from the in-cluster config or $KUBECONFIG")?;
+            if token.is_none() && args.dataplane_service_accounts.is_empty() {
+                bail!(
+                    "Kubernetes mode needs --token-file or --dataplane-service-accounts (for TokenReview)"
+                );
+            }
+            let lease_duration = tollgate_proto::time::parse_duration(&args.lease_duration)
+                .context("--lease-duration must be a duration such as 15s")?;
+            if lease_duration < Duration::from_secs(2) {
+                bail!("--lease-duration must be at least 2s");
+            }
+            let identity = match &args.identity {
+                Some(i) if !i.is_empty() => i.clone(),
+                _ => hostname(),
+            };
+            Mode::Kubernetes {
+                client,
+                settings: k8s::Settings {
+                    namespaces: args
+                        .watch_namespaces
+                        .iter()
+                        .filter(|n| !n.is_empty())
+                        .cloned()
+                        .collect(),
+                    identity,
+                    lease_namespace: args.lease_namespace.clone(),
+                    lease_name: args.lease_name.clone(),
+                    lease_duration,
+                    status_interval: Duration::from_millis(500),
+                    debounce: Duration::from_millis(50),
+                },
+            }
+        }
+    };
+    let authenticator = match (&token, &mode) {
+        (Some(t), _) => Authenticator::Token(TokenCheck::new(t)),
+        (None, Mode::Kubernetes { client, .. }) => {
+            Authenticator::Review(Box::new(TokenReviewer::new(
+                client.clone(),
+                &args.token_audience,
+                &args.dataplane_service_accounts,
+            )))
+        }
+        (None, Mode::Local { .. }) => {
+            bail!("local mode needs --token-file: the token dataplanes must present")
+        }
+    };
 
     let registry = Registry::new();
     let metrics = XdsMetrics {
@@ -141,22 +225,34 @@ async fn main() -> anyhow::Result<()> {
 
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Compiled::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
-    let namespace = args.namespace.clone();
-    std::thread::Builder::new()
-        .name("manifests".into())
-        .spawn(move || {
-            watch_manifests(
-                dir,
-                poll,
-                namespace,
-                snapshot_tx,
-                ready_tx,
-                compiles,
-                objects,
-            )
-        })?;
-
+    let publisher = Publisher::new(&args.namespace, snapshot_tx, ready_tx, compiles, objects);
     let tracker = Arc::new(Tracker::default());
+    let leader = watch::Sender::new(false);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let source = match mode {
+        Mode::Local { dir, poll } => {
+            std::thread::Builder::new()
+                .name("manifests".into())
+                .spawn(move || watch_manifests(dir, poll, publisher))?;
+            None
+        }
+        Mode::Kubernetes { client, settings } => {
+            tracing::info!(
+                identity = %settings.identity,
+                namespaces = ?settings.namespaces,
+                lease = %format!("{}/{}", settings.lease_namespace, settings.lease_name),
+                "Kubernetes mode"
+            );
+            let shared = k8s::Shared {
+                publisher,
+                snapshots: snapshot_rx.clone(),
+                tracker: tracker.clone(),
+                leader: leader.clone(),
+                stop: stop_rx,
+            };
+            Some(tokio::spawn(k8s::run(client, settings, shared)))
+        }
+    };
     let admin = Admin {
         snapshots: snapshot_rx.clone(),
         ready: ready_rx.clone(),
@@ -175,18 +271,10 @@ async fn main() -> anyhow::Result<()> {
         tracker,
         metrics,
     };
-    let check = TokenCheck::new(&token);
-    let check2 = check.clone();
-    let config = InterceptedService::new(
-        ConfigDiscoveryServer::new(xds)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES),
-        move |r| check.check(r),
-    );
-    let usage = InterceptedService::new(
-        UsageReportingServer::new(UsageServer::new(usage_records)),
-        move |r| check2.check(r),
-    );
+    let config = ConfigDiscoveryServer::new(xds)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES);
+    let usage = UsageReportingServer::new(UsageServer::new(usage_records));
     let listener = tokio::net::TcpListener::bind(args.xds_listen)
         .await
         .with_context(|| format!("binding --xds-listen {}", args.xds_listen))?;
@@ -194,11 +282,36 @@ async fn main() -> anyhow::Result<()> {
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .layer(AuthLayer::new(authenticator))
         .add_service(config)
         .add_service(usage)
         .serve_with_incoming_shutdown(incoming, shutdown())
         .await?;
+    // Kubernetes mode: step down (releasing the Lease) before exiting.
+    stop_tx.send_replace(true);
+    if let Some(source) = source {
+        let _ = tokio::time::timeout(Duration::from_secs(5), source).await;
+    }
     Ok(())
+}
+
+enum Mode {
+    Local {
+        dir: PathBuf,
+        poll: Duration,
+    },
+    Kubernetes {
+        client: kube::Client,
+        settings: k8s::Settings,
+    },
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "tollgate-controller".into())
 }
 
 async fn shutdown() {
@@ -214,44 +327,12 @@ async fn shutdown() {
 }
 
 /// Local mode's loop: poll the directory, recompile on change, publish.
-fn watch_manifests(
-    dir: PathBuf,
-    poll: Duration,
-    namespace: String,
-    snapshots: watch::Sender<Arc<Compiled>>,
-    ready: watch::Sender<bool>,
-    compiles: IntCounter,
-    objects: prometheus::IntGaugeVec,
-) {
-    let validator = Validator::new();
+fn watch_manifests(dir: PathBuf, poll: Duration, mut publisher: Publisher) {
     let mut source = LocalSource::new(&dir);
-    let mut reported: HashSet<String> = HashSet::new();
-    let mut cache = ValidationCache::default();
+    let origin = dir.display().to_string();
     loop {
         match source.scan() {
-            Ok(true) => {
-                let started = std::time::Instant::now();
-                let compiled = compile_cached(&source.inputs(), &validator, &namespace, &mut cache);
-                compiles.inc();
-                report_problems(&compiled, &mut reported);
-                objects.reset();
-                for r in &compiled.reports {
-                    let accepted = r.condition("Accepted").map_or("False", |c| c.status);
-                    objects
-                        .with_label_values(&[r.kind.as_str(), accepted])
-                        .inc();
-                }
-                tracing::info!(
-                    dir = %dir.display(),
-                    objects = compiled.reports.len(),
-                    resources = compiled.resource_count(),
-                    version = %compiled.version,
-                    elapsed_ms = started.elapsed().as_millis() as u64,
-                    "config compiled"
-                );
-                snapshots.send_replace(Arc::new(compiled));
-                ready.send_replace(true);
-            }
+            Ok(true) => publisher.publish(&source.inputs(), &origin),
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot read manifests directory")
@@ -259,37 +340,4 @@ fn watch_manifests(
         }
         std::thread::sleep(poll);
     }
-}
-
-/// Logs each problem once, when it first appears.
-fn report_problems(compiled: &Compiled, reported: &mut HashSet<String>) {
-    let mut current = HashSet::new();
-    for e in &compiled.source_errors {
-        let line = format!("{}: {}", e.origin, e.message);
-        if !reported.contains(&line) {
-            tracing::warn!(file = %e.origin, reason = %e.message, "cannot read manifest");
-        }
-        current.insert(line);
-    }
-    for r in &compiled.reports {
-        for c in r.conditions.iter().filter(|c| c.status == "False") {
-            let line = format!(
-                "{} {} {}/{} {} {}",
-                r.origin, r.kind, r.namespace, r.name, c.type_, c.message
-            );
-            if !reported.contains(&line) {
-                tracing::warn!(
-                    file = %r.origin,
-                    kind = %r.kind,
-                    object = %format!("{}/{}", r.namespace, r.name),
-                    condition = c.type_,
-                    reason = %c.reason,
-                    message = %c.message,
-                    "object not fully accepted"
-                );
-            }
-            current.insert(line);
-        }
-    }
-    *reported = current;
 }

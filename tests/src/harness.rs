@@ -60,6 +60,17 @@ impl Process {
         args: &[String],
         log_dir: &Path,
     ) -> anyhow::Result<Self> {
+        Self::start_with_env(name, program, args, &[], log_dir)
+    }
+
+    /// [`Process::start`] with extra environment variables.
+    pub fn start_with_env(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        log_dir: &Path,
+    ) -> anyhow::Result<Self> {
         let log = log_dir.join(format!("{name}.log"));
         let out = std::fs::OpenOptions::new()
             .create(true)
@@ -71,6 +82,7 @@ impl Process {
                 "RUST_LOG",
                 std::env::var("TOLLGATE_TEST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -177,12 +189,23 @@ pub fn start_ready(
     name: &str,
     program: &Path,
     log_dir: &Path,
+    args: impl FnMut() -> anyhow::Result<(Vec<String>, String)>,
+) -> anyhow::Result<Process> {
+    start_ready_with_env(name, program, &[], log_dir, args)
+}
+
+/// [`start_ready`] with extra environment variables.
+pub fn start_ready_with_env(
+    name: &str,
+    program: &Path,
+    env: &[(&str, &str)],
+    log_dir: &Path,
     mut args: impl FnMut() -> anyhow::Result<(Vec<String>, String)>,
 ) -> anyhow::Result<Process> {
     let mut last = String::new();
     for _ in 0..5 {
         let (argv, ready_url) = args()?;
-        let mut process = Process::start(name, program, &argv, log_dir)?;
+        let mut process = Process::start_with_env(name, program, &argv, env, log_dir)?;
         match process.wait_ready(&ready_url, Duration::from_secs(20)) {
             Ok(()) => return Ok(process),
             Err(StartError::Exited(log)) => last = log,

@@ -1,0 +1,235 @@
+//! Leader election over a `coordination.k8s.io/v1` Lease. Every replica serves the config
+//! stream; only the leader writes status, Events and Secrets, so two replicas never fight
+//! over an object's status.
+//!
+//! The holder renews the Lease every quarter of its duration. Another replica takes it over
+//! once `renewTime + leaseDurationSeconds` has passed, with the update conditioned on the
+//! Lease's `resourceVersion`, so two contenders cannot both win. A leader that cannot renew
+//! within two thirds of the duration steps down before anyone else may take over, and one
+//! that stops releases the Lease so that the next one need not wait.
+
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use kube::Api;
+use kube::api::PostParams;
+use tokio::sync::watch;
+
+/// What a contender does with the Lease it read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// There is none: create it, holding it.
+    Create,
+    /// It holds it: renew.
+    Renew,
+    /// Nobody holds it, or the holder let it expire: take it.
+    TakeOver,
+    /// Someone else holds it.
+    Wait { holder: String },
+}
+
+pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
+    let Some(spec) = lease else {
+        return Decision::Create;
+    };
+    let holder = spec.holder_identity.as_deref().unwrap_or("");
+    if holder == me {
+        return Decision::Renew;
+    }
+    if holder.is_empty() {
+        return Decision::TakeOver;
+    }
+    let seconds = i64::from(spec.lease_duration_seconds.unwrap_or(15).max(1));
+    let expired = spec
+        .renew_time
+        .as_ref()
+        .or(spec.acquire_time.as_ref())
+        .and_then(|t| t.0.checked_add(SignedDuration::from_secs(seconds)).ok())
+        .is_none_or(|until| until <= now);
+    if expired {
+        Decision::TakeOver
+    } else {
+        Decision::Wait {
+            holder: holder.to_string(),
+        }
+    }
+}
+
+/// One replica's side of the election.
+#[derive(Clone)]
+pub struct Elector {
+    pub api: Api<Lease>,
+    pub name: String,
+    pub identity: String,
+    pub duration: Duration,
+}
+
+impl Elector {
+    /// One round: returns whether this replica holds the Lease afterwards.
+    pub async fn try_once(&self) -> Result<bool, kube::Error> {
+        let now = Timestamp::now();
+        let current = self.api.get_opt(&self.name).await?;
+        let seconds = i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX);
+        let decision = decide(
+            current.as_ref().and_then(|l| l.spec.as_ref()),
+            &self.identity,
+            now,
+        );
+        let result = match (decision, current) {
+            (Decision::Wait { .. }, _) => return Ok(false),
+            (Decision::Create, _) | (_, None) => {
+                let lease = Lease {
+                    metadata: ObjectMeta {
+                        name: Some(self.name.clone()),
+                        ..ObjectMeta::default()
+                    },
+                    spec: Some(LeaseSpec {
+                        holder_identity: Some(self.identity.clone()),
+                        lease_duration_seconds: Some(seconds),
+                        acquire_time: Some(MicroTime(now)),
+                        renew_time: Some(MicroTime(now)),
+                        lease_transitions: Some(0),
+                        ..LeaseSpec::default()
+                    }),
+                };
+                self.api.create(&PostParams::default(), &lease).await
+            }
+            (decision, Some(mut lease)) => {
+                let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
+                if decision == Decision::TakeOver {
+                    spec.holder_identity = Some(self.identity.clone());
+                    spec.acquire_time = Some(MicroTime(now));
+                    spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
+                }
+                spec.lease_duration_seconds = Some(seconds);
+                spec.renew_time = Some(MicroTime(now));
+                // The read's resourceVersion travels with the update: if anyone wrote the
+                // Lease since, the API refuses it with a conflict.
+                self.api
+                    .replace(&self.name, &PostParams::default(), &lease)
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => Ok(true),
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Runs the election until `stop` turns true, publishing leadership on `leader`, then
+    /// releases the Lease if it holds it.
+    pub async fn run(self, leader: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+        let retry = self.duration / 4;
+        let deadline = self.duration * 2 / 3;
+        let mut renewed: Option<tokio::time::Instant> = None;
+        loop {
+            match self.try_once().await {
+                Ok(true) => {
+                    renewed = Some(tokio::time::Instant::now());
+                    if !*leader.borrow() {
+                        tracing::info!(lease = %self.name, identity = %self.identity, "became the leader");
+                    }
+                    leader.send_replace(true);
+                }
+                Ok(false) => {
+                    if *leader.borrow() {
+                        tracing::warn!(lease = %self.name, "lost the lease");
+                    }
+                    renewed = None;
+                    leader.send_replace(false);
+                }
+                Err(e) => {
+                    tracing::warn!(lease = %self.name, error = %e, "cannot reach the lease");
+                    if renewed.is_some_and(|t| t.elapsed() >= deadline) {
+                        tracing::warn!(lease = %self.name, "stepping down: the lease was not renewed in time");
+                        renewed = None;
+                        leader.send_replace(false);
+                    }
+                }
+            }
+            let jitter = Duration::from_millis(fastrand_ms(retry.as_millis() as u64 / 5));
+            tokio::select! {
+                () = tokio::time::sleep(retry + jitter) => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+        }
+        if *leader.borrow() {
+            leader.send_replace(false);
+            if let Err(e) = self.release().await {
+                tracing::warn!(lease = %self.name, error = %e, "cannot release the lease");
+            } else {
+                tracing::info!(lease = %self.name, "released the lease");
+            }
+        }
+    }
+
+    /// Gives the Lease up, so that another replica takes it at once.
+    pub async fn release(&self) -> Result<(), kube::Error> {
+        let Some(mut lease) = self.api.get_opt(&self.name).await? else {
+            return Ok(());
+        };
+        let Some(spec) = lease.spec.as_mut() else {
+            return Ok(());
+        };
+        if spec.holder_identity.as_deref() != Some(self.identity.as_str()) {
+            return Ok(());
+        }
+        spec.holder_identity = None;
+        self.api
+            .replace(&self.name, &PostParams::default(), &lease)
+            .await
+            .map(|_| ())
+    }
+}
+
+/// A few milliseconds of jitter, from the clock (no random source needed for this).
+fn fastrand_ms(max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::from(d.subsec_nanos()))
+        .unwrap_or(0);
+    nanos % max
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(holder: Option<&str>, renewed: Timestamp, seconds: i32) -> LeaseSpec {
+        LeaseSpec {
+            holder_identity: holder.map(str::to_string),
+            lease_duration_seconds: Some(seconds),
+            renew_time: Some(MicroTime(renewed)),
+            ..LeaseSpec::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_is_taken_only_when_free_or_expired() {
+        let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
+        let later = |s| t0.checked_add(SignedDuration::from_secs(s)).unwrap();
+        assert_eq!(decide(None, "a", t0), Decision::Create);
+        let held = spec(Some("b"), t0, 15);
+        assert_eq!(
+            decide(Some(&held), "a", later(14)),
+            Decision::Wait { holder: "b".into() }
+        );
+        assert_eq!(decide(Some(&held), "a", later(15)), Decision::TakeOver);
+        assert_eq!(decide(Some(&held), "b", later(100)), Decision::Renew);
+        assert_eq!(
+            decide(Some(&spec(None, t0, 15)), "a", t0),
+            Decision::TakeOver
+        );
+        let never_renewed = LeaseSpec {
+            holder_identity: Some("b".into()),
+            ..LeaseSpec::default()
+        };
+        assert_eq!(decide(Some(&never_renewed), "a", t0), Decision::TakeOver);
+    }
+}

@@ -1,0 +1,156 @@
+//! Kubernetes mode: the six Tollgate kinds and Secrets are watched into an index that
+//! feeds the same compiler and config streams as local mode; the leader (elected over a
+//! Lease) writes status and Events and creates missing VirtualKey Secrets.
+
+pub mod leader;
+pub mod secrets;
+pub mod source;
+pub mod status;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::runtime::events::{Recorder, Reporter};
+use tokio::sync::watch;
+
+use crate::compile::Compiled;
+use crate::publish::Publisher;
+use crate::tracker::Tracker;
+use leader::Elector;
+use source::{ORIGIN, SharedIndex};
+use status::StatusWriter;
+
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Namespaces to watch; empty for all.
+    pub namespaces: Vec<String>,
+    /// This replica's name in the Lease and in Events (the pod name).
+    pub identity: String,
+    pub lease_namespace: String,
+    pub lease_name: String,
+    pub lease_duration: Duration,
+    /// How often the leader looks for statuses to write (ACKs arrive between compiles).
+    pub status_interval: Duration,
+    /// Quiet time after a change before compiling, so a burst compiles once.
+    pub debounce: Duration,
+}
+
+/// Handles the rest of the controller needs.
+pub struct Shared {
+    pub publisher: Publisher,
+    pub snapshots: watch::Receiver<Arc<Compiled>>,
+    pub tracker: Arc<Tracker>,
+    /// Whether this replica leads, as published by the election.
+    pub leader: watch::Sender<bool>,
+    /// Turns true when the controller stops.
+    pub stop: watch::Receiver<bool>,
+}
+
+/// Runs Kubernetes mode until `shared.stop` turns true.
+pub async fn run(client: kube::Client, settings: Settings, shared: Shared) {
+    let Shared {
+        publisher,
+        snapshots,
+        tracker,
+        leader,
+        stop,
+    } = shared;
+    let scopes = source::scopes(&settings.namespaces);
+    let index = SharedIndex::new(scopes.len());
+    let mut tasks = tokio::task::JoinSet::new();
+    for scope in scopes {
+        tasks.spawn(source::watch_scope(client.clone(), scope, index.clone()));
+    }
+    tasks.spawn(compile_loop(index.clone(), publisher, settings.debounce));
+    let elector = Elector {
+        api: kube::Api::<Lease>::namespaced(client.clone(), &settings.lease_namespace),
+        name: settings.lease_name.clone(),
+        identity: settings.identity.clone(),
+        duration: settings.lease_duration,
+    };
+    let election = tokio::spawn(elector.run(leader.clone(), stop.clone()));
+    let writer = StatusWriter {
+        client: client.clone(),
+        recorder: Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: "tollgate-controller".into(),
+                instance: Some(settings.identity.clone()),
+            },
+        ),
+        index: index.clone(),
+        tracker,
+        written: HashMap::new(),
+    };
+    tasks.spawn(leader_loop(
+        writer,
+        client,
+        index,
+        snapshots,
+        leader.subscribe(),
+        settings.status_interval,
+    ));
+    let mut stop = stop;
+    let _ = stop.wait_for(|s| *s).await;
+    // The election releases the Lease on its way out; the rest just stops.
+    let _ = election.await;
+    tasks.abort_all();
+}
+
+/// Compiles after each change of the index, once every watch has listed.
+async fn compile_loop(index: SharedIndex, publisher: Publisher, debounce: Duration) {
+    let publisher = Arc::new(Mutex::new(publisher));
+    let mut changes = index.subscribe();
+    loop {
+        if changes.changed().await.is_err() {
+            return;
+        }
+        tokio::time::sleep(debounce).await;
+        changes.borrow_and_update();
+        if !index.lock().synced() {
+            continue;
+        }
+        let inputs = index.lock().inputs();
+        let publisher = publisher.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut p = match publisher.lock() {
+                Ok(g) => g,
+                Err(e) => e.into_inner(),
+            };
+            p.publish(&inputs, ORIGIN);
+        })
+        .await;
+    }
+}
+
+/// While this replica leads: write statuses and create missing VirtualKey Secrets, after
+/// each new snapshot and every `interval` (ACKs change `Programmed` between snapshots).
+async fn leader_loop(
+    mut writer: StatusWriter,
+    client: kube::Client,
+    index: SharedIndex,
+    mut snapshots: watch::Receiver<Arc<Compiled>>,
+    mut leader: watch::Receiver<bool>,
+    interval: Duration,
+) {
+    let mut creator = secrets::Creator::default();
+    loop {
+        if leader.wait_for(|l| *l).await.is_err() {
+            return;
+        }
+        let snapshot = snapshots.borrow_and_update().clone();
+        // Before every watch has listed, a Secret not seen yet is not a missing one.
+        if index.lock().synced() {
+            let wanted = secrets::missing(&index.lock());
+            creator.create_missing(&client, wanted).await;
+            writer.sync(&snapshot).await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = snapshots.changed() => {}
+            _ = leader.changed() => {}
+        }
+    }
+}

@@ -1,0 +1,421 @@
+//! Kubernetes mode's source: one watch per kind (and per namespace, when the controller is
+//! limited to some) over the six Tollgate kinds and Secrets, kept in an index that hands
+//! the compiler the same [`Inputs`] a manifests directory does.
+//!
+//! Objects are stored reduced to what the compiler reads (type, name, namespace, labels,
+//! spec; a Secret's data), so a status write, which changes only `status` and
+//! `resourceVersion`, does not cause a recompile.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DynamicObject};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use serde_json::{Map, Value, json};
+use tokio::sync::watch;
+use tollgate_crds::Kind;
+
+use crate::objects::{Inputs, SourceObject};
+
+/// Origin of every object read from the API (shown where local mode shows a file).
+pub const ORIGIN: &str = "cluster";
+
+/// What a watch is over.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Watched {
+    Tollgate(Kind),
+    Secret,
+}
+
+impl Watched {
+    pub fn all() -> impl Iterator<Item = Watched> {
+        Kind::ALL
+            .into_iter()
+            .map(Watched::Tollgate)
+            .chain([Watched::Secret])
+    }
+
+    pub fn api_resource(self) -> ApiResource {
+        use tollgate_crds::{budget, mcp, provider, route, virtual_key};
+        match self {
+            Watched::Tollgate(Kind::LlmProvider) => {
+                ApiResource::erase::<provider::LlmProvider>(&())
+            }
+            Watched::Tollgate(Kind::LlmRoute) => ApiResource::erase::<route::LlmRoute>(&()),
+            Watched::Tollgate(Kind::VirtualKey) => {
+                ApiResource::erase::<virtual_key::VirtualKey>(&())
+            }
+            Watched::Tollgate(Kind::Budget) => ApiResource::erase::<budget::Budget>(&()),
+            Watched::Tollgate(Kind::McpServer) => ApiResource::erase::<mcp::McpServer>(&()),
+            Watched::Tollgate(Kind::McpToolPolicy) => ApiResource::erase::<mcp::McpToolPolicy>(&()),
+            Watched::Secret => ApiResource::erase::<Secret>(&()),
+        }
+    }
+}
+
+/// One object as the index keeps it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Entry {
+    /// What the compiler reads.
+    pub value: Value,
+    pub uid: String,
+    pub generation: Option<i64>,
+    /// The object's `status` as last seen (Tollgate kinds only).
+    pub status: Value,
+}
+
+type Key = (Watched, String, String);
+
+/// Which objects a watch covers: a kind, in one namespace or in all.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Scope {
+    pub watched: Watched,
+    pub namespace: Option<String>,
+}
+
+impl Scope {
+    fn covers(&self, key: &Key) -> bool {
+        key.0 == self.watched && self.namespace.as_ref().is_none_or(|ns| ns == &key.1)
+    }
+}
+
+/// Every watched object, with the state of each watch's initial list.
+#[derive(Debug, Default)]
+pub struct Index {
+    objects: BTreeMap<Key, Entry>,
+    /// Objects of a (re)list in progress, swapped in whole when it completes.
+    listing: HashMap<Scope, BTreeMap<Key, Entry>>,
+    synced: HashSet<Scope>,
+    scopes: usize,
+}
+
+impl Index {
+    pub fn new(scopes: usize) -> Self {
+        Self {
+            scopes,
+            ..Self::default()
+        }
+    }
+
+    /// Whether every watch has completed its first list: before that, a compile would see
+    /// a partial config and withdraw what is merely not read yet.
+    pub fn synced(&self) -> bool {
+        self.synced.len() >= self.scopes
+    }
+
+    /// Applies one watch event; returns whether the compiler's view changed.
+    pub fn apply(&mut self, scope: &Scope, event: Event<DynamicObject>) -> bool {
+        let watched = scope.watched;
+        match event {
+            Event::Init => {
+                self.listing.insert(scope.clone(), BTreeMap::new());
+                false
+            }
+            Event::InitApply(o) => {
+                if let Some((key, entry)) = reduce(watched, o) {
+                    self.listing
+                        .entry(scope.clone())
+                        .or_default()
+                        .insert(key, entry);
+                }
+                false
+            }
+            Event::InitDone => {
+                let listed = self.listing.remove(scope).unwrap_or_default();
+                let before: Vec<(Key, Value)> = self
+                    .objects
+                    .iter()
+                    .filter(|(k, _)| scope.covers(k))
+                    .map(|(k, e)| (k.clone(), e.value.clone()))
+                    .collect();
+                self.objects.retain(|k, _| !scope.covers(k));
+                let changed = before.len() != listed.len()
+                    || before
+                        .iter()
+                        .any(|(k, v)| listed.get(k).is_none_or(|e| &e.value != v));
+                self.objects.extend(listed);
+                let first = self.synced.insert(scope.clone());
+                changed || first
+            }
+            Event::Apply(o) => {
+                let Some((key, entry)) = reduce(watched, o) else {
+                    return false;
+                };
+                let changed = self
+                    .objects
+                    .get(&key)
+                    .is_none_or(|e| e.value != entry.value);
+                self.objects.insert(key, entry);
+                changed
+            }
+            Event::Delete(o) => {
+                let Some((key, _)) = reduce(watched, o) else {
+                    return false;
+                };
+                self.objects.remove(&key).is_some()
+            }
+        }
+    }
+
+    /// The compiler's input: every object, Secrets first.
+    pub fn inputs(&self) -> Inputs {
+        let mut inputs = Inputs::default();
+        let secrets = self.objects.iter().filter(|(k, _)| k.0 == Watched::Secret);
+        let others = self.objects.iter().filter(|(k, _)| k.0 != Watched::Secret);
+        for (_, e) in secrets.chain(others) {
+            inputs.objects.push(SourceObject {
+                origin: ORIGIN.to_string(),
+                value: e.value.clone(),
+            });
+        }
+        inputs
+    }
+
+    pub fn get(&self, watched: Watched, namespace: &str, name: &str) -> Option<&Entry> {
+        self.objects
+            .get(&(watched, namespace.to_string(), name.to_string()))
+    }
+
+    /// Every object of one kind: (namespace, name, entry).
+    pub fn of(&self, watched: Watched) -> impl Iterator<Item = (&str, &str, &Entry)> {
+        self.objects
+            .iter()
+            .filter(move |(k, _)| k.0 == watched)
+            .map(|(k, e)| (k.1.as_str(), k.2.as_str(), e))
+    }
+}
+
+/// The index shared by the watches, the compile loop and the status writer.
+#[derive(Clone, Debug)]
+pub struct SharedIndex {
+    inner: Arc<Mutex<Index>>,
+    changed: watch::Sender<u64>,
+}
+
+impl SharedIndex {
+    pub fn new(scopes: usize) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Index::new(scopes))),
+            changed: watch::Sender::new(0),
+        }
+    }
+
+    pub fn lock(&self) -> MutexGuard<'_, Index> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Changes whenever the compiler's view does.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    fn apply(&self, scope: &Scope, event: Event<DynamicObject>) {
+        let changed = self.lock().apply(scope, event);
+        if changed {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// Reduces an object from the API to what the compiler reads; `None` for an object
+/// without a name.
+fn reduce(watched: Watched, o: DynamicObject) -> Option<(Key, Entry)> {
+    let name = o.metadata.name.clone()?;
+    let namespace = o.metadata.namespace.clone().unwrap_or_default();
+    let ar = watched.api_resource();
+    let mut metadata = Map::new();
+    metadata.insert("name".into(), json!(name));
+    metadata.insert("namespace".into(), json!(namespace));
+    let data = o.data;
+    let value = match watched {
+        Watched::Secret => {
+            let mut v = Map::new();
+            v.insert("apiVersion".into(), json!(ar.api_version));
+            v.insert("kind".into(), json!(ar.kind));
+            v.insert("metadata".into(), Value::Object(metadata));
+            for field in ["data", "type"] {
+                if let Some(x) = data.get(field) {
+                    v.insert(field.into(), x.clone());
+                }
+            }
+            Value::Object(v)
+        }
+        Watched::Tollgate(_) => {
+            if let Some(labels) = &o.metadata.labels {
+                metadata.insert("labels".into(), json!(labels));
+            }
+            json!({
+                "apiVersion": ar.api_version,
+                "kind": ar.kind,
+                "metadata": metadata,
+                "spec": data.get("spec").cloned().unwrap_or(Value::Null),
+            })
+        }
+    };
+    let status = data.get("status").cloned().unwrap_or(Value::Null);
+    Some((
+        (watched, namespace, name),
+        Entry {
+            value,
+            uid: o.metadata.uid.unwrap_or_default(),
+            generation: o.metadata.generation,
+            status,
+        },
+    ))
+}
+
+/// The watches to run: every kind, in all namespaces or in each of `namespaces`.
+pub fn scopes(namespaces: &[String]) -> Vec<Scope> {
+    let mut out = Vec::new();
+    for watched in Watched::all() {
+        if namespaces.is_empty() {
+            out.push(Scope {
+                watched,
+                namespace: None,
+            });
+        } else {
+            for ns in namespaces {
+                out.push(Scope {
+                    watched,
+                    namespace: Some(ns.clone()),
+                });
+            }
+        }
+    }
+    out
+}
+
+/// Runs one watch forever, feeding `index`. The watcher relists after an error, with
+/// backoff; the index swaps a relist in whole.
+pub async fn watch_scope(client: kube::Client, scope: Scope, index: SharedIndex) {
+    let ar = scope.watched.api_resource();
+    let api: Api<DynamicObject> = match &scope.namespace {
+        Some(ns) => Api::namespaced_with(client, ns, &ar),
+        None => Api::all_with(client, &ar),
+    };
+    let mut events = watcher::watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(e) => index.apply(&scope, e),
+            Err(e) => tracing::warn!(
+                kind = %ar.kind,
+                namespace = scope.namespace.as_deref().unwrap_or("*"),
+                error = %e,
+                "watch failed; retrying"
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(name: &str, spec: Value, rv: &str) -> DynamicObject {
+        serde_json::from_value(json!({
+            "metadata": {"name": name, "namespace": "a", "uid": format!("uid-{name}"),
+                         "generation": 3, "resourceVersion": rv},
+            "spec": spec,
+            "status": {"observedGeneration": 2},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_status_write_is_not_a_change_and_a_relist_replaces_its_scope() {
+        let routes = Scope {
+            watched: Watched::Tollgate(Kind::LlmRoute),
+            namespace: None,
+        };
+        let secrets = Scope {
+            watched: Watched::Secret,
+            namespace: None,
+        };
+        let mut index = Index::new(2);
+        let spec = json!({"match": {"models": ["m"]}});
+        assert!(!index.apply(&routes, Event::Init));
+        assert!(!index.apply(&routes, Event::InitApply(object("r1", spec.clone(), "1"))));
+        assert!(index.apply(&routes, Event::InitDone), "first list");
+        assert!(!index.synced(), "the Secrets are not listed yet");
+        index.apply(&secrets, Event::Init);
+        assert!(
+            index.apply(&secrets, Event::InitDone),
+            "first list, even empty"
+        );
+        assert!(index.synced());
+
+        let entry = index
+            .get(Watched::Tollgate(Kind::LlmRoute), "a", "r1")
+            .unwrap();
+        assert_eq!(entry.generation, Some(3));
+        assert_eq!(entry.uid, "uid-r1");
+        assert_eq!(entry.status, json!({"observedGeneration": 2}));
+        assert_eq!(
+            entry.value,
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute",
+                   "metadata": {"name": "r1", "namespace": "a"}, "spec": spec})
+        );
+
+        // Only the status and resourceVersion moved: nothing to recompile.
+        assert!(!index.apply(&routes, Event::Apply(object("r1", spec.clone(), "2"))));
+        assert!(index.apply(&routes, Event::Apply(object("r1", json!({"x": 1}), "3"))));
+
+        // A relist that lost r1 and found r2 replaces the routes, not the Secrets.
+        index.apply(
+            &secrets,
+            Event::Apply(
+                serde_json::from_value(json!({"metadata": {"name": "s", "namespace": "a"},
+                                              "data": {"key": "eA=="}, "type": "Opaque"}))
+                .unwrap(),
+            ),
+        );
+        index.apply(&routes, Event::Init);
+        index.apply(&routes, Event::InitApply(object("r2", spec.clone(), "4")));
+        assert!(index.apply(&routes, Event::InitDone));
+        let inputs = index.inputs();
+        let names: Vec<_> = inputs
+            .objects
+            .iter()
+            .map(|o| {
+                (
+                    o.value["kind"].as_str().unwrap().to_string(),
+                    o.value["metadata"]["name"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("Secret".into(), "s".into()),
+                ("LLMRoute".into(), "r2".into())
+            ]
+        );
+        assert_eq!(
+            inputs.objects[0].value,
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "a"},
+                   "data": {"key": "eA=="}, "type": "Opaque"})
+        );
+        // The same relist again: no change.
+        index.apply(&routes, Event::Init);
+        index.apply(&routes, Event::InitApply(object("r2", spec, "5")));
+        assert!(!index.apply(&routes, Event::InitDone));
+        assert!(index.apply(&routes, Event::Delete(object("r2", json!({}), "6"))));
+    }
+
+    #[test]
+    fn scopes_cover_every_kind_in_each_namespace() {
+        assert_eq!(scopes(&[]).len(), 7);
+        let two = scopes(&["a".into(), "b".into()]);
+        assert_eq!(two.len(), 14);
+        let key = (Watched::Secret, "b".to_string(), "x".to_string());
+        assert_eq!(two.iter().filter(|s| s.covers(&key)).count(), 1);
+    }
+}

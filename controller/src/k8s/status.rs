@@ -1,0 +1,294 @@
+//! Writes every object's status (observedGeneration, `Accepted`, `ResolvedRefs`,
+//! `Programmed`) with server-side apply, and an Event when an object is rejected. Only the
+//! leader runs it; an object whose status already says the same is not written.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::runtime::events::{Event, EventType, Recorder};
+use serde_json::{Value, json};
+use tollgate_crds::Kind;
+
+use super::source::{ORIGIN, SharedIndex, Watched};
+use crate::compile::{Compiled, Condition};
+use crate::status::{object_status, programmed, up_to_date};
+use crate::tracker::Tracker;
+
+/// Field manager of every status this controller writes.
+pub const FIELD_MANAGER: &str = "tollgate-controller";
+
+/// Writes in flight at once.
+const CONCURRENCY: usize = 8;
+
+/// One status to write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Write {
+    pub kind: Kind,
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    pub status: Value,
+    /// A rejection to announce as an Event: (reason, message).
+    pub event: Option<(String, String)>,
+}
+
+/// What must be written for `snapshot`, given what each object's status says now (from
+/// the index) and what was written already but not yet seen back through the watch.
+pub fn plan(
+    snapshot: &Compiled,
+    index: &SharedIndex,
+    tracker: &Tracker,
+    written: &HashMap<(Kind, String, String), Value>,
+    now: &str,
+) -> Vec<Write> {
+    let index = index.lock();
+    let mut out = Vec::new();
+    for report in snapshot.reports.iter().filter(|r| r.origin == ORIGIN) {
+        let Some(kind) = Kind::from_kind(&report.kind) else {
+            continue;
+        };
+        let Some(entry) = index.get(Watched::Tollgate(kind), &report.namespace, &report.name)
+        else {
+            continue;
+        };
+        let mut conditions = report.conditions.clone();
+        conditions.push(programmed(report, tracker));
+        let status = object_status(&conditions, entry.generation, &entry.status, now);
+        if up_to_date(&entry.status, &status) {
+            continue;
+        }
+        let key = (kind, report.namespace.clone(), report.name.clone());
+        if written.get(&key).is_some_and(|w| up_to_date(w, &status)) {
+            continue;
+        }
+        out.push(Write {
+            kind,
+            namespace: report.namespace.clone(),
+            name: report.name.clone(),
+            uid: entry.uid.clone(),
+            event: rejection(&conditions, &entry.status),
+            status,
+        });
+    }
+    out
+}
+
+/// The first failing condition that the object's current status does not already show
+/// (so that each rejection is announced once, not at every write).
+fn rejection(conditions: &[Condition], current: &Value) -> Option<(String, String)> {
+    let failing = conditions.iter().find(|c| {
+        c.status == "False"
+            && matches!(
+                c.reason.as_str(),
+                "Invalid" | "Duplicate" | "RefNotFound" | "Rejected"
+            )
+    })?;
+    let shown = current
+        .get("conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["type"] == failing.type_
+                    && c["status"] == "False"
+                    && c["reason"] == failing.reason.as_str()
+                    && c["message"] == failing.message.as_str()
+            })
+        });
+    (!shown).then(|| (failing.reason.clone(), failing.message.clone()))
+}
+
+pub struct StatusWriter {
+    pub client: kube::Client,
+    pub recorder: Recorder,
+    pub index: SharedIndex,
+    pub tracker: Arc<Tracker>,
+    /// Statuses written and not yet seen back through the watch.
+    pub written: HashMap<(Kind, String, String), Value>,
+}
+
+impl StatusWriter {
+    /// Writes what `snapshot` calls for; returns how many statuses were written.
+    pub async fn sync(&mut self, snapshot: &Compiled) -> usize {
+        let now = Timestamp::now().to_string();
+        // What the watch has caught up with needs no memory.
+        {
+            let index = self.index.lock();
+            self.written.retain(|(kind, ns, name), w| {
+                index
+                    .get(Watched::Tollgate(*kind), ns, name)
+                    .is_some_and(|e| !up_to_date(&e.status, w))
+            });
+        }
+        let writes = plan(snapshot, &self.index, &self.tracker, &self.written, &now);
+        let client = &self.client;
+        let recorder = &self.recorder;
+        let results: Vec<(Write, bool)> = futures_util::stream::iter(writes)
+            .map(|w| async move {
+                let ok = write(client, recorder, &w).await;
+                (w, ok)
+            })
+            .buffer_unordered(CONCURRENCY)
+            .collect()
+            .await;
+        let mut count = 0;
+        for (w, ok) in results {
+            if ok {
+                count += 1;
+                self.written.insert((w.kind, w.namespace, w.name), w.status);
+            }
+        }
+        count
+    }
+}
+
+async fn write(client: &kube::Client, recorder: &Recorder, w: &Write) -> bool {
+    let ar = Watched::Tollgate(w.kind).api_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &w.namespace, &ar);
+    let patch = json!({
+        "apiVersion": ar.api_version,
+        "kind": ar.kind,
+        "metadata": {"name": w.name, "namespace": w.namespace},
+        "status": w.status,
+    });
+    let params = PatchParams::apply(FIELD_MANAGER).force();
+    if let Err(e) = api
+        .patch_status(&w.name, &params, &Patch::Apply(&patch))
+        .await
+    {
+        // Gone meanwhile: the watch will drop it.
+        if !matches!(&e, kube::Error::Api(a) if a.code == 404) {
+            tracing::warn!(kind = %w.kind, object = %format!("{}/{}", w.namespace, w.name), error = %e, "cannot write status");
+        }
+        return false;
+    }
+    if let Some((reason, message)) = &w.event {
+        let reference = ObjectReference {
+            api_version: Some(ar.api_version.clone()),
+            kind: Some(ar.kind.clone()),
+            name: Some(w.name.clone()),
+            namespace: Some(w.namespace.clone()),
+            uid: Some(w.uid.clone()),
+            ..ObjectReference::default()
+        };
+        let mut note = message.clone();
+        if note.len() > 1000 {
+            let mut cut = 997;
+            while !note.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            note.truncate(cut);
+            note.push_str("...");
+        }
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.clone(),
+            note: Some(note),
+            action: "Compile".into(),
+            secondary: None,
+        };
+        if let Err(e) = recorder.publish(&event, &reference).await {
+            tracing::debug!(error = %e, "cannot publish an event");
+        }
+    }
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::{ObjectReport, ServedAs};
+    use crate::k8s::source::Scope;
+    use kube::runtime::watcher::Event as WatchEvent;
+
+    fn snapshot(accepted: bool) -> Compiled {
+        let mut conditions = vec![Condition {
+            type_: "Accepted",
+            status: if accepted { "True" } else { "False" },
+            reason: if accepted { "Accepted" } else { "Invalid" }.into(),
+            message: if accepted {
+                ""
+            } else {
+                "spec.targets: required"
+            }
+            .into(),
+        }];
+        if accepted {
+            conditions.push(Condition {
+                type_: "ResolvedRefs",
+                status: "True",
+                reason: "ResolvedRefs".into(),
+                message: String::new(),
+            });
+        }
+        Compiled {
+            reports: vec![ObjectReport {
+                kind: "LLMRoute".into(),
+                namespace: "n".into(),
+                name: "r".into(),
+                origin: ORIGIN.into(),
+                conditions,
+                resource: accepted.then(|| ServedAs {
+                    type_url: "t",
+                    name: "n/r".into(),
+                    version: "v1".into(),
+                }),
+            }],
+            ..Compiled::default()
+        }
+    }
+
+    fn index_with(status: Value) -> SharedIndex {
+        let index = SharedIndex::new(0);
+        let o: DynamicObject = serde_json::from_value(json!({
+            "metadata": {"name": "r", "namespace": "n", "uid": "u", "generation": 2},
+            "spec": {}, "status": status,
+        }))
+        .unwrap();
+        index.lock().apply(
+            &Scope {
+                watched: Watched::Tollgate(Kind::LlmRoute),
+                namespace: None,
+            },
+            WatchEvent::Apply(o),
+        );
+        index
+    }
+
+    #[test]
+    fn a_status_is_written_once_and_a_rejection_announced_once() {
+        let tracker = Tracker::default();
+        let index = index_with(Value::Null);
+        let mut written = HashMap::new();
+        let writes = plan(&snapshot(false), &index, &tracker, &written, "t1");
+        assert_eq!(writes.len(), 1);
+        let w = &writes[0];
+        assert_eq!(w.status["observedGeneration"], 2);
+        assert_eq!(w.status["conditions"][0]["reason"], "Invalid");
+        assert_eq!(w.status["conditions"][1]["type"], "Programmed");
+        assert_eq!(
+            w.event,
+            Some(("Invalid".into(), "spec.targets: required".into()))
+        );
+        // Written, not yet seen back: not written again.
+        written.insert((Kind::LlmRoute, "n".into(), "r".into()), w.status.clone());
+        assert!(plan(&snapshot(false), &index, &tracker, &written, "t2").is_empty());
+        // Seen back: nothing to do, and no second Event even if something else moves.
+        let index = index_with(w.status.clone());
+        assert!(plan(&snapshot(false), &index, &tracker, &HashMap::new(), "t2").is_empty());
+
+        // Fixed: Accepted, and Programmed once the one dataplane ACKs.
+        let writes = plan(&snapshot(true), &index, &tracker, &HashMap::new(), "t3");
+        assert_eq!(writes[0].event, None);
+        assert_eq!(writes[0].status["conditions"][2]["reason"], "Pending");
+        let dp = tracker.connect();
+        tracker.ack(dp, "t", "n/r", "v1");
+        let writes = plan(&snapshot(true), &index, &tracker, &HashMap::new(), "t4");
+        let programmed = &writes[0].status["conditions"][2];
+        assert_eq!(programmed["status"], "True");
+        assert_eq!(programmed["message"], "applied by 1 of 1 dataplanes");
+    }
+}

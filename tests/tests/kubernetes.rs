@@ -1,0 +1,523 @@
+//! Kubernetes mode against a fake API server (tests/src/fake_kube.rs): the real controller
+//! binary reads a kubeconfig pointing at it, real dataplanes connect to the controller, and
+//! mock-llm answers. The tests apply objects to the fake and read back what the controller
+//! wrote: statuses, Secrets, Events, the Lease.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use serde_json::{Value, json};
+use tollgate_tests::fake_kube::{FakeApi, Running};
+use tollgate_tests::harness::{
+    Process, UPSTREAM_KEYS, bin, free_port, http_request, start_mock, start_ready,
+    start_ready_with_env,
+};
+
+const TG: &str = "apis/tollgate.dev/v1alpha1";
+const CORE: &str = "api/v1";
+
+struct Cluster {
+    fake: Running,
+    dir: tempfile::TempDir,
+    _mock: Process,
+    mock_url: String,
+    token_file: PathBuf,
+}
+
+struct Controller {
+    process: Process,
+    xds: u16,
+    admin: String,
+}
+
+struct Dataplane {
+    process: Process,
+    api: String,
+}
+
+impl Cluster {
+    fn start(listeners: usize) -> Self {
+        let fake = Running::start(listeners).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let (mock, mock_url) = start_mock("mock-llm", dir.path()).unwrap();
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, "kube-test-token\n").unwrap();
+        Self {
+            fake,
+            dir,
+            _mock: mock,
+            mock_url,
+            token_file,
+        }
+    }
+
+    fn api(&self) -> &FakeApi {
+        &self.fake.api
+    }
+
+    fn controller(&self, identity: &str, listener: usize, extra: &[&str]) -> Controller {
+        let kubeconfig =
+            FakeApi::kubeconfig(self.dir.path(), identity, self.fake.addrs[listener]).unwrap();
+        let kubeconfig = kubeconfig.display().to_string();
+        let mut ports = (0, 0);
+        let process = start_ready_with_env(
+            identity,
+            &bin("tollgate-controller").unwrap(),
+            &[("KUBECONFIG", kubeconfig.as_str())],
+            self.dir.path(),
+            || {
+                ports = (free_port()?, free_port()?);
+                let mut argv: Vec<String> = vec![
+                    "--xds-listen".into(),
+                    format!("127.0.0.1:{}", ports.0),
+                    "--admin-listen".into(),
+                    format!("127.0.0.1:{}", ports.1),
+                    "--identity".into(),
+                    identity.into(),
+                    "--lease-namespace".into(),
+                    "tollgate".into(),
+                    "--lease-duration".into(),
+                    "3s".into(),
+                ];
+                argv.extend(extra.iter().map(|s| s.to_string()));
+                Ok((argv, format!("http://127.0.0.1:{}/readyz", ports.1)))
+            },
+        )
+        .unwrap();
+        Controller {
+            process,
+            xds: ports.0,
+            admin: format!("http://127.0.0.1:{}", ports.1),
+        }
+    }
+
+    fn dataplane(&self, name: &str, xds: u16, token_file: &Path) -> Dataplane {
+        let mut ports = (0, 0);
+        let token = token_file.display().to_string();
+        let process = start_ready(
+            name,
+            &bin("tollgate-dataplane").unwrap(),
+            self.dir.path(),
+            || {
+                ports = (free_port()?, free_port()?);
+                Ok((
+                    vec![
+                        "--controller".into(),
+                        format!("http://127.0.0.1:{xds}"),
+                        "--listen".into(),
+                        format!("127.0.0.1:{}", ports.0),
+                        "--admin-listen".into(),
+                        format!("127.0.0.1:{}", ports.1),
+                        "--token-file".into(),
+                        token.clone(),
+                        "--node-id".into(),
+                        name.into(),
+                    ],
+                    format!("http://127.0.0.1:{}/readyz", ports.1),
+                ))
+            },
+        )
+        .unwrap();
+        Dataplane {
+            process,
+            api: format!("http://127.0.0.1:{}/v1", ports.0),
+        }
+    }
+
+    /// A provider (with its Secret) and a route to it, in namespace `ns`.
+    fn apply_provider_and_route(&self, ns: &str, api_key: &str) {
+        self.api().apply(
+            CORE,
+            "secrets",
+            json!({"apiVersion": "v1", "kind": "Secret",
+                   "metadata": {"name": "openai-key", "namespace": ns},
+                   "data": {"apiKey": b64(api_key)}}),
+        );
+        self.api().apply(
+            TG,
+            "llmproviders",
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+                   "metadata": {"name": "openai", "namespace": ns},
+                   "spec": {"type": "openai", "endpoint": format!("{}/v1", self.mock_url),
+                            "credentials": [{"secretRef": {"name": "openai-key"}}]}}),
+        );
+        self.api().apply(
+            TG,
+            "llmroutes",
+            json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute",
+                   "metadata": {"name": "gpt", "namespace": ns},
+                   "spec": {"match": {"models": ["gpt-4o"]},
+                            "targets": [{"provider": "openai"}]}}),
+        );
+    }
+
+    fn logs(&self) -> String {
+        let mut out = String::new();
+        for entry in std::fs::read_dir(self.dir.path()).unwrap().flatten() {
+            if entry.path().extension().is_some_and(|e| e == "log") {
+                out += &format!(
+                    "--- {}\n{}\n",
+                    entry.path().display(),
+                    std::fs::read_to_string(entry.path()).unwrap_or_default()
+                );
+            }
+        }
+        out
+    }
+
+    /// Waits until `f` returns Some, or fails with every process's log.
+    fn wait<T>(&self, what: &str, within: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(v) = f() {
+                return v;
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}\n{}", self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn condition(&self, resource: &str, ns: &str, name: &str, type_: &str) -> Option<Value> {
+        let o = self.api().get(TG, resource, ns, name)?;
+        o["status"]["conditions"]
+            .as_array()?
+            .iter()
+            .find(|c| c["type"] == type_)
+            .cloned()
+    }
+}
+
+fn b64(s: &str) -> String {
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+fn chat(api: &str, key: &str, model: &str) -> (u16, String) {
+    let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
+    raw_post(&format!("{api}/chat/completions"), key, &body)
+}
+
+/// A POST with a bearer key, over a plain socket.
+fn raw_post(url: &str, key: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest.split_once('/').unwrap();
+    let mut s = std::net::TcpStream::connect(host).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map_or("", |(_, b)| b)
+        .to_string();
+    (status, body)
+}
+
+#[test]
+fn status_secrets_and_events_tell_what_the_dataplanes_run() {
+    let c = Cluster::start(1);
+    c.apply_provider_and_route("team-a", UPSTREAM_KEYS[0]);
+    // A route to a provider that does not exist, and a VirtualKey whose Secret does not.
+    c.api().apply(
+        TG,
+        "llmroutes",
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute",
+               "metadata": {"name": "orphan", "namespace": "team-a"},
+               "spec": {"match": {"models": ["other"]}, "targets": [{"provider": "missing"}]}}),
+    );
+    c.api().apply(
+        TG,
+        "virtualkeys",
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "VirtualKey",
+               "metadata": {"name": "app", "namespace": "team-a"},
+               "spec": {"secretRef": {"name": "app-key"}}}),
+    );
+    let ctl = c.controller(
+        "controller-a",
+        0,
+        &["--token-file", &c.token_file.display().to_string()],
+    );
+
+    // The missing Secret is created, owned by its VirtualKey, with a fresh key.
+    let secret = c.wait("the VirtualKey's Secret", Duration::from_secs(20), || {
+        c.api().get(CORE, "secrets", "team-a", "app-key")
+    });
+    let vk = c.api().get(TG, "virtualkeys", "team-a", "app").unwrap();
+    let owner = &secret["metadata"]["ownerReferences"][0];
+    assert_eq!(owner["kind"], "VirtualKey");
+    assert_eq!(owner["uid"], vk["metadata"]["uid"]);
+    let key = base64::engine::general_purpose::STANDARD
+        .decode(secret["data"]["key"].as_str().unwrap())
+        .unwrap();
+    let key = String::from_utf8(key).unwrap();
+    assert!(key.starts_with("tg-") && key.len() > 40, "{key}");
+
+    // Accepted and resolved, but not Programmed while no dataplane runs it.
+    let programmed = c.wait("the route's status", Duration::from_secs(20), || {
+        c.condition("llmroutes", "team-a", "gpt", "Programmed")
+    });
+    assert_eq!(programmed["status"], "False");
+    assert_eq!(programmed["message"], "applied by 0 of 0 dataplanes");
+    let route = c.api().get(TG, "llmroutes", "team-a", "gpt").unwrap();
+    assert_eq!(route["status"]["observedGeneration"], 1);
+    assert_eq!(
+        c.condition("llmroutes", "team-a", "gpt", "Accepted")
+            .unwrap()["status"],
+        "True"
+    );
+    let refs = c
+        .condition("llmroutes", "team-a", "orphan", "ResolvedRefs")
+        .unwrap();
+    assert_eq!(refs["status"], "False");
+    assert_eq!(refs["reason"], "RefNotFound");
+    assert_eq!(refs["message"], "LLMProvider missing not found");
+
+    // A dataplane ACKs: Programmed, with the count.
+    let dp = c.dataplane("dataplane-1", ctl.xds, &c.token_file);
+    let programmed = c.wait("Programmed=True", Duration::from_secs(20), || {
+        c.condition("llmroutes", "team-a", "gpt", "Programmed")
+            .filter(|p| p["status"] == "True")
+    });
+    assert_eq!(programmed["message"], "applied by 1 of 1 dataplanes");
+    c.wait("the VirtualKey programmed", Duration::from_secs(20), || {
+        c.condition("virtualkeys", "team-a", "app", "Programmed")
+            .filter(|p| p["status"] == "True")
+    });
+    let (status, body) = chat(&dp.api, &key, "gpt-4o");
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Mock reply to: hi"), "{body}");
+
+    // An Event says why the orphan route is not resolved.
+    let events = c.wait(
+        "an Event for the orphan route",
+        Duration::from_secs(20),
+        || {
+            let events: Vec<Value> = c
+                .api()
+                .list("apis/events.k8s.io/v1", "events")
+                .into_iter()
+                .filter(|e| e["regarding"]["name"] == "orphan")
+                .collect();
+            (!events.is_empty()).then_some(events)
+        },
+    );
+    assert_eq!(events[0]["type"], "Warning");
+    assert_eq!(events[0]["reason"], "RefNotFound");
+    assert_eq!(events[0]["note"], "LLMProvider missing not found");
+
+    // A provider the dataplane refuses (a key that cannot be sent as a header): the NACK
+    // shows on the object, and the dataplane keeps serving the rest.
+    c.api().apply(
+        CORE,
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "bad-key", "namespace": "team-a"},
+               "data": {"apiKey": b64("sk-bad\u{1}key")}}),
+    );
+    c.api().apply(
+        TG,
+        "llmproviders",
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider",
+               "metadata": {"name": "broken", "namespace": "team-a"},
+               "spec": {"type": "openai", "endpoint": format!("{}/v1", c.mock_url),
+                        "credentials": [{"secretRef": {"name": "bad-key"}}]}}),
+    );
+    let nack = c.wait("the NACK on the object", Duration::from_secs(20), || {
+        c.condition("llmproviders", "team-a", "broken", "Programmed")
+            .filter(|p| p["reason"] == "Rejected")
+    });
+    let message = nack["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("applied by 0 of 1 dataplanes; dataplane dataplane-1:"),
+        "{message}"
+    );
+    assert!(
+        message.contains("cannot be sent as an HTTP header"),
+        "{message}"
+    );
+    assert_eq!(chat(&dp.api, &key, "gpt-4o").0, 200);
+
+    // A spec change: a new generation, observed.
+    c.api().apply(
+        TG,
+        "llmroutes",
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute",
+               "metadata": {"name": "gpt", "namespace": "team-a"},
+               "spec": {"match": {"models": ["gpt-4o", "gpt-4o-mini"]},
+                        "targets": [{"provider": "openai"}]}}),
+    );
+    c.wait("observedGeneration 2", Duration::from_secs(20), || {
+        let r = c.api().get(TG, "llmroutes", "team-a", "gpt")?;
+        (r["status"]["observedGeneration"] == 2
+            && c.condition("llmroutes", "team-a", "gpt", "Programmed")?["status"] == "True")
+            .then_some(())
+    });
+
+    // The key appears nowhere but in its Secret: not in status, Events or the logs.
+    let statuses = serde_json::to_string(&c.api().list(TG, "virtualkeys")).unwrap();
+    let events = serde_json::to_string(&c.api().list("apis/events.k8s.io/v1", "events")).unwrap();
+    assert!(!statuses.contains(&key) && !events.contains(&key));
+    assert!(!c.logs().contains(&key), "the key is in a log");
+    let (_, admin_status) = http_request("GET", &format!("{}/status", ctl.admin), "").unwrap();
+    assert!(!admin_status.contains(&key));
+    drop(dp);
+    drop(ctl);
+}
+
+#[test]
+fn only_the_leader_writes_and_a_successor_takes_over() {
+    let c = Cluster::start(2);
+    c.apply_provider_and_route("team-b", UPSTREAM_KEYS[0]);
+    let token = c.token_file.display().to_string();
+    let a = c.controller("controller-a", 0, &["--token-file", &token]);
+    let lease = c.wait("a leader", Duration::from_secs(20), || {
+        c.api().get(
+            "apis/coordination.k8s.io/v1",
+            "leases",
+            "tollgate",
+            "tollgate-controller",
+        )
+    });
+    assert_eq!(lease["spec"]["holderIdentity"], "controller-a");
+    let b = c.controller("controller-b", 1, &["--token-file", &token]);
+
+    // Both serve the config stream: a dataplane on the follower gets the config.
+    let dp = c.dataplane("dataplane-b", b.xds, &c.token_file);
+    let _ = &dp.process;
+    c.wait("the route's status", Duration::from_secs(20), || {
+        c.condition("llmroutes", "team-b", "gpt", "Accepted")
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let writes = |listener: usize| {
+        c.api()
+            .requests()
+            .iter()
+            .filter(|r| r.listener == listener && r.path.ends_with("/status"))
+            .count()
+    };
+    assert!(writes(0) > 0, "the leader wrote no status");
+    assert_eq!(writes(1), 0, "the follower wrote status");
+
+    // The leader stops: it releases the Lease, and the follower takes over at once.
+    a.process.terminate().unwrap();
+    let lease = c.wait("the follower to lead", Duration::from_secs(10), || {
+        c.api()
+            .get(
+                "apis/coordination.k8s.io/v1",
+                "leases",
+                "tollgate",
+                "tollgate-controller",
+            )
+            .filter(|l| l["spec"]["holderIdentity"] == "controller-b")
+    });
+    assert_eq!(lease["spec"]["leaseTransitions"], 1);
+    c.api().apply(
+        TG,
+        "llmroutes",
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute",
+               "metadata": {"name": "gpt", "namespace": "team-b"},
+               "spec": {"match": {"models": ["gpt-4o", "gpt-4.1"]},
+                        "targets": [{"provider": "openai"}]}}),
+    );
+    c.wait(
+        "the new leader's status write",
+        Duration::from_secs(20),
+        || {
+            let r = c.api().get(TG, "llmroutes", "team-b", "gpt")?;
+            (r["status"]["observedGeneration"] == 2
+                && c.condition("llmroutes", "team-b", "gpt", "Programmed")?["message"]
+                    == "applied by 1 of 1 dataplanes")
+                .then_some(())
+        },
+    );
+    assert!(writes(1) > 0);
+    drop(b);
+}
+
+#[test]
+fn dataplanes_authenticate_with_service_account_tokens() {
+    let c = Cluster::start(1);
+    c.apply_provider_and_route("team-c", UPSTREAM_KEYS[0]);
+    c.api().add_token(
+        "sa-token-good",
+        "system:serviceaccount:tollgate:tollgate-dataplane",
+    );
+    c.api().add_token(
+        "sa-token-other",
+        "system:serviceaccount:tollgate:someone-else",
+    );
+    let ctl = c.controller(
+        "controller-a",
+        0,
+        &[
+            "--dataplane-service-accounts",
+            "tollgate/tollgate-dataplane",
+            "--token-audience",
+            "tollgate",
+        ],
+    );
+    let good = c.dir.path().join("good-token");
+    std::fs::write(&good, "sa-token-good").unwrap();
+    let dp = c.dataplane("dataplane-sa", ctl.xds, &good);
+    let _ = &dp.process;
+    // A token of another ServiceAccount, and one the API does not know: never ready.
+    for (name, token) in [
+        ("dataplane-other", "sa-token-other"),
+        ("dataplane-forged", "forged"),
+    ] {
+        let file = c.dir.path().join(name);
+        std::fs::write(&file, token).unwrap();
+        let (api, admin) = (free_port().unwrap(), free_port().unwrap());
+        let mut p = Process::start(
+            name,
+            &bin("tollgate-dataplane").unwrap(),
+            &[
+                "--controller".into(),
+                format!("http://127.0.0.1:{}", ctl.xds),
+                "--listen".into(),
+                format!("127.0.0.1:{api}"),
+                "--admin-listen".into(),
+                format!("127.0.0.1:{admin}"),
+                "--token-file".into(),
+                file.display().to_string(),
+            ],
+            c.dir.path(),
+        )
+        .unwrap();
+        assert!(
+            p.wait_ready(
+                &format!("http://127.0.0.1:{admin}/readyz"),
+                Duration::from_secs(3)
+            )
+            .is_err(),
+            "{name} got a config"
+        );
+        assert!(
+            p.log_text().contains("Unauthenticated") || p.log_text().contains("dataplane token"),
+            "{}",
+            p.log_text()
+        );
+    }
+    let reviews = c
+        .api()
+        .requests()
+        .iter()
+        .filter(|r| r.path.ends_with("/tokenreviews"))
+        .count();
+    assert!(reviews >= 2, "TokenReviews: {reviews}");
+}
