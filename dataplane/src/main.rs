@@ -124,6 +124,8 @@ async fn main() -> anyhow::Result<()> {
     allocator::purge_at_once();
     let args = Args::parse();
     init_logging(args.log_format);
+    // Read again at each connection (a projected ServiceAccount token is rotated); read
+    // here too, so that a missing or empty file stops the start.
     let token = std::fs::read_to_string(&args.token_file)
         .with_context(|| format!("reading --token-file {}", args.token_file.display()))?;
     if token.trim().is_empty() {
@@ -140,7 +142,7 @@ async fn main() -> anyhow::Result<()> {
 
     let client = xds::Client {
         controller: args.controller.clone(),
-        token,
+        token_file: args.token_file.clone(),
         node_id,
         store: Arc::new(Mutex::new(Store::default())),
         config: config.clone(),

@@ -24,7 +24,9 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 #[derive(Clone)]
 pub struct Client {
     pub controller: String,
-    pub token: String,
+    /// The token presented to the controller, read at each connection: a projected
+    /// ServiceAccount token is rotated by the kubelet.
+    pub token_file: std::path::PathBuf,
     pub node_id: String,
     pub store: Arc<Mutex<Store>>,
     pub config: Arc<ArcSwap<Snapshot>>,
@@ -47,6 +49,8 @@ enum StreamError {
     Connect(#[from] tonic::transport::Error),
     #[error("stream: {0}")]
     Status(#[from] tonic::Status),
+    #[error("cannot read the token file: {0}")]
+    TokenFile(std::io::Error),
     #[error("invalid token: it cannot be sent as a header")]
     Token,
     #[error("stream closed by the controller")]
@@ -89,7 +93,8 @@ impl Client {
             .keep_alive_timeout(Duration::from_secs(10))
             .connect()
             .await?;
-        let token: MetadataValue<_> = format!("Bearer {}", self.token.trim())
+        let token = std::fs::read_to_string(&self.token_file).map_err(StreamError::TokenFile)?;
+        let token: MetadataValue<_> = format!("Bearer {}", token.trim())
             .parse()
             .map_err(|_| StreamError::Token)?;
         let mut client =
