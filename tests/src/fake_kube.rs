@@ -487,12 +487,27 @@ fn publish(state: &mut State, changes: &broadcast::Sender<Change>, c: Change) {
     let _ = changes.send(c);
 }
 
+/// As the API server does: a Secret's `stringData` is merged into `data`, base64-encoded.
+fn string_data_to_data(object: &mut Value) {
+    use base64::Engine;
+    let Some(string_data) = object.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    if let Value::Object(entries) = string_data {
+        for (k, v) in entries {
+            let text = v.as_str().unwrap_or_default();
+            object["data"][k] = json!(base64::engine::general_purpose::STANDARD.encode(text));
+        }
+    }
+}
+
 fn store_create(
     state: &mut State,
     changes: &broadcast::Sender<Change>,
     k: &ObjectKey,
     mut object: Value,
 ) -> Value {
+    string_data_to_data(&mut object);
     state.rv += 1;
     state.uid += 1;
     object["metadata"]["uid"] = json!(format!("uid-{}", state.uid));
@@ -521,6 +536,7 @@ fn store_update(
     old: &Value,
     mut object: Value,
 ) -> Value {
+    string_data_to_data(&mut object);
     state.rv += 1;
     let generation = old["metadata"]["generation"].as_i64().unwrap_or(1);
     let generation = if object.get("spec") != old.get("spec") {

