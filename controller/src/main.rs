@@ -280,14 +280,21 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding --xds-listen {}", args.xds_listen))?;
     tracing::info!(addr = %listener.local_addr()?, "config stream listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    tonic::transport::Server::builder()
+    let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .layer(AuthLayer::new(authenticator))
         .add_service(config)
         .add_service(usage)
-        .serve_with_incoming_shutdown(incoming, shutdown())
-        .await?;
-    // Kubernetes mode: step down (releasing the Lease) before exiting.
+        .serve_with_incoming(incoming);
+    // Config streams never end by themselves, so a graceful shutdown would wait forever:
+    // on SIGTERM the server is dropped, which closes them, and dataplanes reconnect to
+    // another replica (keeping their config meanwhile).
+    tokio::select! {
+        r = server => r?,
+        () = shutdown() => {}
+    }
+    // Kubernetes mode: step down (releasing the Lease, removing this replica's ACK
+    // report) before exiting.
     stop_tx.send_replace(true);
     if let Some(source) = source {
         let _ = tokio::time::timeout(Duration::from_secs(5), source).await;

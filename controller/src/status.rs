@@ -6,11 +6,11 @@
 use serde_json::{Value, json};
 
 use crate::compile::{Condition, ObjectReport};
-use crate::tracker::Tracker;
+use crate::tracker::{AckView, Tracker};
 
 /// `Programmed`: true only when every connected dataplane holds the object's current
 /// version; the message gives the count, and a NACK's reason is shown.
-pub fn programmed(report: &ObjectReport, tracker: &Tracker) -> Condition {
+pub fn programmed(report: &ObjectReport, acks: &impl AckView) -> Condition {
     let accepted = report
         .condition("Accepted")
         .is_some_and(|c| c.status == "True");
@@ -22,7 +22,7 @@ pub fn programmed(report: &ObjectReport, tracker: &Tracker) -> Condition {
             message: "the object is not sent to dataplanes until it is accepted and its references resolve".into(),
         };
     };
-    let p = tracker.programmed(served.type_url, &served.name, &served.version);
+    let p = acks.programmed(served.type_url, &served.name, &served.version);
     let message = format!("applied by {} of {} dataplanes", p.applied, p.connected);
     if !p.rejections.is_empty() {
         Condition {

@@ -396,13 +396,25 @@ fn only_the_leader_writes_and_a_successor_takes_over() {
     assert_eq!(lease["spec"]["holderIdentity"], "controller-a");
     let b = c.controller("controller-b", 1, &["--token-file", &token]);
 
-    // Both serve the config stream: a dataplane on the follower gets the config.
+    // Both serve the config stream, and the leader counts the follower's dataplanes too.
     let dp = c.dataplane("dataplane-b", b.xds, &c.token_file);
     let _ = &dp.process;
-    c.wait("the route's status", Duration::from_secs(20), || {
-        c.condition("llmroutes", "team-b", "gpt", "Accepted")
+    let programmed = c.wait(
+        "the follower's dataplane counted",
+        Duration::from_secs(20),
+        || {
+            c.condition("llmroutes", "team-b", "gpt", "Programmed")
+                .filter(|p| p["status"] == "True")
+        },
+    );
+    assert_eq!(programmed["message"], "applied by 1 of 1 dataplanes");
+    let dp_a = c.dataplane("dataplane-a", a.xds, &c.token_file);
+    let _ = &dp_a.process;
+    c.wait("both dataplanes counted", Duration::from_secs(20), || {
+        c.condition("llmroutes", "team-b", "gpt", "Programmed")
+            .filter(|p| p["message"] == "applied by 2 of 2 dataplanes" && p["status"] == "True")
     });
-    std::thread::sleep(Duration::from_secs(2));
+    std::thread::sleep(Duration::from_secs(1));
     let writes = |listener: usize| {
         c.api()
             .requests()
@@ -412,6 +424,9 @@ fn only_the_leader_writes_and_a_successor_takes_over() {
     };
     assert!(writes(0) > 0, "the leader wrote no status");
     assert_eq!(writes(1), 0, "the follower wrote status");
+    // Each replica published its dataplanes' ACKs.
+    let reports = c.api().list("api/v1", "configmaps");
+    assert_eq!(reports.len(), 2, "{reports:?}");
 
     // The leader stops: it releases the Lease, and the follower takes over at once.
     a.process.terminate().unwrap();
@@ -446,6 +461,14 @@ fn only_the_leader_writes_and_a_successor_takes_over() {
         },
     );
     assert!(writes(1) > 0);
+    // The stopped replica took its report with it.
+    let names: Vec<Value> = c
+        .api()
+        .list("api/v1", "configmaps")
+        .iter()
+        .map(|cm| cm["metadata"]["name"].clone())
+        .collect();
+    assert_eq!(names, [json!("tollgate-controller-acks-controller-b")]);
     drop(b);
 }
 

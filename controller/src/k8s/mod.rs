@@ -3,6 +3,7 @@
 //! Lease) writes status and Events and creates missing VirtualKey Secrets.
 
 pub mod leader;
+pub mod peers;
 pub mod secrets;
 pub mod source;
 pub mod status;
@@ -12,6 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ConfigMap;
 use kube::runtime::events::{Recorder, Reporter};
 use tokio::sync::watch;
 
@@ -71,6 +73,22 @@ pub async fn run(client: kube::Client, settings: Settings, shared: Shared) {
         duration: settings.lease_duration,
     };
     let election = tokio::spawn(elector.run(leader.clone(), stop.clone()));
+    let config_maps = kube::Api::<ConfigMap>::namespaced(client.clone(), &settings.lease_namespace);
+    let peers = peers::Peers::default();
+    tasks.spawn(peers::watch_reports(
+        config_maps.clone(),
+        settings.lease_name.clone(),
+        peers.clone(),
+    ));
+    let reports = tokio::spawn(peers::publish(
+        config_maps,
+        settings.lease_name.clone(),
+        settings.identity.clone(),
+        tracker.clone(),
+        snapshots.clone(),
+        settings.status_interval,
+        stop.clone(),
+    ));
     let writer = StatusWriter {
         client: client.clone(),
         recorder: Recorder::new(
@@ -82,6 +100,8 @@ pub async fn run(client: kube::Client, settings: Settings, shared: Shared) {
         ),
         index: index.clone(),
         tracker,
+        peers,
+        identity: settings.identity.clone(),
         written: HashMap::new(),
     };
     tasks.spawn(leader_loop(
@@ -94,8 +114,10 @@ pub async fn run(client: kube::Client, settings: Settings, shared: Shared) {
     ));
     let mut stop = stop;
     let _ = stop.wait_for(|s| *s).await;
-    // The election releases the Lease on its way out; the rest just stops.
+    // The election releases the Lease and the report is deleted on the way out; the rest
+    // just stops.
     let _ = election.await;
+    let _ = reports.await;
     tasks.abort_all();
 }
 

@@ -13,10 +13,11 @@ use kube::runtime::events::{Event, EventType, Recorder};
 use serde_json::{Value, json};
 use tollgate_crds::Kind;
 
+use super::peers::Peers;
 use super::source::{ORIGIN, SharedIndex, Watched};
 use crate::compile::{Compiled, Condition};
 use crate::status::{object_status, programmed, up_to_date};
-use crate::tracker::Tracker;
+use crate::tracker::{AckView, ClusterAcks, Tracker};
 
 /// Field manager of every status this controller writes.
 pub const FIELD_MANAGER: &str = "tollgate-controller";
@@ -41,7 +42,7 @@ pub struct Write {
 pub fn plan(
     snapshot: &Compiled,
     index: &SharedIndex,
-    tracker: &Tracker,
+    acks: &impl AckView,
     written: &HashMap<(Kind, String, String), Value>,
     now: &str,
 ) -> Vec<Write> {
@@ -56,7 +57,7 @@ pub fn plan(
             continue;
         };
         let mut conditions = report.conditions.clone();
-        conditions.push(programmed(report, tracker));
+        conditions.push(programmed(report, acks));
         let status = object_status(&conditions, entry.generation, &entry.status, now);
         if up_to_date(&entry.status, &status) {
             continue;
@@ -106,6 +107,9 @@ pub struct StatusWriter {
     pub recorder: Recorder,
     pub index: SharedIndex,
     pub tracker: Arc<Tracker>,
+    /// The other replicas' dataplanes, counted in `Programmed` too.
+    pub peers: Peers,
+    pub identity: String,
     /// Statuses written and not yet seen back through the watch.
     pub written: HashMap<(Kind, String, String), Value>,
 }
@@ -123,7 +127,13 @@ impl StatusWriter {
                     .is_some_and(|e| !up_to_date(&e.status, w))
             });
         }
-        let writes = plan(snapshot, &self.index, &self.tracker, &self.written, &now);
+        let peers = self.peers.fresh(&self.identity, std::time::Instant::now());
+        let acks = ClusterAcks {
+            own: &self.tracker,
+            peers: peers.iter().collect(),
+            config_version: &snapshot.version,
+        };
+        let writes = plan(snapshot, &self.index, &acks, &self.written, &now);
         let client = &self.client;
         let recorder = &self.recorder;
         let results: Vec<(Write, bool)> = futures_util::stream::iter(writes)

@@ -1,0 +1,244 @@
+//! What each replica's dataplanes hold, for the leader: dataplanes connect to any replica,
+//! but only the leader writes `Programmed`, so every replica publishes an [`AckReport`] of
+//! its own dataplanes in a ConfigMap (`<lease>-acks-<identity>`, in the Lease's
+//! namespace), and the leader watches them and adds them to its own count.
+//!
+//! A report names only the resources not yet held by all of the replica's dataplanes, so
+//! it stays small in a steady state. It is rewritten when it changes and at least every
+//! [`HEARTBEAT`]; the leader ignores a report it has not seen change for [`STALE_AFTER`]
+//! (its replica is gone, and its dataplanes are reconnecting elsewhere).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::ConfigMap;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::{DeleteParams, PostParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::compile::Compiled;
+use crate::tracker::{AckReport, Tracker};
+
+/// A report is rewritten at least this often, so the leader can tell a live replica.
+pub const HEARTBEAT: Duration = Duration::from_secs(5);
+/// A report unchanged for this long is ignored.
+pub const STALE_AFTER: Duration = Duration::from_secs(15);
+/// Label naming the Lease a report belongs to.
+pub const LABEL: &str = "tollgate.dev/acks-for";
+const DATA_KEY: &str = "report";
+
+/// A report as written: the replica and a sequence number, so that every write changes
+/// the object (the API sends no watch event for an update that changes nothing).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Published {
+    pub identity: String,
+    pub sequence: u64,
+    #[serde(flatten)]
+    pub report: AckReport,
+}
+
+/// The other replicas' latest reports, with when each was last seen to change.
+#[derive(Clone, Debug, Default)]
+pub struct Peers {
+    inner: Arc<Mutex<HashMap<String, (AckReport, Instant)>>>,
+}
+
+impl Peers {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (AckReport, Instant)>> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    pub fn insert(&self, identity: &str, report: AckReport, seen: Instant) {
+        self.lock().insert(identity.to_string(), (report, seen));
+    }
+
+    pub fn remove(&self, identity: &str) {
+        self.lock().remove(identity);
+    }
+
+    /// The fresh reports of every replica but `me`.
+    pub fn fresh(&self, me: &str, now: Instant) -> Vec<AckReport> {
+        self.lock()
+            .iter()
+            .filter(|(id, (_, seen))| id.as_str() != me && now.duration_since(*seen) < STALE_AFTER)
+            .map(|(_, (r, _))| r.clone())
+            .collect()
+    }
+}
+
+pub fn config_map_name(lease: &str, identity: &str) -> String {
+    let mut name = format!("{lease}-acks-{identity}").to_ascii_lowercase();
+    name.truncate(253);
+    name
+}
+
+/// This replica's report for `snapshot`.
+pub fn report_of(tracker: &Tracker, snapshot: &Compiled) -> AckReport {
+    tracker.report(
+        &snapshot.version,
+        snapshot.resources.iter().flat_map(|(type_url, map)| {
+            map.values()
+                .map(move |r| (*type_url, r.name.as_str(), r.version.as_str()))
+        }),
+    )
+}
+
+/// Publishes this replica's report while the controller runs; deletes it on the way out.
+pub async fn publish(
+    api: Api<ConfigMap>,
+    lease: String,
+    identity: String,
+    tracker: Arc<Tracker>,
+    snapshots: watch::Receiver<Arc<Compiled>>,
+    interval: Duration,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = config_map_name(&lease, &identity);
+    let mut last: Option<(AckReport, Instant)> = None;
+    let mut sequence = 0u64;
+    loop {
+        let snapshot = snapshots.borrow().clone();
+        let report = report_of(&tracker, &snapshot);
+        let due = last
+            .as_ref()
+            .is_none_or(|(r, at)| r != &report || at.elapsed() >= HEARTBEAT);
+        if due {
+            sequence += 1;
+            let published = Published {
+                identity: identity.clone(),
+                sequence,
+                report: report.clone(),
+            };
+            match write(&api, &name, &lease, &published).await {
+                Ok(()) => last = Some((report, Instant::now())),
+                Err(e) => {
+                    tracing::warn!(configmap = %name, error = %e, "cannot publish the dataplanes' ACKs")
+                }
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(interval) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    let _ = api.delete(&name, &DeleteParams::default()).await;
+}
+
+async fn write(
+    api: &Api<ConfigMap>,
+    name: &str,
+    lease: &str,
+    published: &Published,
+) -> Result<(), kube::Error> {
+    let data = serde_json::to_string(published).unwrap_or_default();
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some(name.to_string()),
+            labels: Some(BTreeMap::from([
+                (LABEL.to_string(), lease.to_string()),
+                (
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "tollgate".to_string(),
+                ),
+            ])),
+            ..ObjectMeta::default()
+        },
+        data: Some(BTreeMap::from([(DATA_KEY.to_string(), data)])),
+        ..ConfigMap::default()
+    };
+    match api.replace(name, &PostParams::default(), &cm).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 => {
+            api.create(&PostParams::default(), &cm).await.map(|_| ())
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Reads a report ConfigMap: (identity, report), or None if it is not one of `lease`'s.
+fn read(cm: &ConfigMap, lease: &str) -> Option<(String, AckReport)> {
+    let labels = cm.metadata.labels.as_ref()?;
+    if labels.get(LABEL).map(String::as_str) != Some(lease) {
+        return None;
+    }
+    let text = cm.data.as_ref()?.get(DATA_KEY)?;
+    let p: Published = serde_json::from_str(text).ok()?;
+    Some((p.identity, p.report))
+}
+
+/// Watches the reports of `lease`'s replicas into `peers`.
+pub async fn watch_reports(api: Api<ConfigMap>, lease: String, peers: Peers) {
+    let config = watcher::Config::default().labels(&format!("{LABEL}={lease}"));
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
+    while let Some(event) = events.next().await {
+        match event {
+            Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
+                if let Some((identity, report)) = read(&cm, &lease) {
+                    peers.insert(&identity, report, Instant::now());
+                }
+            }
+            Ok(Event::Delete(cm)) => {
+                if let Some((identity, _)) = read(&cm, &lease) {
+                    peers.remove(&identity);
+                }
+            }
+            Ok(Event::Init | Event::InitDone) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "watching the replicas' ACK reports failed; retrying")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_round_trip_and_go_stale() {
+        let published = Published {
+            identity: "b".into(),
+            sequence: 3,
+            report: AckReport {
+                config_version: "cfg".into(),
+                connected: 2,
+                ..AckReport::default()
+            },
+        };
+        let cm = ConfigMap {
+            metadata: ObjectMeta {
+                labels: Some(BTreeMap::from([(LABEL.to_string(), "lease".to_string())])),
+                ..ObjectMeta::default()
+            },
+            data: Some(BTreeMap::from([(
+                DATA_KEY.to_string(),
+                serde_json::to_string(&published).unwrap(),
+            )])),
+            ..ConfigMap::default()
+        };
+        let (identity, report) = read(&cm, "lease").unwrap();
+        assert_eq!((identity.as_str(), &report), ("b", &published.report));
+        assert!(read(&cm, "another-lease").is_none());
+
+        let peers = Peers::default();
+        let t0 = Instant::now();
+        peers.insert("a", report.clone(), t0);
+        peers.insert("b", report, t0);
+        assert_eq!(peers.fresh("a", t0).len(), 1, "not its own");
+        assert!(peers.fresh("a", t0 + STALE_AFTER).is_empty());
+        assert_eq!(
+            config_map_name("tollgate-controller", "Pod-1"),
+            "tollgate-controller-acks-pod-1"
+        );
+    }
+}
