@@ -2,6 +2,8 @@
 //! feeds the same compiler and config streams as local mode; the leader (elected over a
 //! Lease) writes status and Events and creates missing VirtualKey Secrets.
 
+#[cfg(test)]
+mod api_tests;
 pub mod leader;
 pub mod peers;
 pub mod secrets;

@@ -155,7 +155,7 @@ impl StatusWriter {
     }
 }
 
-async fn write(client: &kube::Client, recorder: &Recorder, w: &Write) -> bool {
+pub(crate) async fn write(client: &kube::Client, recorder: &Recorder, w: &Write) -> bool {
     let ar = Watched::Tollgate(w.kind).api_resource();
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &w.namespace, &ar);
     let patch = json!({

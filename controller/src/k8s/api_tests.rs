@@ -1,0 +1,251 @@
+//! The exact Kubernetes API calls of leader election, status writes and Secret creation,
+//! checked against a scripted fake of the API (`tower_test`, as kube-rs recommends): each
+//! test answers the requests it expects, in order, and fails on any other.
+
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::client::Body;
+use serde_json::{Value, json};
+use tower_test::mock;
+
+use super::leader::Elector;
+use super::secrets::{Creator, Wanted};
+use super::status::{FIELD_MANAGER, Write};
+
+type Handle = mock::Handle<Request<Body>, Response<Body>>;
+
+fn client() -> (kube::Client, Handle) {
+    let (service, handle) = mock::pair::<Request<Body>, Response<Body>>();
+    (kube::Client::new(service, "default"), handle)
+}
+
+fn respond(status: StatusCode, body: &Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+fn status_error(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": reason, "reason": reason, "code": code})
+}
+
+/// The next request: method, path and query, content type, and JSON body.
+async fn next(
+    handle: &mut Handle,
+) -> (
+    Method,
+    String,
+    String,
+    Value,
+    mock::SendResponse<Response<Body>>,
+) {
+    let (req, send) = tokio::time::timeout(Duration::from_secs(5), handle.next_request())
+        .await
+        .expect("a request in time")
+        .expect("a request");
+    let method = req.method().clone();
+    let uri = req.uri().to_string();
+    let content_type = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let bytes = req.into_body().collect_bytes().await.unwrap();
+    let body = if bytes.is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    (method, uri, content_type, body, send)
+}
+
+fn elector(client: kube::Client, identity: &str) -> Elector {
+    Elector {
+        api: kube::Api::<Lease>::namespaced(client, "tollgate"),
+        name: "tollgate-controller".into(),
+        identity: identity.into(),
+        duration: Duration::from_secs(15),
+    }
+}
+
+#[tokio::test]
+async fn a_missing_lease_is_created_and_a_lost_race_is_not_leadership() {
+    let (client, mut handle) = client();
+    let e = elector(client, "pod-a");
+    let run =
+        tokio::spawn(async move { (e.try_once().await.unwrap(), e.try_once().await.unwrap()) });
+
+    let (m, uri, _, _, send) = next(&mut handle).await;
+    assert_eq!(
+        (m, uri.as_str()),
+        (
+            Method::GET,
+            "/apis/coordination.k8s.io/v1/namespaces/tollgate/leases/tollgate-controller"
+        )
+    );
+    send.send_response(respond(
+        StatusCode::NOT_FOUND,
+        &status_error(404, "NotFound"),
+    ));
+    let (m, uri, _, body, send) = next(&mut handle).await;
+    assert_eq!(
+        (m, uri.as_str()),
+        (
+            Method::POST,
+            "/apis/coordination.k8s.io/v1/namespaces/tollgate/leases?"
+        )
+    );
+    assert_eq!(body["spec"]["holderIdentity"], "pod-a");
+    assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
+    send.send_response(respond(StatusCode::CREATED, &body));
+
+    // Second round: someone else took it meanwhile and holds it (renewed just now).
+    let (_, _, _, _, send) = next(&mut handle).await;
+    let now = k8s_openapi::jiff::Timestamp::now().to_string();
+    send.send_response(respond(
+        StatusCode::OK,
+        &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "tollgate-controller", "namespace": "tollgate", "resourceVersion": "7"},
+                "spec": {"holderIdentity": "pod-b", "leaseDurationSeconds": 15, "renewTime": now}}),
+    ));
+    assert_eq!(
+        run.await.unwrap(),
+        (true, false),
+        "created, then waits (no write)"
+    );
+}
+
+#[tokio::test]
+async fn an_expired_lease_is_taken_over_with_its_resource_version() {
+    let (client, mut handle) = client();
+    let e = elector(client, "pod-a");
+    let run = tokio::spawn(async move { e.try_once().await.unwrap() });
+    let (_, _, _, _, send) = next(&mut handle).await;
+    send.send_response(respond(
+        StatusCode::OK,
+        &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                "metadata": {"name": "tollgate-controller", "namespace": "tollgate", "resourceVersion": "41"},
+                "spec": {"holderIdentity": "pod-b", "leaseDurationSeconds": 15,
+                         "renewTime": "2020-01-01T00:00:00.000000Z", "leaseTransitions": 2}}),
+    ));
+    let (m, uri, _, body, send) = next(&mut handle).await;
+    assert_eq!(
+        (m, uri.as_str()),
+        (
+            Method::PUT,
+            "/apis/coordination.k8s.io/v1/namespaces/tollgate/leases/tollgate-controller?"
+        )
+    );
+    assert_eq!(
+        body["metadata"]["resourceVersion"], "41",
+        "the update is conditional"
+    );
+    assert_eq!(body["spec"]["holderIdentity"], "pod-a");
+    assert_eq!(body["spec"]["leaseTransitions"], 3);
+    // Another replica won the race: conflict, so not the leader.
+    send.send_response(respond(
+        StatusCode::CONFLICT,
+        &status_error(409, "Conflict"),
+    ));
+    assert!(!run.await.unwrap());
+}
+
+#[tokio::test]
+async fn status_is_applied_server_side_and_a_rejection_becomes_an_event() {
+    let (client, mut handle) = client();
+    let w = Write {
+        kind: tollgate_crds::Kind::LlmRoute,
+        namespace: "team-a".into(),
+        name: "gpt".into(),
+        uid: "uid-1".into(),
+        status: json!({"observedGeneration": 3, "conditions": []}),
+        event: Some(("RefNotFound".into(), "LLMProvider x not found".into())),
+    };
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "tollgate-controller".into(),
+            instance: Some("pod-a".into()),
+        },
+    );
+    let run = tokio::spawn(async move { super::status::write(&client, &recorder, &w).await });
+    let (m, uri, content_type, body, send) = next(&mut handle).await;
+    assert_eq!(m, Method::PATCH);
+    assert_eq!(
+        uri,
+        format!(
+            "/apis/tollgate.dev/v1alpha1/namespaces/team-a/llmroutes/gpt/status?&force=true&fieldManager={FIELD_MANAGER}"
+        )
+    );
+    assert_eq!(content_type, "application/apply-patch+yaml");
+    assert_eq!(body["apiVersion"], "tollgate.dev/v1alpha1");
+    assert_eq!(body["kind"], "LLMRoute");
+    assert_eq!(body["status"]["observedGeneration"], 3);
+    assert!(body.get("spec").is_none(), "only the status is applied");
+    send.send_response(respond(StatusCode::OK, &body));
+    let (m, uri, _, event, send) = next(&mut handle).await;
+    assert_eq!(
+        (m, uri.as_str()),
+        (
+            Method::POST,
+            "/apis/events.k8s.io/v1/namespaces/team-a/events?"
+        )
+    );
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "RefNotFound");
+    assert_eq!(event["note"], "LLMProvider x not found");
+    assert_eq!(event["regarding"]["uid"], "uid-1");
+    assert_eq!(event["reportingInstance"], "pod-a");
+    send.send_response(respond(StatusCode::CREATED, &event));
+    assert!(run.await.unwrap());
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_created_once_and_an_existing_one_is_not_an_error() {
+    let (client, mut handle) = client();
+    let wanted = |name: &str| Wanted {
+        namespace: "team-a".into(),
+        secret: name.into(),
+        key: "key".into(),
+        owner_name: "app".into(),
+        owner_uid: "uid-9".into(),
+    };
+    let (a, b) = (wanted("app-key"), wanted("other-key"));
+    let run = tokio::spawn(async move {
+        let mut creator = Creator::default();
+        creator.create_missing(&client, vec![a.clone(), b]).await;
+        // Asked again at once: nothing is sent (the watch has not caught up yet).
+        creator.create_missing(&client, vec![a]).await;
+    });
+    let (m, uri, _, body, send) = next(&mut handle).await;
+    assert_eq!(
+        (m, uri.as_str()),
+        (Method::POST, "/api/v1/namespaces/team-a/secrets?")
+    );
+    assert_eq!(body["metadata"]["name"], "app-key");
+    assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-9");
+    assert_eq!(body["type"], "Opaque");
+    send.send_response(respond(StatusCode::CREATED, &body));
+    let (_, _, _, body, send) = next(&mut handle).await;
+    assert_eq!(body["metadata"]["name"], "other-key");
+    send.send_response(respond(
+        StatusCode::CONFLICT,
+        &status_error(409, "AlreadyExists"),
+    ));
+    // A third request would go unanswered and hold the run up.
+    tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .expect("no request beyond the two creations")
+        .unwrap();
+    // No further request was made (the client is gone, or nothing came).
+    assert!(matches!(
+        tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await,
+        Err(_) | Ok(None)
+    ));
+}
