@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -21,6 +22,9 @@ struct Dataplane {
 #[derive(Debug, Default)]
 pub struct Tracker {
     inner: Mutex<(u64, BTreeMap<u64, Dataplane>)>,
+    /// Bumped by every connection, ACK and NACK: lets the status writer skip a round in
+    /// which nothing moved.
+    changes: AtomicU64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -148,6 +152,18 @@ impl Tracker {
         })
     }
 
+    /// Changes whenever what the dataplanes hold may have.
+    pub fn epoch(&self) -> u64 {
+        self.changes.load(Ordering::Relaxed)
+    }
+
+    /// [`Tracker::with`] for a change.
+    fn change<R>(&self, f: impl FnOnce(&mut (u64, BTreeMap<u64, Dataplane>)) -> R) -> R {
+        let r = self.with(f);
+        self.changes.fetch_add(1, Ordering::Relaxed);
+        r
+    }
+
     fn with<R>(&self, f: impl FnOnce(&mut (u64, BTreeMap<u64, Dataplane>)) -> R) -> R {
         let mut guard = match self.inner.lock() {
             Ok(g) => g,
@@ -157,7 +173,7 @@ impl Tracker {
     }
 
     pub fn connect(&self) -> u64 {
-        self.with(|(next, streams)| {
+        self.change(|(next, streams)| {
             *next += 1;
             let connected_at_unix = SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -175,11 +191,11 @@ impl Tracker {
     }
 
     pub fn disconnect(&self, stream: u64) {
-        self.with(|(_, streams)| streams.remove(&stream));
+        self.change(|(_, streams)| streams.remove(&stream));
     }
 
     pub fn identify(&self, stream: u64, node_id: &str) {
-        self.with(|(_, streams)| {
+        self.change(|(_, streams)| {
             if let Some(d) = streams.get_mut(&stream) {
                 d.node_id = node_id.to_string();
             }
@@ -188,7 +204,7 @@ impl Tracker {
 
     /// Records that `stream` holds `version` of a resource.
     pub fn ack(&self, stream: u64, type_url: &str, name: &str, version: &str) {
-        self.with(|(_, streams)| {
+        self.change(|(_, streams)| {
             if let Some(d) = streams.get_mut(&stream) {
                 let key = (type_url.to_string(), name.to_string());
                 d.nacked.remove(&key);
@@ -198,7 +214,7 @@ impl Tracker {
     }
 
     pub fn removed(&self, stream: u64, type_url: &str, name: &str) {
-        self.with(|(_, streams)| {
+        self.change(|(_, streams)| {
             if let Some(d) = streams.get_mut(&stream) {
                 let key = (type_url.to_string(), name.to_string());
                 d.acked.remove(&key);
@@ -208,7 +224,7 @@ impl Tracker {
     }
 
     pub fn nack(&self, stream: u64, type_url: &str, name: &str, version: &str, message: &str) {
-        self.with(|(_, streams)| {
+        self.change(|(_, streams)| {
             if let Some(d) = streams.get_mut(&stream) {
                 d.nacked.insert(
                     (type_url.to_string(), name.to_string()),

@@ -280,9 +280,10 @@ fn status_secrets_and_events_tell_what_the_dataplanes_run() {
             .unwrap()["status"],
         "True"
     );
-    let refs = c
-        .condition("llmroutes", "team-a", "orphan", "ResolvedRefs")
-        .unwrap();
+    // Statuses are written concurrently: the orphan's may land a moment later.
+    let refs = c.wait("the orphan route's status", Duration::from_secs(20), || {
+        c.condition("llmroutes", "team-a", "orphan", "ResolvedRefs")
+    });
     assert_eq!(refs["status"], "False");
     assert_eq!(refs["reason"], "RefNotFound");
     assert_eq!(refs["message"], "LLMProvider missing not found");

@@ -12,7 +12,7 @@ pub mod status;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::ConfigMap;
@@ -149,6 +149,9 @@ async fn compile_loop(index: SharedIndex, publisher: Publisher, debounce: Durati
     }
 }
 
+/// Longest time between two full status rounds.
+const FULL_ROUND: Duration = Duration::from_secs(10);
+
 /// While this replica leads: write statuses and create missing VirtualKey Secrets, after
 /// each new snapshot and every `interval` (ACKs change `Programmed` between snapshots).
 async fn leader_loop(
@@ -160,21 +163,35 @@ async fn leader_loop(
     interval: Duration,
 ) {
     let mut creator = secrets::Creator::default();
+    // What the last full round saw; a round that would see the same is skipped, except
+    // every FULL_ROUND (a report going stale, a status edited by someone else).
+    let mut last: Option<(String, u64, u64, Instant)> = None;
     loop {
         if leader.wait_for(|l| *l).await.is_err() {
             return;
         }
         let snapshot = snapshots.borrow_and_update().clone();
+        let seen = (
+            snapshot.version.clone(),
+            writer.tracker.epoch(),
+            writer.peers.epoch(),
+        );
+        let unchanged = last.as_ref().is_some_and(|(v, t, p, at)| {
+            (v, *t, *p) == (&seen.0, seen.1, seen.2)
+                && at.elapsed() < FULL_ROUND
+                && writer.written.is_empty()
+        });
         // Before every watch has listed, a Secret not seen yet is not a missing one.
-        if index.lock().synced() {
+        if !unchanged && index.lock().synced() {
             let wanted = secrets::missing(&index.lock());
             creator.create_missing(&client, wanted).await;
             writer.sync(&snapshot).await;
+            last = Some((seen.0, seen.1, seen.2, Instant::now()));
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
-            _ = snapshots.changed() => {}
-            _ = leader.changed() => {}
+            r = snapshots.changed() => if r.is_err() { return },
+            r = leader.changed() => if r.is_err() { return },
         }
     }
 }

@@ -48,6 +48,7 @@ pub struct Published {
 #[derive(Clone, Debug, Default)]
 pub struct Peers {
     inner: Arc<Mutex<HashMap<String, (AckReport, Instant)>>>,
+    changes: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl Peers {
@@ -59,11 +60,23 @@ impl Peers {
     }
 
     pub fn insert(&self, identity: &str, report: AckReport, seen: Instant) {
-        self.lock().insert(identity.to_string(), (report, seen));
+        let mut reports = self.lock();
+        if reports.get(identity).is_none_or(|(r, _)| r != &report) {
+            self.changes
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        reports.insert(identity.to_string(), (report, seen));
     }
 
     pub fn remove(&self, identity: &str) {
         self.lock().remove(identity);
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Changes whenever a report's content does (not at a heartbeat).
+    pub fn epoch(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The fresh reports of every replica but `me`.
