@@ -119,13 +119,25 @@ pub async fn publish(
     let name = config_map_name(&lease, &identity);
     let mut last: Option<(AckReport, Instant)> = None;
     let mut sequence = 0u64;
+    // (config version, tracker epoch) of the last report built: unchanged, the report is
+    // too, and only the heartbeat can make a write due.
+    let mut built: Option<(String, u64)> = None;
     loop {
         let snapshot = snapshots.borrow().clone();
-        let report = report_of(&tracker, &snapshot);
-        let due = last
+        let state = (snapshot.version.clone(), tracker.epoch());
+        let heartbeat = last
             .as_ref()
-            .is_none_or(|(r, at)| r != &report || at.elapsed() >= HEARTBEAT);
-        if due {
+            .is_none_or(|(_, at)| at.elapsed() >= HEARTBEAT);
+        let report = if built.as_ref() == Some(&state) && !heartbeat {
+            None
+        } else {
+            built = Some(state);
+            Some(report_of(&tracker, &snapshot))
+        };
+        let due = report
+            .as_ref()
+            .is_some_and(|report| heartbeat || last.as_ref().is_none_or(|(r, _)| r != report));
+        if let Some(report) = report.filter(|_| due) {
             sequence += 1;
             let published = Published {
                 identity: identity.clone(),
