@@ -30,6 +30,18 @@ use crate::common::{ObjectStatus, SecretKeyRef};
         json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
     ),
     printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
+    ),
+    printcolumn(
+        name = "Dataplanes",
+        type_ = "string",
+        description = "How many connected dataplanes hold the current version (kubectl get -o wide)",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].message",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
@@ -117,6 +129,18 @@ pub struct OAuthClientCredentials {
         name = "Accepted",
         type_ = "string",
         json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
+    ),
+    printcolumn(
+        name = "Programmed",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
+    ),
+    printcolumn(
+        name = "Dataplanes",
+        type_ = "string",
+        description = "How many connected dataplanes hold the current version (kubectl get -o wide)",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].message",
+        priority = "1"
     ),
     printcolumn(
         name = "Age",

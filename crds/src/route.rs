@@ -33,6 +33,13 @@ use crate::common::ObjectStatus;
         json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
     ),
     printcolumn(
+        name = "Dataplanes",
+        type_ = "string",
+        description = "How many connected dataplanes hold the current version (kubectl get -o wide)",
+        json_path = ".status.conditions[?(@.type==\"Programmed\")].message",
+        priority = "1"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"
