@@ -125,19 +125,7 @@ impl Tracker {
                 ..AckReport::default()
             };
             for (type_url, name, version) in resources {
-                let key = (type_url.to_string(), name.to_string());
-                let mut lag = Lag::default();
-                for d in streams.values() {
-                    if d.acked.get(&key).is_some_and(|v| v == version) {
-                        lag.applied += 1;
-                    }
-                    if let Some((v, message)) = d.nacked.get(&key)
-                        && v == version
-                    {
-                        lag.rejections
-                            .push(format!("dataplane {}: {message}", d.node_id));
-                    }
-                }
+                let lag = holding(streams, type_url, name, version);
                 if lag.applied == streams.len() && lag.rejections.is_empty() {
                     continue;
                 }
@@ -248,26 +236,35 @@ impl Tracker {
 
     pub fn programmed(&self, type_url: &str, name: &str, version: &str) -> Programmed {
         self.with(|(_, streams)| {
-            let key = (type_url.to_string(), name.to_string());
-            let mut p = Programmed {
+            let Lag {
+                applied,
+                rejections,
+            } = holding(streams, type_url, name, version);
+            Programmed {
                 connected: streams.len(),
-                applied: 0,
-                rejections: vec![],
-            };
-            for d in streams.values() {
-                if d.acked.get(&key).is_some_and(|v| v == version) {
-                    p.applied += 1;
-                }
-                if let Some((v, message)) = d.nacked.get(&key)
-                    && v == version
-                {
-                    p.rejections
-                        .push(format!("dataplane {}: {message}", d.node_id));
-                }
+                applied,
+                rejections,
             }
-            p
         })
     }
+}
+
+/// How many of `streams` hold `version` of a resource, and the NACKs of that version.
+fn holding(streams: &BTreeMap<u64, Dataplane>, type_url: &str, name: &str, version: &str) -> Lag {
+    let key = (type_url.to_string(), name.to_string());
+    let mut lag = Lag::default();
+    for d in streams.values() {
+        if d.acked.get(&key).is_some_and(|v| v == version) {
+            lag.applied += 1;
+        }
+        if let Some((v, message)) = d.nacked.get(&key)
+            && v == version
+        {
+            lag.rejections
+                .push(format!("dataplane {}: {message}", d.node_id));
+        }
+    }
+    lag
 }
 
 #[cfg(test)]

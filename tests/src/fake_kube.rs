@@ -482,7 +482,20 @@ fn key(prefix: &str, resource: &str, namespace: &str, name: &str) -> ObjectKey {
     )
 }
 
-fn publish(state: &mut State, changes: &broadcast::Sender<Change>, c: Change) {
+/// Logs a change at the current resourceVersion and sends it to the watches.
+fn publish(
+    state: &mut State,
+    changes: &broadcast::Sender<Change>,
+    key: &ObjectKey,
+    type_: &'static str,
+    object: &Value,
+) {
+    let c = Change {
+        rv: state.rv,
+        key: key.clone(),
+        type_,
+        object: object.clone(),
+    };
     state.log.push(c.clone());
     let _ = changes.send(c);
 }
@@ -515,17 +528,7 @@ fn store_create(
     object["metadata"]["generation"] = json!(1);
     object["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
     state.objects.insert(k.clone(), object.clone());
-    let rv = state.rv;
-    publish(
-        state,
-        changes,
-        Change {
-            rv,
-            key: k.clone(),
-            type_: "ADDED",
-            object: object.clone(),
-        },
-    );
+    publish(state, changes, k, "ADDED", &object);
     object
 }
 
@@ -555,17 +558,7 @@ fn store_update(
         m.remove("status");
     }
     state.objects.insert(k.clone(), object.clone());
-    let rv = state.rv;
-    publish(
-        state,
-        changes,
-        Change {
-            rv,
-            key: k.clone(),
-            type_: "MODIFIED",
-            object: object.clone(),
-        },
-    );
+    publish(state, changes, k, "MODIFIED", &object);
     object
 }
 
@@ -575,17 +568,7 @@ fn store_delete(state: &mut State, changes: &broadcast::Sender<Change>, k: &Obje
     };
     state.rv += 1;
     old["metadata"]["resourceVersion"] = json!(state.rv.to_string());
-    let rv = state.rv;
-    publish(
-        state,
-        changes,
-        Change {
-            rv,
-            key: k.clone(),
-            type_: "DELETED",
-            object: old,
-        },
-    );
+    publish(state, changes, k, "DELETED", &old);
     true
 }
 

@@ -293,6 +293,39 @@ pub fn set_faults(mock_url: &str, rules: &serde_json::Value) -> anyhow::Result<(
 /// The quick start's virtual key.
 pub const DEMO_KEY: &str = "tg-demo-key-0123456789";
 
+/// Starts a dataplane named `name` (its node id too) on the controller's config stream at
+/// `xds_port`, presenting the token in `token_file`, and waits until it is ready.
+pub fn start_dataplane(
+    name: &str,
+    xds_port: u16,
+    token_file: &Path,
+    log_dir: &Path,
+) -> anyhow::Result<Dataplane> {
+    let token = token_file.display().to_string();
+    let mut ports = (0, 0);
+    let process = start_ready(name, &bin("tollgate-dataplane")?, log_dir, || {
+        ports = (free_port()?, free_port()?);
+        let argv = vec![
+            "--controller".into(),
+            format!("http://127.0.0.1:{xds_port}"),
+            "--listen".into(),
+            format!("127.0.0.1:{}", ports.0),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{}", ports.1),
+            "--token-file".into(),
+            token.clone(),
+            "--node-id".into(),
+            name.into(),
+        ];
+        Ok((argv, format!("http://127.0.0.1:{}/readyz", ports.1)))
+    })?;
+    Ok(Dataplane {
+        process,
+        api: format!("http://127.0.0.1:{}/v1", ports.0),
+        admin: format!("http://127.0.0.1:{}", ports.1),
+    })
+}
+
 /// mock-llm, a controller in local mode over a copy of examples/quickstart (with the
 /// upstream endpoints pointed at this stack's mock-llm), and dataplanes.
 #[derive(Debug)]
@@ -421,35 +454,13 @@ impl Stack {
 
     pub fn add_dataplane(&mut self) -> anyhow::Result<&Dataplane> {
         let n = self.dataplanes.len() + 1;
-        let logs = self.dir.path().to_path_buf();
-        let (xds, token) = (self.xds_port, self.token_file.display().to_string());
-        let mut ports = (0, 0);
-        let process = start_ready(
+        let dataplane = start_dataplane(
             &format!("dataplane-{n}"),
-            &bin("tollgate-dataplane")?,
-            &logs,
-            || {
-                ports = (free_port()?, free_port()?);
-                let argv = vec![
-                    "--controller".into(),
-                    format!("http://127.0.0.1:{xds}"),
-                    "--listen".into(),
-                    format!("127.0.0.1:{}", ports.0),
-                    "--admin-listen".into(),
-                    format!("127.0.0.1:{}", ports.1),
-                    "--token-file".into(),
-                    token.clone(),
-                    "--node-id".into(),
-                    format!("dataplane-{n}"),
-                ];
-                Ok((argv, format!("http://127.0.0.1:{}/readyz", ports.1)))
-            },
+            self.xds_port,
+            &self.token_file,
+            self.dir.path(),
         )?;
-        self.dataplanes.push(Dataplane {
-            process,
-            api: format!("http://127.0.0.1:{}/v1", ports.0),
-            admin: format!("http://127.0.0.1:{}", ports.1),
-        });
+        self.dataplanes.push(dataplane);
         self.dataplanes.last().context("just pushed")
     }
 

@@ -12,7 +12,7 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tollgate_tests::fake_kube::{FakeApi, Running};
 use tollgate_tests::harness::{
-    Process, UPSTREAM_KEYS, bin, free_port, http_request, start_mock, start_ready,
+    Dataplane, Process, UPSTREAM_KEYS, bin, free_port, http_request, start_dataplane, start_mock,
     start_ready_with_env,
 };
 
@@ -31,11 +31,6 @@ struct Controller {
     process: Process,
     xds: u16,
     admin: String,
-}
-
-struct Dataplane {
-    process: Process,
-    api: String,
 }
 
 impl Cluster {
@@ -95,36 +90,7 @@ impl Cluster {
     }
 
     fn dataplane(&self, name: &str, xds: u16, token_file: &Path) -> Dataplane {
-        let mut ports = (0, 0);
-        let token = token_file.display().to_string();
-        let process = start_ready(
-            name,
-            &bin("tollgate-dataplane").unwrap(),
-            self.dir.path(),
-            || {
-                ports = (free_port()?, free_port()?);
-                Ok((
-                    vec![
-                        "--controller".into(),
-                        format!("http://127.0.0.1:{xds}"),
-                        "--listen".into(),
-                        format!("127.0.0.1:{}", ports.0),
-                        "--admin-listen".into(),
-                        format!("127.0.0.1:{}", ports.1),
-                        "--token-file".into(),
-                        token.clone(),
-                        "--node-id".into(),
-                        name.into(),
-                    ],
-                    format!("http://127.0.0.1:{}/readyz", ports.1),
-                ))
-            },
-        )
-        .unwrap();
-        Dataplane {
-            process,
-            api: format!("http://127.0.0.1:{}/v1", ports.0),
-        }
+        start_dataplane(name, xds, token_file, self.dir.path()).unwrap()
     }
 
     /// A provider (with its Secret) and a route to it, in namespace `ns`.

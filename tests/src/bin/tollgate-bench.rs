@@ -144,6 +144,21 @@ struct Scale {
     one_key_change_resources_sent: f64,
 }
 
+impl Scale {
+    /// The scenario's one-line summary; `source` says where the config came from.
+    fn line(&self, source: &str) -> String {
+        format!(
+            "config scale ({source}): {} keys + {} routes served {:.2} s after start, dataplane RSS {:.1} MiB; one-key change applied in {:.3} s with {} resource(s) sent",
+            self.virtual_keys,
+            self.routes,
+            self.seconds_to_serve_full_config,
+            self.dataplane_rss_mib,
+            self.one_key_change_seconds,
+            self.one_key_change_resources_sent
+        )
+    }
+}
+
 #[derive(Serialize)]
 struct Report {
     date_unix: u64,
@@ -751,36 +766,35 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyh
     })
 }
 
-/// `--scale-only`: the config-scale scenario in both modes, against a mock-llm.
-async fn scale_only(args: &Args) -> anyhow::Result<()> {
-    let work = tempfile::tempdir()?;
-    let mock_port = free_port()?;
-    let mock_url = format!("http://127.0.0.1:{mock_port}");
-    let _mock = Process::start(
+/// mock-llm accepting [`UPSTREAM_KEY`], answering streams in `chunks` chunks; its URL.
+fn start_mock(work: &Path, chunks: usize) -> anyhow::Result<(Process, String)> {
+    let port = free_port()?;
+    let url = format!("http://127.0.0.1:{port}");
+    let mock = Process::start(
         "mock-llm",
         &bin("mock-llm")?,
         &[
             "--listen".into(),
-            format!("127.0.0.1:{mock_port}"),
+            format!("127.0.0.1:{port}"),
             "--api-key".into(),
             UPSTREAM_KEY.into(),
+            "--chunks".into(),
+            chunks.to_string(),
         ],
-        work.path(),
+        work,
     )?;
-    wait_ok(&format!("{mock_url}/healthz"), Duration::from_secs(10))?;
+    wait_ok(&format!("{url}/healthz"), Duration::from_secs(10))?;
+    Ok((mock, url))
+}
+
+/// `--scale-only`: the config-scale scenario in both modes, against a mock-llm.
+async fn scale_only(args: &Args) -> anyhow::Result<()> {
+    let work = tempfile::tempdir()?;
+    let (_mock, mock_url) = start_mock(work.path(), args.chunks)?;
     let client = bench::client();
     for kube in [false, true] {
         let s = scale(args, &client, &mock_url, kube).await?;
-        println!(
-            "config scale ({}): {} keys + {} routes served {:.2} s after start, dataplane RSS {:.1} MiB; one-key change applied in {:.3} s with {} resource(s) sent",
-            if kube { "kubernetes" } else { "local" },
-            s.virtual_keys,
-            s.routes,
-            s.seconds_to_serve_full_config,
-            s.dataplane_rss_mib,
-            s.one_key_change_seconds,
-            s.one_key_change_resources_sent
-        );
+        println!("{}", s.line(if kube { "kubernetes" } else { "local" }));
     }
     Ok(())
 }
@@ -895,17 +909,9 @@ fn table(r: &Report) -> String {
         d.peak_rss_mib, d.cpu_seconds_per_1000_requests, d.mean_overhead_ms
     );
     for (source, s) in [("local", &r.scale), ("kubernetes", &r.kube_scale)] {
-        let Some(s) = s else { continue };
-        let _ = writeln!(
-            out,
-            "config scale ({source}): {} keys + {} routes served {:.2} s after start, dataplane RSS {:.1} MiB; one-key change applied in {:.3} s with {} resource(s) sent",
-            s.virtual_keys,
-            s.routes,
-            s.seconds_to_serve_full_config,
-            s.dataplane_rss_mib,
-            s.one_key_change_seconds,
-            s.one_key_change_resources_sent
-        );
+        if let Some(s) = s {
+            let _ = writeln!(out, "{}", s.line(source));
+        }
     }
     out
 }
@@ -927,22 +933,8 @@ async fn main() -> anyhow::Result<()> {
         return scale_only(&args).await;
     }
     let work = tempfile::tempdir()?;
-    let (mock_port, bare_port) = (free_port()?, free_port()?);
-    let mock_url = format!("http://127.0.0.1:{mock_port}");
-    let _mock = Process::start(
-        "mock-llm",
-        &bin("mock-llm")?,
-        &[
-            "--listen".into(),
-            format!("127.0.0.1:{mock_port}"),
-            "--api-key".into(),
-            UPSTREAM_KEY.into(),
-            "--chunks".into(),
-            args.chunks.to_string(),
-        ],
-        work.path(),
-    )?;
-    wait_ok(&format!("{mock_url}/healthz"), Duration::from_secs(10))?;
+    let (_mock, mock_url) = start_mock(work.path(), args.chunks)?;
+    let bare_port = free_port()?;
     let _bare = Process::start(
         "bare-proxy",
         &bin("bare-proxy")?,
