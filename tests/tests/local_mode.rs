@@ -597,6 +597,9 @@ async fn dataplane_survives_controller_restart_without_resending() {
         let (status, _, v) = post(&api, Some(DEMO_KEY), &chat_body("gpt-4o", "hi")).await;
         assert_eq!(status, 200, "{v}\n{}", stack.logs());
     }
+    // The token is rotated meanwhile, as the kubelet rotates a projected token: the new
+    // controller accepts only the new one, which the dataplane reads when it reconnects.
+    std::fs::write(&stack.token_file, "rotated-token\n").unwrap();
     // A new controller: the dataplane resumes with the versions it holds; nothing is resent.
     stack.start_controller().unwrap();
     let admin = stack.controller_admin.clone();
