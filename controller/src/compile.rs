@@ -79,7 +79,12 @@ pub struct Condition {
 }
 
 impl Condition {
-    fn new(type_: &'static str, ok: bool, reason: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn new(
+        type_: &'static str,
+        ok: bool,
+        reason: &str,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             type_,
             status: if ok { "True" } else { "False" },

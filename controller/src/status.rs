@@ -15,36 +15,22 @@ pub fn programmed(report: &ObjectReport, acks: &impl AckView) -> Condition {
         .condition("Accepted")
         .is_some_and(|c| c.status == "True");
     let Some(served) = report.resource.as_ref().filter(|_| accepted) else {
-        return Condition {
-            type_: "Programmed",
-            status: "False",
-            reason: "NotServed".into(),
-            message: "the object is not sent to dataplanes until it is accepted and its references resolve".into(),
-        };
+        return Condition::new(
+            "Programmed",
+            false,
+            "NotServed",
+            "the object is not sent to dataplanes until it is accepted and its references resolve",
+        );
     };
     let p = acks.programmed(served.type_url, &served.name, &served.version);
     let message = format!("applied by {} of {} dataplanes", p.applied, p.connected);
     if !p.rejections.is_empty() {
-        Condition {
-            type_: "Programmed",
-            status: "False",
-            reason: "Rejected".into(),
-            message: format!("{message}; {}", p.rejections.join("; ")),
-        }
+        let message = format!("{message}; {}", p.rejections.join("; "));
+        Condition::new("Programmed", false, "Rejected", message)
     } else if p.connected > 0 && p.applied == p.connected {
-        Condition {
-            type_: "Programmed",
-            status: "True",
-            reason: "Programmed".into(),
-            message,
-        }
+        Condition::new("Programmed", true, "Programmed", message)
     } else {
-        Condition {
-            type_: "Programmed",
-            status: "False",
-            reason: "Pending".into(),
-            message,
-        }
+        Condition::new("Programmed", false, "Pending", message)
     }
 }
 

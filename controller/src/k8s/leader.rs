@@ -150,7 +150,7 @@ impl Elector {
                     }
                 }
             }
-            let jitter = Duration::from_millis(fastrand_ms(retry.as_millis() as u64 / 5));
+            let jitter = Duration::from_millis(fastrand::u64(0..=retry.as_millis() as u64 / 5));
             tokio::select! {
                 () = tokio::time::sleep(retry + jitter) => {}
                 _ = stop.wait_for(|s| *s) => break,
@@ -183,18 +183,6 @@ impl Elector {
             .await
             .map(|_| ())
     }
-}
-
-/// A few milliseconds of jitter, from the clock (no random source needed for this).
-fn fastrand_ms(max: u64) -> u64 {
-    if max == 0 {
-        return 0;
-    }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| u64::from(d.subsec_nanos()))
-        .unwrap_or(0);
-    nanos % max
 }
 
 #[cfg(test)]
