@@ -125,17 +125,14 @@ impl Index {
             }
             Event::InitDone => {
                 let listed = self.listing.remove(scope).unwrap_or_default();
-                let before: Vec<(Key, Value)> = self
-                    .objects
-                    .iter()
-                    .filter(|(k, _)| scope.covers(k))
-                    .map(|(k, e)| (k.clone(), e.value.clone()))
-                    .collect();
+                let mut held = 0;
+                let mut changed = false;
+                for (k, e) in self.objects.iter().filter(|(k, _)| scope.covers(k)) {
+                    held += 1;
+                    changed |= listed.get(k).is_none_or(|l| l.value != e.value);
+                }
+                changed |= held != listed.len();
                 self.objects.retain(|k, _| !scope.covers(k));
-                let changed = before.len() != listed.len()
-                    || before
-                        .iter()
-                        .any(|(k, v)| listed.get(k).is_none_or(|e| &e.value != v));
                 self.objects.extend(listed);
                 let first = self.synced.insert(scope.clone());
                 changed || first
@@ -228,7 +225,6 @@ impl SharedIndex {
 fn reduce(watched: Watched, o: DynamicObject) -> Option<(Key, Entry)> {
     let name = o.metadata.name.clone()?;
     let namespace = o.metadata.namespace.clone().unwrap_or_default();
-    let ar = watched.api_resource();
     let mut metadata = Map::new();
     metadata.insert("name".into(), json!(name));
     metadata.insert("namespace".into(), json!(namespace));
@@ -236,8 +232,8 @@ fn reduce(watched: Watched, o: DynamicObject) -> Option<(Key, Entry)> {
     let value = match watched {
         Watched::Secret => {
             let mut v = Map::new();
-            v.insert("apiVersion".into(), json!(ar.api_version));
-            v.insert("kind".into(), json!(ar.kind));
+            v.insert("apiVersion".into(), json!("v1"));
+            v.insert("kind".into(), json!("Secret"));
             v.insert("metadata".into(), Value::Object(metadata));
             for field in ["data", "type"] {
                 if let Some(x) = data.get(field) {
@@ -246,13 +242,13 @@ fn reduce(watched: Watched, o: DynamicObject) -> Option<(Key, Entry)> {
             }
             Value::Object(v)
         }
-        Watched::Tollgate(_) => {
+        Watched::Tollgate(kind) => {
             if let Some(labels) = &o.metadata.labels {
                 metadata.insert("labels".into(), json!(labels));
             }
             json!({
-                "apiVersion": ar.api_version,
-                "kind": ar.kind,
+                "apiVersion": tollgate_crds::API_VERSION,
+                "kind": kind.as_str(),
                 "metadata": metadata,
                 "spec": data.get("spec").cloned().unwrap_or(Value::Null),
             })
