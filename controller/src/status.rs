@@ -66,15 +66,7 @@ pub fn object_status(
                 .filter(|p| p["status"] == c.status)
                 .and_then(|p| p["lastTransitionTime"].as_str())
                 .unwrap_or(now);
-            let mut message = c.message.clone();
-            if message.len() > MAX_MESSAGE {
-                let mut cut = MAX_MESSAGE - 3;
-                while !message.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                message.truncate(cut);
-                message.push_str("...");
-            }
+            let message = shortened(&c.message, MAX_MESSAGE);
             let mut v = json!({
                 "type": c.type_,
                 "status": c.status,
@@ -93,6 +85,19 @@ pub fn object_status(
         status["observedGeneration"] = json!(g);
     }
     status
+}
+
+/// `text`, cut to at most `max` bytes (on a character boundary) and ending in "..." if
+/// it was longer: the API refuses a condition message or an Event note past its limit.
+pub fn shortened(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_string();
+    }
+    let mut cut = max.saturating_sub(3);
+    while !text.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{}...", &text[..cut])
 }
 
 /// Whether `current` already says what `desired` does: the fields this controller owns
@@ -224,6 +229,10 @@ mod tests {
         let s = object_status(&[long], None, &Value::Null, "t");
         let m = s["conditions"][0]["message"].as_str().unwrap();
         assert!(m.len() <= MAX_MESSAGE && m.ends_with("..."));
+        // The same cut for an Event's 1 kB note: a two-byte character is never split.
+        assert_eq!(shortened("short", 1000), "short");
+        let note = shortened(&"é".repeat(600), 1000);
+        assert_eq!(note, format!("{}...", "é".repeat(498)));
         assert!(s.get("observedGeneration").is_none());
     }
 }

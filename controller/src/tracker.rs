@@ -64,6 +64,11 @@ pub struct Lag {
     pub rejections: Vec<String>,
 }
 
+/// How a resource is named in [`AckReport::lagging`].
+fn lag_key(type_url: &str, name: &str) -> String {
+    format!("{type_url} {name}")
+}
+
 /// Lagging resources listed at most in one report (the rest make it `truncated`).
 pub const MAX_LAGGING: usize = 2_000;
 
@@ -91,7 +96,7 @@ pub struct ClusterAcks<'a> {
 impl AckView for ClusterAcks<'_> {
     fn programmed(&self, type_url: &str, name: &str, version: &str) -> Programmed {
         let mut p = self.own.programmed(type_url, name, version);
-        let key = format!("{type_url} {name}");
+        let key = lag_key(type_url, name);
         for peer in &self.peers {
             p.connected += peer.connected;
             // A replica serving another config (still compiling, or behind on its
@@ -134,7 +139,7 @@ impl Tracker {
                     report.truncated = true;
                     break;
                 }
-                report.lagging.insert(format!("{type_url} {name}"), lag);
+                report.lagging.insert(lag_key(type_url, name), lag);
             }
             report
         })

@@ -117,10 +117,11 @@ pub async fn publish(
     mut stop: watch::Receiver<bool>,
 ) {
     let name = config_map_name(&lease, &identity);
+    // The last report written, and when.
     let mut last: Option<(AckReport, Instant)> = None;
     let mut sequence = 0u64;
-    // (config version, tracker epoch) of the last report built: unchanged, the report is
-    // too, and only the heartbeat can make a write due.
+    // (config version, tracker epoch) of the last report built: while they stay the same
+    // the report does too, and only the heartbeat makes a write due.
     let mut built: Option<(String, u64)> = None;
     loop {
         let snapshot = snapshots.borrow().clone();
@@ -128,26 +129,21 @@ pub async fn publish(
         let heartbeat = last
             .as_ref()
             .is_none_or(|(_, at)| at.elapsed() >= HEARTBEAT);
-        let report = if built.as_ref() == Some(&state) && !heartbeat {
-            None
-        } else {
+        if heartbeat || built.as_ref() != Some(&state) {
             built = Some(state);
-            Some(report_of(&tracker, &snapshot))
-        };
-        let due = report
-            .as_ref()
-            .is_some_and(|report| heartbeat || last.as_ref().is_none_or(|(r, _)| r != report));
-        if let Some(report) = report.filter(|_| due) {
-            sequence += 1;
-            let published = Published {
-                identity: identity.clone(),
-                sequence,
-                report: report.clone(),
-            };
-            match write(&api, &name, &lease, &published).await {
-                Ok(()) => last = Some((report, Instant::now())),
-                Err(e) => {
-                    tracing::warn!(configmap = %name, error = %e, "cannot publish the dataplanes' ACKs")
+            let report = report_of(&tracker, &snapshot);
+            if heartbeat || last.as_ref().is_none_or(|(r, _)| r != &report) {
+                sequence += 1;
+                let published = Published {
+                    identity: identity.clone(),
+                    sequence,
+                    report: report.clone(),
+                };
+                match write(&api, &name, &lease, &published).await {
+                    Ok(()) => last = Some((report, Instant::now())),
+                    Err(e) => {
+                        tracing::warn!(configmap = %name, error = %e, "cannot publish the dataplanes' ACKs")
+                    }
                 }
             }
         }

@@ -16,7 +16,7 @@ use tollgate_crds::Kind;
 use super::peers::Peers;
 use super::source::{ORIGIN, SharedIndex, Watched};
 use crate::compile::{Compiled, Condition};
-use crate::status::{object_status, programmed, up_to_date};
+use crate::status::{object_status, programmed, shortened, up_to_date};
 use crate::tracker::{AckView, ClusterAcks, Tracker};
 
 /// Field manager of every status this controller writes.
@@ -115,8 +115,8 @@ pub struct StatusWriter {
 }
 
 impl StatusWriter {
-    /// Writes what `snapshot` calls for; returns how many statuses were written.
-    pub async fn sync(&mut self, snapshot: &Compiled) -> usize {
+    /// Writes what `snapshot` calls for.
+    pub async fn sync(&mut self, snapshot: &Compiled) {
         let now = Timestamp::now().to_string();
         // What the watch has caught up with needs no memory.
         {
@@ -144,14 +144,11 @@ impl StatusWriter {
             .buffer_unordered(CONCURRENCY)
             .collect()
             .await;
-        let mut count = 0;
         for (w, ok) in results {
             if ok {
-                count += 1;
                 self.written.insert((w.kind, w.namespace, w.name), w.status);
             }
         }
-        count
     }
 }
 
@@ -184,19 +181,11 @@ pub(crate) async fn write(client: &kube::Client, recorder: &Recorder, w: &Write)
             uid: Some(w.uid.clone()),
             ..ObjectReference::default()
         };
-        let mut note = message.clone();
-        if note.len() > 1000 {
-            let mut cut = 997;
-            while !note.is_char_boundary(cut) {
-                cut -= 1;
-            }
-            note.truncate(cut);
-            note.push_str("...");
-        }
         let event = Event {
             type_: EventType::Warning,
             reason: reason.clone(),
-            note: Some(note),
+            // An Event's note is at most 1 kB.
+            note: Some(shortened(message, 1000)),
             action: "Compile".into(),
             secondary: None,
         };
