@@ -236,6 +236,16 @@ pub fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
 
 /// A minimal blocking HTTP/1.1 request with a JSON body: status and body.
 pub fn http_request(method: &str, url: &str, body: &str) -> anyhow::Result<(u16, String)> {
+    http_request_with(method, url, &[], body)
+}
+
+/// [`http_request`] with extra request headers, e.g. an `authorization` key.
+pub fn http_request_with(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> anyhow::Result<(u16, String)> {
     use std::io::Read;
     let rest = url.strip_prefix("http://").context("http URLs only")?;
     let (authority, path) = rest
@@ -243,9 +253,13 @@ pub fn http_request(method: &str, url: &str, body: &str) -> anyhow::Result<(u16,
         .map_or((rest, "/".to_string()), |(a, p)| (a, format!("/{p}")));
     let mut stream = std::net::TcpStream::connect(authority)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(name, value)| format!("{name}: {value}\r\n"))
+        .collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {authority}\r\nConnection: close\r\n{extra}content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut response = String::new();
@@ -259,7 +273,7 @@ pub fn http_request(method: &str, url: &str, body: &str) -> anyhow::Result<(u16,
         .split_once("\r\n\r\n")
         .map(|(_, b)| b.to_string())
         .unwrap_or_default();
-    // Admin endpoints answer with a content-length, so the body is whole.
+    // The connection is closed after the answer, so the body is whole.
     Ok((status, body))
 }
 

@@ -14,7 +14,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use tollgate_tests::harness::{DEMO_KEY, Process, bin, free_port, start_mock, workspace};
+use tollgate_tests::harness::{
+    DEMO_KEY, Process, bin, free_port, http_request_with, start_mock, workspace,
+};
 
 fn kubectl() -> PathBuf {
     if let Ok(k) = std::env::var("TOLLGATE_KUBECTL") {
@@ -176,27 +178,13 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         );
         std::thread::sleep(Duration::from_secs(1));
     }
-    let out = Command::new("curl")
-        .args([
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &format!("http://127.0.0.1:{api}/v1/chat/completions"),
-            "-H",
-            &format!("Authorization: Bearer {DEMO_KEY}"),
-            "-H",
-            "Content-Type: application/json",
-            "-d",
-            r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
-        ])
-        .output()
-        .unwrap();
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "200",
-        "{}",
-        dataplane.log_text()
-    );
+    let bearer = format!("Bearer {DEMO_KEY}");
+    let (status, body) = http_request_with(
+        "POST",
+        &format!("http://127.0.0.1:{api}/v1/chat/completions"),
+        &[("authorization", bearer.as_str())],
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}\n{}", dataplane.log_text());
 }

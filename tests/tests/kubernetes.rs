@@ -12,8 +12,8 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tollgate_tests::fake_kube::{FakeApi, Running};
 use tollgate_tests::harness::{
-    Dataplane, Process, UPSTREAM_KEYS, bin, free_port, http_request, start_dataplane, start_mock,
-    start_ready_with_env,
+    Dataplane, Process, UPSTREAM_KEYS, bin, free_port, http_request, http_request_with,
+    start_dataplane, start_mock, start_ready_with_env,
 };
 
 const TG: &str = "apis/tollgate.dev/v1alpha1";
@@ -164,34 +164,14 @@ fn b64(s: &str) -> String {
 
 fn chat(api: &str, key: &str, model: &str) -> (u16, String) {
     let body = json!({"model": model, "messages": [{"role": "user", "content": "hi"}]}).to_string();
-    raw_post(&format!("{api}/chat/completions"), key, &body)
-}
-
-/// A POST with a bearer key, over a plain socket.
-fn raw_post(url: &str, key: &str, body: &str) -> (u16, String) {
-    use std::io::{Read, Write};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').unwrap();
-    let mut s = std::net::TcpStream::connect(host).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "POST /{path} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {key}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let bearer = format!("Bearer {key}");
+    http_request_with(
+        "POST",
+        &format!("{api}/chat/completions"),
+        &[("authorization", bearer.as_str())],
+        &body,
     )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map_or("", |(_, b)| b)
-        .to_string();
-    (status, body)
+    .unwrap()
 }
 
 #[test]
