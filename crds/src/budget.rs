@@ -41,31 +41,7 @@ use crate::common::LocalRef;
         priority = 1
     ),
     printcolumn(name = "Period", type_ = "string", json_path = ".spec.period"),
-    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "Programmed",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].status",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "Dataplanes",
-        type_ = "string",
-        description = "How many connected dataplanes hold the current version (kubectl get -o wide)",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].message",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state")
 )]
 #[x_kube(validation = Rule::new("has(self.selector) || has(self.parentRef)").message("a budget needs a selector, a parentRef, or both"))]
 #[serde(rename_all = "camelCase")]

@@ -15,7 +15,9 @@ pub mod route;
 pub mod validate;
 pub mod virtual_key;
 
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
+    CustomResourceColumnDefinition, CustomResourceDefinition,
+};
 use kube::CustomResourceExt;
 
 pub use budget::{Budget, BudgetSpec};
@@ -66,15 +68,67 @@ impl Kind {
     }
 
     pub fn crd(self) -> CustomResourceDefinition {
-        match self {
+        let mut crd = match self {
             Kind::LlmProvider => LlmProvider::crd(),
             Kind::LlmRoute => LlmRoute::crd(),
             Kind::VirtualKey => VirtualKey::crd(),
             Kind::Budget => Budget::crd(),
             Kind::McpServer => McpServer::crd(),
             Kind::McpToolPolicy => McpToolPolicy::crd(),
+        };
+        // A Budget leads with its spend; its conditions show with `kubectl get -o wide`.
+        let priority = (self == Kind::Budget).then_some(1);
+        for version in &mut crd.spec.versions {
+            version
+                .additional_printer_columns
+                .get_or_insert_with(Vec::new)
+                .extend(status_columns(priority));
         }
+        crd
     }
+}
+
+/// The columns every kind shows after its own: whether it is accepted and programmed, how
+/// many dataplanes hold it (with `-o wide`), and its age.
+fn status_columns(conditions_priority: Option<i32>) -> [CustomResourceColumnDefinition; 4] {
+    let column =
+        |name: &str, type_: &str, json_path: &str, priority| CustomResourceColumnDefinition {
+            name: name.into(),
+            type_: type_.into(),
+            json_path: json_path.into(),
+            priority,
+            description: None,
+            format: None,
+        };
+    let condition =
+        |type_: &str, field: &str| format!(".status.conditions[?(@.type==\"{type_}\")].{field}");
+    [
+        column(
+            "Accepted",
+            "string",
+            &condition("Accepted", "status"),
+            conditions_priority,
+        ),
+        column(
+            "Programmed",
+            "string",
+            &condition("Programmed", "status"),
+            conditions_priority,
+        ),
+        CustomResourceColumnDefinition {
+            description: Some(
+                "How many connected dataplanes hold the current version (kubectl get -o wide)"
+                    .into(),
+            ),
+            ..column(
+                "Dataplanes",
+                "string",
+                &condition("Programmed", "message"),
+                Some(1),
+            )
+        },
+        column("Age", "date", ".metadata.creationTimestamp", None),
+    ]
 }
 
 impl std::fmt::Display for Kind {

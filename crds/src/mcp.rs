@@ -23,29 +23,7 @@ use crate::common::{ObjectStatus, SecretKeyRef};
     doc = "An upstream MCP server: URL, transport, authentication and tool-name prefix.",
     printcolumn(name = "URL", type_ = "string", json_path = ".spec.url"),
     printcolumn(name = "Transport", type_ = "string", json_path = ".spec.transport"),
-    printcolumn(name = "Prefix", type_ = "string", json_path = ".spec.toolPrefix"),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Programmed",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
-    ),
-    printcolumn(
-        name = "Dataplanes",
-        type_ = "string",
-        description = "How many connected dataplanes hold the current version (kubectl get -o wide)",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].message",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Prefix", type_ = "string", json_path = ".spec.toolPrefix")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct McpServerSpec {
@@ -124,29 +102,7 @@ pub struct OAuthClientCredentials {
     status = "ObjectStatus",
     shortname = "mcptp",
     category = "tollgate",
-    doc = "Allow/deny rules over MCP tools for the VirtualKeys it selects; default deny.",
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Programmed",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
-    ),
-    printcolumn(
-        name = "Dataplanes",
-        type_ = "string",
-        description = "How many connected dataplanes hold the current version (kubectl get -o wide)",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].message",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    doc = "Allow/deny rules over MCP tools for the VirtualKeys it selects; default deny."
 )]
 #[serde(rename_all = "camelCase")]
 pub struct McpToolPolicySpec {

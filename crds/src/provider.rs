@@ -21,29 +21,7 @@ use crate::common::{ObjectStatus, SecretKeyRef};
     category = "tollgate",
     doc = "An LLM provider account: type, endpoint, credentials (a weighted key pool), model prices.",
     printcolumn(name = "Type", type_ = "string", json_path = ".spec.type"),
-    printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.endpoint"),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Programmed",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
-    ),
-    printcolumn(
-        name = "Dataplanes",
-        type_ = "string",
-        description = "How many connected dataplanes hold the current version (kubectl get -o wide)",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].message",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Endpoint", type_ = "string", json_path = ".spec.endpoint")
 )]
 #[x_kube(validation = Rule::new("self.type != 'azure-openai' && self.type != 'openai-compatible' || has(self.endpoint)").message("endpoint is required for azure-openai and openai-compatible providers"))]
 #[x_kube(validation = Rule::new("self.type != 'bedrock' || has(self.region)").message("region is required for bedrock providers"))]

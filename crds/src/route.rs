@@ -21,29 +21,7 @@ use crate::common::ObjectStatus;
     category = "tollgate",
     doc = "Routes requested model names to provider targets, with strategy, fallbacks, retries and timeouts.",
     printcolumn(name = "Models", type_ = "string", json_path = ".spec.match.models"),
-    printcolumn(name = "Strategy", type_ = "string", json_path = ".spec.strategy"),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Programmed",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
-    ),
-    printcolumn(
-        name = "Dataplanes",
-        type_ = "string",
-        description = "How many connected dataplanes hold the current version (kubectl get -o wide)",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].message",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Strategy", type_ = "string", json_path = ".spec.strategy")
 )]
 #[x_kube(validation = Rule::new("self.targets.exists(t, t.weight > 0) || self.strategy != 'weighted'").message("a weighted route needs at least one target with weight > 0"))]
 #[serde(rename_all = "camelCase")]

@@ -22,29 +22,7 @@ use crate::common::{LocalRef, ObjectStatus, SecretKeyRef};
     doc = "A client identity: the Secret holding the key, its owner, what it may use and its limits.",
     printcolumn(name = "Team", type_ = "string", json_path = ".spec.owner.team"),
     printcolumn(name = "Disabled", type_ = "boolean", json_path = ".spec.disabled"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt"),
-    printcolumn(
-        name = "Accepted",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Accepted\")].status"
-    ),
-    printcolumn(
-        name = "Programmed",
-        type_ = "string",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].status"
-    ),
-    printcolumn(
-        name = "Dataplanes",
-        type_ = "string",
-        description = "How many connected dataplanes hold the current version (kubectl get -o wide)",
-        json_path = ".status.conditions[?(@.type==\"Programmed\")].message",
-        priority = "1"
-    ),
-    printcolumn(
-        name = "Age",
-        type_ = "date",
-        json_path = ".metadata.creationTimestamp"
-    )
+    printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct VirtualKeySpec {
