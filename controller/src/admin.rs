@@ -23,6 +23,8 @@ pub struct Admin {
     pub ready: watch::Receiver<bool>,
     pub tracker: Arc<Tracker>,
     pub registry: prometheus::Registry,
+    /// The usage ledger (kept by this replica when it is the leader).
+    pub books: Arc<std::sync::Mutex<crate::usage::Books>>,
 }
 
 #[derive(Serialize)]
@@ -64,8 +66,16 @@ impl Admin {
                     text(StatusCode::SERVICE_UNAVAILABLE, "config not loaded yet\n")
                 }
             }
-            "/status" => {
-                let body = serde_json::to_vec_pretty(&self.status()).unwrap_or_default();
+            "/status" | "/usage" => {
+                let view = if req.uri().path() == "/usage" {
+                    let views = crate::usage::lock(&self.books)
+                        .ledger
+                        .views(crate::usage::now_ms());
+                    serde_json::json!({ "accounts": views })
+                } else {
+                    self.status()
+                };
+                let body = serde_json::to_vec_pretty(&view).unwrap_or_default();
                 let mut r = Response::new(Full::new(Bytes::from(body)));
                 r.headers_mut().insert(
                     hyper::header::CONTENT_TYPE,

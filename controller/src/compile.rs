@@ -328,7 +328,8 @@ pub fn compile_cached(
             VIRTUAL_KEY_SECRET_KEY,
         ) {
             Ok(key) => {
-                let body = compile_virtual_key(k, key.trim_ascii());
+                let mut body = compile_virtual_key(k, key.trim_ascii());
+                body.budgets = key_budgets(k, &kinds.budgets);
                 finish(
                     &mut out,
                     Kind::VirtualKey,
@@ -832,6 +833,50 @@ fn compile_virtual_key(k: &Parsed<virtual_key::VirtualKeySpec>, key: &[u8]) -> p
         disabled: spec.disabled,
         labels: k.labels.clone(),
     }
+}
+
+/// Every Budget a key's requests are charged to: those it names, those whose selector
+/// matches its labels, and all their ancestors (by `parentRef`), by name, each once.
+fn key_budgets(
+    k: &Parsed<virtual_key::VirtualKeySpec>,
+    budgets: &[Parsed<budget::BudgetSpec>],
+) -> Vec<String> {
+    let in_ns: HashMap<&str, &Parsed<budget::BudgetSpec>> = budgets
+        .iter()
+        .filter(|b| b.namespace == k.namespace)
+        .map(|b| (b.name.as_str(), b))
+        .collect();
+    let mut out: Vec<String> = Vec::new();
+    let direct = k
+        .spec
+        .budget_refs
+        .iter()
+        .map(|r| r.name.as_str())
+        .chain(
+            in_ns
+                .values()
+                .filter(|b| {
+                    b.spec
+                        .selector
+                        .as_ref()
+                        .is_some_and(|s| selector_matches(s, &k.labels))
+                })
+                .map(|b| b.name.as_str()),
+        );
+    for name in direct {
+        let mut next = Some(name);
+        // A parent cycle ends where a budget repeats.
+        while let Some(n) = next.take() {
+            let Some(b) = in_ns.get(n) else { break };
+            if out.iter().any(|o| o == n) {
+                break;
+            }
+            out.push(n.to_string());
+            next = b.spec.parent_ref.as_ref().map(|p| p.name.as_str());
+        }
+    }
+    out.sort();
+    out
 }
 
 fn compile_budget(b: &Parsed<budget::BudgetSpec>) -> pb::Budget {

@@ -3,10 +3,12 @@
 //! over the config stream, tracks what each dataplane applied, and reports every object's
 //! conditions on its admin port.
 
+pub mod accounts;
 pub mod admin;
 pub mod auth;
 pub mod compile;
 pub mod k8s;
+pub mod ledger;
 pub mod local;
 pub mod objects;
 pub mod publish;

@@ -16,7 +16,9 @@ use tollgate_controller::k8s;
 use tollgate_controller::local::LocalSource;
 use tollgate_controller::publish::Publisher;
 use tollgate_controller::tracker::Tracker;
-use tollgate_controller::usage::UsageServer;
+use tollgate_controller::accounts::ConfigDefs;
+use tollgate_controller::ledger::Ledger;
+use tollgate_controller::usage::{Books, StateFile, UsageServer};
 use tollgate_controller::xds::{XdsMetrics, XdsServer};
 use tollgate_proto::config_discovery_server::ConfigDiscoveryServer;
 use tollgate_proto::usage_reporting_server::UsageReportingServer;
@@ -78,6 +80,13 @@ struct Args {
         value_delimiter = ','
     )]
     dataplane_service_accounts: Vec<String>,
+    /// Where budget and session spend is kept (a JSON file, replaced atomically before a
+    /// usage batch is acknowledged). Without it, spend lives in memory only.
+    #[arg(long, env = "TOLLGATE_STATE_DIR", value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// How long a quota grant to a dataplane lasts unless renewed.
+    #[arg(long, default_value = "10s")]
+    quota_lease_ttl: String,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -223,12 +232,33 @@ async fn main() -> anyhow::Result<()> {
     registry.register(Box::new(objects.clone()))?;
     registry.register(Box::new(usage_records.clone()))?;
 
+    let lease_ttl = tollgate_proto::time::parse_duration(&args.quota_lease_ttl)
+        .context("--quota-lease-ttl must be a duration such as 10s")?;
+    let state = match &args.state_dir {
+        Some(dir) => Some(
+            StateFile::new(dir)
+                .with_context(|| format!("creating --state-dir {}", dir.display()))?,
+        ),
+        None => None,
+    };
+    let persisted = match &state {
+        Some(s) => s.load().context("reading the usage ledger in --state-dir")?,
+        None => Default::default(),
+    };
+    let books = Arc::new(std::sync::Mutex::new(Books::new(Ledger::restore(
+        persisted,
+        &ConfigDefs::default(),
+        lease_ttl.as_millis() as i64,
+    ))));
+    let budget_gauges = budget_metrics(&registry)?;
+
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Compiled::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
     let publisher = Publisher::new(&args.namespace, snapshot_tx, ready_tx, compiles, objects);
     let tracker = Arc::new(Tracker::default());
     let leader = watch::Sender::new(false);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let kubernetes = matches!(mode, Mode::Kubernetes { .. });
     let source = match mode {
         Mode::Local { dir, poll } => {
             std::thread::Builder::new()
@@ -258,7 +288,9 @@ async fn main() -> anyhow::Result<()> {
         ready: ready_rx.clone(),
         tracker: tracker.clone(),
         registry,
+        books: books.clone(),
     };
+    tokio::spawn(keep_books(books.clone(), snapshot_rx.clone(), budget_gauges));
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
@@ -266,7 +298,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(admin.serve(admin_listener));
 
     let xds = XdsServer {
-        snapshots: snapshot_rx,
+        snapshots: snapshot_rx.clone(),
         ready: ready_rx,
         tracker,
         metrics,
@@ -274,7 +306,13 @@ async fn main() -> anyhow::Result<()> {
     let config = ConfigDiscoveryServer::new(xds)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let usage = UsageReportingServer::new(UsageServer::new(usage_records));
+    let usage = UsageReportingServer::new(UsageServer::new(
+        books,
+        snapshot_rx.clone(),
+        state,
+        kubernetes.then(|| leader.subscribe()),
+        usage_records,
+    ));
     let listener = tokio::net::TcpListener::bind(args.xds_listen)
         .await
         .with_context(|| format!("binding --xds-listen {}", args.xds_listen))?;
@@ -346,5 +384,69 @@ fn watch_manifests(dir: PathBuf, poll: Duration, mut publisher: Publisher) {
             }
         }
         std::thread::sleep(poll);
+    }
+}
+
+struct BudgetGauges {
+    spent: prometheus::GaugeVec,
+    remaining: prometheus::GaugeVec,
+}
+
+fn budget_metrics(registry: &prometheus::Registry) -> anyhow::Result<BudgetGauges> {
+    let spent = prometheus::GaugeVec::new(
+        Opts::new(
+            "tollgate_budget_spent",
+            "Spend of each Budget in its current period, by unit (usd, tokens)",
+        ),
+        &["budget", "unit"],
+    )?;
+    let remaining = prometheus::GaugeVec::new(
+        Opts::new(
+            "tollgate_budget_remaining",
+            "What is left of each Budget's limit in its current period, by unit",
+        ),
+        &["budget", "unit"],
+    )?;
+    registry.register(Box::new(spent.clone()))?;
+    registry.register(Box::new(remaining.clone()))?;
+    Ok(BudgetGauges { spent, remaining })
+}
+
+/// Once a second: follows the config, forgets idle sessions, and refreshes the budget
+/// gauges.
+async fn keep_books(
+    books: Arc<std::sync::Mutex<Books>>,
+    snapshots: watch::Receiver<Arc<Compiled>>,
+    gauges: BudgetGauges,
+) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        let views = {
+            let mut b = tollgate_controller::usage::lock(&books);
+            b.sync(&snapshots.borrow());
+            let now = tollgate_controller::usage::now_ms();
+            b.ledger.sweep(now);
+            b.ledger.views(now)
+        };
+        gauges.spent.reset();
+        gauges.remaining.reset();
+        for v in views.iter().filter(|v| v.account.starts_with("budget/")) {
+            let name = &v.account["budget/".len()..];
+            if v.limited & 1 != 0 {
+                gauges.spent.with_label_values(&[name, "usd"]).set(v.spent.usd as f64 / 1e9);
+                gauges
+                    .remaining
+                    .with_label_values(&[name, "usd"])
+                    .set(v.remaining.usd as f64 / 1e9);
+            }
+            if v.limited & 2 != 0 {
+                gauges.spent.with_label_values(&[name, "tokens"]).set(v.spent.tokens as f64);
+                gauges
+                    .remaining
+                    .with_label_values(&[name, "tokens"])
+                    .set(v.remaining.tokens as f64);
+            }
+        }
     }
 }

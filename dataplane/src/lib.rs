@@ -10,6 +10,7 @@ pub mod balance;
 pub mod eventstream;
 pub mod glob;
 pub mod metrics;
+pub mod prices;
 pub mod proxy;
 pub mod runtime;
 pub mod snapshot;

@@ -128,8 +128,8 @@ pub struct Provider {
     pub compat: Compat,
     /// When its targets and credentials are ejected.
     pub health: HealthPolicy,
-    /// Prices by model name (`spec.models`): input and output USD per million tokens.
-    pub prices: Vec<(String, f64, f64)>,
+    /// Price overrides by model name (`spec.models`); the built-in table has the rest.
+    pub prices: Vec<crate::prices::Override>,
     /// The chat completions URI, built once; `None` for Azure, whose URI names the model.
     chat_completions: Option<Uri>,
 }
@@ -388,10 +388,12 @@ impl Provider {
     /// What a request to `model` costs here, as one figure to compare targets by: the sum
     /// of the input and output prices per million tokens. `None` when no price is known.
     pub fn price(&self, model: &str) -> Option<f64> {
-        self.prices
-            .iter()
-            .find(|(name, _, _)| name == model)
-            .map(|(_, input, output)| input + output)
+        self.price_of(model).map(|p| p.input + p.output)
+    }
+
+    /// The price of `model` here: the provider's override, else the built-in table.
+    pub fn price_of(&self, model: &str) -> Option<crate::prices::Price> {
+        crate::prices::lookup(self.kind, &self.prices, model)
     }
 }
 
@@ -533,12 +535,11 @@ impl TryFrom<&pb::Provider> for Provider {
             prices: p
                 .models
                 .iter()
-                .filter_map(|m| {
-                    Some((
-                        m.name.clone(),
-                        m.input_per_million_usd?,
-                        m.output_per_million_usd?,
-                    ))
+                .map(|m| crate::prices::Override {
+                    model: m.name.clone(),
+                    input: m.input_per_million_usd,
+                    output: m.output_per_million_usd,
+                    cached: m.cached_input_per_million_usd,
                 })
                 .collect(),
         })

@@ -254,3 +254,42 @@ fn cached_compile_gives_the_same_result() {
         "False"
     );
 }
+
+#[test]
+fn a_key_is_charged_to_the_budgets_that_select_it_and_their_ancestors() {
+    let budget = |name: &str, spec: Value| {
+        obj(
+            &format!("b.yaml#{name}"),
+            json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "Budget",
+                "metadata": {"name": name},
+                "spec": spec,
+            }),
+        )
+    };
+    let mut objects = base();
+    objects.extend([
+        // An empty selector selects every key of the namespace.
+        budget("org", json!({"selector": {}, "limit": {"usd": 100}, "period": "month"})),
+        budget(
+            "team-a",
+            json!({"selector": {"matchLabels": {"team": "a"}}, "parentRef": {"name": "org"},
+                   "limit": {"usd": 10}, "period": "day"}),
+        ),
+        budget(
+            "team-b",
+            json!({"selector": {"matchLabels": {"team": "b"}}, "parentRef": {"name": "org"},
+                   "limit": {"usd": 10}, "period": "day"}),
+        ),
+        // A cycle does not loop.
+        budget("x", json!({"parentRef": {"name": "y"}, "limit": {"tokens": 5}, "period": "1h"})),
+        budget("y", json!({"parentRef": {"name": "x"}, "limit": {"tokens": 5}, "period": "1h"})),
+    ]);
+    objects[3].value["spec"]["budgetRefs"] = json!([{"name": "x"}]);
+    let c = run(objects);
+    let Some(Body::VirtualKey(k)) = &c.resources[pb::type_url::VIRTUAL_KEY]["default/alice"].body
+    else {
+        panic!()
+    };
+    assert_eq!(k.budgets, vec!["org", "team-a", "x", "y"]);
+}

@@ -830,15 +830,23 @@ pub mod config_discovery_server {
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct UsageBatch {
+    /// Identifies the dataplane process (its node id and a per-process instance id).
     #[prost(string, tag = "1")]
     pub dataplane_id: ::prost::alloc::string::String,
-    /// Increases by one per batch for the life of a dataplane process; together with
-    /// dataplane_id it makes a replayed batch recognisable, so a batch is counted once.
+    /// Increases by one per batch for the life of the process; together with dataplane_id it
+    /// makes a replayed batch recognisable, so a batch is counted once.
     #[prost(uint64, tag = "2")]
     pub sequence: u64,
     #[prost(message, repeated, tag = "3")]
     pub records: ::prost::alloc::vec::Vec<UsageRecord>,
+    /// Counts the usage streams this process has opened. Grants made to an earlier epoch are
+    /// void; what the dataplane still has reserved is declared in `lease_requests`.
+    #[prost(uint64, tag = "4")]
+    pub epoch: u64,
+    #[prost(message, repeated, tag = "5")]
+    pub lease_requests: ::prost::alloc::vec::Vec<LeaseRequest>,
 }
+/// Usage of one or more requests with the same attribution, summed.
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct UsageRecord {
     /// `<namespace>/<name>` of the VirtualKey.
@@ -852,8 +860,9 @@ pub struct UsageRecord {
     pub model: ::prost::alloc::string::String,
     #[prost(string, tag = "5")]
     pub session: ::prost::alloc::string::String,
-    #[prost(string, repeated, tag = "6")]
-    pub budgets: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
+    /// The accounts charged, each with the period its reservation was made in.
+    #[prost(message, repeated, tag = "6")]
+    pub charges: ::prost::alloc::vec::Vec<Charge>,
     #[prost(uint64, tag = "7")]
     pub input_tokens: u64,
     #[prost(uint64, tag = "8")]
@@ -862,31 +871,91 @@ pub struct UsageRecord {
     pub cached_input_tokens: u64,
     #[prost(uint64, tag = "10")]
     pub reasoning_tokens: u64,
-    #[prost(double, tag = "11")]
-    pub cost_usd: f64,
+    /// Cost in nano-USD (1e-9 USD): integers, so sums are exact.
+    #[prost(uint64, tag = "11")]
+    pub cost_nano_usd: u64,
+    /// Start of the second the requests began in.
     #[prost(int64, tag = "12")]
     pub timestamp_unix_ms: i64,
     #[prost(uint32, tag = "13")]
     pub status_code: u32,
+    #[prost(uint64, tag = "14")]
+    pub requests: u64,
+    /// The epoch whose grants the reservations were settled under.
+    #[prost(uint64, tag = "15")]
+    pub lease_epoch: u64,
+    #[prost(string, tag = "16")]
+    pub team: ::prost::alloc::string::String,
+    #[prost(string, tag = "17")]
+    pub customer: ::prost::alloc::string::String,
+    #[prost(string, tag = "18")]
+    pub user: ::prost::alloc::string::String,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Charge {
+    #[prost(string, tag = "1")]
+    pub account: ::prost::alloc::string::String,
+    /// The period the reservation was granted in (0 for rolling and session accounts).
+    #[prost(int64, tag = "2")]
+    pub period_start_unix_ms: i64,
+}
+#[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct Quantity {
+    #[prost(uint64, tag = "1")]
+    pub nano_usd: u64,
+    #[prost(uint64, tag = "2")]
+    pub tokens: u64,
+    #[prost(uint64, tag = "3")]
+    pub requests: u64,
+}
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
+pub struct LeaseRequest {
+    #[prost(string, tag = "1")]
+    pub account: ::prost::alloc::string::String,
+    /// What requests still running have reserved under this epoch's grants.
+    #[prost(message, optional, tag = "2")]
+    pub in_flight: ::core::option::Option<Quantity>,
+    /// What a waiting request needs now (zero when asking ahead of need).
+    #[prost(message, optional, tag = "3")]
+    pub need: ::core::option::Option<Quantity>,
+    /// What the dataplane would like to hold.
+    #[prost(message, optional, tag = "4")]
+    pub want: ::core::option::Option<Quantity>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct UsageAck {
-    /// Every batch up to and including this sequence has been recorded.
+    /// Every batch up to and including this sequence has been recorded (and persisted).
     #[prost(uint64, tag = "1")]
     pub acked_sequence: u64,
     #[prost(message, repeated, tag = "2")]
     pub leases: ::prost::alloc::vec::Vec<QuotaLease>,
 }
-#[derive(Clone, PartialEq, ::prost::Message)]
+#[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct QuotaLease {
     #[prost(string, tag = "1")]
-    pub budget: ::prost::alloc::string::String,
-    #[prost(double, tag = "2")]
-    pub usd: f64,
-    #[prost(uint64, tag = "3")]
-    pub tokens: u64,
-    #[prost(int64, tag = "4")]
+    pub account: ::prost::alloc::string::String,
+    /// Everything granted to this epoch for the account in the period (cumulative).
+    #[prost(message, optional, tag = "2")]
+    pub granted: ::core::option::Option<Quantity>,
+    #[prost(int64, tag = "3")]
     pub expires_unix_ms: i64,
+    #[prost(int64, tag = "4")]
+    pub period_start_unix_ms: i64,
+    /// Zero for rolling and session accounts.
+    #[prost(int64, tag = "5")]
+    pub period_end_unix_ms: i64,
+    /// Left in the account for everyone else after this grant, per limited dimension.
+    #[prost(message, optional, tag = "6")]
+    pub remaining: ::core::option::Option<Quantity>,
+    /// Spend has passed a warn threshold.
+    #[prost(bool, tag = "7")]
+    pub warn: bool,
+    /// Nothing more can be granted: the account is spent (or past a block threshold).
+    #[prost(bool, tag = "8")]
+    pub exhausted: bool,
+    /// Which dimensions the account limits (a bitmask: 1 USD, 2 tokens, 4 requests).
+    #[prost(uint32, tag = "9")]
+    pub limited: u32,
 }
 /// Generated client implementations.
 pub mod usage_reporting_client {

@@ -1,0 +1,182 @@
+//! Account names and their definitions from the compiled config.
+//!
+//! - `budget/<namespace>/<name>`: a Budget's limit, period and thresholds.
+//! - `rate/<namespace>/<key>`: a VirtualKey's requests and tokens per minute (rolling).
+//! - `session/<namespace>/<key>/<session id>`: a VirtualKey's per-session caps.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tollgate_proto as pb;
+use tollgate_proto::resource::Body;
+
+use crate::compile::Compiled;
+use crate::ledger::{AccountDef, Definitions, Qty, Unit, Window};
+
+/// USD to nano-USD, rounded down (a limit never grows by rounding).
+pub fn nano_usd(usd: f64) -> u64 {
+    if usd.is_finite() && usd > 0.0 {
+        (usd * 1e9).floor() as u64
+    } else {
+        0
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct ConfigDefs {
+    budgets: HashMap<String, Arc<pb::Resource>>,
+    keys: HashMap<String, Arc<pb::Resource>>,
+}
+
+impl ConfigDefs {
+    pub fn new(compiled: &Compiled) -> Self {
+        let of = |t: &str| -> HashMap<String, Arc<pb::Resource>> {
+            compiled
+                .resources_of(t)
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default()
+        };
+        ConfigDefs {
+            budgets: of(pb::type_url::BUDGET),
+            keys: of(pb::type_url::VIRTUAL_KEY),
+        }
+    }
+
+    fn key(&self, name: &str) -> Option<&pb::VirtualKey> {
+        match self.keys.get(name)?.body.as_ref()? {
+            Body::VirtualKey(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    fn budget(&self, name: &str) -> Option<&pb::Budget> {
+        match self.budgets.get(name)?.body.as_ref()? {
+            Body::Budget(b) => Some(b),
+            _ => None,
+        }
+    }
+}
+
+pub fn budget_def(b: &pb::Budget) -> AccountDef {
+    let window = match &b.period {
+        Some(pb::budget::Period::Calendar(c)) => {
+            let unit = match c.as_str() {
+                "week" => Unit::Week,
+                "month" => Unit::Month,
+                _ => Unit::Day,
+            };
+            let tz = jiff::tz::TimeZone::get(&b.time_zone).unwrap_or(jiff::tz::TimeZone::UTC);
+            Window::Calendar { unit, tz }
+        }
+        Some(pb::budget::Period::RollingMs(ms)) => Window::Rolling {
+            ms: (*ms as i64).max(1),
+        },
+        None => Window::Lifetime,
+    };
+    AccountDef {
+        limit: Qty {
+            usd: b.limit_usd.map(nano_usd).unwrap_or(Qty::UNLIMITED),
+            tokens: b.limit_tokens.unwrap_or(Qty::UNLIMITED),
+            requests: Qty::UNLIMITED,
+        },
+        window,
+        block_percent: b
+            .thresholds
+            .iter()
+            .filter(|t| t.block)
+            .map(|t| t.percent)
+            .min()
+            .unwrap_or(100),
+        warn_percents: b
+            .thresholds
+            .iter()
+            .filter(|t| !t.block)
+            .map(|t| t.percent)
+            .collect(),
+    }
+}
+
+impl Definitions for ConfigDefs {
+    fn define(&self, account: &str) -> Option<AccountDef> {
+        let (kind, rest) = account.split_once('/')?;
+        match kind {
+            "budget" => self.budget(rest).map(budget_def),
+            "rate" => {
+                let l = self.key(rest)?.limits.as_ref()?;
+                let or_unlimited = |v: u64| if v == 0 { Qty::UNLIMITED } else { v };
+                if l.requests_per_minute == 0 && l.tokens_per_minute == 0 {
+                    return None;
+                }
+                Some(AccountDef {
+                    limit: Qty {
+                        usd: Qty::UNLIMITED,
+                        tokens: or_unlimited(l.tokens_per_minute),
+                        requests: or_unlimited(l.requests_per_minute),
+                    },
+                    window: Window::Rolling { ms: 60_000 },
+                    block_percent: 100,
+                    warn_percents: vec![],
+                })
+            }
+            "session" => {
+                let (key, _session) = rest.rsplit_once('/')?;
+                let s = self.key(key)?.session.as_ref()?;
+                Some(AccountDef {
+                    limit: Qty {
+                        usd: s.max_cost_usd.map(nano_usd).unwrap_or(Qty::UNLIMITED),
+                        tokens: if s.max_tokens == 0 {
+                            Qty::UNLIMITED
+                        } else {
+                            s.max_tokens
+                        },
+                        requests: Qty::UNLIMITED,
+                    },
+                    window: Window::Lifetime,
+                    block_percent: 100,
+                    warn_percents: vec![],
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usd_becomes_whole_nano_usd_rounded_down() {
+        assert_eq!(nano_usd(1.0), 1_000_000_000);
+        assert_eq!(nano_usd(0.000_000_001_9), 1);
+        assert_eq!(nano_usd(-1.0), 0);
+        assert_eq!(nano_usd(f64::NAN), 0);
+    }
+
+    #[test]
+    fn a_budget_blocks_at_its_lowest_block_threshold() {
+        let b = pb::Budget {
+            limit_usd: Some(10.0),
+            period: Some(pb::budget::Period::Calendar("month".into())),
+            time_zone: "Europe/Paris".into(),
+            thresholds: vec![
+                pb::Threshold {
+                    percent: 80,
+                    block: false,
+                },
+                pb::Threshold {
+                    percent: 95,
+                    block: true,
+                },
+            ],
+            ..Default::default()
+        };
+        let d = budget_def(&b);
+        assert_eq!(d.block_percent, 95);
+        assert_eq!(d.warn_percents, vec![80]);
+        assert_eq!(d.limit.usd, 10_000_000_000);
+        assert_eq!(d.limit.tokens, Qty::UNLIMITED);
+        assert_eq!(d.limited(), 1);
+        assert!(matches!(d.window, Window::Calendar { unit: Unit::Month, .. }));
+    }
+}

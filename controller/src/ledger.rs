@@ -1,0 +1,648 @@
+//! The usage ledger: what each account (a Budget, a key's rate limits, an agent session) has
+//! spent in its period, and what each dataplane has been granted to spend.
+//!
+//! A dataplane reserves a request's worst case out of its grant and settles the actual
+//! usage when the request ends. The ledger grants only out of what is free:
+//!
+//! ```text
+//! free = limit - spent - Σ over dataplanes of what they may still spend
+//! ```
+//!
+//! where what a dataplane may still spend is its grant less what it has settled (while the
+//! grant is live), or what it reported as still reserved (once the grant expired). Grants
+//! are cumulative per dataplane epoch (usage stream) and period, so a repeated or lost
+//! message cannot double one. Usage is counted once per batch sequence; the spend and the
+//! sequences seen are what is persisted, so a restarted controller counts on exactly.
+//!
+//! Pure: time comes in as an argument; the server and the persistence are elsewhere.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+
+use serde::{Deserialize, Serialize};
+use tollgate_proto as pb;
+
+/// How long a grant lasts unless renewed.
+pub const DEFAULT_LEASE_TTL_MS: i64 = 10_000;
+/// A session account unused this long is forgotten.
+const SESSION_IDLE_MS: i64 = 24 * 3600 * 1000;
+/// A dataplane not heard of for this long leaves the replay table.
+const DATAPLANE_FORGET_MS: i64 = 7 * 24 * 3600 * 1000;
+/// Rolling windows are kept in this many buckets.
+const BUCKETS: i64 = 60;
+
+/// Amounts of the three dimensions an account may limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Qty {
+    /// Nano-USD.
+    pub usd: u64,
+    pub tokens: u64,
+    pub requests: u64,
+}
+
+impl Qty {
+    pub const UNLIMITED: u64 = u64::MAX;
+
+    fn zip(self, o: Qty, f: impl Fn(u64, u64) -> u64) -> Qty {
+        Qty {
+            usd: f(self.usd, o.usd),
+            tokens: f(self.tokens, o.tokens),
+            requests: f(self.requests, o.requests),
+        }
+    }
+    pub fn plus(self, o: Qty) -> Qty {
+        self.zip(o, u64::saturating_add)
+    }
+    pub fn minus(self, o: Qty) -> Qty {
+        self.zip(o, u64::saturating_sub)
+    }
+    pub fn min(self, o: Qty) -> Qty {
+        self.zip(o, u64::min)
+    }
+    pub fn max(self, o: Qty) -> Qty {
+        self.zip(o, u64::max)
+    }
+    fn dims(self) -> [u64; 3] {
+        [self.usd, self.tokens, self.requests]
+    }
+}
+
+impl From<Option<&pb::Quantity>> for Qty {
+    fn from(q: Option<&pb::Quantity>) -> Self {
+        q.map(|q| Qty {
+            usd: q.nano_usd,
+            tokens: q.tokens,
+            requests: q.requests,
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl From<Qty> for pb::Quantity {
+    fn from(q: Qty) -> Self {
+        pb::Quantity {
+            nano_usd: q.usd,
+            tokens: q.tokens,
+            requests: q.requests,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unit {
+    Day,
+    Week,
+    Month,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Window {
+    /// Calendar periods in a time zone; spend resets at each period's start.
+    Calendar { unit: Unit, tz: jiff::tz::TimeZone },
+    /// Spend of the last `ms`.
+    Rolling { ms: i64 },
+    /// Never resets (agent sessions).
+    Lifetime,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct AccountDef {
+    /// `Qty::UNLIMITED` in a dimension the account does not limit.
+    pub limit: Qty,
+    pub window: Window,
+    /// Spend is refused past this percentage of the limit (100 unless a block threshold
+    /// says less).
+    pub block_percent: u32,
+    /// Warn thresholds, in percent.
+    pub warn_percents: Vec<u32>,
+}
+
+impl AccountDef {
+    /// The limit spend is held to: the block threshold's share of the limit.
+    fn effective(&self) -> Qty {
+        let cut = |l: u64| {
+            if l == Qty::UNLIMITED {
+                l
+            } else {
+                (l as u128 * self.block_percent.min(100) as u128 / 100) as u64
+            }
+        };
+        Qty {
+            usd: cut(self.limit.usd),
+            tokens: cut(self.limit.tokens),
+            requests: cut(self.limit.requests),
+        }
+    }
+
+    /// Bitmask of the dimensions limited: 1 USD, 2 tokens, 4 requests.
+    pub fn limited(&self) -> u32 {
+        self.limit
+            .dims()
+            .iter()
+            .enumerate()
+            .filter(|(_, l)| **l != Qty::UNLIMITED)
+            .map(|(i, _)| 1u32 << i)
+            .sum()
+    }
+}
+
+/// The period `now` falls in: `[start, end)` in unix ms; `(0, 0)` for windows without one.
+pub fn period_of(window: &Window, now_ms: i64) -> (i64, i64) {
+    let Window::Calendar { unit, tz } = window else {
+        return (0, 0);
+    };
+    let Ok(ts) = jiff::Timestamp::from_millisecond(now_ms) else {
+        return (0, 0);
+    };
+    let zoned = ts.to_zoned(tz.clone());
+    let date = zoned.date();
+    let start_date = match unit {
+        Unit::Day => date,
+        Unit::Week => {
+            let back = date.weekday().to_monday_zero_offset() as i64;
+            date.checked_sub(jiff::Span::new().days(back)).unwrap_or(date)
+        }
+        Unit::Month => date.first_of_month(),
+    };
+    let step = match unit {
+        Unit::Day => jiff::Span::new().days(1),
+        Unit::Week => jiff::Span::new().weeks(1),
+        Unit::Month => jiff::Span::new().months(1),
+    };
+    let end_date = start_date.checked_add(step).unwrap_or(start_date);
+    let at = |d: jiff::civil::Date| {
+        d.to_zoned(tz.clone())
+            .map(|z| z.timestamp().as_millisecond())
+            .unwrap_or(now_ms)
+    };
+    (at(start_date), at(end_date))
+}
+
+#[derive(Clone, Debug, Default)]
+struct Grant {
+    epoch: u64,
+    period: i64,
+    granted: Qty,
+    settled: Qty,
+    in_flight: Qty,
+    expires_ms: i64,
+}
+
+impl Grant {
+    /// What the dataplane may still spend under this grant.
+    fn outstanding(&self, now_ms: i64) -> Qty {
+        let unsettled = self.granted.minus(self.settled);
+        if now_ms < self.expires_ms {
+            unsettled
+        } else {
+            unsettled.min(self.in_flight)
+        }
+    }
+}
+
+/// What is persisted of an account: its spend, never its grants.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Spend {
+    /// Calendar: the period's start; 0 otherwise.
+    #[serde(default)]
+    pub period_start: i64,
+    #[serde(default)]
+    pub spent: Qty,
+    /// Rolling windows: (bucket start, spend) pairs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub buckets: Vec<(i64, Qty)>,
+    #[serde(default)]
+    pub last_used_ms: i64,
+}
+
+#[derive(Debug)]
+struct Account {
+    def: Option<AccountDef>,
+    period: (i64, i64),
+    spent: Qty,
+    buckets: VecDeque<(i64, Qty)>,
+    grants: HashMap<String, Grant>,
+    last_used_ms: i64,
+}
+
+impl Account {
+    fn new(def: Option<AccountDef>) -> Self {
+        Account {
+            def,
+            period: (0, 0),
+            spent: Qty::default(),
+            buckets: VecDeque::new(),
+            grants: HashMap::new(),
+            last_used_ms: 0,
+        }
+    }
+
+    /// Moves to the period `now` is in, resetting spend and grants on a change, and drops
+    /// rolling buckets that left the window.
+    fn roll(&mut self, now_ms: i64) {
+        let Some(def) = &self.def else { return };
+        match &def.window {
+            Window::Calendar { .. } => {
+                if now_ms >= self.period.1 || now_ms < self.period.0 {
+                    let next = period_of(&def.window, now_ms);
+                    if next.0 > self.period.0 {
+                        self.period = next;
+                        self.spent = Qty::default();
+                        self.grants.clear();
+                    }
+                }
+            }
+            Window::Rolling { ms } => {
+                let ms = *ms;
+                while self.buckets.front().is_some_and(|(t, _)| *t + bucket_ms(ms) <= now_ms - ms) {
+                    self.buckets.pop_front();
+                }
+            }
+            Window::Lifetime => {}
+        }
+    }
+
+    fn spent_now(&self) -> Qty {
+        match self.def.as_ref().map(|d| &d.window) {
+            Some(Window::Rolling { .. }) => self
+                .buckets
+                .iter()
+                .fold(Qty::default(), |acc, (_, q)| acc.plus(*q)),
+            _ => self.spent,
+        }
+    }
+
+    fn outstanding(&self, now_ms: i64) -> Qty {
+        self.grants
+            .values()
+            .fold(Qty::default(), |acc, g| acc.plus(g.outstanding(now_ms)))
+    }
+
+    fn free(&self, now_ms: i64) -> Qty {
+        let Some(def) = &self.def else {
+            return Qty::default();
+        };
+        def.effective()
+            .minus(self.spent_now())
+            .minus(self.outstanding(now_ms))
+    }
+
+    /// Adds settled usage made at `at_ms` in the period starting `period`.
+    fn charge(&mut self, amount: Qty, period: i64, at_ms: i64) {
+        self.last_used_ms = self.last_used_ms.max(at_ms);
+        match self.def.as_ref().map(|d| &d.window) {
+            Some(Window::Rolling { ms }) => {
+                let b = bucket_ms(*ms);
+                let start = at_ms - at_ms.rem_euclid(b);
+                // Buckets are in time order; a late record joins its own bucket.
+                match self.buckets.iter_mut().rev().find(|(t, _)| *t <= start) {
+                    Some((t, q)) if *t == start => *q = q.plus(amount),
+                    _ => {
+                        let at = self
+                            .buckets
+                            .iter()
+                            .position(|(t, _)| *t > start)
+                            .unwrap_or(self.buckets.len());
+                        self.buckets.insert(at, (start, amount));
+                    }
+                }
+            }
+            Some(Window::Calendar { .. }) => {
+                if period == self.period.0 {
+                    self.spent = self.spent.plus(amount);
+                }
+                // Usage of an earlier period belongs to that period, which is over.
+            }
+            Some(Window::Lifetime) | None => self.spent = self.spent.plus(amount),
+        }
+    }
+
+    fn state(&self, now_ms: i64) -> &'static str {
+        let Some(def) = &self.def else { return "Unknown" };
+        let spent = self.spent_now();
+        let limit = def.limit;
+        let past = |pct: u32| {
+            spent
+                .dims()
+                .iter()
+                .zip(limit.dims())
+                .any(|(s, l)| l != Qty::UNLIMITED && (*s as u128) * 100 >= l as u128 * pct as u128)
+        };
+        let free = self.free(now_ms);
+        if past(def.block_percent.min(100))
+            || free
+                .dims()
+                .iter()
+                .zip(limit.dims())
+                .any(|(f, l)| l != Qty::UNLIMITED && *f == 0)
+        {
+            "Exceeded"
+        } else if def.warn_percents.iter().any(|p| past(*p)) {
+            "Warning"
+        } else {
+            "Ok"
+        }
+    }
+}
+
+fn bucket_ms(window_ms: i64) -> i64 {
+    (window_ms / BUCKETS).max(1)
+}
+
+/// Looks up an account's definition in the current config.
+pub trait Definitions {
+    fn define(&self, account: &str) -> Option<AccountDef>;
+}
+
+/// What an account looks like from outside: for status, metrics and the admin port.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AccountView {
+    pub account: String,
+    pub spent: Qty,
+    pub remaining: Qty,
+    pub limit: Qty,
+    pub limited: u32,
+    pub period_start_ms: i64,
+    pub period_end_ms: i64,
+    pub state: &'static str,
+}
+
+/// What is persisted: spend per account and the last batch counted per dataplane.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Persisted {
+    pub accounts: BTreeMap<String, Spend>,
+    /// dataplane id → (last sequence counted, when last heard of).
+    pub sequences: BTreeMap<String, (u64, i64)>,
+}
+
+#[derive(Debug, Default)]
+pub struct Ledger {
+    accounts: HashMap<String, Account>,
+    sequences: HashMap<String, (u64, i64)>,
+    pub lease_ttl_ms: i64,
+    /// Records counted (not replays), for the metric.
+    pub records_counted: u64,
+}
+
+/// The result of one batch.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub ack: pb::UsageAck,
+    /// The batch carried new usage: the state must be persisted before the ack is sent.
+    pub changed: bool,
+}
+
+impl Ledger {
+    pub fn new(lease_ttl_ms: i64) -> Self {
+        Ledger {
+            lease_ttl_ms,
+            ..Default::default()
+        }
+    }
+
+    pub fn restore(p: Persisted, defs: &dyn Definitions, lease_ttl_ms: i64) -> Self {
+        let mut ledger = Ledger::new(lease_ttl_ms);
+        ledger.sequences = p.sequences.into_iter().collect();
+        for (name, s) in p.accounts {
+            let def = defs.define(&name);
+            let mut a = Account::new(def.clone());
+            if let Some(d) = &def {
+                a.period = period_of(&d.window, s.period_start.max(0));
+                if s.period_start == 0 {
+                    a.period = (0, 0);
+                }
+            }
+            a.spent = s.spent;
+            a.buckets = s.buckets.into_iter().collect();
+            a.last_used_ms = s.last_used_ms;
+            ledger.accounts.insert(name, a);
+        }
+        ledger
+    }
+
+    pub fn persisted(&self) -> Persisted {
+        Persisted {
+            accounts: self
+                .accounts
+                .iter()
+                .map(|(name, a)| {
+                    (
+                        name.clone(),
+                        Spend {
+                            period_start: a.period.0,
+                            spent: a.spent,
+                            buckets: a.buckets.iter().copied().collect(),
+                            last_used_ms: a.last_used_ms,
+                        },
+                    )
+                })
+                .collect(),
+            sequences: self
+                .sequences
+                .iter()
+                .map(|(k, v)| (k.clone(), *v))
+                .collect(),
+        }
+    }
+
+    /// Re-reads every account's definition after a config change.
+    pub fn redefine(&mut self, defs: &dyn Definitions) {
+        for (name, a) in &mut self.accounts {
+            a.def = defs.define(name);
+        }
+    }
+
+    fn account(&mut self, name: &str, defs: &dyn Definitions, now_ms: i64) -> &mut Account {
+        let a = self
+            .accounts
+            .entry(name.to_string())
+            .or_insert_with(|| Account::new(defs.define(name)));
+        if a.def.is_none() {
+            a.def = defs.define(name);
+        }
+        a.roll(now_ms);
+        a
+    }
+
+    /// Counts a batch's usage (once per sequence) and answers its lease requests.
+    pub fn apply(&mut self, batch: &pb::UsageBatch, defs: &dyn Definitions, now_ms: i64) -> Applied {
+        let mut out = Applied {
+            ack: pb::UsageAck {
+                acked_sequence: batch.sequence,
+                leases: vec![],
+            },
+            changed: false,
+        };
+        let dp = batch.dataplane_id.as_str();
+        let last = self.sequences.get(dp).map(|s| s.0).unwrap_or(0);
+        let fresh = batch.sequence > last;
+        if fresh {
+            self.sequences
+                .insert(dp.to_string(), (batch.sequence, now_ms));
+            out.changed = true;
+            for r in &batch.records {
+                self.records_counted += 1;
+                let amount = Qty {
+                    usd: r.cost_nano_usd,
+                    tokens: r.input_tokens + r.output_tokens,
+                    requests: r.requests,
+                };
+                for c in &r.charges {
+                    let a = self.account(&c.account, defs, now_ms);
+                    a.charge(amount, c.period_start_unix_ms, r.timestamp_unix_ms);
+                    if let Some(g) = a.grants.get_mut(dp)
+                        && g.epoch == r.lease_epoch
+                        && g.period == c.period_start_unix_ms
+                    {
+                        g.settled = g.settled.plus(amount);
+                    }
+                }
+            }
+            // A replayed batch's lease requests are stale: only fresh ones are answered.
+            for req in &batch.lease_requests {
+                if let Some(lease) = self.lease(dp, batch.epoch, req, defs, now_ms) {
+                    out.ack.leases.push(lease);
+                }
+            }
+        }
+        out
+    }
+
+    fn lease(
+        &mut self,
+        dp: &str,
+        epoch: u64,
+        req: &pb::LeaseRequest,
+        defs: &dyn Definitions,
+        now_ms: i64,
+    ) -> Option<pb::QuotaLease> {
+        let ttl = self.lease_ttl_ms;
+        let a = self.account(&req.account, defs, now_ms);
+        let def = a.def.clone()?;
+        a.last_used_ms = a.last_used_ms.max(now_ms);
+        let period = a.period;
+        let in_flight = Qty::from(req.in_flight.as_ref());
+        let g = a.grants.entry(dp.to_string()).or_default();
+        if g.epoch != epoch || g.period != period.0 {
+            // A new stream (or period): what the dataplane still has reserved is carried.
+            *g = Grant {
+                epoch,
+                period: period.0,
+                granted: in_flight,
+                ..Default::default()
+            };
+        }
+        if g.expires_ms <= now_ms {
+            // An expired grant's unreserved part is forfeit, on both sides: the dataplane
+            // stopped reserving from it when it expired.
+            g.granted = g.settled.plus(g.granted.minus(g.settled).min(in_flight));
+        }
+        g.in_flight = in_flight;
+        g.expires_ms = now_ms + ttl;
+        let free = a.free(now_ms);
+        let need = Qty::from(req.need.as_ref());
+        let want = Qty::from(req.want.as_ref()).max(need);
+        let live = a
+            .grants
+            .values()
+            .filter(|g| g.expires_ms > now_ms)
+            .count()
+            .max(1) as u64;
+        let limit = def.limit;
+        let fits = free
+            .dims()
+            .iter()
+            .zip(need.dims())
+            .zip(limit.dims())
+            .all(|((f, n), l)| l == Qty::UNLIMITED || n <= *f);
+        let add = if fits {
+            // A fair share of what is free, at least what is needed now, at most what is
+            // wanted: near the limit, shares shrink, so little is left idle in grants.
+            let pick = |f: u64, n: u64, w: u64, l: u64| {
+                if l == Qty::UNLIMITED {
+                    0
+                } else {
+                    (f / (2 * live)).min(w).max(n).min(f)
+                }
+            };
+            Qty {
+                usd: pick(free.usd, need.usd, want.usd, limit.usd),
+                tokens: pick(free.tokens, need.tokens, want.tokens, limit.tokens),
+                requests: pick(free.requests, need.requests, want.requests, limit.requests),
+            }
+        } else {
+            Qty::default()
+        };
+        let g = a.grants.get_mut(dp)?;
+        g.granted = g.granted.plus(add);
+        let granted = g.granted;
+        let remaining = free.minus(add);
+        let spent = a.spent_now();
+        let warn = def.warn_percents.iter().any(|p| {
+            spent
+                .dims()
+                .iter()
+                .zip(limit.dims())
+                .any(|(s, l)| l != Qty::UNLIMITED && (*s as u128) * 100 >= l as u128 * *p as u128)
+        });
+        Some(pb::QuotaLease {
+            account: req.account.clone(),
+            granted: Some(granted.into()),
+            expires_unix_ms: now_ms + ttl,
+            period_start_unix_ms: period.0,
+            period_end_unix_ms: period.1,
+            remaining: Some(remaining.into()),
+            warn,
+            exhausted: !fits,
+            limited: def.limited(),
+        })
+    }
+
+    /// Drops idle sessions and dataplanes long gone.
+    pub fn sweep(&mut self, now_ms: i64) {
+        self.accounts.retain(|name, a| {
+            !(name.starts_with("session/") && now_ms - a.last_used_ms > SESSION_IDLE_MS)
+        });
+        self.sequences
+            .retain(|_, (_, seen)| now_ms - *seen < DATAPLANE_FORGET_MS);
+        for a in self.accounts.values_mut() {
+            a.roll(now_ms);
+            a.grants
+                .retain(|_, g| g.expires_ms > now_ms || g.outstanding(now_ms) != Qty::default());
+        }
+    }
+
+    /// Every account with a definition, for status and metrics.
+    pub fn views(&mut self, now_ms: i64) -> Vec<AccountView> {
+        let mut out: Vec<AccountView> = self
+            .accounts
+            .iter_mut()
+            .filter_map(|(name, a)| {
+                a.roll(now_ms);
+                let def = a.def.as_ref()?;
+                let spent = a.spent_now();
+                let remaining = def.limit.minus(spent);
+                Some(AccountView {
+                    account: name.clone(),
+                    spent,
+                    remaining,
+                    limit: def.limit,
+                    limited: def.limited(),
+                    period_start_ms: a.period.0,
+                    period_end_ms: a.period.1,
+                    state: a.state(now_ms),
+                })
+            })
+            .collect();
+        out.sort_by(|a, b| a.account.cmp(&b.account));
+        out
+    }
+
+    /// The view of one account, whether or not it has been used.
+    pub fn view(&mut self, account: &str, defs: &dyn Definitions, now_ms: i64) -> Option<AccountView> {
+        self.account(account, defs, now_ms);
+        self.views(now_ms).into_iter().find(|v| v.account == account)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,219 @@
+use super::*;
+
+struct Defs(HashMap<String, AccountDef>);
+
+impl Definitions for Defs {
+    fn define(&self, account: &str) -> Option<AccountDef> {
+        self.0.get(account).cloned()
+    }
+}
+
+fn usd_budget(nano: u64, window: Window) -> AccountDef {
+    AccountDef {
+        limit: Qty {
+            usd: nano,
+            tokens: Qty::UNLIMITED,
+            requests: Qty::UNLIMITED,
+        },
+        window,
+        block_percent: 100,
+        warn_percents: vec![50],
+    }
+}
+
+fn defs(def: AccountDef) -> Defs {
+    Defs([("budget/ns/b".to_string(), def)].into())
+}
+
+fn usd(n: u64) -> Option<pb::Quantity> {
+    Some(pb::Quantity {
+        nano_usd: n,
+        ..Default::default()
+    })
+}
+
+fn ask(dp: &str, seq: u64, epoch: u64, in_flight: u64, need: u64, want: u64) -> pb::UsageBatch {
+    pb::UsageBatch {
+        dataplane_id: dp.into(),
+        sequence: seq,
+        epoch,
+        records: vec![],
+        lease_requests: vec![pb::LeaseRequest {
+            account: "budget/ns/b".into(),
+            in_flight: usd(in_flight),
+            need: usd(need),
+            want: usd(want),
+        }],
+    }
+}
+
+fn spend(dp: &str, seq: u64, epoch: u64, cost: u64, at: i64, period: i64) -> pb::UsageBatch {
+    pb::UsageBatch {
+        dataplane_id: dp.into(),
+        sequence: seq,
+        epoch,
+        records: vec![pb::UsageRecord {
+            virtual_key: "ns/k".into(),
+            charges: vec![pb::Charge {
+                account: "budget/ns/b".into(),
+                period_start_unix_ms: period,
+            }],
+            cost_nano_usd: cost,
+            input_tokens: 3,
+            output_tokens: 4,
+            requests: 1,
+            lease_epoch: epoch,
+            timestamp_unix_ms: at,
+            ..Default::default()
+        }],
+        lease_requests: vec![],
+    }
+}
+
+fn granted(a: &Applied) -> u64 {
+    a.ack.leases[0].granted.as_ref().unwrap().nano_usd
+}
+
+#[test]
+fn grants_to_every_dataplane_together_stay_within_the_limit() {
+    let d = defs(usd_budget(1000, Window::Lifetime));
+    let mut l = Ledger::new(10_000);
+    let mut total = 0;
+    // Three dataplanes ask greedily, again and again.
+    for round in 1..=20 {
+        for dp in ["a", "b", "c"] {
+            l.apply(&ask(dp, round, 1, 0, 10, 10_000), &d, 1_000);
+        }
+    }
+    for dp in ["a", "b", "c"] {
+        let a = l.apply(&ask(dp, 100, 1, 0, 0, 0), &d, 1_000);
+        total += granted(&a);
+    }
+    assert!(total <= 1000, "granted {total} of 1000");
+    // Most of it was handed out; what is left cannot cover a request that needs 10.
+    assert!(total > 900, "granted only {total}");
+    let a = l.apply(&ask("a", 101, 1, 0, 1000 - total + 1, 0), &d, 1_000);
+    assert!(a.ack.leases[0].exhausted);
+}
+
+#[test]
+fn settled_usage_frees_the_unspent_part_of_a_grant_and_counts_once() {
+    let d = defs(usd_budget(1000, Window::Lifetime));
+    let mut l = Ledger::new(10_000);
+    assert_eq!(granted(&l.apply(&ask("a", 1, 1, 0, 600, 600), &d, 0)), 600);
+    // b can have only what is left.
+    let b = l.apply(&ask("b", 1, 1, 0, 500, 500), &d, 0);
+    assert!(b.ack.leases[0].exhausted);
+    // a settles 100 (its request cost less than reserved) and its grant expires.
+    let s = spend("a", 2, 1, 100, 0, 0);
+    assert!(l.apply(&s, &d, 1).changed);
+    // A replay of the same batch is acknowledged and not counted.
+    let replay = l.apply(&s, &d, 2);
+    assert!(!replay.changed);
+    assert_eq!(replay.ack.acked_sequence, 2);
+    let view = l.view("budget/ns/b", &d, 2).unwrap();
+    assert_eq!(view.spent.usd, 100);
+    // Once a's grant expires with nothing in flight, b gets the rest.
+    let b = l.apply(&ask("b", 2, 1, 0, 500, 500), &d, 20_001);
+    assert!(!b.ack.leases[0].exhausted);
+    assert_eq!(granted(&b), 500);
+    // a renews with nothing in flight: its expired grant's unspent 500 is forfeit (it is
+    // not revived), so only 400 are free and a request needing 500 does not fit.
+    let a = l.apply(&ask("a", 3, 1, 0, 500, 500), &d, 20_002);
+    assert!(a.ack.leases[0].exhausted, "{:?}", a.ack.leases[0]);
+    assert_eq!(granted(&a), 100, "the grant is what a has settled, nothing more");
+}
+
+#[test]
+fn a_new_epoch_carries_what_is_still_reserved() {
+    let d = defs(usd_budget(1000, Window::Lifetime));
+    let mut l = Ledger::new(10_000);
+    assert_eq!(granted(&l.apply(&ask("a", 1, 1, 0, 300, 300), &d, 0)), 300);
+    // The stream broke; on the new one, 200 is still reserved by running requests.
+    let a = l.apply(&ask("a", 2, 2, 200, 0, 0), &d, 5);
+    assert_eq!(granted(&a), 200);
+    // Those requests settle (under epoch 2) at 150: the grant's unsettled part is 50.
+    l.apply(&spend("a", 3, 2, 150, 5, 0), &d, 6);
+    let b = l.apply(&ask("b", 1, 1, 0, 800, 800), &d, 7);
+    assert_eq!(granted(&b), 800, "{:?}", b.ack.leases[0]);
+    let c = l.apply(&ask("c", 1, 1, 0, 1, 1), &d, 7);
+    assert!(c.ack.leases[0].exhausted);
+}
+
+#[test]
+fn persisted_spend_and_sequences_survive_a_restart() {
+    let d = defs(usd_budget(1000, Window::Lifetime));
+    let mut l = Ledger::new(10_000);
+    l.apply(&spend("a", 1, 1, 70, 0, 0), &d, 0);
+    l.apply(&spend("a", 2, 1, 30, 0, 0), &d, 0);
+    let saved = serde_json::to_string(&l.persisted()).unwrap();
+    let mut restored = Ledger::restore(serde_json::from_str(&saved).unwrap(), &d, 10_000);
+    // Batch 2 again (its ack was lost) is not counted; batch 3 is.
+    assert!(!restored.apply(&spend("a", 2, 1, 30, 0, 0), &d, 1).changed);
+    assert!(restored.apply(&spend("a", 3, 1, 5, 0, 0), &d, 1).changed);
+    assert_eq!(restored.view("budget/ns/b", &d, 1).unwrap().spent.usd, 105);
+}
+
+#[test]
+fn calendar_periods_reset_spend_at_their_start_in_the_time_zone() {
+    let tz = jiff::tz::TimeZone::get("America/New_York").unwrap();
+    let day = Window::Calendar {
+        unit: Unit::Day,
+        tz: tz.clone(),
+    };
+    // 2026-11-22T03:00Z is 22:00 on the 21st in New York (UTC-5).
+    let t: i64 = jiff::Timestamp::from_second(1_795_316_400).unwrap().as_millisecond();
+    let (start, end) = period_of(&day, t);
+    assert_eq!(
+        jiff::Timestamp::from_millisecond(start).unwrap().to_string(),
+        "2026-11-21T05:00:00Z"
+    );
+    assert_eq!(end - start, 24 * 3600 * 1000);
+    let week = period_of(&Window::Calendar { unit: Unit::Week, tz: tz.clone() }, t);
+    // The 21st of November 2026 is a Saturday: the week began on Monday the 16th.
+    assert_eq!(
+        jiff::Timestamp::from_millisecond(week.0).unwrap().to_string(),
+        "2026-11-16T05:00:00Z"
+    );
+    let month = period_of(&Window::Calendar { unit: Unit::Month, tz }, t);
+    assert_eq!(
+        jiff::Timestamp::from_millisecond(month.1).unwrap().to_string(),
+        "2026-12-01T05:00:00Z"
+    );
+
+    let d = defs(usd_budget(1000, day.clone()));
+    let mut l = Ledger::new(10_000);
+    l.apply(&ask("a", 1, 1, 0, 0, 0), &d, t);
+    l.apply(&spend("a", 2, 1, 400, t, start), &d, t);
+    assert_eq!(l.view("budget/ns/b", &d, t).unwrap().spent.usd, 400);
+    // Late usage of the day before does not count in this one.
+    l.apply(&spend("a", 3, 1, 50, t, start - 86_400_000), &d, t);
+    assert_eq!(l.view("budget/ns/b", &d, t).unwrap().spent.usd, 400);
+    let next = l.view("budget/ns/b", &d, end + 1).unwrap();
+    assert_eq!(next.spent.usd, 0);
+    assert_eq!(next.period_start_ms, end);
+}
+
+#[test]
+fn rolling_windows_forget_old_spend() {
+    let d = defs(usd_budget(1000, Window::Rolling { ms: 60_000 }));
+    let mut l = Ledger::new(10_000);
+    l.apply(&spend("a", 1, 1, 300, 1_000, 0), &d, 1_000);
+    l.apply(&spend("a", 2, 1, 200, 31_000, 0), &d, 31_000);
+    assert_eq!(l.view("budget/ns/b", &d, 31_000).unwrap().spent.usd, 500);
+    assert_eq!(l.view("budget/ns/b", &d, 62_000).unwrap().spent.usd, 200);
+    assert_eq!(l.view("budget/ns/b", &d, 92_000).unwrap().spent.usd, 0);
+}
+
+#[test]
+fn states_follow_thresholds() {
+    let d = defs(usd_budget(1000, Window::Lifetime));
+    let mut l = Ledger::new(10_000);
+    assert_eq!(l.view("budget/ns/b", &d, 0).unwrap().state, "Ok");
+    l.apply(&spend("a", 1, 1, 600, 0, 0), &d, 0);
+    assert_eq!(l.view("budget/ns/b", &d, 0).unwrap().state, "Warning");
+    let a = l.apply(&ask("a", 2, 1, 0, 1, 1), &d, 0);
+    assert!(a.ack.leases[0].warn);
+    l.apply(&spend("a", 3, 1, 400, 0, 0), &d, 0);
+    assert_eq!(l.view("budget/ns/b", &d, 0).unwrap().state, "Exceeded");
+}
