@@ -177,6 +177,12 @@ mod tests {
         assert_eq!(d.limit.usd, 10_000_000_000);
         assert_eq!(d.limit.tokens, Qty::UNLIMITED);
         assert_eq!(d.limited(), 1);
-        assert!(matches!(d.window, Window::Calendar { unit: Unit::Month, .. }));
+        assert!(matches!(
+            d.window,
+            Window::Calendar {
+                unit: Unit::Month,
+                ..
+            }
+        ));
     }
 }

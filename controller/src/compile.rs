@@ -847,22 +847,17 @@ fn key_budgets(
         .map(|b| (b.name.as_str(), b))
         .collect();
     let mut out: Vec<String> = Vec::new();
-    let direct = k
-        .spec
-        .budget_refs
-        .iter()
-        .map(|r| r.name.as_str())
-        .chain(
-            in_ns
-                .values()
-                .filter(|b| {
-                    b.spec
-                        .selector
-                        .as_ref()
-                        .is_some_and(|s| selector_matches(s, &k.labels))
-                })
-                .map(|b| b.name.as_str()),
-        );
+    let direct = k.spec.budget_refs.iter().map(|r| r.name.as_str()).chain(
+        in_ns
+            .values()
+            .filter(|b| {
+                b.spec
+                    .selector
+                    .as_ref()
+                    .is_some_and(|s| selector_matches(s, &k.labels))
+            })
+            .map(|b| b.name.as_str()),
+    );
     for name in direct {
         let mut next = Some(name);
         // A parent cycle ends where a budget repeats.

@@ -159,7 +159,8 @@ pub fn period_of(window: &Window, now_ms: i64) -> (i64, i64) {
         Unit::Day => date,
         Unit::Week => {
             let back = date.weekday().to_monday_zero_offset() as i64;
-            date.checked_sub(jiff::Span::new().days(back)).unwrap_or(date)
+            date.checked_sub(jiff::Span::new().days(back))
+                .unwrap_or(date)
         }
         Unit::Month => date.first_of_month(),
     };
@@ -222,6 +223,8 @@ struct Account {
     buckets: VecDeque<(i64, Qty)>,
     grants: HashMap<String, Grant>,
     last_used_ms: i64,
+    /// A request was refused for want of room: the account shows as exceeded until then.
+    refused_until_ms: i64,
 }
 
 impl Account {
@@ -233,6 +236,7 @@ impl Account {
             buckets: VecDeque::new(),
             grants: HashMap::new(),
             last_used_ms: 0,
+            refused_until_ms: 0,
         }
     }
 
@@ -245,15 +249,24 @@ impl Account {
                 if now_ms >= self.period.1 || now_ms < self.period.0 {
                     let next = period_of(&def.window, now_ms);
                     if next.0 > self.period.0 {
-                        self.period = next;
                         self.spent = Qty::default();
                         self.grants.clear();
+                        self.refused_until_ms = 0;
+                    }
+                    if next.0 >= self.period.0 {
+                        // The same period (its end not known yet, after a restore), or
+                        // the next one.
+                        self.period = next;
                     }
                 }
             }
             Window::Rolling { ms } => {
                 let ms = *ms;
-                while self.buckets.front().is_some_and(|(t, _)| *t + bucket_ms(ms) <= now_ms - ms) {
+                while self
+                    .buckets
+                    .front()
+                    .is_some_and(|(t, _)| *t + bucket_ms(ms) <= now_ms - ms)
+                {
                     self.buckets.pop_front();
                 }
             }
@@ -317,18 +330,20 @@ impl Account {
     }
 
     fn state(&self, now_ms: i64) -> &'static str {
-        let Some(def) = &self.def else { return "Unknown" };
+        let Some(def) = &self.def else {
+            return "Unknown";
+        };
         let spent = self.spent_now();
         let limit = def.limit;
-        let past = |pct: u32| {
-            spent
-                .dims()
-                .iter()
-                .zip(limit.dims())
-                .any(|(s, l)| l != Qty::UNLIMITED && (*s as u128) * 100 >= l as u128 * pct as u128)
-        };
+        let past =
+            |pct: u32| {
+                spent.dims().iter().zip(limit.dims()).any(|(s, l)| {
+                    l != Qty::UNLIMITED && (*s as u128) * 100 >= l as u128 * pct as u128
+                })
+            };
         let free = self.free(now_ms);
         if past(def.block_percent.min(100))
+            || now_ms < self.refused_until_ms
             || free
                 .dims()
                 .iter()
@@ -403,14 +418,9 @@ impl Ledger {
         let mut ledger = Ledger::new(lease_ttl_ms);
         ledger.sequences = p.sequences.into_iter().collect();
         for (name, s) in p.accounts {
-            let def = defs.define(&name);
-            let mut a = Account::new(def.clone());
-            if let Some(d) = &def {
-                a.period = period_of(&d.window, s.period_start.max(0));
-                if s.period_start == 0 {
-                    a.period = (0, 0);
-                }
-            }
+            let mut a = Account::new(defs.define(&name));
+            // The end is found when the account is next used (definitions may come later).
+            a.period = (s.period_start, 0);
             a.spent = s.spent;
             a.buckets = s.buckets.into_iter().collect();
             a.last_used_ms = s.last_used_ms;
@@ -464,7 +474,12 @@ impl Ledger {
     }
 
     /// Counts a batch's usage (once per sequence) and answers its lease requests.
-    pub fn apply(&mut self, batch: &pb::UsageBatch, defs: &dyn Definitions, now_ms: i64) -> Applied {
+    pub fn apply(
+        &mut self,
+        batch: &pb::UsageBatch,
+        defs: &dyn Definitions,
+        now_ms: i64,
+    ) -> Applied {
         let mut out = Applied {
             ack: pb::UsageAck {
                 acked_sequence: batch.sequence,
@@ -572,18 +587,20 @@ impl Ledger {
         } else {
             Qty::default()
         };
+        if !fits {
+            a.refused_until_ms = now_ms + ttl;
+        }
         let g = a.grants.get_mut(dp)?;
         g.granted = g.granted.plus(add);
         let granted = g.granted;
         let remaining = free.minus(add);
         let spent = a.spent_now();
-        let warn = def.warn_percents.iter().any(|p| {
-            spent
-                .dims()
-                .iter()
-                .zip(limit.dims())
-                .any(|(s, l)| l != Qty::UNLIMITED && (*s as u128) * 100 >= l as u128 * *p as u128)
-        });
+        let warn =
+            def.warn_percents.iter().any(|p| {
+                spent.dims().iter().zip(limit.dims()).any(|(s, l)| {
+                    l != Qty::UNLIMITED && (*s as u128) * 100 >= l as u128 * *p as u128
+                })
+            });
         Some(pb::QuotaLease {
             account: req.account.clone(),
             granted: Some(granted.into()),
@@ -638,9 +655,16 @@ impl Ledger {
     }
 
     /// The view of one account, whether or not it has been used.
-    pub fn view(&mut self, account: &str, defs: &dyn Definitions, now_ms: i64) -> Option<AccountView> {
+    pub fn view(
+        &mut self,
+        account: &str,
+        defs: &dyn Definitions,
+        now_ms: i64,
+    ) -> Option<AccountView> {
         self.account(account, defs, now_ms);
-        self.views(now_ms).into_iter().find(|v| v.account == account)
+        self.views(now_ms)
+            .into_iter()
+            .find(|v| v.account == account)
     }
 }
 

@@ -9,15 +9,15 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::watch;
+use tollgate_controller::accounts::ConfigDefs;
 use tollgate_controller::admin::Admin;
 use tollgate_controller::auth::{AuthLayer, Authenticator, TokenCheck, TokenReviewer};
 use tollgate_controller::compile::Compiled;
 use tollgate_controller::k8s;
+use tollgate_controller::ledger::Ledger;
 use tollgate_controller::local::LocalSource;
 use tollgate_controller::publish::Publisher;
 use tollgate_controller::tracker::Tracker;
-use tollgate_controller::accounts::ConfigDefs;
-use tollgate_controller::ledger::Ledger;
 use tollgate_controller::usage::{Books, StateFile, UsageServer};
 use tollgate_controller::xds::{XdsMetrics, XdsServer};
 use tollgate_proto::config_discovery_server::ConfigDiscoveryServer;
@@ -242,7 +242,9 @@ async fn main() -> anyhow::Result<()> {
         None => None,
     };
     let persisted = match &state {
-        Some(s) => s.load().context("reading the usage ledger in --state-dir")?,
+        Some(s) => s
+            .load()
+            .context("reading the usage ledger in --state-dir")?,
         None => Default::default(),
     };
     let books = Arc::new(std::sync::Mutex::new(Books::new(Ledger::restore(
@@ -290,7 +292,11 @@ async fn main() -> anyhow::Result<()> {
         registry,
         books: books.clone(),
     };
-    tokio::spawn(keep_books(books.clone(), snapshot_rx.clone(), budget_gauges));
+    tokio::spawn(keep_books(
+        books.clone(),
+        snapshot_rx.clone(),
+        budget_gauges,
+    ));
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
@@ -434,14 +440,20 @@ async fn keep_books(
         for v in views.iter().filter(|v| v.account.starts_with("budget/")) {
             let name = &v.account["budget/".len()..];
             if v.limited & 1 != 0 {
-                gauges.spent.with_label_values(&[name, "usd"]).set(v.spent.usd as f64 / 1e9);
+                gauges
+                    .spent
+                    .with_label_values(&[name, "usd"])
+                    .set(v.spent.usd as f64 / 1e9);
                 gauges
                     .remaining
                     .with_label_values(&[name, "usd"])
                     .set(v.remaining.usd as f64 / 1e9);
             }
             if v.limited & 2 != 0 {
-                gauges.spent.with_label_values(&[name, "tokens"]).set(v.spent.tokens as f64);
+                gauges
+                    .spent
+                    .with_label_values(&[name, "tokens"])
+                    .set(v.spent.tokens as f64);
                 gauges
                     .remaining
                     .with_label_values(&[name, "tokens"])

@@ -11,8 +11,10 @@ use tokio::sync::watch;
 use tollgate_dataplane::admin::Admin;
 use tollgate_dataplane::metrics::Metrics;
 use tollgate_dataplane::proxy::{self, State};
+use tollgate_dataplane::quota::Quotas;
 use tollgate_dataplane::snapshot::Snapshot;
 use tollgate_dataplane::store::Store;
+use tollgate_dataplane::usage::Reporter;
 use tollgate_dataplane::{upstream, xds};
 
 /// The system allocator took about a tenth of the dataplane's CPU under load (small,
@@ -89,8 +91,27 @@ struct Args {
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// How long a request waits for the controller to grant budget or rate-limit quota
+    /// before it is refused.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    quota_wait: std::time::Duration,
+    /// When no quota can be had because the controller is unreachable (and the last
+    /// grant has run out): `closed` refuses requests (503), `open` admits them and counts
+    /// their usage for when the controller is back.
+    #[arg(long, value_enum, default_value_t = Unreachable::Closed)]
+    quota_unreachable: Unreachable,
+    /// The output a request that sets no max_tokens is assumed to ask for, when its
+    /// worst case is reserved.
+    #[arg(long, default_value_t = 4096)]
+    default_max_output_tokens: u64,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Unreachable {
+    Closed,
+    Open,
 }
 
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
@@ -140,6 +161,15 @@ async fn main() -> anyhow::Result<()> {
     let (ready_tx, ready_rx) = watch::channel(false);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
+    let quotas = Quotas::new(args.quota_wait, args.quota_unreachable == Unreachable::Open);
+    let reporter = Reporter::new(
+        args.controller.clone(),
+        args.token_file.clone(),
+        &node_id,
+        quotas.clone(),
+        metrics.clone(),
+    );
+    tokio::spawn(reporter.clone().run());
     let client = xds::Client {
         controller: args.controller.clone(),
         token_file: args.token_file.clone(),
@@ -170,6 +200,8 @@ async fn main() -> anyhow::Result<()> {
         metrics,
         max_body_bytes: args.max_body_bytes,
         balance: Default::default(),
+        quotas,
+        default_max_output_tokens: args.default_max_output_tokens,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -182,6 +214,8 @@ async fn main() -> anyhow::Result<()> {
         draining.store(true, std::sync::atomic::Ordering::Relaxed);
     };
     proxy::serve(state, listener, shutdown, args.drain_timeout).await;
+    // Every answered request's usage reaches the controller before the process ends.
+    reporter.flush(args.drain_timeout).await;
     Ok(())
 }
 

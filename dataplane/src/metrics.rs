@@ -35,6 +35,17 @@ pub struct Metrics {
     pub ejections: IntCounterVec,
     /// 1 while a target or credential is ejected.
     pub ejected: IntGaugeVec,
+    /// Cost in USD by route, provider, model and the key owner's team.
+    pub cost: prometheus::CounterVec,
+    /// Requests refused by reason (`budget`, `session_budget`, `rate_limit`,
+    /// `quota_unavailable`).
+    pub denials: IntCounterVec,
+    /// Responses that carried a budget warning.
+    pub budget_warnings: IntCounter,
+    /// 1 while the usage stream to the controller is up.
+    pub usage_connected: IntGauge,
+    /// Usage batches sent and not yet acknowledged.
+    pub usage_unacked: IntGauge,
 }
 
 impl Metrics {
@@ -130,6 +141,37 @@ impl Metrics {
             ),
             &["provider", "endpoint", "kind"],
         )?;
+        let cost = prometheus::CounterVec::new(
+            Opts::new(
+                "tollgate_cost_usd_total",
+                "Cost in USD, by route, provider, model and the key owner's team",
+            ),
+            &["route", "provider", "model", "team"],
+        )?;
+        let denials = IntCounterVec::new(
+            Opts::new(
+                "tollgate_denials_total",
+                "Requests refused before going upstream, by reason (budget, session_budget, rate_limit, quota_unavailable)",
+            ),
+            &["reason"],
+        )?;
+        let budget_warnings = IntCounter::new(
+            "tollgate_budget_warnings_total",
+            "Responses sent with a budget warning (a warn threshold was passed)",
+        )?;
+        let usage_connected = IntGauge::new(
+            "tollgate_usage_connected",
+            "1 while the usage stream to the controller is up",
+        )?;
+        let usage_unacked = IntGauge::new(
+            "tollgate_usage_unacked_batches",
+            "Usage batches sent and not yet acknowledged by the controller",
+        )?;
+        registry.register(Box::new(cost.clone()))?;
+        registry.register(Box::new(denials.clone()))?;
+        registry.register(Box::new(budget_warnings.clone()))?;
+        registry.register(Box::new(usage_connected.clone()))?;
+        registry.register(Box::new(usage_unacked.clone()))?;
         for m in [
             &attempts,
             &retries,
@@ -164,6 +206,11 @@ impl Metrics {
             retries_refused,
             ejections,
             ejected,
+            cost,
+            denials,
+            budget_warnings,
+            usage_connected,
+            usage_unacked,
         })
     }
 }

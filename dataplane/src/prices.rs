@@ -110,7 +110,11 @@ pub fn builtin(kind: ProviderKind, model: &str) -> Option<Price> {
     entries
         .iter()
         .find(|(name, _)| name == model)
-        .or_else(|| entries.iter().find(|(name, _)| model.starts_with(name.as_str())))
+        .or_else(|| {
+            entries
+                .iter()
+                .find(|(name, _)| model.starts_with(name.as_str()))
+        })
         .map(|(_, p)| *p)
 }
 
@@ -157,7 +161,10 @@ mod tests {
             (ProviderKind::Gemini, "gemini-2.5-flash"),
             (ProviderKind::VertexAi, "gemini-2.5-pro"),
             (ProviderKind::VertexAi, "claude-haiku-4-5@20251001"),
-            (ProviderKind::Bedrock, "us.anthropic.claude-sonnet-4-5-20250929-v1:0"),
+            (
+                ProviderKind::Bedrock,
+                "us.anthropic.claude-sonnet-4-5-20250929-v1:0",
+            ),
             (ProviderKind::Bedrock, "amazon.nova-lite-v1:0"),
         ] {
             assert!(builtin(kind, model).is_some(), "{kind:?} {model}");
@@ -171,7 +178,10 @@ mod tests {
         assert_eq!(mini.input, 0.15);
         let full = builtin(ProviderKind::OpenAi, "gpt-4o-2024-08-06").unwrap();
         assert_eq!(full.input, 2.5);
-        assert_eq!(builtin(ProviderKind::OpenAi, "gpt-4o").unwrap().output, 10.0);
+        assert_eq!(
+            builtin(ProviderKind::OpenAi, "gpt-4o").unwrap().output,
+            10.0
+        );
     }
 
     #[test]

@@ -793,6 +793,30 @@ pub struct VirtualKey {
     pub expires_at: Option<i64>,
     pub disabled: bool,
     pub labels: BTreeMap<String, String>,
+    /// `budget/<namespace>/<name>` of every Budget the key is charged to.
+    pub budget_accounts: Vec<Arc<str>>,
+    /// Requests and tokens per minute, across every dataplane.
+    pub rate: Option<RateLimits>,
+    /// Local to this dataplane.
+    pub concurrency: u32,
+    /// Per-session caps, and the header naming the session.
+    pub session: Option<SessionCaps>,
+    /// Key and owner, for usage records (the session is added per request).
+    pub attribution: crate::quota::Attribution,
+}
+
+#[derive(Clone, Debug)]
+pub struct RateLimits {
+    /// `rate/<namespace>/<key>`.
+    pub account: Arc<str>,
+    /// Zero when not limited.
+    pub requests_per_minute: u64,
+    pub tokens_per_minute: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct SessionCaps {
+    pub header: HeaderName,
 }
 
 impl TryFrom<&pb::VirtualKey> for VirtualKey {
@@ -822,6 +846,45 @@ impl TryFrom<&pb::VirtualKey> for VirtualKey {
             expires_at: (k.expires_at_unix != 0).then_some(k.expires_at_unix),
             disabled: k.disabled,
             labels: k.labels.clone(),
+            attribution: {
+                let owner = k.owner.clone().unwrap_or_default();
+                crate::quota::Attribution {
+                    key: Arc::from(format!("{}/{}", k.namespace, k.name)),
+                    team: Arc::from(owner.team),
+                    customer: Arc::from(owner.customer),
+                    user: Arc::from(owner.user),
+                    session: Arc::from(""),
+                }
+            },
+            budget_accounts: k
+                .budgets
+                .iter()
+                .map(|b| Arc::from(format!("budget/{}/{b}", k.namespace)))
+                .collect(),
+            rate: k
+                .limits
+                .as_ref()
+                .filter(|l| l.requests_per_minute > 0 || l.tokens_per_minute > 0)
+                .map(|l| RateLimits {
+                    account: Arc::from(format!("rate/{}/{}", k.namespace, k.name)),
+                    requests_per_minute: l.requests_per_minute,
+                    tokens_per_minute: l.tokens_per_minute,
+                }),
+            concurrency: k.limits.as_ref().map(|l| l.concurrency).unwrap_or(0),
+            session: k
+                .session
+                .as_ref()
+                .filter(|s| s.max_tokens > 0 || s.max_cost_usd.is_some())
+                .and_then(|s| {
+                    let name = if s.header.is_empty() {
+                        "x-tollgate-session"
+                    } else {
+                        s.header.as_str()
+                    };
+                    Some(SessionCaps {
+                        header: HeaderName::try_from(name).ok()?,
+                    })
+                }),
         })
     }
 }

@@ -440,6 +440,7 @@ impl Stack {
             self.manifests.display().to_string(),
             self.token_file.display().to_string(),
         );
+        let state_dir = self.dir.path().join("state").display().to_string();
         let mut chosen = (self.xds_port, 0);
         let process = start_ready("controller", &bin("tollgate-controller")?, &logs, || {
             if first {
@@ -457,6 +458,10 @@ impl Stack {
                 token.clone(),
                 "--poll-interval".into(),
                 "100ms".into(),
+                "--state-dir".into(),
+                state_dir.clone(),
+                "--quota-lease-ttl".into(),
+                "2s".into(),
             ];
             Ok((argv, format!("http://127.0.0.1:{}/readyz", chosen.1)))
         })?;

@@ -270,7 +270,10 @@ fn a_key_is_charged_to_the_budgets_that_select_it_and_their_ancestors() {
     let mut objects = base();
     objects.extend([
         // An empty selector selects every key of the namespace.
-        budget("org", json!({"selector": {}, "limit": {"usd": 100}, "period": "month"})),
+        budget(
+            "org",
+            json!({"selector": {}, "limit": {"usd": 100}, "period": "month"}),
+        ),
         budget(
             "team-a",
             json!({"selector": {"matchLabels": {"team": "a"}}, "parentRef": {"name": "org"},
@@ -282,8 +285,14 @@ fn a_key_is_charged_to_the_budgets_that_select_it_and_their_ancestors() {
                    "limit": {"usd": 10}, "period": "day"}),
         ),
         // A cycle does not loop.
-        budget("x", json!({"parentRef": {"name": "y"}, "limit": {"tokens": 5}, "period": "1h"})),
-        budget("y", json!({"parentRef": {"name": "x"}, "limit": {"tokens": 5}, "period": "1h"})),
+        budget(
+            "x",
+            json!({"parentRef": {"name": "y"}, "limit": {"tokens": 5}, "period": "1h"}),
+        ),
+        budget(
+            "y",
+            json!({"parentRef": {"name": "x"}, "limit": {"tokens": 5}, "period": "1h"}),
+        ),
     ]);
     objects[3].value["spec"]["budgetRefs"] = json!([{"name": "x"}]);
     let c = run(objects);

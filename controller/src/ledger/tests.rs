@@ -121,7 +121,11 @@ fn settled_usage_frees_the_unspent_part_of_a_grant_and_counts_once() {
     // not revived), so only 400 are free and a request needing 500 does not fit.
     let a = l.apply(&ask("a", 3, 1, 0, 500, 500), &d, 20_002);
     assert!(a.ack.leases[0].exhausted, "{:?}", a.ack.leases[0]);
-    assert_eq!(granted(&a), 100, "the grant is what a has settled, nothing more");
+    assert_eq!(
+        granted(&a),
+        100,
+        "the grant is what a has settled, nothing more"
+    );
 }
 
 #[test]
@@ -162,22 +166,42 @@ fn calendar_periods_reset_spend_at_their_start_in_the_time_zone() {
         tz: tz.clone(),
     };
     // 2026-11-22T03:00Z is 22:00 on the 21st in New York (UTC-5).
-    let t: i64 = jiff::Timestamp::from_second(1_795_316_400).unwrap().as_millisecond();
+    let t: i64 = jiff::Timestamp::from_second(1_795_316_400)
+        .unwrap()
+        .as_millisecond();
     let (start, end) = period_of(&day, t);
     assert_eq!(
-        jiff::Timestamp::from_millisecond(start).unwrap().to_string(),
+        jiff::Timestamp::from_millisecond(start)
+            .unwrap()
+            .to_string(),
         "2026-11-21T05:00:00Z"
     );
     assert_eq!(end - start, 24 * 3600 * 1000);
-    let week = period_of(&Window::Calendar { unit: Unit::Week, tz: tz.clone() }, t);
+    let week = period_of(
+        &Window::Calendar {
+            unit: Unit::Week,
+            tz: tz.clone(),
+        },
+        t,
+    );
     // The 21st of November 2026 is a Saturday: the week began on Monday the 16th.
     assert_eq!(
-        jiff::Timestamp::from_millisecond(week.0).unwrap().to_string(),
+        jiff::Timestamp::from_millisecond(week.0)
+            .unwrap()
+            .to_string(),
         "2026-11-16T05:00:00Z"
     );
-    let month = period_of(&Window::Calendar { unit: Unit::Month, tz }, t);
+    let month = period_of(
+        &Window::Calendar {
+            unit: Unit::Month,
+            tz,
+        },
+        t,
+    );
     assert_eq!(
-        jiff::Timestamp::from_millisecond(month.1).unwrap().to_string(),
+        jiff::Timestamp::from_millisecond(month.1)
+            .unwrap()
+            .to_string(),
         "2026-12-01T05:00:00Z"
     );
 
@@ -216,4 +240,25 @@ fn states_follow_thresholds() {
     assert!(a.ack.leases[0].warn);
     l.apply(&spend("a", 3, 1, 400, 0, 0), &d, 0);
     assert_eq!(l.view("budget/ns/b", &d, 0).unwrap().state, "Exceeded");
+}
+
+#[test]
+fn a_restore_before_the_config_arrives_keeps_the_period_spend() {
+    let day = Window::Calendar {
+        unit: Unit::Day,
+        tz: jiff::tz::TimeZone::UTC,
+    };
+    let d = defs(usd_budget(1000, day.clone()));
+    let t = 1_795_316_400_000;
+    let (start, _) = period_of(&day, t);
+    let mut l = Ledger::new(10_000);
+    l.apply(&spend("a", 1, 1, 70, t, start), &d, t);
+    assert_eq!(l.view("budget/ns/b", &d, t).unwrap().spent.usd, 70);
+    // The controller restarts: the ledger is read before any config is compiled.
+    let none = Defs(HashMap::new());
+    let mut restored = Ledger::restore(l.persisted(), &none, 10_000);
+    restored.redefine(&d);
+    let v = restored.view("budget/ns/b", &d, t + 1).unwrap();
+    assert_eq!(v.spent.usd, 70);
+    assert_eq!(v.period_start_ms, start);
 }

@@ -15,12 +15,14 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
+use super::admission;
 use super::error::ApiError;
 use super::request::ChatHead;
 use super::{Api, Body, BoxError, State, authenticate, now_unix};
 use crate::balance::{self, Failure};
 use crate::metrics::Metrics;
-use crate::runtime::{Auth, Credential, Provider, ProviderKind, Route, Wire};
+use crate::quota::Reservation;
+use crate::runtime::{Auth, Credential, Provider, ProviderKind, Route, VirtualKey, Wire};
 use crate::snapshot::Snapshot;
 use crate::translate::Usage;
 use crate::translate::pipeline::{Chain, Plan};
@@ -63,6 +65,10 @@ pub(super) struct Completion {
     pub usage: Option<Usage>,
     /// The credential used, whose tokens-per-minute count the usage adds to.
     pub credential: Option<Arc<balance::Endpoint>>,
+    /// The request's reservations, settled with this usage.
+    pub reservation: Option<Arc<Reservation>>,
+    /// The price of the model used, for the cost.
+    pub price: Option<crate::prices::Price>,
 }
 
 impl Completion {
@@ -70,6 +76,27 @@ impl Completion {
         let l = &self.labels;
         if let (Some(c), Some(u)) = (&self.credential, &self.usage) {
             c.add_tokens(u.input + u.output);
+        }
+        let cost = match (&self.price, &self.usage) {
+            (Some(p), Some(u)) => p.cost_nano(u),
+            _ => 0,
+        };
+        if let Some(r) = &self.reservation {
+            r.record(
+                &l.route,
+                &l.provider,
+                &l.model,
+                self.status.as_u16(),
+                self.usage,
+                cost,
+            );
+        }
+        if cost > 0 {
+            let team = self.reservation.as_ref().map_or("", |r| &r.who.team);
+            self.metrics
+                .cost
+                .with_label_values(&[&l.route, &l.provider, &l.model, team])
+                .inc_by(cost as f64 / crate::prices::NANO);
         }
         self.metrics
             .requests
@@ -127,6 +154,8 @@ pub(super) fn answer(
                 started,
                 usage: None,
                 credential: None,
+                reservation: None,
+                price: None,
             }
             .record();
             response
@@ -152,13 +181,17 @@ impl Resolved {
     }
 }
 
+/// What a request resolves to before it is admitted: body, head, route, the snapshot it
+/// was resolved in, and the key.
+type Routed = (Bytes, ChatHead, Arc<Route>, Arc<Snapshot>, Arc<VirtualKey>);
+
 /// Authenticates the key, reads the body, and finds the route.
 async fn resolve_route(
     state: &State,
     parts: &http::request::Parts,
     body: Incoming,
     labels: &mut Labels,
-) -> Result<(Bytes, ChatHead, Arc<Route>, Arc<Snapshot>), ApiError> {
+) -> Result<Routed, ApiError> {
     let snapshot = state.config.load_full();
     let key = authenticate(&snapshot, &parts.headers)?;
     let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
@@ -171,7 +204,8 @@ async fn resolve_route(
         .ok_or_else(|| ApiError::ModelNotFound(head.model.clone()))?
         .clone();
     labels.route = route.id.clone();
-    Ok((body, head, route, snapshot))
+    let key = key.clone();
+    Ok((body, head, route, snapshot, key))
 }
 
 /// Authenticates the key, reads the body, and picks the route, target, credential and
@@ -182,7 +216,7 @@ pub(super) async fn resolve(
     body: Incoming,
     labels: &mut Labels,
 ) -> Result<(Bytes, ChatHead, Resolved), ApiError> {
-    let (body, head, route, snapshot) = resolve_route(state, parts, body, labels).await?;
+    let (body, head, route, snapshot, _key) = resolve_route(state, parts, body, labels).await?;
     let plan = balance::Plan::new(route.clone(), &snapshot, &state.balance, &head.model);
     let now = Instant::now();
     let c = plan
@@ -296,7 +330,36 @@ async fn forward(
     labels: &mut Labels,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
-    let (body, head, route, snapshot) = resolve_route(state, &parts, body, labels).await?;
+    let (body, head, route, snapshot, key) = resolve_route(state, &parts, body, labels).await?;
+    let reservation = match admission::admit(
+        state,
+        &snapshot,
+        &key,
+        &parts.headers,
+        &head,
+        &route,
+        body.len(),
+    )
+    .await
+    {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            let mut response = e.to_response_for(api);
+            admission::refusal_headers(state, &key, &e, response.headers_mut());
+            Completion {
+                metrics: state.metrics.clone(),
+                labels: labels.clone(),
+                status: response.status(),
+                started,
+                usage: None,
+                credential: None,
+                reservation: None,
+                price: None,
+            }
+            .record();
+            return Ok(response);
+        }
+    };
     let mut plan = balance::Plan::new(route.clone(), &snapshot, &state.balance, &head.model);
     drop(snapshot);
     let now = Instant::now();
@@ -322,11 +385,15 @@ async fn forward(
         budget,
         started,
         prelude: started.elapsed(),
+        reservation,
     });
     let Some(every) = keep_alive else {
         let (result, used) = run_plan(ctx, plan, first, labels.clone()).await;
         *labels = used;
-        return result;
+        return result.map(|mut r| {
+            admission::quota_headers(state, &key, r.headers_mut());
+            r
+        });
     };
     // A stream whose first byte is slow in coming: after `every`, the response starts
     // (200, SSE) and carries comments until the answer comes.
@@ -516,6 +583,8 @@ struct Ctx {
     deadline: Instant,
     /// Time spent in the gateway before the first attempt (authentication, body, route).
     prelude: Duration,
+    /// What the request reserved; settled when the last holder lets go.
+    reservation: Arc<Reservation>,
 }
 
 /// The class of a refusal that is about the request (a 4xx): context window exceeded, or
@@ -791,6 +860,8 @@ impl Ctx {
             started,
             usage: None,
             credential: credential.as_ref().map(|(_, e)| e.clone()),
+            reservation: Some(self.reservation.clone()),
+            price: provider.price_of(&c.model),
         };
         let to = Resolved {
             route: route.clone(),
@@ -1027,6 +1098,8 @@ impl http_body::Body for KeepAlive {
                             started: this.started,
                             usage: None,
                             credential: None,
+                            reservation: None,
+                            price: None,
                         }
                         .record();
                         e.to_string()
@@ -1407,6 +1480,7 @@ impl Streamed {
             started: r.ctx.started,
             deadline: r.ctx.deadline,
             prelude: Duration::ZERO,
+            reservation: r.ctx.reservation.clone(),
         });
         ctx.state
             .metrics

@@ -163,6 +163,8 @@ async fn forward(
         started,
         usage: None,
         credential: None,
+        reservation: None,
+        price: None,
     }
     .record();
     Ok(respond(status, super::full(out), &up_parts.headers, &to))

@@ -79,6 +79,8 @@ async fn forward(
             started,
             usage,
             credential: None,
+            reservation: None,
+            price: to.provider.price_of(model),
         }
         .record();
     };

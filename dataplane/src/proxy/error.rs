@@ -49,6 +49,14 @@ pub enum ApiError {
     UpstreamToken,
     #[error("The upstream provider failed (status {0}).")]
     UpstreamStatus(u16),
+    #[error("Budget `{0}` is exhausted for this period.")]
+    BudgetExceeded(String),
+    #[error("This agent session has reached its limit.")]
+    SessionBudgetExceeded,
+    #[error("Rate limit reached for this API key: {0}. Please try again later.")]
+    RateLimited(&'static str),
+    #[error("The gateway cannot check budget `{0}` right now; retry later.")]
+    QuotaUnavailable(String),
     #[error("Internal gateway error.")]
     Internal,
 }
@@ -64,7 +72,11 @@ impl ApiError {
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::NotReady | Self::NoTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
-            Self::NoCredential(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::NoCredential(_)
+            | Self::BudgetExceeded(_)
+            | Self::SessionBudgetExceeded
+            | Self::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::QuotaUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::UnsupportedProvider(_) => StatusCode::NOT_IMPLEMENTED,
             Self::UpstreamUnreachable
             | Self::UpstreamToken
@@ -77,6 +89,10 @@ impl ApiError {
     }
 
     fn kind(&self) -> &'static str {
+        if matches!(self, Self::BudgetExceeded(_) | Self::SessionBudgetExceeded) {
+            // OpenAI's type for a spent quota; a client tells it from a rate limit by it.
+            return "insufficient_quota";
+        }
         match self.status().as_u16() {
             401 => "invalid_request_error",
             403 => "permission_error",
@@ -97,7 +113,9 @@ impl ApiError {
             Self::UnknownPath { .. } => "unknown_url",
             Self::NotReady => "gateway_not_ready",
             Self::NoTarget(_) => "no_target_available",
-            Self::NoCredential(_) => "rate_limit_exceeded",
+            Self::NoCredential(_) | Self::RateLimited(_) => "rate_limit_exceeded",
+            Self::BudgetExceeded(_) | Self::SessionBudgetExceeded => "budget_exceeded",
+            Self::QuotaUnavailable(_) => "budget_unavailable",
             Self::UnsupportedProvider(_) => "unsupported_provider",
             Self::UpstreamUnreachable => "upstream_unreachable",
             Self::UpstreamTimeout => "upstream_timeout",

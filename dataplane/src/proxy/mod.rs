@@ -1,5 +1,6 @@
 //! The client-facing HTTP server: OpenAI-compatible endpoints, dispatched by path.
 
+mod admission;
 pub mod chat;
 pub mod count_tokens;
 pub mod embeddings;
@@ -49,6 +50,10 @@ pub struct State {
     pub max_body_bytes: usize,
     /// Health, latency and load of targets and credentials, kept across config changes.
     pub balance: crate::balance::Registry,
+    /// Budget, rate-limit and session quota, and the usage records.
+    pub quotas: Arc<crate::quota::Quotas>,
+    /// The output a request without `max_tokens` is assumed to ask for, when reserving.
+    pub default_max_output_tokens: u64,
 }
 
 impl std::fmt::Debug for State {

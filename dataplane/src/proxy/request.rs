@@ -21,6 +21,8 @@ pub struct ChatHead {
     has_stream_options: bool,
     /// `response_format` asks for JSON (OpenAI).
     pub json_mode: bool,
+    /// The most output tokens asked for: `max_completion_tokens` or `max_tokens`.
+    pub max_tokens: Option<u64>,
 }
 
 #[derive(Deserialize)]
@@ -45,6 +47,10 @@ struct Head<'a> {
     stream: Option<bool>,
     #[serde(default)]
     stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
 }
 
 impl ChatHead {
@@ -79,6 +85,7 @@ impl ChatHead {
                 .stream_options
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
+            max_tokens: head.max_completion_tokens.or(head.max_tokens),
         })
     }
 
@@ -137,6 +144,12 @@ mod tests {
         let head = ChatHead::parse(body).unwrap();
         assert_eq!(head.model, "gpt-4o");
         assert!(head.stream);
+        assert_eq!(head.max_tokens, None);
+        let head = ChatHead::parse(br#"{"model":"m","max_tokens":5}"#).unwrap();
+        assert_eq!(head.max_tokens, Some(5));
+        let head =
+            ChatHead::parse(br#"{"model":"m","max_tokens":5,"max_completion_tokens":7}"#).unwrap();
+        assert_eq!(head.max_tokens, Some(7));
     }
 
     #[test]

@@ -1,0 +1,216 @@
+//! Admission: a request's worst case reserved against every account that applies to it
+//! (the key's budgets and their ancestors, its rate limits, its agent session) before it
+//! goes upstream, and the headers that say what is left.
+
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use super::State;
+use super::error::ApiError;
+use super::request::ChatHead;
+use crate::quota::{Attribution, Demand, Qty, Refusal, Reservation};
+use crate::runtime::{Route, VirtualKey};
+use crate::snapshot::Snapshot;
+
+/// The most a request to `route` for `model` can cost per token, in and out: the dearest
+/// of its targets and fallbacks (the target is picked later). USD per million tokens.
+fn dearest(snapshot: &Snapshot, route: &Route, model: &str) -> (f64, f64) {
+    route
+        .targets
+        .iter()
+        .chain(route.fallbacks.iter().map(|f| &f.target))
+        .filter_map(|t| {
+            let provider = snapshot.providers.get(&t.provider)?;
+            provider.price_of(t.model.as_deref().unwrap_or(model))
+        })
+        .fold((0.0, 0.0), |(i, o), p| {
+            (f64::max(i, p.input), f64::max(o, p.output))
+        })
+}
+
+/// What the request asks of each account that applies to it.
+fn demands(
+    state: &State,
+    snapshot: &Snapshot,
+    key: &VirtualKey,
+    session: Option<&str>,
+    head: &ChatHead,
+    route: &Route,
+    body_len: usize,
+) -> Vec<Demand> {
+    let budgeted = !key.budget_accounts.is_empty() || session.is_some();
+    let needs_tokens = budgeted || key.rate.as_ref().is_some_and(|r| r.tokens_per_minute > 0);
+    if !needs_tokens && key.rate.is_none() {
+        return vec![];
+    }
+    // Every token is at least one byte of the body, so its length bounds the input; the
+    // output is bounded by the request's own limit, or the configured default.
+    let input = body_len as u64;
+    let output = head.max_tokens.unwrap_or(state.default_max_output_tokens);
+    let usd = if budgeted {
+        let (pi, po) = dearest(snapshot, route, &head.model);
+        crate::prices::Price {
+            input: pi,
+            output: po,
+            cached: None,
+        }
+        .worst_case_nano(input, output)
+    } else {
+        0
+    };
+    let worst = Qty {
+        usd,
+        tokens: input + output,
+        requests: 1,
+    };
+    let mut out: Vec<Demand> = key
+        .budget_accounts
+        .iter()
+        .map(|a| Demand {
+            account: a.clone(),
+            amount: worst,
+        })
+        .collect();
+    if let Some(r) = &key.rate {
+        out.push(Demand {
+            account: r.account.clone(),
+            amount: Qty { usd: 0, ..worst },
+        });
+    }
+    if let Some(s) = session {
+        out.push(Demand {
+            account: Arc::from(format!("session/{}/{s}", key.id)),
+            amount: worst,
+        });
+    }
+    out
+}
+
+/// Reserves the request's worst case. The reservation also carries the request's
+/// attribution, so every admitted request ends as a usage record.
+pub(super) async fn admit(
+    state: &State,
+    snapshot: &Snapshot,
+    key: &VirtualKey,
+    headers: &HeaderMap,
+    head: &ChatHead,
+    route: &Route,
+    body_len: usize,
+) -> Result<Reservation, ApiError> {
+    let session = key
+        .session
+        .as_ref()
+        .and_then(|s| headers.get(&s.header))
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 256);
+    let demands = demands(state, snapshot, key, session, head, route, body_len);
+    let who = Attribution {
+        session: session.map(Arc::from).unwrap_or_default(),
+        ..key.attribution.clone()
+    };
+    state.quotas.reserve(&demands, who).await.map_err(|r| {
+        let (reason, err) = match &r {
+            Refusal::Exhausted { account } if account.starts_with("rate/") => (
+                "rate_limit",
+                ApiError::RateLimited(rate_dimension(key, &state.quotas)),
+            ),
+            Refusal::Exhausted { account } if account.starts_with("session/") => {
+                ("session_budget", ApiError::SessionBudgetExceeded)
+            }
+            Refusal::Exhausted { account } => (
+                "budget",
+                ApiError::BudgetExceeded(budget_name(account).to_string()),
+            ),
+            Refusal::Unavailable { account } => (
+                "quota_unavailable",
+                ApiError::QuotaUnavailable(budget_name(account).to_string()),
+            ),
+        };
+        state.metrics.denials.with_label_values(&[reason]).inc();
+        err
+    })
+}
+
+/// `budget/<ns>/<name>` → `<name>` (what the client may be told).
+fn budget_name(account: &str) -> &str {
+    account.rsplit('/').next().unwrap_or(account)
+}
+
+fn rate_dimension(key: &VirtualKey, quotas: &crate::quota::Quotas) -> &'static str {
+    let Some(r) = &key.rate else {
+        return "requests per minute";
+    };
+    match quotas.remaining(&r.account) {
+        Some((q, _)) if r.requests_per_minute > 0 && q.requests == 0 => "requests per minute",
+        Some(_) if r.tokens_per_minute > 0 => "tokens per minute",
+        _ => "requests per minute",
+    }
+}
+
+/// `x-ratelimit-*` (as OpenAI names them) for the key's rate limits, and
+/// `x-tollgate-budget-remaining` (USD, the tightest of the key's budgets).
+pub(super) fn quota_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap) {
+    let mut set = |name: &'static str, value: String| {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            out.insert(HeaderName::from_static(name), v);
+        }
+    };
+    if let Some(r) = &key.rate {
+        let left = state.quotas.remaining(&r.account).map(|(q, _)| q);
+        if r.requests_per_minute > 0 {
+            set(
+                "x-ratelimit-limit-requests",
+                r.requests_per_minute.to_string(),
+            );
+            if let Some(q) = left {
+                set(
+                    "x-ratelimit-remaining-requests",
+                    q.requests.min(r.requests_per_minute).to_string(),
+                );
+            }
+        }
+        if r.tokens_per_minute > 0 {
+            set("x-ratelimit-limit-tokens", r.tokens_per_minute.to_string());
+            if let Some(q) = left {
+                set(
+                    "x-ratelimit-remaining-tokens",
+                    q.tokens.min(r.tokens_per_minute).to_string(),
+                );
+            }
+        }
+    }
+    let mut tightest: Option<u64> = None;
+    let mut warned = Vec::new();
+    for a in &key.budget_accounts {
+        if let Some((q, warn)) = state.quotas.remaining(a) {
+            if state.quotas.limits_usd(a) {
+                tightest = Some(tightest.map_or(q.usd, |t| t.min(q.usd)));
+            }
+            if warn {
+                warned.push(budget_name(a).to_string());
+            }
+        }
+    }
+    if let Some(t) = tightest {
+        set(
+            "x-tollgate-budget-remaining",
+            format!("{:.6}", t as f64 / 1e9),
+        );
+    }
+    if !warned.is_empty() {
+        state.metrics.budget_warnings.inc();
+        set("x-tollgate-budget-warning", warned.join(","));
+    }
+}
+
+/// A refusal's response carries the rate-limit headers too.
+pub(super) fn refusal_headers(state: &State, key: &VirtualKey, e: &ApiError, out: &mut HeaderMap) {
+    if matches!(e, ApiError::RateLimited(_)) {
+        quota_headers(state, key, out);
+        out.insert(
+            HeaderName::from_static("retry-after"),
+            HeaderValue::from_static("1"),
+        );
+    }
+}

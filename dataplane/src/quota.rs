@@ -1,0 +1,668 @@
+//! Quota: what this dataplane may spend of each account (a Budget, a key's rate limits, an
+//! agent session), reserved per request and settled when the request ends, and the usage
+//! records the controller is told about.
+//!
+//! A request reserves its worst case from the grants the controller made to this
+//! dataplane; a request that does not fit asks for more and waits (briefly) for the answer.
+//! When it ends, the reservation is replaced by the actual usage, which goes into a record.
+//! Grants are cumulative per stream epoch and period, as the controller keeps them: on a
+//! new stream, what is still reserved is carried and declared, and nothing else is held.
+//! The stream itself is in [`crate::usage`].
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+use tollgate_proto as pb;
+
+/// A lease is treated as expired this long before the controller's expiry.
+const EXPIRY_MARGIN: Duration = Duration::from_millis(500);
+/// A lease is renewed once less than this share of its life is left.
+const RENEW_AT: f64 = 0.5;
+/// An account unused for this long is no longer renewed (and is forgotten once idle).
+const IDLE: Duration = Duration::from_secs(30);
+/// After the controller said an account is exhausted, requests that do not fit are refused
+/// at once for this long instead of each asking again.
+const EXHAUSTED_HOLD: Duration = Duration::from_millis(250);
+
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Amounts of the three dimensions: nano-USD, tokens, requests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Qty {
+    pub usd: u64,
+    pub tokens: u64,
+    pub requests: u64,
+}
+
+impl Qty {
+    fn plus(self, o: Qty) -> Qty {
+        Qty {
+            usd: self.usd.saturating_add(o.usd),
+            tokens: self.tokens.saturating_add(o.tokens),
+            requests: self.requests.saturating_add(o.requests),
+        }
+    }
+    fn minus(self, o: Qty) -> Qty {
+        Qty {
+            usd: self.usd.saturating_sub(o.usd),
+            tokens: self.tokens.saturating_sub(o.tokens),
+            requests: self.requests.saturating_sub(o.requests),
+        }
+    }
+    fn times(self, n: u64) -> Qty {
+        Qty {
+            usd: self.usd.saturating_mul(n),
+            tokens: self.tokens.saturating_mul(n),
+            requests: self.requests.saturating_mul(n),
+        }
+    }
+    /// Whether `self` fits in `room` in the dimensions of `limited` (1 USD, 2 tokens,
+    /// 4 requests).
+    fn fits(self, room: Qty, limited: u32) -> bool {
+        (limited & 1 == 0 || self.usd <= room.usd)
+            && (limited & 2 == 0 || self.tokens <= room.tokens)
+            && (limited & 4 == 0 || self.requests <= room.requests)
+    }
+}
+
+impl From<Option<&pb::Quantity>> for Qty {
+    fn from(q: Option<&pb::Quantity>) -> Self {
+        q.map(|q| Qty {
+            usd: q.nano_usd,
+            tokens: q.tokens,
+            requests: q.requests,
+        })
+        .unwrap_or_default()
+    }
+}
+
+impl From<Qty> for pb::Quantity {
+    fn from(q: Qty) -> Self {
+        pb::Quantity {
+            nano_usd: q.usd,
+            tokens: q.tokens,
+            requests: q.requests,
+        }
+    }
+}
+
+/// One account as this dataplane holds it.
+#[derive(Debug)]
+struct Account {
+    period: i64,
+    period_end_ms: i64,
+    /// Cumulative grant of this epoch and period.
+    granted: Qty,
+    /// Settled usage plus live reservations, under `granted`.
+    used: Qty,
+    /// Live reservations.
+    in_flight: Qty,
+    /// `in_flight` as last told to the controller.
+    reported_in_flight: Qty,
+    /// Until when `granted` may be spent from (`None`: nothing granted yet).
+    expires: Option<Instant>,
+    lifetime: Duration,
+    limited: u32,
+    /// Left for everyone else when the last lease came.
+    remaining: Qty,
+    warn: bool,
+    exhausted_at: Option<Instant>,
+    /// What a waiting request needs.
+    need: Qty,
+    /// A typical reservation, to ask for several at once.
+    typical: Qty,
+    last_used: Instant,
+    /// A request for this account is on its way.
+    asked: bool,
+}
+
+impl Account {
+    fn new(now: Instant) -> Self {
+        Account {
+            period: 0,
+            period_end_ms: 0,
+            granted: Qty::default(),
+            used: Qty::default(),
+            in_flight: Qty::default(),
+            reported_in_flight: Qty::default(),
+            expires: None,
+            lifetime: Duration::from_secs(10),
+            limited: 0,
+            remaining: Qty::default(),
+            warn: false,
+            exhausted_at: None,
+            need: Qty::default(),
+            typical: Qty::default(),
+            last_used: now,
+            asked: false,
+        }
+    }
+
+    fn live(&self, now: Instant, now_ms: i64) -> bool {
+        self.expires.is_some_and(|e| now < e)
+            && (self.period_end_ms == 0 || now_ms < self.period_end_ms)
+    }
+
+    fn room(&self) -> Qty {
+        self.granted.minus(self.used)
+    }
+}
+
+/// Why a request was not admitted.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The account has no room: spent (or past a block threshold) across all dataplanes.
+    Exhausted { account: Arc<str> },
+    /// No grant could be had in time: the controller is unreachable or slow.
+    Unavailable { account: Arc<str> },
+}
+
+/// What a request asks of one account.
+#[derive(Clone, Debug)]
+pub struct Demand {
+    pub account: Arc<str>,
+    pub amount: Qty,
+}
+
+/// The attribution of a request, for its usage record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Attribution {
+    pub key: Arc<str>,
+    pub team: Arc<str>,
+    pub customer: Arc<str>,
+    pub user: Arc<str>,
+    pub session: Arc<str>,
+}
+
+/// The labels of one record: requests with equal labels in a batch are summed.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct RecordKey {
+    who: Attribution,
+    route: Arc<str>,
+    provider: Arc<str>,
+    model: Arc<str>,
+    status: u16,
+    charges: Vec<(Arc<str>, i64)>,
+    epoch: u64,
+    second_ms: i64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Sums {
+    requests: u64,
+    input: u64,
+    output: u64,
+    cached: u64,
+    reasoning: u64,
+    cost_nano: u64,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    epoch: u64,
+    /// Keyed by account and then period: a reservation settles into its own period.
+    accounts: HashMap<Arc<str>, Account>,
+    pending: HashMap<RecordKey, Sums>,
+}
+
+/// The quota state shared by the request path and the usage stream.
+#[derive(Debug)]
+pub struct Quotas {
+    inner: Mutex<Inner>,
+    /// Wakes the usage stream to send lease requests now.
+    pub(crate) ask: Notify,
+    /// Wakes requests waiting for a grant.
+    granted: Notify,
+    pub(crate) connected: AtomicBool,
+    /// How long a request waits for a grant before it is refused.
+    pub wait: Duration,
+    /// Whether requests are admitted (and counted) when no grant can be had because the
+    /// controller is unreachable.
+    pub fail_open: bool,
+    /// Unsettled usage records and their requests, for the metric.
+    pub(crate) records_made: AtomicU64,
+}
+
+/// A request's reservations, settled once when dropped: by then `record` has set the
+/// actual usage (or nothing was used).
+#[derive(Debug)]
+pub struct Reservation {
+    quotas: Arc<Quotas>,
+    /// (account, period, reserved, live: reserved under a grant).
+    held: Vec<(Arc<str>, i64, Qty, bool)>,
+    pub who: Attribution,
+    started_ms: i64,
+    outcome: Mutex<Outcome>,
+}
+
+/// What a request used, filled in when its answer ends.
+#[derive(Debug, Default)]
+struct Outcome {
+    route: Arc<str>,
+    provider: Arc<str>,
+    model: Arc<str>,
+    status: u16,
+    usage: crate::translate::Usage,
+    cost_nano: u64,
+    /// No usage was reported: the worst case is charged.
+    unknown: bool,
+}
+
+impl Quotas {
+    pub fn new(wait: Duration, fail_open: bool) -> Arc<Self> {
+        Arc::new(Quotas {
+            inner: Mutex::default(),
+            ask: Notify::new(),
+            granted: Notify::new(),
+            connected: AtomicBool::new(false),
+            wait,
+            fail_open,
+            records_made: AtomicU64::new(0),
+        })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        match self.inner.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Reserves `demands`, all or none, waiting up to `self.wait` for grants.
+    pub async fn reserve(
+        self: &Arc<Self>,
+        demands: &[Demand],
+        who: Attribution,
+    ) -> Result<Reservation, Refusal> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let waiting = self.granted.notified();
+            tokio::pin!(waiting);
+            waiting.as_mut().enable();
+            match self.try_reserve(demands) {
+                Ok(held) => {
+                    return Ok(Reservation {
+                        quotas: self.clone(),
+                        held,
+                        who,
+                        started_ms: now_ms(),
+                        outcome: Mutex::default(),
+                    });
+                }
+                Err(Some(refusal)) => return Err(refusal),
+                Err(None) => {}
+            }
+            self.ask.notify_one();
+            let timed_out = tokio::time::timeout_at(deadline.into(), waiting)
+                .await
+                .is_err();
+            if timed_out {
+                let account = self.first_short(demands);
+                if !self.connected.load(Ordering::Relaxed) && self.fail_open {
+                    tracing::debug!(%account, "no grant (controller unreachable); admitting as configured");
+                    return Ok(Reservation {
+                        quotas: self.clone(),
+                        held: demands
+                            .iter()
+                            .map(|d| (d.account.clone(), 0, Qty::default(), false))
+                            .collect(),
+                        who,
+                        started_ms: now_ms(),
+                        outcome: Mutex::default(),
+                    });
+                }
+                return Err(Refusal::Unavailable { account });
+            }
+        }
+    }
+
+    fn first_short(&self, demands: &[Demand]) -> Arc<str> {
+        let inner = self.lock();
+        let (now, now_ms) = (Instant::now(), now_ms());
+        demands
+            .iter()
+            .find(|d| {
+                inner
+                    .accounts
+                    .get(&d.account)
+                    .is_none_or(|a| !a.live(now, now_ms) || !d.amount.fits(a.room(), a.limited))
+            })
+            .or(demands.first())
+            .map(|d| d.account.clone())
+            .unwrap_or_else(|| Arc::from(""))
+    }
+
+    /// Ok: reserved. Err(Some): refused now. Err(None): asked for more; wait.
+    #[allow(clippy::type_complexity)]
+    fn try_reserve(
+        &self,
+        demands: &[Demand],
+    ) -> Result<Vec<(Arc<str>, i64, Qty, bool)>, Option<Refusal>> {
+        let mut inner = self.lock();
+        let (now, now_ms) = (Instant::now(), now_ms());
+        let mut short = false;
+        for d in demands {
+            let a = inner
+                .accounts
+                .entry(d.account.clone())
+                .or_insert_with(|| Account::new(now));
+            a.last_used = now;
+            let ewma = |t: u64, x: u64| t.saturating_mul(7).saturating_add(x) / 8;
+            a.typical = if a.typical == Qty::default() {
+                d.amount
+            } else {
+                Qty {
+                    usd: ewma(a.typical.usd, d.amount.usd),
+                    tokens: ewma(a.typical.tokens, d.amount.tokens),
+                    requests: ewma(a.typical.requests, d.amount.requests)
+                        .max(d.amount.requests.min(1)),
+                }
+            };
+            let live = a.live(now, now_ms);
+            if live && d.amount.fits(a.room(), a.limited) {
+                continue;
+            }
+            if live
+                && a.exhausted_at
+                    .is_some_and(|t| now.duration_since(t) < EXHAUSTED_HOLD)
+            {
+                return Err(Some(Refusal::Exhausted {
+                    account: d.account.clone(),
+                }));
+            }
+            a.need = a.need.max_of(d.amount);
+            short = true;
+        }
+        if short {
+            return Err(None);
+        }
+        let mut held = Vec::with_capacity(demands.len());
+        for d in demands {
+            if let Some(a) = inner.accounts.get_mut(&d.account) {
+                a.used = a.used.plus(d.amount);
+                a.in_flight = a.in_flight.plus(d.amount);
+                a.need = Qty::default();
+                held.push((d.account.clone(), a.period, d.amount, true));
+            }
+        }
+        Ok(held)
+    }
+
+    /// Settles one request: its reservations give way to what it used, and its usage goes
+    /// into a record.
+    fn settle(&self, r: &Reservation, outcome: &Outcome) {
+        let actual = |reserved: Qty| {
+            if outcome.unknown {
+                reserved
+            } else {
+                Qty {
+                    usd: outcome.cost_nano,
+                    tokens: outcome.usage.input + outcome.usage.output,
+                    requests: 1,
+                }
+            }
+        };
+        let mut inner = self.lock();
+        let epoch = inner.epoch;
+        let mut charges = Vec::with_capacity(r.held.len());
+        let mut charged_cost = outcome.cost_nano;
+        for (account, period, reserved, live) in &r.held {
+            let used = actual(*reserved);
+            if outcome.unknown {
+                charged_cost = charged_cost.max(used.usd);
+            }
+            if *live
+                && let Some(a) = inner.accounts.get_mut(account)
+                && a.period == *period
+            {
+                a.used = a.used.minus(*reserved).plus(used);
+                a.in_flight = a.in_flight.minus(*reserved);
+            }
+            charges.push((account.clone(), *period));
+        }
+        let key = RecordKey {
+            who: r.who.clone(),
+            route: outcome.route.clone(),
+            provider: outcome.provider.clone(),
+            model: outcome.model.clone(),
+            status: outcome.status,
+            charges,
+            epoch,
+            second_ms: r.started_ms - r.started_ms.rem_euclid(1000),
+        };
+        let u = &outcome.usage;
+        let s = inner.pending.entry(key).or_default();
+        s.requests += 1;
+        s.input += u.input;
+        s.output += u.output;
+        s.cached += u.cached;
+        s.reasoning += u.reasoning;
+        s.cost_nano += charged_cost;
+        self.records_made.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The records made since the last call, summed by labels.
+    pub(crate) fn take_records(&self) -> Vec<pb::UsageRecord> {
+        let pending = std::mem::take(&mut self.lock().pending);
+        pending
+            .into_iter()
+            .map(|(k, s)| pb::UsageRecord {
+                virtual_key: k.who.key.to_string(),
+                route: k.route.to_string(),
+                provider: k.provider.to_string(),
+                model: k.model.to_string(),
+                session: k.who.session.to_string(),
+                team: k.who.team.to_string(),
+                customer: k.who.customer.to_string(),
+                user: k.who.user.to_string(),
+                charges: k
+                    .charges
+                    .into_iter()
+                    .map(|(account, period)| pb::Charge {
+                        account: account.to_string(),
+                        period_start_unix_ms: period,
+                    })
+                    .collect(),
+                input_tokens: s.input,
+                output_tokens: s.output,
+                cached_input_tokens: s.cached,
+                reasoning_tokens: s.reasoning,
+                cost_nano_usd: s.cost_nano,
+                timestamp_unix_ms: k.second_ms,
+                status_code: k.status as u32,
+                requests: s.requests,
+                lease_epoch: k.epoch,
+            })
+            .collect()
+    }
+
+    /// A new stream: grants of the last one are void; what is reserved is carried.
+    /// Returns the new epoch.
+    pub(crate) fn new_epoch(&self) -> u64 {
+        let mut inner = self.lock();
+        inner.epoch += 1;
+        for a in inner.accounts.values_mut() {
+            a.granted = a.in_flight;
+            a.used = a.in_flight;
+            a.expires = None;
+            a.asked = false;
+        }
+        inner.epoch
+    }
+
+    /// Lease requests due now: accounts a request waits on, and live ones in use whose
+    /// lease is running out or whose room is low. Idle accounts are forgotten.
+    pub(crate) fn lease_requests(&self) -> Vec<pb::LeaseRequest> {
+        let mut inner = self.lock();
+        let (now, now_ms) = (Instant::now(), now_ms());
+        inner
+            .accounts
+            .retain(|_, a| now.duration_since(a.last_used) < IDLE || a.in_flight != Qty::default());
+        let mut out = Vec::new();
+        for (name, a) in inner.accounts.iter_mut() {
+            let waiting = a.need != Qty::default();
+            let renew = match a.expires {
+                None => true,
+                Some(e) => {
+                    let left = e.saturating_duration_since(now);
+                    left.as_secs_f64() < a.lifetime.as_secs_f64() * RENEW_AT
+                        || (a.period_end_ms != 0 && now_ms >= a.period_end_ms)
+                }
+            };
+            let low = !a.typical.times(2).fits(a.room(), a.limited);
+            // Renewed only while in use: a grant left idle lapses, and what it held is
+            // free for the other dataplanes again.
+            let active = now.duration_since(a.last_used) < a.lifetime / 2;
+            // Once a grant has lapsed, the controller counts what was last reported as in
+            // flight: it is told when that changes, so the rest is free again.
+            let lapsed = a.expires.is_some_and(|e| now >= e);
+            let report = (lapsed && a.in_flight != a.reported_in_flight)
+                || (a.expires.is_none() && a.in_flight != Qty::default());
+            if (waiting || (active && (renew || low)) || report) && (!a.asked || waiting) {
+                a.asked = true;
+                a.reported_in_flight = a.in_flight;
+                out.push(pb::LeaseRequest {
+                    account: name.to_string(),
+                    in_flight: Some(a.in_flight.into()),
+                    need: Some(a.need.into()),
+                    want: Some(a.need.plus(a.typical.times(8)).into()),
+                });
+            }
+        }
+        out
+    }
+
+    /// Applies the leases of an acknowledgement and wakes waiting requests.
+    pub(crate) fn apply_leases(&self, leases: &[pb::QuotaLease]) {
+        if leases.is_empty() {
+            return;
+        }
+        let mut inner = self.lock();
+        let (now, now_ms) = (Instant::now(), now_ms());
+        for l in leases {
+            let Some(a) = inner.accounts.get_mut(l.account.as_str()) else {
+                continue;
+            };
+            if l.period_start_unix_ms != a.period {
+                // A new period: reservations of the last one settle there, not here.
+                a.period = l.period_start_unix_ms;
+                a.used = Qty::default();
+                a.in_flight = Qty::default();
+            }
+            a.period_end_ms = l.period_end_unix_ms;
+            a.granted = Qty::from(l.granted.as_ref());
+            // The used part may exceed what is granted (actual over the reservation):
+            // then there is no room until more comes.
+            let life = Duration::from_millis((l.expires_unix_ms - now_ms).max(0) as u64);
+            a.lifetime = life;
+            a.expires = Some(now + life.saturating_sub(EXPIRY_MARGIN));
+            a.limited = l.limited;
+            a.remaining = Qty::from(l.remaining.as_ref());
+            a.warn = l.warn;
+            a.exhausted_at = l.exhausted.then_some(now);
+            if l.exhausted {
+                // The waiting request that asked will be refused; later ones ask again.
+                a.need = Qty::default();
+            } else if a.need.fits(a.room(), a.limited) {
+                a.need = Qty::default();
+            }
+            a.asked = false;
+        }
+        drop(inner);
+        self.granted.notify_waiters();
+    }
+
+    /// What is left of `account` for this dataplane's requests: its own room plus what
+    /// was left for everyone else at the last lease. `None` when unknown.
+    pub fn remaining(&self, account: &str) -> Option<(Qty, bool)> {
+        let inner = self.lock();
+        let a = inner.accounts.get(account)?;
+        a.expires?;
+        Some((a.remaining.plus(a.room()), a.warn))
+    }
+
+    /// Whether `account` limits USD (as far as the last lease said).
+    pub fn limits_usd(&self, account: &str) -> bool {
+        self.lock()
+            .accounts
+            .get(account)
+            .is_some_and(|a| a.limited & 1 != 0)
+    }
+
+    /// Nothing is waiting to be reported.
+    pub(crate) fn idle(&self) -> bool {
+        let inner = self.lock();
+        inner.pending.is_empty()
+            && inner
+                .accounts
+                .values()
+                .all(|a| a.in_flight == Qty::default())
+    }
+}
+
+impl Qty {
+    fn max_of(self, o: Qty) -> Qty {
+        Qty {
+            usd: self.usd.max(o.usd),
+            tokens: self.tokens.max(o.tokens),
+            requests: self.requests.max(o.requests),
+        }
+    }
+}
+
+impl Reservation {
+    /// Notes what the request used (called once its answer has ended; a later call, such
+    /// as a continuation on another target, adds to it).
+    pub fn record(
+        &self,
+        route: &Arc<str>,
+        provider: &Arc<str>,
+        model: &Arc<str>,
+        status: u16,
+        usage: Option<crate::translate::Usage>,
+        cost_nano: u64,
+    ) {
+        let mut o = match self.outcome.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        o.route = route.clone();
+        o.provider = provider.clone();
+        o.model = model.clone();
+        o.status = status;
+        match usage {
+            Some(u) => {
+                o.usage.input += u.input;
+                o.usage.output += u.output;
+                o.usage.cached += u.cached;
+                o.usage.reasoning += u.reasoning;
+                o.cost_nano += cost_nano;
+            }
+            // A success without usage: what it cost is not known, so its worst case is
+            // charged.
+            None if (200..300).contains(&status) => o.unknown = true,
+            None => {}
+        }
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        let outcome = std::mem::take(match self.outcome.get_mut() {
+            Ok(o) => o,
+            Err(p) => p.into_inner(),
+        });
+        self.quotas.settle(self, &outcome);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,129 @@
+use super::*;
+
+fn demand(account: &str, usd: u64) -> Demand {
+    Demand {
+        account: Arc::from(account),
+        amount: Qty {
+            usd,
+            tokens: 10,
+            requests: 1,
+        },
+    }
+}
+
+fn lease(account: &str, granted_usd: u64, exhausted: bool) -> pb::QuotaLease {
+    pb::QuotaLease {
+        account: account.into(),
+        granted: Some(pb::Quantity {
+            nano_usd: granted_usd,
+            tokens: 0,
+            requests: 0,
+        }),
+        expires_unix_ms: now_ms() + 10_000,
+        limited: 1,
+        exhausted,
+        ..Default::default()
+    }
+}
+
+#[tokio::test]
+async fn a_request_waits_for_a_grant_then_settles_its_actual_usage() {
+    let q = Quotas::new(Duration::from_secs(5), false);
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            q.reserve(&[demand("budget/ns/b", 100)], Attribution::default())
+                .await
+        })
+    };
+    // The stream sees the need and asks for it.
+    let asks = loop {
+        let asks = q.lease_requests();
+        if !asks.is_empty() {
+            break asks;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(asks[0].need.as_ref().unwrap().nano_usd, 100);
+    q.apply_leases(&[lease("budget/ns/b", 250, false)]);
+    let r = waiter.await.unwrap().unwrap();
+    let route: Arc<str> = Arc::from("ns/r");
+    r.record(
+        &route,
+        &route,
+        &route,
+        200,
+        Some(crate::translate::Usage {
+            input: 3,
+            output: 4,
+            cached: 0,
+            reasoning: 0,
+        }),
+        40,
+    );
+    drop(r);
+    // 40 used of 250: 210 left, so two requests of 100 fit without asking.
+    assert!(q.try_reserve(&[demand("budget/ns/b", 100)]).is_ok());
+    assert!(q.try_reserve(&[demand("budget/ns/b", 100)]).is_ok());
+    assert!(matches!(
+        q.try_reserve(&[demand("budget/ns/b", 100)]),
+        Err(None)
+    ));
+    let records = q.take_records();
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0].cost_nano_usd, 40);
+    assert_eq!(records[0].input_tokens + records[0].output_tokens, 7);
+    assert_eq!(records[0].charges[0].account, "budget/ns/b");
+}
+
+#[tokio::test]
+async fn an_exhausted_account_refuses_and_without_a_controller_requests_wait_then_fail() {
+    let q = Quotas::new(Duration::from_millis(200), false);
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            q.reserve(&[demand("budget/ns/b", 100)], Attribution::default())
+                .await
+        })
+    };
+    while q.lease_requests().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    q.apply_leases(&[lease("budget/ns/b", 50, true)]);
+    assert_eq!(
+        waiter.await.unwrap().unwrap_err(),
+        Refusal::Exhausted {
+            account: Arc::from("budget/ns/b")
+        }
+    );
+    // Another account nobody answers for: refused as unavailable after the wait.
+    let r = q
+        .reserve(&[demand("budget/ns/other", 1)], Attribution::default())
+        .await;
+    assert!(matches!(r, Err(Refusal::Unavailable { .. })));
+    // Failing open admits it, reserving nothing, and still records it.
+    let open = Quotas::new(Duration::from_millis(50), true);
+    let r = open
+        .reserve(&[demand("budget/ns/other", 1)], Attribution::default())
+        .await
+        .unwrap();
+    drop(r);
+    assert_eq!(open.take_records()[0].requests, 1);
+}
+
+#[test]
+fn a_new_epoch_carries_what_is_reserved_and_nothing_else() {
+    let q = Quotas::new(Duration::from_secs(1), false);
+    q.try_reserve(&[demand("budget/ns/b", 1)]).unwrap_err();
+    q.apply_leases(&[lease("budget/ns/b", 500, false)]);
+    let held = q.try_reserve(&[demand("budget/ns/b", 100)]).unwrap();
+    assert_eq!(held.len(), 1);
+    q.new_epoch();
+    // Nothing may be reserved until the new stream grants; the in-flight 100 is declared.
+    assert!(matches!(
+        q.try_reserve(&[demand("budget/ns/b", 1)]),
+        Err(None)
+    ));
+    let asks = q.lease_requests();
+    assert_eq!(asks[0].in_flight.as_ref().unwrap().nano_usd, 100);
+}

@@ -1,0 +1,207 @@
+//! The usage stream client: every 100 ms (or at once when a request waits for quota) it
+//! sends the usage records made since the last batch and the lease requests due, and
+//! applies the grants that come back. A batch stays in memory until the controller
+//! acknowledges it; after a reconnect the unacknowledged ones are sent again, with the
+//! same sequence numbers, and the controller counts each once.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tollgate_proto as pb;
+use tollgate_proto::usage_reporting_client::UsageReportingClient;
+use tonic::metadata::MetadataValue;
+use tonic::transport::Endpoint;
+
+use crate::metrics::Metrics;
+use crate::quota::Quotas;
+
+const TICK: Duration = Duration::from_millis(100);
+
+pub struct Reporter {
+    pub controller: String,
+    pub token_file: std::path::PathBuf,
+    /// The node id and a per-process instance id: sequences restart with the process.
+    pub dataplane_id: String,
+    pub quotas: Arc<Quotas>,
+    pub metrics: Metrics,
+    unacked: Mutex<VecDeque<pb::UsageBatch>>,
+    next_sequence: Mutex<u64>,
+}
+
+impl std::fmt::Debug for Reporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reporter")
+            .field("controller", &self.controller)
+            .field("dataplane_id", &self.dataplane_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum StreamError {
+    #[error("connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("stream: {0}")]
+    Status(#[from] tonic::Status),
+    #[error("cannot read the token file: {0}")]
+    TokenFile(std::io::Error),
+    #[error("invalid token: it cannot be sent as a header")]
+    Token,
+    #[error("stream closed by the controller")]
+    Closed,
+}
+
+impl Reporter {
+    pub fn new(
+        controller: String,
+        token_file: std::path::PathBuf,
+        node_id: &str,
+        quotas: Arc<Quotas>,
+        metrics: Metrics,
+    ) -> Arc<Self> {
+        Arc::new(Reporter {
+            controller,
+            token_file,
+            dataplane_id: format!("{node_id}/{:016x}", fastrand::u64(..)),
+            quotas,
+            metrics,
+            unacked: Mutex::default(),
+            next_sequence: Mutex::new(1),
+        })
+    }
+
+    fn unacked(&self) -> std::sync::MutexGuard<'_, VecDeque<pb::UsageBatch>> {
+        match self.unacked.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        }
+    }
+
+    /// Runs forever, reconnecting with capped, jittered backoff.
+    pub async fn run(self: Arc<Self>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let started = tokio::time::Instant::now();
+            if let Err(e) = self.stream_once().await {
+                tracing::warn!(controller = %self.controller, error = %e, "usage stream lost; usage is kept until it is acknowledged");
+            }
+            self.quotas.connected.store(false, Ordering::Relaxed);
+            self.metrics.usage_connected.set(0);
+            if started.elapsed() > Duration::from_secs(10) {
+                backoff = Duration::from_millis(100);
+            }
+            let jitter = fastrand::u64(0..=backoff.as_millis() as u64 / 2);
+            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+        }
+    }
+
+    async fn stream_once(&self) -> Result<(), StreamError> {
+        let channel = Endpoint::from_shared(self.controller.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .http2_keep_alive_interval(Duration::from_secs(20))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .connect()
+            .await?;
+        let token = std::fs::read_to_string(&self.token_file).map_err(StreamError::TokenFile)?;
+        let token: MetadataValue<_> = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| StreamError::Token)?;
+        let mut client =
+            UsageReportingClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
+                req.metadata_mut()
+                    .insert(tollgate_proto::AUTHORIZATION, token.clone());
+                Ok(req)
+            });
+        let (tx, rx) = mpsc::channel(256);
+        let mut inbound = client.report(ReceiverStream::new(rx)).await?.into_inner();
+        let epoch = self.quotas.new_epoch();
+        // What was sent before and not acknowledged goes again, first, and without its
+        // lease requests (they were for grants that are void now).
+        let resend: Vec<pb::UsageBatch> = self
+            .unacked()
+            .iter()
+            .map(|b| pb::UsageBatch {
+                lease_requests: vec![],
+                ..b.clone()
+            })
+            .collect();
+        for b in resend {
+            tx.send(b).await.map_err(|_| StreamError::Closed)?;
+        }
+        self.quotas.connected.store(true, Ordering::Relaxed);
+        self.metrics.usage_connected.set(1);
+        tracing::info!(controller = %self.controller, epoch, "usage stream connected");
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = self.quotas.ask.notified() => {}
+                ack = inbound.message() => {
+                    let Some(ack) = ack? else { return Err(StreamError::Closed) };
+                    {
+                        let mut unacked = self.unacked();
+                        while unacked.front().is_some_and(|b| b.sequence <= ack.acked_sequence) {
+                            unacked.pop_front();
+                        }
+                        self.metrics.usage_unacked.set(unacked.len() as i64);
+                    }
+                    self.quotas.apply_leases(&ack.leases);
+                    continue;
+                }
+            }
+            let records = self.quotas.take_records();
+            let lease_requests = self.quotas.lease_requests();
+            if records.is_empty() && lease_requests.is_empty() {
+                continue;
+            }
+            let batch = {
+                let mut seq = match self.next_sequence.lock() {
+                    Ok(g) => g,
+                    Err(p) => p.into_inner(),
+                };
+                let batch = pb::UsageBatch {
+                    dataplane_id: self.dataplane_id.clone(),
+                    sequence: *seq,
+                    records,
+                    epoch,
+                    lease_requests,
+                };
+                *seq += 1;
+                let mut unacked = self.unacked();
+                unacked.push_back(pb::UsageBatch {
+                    lease_requests: vec![],
+                    ..batch.clone()
+                });
+                self.metrics.usage_unacked.set(unacked.len() as i64);
+                batch
+            };
+            tx.send(batch).await.map_err(|_| StreamError::Closed)?;
+        }
+    }
+
+    /// Waits until every request has settled and every record is acknowledged, or
+    /// `timeout` passes (on shutdown).
+    pub async fn flush(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.quotas.idle() && self.unacked().is_empty() {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    unacked = self.unacked().len(),
+                    "shutting down with usage the controller has not acknowledged"
+                );
+                return false;
+            }
+            self.quotas.ask.notify_one();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
