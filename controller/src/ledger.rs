@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
 use tollgate_proto as pb;
+pub use tollgate_proto::quantity::Qty;
 
 /// How long a grant lasts unless renewed.
 pub const DEFAULT_LEASE_TTL_MS: i64 = 10_000;
@@ -29,63 +30,6 @@ const SESSION_IDLE_MS: i64 = 24 * 3600 * 1000;
 const DATAPLANE_FORGET_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Rolling windows are kept in this many buckets.
 const BUCKETS: i64 = 60;
-
-/// Amounts of the three dimensions an account may limit.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Qty {
-    /// Nano-USD.
-    pub usd: u64,
-    pub tokens: u64,
-    pub requests: u64,
-}
-
-impl Qty {
-    pub const UNLIMITED: u64 = u64::MAX;
-
-    fn zip(self, o: Qty, f: impl Fn(u64, u64) -> u64) -> Qty {
-        Qty {
-            usd: f(self.usd, o.usd),
-            tokens: f(self.tokens, o.tokens),
-            requests: f(self.requests, o.requests),
-        }
-    }
-    pub fn plus(self, o: Qty) -> Qty {
-        self.zip(o, u64::saturating_add)
-    }
-    pub fn minus(self, o: Qty) -> Qty {
-        self.zip(o, u64::saturating_sub)
-    }
-    pub fn min(self, o: Qty) -> Qty {
-        self.zip(o, u64::min)
-    }
-    pub fn max(self, o: Qty) -> Qty {
-        self.zip(o, u64::max)
-    }
-    fn dims(self) -> [u64; 3] {
-        [self.usd, self.tokens, self.requests]
-    }
-}
-
-impl From<Option<&pb::Quantity>> for Qty {
-    fn from(q: Option<&pb::Quantity>) -> Self {
-        q.map(|q| Qty {
-            usd: q.nano_usd,
-            tokens: q.tokens,
-            requests: q.requests,
-        })
-        .unwrap_or_default()
-    }
-}
-
-impl From<Qty> for pb::Quantity {
-    fn from(q: Qty) -> Self {
-        pb::Quantity {
-            nano_usd: q.usd,
-            tokens: q.tokens,
-            requests: q.requests,
-        }
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
@@ -133,15 +77,16 @@ impl AccountDef {
         }
     }
 
-    /// Bitmask of the dimensions limited: 1 USD, 2 tokens, 4 requests.
+    /// The mask of the dimensions limited (see [`tollgate_proto::quantity`]).
     pub fn limited(&self) -> u32 {
-        self.limit
-            .dims()
+        self.limit.limited()
+    }
+
+    /// Whether `spent` has passed a warn threshold.
+    fn warned(&self, spent: Qty) -> bool {
+        self.warn_percents
             .iter()
-            .enumerate()
-            .filter(|(_, l)| **l != Qty::UNLIMITED)
-            .map(|(i, _)| 1u32 << i)
-            .sum()
+            .any(|p| spent.reaches(self.limit, *p))
     }
 }
 
@@ -195,7 +140,7 @@ impl Grant {
         if now_ms < self.expires_ms {
             unsettled
         } else {
-            unsettled.min(self.in_flight)
+            unsettled.min_each(self.in_flight)
         }
     }
 }
@@ -334,24 +279,18 @@ impl Account {
             return "Unknown";
         };
         let spent = self.spent_now();
-        let limit = def.limit;
-        let past =
-            |pct: u32| {
-                spent.dims().iter().zip(limit.dims()).any(|(s, l)| {
-                    l != Qty::UNLIMITED && (*s as u128) * 100 >= l as u128 * pct as u128
-                })
-            };
-        let free = self.free(now_ms);
-        if past(def.block_percent.min(100))
+        // Nothing free: not even one unit fits in some limited dimension.
+        let one = Qty {
+            usd: 1,
+            tokens: 1,
+            requests: 1,
+        };
+        if spent.reaches(def.limit, def.block_percent.min(100))
             || now_ms < self.refused_until_ms
-            || free
-                .dims()
-                .iter()
-                .zip(limit.dims())
-                .any(|(f, l)| l != Qty::UNLIMITED && *f == 0)
+            || !one.fits(self.free(now_ms), def.limited())
         {
             "Exceeded"
-        } else if def.warn_percents.iter().any(|p| past(*p)) {
+        } else if def.warned(spent) {
             "Warning"
         } else {
             "Ok"
@@ -549,13 +488,15 @@ impl Ledger {
         if g.expires_ms <= now_ms {
             // An expired grant's unreserved part is forfeit, on both sides: the dataplane
             // stopped reserving from it when it expired.
-            g.granted = g.settled.plus(g.granted.minus(g.settled).min(in_flight));
+            g.granted = g
+                .settled
+                .plus(g.granted.minus(g.settled).min_each(in_flight));
         }
         g.in_flight = in_flight;
         g.expires_ms = now_ms + ttl;
         let free = a.free(now_ms);
         let need = Qty::from(req.need.as_ref());
-        let want = Qty::from(req.want.as_ref()).max(need);
+        let want = Qty::from(req.want.as_ref()).max_each(need);
         let live = a
             .grants
             .values()
@@ -563,12 +504,7 @@ impl Ledger {
             .count()
             .max(1) as u64;
         let limit = def.limit;
-        let fits = free
-            .dims()
-            .iter()
-            .zip(need.dims())
-            .zip(limit.dims())
-            .all(|((f, n), l)| l == Qty::UNLIMITED || n <= *f);
+        let fits = need.fits(free, def.limited());
         let add = if fits {
             // A fair share of what is free, at least what is needed now, at most what is
             // wanted: near the limit, shares shrink, so little is left idle in grants.
@@ -594,13 +530,7 @@ impl Ledger {
         g.granted = g.granted.plus(add);
         let granted = g.granted;
         let remaining = free.minus(add);
-        let spent = a.spent_now();
-        let warn =
-            def.warn_percents.iter().any(|p| {
-                spent.dims().iter().zip(limit.dims()).any(|(s, l)| {
-                    l != Qty::UNLIMITED && (*s as u128) * 100 >= l as u128 * *p as u128
-                })
-            });
+        let warn = def.warned(a.spent_now());
         Some(pb::QuotaLease {
             account: req.account.clone(),
             granted: Some(granted.into()),

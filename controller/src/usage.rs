@@ -5,7 +5,6 @@
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
 use tokio::sync::{mpsc, watch};
@@ -19,12 +18,7 @@ use crate::accounts::ConfigDefs;
 use crate::compile::Compiled;
 use crate::ledger::{Ledger, Persisted};
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
+pub use tollgate_proto::time::now_unix_ms as now_ms;
 
 /// Where local mode keeps the ledger: one JSON file, replaced atomically.
 #[derive(Clone, Debug)]

@@ -12,10 +12,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 use tollgate_proto as pb;
+pub use tollgate_proto::quantity::Qty;
 
 /// A lease is treated as expired this long before the controller's expiry.
 const EXPIRY_MARGIN: Duration = Duration::from_millis(500);
@@ -27,72 +28,7 @@ const IDLE: Duration = Duration::from_secs(30);
 /// at once for this long instead of each asking again.
 const EXHAUSTED_HOLD: Duration = Duration::from_millis(250);
 
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
-/// Amounts of the three dimensions: nano-USD, tokens, requests.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Qty {
-    pub usd: u64,
-    pub tokens: u64,
-    pub requests: u64,
-}
-
-impl Qty {
-    fn plus(self, o: Qty) -> Qty {
-        Qty {
-            usd: self.usd.saturating_add(o.usd),
-            tokens: self.tokens.saturating_add(o.tokens),
-            requests: self.requests.saturating_add(o.requests),
-        }
-    }
-    fn minus(self, o: Qty) -> Qty {
-        Qty {
-            usd: self.usd.saturating_sub(o.usd),
-            tokens: self.tokens.saturating_sub(o.tokens),
-            requests: self.requests.saturating_sub(o.requests),
-        }
-    }
-    fn times(self, n: u64) -> Qty {
-        Qty {
-            usd: self.usd.saturating_mul(n),
-            tokens: self.tokens.saturating_mul(n),
-            requests: self.requests.saturating_mul(n),
-        }
-    }
-    /// Whether `self` fits in `room` in the dimensions of `limited` (1 USD, 2 tokens,
-    /// 4 requests).
-    fn fits(self, room: Qty, limited: u32) -> bool {
-        (limited & 1 == 0 || self.usd <= room.usd)
-            && (limited & 2 == 0 || self.tokens <= room.tokens)
-            && (limited & 4 == 0 || self.requests <= room.requests)
-    }
-}
-
-impl From<Option<&pb::Quantity>> for Qty {
-    fn from(q: Option<&pb::Quantity>) -> Self {
-        q.map(|q| Qty {
-            usd: q.nano_usd,
-            tokens: q.tokens,
-            requests: q.requests,
-        })
-        .unwrap_or_default()
-    }
-}
-
-impl From<Qty> for pb::Quantity {
-    fn from(q: Qty) -> Self {
-        pb::Quantity {
-            nano_usd: q.usd,
-            tokens: q.tokens,
-            requests: q.requests,
-        }
-    }
-}
+pub use tollgate_proto::time::now_unix_ms as now_ms;
 
 /// One account as this dataplane holds it.
 #[derive(Debug)]
@@ -378,7 +314,7 @@ impl Quotas {
                     account: d.account.clone(),
                 }));
             }
-            a.need = a.need.max_of(d.amount);
+            a.need = a.need.max_each(d.amount);
             short = true;
         }
         if short {
@@ -605,16 +541,6 @@ impl Quotas {
                 .accounts
                 .values()
                 .all(|a| a.in_flight == Qty::default())
-    }
-}
-
-impl Qty {
-    fn max_of(self, o: Qty) -> Qty {
-        Qty {
-            usd: self.usd.max(o.usd),
-            tokens: self.tokens.max(o.tokens),
-            requests: self.requests.max(o.requests),
-        }
     }
 }
 

@@ -11,6 +11,7 @@ mod generated {
 
 pub use generated::*;
 
+pub mod quantity;
 pub mod time;
 
 /// Type URLs of the resource types on the config stream, one per user-facing kind.

@@ -1,5 +1,14 @@
 //! Text forms of times that both ends of the config stream read: durations as resources
-//! write them, and RFC 3339 times (in resources, and in providers' rate-limit headers).
+//! write them, and RFC 3339 times (in resources, and in providers' rate-limit headers);
+//! and the wall clock as the usage stream carries it.
+
+/// Milliseconds since the Unix epoch (usage timestamps, grant expiries, periods).
+pub fn now_unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
 
 /// Parses a duration written the Kubernetes/Go way: `500ms`, `30s`, `6m0s`, `1h30m`
 /// (resource fields, and providers' rate-limit reset headers).
