@@ -9,6 +9,7 @@ pub mod auth;
 pub mod balance;
 pub mod eventstream;
 pub mod glob;
+mod link;
 pub mod metrics;
 pub mod prices;
 pub mod proxy;

@@ -13,9 +13,8 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto as pb;
 use tollgate_proto::usage_reporting_client::UsageReportingClient;
-use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
 
+use crate::link::{self, StreamError};
 use crate::metrics::Metrics;
 use crate::quota::Quotas;
 
@@ -39,20 +38,6 @@ impl std::fmt::Debug for Reporter {
             .field("dataplane_id", &self.dataplane_id)
             .finish_non_exhaustive()
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-enum StreamError {
-    #[error("connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
-    #[error("stream: {0}")]
-    Status(#[from] tonic::Status),
-    #[error("cannot read the token file: {0}")]
-    TokenFile(std::io::Error),
-    #[error("invalid token: it cannot be sent as a header")]
-    Token,
-    #[error("stream closed by the controller")]
-    Closed,
 }
 
 impl Reporter {
@@ -83,40 +68,20 @@ impl Reporter {
 
     /// Runs forever, reconnecting with capped, jittered backoff.
     pub async fn run(self: Arc<Self>) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let started = tokio::time::Instant::now();
-            if let Err(e) = self.stream_once().await {
+        link::run_forever(
+            || self.stream_once(),
+            |e| {
                 tracing::warn!(controller = %self.controller, error = %e, "usage stream lost; usage is kept until it is acknowledged");
-            }
-            self.quotas.connected.store(false, Ordering::Relaxed);
-            self.metrics.usage_connected.set(0);
-            if started.elapsed() > Duration::from_secs(10) {
-                backoff = Duration::from_millis(100);
-            }
-            let jitter = fastrand::u64(0..=backoff.as_millis() as u64 / 2);
-            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+                self.quotas.connected.store(false, Ordering::Relaxed);
+                self.metrics.usage_connected.set(0);
+            },
+        )
+        .await;
     }
 
     async fn stream_once(&self) -> Result<(), StreamError> {
-        let channel = Endpoint::from_shared(self.controller.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect()
-            .await?;
-        let token = std::fs::read_to_string(&self.token_file).map_err(StreamError::TokenFile)?;
-        let token: MetadataValue<_> = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| StreamError::Token)?;
         let mut client =
-            UsageReportingClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-                req.metadata_mut()
-                    .insert(tollgate_proto::AUTHORIZATION, token.clone());
-                Ok(req)
-            });
+            UsageReportingClient::new(link::connect(&self.controller, &self.token_file).await?);
         let (tx, rx) = mpsc::channel(256);
         let mut inbound = client.report(ReceiverStream::new(rx)).await?.into_inner();
         let epoch = self.quotas.new_epoch();

@@ -4,16 +4,14 @@
 //! last snapshot and reconnects with capped, jittered backoff.
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::config_discovery_client::ConfigDiscoveryClient;
 use tollgate_proto::{DeltaConfigRequest, Node, type_url};
-use tonic::metadata::MetadataValue;
-use tonic::transport::Endpoint;
 
+use crate::link::{self, StreamError};
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
 use crate::store::Store;
@@ -43,40 +41,17 @@ impl std::fmt::Debug for Client {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-enum StreamError {
-    #[error("connect: {0}")]
-    Connect(#[from] tonic::transport::Error),
-    #[error("stream: {0}")]
-    Status(#[from] tonic::Status),
-    #[error("cannot read the token file: {0}")]
-    TokenFile(std::io::Error),
-    #[error("invalid token: it cannot be sent as a header")]
-    Token,
-    #[error("stream closed by the controller")]
-    Closed,
-}
-
 impl Client {
     /// Runs forever, reconnecting as needed.
     pub async fn run(self) {
-        let mut backoff = Duration::from_millis(100);
-        loop {
-            let started = tokio::time::Instant::now();
-            match self.stream_once().await {
-                Ok(()) => {}
-                Err(e) => {
-                    tracing::warn!(controller = %self.controller, error = %e, "config stream lost; serving the last config")
-                }
-            }
-            self.metrics.config_connected.set(0);
-            if started.elapsed() > Duration::from_secs(10) {
-                backoff = Duration::from_millis(100);
-            }
-            let jitter = fastrand::u64(0..=backoff.as_millis() as u64 / 2);
-            tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
-            backoff = (backoff * 2).min(Duration::from_secs(5));
-        }
+        link::run_forever(
+            || self.stream_once(),
+            |e| {
+                tracing::warn!(controller = %self.controller, error = %e, "config stream lost; serving the last config");
+                self.metrics.config_connected.set(0);
+            },
+        )
+        .await;
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
@@ -87,24 +62,10 @@ impl Client {
     }
 
     async fn stream_once(&self) -> Result<(), StreamError> {
-        let channel = Endpoint::from_shared(self.controller.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .http2_keep_alive_interval(Duration::from_secs(20))
-            .keep_alive_timeout(Duration::from_secs(10))
-            .connect()
-            .await?;
-        let token = std::fs::read_to_string(&self.token_file).map_err(StreamError::TokenFile)?;
-        let token: MetadataValue<_> = format!("Bearer {}", token.trim())
-            .parse()
-            .map_err(|_| StreamError::Token)?;
         let mut client =
-            ConfigDiscoveryClient::with_interceptor(channel, move |mut req: tonic::Request<()>| {
-                req.metadata_mut()
-                    .insert(tollgate_proto::AUTHORIZATION, token.clone());
-                Ok(req)
-            })
-            .max_decoding_message_size(MAX_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_MESSAGE_BYTES);
+            ConfigDiscoveryClient::new(link::connect(&self.controller, &self.token_file).await?)
+                .max_decoding_message_size(MAX_MESSAGE_BYTES)
+                .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
         let (tx, rx) = mpsc::channel(16);
         for (i, t) in type_url::ALL.into_iter().enumerate() {
