@@ -4,7 +4,6 @@
 //! - `rate/<namespace>/<key>`: a VirtualKey's requests and tokens per minute (rolling).
 //! - `session/<namespace>/<key>/<session id>`: a VirtualKey's per-session caps.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tollgate_proto as pb;
@@ -22,35 +21,24 @@ pub fn nano_usd(usd: f64) -> u64 {
     }
 }
 
+/// Account definitions read straight from a compiled config.
 #[derive(Debug, Default)]
-pub struct ConfigDefs {
-    budgets: HashMap<String, Arc<pb::Resource>>,
-    keys: HashMap<String, Arc<pb::Resource>>,
-}
+pub struct ConfigDefs(pub Arc<Compiled>);
 
 impl ConfigDefs {
-    pub fn new(compiled: &Compiled) -> Self {
-        let of = |t: &str| -> HashMap<String, Arc<pb::Resource>> {
-            compiled
-                .resources_of(t)
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default()
-        };
-        ConfigDefs {
-            budgets: of(pb::type_url::BUDGET),
-            keys: of(pb::type_url::VIRTUAL_KEY),
-        }
+    fn body(&self, type_url: &str, name: &str) -> Option<&Body> {
+        self.0.resources_of(type_url)?.get(name)?.body.as_ref()
     }
 
     fn key(&self, name: &str) -> Option<&pb::VirtualKey> {
-        match self.keys.get(name)?.body.as_ref()? {
+        match self.body(pb::type_url::VIRTUAL_KEY, name)? {
             Body::VirtualKey(k) => Some(k),
             _ => None,
         }
     }
 
     fn budget(&self, name: &str) -> Option<&pb::Budget> {
-        match self.budgets.get(name)?.body.as_ref()? {
+        match self.body(pb::type_url::BUDGET, name)? {
             Body::Budget(b) => Some(b),
             _ => None,
         }

@@ -59,7 +59,6 @@ impl StateFile {
 pub struct Books {
     pub ledger: Ledger,
     defs: ConfigDefs,
-    version: String,
 }
 
 impl Books {
@@ -67,15 +66,13 @@ impl Books {
         Books {
             ledger,
             defs: ConfigDefs::default(),
-            version: String::new(),
         }
     }
 
-    /// Follows the config: rebuilds the definitions when it changed.
-    pub fn sync(&mut self, compiled: &Compiled) {
-        if compiled.version != self.version {
-            self.defs = ConfigDefs::new(compiled);
-            self.version = compiled.version.clone();
+    /// Follows the config: a newly published one redefines the accounts.
+    pub fn sync(&mut self, compiled: &Arc<Compiled>) {
+        if !Arc::ptr_eq(compiled, &self.defs.0) {
+            self.defs = ConfigDefs(compiled.clone());
             self.ledger.redefine(&self.defs);
         }
     }
