@@ -142,8 +142,9 @@ pub fn lookup(kind: ProviderKind, overrides: &[Override], model: &str) -> Option
     })
 }
 
-/// The table's every entry, for tests and the admin port.
-pub fn table_size() -> usize {
+/// How many entries the table has.
+#[cfg(test)]
+fn table_size() -> usize {
     BUILTIN.values().map(Vec::len).sum()
 }
 

@@ -10,7 +10,7 @@
 //! The stream itself is in [`crate::usage`].
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -92,6 +92,16 @@ impl Account {
     }
 }
 
+/// What is left of an account, for response headers.
+#[derive(Clone, Copy, Debug)]
+pub struct Left {
+    pub amount: Qty,
+    /// Spend has passed a warn threshold.
+    pub warn: bool,
+    /// The dimensions the account limits.
+    pub limited: u32,
+}
+
 /// Why a request was not admitted.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -163,17 +173,17 @@ pub struct Quotas {
     /// Whether requests are admitted (and counted) when no grant can be had because the
     /// controller is unreachable.
     pub fail_open: bool,
-    /// Unsettled usage records and their requests, for the metric.
-    pub(crate) records_made: AtomicU64,
 }
+
+/// A request's reservations: (account, period, reserved, live: reserved under a grant).
+type Held = Vec<(Arc<str>, i64, Qty, bool)>;
 
 /// A request's reservations, settled once when dropped: by then `record` has set the
 /// actual usage (or nothing was used).
 #[derive(Debug)]
 pub struct Reservation {
     quotas: Arc<Quotas>,
-    /// (account, period, reserved, live: reserved under a grant).
-    held: Vec<(Arc<str>, i64, Qty, bool)>,
+    held: Held,
     pub who: Attribution,
     started_ms: i64,
     outcome: Mutex<Outcome>,
@@ -201,7 +211,6 @@ impl Quotas {
             connected: AtomicBool::new(false),
             wait,
             fail_open,
-            records_made: AtomicU64::new(0),
         })
     }
 
@@ -218,23 +227,18 @@ impl Quotas {
         demands: &[Demand],
         who: Attribution,
     ) -> Result<Reservation, Refusal> {
+        // The common case: the grants cover it (or nothing applies), and nothing waits.
+        if let Some(done) = self.attempt(demands) {
+            return done.map(|held| self.hold(held, who));
+        }
         let deadline = Instant::now() + self.wait;
         loop {
             let waiting = self.granted.notified();
             tokio::pin!(waiting);
             waiting.as_mut().enable();
-            match self.try_reserve(demands) {
-                Ok(held) => {
-                    return Ok(Reservation {
-                        quotas: self.clone(),
-                        held,
-                        who,
-                        started_ms: now_ms(),
-                        outcome: Mutex::default(),
-                    });
-                }
-                Err(Some(refusal)) => return Err(refusal),
-                Err(None) => {}
+            // Looked at again once registered, so a grant that came in between wakes it.
+            if let Some(done) = self.attempt(demands) {
+                return done.map(|held| self.hold(held, who));
             }
             self.ask.notify_one();
             let timed_out = tokio::time::timeout_at(deadline.into(), waiting)
@@ -244,19 +248,33 @@ impl Quotas {
                 let account = self.first_short(demands);
                 if !self.connected.load(Ordering::Relaxed) && self.fail_open {
                     tracing::debug!(%account, "no grant (controller unreachable); admitting as configured");
-                    return Ok(Reservation {
-                        quotas: self.clone(),
-                        held: demands
-                            .iter()
-                            .map(|d| (d.account.clone(), 0, Qty::default(), false))
-                            .collect(),
-                        who,
-                        started_ms: now_ms(),
-                        outcome: Mutex::default(),
-                    });
+                    let held = demands
+                        .iter()
+                        .map(|d| (d.account.clone(), 0, Qty::default(), false))
+                        .collect();
+                    return Ok(self.hold(held, who));
                 }
                 return Err(Refusal::Unavailable { account });
             }
+        }
+    }
+
+    /// `Some` when the request is decided now (reserved or refused), `None` when it waits.
+    fn attempt(&self, demands: &[Demand]) -> Option<Result<Held, Refusal>> {
+        match self.try_reserve(demands) {
+            Ok(held) => Some(Ok(held)),
+            Err(Some(refusal)) => Some(Err(refusal)),
+            Err(None) => None,
+        }
+    }
+
+    fn hold(self: &Arc<Self>, held: Held, who: Attribution) -> Reservation {
+        Reservation {
+            quotas: self.clone(),
+            held,
+            who,
+            started_ms: now_ms(),
+            outcome: Mutex::default(),
         }
     }
 
@@ -277,11 +295,10 @@ impl Quotas {
     }
 
     /// Ok: reserved. Err(Some): refused now. Err(None): asked for more; wait.
-    #[allow(clippy::type_complexity)]
-    fn try_reserve(
-        &self,
-        demands: &[Demand],
-    ) -> Result<Vec<(Arc<str>, i64, Qty, bool)>, Option<Refusal>> {
+    fn try_reserve(&self, demands: &[Demand]) -> Result<Held, Option<Refusal>> {
+        if demands.is_empty() {
+            return Ok(Vec::new());
+        }
         let mut inner = self.lock();
         let (now, now_ms) = (Instant::now(), now_ms());
         let mut short = false;
@@ -382,7 +399,6 @@ impl Quotas {
         s.cached += u.cached;
         s.reasoning += u.reasoning;
         s.cost_nano += charged_cost;
-        self.records_made.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The records made since the last call, summed by labels.
@@ -516,21 +532,18 @@ impl Quotas {
         self.granted.notify_waiters();
     }
 
-    /// What is left of `account` for this dataplane's requests: its own room plus what
-    /// was left for everyone else at the last lease. `None` when unknown.
-    pub fn remaining(&self, account: &str) -> Option<(Qty, bool)> {
+    /// What is left of `account` for this dataplane's requests (its own room plus what
+    /// was left for everyone else at the last lease), as of the last lease. `None` when
+    /// no lease has come.
+    pub fn remaining(&self, account: &str) -> Option<Left> {
         let inner = self.lock();
         let a = inner.accounts.get(account)?;
         a.expires?;
-        Some((a.remaining.plus(a.room()), a.warn))
-    }
-
-    /// Whether `account` limits USD (as far as the last lease said).
-    pub fn limits_usd(&self, account: &str) -> bool {
-        self.lock()
-            .accounts
-            .get(account)
-            .is_some_and(|a| a.limited & 1 != 0)
+        Some(Left {
+            amount: a.remaining.plus(a.room()),
+            warn: a.warn,
+            limited: a.limited,
+        })
     }
 
     /// Nothing is waiting to be reported.

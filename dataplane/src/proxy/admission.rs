@@ -142,7 +142,9 @@ fn rate_dimension(key: &VirtualKey, quotas: &crate::quota::Quotas) -> &'static s
         return "requests per minute";
     };
     match quotas.remaining(&r.account) {
-        Some((q, _)) if r.requests_per_minute > 0 && q.requests == 0 => "requests per minute",
+        Some(left) if r.requests_per_minute > 0 && left.amount.requests == 0 => {
+            "requests per minute"
+        }
         Some(_) if r.tokens_per_minute > 0 => "tokens per minute",
         _ => "requests per minute",
     }
@@ -157,7 +159,7 @@ pub(super) fn quota_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap
         }
     };
     if let Some(r) = &key.rate {
-        let left = state.quotas.remaining(&r.account).map(|(q, _)| q);
+        let left = state.quotas.remaining(&r.account).map(|l| l.amount);
         if r.requests_per_minute > 0 {
             set(
                 "x-ratelimit-limit-requests",
@@ -183,11 +185,12 @@ pub(super) fn quota_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap
     let mut tightest: Option<u64> = None;
     let mut warned = Vec::new();
     for a in &key.budget_accounts {
-        if let Some((q, warn)) = state.quotas.remaining(a) {
-            if state.quotas.limits_usd(a) {
-                tightest = Some(tightest.map_or(q.usd, |t| t.min(q.usd)));
+        if let Some(left) = state.quotas.remaining(a) {
+            if left.limited & tollgate_proto::quantity::USD != 0 {
+                let usd = left.amount.usd;
+                tightest = Some(tightest.map_or(usd, |t| t.min(usd)));
             }
-            if warn {
+            if left.warn {
                 warned.push(budget_name(a).to_string());
             }
         }
@@ -204,13 +207,11 @@ pub(super) fn quota_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap
     }
 }
 
-/// A refusal's response carries the rate-limit headers too.
-pub(super) fn refusal_headers(state: &State, key: &VirtualKey, e: &ApiError, out: &mut HeaderMap) {
-    if matches!(e, ApiError::RateLimited(_)) {
-        quota_headers(state, key, out);
-        out.insert(
-            HeaderName::from_static("retry-after"),
-            HeaderValue::from_static("1"),
-        );
-    }
+/// A rate-limit refusal carries the rate-limit headers too, and when to try again.
+pub(super) fn rate_limited_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap) {
+    quota_headers(state, key, out);
+    out.insert(
+        HeaderName::from_static("retry-after"),
+        HeaderValue::from_static("1"),
+    );
 }

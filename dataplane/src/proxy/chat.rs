@@ -344,19 +344,11 @@ async fn forward(
     {
         Ok(r) => Arc::new(r),
         Err(e) => {
-            let mut response = e.to_response_for(api);
-            admission::refusal_headers(state, &key, &e, response.headers_mut());
-            Completion {
-                metrics: state.metrics.clone(),
-                labels: labels.clone(),
-                status: response.status(),
-                started,
-                usage: None,
-                credential: None,
-                reservation: None,
-                price: None,
+            let rate_limited = matches!(e, ApiError::RateLimited(_));
+            let mut response = answer(state, Err(e), api, started, labels.clone());
+            if rate_limited {
+                admission::rate_limited_headers(state, &key, response.headers_mut());
             }
-            .record();
             return Ok(response);
         }
     };
