@@ -157,36 +157,22 @@ async fn chat(
     if let Some(m) = max_tokens {
         body["max_tokens"] = json!(m);
     }
-    thread_local! {
-        static HTTP: reqwest::Client = {
-            init_tls();
-            reqwest::Client::new()
-        };
-    }
-    let mut req = HTTP
-        .with(reqwest::Client::clone)
-        .post(format!("{api}/chat/completions"))
-        .bearer_auth(key)
-        .header("content-type", "application/json")
-        .body(body.to_string());
-    for (k, v) in headers {
-        req = req.header(*k, *v);
-    }
-    let resp = req.send().await.unwrap();
-    let status = resp.status().as_u16();
-    let h = resp.headers().clone();
-    let text = resp.text().await.unwrap();
-    let (v, usage) = if stream && status == 200 {
-        let usage = text
+    let (status, h, v) = post_with(
+        api,
+        "/chat/completions",
+        Some(key),
+        headers,
+        &body.to_string(),
+    )
+    .await;
+    let usage = match &v {
+        // A stream: its usage chunk.
+        Value::String(text) if status == 200 => text
             .lines()
             .filter_map(|l| l.strip_prefix("data: "))
             .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-            .find_map(|c| c.get("usage").filter(|u| u.is_object()).cloned());
-        (Value::String(text), usage)
-    } else {
-        let v: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        let usage = v.get("usage").cloned();
-        (v, usage)
+            .find_map(|c| c.get("usage").filter(|u| u.is_object()).cloned()),
+        _ => v.get("usage").cloned(),
     };
     let usage = usage.map(|u| {
         (
@@ -546,6 +532,44 @@ async fn a_session_cap_stops_one_session_and_a_rolling_budget_comes_back() {
             .0 == 200
         })
         .await;
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dataplane_stopped_right_after_a_request_reports_its_usage_first() {
+    let (mut stack, ready_cost) = stack_with_three_dataplanes().await;
+    let mut cost = 0;
+    with_logs(&stack, async {
+        let settled = settled_spend(&stack, "budget/default/org").await;
+        assert_eq!(settled, ready_cost);
+        let (status, _, body, usage) = chat(
+            &stack.dataplanes[2].api,
+            "tg-big",
+            "last words",
+            false,
+            Some(5),
+            &[],
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        let (i, o) = usage.unwrap();
+        cost = (i + o) * NANO_PER_TOKEN;
+        // SIGTERM at once, well inside the 100 ms between usage batches: the dataplane
+        // drains, then waits for the controller to acknowledge its usage before it exits.
+        stack.dataplanes[2].process.terminate().unwrap();
+    })
+    .await;
+    let exit = stack.dataplanes[2]
+        .process
+        .wait_exit(Duration::from_secs(10))
+        .unwrap();
+    with_logs(&stack, async {
+        assert!(exit.success(), "{exit:?}");
+        assert_eq!(
+            settled_spend(&stack, "budget/default/org").await,
+            ready_cost + cost
+        );
     })
     .await;
 }

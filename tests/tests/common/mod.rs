@@ -58,6 +58,18 @@ pub async fn post_to(
     key: Option<&str>,
     body: &str,
 ) -> (u16, reqwest::header::HeaderMap, Value) {
+    post_with(api, path, key, &[], body).await
+}
+
+/// [`post_to`] with extra request headers. A body that is not JSON (an SSE stream) comes
+/// back as a string.
+pub async fn post_with(
+    api: &str,
+    path: &str,
+    key: Option<&str>,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, reqwest::header::HeaderMap, Value) {
     // One client per test thread: building one loads the trust store, and each test has
     // its own runtime, which a client's pooled connections must not outlive.
     thread_local! {
@@ -74,6 +86,9 @@ pub async fn post_to(
         .body(body.to_string());
     if let Some(key) = key {
         req = req.bearer_auth(key);
+    }
+    for (name, value) in headers {
+        req = req.header(*name, *value);
     }
     let resp = req.send().await.unwrap();
     let status = resp.status().as_u16();
