@@ -9,13 +9,14 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::State;
 use super::error::ApiError;
 use super::request::ChatHead;
+use crate::prices::Price;
 use crate::quota::{Attribution, Demand, Qty, Refusal, Reservation};
 use crate::runtime::{Route, VirtualKey};
 use crate::snapshot::Snapshot;
 
 /// The most a request to `route` for `model` can cost per token, in and out: the dearest
-/// of its targets and fallbacks (the target is picked later). USD per million tokens.
-fn dearest(snapshot: &Snapshot, route: &Route, model: &str) -> (f64, f64) {
+/// of its targets and fallbacks (the target is picked later).
+fn dearest(snapshot: &Snapshot, route: &Route, model: &str) -> Price {
     route
         .targets
         .iter()
@@ -24,8 +25,10 @@ fn dearest(snapshot: &Snapshot, route: &Route, model: &str) -> (f64, f64) {
             let provider = snapshot.providers.get(&t.provider)?;
             provider.price_of(t.model.as_deref().unwrap_or(model))
         })
-        .fold((0.0, 0.0), |(i, o), p| {
-            (f64::max(i, p.input), f64::max(o, p.output))
+        .fold(Price::default(), |worst, p| Price {
+            input: worst.input.max(p.input),
+            output: worst.output.max(p.output),
+            cached: None,
         })
 }
 
@@ -40,8 +43,7 @@ fn demands(
     body_len: usize,
 ) -> Vec<Demand> {
     let budgeted = !key.budget_accounts.is_empty() || session.is_some();
-    let needs_tokens = budgeted || key.rate.as_ref().is_some_and(|r| r.tokens_per_minute > 0);
-    if !needs_tokens && key.rate.is_none() {
+    if !budgeted && key.rate.is_none() {
         return vec![];
     }
     // Every token is at least one byte of the body, so its length bounds the input; the
@@ -49,13 +51,7 @@ fn demands(
     let input = body_len as u64;
     let output = head.max_tokens.unwrap_or(state.default_max_output_tokens);
     let usd = if budgeted {
-        let (pi, po) = dearest(snapshot, route, &head.model);
-        crate::prices::Price {
-            input: pi,
-            output: po,
-            cached: None,
-        }
-        .worst_case_nano(input, output)
+        dearest(snapshot, route, &head.model).worst_case_nano(input, output)
     } else {
         0
     };
