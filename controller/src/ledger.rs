@@ -296,6 +296,21 @@ impl Account {
             "Ok"
         }
     }
+
+    fn view(&self, name: &str, now_ms: i64) -> Option<AccountView> {
+        let def = self.def.as_ref()?;
+        let spent = self.spent_now();
+        Some(AccountView {
+            account: name.to_string(),
+            spent,
+            remaining: def.limit.minus(spent),
+            limit: def.limit,
+            limited: def.limited(),
+            period_start_ms: self.period.0,
+            period_end_ms: self.period.1,
+            state: self.state(now_ms),
+        })
+    }
 }
 
 fn bucket_ms(window_ms: i64) -> i64 {
@@ -565,36 +580,22 @@ impl Ledger {
             .iter_mut()
             .filter_map(|(name, a)| {
                 a.roll(now_ms);
-                let def = a.def.as_ref()?;
-                let spent = a.spent_now();
-                let remaining = def.limit.minus(spent);
-                Some(AccountView {
-                    account: name.clone(),
-                    spent,
-                    remaining,
-                    limit: def.limit,
-                    limited: def.limited(),
-                    period_start_ms: a.period.0,
-                    period_end_ms: a.period.1,
-                    state: a.state(now_ms),
-                })
+                a.view(name, now_ms)
             })
             .collect();
         out.sort_by(|a, b| a.account.cmp(&b.account));
         out
     }
 
-    /// The view of one account, whether or not it has been used.
+    /// The view of one account, whether or not it has been used (an unused one is created
+    /// with nothing spent).
     pub fn view(
         &mut self,
         account: &str,
         defs: &dyn Definitions,
         now_ms: i64,
     ) -> Option<AccountView> {
-        self.account(account, defs, now_ms);
-        self.views(now_ms)
-            .into_iter()
-            .find(|v| v.account == account)
+        self.account(account, defs, now_ms).view(account, now_ms)
     }
 }
 

@@ -9,16 +9,16 @@ use anyhow::{Context, bail};
 use clap::{Parser, ValueEnum};
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use tokio::sync::watch;
-use tollgate_controller::accounts::ConfigDefs;
 use tollgate_controller::admin::Admin;
 use tollgate_controller::auth::{AuthLayer, Authenticator, TokenCheck, TokenReviewer};
 use tollgate_controller::compile::Compiled;
 use tollgate_controller::k8s;
+use tollgate_controller::k8s::ledger_store::ConfigMapStore;
 use tollgate_controller::ledger::Ledger;
 use tollgate_controller::local::LocalSource;
 use tollgate_controller::publish::Publisher;
 use tollgate_controller::tracker::Tracker;
-use tollgate_controller::usage::{Books, StateFile, UsageServer};
+use tollgate_controller::usage::{Books, StateFile, Store, usage_service};
 use tollgate_controller::xds::{XdsMetrics, XdsServer};
 use tollgate_proto::config_discovery_server::ConfigDiscoveryServer;
 use tollgate_proto::usage_reporting_server::UsageReportingServer;
@@ -81,7 +81,8 @@ struct Args {
     )]
     dataplane_service_accounts: Vec<String>,
     /// Where budget and session spend is kept (a JSON file, replaced atomically before a
-    /// usage batch is acknowledged). Without it, spend lives in memory only.
+    /// usage batch is acknowledged). Without it, spend lives in memory only in local mode,
+    /// and in the ConfigMap `<lease name>-ledger` in Kubernetes mode.
     #[arg(long, env = "TOLLGATE_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
     /// How long a quota grant to a dataplane lasts unless renewed.
@@ -241,15 +242,25 @@ async fn main() -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let persisted = match &state {
-        Some(s) => s
-            .load()
-            .context("reading the usage ledger in --state-dir")?,
-        None => Default::default(),
+    // Local mode reads its state before serving, so that a damaged file stops it at once.
+    let preloaded = match (&state, &mode) {
+        (Some(s), Mode::Local { .. }) => Some(
+            s.load()
+                .context("reading the usage ledger in --state-dir")?,
+        ),
+        _ => None,
     };
-    let books = Arc::new(std::sync::Mutex::new(Books::new(Ledger::restore(
-        persisted,
-        &ConfigDefs::default(),
+    let store = match (state, &mode) {
+        (Some(s), _) => Store::File(s),
+        (None, Mode::Kubernetes { client, settings }) => {
+            Store::ConfigMap(Box::new(ConfigMapStore::new(
+                kube::Api::namespaced(client.clone(), &settings.lease_namespace),
+                &settings.lease_name,
+            )))
+        }
+        (None, Mode::Local { .. }) => Store::Memory,
+    };
+    let books = Arc::new(std::sync::Mutex::new(Books::new(Ledger::new(
         lease_ttl.as_millis() as i64,
     ))));
     let budget_gauges = budget_metrics(&registry)?;
@@ -260,7 +271,15 @@ async fn main() -> anyhow::Result<()> {
     let tracker = Arc::new(Tracker::default());
     let leader = watch::Sender::new(false);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let kubernetes = matches!(mode, Mode::Kubernetes { .. });
+    let (usage, keeper) = usage_service(
+        books.clone(),
+        snapshot_rx.clone(),
+        store,
+        preloaded,
+        matches!(mode, Mode::Kubernetes { .. }).then(|| leader.subscribe()),
+        usage_records,
+    );
+    tokio::spawn(keeper.run());
     let source = match mode {
         Mode::Local { dir, poll } => {
             std::thread::Builder::new()
@@ -275,6 +294,13 @@ async fn main() -> anyhow::Result<()> {
                 lease = %format!("{}/{}", settings.lease_namespace, settings.lease_name),
                 "Kubernetes mode"
             );
+            tokio::spawn(k8s::spend::run(
+                client.clone(),
+                books.clone(),
+                snapshot_rx.clone(),
+                usage.keeping(),
+                Duration::from_secs(2),
+            ));
             let shared = k8s::Shared {
                 publisher,
                 snapshots: snapshot_rx.clone(),
@@ -312,13 +338,7 @@ async fn main() -> anyhow::Result<()> {
     let config = ConfigDiscoveryServer::new(xds)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)
         .max_decoding_message_size(MAX_MESSAGE_BYTES);
-    let usage = UsageReportingServer::new(UsageServer::new(
-        books,
-        snapshot_rx.clone(),
-        state,
-        kubernetes.then(|| leader.subscribe()),
-        usage_records,
-    ));
+    let usage = UsageReportingServer::new(usage);
     let listener = tokio::net::TcpListener::bind(args.xds_listen)
         .await
         .with_context(|| format!("binding --xds-listen {}", args.xds_listen))?;

@@ -1,13 +1,22 @@
-//! The usage stream server: counts each batch into the ledger once, persists the ledger
-//! before acknowledging (so an acknowledged batch survives a restart and a replayed one is
-//! recognised), and answers lease requests with grants.
+//! The usage stream server and the keeper of the ledger.
+//!
+//! The server counts each batch into the ledger once and answers its lease requests at
+//! once. A batch is acknowledged only after the keeper has persisted a ledger that
+//! includes it (group commit: one write covers every batch counted since the last), so an
+//! acknowledged batch survives a restart or a leader change, and a replayed one is
+//! recognised by its sequence. The keeper also follows leadership in Kubernetes mode:
+//! on taking the lead it loads the ledger its predecessor left, and on losing it the
+//! streams are closed (dataplanes reconnect to the new leader and resend what is not
+//! acknowledged).
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus::IntCounter;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::usage_reporting_server::UsageReporting;
@@ -16,6 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::accounts::ConfigDefs;
 use crate::compile::Compiled;
+use crate::k8s::ledger_store::ConfigMapStore;
 use crate::ledger::{Ledger, Persisted};
 
 pub use tollgate_proto::time::now_unix_ms as now_ms;
@@ -54,6 +64,62 @@ impl StateFile {
     }
 }
 
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// Another replica wrote the ledger since this one read it: it is not the leader's any
+    /// more, or was not when it loaded.
+    #[error("the ledger was written by another controller replica")]
+    Conflict,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Where the ledger is persisted.
+pub enum Store {
+    /// Nowhere: a restarted controller starts from nothing spent.
+    Memory,
+    /// Local mode's `--state-dir`.
+    File(StateFile),
+    /// Kubernetes mode: a ConfigMap beside the election Lease.
+    ConfigMap(Box<ConfigMapStore>),
+}
+
+impl Store {
+    pub async fn load(&self) -> anyhow::Result<Persisted> {
+        match self {
+            Store::Memory => Ok(Persisted::default()),
+            Store::File(f) => {
+                let f = f.clone();
+                Ok(tokio::task::spawn_blocking(move || f.load()).await??)
+            }
+            Store::ConfigMap(c) => c.load().await,
+        }
+    }
+
+    async fn save(&self, p: Persisted) -> Result<(), SaveError> {
+        match self {
+            Store::Memory => Ok(()),
+            Store::File(f) => {
+                let f = f.clone();
+                tokio::task::spawn_blocking(move || f.save(&p))
+                    .await
+                    .map_err(|e| SaveError::Other(e.to_string()))?
+                    .map_err(|e| SaveError::Other(e.to_string()))
+            }
+            Store::ConfigMap(c) => c.save(&p).await,
+        }
+    }
+
+    /// The least time between two writes: batches counted meanwhile share the next one.
+    fn pace(&self) -> Duration {
+        match self {
+            Store::Memory => Duration::ZERO,
+            Store::File(_) => Duration::from_millis(10),
+            Store::ConfigMap(_) => Duration::from_millis(250),
+        }
+    }
+}
+
 /// The ledger and the config it reads account definitions from.
 #[derive(Debug)]
 pub struct Books {
@@ -80,53 +146,259 @@ impl Books {
     pub fn defs(&self) -> &ConfigDefs {
         &self.defs
     }
+
+    /// One account as it stands (created, with nothing spent, if unused).
+    pub fn view(&mut self, account: &str, now_ms: i64) -> Option<crate::ledger::AccountView> {
+        self.ledger.view(account, &self.defs, now_ms)
+    }
+
+    /// Replaces the ledger with what was persisted (grants start afresh).
+    pub fn restore(&mut self, p: Persisted) {
+        self.ledger = Ledger::restore(p, &self.defs, self.ledger.lease_ttl_ms);
+    }
+}
+
+/// The last sequence persisted per dataplane, in one term of keeping the books.
+#[derive(Clone, Debug, Default)]
+pub struct Durable {
+    pub term: u64,
+    pub sequences: Arc<HashMap<String, u64>>,
+}
+
+impl Durable {
+    fn of(term: u64, p: &Persisted) -> Self {
+        Durable {
+            term,
+            sequences: Arc::new(p.sequences.iter().map(|(k, v)| (k.clone(), v.0)).collect()),
+        }
+    }
+
+    fn acked(&self, term: u64, dataplane: &str) -> u64 {
+        if self.term == term {
+            self.sequences.get(dataplane).copied().unwrap_or(0)
+        } else {
+            0
+        }
+    }
+}
+
+/// The usage stream server and the keeper that persists what it counts.
+pub fn usage_service(
+    books: Arc<Mutex<Books>>,
+    snapshots: watch::Receiver<Arc<Compiled>>,
+    store: Store,
+    preloaded: Option<Persisted>,
+    leader: Option<watch::Receiver<bool>>,
+    records: IntCounter,
+) -> (UsageServer, Keeper) {
+    let (term_tx, term) = watch::channel(0);
+    let (durable_tx, durable) = watch::channel(Durable::default());
+    let dirty = Arc::new(Notify::new());
+    let server = UsageServer {
+        books: books.clone(),
+        snapshots,
+        term,
+        durable,
+        dirty: dirty.clone(),
+        records,
+    };
+    let keeper = Keeper {
+        books,
+        store,
+        preloaded,
+        leader,
+        term: term_tx,
+        durable: durable_tx,
+        dirty,
+    };
+    (server, keeper)
+}
+
+/// Loads the ledger when this replica starts keeping the books and persists it after
+/// every change.
+pub struct Keeper {
+    books: Arc<Mutex<Books>>,
+    store: Store,
+    /// Loaded already (local mode reads its state before serving, to fail fast).
+    preloaded: Option<Persisted>,
+    /// Kubernetes mode: whether this replica leads; `None` in local mode (always).
+    leader: Option<watch::Receiver<bool>>,
+    /// The current term of keeping the books; 0 while not keeping them.
+    term: watch::Sender<u64>,
+    durable: watch::Sender<Durable>,
+    dirty: Arc<Notify>,
+}
+
+impl Keeper {
+    fn leading(&self) -> bool {
+        self.leader.as_ref().is_none_or(|l| *l.borrow())
+    }
+
+    pub async fn run(mut self) {
+        let mut term = 0;
+        loop {
+            if let Some(l) = &mut self.leader
+                && l.wait_for(|l| *l).await.is_err()
+            {
+                return;
+            }
+            let loaded = match self.preloaded.take() {
+                Some(p) => p,
+                None => match self.store.load().await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot load the usage ledger; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                },
+            };
+            if !self.leading() {
+                continue;
+            }
+            term += 1;
+            self.durable.send_replace(Durable::of(term, &loaded));
+            lock(&self.books).restore(loaded);
+            self.term.send_replace(term);
+            tracing::info!(term, "keeping the usage ledger");
+            self.commit(term).await;
+            self.term.send_replace(0);
+        }
+    }
+
+    /// Persists after each change until the lead is lost or the store says another
+    /// replica wrote it.
+    async fn commit(&mut self, term: u64) {
+        let dirty = self.dirty.clone();
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let lost = async {
+                match &mut self.leader {
+                    Some(l) => {
+                        let _ = l.wait_for(|l| !*l).await;
+                    }
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = dirty.notified() => {}
+                () = lost => {
+                    tracing::info!("no longer the leader; no longer keeping the usage ledger");
+                    return;
+                }
+            }
+            let snapshot = lock(&self.books).ledger.persisted();
+            let durable = Durable::of(term, &snapshot);
+            match self.store.save(snapshot).await {
+                Ok(()) => {
+                    self.durable.send_replace(durable);
+                    backoff = Duration::from_millis(100);
+                    tokio::time::sleep(self.store.pace()).await;
+                }
+                Err(SaveError::Conflict) => {
+                    tracing::error!(
+                        "the usage ledger was written by another controller replica; reloading it"
+                    );
+                    return;
+                }
+                Err(SaveError::Other(e)) => {
+                    tracing::error!(error = %e, "cannot persist usage; not acknowledging it");
+                    dirty.notify_one();
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
 pub struct UsageServer {
     books: Arc<Mutex<Books>>,
     snapshots: watch::Receiver<Arc<Compiled>>,
-    state: Option<StateFile>,
-    /// Kubernetes mode: only the leader keeps the books.
-    leader: Option<watch::Receiver<bool>>,
+    term: watch::Receiver<u64>,
+    durable: watch::Receiver<Durable>,
+    dirty: Arc<Notify>,
     records: IntCounter,
 }
 
 impl UsageServer {
-    pub fn new(
-        books: Arc<Mutex<Books>>,
-        snapshots: watch::Receiver<Arc<Compiled>>,
-        state: Option<StateFile>,
-        leader: Option<watch::Receiver<bool>>,
-        records: IntCounter,
-    ) -> Self {
-        Self {
-            books,
-            snapshots,
-            state,
-            leader,
-            records,
-        }
-    }
-
-    /// Counts one batch and answers it; `None` when the state cannot be persisted (the
-    /// batch is then not acknowledged, and the dataplane sends it again).
-    fn apply(&self, batch: &UsageBatch) -> Result<UsageAck, Status> {
+    /// Counts one batch (once per sequence) and returns the grants it asked for.
+    fn apply(&self, batch: &UsageBatch) -> Vec<tollgate_proto::QuotaLease> {
         let mut books = lock(&self.books);
         books.sync(&self.snapshots.borrow());
         let Books { ledger, defs, .. } = &mut *books;
         let before = ledger.records_counted;
         let applied = ledger.apply(batch, defs, now_ms());
         self.records.inc_by(ledger.records_counted - before);
-        if applied.changed
-            && let Some(state) = &self.state
-            && let Err(e) = state.save(&ledger.persisted())
-        {
-            tracing::error!(error = %e, "cannot persist usage; not acknowledging");
-            return Err(Status::unavailable("usage cannot be persisted"));
+        if applied.changed {
+            self.dirty.notify_one();
         }
-        Ok(applied.ack)
+        applied.ack.leases
     }
+
+    /// One dataplane's stream in one term: each batch is answered at once with its grants
+    /// and what is persisted so far; later acknowledgements follow each write.
+    async fn serve(
+        self,
+        term: u64,
+        mut inbound: Streaming<UsageBatch>,
+        tx: mpsc::Sender<Result<UsageAck, Status>>,
+    ) {
+        let mut terms = self.term.clone();
+        let mut durable = self.durable.clone();
+        let mut dataplane: Option<String> = None;
+        let mut acked = 0;
+        loop {
+            let ack = tokio::select! {
+                m = inbound.message() => {
+                    let Ok(Some(batch)) = m else { return };
+                    if *terms.borrow() != term {
+                        break;
+                    }
+                    let leases = self.apply(&batch);
+                    acked = acked.max(durable.borrow().acked(term, &batch.dataplane_id));
+                    dataplane = Some(batch.dataplane_id);
+                    UsageAck { acked_sequence: acked, leases }
+                }
+                r = durable.changed() => {
+                    if r.is_err() {
+                        return;
+                    }
+                    let Some(dp) = &dataplane else { continue };
+                    let now = durable.borrow_and_update().acked(term, dp);
+                    if now <= acked {
+                        continue;
+                    }
+                    acked = now;
+                    UsageAck { acked_sequence: acked, leases: vec![] }
+                }
+                r = terms.changed() => {
+                    if r.is_err() || *terms.borrow_and_update() != term {
+                        break;
+                    }
+                    continue;
+                }
+            };
+            if tx.send(Ok(ack)).await.is_err() {
+                return;
+            }
+        }
+        let _ = tx.send(Err(not_keeping())).await;
+    }
+}
+
+impl UsageServer {
+    /// This replica's term of keeping the books: 0 while it does not.
+    pub fn keeping(&self) -> watch::Receiver<u64> {
+        self.term.clone()
+    }
+}
+
+fn not_keeping() -> Status {
+    Status::unavailable(
+        "this controller replica does not keep the usage ledger (not the leader); usage goes to the leader",
+    )
 }
 
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -146,25 +418,12 @@ impl UsageReporting for UsageServer {
         &self,
         request: Request<Streaming<UsageBatch>>,
     ) -> Result<Response<Self::ReportStream>, Status> {
-        if let Some(leader) = &self.leader
-            && !*leader.borrow()
-        {
-            return Err(Status::unavailable(
-                "this controller replica is not the leader; usage goes to the leader",
-            ));
+        let term = *self.term.borrow();
+        if term == 0 {
+            return Err(not_keeping());
         }
-        let mut inbound = request.into_inner();
         let (tx, rx) = mpsc::channel(16);
-        let this = self.clone();
-        tokio::spawn(async move {
-            while let Ok(Some(batch)) = inbound.message().await {
-                let answer = this.apply(&batch);
-                let failed = answer.is_err();
-                if tx.send(answer).await.is_err() || failed {
-                    break;
-                }
-            }
-        });
+        tokio::spawn(self.clone().serve(term, request.into_inner(), tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
@@ -173,24 +432,118 @@ impl UsageReporting for UsageServer {
 mod tests {
     use super::*;
 
-    #[test]
-    fn an_acknowledged_batch_is_persisted_and_a_replay_counts_once() {
+    async fn durable_for(server: &UsageServer, dp: &str) -> u64 {
+        let mut d = server.durable.clone();
+        let term = *server.term.borrow();
+        let r = tokio::time::timeout(
+            Duration::from_secs(5),
+            d.wait_for(|d| d.acked(term, dp) > 0),
+        )
+        .await;
+        r.expect("persisted in time").unwrap().acked(term, dp)
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_acknowledged_once_persisted_and_a_replay_counts_once() {
         let dir = tempfile::tempdir().unwrap();
         let state = StateFile::new(dir.path()).unwrap();
         let counter = IntCounter::new("t", "t").unwrap();
         let (_tx, rx) = watch::channel(Arc::new(Compiled::default()));
         let books = Arc::new(Mutex::new(Books::new(Ledger::new(10_000))));
-        let server = UsageServer::new(books, rx, Some(state.clone()), None, counter.clone());
+        let (server, keeper) = usage_service(
+            books,
+            rx,
+            Store::File(state.clone()),
+            None,
+            None,
+            counter.clone(),
+        );
+        // Not keeping the books yet: nothing is acknowledged as persisted.
+        assert_eq!(*server.term.borrow(), 0);
+        tokio::spawn(keeper.run());
+        let mut term = server.term.clone();
+        tokio::time::timeout(Duration::from_secs(5), term.wait_for(|t| *t == 1))
+            .await
+            .unwrap()
+            .unwrap();
         let batch = UsageBatch {
             dataplane_id: "dp-1".into(),
             sequence: 1,
             records: vec![Default::default(), Default::default()],
             ..Default::default()
         };
-        assert_eq!(server.apply(&batch).unwrap().acked_sequence, 1);
-        assert_eq!(server.apply(&batch).unwrap().acked_sequence, 1);
-        assert_eq!(counter.get(), 2);
-        let saved = state.load().unwrap();
-        assert_eq!(saved.sequences["dp-1"].0, 1);
+        server.apply(&batch);
+        assert_eq!(durable_for(&server, "dp-1").await, 1);
+        assert_eq!(state.load().unwrap().sequences["dp-1"].0, 1);
+        server.apply(&batch);
+        assert_eq!(counter.get(), 2, "the replay is not counted");
+    }
+
+    #[tokio::test]
+    async fn the_books_are_kept_only_while_leading_and_reloaded_on_each_lead() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = StateFile::new(dir.path()).unwrap();
+        let written = |seq: u64| Persisted {
+            sequences: [("dp-1".to_string(), (seq, 0))].into(),
+            ..Default::default()
+        };
+        state.save(&written(5)).unwrap();
+        let (_tx, rx) = watch::channel(Arc::new(Compiled::default()));
+        let books = Arc::new(Mutex::new(Books::new(Ledger::new(10_000))));
+        let (leader, leading) = watch::channel(false);
+        let (server, keeper) = usage_service(
+            books.clone(),
+            rx,
+            Store::File(state.clone()),
+            None,
+            Some(leading),
+            IntCounter::new("t", "t").unwrap(),
+        );
+        tokio::spawn(keeper.run());
+        let term = server.term.clone();
+        let wait = |t: u64| {
+            let mut term = term.clone();
+            async move {
+                tokio::time::timeout(Duration::from_secs(5), term.wait_for(|x| *x == t))
+                    .await
+                    .expect("term in time")
+                    .unwrap();
+            }
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert_eq!(*term.borrow(), 0, "not the leader: not keeping");
+
+        leader.send_replace(true);
+        wait(1).await;
+        assert_eq!(
+            durable_for(&server, "dp-1").await,
+            5,
+            "what was persisted is acknowledged"
+        );
+        assert_eq!(lock(&books).ledger.persisted().sequences["dp-1"].0, 5);
+
+        // Another replica leads and counts on; this one takes the lead back later.
+        leader.send_replace(false);
+        wait(0).await;
+        state.save(&written(9)).unwrap();
+        leader.send_replace(true);
+        wait(2).await;
+        assert_eq!(
+            lock(&books).ledger.persisted().sequences["dp-1"].0,
+            9,
+            "reloaded"
+        );
+        let replay = UsageBatch {
+            dataplane_id: "dp-1".into(),
+            sequence: 9,
+            records: vec![Default::default()],
+            ..Default::default()
+        };
+        server.apply(&replay);
+        assert_eq!(
+            server.records.get(),
+            0,
+            "counted by the other replica already"
+        );
     }
 }

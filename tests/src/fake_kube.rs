@@ -4,8 +4,10 @@
 //!
 //! It keeps objects of any resource in memory and serves what the controller uses: list,
 //! watch (from a resourceVersion, with the event log replayed), get, create, replace (with
-//! resourceVersion conflicts), merge patch, server-side apply of `status` (one field
-//! manager: the applied status replaces the old one), delete, and TokenReview (tokens the
+//! resourceVersion conflicts), merge patch, server-side apply of `status` (field ownership
+//! by top-level status field: a manager's apply sets the fields it sends and removes those
+//! it sent before and no longer does, leaving other managers' fields), delete, and
+//! TokenReview (tokens the
 //! test registers). Every request is recorded with the listener it came through, so a test
 //! can give two controllers two ports onto the same state and see which one wrote what.
 //! `generation` moves only when `spec` changes, as for a CRD with a status subresource.
@@ -60,6 +62,8 @@ struct State {
     tokens: HashMap<String, String>,
     /// Requests refused with 503 while set (to test a controller cut off from the API).
     unavailable: bool,
+    /// Top-level status fields each field manager applied last, per object.
+    status_owners: HashMap<(ObjectKey, String), Vec<String>>,
 }
 
 /// The fake API server. Dropping it stops nothing: its tasks end with the test's runtime.
@@ -316,7 +320,27 @@ impl FakeApi {
                 };
                 let mut object = old.clone();
                 if target.subresource.as_deref() == Some("status") {
-                    object["status"] = input.get("status").cloned().unwrap_or(Value::Null);
+                    let manager = params.get("fieldManager").cloned().unwrap_or_default();
+                    let applied = input.get("status").cloned().unwrap_or(Value::Null);
+                    let sent: Vec<String> = applied
+                        .as_object()
+                        .map(|m| m.keys().cloned().collect())
+                        .unwrap_or_default();
+                    let before = state
+                        .status_owners
+                        .insert((k.clone(), manager), sent.clone())
+                        .unwrap_or_default();
+                    let mut status = match old.get("status") {
+                        Some(Value::Object(m)) => m.clone(),
+                        _ => serde_json::Map::new(),
+                    };
+                    for field in before.iter().filter(|f| !sent.contains(f)) {
+                        status.remove(field);
+                    }
+                    if let Value::Object(m) = applied {
+                        status.extend(m);
+                    }
+                    object["status"] = Value::Object(status);
                 } else {
                     merge(&mut object, &input);
                 }

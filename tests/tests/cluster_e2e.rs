@@ -76,6 +76,7 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         "crd/llmroutes.tollgate.dev",
         "crd/llmproviders.tollgate.dev",
         "crd/virtualkeys.tollgate.dev",
+        "crd/budgets.tollgate.dev",
     ]);
     let ns = Namespace(format!("tollgate-e2e-{}", std::process::id()));
     run(&["create", "namespace", &ns.0]);
@@ -92,6 +93,13 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         )
         .unwrap();
     }
+    // A budget over every key of the namespace: its spend must show in `kubectl get`.
+    std::fs::write(
+        manifests.join("budget.yaml"),
+        "apiVersion: tollgate.dev/v1alpha1\nkind: Budget\nmetadata:\n  name: everyone\n\
+         spec:\n  selector: {}\n  limit:\n    usd: 10\n  period: day\n",
+    )
+    .unwrap();
     let token = dir.path().join("token");
     std::fs::write(&token, "e2e-token").unwrap();
     let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
@@ -153,7 +161,7 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
     loop {
         let list: Value = serde_json::from_str(&run(&[
             "get",
-            "llmproviders,llmroutes,virtualkeys",
+            "llmproviders,llmroutes,virtualkeys,budgets",
             "-n",
             &ns.0,
             "-o",
@@ -187,4 +195,38 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
     )
     .unwrap();
     assert_eq!(status, 200, "{body}\n{}", dataplane.log_text());
+
+    // The leader writes the spend to the Budget's status within a few seconds.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let budget: Value = serde_json::from_str(&run(&[
+            "get", "budget", "everyone", "-n", &ns.0, "-o", "json",
+        ]))
+        .unwrap();
+        let spent = budget["status"]["spent"]["usd"].as_f64().unwrap_or(0.0);
+        if spent > 0.0 {
+            assert_eq!(budget["status"]["state"], "Ok");
+            assert!(budget["status"]["remaining"]["usd"].as_f64().unwrap() < 10.0);
+            println!("{}", run(&["get", "budgets", "-n", &ns.0]));
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no spend in the Budget's status: {}\n{}",
+            serde_json::to_string_pretty(&budget["status"]).unwrap(),
+            controller.log_text()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    // The ledger survives in the cluster for the next leader.
+    let ledger = run(&[
+        "get",
+        "configmap",
+        "tollgate-controller-ledger",
+        "-n",
+        &ns.0,
+        "-o",
+        "json",
+    ]);
+    assert!(ledger.contains("budget/"), "{ledger}");
 }

@@ -491,3 +491,117 @@ fn dataplanes_authenticate_with_service_account_tokens() {
         .count();
     assert!(reviews >= 2, "TokenReviews: {reviews}");
 }
+
+#[test]
+fn budget_spend_shows_in_status_and_a_new_leader_counts_on_exactly() {
+    let c = Cluster::start(2);
+    c.apply_provider_and_route("team-c", UPSTREAM_KEYS[0]);
+    let key = "tg-budget-test-key-0123456789";
+    c.api().apply(
+        CORE,
+        "secrets",
+        json!({"apiVersion": "v1", "kind": "Secret",
+               "metadata": {"name": "app-key", "namespace": "team-c"},
+               "data": {"key": b64(key)}}),
+    );
+    c.api().apply(
+        TG,
+        "virtualkeys",
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "VirtualKey",
+               "metadata": {"name": "app", "namespace": "team-c"},
+               "spec": {"secretRef": {"name": "app-key"}}}),
+    );
+    c.api().apply(
+        TG,
+        "budgets",
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "Budget",
+               "metadata": {"name": "team", "namespace": "team-c"},
+               "spec": {"selector": {}, "limit": {"usd": 10}, "period": "day"}}),
+    );
+    let token = c.token_file.display().to_string();
+    let a = c.controller("controller-a", 0, &["--token-file", &token]);
+    c.wait("a leader", Duration::from_secs(20), || {
+        c.api()
+            .get(
+                "apis/coordination.k8s.io/v1",
+                "leases",
+                "tollgate",
+                "tollgate-controller",
+            )
+            .filter(|l| l["spec"]["holderIdentity"] == "controller-a")
+    });
+    let b = c.controller("controller-b", 1, &["--token-file", &token]);
+    // Shown before anything is spent, next to the conditions the other writer owns.
+    let budget = c.wait("the Budget's spend", Duration::from_secs(20), || {
+        c.api()
+            .get(TG, "budgets", "team-c", "team")
+            .filter(|b| b["status"]["spent"]["usd"].is_number())
+    });
+    assert_eq!(budget["status"]["state"], "Ok");
+    assert_eq!(budget["status"]["remaining"]["usd"], 10.0);
+    assert!(budget["status"]["periodEnd"].is_string(), "{budget}");
+    c.wait("the Budget's conditions", Duration::from_secs(20), || {
+        c.condition("budgets", "team-c", "team", "Accepted")
+    });
+
+    // Three requests, each reporting the same usage upstream.
+    let tokens_of = |api: &str| {
+        let (status, body) = chat(api, key, "gpt-4o");
+        assert_eq!(status, 200, "{body}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["usage"]["total_tokens"].as_u64().unwrap()
+    };
+    let shown = |tokens: u64| {
+        c.wait(
+            "the spend of every request",
+            Duration::from_secs(20),
+            || {
+                let s = &c.api().get(TG, "budgets", "team-c", "team")?["status"]["spent"];
+                let shown = s["tokens"].as_u64()?;
+                assert!(shown <= tokens, "{shown} tokens shown, {tokens} used");
+                (shown == tokens).then(|| s["usd"].as_f64().unwrap())
+            },
+        )
+    };
+    let dp_a = c.dataplane("dataplane-a", a.xds, &c.token_file);
+    let per_request = tokens_of(&dp_a.api);
+    assert!(per_request > 0);
+    for _ in 0..2 {
+        assert_eq!(tokens_of(&dp_a.api), per_request);
+    }
+    let three = shown(3 * per_request);
+    assert!(three > 0.0);
+    let ledger = c.wait("the ledger ConfigMap", Duration::from_secs(20), || {
+        c.api()
+            .get(CORE, "configmaps", "tollgate", "tollgate-controller-ledger")
+    });
+    assert!(
+        ledger["data"]["ledger.json"]
+            .as_str()
+            .unwrap()
+            .contains("budget/team-c/team"),
+        "{ledger}"
+    );
+
+    // The leader stops; the follower takes over, loads the ledger, and counts on.
+    drop(dp_a);
+    a.process.terminate().unwrap();
+    c.wait("the follower to lead", Duration::from_secs(10), || {
+        c.api()
+            .get(
+                "apis/coordination.k8s.io/v1",
+                "leases",
+                "tollgate",
+                "tollgate-controller",
+            )
+            .filter(|l| l["spec"]["holderIdentity"] == "controller-b")
+    });
+    let dp_b = c.dataplane("dataplane-b", b.xds, &c.token_file);
+    for _ in 0..3 {
+        assert_eq!(tokens_of(&dp_b.api), per_request);
+    }
+    // Nothing lost, nothing counted twice.
+    let six = shown(6 * per_request);
+    assert!((six - 2.0 * three).abs() < 1e-9, "usd: {three} then {six}");
+    drop(b);
+}

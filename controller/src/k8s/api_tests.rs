@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use tower_test::mock;
 
 use super::leader::Elector;
+use super::ledger_store::ConfigMapStore;
 use super::secrets::{Creator, Wanted};
 use super::status::{FIELD_MANAGER, Write};
 
@@ -248,4 +249,106 @@ async fn a_missing_secret_is_created_once_and_an_existing_one_is_not_an_error() 
         tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await,
         Err(_) | Ok(None)
     ));
+}
+
+#[tokio::test]
+async fn the_ledger_is_created_then_replaced_conditionally_and_a_conflict_is_reported() {
+    let (client, mut handle) = client();
+    let store = ConfigMapStore::new(
+        kube::Api::namespaced(client, "tollgate"),
+        "tollgate-controller",
+    );
+    let ledger = crate::ledger::Persisted {
+        accounts: [
+            ("budget/a/b".to_string(), Default::default()),
+            ("rate/a/k".to_string(), Default::default()),
+        ]
+        .into(),
+        sequences: [("dp-1".to_string(), (4, 0))].into(),
+    };
+    let run = tokio::spawn(async move {
+        let loaded = store.load().await.unwrap();
+        let first = store.save(&ledger).await;
+        let second = store.save(&ledger).await;
+        (loaded, first, second)
+    });
+    let (m, uri, _, _, send) = next(&mut handle).await;
+    assert_eq!(
+        (m, uri.as_str()),
+        (
+            Method::GET,
+            "/api/v1/namespaces/tollgate/configmaps/tollgate-controller-ledger"
+        )
+    );
+    send.send_response(respond(
+        StatusCode::NOT_FOUND,
+        &status_error(404, "NotFound"),
+    ));
+    let (m, uri, _, body, send) = next(&mut handle).await;
+    assert_eq!(
+        (m, uri.as_str()),
+        (
+            Method::POST,
+            "/api/v1/namespaces/tollgate/configmaps?&fieldManager=tollgate-controller"
+        )
+    );
+    let saved: Value = serde_json::from_str(body["data"]["ledger.json"].as_str().unwrap()).unwrap();
+    assert_eq!(saved["sequences"]["dp-1"][0], 4);
+    assert!(saved["accounts"].get("budget/a/b").is_some());
+    assert!(
+        saved["accounts"].get("rate/a/k").is_none(),
+        "rate windows are not kept"
+    );
+    let mut created = body.clone();
+    created["metadata"]["resourceVersion"] = json!("5");
+    send.send_response(respond(StatusCode::CREATED, &created));
+    let (m, uri, _, body, send) = next(&mut handle).await;
+    assert_eq!(
+        (m, uri.as_str()),
+        (
+            Method::PUT,
+            "/api/v1/namespaces/tollgate/configmaps/tollgate-controller-ledger?&fieldManager=tollgate-controller"
+        )
+    );
+    assert_eq!(
+        body["metadata"]["resourceVersion"], "5",
+        "the write is conditional"
+    );
+    // Another replica wrote it meanwhile.
+    send.send_response(respond(
+        StatusCode::CONFLICT,
+        &status_error(409, "Conflict"),
+    ));
+    let (loaded, first, second) = run.await.unwrap();
+    assert_eq!(loaded, Default::default());
+    assert!(first.is_ok());
+    assert!(matches!(second, Err(crate::usage::SaveError::Conflict)));
+}
+
+#[tokio::test]
+async fn a_budget_spend_is_applied_with_its_own_field_manager() {
+    let (client, mut handle) = client();
+    let status =
+        json!({"spent": {"usd": 1.5, "tokens": 7}, "remaining": {"usd": 0.5}, "state": "Ok"});
+    let sent = status.clone();
+    let run = tokio::spawn(async move { super::spend::write(&client, "team-a", "b", &sent).await });
+    let (m, uri, content_type, body, send) = next(&mut handle).await;
+    assert_eq!(m, Method::PATCH);
+    assert_eq!(
+        uri,
+        format!(
+            "/apis/tollgate.dev/v1alpha1/namespaces/team-a/budgets/b/status?&force=true&fieldManager={}",
+            super::spend::FIELD_MANAGER
+        )
+    );
+    assert_ne!(
+        super::spend::FIELD_MANAGER,
+        FIELD_MANAGER,
+        "the conditions are not touched"
+    );
+    assert_eq!(content_type, "application/apply-patch+yaml");
+    assert_eq!(body["kind"], "Budget");
+    assert_eq!(body["status"], status);
+    send.send_response(respond(StatusCode::OK, &body));
+    assert!(run.await.unwrap());
 }

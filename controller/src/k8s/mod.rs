@@ -5,9 +5,11 @@
 #[cfg(test)]
 mod api_tests;
 pub mod leader;
+pub mod ledger_store;
 pub mod peers;
 pub mod secrets;
 pub mod source;
+pub mod spend;
 pub mod status;
 
 use std::collections::HashMap;
