@@ -18,6 +18,7 @@ pub mod runtime;
 pub mod snapshot;
 pub mod sse;
 pub mod store;
+pub mod tokens;
 pub mod translate;
 pub mod upstream;
 pub mod usage;

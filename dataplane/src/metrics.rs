@@ -42,6 +42,8 @@ pub struct Metrics {
     pub denials: IntCounterVec,
     /// Responses that carried a budget warning.
     pub budget_warnings: IntCounter,
+    /// Answers whose provider reported no usage, counted with a tokenizer.
+    pub usage_counted: IntCounter,
     /// 1 while the usage stream to the controller is up.
     pub usage_connected: IntGauge,
     /// Usage batches sent and not yet acknowledged.
@@ -159,6 +161,10 @@ impl Metrics {
             "tollgate_budget_warnings_total",
             "Responses sent with a budget warning (a warn threshold was passed)",
         )?;
+        let usage_counted = IntCounter::new(
+            "tollgate_usage_counted_total",
+            "Answers whose provider reported no usage, counted with a tokenizer instead",
+        )?;
         let usage_connected = IntGauge::new(
             "tollgate_usage_connected",
             "1 while the usage stream to the controller is up",
@@ -170,6 +176,7 @@ impl Metrics {
         registry.register(Box::new(cost.clone()))?;
         registry.register(Box::new(denials.clone()))?;
         registry.register(Box::new(budget_warnings.clone()))?;
+        registry.register(Box::new(usage_counted.clone()))?;
         registry.register(Box::new(usage_connected.clone()))?;
         registry.register(Box::new(usage_unacked.clone()))?;
         for m in [
@@ -209,6 +216,7 @@ impl Metrics {
             cost,
             denials,
             budget_warnings,
+            usage_counted,
             usage_connected,
             usage_unacked,
         })

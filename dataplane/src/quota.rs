@@ -367,10 +367,14 @@ impl Quotas {
         let epoch = inner.epoch;
         let mut charges = Vec::with_capacity(r.held.len());
         let mut charged_cost = outcome.cost_nano;
+        // Unknown usage is charged its worst case in tokens too (as input: the split is
+        // not known), so that token budgets see what was held for it.
+        let mut unknown_tokens = 0;
         for (account, period, reserved, live) in &r.held {
             let used = actual(*reserved);
             if outcome.unknown {
                 charged_cost = charged_cost.max(used.usd);
+                unknown_tokens = unknown_tokens.max(used.tokens);
             }
             if *live
                 && let Some(a) = inner.accounts.get_mut(account)
@@ -394,7 +398,7 @@ impl Quotas {
         let u = &outcome.usage;
         let s = inner.pending.entry(key).or_default();
         s.requests += 1;
-        s.input += u.input;
+        s.input += u.input + unknown_tokens;
         s.output += u.output;
         s.cached += u.cached;
         s.reasoning += u.reasoning;

@@ -104,6 +104,25 @@ apiVersion: v1
 kind: Secret
 metadata: {name: agent-key}
 stringData: {key: tg-agent}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Budget
+metadata: {name: counted}
+spec:
+  selector: {matchLabels: {team: counted}}
+  limit: {tokens: 1000000}
+  period: day
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: counter, labels: {team: counted}}
+spec:
+  secretRef: {name: counter-key}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: counter-key}
+stringData: {key: tg-counter}
 "#;
 
 /// Nano-USD a token, in and out.
@@ -569,6 +588,72 @@ async fn a_dataplane_stopped_right_after_a_request_reports_its_usage_first() {
         assert_eq!(
             settled_spend(&stack, "budget/default/org").await,
             ready_cost + cost
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_without_usage_is_counted_with_the_tokenizer() {
+    use tollgate_dataplane::proxy::Api;
+    use tollgate_dataplane::tokens;
+    let (stack, _) = stack_with_three_dataplanes().await;
+    with_logs(&stack, async {
+        let api = &stack.dataplanes[0].api;
+        // The upstream model, whose encoding counts (o200k_base).
+        let model = "gpt-4o-mini";
+        let text = "Count me without usage, please. [mock omit_usage=1]";
+        let mut expected = 0;
+        for stream in [false, true] {
+            let (status, _, v, usage) = chat(api, "tg-counter", text, stream, Some(50), &[]).await;
+            assert_eq!(status, 200, "{v}");
+            assert_eq!(usage, None, "the upstream reported no usage");
+            // What the client received, counted with the model's encoding.
+            let received: String = match &v {
+                Value::String(sse) => sse
+                    .lines()
+                    .filter_map(|l| l.strip_prefix("data: "))
+                    .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+                    .filter_map(|c| c["choices"][0]["delta"]["content"].as_str().map(str::to_string))
+                    .collect(),
+                _ => v["choices"][0]["message"]["content"].as_str().unwrap().to_string(),
+            };
+            assert!(!received.is_empty());
+            let output = tokens::count(model, &received);
+            // The request as sent (the gateway counts the client's request).
+            let mut body = json!({"model": "metered", "messages": [{"role": "user", "content": text}], "max_tokens": 50});
+            if stream {
+                body["stream"] = json!(true);
+                body["stream_options"] = json!({"include_usage": true});
+            }
+            let input = tokens::prompt(model, Api::OpenAi, body.to_string().as_bytes());
+            assert_eq!(input, 3 + 3 + tokens::count(model, &format!("user {text}")));
+            expected += input + output;
+        }
+        // Settled at the counted usage, not the worst case (body bytes + 50 each).
+        let started = Instant::now();
+        loop {
+            let spent = account(&stack, "budget/default/counted")["spent"]["tokens"]
+                .as_u64()
+                .unwrap_or(0);
+            if spent == expected {
+                break;
+            }
+            assert!(
+                spent < expected && started.elapsed() < Duration::from_secs(10),
+                "spent {spent} tokens, counted {expected}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let (_, metrics) = http_get(&format!("{}/metrics", stack.dataplanes[0].admin)).unwrap();
+        assert!(
+            metrics.contains("tollgate_usage_counted_total 2"),
+            "{}",
+            metrics
+                .lines()
+                .filter(|l| l.contains("usage_counted"))
+                .collect::<Vec<_>>()
+                .join("\n")
         );
     })
     .await;

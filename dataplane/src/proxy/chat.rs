@@ -69,9 +69,27 @@ pub(super) struct Completion {
     pub reservation: Option<Arc<Reservation>>,
     /// The price of the model used, for the cost.
     pub price: Option<crate::prices::Price>,
+    /// The request, counted with a tokenizer if the provider reports no usage.
+    pub counted: Option<crate::tokens::Counted>,
 }
 
 impl Completion {
+    /// Counts the usage the provider did not report: the request, and `output` tokens
+    /// (counted by the caller from what the client received).
+    /// `None` from `output`: the answer cannot be counted (its worst case is charged).
+    fn count_unreported(&mut self, output: impl FnOnce(&str, Api) -> Option<u64>) {
+        if self.usage.is_some() || !self.status.is_success() {
+            return;
+        }
+        let Some(c) = &self.counted else { return };
+        let model = &self.labels.model;
+        let Some(output) = output(model, c.api) else {
+            return;
+        };
+        self.usage = Some(c.usage(model, output));
+        self.metrics.usage_counted.inc();
+    }
+
     pub fn record(self) {
         let l = &self.labels;
         if let (Some(c), Some(u)) = (&self.credential, &self.usage) {
@@ -156,6 +174,7 @@ pub(super) fn answer(
                 credential: None,
                 reservation: None,
                 price: None,
+                counted: None,
             }
             .record();
             response
@@ -854,6 +873,10 @@ impl Ctx {
             credential: credential.as_ref().map(|(_, e)| e.clone()),
             reservation: Some(self.reservation.clone()),
             price: provider.price_of(&c.model),
+            counted: Some(crate::tokens::Counted {
+                api: self.api,
+                request: self.body.clone(),
+            }),
         };
         let to = Resolved {
             route: route.clone(),
@@ -916,6 +939,8 @@ impl Ctx {
                 transcript: resume.map(|_| Transcript::default()),
                 continuation: None,
                 target: Some((c.endpoint.clone(), provider.health)),
+                kept: Some(Vec::new()),
+                kept_bytes: 0,
             }
             .boxed()
         } else {
@@ -949,6 +974,8 @@ impl Ctx {
                     .response(collected)
                     .map_err(|e| fail(Failure::ServerError, Err(e), None))?;
                 completion.usage = usage;
+                completion
+                    .count_unreported(|model, api| Some(crate::tokens::answer(model, api, &out)));
                 out
             } else {
                 plan.error(
@@ -1092,6 +1119,7 @@ impl http_body::Body for KeepAlive {
                             credential: None,
                             reservation: None,
                             price: None,
+                            counted: None,
                         }
                         .record();
                         e.to_string()
@@ -1282,6 +1310,10 @@ struct Streamed {
     continuation: Option<Continuation>,
     /// The target's health record: a break after the first byte counts against it.
     target: Option<(Arc<balance::Endpoint>, balance::HealthPolicy)>,
+    /// What the client has been sent (shared, not copied), counted if the provider
+    /// reports no usage; `None` once over [`crate::tokens::MAX_KEPT_BYTES`].
+    kept: Option<Vec<Bytes>>,
+    kept_bytes: usize,
 }
 
 /// What a stream needs to continue on the next target: the request, the plan with what
@@ -1426,12 +1458,26 @@ impl Streamed {
         if let Some(t) = self.transcript.as_mut() {
             t.observe(&out);
         }
+        if self.done.is_some()
+            && let Some(kept) = self.kept.as_mut()
+        {
+            self.kept_bytes += out.len();
+            if self.kept_bytes <= crate::tokens::MAX_KEPT_BYTES {
+                kept.push(out.clone());
+            } else {
+                self.kept = None;
+            }
+        }
         Frame::data(out)
     }
 
     fn finish(&mut self) {
         if let Some(mut done) = self.done.take() {
             done.usage = self.chain.usage();
+            let kept = self.kept.take();
+            done.count_unreported(|model, api| {
+                kept.map(|k| crate::tokens::streamed(model, api, &k))
+            });
             done.record();
         }
     }

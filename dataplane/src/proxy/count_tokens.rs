@@ -165,6 +165,7 @@ async fn forward(
         credential: None,
         reservation: None,
         price: None,
+        counted: None,
     }
     .record();
     Ok(respond(status, super::full(out), &up_parts.headers, &to))

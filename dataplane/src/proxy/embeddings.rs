@@ -81,6 +81,7 @@ async fn forward(
             credential: None,
             reservation: None,
             price: to.provider.price_of(model),
+            counted: None,
         }
         .record();
     };

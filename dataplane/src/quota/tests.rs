@@ -127,3 +127,38 @@ fn a_new_epoch_carries_what_is_reserved_and_nothing_else() {
     let asks = q.lease_requests();
     assert_eq!(asks[0].in_flight.as_ref().unwrap().nano_usd, 100);
 }
+
+#[tokio::test]
+async fn a_success_without_usage_is_charged_its_worst_case_in_every_unit() {
+    let q = Quotas::new(Duration::from_secs(5), false);
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            q.reserve(&[demand("budget/ns/b", 100)], Attribution::default())
+                .await
+        })
+    };
+    while q.lease_requests().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    q.apply_leases(&[pb::QuotaLease {
+        granted: Some(pb::Quantity {
+            nano_usd: 1000,
+            tokens: 100,
+            requests: 0,
+        }),
+        limited: 3,
+        ..lease("budget/ns/b", 1000, false)
+    }]);
+    let r = waiter.await.unwrap().unwrap();
+    let route: Arc<str> = Arc::from("ns/r");
+    r.record(&route, &route, &route, 200, None, 0);
+    drop(r);
+    let records = q.take_records();
+    assert_eq!(records[0].cost_nano_usd, 100);
+    assert_eq!(
+        records[0].input_tokens + records[0].output_tokens,
+        10,
+        "the tokens held for it"
+    );
+}

@@ -51,6 +51,7 @@ PER-REQUEST BEHAVIOUR
                     refuse as the provider refuses a too-long or disallowed request (OpenAI;
                     context_window also for Anthropic)
   exhausted_for=S   answer, with OpenAI rate-limit headers saying no requests are left for S s
+  omit_usage=1      answer without usage (no usage member or chunk), as some servers do
 
 FAULTS AT RUN TIME
   PUT /mock/faults with a JSON array of rules; each applies the directives above to the

@@ -26,6 +26,9 @@ pub struct Directives {
     /// Answer, but say in the rate-limit headers that the key has no requests left, for
     /// this many seconds.
     pub exhausted_for: Option<u64>,
+    /// Answer without usage (no `usage` member, no usage chunk), as some OpenAI-compatible
+    /// servers do.
+    pub omit_usage: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,6 +61,7 @@ impl Directives {
                 }
             }
             "exhausted_for" | "exhausted-for" => self.exhausted_for = value.parse().ok(),
+            "omit_usage" | "omit-usage" => self.omit_usage = value == "1" || value == "true",
             "fail" => {
                 self.fail = match value {
                     "reset" => Some(Failure::Reset),

@@ -301,8 +301,17 @@ async fn chat(
         .map(|d| d.as_secs())
         .unwrap_or(0);
     let pieces = openai::answer_pieces(&chat, d.chunks);
+    let mut chat = chat;
+    if d.omit_usage {
+        chat.include_usage = false;
+    }
     if !chat.stream {
-        let v = openai::completion(&chat, &id, created, &pieces);
+        let mut v = openai::completion(&chat, &id, created, &pieces);
+        if d.omit_usage
+            && let Some(o) = v.as_object_mut()
+        {
+            o.remove("usage");
+        }
         if d.fail == Some(Failure::Cut) {
             let bytes = serde_json::to_vec(&v).unwrap_or_default();
             return Ok(cut_body(bytes[..bytes.len() / 2].to_vec(), bytes.len()));
