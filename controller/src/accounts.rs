@@ -2,6 +2,7 @@
 //!
 //! - `budget/<namespace>/<name>`: a Budget's limit, period and thresholds.
 //! - `rate/<namespace>/<key>`: a VirtualKey's requests and tokens per minute (rolling).
+//! - `conc/<namespace>/<key>`: a VirtualKey's requests in flight at once.
 //! - `session/<namespace>/<key>/<session id>`: a VirtualKey's per-session caps.
 
 use std::sync::Arc;
@@ -102,6 +103,19 @@ impl Definitions for ConfigDefs {
                         requests: or_unlimited(l.requests_per_minute),
                     },
                     window: Window::Rolling { ms: 60_000 },
+                    block_percent: 100,
+                    warn_percents: vec![],
+                })
+            }
+            "conc" => {
+                let n = self.key(rest)?.limits.as_ref()?.concurrency;
+                (n > 0).then(|| AccountDef {
+                    limit: Qty {
+                        usd: Qty::UNLIMITED,
+                        tokens: Qty::UNLIMITED,
+                        requests: u64::from(n),
+                    },
+                    window: Window::Concurrent,
                     block_percent: 100,
                     warn_percents: vec![],
                 })

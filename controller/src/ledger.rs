@@ -46,6 +46,9 @@ pub enum Window {
     Rolling { ms: i64 },
     /// Never resets (agent sessions).
     Lifetime,
+    /// Nothing is spent: the limit is on requests in flight at once, and grants are the
+    /// slots each dataplane holds (a key's `limits.concurrency`).
+    Concurrent,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -215,7 +218,7 @@ impl Account {
                     self.buckets.pop_front();
                 }
             }
-            Window::Lifetime => {}
+            Window::Lifetime | Window::Concurrent => {}
         }
     }
 
@@ -271,6 +274,8 @@ impl Account {
                 // Usage of an earlier period belongs to that period, which is over.
             }
             Some(Window::Lifetime) | None => self.spent = self.spent.plus(amount),
+            // Slots are returned, not spent.
+            Some(Window::Concurrent) => {}
         }
     }
 
@@ -508,10 +513,33 @@ impl Ledger {
                 .plus(g.granted.minus(g.settled).min_each(in_flight));
         }
         g.in_flight = in_flight;
-        g.expires_ms = now_ms + ttl;
-        let free = a.free(now_ms);
         let need = Qty::from(req.need.as_ref());
         let want = Qty::from(req.want.as_ref()).max_each(need);
+        if want == Qty::default() {
+            // Asking for nothing: a report of what is in flight, which neither grants nor
+            // extends (a dataplane whose grant lapsed gives back what it does not use).
+            // Concurrency slots are given back at once: the dataplane stopped using
+            // those not in flight before it reported.
+            if def.window == Window::Concurrent {
+                g.granted = g
+                    .settled
+                    .plus(g.granted.minus(g.settled).min_each(in_flight));
+            }
+            let (granted, expires) = (g.granted, g.expires_ms);
+            return Some(pb::QuotaLease {
+                account: req.account.clone(),
+                granted: Some(granted.into()),
+                expires_unix_ms: expires,
+                period_start_unix_ms: period.0,
+                period_end_unix_ms: period.1,
+                remaining: Some(a.free(now_ms).into()),
+                warn: def.warned(a.spent_now()),
+                exhausted: false,
+                limited: def.limited(),
+            });
+        }
+        g.expires_ms = now_ms + ttl;
+        let free = a.free(now_ms);
         let live = a
             .grants
             .values()

@@ -38,7 +38,7 @@ pub struct Metrics {
     /// Cost in USD by route, provider, model and the key owner's team.
     pub cost: prometheus::CounterVec,
     /// Requests refused by reason (`budget`, `session_budget`, `rate_limit`,
-    /// `quota_unavailable`).
+    /// `concurrency`, `quota_unavailable`).
     pub denials: IntCounterVec,
     /// Responses that carried a budget warning.
     pub budget_warnings: IntCounter,
@@ -153,7 +153,7 @@ impl Metrics {
         let denials = IntCounterVec::new(
             Opts::new(
                 "tollgate_denials_total",
-                "Requests refused before going upstream, by reason (budget, session_budget, rate_limit, quota_unavailable)",
+                "Requests refused before going upstream, by reason (budget, session_budget, rate_limit, concurrency, quota_unavailable)",
             ),
             &["reason"],
         )?;

@@ -30,6 +30,12 @@ const EXHAUSTED_HOLD: Duration = Duration::from_millis(250);
 
 pub use tollgate_proto::time::now_unix_ms as now_ms;
 
+/// A concurrency account (`conc/<namespace>/<key>`): reserved per request and given back
+/// when it ends.
+fn is_slot(account: &str) -> bool {
+    account.starts_with("conc/")
+}
+
 /// One account as this dataplane holds it.
 #[derive(Debug)]
 struct Account {
@@ -366,12 +372,20 @@ impl Quotas {
         let mut inner = self.lock();
         let epoch = inner.epoch;
         let mut charges = Vec::with_capacity(r.held.len());
+        let mut slots = false;
         let mut charged_cost = outcome.cost_nano;
         // Unknown usage is charged its worst case in tokens too (as input: the split is
         // not known), so that token budgets see what was held for it.
         let mut unknown_tokens = 0;
         for (account, period, reserved, live) in &r.held {
-            let used = actual(*reserved);
+            // A concurrency slot is given back: nothing of it is spent or reported.
+            let slot = is_slot(account);
+            slots |= slot;
+            let used = if slot {
+                Qty::default()
+            } else {
+                actual(*reserved)
+            };
             if outcome.unknown {
                 charged_cost = charged_cost.max(used.usd);
                 unknown_tokens = unknown_tokens.max(used.tokens);
@@ -383,7 +397,9 @@ impl Quotas {
                 a.used = a.used.minus(*reserved).plus(used);
                 a.in_flight = a.in_flight.minus(*reserved);
             }
-            charges.push((account.clone(), *period));
+            if !slot {
+                charges.push((account.clone(), *period));
+            }
         }
         let key = RecordKey {
             who: r.who.clone(),
@@ -403,6 +419,11 @@ impl Quotas {
         s.cached += u.cached;
         s.reasoning += u.reasoning;
         s.cost_nano += charged_cost;
+        drop(inner);
+        if slots {
+            // The slot goes back to the controller now, not at the next tick.
+            self.ask.notify_one();
+        }
     }
 
     /// The records made since the last call, summed by labels.
@@ -482,14 +503,31 @@ impl Quotas {
             let lapsed = a.expires.is_some_and(|e| now >= e);
             let report = (lapsed && a.in_flight != a.reported_in_flight)
                 || (a.expires.is_none() && a.in_flight != Qty::default());
-            if (waiting || (active && (renew || low)) || report) && (!a.asked || waiting) {
+            let slot = is_slot(name);
+            let renewing = active && (renew || low) && !slot;
+            // Concurrency slots not in use go back at once, so that the next request may
+            // run on any dataplane: given up here first (nothing more is reserved from
+            // them), then reported.
+            let release = slot && !waiting && a.granted.requests > a.in_flight.requests;
+            if release && !a.asked {
+                a.granted = a.in_flight;
+            }
+            if (waiting || renewing || report || release) && (!a.asked || waiting) {
                 a.asked = true;
                 a.reported_in_flight = a.in_flight;
+                // Asking for nothing is a report of what is in flight, which does not
+                // extend the grant. Slots are asked for one request at a time, and not
+                // renewed: a request that needs one asks.
+                let want = if !(waiting || renewing) || slot {
+                    a.need
+                } else {
+                    a.need.plus(a.typical.times(8))
+                };
                 out.push(pb::LeaseRequest {
                     account: name.to_string(),
                     in_flight: Some(a.in_flight.into()),
                     need: Some(a.need.into()),
-                    want: Some(a.need.plus(a.typical.times(8)).into()),
+                    want: Some(want.into()),
                 });
             }
         }

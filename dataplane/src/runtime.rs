@@ -797,8 +797,8 @@ pub struct VirtualKey {
     pub budget_accounts: Vec<Arc<str>>,
     /// Requests and tokens per minute, across every dataplane.
     pub rate: Option<RateLimits>,
-    /// Local to this dataplane.
-    pub concurrency: u32,
+    /// `conc/<namespace>/<key>`: requests in flight at once, across every dataplane.
+    pub concurrency: Option<Arc<str>>,
     /// Per-session caps, and the header naming the session.
     pub session: Option<SessionCaps>,
     /// Key and owner, for usage records (the session is added per request).
@@ -870,7 +870,11 @@ impl TryFrom<&pb::VirtualKey> for VirtualKey {
                     requests_per_minute: l.requests_per_minute,
                     tokens_per_minute: l.tokens_per_minute,
                 }),
-            concurrency: k.limits.as_ref().map(|l| l.concurrency).unwrap_or(0),
+            concurrency: k
+                .limits
+                .as_ref()
+                .filter(|l| l.concurrency > 0)
+                .map(|_| Arc::from(format!("conc/{}/{}", k.namespace, k.name))),
             session: k
                 .session
                 .as_ref()

@@ -123,6 +123,18 @@ apiVersion: v1
 kind: Secret
 metadata: {name: counter-key}
 stringData: {key: tg-counter}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: busy}
+spec:
+  secretRef: {name: busy-key}
+  limits: {concurrency: 2}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: busy-key}
+stringData: {key: tg-busy}
 "#;
 
 /// Nano-USD a token, in and out.
@@ -655,6 +667,75 @@ async fn an_answer_without_usage_is_counted_with_the_tokenizer() {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_dataplanes_together_run_no_more_than_the_concurrency_limit() {
+    let (stack, _) = stack_with_three_dataplanes().await;
+    with_logs(&stack, async {
+        let apis: Vec<String> = stack.dataplanes.iter().map(|d| d.api.clone()).collect();
+        // Nine slow requests at once, three on each dataplane, for a key allowed two.
+        let round = |n: usize| {
+            let apis = apis.clone();
+            async move {
+                let tasks: Vec<_> = (0..n)
+                    .map(|i| {
+                        let api = apis[i % 3].clone();
+                        tokio::spawn(async move {
+                            let (status, _, body, _) = chat(
+                                &api,
+                                "tg-busy",
+                                "slow [mock latency_ms=1500]",
+                                false,
+                                Some(5),
+                                &[],
+                            )
+                            .await;
+                            (status, body)
+                        })
+                    })
+                    .collect();
+                let mut out = Vec::new();
+                for t in tasks {
+                    out.push(t.await.unwrap());
+                }
+                out
+            }
+        };
+        let results = round(9).await;
+        let served = results.iter().filter(|(s, _)| *s == 200).count();
+        assert_eq!(served, 2, "{results:?}");
+        for (status, body) in results.iter().filter(|(s, _)| *s != 200) {
+            assert_eq!(*status, 429, "{body}");
+            assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+            assert!(
+                body["error"]["message"]
+                    .as_str()
+                    .unwrap()
+                    .contains("concurrent"),
+                "{body}"
+            );
+        }
+        // A slot goes back as soon as its request ends: one request after another, each
+        // on the next dataplane (50 ms apart, for the slot's return to reach the
+        // controller), is never refused.
+        for i in 0..6 {
+            let (status, _, body, _) =
+                chat(&apis[i % 3], "tg-busy", "again", false, Some(5), &[]).await;
+            assert_eq!(
+                status,
+                200,
+                "request {i}: {body}\n{}",
+                account(&stack, "conc/default/busy")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // And the limit holds again under a second burst.
+        let results = round(6).await;
+        let served = results.iter().filter(|(s, _)| *s == 200).count();
+        assert_eq!(served, 2, "{results:?}");
     })
     .await;
 }

@@ -6,7 +6,8 @@
 //! Each write is conditioned on the `resourceVersion` this replica last read or wrote: a
 //! replica that lost the lead and still writes fails with a conflict instead of overwriting
 //! its successor. Rate-limit windows (one minute) are not kept: after a leader change a key
-//! may be admitted up to one more minute's allowance.
+//! may be admitted up to one more minute's allowance. Concurrency accounts spend nothing,
+//! so there is nothing of theirs to keep.
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
@@ -62,7 +63,7 @@ impl ConfigMapStore {
             accounts: p
                 .accounts
                 .iter()
-                .filter(|(name, _)| !name.starts_with("rate/"))
+                .filter(|(name, _)| !name.starts_with("rate/") && !name.starts_with("conc/"))
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
             sequences: p.sequences.clone(),

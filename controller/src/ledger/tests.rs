@@ -262,3 +262,78 @@ fn a_restore_before_the_config_arrives_keeps_the_period_spend() {
     assert_eq!(v.spent.usd, 70);
     assert_eq!(v.period_start_ms, start);
 }
+
+#[test]
+fn concurrency_slots_are_granted_out_of_the_limit_and_come_back_when_a_grant_lapses() {
+    let d = Defs(
+        [(
+            "conc/ns/k".to_string(),
+            AccountDef {
+                limit: Qty {
+                    usd: Qty::UNLIMITED,
+                    tokens: Qty::UNLIMITED,
+                    requests: 2,
+                },
+                window: Window::Concurrent,
+                block_percent: 100,
+                warn_percents: vec![],
+            },
+        )]
+        .into(),
+    );
+    let slots = |n: u64| {
+        Some(pb::Quantity {
+            requests: n,
+            ..Default::default()
+        })
+    };
+    let ask = |dp: &str, seq: u64, in_flight: u64, need: u64| pb::UsageBatch {
+        dataplane_id: dp.into(),
+        sequence: seq,
+        epoch: 1,
+        lease_requests: vec![pb::LeaseRequest {
+            account: "conc/ns/k".into(),
+            in_flight: slots(in_flight),
+            need: slots(need),
+            want: slots(need),
+        }],
+        ..Default::default()
+    };
+    let granted = |a: &Applied| a.ack.leases[0].granted.as_ref().unwrap().requests;
+    let mut l = Ledger::new(1_000);
+    // Two dataplanes take one slot each; a third finds none.
+    let a = l.apply(&ask("dp-a", 1, 0, 1), &d, 0);
+    assert_eq!(granted(&a), 1);
+    let b = l.apply(&ask("dp-b", 1, 0, 1), &d, 10);
+    assert_eq!(granted(&b), 1);
+    let c = l.apply(&ask("dp-c", 1, 0, 1), &d, 20);
+    assert!(c.ack.leases[0].exhausted);
+    assert_eq!(granted(&c), 0);
+    // Usage records never spend a slot.
+    let used = pb::UsageBatch {
+        dataplane_id: "dp-a".into(),
+        sequence: 2,
+        epoch: 1,
+        records: vec![pb::UsageRecord {
+            requests: 5,
+            charges: vec![pb::Charge {
+                account: "conc/ns/k".into(),
+                period_start_unix_ms: 0,
+            }],
+            lease_epoch: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    l.apply(&used, &d, 30);
+    assert_eq!(l.view("conc/ns/k", &d, 30).unwrap().spent, Qty::default());
+    // dp-a's grant lapses with nothing in flight: its slot is free again.
+    let c = l.apply(&ask("dp-c", 2, 0, 1), &d, 1_500);
+    assert_eq!(granted(&c), 1);
+    // dp-b's lapsed too, but it says its request is still in flight: that slot stays
+    // taken.
+    let b = l.apply(&ask("dp-b", 2, 1, 0), &d, 1_550);
+    assert_eq!(granted(&b), 1);
+    let a = l.apply(&ask("dp-a", 3, 0, 1), &d, 1_600);
+    assert!(a.ack.leases[0].exhausted, "dp-b and dp-c hold both slots");
+}

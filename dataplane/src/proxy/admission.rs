@@ -43,7 +43,7 @@ fn demands(
     body_len: usize,
 ) -> Vec<Demand> {
     let budgeted = !key.budget_accounts.is_empty() || session.is_some();
-    if !budgeted && key.rate.is_none() {
+    if !budgeted && key.rate.is_none() && key.concurrency.is_none() {
         return vec![];
     }
     // Every token is at least one byte of the body, so its length bounds the input; the
@@ -80,6 +80,16 @@ fn demands(
             amount: worst,
         });
     }
+    if let Some(c) = &key.concurrency {
+        // One slot, given back when the request ends.
+        out.push(Demand {
+            account: c.clone(),
+            amount: Qty {
+                requests: 1,
+                ..Qty::default()
+            },
+        });
+    }
     out
 }
 
@@ -111,6 +121,9 @@ pub(super) async fn admit(
                 "rate_limit",
                 ApiError::RateLimited(rate_dimension(key, &state.quotas)),
             ),
+            Refusal::Exhausted { account } if account.starts_with("conc/") => {
+                ("concurrency", ApiError::RateLimited("concurrent requests"))
+            }
             Refusal::Exhausted { account } if account.starts_with("session/") => {
                 ("session_budget", ApiError::SessionBudgetExceeded)
             }
