@@ -61,6 +61,11 @@ struct Account {
     need: Qty,
     /// A typical reservation, to ask for several at once.
     typical: Qty,
+    /// What is reserved per second, to ask ahead of it.
+    pace: Pace,
+    /// Concurrency slots: the most in flight since the usage stream last looked, which
+    /// are kept (slots beyond go back to the controller).
+    peak_slots: u64,
     last_used: Instant,
     /// A request for this account is on its way.
     asked: bool,
@@ -83,9 +88,29 @@ impl Account {
             exhausted_at: None,
             need: Qty::default(),
             typical: Qty::default(),
+            pace: Pace::new(now),
+            peak_slots: 0,
             last_used: now,
             asked: false,
         }
+    }
+
+    /// Room below which more is asked for: a quarter of a second of reservations at the
+    /// current pace, and at least two typical ones.
+    fn ahead(&self) -> Qty {
+        let p = self.pace.per_second();
+        self.typical.times(2).max_each(Qty {
+            usd: p.usd / 4,
+            tokens: p.tokens / 4,
+            requests: p.requests / 4,
+        })
+    }
+
+    /// What to ask for beyond what a waiting request needs: a second of reservations at
+    /// the current pace, and at least eight typical ones (the controller's fair share
+    /// caps it near a limit).
+    fn extra(&self) -> Qty {
+        self.typical.times(8).max_each(self.pace.per_second())
     }
 
     fn live(&self, now: Instant, now_ms: i64) -> bool {
@@ -95,6 +120,43 @@ impl Account {
 
     fn room(&self) -> Qty {
         self.granted.minus(self.used)
+    }
+}
+
+/// Reservations per one-second window: the current window and the last full one.
+#[derive(Debug)]
+struct Pace {
+    start: Instant,
+    this: Qty,
+    last: Qty,
+}
+
+impl Pace {
+    fn new(now: Instant) -> Self {
+        Pace {
+            start: now,
+            this: Qty::default(),
+            last: Qty::default(),
+        }
+    }
+
+    fn add(&mut self, amount: Qty, now: Instant) {
+        let gone = now.duration_since(self.start);
+        if gone >= Duration::from_secs(1) {
+            // A window with nothing in it between: the last full one was empty.
+            self.last = if gone < Duration::from_secs(2) {
+                self.this
+            } else {
+                Qty::default()
+            };
+            self.this = Qty::default();
+            self.start = now;
+        }
+        self.this = self.this.plus(amount);
+    }
+
+    fn per_second(&self) -> Qty {
+        self.this.max_each(self.last)
     }
 }
 
@@ -344,13 +406,22 @@ impl Quotas {
             return Err(None);
         }
         let mut held = Vec::with_capacity(demands.len());
+        let mut low = false;
         for d in demands {
             if let Some(a) = inner.accounts.get_mut(&d.account) {
                 a.used = a.used.plus(d.amount);
                 a.in_flight = a.in_flight.plus(d.amount);
                 a.need = Qty::default();
+                a.pace.add(d.amount, now);
+                a.peak_slots = a.peak_slots.max(a.in_flight.requests);
+                low |= !a.asked && !is_slot(&d.account) && !a.ahead().fits(a.room(), a.limited);
                 held.push((d.account.clone(), a.period, d.amount, true));
             }
+        }
+        drop(inner);
+        if low {
+            // Ask ahead, so that the next requests find room and do not wait.
+            self.ask.notify_one();
         }
         Ok(held)
     }
@@ -372,7 +443,6 @@ impl Quotas {
         let mut inner = self.lock();
         let epoch = inner.epoch;
         let mut charges = Vec::with_capacity(r.held.len());
-        let mut slots = false;
         let mut charged_cost = outcome.cost_nano;
         // Unknown usage is charged its worst case in tokens too (as input: the split is
         // not known), so that token budgets see what was held for it.
@@ -380,7 +450,6 @@ impl Quotas {
         for (account, period, reserved, live) in &r.held {
             // A concurrency slot is given back: nothing of it is spent or reported.
             let slot = is_slot(account);
-            slots |= slot;
             let used = if slot {
                 Qty::default()
             } else {
@@ -419,11 +488,6 @@ impl Quotas {
         s.cached += u.cached;
         s.reasoning += u.reasoning;
         s.cost_nano += charged_cost;
-        drop(inner);
-        if slots {
-            // The slot goes back to the controller now, not at the next tick.
-            self.ask.notify_one();
-        }
     }
 
     /// The records made since the last call, summed by labels.
@@ -494,7 +558,7 @@ impl Quotas {
                         || (a.period_end_ms != 0 && now_ms >= a.period_end_ms)
                 }
             };
-            let low = !a.typical.times(2).fits(a.room(), a.limited);
+            let low = !a.ahead().fits(a.room(), a.limited);
             // Renewed only while in use: a grant left idle lapses, and what it held is
             // free for the other dataplanes again.
             let active = now.duration_since(a.last_used) < a.lifetime / 2;
@@ -505,12 +569,14 @@ impl Quotas {
                 || (a.expires.is_none() && a.in_flight != Qty::default());
             let slot = is_slot(name);
             let renewing = active && (renew || low) && !slot;
-            // Concurrency slots not in use go back at once, so that the next request may
-            // run on any dataplane: given up here first (nothing more is reserved from
-            // them), then reported.
-            let release = slot && !waiting && a.granted.requests > a.in_flight.requests;
+            // Concurrency slots beyond what was in use since the last look go back, so
+            // that the next request may run on any dataplane: given up here first (nothing
+            // more is reserved from them), then reported.
+            let keep = a.in_flight.requests.max(a.peak_slots);
+            a.peak_slots = a.in_flight.requests;
+            let release = slot && !waiting && a.granted.requests > keep;
             if release && !a.asked {
-                a.granted = a.in_flight;
+                a.granted.requests = keep;
             }
             if (waiting || renewing || report || release) && (!a.asked || waiting) {
                 a.asked = true;
@@ -521,7 +587,7 @@ impl Quotas {
                 let want = if !(waiting || renewing) || slot {
                     a.need
                 } else {
-                    a.need.plus(a.typical.times(8))
+                    a.need.plus(a.extra())
                 };
                 out.push(pb::LeaseRequest {
                     account: name.to_string(),

@@ -164,7 +164,7 @@ async fn stack_with_three_dataplanes() -> (Stack, u64) {
                 eprintln!("{}", stack.logs());
                 panic!("the budgets config was not served: {status} {body}");
             }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     }
     (stack, cost)
@@ -718,9 +718,9 @@ async fn three_dataplanes_together_run_no_more_than_the_concurrency_limit() {
                 "{body}"
             );
         }
-        // A slot goes back as soon as its request ends: one request after another, each
-        // on the next dataplane (50 ms apart, for the slot's return to reach the
-        // controller), is never refused.
+        // A slot goes back soon after its request ends (within two of the usage stream's
+        // 100 ms ticks): one request after another, each on the next dataplane, 250 ms
+        // apart, is never refused.
         for i in 0..6 {
             let (status, _, body, _) =
                 chat(&apis[i % 3], "tg-busy", "again", false, Some(5), &[]).await;
@@ -730,7 +730,7 @@ async fn three_dataplanes_together_run_no_more_than_the_concurrency_limit() {
                 "request {i}: {body}\n{}",
                 account(&stack, "conc/default/busy")
             );
-            tokio::time::sleep(Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         // And the limit holds again under a second burst.
         let results = round(6).await;

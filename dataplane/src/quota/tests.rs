@@ -162,3 +162,41 @@ async fn a_success_without_usage_is_charged_its_worst_case_in_every_unit() {
         "the tokens held for it"
     );
 }
+
+#[tokio::test]
+async fn a_busy_account_asks_ahead_for_a_second_of_its_pace() {
+    let q = Quotas::new(Duration::from_secs(5), false);
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move {
+            q.reserve(&[demand("budget/ns/b", 10)], Attribution::default())
+                .await
+        })
+    };
+    while q.lease_requests().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    q.apply_leases(&[lease("budget/ns/b", 700, false)]);
+    let mut held = vec![waiter.await.unwrap().unwrap()];
+    // 60 reservations of 10 within a second leave 100, under a quarter second at this
+    // pace (150), though above two typical ones (20): it asks, for a second's worth, where
+    // eight typical ones (80) would run out in a blink.
+    for _ in 0..59 {
+        held.push(
+            q.reserve(&[demand("budget/ns/b", 10)], Attribution::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let asks = q.lease_requests();
+    assert_eq!(
+        asks.len(),
+        1,
+        "room is below a quarter second's pace: it asks"
+    );
+    assert!(
+        asks[0].want.as_ref().unwrap().nano_usd >= 600,
+        "{:?}",
+        asks[0].want
+    );
+}

@@ -72,6 +72,10 @@ struct Args {
     /// With --only: streamed answers instead of JSON.
     #[arg(long)]
     stream: bool,
+    /// The measured key without its budget, rate limit and concurrency limit: to see
+    /// what metering against them costs, by comparing two runs.
+    #[arg(long)]
+    no_limits: bool,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
@@ -333,7 +337,7 @@ enum Format {
     OpenAiFor(&'static str),
 }
 
-fn manifests(dir: &Path, mock: &str) -> anyhow::Result<()> {
+fn manifests(dir: &Path, mock: &str, limits: bool) -> anyhow::Result<()> {
     let mut text = String::new();
     // The measured route is configured as production routes are: outlier ejection on its
     // providers, retries, a first-token timeout and a fallback chain. None of it fires
@@ -363,9 +367,21 @@ fn manifests(dir: &Path, mock: &str) -> anyhow::Result<()> {
         text,
         "apiVersion: tollgate.dev/v1alpha1\nkind: LLMProvider\nmetadata:\n  name: bench-anthropic\nspec:\n  type: anthropic\n  endpoint: {mock}\n  credentials:\n    - secretRef:\n        name: bench-a-key\n---\napiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: claude\nspec:\n  match:\n    models: [claude-sonnet-4-5]\n  targets:\n    - provider: bench-anthropic\n---\n"
     )?;
+    // Every measured request is also charged to a budget and counted against a rate limit
+    // and a concurrency limit, as production keys are: limits far above what the run
+    // spends, so nothing is refused, but reservation, grants and settlement are on the
+    // measured path.
+    if !limits {
+        write!(
+            text,
+            "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: bench\nspec:\n  secretRef:\n    name: bench-key\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-key\nstringData:\n  key: {CLIENT_KEY}\n"
+        )?;
+        std::fs::write(dir.join("bench.yaml"), text)?;
+        return Ok(());
+    }
     write!(
         text,
-        "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: bench\nspec:\n  secretRef:\n    name: bench-key\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-key\nstringData:\n  key: {CLIENT_KEY}\n"
+        "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: bench\n  labels:\n    team: bench\nspec:\n  secretRef:\n    name: bench-key\n  owner:\n    team: bench\n  limits:\n    requestsPerMinute: 1000000000\n    tokensPerMinute: 1000000000000\n    concurrency: 100000\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-key\nstringData:\n  key: {CLIENT_KEY}\n---\napiVersion: tollgate.dev/v1alpha1\nkind: Budget\nmetadata:\n  name: bench\nspec:\n  selector:\n    matchLabels:\n      team: bench\n  limit:\n    usd: 1000000000\n  period: month\n"
     )?;
     std::fs::write(dir.join("bench.yaml"), text)?;
     Ok(())
@@ -627,7 +643,7 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyh
     let work = tempfile::tempdir()?;
     let dir = work.path().join("manifests");
     std::fs::create_dir(&dir)?;
-    manifests(&dir, mock)?;
+    manifests(&dir, mock, !args.no_limits)?;
     let mut routes = String::new();
     for i in 0..args.scale_routes {
         write!(
@@ -948,7 +964,7 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let dir = work.path().join("manifests");
     std::fs::create_dir(&dir)?;
-    manifests(&dir, &mock_url)?;
+    manifests(&dir, &mock_url, !args.no_limits)?;
     let tg = start_tollgate(work.path(), &dir, true, None)?;
     let client = bench::client();
 
