@@ -395,8 +395,10 @@ impl UsageServer {
     }
 }
 
+/// `FAILED_PRECONDITION`: dataplanes take it as "another replica" and reconnect at once
+/// (through the Service, likely to another replica).
 fn not_keeping() -> Status {
-    Status::unavailable(
+    Status::failed_precondition(
         "this controller replica does not keep the usage ledger (not the leader); usage goes to the leader",
     )
 }

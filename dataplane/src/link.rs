@@ -58,25 +58,88 @@ pub(crate) async fn connect(
     Ok(InterceptedService::new(channel, Bearer(token)))
 }
 
+impl StreamError {
+    /// The controller replica reached is not the one that serves this stream (the usage
+    /// stream goes to the leader): another connection, which the Service may send to
+    /// another replica, is worth trying at once.
+    pub(crate) fn wrong_replica(&self) -> bool {
+        matches!(self, StreamError::Status(s) if s.code() == tonic::Code::FailedPrecondition)
+    }
+}
+
+/// Connections tried in quick succession while landing on the wrong replica, before
+/// backing off as for any other failure.
+const QUICK_TRIES: u32 = 50;
+
 /// Runs `once` forever: after it ends (`lost` is told why), waits a backoff that doubles
-/// up to 5 s, with jitter, and starts again from 100 ms after a stream that lasted 10 s.
+/// up to 5 s, with jitter, and starts again from 100 ms after a stream that lasted 10 s. A
+/// stream refused by the wrong replica is tried again after 20-40 ms, up to
+/// [`QUICK_TRIES`] times in a row.
 pub(crate) async fn run_forever<F, Fut>(mut once: F, mut lost: impl FnMut(StreamError))
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), StreamError>>,
 {
     let mut backoff = Duration::from_millis(100);
+    let mut quick = 0;
     loop {
         let started = tokio::time::Instant::now();
-        lost(match once().await {
+        let e = match once().await {
             Ok(()) => StreamError::Closed,
             Err(e) => e,
-        });
+        };
+        let wrong_replica = e.wrong_replica();
+        lost(e);
+        if wrong_replica && quick < QUICK_TRIES {
+            quick += 1;
+            tokio::time::sleep(Duration::from_millis(20 + fastrand::u64(0..=20))).await;
+            continue;
+        }
+        quick = 0;
         if started.elapsed() > Duration::from_secs(10) {
             backoff = Duration::from_millis(100);
         }
         let jitter = fastrand::u64(0..=backoff.as_millis() as u64 / 2);
         tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_by_the_wrong_replica_is_tried_again_at_once() {
+        let tries = AtomicU32::new(0);
+        let until = |refusal: fn() -> StreamError| {
+            let tries = &tries;
+            async move {
+                tries.store(0, Ordering::Relaxed);
+                let run = run_forever(
+                    || async {
+                        tries.fetch_add(1, Ordering::Relaxed);
+                        Err::<(), _>(refusal())
+                    },
+                    |_| {},
+                );
+                // Virtual time: how many tries fit in 2 s.
+                let _ = tokio::time::timeout(Duration::from_secs(2), run).await;
+                tries.load(Ordering::Relaxed)
+            }
+        };
+        let wrong =
+            until(|| StreamError::Status(tonic::Status::failed_precondition("not the leader")))
+                .await;
+        let down = until(|| StreamError::Status(tonic::Status::unavailable("down"))).await;
+        assert!(
+            wrong >= QUICK_TRIES,
+            "{wrong} tries while refused by the wrong replica"
+        );
+        assert!(
+            down <= 6,
+            "{down} tries while the controller is down (backing off)"
+        );
     }
 }

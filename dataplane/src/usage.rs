@@ -71,7 +71,11 @@ impl Reporter {
         link::run_forever(
             || self.stream_once(),
             |e| {
-                tracing::warn!(controller = %self.controller, error = %e, "usage stream lost; usage is kept until it is acknowledged");
+                if e.wrong_replica() {
+                    tracing::debug!(controller = %self.controller, error = %e, "usage stream refused by a replica that is not the leader; trying another connection");
+                } else {
+                    tracing::warn!(controller = %self.controller, error = %e, "usage stream lost; usage is kept until it is acknowledged");
+                }
                 self.quotas.connected.store(false, Ordering::Relaxed);
                 self.metrics.usage_connected.set(0);
             },

@@ -722,6 +722,7 @@ async fn three_dataplanes_together_run_no_more_than_the_concurrency_limit() {
         // 100 ms ticks): one request after another, each on the next dataplane, 250 ms
         // apart, is never refused.
         for i in 0..6 {
+            tokio::time::sleep(Duration::from_millis(250)).await;
             let (status, _, body, _) =
                 chat(&apis[i % 3], "tg-busy", "again", false, Some(5), &[]).await;
             assert_eq!(
@@ -730,9 +731,9 @@ async fn three_dataplanes_together_run_no_more_than_the_concurrency_limit() {
                 "request {i}: {body}\n{}",
                 account(&stack, "conc/default/busy")
             );
-            tokio::time::sleep(Duration::from_millis(250)).await;
         }
         // And the limit holds again under a second burst.
+        tokio::time::sleep(Duration::from_millis(250)).await;
         let results = round(6).await;
         let served = results.iter().filter(|(s, _)| *s == 200).count();
         assert_eq!(served, 2, "{results:?}");
