@@ -740,3 +740,42 @@ async fn three_dataplanes_together_run_no_more_than_the_concurrency_limit() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embeddings_are_charged_to_the_keys_budgets() {
+    let (stack, _) = stack_with_three_dataplanes().await;
+    with_logs(&stack, async {
+        let api = &stack.dataplanes[0].api;
+        let body = json!({"model": "metered", "input": ["one text", "and another one"]});
+        let (status, headers, v) = post_with(
+            api,
+            "/embeddings",
+            Some("tg-counter"),
+            &[],
+            &body.to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        let tokens = v["usage"]["prompt_tokens"].as_u64().unwrap();
+        assert!(tokens > 0);
+        assert!(
+            headers.get("x-tollgate-budget-remaining").is_none(),
+            "a tokens-only budget shows no USD remaining"
+        );
+        let started = Instant::now();
+        loop {
+            let spent = account(&stack, "budget/default/counted")["spent"]["tokens"]
+                .as_u64()
+                .unwrap_or(0);
+            if spent == tokens {
+                break;
+            }
+            assert!(
+                spent < tokens && started.elapsed() < Duration::from_secs(10),
+                "spent {spent} tokens, the upstream reported {tokens}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}

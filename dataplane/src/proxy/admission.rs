@@ -34,22 +34,21 @@ fn dearest(snapshot: &Snapshot, route: &Route, model: &str) -> Price {
 
 /// What the request asks of each account that applies to it.
 fn demands(
-    state: &State,
     snapshot: &Snapshot,
     key: &VirtualKey,
     session: Option<&str>,
     head: &ChatHead,
     route: &Route,
-    body_len: usize,
+    (body_len, output): (usize, u64),
 ) -> Vec<Demand> {
     let budgeted = !key.budget_accounts.is_empty() || session.is_some();
     if !budgeted && key.rate.is_none() && key.concurrency.is_none() {
         return vec![];
     }
     // Every token is at least one byte of the body, so its length bounds the input; the
-    // output is bounded by the request's own limit, or the configured default.
+    // output is bounded by the caller (a chat request's own limit, or the configured
+    // default; nothing for embeddings).
     let input = body_len as u64;
-    let output = head.max_tokens.unwrap_or(state.default_max_output_tokens);
     let usd = if budgeted {
         dearest(snapshot, route, &head.model).worst_case_nano(input, output)
     } else {
@@ -93,8 +92,9 @@ fn demands(
     out
 }
 
-/// Reserves the request's worst case. The reservation also carries the request's
-/// attribution, so every admitted request ends as a usage record.
+/// Reserves the request's worst case: `size` is the body's length in bytes and the most
+/// output tokens it may produce. The reservation also carries the request's attribution,
+/// so every admitted request ends as a usage record.
 pub(super) async fn admit(
     state: &State,
     snapshot: &Snapshot,
@@ -102,7 +102,7 @@ pub(super) async fn admit(
     headers: &HeaderMap,
     head: &ChatHead,
     route: &Route,
-    body_len: usize,
+    size: (usize, u64),
 ) -> Result<Reservation, ApiError> {
     let session = key
         .session
@@ -110,7 +110,7 @@ pub(super) async fn admit(
         .and_then(|s| headers.get(&s.header))
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty() && v.len() <= 256);
-    let demands = demands(state, snapshot, key, session, head, route, body_len);
+    let demands = demands(snapshot, key, session, head, route, size);
     let who = Attribution {
         session: session.map(Arc::from).unwrap_or_default(),
         ..key.attribution.clone()

@@ -234,8 +234,8 @@ pub(super) async fn resolve(
     parts: &http::request::Parts,
     body: Incoming,
     labels: &mut Labels,
-) -> Result<(Bytes, ChatHead, Resolved), ApiError> {
-    let (body, head, route, snapshot, _key) = resolve_route(state, parts, body, labels).await?;
+) -> Result<(Bytes, ChatHead, Resolved, Arc<Snapshot>, Arc<VirtualKey>), ApiError> {
+    let (body, head, route, snapshot, key) = resolve_route(state, parts, body, labels).await?;
     let plan = balance::Plan::new(route.clone(), &snapshot, &state.balance, &head.model);
     let now = Instant::now();
     let c = plan
@@ -260,7 +260,7 @@ pub(super) async fn resolve(
         credential,
         attempts: 1,
     };
-    Ok((body, head, resolved))
+    Ok((body, head, resolved, snapshot, key))
 }
 
 /// Sends a request to the provider within `deadline`. The provider refusing the gateway's
@@ -350,6 +350,7 @@ async fn forward(
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let (body, head, route, snapshot, key) = resolve_route(state, &parts, body, labels).await?;
+    let output = head.max_tokens.unwrap_or(state.default_max_output_tokens);
     let reservation = match admission::admit(
         state,
         &snapshot,
@@ -357,7 +358,7 @@ async fn forward(
         &parts.headers,
         &head,
         &route,
-        body.len(),
+        (body.len(), output),
     )
     .await
     {

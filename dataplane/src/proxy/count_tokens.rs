@@ -68,7 +68,7 @@ async fn forward(
     labels: &mut Labels,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
-    let (body, head, to) = resolve(state, &parts, body, labels).await?;
+    let (body, head, to, _, _) = resolve(state, &parts, body, labels).await?;
     let model: &str = &to.model;
     let wire = to.provider.wire(model);
     let plan = Plan {

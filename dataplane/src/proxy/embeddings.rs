@@ -1,6 +1,8 @@
 //! `POST /v1/embeddings` (OpenAI): passed through to OpenAI-format providers with only the
 //! model rewritten, translated for Gemini, Vertex AI and Bedrock (Titan, Cohere).
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
@@ -67,7 +69,30 @@ async fn forward(
     labels: &mut Labels,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
-    let (body, head, to) = resolve(state, &parts, body, labels).await?;
+    let (body, head, to, snapshot, key) = resolve(state, &parts, body, labels).await?;
+    // Charged to the key's budgets and limits like a chat request, with no output.
+    let reservation = match super::admission::admit(
+        state,
+        &snapshot,
+        &key,
+        &parts.headers,
+        &head,
+        &to.route,
+        (body.len(), 0),
+    )
+    .await
+    {
+        Ok(r) => Arc::new(r),
+        Err(e) => {
+            let rate_limited = matches!(e, ApiError::RateLimited(_));
+            let mut response = answer(state, Err(e), Api::OpenAi, started, labels.clone());
+            if rate_limited {
+                super::admission::rate_limited_headers(state, &key, response.headers_mut());
+            }
+            return Ok(response);
+        }
+    };
+    drop(snapshot);
     let wire = EmbedWire::of(&to.provider, &to.model)?;
     let deadline = started + to.route.request_timeout;
     let model: &str = &to.model;
@@ -79,7 +104,7 @@ async fn forward(
             started,
             usage,
             credential: None,
-            reservation: None,
+            reservation: Some(reservation.clone()),
             price: to.provider.price_of(model),
             counted: None,
         }
@@ -110,7 +135,9 @@ async fn forward(
         done(labels, up.status, usage);
         let mut headers = up.headers;
         headers.remove(header::CONTENT_LENGTH);
-        return Ok(respond(up.status, super::full(up.body), &headers, &to));
+        let mut response = respond(up.status, super::full(up.body), &headers, &to);
+        super::admission::quota_headers(state, &key, response.headers_mut());
+        return Ok(response);
     }
 
     let request = embeddings::parse(&body)?;
@@ -173,10 +200,7 @@ async fn forward(
         .collect();
     let (out, usage) = embeddings::response(&request, wire, model, &read)?;
     done(labels, StatusCode::OK, Some(usage));
-    Ok(respond(
-        StatusCode::OK,
-        super::full(out.into()),
-        &headers,
-        &to,
-    ))
+    let mut response = respond(StatusCode::OK, super::full(out.into()), &headers, &to);
+    super::admission::quota_headers(state, &key, response.headers_mut());
+    Ok(response)
 }
