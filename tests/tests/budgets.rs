@@ -231,6 +231,25 @@ fn spent_usd_nano(stack: &Stack, name: &str) -> u64 {
     account(stack, name)["spent"]["usd"].as_u64().unwrap_or(0)
 }
 
+/// Waits until `account` has spent exactly `tokens`, failing if it passes them or takes
+/// over 10 s.
+async fn tokens_reach(stack: &Stack, account_name: &str, tokens: u64) {
+    let started = Instant::now();
+    loop {
+        let spent = account(stack, account_name)["spent"]["tokens"]
+            .as_u64()
+            .unwrap_or(0);
+        if spent == tokens {
+            return;
+        }
+        assert!(
+            spent < tokens && started.elapsed() < Duration::from_secs(10),
+            "{account_name}: spent {spent} tokens, expected {tokens}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Waits until the controller's recorded spend stops changing (every dataplane's usage
 /// has arrived), and returns it.
 async fn settled_spend(stack: &Stack, name: &str) -> u64 {
@@ -643,20 +662,7 @@ async fn an_answer_without_usage_is_counted_with_the_tokenizer() {
             expected += input + output;
         }
         // Settled at the counted usage, not the worst case (body bytes + 50 each).
-        let started = Instant::now();
-        loop {
-            let spent = account(&stack, "budget/default/counted")["spent"]["tokens"]
-                .as_u64()
-                .unwrap_or(0);
-            if spent == expected {
-                break;
-            }
-            assert!(
-                spent < expected && started.elapsed() < Duration::from_secs(10),
-                "spent {spent} tokens, counted {expected}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        tokens_reach(&stack, "budget/default/counted", expected).await;
         let (_, metrics) = http_get(&format!("{}/metrics", stack.dataplanes[0].admin)).unwrap();
         assert!(
             metrics.contains("tollgate_usage_counted_total 2"),
@@ -762,20 +768,7 @@ async fn embeddings_are_charged_to_the_keys_budgets() {
             headers.get("x-tollgate-budget-remaining").is_none(),
             "a tokens-only budget shows no USD remaining"
         );
-        let started = Instant::now();
-        loop {
-            let spent = account(&stack, "budget/default/counted")["spent"]["tokens"]
-                .as_u64()
-                .unwrap_or(0);
-            if spent == tokens {
-                break;
-            }
-            assert!(
-                spent < tokens && started.elapsed() < Duration::from_secs(10),
-                "spent {spent} tokens, the upstream reported {tokens}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        tokens_reach(&stack, "budget/default/counted", tokens).await;
     })
     .await;
 }

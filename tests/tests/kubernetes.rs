@@ -148,6 +148,20 @@ impl Cluster {
         }
     }
 
+    /// The election Lease, once `identity` holds it.
+    fn wait_leader(&self, identity: &str, within: Duration) -> Value {
+        self.wait(&format!("{identity} to lead"), within, || {
+            self.api()
+                .get(
+                    "apis/coordination.k8s.io/v1",
+                    "leases",
+                    "tollgate",
+                    "tollgate-controller",
+                )
+                .filter(|l| l["spec"]["holderIdentity"] == identity)
+        })
+    }
+
     fn condition(&self, resource: &str, ns: &str, name: &str, type_: &str) -> Option<Value> {
         let o = self.api().get(TG, resource, ns, name)?;
         o["status"]["conditions"]
@@ -332,15 +346,8 @@ fn only_the_leader_writes_and_a_successor_takes_over() {
     c.apply_provider_and_route("team-b", UPSTREAM_KEYS[0]);
     let token = c.token_file.display().to_string();
     let a = c.controller("controller-a", 0, &["--token-file", &token]);
-    let lease = c.wait("a leader", Duration::from_secs(20), || {
-        c.api().get(
-            "apis/coordination.k8s.io/v1",
-            "leases",
-            "tollgate",
-            "tollgate-controller",
-        )
-    });
-    assert_eq!(lease["spec"]["holderIdentity"], "controller-a");
+    // The only replica running leads.
+    c.wait_leader("controller-a", Duration::from_secs(20));
     let b = c.controller("controller-b", 1, &["--token-file", &token]);
 
     // Both serve the config stream, and the leader counts the follower's dataplanes too.
@@ -377,16 +384,7 @@ fn only_the_leader_writes_and_a_successor_takes_over() {
 
     // The leader stops: it releases the Lease, and the follower takes over at once.
     a.process.terminate().unwrap();
-    let lease = c.wait("the follower to lead", Duration::from_secs(10), || {
-        c.api()
-            .get(
-                "apis/coordination.k8s.io/v1",
-                "leases",
-                "tollgate",
-                "tollgate-controller",
-            )
-            .filter(|l| l["spec"]["holderIdentity"] == "controller-b")
-    });
+    let lease = c.wait_leader("controller-b", Duration::from_secs(10));
     assert_eq!(lease["spec"]["leaseTransitions"], 1);
     c.api().apply(
         TG,
@@ -520,16 +518,7 @@ fn budget_spend_shows_in_status_and_a_new_leader_counts_on_exactly() {
     );
     let token = c.token_file.display().to_string();
     let a = c.controller("controller-a", 0, &["--token-file", &token]);
-    c.wait("a leader", Duration::from_secs(20), || {
-        c.api()
-            .get(
-                "apis/coordination.k8s.io/v1",
-                "leases",
-                "tollgate",
-                "tollgate-controller",
-            )
-            .filter(|l| l["spec"]["holderIdentity"] == "controller-a")
-    });
+    c.wait_leader("controller-a", Duration::from_secs(20));
     let b = c.controller("controller-b", 1, &["--token-file", &token]);
     // Shown before anything is spent, next to the conditions the other writer owns.
     let budget = c.wait("the Budget's spend", Duration::from_secs(20), || {
@@ -586,16 +575,7 @@ fn budget_spend_shows_in_status_and_a_new_leader_counts_on_exactly() {
     // The leader stops; the follower takes over, loads the ledger, and counts on.
     drop(dp_a);
     a.process.terminate().unwrap();
-    c.wait("the follower to lead", Duration::from_secs(10), || {
-        c.api()
-            .get(
-                "apis/coordination.k8s.io/v1",
-                "leases",
-                "tollgate",
-                "tollgate-controller",
-            )
-            .filter(|l| l["spec"]["holderIdentity"] == "controller-b")
-    });
+    c.wait_leader("controller-b", Duration::from_secs(10));
     let dp_b = c.dataplane("dataplane-b", b.xds, &c.token_file);
     for _ in 0..3 {
         assert_eq!(tokens_of(&dp_b.api), per_request);

@@ -26,6 +26,19 @@ fn lease(account: &str, granted_usd: u64, exhausted: bool) -> pb::QuotaLease {
     }
 }
 
+/// The reservation of a first request, which asks for a grant and gets `grant`.
+async fn first_reservation(q: &Arc<Quotas>, d: Demand, grant: pb::QuotaLease) -> Reservation {
+    let waiter = {
+        let q = q.clone();
+        tokio::spawn(async move { q.reserve(&[d], Attribution::default()).await })
+    };
+    while q.lease_requests().is_empty() {
+        tokio::task::yield_now().await;
+    }
+    q.apply_leases(&[grant]);
+    waiter.await.unwrap().unwrap()
+}
+
 #[tokio::test]
 async fn a_request_waits_for_a_grant_then_settles_its_actual_usage() {
     let q = Quotas::new(Duration::from_secs(5), false);
@@ -131,26 +144,20 @@ fn a_new_epoch_carries_what_is_reserved_and_nothing_else() {
 #[tokio::test]
 async fn a_success_without_usage_is_charged_its_worst_case_in_every_unit() {
     let q = Quotas::new(Duration::from_secs(5), false);
-    let waiter = {
-        let q = q.clone();
-        tokio::spawn(async move {
-            q.reserve(&[demand("budget/ns/b", 100)], Attribution::default())
-                .await
-        })
-    };
-    while q.lease_requests().is_empty() {
-        tokio::task::yield_now().await;
-    }
-    q.apply_leases(&[pb::QuotaLease {
-        granted: Some(pb::Quantity {
-            nano_usd: 1000,
-            tokens: 100,
-            requests: 0,
-        }),
-        limited: 3,
-        ..lease("budget/ns/b", 1000, false)
-    }]);
-    let r = waiter.await.unwrap().unwrap();
+    let r = first_reservation(
+        &q,
+        demand("budget/ns/b", 100),
+        pb::QuotaLease {
+            granted: Some(pb::Quantity {
+                nano_usd: 1000,
+                tokens: 100,
+                requests: 0,
+            }),
+            limited: 3,
+            ..lease("budget/ns/b", 1000, false)
+        },
+    )
+    .await;
     let route: Arc<str> = Arc::from("ns/r");
     r.record(&route, &route, &route, 200, None, 0);
     drop(r);
@@ -166,18 +173,13 @@ async fn a_success_without_usage_is_charged_its_worst_case_in_every_unit() {
 #[tokio::test]
 async fn a_busy_account_asks_ahead_for_a_second_of_its_pace() {
     let q = Quotas::new(Duration::from_secs(5), false);
-    let waiter = {
-        let q = q.clone();
-        tokio::spawn(async move {
-            q.reserve(&[demand("budget/ns/b", 10)], Attribution::default())
-                .await
-        })
-    };
-    while q.lease_requests().is_empty() {
-        tokio::task::yield_now().await;
-    }
-    q.apply_leases(&[lease("budget/ns/b", 700, false)]);
-    let mut held = vec![waiter.await.unwrap().unwrap()];
+    let first = first_reservation(
+        &q,
+        demand("budget/ns/b", 10),
+        lease("budget/ns/b", 700, false),
+    )
+    .await;
+    let mut held = vec![first];
     // 60 reservations of 10 within a second leave 100, under a quarter second at this
     // pace (150), though above two typical ones (20): it asks, for a second's worth, where
     // eight typical ones (80) would run out in a blink.
