@@ -337,3 +337,24 @@ fn concurrency_slots_are_granted_out_of_the_limit_and_come_back_when_a_grant_lap
     let a = l.apply(&ask("dp-a", 3, 0, 1), &d, 1_600);
     assert!(a.ack.leases[0].exhausted, "dp-b and dp-c hold both slots");
 }
+
+#[test]
+fn a_report_of_what_is_in_flight_neither_grants_nor_extends() {
+    let d = defs(usd_budget(1000, Window::Lifetime));
+    let mut l = Ledger::new(1_000);
+    assert_eq!(granted(&l.apply(&ask("a", 1, 1, 0, 600, 600), &d, 0)), 600);
+    // Within the grant's life, a report (asking for nothing) keeps it as it is.
+    let r = l.apply(&ask("a", 2, 1, 100, 0, 0), &d, 500);
+    assert_eq!(granted(&r), 600);
+    assert_eq!(r.ack.leases[0].expires_unix_ms, 1_000, "not extended");
+    // After it lapsed, a report keeps only what is in flight, and b can have the rest.
+    let r = l.apply(&ask("a", 3, 1, 100, 0, 0), &d, 1_200);
+    assert_eq!(granted(&r), 100);
+    assert_eq!(r.ack.leases[0].expires_unix_ms, 1_000);
+    let b = l.apply(&ask("b", 1, 1, 0, 900, 900), &d, 1_300);
+    assert!(!b.ack.leases[0].exhausted);
+    assert_eq!(granted(&b), 900);
+    // A renewal (asking for more) extends as before.
+    let r = l.apply(&ask("a", 4, 1, 100, 0, 10), &d, 1_400);
+    assert_eq!(r.ack.leases[0].expires_unix_ms, 2_400);
+}
