@@ -10,6 +10,7 @@ pub mod balance;
 pub mod eventstream;
 pub mod glob;
 mod link;
+pub mod mcp;
 pub mod metrics;
 pub mod prices;
 pub mod proxy;

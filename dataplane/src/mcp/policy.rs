@@ -1,0 +1,105 @@
+//! Which tools a key may see and call: the rules of every MCPToolPolicy that selects it.
+//! Default deny: a tool is permitted when some rule for its server allows it (a glob) and
+//! no rule for that server denies it.
+
+use crate::glob;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rule {
+    /// The MCPServer (`<namespace>/<name>`) the rule is about.
+    pub server: String,
+    /// Tool-name globs.
+    pub allow: Vec<String>,
+    pub deny: Vec<String>,
+    /// Calls a minute per tool, across the key's calls; 0 for no limit.
+    pub calls_per_minute: u64,
+}
+
+/// The rules that apply to one key, from all its policies.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Rules(pub Vec<Rule>);
+
+impl Rules {
+    fn for_server<'a>(&'a self, server: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
+        self.0.iter().filter(move |r| r.server == server)
+    }
+
+    /// Whether the key may see and call `tool` of `server`.
+    pub fn permits(&self, server: &str, tool: &str) -> bool {
+        let mut allowed = false;
+        for r in self.for_server(server) {
+            if r.deny.iter().any(|g| glob::matches(g, tool)) {
+                return false;
+            }
+            allowed |= r.allow.iter().any(|g| glob::matches(g, tool));
+        }
+        allowed
+    }
+
+    /// Whether any of `server`'s tools may be permitted (the server is worth asking).
+    pub fn reaches(&self, server: &str) -> bool {
+        self.for_server(server).any(|r| !r.allow.is_empty())
+    }
+
+    /// The tightest calls-a-minute limit on `tool` of `server`, if any.
+    pub fn calls_per_minute(&self, server: &str, tool: &str) -> Option<u64> {
+        self.for_server(server)
+            .filter(|r| r.calls_per_minute > 0 && r.allow.iter().any(|g| glob::matches(g, tool)))
+            .map(|r| r.calls_per_minute)
+            .min()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rule(server: &str, allow: &[&str], deny: &[&str], cpm: u64) -> Rule {
+        Rule {
+            server: server.into(),
+            allow: allow.iter().map(|s| s.to_string()).collect(),
+            deny: deny.iter().map(|s| s.to_string()).collect(),
+            calls_per_minute: cpm,
+        }
+    }
+
+    #[test]
+    fn default_deny_allow_globs_and_deny_wins() {
+        let none = Rules::default();
+        assert!(!none.permits("ns/fin", "ledger_read"), "default deny");
+        assert!(!none.reaches("ns/fin"));
+
+        let rules = Rules(vec![
+            rule(
+                "ns/fin",
+                &["ledger_*", "invoice_get"],
+                &["ledger_delete"],
+                0,
+            ),
+            rule("ns/fin", &[], &["*_admin"], 0),
+            rule("ns/mail", &[], &[], 0),
+            rule("ns/time", &["*"], &[], 30),
+            rule("ns/time", &["now"], &[], 10),
+        ]);
+        assert!(rules.permits("ns/fin", "ledger_read"));
+        assert!(rules.permits("ns/fin", "invoice_get"));
+        assert!(!rules.permits("ns/fin", "invoice_pay"), "not allowed");
+        assert!(!rules.permits("ns/fin", "ledger_delete"), "denied");
+        assert!(
+            !rules.permits("ns/fin", "ledger_admin"),
+            "denied by another rule"
+        );
+        assert!(
+            !rules.permits("ns/mail", "send"),
+            "a rule that allows nothing"
+        );
+        assert!(!rules.reaches("ns/mail"));
+        assert!(
+            !rules.permits("other/fin", "ledger_read"),
+            "another namespace's server"
+        );
+        assert_eq!(rules.calls_per_minute("ns/time", "now"), Some(10));
+        assert_eq!(rules.calls_per_minute("ns/time", "zones"), Some(30));
+        assert_eq!(rules.calls_per_minute("ns/fin", "ledger_read"), None);
+    }
+}
