@@ -65,6 +65,10 @@ pub struct Snapshot {
     pub keys: HashMap<[u8; 32], Arc<VirtualKey>>,
     pub providers: HashMap<String, Arc<Provider>>,
     pub routes: HashMap<String, RouteTable>,
+    /// MCPServers by `<namespace>/<name>`.
+    pub mcp_servers: HashMap<String, Arc<crate::mcp::config::McpServer>>,
+    /// The MCP tool rules of each VirtualKey (`<namespace>/<name>`) some policy selects.
+    pub mcp_rules: HashMap<String, Arc<crate::mcp::policy::Rules>>,
     /// Every resource name and version, for `/config` on the admin port.
     pub versions: Vec<(&'static str, String, String)>,
 }

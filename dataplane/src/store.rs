@@ -8,6 +8,8 @@ use std::sync::Arc;
 use tollgate_proto::resource::Body;
 use tollgate_proto::{self as pb, DeltaConfigResponse, ResourceError, type_url};
 
+use crate::mcp::config::{McpServer, ToolPolicy};
+use crate::mcp::policy::Rules;
 use crate::runtime::{ConvertError, Provider, Route, VirtualKey};
 use crate::snapshot::{RouteTable, Snapshot};
 
@@ -16,7 +18,10 @@ enum Item {
     Provider(Arc<Provider>),
     Route(Arc<Route>),
     Key(Arc<VirtualKey>),
-    /// Kinds the request path does not use yet; held so versions resume correctly.
+    McpServer(Arc<McpServer>),
+    McpPolicy(Arc<ToolPolicy>),
+    /// Kinds the dataplane does not use (Budgets live in the controller); held so
+    /// versions resume correctly.
     Other,
 }
 
@@ -50,7 +55,9 @@ fn convert(type_url: &str, body: Option<&Body>) -> Result<Item, ConvertError> {
         Body::Provider(p) => Item::Provider(Arc::new(Provider::try_from(p)?)),
         Body::Route(r) => Item::Route(Arc::new(Route::try_from(r)?)),
         Body::VirtualKey(k) => Item::Key(Arc::new(VirtualKey::try_from(k)?)),
-        Body::Budget(_) | Body::McpServer(_) | Body::McpToolPolicy(_) => Item::Other,
+        Body::McpServer(m) => Item::McpServer(Arc::new(McpServer::try_from(m)?)),
+        Body::McpToolPolicy(p) => Item::McpPolicy(Arc::new(ToolPolicy::from(p))),
+        Body::Budget(_) => Item::Other,
     })
 }
 
@@ -113,6 +120,25 @@ impl Store {
                 snapshot.keys.insert(k.hash, k.clone());
             }
         }
+        for held in of(type_url::MCP_SERVER).values() {
+            if let Item::McpServer(m) = &held.item {
+                snapshot.mcp_servers.insert(m.id.clone(), m.clone());
+            }
+        }
+        // Each key's tool rules: those of every policy that selected it.
+        let mut rules: HashMap<String, Rules> = HashMap::new();
+        for held in of(type_url::MCP_TOOL_POLICY).values() {
+            if let Item::McpPolicy(p) = &held.item {
+                for k in &p.keys {
+                    rules
+                        .entry(k.clone())
+                        .or_default()
+                        .0
+                        .extend(p.rules.iter().cloned());
+                }
+            }
+        }
+        snapshot.mcp_rules = rules.into_iter().map(|(k, r)| (k, Arc::new(r))).collect();
         let mut by_namespace: HashMap<String, Vec<Arc<Route>>> = HashMap::new();
         for held in of(type_url::ROUTE).values() {
             if let Item::Route(r) = &held.item {

@@ -1,6 +1,7 @@
 //! Model Context Protocol building blocks: JSON-RPC 2.0 messages as MCP carries them,
 //! tool-name namespacing across aggregated servers, and the tool policies of a key.
 
+pub mod config;
 pub mod jsonrpc;
 pub mod names;
 pub mod policy;

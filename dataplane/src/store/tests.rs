@@ -131,3 +131,59 @@ fn bad_key_hash_is_refused() {
     );
     assert!(!applied.changed);
 }
+
+#[test]
+fn mcp_servers_and_each_keys_tool_rules_are_in_the_snapshot() {
+    let mut store = Store::default();
+    let resource = |name: &str, body: Body| pb::Resource {
+        name: name.into(),
+        version: "v1".into(),
+        body: Some(body),
+    };
+    let server = |name: &str, url: &str| {
+        Body::McpServer(pb::McpServer {
+            namespace: "ns".into(),
+            name: name.into(),
+            url: url.into(),
+            tool_prefix: name.into(),
+            ..Default::default()
+        })
+    };
+    let applied = store.apply(&DeltaConfigResponse {
+        type_url: type_url::MCP_SERVER.into(),
+        resources: vec![
+            resource("ns/time", server("time", "http://127.0.0.1:1/mcp")),
+            resource("ns/bad", server("bad", "ftp://nowhere")),
+        ],
+        ..Default::default()
+    });
+    assert_eq!(applied.errors.len(), 1, "the bad URL is NACKed");
+    let policy = |name: &str, keys: &[&str], allow: &str| {
+        Body::McpToolPolicy(pb::McpToolPolicy {
+            namespace: "ns".into(),
+            name: name.into(),
+            virtual_keys: keys.iter().map(|k| k.to_string()).collect(),
+            rules: vec![pb::ToolRule {
+                server: "time".into(),
+                allow: vec![allow.into()],
+                ..Default::default()
+            }],
+            ..Default::default()
+        })
+    };
+    store.apply(&DeltaConfigResponse {
+        type_url: type_url::MCP_TOOL_POLICY.into(),
+        resources: vec![
+            resource("ns/a", policy("a", &["agent", "other"], "now")),
+            resource("ns/b", policy("b", &["agent"], "zones")),
+        ],
+        ..Default::default()
+    });
+    let s = store.snapshot();
+    assert_eq!(s.mcp_servers.keys().collect::<Vec<_>>(), ["ns/time"]);
+    let agent = &s.mcp_rules["ns/agent"];
+    assert!(agent.permits("ns/time", "now") && agent.permits("ns/time", "zones"));
+    let other = &s.mcp_rules["ns/other"];
+    assert!(other.permits("ns/time", "now") && !other.permits("ns/time", "zones"));
+    assert!(!s.mcp_rules.contains_key("ns/nobody"));
+}
