@@ -106,6 +106,15 @@ impl Account {
         })
     }
 
+    /// Reserving more than eight typical requests a second: worth asking ahead of at
+    /// once rather than at the usage stream's next tick. (Near a small limit, asking
+    /// ahead takes a share other dataplanes may need, so a quiet account does not.)
+    fn busy(&self) -> bool {
+        let p = self.pace.per_second();
+        let t = self.typical.times(8);
+        p.usd > t.usd || p.tokens > t.tokens || p.requests > t.requests
+    }
+
     /// What to ask for beyond what a waiting request needs: a second of reservations at
     /// the current pace, and at least eight typical ones (the controller's fair share
     /// caps it near a limit).
@@ -414,7 +423,10 @@ impl Quotas {
                 a.need = Qty::default();
                 a.pace.add(d.amount, now);
                 a.peak_slots = a.peak_slots.max(a.in_flight.requests);
-                low |= !a.asked && !is_slot(&d.account) && !a.ahead().fits(a.room(), a.limited);
+                low |= !a.asked
+                    && !is_slot(&d.account)
+                    && a.busy()
+                    && !a.ahead().fits(a.room(), a.limited);
                 held.push((d.account.clone(), a.period, d.amount, true));
             }
         }
