@@ -7,3 +7,4 @@ pub mod config;
 pub mod jsonrpc;
 pub mod names;
 pub mod policy;
+pub mod transport;
