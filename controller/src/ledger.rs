@@ -505,50 +505,35 @@ impl Ledger {
                 ..Default::default()
             };
         }
-        if g.expires_ms <= now_ms {
+        let need = Qty::from(req.need.as_ref());
+        let want = Qty::from(req.want.as_ref()).max_each(need);
+        // Asking for nothing is a report of what is in flight, which neither grants nor
+        // extends (a dataplane whose grant lapsed gives back what it does not use).
+        let report = want == Qty::default();
+        if g.expires_ms <= now_ms || (report && def.window == Window::Concurrent) {
             // An expired grant's unreserved part is forfeit, on both sides: the dataplane
-            // stopped reserving from it when it expired.
+            // stopped reserving from it when it expired. Concurrency slots are given back
+            // at once: the dataplane stopped using those not in flight before it reported.
             g.granted = g
                 .settled
                 .plus(g.granted.minus(g.settled).min_each(in_flight));
         }
         g.in_flight = in_flight;
-        let need = Qty::from(req.need.as_ref());
-        let want = Qty::from(req.want.as_ref()).max_each(need);
-        if want == Qty::default() {
-            // Asking for nothing: a report of what is in flight, which neither grants nor
-            // extends (a dataplane whose grant lapsed gives back what it does not use).
-            // Concurrency slots are given back at once: the dataplane stopped using
-            // those not in flight before it reported.
-            if def.window == Window::Concurrent {
-                g.granted = g
-                    .settled
-                    .plus(g.granted.minus(g.settled).min_each(in_flight));
-            }
-            let (granted, expires) = (g.granted, g.expires_ms);
-            return Some(pb::QuotaLease {
-                account: req.account.clone(),
-                granted: Some(granted.into()),
-                expires_unix_ms: expires,
-                period_start_unix_ms: period.0,
-                period_end_unix_ms: period.1,
-                remaining: Some(a.free(now_ms).into()),
-                warn: def.warned(a.spent_now()),
-                exhausted: false,
-                limited: def.limited(),
-            });
+        if !report {
+            g.expires_ms = now_ms + ttl;
         }
-        g.expires_ms = now_ms + ttl;
+        let expires = g.expires_ms;
         let free = a.free(now_ms);
-        let live = a
-            .grants
-            .values()
-            .filter(|g| g.expires_ms > now_ms)
-            .count()
-            .max(1) as u64;
-        let limit = def.limit;
-        let fits = need.fits(free, def.limited());
-        let add = if fits {
+        let fits = report || need.fits(free, def.limited());
+        let add = if report || !fits {
+            Qty::default()
+        } else {
+            let live = a
+                .grants
+                .values()
+                .filter(|g| g.expires_ms > now_ms)
+                .count()
+                .max(1) as u64;
             // A fair share of what is free, at least what is needed now, at most what is
             // wanted: near the limit, shares shrink, so little is left idle in grants.
             let pick = |f: u64, n: u64, w: u64, l: u64| {
@@ -558,13 +543,12 @@ impl Ledger {
                     (f / (2 * live)).min(w).max(n).min(f)
                 }
             };
+            let limit = def.limit;
             Qty {
                 usd: pick(free.usd, need.usd, want.usd, limit.usd),
                 tokens: pick(free.tokens, need.tokens, want.tokens, limit.tokens),
                 requests: pick(free.requests, need.requests, want.requests, limit.requests),
             }
-        } else {
-            Qty::default()
         };
         if !fits {
             a.refused_until_ms = now_ms + ttl;
@@ -572,16 +556,14 @@ impl Ledger {
         let g = a.grants.get_mut(dp)?;
         g.granted = g.granted.plus(add);
         let granted = g.granted;
-        let remaining = free.minus(add);
-        let warn = def.warned(a.spent_now());
         Some(pb::QuotaLease {
             account: req.account.clone(),
             granted: Some(granted.into()),
-            expires_unix_ms: now_ms + ttl,
+            expires_unix_ms: expires,
             period_start_unix_ms: period.0,
             period_end_unix_ms: period.1,
-            remaining: Some(remaining.into()),
-            warn,
+            remaining: Some(free.minus(add).into()),
+            warn: def.warned(a.spent_now()),
             exhausted: !fits,
             limited: def.limited(),
         })
