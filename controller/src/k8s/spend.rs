@@ -8,23 +8,18 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 use tokio::sync::watch;
 use tollgate_crds::Kind;
 use tollgate_proto as pb;
 use tollgate_proto::quantity::{TOKENS, USD};
 
-use super::source::Watched;
 use crate::compile::Compiled;
 use crate::ledger::AccountView;
 use crate::usage::{Books, lock, now_ms};
 
 /// Field manager of the spend fields (the conditions have their own).
 pub const FIELD_MANAGER: &str = "tollgate-ledger";
-
-/// Writes in flight at once.
-const CONCURRENCY: usize = 8;
 
 /// The status fields showing `v`.
 pub fn spend_status(v: &AccountView) -> Value {
@@ -114,7 +109,7 @@ pub async fn run(
                     .await
                     .then_some((ns, name, status))
             })
-            .buffer_unordered(CONCURRENCY)
+            .buffer_unordered(super::status::CONCURRENCY)
             .collect()
             .await;
         for (ns, name, status) in done.into_iter().flatten() {
@@ -125,24 +120,7 @@ pub async fn run(
 }
 
 pub(crate) async fn write(client: &kube::Client, ns: &str, name: &str, status: &Value) -> bool {
-    let ar = Watched::Tollgate(Kind::Budget).api_resource();
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &ar);
-    let patch = json!({
-        "apiVersion": ar.api_version,
-        "kind": ar.kind,
-        "metadata": {"name": name, "namespace": ns},
-        "status": status,
-    });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
-        Ok(_) => true,
-        Err(e) => {
-            if !matches!(&e, kube::Error::Api(a) if a.code == 404) {
-                tracing::warn!(budget = %format!("{ns}/{name}"), error = %e, "cannot write a Budget's spend");
-            }
-            false
-        }
-    }
+    super::status::apply_status(client, Kind::Budget, ns, name, status, FIELD_MANAGER).await
 }
 
 #[cfg(test)]

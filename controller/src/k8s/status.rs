@@ -22,8 +22,8 @@ use crate::tracker::{AckView, ClusterAcks, Tracker};
 /// Field manager of every status this controller writes.
 pub const FIELD_MANAGER: &str = "tollgate-controller";
 
-/// Writes in flight at once.
-const CONCURRENCY: usize = 8;
+/// Status writes in flight at once (the conditions writer's and the spend writer's).
+pub(crate) const CONCURRENCY: usize = 8;
 
 /// One status to write.
 #[derive(Clone, Debug, PartialEq)]
@@ -152,26 +152,51 @@ impl StatusWriter {
     }
 }
 
-pub(crate) async fn write(client: &kube::Client, recorder: &Recorder, w: &Write) -> bool {
-    let ar = Watched::Tollgate(w.kind).api_resource();
-    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &w.namespace, &ar);
+/// Applies `status` to an object's status subresource (server-side apply, forced) as
+/// `manager`, which owns the fields it sends. An object gone meanwhile is not an error
+/// worth logging: the watch will drop it.
+pub(crate) async fn apply_status(
+    client: &kube::Client,
+    kind: Kind,
+    namespace: &str,
+    name: &str,
+    status: &Value,
+    manager: &str,
+) -> bool {
+    let ar = Watched::Tollgate(kind).api_resource();
+    let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &ar);
     let patch = json!({
         "apiVersion": ar.api_version,
         "kind": ar.kind,
-        "metadata": {"name": w.name, "namespace": w.namespace},
-        "status": w.status,
+        "metadata": {"name": name, "namespace": namespace},
+        "status": status,
     });
-    let params = PatchParams::apply(FIELD_MANAGER).force();
-    if let Err(e) = api
-        .patch_status(&w.name, &params, &Patch::Apply(&patch))
-        .await
-    {
-        // Gone meanwhile: the watch will drop it.
-        if !matches!(&e, kube::Error::Api(a) if a.code == 404) {
-            tracing::warn!(kind = %w.kind, object = %format!("{}/{}", w.namespace, w.name), error = %e, "cannot write status");
+    let params = PatchParams::apply(manager).force();
+    match api.patch_status(name, &params, &Patch::Apply(&patch)).await {
+        Ok(_) => true,
+        Err(e) => {
+            if !matches!(&e, kube::Error::Api(a) if a.code == 404) {
+                tracing::warn!(%kind, object = %format!("{namespace}/{name}"), error = %e, manager, "cannot write status");
+            }
+            false
         }
+    }
+}
+
+pub(crate) async fn write(client: &kube::Client, recorder: &Recorder, w: &Write) -> bool {
+    if !apply_status(
+        client,
+        w.kind,
+        &w.namespace,
+        &w.name,
+        &w.status,
+        FIELD_MANAGER,
+    )
+    .await
+    {
         return false;
     }
+    let ar = Watched::Tollgate(w.kind).api_resource();
     if let Some((reason, message)) = &w.event {
         let reference = ObjectReference {
             api_version: Some(ar.api_version.clone()),
