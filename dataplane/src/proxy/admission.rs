@@ -217,7 +217,25 @@ pub(super) fn quota_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap
 }
 
 /// A rate-limit refusal carries the rate-limit headers too, and when to try again.
-pub(super) fn rate_limited_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap) {
+/// The answer to a request admission refused: recorded like every error, in the client's
+/// format, with the rate-limit headers when a rate limit refused it.
+pub(super) fn refused(
+    state: &State,
+    key: &VirtualKey,
+    e: ApiError,
+    api: super::Api,
+    started: tokio::time::Instant,
+    labels: &super::chat::Labels,
+) -> http::Response<super::Body> {
+    let rate_limited = matches!(e, ApiError::RateLimited(_));
+    let mut response = super::chat::answer(state, Err(e), api, started, labels.clone());
+    if rate_limited {
+        rate_limited_headers(state, key, response.headers_mut());
+    }
+    response
+}
+
+fn rate_limited_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap) {
     quota_headers(state, key, out);
     out.insert(
         HeaderName::from_static("retry-after"),

@@ -363,14 +363,7 @@ async fn forward(
     .await
     {
         Ok(r) => Arc::new(r),
-        Err(e) => {
-            let rate_limited = matches!(e, ApiError::RateLimited(_));
-            let mut response = answer(state, Err(e), api, started, labels.clone());
-            if rate_limited {
-                admission::rate_limited_headers(state, &key, response.headers_mut());
-            }
-            return Ok(response);
-        }
+        Err(e) => return Ok(admission::refused(state, &key, e, api, started, labels)),
     };
     let mut plan = balance::Plan::new(route.clone(), &snapshot, &state.balance, &head.model);
     drop(snapshot);

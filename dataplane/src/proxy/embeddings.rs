@@ -84,12 +84,14 @@ async fn forward(
     {
         Ok(r) => Arc::new(r),
         Err(e) => {
-            let rate_limited = matches!(e, ApiError::RateLimited(_));
-            let mut response = answer(state, Err(e), Api::OpenAi, started, labels.clone());
-            if rate_limited {
-                super::admission::rate_limited_headers(state, &key, response.headers_mut());
-            }
-            return Ok(response);
+            return Ok(super::admission::refused(
+                state,
+                &key,
+                e,
+                Api::OpenAi,
+                started,
+                labels,
+            ));
         }
     };
     drop(snapshot);
