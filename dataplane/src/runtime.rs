@@ -432,11 +432,29 @@ struct AwsKeyJson {
     session_token: Option<String>,
 }
 
-fn header_auth(name: HeaderName, text: String, id: &str) -> Result<Auth, ConvertError> {
+/// A secret as a header value, marked sensitive (never printed); `id` names it in the
+/// error.
+pub(crate) fn secret_header(text: String, id: &str) -> Result<HeaderValue, ConvertError> {
     let mut value =
         HeaderValue::try_from(text).map_err(|_| ConvertError::BadCredential(id.to_string()))?;
     value.set_sensitive(true);
-    Ok(Auth::Header { name, value })
+    Ok(value)
+}
+
+/// An absolute http(s) URL.
+pub(crate) fn http_url(s: &str) -> Result<Uri, ConvertError> {
+    let uri: Uri = s.parse().map_err(|_| ConvertError::BadEndpoint(s.into()))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (Some("http" | "https"), Some(_)) => Ok(uri),
+        _ => Err(ConvertError::BadEndpoint(s.into())),
+    }
+}
+
+fn header_auth(name: HeaderName, text: String, id: &str) -> Result<Auth, ConvertError> {
+    Ok(Auth::Header {
+        name,
+        value: secret_header(text, id)?,
+    })
 }
 
 fn credential_auth(kind: ProviderKind, c: &pb::Credential) -> Result<Auth, ConvertError> {
@@ -478,12 +496,7 @@ impl TryFrom<&pb::Provider> for Provider {
             Ok(T::Unspecified) | Err(_) => return Err(ConvertError::UnknownProviderType(p.r#type)),
         };
         let endpoint = p.endpoint.trim_end_matches('/').to_string();
-        let parsed: Uri = endpoint
-            .parse()
-            .map_err(|_| ConvertError::BadEndpoint(p.endpoint.clone()))?;
-        if !matches!(parsed.scheme_str(), Some("http" | "https")) || parsed.authority().is_none() {
-            return Err(ConvertError::BadEndpoint(p.endpoint.clone()));
-        }
+        http_url(&endpoint).map_err(|_| ConvertError::BadEndpoint(p.endpoint.clone()))?;
         match kind {
             ProviderKind::VertexAi if p.project.is_empty() || p.region.is_empty() => {
                 return Err(ConvertError::MissingField(

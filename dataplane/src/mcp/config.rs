@@ -8,7 +8,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use tollgate_proto as pb;
 
 use super::policy::Rule;
-use crate::runtime::ConvertError;
+use crate::runtime::{ConvertError, http_url, secret_header};
 
 /// Timeout of a call to an MCP server whose resource sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -47,14 +47,6 @@ impl std::fmt::Debug for OAuthClient {
     }
 }
 
-fn http_url(s: &str) -> Result<Uri, ConvertError> {
-    let uri: Uri = s.parse().map_err(|_| ConvertError::BadEndpoint(s.into()))?;
-    match (uri.scheme_str(), uri.authority()) {
-        (Some("http" | "https"), Some(_)) => Ok(uri),
-        _ => Err(ConvertError::BadEndpoint(s.into())),
-    }
-}
-
 impl TryFrom<&pb::McpServer> for McpServer {
     type Error = ConvertError;
 
@@ -65,9 +57,8 @@ impl TryFrom<&pb::McpServer> for McpServer {
         } else {
             let name = HeaderName::try_from(s.auth_header_name.as_str())
                 .map_err(|_| ConvertError::BadCredential(format!("{id} (header name)")))?;
-            let mut value = HeaderValue::from_str(&s.auth_header_value)
-                .map_err(|_| ConvertError::BadCredential(format!("{id} (header value)")))?;
-            value.set_sensitive(true);
+            let value =
+                secret_header(s.auth_header_value.clone(), &format!("{id} (header value)"))?;
             Some((name, value))
         };
         let oauth = match &s.oauth {
