@@ -143,10 +143,6 @@ impl Books {
         }
     }
 
-    pub fn defs(&self) -> &ConfigDefs {
-        &self.defs
-    }
-
     /// One account as it stands (created, with nothing spent, if unused).
     pub fn view(&mut self, account: &str, now_ms: i64) -> Option<crate::ledger::AccountView> {
         self.ledger.view(account, &self.defs, now_ms)
@@ -323,6 +319,11 @@ pub struct UsageServer {
 }
 
 impl UsageServer {
+    /// This replica's term of keeping the books: 0 while it does not.
+    pub fn keeping(&self) -> watch::Receiver<u64> {
+        self.term.clone()
+    }
+
     /// Counts one batch (once per sequence) and returns the grants it asked for.
     fn apply(&self, batch: &UsageBatch) -> Vec<tollgate_proto::QuotaLease> {
         let mut books = lock(&self.books);
@@ -385,13 +386,6 @@ impl UsageServer {
             }
         }
         let _ = tx.send(Err(not_keeping())).await;
-    }
-}
-
-impl UsageServer {
-    /// This replica's term of keeping the books: 0 while it does not.
-    pub fn keeping(&self) -> watch::Receiver<u64> {
-        self.term.clone()
     }
 }
 
