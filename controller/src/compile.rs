@@ -375,7 +375,14 @@ pub fn compile_cached(
         let mut keys: Vec<String> = kinds
             .keys
             .iter()
-            .filter(|k| k.namespace == p.namespace && selector_matches(&p.spec.selector, &k.labels))
+            .filter(|k| {
+                k.namespace == p.namespace
+                    && (selector_matches(&p.spec.selector, &k.labels)
+                        || k.spec
+                            .mcp_tool_policy_ref
+                            .as_ref()
+                            .is_some_and(|r| r.name == p.name))
+            })
             .map(|k| k.name.clone())
             .collect();
         keys.sort();

@@ -12,6 +12,7 @@ pub mod ledger;
 pub mod local;
 pub mod objects;
 pub mod publish;
+pub mod session_key;
 pub mod status;
 pub mod tracker;
 pub mod usage;

@@ -265,6 +265,22 @@ async fn main() -> anyhow::Result<()> {
     ))));
     let budget_gauges = budget_metrics(&registry)?;
 
+    let session_key = match (&args.state_dir, &mode) {
+        (Some(dir), _) => tollgate_controller::session_key::in_dir(dir)?,
+        (None, Mode::Kubernetes { client, settings }) => {
+            tollgate_controller::k8s::session_key::get_or_create(
+                &kube::Api::namespaced(client.clone(), &settings.lease_namespace),
+                &settings.lease_name,
+            )
+            .await?
+        }
+        (None, Mode::Local { .. }) => {
+            tracing::info!(
+                "no --state-dir: MCP sessions last as long as this process (the key that seals them is not kept)"
+            );
+            tollgate_controller::session_key::random()?
+        }
+    };
     let (snapshot_tx, snapshot_rx) = watch::channel(Arc::new(Compiled::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
     let publisher = Publisher::new(&args.namespace, snapshot_tx, ready_tx, compiles, objects);
@@ -334,6 +350,7 @@ async fn main() -> anyhow::Result<()> {
         ready: ready_rx,
         tracker,
         metrics,
+        session_key: Arc::new(session_key),
     };
     let config = ConfigDiscoveryServer::new(xds)
         .max_encoding_message_size(MAX_MESSAGE_BYTES)

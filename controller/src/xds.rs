@@ -34,6 +34,8 @@ pub struct XdsServer {
     pub ready: watch::Receiver<bool>,
     pub tracker: Arc<Tracker>,
     pub metrics: XdsMetrics,
+    /// Sent on every response (see `crate::session_key`).
+    pub session_key: Arc<crate::session_key::SessionKey>,
 }
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<DeltaConfigResponse, Status>> + Send>>;
@@ -56,6 +58,7 @@ impl ConfigDiscovery for XdsServer {
             metrics: self.metrics.clone(),
             types: HashMap::new(),
             nonce: 0,
+            session_key: self.session_key.clone(),
             tx,
         };
         let mut ready = self.ready.clone();
@@ -93,6 +96,7 @@ struct Session {
     metrics: XdsMetrics,
     types: HashMap<&'static str, TypeState>,
     nonce: u64,
+    session_key: Arc<crate::session_key::SessionKey>,
     tx: mpsc::Sender<Result<DeltaConfigResponse, Status>>,
 }
 
@@ -244,6 +248,7 @@ impl Session {
             resources,
             removed_resources: pending.removed.clone(),
             nonce: nonce.clone(),
+            mcp_session_key: self.session_key.to_vec(),
         };
         self.metrics
             .resources_sent

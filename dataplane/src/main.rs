@@ -170,7 +170,9 @@ async fn main() -> anyhow::Result<()> {
         metrics.clone(),
     );
     tokio::spawn(reporter.clone().run());
+    let session_keys = Arc::new(tollgate_dataplane::mcp::session::Keys::default());
     let client = xds::Client {
+        session_keys: session_keys.clone(),
         controller: args.controller.clone(),
         token_file: args.token_file.clone(),
         node_id,
@@ -193,10 +195,15 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
     tokio::spawn(admin.serve(admin_listener));
 
+    let upstream = upstream::client();
     let state = Arc::new(State {
         config,
         ready: ready_rx,
-        upstream: upstream::client(),
+        mcp: tollgate_dataplane::mcp::gateway::Gateway::new(
+            tollgate_dataplane::mcp::client::Client::new(upstream.clone()),
+            session_keys,
+        ),
+        upstream,
         metrics,
         max_body_bytes: args.max_body_bytes,
         balance: Default::default(),

@@ -48,6 +48,16 @@ pub struct Metrics {
     pub usage_connected: IntGauge,
     /// Usage batches sent and not yet acknowledged.
     pub usage_unacked: IntGauge,
+    /// MCP requests by method and outcome.
+    pub mcp_requests: IntCounterVec,
+    /// MCP tool calls by server, tool and outcome (`ok`, `tool_error`, `error`,
+    /// `upstream_error`, `denied`, `unknown_tool`, `rate_limited`).
+    pub mcp_tool_calls: IntCounterVec,
+    /// Duration of MCP tool calls that reached a server, by server.
+    pub mcp_tool_duration: HistogramVec,
+    /// Tokens of tool lists sent to clients, before and after schema compaction
+    /// (`kind` = `listed` or `sent`).
+    pub mcp_list_tokens: IntCounterVec,
 }
 
 impl Metrics {
@@ -173,6 +183,41 @@ impl Metrics {
             "tollgate_usage_unacked_batches",
             "Usage batches sent and not yet acknowledged by the controller",
         )?;
+        let mcp_requests = IntCounterVec::new(
+            Opts::new(
+                "tollgate_mcp_requests_total",
+                "MCP messages received on /mcp, by method and outcome",
+            ),
+            &["method", "outcome"],
+        )?;
+        let mcp_tool_calls = IntCounterVec::new(
+            Opts::new(
+                "tollgate_mcp_tool_calls_total",
+                "MCP tool calls, by server, tool and outcome (ok, tool_error, error, upstream_error, denied, unknown_tool, rate_limited)",
+            ),
+            &["server", "tool", "outcome"],
+        )?;
+        let mcp_tool_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_mcp_tool_call_duration_seconds",
+                "Time from a tool call to its answer, for calls that reached a server",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+            &["server"],
+        )?;
+        let mcp_list_tokens = IntCounterVec::new(
+            Opts::new(
+                "tollgate_mcp_tool_list_tokens_total",
+                "Tokens of the tool lists sent to clients: as the servers listed them (listed) and as sent after schema compaction (sent)",
+            ),
+            &["kind"],
+        )?;
+        for m in [&mcp_requests, &mcp_tool_calls, &mcp_list_tokens] {
+            registry.register(Box::new(m.clone()))?;
+        }
+        registry.register(Box::new(mcp_tool_duration.clone()))?;
         registry.register(Box::new(cost.clone()))?;
         registry.register(Box::new(denials.clone()))?;
         registry.register(Box::new(budget_warnings.clone()))?;
@@ -219,6 +264,10 @@ impl Metrics {
             usage_counted,
             usage_connected,
             usage_unacked,
+            mcp_requests,
+            mcp_tool_calls,
+            mcp_tool_duration,
+            mcp_list_tokens,
         })
     }
 }

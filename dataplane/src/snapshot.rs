@@ -68,7 +68,7 @@ pub struct Snapshot {
     /// MCPServers by `<namespace>/<name>`.
     pub mcp_servers: HashMap<String, Arc<crate::mcp::config::McpServer>>,
     /// The MCP tool rules of each VirtualKey (`<namespace>/<name>`) some policy selects.
-    pub mcp_rules: HashMap<String, Arc<crate::mcp::policy::Rules>>,
+    pub mcp_rules: HashMap<String, Arc<crate::mcp::policy::KeyPolicy>>,
     /// Every resource name and version, for `/config` on the admin port.
     pub versions: Vec<(&'static str, String, String)>,
 }

@@ -9,7 +9,7 @@ use tollgate_proto::resource::Body;
 use tollgate_proto::{self as pb, DeltaConfigResponse, ResourceError, type_url};
 
 use crate::mcp::config::{McpServer, ToolPolicy};
-use crate::mcp::policy::Rules;
+use crate::mcp::policy::KeyPolicy;
 use crate::runtime::{ConvertError, Provider, Route, VirtualKey};
 use crate::snapshot::{RouteTable, Snapshot};
 
@@ -126,15 +126,14 @@ impl Store {
             }
         }
         // Each key's tool rules: those of every policy that selected it.
-        let mut rules: HashMap<String, Rules> = HashMap::new();
+        let mut rules: HashMap<String, KeyPolicy> = HashMap::new();
         for held in of(type_url::MCP_TOOL_POLICY).values() {
             if let Item::McpPolicy(p) = &held.item {
                 for k in &p.keys {
-                    rules
-                        .entry(k.clone())
-                        .or_default()
-                        .0
-                        .extend(p.rules.iter().cloned());
+                    let policy = rules.entry(k.clone()).or_default();
+                    policy.rules.0.extend(p.rules.iter().cloned());
+                    policy.compact_schemas |= p.compact_schemas;
+                    policy.log_arguments |= p.log_arguments;
                 }
             }
         }

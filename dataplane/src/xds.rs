@@ -30,6 +30,8 @@ pub struct Client {
     pub config: Arc<ArcSwap<Snapshot>>,
     pub ready: watch::Sender<bool>,
     pub metrics: Metrics,
+    /// The MCP session keys, updated from every response.
+    pub session_keys: Arc<crate::mcp::session::Keys>,
 }
 
 impl std::fmt::Debug for Client {
@@ -89,6 +91,7 @@ impl Client {
         self.metrics.config_connected.set(1);
         let mut seen_types = std::collections::HashSet::new();
         while let Some(response) = inbound.message().await? {
+            self.session_keys.update(&response.mcp_session_key);
             let applied = {
                 let mut store = self.lock();
                 let applied = store.apply(&response);

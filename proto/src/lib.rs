@@ -94,6 +94,26 @@ impl std::fmt::Debug for OAuthClient {
     }
 }
 
+impl std::fmt::Debug for DeltaConfigResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DeltaConfigResponse")
+            .field("type_url", &self.type_url)
+            .field("system_version_info", &self.system_version_info)
+            .field("resources", &self.resources)
+            .field("removed_resources", &self.removed_resources)
+            .field("nonce", &self.nonce)
+            .field(
+                "mcp_session_key",
+                &if self.mcp_session_key.is_empty() {
+                    ""
+                } else {
+                    REDACTED
+                },
+            )
+            .finish()
+    }
+}
+
 /// Metadata key carrying the bearer token that authenticates a dataplane's streams.
 pub const AUTHORIZATION: &str = "authorization";
 
@@ -121,8 +141,12 @@ mod tests {
             }),
             ..Default::default()
         };
-        let text = format!("{p:?} {m:?}");
-        for secret in ["sk-very-secret", "hunter2", "s3cr3t"] {
+        let r = DeltaConfigResponse {
+            mcp_session_key: b"session-key-bytes".to_vec(),
+            ..Default::default()
+        };
+        let text = format!("{p:?} {m:?} {r:?}");
+        for secret in ["sk-very-secret", "hunter2", "s3cr3t", "115, 101"] {
             assert!(!text.contains(secret), "{text}");
         }
         assert!(text.contains("<redacted>"));

@@ -8,6 +8,7 @@ pub mod leader;
 pub mod ledger_store;
 pub mod peers;
 pub mod secrets;
+pub mod session_key;
 pub mod source;
 pub mod spend;
 pub mod status;

@@ -15,6 +15,16 @@ pub struct Rule {
     pub calls_per_minute: u64,
 }
 
+/// What the MCPToolPolicies that select a key say about it, together.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct KeyPolicy {
+    pub rules: Rules,
+    /// Some policy asks for compacted tool schemas.
+    pub compact_schemas: bool,
+    /// Some policy asks for tool-call arguments in the audit trail.
+    pub log_arguments: bool,
+}
+
 /// The rules that apply to one key, from all its policies.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Rules(pub Vec<Rule>);

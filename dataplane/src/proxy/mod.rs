@@ -54,6 +54,8 @@ pub struct State {
     pub quotas: Arc<crate::quota::Quotas>,
     /// The output a request without `max_tokens` is assumed to ask for, when reserving.
     pub default_max_output_tokens: u64,
+    /// The MCP endpoint's upstream client, session keys and tool-call limits.
+    pub mcp: crate::mcp::gateway::Gateway,
 }
 
 impl std::fmt::Debug for State {
@@ -70,7 +72,7 @@ pub fn now_unix() -> i64 {
 }
 
 /// Authenticates the request's virtual key against the snapshot.
-fn authenticate<'a>(
+pub(crate) fn authenticate<'a>(
     snapshot: &'a Snapshot,
     headers: &http::HeaderMap,
 ) -> Result<&'a Arc<crate::runtime::VirtualKey>, ApiError> {
@@ -108,6 +110,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         (&Method::POST, "/v1/messages/count_tokens") => count_tokens::handle(&state, req).await,
         (&Method::POST, "/v1/embeddings") => embeddings::handle(&state, req).await,
         (&Method::GET, "/v1/models") => count(&state, models::list(&state, &req)),
+        (_, "/mcp") => crate::mcp::gateway::handle(&state, req).await,
         (&Method::GET, p) if p.starts_with("/v1/models/") => {
             count(&state, models::get(&state, &req))
         }

@@ -21,6 +21,7 @@ fn response(nonce: &str, resources: Vec<pb::Resource>, removed: Vec<&str>) -> De
         resources,
         removed_resources: removed.into_iter().map(String::from).collect(),
         nonce: nonce.into(),
+        ..Default::default()
     }
 }
 
@@ -176,14 +177,26 @@ fn mcp_servers_and_each_keys_tool_rules_are_in_the_snapshot() {
         resources: vec![
             resource("ns/a", policy("a", &["agent", "other"], "now")),
             resource("ns/b", policy("b", &["agent"], "zones")),
+            resource(
+                "ns/c",
+                match policy("c", &["other"], "none") {
+                    Body::McpToolPolicy(p) => Body::McpToolPolicy(pb::McpToolPolicy {
+                        compact_schemas: true,
+                        ..p
+                    }),
+                    _ => unreachable!(),
+                },
+            ),
         ],
         ..Default::default()
     });
     let s = store.snapshot();
     assert_eq!(s.mcp_servers.keys().collect::<Vec<_>>(), ["ns/time"]);
     let agent = &s.mcp_rules["ns/agent"];
-    assert!(agent.permits("ns/time", "now") && agent.permits("ns/time", "zones"));
+    assert!(agent.rules.permits("ns/time", "now") && agent.rules.permits("ns/time", "zones"));
+    assert!(!agent.compact_schemas);
     let other = &s.mcp_rules["ns/other"];
-    assert!(other.permits("ns/time", "now") && !other.permits("ns/time", "zones"));
+    assert!(other.rules.permits("ns/time", "now") && !other.rules.permits("ns/time", "zones"));
+    assert!(other.compact_schemas, "one of its policies asks for it");
     assert!(!s.mcp_rules.contains_key("ns/nobody"));
 }

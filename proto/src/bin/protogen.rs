@@ -20,6 +20,7 @@ fn main() -> anyhow::Result<()> {
             ".tollgate.v1alpha1.Credential",
             ".tollgate.v1alpha1.McpServer",
             ".tollgate.v1alpha1.OAuthClient",
+            ".tollgate.v1alpha1.DeltaConfigResponse",
         ])
         .build_server(true)
         .build_client(true)

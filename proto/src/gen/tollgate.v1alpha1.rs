@@ -44,6 +44,7 @@ pub struct ResourceError {
     pub message: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
+#[prost(skip_debug)]
 pub struct DeltaConfigResponse {
     #[prost(string, tag = "1")]
     pub type_url: ::prost::alloc::string::String,
@@ -57,6 +58,11 @@ pub struct DeltaConfigResponse {
     pub removed_resources: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(string, tag = "5")]
     pub nonce: ::prost::alloc::string::String,
+    /// The key dataplanes seal MCP session ids with (32 bytes), so that any dataplane can
+    /// serve any request of a session. The same for every dataplane of the controller;
+    /// sent on every response. Never logged.
+    #[prost(bytes = "vec", tag = "6")]
+    pub mcp_session_key: ::prost::alloc::vec::Vec<u8>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Resource {

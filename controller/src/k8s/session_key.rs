@@ -1,0 +1,68 @@
+//! The MCP session key in Kubernetes mode: the Secret `<lease>-mcp-session` in the
+//! Lease's namespace, created with a random key by whichever replica starts first. Every
+//! replica reads the same key, so every dataplane seals sessions alike.
+
+use std::collections::BTreeMap;
+
+use anyhow::Context;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::Api;
+use kube::api::PostParams;
+
+use crate::session_key::{self, SessionKey};
+
+/// Key of the session key inside the Secret's data.
+pub const DATA_KEY: &str = "key";
+
+pub fn secret_name(lease: &str) -> String {
+    format!("{lease}-mcp-session")
+}
+
+/// Reads the key, creating the Secret when it does not exist. When two replicas create it
+/// at once, the one that loses reads the winner's.
+pub async fn get_or_create(api: &Api<Secret>, lease: &str) -> anyhow::Result<SessionKey> {
+    let name = secret_name(lease);
+    for _ in 0..3 {
+        if let Some(secret) = api
+            .get_opt(&name)
+            .await
+            .with_context(|| format!("reading Secret {name}"))?
+        {
+            return secret
+                .data
+                .as_ref()
+                .and_then(|d| d.get(DATA_KEY))
+                .and_then(|v| session_key::from_bytes(&v.0))
+                .with_context(|| {
+                    format!(
+                        "Secret {name} has no {}-byte `{DATA_KEY}`",
+                        session_key::KEY_BYTES
+                    )
+                });
+        }
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                labels: Some(BTreeMap::from([(
+                    "app.kubernetes.io/managed-by".to_string(),
+                    "tollgate".to_string(),
+                )])),
+                ..ObjectMeta::default()
+            },
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([(
+                DATA_KEY.to_string(),
+                ByteString(session_key::random()?.to_vec()),
+            )])),
+            ..Secret::default()
+        };
+        match api.create(&PostParams::default(), &secret).await {
+            Ok(_) => tracing::info!(secret = %name, "created the MCP session key"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(e).with_context(|| format!("creating Secret {name}")),
+        }
+    }
+    anyhow::bail!("Secret {name} is created and deleted again and again")
+}

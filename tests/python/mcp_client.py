@@ -1,0 +1,116 @@
+"""Drives the gateway's /mcp endpoint with the official `mcp` SDK client and prints what it
+saw as one JSON object, for the end-to-end tests to check.
+
+Scenarios:
+  tour    list tools, call each tool named by --call (NAME=JSON arguments), list and read
+          resources, list prompts and get --prompt, ping, and make --progress-call with a
+          progress callback.
+  switch  list tools at --url, then wait for a line on stdin (the test stops the first
+          dataplane meanwhile), then call --call tools and list tools at --second-url,
+          within the same session.
+"""
+
+import argparse
+import asyncio
+import json
+import sys
+from typing import Any
+
+import httpx2
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared._httpx_utils import create_mcp_http_client
+from mcp.shared.exceptions import MCPError
+
+
+def parse_calls(items: list[str]) -> list[tuple[str, dict[str, Any]]]:
+    calls = []
+    for item in items:
+        name, _, args = item.partition("=")
+        calls.append((name, json.loads(args) if args else {}))
+    return calls
+
+
+async def call(client: Client, name: str, arguments: dict[str, Any]) -> dict[str, Any]:
+    try:
+        r = await client.call_tool(name, arguments)
+        text = " ".join(c.text for c in r.content if getattr(c, "type", "") == "text")
+        return {"name": name, "ok": not r.is_error, "text": text}
+    except MCPError as e:
+        return {"name": name, "error": {"code": e.code, "message": e.error.message}}
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("scenario", choices=["tour", "switch"])
+    p.add_argument("--url", required=True)
+    p.add_argument("--second-url")
+    p.add_argument("--key", required=True)
+    p.add_argument("--call", action="append", default=[])
+    p.add_argument("--progress-call", help="NAME=JSON arguments: a tool call whose progress is recorded")
+    p.add_argument("--prompt", help="NAME=JSON arguments: a prompt to get")
+    args = p.parse_args()
+
+    out: dict[str, Any] = {"requests": []}
+    target = {"url": args.url}
+
+    async def on_request(request: httpx2.Request) -> None:
+        # Every request goes to the current dataplane; `switch` changes it mid-session.
+        current = httpx2.URL(target["url"])
+        request.url = request.url.copy_with(host=current.host, port=current.port)
+        out["requests"].append(
+            {
+                "method": request.method,
+                "port": current.port,
+                "session": request.headers.get("mcp-session-id"),
+            }
+        )
+
+    http = create_mcp_http_client(headers={"Authorization": f"Bearer {args.key}"})
+    http.event_hooks["request"].append(on_request)
+    async with http:
+        transport = streamable_http_client(args.url, http_client=http, terminate_on_close=False)
+        async with Client(transport, mode="auto") as client:
+            out["protocol_version"] = client.protocol_version
+            out["server"] = client.server_info.name if client.server_info else None
+            tools = await client.list_tools()
+            out["tools"] = sorted(t.name for t in tools.tools)
+            out["tool_meta"] = tools.meta
+            out["tool_descriptions"] = {t.name: t.description for t in tools.tools}
+            if args.scenario == "switch":
+                print(json.dumps({"ready": True}), flush=True)
+                sys.stdin.readline()
+                target["url"] = args.second_url
+                out["tools_after"] = sorted(t.name for t in (await client.list_tools()).tools)
+            out["calls"] = [await call(client, n, a) for n, a in parse_calls(args.call)]
+            if args.scenario == "tour":
+                resources = await client.list_resources()
+                out["resources"] = sorted(str(r.uri) for r in resources.resources)
+                if resources.resources:
+                    read = await client.read_resource(str(resources.resources[0].uri))
+                    out["resource_text"] = [getattr(c, "text", None) for c in read.contents]
+                prompts = await client.list_prompts()
+                out["prompts"] = sorted(pr.name for pr in prompts.prompts)
+                if args.prompt:
+                    [(name, arguments)] = parse_calls([args.prompt])
+                    got = await client.get_prompt(name, arguments)
+                    out["prompt_text"] = [getattr(m.content, "text", None) for m in got.messages]
+                await client.session.send_ping()
+                out["ping"] = True
+                if args.progress_call:
+                    [(name, arguments)] = parse_calls([args.progress_call])
+                    seen: list[float] = []
+
+                    async def progress(value: float, total: float | None, message: str | None) -> None:
+                        seen.append(value)
+
+                    r = await client.call_tool(name, arguments, progress_callback=progress)
+                    out["progress"] = seen
+                    out["progress_result"] = " ".join(
+                        c.text for c in r.content if getattr(c, "type", "") == "text"
+                    )
+    print(json.dumps(out), flush=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
