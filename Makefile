@@ -12,20 +12,27 @@ CTL_ADMIN   ?= 127.0.0.1:18001
 API_ADDR    ?= 127.0.0.1:8080
 DP_ADMIN    ?= 127.0.0.1:8081
 
-.PHONY: build run test lint fmt fmt-check clippy generate generate-check chart-check venv bench bench-smoke fuzz ci clean
+.PHONY: build run test lint fmt fmt-check clippy generate generate-check chart-check venv node-deps bench bench-smoke fuzz ci clean
 
 build:
 	$(CARGO) build -j $(JOBS) --workspace --bins
 
-## Python clients used by the end-to-end tests (official OpenAI SDK).
+## Python clients used by the end-to-end tests (official OpenAI, Anthropic and MCP SDKs).
 venv: $(VENV)/.installed
 $(VENV)/.installed: tests/python/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r tests/python/requirements.txt
 	touch $@
 
+## MCP servers from npm that the end-to-end tests run behind the gateway.
+NODE_DEPS := tests/node/node_modules/.installed
+node-deps: $(NODE_DEPS)
+$(NODE_DEPS): tests/node/package.json tests/node/package-lock.json
+	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
 ## Every test: unit, golden, and end to end over the real binaries.
-test: build venv
+test: build venv node-deps
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --build-jobs $(JOBS) --workspace --no-fail-fast; \
 	else \
@@ -130,4 +137,4 @@ ci: lint generate-check chart-check test bench-smoke
 
 clean:
 	$(CARGO) clean
-	rm -rf $(VENV) $(RUN_DIR)
+	rm -rf $(VENV) $(RUN_DIR) tests/node/node_modules

@@ -1,0 +1,672 @@
+//! The MCP gateway end to end: the official `mcp` Python SDK client talks to `/mcp` on
+//! real dataplanes, which aggregate real MCP servers started here: two written with the
+//! `mcp` SDK (tests/python/mcp_server.py; one behind a header from a Secret, one behind
+//! OAuth client credentials) and `@modelcontextprotocol/server-everything` from npm.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use tollgate_tests::harness::{self, Process, Stack, free_port, workspace};
+
+const FINANCE_KEY: &str = "tg-finance-key-0001";
+const MAILER_KEY: &str = "tg-mailer-key-0002";
+const LEDGER_TOKEN: &str = "ledger-s3cret-token";
+
+fn python() -> String {
+    let python = std::env::var("TOLLGATE_PYTHON")
+        .unwrap_or_else(|_| workspace().join(".venv/bin/python").display().to_string());
+    assert!(
+        Path::new(&python).exists(),
+        "{python} not found: run `make venv` (make test does) or set TOLLGATE_PYTHON"
+    );
+    python
+}
+
+/// Waits until something listens on `port`; the process's log if it never does.
+fn wait_listening(p: &Process, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not listen on {port}:\n{}",
+            p.name,
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// An MCP server from tests/python/mcp_server.py; returns it, its port and its call log.
+fn python_server(stack: &Stack, name: &str, extra: &[&str]) -> (Process, u16, PathBuf) {
+    let port = free_port().unwrap();
+    let log = stack.dir.path().join(format!("{name}-calls.jsonl"));
+    let mut args = vec![
+        workspace()
+            .join("tests/python/mcp_server.py")
+            .display()
+            .to_string(),
+        "--port".into(),
+        port.to_string(),
+        "--log".into(),
+        log.display().to_string(),
+        "--name".into(),
+        name.into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let p = Process::start(name, Path::new(&python()), &args, stack.dir.path()).unwrap();
+    wait_listening(&p, port);
+    (p, port, log)
+}
+
+/// `@modelcontextprotocol/server-everything` over Streamable HTTP.
+fn everything_server(stack: &Stack) -> (Process, u16) {
+    let script = workspace()
+        .join("tests/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    assert!(
+        script.exists(),
+        "{} not found: run `make node-deps` (make test does)",
+        script.display()
+    );
+    let port = free_port().unwrap();
+    let p = Process::start_with_env(
+        "server-everything",
+        Path::new("node"),
+        &[script.display().to_string(), "streamableHttp".into()],
+        &[("PORT", &port.to_string())],
+        stack.dir.path(),
+    )
+    .unwrap();
+    wait_listening(&p, port);
+    (p, port)
+}
+
+fn manifests(ledger: u16, vault: u16, every: u16) -> String {
+    format!(
+        r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata:
+  name: finance
+  labels:
+    team: finance
+spec:
+  secretRef:
+    name: finance-key
+  owner:
+    team: finance
+    user: agent-7
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: finance-key
+stringData:
+  key: {FINANCE_KEY}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata:
+  name: mailer
+spec:
+  secretRef:
+    name: mailer-key
+  owner:
+    team: mail
+  mcpToolPolicyRef:
+    name: mail
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: mailer-key
+stringData:
+  key: {MAILER_KEY}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: ledger-token
+stringData:
+  token: {LEDGER_TOKEN}
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: vault-oauth
+stringData:
+  clientSecret: oauth-s3cret
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: MCPServer
+metadata:
+  name: ledger
+spec:
+  url: http://127.0.0.1:{ledger}/mcp
+  auth:
+    header:
+      name: Authorization
+      prefix: "Bearer "
+      secretRef:
+        name: ledger-token
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: MCPServer
+metadata:
+  name: vault
+spec:
+  url: http://127.0.0.1:{vault}/mcp
+  auth:
+    oauth:
+      tokenUrl: http://127.0.0.1:{vault}/oauth/token
+      clientId: tollgate
+      clientSecretRef:
+        name: vault-oauth
+      scopes: [read]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: MCPServer
+metadata:
+  name: everything
+spec:
+  url: http://127.0.0.1:{every}/mcp
+  toolPrefix: every
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: MCPToolPolicy
+metadata:
+  name: finance
+spec:
+  selector:
+    matchLabels:
+      team: finance
+  rules:
+    - server: ledger
+      allow: ["ledger_*", "slow_count", "broken"]
+      deny: ["ledger_delete"]
+    - server: vault
+      allow: ["ledger_read"]
+    - server: everything
+      allow: ["echo", "get-sum", "trigger-long-running-operation"]
+  logArguments: true
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: MCPToolPolicy
+metadata:
+  name: mail
+spec:
+  selector:
+    matchLabels:
+      nothing: selects-this
+  rules:
+    - server: ledger
+      allow: ["send_email"]
+      limits:
+        callsPerMinute: 2
+  compactSchemas: true
+"#
+    )
+}
+
+struct Fixture {
+    stack: Stack,
+    _servers: Vec<Process>,
+    ledger_log: PathBuf,
+    vault_log: PathBuf,
+}
+
+impl Fixture {
+    fn start() -> Self {
+        let stack = Stack::start().unwrap();
+        let (ledger, ledger_port, ledger_log) =
+            python_server(&stack, "ledger", &["--bearer", LEDGER_TOKEN]);
+        let (vault, vault_port, vault_log) = python_server(&stack, "vault", &["--oauth"]);
+        let (every, every_port) = everything_server(&stack);
+        stack
+            .write_manifest("mcp.yaml", &manifests(ledger_port, vault_port, every_port))
+            .unwrap();
+        let fixture = Fixture {
+            stack,
+            _servers: vec![ledger, vault, every],
+            ledger_log,
+            vault_log,
+        };
+        // The manifests have reached the dataplane once the key authenticates.
+        fixture.until_key_served(0);
+        fixture
+    }
+
+    fn mcp_url(&self, dataplane: usize) -> String {
+        self.stack.dataplanes[dataplane].api.replace("/v1", "/mcp")
+    }
+
+    fn until_key_served(&self, dataplane: usize) {
+        let url = self.mcp_url(dataplane);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let (status, _) = rpc(
+                &url,
+                Some(FINANCE_KEY),
+                None,
+                &json!({"jsonrpc": "2.0", "id": 1, "method": "ping"}),
+            );
+            if status == 200 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the key never reached the dataplane:\n{}",
+                self.stack.logs()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Runs tests/python/mcp_client.py and returns what it printed last.
+    fn client(&self, args: &[&str]) -> Value {
+        let out = Command::new(python())
+            .arg(workspace().join("tests/python/mcp_client.py"))
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            eprintln!("{}", self.stack.logs());
+        }
+        assert!(
+            out.status.success(),
+            "mcp client failed:\n{stdout}\n{stderr}"
+        );
+        serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
+    }
+
+    fn calls(log: &Path) -> Vec<Value> {
+        std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+}
+
+/// A POST of one JSON-RPC message to `/mcp`; status and body.
+fn rpc(url: &str, key: Option<&str>, session: Option<&str>, message: &Value) -> (u16, String) {
+    let mut headers = vec![("accept", "application/json, text/event-stream".to_string())];
+    if let Some(k) = key {
+        headers.push(("authorization", format!("Bearer {k}")));
+    }
+    if let Some(s) = session {
+        headers.push(("mcp-session-id", s.to_string()));
+    }
+    let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    harness::http_request_with("POST", url, &headers, &message.to_string()).unwrap()
+}
+
+fn names(v: &Value) -> Vec<&str> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect()
+}
+
+fn call<'a>(out: &'a Value, name: &str) -> Vec<&'a Value> {
+    out["calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["name"] == name)
+        .collect()
+}
+
+#[test]
+fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
+    let f = Fixture::start();
+    let url = f.mcp_url(0);
+
+    let finance = f.client(&[
+        "tour",
+        "--url",
+        &url,
+        "--key",
+        FINANCE_KEY,
+        "--call",
+        r#"ledger__ledger_read={"account":"acme"}"#,
+        "--call",
+        r#"vault__ledger_read={"account":"vault-acme"}"#,
+        "--call",
+        r#"every__get-sum={"a":2,"b":3}"#,
+        "--call",
+        "ledger__broken",
+        "--call",
+        r#"ledger__ledger_delete={"account":"acme","password":"hunter2"}"#,
+        "--call",
+        r#"ledger__send_email={"to":"x@example.com","body":"hi"}"#,
+        "--call",
+        r#"every__get-env"#,
+        "--call",
+        r#"nowhere__tool"#,
+        "--prompt",
+        r#"ledger__summarize={"account":"acme"}"#,
+        "--progress-call",
+        r#"every__trigger-long-running-operation={"duration":1,"steps":4}"#,
+    ]);
+    assert_eq!(finance["server"], "tollgate");
+    assert_eq!(
+        names(&finance["tools"]),
+        [
+            "every__echo",
+            "every__get-sum",
+            "every__trigger-long-running-operation",
+            "ledger__broken",
+            "ledger__ledger_read",
+            "ledger__slow_count",
+            "vault__ledger_read",
+        ],
+        "exactly what the policy allows, from all three servers"
+    );
+    assert_eq!(
+        call(&finance, "ledger__ledger_read")[0]["text"],
+        "acme: 1200"
+    );
+    assert_eq!(
+        call(&finance, "vault__ledger_read")[0]["text"],
+        "vault-acme: 1200",
+        "through OAuth client credentials"
+    );
+    assert_eq!(
+        call(&finance, "every__get-sum")[0]["text"],
+        "The sum of 2 and 3 is 5."
+    );
+    assert_eq!(call(&finance, "ledger__broken")[0]["ok"], false);
+    for denied in [
+        "ledger__ledger_delete",
+        "ledger__send_email",
+        "every__get-env",
+    ] {
+        let c = call(&finance, denied)[0];
+        assert_eq!(c["error"]["code"], -32003, "{denied}: {c}");
+    }
+    assert_eq!(call(&finance, "nowhere__tool")[0]["error"]["code"], -32602);
+    // Resources and prompts of every server, the prompt named like a tool.
+    let resources = names(&finance["resources"]);
+    assert!(resources.contains(&"ledger://accounts"), "{resources:?}");
+    assert!(
+        resources.iter().any(|r| r.starts_with("demo://")),
+        "{resources:?}"
+    );
+    assert!(finance["resource_text"][0].is_string());
+    let prompts = names(&finance["prompts"]);
+    assert!(prompts.contains(&"ledger__summarize") && prompts.contains(&"every__simple-prompt"));
+    assert_eq!(finance["prompt_text"][0], "Summarize the ledger of acme.");
+    assert_eq!(finance["ping"], true);
+    // Progress from server-everything reached the client as it happened.
+    assert_eq!(finance["progress"], json!([1.0, 2.0, 3.0, 4.0]));
+    assert!(
+        finance["progress_result"]
+            .as_str()
+            .unwrap()
+            .contains("completed"),
+        "{finance}"
+    );
+
+    // The refused calls never reached the server: its own log has only the permitted.
+    let ledger_calls: Vec<String> = Fixture::calls(&f.ledger_log)
+        .iter()
+        .filter(|c| c["kind"] == "call")
+        .map(|c| c["tool"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ledger_calls, ["ledger_read", "broken"]);
+    assert!(
+        !Fixture::calls(&f.ledger_log)
+            .iter()
+            .any(|c| c["kind"] == "unauthorized"),
+        "every request carried the header from the Secret"
+    );
+    let vault = Fixture::calls(&f.vault_log);
+    let tokens: Vec<&Value> = vault.iter().filter(|c| c["kind"] == "token").collect();
+    assert_eq!(
+        tokens.len(),
+        1,
+        "one token, cached across requests: {vault:?}"
+    );
+    assert_eq!(tokens[0]["granted"], true);
+    assert_eq!(tokens[0]["scope"], "read");
+
+    // The other key: another policy (named by the key), compaction, a per-tool limit.
+    let mailer = f.client(&[
+        "tour",
+        "--url",
+        &url,
+        "--key",
+        MAILER_KEY,
+        "--call",
+        r#"ledger__send_email={"to":"a@example.com","body":"1"}"#,
+        "--call",
+        r#"ledger__send_email={"to":"b@example.com","body":"2"}"#,
+        "--call",
+        r#"ledger__send_email={"to":"c@example.com","body":"3"}"#,
+        "--call",
+        r#"ledger__ledger_read={"account":"acme"}"#,
+    ]);
+    assert_eq!(names(&mailer["tools"]), ["ledger__send_email"]);
+    let compaction = &mailer["tool_meta"]["tollgate.dev/compaction"];
+    assert!(
+        compaction["tokensAfter"].as_u64().unwrap() < compaction["tokensBefore"].as_u64().unwrap(),
+        "{mailer}"
+    );
+    let sends = call(&mailer, "ledger__send_email");
+    assert_eq!(sends[0]["text"], "sent");
+    assert_eq!(sends[1]["text"], "sent");
+    assert_eq!(sends[2]["error"]["code"], -32004, "two calls a minute");
+    assert_eq!(
+        call(&mailer, "ledger__ledger_read")[0]["error"]["code"],
+        -32003
+    );
+    let sent = Fixture::calls(&f.ledger_log)
+        .iter()
+        .filter(|c| c["tool"] == "send_email")
+        .count();
+    assert_eq!(sent, 2, "the refused third call did not reach the server");
+
+    // Audit: an event per call, arguments only where the policy asks, secrets redacted.
+    let admin = &f.stack.dataplanes[0].admin;
+    let metric = |server: &str, tool: &str, outcome: &str| {
+        Stack::metric(
+            admin,
+            "tollgate_mcp_tool_calls_total",
+            &[("server", server), ("tool", tool), ("outcome", outcome)],
+        )
+        .unwrap()
+    };
+    assert_eq!(metric("default/ledger", "ledger_read", "ok"), 1.0);
+    assert_eq!(metric("default/ledger", "ledger_delete", "denied"), 1.0);
+    assert_eq!(metric("default/ledger", "broken", "tool_error"), 1.0);
+    assert_eq!(metric("default/ledger", "send_email", "rate_limited"), 1.0);
+    assert_eq!(metric("-", "-", "unknown_tool"), 1.0);
+    let log = f.stack.dataplanes[0].process.log_text();
+    let audit: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tollgate::audit"))
+        .collect();
+    let delete = audit
+        .iter()
+        .find(|l| l.contains("ledger_delete"))
+        .expect("an audit event for the refused call");
+    for field in [
+        "default/finance",
+        "team",
+        "agent-7",
+        "denied",
+        "duration_ms",
+        "acme",
+    ] {
+        assert!(delete.contains(field), "{field} in {delete}");
+    }
+    assert!(!log.contains("hunter2"), "a password argument was logged");
+    let mail = audit
+        .iter()
+        .find(|l| l.contains("send_email") && l.contains("default/mailer"))
+        .unwrap();
+    assert!(
+        !mail.contains("a@example.com"),
+        "the mail policy does not log arguments: {mail}"
+    );
+    for secret in [LEDGER_TOKEN, "oauth-s3cret", FINANCE_KEY, MAILER_KEY] {
+        assert!(!log.contains(secret), "{secret} in the dataplane's log");
+    }
+}
+
+#[test]
+fn a_session_goes_on_at_another_dataplane_and_across_a_restart() {
+    let mut f = Fixture::start();
+    f.stack.add_dataplane().unwrap();
+    f.until_key_served(1);
+    let (first, second) = (f.mcp_url(0), f.mcp_url(1));
+
+    let mut child = Command::new(python())
+        .arg(workspace().join("tests/python/mcp_client.py"))
+        .args([
+            "switch",
+            "--url",
+            &first,
+            "--second-url",
+            &second,
+            "--key",
+            FINANCE_KEY,
+            "--call",
+            r#"ledger__ledger_read={"account":"globex"}"#,
+            "--call",
+            r#"every__echo={"message":"still here"}"#,
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert!(line.contains("ready"), "{line}");
+    // The dataplane that began the session is gone for good, and the controller restarts.
+    f.stack.dataplanes[0].process.kill();
+    f.stack.controller.take().unwrap().kill();
+    f.stack.start_controller().unwrap();
+    f.stack.add_dataplane().unwrap();
+    f.until_key_served(2);
+    writeln!(child.stdin.take().unwrap(), "go").unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    if !status.success() {
+        eprintln!("{}", f.stack.logs());
+    }
+    assert!(status.success(), "{rest}");
+    let out: Value = serde_json::from_str(rest.lines().last().unwrap()).unwrap();
+    assert_eq!(out["tools_after"], out["tools"]);
+    assert_eq!(call(&out, "ledger__ledger_read")[0]["text"], "globex: 1200");
+    assert_eq!(call(&out, "every__echo")[0]["text"], "Echo: still here");
+    // One session throughout: the id the first dataplane issued is what the second took.
+    let port = |url: &str| {
+        url.rsplit(':')
+            .next()
+            .unwrap()
+            .split('/')
+            .next()
+            .unwrap()
+            .parse::<u64>()
+            .unwrap()
+    };
+    let requests = out["requests"].as_array().unwrap();
+    let sessions: std::collections::BTreeSet<&str> = requests
+        .iter()
+        .filter_map(|r| r["session"].as_str())
+        .collect();
+    assert_eq!(sessions.len(), 1, "{requests:?}");
+    assert!(
+        requests
+            .iter()
+            .any(|r| r["port"] == port(&first) && r["session"].is_string())
+    );
+    assert!(requests.iter().any(|r| r["port"] == port(&second)));
+
+    // The session is the key's own: another key cannot use it, nor can a forged id.
+    let session = *sessions.iter().next().unwrap();
+    let list = json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"});
+    let (status, body) = rpc(&second, Some(MAILER_KEY), Some(session), &list);
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = rpc(
+        &second,
+        Some(FINANCE_KEY),
+        Some(&session.replace('A', "B")),
+        &list,
+    );
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = rpc(&second, Some(FINANCE_KEY), Some(session), &list);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("ledger__ledger_read"), "{body}");
+    // A dataplane started after the controller restarted has only the key the restarted
+    // controller sent: the same one, kept in its state directory.
+    let (status, body) = rpc(&f.mcp_url(2), Some(FINANCE_KEY), Some(session), &list);
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("every__echo"), "{body}");
+}
+
+#[test]
+fn bad_requests_get_the_right_status_and_a_json_rpc_error() {
+    let f = Fixture::start();
+    let url = f.mcp_url(0);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let (status, body) = rpc(&url, None, None, &init);
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        -32001
+    );
+    let (status, body) = rpc(&url, Some("tg-not-a-key"), None, &init);
+    assert_eq!(status, 401, "{body}");
+    // Without a session, only initialize and ping are served.
+    let (status, body) = rpc(
+        &url,
+        Some(FINANCE_KEY),
+        None,
+        &json!({"jsonrpc": "2.0", "id": 3, "method": "tools/list"}),
+    );
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = harness::http_request_with(
+        "POST",
+        &url,
+        &[("authorization", &format!("Bearer {FINANCE_KEY}"))],
+        "{not json",
+    )
+    .unwrap();
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&body).unwrap()["error"]["code"],
+        -32700
+    );
+    let (status, _) = harness::http_request_with(
+        "GET",
+        &url,
+        &[("authorization", &format!("Bearer {FINANCE_KEY}"))],
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 405);
+    // The version a client asks for is agreed when spoken; an unknown one gets the newest.
+    let (status, body) = rpc(&url, Some(FINANCE_KEY), None, &init);
+    assert_eq!(status, 200, "{body}");
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["result"]["protocolVersion"], "2025-06-18");
+    let mut newer = init.clone();
+    newer["params"]["protocolVersion"] = json!("2099-01-01");
+    let (_, body) = rpc(&url, Some(FINANCE_KEY), None, &newer);
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["result"]["protocolVersion"], "2025-11-25");
+}
