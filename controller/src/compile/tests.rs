@@ -302,3 +302,49 @@ fn a_key_is_charged_to_the_budgets_that_select_it_and_their_ancestors() {
     };
     assert_eq!(k.budgets, vec!["org", "team-a", "x", "y"]);
 }
+
+#[test]
+fn a_tool_policy_applies_to_the_keys_it_selects_and_to_the_keys_that_name_it() {
+    let mut objects = base();
+    objects.extend([
+        obj(
+            "m.yaml#1",
+            json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "MCPServer",
+                "metadata": {"name": "ledger"},
+                "spec": {"url": "http://127.0.0.1:9/mcp"}
+            }),
+        ),
+        obj(
+            "m.yaml#2",
+            json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "MCPToolPolicy",
+                "metadata": {"name": "finance"},
+                "spec": {"selector": {"matchLabels": {"team": "a"}},
+                         "rules": [{"server": "ledger", "allow": ["read_*"]}]}
+            }),
+        ),
+        obj(
+            "m.yaml#3",
+            json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "VirtualKey",
+                "metadata": {"name": "bob"},
+                "spec": {"secretRef": {"name": "bob-key"}, "mcpToolPolicyRef": {"name": "finance"}}
+            }),
+        ),
+        obj(
+            "m.yaml#4",
+            json!({
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bob-key"},
+                "stringData": {"key": "tg-bob"}
+            }),
+        ),
+    ]);
+    let c = run(objects);
+    let policy = &c.resources_of(tollgate_proto::type_url::MCP_TOOL_POLICY).unwrap()
+        ["default/finance"];
+    let Some(Body::McpToolPolicy(p)) = &policy.body else {
+        panic!("{policy:?}")
+    };
+    assert_eq!(p.virtual_keys, ["alice", "bob"], "alice by label, bob by name");
+}

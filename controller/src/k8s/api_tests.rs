@@ -352,3 +352,50 @@ async fn a_budget_spend_is_applied_with_its_own_field_manager() {
     send.send_response(respond(StatusCode::OK, &body));
     assert!(run.await.unwrap());
 }
+
+#[tokio::test]
+async fn the_mcp_session_key_is_read_or_created_and_a_lost_race_reads_the_winner() {
+    use super::session_key::get_or_create;
+    use k8s_openapi::api::core::v1::Secret;
+    let (client, mut handle) = client();
+    let api: kube::Api<Secret> = kube::Api::namespaced(client, "tollgate");
+    let run = tokio::spawn(async move { get_or_create(&api, "tollgate-controller").await });
+    let path = "/api/v1/namespaces/tollgate/secrets/tollgate-controller-mcp-session";
+    // Not there: created; another replica created it first, so its key is read.
+    let (m, uri, _, _, send) = next(&mut handle).await;
+    assert_eq!((m, uri.as_str()), (Method::GET, path));
+    send.send_response(respond(
+        StatusCode::NOT_FOUND,
+        &status_error(404, "NotFound"),
+    ));
+    let (m, uri, _, body, send) = next(&mut handle).await;
+    assert_eq!(
+        (m, uri.as_str()),
+        (Method::POST, "/api/v1/namespaces/tollgate/secrets?")
+    );
+    assert_eq!(body["metadata"]["name"], "tollgate-controller-mcp-session");
+    assert_eq!(
+        body["data"]["key"].as_str().unwrap().len(),
+        44,
+        "32 bytes, base64"
+    );
+    send.send_response(respond(
+        StatusCode::CONFLICT,
+        &status_error(409, "AlreadyExists"),
+    ));
+    let (m, uri, _, _, send) = next(&mut handle).await;
+    assert_eq!((m, uri.as_str()), (Method::GET, path));
+    let winner = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 32]);
+    send.send_response(respond(
+        StatusCode::OK,
+        &json!({"apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": "tollgate-controller-mcp-session", "namespace": "tollgate"},
+                "data": {"key": winner}}),
+    ));
+    let key = tokio::time::timeout(Duration::from_secs(2), run)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(key, [9u8; 32]);
+}
