@@ -18,8 +18,6 @@ pub struct McpServer {
     /// `<namespace>/<name>`.
     pub id: String,
     pub url: Uri,
-    /// The older HTTP+SSE transport instead of Streamable HTTP.
-    pub sse: bool,
     pub prefix: String,
     pub timeout: Duration,
     /// Sent on every upstream request; the value is marked sensitive (never printed).
@@ -70,12 +68,18 @@ impl TryFrom<&pb::McpServer> for McpServer {
             })),
             _ => None,
         };
+        if s.sse {
+            // Refused (NACKed, so the MCPServer's status says so) rather than called
+            // with the wrong transport.
+            return Err(ConvertError::Unsupported(
+                "the HTTP+SSE MCP transport is not supported yet; use streamable-http",
+            ));
+        }
         if s.tool_prefix.is_empty() {
             return Err(ConvertError::MissingField("MCPServer has no tool prefix"));
         }
         Ok(McpServer {
             url: http_url(&s.url)?,
-            sse: s.sse,
             prefix: s.tool_prefix.clone(),
             timeout: if s.timeout_ms == 0 {
                 DEFAULT_TIMEOUT
@@ -164,6 +168,12 @@ mod tests {
         };
         let e = McpServer::try_from(&bad).unwrap_err().to_string();
         assert!(!e.contains("line"), "{e}");
+        let sse = pb::McpServer {
+            sse: true,
+            ..server()
+        };
+        let e = McpServer::try_from(&sse).unwrap_err().to_string();
+        assert!(e.contains("not supported"), "{e}");
     }
 
     #[test]
