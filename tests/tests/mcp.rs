@@ -3,6 +3,8 @@
 //! `mcp` SDK (tests/python/mcp_server.py; one behind a header from a Secret, one behind
 //! OAuth client credentials) and `@modelcontextprotocol/server-everything` from npm.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::io::{BufRead, BufReader, Write};
@@ -11,22 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::python;
 use serde_json::{Value, json};
 use tollgate_tests::harness::{self, Process, Stack, free_port, workspace};
 
 const FINANCE_KEY: &str = "tg-finance-key-0001";
 const MAILER_KEY: &str = "tg-mailer-key-0002";
 const LEDGER_TOKEN: &str = "ledger-s3cret-token";
-
-fn python() -> String {
-    let python = std::env::var("TOLLGATE_PYTHON")
-        .unwrap_or_else(|_| workspace().join(".venv/bin/python").display().to_string());
-    assert!(
-        Path::new(&python).exists(),
-        "{python} not found: run `make venv` (make test does) or set TOLLGATE_PYTHON"
-    );
-    python
-}
 
 /// Waits until something listens on `port`; the process's log if it never does.
 fn wait_listening(p: &Process, port: u16) {

@@ -341,10 +341,15 @@ fn a_tool_policy_applies_to_the_keys_it_selects_and_to_the_keys_that_name_it() {
         ),
     ]);
     let c = run(objects);
-    let policy = &c.resources_of(tollgate_proto::type_url::MCP_TOOL_POLICY).unwrap()
-        ["default/finance"];
+    let policy = &c
+        .resources_of(tollgate_proto::type_url::MCP_TOOL_POLICY)
+        .unwrap()["default/finance"];
     let Some(Body::McpToolPolicy(p)) = &policy.body else {
         panic!("{policy:?}")
     };
-    assert_eq!(p.virtual_keys, ["alice", "bob"], "alice by label, bob by name");
+    assert_eq!(
+        p.virtual_keys,
+        ["alice", "bob"],
+        "alice by label, bob by name"
+    );
 }

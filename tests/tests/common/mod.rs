@@ -111,12 +111,8 @@ pub async fn with_logs<F: std::future::Future<Output = ()>>(stack: &Stack, f: F)
     }
 }
 
-pub fn run_python_on(
-    stack: Stack,
-    script: &str,
-    base_url: impl Fn(&Stack) -> String,
-    ok_line: &str,
-) {
+/// The Python with the SDKs the tests use: `.venv` unless `TOLLGATE_PYTHON` names one.
+pub fn python() -> String {
     let python = std::env::var("TOLLGATE_PYTHON").unwrap_or_else(|_| {
         tollgate_tests::harness::workspace()
             .join(".venv/bin/python")
@@ -127,6 +123,16 @@ pub fn run_python_on(
         std::path::Path::new(&python).exists(),
         "{python} not found: run `make venv` (make test does) or set TOLLGATE_PYTHON"
     );
+    python
+}
+
+pub fn run_python_on(
+    stack: Stack,
+    script: &str,
+    base_url: impl Fn(&Stack) -> String,
+    ok_line: &str,
+) {
+    let python = python();
     let script = tollgate_tests::harness::workspace()
         .join("tests/python")
         .join(script);
