@@ -43,6 +43,9 @@ pub enum CallError {
     SessionGone,
     #[error("the MCP server answered HTTP {0}")]
     Status(StatusCode),
+    /// The answer held no response to the request sent.
+    #[error("the MCP server did not answer the request")]
+    NoAnswer,
     #[error("the OAuth token endpoint refused: {0}")]
     Token(String),
     #[error(transparent)]

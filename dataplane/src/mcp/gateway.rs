@@ -378,10 +378,7 @@ async fn post(state: &State, req: Request<Incoming>) -> Response<Body> {
             if let Some((index, original)) = unwrap_relayed(&id)
                 && let Some(live) = caller.live(&session).into_iter().find(|l| l.index == index)
             {
-                let answer = match outcome {
-                    Ok(v) => jsonrpc::result(&original, v),
-                    Err(e) => jsonrpc::error(Some(&original), &e),
-                };
+                let answer = jsonrpc::response(&original, outcome);
                 if let Err(e) = gw.client.post(live.target(), &answer).await {
                     tracing::debug!(server = %live.server.id, error = %e, "could not pass a response to the MCP server");
                 }
@@ -525,13 +522,9 @@ async fn open_upstream(
         }
     };
     let result = match outcome {
-        Some(Ok(result)) => result,
-        Some(Err(e)) => {
+        Ok(result) => result,
+        Err(e) => {
             tracing::warn!(server = %server.id, code = e.code, message = %e.message, "MCP server refused initialize");
-            return None;
-        }
-        None => {
-            tracing::warn!(server = %server.id, "MCP server did not answer initialize");
             return None;
         }
     };
@@ -567,9 +560,9 @@ async fn read_answer(
     server: &McpServer,
     reply: Reply,
     id: &Id,
-) -> Result<Option<Result<Value, RpcError>>, CallError> {
+) -> Result<Result<Value, RpcError>, CallError> {
     let messages = match reply {
-        Reply::Accepted => return Ok(None),
+        Reply::Accepted => return Err(CallError::NoAnswer),
         Reply::Messages(m) => m,
         Reply::Events(body) => {
             let bytes = tokio::time::timeout(server.timeout, body.collect())
@@ -580,10 +573,10 @@ async fn read_answer(
             transport::messages("text/event-stream", &bytes)?
         }
     };
-    Ok(match transport::response_to(messages, id).0 {
-        Some(Message::Response { outcome, .. }) => Some(outcome),
-        _ => None,
-    })
+    match transport::response_to(messages, id).0 {
+        Some(Message::Response { outcome, .. }) => Ok(outcome),
+        _ => Err(CallError::NoAnswer),
+    }
 }
 
 /// Asks one server and waits for the whole answer.
@@ -597,9 +590,7 @@ async fn ask(
     let (_, reply) = client
         .post(live.target(), &jsonrpc::request(&id, method, params))
         .await?;
-    read_answer(&live.server, reply, &id)
-        .await?
-        .ok_or_else(|| CallError::Unreachable("no answer to the request".into()))
+    read_answer(&live.server, reply, &id).await
 }
 
 fn upstream_error(id: &Id, server: &McpServer, e: &CallError) -> Response<Body> {
@@ -622,10 +613,7 @@ async fn request(
     events: bool,
 ) -> Response<Body> {
     let client = &state.mcp.client;
-    let answer = |outcome: Result<Value, RpcError>| match outcome {
-        Ok(v) => json_response(&jsonrpc::result(&id, v)),
-        Err(e) => json_response(&jsonrpc::error(Some(&id), &e)),
-    };
+    let answer = |outcome| json_response(&jsonrpc::response(&id, outcome));
     match method {
         "tools/list" => list_tools(state, caller, live, &id).await,
         "tools/call" => call_tool(state, caller, live, id, params, events).await,
@@ -923,18 +911,9 @@ async fn relay(
     audit: Option<Audit>,
 ) -> Response<Body> {
     let message = jsonrpc::request(&id, method, params);
-    let reply = match state.mcp.client.post(l.target(), &message).await {
-        Ok((_, reply)) => reply,
-        Err(e) => {
-            tracing::warn!(server = %l.server.id, method, error = %e, "MCP server failed");
-            if let Some(a) = audit {
-                a.finish("upstream_error");
-            }
-            return upstream_error(&id, &l.server, &e);
-        }
-    };
-    match reply {
-        Reply::Events(body) if events => {
+    let answered = match state.mcp.client.post(l.target(), &message).await {
+        Err(e) => Err(e),
+        Ok((_, Reply::Events(body))) if events => {
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(32);
             tokio::spawn(pump(body, tx, id, l.index, l.server.clone(), audit));
             let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
@@ -943,35 +922,24 @@ async fn relay(
                 .insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
             r.headers_mut()
                 .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-            r
+            return r;
         }
-        reply => match read_answer(&l.server, reply, &id).await {
-            Ok(Some(outcome)) => {
-                if let Some(a) = audit {
-                    a.finish(outcome_of(&outcome));
-                }
-                json_response(&match outcome {
-                    Ok(v) => jsonrpc::result(&id, v),
-                    Err(e) => jsonrpc::error(Some(&id), &e),
-                })
+        Ok((_, reply)) => read_answer(&l.server, reply, &id).await,
+    };
+    match answered {
+        Ok(outcome) => {
+            if let Some(a) = audit {
+                a.finish(outcome_of(&outcome));
             }
-            Ok(None) => {
-                if let Some(a) = audit {
-                    a.finish("upstream_error");
-                }
-                upstream_error(
-                    &id,
-                    &l.server,
-                    &CallError::Unreachable("no answer to the request".into()),
-                )
+            json_response(&jsonrpc::response(&id, outcome))
+        }
+        Err(e) => {
+            tracing::warn!(server = %l.server.id, method, error = %e, "MCP server failed");
+            if let Some(a) = audit {
+                a.finish("upstream_error");
             }
-            Err(e) => {
-                if let Some(a) = audit {
-                    a.finish("upstream_error");
-                }
-                upstream_error(&id, &l.server, &e)
-            }
-        },
+            upstream_error(&id, &l.server, &e)
+        }
     }
 }
 
@@ -1019,18 +987,14 @@ async fn pump(
             if !(e.name.is_empty() || e.name == "message") || e.data.trim().is_empty() {
                 continue;
             }
-            let Ok(messages) = transport::messages("application/json", e.data.as_bytes()) else {
+            let Ok(messages) = transport::read(e.data.as_bytes()) else {
                 continue;
             };
             for m in messages {
                 let delivered = match m {
                     Message::Response { id: got, outcome } if got == id => {
                         let kind = outcome_of(&outcome);
-                        let v = match outcome {
-                            Ok(v) => jsonrpc::result(&id, v),
-                            Err(e) => jsonrpc::error(Some(&id), &e),
-                        };
-                        send(v).await;
+                        send(jsonrpc::response(&id, outcome)).await;
                         if let Some(a) = audit {
                             a.finish(kind);
                         }

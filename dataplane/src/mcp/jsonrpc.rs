@@ -197,6 +197,14 @@ pub fn error(id: Option<&Id>, e: &RpcError) -> Value {
     Value::Object(o)
 }
 
+/// A response carrying `outcome`: its result or its error.
+pub fn response(id: &Id, outcome: Result<Value, RpcError>) -> Value {
+    match outcome {
+        Ok(v) => result(id, v),
+        Err(e) => error(Some(id), &e),
+    }
+}
+
 /// A request, as the gateway sends one upstream.
 pub fn request(id: &Id, method: &str, params: Option<Value>) -> Value {
     let mut v = json!({"jsonrpc": "2.0", "id": id.to_value(), "method": method});

@@ -44,7 +44,8 @@ pub fn messages(content_type: &str, body: &[u8]) -> Result<Vec<Message>, AnswerE
     }
 }
 
-fn read(bytes: &[u8]) -> Result<Vec<Message>, AnswerError> {
+/// The messages of one JSON body (one message or a batch).
+pub fn read(bytes: &[u8]) -> Result<Vec<Message>, AnswerError> {
     match jsonrpc::parse(bytes).map_err(|e| AnswerError::NotJsonRpc(e.message))? {
         Body::One(m) => m
             .map(|m| vec![m])
