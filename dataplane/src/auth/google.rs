@@ -7,15 +7,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
-use bytes::Bytes;
-use http::{HeaderValue, Method, Request, header};
-use http_body_util::{BodyExt, Full};
+use http::HeaderValue;
 use ring::rand::SystemRandom;
 use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use serde::Deserialize;
-use tokio::sync::Mutex;
-use tokio::time::Instant;
 
+use super::token::{Cached, exchange};
 use crate::upstream::Upstream;
 
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -32,17 +29,7 @@ pub enum KeyError {
     TokenUri,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum TokenError {
-    #[error("the token endpoint could not be reached")]
-    Unreachable,
-    #[error("the token endpoint refused the key (status {0})")]
-    Refused(u16),
-    #[error("the token endpoint's answer has no access_token")]
-    BadAnswer,
-    #[error("signing failed")]
-    Sign,
-}
+pub use super::token::TokenError;
 
 #[derive(Deserialize)]
 struct KeyFile {
@@ -61,7 +48,7 @@ pub struct ServiceAccount {
     pub client_email: String,
     token_uri: http::Uri,
     key: RsaKeyPair,
-    cached: Mutex<Option<(HeaderValue, Instant)>>,
+    cached: Cached,
 }
 
 impl std::fmt::Debug for ServiceAccount {
@@ -83,13 +70,6 @@ pub fn pem_der(pem: &str) -> Option<Vec<u8>> {
     STANDARD.decode(body).ok()
 }
 
-#[derive(Deserialize)]
-struct TokenAnswer {
-    access_token: String,
-    #[serde(default)]
-    expires_in: Option<u64>,
-}
-
 impl ServiceAccount {
     pub fn from_json(text: &str) -> Result<Arc<Self>, KeyError> {
         let file: KeyFile = serde_json::from_str(text).map_err(|_| KeyError::Shape)?;
@@ -103,7 +83,7 @@ impl ServiceAccount {
             client_email: file.client_email,
             token_uri,
             key,
-            cached: Mutex::new(None),
+            cached: Cached::default(),
         }))
     }
 
@@ -136,44 +116,14 @@ impl ServiceAccount {
 
     /// `Authorization: Bearer <token>`, from the cache or a new exchange.
     pub async fn authorization(&self, upstream: &Upstream) -> Result<HeaderValue, TokenError> {
-        let mut cached = self.cached.lock().await;
-        if let Some((value, until)) = cached.as_ref()
-            && Instant::now() < *until
-        {
-            return Ok(value.clone());
-        }
-        let assertion = self.assertion(crate::proxy::now_unix())?;
-        let form = format!(
-            "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
-        );
-        let request = Request::builder()
-            .method(Method::POST)
-            .uri(self.token_uri.clone())
-            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .body(Full::new(Bytes::from(form)))
-            .map_err(|_| TokenError::Unreachable)?;
-        let response = tokio::time::timeout(Duration::from_secs(30), upstream.request(request))
+        self.cached
+            .get(EARLY, Duration::from_secs(3600), || async {
+                let assertion = self.assertion(crate::proxy::now_unix())?;
+                let form = format!(
+                    "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
+                );
+                exchange(upstream, &self.token_uri, form, None, Duration::from_secs(30)).await
+            })
             .await
-            .map_err(|_| TokenError::Unreachable)?
-            .map_err(|_| TokenError::Unreachable)?;
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|_| TokenError::Unreachable)?
-            .to_bytes();
-        if !status.is_success() {
-            return Err(TokenError::Refused(status.as_u16()));
-        }
-        let answer: TokenAnswer =
-            serde_json::from_slice(&body).map_err(|_| TokenError::BadAnswer)?;
-        let mut value = HeaderValue::try_from(format!("Bearer {}", answer.access_token))
-            .map_err(|_| TokenError::BadAnswer)?;
-        value.set_sensitive(true);
-        let lifetime = Duration::from_secs(answer.expires_in.unwrap_or(3600));
-        let until = Instant::now() + lifetime.saturating_sub(EARLY);
-        *cached = Some((value.clone(), until));
-        Ok(value)
     }
 }

@@ -1,5 +1,7 @@
-//! How the gateway proves itself to a provider: a header with a key, an AWS SigV4
-//! signature, or a Google OAuth token minted from a service-account key.
+//! How the gateway proves itself to a provider or an MCP server: a header with a key, an
+//! AWS SigV4 signature, or an OAuth token (from a Google service-account key, or by client
+//! credentials) fetched and cached by `token`.
 
 pub mod google;
 pub mod sigv4;
+pub mod token;

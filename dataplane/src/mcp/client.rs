@@ -5,9 +5,7 @@
 //! token, fetched from the token endpoint, cached until shortly before it expires, and
 //! fetched again when the server answers 401.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -20,6 +18,8 @@ use serde_json::Value;
 use super::config::{McpServer, OAuthClient};
 use super::jsonrpc::Message;
 use super::transport::{self, AnswerError};
+use crate::auth::sigv4::uri_encode;
+use crate::auth::token::{TokenError, exchange};
 use crate::upstream::Upstream;
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
@@ -46,8 +46,8 @@ pub enum CallError {
     /// The answer held no response to the request sent.
     #[error("the MCP server did not answer the request")]
     NoAnswer,
-    #[error("the OAuth token endpoint refused: {0}")]
-    Token(String),
+    #[error("no OAuth token for the MCP server: {0}")]
+    Token(#[from] TokenError),
     #[error(transparent)]
     Answer(#[from] AnswerError),
 }
@@ -68,10 +68,10 @@ pub struct Target<'a> {
     pub version: &'a str,
 }
 
+/// Tokens are cached with each server's OAuth client (`config::OAuthClient::token`).
 #[derive(Clone)]
 pub struct Client {
     http: Upstream,
-    tokens: Arc<Mutex<HashMap<String, (HeaderValue, Instant)>>>,
 }
 
 impl std::fmt::Debug for Client {
@@ -82,10 +82,7 @@ impl std::fmt::Debug for Client {
 
 impl Client {
     pub fn new(http: Upstream) -> Self {
-        Client {
-            http,
-            tokens: Arc::default(),
-        }
+        Client { http }
     }
 
     /// POSTs one message (or batch), answering with the reply and the response headers.
@@ -116,9 +113,12 @@ impl Client {
             self.authorize(to.server, req.headers_mut()).await?;
             let response = self.send(to.server, req).await?;
             let status = response.status();
-            if status == StatusCode::UNAUTHORIZED && to.server.oauth.is_some() && !refreshed {
+            if let Some(oauth) = &to.server.oauth
+                && status == StatusCode::UNAUTHORIZED
+                && !refreshed
+            {
                 // The cached token may have been revoked: fetch another, once.
-                self.forget_token(to.server);
+                oauth.token.forget().await;
                 refreshed = true;
                 continue;
             }
@@ -199,91 +199,40 @@ impl Client {
         Ok(())
     }
 
-    fn forget_token(&self, server: &McpServer) {
-        lock(&self.tokens).remove(&server.id);
-    }
-
-    /// A bearer token for `server`: the cached one while it is fresh, else a new one.
+    /// A bearer token for `server`: the cached one while it is fresh, else one from the
+    /// client-credentials grant (RFC 6749 section 4.4), with the client authenticated by
+    /// HTTP Basic as section 2.3.1 asks servers to support.
     async fn token(
         &self,
         server: &McpServer,
         oauth: &OAuthClient,
     ) -> Result<HeaderValue, CallError> {
-        if let Some((token, until)) = lock(&self.tokens).get(&server.id)
-            && Instant::now() < *until
-        {
-            return Ok(token.clone());
-        }
-        let (token, life) = self.fetch_token(server, oauth).await?;
-        let until = Instant::now() + life.saturating_sub(TOKEN_MARGIN);
-        lock(&self.tokens).insert(server.id.clone(), (token.clone(), until));
-        Ok(token)
-    }
-
-    /// The client-credentials grant (RFC 6749 section 4.4), with the client authenticated
-    /// by HTTP Basic as section 2.3.1 asks servers to support.
-    async fn fetch_token(
-        &self,
-        server: &McpServer,
-        oauth: &OAuthClient,
-    ) -> Result<(HeaderValue, Duration), CallError> {
-        let mut form = String::from("grant_type=client_credentials");
-        if !oauth.scopes.is_empty() {
-            form.push_str("&scope=");
-            form.push_str(&form_encode(&oauth.scopes.join(" ")));
-        }
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            form_encode(&oauth.client_id),
-            form_encode(&oauth.client_secret)
-        ));
-        let mut authorization = HeaderValue::try_from(format!("Basic {basic}"))
-            .map_err(|_| CallError::Token("client id or secret is not usable".into()))?;
-        authorization.set_sensitive(true);
-        let req = Request::builder()
-            .method(Method::POST)
-            .uri(oauth.token_url.clone())
-            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
-            .header(ACCEPT, "application/json")
-            .header(AUTHORIZATION, authorization)
-            .body(Full::new(Bytes::from(form)))
-            .map_err(|e| CallError::Token(e.to_string()))?;
-        let response = self.send(server, req).await?;
-        let status = response.status();
-        let bytes = tokio::time::timeout(
-            server.timeout,
-            Limited::new(response.into_body(), 1024 * 1024).collect(),
-        )
-        .await
-        .map_err(|_| CallError::Timeout(server.timeout))?
-        .map_err(|e| CallError::Token(e.to_string()))?
-        .to_bytes();
-        let v: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-        if !status.is_success() {
-            // RFC 6749 section 5.2: `error` names the reason; nothing else is repeated.
-            let reason = v.get("error").and_then(Value::as_str).unwrap_or("");
-            return Err(CallError::Token(format!("HTTP {status} {reason}")));
-        }
-        let token = v
-            .get("access_token")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-            .ok_or_else(|| CallError::Token("no access_token in the answer".into()))?;
-        let life = v
-            .get("expires_in")
-            .and_then(Value::as_u64)
-            .map_or(TOKEN_DEFAULT_LIFE, Duration::from_secs);
-        let mut value = HeaderValue::try_from(format!("Bearer {token}"))
-            .map_err(|_| CallError::Token("the access token is not usable".into()))?;
-        value.set_sensitive(true);
-        Ok((value, life))
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
+        Ok(oauth
+            .token
+            .get(TOKEN_MARGIN, TOKEN_DEFAULT_LIFE, || async {
+                let mut form = String::from("grant_type=client_credentials");
+                if !oauth.scopes.is_empty() {
+                    form.push_str("&scope=");
+                    form.push_str(&uri_encode(&oauth.scopes.join(" "), false));
+                }
+                let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                    "{}:{}",
+                    uri_encode(&oauth.client_id, false),
+                    uri_encode(&oauth.client_secret, false)
+                ));
+                let mut client_auth = HeaderValue::try_from(format!("Basic {basic}"))
+                    .map_err(|_| TokenError::BadAnswer)?;
+                client_auth.set_sensitive(true);
+                exchange(
+                    &self.http,
+                    &oauth.token_url,
+                    form,
+                    Some(client_auth),
+                    server.timeout,
+                )
+                .await
+            })
+            .await?)
     }
 }
 
@@ -296,30 +245,4 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         source = s.source();
     }
     text
-}
-
-/// `application/x-www-form-urlencoded` encoding of one value.
-fn form_encode(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                out.push(b as char);
-            }
-            b' ' => out.push('+'),
-            _ => out.push_str(&format!("%{b:02X}")),
-        }
-    }
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn form_values_are_encoded() {
-        assert_eq!(form_encode("tools read"), "tools+read");
-        assert_eq!(form_encode("a:b/c=d&é"), "a%3Ab%2Fc%3Dd%26%C3%A9");
-    }
 }

@@ -25,13 +25,13 @@ pub struct McpServer {
     pub oauth: Option<Arc<OAuthClient>>,
 }
 
-/// OAuth 2 client credentials for an MCP server.
-#[derive(Clone)]
+/// OAuth 2 client credentials for an MCP server, with the token they last got.
 pub struct OAuthClient {
     pub token_url: Uri,
     pub client_id: String,
     pub client_secret: String,
     pub scopes: Vec<String>,
+    pub token: crate::auth::token::Cached,
 }
 
 impl std::fmt::Debug for OAuthClient {
@@ -65,6 +65,7 @@ impl TryFrom<&pb::McpServer> for McpServer {
                 client_id: o.client_id.clone(),
                 client_secret: o.client_secret.clone(),
                 scopes: o.scopes.clone(),
+                token: Default::default(),
             })),
             _ => None,
         };
