@@ -193,10 +193,7 @@ impl Default for Endpoint {
 
 impl Endpoint {
     fn lock(&self) -> std::sync::MutexGuard<'_, EndpointState> {
-        match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::lock(&self.state)
     }
 
     pub fn availability(&self, now: Instant) -> Availability {
@@ -427,10 +424,7 @@ impl Default for RetryBudget {
 
 impl RetryBudget {
     fn lock(&self, now: Instant) -> std::sync::MutexGuard<'_, BudgetState> {
-        let mut s = match self.state.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut s = crate::lock(&self.state);
         let elapsed = now.duration_since(s.start);
         if elapsed >= BUDGET_WINDOW * 2 {
             *s = BudgetState {

@@ -24,3 +24,9 @@ pub mod translate;
 pub mod upstream;
 pub mod usage;
 pub mod xds;
+
+/// Locks `m`, going on with the data a panicking holder left: every value guarded here
+/// stays usable whatever step a panic interrupted.
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}

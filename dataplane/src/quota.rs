@@ -292,10 +292,7 @@ impl Quotas {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::lock(&self.inner)
     }
 
     /// Reserves `demands`, all or none, waiting up to `self.wait` for grants.
@@ -689,10 +686,7 @@ impl Reservation {
         usage: Option<crate::translate::Usage>,
         cost_nano: u64,
     ) {
-        let mut o = match self.outcome.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut o = crate::lock(&self.outcome);
         o.route = route.clone();
         o.provider = provider.clone();
         o.model = model.clone();

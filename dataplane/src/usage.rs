@@ -60,10 +60,7 @@ impl Reporter {
     }
 
     fn unacked(&self) -> std::sync::MutexGuard<'_, VecDeque<pb::UsageBatch>> {
-        match self.unacked.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::lock(&self.unacked)
     }
 
     /// Runs forever, reconnecting with capped, jittered backoff.
@@ -130,10 +127,7 @@ impl Reporter {
                 continue;
             }
             let batch = {
-                let mut seq = match self.next_sequence.lock() {
-                    Ok(g) => g,
-                    Err(p) => p.into_inner(),
-                };
+                let mut seq = crate::lock(&self.next_sequence);
                 let batch = pb::UsageBatch {
                     dataplane_id: self.dataplane_id.clone(),
                     sequence: *seq,

@@ -57,10 +57,7 @@ impl Client {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        match self.store.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        }
+        crate::lock(&self.store)
     }
 
     async fn stream_once(&self) -> Result<(), StreamError> {

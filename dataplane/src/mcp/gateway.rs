@@ -1175,10 +1175,7 @@ impl CallLimits {
     }
 
     fn take_at(&self, minute: u64, key: &str, server: &str, tool: &str, limit: u64) -> bool {
-        let mut windows = match self.windows.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let mut windows = crate::lock(&self.windows);
         if windows.len() > 100_000 {
             windows.retain(|_, (m, _)| *m == minute);
         }
