@@ -80,10 +80,7 @@ impl ConfigMapStore {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 resource_version: version.clone(),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "tollgate-controller".to_string(),
-                )])),
+                labels: Some(super::managed_labels()),
                 ..ObjectMeta::default()
             },
             data: Some(BTreeMap::from([(KEY.to_string(), text)])),

@@ -13,6 +13,15 @@ pub mod source;
 pub mod spend;
 pub mod status;
 
+/// The labels of every object the controller creates itself (VirtualKey Secrets, the
+/// ledger and report ConfigMaps, the MCP session key).
+pub fn managed_labels() -> std::collections::BTreeMap<String, String> {
+    std::collections::BTreeMap::from([(
+        "app.kubernetes.io/managed-by".to_string(),
+        "tollgate".to_string(),
+    )])
+}
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -165,13 +165,11 @@ async fn write(
     let cm = ConfigMap {
         metadata: ObjectMeta {
             name: Some(name.to_string()),
-            labels: Some(BTreeMap::from([
-                (LABEL.to_string(), lease.to_string()),
-                (
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "tollgate".to_string(),
-                ),
-            ])),
+            labels: Some({
+                let mut labels = super::managed_labels();
+                labels.insert(LABEL.to_string(), lease.to_string());
+                labels
+            }),
             ..ObjectMeta::default()
         },
         data: Some(BTreeMap::from([(DATA_KEY.to_string(), data)])),

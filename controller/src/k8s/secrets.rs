@@ -71,10 +71,7 @@ pub fn secret_for(w: &Wanted, key: &str) -> Secret {
         metadata: ObjectMeta {
             name: Some(w.secret.clone()),
             namespace: Some(w.namespace.clone()),
-            labels: Some(BTreeMap::from([(
-                "app.kubernetes.io/managed-by".to_string(),
-                "tollgate".to_string(),
-            )])),
+            labels: Some(super::managed_labels()),
             owner_references: Some(vec![OwnerReference {
                 api_version: tollgate_crds::API_VERSION.to_string(),
                 kind: Kind::VirtualKey.as_str().to_string(),

@@ -45,10 +45,7 @@ pub async fn get_or_create(api: &Api<Secret>, lease: &str) -> anyhow::Result<Ses
         let secret = Secret {
             metadata: ObjectMeta {
                 name: Some(name.clone()),
-                labels: Some(BTreeMap::from([(
-                    "app.kubernetes.io/managed-by".to_string(),
-                    "tollgate".to_string(),
-                )])),
+                labels: Some(super::managed_labels()),
                 ..ObjectMeta::default()
             },
             type_: Some("Opaque".into()),
