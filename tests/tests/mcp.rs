@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::python;
+use common::{python, run_python};
 use serde_json::{Value, json};
 use tollgate_tests::harness::{self, Process, Stack, free_port, workspace};
 
@@ -262,20 +262,7 @@ impl Fixture {
 
     /// Runs tests/python/mcp_client.py and returns what it printed last.
     fn client(&self, args: &[&str]) -> Value {
-        let out = Command::new(python())
-            .arg(workspace().join("tests/python/mcp_client.py"))
-            .args(args)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        if !out.status.success() {
-            eprintln!("{}", self.stack.logs());
-        }
-        assert!(
-            out.status.success(),
-            "mcp client failed:\n{stdout}\n{stderr}"
-        );
+        let stdout = run_python(&self.stack, "mcp_client.py", args);
         serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
     }
 

@@ -126,20 +126,15 @@ pub fn python() -> String {
     python
 }
 
-pub fn run_python_on(
-    stack: Stack,
-    script: &str,
-    base_url: impl Fn(&Stack) -> String,
-    ok_line: &str,
-) {
-    let python = python();
+/// Runs `tests/python/<script>` with `args` and returns its output; fails the test, with
+/// every process's log, when the script fails.
+pub fn run_python(stack: &Stack, script: &str, args: &[&str]) -> String {
     let script = tollgate_tests::harness::workspace()
         .join("tests/python")
         .join(script);
-    let out = std::process::Command::new(&python)
+    let out = std::process::Command::new(python())
         .arg(script)
-        .arg(base_url(&stack))
-        .arg(DEMO_KEY)
+        .args(args)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -151,6 +146,16 @@ pub fn run_python_on(
         out.status.success(),
         "python client failed:\n{stdout}\n{stderr}"
     );
+    stdout.into_owned()
+}
+
+pub fn run_python_on(
+    stack: Stack,
+    script: &str,
+    base_url: impl Fn(&Stack) -> String,
+    ok_line: &str,
+) {
+    let stdout = run_python(&stack, script, &[&base_url(&stack), DEMO_KEY]);
     assert!(stdout.contains(ok_line), "{stdout}");
 }
 
