@@ -4,7 +4,8 @@ line, so a test can show that a refused call never reached it.
 
 Auth (optional): --bearer TOKEN requires `Authorization: Bearer TOKEN`; --oauth serves an
 OAuth 2 token endpoint at /oauth/token (client credentials, client `tollgate`, secret
-`oauth-s3cret`, HTTP Basic) and accepts only the tokens it issued.
+`oauth-s3cret`, HTTP Basic) and accepts only the tokens it issued and has not revoked
+(POST /oauth/revoke revokes them all).
 """
 
 import argparse
@@ -90,6 +91,14 @@ def main() -> None:
         issued.add(t)
         record("token", granted=True, scope=form.get("scope", ""))
         return JSONResponse({"access_token": t, "token_type": "Bearer", "expires_in": 3600})
+
+    @server.custom_route("/oauth/revoke", methods=["POST"])
+    async def revoke(request: Request) -> JSONResponse:
+        # Every token issued so far stops working, as when an authorization server
+        # revokes them before they expire.
+        issued.clear()
+        record("revoked")
+        return JSONResponse({})
 
     app = server.streamable_http_app(host="127.0.0.1")
 

@@ -211,6 +211,7 @@ struct Fixture {
     _servers: Vec<Process>,
     ledger_log: PathBuf,
     vault_log: PathBuf,
+    vault_port: u16,
 }
 
 impl Fixture {
@@ -228,6 +229,7 @@ impl Fixture {
             _servers: vec![ledger, vault, every],
             ledger_log,
             vault_log,
+            vault_port,
         };
         // The manifests have reached the dataplane once the key authenticates.
         fixture.until_key_served(0);
@@ -418,6 +420,31 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
     );
     assert_eq!(tokens[0]["granted"], true);
     assert_eq!(tokens[0]["scope"], "read");
+
+    // The server revokes the token before it expires: the gateway's next request is
+    // refused (401), and the gateway fetches a new token and sends the request again.
+    let revoke = format!("http://127.0.0.1:{}/oauth/revoke", f.vault_port);
+    assert_eq!(harness::http_request("POST", &revoke, "").unwrap().0, 200);
+    let again = f.client(&[
+        "tour",
+        "--url",
+        &url,
+        "--key",
+        FINANCE_KEY,
+        "--call",
+        r#"vault__ledger_read={"account":"after-revoke"}"#,
+    ]);
+    assert_eq!(
+        call(&again, "vault__ledger_read")[0]["text"],
+        "after-revoke: 1200"
+    );
+    let vault = Fixture::calls(&f.vault_log);
+    let granted = vault
+        .iter()
+        .filter(|c| c["kind"] == "token" && c["granted"] == true)
+        .count();
+    assert_eq!(granted, 2, "a second token after the revocation: {vault:?}");
+    assert!(vault.iter().any(|c| c["kind"] == "unauthorized"));
 
     // The other key: another policy (named by the key), compaction, a per-tool limit.
     let mailer = f.client(&[
