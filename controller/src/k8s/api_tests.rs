@@ -75,6 +75,18 @@ fn elector(client: kube::Client, identity: &str) -> Elector {
     }
 }
 
+/// The next request, which must be `method` on `path` (with its query): its content type,
+/// its JSON body, and where to send the answer.
+async fn expect(
+    handle: &mut Handle,
+    method: Method,
+    path: &str,
+) -> (String, Value, mock::SendResponse<Response<Body>>) {
+    let (m, uri, content_type, body, send) = next(handle).await;
+    assert_eq!((m, uri.as_str()), (method, path));
+    (content_type, body, send)
+}
+
 #[tokio::test]
 async fn a_missing_lease_is_created_and_a_lost_race_is_not_leadership() {
     let (client, mut handle) = client();
@@ -82,26 +94,22 @@ async fn a_missing_lease_is_created_and_a_lost_race_is_not_leadership() {
     let run =
         tokio::spawn(async move { (e.try_once().await.unwrap(), e.try_once().await.unwrap()) });
 
-    let (m, uri, _, _, send) = next(&mut handle).await;
-    assert_eq!(
-        (m, uri.as_str()),
-        (
-            Method::GET,
-            "/apis/coordination.k8s.io/v1/namespaces/tollgate/leases/tollgate-controller"
-        )
-    );
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/apis/coordination.k8s.io/v1/namespaces/tollgate/leases/tollgate-controller",
+    )
+    .await;
     send.send_response(respond(
         StatusCode::NOT_FOUND,
         &status_error(404, "NotFound"),
     ));
-    let (m, uri, _, body, send) = next(&mut handle).await;
-    assert_eq!(
-        (m, uri.as_str()),
-        (
-            Method::POST,
-            "/apis/coordination.k8s.io/v1/namespaces/tollgate/leases?"
-        )
-    );
+    let (_, body, send) = expect(
+        &mut handle,
+        Method::POST,
+        "/apis/coordination.k8s.io/v1/namespaces/tollgate/leases?",
+    )
+    .await;
     assert_eq!(body["spec"]["holderIdentity"], "pod-a");
     assert_eq!(body["spec"]["leaseDurationSeconds"], 15);
     send.send_response(respond(StatusCode::CREATED, &body));
@@ -135,14 +143,12 @@ async fn an_expired_lease_is_taken_over_with_its_resource_version() {
                 "spec": {"holderIdentity": "pod-b", "leaseDurationSeconds": 15,
                          "renewTime": "2020-01-01T00:00:00.000000Z", "leaseTransitions": 2}}),
     ));
-    let (m, uri, _, body, send) = next(&mut handle).await;
-    assert_eq!(
-        (m, uri.as_str()),
-        (
-            Method::PUT,
-            "/apis/coordination.k8s.io/v1/namespaces/tollgate/leases/tollgate-controller?"
-        )
-    );
+    let (_, body, send) = expect(
+        &mut handle,
+        Method::PUT,
+        "/apis/coordination.k8s.io/v1/namespaces/tollgate/leases/tollgate-controller?",
+    )
+    .await;
     assert_eq!(
         body["metadata"]["resourceVersion"], "41",
         "the update is conditional"
@@ -190,14 +196,12 @@ async fn status_is_applied_server_side_and_a_rejection_becomes_an_event() {
     assert_eq!(body["status"]["observedGeneration"], 3);
     assert!(body.get("spec").is_none(), "only the status is applied");
     send.send_response(respond(StatusCode::OK, &body));
-    let (m, uri, _, event, send) = next(&mut handle).await;
-    assert_eq!(
-        (m, uri.as_str()),
-        (
-            Method::POST,
-            "/apis/events.k8s.io/v1/namespaces/team-a/events?"
-        )
-    );
+    let (_, event, send) = expect(
+        &mut handle,
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/team-a/events?",
+    )
+    .await;
     assert_eq!(event["type"], "Warning");
     assert_eq!(event["reason"], "RefNotFound");
     assert_eq!(event["note"], "LLMProvider x not found");
@@ -224,11 +228,12 @@ async fn a_missing_secret_is_created_once_and_an_existing_one_is_not_an_error() 
         // Asked again at once: nothing is sent (the watch has not caught up yet).
         creator.create_missing(&client, vec![a]).await;
     });
-    let (m, uri, _, body, send) = next(&mut handle).await;
-    assert_eq!(
-        (m, uri.as_str()),
-        (Method::POST, "/api/v1/namespaces/team-a/secrets?")
-    );
+    let (_, body, send) = expect(
+        &mut handle,
+        Method::POST,
+        "/api/v1/namespaces/team-a/secrets?",
+    )
+    .await;
     assert_eq!(body["metadata"]["name"], "app-key");
     assert_eq!(body["metadata"]["ownerReferences"][0]["uid"], "uid-9");
     assert_eq!(body["type"], "Opaque");
@@ -272,26 +277,22 @@ async fn the_ledger_is_created_then_replaced_conditionally_and_a_conflict_is_rep
         let second = store.save(&ledger).await;
         (loaded, first, second)
     });
-    let (m, uri, _, _, send) = next(&mut handle).await;
-    assert_eq!(
-        (m, uri.as_str()),
-        (
-            Method::GET,
-            "/api/v1/namespaces/tollgate/configmaps/tollgate-controller-ledger"
-        )
-    );
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/api/v1/namespaces/tollgate/configmaps/tollgate-controller-ledger",
+    )
+    .await;
     send.send_response(respond(
         StatusCode::NOT_FOUND,
         &status_error(404, "NotFound"),
     ));
-    let (m, uri, _, body, send) = next(&mut handle).await;
-    assert_eq!(
-        (m, uri.as_str()),
-        (
-            Method::POST,
-            "/api/v1/namespaces/tollgate/configmaps?&fieldManager=tollgate-controller"
-        )
-    );
+    let (_, body, send) = expect(
+        &mut handle,
+        Method::POST,
+        "/api/v1/namespaces/tollgate/configmaps?&fieldManager=tollgate-controller",
+    )
+    .await;
     let saved: Value = serde_json::from_str(body["data"]["ledger.json"].as_str().unwrap()).unwrap();
     assert_eq!(saved["sequences"]["dp-1"][0], 4);
     assert!(saved["accounts"].get("budget/a/b").is_some());
@@ -302,14 +303,7 @@ async fn the_ledger_is_created_then_replaced_conditionally_and_a_conflict_is_rep
     let mut created = body.clone();
     created["metadata"]["resourceVersion"] = json!("5");
     send.send_response(respond(StatusCode::CREATED, &created));
-    let (m, uri, _, body, send) = next(&mut handle).await;
-    assert_eq!(
-        (m, uri.as_str()),
-        (
-            Method::PUT,
-            "/api/v1/namespaces/tollgate/configmaps/tollgate-controller-ledger?&fieldManager=tollgate-controller"
-        )
-    );
+    let (_, body, send) = expect(&mut handle, Method::PUT, "/api/v1/namespaces/tollgate/configmaps/tollgate-controller-ledger?&fieldManager=tollgate-controller").await;
     assert_eq!(
         body["metadata"]["resourceVersion"], "5",
         "the write is conditional"
@@ -362,17 +356,17 @@ async fn the_mcp_session_key_is_read_or_created_and_a_lost_race_reads_the_winner
     let run = tokio::spawn(async move { get_or_create(&api, "tollgate-controller").await });
     let path = "/api/v1/namespaces/tollgate/secrets/tollgate-controller-mcp-session";
     // Not there: created; another replica created it first, so its key is read.
-    let (m, uri, _, _, send) = next(&mut handle).await;
-    assert_eq!((m, uri.as_str()), (Method::GET, path));
+    let (_, _, send) = expect(&mut handle, Method::GET, path).await;
     send.send_response(respond(
         StatusCode::NOT_FOUND,
         &status_error(404, "NotFound"),
     ));
-    let (m, uri, _, body, send) = next(&mut handle).await;
-    assert_eq!(
-        (m, uri.as_str()),
-        (Method::POST, "/api/v1/namespaces/tollgate/secrets?")
-    );
+    let (_, body, send) = expect(
+        &mut handle,
+        Method::POST,
+        "/api/v1/namespaces/tollgate/secrets?",
+    )
+    .await;
     assert_eq!(body["metadata"]["name"], "tollgate-controller-mcp-session");
     assert_eq!(
         body["data"]["key"].as_str().unwrap().len(),
@@ -383,8 +377,7 @@ async fn the_mcp_session_key_is_read_or_created_and_a_lost_race_reads_the_winner
         StatusCode::CONFLICT,
         &status_error(409, "AlreadyExists"),
     ));
-    let (m, uri, _, _, send) = next(&mut handle).await;
-    assert_eq!((m, uri.as_str()), (Method::GET, path));
+    let (_, _, send) = expect(&mut handle, Method::GET, path).await;
     let winner = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, [9u8; 32]);
     send.send_response(respond(
         StatusCode::OK,
