@@ -442,7 +442,6 @@ async fn initialize(
         key: caller.key.id.clone(),
         version: version.to_string(),
         upstreams: opened.into_iter().flatten().collect(),
-        created: crate::proxy::now_unix(),
     };
     let sealed = match state.mcp.keys.seal(&session) {
         Ok(s) => s,

@@ -30,9 +30,6 @@ pub struct Session {
     /// Each upstream the session reaches, in the order they were initialized.
     #[serde(rename = "u")]
     pub upstreams: Vec<Upstream>,
-    /// Unix seconds at `initialize`.
-    #[serde(rename = "t")]
-    pub created: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,7 +162,6 @@ mod tests {
                     version: "2025-03-26".into(),
                 },
             ],
-            created: 1_700_000_000,
         }
     }
 
