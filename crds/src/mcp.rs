@@ -31,7 +31,9 @@ pub struct McpServerSpec {
         regex(pattern = r"^https?://[^\s/?#]+([/?#]\S*)?$"),
         length(max = 2048)
     )]
+    /// The server's MCP endpoint; with `transport: sse`, its event stream.
     pub url: String,
+    /// `streamable-http` (the default) or `sse`, the older HTTP+SSE transport.
     #[serde(default)]
     pub transport: McpTransport,
     #[serde(default, skip_serializing_if = "Option::is_none")]

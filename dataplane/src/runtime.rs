@@ -34,8 +34,6 @@ pub enum ConvertError {
     BadServiceAccount(String, String),
     #[error("{0}")]
     MissingField(&'static str),
-    #[error("{0}")]
-    Unsupported(&'static str),
     #[error("key hash must be 32 bytes, got {0}")]
     BadKeyHash(usize),
     #[error("route has no model names to match")]

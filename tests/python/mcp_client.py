@@ -3,8 +3,8 @@ saw as one JSON object, for the end-to-end tests to check.
 
 Scenarios:
   tour    list tools, call each tool named by --call (NAME=JSON arguments), list and read
-          resources, list prompts and get --prompt, ping, and make --progress-call with a
-          progress callback.
+          resources, list prompts and get --prompt, ping, and make each --progress-call
+          with a progress callback.
   switch  list tools at --url, then wait for a line on stdin (the test stops the first
           dataplane meanwhile), then call --call tools and list tools at --second-url,
           within the same session.
@@ -47,7 +47,12 @@ async def main() -> None:
     p.add_argument("--second-url")
     p.add_argument("--key", required=True)
     p.add_argument("--call", action="append", default=[])
-    p.add_argument("--progress-call", help="NAME=JSON arguments: a tool call whose progress is recorded")
+    p.add_argument(
+        "--progress-call",
+        action="append",
+        default=[],
+        help="NAME=JSON arguments: a tool call whose progress is recorded",
+    )
     p.add_argument("--prompt", help="NAME=JSON arguments: a prompt to get")
     args = p.parse_args()
 
@@ -97,16 +102,19 @@ async def main() -> None:
                     out["prompt_text"] = [getattr(m.content, "text", None) for m in got.messages]
                 await client.session.send_ping()
                 out["ping"] = True
-                if args.progress_call:
-                    [(name, arguments)] = parse_calls([args.progress_call])
+                out["progress"] = {}
+                out["progress_result"] = {}
+                for name, arguments in parse_calls(args.progress_call):
                     seen: list[float] = []
 
-                    async def progress(value: float, total: float | None, message: str | None) -> None:
+                    async def progress(
+                        value: float, total: float | None, message: str | None, seen: list[float] = seen
+                    ) -> None:
                         seen.append(value)
 
                     r = await client.call_tool(name, arguments, progress_callback=progress)
-                    out["progress"] = seen
-                    out["progress_result"] = " ".join(
+                    out["progress"][name] = seen
+                    out["progress_result"][name] = " ".join(
                         c.text for c in r.content if getattr(c, "type", "") == "text"
                     )
     print(json.dumps(out), flush=True)

@@ -1,7 +1,8 @@
 //! The MCP gateway end to end: the official `mcp` Python SDK client talks to `/mcp` on
 //! real dataplanes, which aggregate real MCP servers started here: two written with the
 //! `mcp` SDK (tests/python/mcp_server.py; one behind a header from a Secret, one behind
-//! OAuth client credentials) and `@modelcontextprotocol/server-everything` from npm.
+//! OAuth client credentials) and `@modelcontextprotocol/server-everything` from npm, once
+//! over Streamable HTTP and once over the older HTTP+SSE transport.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -57,8 +58,9 @@ fn python_server(stack: &Stack, name: &str, extra: &[&str]) -> (Process, u16, Pa
     (p, port, log)
 }
 
-/// `@modelcontextprotocol/server-everything` over Streamable HTTP.
-fn everything_server(stack: &Stack) -> (Process, u16) {
+/// `@modelcontextprotocol/server-everything` over `transport`: `streamableHttp` (at
+/// `/mcp`) or `sse` (the event stream at `/sse`).
+fn everything_server(stack: &Stack, transport: &str) -> (Process, u16) {
     let script = workspace()
         .join("tests/node/node_modules/@modelcontextprotocol/server-everything/dist/index.js");
     assert!(
@@ -68,9 +70,9 @@ fn everything_server(stack: &Stack) -> (Process, u16) {
     );
     let port = free_port().unwrap();
     let p = Process::start_with_env(
-        "server-everything",
+        &format!("server-everything-{transport}"),
         Path::new("node"),
-        &[script.display().to_string(), "streamableHttp".into()],
+        &[script.display().to_string(), transport.into()],
         &[("PORT", &port.to_string())],
         stack.dir.path(),
     )
@@ -79,7 +81,7 @@ fn everything_server(stack: &Stack) -> (Process, u16) {
     (p, port)
 }
 
-fn manifests(ledger: u16, vault: u16, every: u16) -> String {
+fn manifests(ledger: u16, vault: u16, every: u16, legacy: u16) -> String {
     format!(
         r#"
 apiVersion: tollgate.dev/v1alpha1
@@ -171,6 +173,15 @@ spec:
   toolPrefix: every
 ---
 apiVersion: tollgate.dev/v1alpha1
+kind: MCPServer
+metadata:
+  name: legacy
+spec:
+  url: http://127.0.0.1:{legacy}/sse
+  transport: sse
+  toolPrefix: legacy
+---
+apiVersion: tollgate.dev/v1alpha1
 kind: MCPToolPolicy
 metadata:
   name: finance
@@ -186,6 +197,8 @@ spec:
       allow: ["ledger_read"]
     - server: everything
       allow: ["echo", "get-sum", "trigger-long-running-operation"]
+    - server: legacy
+      allow: ["echo", "trigger-long-running-operation"]
   logArguments: true
 ---
 apiVersion: tollgate.dev/v1alpha1
@@ -220,13 +233,17 @@ impl Fixture {
         let (ledger, ledger_port, ledger_log) =
             python_server(&stack, "ledger", &["--bearer", LEDGER_TOKEN]);
         let (vault, vault_port, vault_log) = python_server(&stack, "vault", &["--oauth"]);
-        let (every, every_port) = everything_server(&stack);
+        let (every, every_port) = everything_server(&stack, "streamableHttp");
+        let (legacy, legacy_port) = everything_server(&stack, "sse");
         stack
-            .write_manifest("mcp.yaml", &manifests(ledger_port, vault_port, every_port))
+            .write_manifest(
+                "mcp.yaml",
+                &manifests(ledger_port, vault_port, every_port, legacy_port),
+            )
             .unwrap();
         let fixture = Fixture {
             stack,
-            _servers: vec![ledger, vault, every],
+            _servers: vec![ledger, vault, every, legacy],
             ledger_log,
             vault_log,
             vault_port,
@@ -325,6 +342,10 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         "--call",
         r#"every__get-sum={"a":2,"b":3}"#,
         "--call",
+        r#"legacy__echo={"message":"over HTTP+SSE"}"#,
+        "--call",
+        r#"legacy__get-sum={"a":1,"b":1}"#,
+        "--call",
         "ledger__broken",
         "--call",
         r#"ledger__ledger_delete={"account":"acme","password":"hunter2"}"#,
@@ -338,6 +359,8 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         r#"ledger__summarize={"account":"acme"}"#,
         "--progress-call",
         r#"every__trigger-long-running-operation={"duration":1,"steps":4}"#,
+        "--progress-call",
+        r#"legacy__trigger-long-running-operation={"duration":1,"steps":3}"#,
     ]);
     assert_eq!(finance["server"], "tollgate");
     assert_eq!(
@@ -349,9 +372,11 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
             "ledger__broken",
             "ledger__ledger_read",
             "ledger__slow_count",
+            "legacy__echo",
+            "legacy__trigger-long-running-operation",
             "vault__ledger_read",
         ],
-        "exactly what the policy allows, from all three servers"
+        "exactly what the policy allows, from all four servers"
     );
     assert_eq!(
         call(&finance, "ledger__ledger_read")[0]["text"],
@@ -366,11 +391,17 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         call(&finance, "every__get-sum")[0]["text"],
         "The sum of 2 and 3 is 5."
     );
+    assert_eq!(
+        call(&finance, "legacy__echo")[0]["text"],
+        "Echo: over HTTP+SSE",
+        "through the HTTP+SSE transport"
+    );
     assert_eq!(call(&finance, "ledger__broken")[0]["ok"], false);
     for denied in [
         "ledger__ledger_delete",
         "ledger__send_email",
         "every__get-env",
+        "legacy__get-sum",
     ] {
         let c = call(&finance, denied)[0];
         assert_eq!(c["error"]["code"], -32003, "{denied}: {c}");
@@ -385,18 +416,29 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
     );
     assert!(finance["resource_text"][0].is_string());
     let prompts = names(&finance["prompts"]);
-    assert!(prompts.contains(&"ledger__summarize") && prompts.contains(&"every__simple-prompt"));
+    for p in [
+        "ledger__summarize",
+        "every__simple-prompt",
+        "legacy__simple-prompt",
+    ] {
+        assert!(prompts.contains(&p), "{p} in {prompts:?}");
+    }
     assert_eq!(finance["prompt_text"][0], "Summarize the ledger of acme.");
     assert_eq!(finance["ping"], true);
-    // Progress from server-everything reached the client as it happened.
-    assert_eq!(finance["progress"], json!([1.0, 2.0, 3.0, 4.0]));
-    assert!(
-        finance["progress_result"]
-            .as_str()
-            .unwrap()
-            .contains("completed"),
-        "{finance}"
+    // Progress from server-everything reached the client before the result, over both
+    // transports.
+    let progress = &finance["progress"];
+    assert_eq!(
+        progress["every__trigger-long-running-operation"],
+        json!([1.0, 2.0, 3.0, 4.0])
     );
+    assert_eq!(
+        progress["legacy__trigger-long-running-operation"],
+        json!([1.0, 2.0, 3.0])
+    );
+    for result in finance["progress_result"].as_object().unwrap().values() {
+        assert!(result.as_str().unwrap().contains("completed"), "{finance}");
+    }
 
     // The refused calls never reached the server: its own log has only the permitted.
     let ledger_calls: Vec<String> = Fixture::calls(&f.ledger_log)
@@ -551,6 +593,8 @@ fn a_session_goes_on_at_another_dataplane_and_across_a_restart() {
             r#"ledger__ledger_read={"account":"globex"}"#,
             "--call",
             r#"every__echo={"message":"still here"}"#,
+            "--call",
+            r#"legacy__echo={"message":"and here"}"#,
         ])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -578,6 +622,7 @@ fn a_session_goes_on_at_another_dataplane_and_across_a_restart() {
     assert_eq!(out["tools_after"], out["tools"]);
     assert_eq!(call(&out, "ledger__ledger_read")[0]["text"], "globex: 1200");
     assert_eq!(call(&out, "every__echo")[0]["text"], "Echo: still here");
+    assert_eq!(call(&out, "legacy__echo")[0]["text"], "Echo: and here");
     // One session throughout: the id the first dataplane issued is what the second took.
     let port = |url: &str| {
         url.rsplit(':')

@@ -23,6 +23,9 @@ pub struct McpServer {
     /// Sent on every upstream request; the value is marked sensitive (never printed).
     pub auth: Option<(HeaderName, HeaderValue)>,
     pub oauth: Option<Arc<OAuthClient>>,
+    /// The older HTTP+SSE transport: `url` is the event stream, which names where to
+    /// POST messages.
+    pub sse: bool,
 }
 
 /// OAuth 2 client credentials for an MCP server, with the token they last got.
@@ -69,13 +72,6 @@ impl TryFrom<&pb::McpServer> for McpServer {
             })),
             _ => None,
         };
-        if s.sse {
-            // Refused (NACKed, so the MCPServer's status says so) rather than called
-            // with the wrong transport.
-            return Err(ConvertError::Unsupported(
-                "the HTTP+SSE MCP transport is not supported yet; use streamable-http",
-            ));
-        }
         if s.tool_prefix.is_empty() {
             return Err(ConvertError::MissingField("MCPServer has no tool prefix"));
         }
@@ -89,6 +85,7 @@ impl TryFrom<&pb::McpServer> for McpServer {
             },
             auth,
             oauth,
+            sse: s.sse,
             id,
         })
     }
@@ -173,8 +170,7 @@ mod tests {
             sse: true,
             ..server()
         };
-        let e = McpServer::try_from(&sse).unwrap_err().to_string();
-        assert!(e.contains("not supported"), "{e}");
+        assert!(McpServer::try_from(&sse).unwrap().sse);
     }
 
     #[test]

@@ -22,12 +22,13 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use super::client::{CallError, Client, Reply, SESSION_HEADER, Target, VERSION_HEADER};
+use super::compact;
 use super::config::McpServer;
 use super::jsonrpc::{self, Body as RpcBody, Id, Message, RpcError};
 use super::names::Names;
 use super::policy::KeyPolicy;
 use super::session::{self, Keys, Session};
-use super::{compact, transport};
+use super::transport::{AnswerError, Events};
 use crate::proxy::{Body, BoxError, State, full};
 use crate::runtime::VirtualKey;
 use crate::snapshot::Snapshot;
@@ -87,6 +88,7 @@ struct Caller {
 }
 
 /// One upstream of a session that the key still reaches under the current config.
+#[derive(Clone)]
 struct Live {
     index: usize,
     server: Arc<McpServer>,
@@ -510,7 +512,7 @@ async fn open_upstream(
             .and_then(|v| v.to_str().ok())
             .unwrap_or("")
             .to_string();
-        let outcome = read_answer(server, reply, &id).await?;
+        let outcome = reply.answer(&id, server.timeout).await?;
         Ok::<_, CallError>((session_id, outcome))
     };
     let (session_id, outcome) = match answer.await {
@@ -554,30 +556,6 @@ async fn open_upstream(
     Some(up)
 }
 
-/// The response to `id` in a reply, reading a whole event stream if need be.
-async fn read_answer(
-    server: &McpServer,
-    reply: Reply,
-    id: &Id,
-) -> Result<Result<Value, RpcError>, CallError> {
-    let messages = match reply {
-        Reply::Accepted => return Err(CallError::NoAnswer),
-        Reply::Messages(m) => m,
-        Reply::Events(body) => {
-            let bytes = tokio::time::timeout(server.timeout, body.collect())
-                .await
-                .map_err(|_| CallError::Timeout(server.timeout))?
-                .map_err(|e| CallError::Unreachable(e.to_string()))?
-                .to_bytes();
-            transport::messages("text/event-stream", &bytes)?
-        }
-    };
-    match transport::response_to(messages, id).0 {
-        Some(Message::Response { outcome, .. }) => Ok(outcome),
-        _ => Err(CallError::NoAnswer),
-    }
-}
-
 /// Asks one server and waits for the whole answer.
 async fn ask(
     client: &Client,
@@ -589,7 +567,7 @@ async fn ask(
     let (_, reply) = client
         .post(live.target(), &jsonrpc::request(&id, method, params))
         .await?;
-    read_answer(&live.server, reply, &id).await
+    reply.answer(&id, live.server.timeout).await
 }
 
 fn upstream_error(id: &Id, server: &McpServer, e: &CallError) -> Response<Body> {
@@ -914,7 +892,7 @@ async fn relay(
         Err(e) => Err(e),
         Ok((_, Reply::Events(body))) if events => {
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(32);
-            tokio::spawn(pump(body, tx, id, l.index, l.server.clone(), audit));
+            tokio::spawn(pump(body, tx, id, l.clone(), audit));
             let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
             let mut r = Response::new(StreamBody::new(stream).boxed());
             r.headers_mut()
@@ -923,7 +901,7 @@ async fn relay(
                 .insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
             return r;
         }
-        Ok((_, reply)) => read_answer(&l.server, reply, &id).await,
+        Ok((_, reply)) => reply.answer(&id, l.server.timeout).await,
     };
     match answered {
         Ok(outcome) => {
@@ -954,14 +932,13 @@ fn outcome_of(outcome: &Result<Value, RpcError>) -> &'static str {
 /// notification restarts the server's timeout), requests with ids that lead back to the
 /// server, and the response, which ends the stream.
 async fn pump(
-    mut body: Incoming,
+    mut events: Events,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
     id: Id,
-    index: usize,
-    server: Arc<McpServer>,
+    live: Live,
     audit: Option<Audit>,
 ) {
-    let mut parser = crate::sse::Parser::default();
+    let (index, server) = (live.index, &live.server);
     let mut deadline = tokio::time::Instant::now() + server.timeout;
     let send = |v: Value| {
         let tx = tx.clone();
@@ -970,59 +947,46 @@ async fn pump(
             tx.send(Ok(Frame::data(Bytes::from(event)))).await.is_ok()
         }
     };
-    let outcome: &str = 'read: loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => break 'read "timeout",
-            Ok(None) | Ok(Some(Err(_))) => break 'read "cut",
-            Ok(Some(Ok(f))) => f,
+    let outcome: &str = loop {
+        let m = match tokio::time::timeout_at(deadline, events.next()).await {
+            Err(_) => break "timeout",
+            Ok(Ok(None)) => break "cut",
+            Ok(Ok(Some(m))) => m,
+            // One event that is not JSON-RPC is skipped.
+            Ok(Err(AnswerError::NotJsonRpc(_))) => continue,
+            Ok(Err(_)) => break "cut",
         };
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let Ok(events) = parser.feed(&data) else {
-            break 'read "cut";
-        };
-        for e in events {
-            if !(e.name.is_empty() || e.name == "message") || e.data.trim().is_empty() {
-                continue;
-            }
-            let Ok(messages) = transport::read(e.data.as_bytes()) else {
-                continue;
-            };
-            for m in messages {
-                let delivered = match m {
-                    Message::Response { id: got, outcome } if got == id => {
-                        let kind = outcome_of(&outcome);
-                        send(jsonrpc::response(&id, outcome)).await;
-                        if let Some(a) = audit {
-                            a.finish(kind);
-                        }
-                        return;
-                    }
-                    Message::Response { .. } => true,
-                    Message::Notification { method, params } => {
-                        if method == "notifications/progress" {
-                            deadline = tokio::time::Instant::now() + server.timeout;
-                        }
-                        send(jsonrpc::notification(&method, params)).await
-                    }
-                    Message::Request {
-                        id: asked,
-                        method,
-                        params,
-                    } => {
-                        send(jsonrpc::request(
-                            &wrap_relayed(index, &asked),
-                            &method,
-                            params,
-                        ))
-                        .await
-                    }
-                };
-                if !delivered {
-                    break 'read "client_gone";
+        let delivered = match m {
+            Message::Response { id: got, outcome } if got == id => {
+                let kind = outcome_of(&outcome);
+                send(jsonrpc::response(&id, outcome)).await;
+                if let Some(a) = audit {
+                    a.finish(kind);
                 }
+                return;
             }
+            Message::Response { .. } => true,
+            Message::Notification { method, params } => {
+                if method == "notifications/progress" {
+                    deadline = tokio::time::Instant::now() + server.timeout;
+                }
+                send(jsonrpc::notification(&method, params)).await
+            }
+            Message::Request {
+                id: asked,
+                method,
+                params,
+            } => {
+                send(jsonrpc::request(
+                    &wrap_relayed(index, &asked),
+                    &method,
+                    params,
+                ))
+                .await
+            }
+        };
+        if !delivered {
+            break "client_gone";
         }
     };
     tracing::warn!(server = %server.id, why = outcome, "MCP server's event stream ended without an answer");

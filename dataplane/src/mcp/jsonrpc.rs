@@ -20,7 +20,7 @@ pub enum Id {
 }
 
 impl Id {
-    fn read(v: &Value) -> Option<Id> {
+    pub fn read(v: &Value) -> Option<Id> {
         match v {
             Value::String(s) => Some(Id::Str(s.clone())),
             Value::Number(n) => n.as_i64().map(Id::Num),
