@@ -56,9 +56,13 @@ def main() -> None:
     @server.tool(description="Counts to n slowly, reporting progress at each step.")
     async def slow_count(n: int, ctx: Context) -> str:
         record("call", tool="slow_count", arguments={"n": n})
-        for i in range(1, n + 1):
-            await asyncio.sleep(0.05)
-            await ctx.report_progress(i, n, f"step {i}")
+        try:
+            for i in range(1, n + 1):
+                await asyncio.sleep(0.05)
+                await ctx.report_progress(i, n, f"step {i}")
+        except asyncio.CancelledError:
+            record("cancelled", tool="slow_count")
+            raise
         return f"counted to {n}"
 
     @server.tool(description="Fails on purpose.")

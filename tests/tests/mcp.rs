@@ -669,6 +669,80 @@ fn a_session_goes_on_at_another_dataplane_and_across_a_restart() {
     assert!(body.contains("every__echo"), "{body}");
 }
 
+/// Sends one POST to `/mcp` and hands back the connection, to read the answer as it comes.
+fn post_open(url: &str, session: Option<&str>, message: &Value) -> BufReader<TcpStream> {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (authority, path) = rest.split_once('/').unwrap();
+    let mut stream = TcpStream::connect(authority).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let session = session.map_or(String::new(), |s| format!("mcp-session-id: {s}\r\n"));
+    let body = message.to_string();
+    write!(
+        stream,
+        "POST /{path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n\
+         authorization: Bearer {FINANCE_KEY}\r\n{session}\
+         accept: application/json, text/event-stream\r\ncontent-type: application/json\r\n\
+         content-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    BufReader::new(stream)
+}
+
+#[test]
+fn a_client_that_goes_away_cancels_its_call_at_the_server() {
+    let f = Fixture::start();
+    let url = f.mcp_url(0);
+    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let mut answer = String::new();
+    std::io::Read::read_to_string(&mut post_open(&url, None, &init), &mut answer).unwrap();
+    let session = answer
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("mcp-session-id")
+                .then(|| value.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no session in {answer}"));
+    // A call of five seconds; the client hangs up once the first progress arrives.
+    let slow = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
+        "params": {"name": "ledger__slow_count", "arguments": {"n": 100}, "_meta": {"progressToken": "p"}}});
+    let mut stream = post_open(&url, Some(&session), &slow);
+    let mut line = String::new();
+    while !line.contains("notifications/progress") {
+        line.clear();
+        assert!(stream.read_line(&mut line).unwrap() > 0, "no progress");
+    }
+    drop(stream);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !Fixture::calls(&f.ledger_log)
+        .iter()
+        .any(|c| c["kind"] == "cancelled")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the server's tool was never cancelled: {:?}\n{}",
+            Fixture::calls(&f.ledger_log),
+            f.stack.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let cancelled = Stack::metric(
+        &f.stack.dataplanes[0].admin,
+        "tollgate_mcp_tool_calls_total",
+        &[
+            ("server", "default/ledger"),
+            ("tool", "slow_count"),
+            ("outcome", "cancelled"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(cancelled, 1.0);
+}
+
 #[test]
 fn bad_requests_get_the_right_status_and_a_json_rpc_error() {
     let f = Fixture::start();

@@ -892,7 +892,8 @@ async fn relay(
         Err(e) => Err(e),
         Ok((_, Reply::Events(body))) if events => {
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(32);
-            tokio::spawn(pump(body, tx, id, l.clone(), audit));
+            let client = state.mcp.client.clone();
+            tokio::spawn(pump(body, tx, id, l.clone(), client, audit));
             let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
             let mut r = Response::new(StreamBody::new(stream).boxed());
             r.headers_mut()
@@ -930,12 +931,14 @@ fn outcome_of(outcome: &Result<Value, RpcError>) -> &'static str {
 
 /// Passes a server's event stream to the client: notifications as they come (a progress
 /// notification restarts the server's timeout), requests with ids that lead back to the
-/// server, and the response, which ends the stream.
+/// server, and the response, which ends the stream. A client that goes away cancels
+/// the request at the server.
 async fn pump(
     mut events: Events,
     tx: mpsc::Sender<Result<Frame<Bytes>, BoxError>>,
     id: Id,
     live: Live,
+    client: Client,
     audit: Option<Audit>,
 ) {
     let (index, server) = (live.index, &live.server);
@@ -948,7 +951,11 @@ async fn pump(
         }
     };
     let outcome: &str = loop {
-        let m = match tokio::time::timeout_at(deadline, events.next()).await {
+        let read = tokio::select! {
+            read = tokio::time::timeout_at(deadline, events.next()) => read,
+            () = tx.closed() => break "client_gone",
+        };
+        let m = match read {
             Err(_) => break "timeout",
             Ok(Ok(None)) => break "cut",
             Ok(Ok(Some(m))) => m,
@@ -989,6 +996,22 @@ async fn pump(
             break "client_gone";
         }
     };
+    if outcome == "client_gone" {
+        // Closing the stream is not a cancellation under Streamable HTTP: say it. (An
+        // HTTP+SSE server's session ends with its stream, which cancels what it ran.)
+        drop(events);
+        let cancel = jsonrpc::notification(
+            "notifications/cancelled",
+            Some(json!({"requestId": id.to_value(), "reason": "the client went away"})),
+        );
+        if let Err(e) = client.post(live.target(), &cancel).await {
+            tracing::debug!(server = %server.id, error = %e, "cancellation not delivered");
+        }
+        if let Some(a) = audit {
+            a.finish("cancelled");
+        }
+        return;
+    }
     tracing::warn!(server = %server.id, why = outcome, "MCP server's event stream ended without an answer");
     let e = RpcError::new(
         code::UPSTREAM,
@@ -1002,11 +1025,7 @@ async fn pump(
     );
     send(jsonrpc::error(Some(&id), &e)).await;
     if let Some(a) = audit {
-        a.finish(if outcome == "client_gone" {
-            "cancelled"
-        } else {
-            "upstream_error"
-        });
+        a.finish("upstream_error");
     }
 }
 
