@@ -4,6 +4,8 @@
 //! - `rate/<namespace>/<key>`: a VirtualKey's requests and tokens per minute (rolling).
 //! - `conc/<namespace>/<key>`: a VirtualKey's requests in flight at once.
 //! - `session/<namespace>/<key>/<session id>`: a VirtualKey's per-session caps.
+//! - `tool/<namespace>/<policy>/<rule index>/<key namespace>/<key>/<tool>`: a key's calls
+//!   a minute of one MCP tool under an MCPToolPolicy rule's `callsPerMinute` (rolling).
 
 use std::sync::Arc;
 
@@ -34,6 +36,13 @@ impl ConfigDefs {
     fn key(&self, name: &str) -> Option<&pb::VirtualKey> {
         match self.body(pb::type_url::VIRTUAL_KEY, name)? {
             Body::VirtualKey(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    fn tool_policy(&self, name: &str) -> Option<&pb::McpToolPolicy> {
+        match self.body(pb::type_url::MCP_TOOL_POLICY, name)? {
+            Body::McpToolPolicy(p) => Some(p),
             _ => None,
         }
     }
@@ -134,6 +143,26 @@ impl Definitions for ConfigDefs {
                         requests: Qty::UNLIMITED,
                     },
                     window: Window::Lifetime,
+                    block_percent: 100,
+                    warn_percents: vec![],
+                })
+            }
+            "tool" => {
+                // The key and tool that follow only tell accounts apart: the rule alone
+                // sets the limit.
+                let mut parts = rest.splitn(4, '/');
+                let (ns, policy, index) = (parts.next()?, parts.next()?, parts.next()?);
+                let rule = self
+                    .tool_policy(&format!("{ns}/{policy}"))?
+                    .rules
+                    .get(index.parse::<usize>().ok()?)?;
+                (rule.calls_per_minute > 0).then(|| AccountDef {
+                    limit: Qty {
+                        usd: Qty::UNLIMITED,
+                        tokens: Qty::UNLIMITED,
+                        requests: rule.calls_per_minute,
+                    },
+                    window: Window::Rolling { ms: 60_000 },
                     block_percent: 100,
                     warn_percents: vec![],
                 })

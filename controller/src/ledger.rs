@@ -26,6 +26,9 @@ pub use tollgate_proto::quantity::Qty;
 pub const DEFAULT_LEASE_TTL_MS: i64 = 10_000;
 /// A session account unused this long is forgotten.
 const SESSION_IDLE_MS: i64 = 24 * 3600 * 1000;
+/// An MCP tool's call account (a one-minute rolling window) unused this long is
+/// forgotten: there is one per key and limited tool, and nothing in it outlives a minute.
+const TOOL_IDLE_MS: i64 = 10 * 60 * 1000;
 /// A dataplane not heard of for this long leaves the replay table.
 const DATAPLANE_FORGET_MS: i64 = 7 * 24 * 3600 * 1000;
 /// Rolling windows are kept in this many buckets.
@@ -569,10 +572,12 @@ impl Ledger {
         })
     }
 
-    /// Drops idle sessions and dataplanes long gone.
+    /// Drops idle sessions and tool-call accounts, and dataplanes long gone.
     pub fn sweep(&mut self, now_ms: i64) {
         self.accounts.retain(|name, a| {
-            !(name.starts_with("session/") && now_ms - a.last_used_ms > SESSION_IDLE_MS)
+            let idle = now_ms - a.last_used_ms;
+            !(name.starts_with("session/") && idle > SESSION_IDLE_MS
+                || name.starts_with("tool/") && idle > TOOL_IDLE_MS)
         });
         self.sequences
             .retain(|_, (_, seen)| now_ms - *seen < DATAPLANE_FORGET_MS);

@@ -326,7 +326,7 @@ fn call<'a>(out: &'a Value, name: &str) -> Vec<&'a Value> {
 
 #[test]
 fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
-    let f = Fixture::start();
+    let mut f = Fixture::start();
     let url = f.mcp_url(0);
 
     let finance = f.client(&[
@@ -488,7 +488,10 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
     assert_eq!(granted, 2, "a second token after the revocation: {vault:?}");
     assert!(vault.iter().any(|c| c["kind"] == "unauthorized"));
 
-    // The other key: another policy (named by the key), compaction, a per-tool limit.
+    // The other key: another policy (named by the key), compaction, and a per-tool
+    // limit that holds across dataplanes: two calls on one, the third on another.
+    f.stack.add_dataplane().unwrap();
+    f.until_key_served(1);
     let mailer = f.client(&[
         "tour",
         "--url",
@@ -500,9 +503,16 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         "--call",
         r#"ledger__send_email={"to":"b@example.com","body":"2"}"#,
         "--call",
-        r#"ledger__send_email={"to":"c@example.com","body":"3"}"#,
-        "--call",
         r#"ledger__ledger_read={"account":"acme"}"#,
+    ]);
+    let third = f.client(&[
+        "tour",
+        "--url",
+        &f.mcp_url(1),
+        "--key",
+        MAILER_KEY,
+        "--call",
+        r#"ledger__send_email={"to":"c@example.com","body":"3"}"#,
     ]);
     assert_eq!(names(&mailer["tools"]), ["ledger__send_email"]);
     let compaction = &mailer["tool_meta"]["tollgate.dev/compaction"];
@@ -513,7 +523,11 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
     let sends = call(&mailer, "ledger__send_email");
     assert_eq!(sends[0]["text"], "sent");
     assert_eq!(sends[1]["text"], "sent");
-    assert_eq!(sends[2]["error"]["code"], -32004, "two calls a minute");
+    assert_eq!(
+        call(&third, "ledger__send_email")[0]["error"]["code"],
+        -32004,
+        "two calls a minute, on any dataplane: {third}"
+    );
     assert_eq!(
         call(&mailer, "ledger__ledger_read")[0]["error"]["code"],
         -32003
@@ -537,7 +551,21 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
     assert_eq!(metric("default/ledger", "ledger_read", "ok"), 1.0);
     assert_eq!(metric("default/ledger", "ledger_delete", "denied"), 1.0);
     assert_eq!(metric("default/ledger", "broken", "tool_error"), 1.0);
-    assert_eq!(metric("default/ledger", "send_email", "rate_limited"), 1.0);
+    assert_eq!(metric("default/ledger", "send_email", "ok"), 2.0);
+    let refused = Stack::metric(
+        &f.stack.dataplanes[1].admin,
+        "tollgate_mcp_tool_calls_total",
+        &[
+            ("server", "default/ledger"),
+            ("tool", "send_email"),
+            ("outcome", "rate_limited"),
+        ],
+    )
+    .unwrap();
+    assert_eq!(
+        refused, 1.0,
+        "the third call, refused by the second dataplane"
+    );
     assert_eq!(metric("-", "-", "unknown_tool"), 1.0);
     let log = f.stack.dataplanes[0].process.log_text();
     let audit: Vec<&str> = log

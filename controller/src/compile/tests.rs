@@ -321,7 +321,9 @@ fn a_tool_policy_applies_to_the_keys_it_selects_and_to_the_keys_that_name_it() {
                 "apiVersion": "tollgate.dev/v1alpha1", "kind": "MCPToolPolicy",
                 "metadata": {"name": "finance"},
                 "spec": {"selector": {"matchLabels": {"team": "a"}},
-                         "rules": [{"server": "ledger", "allow": ["read_*"]}]}
+                         "rules": [{"server": "ledger", "allow": ["read_*"]},
+                                   {"server": "ledger", "allow": ["send_*"],
+                                    "limits": {"callsPerMinute": 5}}]}
             }),
         ),
         obj(
@@ -352,4 +354,23 @@ fn a_tool_policy_applies_to_the_keys_it_selects_and_to_the_keys_that_name_it() {
         ["alice", "bob"],
         "alice by label, bob by name"
     );
+    // A rule's callsPerMinute defines the ledger accounts that count each key's calls.
+    use crate::ledger::Definitions;
+    let defs = crate::accounts::ConfigDefs(std::sync::Arc::new(c));
+    let def = defs
+        .define("tool/default/finance/1/default/alice/send_mail")
+        .expect("the limited rule defines an account");
+    assert_eq!(def.limit.requests, 5);
+    assert!(matches!(
+        def.window,
+        crate::ledger::Window::Rolling { ms: 60_000 }
+    ));
+    for undefined in [
+        "tool/default/finance/0/default/alice/read_x",
+        "tool/default/finance/2/default/alice/send_mail",
+        "tool/default/other/1/default/alice/send_mail",
+        "tool/default/finance/x/default/alice/send_mail",
+    ] {
+        assert!(defs.define(undefined).is_none(), "{undefined}");
+    }
 }

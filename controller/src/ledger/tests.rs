@@ -358,3 +358,58 @@ fn a_report_of_what_is_in_flight_neither_grants_nor_extends() {
     let r = l.apply(&ask("a", 4, 1, 100, 0, 10), &d, 1_400);
     assert_eq!(r.ack.leases[0].expires_unix_ms, 2_400);
 }
+
+#[test]
+fn idle_tool_and_session_accounts_are_forgotten() {
+    let calls = AccountDef {
+        limit: Qty {
+            usd: Qty::UNLIMITED,
+            tokens: Qty::UNLIMITED,
+            requests: 5,
+        },
+        window: Window::Rolling { ms: 60_000 },
+        block_percent: 100,
+        warn_percents: vec![],
+    };
+    let names = ["tool/ns/p/0/ns/k/send", "session/ns/k/s1", "rate/ns/k"];
+    let d = Defs(
+        names
+            .iter()
+            .map(|n| (n.to_string(), calls.clone()))
+            .collect(),
+    );
+    let one = Some(pb::Quantity {
+        requests: 1,
+        ..Default::default()
+    });
+    let ask = pb::UsageBatch {
+        dataplane_id: "dp".into(),
+        sequence: 1,
+        epoch: 1,
+        lease_requests: names
+            .iter()
+            .map(|n| pb::LeaseRequest {
+                account: n.to_string(),
+                in_flight: None,
+                need: one,
+                want: one,
+            })
+            .collect(),
+        ..Default::default()
+    };
+    let mut l = Ledger::new(1_000);
+    l.apply(&ask, &d, 0);
+    let held = |l: &mut Ledger, at: i64| -> Vec<String> {
+        let mut v: Vec<String> = l.views(at).into_iter().map(|v| v.account).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(held(&mut l, 0).len(), 3);
+    let minute = 60 * 1000;
+    l.sweep(5 * minute);
+    assert_eq!(held(&mut l, 5 * minute).len(), 3, "not idle long enough");
+    l.sweep(11 * minute);
+    assert_eq!(held(&mut l, 11 * minute), ["rate/ns/k", "session/ns/k/s1"]);
+    l.sweep(25 * 60 * minute);
+    assert_eq!(held(&mut l, 25 * 60 * minute), ["rate/ns/k"]);
+}

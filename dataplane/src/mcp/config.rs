@@ -113,11 +113,13 @@ impl From<&pb::McpToolPolicy> for ToolPolicy {
             rules: p
                 .rules
                 .iter()
-                .map(|r| Rule {
+                .enumerate()
+                .map(|(i, r)| Rule {
                     server: format!("{}/{}", p.namespace, r.server),
                     allow: r.allow.clone(),
                     deny: r.deny.clone(),
                     calls_per_minute: r.calls_per_minute,
+                    origin: format!("{}/{}/{i}", p.namespace, p.name),
                 })
                 .collect(),
             compact_schemas: p.compact_schemas,
@@ -189,5 +191,6 @@ mod tests {
         });
         assert_eq!(p.keys, ["ns/agent"]);
         assert_eq!(p.rules[0].server, "ns/time");
+        assert_eq!(p.rules[0].origin, "ns/finance/0");
     }
 }

@@ -8,8 +8,7 @@
 //! server is answered as that server answers: one JSON body, or an event stream whose
 //! notifications (progress, logging) and requests reach the client as they arrive.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -30,6 +29,7 @@ use super::policy::KeyPolicy;
 use super::session::{self, Keys, Session};
 use super::transport::{AnswerError, Events};
 use crate::proxy::{Body, BoxError, State, full};
+use crate::quota::{self, Demand, Qty};
 use crate::runtime::VirtualKey;
 use crate::snapshot::Snapshot;
 
@@ -61,7 +61,6 @@ const RELAYED_ID: &str = "tg.";
 pub struct Gateway {
     pub client: Client,
     pub keys: Arc<Keys>,
-    limits: CallLimits,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -72,11 +71,7 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     pub fn new(client: Client, keys: Arc<Keys>) -> Self {
-        Gateway {
-            client,
-            keys,
-            limits: CallLimits::default(),
-        }
+        Gateway { client, keys }
     }
 }
 
@@ -851,18 +846,50 @@ async fn call_tool(
             format!("Tool {shown} is not permitted for this key"),
         );
     }
-    if let Some(limit) = rules.calls_per_minute(&l.server.id, &tool)
-        && !state
-            .mcp
-            .limits
-            .take(&caller.key.id, &l.server.id, &tool, limit)
-    {
-        return refuse(
-            audit,
-            "rate_limited",
-            code::RATE_LIMITED,
-            format!("Tool {shown} may be called {limit} times a minute by this key; retry later"),
-        );
+    if let Some(rule) = rules.limit(&l.server.id, &tool) {
+        // Counted by the controller's ledger, like a key's rate limits: the limit holds
+        // across every dataplane.
+        let demand = Demand {
+            account: Arc::from(format!("tool/{}/{}/{tool}", rule.origin, caller.key.id)),
+            amount: Qty {
+                requests: 1,
+                ..Qty::default()
+            },
+        };
+        let limit = rule.calls_per_minute;
+        match state
+            .quotas
+            .reserve(&[demand], caller.key.attribution.clone())
+            .await
+        {
+            // Counted once admitted, however the call ends.
+            Ok(counted) => counted.record(
+                &Arc::from("mcp"),
+                &Arc::from(l.server.id.as_str()),
+                &Arc::from(tool.as_str()),
+                200,
+                None,
+                0,
+            ),
+            Err(quota::Refusal::Exhausted { .. }) => {
+                return refuse(
+                    audit,
+                    "rate_limited",
+                    code::RATE_LIMITED,
+                    format!(
+                        "Tool {shown} may be called {limit} times a minute by this key; retry later"
+                    ),
+                );
+            }
+            Err(quota::Refusal::Unavailable { .. }) => {
+                return refuse(
+                    audit,
+                    "limit_unavailable",
+                    code::RATE_LIMITED,
+                    format!("The call limit of tool {shown} cannot be checked now; retry later"),
+                );
+            }
+        }
     }
     params["name"] = Value::String(tool);
     relay(
@@ -1139,42 +1166,6 @@ fn redact(v: &Value) -> Value {
     }
 }
 
-/// Calls a minute per key and tool, counted on this dataplane in fixed one-minute
-/// windows.
-#[derive(Default)]
-struct CallLimits {
-    /// (key, server, tool) to (minute, calls in it).
-    windows: Mutex<HashMap<CallOf, (u64, u64)>>,
-}
-
-type CallOf = (String, String, String);
-
-impl CallLimits {
-    /// Takes one call from the window, or `false` when it is spent.
-    fn take(&self, key: &str, server: &str, tool: &str, limit: u64) -> bool {
-        let minute = crate::proxy::now_unix().max(0) as u64 / 60;
-        self.take_at(minute, key, server, tool, limit)
-    }
-
-    fn take_at(&self, minute: u64, key: &str, server: &str, tool: &str, limit: u64) -> bool {
-        let mut windows = crate::lock(&self.windows);
-        if windows.len() > 100_000 {
-            windows.retain(|_, (m, _)| *m == minute);
-        }
-        let w = windows
-            .entry((key.to_string(), server.to_string(), tool.to_string()))
-            .or_insert((minute, 0));
-        if w.0 != minute {
-            *w = (minute, 0);
-        }
-        if w.1 >= limit {
-            return false;
-        }
-        w.1 += 1;
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1207,16 +1198,5 @@ mod tests {
         assert_eq!(r["account"], "acme");
         assert_eq!(r["nested"]["limit"], 5);
         assert_eq!(r["headers"][1], "plain");
-    }
-
-    #[test]
-    fn calls_a_minute_are_counted_per_key_and_tool() {
-        let l = CallLimits::default();
-        assert!(l.take_at(5, "k", "s", "t", 2));
-        assert!(l.take_at(5, "k", "s", "t", 2));
-        assert!(!l.take_at(5, "k", "s", "t", 2), "the third in a minute");
-        assert!(l.take_at(5, "k", "s", "other", 2), "another tool");
-        assert!(l.take_at(5, "k2", "s", "t", 2), "another key");
-        assert!(l.take_at(6, "k", "s", "t", 2), "the next minute");
     }
 }

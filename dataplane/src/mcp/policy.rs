@@ -13,6 +13,9 @@ pub struct Rule {
     pub deny: Vec<String>,
     /// Calls a minute per tool, across the key's calls; 0 for no limit.
     pub calls_per_minute: u64,
+    /// `<policy namespace>/<policy name>/<rule index>`: names the ledger account that
+    /// counts a key's calls of a tool under this rule's limit.
+    pub origin: String,
 }
 
 /// What the MCPToolPolicies that select a key say about it, together.
@@ -51,12 +54,16 @@ impl Rules {
         self.for_server(server).any(|r| !r.allow.is_empty())
     }
 
-    /// The tightest calls-a-minute limit on `tool` of `server`, if any.
-    pub fn calls_per_minute(&self, server: &str, tool: &str) -> Option<u64> {
-        self.for_server(server)
-            .filter(|r| r.calls_per_minute > 0 && r.allow.iter().any(|g| glob::matches(g, tool)))
-            .map(|r| r.calls_per_minute)
-            .min()
+    /// The rule with the tightest calls-a-minute limit on `tool` of `server`, if any.
+    pub fn limit(&self, server: &str, tool: &str) -> Option<&Rule> {
+        self.0
+            .iter()
+            .filter(|r| {
+                r.server == server
+                    && r.calls_per_minute > 0
+                    && r.allow.iter().any(|g| glob::matches(g, tool))
+            })
+            .min_by_key(|r| r.calls_per_minute)
     }
 }
 
@@ -70,6 +77,7 @@ mod tests {
             allow: allow.iter().map(|s| s.to_string()).collect(),
             deny: deny.iter().map(|s| s.to_string()).collect(),
             calls_per_minute: cpm,
+            origin: format!("ns/p/{cpm}"),
         }
     }
 
@@ -108,8 +116,10 @@ mod tests {
             !rules.permits("other/fin", "ledger_read"),
             "another namespace's server"
         );
-        assert_eq!(rules.calls_per_minute("ns/time", "now"), Some(10));
-        assert_eq!(rules.calls_per_minute("ns/time", "zones"), Some(30));
-        assert_eq!(rules.calls_per_minute("ns/fin", "ledger_read"), None);
+        let limit = |server, tool| rules.limit(server, tool).map(|r| r.calls_per_minute);
+        assert_eq!(limit("ns/time", "now"), Some(10));
+        assert_eq!(limit("ns/time", "zones"), Some(30));
+        assert_eq!(limit("ns/fin", "ledger_read"), None);
+        assert_eq!(rules.limit("ns/time", "now").unwrap().origin, "ns/p/10");
     }
 }
