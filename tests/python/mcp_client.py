@@ -3,8 +3,11 @@ saw as one JSON object, for the end-to-end tests to check.
 
 Scenarios:
   tour    list tools, call each tool named by --call (NAME=JSON arguments), list and read
-          resources, list prompts and get --prompt, ping, and make each --progress-call
-          with a progress callback.
+          resources, list prompts and get --prompt, ping, set the log level, subscribe to
+          and unsubscribe from a demo:// resource, make each --progress-call with a
+          progress callback, and end the session (DELETE).
+
+The client answers servers' sampling requests itself, with the text SAMPLED.
   switch  list tools at --url, then wait for a line on stdin (the test stops the first
           dataplane meanwhile), then call --call tools and list tools at --second-url,
           within the same session.
@@ -21,6 +24,16 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
+from mcp.types import CreateMessageResult, TextContent
+
+SAMPLED = "sampled by the test client"
+
+
+async def sample(context: Any, params: Any) -> CreateMessageResult:
+    """Answers a server's sampling request (relayed by the gateway) without any model."""
+    return CreateMessageResult(
+        role="assistant", content=TextContent(type="text", text=SAMPLED), model="test-model"
+    )
 
 
 def parse_calls(items: list[str]) -> list[tuple[str, dict[str, Any]]]:
@@ -74,8 +87,11 @@ async def main() -> None:
     http = create_mcp_http_client(headers={"Authorization": f"Bearer {args.key}"})
     http.event_hooks["request"].append(on_request)
     async with http:
-        transport = streamable_http_client(args.url, http_client=http, terminate_on_close=False)
-        async with Client(transport, mode="auto") as client:
+        # A tour ends its session (DELETE); `switch` leaves it to outlive the dataplanes.
+        transport = streamable_http_client(
+            args.url, http_client=http, terminate_on_close=args.scenario == "tour"
+        )
+        async with Client(transport, mode="auto", sampling_callback=sample) as client:
             out["protocol_version"] = client.protocol_version
             out["server"] = client.server_info.name if client.server_info else None
             tools = await client.list_tools()
@@ -102,6 +118,13 @@ async def main() -> None:
                     out["prompt_text"] = [getattr(m.content, "text", None) for m in got.messages]
                 await client.session.send_ping()
                 out["ping"] = True
+                await client.set_logging_level("debug")
+                out["log_level"] = True
+                demo = [str(r.uri) for r in resources.resources if str(r.uri).startswith("demo://")]
+                if demo:
+                    await client.subscribe_resource(demo[0])
+                    await client.unsubscribe_resource(demo[0])
+                    out["subscribed"] = demo[0]
                 out["progress"] = {}
                 out["progress_result"] = {}
                 for name, arguments in parse_calls(args.progress_call):

@@ -196,7 +196,7 @@ spec:
     - server: vault
       allow: ["ledger_read"]
     - server: everything
-      allow: ["echo", "get-sum", "trigger-long-running-operation"]
+      allow: ["echo", "get-sum", "trigger-long-running-operation", "trigger-sampling-request"]
     - server: legacy
       allow: ["echo", "trigger-long-running-operation"]
   logArguments: true
@@ -342,6 +342,8 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         "--call",
         r#"every__get-sum={"a":2,"b":3}"#,
         "--call",
+        r#"every__trigger-sampling-request={"prompt":"hi","maxTokens":5}"#,
+        "--call",
         r#"legacy__echo={"message":"over HTTP+SSE"}"#,
         "--call",
         r#"legacy__get-sum={"a":1,"b":1}"#,
@@ -369,6 +371,7 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
             "every__echo",
             "every__get-sum",
             "every__trigger-long-running-operation",
+            "every__trigger-sampling-request",
             "ledger__broken",
             "ledger__ledger_read",
             "ledger__slow_count",
@@ -390,6 +393,15 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
     assert_eq!(
         call(&finance, "every__get-sum")[0]["text"],
         "The sum of 2 and 3 is 5."
+    );
+    // The server asked the client for a sample in the middle of the call: the request
+    // reached the client through the gateway, and its answer found the way back.
+    let sampled = call(&finance, "every__trigger-sampling-request")[0];
+    assert!(
+        sampled["text"]
+            .as_str()
+            .is_some_and(|t| t.contains("sampled by the test client")),
+        "{sampled}"
     );
     assert_eq!(
         call(&finance, "legacy__echo")[0]["text"],
@@ -425,6 +437,28 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
     }
     assert_eq!(finance["prompt_text"][0], "Summarize the ledger of acme.");
     assert_eq!(finance["ping"], true);
+    assert_eq!(finance["log_level"], true);
+    assert!(
+        finance["subscribed"]
+            .as_str()
+            .is_some_and(|u| u.starts_with("demo://")),
+        "{finance}"
+    );
+    // The client ended its session: the servers' sessions ended with it.
+    let ended = finance["requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["method"] == "DELETE")
+        .and_then(|r| r["session"].as_str())
+        .expect("the client sent DELETE");
+    let (status, body) = rpc(
+        &url,
+        Some(FINANCE_KEY),
+        Some(ended),
+        &json!({"jsonrpc": "2.0", "id": 9, "method": "tools/list"}),
+    );
+    assert_eq!(status, 404, "{body}");
     // Progress from server-everything reached the client before the result, over both
     // transports.
     let progress = &finance["progress"];
