@@ -3,7 +3,8 @@ saw as one JSON object, for the end-to-end tests to check.
 
 Scenarios:
   tour    list tools, call each tool named by --call (NAME=JSON arguments), list and read
-          resources, list prompts and get --prompt, ping, set the log level, subscribe to
+          resources, list prompts, complete the arguments of each `completable-prompt`,
+          get --prompt, ping, set the log level, subscribe to
           and unsubscribe from a demo:// resource, make each --progress-call with a
           progress callback, and end the session (DELETE).
 
@@ -24,7 +25,7 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
-from mcp.types import CreateMessageResult, TextContent
+from mcp.types import CreateMessageResult, PromptReference, TextContent
 
 SAMPLED = "sampled by the test client"
 
@@ -112,6 +113,16 @@ async def main() -> None:
                     out["resource_text"] = [getattr(c, "text", None) for c in read.contents]
                 prompts = await client.list_prompts()
                 out["prompts"] = sorted(pr.name for pr in prompts.prompts)
+                out["completions"] = {}
+                for name in out["prompts"]:
+                    if name.endswith("__completable-prompt"):
+                        # The second argument's values depend on the first (context).
+                        done = await client.complete(
+                            PromptReference(type="ref/prompt", name=name),
+                            {"name": "name", "value": ""},
+                            context_arguments={"department": "Sales"},
+                        )
+                        out["completions"][name] = done.completion.values
                 if args.prompt:
                     [(name, arguments)] = parse_calls([args.prompt])
                     got = await client.get_prompt(name, arguments)

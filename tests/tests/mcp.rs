@@ -436,6 +436,15 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         assert!(prompts.contains(&p), "{p} in {prompts:?}");
     }
     assert_eq!(finance["prompt_text"][0], "Summarize the ledger of acme.");
+    // Argument completion goes to the prompt's server under its own name, over both
+    // transports, with the context argument passed on.
+    assert_eq!(
+        finance["completions"],
+        json!({
+            "every__completable-prompt": ["David", "Eve", "Frank"],
+            "legacy__completable-prompt": ["David", "Eve", "Frank"],
+        })
+    );
     assert_eq!(finance["ping"], true);
     assert_eq!(finance["log_level"], true);
     assert!(
