@@ -73,7 +73,17 @@ pub enum CallError {
     #[error("no OAuth token for the MCP server: {0}")]
     Token(#[from] TokenError),
     #[error(transparent)]
-    Answer(#[from] AnswerError),
+    Answer(AnswerError),
+}
+
+impl From<AnswerError> for CallError {
+    fn from(e: AnswerError) -> Self {
+        match e {
+            AnswerError::Ended => CallError::NoAnswer,
+            AnswerError::Timeout(t) => CallError::Timeout(t),
+            other => CallError::Answer(other),
+        }
+    }
 }
 
 /// What a POST was answered with.
@@ -94,11 +104,7 @@ impl Reply {
         match self {
             Reply::Accepted => Err(CallError::NoAnswer),
             Reply::Messages(m) => transport::answer_in(m, id).ok_or(CallError::NoAnswer),
-            Reply::Events(mut events) => match events.answer(id, timeout).await {
-                Err(AnswerError::Ended) => Err(CallError::NoAnswer),
-                Err(AnswerError::Timeout(t)) => Err(CallError::Timeout(t)),
-                other => Ok(other?),
-            },
+            Reply::Events(mut events) => Ok(events.answer(id, timeout).await?),
         }
     }
 }
@@ -167,13 +173,8 @@ impl Client {
             return Err(CallError::Status(status));
         }
         let (parts, body) = response.into_parts();
-        let content_type = parts
-            .headers
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("")
-            .to_ascii_lowercase();
-        if content_type.starts_with("text/event-stream") {
+        let content_type = media_type(&parts.headers);
+        if content_type == "text/event-stream" {
             return Ok((parts.headers, Reply::Events(Events::new(body))));
         }
         let bytes = tokio::time::timeout(
@@ -225,12 +226,7 @@ impl Client {
             })),
         );
         self.post_to_endpoint(server, &endpoint, &init).await?;
-        let initialized = match events.answer(&init_id, server.timeout).await {
-            Ok(outcome) => outcome,
-            Err(AnswerError::Timeout(t)) => return Err(CallError::Timeout(t)),
-            Err(AnswerError::Ended) => return Err(CallError::NoAnswer),
-            Err(e) => return Err(e.into()),
-        };
+        let initialized = events.answer(&init_id, server.timeout).await?;
         if method == "initialize" {
             // The handshake is the answer: the stream ends here.
             let answer = Message::Response {
@@ -263,16 +259,9 @@ impl Client {
         if !status.is_success() {
             return Err(CallError::Status(status));
         }
-        let content_type = response
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .unwrap_or("");
-        if !content_type
-            .to_ascii_lowercase()
-            .starts_with("text/event-stream")
-        {
-            return Err(AnswerError::ContentType(content_type.to_string()).into());
+        let content_type = media_type(response.headers());
+        if content_type != "text/event-stream" {
+            return Err(AnswerError::ContentType(content_type).into());
         }
         let mut events = Events::new(response.into_body());
         let named = tokio::time::timeout(server.timeout, async {
@@ -436,6 +425,17 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     text
 }
 
+/// The media type of a response (`Content-Type` without parameters), lowercased.
+fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// Where an HTTP+SSE server's `endpoint` event points, resolved against the stream's
 /// URL; `None` when it is on another origin (scheme, host and port), where the server's
 /// credentials must not go.
@@ -463,6 +463,20 @@ fn endpoint_of(stream: &Uri, named: &str) -> Option<Uri> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_media_type_is_read_without_its_parameters() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(media_type(&headers), "");
+        for (sent, read) in [
+            ("Application/JSON; charset=utf-8", "application/json"),
+            ("text/event-stream", "text/event-stream"),
+            (" text/event-stream ;charset=utf-8", "text/event-stream"),
+        ] {
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static(sent));
+            assert_eq!(media_type(&headers), read, "{sent}");
+        }
+    }
 
     #[test]
     fn an_endpoint_resolves_against_the_stream_and_stays_on_its_origin() {

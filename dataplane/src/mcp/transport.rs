@@ -32,17 +32,12 @@ pub enum AnswerError {
     Timeout(Duration),
 }
 
-/// The messages of a JSON answer (one message or a batch).
-pub fn messages(content_type: &str, body: &[u8]) -> Result<Vec<Message>, AnswerError> {
-    let media = content_type
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    match media.as_str() {
+/// The messages of a JSON answer (one message or a batch); `media_type` is the answer's
+/// media type, lowercased and without parameters.
+pub fn messages(media_type: &str, body: &[u8]) -> Result<Vec<Message>, AnswerError> {
+    match media_type {
         "application/json" => read(body),
-        _ => Err(AnswerError::ContentType(content_type.to_string())),
+        _ => Err(AnswerError::ContentType(media_type.to_string())),
     }
 }
 
@@ -174,7 +169,7 @@ mod tests {
     #[tokio::test]
     async fn a_json_answer_and_an_event_stream_read_the_same() {
         let json_body = br#"{"jsonrpc":"2.0","id":1,"result":{"tools":[]}}"#;
-        let one = messages("application/json; charset=utf-8", json_body).unwrap();
+        let one = messages("application/json", json_body).unwrap();
         assert_eq!(
             one,
             [Message::Response {
