@@ -33,7 +33,10 @@ pub struct KeyPolicy {
 pub struct Rules(pub Vec<Rule>);
 
 impl Rules {
-    fn for_server<'a>(&'a self, server: &'a str) -> impl Iterator<Item = &'a Rule> + 'a {
+    fn for_server<'a, 's>(
+        &'a self,
+        server: &'s str,
+    ) -> impl Iterator<Item = &'a Rule> + use<'a, 's> {
         self.0.iter().filter(move |r| r.server == server)
     }
 
@@ -56,13 +59,8 @@ impl Rules {
 
     /// The rule with the tightest calls-a-minute limit on `tool` of `server`, if any.
     pub fn limit(&self, server: &str, tool: &str) -> Option<&Rule> {
-        self.0
-            .iter()
-            .filter(|r| {
-                r.server == server
-                    && r.calls_per_minute > 0
-                    && r.allow.iter().any(|g| glob::matches(g, tool))
-            })
+        self.for_server(server)
+            .filter(|r| r.calls_per_minute > 0 && r.allow.iter().any(|g| glob::matches(g, tool)))
             .min_by_key(|r| r.calls_per_minute)
     }
 }
