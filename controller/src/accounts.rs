@@ -94,6 +94,30 @@ pub fn budget_def(b: &pb::Budget) -> AccountDef {
     }
 }
 
+/// A limit without thresholds: spend stops at the limit and nothing warns before.
+fn hard(limit: Qty, window: Window) -> AccountDef {
+    AccountDef {
+        limit,
+        window,
+        block_percent: 100,
+        warn_percents: vec![],
+    }
+}
+
+/// A limit on requests alone.
+fn requests(n: u64) -> Qty {
+    Qty {
+        usd: Qty::UNLIMITED,
+        tokens: Qty::UNLIMITED,
+        requests: n,
+    }
+}
+
+/// 0 in a resource's limit field means no limit.
+fn or_unlimited(v: u64) -> u64 {
+    if v == 0 { Qty::UNLIMITED } else { v }
+}
+
 impl Definitions for ConfigDefs {
     fn define(&self, account: &str) -> Option<AccountDef> {
         let (kind, rest) = account.split_once('/')?;
@@ -101,51 +125,33 @@ impl Definitions for ConfigDefs {
             "budget" => self.budget(rest).map(budget_def),
             "rate" => {
                 let l = self.key(rest)?.limits.as_ref()?;
-                let or_unlimited = |v: u64| if v == 0 { Qty::UNLIMITED } else { v };
                 if l.requests_per_minute == 0 && l.tokens_per_minute == 0 {
                     return None;
                 }
-                Some(AccountDef {
-                    limit: Qty {
+                Some(hard(
+                    Qty {
                         usd: Qty::UNLIMITED,
                         tokens: or_unlimited(l.tokens_per_minute),
                         requests: or_unlimited(l.requests_per_minute),
                     },
-                    window: Window::Rolling { ms: 60_000 },
-                    block_percent: 100,
-                    warn_percents: vec![],
-                })
+                    Window::Rolling { ms: 60_000 },
+                ))
             }
             "conc" => {
                 let n = self.key(rest)?.limits.as_ref()?.concurrency;
-                (n > 0).then(|| AccountDef {
-                    limit: Qty {
-                        usd: Qty::UNLIMITED,
-                        tokens: Qty::UNLIMITED,
-                        requests: u64::from(n),
-                    },
-                    window: Window::Concurrent,
-                    block_percent: 100,
-                    warn_percents: vec![],
-                })
+                (n > 0).then(|| hard(requests(u64::from(n)), Window::Concurrent))
             }
             "session" => {
                 let (key, _session) = rest.rsplit_once('/')?;
                 let s = self.key(key)?.session.as_ref()?;
-                Some(AccountDef {
-                    limit: Qty {
+                Some(hard(
+                    Qty {
                         usd: s.max_cost_usd.map(nano_usd).unwrap_or(Qty::UNLIMITED),
-                        tokens: if s.max_tokens == 0 {
-                            Qty::UNLIMITED
-                        } else {
-                            s.max_tokens
-                        },
+                        tokens: or_unlimited(s.max_tokens),
                         requests: Qty::UNLIMITED,
                     },
-                    window: Window::Lifetime,
-                    block_percent: 100,
-                    warn_percents: vec![],
-                })
+                    Window::Lifetime,
+                ))
             }
             "tool" => {
                 // The key and tool that follow only tell accounts apart: the rule alone
@@ -156,15 +162,11 @@ impl Definitions for ConfigDefs {
                     .tool_policy(&format!("{ns}/{policy}"))?
                     .rules
                     .get(index.parse::<usize>().ok()?)?;
-                (rule.calls_per_minute > 0).then(|| AccountDef {
-                    limit: Qty {
-                        usd: Qty::UNLIMITED,
-                        tokens: Qty::UNLIMITED,
-                        requests: rule.calls_per_minute,
-                    },
-                    window: Window::Rolling { ms: 60_000 },
-                    block_percent: 100,
-                    warn_percents: vec![],
+                (rule.calls_per_minute > 0).then(|| {
+                    hard(
+                        requests(rule.calls_per_minute),
+                        Window::Rolling { ms: 60_000 },
+                    )
                 })
             }
             _ => None,
