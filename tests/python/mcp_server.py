@@ -54,12 +54,15 @@ def main() -> None:
         return "sent"
 
     @server.tool(description="Counts to n slowly, reporting progress at each step.")
-    async def slow_count(n: int, ctx: Context) -> str:
+    async def slow_count(n: int, ctx: Context, stall_after: int = 0) -> str:
         record("call", tool="slow_count", arguments={"n": n})
         try:
             for i in range(1, n + 1):
                 await asyncio.sleep(0.05)
                 await ctx.report_progress(i, n, f"step {i}")
+                if i == stall_after:
+                    # Silent for longer than any test waits.
+                    await asyncio.sleep(120)
         except asyncio.CancelledError:
             record("cancelled", tool="slow_count")
             raise

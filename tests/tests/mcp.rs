@@ -285,6 +285,16 @@ impl Fixture {
         serde_json::from_str(stdout.lines().last().unwrap_or("")).unwrap()
     }
 
+    /// `tollgate_mcp_tool_calls_total` on a dataplane.
+    fn tool_calls(&self, dataplane: usize, server: &str, tool: &str, outcome: &str) -> f64 {
+        Stack::metric(
+            &self.stack.dataplanes[dataplane].admin,
+            "tollgate_mcp_tool_calls_total",
+            &[("server", server), ("tool", tool), ("outcome", outcome)],
+        )
+        .unwrap()
+    }
+
     fn calls(log: &Path) -> Vec<Value> {
         std::fs::read_to_string(log)
             .unwrap_or_default()
@@ -582,31 +592,14 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
     assert_eq!(sent, 2, "the refused third call did not reach the server");
 
     // Audit: an event per call, arguments only where the policy asks, secrets redacted.
-    let admin = &f.stack.dataplanes[0].admin;
-    let metric = |server: &str, tool: &str, outcome: &str| {
-        Stack::metric(
-            admin,
-            "tollgate_mcp_tool_calls_total",
-            &[("server", server), ("tool", tool), ("outcome", outcome)],
-        )
-        .unwrap()
-    };
+    let metric = |server: &str, tool: &str, outcome: &str| f.tool_calls(0, server, tool, outcome);
     assert_eq!(metric("default/ledger", "ledger_read", "ok"), 1.0);
     assert_eq!(metric("default/ledger", "ledger_delete", "denied"), 1.0);
     assert_eq!(metric("default/ledger", "broken", "tool_error"), 1.0);
     assert_eq!(metric("default/ledger", "send_email", "ok"), 2.0);
-    let refused = Stack::metric(
-        &f.stack.dataplanes[1].admin,
-        "tollgate_mcp_tool_calls_total",
-        &[
-            ("server", "default/ledger"),
-            ("tool", "send_email"),
-            ("outcome", "rate_limited"),
-        ],
-    )
-    .unwrap();
     assert_eq!(
-        refused, 1.0,
+        f.tool_calls(1, "default/ledger", "send_email", "rate_limited"),
+        1.0,
         "the third call, refused by the second dataplane"
     );
     assert_eq!(metric("-", "-", "unknown_tool"), 1.0);
@@ -778,9 +771,10 @@ fn a_client_that_goes_away_cancels_its_call_at_the_server() {
                 .then(|| value.trim().to_string())
         })
         .unwrap_or_else(|| panic!("no session in {answer}"));
-    // A call of five seconds; the client hangs up once the first progress arrives.
+    // After its first progress the server falls silent; the client hangs up then. The
+    // gateway, which has nothing to send, must notice the client gone by itself.
     let slow = json!({"jsonrpc": "2.0", "id": 7, "method": "tools/call",
-        "params": {"name": "ledger__slow_count", "arguments": {"n": 100}, "_meta": {"progressToken": "p"}}});
+        "params": {"name": "ledger__slow_count", "arguments": {"n": 2, "stall_after": 1}, "_meta": {"progressToken": "p"}}});
     let mut stream = post_open(&url, Some(&session), &slow);
     let mut line = String::new();
     while !line.contains("notifications/progress") {
@@ -801,17 +795,10 @@ fn a_client_that_goes_away_cancels_its_call_at_the_server() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let cancelled = Stack::metric(
-        &f.stack.dataplanes[0].admin,
-        "tollgate_mcp_tool_calls_total",
-        &[
-            ("server", "default/ledger"),
-            ("tool", "slow_count"),
-            ("outcome", "cancelled"),
-        ],
-    )
-    .unwrap();
-    assert_eq!(cancelled, 1.0);
+    assert_eq!(
+        f.tool_calls(0, "default/ledger", "slow_count", "cancelled"),
+        1.0
+    );
 }
 
 #[test]
