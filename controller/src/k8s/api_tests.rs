@@ -35,6 +35,11 @@ fn status_error(code: u16, reason: &str) -> Value {
            "message": reason, "reason": reason, "code": code})
 }
 
+/// Kubernetes' answer for an object that does not exist.
+fn not_found() -> Response<Body> {
+    respond(StatusCode::NOT_FOUND, &status_error(404, "NotFound"))
+}
+
 /// The next request: method, path and query, content type, and JSON body.
 async fn next(
     handle: &mut Handle,
@@ -100,10 +105,7 @@ async fn a_missing_lease_is_created_and_a_lost_race_is_not_leadership() {
         "/apis/coordination.k8s.io/v1/namespaces/tollgate/leases/tollgate-controller",
     )
     .await;
-    send.send_response(respond(
-        StatusCode::NOT_FOUND,
-        &status_error(404, "NotFound"),
-    ));
+    send.send_response(not_found());
     let (_, body, send) = expect(
         &mut handle,
         Method::POST,
@@ -283,10 +285,7 @@ async fn the_ledger_is_created_then_replaced_conditionally_and_a_conflict_is_rep
         "/api/v1/namespaces/tollgate/configmaps/tollgate-controller-ledger",
     )
     .await;
-    send.send_response(respond(
-        StatusCode::NOT_FOUND,
-        &status_error(404, "NotFound"),
-    ));
+    send.send_response(not_found());
     let (_, body, send) = expect(
         &mut handle,
         Method::POST,
@@ -357,10 +356,7 @@ async fn the_mcp_session_key_is_read_or_created_and_a_lost_race_reads_the_winner
     let path = "/api/v1/namespaces/tollgate/secrets/tollgate-controller-mcp-session";
     // Not there: created; another replica created it first, so its key is read.
     let (_, _, send) = expect(&mut handle, Method::GET, path).await;
-    send.send_response(respond(
-        StatusCode::NOT_FOUND,
-        &status_error(404, "NotFound"),
-    ));
+    send.send_response(not_found());
     let (_, body, send) = expect(
         &mut handle,
         Method::POST,
