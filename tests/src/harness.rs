@@ -434,7 +434,7 @@ impl Stack {
     /// Starts the controller; on its first start the config-stream port is chosen too, on
     /// a restart the same port is used again so that dataplanes find it.
     pub fn start_controller(&mut self) -> anyhow::Result<()> {
-        let first = self.controller.is_none();
+        let first = self.xds_port == 0;
         let logs = self.dir.path().to_path_buf();
         let (manifests, token) = (
             self.manifests.display().to_string(),
