@@ -25,7 +25,12 @@ from mcp import Client
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared._httpx_utils import create_mcp_http_client
 from mcp.shared.exceptions import MCPError
-from mcp.types import CreateMessageResult, PromptReference, TextContent
+from mcp.types import (
+    CreateMessageResult,
+    PromptReference,
+    ResourceTemplateReference,
+    TextContent,
+)
 
 SAMPLED = "sampled by the test client"
 
@@ -123,6 +128,17 @@ async def main() -> None:
                             context_arguments={"department": "Sales"},
                         )
                         out["completions"][name] = done.completion.values
+                # A resource template's variable is completed by the server that has it.
+                templates = await client.list_resource_templates()
+                out["templates"] = sorted(t.uri_template for t in templates.resource_templates)
+                out["template_completions"] = {}
+                for uri in out["templates"]:
+                    if uri.startswith("demo://resource/dynamic/text/"):
+                        done = await client.complete(
+                            ResourceTemplateReference(type="ref/resource", uri=uri),
+                            {"name": "resourceId", "value": "7"},
+                        )
+                        out["template_completions"][uri] = done.completion.values
                 if args.prompt:
                     [(name, arguments)] = parse_calls([args.prompt])
                     got = await client.get_prompt(name, arguments)

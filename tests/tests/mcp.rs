@@ -455,6 +455,13 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
             "legacy__completable-prompt": ["David", "Eve", "Frank"],
         })
     );
+    // A resource template's variable is completed by a server that has the template
+    // (both everything servers do; the ledger server has no templates).
+    assert_eq!(
+        finance["template_completions"],
+        json!({"demo://resource/dynamic/text/{resourceId}": ["7"]}),
+        "{finance}"
+    );
     assert_eq!(finance["ping"], true);
     assert_eq!(finance["log_level"], true);
     assert!(
@@ -731,6 +738,57 @@ fn a_session_goes_on_at_another_dataplane_and_across_a_restart() {
     let (status, body) = rpc(&f.mcp_url(2), Some(FINANCE_KEY), Some(session), &list);
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("every__echo"), "{body}");
+
+    // A limited tool while the controller, which counts the calls, is away: refused, not
+    // let through uncounted; once it is back, the same call goes through.
+    f.stack.controller.take().unwrap().kill();
+    let send = r#"ledger__send_email={"to":"d@example.com","body":"4"}"#;
+    let tour = |f: &Fixture| {
+        f.client(&[
+            "tour",
+            "--url",
+            &f.mcp_url(2),
+            "--key",
+            MAILER_KEY,
+            "--call",
+            send,
+        ])
+    };
+    let away = tour(&f);
+    let refused = &call(&away, "ledger__send_email")[0]["error"];
+    assert_eq!(refused["code"], -32004, "{away}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be checked"),
+        "{away}"
+    );
+    assert_eq!(
+        f.tool_calls(2, "default/ledger", "send_email", "limit_unavailable"),
+        1.0
+    );
+    let sent = |f: &Fixture| {
+        Fixture::calls(&f.ledger_log)
+            .iter()
+            .filter(|c| c["tool"] == "send_email")
+            .count()
+    };
+    assert_eq!(sent(&f), 0, "the refused call reached the server");
+    f.stack.start_controller().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let back = tour(&f);
+        if call(&back, "ledger__send_email")[0]["text"] == "sent" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still refused after the controller came back: {back}\n{}",
+            f.stack.logs()
+        );
+    }
+    assert_eq!(sent(&f), 1);
 }
 
 /// Sends one POST to `/mcp` and hands back the connection, to read the answer as it comes.
