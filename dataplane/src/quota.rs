@@ -69,6 +69,8 @@ struct Account {
     last_used: Instant,
     /// A request for this account is on its way.
     asked: bool,
+    /// Requests waiting for a grant that includes this account.
+    waiters: u64,
 }
 
 impl Account {
@@ -92,6 +94,7 @@ impl Account {
             peak_slots: 0,
             last_used: now,
             asked: false,
+            waiters: 0,
         }
     }
 
@@ -306,6 +309,7 @@ impl Quotas {
             return done.map(|held| self.hold(held, who));
         }
         let deadline = Instant::now() + self.wait;
+        let _waiting = Waiting::new(self, demands);
         loop {
             let waiting = self.granted.notified();
             tokio::pin!(waiting);
@@ -451,6 +455,7 @@ impl Quotas {
         };
         let mut inner = self.lock();
         let epoch = inner.epoch;
+        let mut freed_for_waiters = false;
         let mut charges = Vec::with_capacity(r.held.len());
         let mut charged_cost = outcome.cost_nano;
         // Unknown usage is charged its worst case in tokens too (as input: the split is
@@ -474,6 +479,7 @@ impl Quotas {
             {
                 a.used = a.used.minus(*reserved).plus(used);
                 a.in_flight = a.in_flight.minus(*reserved);
+                freed_for_waiters |= a.waiters > 0 && used != *reserved;
             }
             if !slot {
                 charges.push((account.clone(), *period));
@@ -497,6 +503,12 @@ impl Quotas {
         s.cached += u.cached;
         s.reasoning += u.reasoning;
         s.cost_nano += charged_cost;
+        drop(inner);
+        if freed_for_waiters {
+            // A slot given back, or a reservation that used less than it held: room a
+            // waiting request may take without asking the controller.
+            self.granted.notify_waiters();
+        }
     }
 
     /// The records made since the last call, summed by labels.
@@ -591,10 +603,13 @@ impl Quotas {
                 a.asked = true;
                 a.reported_in_flight = a.in_flight;
                 // Asking for nothing is a report of what is in flight, which does not
-                // extend the grant. Slots are asked for one request at a time, and not
-                // renewed: a request that needs one asks.
-                let want = if !(waiting || renewing) || slot {
+                // extend the grant. Slots are not renewed: requests that need one ask,
+                // for as many as are waiting (one at a time would serve a burst of
+                // waiting requests one round trip each).
+                let want = if !(waiting || renewing) {
                     a.need
+                } else if slot {
+                    a.need.times(a.waiters.max(1))
                 } else {
                     a.need.plus(a.extra())
                 };
@@ -671,6 +686,35 @@ impl Quotas {
                 .accounts
                 .values()
                 .all(|a| a.in_flight == Qty::default())
+    }
+}
+
+/// A request waiting for grants, counted in each of its accounts while it waits.
+struct Waiting<'a> {
+    quotas: &'a Quotas,
+    demands: &'a [Demand],
+}
+
+impl<'a> Waiting<'a> {
+    fn new(quotas: &'a Quotas, demands: &'a [Demand]) -> Self {
+        let mut inner = quotas.lock();
+        for d in demands {
+            if let Some(a) = inner.accounts.get_mut(&d.account) {
+                a.waiters += 1;
+            }
+        }
+        Waiting { quotas, demands }
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut inner = self.quotas.lock();
+        for d in self.demands {
+            if let Some(a) = inner.accounts.get_mut(&d.account) {
+                a.waiters = a.waiters.saturating_sub(1);
+            }
+        }
     }
 }
 

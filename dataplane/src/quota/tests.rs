@@ -202,3 +202,83 @@ async fn a_busy_account_asks_ahead_for_a_second_of_its_pace() {
         asks[0].want
     );
 }
+
+fn slot(account: &str) -> Demand {
+    Demand {
+        account: Arc::from(account),
+        amount: Qty {
+            requests: 1,
+            ..Qty::default()
+        },
+    }
+}
+
+fn slots_lease(account: &str, slots: u64) -> pb::QuotaLease {
+    pb::QuotaLease {
+        account: account.into(),
+        granted: Some(pb::Quantity {
+            requests: slots,
+            ..Default::default()
+        }),
+        expires_unix_ms: now_ms() + 10_000,
+        limited: tollgate_proto::quantity::REQUESTS,
+        ..Default::default()
+    }
+}
+
+/// Spawns `n` requests for one slot each, and waits until all of them wait.
+async fn waiting_for_slots(
+    q: &Arc<Quotas>,
+    n: usize,
+) -> Vec<tokio::task::JoinHandle<Result<Reservation, Refusal>>> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let q = q.clone();
+            tokio::spawn(async move {
+                q.reserve(&[slot("conc/ns/k")], Attribution::default())
+                    .await
+            })
+        })
+        .collect();
+    while q
+        .lock()
+        .accounts
+        .get("conc/ns/k")
+        .is_none_or(|a| a.waiters < n as u64)
+    {
+        tokio::task::yield_now().await;
+    }
+    tasks
+}
+
+#[tokio::test]
+async fn a_burst_waiting_for_slots_asks_for_all_of_them_at_once() {
+    let q = Quotas::new(Duration::from_secs(5), false);
+    let waiting = waiting_for_slots(&q, 5).await;
+    let asks = q.lease_requests();
+    assert_eq!(asks.len(), 1);
+    assert_eq!(asks[0].need.as_ref().unwrap().requests, 1);
+    assert_eq!(
+        asks[0].want.as_ref().unwrap().requests,
+        5,
+        "one slot per waiting request, in one round trip"
+    );
+    q.apply_leases(&[slots_lease("conc/ns/k", 5)]);
+    for w in waiting {
+        w.await.unwrap().unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_slot_given_back_goes_to_a_waiting_request_without_asking() {
+    let q = Quotas::new(Duration::from_secs(5), false);
+    let first = first_reservation(&q, slot("conc/ns/k"), slots_lease("conc/ns/k", 1)).await;
+    let mut waiting = waiting_for_slots(&q, 1).await;
+    let second = waiting.pop().unwrap();
+    // The first request ends: its slot is the second's, with no lease in between.
+    drop(first);
+    let got = tokio::time::timeout(Duration::from_secs(2), second)
+        .await
+        .expect("the waiting request took the slot given back");
+    got.unwrap().unwrap();
+}
