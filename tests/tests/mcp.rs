@@ -302,6 +302,20 @@ impl Fixture {
             .map(|l| serde_json::from_str(l).unwrap())
             .collect()
     }
+
+    /// How many calls of `tool` reached the ledger server.
+    fn ledger_calls_of(&self, tool: &str) -> usize {
+        Self::calls(&self.ledger_log)
+            .iter()
+            .filter(|c| c["tool"] == tool)
+            .count()
+    }
+}
+
+/// An `initialize` request, as a client's first message.
+fn initialize() -> Value {
+    json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}})
 }
 
 /// A POST of one JSON-RPC message to `/mcp`; status and body.
@@ -592,11 +606,11 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         call(&mailer, "ledger__ledger_read")[0]["error"]["code"],
         -32003
     );
-    let sent = Fixture::calls(&f.ledger_log)
-        .iter()
-        .filter(|c| c["tool"] == "send_email")
-        .count();
-    assert_eq!(sent, 2, "the refused third call did not reach the server");
+    assert_eq!(
+        f.ledger_calls_of("send_email"),
+        2,
+        "the refused third call did not reach the server"
+    );
 
     // Audit: an event per call, arguments only where the policy asks, secrets redacted.
     let metric = |server: &str, tool: &str, outcome: &str| f.tool_calls(0, server, tool, outcome);
@@ -768,13 +782,11 @@ fn a_session_goes_on_at_another_dataplane_and_across_a_restart() {
         f.tool_calls(2, "default/ledger", "send_email", "limit_unavailable"),
         1.0
     );
-    let sent = |f: &Fixture| {
-        Fixture::calls(&f.ledger_log)
-            .iter()
-            .filter(|c| c["tool"] == "send_email")
-            .count()
-    };
-    assert_eq!(sent(&f), 0, "the refused call reached the server");
+    assert_eq!(
+        f.ledger_calls_of("send_email"),
+        0,
+        "the refused call reached the server"
+    );
     f.stack.start_controller().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -788,7 +800,7 @@ fn a_session_goes_on_at_another_dataplane_and_across_a_restart() {
             f.stack.logs()
         );
     }
-    assert_eq!(sent(&f), 1);
+    assert_eq!(f.ledger_calls_of("send_email"), 1);
 }
 
 /// Sends one POST to `/mcp` and hands back the connection, to read the answer as it comes.
@@ -817,8 +829,7 @@ fn post_open(url: &str, session: Option<&str>, message: &Value) -> BufReader<Tcp
 fn a_client_that_goes_away_cancels_its_call_at_the_server() {
     let f = Fixture::start();
     let url = f.mcp_url(0);
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let init = initialize();
     let mut answer = String::new();
     std::io::Read::read_to_string(&mut post_open(&url, None, &init), &mut answer).unwrap();
     let session = answer
@@ -863,8 +874,7 @@ fn a_client_that_goes_away_cancels_its_call_at_the_server() {
 fn bad_requests_get_the_right_status_and_a_json_rpc_error() {
     let f = Fixture::start();
     let url = f.mcp_url(0);
-    let init = json!({"jsonrpc": "2.0", "id": 1, "method": "initialize",
-        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}}});
+    let init = initialize();
     let (status, body) = rpc(&url, None, None, &init);
     assert_eq!(status, 401, "{body}");
     assert_eq!(
