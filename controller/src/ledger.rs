@@ -509,10 +509,16 @@ impl Ledger {
             };
         }
         let need = Qty::from(req.need.as_ref());
-        let want = Qty::from(req.want.as_ref()).max_each(need);
+        let mut want = Qty::from(req.want.as_ref()).max_each(need);
+        // The slots a dataplane means to hold (concurrency accounts), in flight included.
+        let hold = req
+            .hold
+            .as_ref()
+            .filter(|_| def.window == Window::Concurrent)
+            .map(|h| Qty::from(Some(h)).max_each(in_flight));
         // Asking for nothing is a report of what is in flight, which neither grants nor
         // extends (a dataplane whose grant lapsed gives back what it does not use).
-        let report = want == Qty::default();
+        let report = hold.is_none() && want == Qty::default();
         if g.expires_ms <= now_ms || (report && def.window == Window::Concurrent) {
             // An expired grant's unreserved part is forfeit, on both sides: the dataplane
             // stopped reserving from it when it expired. Concurrency slots are given back
@@ -521,6 +527,13 @@ impl Ledger {
                 .settled
                 .plus(g.granted.minus(g.settled).min_each(in_flight));
         }
+        if let Some(hold) = hold {
+            // Slots beyond what it holds: the dataplane stopped using them before it
+            // asked. Fewer: what is missing is asked for.
+            let held = g.granted.minus(g.settled);
+            g.granted = g.settled.plus(held.min_each(hold));
+            want = hold.minus(held).max_each(need);
+        }
         g.in_flight = in_flight;
         if !report {
             g.expires_ms = now_ms + ttl;
@@ -528,7 +541,7 @@ impl Ledger {
         let expires = g.expires_ms;
         let free = a.free(now_ms);
         let fits = report || need.fits(free, def.limited());
-        let add = if report || !fits {
+        let add = if want == Qty::default() || !fits {
             Qty::default()
         } else {
             let live = a

@@ -162,6 +162,7 @@ async fn main() -> anyhow::Result<()> {
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     let quotas = Quotas::new(args.quota_wait, args.quota_unreachable == Unreachable::Open);
+    quotas.observe_waits(metrics.quota_waits.clone());
     let reporter = Reporter::new(
         args.controller.clone(),
         args.token_file.clone(),

@@ -40,6 +40,10 @@ pub struct Metrics {
     /// Requests refused by reason (`budget`, `session_budget`, `rate_limit`,
     /// `concurrency`, `quota_unavailable`).
     pub denials: IntCounterVec,
+    /// Time requests waited for a quota grant from the controller, by the kind of
+    /// account they were short of (`budget`, `rate`, `conc`, `session`, `tool`) and
+    /// how the wait ended (`granted`, `refused`, `unavailable`).
+    pub quota_waits: HistogramVec,
     /// Responses that carried a budget warning.
     pub budget_warnings: IntCounter,
     /// Answers whose provider reported no usage, counted with a tokenizer.
@@ -96,6 +100,16 @@ impl Metrics {
             .buckets(vec![
                 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
             ]),
+        )?;
+        let quota_waits = HistogramVec::new(
+            HistogramOpts::new(
+                "tollgate_quota_wait_seconds",
+                "Time requests waited for a quota grant, by account kind and how the wait ended",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+            &["account", "result"],
         )?;
         let config_resources = IntGaugeVec::new(
             Opts::new(
@@ -238,6 +252,7 @@ impl Metrics {
         registry.register(Box::new(tokens.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(overhead.clone()))?;
+        registry.register(Box::new(quota_waits.clone()))?;
         registry.register(Box::new(config_resources.clone()))?;
         registry.register(Box::new(config_updates.clone()))?;
         registry.register(Box::new(config_rejected.clone()))?;
@@ -248,6 +263,7 @@ impl Metrics {
             tokens,
             duration,
             overhead,
+            quota_waits,
             config_resources,
             config_updates,
             config_rejected,

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
@@ -24,6 +24,10 @@ const EXPIRY_MARGIN: Duration = Duration::from_millis(500);
 const RENEW_AT: f64 = 0.5;
 /// An account unused for this long is no longer renewed (and is forgotten once idle).
 const IDLE: Duration = Duration::from_secs(30);
+/// Spare concurrency slots held while an account has plenty left: at least this many.
+const SPARE_SLOTS_MIN: u64 = 8;
+/// ... and only while what is left for everyone else is this many times what is held.
+const SPARE_ROOM: u64 = 16;
 /// After the controller said an account is exhausted, requests that do not fit are refused
 /// at once for this long instead of each asking again.
 const EXHAUSTED_HOLD: Duration = Duration::from_millis(250);
@@ -132,6 +136,71 @@ impl Account {
 
     fn room(&self) -> Qty {
         self.granted.minus(self.used)
+    }
+
+    /// The lease request of a concurrency account, if one is due. It states the slots
+    /// this dataplane holds from now on: the most in flight since the last look (or those
+    /// in flight plus one for each waiting request, if more), and spare slots while the
+    /// account has plenty left. Slots beyond go back (given up here first, so nothing more
+    /// is reserved from them), so that the next request may run on any dataplane.
+    fn slots_request(
+        &mut self,
+        name: &str,
+        waiting: bool,
+        renew: bool,
+        report: bool,
+    ) -> Option<pb::LeaseRequest> {
+        let in_flight = self.in_flight.requests;
+        let peak = in_flight.max(self.peak_slots);
+        self.peak_slots = in_flight;
+        let waiting_slots = if waiting {
+            self.need.requests.max(1) * self.waiters.max(1)
+        } else {
+            0
+        };
+        let base = peak.max(in_flight + waiting_slots);
+        let spare = self.spare_slots(base);
+        let hold = base + spare;
+        let held = self.granted.requests;
+        let release = !waiting && held > hold;
+        // Fewer spare slots than half of what is wanted: asked for ahead of a burst.
+        let low = spare > 0 && held < base + spare / 2;
+        if release && !self.asked {
+            self.granted.requests = hold;
+        }
+        let due = waiting || release || report || low || (renew && held > 0);
+        if !due || (self.asked && !waiting) {
+            return None;
+        }
+        self.asked = true;
+        self.reported_in_flight = self.in_flight;
+        let slots = |requests| {
+            Some(
+                Qty {
+                    requests,
+                    ..Qty::default()
+                }
+                .into(),
+            )
+        };
+        Some(pb::LeaseRequest {
+            account: name.to_string(),
+            in_flight: Some(self.in_flight.into()),
+            need: Some(self.need.into()),
+            want: slots(hold.saturating_sub(held)),
+            hold: slots(hold),
+        })
+    }
+
+    /// Spare concurrency slots to hold beyond `base`, so that a burst does not wait for
+    /// the controller: as many again as `base` (at least [`SPARE_SLOTS_MIN`]) while the
+    /// account is in use and had at least [`SPARE_ROOM`] times what would be held left
+    /// for everyone else at the last lease. Near the limit none: a slot idle here could
+    /// make a request on another dataplane wait or be refused.
+    fn spare_slots(&self, base: u64) -> u64 {
+        let spare = base.max(SPARE_SLOTS_MIN);
+        let plenty = self.remaining.requests / SPARE_ROOM >= base + spare;
+        if base > 0 && plenty { spare } else { 0 }
     }
 }
 
@@ -253,6 +322,8 @@ pub struct Quotas {
     /// Whether requests are admitted (and counted) when no grant can be had because the
     /// controller is unreachable.
     pub fail_open: bool,
+    /// Where the time of each wait for a grant is observed (`tollgate_quota_wait_seconds`).
+    waits: OnceLock<prometheus::HistogramVec>,
 }
 
 /// A request's reservations: (account, period, reserved, live: reserved under a grant).
@@ -291,7 +362,14 @@ impl Quotas {
             connected: AtomicBool::new(false),
             wait,
             fail_open,
+            waits: OnceLock::new(),
         })
+    }
+
+    /// Observes every wait for a grant in `histogram` (labels: account kind, result).
+    pub fn observe_waits(&self, histogram: prometheus::HistogramVec) {
+        // Set once at start; a second call keeps the first.
+        let _ = self.waits.set(histogram);
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -308,8 +386,23 @@ impl Quotas {
         if let Some(done) = self.attempt(demands) {
             return done.map(|held| self.hold(held, who));
         }
+        let waiting = Waiting::new(self, demands);
+        let result = self.wait_for(demands, who).await;
+        waiting.observe(match &result {
+            Ok(_) => "granted",
+            Err(Refusal::Exhausted { .. }) => "refused",
+            Err(Refusal::Unavailable { .. }) => "unavailable",
+        });
+        result
+    }
+
+    /// Waits, up to `self.wait`, until `demands` are decided.
+    async fn wait_for(
+        self: &Arc<Self>,
+        demands: &[Demand],
+        who: Attribution,
+    ) -> Result<Reservation, Refusal> {
         let deadline = Instant::now() + self.wait;
-        let _waiting = Waiting::new(self, demands);
         loop {
             let waiting = self.granted.notified();
             tokio::pin!(waiting);
@@ -588,28 +681,18 @@ impl Quotas {
             let lapsed = a.expires.is_some_and(|e| now >= e);
             let report = (lapsed && a.in_flight != a.reported_in_flight)
                 || (a.expires.is_none() && a.in_flight != Qty::default());
-            let slot = is_slot(name);
-            let renewing = active && (renew || low) && !slot;
-            // Concurrency slots beyond what was in use since the last look go back, so
-            // that the next request may run on any dataplane: given up here first (nothing
-            // more is reserved from them), then reported.
-            let keep = a.in_flight.requests.max(a.peak_slots);
-            a.peak_slots = a.in_flight.requests;
-            let release = slot && !waiting && a.granted.requests > keep;
-            if release && !a.asked {
-                a.granted.requests = keep;
+            if is_slot(name) {
+                out.extend(a.slots_request(name, waiting, active && renew, report));
+                continue;
             }
-            if (waiting || renewing || report || release) && (!a.asked || waiting) {
+            let renewing = active && (renew || low);
+            if (waiting || renewing || report) && (!a.asked || waiting) {
                 a.asked = true;
                 a.reported_in_flight = a.in_flight;
                 // Asking for nothing is a report of what is in flight, which does not
-                // extend the grant. Slots are not renewed: requests that need one ask,
-                // for as many as are waiting (one at a time would serve a burst of
-                // waiting requests one round trip each).
+                // extend the grant.
                 let want = if !(waiting || renewing) {
                     a.need
-                } else if slot {
-                    a.need.times(a.waiters.max(1))
                 } else {
                     a.need.plus(a.extra())
                 };
@@ -618,6 +701,7 @@ impl Quotas {
                     in_flight: Some(a.in_flight.into()),
                     need: Some(a.need.into()),
                     want: Some(want.into()),
+                    hold: None,
                 });
             }
         }
@@ -693,17 +777,49 @@ impl Quotas {
 struct Waiting<'a> {
     quotas: &'a Quotas,
     demands: &'a [Demand],
+    since: Instant,
+    /// The kind of the first account it was short of (`conc`, `rate`, ...).
+    kind: &'static str,
 }
 
 impl<'a> Waiting<'a> {
     fn new(quotas: &'a Quotas, demands: &'a [Demand]) -> Self {
         let mut inner = quotas.lock();
+        let mut kind = None;
         for d in demands {
             if let Some(a) = inner.accounts.get_mut(&d.account) {
                 a.waiters += 1;
+                if kind.is_none() && a.need != Qty::default() {
+                    kind = Some(account_kind(&d.account));
+                }
             }
         }
-        Waiting { quotas, demands }
+        Waiting {
+            quotas,
+            demands,
+            since: Instant::now(),
+            kind: kind.unwrap_or("other"),
+        }
+    }
+
+    fn observe(&self, result: &str) {
+        if let Some(h) = self.quotas.waits.get() {
+            h.with_label_values(&[self.kind, result])
+                .observe(self.since.elapsed().as_secs_f64());
+        }
+    }
+}
+
+/// The kind of an account, from its name's first segment: a fixed set, so that a metric
+/// label cannot take arbitrary values.
+fn account_kind(account: &str) -> &'static str {
+    match account.split('/').next() {
+        Some("budget") => "budget",
+        Some("rate") => "rate",
+        Some("conc") => "conc",
+        Some("session") => "session",
+        Some("tool") => "tool",
+        _ => "other",
     }
 }
 

@@ -43,6 +43,7 @@ fn ask(dp: &str, seq: u64, epoch: u64, in_flight: u64, need: u64, want: u64) -> 
             in_flight: usd(in_flight),
             need: usd(need),
             want: usd(want),
+            hold: None,
         }],
     }
 }
@@ -296,6 +297,7 @@ fn concurrency_slots_are_granted_out_of_the_limit_and_come_back_when_a_grant_lap
             in_flight: slots(in_flight),
             need: slots(need),
             want: slots(need),
+            hold: None,
         }],
         ..Default::default()
     };
@@ -336,6 +338,68 @@ fn concurrency_slots_are_granted_out_of_the_limit_and_come_back_when_a_grant_lap
     assert_eq!(granted(&b), 1);
     let a = l.apply(&ask("dp-a", 3, 0, 1), &d, 1_600);
     assert!(a.ack.leases[0].exhausted, "dp-b and dp-c hold both slots");
+}
+
+#[test]
+fn a_dataplane_keeps_the_slots_it_says_it_holds_and_no_more() {
+    let d = Defs(
+        [(
+            "conc/ns/k".to_string(),
+            AccountDef {
+                limit: Qty {
+                    usd: Qty::UNLIMITED,
+                    tokens: Qty::UNLIMITED,
+                    requests: 40,
+                },
+                window: Window::Concurrent,
+                block_percent: 100,
+                warn_percents: vec![],
+            },
+        )]
+        .into(),
+    );
+    let slots = |n: u64| {
+        Some(pb::Quantity {
+            requests: n,
+            ..Default::default()
+        })
+    };
+    let hold = |dp: &str, seq: u64, in_flight: u64, need: u64, hold: u64| pb::UsageBatch {
+        dataplane_id: dp.into(),
+        sequence: seq,
+        epoch: 1,
+        lease_requests: vec![pb::LeaseRequest {
+            account: "conc/ns/k".into(),
+            in_flight: slots(in_flight),
+            need: slots(need),
+            want: slots(0),
+            hold: slots(hold),
+        }],
+        ..Default::default()
+    };
+    let lease = |a: &Applied| {
+        let l = &a.ack.leases[0];
+        (l.granted.as_ref().unwrap().requests, l.expires_unix_ms)
+    };
+    let mut l = Ledger::new(1_000);
+    // Growing toward what it holds: a fair share of what is free (half of 40 for one
+    // dataplane), here all 12 asked for.
+    assert_eq!(lease(&l.apply(&hold("a", 1, 0, 1, 12), &d, 0)), (12, 1_000));
+    // Shrinking: the rest is free at once for another dataplane, and the grant is
+    // extended.
+    assert_eq!(lease(&l.apply(&hold("a", 2, 3, 0, 5), &d, 500)), (5, 1_500));
+    let b = l.apply(&hold("b", 1, 0, 1, 100), &d, 510);
+    // 35 free, shared by two dataplanes: a quarter of it (8) goes to b.
+    assert_eq!(lease(&b), (8, 1_510));
+    // Never below what is in flight, whatever it says.
+    assert_eq!(lease(&l.apply(&hold("a", 3, 7, 0, 2), &d, 600)).0, 7);
+    // Holding what it has is a renewal, not a report: extended, nothing added.
+    assert_eq!(lease(&l.apply(&hold("a", 4, 1, 0, 7), &d, 900)), (7, 1_900));
+    // A grant that lapsed keeps only what was in flight before it grows again.
+    let late = l.apply(&hold("a", 5, 1, 0, 3), &d, 2_000);
+    assert_eq!(lease(&late), (3, 3_000));
+    // b's grant lapsed too, with nothing in flight: 40 - a's 3 left for everyone else.
+    assert_eq!(late.ack.leases[0].remaining.as_ref().unwrap().requests, 37);
 }
 
 #[test]
@@ -393,6 +457,7 @@ fn idle_tool_and_session_accounts_are_forgotten() {
                 in_flight: None,
                 need: one,
                 want: one,
+                hold: None,
             })
             .collect(),
         ..Default::default()

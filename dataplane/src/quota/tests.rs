@@ -92,6 +92,8 @@ async fn a_request_waits_for_a_grant_then_settles_its_actual_usage() {
 #[tokio::test]
 async fn an_exhausted_account_refuses_and_without_a_controller_requests_wait_then_fail() {
     let q = Quotas::new(Duration::from_millis(200), false);
+    let waits = crate::metrics::Metrics::new().unwrap().quota_waits;
+    q.observe_waits(waits.clone());
     let waiter = {
         let q = q.clone();
         tokio::spawn(async move {
@@ -114,6 +116,21 @@ async fn an_exhausted_account_refuses_and_without_a_controller_requests_wait_the
         .reserve(&[demand("budget/ns/other", 1)], Attribution::default())
         .await;
     assert!(matches!(r, Err(Refusal::Unavailable { .. })));
+    // Both waits are observed, by the account's kind and how they ended.
+    let count = |result: &str| {
+        waits
+            .with_label_values(&["budget", result])
+            .get_sample_count()
+    };
+    assert_eq!(
+        (count("refused"), count("unavailable"), count("granted")),
+        (1, 1, 0)
+    );
+    let unavailable = waits.with_label_values(&["budget", "unavailable"]);
+    assert!(
+        unavailable.get_sample_sum() >= 0.2,
+        "waited the full 200 ms"
+    );
     // Failing open admits it, reserving nothing, and still records it.
     let open = Quotas::new(Duration::from_millis(50), true);
     let r = open
@@ -281,4 +298,79 @@ async fn a_slot_given_back_goes_to_a_waiting_request_without_asking() {
         .await
         .expect("the waiting request took the slot given back");
     got.unwrap().unwrap();
+}
+
+fn reserve_slots(q: &Arc<Quotas>, n: usize) -> Vec<Reservation> {
+    (0..n)
+        .map(|_| {
+            let held = q.try_reserve(&[slot("conc/ns/k")]).expect("a slot is free");
+            q.hold(held, Attribution::default())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn slots_beyond_the_recent_peak_go_back_and_the_controller_is_told_what_is_held() {
+    let q = Quotas::new(Duration::from_secs(5), false);
+    let first = first_reservation(&q, slot("conc/ns/k"), slots_lease("conc/ns/k", 10)).await;
+    let mut running = reserve_slots(&q, 5);
+    running.push(first);
+    // Six at the peak, two still running when the usage stream looks.
+    running.truncate(2);
+    let asks = q.lease_requests();
+    assert_eq!(asks.len(), 1);
+    assert_eq!(
+        asks[0].hold.as_ref().unwrap().requests,
+        6,
+        "the peak is held"
+    );
+    assert_eq!(asks[0].in_flight.as_ref().unwrap().requests, 2);
+    // Given up here before the controller hears of it: four more fill the six.
+    let more = reserve_slots(&q, 4);
+    let room = |q: &Quotas| q.lock().accounts["conc/ns/k"].room().requests;
+    assert_eq!(room(&q), 0);
+    q.apply_leases(&[slots_lease("conc/ns/k", 6)]);
+    // Six were in flight since the last look: the six are kept, and nothing is asked.
+    drop(more);
+    assert_eq!(room(&q), 4);
+    let asks = q.lease_requests();
+    assert!(asks.is_empty(), "{asks:?}");
+    // Two in flight since: the rest goes back.
+    let asks = q.lease_requests();
+    assert_eq!(asks[0].hold.as_ref().unwrap().requests, 2);
+    assert_eq!(room(&q), 0);
+}
+
+#[tokio::test]
+async fn with_plenty_left_spare_slots_are_held_ahead_of_a_burst() {
+    let q = Quotas::new(Duration::from_secs(5), false);
+    let mut plenty = slots_lease("conc/ns/k", 5);
+    plenty.remaining = Some(pb::Quantity {
+        requests: 10_000,
+        ..Default::default()
+    });
+    let first = first_reservation(&q, slot("conc/ns/k"), plenty.clone()).await;
+    let mut running = reserve_slots(&q, 3);
+    running.push(first);
+    // Four in flight: as many again (at least eight) are asked for ahead of need.
+    let asks = q.lease_requests();
+    assert_eq!(asks.len(), 1);
+    assert_eq!(asks[0].hold.as_ref().unwrap().requests, 12);
+    assert_eq!(asks[0].want.as_ref().unwrap().requests, 7);
+    assert_eq!(asks[0].need.as_ref().unwrap().requests, 0);
+    plenty.granted.as_mut().unwrap().requests = 12;
+    q.apply_leases(&[plenty.clone()]);
+    // A burst of eight more finds them, without asking.
+    running.extend(reserve_slots(&q, 8));
+    // Near the limit, none are spare: what is not in flight goes back.
+    plenty.remaining.as_mut().unwrap().requests = 100;
+    q.apply_leases(&[plenty]);
+    running.truncate(3);
+    let asks = q.lease_requests();
+    assert!(
+        asks.is_empty(),
+        "the peak since the last look is held: {asks:?}"
+    );
+    let asks = q.lease_requests();
+    assert_eq!(asks[0].hold.as_ref().unwrap().requests, 3);
 }

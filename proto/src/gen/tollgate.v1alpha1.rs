@@ -924,9 +924,17 @@ pub struct LeaseRequest {
     /// What a waiting request needs now (zero when asking ahead of need).
     #[prost(message, optional, tag = "3")]
     pub need: ::core::option::Option<Quantity>,
-    /// What the dataplane would like to hold.
+    /// What the dataplane would like to hold: for accounts that are spent, more on top of
+    /// its grant (the controller adds a fair share of what is free, at least `need`).
     #[prost(message, optional, tag = "4")]
     pub want: ::core::option::Option<Quantity>,
+    /// Concurrency accounts only: the slots the dataplane means to hold from now on, those in
+    /// flight included. Its grant shrinks to this (never below what is in flight; the
+    /// dataplane has stopped using the rest) or grows toward it by a fair share of what is
+    /// free, and is extended. Unset: a request with `want` zero reports what is in flight
+    /// and gives back every other slot.
+    #[prost(message, optional, tag = "5")]
+    pub hold: ::core::option::Option<Quantity>,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct UsageAck {

@@ -136,6 +136,55 @@ struct Dataplane {
     cpu_seconds_per_1000_requests: f64,
     /// Mean of tollgate_overhead_seconds over the whole run, in ms.
     mean_overhead_ms: f64,
+    /// Requests that waited for a quota grant (tollgate_quota_wait_seconds), by the kind
+    /// of account they were short of: count and mean wait in ms.
+    quota_waits: std::collections::BTreeMap<String, QuotaWaits>,
+}
+
+#[derive(Serialize, Default)]
+struct QuotaWaits {
+    count: u64,
+    mean_ms: f64,
+}
+
+/// The `tollgate_quota_wait_seconds` series of a metrics page, summed per account kind
+/// (over every result).
+fn quota_waits(metrics: &str) -> std::collections::BTreeMap<String, QuotaWaits> {
+    let mut sums: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
+    for line in metrics.lines() {
+        let (is_sum, rest) = if let Some(r) = line.strip_prefix("tollgate_quota_wait_seconds_sum{")
+        {
+            (true, r)
+        } else if let Some(r) = line.strip_prefix("tollgate_quota_wait_seconds_count{") {
+            (false, r)
+        } else {
+            continue;
+        };
+        let Some((labels, value)) = rest.rsplit_once(' ') else {
+            continue;
+        };
+        let kind = labels
+            .split(',')
+            .find_map(|l| l.strip_prefix("account=\""))
+            .map(|k| k.trim_end_matches(['"', '}']))
+            .unwrap_or("?");
+        let v = value.parse::<f64>().unwrap_or(0.0);
+        let e = sums.entry(kind.to_string()).or_default();
+        if is_sum {
+            e.0 += v;
+        } else {
+            e.1 += v;
+        }
+    }
+    sums.into_iter()
+        .map(|(kind, (sum, count))| {
+            let waits = QuotaWaits {
+                count: count as u64,
+                mean_ms: sum / count.max(1.0) * 1000.0,
+            };
+            (kind, waits)
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -924,6 +973,18 @@ fn table(r: &Report) -> String {
         "\ndataplane: peak RSS {:.1} MiB, {:.3} CPU s per 1000 requests, mean overhead {:.3} ms",
         d.peak_rss_mib, d.cpu_seconds_per_1000_requests, d.mean_overhead_ms
     );
+    if !d.quota_waits.is_empty() {
+        let waits: Vec<String> = d
+            .quota_waits
+            .iter()
+            .map(|(kind, w)| format!("{kind} {} (mean {:.3} ms)", w.count, w.mean_ms))
+            .collect();
+        let _ = writeln!(
+            out,
+            "  requests that waited for a quota grant: {}",
+            waits.join(", ")
+        );
+    }
     for (source, s) in [("local", &r.scale), ("kubernetes", &r.kube_scale)] {
         if let Some(s) = s {
             let _ = writeln!(out, "{}", s.line(source));
@@ -1045,6 +1106,7 @@ async fn main() -> anyhow::Result<()> {
     let mean_overhead_ms = find("tollgate_overhead_seconds_sum")
         / find("tollgate_overhead_seconds_count").max(1.0)
         * 1000.0;
+    let quota_waits = quota_waits(&metrics);
     drop(tg);
 
     let (scale, kube_scale) = if args.skip_scale {
@@ -1088,6 +1150,7 @@ async fn main() -> anyhow::Result<()> {
             peak_rss_mib: peak as f64 / 1024.0,
             cpu_seconds_per_1000_requests: cpu / (requests as f64 / 1000.0).max(f64::EPSILON),
             mean_overhead_ms,
+            quota_waits,
         },
         scale,
         kube_scale,
