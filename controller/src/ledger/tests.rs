@@ -264,31 +264,38 @@ fn a_restore_before_the_config_arrives_keeps_the_period_spend() {
     assert_eq!(v.period_start_ms, start);
 }
 
-#[test]
-fn concurrency_slots_are_granted_out_of_the_limit_and_come_back_when_a_grant_lapses() {
-    let d = Defs(
-        [(
-            "conc/ns/k".to_string(),
-            AccountDef {
-                limit: Qty {
-                    usd: Qty::UNLIMITED,
-                    tokens: Qty::UNLIMITED,
-                    requests: 2,
-                },
-                window: Window::Concurrent,
-                block_percent: 100,
-                warn_percents: vec![],
-            },
-        )]
-        .into(),
-    );
-    let slots = |n: u64| {
-        Some(pb::Quantity {
-            requests: n,
-            ..Default::default()
-        })
+/// A key's concurrency limit of `limit` requests in flight.
+fn slot_defs(limit: u64) -> Defs {
+    let def = AccountDef {
+        limit: Qty {
+            usd: Qty::UNLIMITED,
+            tokens: Qty::UNLIMITED,
+            requests: limit,
+        },
+        window: Window::Concurrent,
+        block_percent: 100,
+        warn_percents: vec![],
     };
-    let ask = |dp: &str, seq: u64, in_flight: u64, need: u64| pb::UsageBatch {
+    Defs([("conc/ns/k".to_string(), def)].into())
+}
+
+fn slots(n: u64) -> Option<pb::Quantity> {
+    Some(pb::Quantity {
+        requests: n,
+        ..Default::default()
+    })
+}
+
+/// A lease request for slots of `conc/ns/k`.
+fn slot_ask(
+    dp: &str,
+    seq: u64,
+    in_flight: u64,
+    need: u64,
+    want: u64,
+    hold: Option<u64>,
+) -> pb::UsageBatch {
+    pb::UsageBatch {
         dataplane_id: dp.into(),
         sequence: seq,
         epoch: 1,
@@ -296,10 +303,18 @@ fn concurrency_slots_are_granted_out_of_the_limit_and_come_back_when_a_grant_lap
             account: "conc/ns/k".into(),
             in_flight: slots(in_flight),
             need: slots(need),
-            want: slots(need),
-            hold: None,
+            want: slots(want),
+            hold: hold.and_then(slots),
         }],
         ..Default::default()
+    }
+}
+
+#[test]
+fn concurrency_slots_are_granted_out_of_the_limit_and_come_back_when_a_grant_lapses() {
+    let d = slot_defs(2);
+    let ask = |dp: &str, seq: u64, in_flight: u64, need: u64| {
+        slot_ask(dp, seq, in_flight, need, need, None)
     };
     let granted = |a: &Applied| a.ack.leases[0].granted.as_ref().unwrap().requests;
     let mut l = Ledger::new(1_000);
@@ -342,40 +357,9 @@ fn concurrency_slots_are_granted_out_of_the_limit_and_come_back_when_a_grant_lap
 
 #[test]
 fn a_dataplane_keeps_the_slots_it_says_it_holds_and_no_more() {
-    let d = Defs(
-        [(
-            "conc/ns/k".to_string(),
-            AccountDef {
-                limit: Qty {
-                    usd: Qty::UNLIMITED,
-                    tokens: Qty::UNLIMITED,
-                    requests: 40,
-                },
-                window: Window::Concurrent,
-                block_percent: 100,
-                warn_percents: vec![],
-            },
-        )]
-        .into(),
-    );
-    let slots = |n: u64| {
-        Some(pb::Quantity {
-            requests: n,
-            ..Default::default()
-        })
-    };
-    let hold = |dp: &str, seq: u64, in_flight: u64, need: u64, hold: u64| pb::UsageBatch {
-        dataplane_id: dp.into(),
-        sequence: seq,
-        epoch: 1,
-        lease_requests: vec![pb::LeaseRequest {
-            account: "conc/ns/k".into(),
-            in_flight: slots(in_flight),
-            need: slots(need),
-            want: slots(0),
-            hold: slots(hold),
-        }],
-        ..Default::default()
+    let d = slot_defs(40);
+    let hold = |dp: &str, seq: u64, in_flight: u64, need: u64, hold: u64| {
+        slot_ask(dp, seq, in_flight, need, 0, Some(hold))
     };
     let lease = |a: &Applied| {
         let l = &a.ack.leases[0];
