@@ -810,17 +810,17 @@ impl<'a> Waiting<'a> {
     }
 }
 
-/// The kind of an account, from its name's first segment: a fixed set, so that a metric
-/// label cannot take arbitrary values.
+/// The kinds of account, as `tollgate_quota_wait_seconds` labels them: a fixed set, so
+/// that a metric label cannot take arbitrary values.
+pub const ACCOUNT_KINDS: [&str; 6] = ["budget", "rate", "conc", "session", "tool", "other"];
+
+/// The kind of an account, from its name's first segment.
 fn account_kind(account: &str) -> &'static str {
-    match account.split('/').next() {
-        Some("budget") => "budget",
-        Some("rate") => "rate",
-        Some("conc") => "conc",
-        Some("session") => "session",
-        Some("tool") => "tool",
-        _ => "other",
-    }
+    let first = account.split('/').next().unwrap_or_default();
+    ACCOUNT_KINDS
+        .into_iter()
+        .find(|k| *k == first)
+        .unwrap_or("other")
 }
 
 impl Drop for Waiting<'_> {

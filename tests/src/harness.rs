@@ -499,7 +499,6 @@ impl Stack {
         Ok(std::fs::remove_file(self.manifests.join(name))?)
     }
 
-    /// The value of a counter or gauge (summed over label sets matching `labels`).
     /// The requests mock-llm received, oldest first.
     pub fn upstream_requests(&self) -> anyhow::Result<Vec<serde_json::Value>> {
         let (_, text) = http_get(&format!("{}/mock/requests", self.mock_url))?;
@@ -513,25 +512,11 @@ impl Stack {
             .context("mock-llm received no request")
     }
 
+    /// The value of a counter or gauge on `admin`'s metrics page (summed over label sets
+    /// matching `labels`).
     pub fn metric(admin: &str, name: &str, labels: &[(&str, &str)]) -> anyhow::Result<f64> {
         let (_, text) = http_get(&format!("{admin}/metrics"))?;
-        let mut total = 0.0;
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            let Some((series, value)) = line.rsplit_once(' ') else {
-                continue;
-            };
-            let (metric, label_text) = series.split_once('{').unwrap_or((series, ""));
-            if metric != name {
-                continue;
-            }
-            if labels
-                .iter()
-                .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")))
-            {
-                total += value.parse::<f64>().unwrap_or(0.0);
-            }
-        }
-        Ok(total)
+        Ok(metric_in(&text, name, labels))
     }
 
     /// Every process's log, for a failing test's output.
@@ -545,4 +530,26 @@ impl Stack {
         }
         out
     }
+}
+
+/// The value of a counter or gauge in a Prometheus text page, summed over the series of
+/// `name` whose labels include `labels`.
+pub fn metric_in(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut total = 0.0;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (metric, label_text) = series.split_once('{').unwrap_or((series, ""));
+        if metric != name {
+            continue;
+        }
+        if labels
+            .iter()
+            .all(|(k, v)| label_text.contains(&format!("{k}=\"{v}\"")))
+        {
+            total += value.parse::<f64>().unwrap_or(0.0);
+        }
+    }
+    total
 }

@@ -16,7 +16,7 @@ use http::{HeaderName, HeaderValue};
 use serde::{Deserialize, Serialize};
 use tollgate_tests::bench::{self, HttpClient, Percentiles, Run, Target, proc};
 use tollgate_tests::fake_kube::FakeApi;
-use tollgate_tests::harness::{Process, bin, free_port, http_get, wait_ok};
+use tollgate_tests::harness::{Process, bin, free_port, http_get, metric_in, wait_ok};
 
 #[derive(Parser, Debug, Clone)]
 #[command(
@@ -141,48 +141,26 @@ struct Dataplane {
     quota_waits: std::collections::BTreeMap<String, QuotaWaits>,
 }
 
-#[derive(Serialize, Default)]
+#[derive(Serialize)]
 struct QuotaWaits {
     count: u64,
     mean_ms: f64,
 }
 
 /// The `tollgate_quota_wait_seconds` series of a metrics page, summed per account kind
-/// (over every result).
+/// (over every result); kinds without a wait are left out.
 fn quota_waits(metrics: &str) -> std::collections::BTreeMap<String, QuotaWaits> {
-    let mut sums: std::collections::BTreeMap<String, (f64, f64)> = Default::default();
-    for line in metrics.lines() {
-        let (is_sum, rest) = if let Some(r) = line.strip_prefix("tollgate_quota_wait_seconds_sum{")
-        {
-            (true, r)
-        } else if let Some(r) = line.strip_prefix("tollgate_quota_wait_seconds_count{") {
-            (false, r)
-        } else {
-            continue;
-        };
-        let Some((labels, value)) = rest.rsplit_once(' ') else {
-            continue;
-        };
-        let kind = labels
-            .split(',')
-            .find_map(|l| l.strip_prefix("account=\""))
-            .map(|k| k.trim_end_matches(['"', '}']))
-            .unwrap_or("?");
-        let v = value.parse::<f64>().unwrap_or(0.0);
-        let e = sums.entry(kind.to_string()).or_default();
-        if is_sum {
-            e.0 += v;
-        } else {
-            e.1 += v;
-        }
-    }
-    sums.into_iter()
-        .map(|(kind, (sum, count))| {
+    tollgate_dataplane::quota::ACCOUNT_KINDS
+        .into_iter()
+        .filter_map(|kind| {
+            let labels = [("account", kind)];
+            let count = metric_in(metrics, "tollgate_quota_wait_seconds_count", &labels);
+            let sum = metric_in(metrics, "tollgate_quota_wait_seconds_sum", &labels);
             let waits = QuotaWaits {
                 count: count as u64,
                 mean_ms: sum / count.max(1.0) * 1000.0,
             };
-            (kind, waits)
+            (count > 0.0).then(|| (kind.to_string(), waits))
         })
         .collect()
 }
@@ -1095,14 +1073,7 @@ async fn main() -> anyhow::Result<()> {
     let (cpu, requests) = cpu;
     let (_, peak) = proc::memory_kib(tg.dataplane.pid()).unwrap_or((0, 0));
     let (_, metrics) = http_get(&format!("{}/metrics", tg.admin))?;
-    let find = |name: &str| {
-        metrics
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.rsplit_once(' '))
-            .and_then(|(_, v)| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+    let find = |name: &str| metric_in(&metrics, name, &[]);
     let mean_overhead_ms = find("tollgate_overhead_seconds_sum")
         / find("tollgate_overhead_seconds_count").max(1.0)
         * 1000.0;
