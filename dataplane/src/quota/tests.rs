@@ -374,3 +374,17 @@ async fn with_plenty_left_spare_slots_are_held_ahead_of_a_burst() {
     let asks = q.lease_requests();
     assert_eq!(asks[0].hold.as_ref().unwrap().requests, 3);
 }
+
+#[tokio::test]
+async fn a_slot_grant_in_use_is_renewed_before_it_lapses() {
+    let q = Quotas::new(Duration::from_secs(5), false);
+    // A grant with a second to live: less than half of its life is left at once.
+    let mut short = slots_lease("conc/ns/k", 1);
+    short.expires_unix_ms = now_ms() + 1_000;
+    let running = first_reservation(&q, slot("conc/ns/k"), short).await;
+    let asks = q.lease_requests();
+    assert_eq!(asks.len(), 1, "the slot in use is renewed");
+    assert_eq!(asks[0].hold.as_ref().unwrap().requests, 1);
+    assert_eq!(asks[0].want.as_ref().unwrap().requests, 0, "nothing more");
+    drop(running);
+}
