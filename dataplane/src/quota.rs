@@ -24,8 +24,10 @@ const EXPIRY_MARGIN: Duration = Duration::from_millis(500);
 const RENEW_AT: f64 = 0.5;
 /// An account unused for this long is no longer renewed (and is forgotten once idle).
 const IDLE: Duration = Duration::from_secs(30);
-/// Spare concurrency slots held while an account has plenty left: at least this many.
+/// Spare concurrency slots held while an account has plenty left: at least this many,
 const SPARE_SLOTS_MIN: u64 = 8;
+/// ... and, where there is room for them, up to this many (or as many as are in use).
+const SPARE_SLOTS_WIDE: u64 = 64;
 /// ... and only while what is left for everyone else is this many times what is held.
 const SPARE_ROOM: u64 = 16;
 /// After the controller said an account is exhausted, requests that do not fit are refused
@@ -193,14 +195,18 @@ impl Account {
     }
 
     /// Spare concurrency slots to hold beyond `base`, so that a burst does not wait for
-    /// the controller: as many again as `base` (at least [`SPARE_SLOTS_MIN`]) while the
-    /// account is in use and had at least [`SPARE_ROOM`] times what would be held left
-    /// for everyone else at the last lease. Near the limit none: a slot idle here could
-    /// make a request on another dataplane wait or be refused.
+    /// the controller. While the account is in use, what is held stays within a
+    /// [`SPARE_ROOM`]th of what was left for everyone else at the last lease; within that,
+    /// as many spares as `base` or [`SPARE_SLOTS_WIDE`], whichever is more, and none
+    /// unless there is room for `base` or [`SPARE_SLOTS_MIN`], whichever is more. Near the
+    /// limit none: a slot idle here could make a request on another dataplane wait or be
+    /// refused.
     fn spare_slots(&self, base: u64) -> u64 {
-        let spare = base.max(SPARE_SLOTS_MIN);
-        let plenty = self.remaining.requests / SPARE_ROOM >= base + spare;
-        if base > 0 && plenty { spare } else { 0 }
+        let room = (self.remaining.requests / SPARE_ROOM).saturating_sub(base);
+        if base == 0 || room < base.max(SPARE_SLOTS_MIN) {
+            return 0;
+        }
+        room.min(base.max(SPARE_SLOTS_WIDE))
     }
 }
 

@@ -352,19 +352,19 @@ async fn with_plenty_left_spare_slots_are_held_ahead_of_a_burst() {
     let first = first_reservation(&q, slot("conc/ns/k"), plenty.clone()).await;
     let mut running = reserve_slots(&q, 3);
     running.push(first);
-    // Four in flight: as many again (at least eight) are asked for ahead of need.
+    // Four in flight, and room for far more: 64 spare ones are asked for ahead of need.
     let asks = q.lease_requests();
     assert_eq!(asks.len(), 1);
-    assert_eq!(asks[0].hold.as_ref().unwrap().requests, 12);
-    assert_eq!(asks[0].want.as_ref().unwrap().requests, 7);
+    assert_eq!(asks[0].hold.as_ref().unwrap().requests, 68);
+    assert_eq!(asks[0].want.as_ref().unwrap().requests, 63);
     assert_eq!(asks[0].need.as_ref().unwrap().requests, 0);
-    plenty.granted.as_mut().unwrap().requests = 12;
+    plenty.granted.as_mut().unwrap().requests = 68;
     q.apply_leases(&[plenty.clone()]);
-    // A burst of eight more finds them, without asking.
-    running.extend(reserve_slots(&q, 8));
+    // A burst of sixty-four more finds them, without asking.
+    running.extend(reserve_slots(&q, 64));
     // Near the limit, none are spare: what is not in flight goes back.
     plenty.remaining.as_mut().unwrap().requests = 100;
-    q.apply_leases(&[plenty]);
+    q.apply_leases(&[plenty.clone()]);
     running.truncate(3);
     let asks = q.lease_requests();
     assert!(
@@ -373,6 +373,19 @@ async fn with_plenty_left_spare_slots_are_held_ahead_of_a_burst() {
     );
     let asks = q.lease_requests();
     assert_eq!(asks[0].hold.as_ref().unwrap().requests, 3);
+    // Room for fewer spares than eight: none are held.
+    plenty.granted.as_mut().unwrap().requests = 3;
+    plenty.remaining.as_mut().unwrap().requests = 160;
+    q.apply_leases(&[plenty.clone()]);
+    let asks = q.lease_requests();
+    assert!(asks.is_empty(), "{asks:?}");
+    // Room for more than eight and fewer than 64: what is held stays within a sixteenth
+    // of what is left for everyone else.
+    plenty.remaining.as_mut().unwrap().requests = 448;
+    q.apply_leases(&[plenty]);
+    let asks = q.lease_requests();
+    assert_eq!(asks[0].hold.as_ref().unwrap().requests, 28);
+    drop(running);
 }
 
 #[tokio::test]
