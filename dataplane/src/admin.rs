@@ -72,7 +72,7 @@ impl Admin {
                 let items: Vec<_> = snapshot
                     .versions
                     .iter()
-                    .map(|(t, name, version)| serde_json::json!({"type": t, "name": name, "version": version}))
+                    .map(|(t, name, version)| serde_json::json!({"type": t, "name": &**name, "version": &**version}))
                     .collect();
                 let body = serde_json::to_vec_pretty(&serde_json::json!({ "resources": items }))
                     .unwrap_or_default();

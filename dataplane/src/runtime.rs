@@ -3,7 +3,6 @@
 //! request path does no parsing of config, and a resource that cannot be used is refused
 //! with a typed error instead of failing requests later.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -784,20 +783,11 @@ impl Route {
     }
 }
 
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct Owner {
-    pub team: String,
-    pub customer: String,
-    pub user: String,
-}
-
+/// A virtual key as the dataplane holds it: only what requests use (its labels, for
+/// example, select Budgets in the controller and are not kept here).
 #[derive(Clone, Debug)]
 pub struct VirtualKey {
-    /// `<namespace>/<name>`.
-    pub id: String,
-    pub namespace: String,
     pub hash: [u8; 32],
-    pub owner: Owner,
     /// Model globs; empty allows all.
     pub models: Vec<String>,
     /// Route-name globs; empty allows all in the namespace.
@@ -805,7 +795,6 @@ pub struct VirtualKey {
     /// Unix seconds; `None` never expires.
     pub expires_at: Option<i64>,
     pub disabled: bool,
-    pub labels: BTreeMap<String, String>,
     /// `budget/<namespace>/<name>` of every Budget the key is charged to.
     pub budget_accounts: Vec<Arc<str>>,
     /// Requests and tokens per minute, across every dataplane.
@@ -814,7 +803,8 @@ pub struct VirtualKey {
     pub concurrency: Option<Arc<str>>,
     /// Per-session caps, and the header naming the session.
     pub session: Option<SessionCaps>,
-    /// Key and owner, for usage records (the session is added per request).
+    /// The key (`<namespace>/<name>`) and its owner, for usage records and logs (the
+    /// session is added per request).
     pub attribution: crate::quota::Attribution,
 }
 
@@ -841,33 +831,20 @@ impl TryFrom<&pb::VirtualKey> for VirtualKey {
             .as_slice()
             .try_into()
             .map_err(|_| ConvertError::BadKeyHash(k.key_sha256.len()))?;
+        let owner = k.owner.as_ref();
+        let owned = |f: fn(&pb::Owner) -> &str| shared_str(owner.map_or("", f));
         Ok(Self {
-            id: format!("{}/{}", k.namespace, k.name),
-            namespace: k.namespace.clone(),
             hash,
-            owner: k
-                .owner
-                .as_ref()
-                .map(|o| Owner {
-                    team: o.team.clone(),
-                    customer: o.customer.clone(),
-                    user: o.user.clone(),
-                })
-                .unwrap_or_default(),
             models: k.models.clone(),
             routes: k.routes.clone(),
             expires_at: (k.expires_at_unix != 0).then_some(k.expires_at_unix),
             disabled: k.disabled,
-            labels: k.labels.clone(),
-            attribution: {
-                let owner = k.owner.clone().unwrap_or_default();
-                crate::quota::Attribution {
-                    key: Arc::from(format!("{}/{}", k.namespace, k.name)),
-                    team: Arc::from(owner.team),
-                    customer: Arc::from(owner.customer),
-                    user: Arc::from(owner.user),
-                    session: Arc::from(""),
-                }
+            attribution: crate::quota::Attribution {
+                key: Arc::from(format!("{}/{}", k.namespace, k.name)),
+                team: owned(|o| &o.team),
+                customer: owned(|o| &o.customer),
+                user: owned(|o| &o.user),
+                session: shared_str(""),
             },
             budget_accounts: k
                 .budgets
@@ -906,7 +883,26 @@ impl TryFrom<&pb::VirtualKey> for VirtualKey {
     }
 }
 
+/// `s` as a shared string; the empty one is allocated once and shared by every key.
+fn shared_str(s: &str) -> Arc<str> {
+    static EMPTY: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    if s.is_empty() {
+        EMPTY.get_or_init(|| Arc::from("")).clone()
+    } else {
+        Arc::from(s)
+    }
+}
+
 impl VirtualKey {
+    /// `<namespace>/<name>`.
+    pub fn id(&self) -> &str {
+        &self.attribution.key
+    }
+
+    pub fn namespace(&self) -> &str {
+        self.id().split_once('/').map_or("", |(ns, _)| ns)
+    }
+
     pub fn allows_model(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|g| crate::glob::matches(g, model))
     }

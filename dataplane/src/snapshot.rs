@@ -70,7 +70,7 @@ pub struct Snapshot {
     /// The MCP tool rules of each VirtualKey (`<namespace>/<name>`) some policy selects.
     pub mcp_rules: HashMap<String, Arc<crate::mcp::policy::KeyPolicy>>,
     /// Every resource name and version, for `/config` on the admin port.
-    pub versions: Vec<(&'static str, String, String)>,
+    pub versions: Vec<(&'static str, Arc<str>, Arc<str>)>,
 }
 
 /// Why a presented key was refused.
@@ -111,14 +111,14 @@ impl Snapshot {
         headers: &http::HeaderMap,
     ) -> Option<&Arc<Route>> {
         self.routes
-            .get(&key.namespace)?
+            .get(key.namespace())?
             .candidates(model)
             .find(|r| key.allows_route(r) && r.headers_match(headers))
     }
 
     /// Model names `key` may ask for: the literal names of the routes it may use.
     pub fn models_for(&self, key: &VirtualKey) -> Vec<(String, String)> {
-        let Some(table) = self.routes.get(&key.namespace) else {
+        let Some(table) = self.routes.get(key.namespace()) else {
             return vec![];
         };
         let mut out: Vec<(String, String)> = table

@@ -27,13 +27,14 @@ enum Item {
 
 #[derive(Clone, Debug)]
 struct Held {
-    version: String,
+    /// Shared with every snapshot's list of versions, as the name (the map's key) is.
+    version: Arc<str>,
     item: Item,
 }
 
 #[derive(Debug, Default)]
 pub struct Store {
-    types: HashMap<String, BTreeMap<String, Held>>,
+    types: HashMap<String, BTreeMap<Arc<str>, Held>>,
 }
 
 /// What applying one response did.
@@ -68,7 +69,7 @@ impl Store {
             .get(type_url)
             .map(|m| {
                 m.iter()
-                    .map(|(n, h)| (n.clone(), h.version.clone()))
+                    .map(|(n, h)| (n.to_string(), h.version.to_string()))
                     .collect()
             })
             .unwrap_or_default()
@@ -81,9 +82,9 @@ impl Store {
             match convert(&response.type_url, resource.body.as_ref()) {
                 Ok(item) => {
                     held.insert(
-                        resource.name.clone(),
+                        Arc::from(resource.name.as_str()),
                         Held {
-                            version: resource.version.clone(),
+                            version: Arc::from(resource.version.as_str()),
                             item,
                         },
                     );
@@ -97,7 +98,7 @@ impl Store {
             }
         }
         for name in &response.removed_resources {
-            applied.changed |= held.remove(name).is_some();
+            applied.changed |= held.remove(name.as_str()).is_some();
         }
         applied
     }
@@ -115,6 +116,7 @@ impl Store {
                 snapshot.providers.insert(p.id.to_string(), p.clone());
             }
         }
+        snapshot.keys.reserve(of(type_url::VIRTUAL_KEY).len());
         for held in of(type_url::VIRTUAL_KEY).values() {
             if let Item::Key(k) = &held.item {
                 snapshot.keys.insert(k.hash, k.clone());
@@ -151,6 +153,7 @@ impl Store {
             .into_iter()
             .map(|(ns, routes)| (ns, RouteTable::new(routes)))
             .collect();
+        snapshot.versions = Vec::with_capacity(self.types.values().map(BTreeMap::len).sum());
         for t in type_url::ALL {
             for (name, held) in of(t) {
                 snapshot

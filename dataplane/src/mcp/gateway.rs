@@ -197,7 +197,7 @@ fn caller(state: &State, headers: &http::HeaderMap) -> Result<Caller, Box<Respon
             Box::new(r)
         })?
         .clone();
-    let policy = snapshot.mcp_rules.get(&key.id).cloned().unwrap_or_default();
+    let policy = snapshot.mcp_rules.get(key.id()).cloned().unwrap_or_default();
     Ok(Caller {
         key,
         policy,
@@ -208,7 +208,7 @@ fn caller(state: &State, headers: &http::HeaderMap) -> Result<Caller, Box<Respon
 /// The session a request names, when it is this key's.
 fn session_of(state: &State, caller: &Caller, headers: &http::HeaderMap) -> Option<Session> {
     let id = headers.get(SESSION_HEADER)?.to_str().ok()?;
-    state.mcp.keys.open(id).filter(|s| s.key == caller.key.id)
+    state.mcp.keys.open(id).filter(|s| s.key == caller.key.id())
 }
 
 fn count(state: &State, method: &str, outcome: &str) {
@@ -436,7 +436,7 @@ async fn initialize(
     )
     .await;
     let session = Session {
-        key: caller.key.id.clone(),
+        key: caller.key.id().to_string(),
         version: version.to_string(),
         upstreams: opened.into_iter().flatten().collect(),
     };
@@ -451,7 +451,7 @@ async fn initialize(
         }
     };
     tracing::info!(
-        key = %caller.key.id,
+        key = %caller.key.id(),
         version,
         servers = session.upstreams.len(),
         of = servers.len(),
@@ -850,7 +850,7 @@ async fn call_tool(
         // Counted by the controller's ledger, like a key's rate limits: the limit holds
         // across every dataplane.
         let demand = Demand {
-            account: Arc::from(format!("tool/{}/{}/{tool}", rule.origin, caller.key.id)),
+            account: Arc::from(format!("tool/{}/{}/{tool}", rule.origin, caller.key.id())),
             amount: Qty {
                 requests: 1,
                 ..Qty::default()
@@ -1105,11 +1105,11 @@ impl Audit {
                 .with_label_values(&[server])
                 .observe(elapsed.as_secs_f64());
         }
-        let owner = &self.key.owner;
+        let owner = &self.key.attribution;
         tracing::info!(
             target: "tollgate::audit",
             event = "mcp_tool_call",
-            key = %self.key.id,
+            key = %self.key.id(),
             team = %owner.team,
             customer = %owner.customer,
             user = %owner.user,

@@ -75,7 +75,7 @@ fn demands(
     }
     if let Some(s) = session {
         out.push(Demand {
-            account: Arc::from(format!("session/{}/{s}", key.id)),
+            account: Arc::from(format!("session/{}/{s}", key.id())),
             amount: worst,
         });
     }
