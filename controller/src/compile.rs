@@ -838,7 +838,6 @@ fn compile_virtual_key(k: &Parsed<virtual_key::VirtualKeySpec>, key: &[u8]) -> p
             .and_then(parse_rfc3339_unix)
             .unwrap_or(0),
         disabled: spec.disabled,
-        labels: k.labels.clone(),
     }
 }
 

@@ -97,7 +97,6 @@ fn virtual_key_sends_only_a_hash_of_the_trimmed_key() {
     };
     assert_eq!(body.key_sha256, Sha256::digest(b"tg-alice").to_vec());
     assert_eq!(body.expires_at_unix, 1_893_456_000);
-    assert_eq!(body.labels.get("team").map(String::as_str), Some("a"));
     let encoded = k.encode_to_vec();
     assert!(!encoded.windows(8).any(|w| w == b"tg-alice"));
 }
@@ -301,6 +300,31 @@ fn a_key_is_charged_to_the_budgets_that_select_it_and_their_ancestors() {
         panic!()
     };
     assert_eq!(k.budgets, vec!["org", "team-a", "x", "y"]);
+}
+
+#[test]
+fn a_key_label_changes_what_is_sent_only_through_the_budgets_it_selects() {
+    let version = |team: &str, budget: bool| {
+        let mut objects = base();
+        objects[3].value["metadata"]["labels"] = json!({"team": team, "tier": "gold"});
+        if budget {
+            objects.push(obj(
+                "b.yaml#1",
+                json!({
+                    "apiVersion": "tollgate.dev/v1alpha1", "kind": "Budget",
+                    "metadata": {"name": "team-b"},
+                    "spec": {"selector": {"matchLabels": {"team": "b"}},
+                             "limit": {"usd": 10}, "period": "day"},
+                }),
+            ));
+        }
+        run(objects).resources[pb::type_url::VIRTUAL_KEY]["default/alice"]
+            .version
+            .clone()
+    };
+    // Labels select Budgets in the controller; the dataplane is sent the result only.
+    assert_eq!(version("a", false), version("b", false));
+    assert_ne!(version("a", true), version("b", true));
 }
 
 #[test]

@@ -310,11 +310,6 @@ pub struct VirtualKey {
     pub expires_at_unix: i64,
     #[prost(bool, tag = "12")]
     pub disabled: bool,
-    #[prost(btree_map = "string, string", tag = "13")]
-    pub labels: ::prost::alloc::collections::BTreeMap<
-        ::prost::alloc::string::String,
-        ::prost::alloc::string::String,
-    >,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Owner {
