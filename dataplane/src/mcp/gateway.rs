@@ -197,7 +197,11 @@ fn caller(state: &State, headers: &http::HeaderMap) -> Result<Caller, Box<Respon
             Box::new(r)
         })?
         .clone();
-    let policy = snapshot.mcp_rules.get(key.id()).cloned().unwrap_or_default();
+    let policy = snapshot
+        .mcp_rules
+        .get(key.id())
+        .cloned()
+        .unwrap_or_default();
     Ok(Caller {
         key,
         policy,
