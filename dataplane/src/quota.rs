@@ -176,15 +176,7 @@ impl Account {
         }
         self.asked = true;
         self.reported_in_flight = self.in_flight;
-        let slots = |requests| {
-            Some(
-                Qty {
-                    requests,
-                    ..Qty::default()
-                }
-                .into(),
-            )
-        };
+        let slots = |n| Some(Qty::requests(n).into());
         Some(pb::LeaseRequest {
             account: name.to_string(),
             in_flight: Some(self.in_flight.into()),

@@ -22,6 +22,15 @@ impl Qty {
     /// A limit's value in a dimension it does not limit.
     pub const UNLIMITED: u64 = u64::MAX;
 
+    /// `n` requests and nothing else: a concurrency slot's or a call count's amount.
+    pub const fn requests(n: u64) -> Qty {
+        Qty {
+            usd: 0,
+            tokens: 0,
+            requests: n,
+        }
+    }
+
     fn zip(self, o: Qty, f: impl Fn(u64, u64) -> u64) -> Qty {
         Qty {
             usd: f(self.usd, o.usd),

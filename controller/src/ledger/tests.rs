@@ -280,10 +280,7 @@ fn slot_defs(limit: u64) -> Defs {
 }
 
 fn slots(n: u64) -> Option<pb::Quantity> {
-    Some(pb::Quantity {
-        requests: n,
-        ..Default::default()
-    })
+    Some(Qty::requests(n).into())
 }
 
 /// A lease request for slots of `conc/ns/k`.

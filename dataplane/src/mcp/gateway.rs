@@ -855,10 +855,7 @@ async fn call_tool(
         // across every dataplane.
         let demand = Demand {
             account: Arc::from(format!("tool/{}/{}/{tool}", rule.origin, caller.key.id())),
-            amount: Qty {
-                requests: 1,
-                ..Qty::default()
-            },
+            amount: Qty::requests(1),
         };
         let limit = rule.calls_per_minute;
         match state

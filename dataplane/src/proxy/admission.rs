@@ -83,10 +83,7 @@ fn demands(
         // One slot, given back when the request ends.
         out.push(Demand {
             account: c.clone(),
-            amount: Qty {
-                requests: 1,
-                ..Qty::default()
-            },
+            amount: Qty::requests(1),
         });
     }
     out

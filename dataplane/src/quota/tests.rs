@@ -223,10 +223,7 @@ async fn a_busy_account_asks_ahead_for_a_second_of_its_pace() {
 fn slot(account: &str) -> Demand {
     Demand {
         account: Arc::from(account),
-        amount: Qty {
-            requests: 1,
-            ..Qty::default()
-        },
+        amount: Qty::requests(1),
     }
 }
 
