@@ -23,8 +23,8 @@ use tollgate_dataplane::{upstream, xds};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The allocator's setting, freed memory goes back to the system at once, and no huge
-/// pages for what it touches.
+/// Memory settings made at start: freed memory goes back to the system at once, and what
+/// the allocator touches is not backed by huge pages.
 mod allocator {
     /// `mi_option_purge_delay` in mimalloc.h's `mi_option_e` (the same in its v2 and v3).
     /// libmimalloc-sys names most options but not this one.
