@@ -72,6 +72,10 @@ struct Account {
     /// Concurrency slots: the most in flight since the usage stream last looked, which
     /// are kept (slots beyond go back to the controller).
     peak_slots: u64,
+    /// Concurrency slots: what the last lease request said this dataplane holds. An answer
+    /// grants no more than its request said, so an answer above this one is to an earlier
+    /// request, overtaken by a release the controller has counted since.
+    slots_told: u64,
     last_used: Instant,
     /// A request for this account is on its way.
     asked: bool,
@@ -98,6 +102,7 @@ impl Account {
             typical: Qty::default(),
             pace: Pace::new(now),
             peak_slots: 0,
+            slots_told: 0,
             last_used: now,
             asked: false,
             waiters: 0,
@@ -176,6 +181,7 @@ impl Account {
         }
         self.asked = true;
         self.reported_in_flight = self.in_flight;
+        self.slots_told = hold;
         let slots = |n| Some(Qty::requests(n).into());
         Some(pb::LeaseRequest {
             account: name.to_string(),
@@ -725,6 +731,12 @@ impl Quotas {
             }
             a.period_end_ms = l.period_end_unix_ms;
             a.granted = Qty::from(l.granted.as_ref());
+            if is_slot(&l.account) {
+                // Answers come in order, but a waiting request may ask again before the
+                // first answer: an answer to a request made before the last release would
+                // bring back slots the controller now counts as free.
+                a.granted.requests = a.granted.requests.min(a.slots_told);
+            }
             // The used part may exceed what is granted (actual over the reservation):
             // then there is no room until more comes.
             let life = Duration::from_millis((l.expires_unix_ms - now_ms).max(0) as u64);

@@ -297,6 +297,21 @@ async fn a_slot_given_back_goes_to_a_waiting_request_without_asking() {
     got.unwrap().unwrap();
 }
 
+/// `n` requests for a slot of `conc/ns/k` that waited and run, on `lease` granting
+/// them what their ask said (as the controller grants, never more than asked).
+async fn running_slots(q: &Arc<Quotas>, n: u64, mut lease: pb::QuotaLease) -> Vec<Reservation> {
+    let waiting = waiting_for_slots(q, n as usize).await;
+    let asks = q.lease_requests();
+    assert_eq!(asks[0].hold.as_ref().unwrap().requests, n);
+    lease.granted = Some(Qty::requests(n).into());
+    q.apply_leases(&[lease]);
+    let mut running = Vec::new();
+    for w in waiting {
+        running.push(w.await.unwrap().unwrap());
+    }
+    running
+}
+
 fn reserve_slots(q: &Arc<Quotas>, n: usize) -> Vec<Reservation> {
     (0..n)
         .map(|_| {
@@ -309,10 +324,12 @@ fn reserve_slots(q: &Arc<Quotas>, n: usize) -> Vec<Reservation> {
 #[tokio::test]
 async fn slots_beyond_the_recent_peak_go_back_and_the_controller_is_told_what_is_held() {
     let q = Quotas::new(Duration::from_secs(5), false);
-    let first = first_reservation(&q, slot("conc/ns/k"), slots_lease("conc/ns/k", 10)).await;
-    let mut running = reserve_slots(&q, 5);
-    running.push(first);
-    // Six at the peak, two still running when the usage stream looks.
+    let mut running = running_slots(&q, 10, slots_lease("conc/ns/k", 10)).await;
+    // Ten held; six at the peak since the last look, two still running when the usage
+    // stream looks.
+    assert!(q.lease_requests().is_empty());
+    running.truncate(6);
+    assert!(q.lease_requests().is_empty());
     running.truncate(2);
     let asks = q.lease_requests();
     assert_eq!(asks.len(), 1);
@@ -346,14 +363,12 @@ async fn with_plenty_left_spare_slots_are_held_ahead_of_a_burst() {
         requests: 10_000,
         ..Default::default()
     });
-    let first = first_reservation(&q, slot("conc/ns/k"), plenty.clone()).await;
-    let mut running = reserve_slots(&q, 3);
-    running.push(first);
+    let mut running = running_slots(&q, 4, plenty.clone()).await;
     // Four in flight, and room for far more: 64 spare ones are asked for ahead of need.
     let asks = q.lease_requests();
     assert_eq!(asks.len(), 1);
     assert_eq!(asks[0].hold.as_ref().unwrap().requests, 68);
-    assert_eq!(asks[0].want.as_ref().unwrap().requests, 63);
+    assert_eq!(asks[0].want.as_ref().unwrap().requests, 64);
     assert_eq!(asks[0].need.as_ref().unwrap().requests, 0);
     plenty.granted.as_mut().unwrap().requests = 68;
     q.apply_leases(&[plenty.clone()]);
@@ -397,4 +412,34 @@ async fn a_slot_grant_in_use_is_renewed_before_it_lapses() {
     assert_eq!(asks[0].hold.as_ref().unwrap().requests, 1);
     assert_eq!(asks[0].want.as_ref().unwrap().requests, 0, "nothing more");
     drop(running);
+}
+
+#[tokio::test]
+async fn a_late_answer_to_an_earlier_ask_does_not_bring_back_slots_given_back() {
+    let q = Quotas::new(Duration::from_secs(5), false);
+    let room = |q: &Quotas| q.lock().accounts["conc/ns/k"].room().requests;
+    // Two requests wait; the stream asks for their slots twice before an answer comes.
+    let waiting = waiting_for_slots(&q, 2).await;
+    let first_ask = q.lease_requests();
+    let second_ask = q.lease_requests();
+    assert_eq!(first_ask[0].hold.as_ref().unwrap().requests, 2);
+    assert_eq!(second_ask[0].hold.as_ref().unwrap().requests, 2);
+    // The first answer comes; both run and end.
+    q.apply_leases(&[slots_lease("conc/ns/k", 2)]);
+    for w in waiting {
+        drop(w.await.unwrap().unwrap());
+    }
+    // The peak is kept one look, then the slots go back: given up here, and the
+    // controller is told.
+    assert!(q.lease_requests().is_empty());
+    let release = q.lease_requests();
+    assert_eq!(release[0].hold.as_ref().unwrap().requests, 0);
+    assert_eq!(room(&q), 0);
+    // The answer to the second ask, made before the release, comes after it: the
+    // controller has since counted the slots as free, so they are not used here.
+    q.apply_leases(&[slots_lease("conc/ns/k", 2)]);
+    assert_eq!(room(&q), 0, "slots given back are used again");
+    // The release's own answer.
+    q.apply_leases(&[slots_lease("conc/ns/k", 0)]);
+    assert_eq!(room(&q), 0);
 }
