@@ -312,6 +312,18 @@ struct Inner {
     pending: HashMap<RecordKey, Sums>,
 }
 
+impl Inner {
+    fn left(&self, account: &str) -> Option<Left> {
+        let a = self.accounts.get(account)?;
+        a.expires?;
+        Some(Left {
+            amount: a.remaining.plus(a.room()),
+            warn: a.warn,
+            limited: a.limited,
+        })
+    }
+}
+
 /// The quota state shared by the request path and the usage stream.
 #[derive(Debug)]
 pub struct Quotas {
@@ -762,14 +774,23 @@ impl Quotas {
     /// was left for everyone else at the last lease), as of the last lease. `None` when
     /// no lease has come.
     pub fn remaining(&self, account: &str) -> Option<Left> {
+        self.lock().left(account)
+    }
+
+    /// What is left of each of `accounts` the dataplane holds a grant for, read under one
+    /// lock (a response's quota headers read several): `found` gets each one's position in
+    /// `accounts` and what is left of it.
+    pub fn each_remaining<'a>(
+        &self,
+        accounts: impl IntoIterator<Item = &'a str>,
+        mut found: impl FnMut(usize, Left),
+    ) {
         let inner = self.lock();
-        let a = inner.accounts.get(account)?;
-        a.expires?;
-        Some(Left {
-            amount: a.remaining.plus(a.room()),
-            warn: a.warn,
-            limited: a.limited,
-        })
+        for (i, account) in accounts.into_iter().enumerate() {
+            if let Some(left) = inner.left(account) {
+                found(i, left);
+            }
+        }
     }
 
     /// Nothing is waiting to be reported.

@@ -56,6 +56,7 @@ spec:
   selector: {matchLabels: {team: rolling}}
   limit: {tokens: 1500}
   period: 5s
+  thresholds: [{action: warn, percent: 10}]
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
@@ -399,7 +400,16 @@ async fn three_dataplanes_together_admit_the_rate_limit() {
                     let (status, h, body, _) =
                         chat(&api, "tg-limited", "hi", false, Some(5), &[]).await;
                     match status {
-                        200 => ok += 1,
+                        200 => {
+                            ok += 1;
+                            assert_eq!(h["x-ratelimit-limit-requests"], "30");
+                            let left: u64 = h["x-ratelimit-remaining-requests"]
+                                .to_str()
+                                .unwrap()
+                                .parse()
+                                .unwrap();
+                            assert!(left < 30, "{left} left after a request");
+                        }
                         429 => {
                             assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
                             limited += 1;
@@ -545,9 +555,10 @@ async fn a_session_cap_stops_one_session_and_a_rolling_budget_comes_back() {
         );
         // Spend the rolling budget (5 s), be refused, then wait for the window to pass.
         let mut n = 0;
+        let mut warned = false;
         loop {
             n += 1;
-            let (status, _, body, _) = chat(
+            let (status, h, body, _) = chat(
                 &apis[n % 3],
                 "tg-agent",
                 "more",
@@ -556,7 +567,17 @@ async fn a_session_cap_stops_one_session_and_a_rolling_budget_comes_back() {
                 &[("x-agent-session", &format!("r{n}"))],
             )
             .await;
+            // Past a tenth of it, answers say so (the warn threshold at 10%), once the
+            // dataplane's next grant for it tells it.
+            warned |= h
+                .get("x-tollgate-budget-warning")
+                .is_some_and(|v| v == "rolling");
             if status == 429 {
+                assert!(
+                    warned,
+                    "no answer warned before the budget ran out ({n} requests): {}",
+                    account(&stack, "budget/default/rolling")
+                );
                 assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
                 assert!(
                     body["error"]["message"]

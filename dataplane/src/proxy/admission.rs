@@ -157,60 +157,87 @@ fn rate_dimension(key: &VirtualKey, quotas: &crate::quota::Quotas) -> &'static s
 }
 
 /// `x-ratelimit-*` (as OpenAI names them) for the key's rate limits, and
-/// `x-tollgate-budget-remaining` (USD, the tightest of the key's budgets).
+/// `x-tollgate-budget-remaining` (USD, the tightest of the key's budgets, rounded down to
+/// the micro-dollar). Every account is read under one lock, and no number goes through a
+/// `String`: this runs on every answer.
 pub(super) fn quota_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap) {
-    let mut set = |name: &'static str, value: String| {
-        if let Ok(v) = HeaderValue::from_str(&value) {
-            out.insert(HeaderName::from_static(name), v);
+    let rate = key.rate.as_ref();
+    let mut rate_left = None;
+    let mut tightest: Option<u64> = None;
+    let mut warned: Vec<usize> = Vec::new();
+    let accounts = rate
+        .map(|r| &*r.account)
+        .into_iter()
+        .chain(key.budget_accounts.iter().map(|a| &**a));
+    // Budget `i` is at position `i + first_budget` in `accounts`.
+    let first_budget = usize::from(rate.is_some());
+    state.quotas.each_remaining(accounts, |i, left| {
+        if i < first_budget {
+            rate_left = Some(left.amount);
+            return;
         }
+        if left.limited & tollgate_proto::quantity::USD != 0 {
+            let usd = left.amount.usd;
+            tightest = Some(tightest.map_or(usd, |t| t.min(usd)));
+        }
+        if left.warn {
+            warned.push(i - first_budget);
+        }
+    });
+    let mut set = |name: &'static str, value: HeaderValue| {
+        out.insert(HeaderName::from_static(name), value);
     };
-    if let Some(r) = &key.rate {
-        let left = state.quotas.remaining(&r.account).map(|l| l.amount);
+    if let Some(r) = rate {
         if r.requests_per_minute > 0 {
             set(
                 "x-ratelimit-limit-requests",
-                r.requests_per_minute.to_string(),
+                HeaderValue::from(r.requests_per_minute),
             );
-            if let Some(q) = left {
+            if let Some(q) = rate_left {
                 set(
                     "x-ratelimit-remaining-requests",
-                    q.requests.min(r.requests_per_minute).to_string(),
+                    HeaderValue::from(q.requests.min(r.requests_per_minute)),
                 );
             }
         }
         if r.tokens_per_minute > 0 {
-            set("x-ratelimit-limit-tokens", r.tokens_per_minute.to_string());
-            if let Some(q) = left {
+            set(
+                "x-ratelimit-limit-tokens",
+                HeaderValue::from(r.tokens_per_minute),
+            );
+            if let Some(q) = rate_left {
                 set(
                     "x-ratelimit-remaining-tokens",
-                    q.tokens.min(r.tokens_per_minute).to_string(),
+                    HeaderValue::from(q.tokens.min(r.tokens_per_minute)),
                 );
             }
         }
     }
-    let mut tightest: Option<u64> = None;
-    let mut warned = Vec::new();
-    for a in &key.budget_accounts {
-        if let Some(left) = state.quotas.remaining(a) {
-            if left.limited & tollgate_proto::quantity::USD != 0 {
-                let usd = left.amount.usd;
-                tightest = Some(tightest.map_or(usd, |t| t.min(usd)));
-            }
-            if left.warn {
-                warned.push(budget_name(a).to_string());
-            }
-        }
-    }
-    if let Some(t) = tightest {
-        set(
-            "x-tollgate-budget-remaining",
-            format!("{:.6}", t as f64 / 1e9),
-        );
+    if let Some(nano) = tightest {
+        set("x-tollgate-budget-remaining", usd_value(nano));
     }
     if !warned.is_empty() {
         state.metrics.budget_warnings.inc();
-        set("x-tollgate-budget-warning", warned.join(","));
+        let names: Vec<&str> = warned
+            .iter()
+            .map(|&i| budget_name(&key.budget_accounts[i]))
+            .collect();
+        if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
+            set("x-tollgate-budget-warning", v);
+        }
     }
+}
+
+/// Nano-dollars as dollars with six decimals, rounded down (`1.500000`).
+fn usd_value(nano: u64) -> HeaderValue {
+    use std::io::Write as _;
+    let micros = nano / 1_000;
+    let mut buf = [0u8; 32];
+    let mut at = &mut buf[..];
+    // 20 digits, a point and 6 decimals fit in 32 bytes: the write cannot fail.
+    let _ = write!(at, "{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+    let written = 32 - at.len();
+    HeaderValue::from_bytes(&buf[..written]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// A rate-limit refusal carries the rate-limit headers too, and when to try again.
@@ -238,4 +265,19 @@ fn rate_limited_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap) {
         HeaderName::from_static("retry-after"),
         HeaderValue::from_static("1"),
     );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usd_value;
+
+    #[test]
+    fn budget_left_reads_as_dollars_rounded_down_to_the_micro_dollar() {
+        let read = |nano| usd_value(nano).to_str().unwrap().to_string();
+        assert_eq!(read(0), "0.000000");
+        assert_eq!(read(1_500_000_000), "1.500000");
+        assert_eq!(read(4_999_999_999), "4.999999");
+        assert_eq!(read(12_345), "0.000012");
+        assert_eq!(read(u64::MAX), "18446744073.709551");
+    }
 }
