@@ -508,7 +508,7 @@ impl Ledger {
                 ..Default::default()
             };
         }
-        let need = Qty::from(req.need.as_ref());
+        let mut need = Qty::from(req.need.as_ref());
         let mut want = Qty::from(req.want.as_ref()).max_each(need);
         // The slots a dataplane means to hold (concurrency accounts), in flight included.
         let hold = req
@@ -530,9 +530,13 @@ impl Ledger {
         if let Some(hold) = hold {
             // Slots beyond what it holds: the dataplane stopped using them before it
             // asked. Fewer: what is missing is asked for.
-            let held = g.granted.minus(g.settled);
-            g.granted = g.settled.plus(held.min_each(hold));
-            want = hold.minus(held).max_each(need);
+            let held = g.granted.minus(g.settled).min_each(hold);
+            g.granted = g.settled.plus(held);
+            // `hold` counts the waiting requests: what is held already covers that much of
+            // their need (the ask may have left before a grant reached them), and nothing
+            // is granted beyond `hold`, which the dataplane takes as its cap.
+            want = hold.minus(held);
+            need = need.min_each(want);
         }
         g.in_flight = in_flight;
         if !report {

@@ -384,6 +384,24 @@ fn a_dataplane_keeps_the_slots_it_says_it_holds_and_no_more() {
 }
 
 #[test]
+fn a_slot_ask_that_what_is_held_covers_grants_nothing_more() {
+    let d = slot_defs(2);
+    let ask = |dp: &str, seq: u64| slot_ask(dp, seq, 0, 1, 1, Some(1));
+    let lease = |a: &Applied| {
+        let l = &a.ack.leases[0];
+        (l.granted.as_ref().unwrap().requests, l.exhausted)
+    };
+    let mut l = Ledger::new(1_000);
+    // A waiting request on a: one slot asked for and granted.
+    assert_eq!(lease(&l.apply(&ask("a", 1), &d, 0)), (1, false));
+    // a asks the same again before its waiting request took that slot: what it holds
+    // covers what it needs, and the grant stays at what it says it holds.
+    assert_eq!(lease(&l.apply(&ask("a", 2), &d, 100)), (1, false));
+    // So the other slot is still free for b.
+    assert_eq!(lease(&l.apply(&ask("b", 1), &d, 110)), (1, false));
+}
+
+#[test]
 fn a_report_of_what_is_in_flight_neither_grants_nor_extends() {
     let d = defs(usd_budget(1000, Window::Lifetime));
     let mut l = Ledger::new(1_000);

@@ -926,8 +926,9 @@ pub struct LeaseRequest {
     /// Concurrency accounts only: the slots the dataplane means to hold from now on, those in
     /// flight included. Its grant shrinks to this (never below what is in flight; the
     /// dataplane has stopped using the rest) or grows toward it by a fair share of what is
-    /// free, and is extended. Unset: a request with `want` zero reports what is in flight
-    /// and gives back every other slot.
+    /// free, never beyond it (`need` is met from what is held first), and is extended.
+    /// Unset: a request with `want` zero reports what is in flight and gives back every
+    /// other slot.
     #[prost(message, optional, tag = "5")]
     pub hold: ::core::option::Option<Quantity>,
 }
