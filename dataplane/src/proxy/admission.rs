@@ -158,13 +158,13 @@ fn rate_dimension(key: &VirtualKey, quotas: &crate::quota::Quotas) -> &'static s
 
 /// `x-ratelimit-*` (as OpenAI names them) for the key's rate limits, and
 /// `x-tollgate-budget-remaining` (USD, the tightest of the key's budgets, rounded down to
-/// the micro-dollar). Every account is read under one lock, and no number goes through a
-/// `String`: this runs on every answer.
+/// the micro-dollar). Every account is read under one lock, and numbers are formatted as
+/// integers: this runs on every answer.
 pub(super) fn quota_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap) {
     let rate = key.rate.as_ref();
     let mut rate_left = None;
     let mut tightest: Option<u64> = None;
-    let mut warned: Vec<usize> = Vec::new();
+    let mut warned: Vec<&str> = Vec::new();
     let accounts = rate
         .map(|r| &*r.account)
         .into_iter()
@@ -181,7 +181,7 @@ pub(super) fn quota_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap
             tightest = Some(tightest.map_or(usd, |t| t.min(usd)));
         }
         if left.warn {
-            warned.push(i - first_budget);
+            warned.push(budget_name(&key.budget_accounts[i - first_budget]));
         }
     });
     let mut set = |name: &'static str, value: HeaderValue| {
@@ -218,11 +218,7 @@ pub(super) fn quota_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap
     }
     if !warned.is_empty() {
         state.metrics.budget_warnings.inc();
-        let names: Vec<&str> = warned
-            .iter()
-            .map(|&i| budget_name(&key.budget_accounts[i]))
-            .collect();
-        if let Ok(v) = HeaderValue::from_str(&names.join(",")) {
+        if let Ok(v) = HeaderValue::try_from(warned.join(",")) {
             set("x-tollgate-budget-warning", v);
         }
     }
@@ -230,14 +226,10 @@ pub(super) fn quota_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap
 
 /// Nano-dollars as dollars with six decimals, rounded down (`1.500000`).
 fn usd_value(nano: u64) -> HeaderValue {
-    use std::io::Write as _;
     let micros = nano / 1_000;
-    let mut buf = [0u8; 32];
-    let mut at = &mut buf[..];
-    // 20 digits, a point and 6 decimals fit in 32 bytes: the write cannot fail.
-    let _ = write!(at, "{}.{:06}", micros / 1_000_000, micros % 1_000_000);
-    let written = 32 - at.len();
-    HeaderValue::from_bytes(&buf[..written]).unwrap_or(HeaderValue::from_static("0"))
+    let text = format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000);
+    // Digits and a point: always a valid header value (the String's buffer is kept).
+    HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// A rate-limit refusal carries the rate-limit headers too, and when to try again.
