@@ -474,9 +474,16 @@ impl Ledger {
                     }
                 }
             }
+            // Dataplanes heard from within a lease's life: near a limit, each holds no more
+            // than its share of what is left.
+            let peers = self
+                .sequences
+                .values()
+                .filter(|(_, seen)| now_ms - seen < self.lease_ttl_ms)
+                .count() as u64;
             // A replayed batch's lease requests are stale: only fresh ones are answered.
             for req in &batch.lease_requests {
-                if let Some(lease) = self.lease(dp, batch.epoch, req, defs, now_ms) {
+                if let Some(lease) = self.lease(dp, batch.epoch, req, defs, now_ms, peers) {
                     out.ack.leases.push(lease);
                 }
             }
@@ -491,6 +498,7 @@ impl Ledger {
         req: &pb::LeaseRequest,
         defs: &dyn Definitions,
         now_ms: i64,
+        peers: u64,
     ) -> Option<pb::QuotaLease> {
         let ttl = self.lease_ttl_ms;
         let a = self.account(&req.account, defs, now_ms);
@@ -527,6 +535,12 @@ impl Ledger {
                 .settled
                 .plus(g.granted.minus(g.settled).min_each(in_flight));
         }
+        if hold.is_none() {
+            // What the dataplane still has room for (its unspent grant beyond what is in
+            // flight, answers on their way to it included) covers that much of the need:
+            // a waiting request asks again until the first answer comes.
+            need = need.minus(g.granted.minus(g.settled).minus(in_flight));
+        }
         if let Some(hold) = hold {
             // Slots beyond what it holds: the dataplane stopped using them before it
             // asked. Fewer: what is missing is asked for.
@@ -554,20 +568,51 @@ impl Ledger {
                 .filter(|g| g.expires_ms > now_ms)
                 .count()
                 .max(1) as u64;
-            // A fair share of what is free, at least what is needed now, at most what is
-            // wanted: near the limit, shares shrink, so little is left idle in grants.
-            let pick = |f: u64, n: u64, w: u64, l: u64| {
+            // What this dataplane may hold beyond what it has spent: half of what is left,
+            // shared among the dataplanes. Grants are not taken back while in use, so
+            // without this cap the first busy dataplanes would hold most of a small limit,
+            // and the others would be refused with much of it unspent. (Slots have their
+            // own cap: what the dataplane says it holds.)
+            let cap = if def.window == Window::Concurrent {
+                Qty::NO_LIMIT
+            } else {
+                let held = a
+                    .grants
+                    .get(dp)
+                    .map(|g| g.outstanding(now_ms))
+                    .unwrap_or_default();
+                def.effective()
+                    .minus(a.spent_now())
+                    .over(2 * live.max(peers))
+                    .minus(held)
+            };
+            // A fair share of what is free, within the cap, at least what is needed now, at
+            // most what is wanted: near the limit, shares shrink, so little is left idle
+            // in grants.
+            let pick = |f: u64, n: u64, w: u64, c: u64, l: u64| {
                 if l == Qty::UNLIMITED {
                     0
                 } else {
-                    (f / (2 * live)).min(w).max(n).min(f)
+                    (f / (2 * live)).min(w).min(c).max(n).min(f)
                 }
             };
             let limit = def.limit;
             Qty {
-                usd: pick(free.usd, need.usd, want.usd, limit.usd),
-                tokens: pick(free.tokens, need.tokens, want.tokens, limit.tokens),
-                requests: pick(free.requests, need.requests, want.requests, limit.requests),
+                usd: pick(free.usd, need.usd, want.usd, cap.usd, limit.usd),
+                tokens: pick(
+                    free.tokens,
+                    need.tokens,
+                    want.tokens,
+                    cap.tokens,
+                    limit.tokens,
+                ),
+                requests: pick(
+                    free.requests,
+                    need.requests,
+                    want.requests,
+                    cap.requests,
+                    limit.requests,
+                ),
             }
         };
         if !fits {

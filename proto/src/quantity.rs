@@ -22,6 +22,13 @@ impl Qty {
     /// A limit's value in a dimension it does not limit.
     pub const UNLIMITED: u64 = u64::MAX;
 
+    /// [`Qty::UNLIMITED`] in every dimension.
+    pub const NO_LIMIT: Qty = Qty {
+        usd: Qty::UNLIMITED,
+        tokens: Qty::UNLIMITED,
+        requests: Qty::UNLIMITED,
+    };
+
     /// `n` requests and nothing else: a concurrency slot's or a call count's amount.
     pub const fn requests(n: u64) -> Qty {
         Qty {
@@ -66,6 +73,16 @@ impl Qty {
             },
             u64::saturating_mul,
         )
+    }
+
+    /// Each dimension divided by `n` (rounded down; `n` of 0 counts as 1).
+    pub fn over(self, n: u64) -> Qty {
+        let n = n.max(1);
+        Qty {
+            usd: self.usd / n,
+            tokens: self.tokens / n,
+            requests: self.requests / n,
+        }
     }
 
     pub fn dims(self) -> [u64; 3] {

@@ -916,11 +916,14 @@ pub struct LeaseRequest {
     /// What requests still running have reserved under this epoch's grants.
     #[prost(message, optional, tag = "2")]
     pub in_flight: ::core::option::Option<Quantity>,
-    /// What a waiting request needs now (zero when asking ahead of need).
+    /// What a waiting request needs now (zero when asking ahead of need). The room the
+    /// dataplane has left of its grant, as the controller counts it, covers part of it.
     #[prost(message, optional, tag = "3")]
     pub need: ::core::option::Option<Quantity>,
     /// What the dataplane would like to hold: for accounts that are spent, more on top of
-    /// its grant (the controller adds a fair share of what is free, at least `need`).
+    /// its grant (the controller adds a fair share of what is free, at least `need`, and
+    /// keeps what the dataplane holds unspent within half of what is left of the limit,
+    /// shared among the dataplanes it has heard from within a lease's life).
     #[prost(message, optional, tag = "4")]
     pub want: ::core::option::Option<Quantity>,
     /// Concurrency accounts only: the slots the dataplane means to hold from now on, those in
