@@ -508,11 +508,19 @@ impl Ledger {
         let in_flight = Qty::from(req.in_flight.as_ref());
         let g = a.grants.entry(dp.to_string()).or_default();
         if g.epoch != epoch || g.period != period.0 {
-            // A new stream (or period): what the dataplane still has reserved is carried.
+            // A new stream, a new period, or a grant forgotten once it lapsed: what the
+            // dataplane still has reserved is carried. Its counts are cumulative, so a
+            // grant it still counts in this period starts from what it says has settled.
+            let settled = if req.period_start_unix_ms == period.0 {
+                Qty::from(req.settled.as_ref())
+            } else {
+                Qty::default()
+            };
             *g = Grant {
                 epoch,
                 period: period.0,
-                granted: in_flight,
+                granted: settled.plus(in_flight),
+                settled,
                 ..Default::default()
             };
         }

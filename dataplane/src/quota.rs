@@ -189,6 +189,8 @@ impl Account {
             need: Some(self.need.into()),
             want: slots(hold.saturating_sub(held)),
             hold: slots(hold),
+            settled: None,
+            period_start_unix_ms: 0,
         })
     }
 
@@ -718,6 +720,8 @@ impl Quotas {
                     need: Some(a.need.into()),
                     want: Some(want.into()),
                     hold: None,
+                    settled: Some(a.used.minus(a.in_flight).into()),
+                    period_start_unix_ms: a.period,
                 });
             }
         }

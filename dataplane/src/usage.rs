@@ -121,8 +121,12 @@ impl Reporter {
                     continue;
                 }
             }
-            let records = self.quotas.take_records();
+            // Lease requests before records: a request that ends in between has its record
+            // in this batch and its reservation still in the requests' in-flight count,
+            // which errs toward holding more. (The other way round, a grant started again
+            // from the settled count would count that record twice.)
             let lease_requests = self.quotas.lease_requests();
+            let records = self.quotas.take_records();
             if records.is_empty() && lease_requests.is_empty() {
                 continue;
             }

@@ -44,6 +44,7 @@ fn ask(dp: &str, seq: u64, epoch: u64, in_flight: u64, need: u64, want: u64) -> 
             need: usd(need),
             want: usd(want),
             hold: None,
+            ..Default::default()
         }],
     }
 }
@@ -343,6 +344,7 @@ fn slot_ask(
             need: slots(need),
             want: slots(want),
             hold: hold.and_then(slots),
+            ..Default::default()
         }],
         ..Default::default()
     }
@@ -498,6 +500,7 @@ fn idle_tool_and_session_accounts_are_forgotten() {
                 need: one,
                 want: one,
                 hold: None,
+                ..Default::default()
             })
             .collect(),
         ..Default::default()
@@ -517,4 +520,28 @@ fn idle_tool_and_session_accounts_are_forgotten() {
     assert_eq!(held(&mut l, 11 * minute), ["rate/ns/k", "session/ns/k/s1"]);
     l.sweep(25 * 60 * minute);
     assert_eq!(held(&mut l, 25 * 60 * minute), ["rate/ns/k"]);
+}
+
+#[test]
+fn a_grant_forgotten_once_it_lapsed_starts_again_from_what_the_dataplane_settled() {
+    let d = defs(usd_budget(1000, Window::Lifetime));
+    let mut l = Ledger::new(1_000);
+    assert_eq!(granted(&l.apply(&ask("a", 1, 1, 0, 300, 300), &d, 0)), 300);
+    assert!(l.apply(&spend("a", 2, 1, 200, 10, 0), &d, 10).changed);
+    // The grant lapses unused and is forgotten.
+    l.sweep(2_000);
+    // a's counts are cumulative (300 granted, 200 settled); a request there needs 100.
+    let mut again = ask("a", 3, 1, 0, 100, 100);
+    again.lease_requests[0].settled = usd(200);
+    let r = l.apply(&again, &d, 2_100);
+    assert!(!r.ack.leases[0].exhausted);
+    // Counted from the same base, the grant leaves a room for 100, not 100 less than
+    // what it has spent.
+    assert_eq!(granted(&r), 300);
+    // And what a holds is counted as held: b can have the rest, and once that is in
+    // flight, no more.
+    let b = l.apply(&ask("b", 1, 1, 0, 700, 700), &d, 2_200);
+    assert!(!b.ack.leases[0].exhausted);
+    assert_eq!(granted(&b), 700);
+    assert!(l.apply(&ask("b", 2, 1, 700, 1, 1), &d, 2_300).ack.leases[0].exhausted);
 }

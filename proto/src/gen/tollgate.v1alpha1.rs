@@ -934,6 +934,15 @@ pub struct LeaseRequest {
     /// other slot.
     #[prost(message, optional, tag = "5")]
     pub hold: ::core::option::Option<Quantity>,
+    /// Accounts that are spent: what has settled under this epoch's grants in the period
+    /// below, as the dataplane counts it (cumulative, like `QuotaLease.granted`). A grant the
+    /// controller no longer holds (it lapsed and was forgotten) starts again from here, so
+    /// the two count from the same base.
+    #[prost(message, optional, tag = "6")]
+    pub settled: ::core::option::Option<Quantity>,
+    /// The period the dataplane's counts are in (0 for rolling and session accounts).
+    #[prost(int64, tag = "7")]
+    pub period_start_unix_ms: i64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct UsageAck {
