@@ -102,11 +102,18 @@ pub fn chat_body(model: &str, text: &str) -> String {
     serde_json::json!({"model": model, "messages": [{"role": "user", "content": text}]}).to_string()
 }
 
-/// Runs `f` and prints every process's log if it panics.
+/// Runs `f` and prints every process's log if it panics, then the panic's message again,
+/// so that the end of a long output still says what failed.
 pub async fn with_logs<F: std::future::Future<Output = ()>>(stack: &Stack, f: F) {
     use futures_util::FutureExt;
     if let Err(panic) = std::panic::AssertUnwindSafe(f).catch_unwind().await {
         eprintln!("{}", stack.logs());
+        let message = panic
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| panic.downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        eprintln!("--- the test failed: {message}");
         std::panic::resume_unwind(panic);
     }
 }
