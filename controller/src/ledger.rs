@@ -140,9 +140,14 @@ struct Grant {
 }
 
 impl Grant {
+    /// Granted and not yet settled: in flight or room left, as of the last report.
+    fn unsettled(&self) -> Qty {
+        self.granted.minus(self.settled)
+    }
+
     /// What the dataplane may still spend under this grant.
     fn outstanding(&self, now_ms: i64) -> Qty {
-        let unsettled = self.granted.minus(self.settled);
+        let unsettled = self.unsettled();
         if now_ms < self.expires_ms {
             unsettled
         } else {
@@ -539,20 +544,18 @@ impl Ledger {
             // An expired grant's unreserved part is forfeit, on both sides: the dataplane
             // stopped reserving from it when it expired. Concurrency slots are given back
             // at once: the dataplane stopped using those not in flight before it reported.
-            g.granted = g
-                .settled
-                .plus(g.granted.minus(g.settled).min_each(in_flight));
+            g.granted = g.settled.plus(g.unsettled().min_each(in_flight));
         }
         if hold.is_none() {
             // What the dataplane still has room for (its unspent grant beyond what is in
             // flight, answers on their way to it included) covers that much of the need:
             // a waiting request asks again until the first answer comes.
-            need = need.minus(g.granted.minus(g.settled).minus(in_flight));
+            need = need.minus(g.unsettled().minus(in_flight));
         }
         if let Some(hold) = hold {
             // Slots beyond what it holds: the dataplane stopped using them before it
             // asked. Fewer: what is missing is asked for.
-            let held = g.granted.minus(g.settled).min_each(hold);
+            let held = g.unsettled().min_each(hold);
             g.granted = g.settled.plus(held);
             // `hold` counts the waiting requests: what is held already covers that much of
             // their need (the ask may have left before a grant reached them), and nothing
@@ -596,32 +599,13 @@ impl Ledger {
             };
             // A fair share of what is free, within the cap, at least what is needed now, at
             // most what is wanted: near the limit, shares shrink, so little is left idle
-            // in grants.
-            let pick = |f: u64, n: u64, w: u64, c: u64, l: u64| {
-                if l == Qty::UNLIMITED {
-                    0
-                } else {
-                    (f / (2 * live)).min(w).min(c).max(n).min(f)
-                }
-            };
-            let limit = def.limit;
-            Qty {
-                usd: pick(free.usd, need.usd, want.usd, cap.usd, limit.usd),
-                tokens: pick(
-                    free.tokens,
-                    need.tokens,
-                    want.tokens,
-                    cap.tokens,
-                    limit.tokens,
-                ),
-                requests: pick(
-                    free.requests,
-                    need.requests,
-                    want.requests,
-                    cap.requests,
-                    limit.requests,
-                ),
-            }
+            // in grants. Nothing in a dimension the account does not limit.
+            free.over(2 * live)
+                .min_each(want)
+                .min_each(cap)
+                .max_each(need)
+                .min_each(free)
+                .only(def.limited())
         };
         if !fits {
             a.refused_until_ms = now_ms + ttl;

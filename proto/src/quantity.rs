@@ -23,11 +23,7 @@ impl Qty {
     pub const UNLIMITED: u64 = u64::MAX;
 
     /// [`Qty::UNLIMITED`] in every dimension.
-    pub const NO_LIMIT: Qty = Qty {
-        usd: Qty::UNLIMITED,
-        tokens: Qty::UNLIMITED,
-        requests: Qty::UNLIMITED,
-    };
+    pub const NO_LIMIT: Qty = Qty::all(Qty::UNLIMITED);
 
     /// `n` requests and nothing else: a concurrency slot's or a call count's amount.
     pub const fn requests(n: u64) -> Qty {
@@ -64,24 +60,31 @@ impl Qty {
         self.zip(o, u64::max)
     }
 
+    /// `n` in every dimension.
+    const fn all(n: u64) -> Qty {
+        Qty {
+            usd: n,
+            tokens: n,
+            requests: n,
+        }
+    }
+
     pub fn times(self, n: u64) -> Qty {
-        self.zip(
-            Qty {
-                usd: n,
-                tokens: n,
-                requests: n,
-            },
-            u64::saturating_mul,
-        )
+        self.zip(Qty::all(n), u64::saturating_mul)
     }
 
     /// Each dimension divided by `n` (rounded down; `n` of 0 counts as 1).
     pub fn over(self, n: u64) -> Qty {
-        let n = n.max(1);
+        self.zip(Qty::all(n.max(1)), |a, b| a / b)
+    }
+
+    /// Zero in the dimensions outside the mask `limited`.
+    pub fn only(self, limited: u32) -> Qty {
+        let keep = |bit: u32, v: u64| if limited & bit != 0 { v } else { 0 };
         Qty {
-            usd: self.usd / n,
-            tokens: self.tokens / n,
-            requests: self.requests / n,
+            usd: keep(USD, self.usd),
+            tokens: keep(TOKENS, self.tokens),
+            requests: keep(REQUESTS, self.requests),
         }
     }
 
@@ -165,6 +168,17 @@ mod tests {
         assert!(!ask.reaches(limit, 51));
         assert_eq!(ask.minus(room).usd, 0);
         assert_eq!(ask.times(3).requests, 3);
+        assert_eq!(
+            ask.over(2),
+            Qty {
+                usd: 25,
+                tokens: 500_000,
+                requests: 0
+            }
+        );
+        assert_eq!(ask.over(0), ask);
+        assert_eq!(ask.only(limit.limited()), Qty { tokens: 0, ..ask });
+        assert_eq!(Qty::NO_LIMIT.limited(), 0);
         assert_eq!(Qty::from(Some(&Quantity::from(ask))), ask);
     }
 }
