@@ -5,6 +5,13 @@
 //! actually sent, so a stall in the system under test shows in the percentiles instead of
 //! silently lowering the rate (coordinated omission). Max-throughput runs are closed loop:
 //! a fixed number of workers each send the next request as soon as the last one finished.
+//!
+//! Due times are kept by a thread of their own, with the operating system's high-resolution
+//! sleep, not by tokio's timer: that timer ticks once a millisecond, so at 2,000 rps it
+//! would release requests in pairs, each up to 1 ms after its due time, and how late
+//! depends on where a slice's start falls between two ticks. That lateness is counted in
+//! every sample (latency runs from the due time), and it moved the median of a slice by a
+//! few tenths of a millisecond from one slice to the next: as much as the targets.
 
 pub mod proc;
 
@@ -178,15 +185,29 @@ pub async fn fixed_rate(
     let total = (rate * duration.as_secs_f64()) as u64;
     let (tx, mut rx) = mpsc::unbounded_channel();
     let start = Instant::now() + Duration::from_millis(10);
-    for i in 0..total_warm + total {
-        let due = start + Duration::from_secs_f64(i as f64 / rate);
-        tokio::time::sleep_until(due).await;
+    let due = move |i: u64| start + Duration::from_secs_f64(i as f64 / rate);
+    // The pacer: sleeps until each request is due and hands its number over.
+    let (due_tx, mut due_rx) = mpsc::unbounded_channel();
+    let pacer = std::thread::spawn(move || {
+        for i in 0..total_warm + total {
+            let at = due(i).into_std();
+            let now = std::time::Instant::now();
+            if at > now {
+                std::thread::sleep(at - now);
+            }
+            if due_tx.send(i).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some(i) = due_rx.recv().await {
         let (client, target, tx) = (client.clone(), target.clone(), tx.clone());
         tokio::spawn(async move {
-            let sample = send(&client, &target, due).await;
+            let sample = send(&client, &target, due(i)).await;
             let _ = tx.send((i >= total_warm, sample));
         });
     }
+    let _ = pacer.join();
     drop(tx);
     let mut samples = Vec::with_capacity(total as usize);
     while let Some((recorded, sample)) = rx.recv().await {

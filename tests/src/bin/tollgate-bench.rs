@@ -72,6 +72,11 @@ struct Args {
     /// With --only: streamed answers instead of JSON.
     #[arg(long)]
     stream: bool,
+    /// With --only: drive the path at the fixed rate of the latency runs (--rate, or
+    /// --stream-rate with --stream) instead of max throughput, to read what a request
+    /// costs the proxy at the load where latency is measured.
+    #[arg(long)]
+    fixed: bool,
     /// The measured key without its budget, rate limit and concurrency limit: to see
     /// what metering against them costs, by comparing two runs.
     #[arg(long)]
@@ -574,13 +579,14 @@ async fn measure(
     Ok(out)
 }
 
-/// Drives one path at max throughput (for profiling); prints its rate.
+/// Drives one path at max throughput, or at the fixed rate with `--fixed` (for
+/// profiling); prints its rate and what each request cost the proxy process `proxy_pid`.
 async fn load_one(
     paths: &[(&'static str, String, &'static str, Format)],
     only: &str,
     client: &HttpClient,
     args: &Args,
-    dataplane_pid: u32,
+    proxy_pid: u32,
 ) -> anyhow::Result<()> {
     let Some(i) = paths.iter().position(|p| p.0 == only) else {
         let names: Vec<_> = paths.iter().map(|p| p.0).collect();
@@ -588,20 +594,31 @@ async fn load_one(
     };
     let (_, base, key, format) = &paths[i];
     let target = target_for(base, key, *format, args.stream)?;
+    let rate = if args.stream { args.stream_rate } else { args.rate };
+    let load = if args.fixed {
+        format!("at {rate} rps")
+    } else {
+        "at max throughput".to_string()
+    };
     eprintln!(
-        "dataplane pid {dataplane_pid}: driving {only} for {} s",
+        "proxy pid {proxy_pid}: driving {only} {load} for {} s",
         args.seconds
     );
     let seconds = Duration::from_secs_f64(args.seconds);
-    let before = proc::cpu_seconds(dataplane_pid).unwrap_or(0.0);
-    let samples =
-        bench::max_throughput(client, &target, args.concurrency, Duration::ZERO, seconds).await;
-    let cpu = proc::cpu_seconds(dataplane_pid).unwrap_or(0.0) - before;
+    let before = proc::cpu_seconds(proxy_pid).unwrap_or(0.0);
+    let samples = if args.fixed {
+        bench::fixed_rate(client, &target, rate, Duration::ZERO, seconds).await
+    } else {
+        bench::max_throughput(client, &target, args.concurrency, Duration::ZERO, seconds).await
+    };
+    let cpu = proc::cpu_seconds(proxy_pid).unwrap_or(0.0) - before;
     let run = bench::summarize(&samples, args.seconds);
     println!(
-        "{only}: {:.0} rps, {} errors; dataplane {:.1} CPU µs per request",
+        "{only}: {:.0} rps, {} errors, p50 {:.3} ms, p99 {:.3} ms; proxy {:.1} CPU µs per request",
         run.rps,
         run.errors,
+        run.latency_ms.p50,
+        run.latency_ms.p99,
         cpu * 1e6 / samples.len().max(1) as f64
     );
     Ok(())
@@ -1060,7 +1077,9 @@ async fn main() -> anyhow::Result<()> {
     };
     let pid = tg.dataplane.pid();
     if let Some(only) = &args.only {
-        return load_one(paths, only, &client, &args, pid).await;
+        // The process whose CPU is read: the bare proxy for its path, else the dataplane.
+        let proxy = if only == "bare-proxy" { _bare.pid() } else { pid };
+        return load_one(paths, only, &client, &args, proxy).await;
     }
     let mut cpu = (0.0, 0u64);
     let json = measure(paths, false, &client, &args, pid, &mut cpu).await?;
