@@ -178,27 +178,74 @@ mod counts {
     }
 
     impl<'de> Deserialize<'de> for Details {
+        // A visitor rather than an untagged enum: that would buffer the value first, on
+        // every metered answer.
         fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
             #[derive(Deserialize)]
-            struct Fields {
-                #[serde(default)]
-                cached_tokens: Count,
-                #[serde(default)]
-                reasoning_tokens: Count,
+            #[serde(field_identifier, rename_all = "snake_case")]
+            enum Field {
+                CachedTokens,
+                ReasoningTokens,
+                #[serde(other)]
+                Other,
             }
-            #[derive(Deserialize)]
-            #[serde(untagged)]
-            enum Any {
-                Object(Fields),
-                Other(IgnoredAny),
+            struct V;
+            impl<'de> Visitor<'de> for V {
+                type Value = Details;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a details object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Details, A::Error> {
+                    let mut out = Details::default();
+                    while let Some(field) = a.next_key::<Field>()? {
+                        match field {
+                            Field::CachedTokens => out.cached_tokens = a.next_value::<Count>()?.0,
+                            Field::ReasoningTokens => {
+                                out.reasoning_tokens = a.next_value::<Count>()?.0;
+                            }
+                            Field::Other => {
+                                a.next_value::<IgnoredAny>()?;
+                            }
+                        }
+                    }
+                    Ok(out)
+                }
+                fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                    self,
+                    mut a: A,
+                ) -> Result<Details, A::Error> {
+                    while a.next_element::<IgnoredAny>()?.is_some() {}
+                    Ok(Details::default())
+                }
+                fn visit_u64<E>(self, _: u64) -> Result<Details, E> {
+                    Ok(Details::default())
+                }
+                fn visit_i64<E>(self, _: i64) -> Result<Details, E> {
+                    Ok(Details::default())
+                }
+                fn visit_f64<E>(self, _: f64) -> Result<Details, E> {
+                    Ok(Details::default())
+                }
+                fn visit_bool<E>(self, _: bool) -> Result<Details, E> {
+                    Ok(Details::default())
+                }
+                fn visit_str<E>(self, _: &str) -> Result<Details, E> {
+                    Ok(Details::default())
+                }
+                fn visit_unit<E>(self) -> Result<Details, E> {
+                    Ok(Details::default())
+                }
+                fn visit_none<E>(self) -> Result<Details, E> {
+                    Ok(Details::default())
+                }
+                fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Details, D::Error> {
+                    d.deserialize_any(self)
+                }
             }
-            Ok(match Any::deserialize(d)? {
-                Any::Object(f) => Details {
-                    cached_tokens: f.cached_tokens.0,
-                    reasoning_tokens: f.reasoning_tokens.0,
-                },
-                Any::Other(_) => Details::default(),
-            })
+            d.deserialize_any(V)
         }
     }
 
@@ -942,6 +989,19 @@ mod tests {
             (
                 r#"{"usage":{"prompt_tokens":7,"completion_tokens":2,"prompt_tokens_details":{"cached_tokens":true}}}"#,
                 only(7, 2),
+            ),
+            (
+                r#"{"usage":{"prompt_tokens":5,"completion_tokens":1,"prompt_tokens_details":"x","completion_tokens_details":4}}"#,
+                only(5, 1),
+            ),
+            (
+                r#"{"usage":{"prompt_tokens":5,"completion_tokens":3,"prompt_tokens_details":{"audio":{"a":[1,{"b":2}]},"cached_tokens":2},"completion_tokens_details":{"reasoning_tokens":2,"x":null}}}"#,
+                Some(Usage {
+                    input: 5,
+                    output: 3,
+                    cached: 2,
+                    reasoning: 2,
+                }),
             ),
         ] {
             assert_eq!(usage_member(body.as_bytes(), Api::OpenAi), want, "{body}");
