@@ -853,6 +853,24 @@ impl ChunkWriter {
         sse_data(&v)
     }
 
+    /// The template of a chunk that only carries text for choice 0, for the stream's id
+    /// and model as they are now: the events that are most of a stream then cost a copy.
+    pub fn text_template(&self) -> TextChunk {
+        TextChunk {
+            prefix: format!(
+                "data: {{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":",
+                Value::String(self.id.clone()),
+                self.created,
+                self.model
+            ),
+            suffix: if self.include_usage {
+                "},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}\n\n"
+            } else {
+                "},\"logprobs\":null,\"finish_reason\":null}]}\n\n"
+            },
+        }
+    }
+
     /// A chunk with one delta for choice 0.
     pub fn delta(&self, delta: Value, finish: Option<&str>) -> String {
         self.chunk(
@@ -868,6 +886,30 @@ impl ChunkWriter {
             out += &self.chunk(serde_json::json!([]), Some(usage.to_openai()));
         }
         out + "data: [DONE]\n\n"
+    }
+}
+
+/// A text chunk's SSE event around its text (see [`ChunkWriter::text_template`]).
+#[derive(Debug, Default)]
+pub(crate) struct TextChunk {
+    prefix: String,
+    suffix: &'static str,
+}
+
+impl TextChunk {
+    /// Whether a template was built (an empty one is a placeholder).
+    pub fn is_ready(&self) -> bool {
+        !self.prefix.is_empty()
+    }
+
+    /// The SSE event of a chunk with `text` as its content delta.
+    pub fn with(&self, text: &str) -> String {
+        let text = serde_json::to_string(text).unwrap_or_default();
+        let mut out = String::with_capacity(self.prefix.len() + text.len() + self.suffix.len());
+        out.push_str(&self.prefix);
+        out.push_str(&text);
+        out.push_str(self.suffix);
+        out
     }
 }
 

@@ -308,10 +308,9 @@ pub struct StreamTranslator {
     done: bool,
     /// Anthropic content block index -> OpenAI tool call index, for tool-use blocks.
     tool_blocks: Vec<(u64, usize)>,
-    /// The JSON of a content chunk around its text, built at `message_start`, so the
-    /// events that are most of a stream (text deltas) cost one small parse and a copy.
-    text_prefix: String,
-    text_suffix: &'static str,
+    /// A content chunk around its text, built at `message_start`, so the events that
+    /// are most of a stream (text deltas) cost one small parse and a copy.
+    text: super::TextChunk,
 }
 
 /// Just enough of an event to recognise a text delta without building a document.
@@ -343,14 +342,13 @@ impl StreamTranslator {
             usage: super::AnthropicUsage::default(),
             done: false,
             tool_blocks: Vec::new(),
-            text_prefix: String::new(),
-            text_suffix: "",
+            text: super::TextChunk::default(),
         }
     }
 
     /// The OpenAI SSE text for one Anthropic event (often empty).
     pub fn event(&mut self, event: &crate::sse::Event) -> String {
-        if !self.text_prefix.is_empty()
+        if self.text.is_ready()
             && let Ok(e) = serde_json::from_str::<TextDeltaEvent<'_>>(&event.data)
             && e.kind == "content_block_delta"
             && let Some(TextDelta {
@@ -359,14 +357,7 @@ impl StreamTranslator {
             }) = e.delta
             && kind == "text_delta"
         {
-            let text = serde_json::to_string(&text).unwrap_or_default();
-            let mut out = String::with_capacity(self.text_prefix.len() + text.len() + 64);
-            out.push_str("data: ");
-            out.push_str(&self.text_prefix);
-            out.push_str(&text);
-            out.push_str(self.text_suffix);
-            out.push_str("\n\n");
-            return out;
+            return self.text.with(&text);
         }
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             return String::new();
@@ -386,17 +377,7 @@ impl StreamTranslator {
                 if let Some(u) = m.get("usage") {
                     self.usage.merge(u);
                 }
-                self.text_prefix = format!(
-                    "{{\"id\":{},\"object\":\"chat.completion.chunk\",\"created\":{},\"model\":{},\"choices\":[{{\"index\":0,\"delta\":{{\"content\":",
-                    Value::String(self.out.id.clone()),
-                    self.out.created,
-                    self.out.model
-                );
-                self.text_suffix = if self.out.include_usage {
-                    "},\"logprobs\":null,\"finish_reason\":null}],\"usage\":null}"
-                } else {
-                    "},\"logprobs\":null,\"finish_reason\":null}]}"
-                };
+                self.text = self.out.text_template();
                 self.out
                     .delta(json!({"role": "assistant", "content": ""}), None)
             }

@@ -15,8 +15,11 @@
 //! - `logprobs`, `audio`, `prediction` are refused with a 400; `user`, `logit_bias`,
 //!   `parallel_tool_calls`, `store`, `metadata` are dropped.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 
 use super::{Image, Usage, bad, openai_image, openai_text};
@@ -371,6 +374,55 @@ pub struct StreamTranslator {
     /// Tool calls so far, per candidate index.
     calls: HashMap<u64, usize>,
     usage: Option<Usage>,
+    /// A content chunk around its text, built after the first chunk, so the chunks that
+    /// are most of a stream (more text for the one candidate) cost one small parse and a
+    /// copy.
+    text: super::TextChunk,
+}
+
+/// A chunk that only adds text to candidate 0, read without building a document. Any
+/// other field (a finish reason, a function call, a thought, an error, prompt feedback)
+/// fails the read and the chunk takes the general path.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextOnly<'a> {
+    #[serde(borrow)]
+    candidates: [TextCandidate<'a>; 1],
+    #[serde(default, rename = "usageMetadata")]
+    usage_metadata: Option<Value>,
+    #[serde(default, rename = "modelVersion")]
+    _model_version: Option<IgnoredAny>,
+    #[serde(default, rename = "responseId")]
+    _response_id: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextCandidate<'a> {
+    #[serde(borrow)]
+    content: TextContent<'a>,
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(default, rename = "safetyRatings")]
+    _safety_ratings: Option<IgnoredAny>,
+    #[serde(default, rename = "citationMetadata")]
+    _citation_metadata: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextContent<'a> {
+    #[serde(borrow)]
+    parts: [TextPart<'a>; 1],
+    #[serde(default, rename = "role")]
+    _role: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TextPart<'a> {
+    #[serde(borrow)]
+    text: Cow<'a, str>,
 }
 
 impl StreamTranslator {
@@ -387,7 +439,26 @@ impl StreamTranslator {
             done: false,
             calls: HashMap::new(),
             usage: None,
+            text: super::TextChunk::default(),
         }
+    }
+
+    /// The chunk for more text on candidate 0 after its first chunk, or `None` when the
+    /// event is anything else.
+    fn text_only(&mut self, data: &str) -> Option<String> {
+        if !self.text.is_ready() {
+            return None;
+        }
+        let g: TextOnly<'_> = serde_json::from_str(data).ok()?;
+        let [candidate] = &g.candidates;
+        let [part] = &candidate.content.parts;
+        if candidate.index.unwrap_or(0) != 0 || part.text.is_empty() {
+            return None;
+        }
+        if let Some(u) = g.usage_metadata.as_ref().and_then(usage) {
+            self.usage = Some(u);
+        }
+        Some(self.text.with(&part.text))
     }
 
     fn gemini_chunk(&mut self, g: &Value) -> String {
@@ -447,6 +518,9 @@ impl StreamTranslator {
         if choices.is_empty() {
             return String::new();
         }
+        if self.calls.contains_key(&0) && !self.text.is_ready() {
+            self.text = self.out.text_template();
+        }
         self.out.chunk(Value::Array(choices), None)
     }
 }
@@ -455,6 +529,9 @@ impl super::StreamStep for StreamTranslator {
     fn event(&mut self, event: &crate::sse::Event) -> String {
         if self.done {
             return String::new();
+        }
+        if let Some(chunk) = self.text_only(&event.data) {
+            return chunk;
         }
         match serde_json::from_str::<Value>(&event.data) {
             Ok(g) => self.gemini_chunk(&g),
@@ -475,5 +552,83 @@ impl super::StreamStep for StreamTranslator {
 
     fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::StreamStep;
+    use super::*;
+    use crate::sse::Event;
+
+    fn event(data: &str) -> Event {
+        Event {
+            name: String::new(),
+            data: data.to_string(),
+        }
+    }
+
+    fn payload(sse: &str) -> Value {
+        let data = sse.strip_prefix("data: ").unwrap().trim_end();
+        serde_json::from_str(data).unwrap()
+    }
+
+    const FIRST: &str = r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hel"}]},"index":0}],"modelVersion":"gemini-2.5-flash-001","responseId":"r1"}"#;
+
+    /// Text chunks after the first read without a document and give what the general
+    /// path gives; everything else is left to the general path.
+    #[test]
+    fn text_chunks_take_the_fast_path_with_the_same_result() {
+        for include_usage in [false, true] {
+            let mut fast = StreamTranslator::new("gemini-2.5-flash", 7, include_usage);
+            let mut general = StreamTranslator::new("gemini-2.5-flash", 7, include_usage);
+            assert!(fast.text_only(FIRST).is_none(), "the first chunk has the role");
+            assert_eq!(fast.event(&event(FIRST)), general.event(&event(FIRST)));
+            for (data, takes_fast_path) in [
+                (
+                    r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"lo \"q\" é\n"}]},"index":0}],"modelVersion":"x","responseId":"r1"}"#,
+                    true,
+                ),
+                (
+                    r#"{"candidates":[{"content":{"parts":[{"text":"more"}]},"safetyRatings":[{"category":"HARM_CATEGORY_HATE_SPEECH","probability":"NEGLIGIBLE"}]}],"usageMetadata":{"promptTokenCount":9,"candidatesTokenCount":3,"totalTokenCount":12}}"#,
+                    true,
+                ),
+                (
+                    r#"{"candidates":[{"content":{"parts":[{"text":"end"}]},"finishReason":"STOP","index":0}]}"#,
+                    false,
+                ),
+                (
+                    r#"{"candidates":[{"content":{"parts":[{"text":"hmm","thought":true}]},"index":0}]}"#,
+                    false,
+                ),
+                (
+                    r#"{"candidates":[{"content":{"parts":[{"text":"a"},{"text":"b"}]},"index":0}]}"#,
+                    false,
+                ),
+                (
+                    r#"{"candidates":[{"content":{"parts":[{"text":"other"}]},"index":1}]}"#,
+                    false,
+                ),
+                (
+                    r#"{"candidates":[{"content":{"parts":[{"text":""}]},"index":0}]}"#,
+                    false,
+                ),
+                (
+                    r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{}}}]},"index":0}]}"#,
+                    false,
+                ),
+                (r#"{"error":{"code":500,"message":"boom"}}"#, false),
+            ] {
+                assert_eq!(fast.text_only(data).is_some(), takes_fast_path, "{data}");
+                let mut fast = StreamTranslator::new("gemini-2.5-flash", 7, include_usage);
+                fast.event(&event(FIRST));
+                let got = fast.event(&event(data));
+                let want = general.gemini_chunk(&serde_json::from_str(data).unwrap());
+                assert_eq!(payload(&got), payload(&want), "{data}");
+                assert_eq!(fast.usage, general.usage, "{data}");
+                general = StreamTranslator::new("gemini-2.5-flash", 7, include_usage);
+                general.event(&event(FIRST));
+            }
+        }
     }
 }
