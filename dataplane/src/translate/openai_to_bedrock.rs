@@ -21,6 +21,9 @@
 //! - `n` > 1 and OpenAI-only parameters (`translate::refuse_openai_only`) are refused
 //!   with a 400; `seed`, penalties, `user`, `logit_bias`, `parallel_tool_calls` are dropped.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::{Image, Usage, bad, openai_image, openai_text};
@@ -351,19 +354,37 @@ pub struct StreamTranslator {
     usage: Option<Usage>,
     done: bool,
     thinking: bool,
+    /// A content chunk around its text, so the events that are most of a stream (text
+    /// deltas) cost one small parse and a copy.
+    text: super::TextChunk,
+}
+
+/// Just enough of a `contentBlockDelta` to take its text without building a document.
+#[derive(Deserialize)]
+struct TextDelta<'a> {
+    #[serde(borrow)]
+    delta: Text<'a>,
+}
+
+#[derive(Deserialize)]
+struct Text<'a> {
+    #[serde(borrow)]
+    text: Cow<'a, str>,
 }
 
 impl StreamTranslator {
     /// `thinking`: pass reasoning on as the pivot's `delta.thinking_block` (Anthropic
     /// clients); OpenAI clients do not get it.
     pub fn new(id: &str, model: &str, created: i64, include_usage: bool, thinking: bool) -> Self {
+        let out = super::ChunkWriter {
+            id: format!("chatcmpl-{id}"),
+            model: json!(model),
+            created,
+            include_usage,
+        };
         Self {
-            out: super::ChunkWriter {
-                id: format!("chatcmpl-{id}"),
-                model: json!(model),
-                created,
-                include_usage,
-            },
+            text: out.text_template(),
+            out,
             tool_blocks: Vec::new(),
             finish: None,
             usage: None,
@@ -386,6 +407,11 @@ impl super::StreamStep for StreamTranslator {
     fn event(&mut self, event: &crate::sse::Event) -> String {
         if self.done {
             return String::new();
+        }
+        if event.name == "contentBlockDelta"
+            && let Ok(d) = serde_json::from_str::<TextDelta<'_>>(&event.data)
+        {
+            return self.text.with(&d.delta.text);
         }
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             return String::new();
@@ -490,5 +516,41 @@ impl super::StreamStep for StreamTranslator {
 
     fn usage(&self) -> Option<Usage> {
         self.usage
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::StreamStep;
+    use super::*;
+    use crate::sse::Event;
+
+    fn payload(sse: &str) -> Value {
+        let data = sse.strip_prefix("data: ").unwrap().trim_end();
+        serde_json::from_str(data).unwrap()
+    }
+
+    /// A text delta read without a document gives the chunk the general path gives;
+    /// deltas without text are left to the general path.
+    #[test]
+    fn text_deltas_take_the_fast_path_with_the_same_result() {
+        for include_usage in [false, true] {
+            let mut t = StreamTranslator::new("id1", "m", 7, include_usage, false);
+            for text in ["Hel", "", "quote \" and é\n"] {
+                let data = json!({"contentBlockIndex": 0, "delta": {"text": text}}).to_string();
+                let got = t.event(&Event {
+                    name: "contentBlockDelta".into(),
+                    data,
+                });
+                let want = t.delta(json!({"content": text}), None);
+                assert_eq!(payload(&got), payload(&want), "{text:?}");
+            }
+            let reasoning = Event {
+                name: "contentBlockDelta".into(),
+                data: r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"text":"hmm"}}}"#
+                    .into(),
+            };
+            assert_eq!(t.event(&reasoning), "", "reasoning is not an OpenAI client's");
+        }
     }
 }
