@@ -550,7 +550,11 @@ mod tests {
                 data: r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"text":"hmm"}}}"#
                     .into(),
             };
-            assert_eq!(t.event(&reasoning), "", "reasoning is not an OpenAI client's");
+            assert_eq!(
+                t.event(&reasoning),
+                "",
+                "reasoning is not an OpenAI client's"
+            );
         }
     }
 }

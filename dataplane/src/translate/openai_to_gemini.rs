@@ -582,7 +582,10 @@ mod tests {
         for include_usage in [false, true] {
             let mut fast = StreamTranslator::new("gemini-2.5-flash", 7, include_usage);
             let mut general = StreamTranslator::new("gemini-2.5-flash", 7, include_usage);
-            assert!(fast.text_only(FIRST).is_none(), "the first chunk has the role");
+            assert!(
+                fast.text_only(FIRST).is_none(),
+                "the first chunk has the role"
+            );
             assert_eq!(fast.event(&event(FIRST)), general.event(&event(FIRST)));
             for (data, takes_fast_path) in [
                 (

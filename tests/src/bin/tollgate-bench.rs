@@ -594,7 +594,11 @@ async fn load_one(
     };
     let (_, base, key, format) = &paths[i];
     let target = target_for(base, key, *format, args.stream)?;
-    let rate = if args.stream { args.stream_rate } else { args.rate };
+    let rate = if args.stream {
+        args.stream_rate
+    } else {
+        args.rate
+    };
     let load = if args.fixed {
         format!("at {rate} rps")
     } else {
@@ -1007,7 +1011,7 @@ async fn main() -> anyhow::Result<()> {
     let work = tempfile::tempdir()?;
     let (_mock, mock_url) = start_mock(work.path(), args.chunks)?;
     let bare_port = free_port()?;
-    let _bare = Process::start(
+    let bare = Process::start(
         "bare-proxy",
         &bin("bare-proxy")?,
         &[
@@ -1078,7 +1082,11 @@ async fn main() -> anyhow::Result<()> {
     let pid = tg.dataplane.pid();
     if let Some(only) = &args.only {
         // The process whose CPU is read: the bare proxy for its path, else the dataplane.
-        let proxy = if only == "bare-proxy" { _bare.pid() } else { pid };
+        let proxy = if only == "bare-proxy" {
+            bare.pid()
+        } else {
+            pid
+        };
         return load_one(paths, only, &client, &args, proxy).await;
     }
     let mut cpu = (0.0, 0u64);
