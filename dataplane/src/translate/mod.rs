@@ -110,77 +110,97 @@ pub(crate) fn usage_member(body: &[u8], api: crate::proxy::Api) -> Option<Usage>
 /// `usage` objects, read from bytes or from a document. A count that is missing, null or
 /// not a non-negative integer reads as 0.
 mod counts {
+    use std::marker::PhantomData;
+
     use serde::Deserialize;
-    use serde::de::{Deserializer, IgnoredAny, Visitor};
+    use serde::de::{Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 
     use super::Usage;
 
-    /// A token count, lenient about its type.
-    #[derive(Default, Clone, Copy)]
-    pub struct Count(pub u64);
+    /// A field that reads any value it does not expect as its default, so one odd value
+    /// does not cost the whole `usage` object.
+    trait Lenient: Default {
+        const EXPECTING: &'static str;
 
-    impl<'de> Deserialize<'de> for Count {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Count;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a token count")
-                }
-                fn visit_u64<E>(self, n: u64) -> Result<Count, E> {
-                    Ok(Count(n))
-                }
-                fn visit_i64<E>(self, n: i64) -> Result<Count, E> {
-                    Ok(Count(u64::try_from(n).unwrap_or(0)))
-                }
-                fn visit_f64<E>(self, _: f64) -> Result<Count, E> {
-                    Ok(Count(0))
-                }
-                fn visit_bool<E>(self, _: bool) -> Result<Count, E> {
-                    Ok(Count(0))
-                }
-                fn visit_str<E>(self, _: &str) -> Result<Count, E> {
-                    Ok(Count(0))
-                }
-                fn visit_unit<E>(self) -> Result<Count, E> {
-                    Ok(Count(0))
-                }
-                fn visit_none<E>(self) -> Result<Count, E> {
-                    Ok(Count(0))
-                }
-                fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Count, D::Error> {
-                    d.deserialize_any(self)
-                }
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                    self,
-                    mut a: A,
-                ) -> Result<Count, A::Error> {
-                    while a.next_element::<IgnoredAny>()?.is_some() {}
-                    Ok(Count(0))
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut a: A,
-                ) -> Result<Count, A::Error> {
-                    while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-                    Ok(Count(0))
-                }
-            }
-            d.deserialize_any(V)
+        fn from_u64(_: u64) -> Self {
+            Self::default()
+        }
+
+        fn from_map<'de, A: MapAccess<'de>>(mut a: A) -> Result<Self, A::Error> {
+            while a.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+            Ok(Self::default())
         }
     }
 
-    /// A details object: only objects count, anything else reads as empty.
+    struct LenientVisitor<T>(PhantomData<T>);
+
+    impl<'de, T: Lenient> Visitor<'de> for LenientVisitor<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str(T::EXPECTING)
+        }
+        fn visit_u64<E>(self, n: u64) -> Result<T, E> {
+            Ok(T::from_u64(n))
+        }
+        fn visit_i64<E>(self, n: i64) -> Result<T, E> {
+            Ok(u64::try_from(n).map_or_else(|_| T::default(), T::from_u64))
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_unit<E>(self) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_none<E>(self) -> Result<T, E> {
+            Ok(T::default())
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<T, D::Error> {
+            d.deserialize_any(self)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut a: A) -> Result<T, A::Error> {
+            while a.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(T::default())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, a: A) -> Result<T, A::Error> {
+            T::from_map(a)
+        }
+    }
+
+    /// A token count: a non-negative integer, anything else reads as 0.
+    #[derive(Default, Clone, Copy)]
+    pub struct Count(pub u64);
+
+    impl Lenient for Count {
+        const EXPECTING: &'static str = "a token count";
+        fn from_u64(n: u64) -> Self {
+            Count(n)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Count {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(LenientVisitor(PhantomData))
+        }
+    }
+
+    /// A details object: only objects count, anything else reads as empty. Read field by
+    /// field rather than through an untagged enum, which would buffer the value first on
+    /// every metered answer.
     #[derive(Default)]
     pub struct Details {
         cached_tokens: u64,
         reasoning_tokens: u64,
     }
 
-    impl<'de> Deserialize<'de> for Details {
-        // A visitor rather than an untagged enum: that would buffer the value first, on
-        // every metered answer.
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+    impl Lenient for Details {
+        const EXPECTING: &'static str = "a details object";
+        fn from_map<'de, A: MapAccess<'de>>(mut a: A) -> Result<Self, A::Error> {
             #[derive(Deserialize)]
             #[serde(field_identifier, rename_all = "snake_case")]
             enum Field {
@@ -189,63 +209,23 @@ mod counts {
                 #[serde(other)]
                 Other,
             }
-            struct V;
-            impl<'de> Visitor<'de> for V {
-                type Value = Details;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a details object")
-                }
-                fn visit_map<A: serde::de::MapAccess<'de>>(
-                    self,
-                    mut a: A,
-                ) -> Result<Details, A::Error> {
-                    let mut out = Details::default();
-                    while let Some(field) = a.next_key::<Field>()? {
-                        match field {
-                            Field::CachedTokens => out.cached_tokens = a.next_value::<Count>()?.0,
-                            Field::ReasoningTokens => {
-                                out.reasoning_tokens = a.next_value::<Count>()?.0;
-                            }
-                            Field::Other => {
-                                a.next_value::<IgnoredAny>()?;
-                            }
-                        }
+            let mut out = Details::default();
+            while let Some(field) = a.next_key::<Field>()? {
+                match field {
+                    Field::CachedTokens => out.cached_tokens = a.next_value::<Count>()?.0,
+                    Field::ReasoningTokens => out.reasoning_tokens = a.next_value::<Count>()?.0,
+                    Field::Other => {
+                        a.next_value::<IgnoredAny>()?;
                     }
-                    Ok(out)
-                }
-                fn visit_seq<A: serde::de::SeqAccess<'de>>(
-                    self,
-                    mut a: A,
-                ) -> Result<Details, A::Error> {
-                    while a.next_element::<IgnoredAny>()?.is_some() {}
-                    Ok(Details::default())
-                }
-                fn visit_u64<E>(self, _: u64) -> Result<Details, E> {
-                    Ok(Details::default())
-                }
-                fn visit_i64<E>(self, _: i64) -> Result<Details, E> {
-                    Ok(Details::default())
-                }
-                fn visit_f64<E>(self, _: f64) -> Result<Details, E> {
-                    Ok(Details::default())
-                }
-                fn visit_bool<E>(self, _: bool) -> Result<Details, E> {
-                    Ok(Details::default())
-                }
-                fn visit_str<E>(self, _: &str) -> Result<Details, E> {
-                    Ok(Details::default())
-                }
-                fn visit_unit<E>(self) -> Result<Details, E> {
-                    Ok(Details::default())
-                }
-                fn visit_none<E>(self) -> Result<Details, E> {
-                    Ok(Details::default())
-                }
-                fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Details, D::Error> {
-                    d.deserialize_any(self)
                 }
             }
-            d.deserialize_any(V)
+            Ok(out)
+        }
+    }
+
+    impl<'de> Deserialize<'de> for Details {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            d.deserialize_any(LenientVisitor(PhantomData))
         }
     }
 
