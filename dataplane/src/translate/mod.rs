@@ -870,18 +870,13 @@ impl ChunkWriter {
 }
 
 /// A text chunk's SSE event around its text (see [`ChunkWriter::text_template`]).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct TextChunk {
     prefix: String,
     suffix: &'static str,
 }
 
 impl TextChunk {
-    /// Whether a template was built (an empty one is a placeholder).
-    pub fn is_ready(&self) -> bool {
-        !self.prefix.is_empty()
-    }
-
     /// The SSE event of a chunk with `text` as its content delta.
     pub fn with(&self, text: &str) -> String {
         let text = serde_json::to_string(text).unwrap_or_default();

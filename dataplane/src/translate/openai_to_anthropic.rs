@@ -310,7 +310,7 @@ pub struct StreamTranslator {
     tool_blocks: Vec<(u64, usize)>,
     /// A content chunk around its text, built at `message_start`, so the events that
     /// are most of a stream (text deltas) cost one small parse and a copy.
-    text: super::TextChunk,
+    text: Option<super::TextChunk>,
 }
 
 /// Just enough of an event to recognise a text delta without building a document.
@@ -342,13 +342,13 @@ impl StreamTranslator {
             usage: super::AnthropicUsage::default(),
             done: false,
             tool_blocks: Vec::new(),
-            text: super::TextChunk::default(),
+            text: None,
         }
     }
 
     /// The OpenAI SSE text for one Anthropic event (often empty).
     pub fn event(&mut self, event: &crate::sse::Event) -> String {
-        if self.text.is_ready()
+        if let Some(template) = &self.text
             && let Ok(e) = serde_json::from_str::<TextDeltaEvent<'_>>(&event.data)
             && e.kind == "content_block_delta"
             && let Some(TextDelta {
@@ -357,7 +357,7 @@ impl StreamTranslator {
             }) = e.delta
             && kind == "text_delta"
         {
-            return self.text.with(&text);
+            return template.with(&text);
         }
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             return String::new();
@@ -377,7 +377,7 @@ impl StreamTranslator {
                 if let Some(u) = m.get("usage") {
                     self.usage.merge(u);
                 }
-                self.text = self.out.text_template();
+                self.text = Some(self.out.text_template());
                 self.out
                     .delta(json!({"role": "assistant", "content": ""}), None)
             }

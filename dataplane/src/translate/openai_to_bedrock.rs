@@ -397,6 +397,16 @@ impl StreamTranslator {
         self.out.delta(delta, finish)
     }
 
+    /// The chunk for a `contentBlockDelta` that carries text, or `None` for any other
+    /// event.
+    fn text_delta(&self, event: &crate::sse::Event) -> Option<String> {
+        if event.name != "contentBlockDelta" {
+            return None;
+        }
+        let d: TextDelta<'_> = serde_json::from_str(&event.data).ok()?;
+        Some(self.text.with(&d.delta.text))
+    }
+
     fn close(&mut self) -> String {
         self.done = true;
         self.out.close(self.usage.unwrap_or_default())
@@ -408,10 +418,8 @@ impl super::StreamStep for StreamTranslator {
         if self.done {
             return String::new();
         }
-        if event.name == "contentBlockDelta"
-            && let Ok(d) = serde_json::from_str::<TextDelta<'_>>(&event.data)
-        {
-            return self.text.with(&d.delta.text);
+        if let Some(chunk) = self.text_delta(event) {
+            return chunk;
         }
         let Ok(data) = serde_json::from_str::<Value>(&event.data) else {
             return String::new();
@@ -537,11 +545,12 @@ mod tests {
         for include_usage in [false, true] {
             let mut t = StreamTranslator::new("id1", "m", 7, include_usage, false);
             for text in ["Hel", "", "quote \" and é\n"] {
-                let data = json!({"contentBlockIndex": 0, "delta": {"text": text}}).to_string();
-                let got = t.event(&Event {
+                let delta = Event {
                     name: "contentBlockDelta".into(),
-                    data,
-                });
+                    data: json!({"contentBlockIndex": 0, "delta": {"text": text}}).to_string(),
+                };
+                assert!(t.text_delta(&delta).is_some(), "{text:?}");
+                let got = t.event(&delta);
                 let want = t.delta(json!({"content": text}), None);
                 assert_eq!(payload(&got), payload(&want), "{text:?}");
             }
@@ -550,6 +559,7 @@ mod tests {
                 data: r#"{"contentBlockIndex":0,"delta":{"reasoningContent":{"text":"hmm"}}}"#
                     .into(),
             };
+            assert!(t.text_delta(&reasoning).is_none());
             assert_eq!(
                 t.event(&reasoning),
                 "",

@@ -377,7 +377,7 @@ pub struct StreamTranslator {
     /// A content chunk around its text, built after the first chunk, so the chunks that
     /// are most of a stream (more text for the one candidate) cost one small parse and a
     /// copy.
-    text: super::TextChunk,
+    text: Option<super::TextChunk>,
 }
 
 /// A chunk that only adds text to candidate 0, read without building a document. Any
@@ -439,16 +439,14 @@ impl StreamTranslator {
             done: false,
             calls: HashMap::new(),
             usage: None,
-            text: super::TextChunk::default(),
+            text: None,
         }
     }
 
     /// The chunk for more text on candidate 0 after its first chunk, or `None` when the
     /// event is anything else.
     fn text_only(&mut self, data: &str) -> Option<String> {
-        if !self.text.is_ready() {
-            return None;
-        }
+        let template = self.text.as_ref()?;
         let g: TextOnly<'_> = serde_json::from_str(data).ok()?;
         let [candidate] = &g.candidates;
         let [part] = &candidate.content.parts;
@@ -458,7 +456,7 @@ impl StreamTranslator {
         if let Some(u) = g.usage_metadata.as_ref().and_then(usage) {
             self.usage = Some(u);
         }
-        Some(self.text.with(&part.text))
+        Some(template.with(&part.text))
     }
 
     fn gemini_chunk(&mut self, g: &Value) -> String {
@@ -518,8 +516,8 @@ impl StreamTranslator {
         if choices.is_empty() {
             return String::new();
         }
-        if self.calls.contains_key(&0) && !self.text.is_ready() {
-            self.text = self.out.text_template();
+        if self.text.is_none() && self.calls.contains_key(&0) {
+            self.text = Some(self.out.text_template());
         }
         self.out.chunk(Value::Array(choices), None)
     }
@@ -584,7 +582,7 @@ mod tests {
             let mut general = StreamTranslator::new("gemini-2.5-flash", 7, include_usage);
             assert!(
                 fast.text_only(FIRST).is_none(),
-                "the first chunk has the role"
+                "no template before the first chunk, which has the role"
             );
             assert_eq!(fast.event(&event(FIRST)), general.event(&event(FIRST)));
             for (data, takes_fast_path) in [
