@@ -41,6 +41,12 @@ impl Usage {
         counts::OpenAi::deserialize(u).ok().map(|c| c.usage())
     }
 
+    /// Reads a Gemini `usageMetadata` object.
+    pub fn from_gemini(u: &Value) -> Option<Self> {
+        u.as_object()?;
+        counts::Gemini::deserialize(u).ok().map(|c| c.usage())
+    }
+
     /// Reads an Anthropic `usage` object (input there excludes cache reads and writes).
     pub fn from_anthropic(u: &Value) -> Option<Self> {
         u.as_object()?;
@@ -274,6 +280,34 @@ mod counts {
                 seen: true,
             }
             .total()
+        }
+    }
+
+    /// Gemini's `usageMetadata`: thoughts count as output (and as reasoning).
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    pub struct Gemini {
+        #[serde(default)]
+        prompt_token_count: Count,
+        #[serde(default)]
+        tool_use_prompt_token_count: Count,
+        #[serde(default)]
+        candidates_token_count: Count,
+        #[serde(default)]
+        thoughts_token_count: Count,
+        #[serde(default)]
+        cached_content_token_count: Count,
+    }
+
+    impl Gemini {
+        pub fn usage(&self) -> Usage {
+            let reasoning = self.thoughts_token_count.0;
+            Usage {
+                input: self.prompt_token_count.0 + self.tool_use_prompt_token_count.0,
+                output: self.candidates_token_count.0 + reasoning,
+                cached: self.cached_content_token_count.0,
+                reasoning,
+            }
         }
     }
 }
@@ -1025,6 +1059,18 @@ mod tests {
             let doc: serde_json::Value = serde_json::from_str(body).unwrap();
             assert_eq!(Usage::from_openai(&doc["usage"]), want, "{body}");
         }
+        // Gemini's counts, as leniently.
+        let doc = serde_json::json!({"promptTokenCount": 9, "toolUsePromptTokenCount": 1, "candidatesTokenCount": "x", "thoughtsTokenCount": 2, "cachedContentTokenCount": null, "promptTokensDetails": [{"modality": "TEXT", "tokenCount": 9}]});
+        assert_eq!(
+            Usage::from_gemini(&doc),
+            Some(Usage {
+                input: 10,
+                output: 2,
+                cached: 0,
+                reasoning: 2,
+            })
+        );
+        assert_eq!(Usage::from_gemini(&serde_json::json!("9")), None);
         // Not an object: no usage, either way.
         assert_eq!(Usage::from_openai(&serde_json::json!([1, 2])), None);
         assert_eq!(Usage::from_anthropic(&serde_json::Value::Null), None);

@@ -256,19 +256,6 @@ pub fn finish_reason(reason: &str, has_calls: bool) -> &'static str {
     }
 }
 
-/// Usage from `usageMetadata`: thoughts count as output (and as reasoning).
-pub fn usage(u: &Value) -> Option<Usage> {
-    u.as_object()?;
-    let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
-    let reasoning = n("thoughtsTokenCount");
-    Some(Usage {
-        input: n("promptTokenCount") + n("toolUsePromptTokenCount"),
-        output: n("candidatesTokenCount") + reasoning,
-        cached: n("cachedContentTokenCount"),
-        reasoning,
-    })
-}
-
 fn call_id(response_id: &str, candidate: u64, i: usize, given: Option<&Value>) -> Value {
     match given.and_then(Value::as_str) {
         Some(id) if !id.is_empty() => json!(id),
@@ -348,7 +335,7 @@ pub fn response_value(g: &Value, model: &str, created: i64) -> Value {
                 .unwrap_or(model)
         ),
         choices,
-        usage(g.get("usageMetadata").unwrap_or(&Value::Null)).unwrap_or_default(),
+        Usage::from_gemini(g.get("usageMetadata").unwrap_or(&Value::Null)).unwrap_or_default(),
     )
 }
 
@@ -389,7 +376,7 @@ struct TextOnly<'a> {
     #[serde(borrow)]
     candidates: [TextCandidate<'a>; 1],
     #[serde(default, rename = "usageMetadata")]
-    usage_metadata: Option<Value>,
+    usage_metadata: Option<super::counts::Gemini>,
     #[serde(default, rename = "modelVersion")]
     _model_version: Option<IgnoredAny>,
     #[serde(default, rename = "responseId")]
@@ -453,8 +440,8 @@ impl StreamTranslator {
         if candidate.index.unwrap_or(0) != 0 || part.text.is_empty() {
             return None;
         }
-        if let Some(u) = g.usage_metadata.as_ref().and_then(usage) {
-            self.usage = Some(u);
+        if let Some(u) = &g.usage_metadata {
+            self.usage = Some(u.usage());
         }
         Some(template.with(&part.text))
     }
@@ -480,7 +467,7 @@ impl StreamTranslator {
                 self.out.model = json!(m);
             }
         }
-        if let Some(u) = g.get("usageMetadata").and_then(usage) {
+        if let Some(u) = g.get("usageMetadata").and_then(Usage::from_gemini) {
             self.usage = Some(u);
         }
         let mut choices = Vec::new();
