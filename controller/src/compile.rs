@@ -763,6 +763,7 @@ fn compile_route(r: &Parsed<route::LlmRouteSpec>) -> pb::Route {
                 model: t.model.clone().unwrap_or_default(),
                 weight: t.weight,
                 priority: t.priority,
+                timeout_ms: ms(t.timeout.as_ref()),
             })
             .collect(),
         fallbacks: spec
@@ -795,6 +796,7 @@ fn compile_route(r: &Parsed<route::LlmRouteSpec>) -> pb::Route {
             request_ms: ms(t.request.as_ref()),
             first_token_ms: ms(t.first_token.as_ref()),
             idle_ms: ms(t.idle.as_ref()),
+            attempt_ms: ms(t.attempt.as_ref()),
         }),
     }
 }

@@ -137,6 +137,10 @@ pub struct Target {
     #[serde(default)]
     #[schemars(range(min = 0, max = 1000))]
     pub priority: u32,
+    /// This target's attempt deadline (default: the route's `timeouts.attempt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub timeout: Option<String>,
 }
 
 fn default_weight() -> u32 {
@@ -151,6 +155,7 @@ pub struct Fallback {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 256))]
     pub model: Option<String>,
+    /// This fallback's attempt deadline (default: the route's `timeouts.attempt`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub timeout: Option<String>,
@@ -209,15 +214,24 @@ pub enum RetryOn {
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct Timeouts {
-    /// Whole request, first byte to last (default 300s).
+    /// Whole request, every attempt included, first byte to last (default 300s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub request: Option<String>,
-    /// Until the upstream's first byte.
+    /// One attempt, until its answer (a JSON answer whole, a stream's first byte); past it
+    /// the attempt fails over as a `timeout` (default 60s). A target or fallback's own
+    /// `timeout` wins.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
+    pub attempt: Option<String>,
+    /// Streams: until the upstream's first byte; past it the attempt fails over as a
+    /// `first-token-timeout` (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub first_token: Option<String>,
-    /// Longest gap between two stream chunks.
+    /// Streams: the longest gap between two chunks once the stream has begun; past it the
+    /// stream is continued on the next target (`streaming.continueOnFailure`) or ended
+    /// with an error event (default 30s).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^([0-9]+(\.[0-9]+)?(ms|s|m|h))+$"))]
     pub idle: Option<String>,

@@ -533,8 +533,8 @@ pub struct Candidate {
     pub endpoint: Arc<Endpoint>,
     /// Index in the route's targets, or `targets.len() + i` for fallback `i`.
     pub index: usize,
-    /// The attempt's own timeout (fallbacks may set one).
-    pub timeout: Option<Duration>,
+    /// The attempt's deadline: its own, or the route's.
+    pub timeout: Duration,
     pub is_fallback: bool,
     /// This request is the half-open probe of an ejected endpoint.
     pub probe: bool,
@@ -590,7 +590,7 @@ impl Plan {
         requested: &str,
     ) -> Self {
         let mut candidates = Vec::with_capacity(route.targets.len() + route.fallbacks.len());
-        let resolve = |t: &Target, index: usize, timeout, is_fallback| {
+        let resolve = |t: &Target, index: usize, is_fallback| {
             let provider = snapshot.providers.get(&t.provider)?.clone();
             let model: Arc<str> = t.model.clone().unwrap_or_else(|| requested.into());
             let endpoint = registry.target(&provider.id, &model);
@@ -599,16 +599,16 @@ impl Plan {
                 model,
                 endpoint,
                 index,
-                timeout,
+                timeout: t.timeout.unwrap_or(route.attempt_timeout),
                 is_fallback,
                 probe: false,
             })
         };
         for (i, t) in route.targets.iter().enumerate() {
-            candidates.extend(resolve(t, i, None, false));
+            candidates.extend(resolve(t, i, false));
         }
         for (i, f) in route.fallbacks.iter().enumerate() {
-            candidates.extend(resolve(&f.target, route.targets.len() + i, f.timeout, true));
+            candidates.extend(resolve(&f.target, route.targets.len() + i, true));
         }
         let tried = vec![false; candidates.len()];
         Self {

@@ -578,6 +578,8 @@ pub struct Target {
     pub model: Option<Arc<str>>,
     pub weight: u32,
     pub priority: u32,
+    /// This target's own attempt deadline; `None`: the route's.
+    pub timeout: Option<Duration>,
 }
 
 /// How a route picks among its targets.
@@ -594,8 +596,6 @@ pub enum Strategy {
 #[derive(Clone, Debug)]
 pub struct Fallback {
     pub target: Target,
-    /// This attempt's own timeout.
-    pub timeout: Option<Duration>,
 }
 
 /// A route's retries (`spec.retries`).
@@ -636,8 +636,13 @@ pub struct Route {
     /// Failures that move on to the next target or fallback.
     pub fallback_on: FailureSet,
     pub request_timeout: Duration,
+    /// One attempt, until its answer: a JSON answer whole, a stream's first byte (targets
+    /// and fallbacks without a timeout of their own).
+    pub attempt_timeout: Duration,
     /// Streams: longest wait for the provider's first byte.
-    pub first_token_timeout: Option<Duration>,
+    pub first_token_timeout: Duration,
+    /// Streams: longest silence between two chunks once the stream has begun.
+    pub idle_timeout: Duration,
     /// Streams: resume on the next target after a failure mid-stream.
     pub continue_on_failure: bool,
     /// Streams: SSE comment interval while no byte has come; `None` sends none.
@@ -646,6 +651,13 @@ pub struct Route {
 
 /// Used when a route sets no request timeout.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
+/// Used when a route sets no attempt timeout: a provider that accepts a request and never
+/// answers costs this long before the next target is tried, not the whole request's time.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(60);
+/// Used when a route sets no first-token timeout.
+pub const DEFAULT_FIRST_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Used when a route sets no idle timeout.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Used when a route sets no keep-alive interval.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(10);
 
@@ -694,13 +706,14 @@ impl TryFrom<&pb::Route> for Route {
                 Ok(HeaderMatch { name, condition })
             })
             .collect::<Result<Vec<_>, ConvertError>>()?;
-        let timeout_ms = r.timeouts.as_ref().map_or(0, |t| t.request_ms);
-        let first_token_ms = r.timeouts.as_ref().map_or(0, |t| t.first_token_ms);
-        let target = |provider: &str, model: &str, weight, priority| Target {
+        let timeouts = r.timeouts.clone().unwrap_or_default();
+        let own_timeout = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
+        let target = |provider: &str, model: &str, weight, priority, timeout_ms| Target {
             provider: format!("{}/{}", r.namespace, provider),
             model: (!model.is_empty()).then(|| model.into()),
             weight,
             priority,
+            timeout: own_timeout(timeout_ms),
         };
         let retries = r.retries.clone().unwrap_or_default();
         let keep_alive_ms = r.streaming.as_ref().map_or(0, |s| s.keep_alive_ms);
@@ -721,14 +734,13 @@ impl TryFrom<&pb::Route> for Route {
             targets: r
                 .targets
                 .iter()
-                .map(|t| target(&t.provider, &t.model, t.weight, t.priority))
+                .map(|t| target(&t.provider, &t.model, t.weight, t.priority, t.timeout_ms))
                 .collect(),
             fallbacks: r
                 .fallbacks
                 .iter()
                 .map(|f| Fallback {
-                    target: target(&f.provider, &f.model, 1, 0),
-                    timeout: (f.timeout_ms > 0).then(|| Duration::from_millis(f.timeout_ms)),
+                    target: target(&f.provider, &f.model, 1, 0, f.timeout_ms),
                 })
                 .collect(),
             retry: RetryPolicy {
@@ -756,9 +768,10 @@ impl TryFrom<&pb::Route> for Route {
                     Failure::FirstTokenTimeout,
                 ],
             )?,
-            request_timeout: ms_or(timeout_ms, DEFAULT_REQUEST_TIMEOUT),
-            first_token_timeout: (first_token_ms > 0)
-                .then(|| Duration::from_millis(first_token_ms)),
+            request_timeout: ms_or(timeouts.request_ms, DEFAULT_REQUEST_TIMEOUT),
+            attempt_timeout: ms_or(timeouts.attempt_ms, DEFAULT_ATTEMPT_TIMEOUT),
+            first_token_timeout: ms_or(timeouts.first_token_ms, DEFAULT_FIRST_TOKEN_TIMEOUT),
+            idle_timeout: ms_or(timeouts.idle_ms, DEFAULT_IDLE_TIMEOUT),
             continue_on_failure: r.streaming.as_ref().is_some_and(|s| s.continue_on_failure),
             keep_alive: match keep_alive_ms {
                 0 => Some(DEFAULT_KEEP_ALIVE),

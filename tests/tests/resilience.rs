@@ -237,6 +237,49 @@ spec:
 apiVersion: tollgate.dev/v1alpha1
 kind: LLMRoute
 metadata:
+  name: hung
+spec:
+  match:
+    models: ["hung"]
+  targets:
+    - {provider: pool, model: m-hung}
+  fallbacks:
+    - {provider: pool, model: m-rescue}
+  timeouts:
+    request: 20s
+    attempt: 800ms
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: silent
+spec:
+  match:
+    models: ["silent"]
+  strategy: priority
+  targets:
+    - {provider: pool, model: m-stall, priority: 0}
+    - {provider: pool, model: m-whole, priority: 1}
+  timeouts:
+    idle: 500ms
+  streaming:
+    continueOnFailure: true
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: silent-ends
+spec:
+  match:
+    models: ["silent-ends"]
+  targets:
+    - {provider: pool, model: m-stall}
+  timeouts:
+    idle: 500ms
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
   name: agent-planning
 spec:
   match:
@@ -954,6 +997,36 @@ fn broken_streams_continue_and_slow_ones_keep_alive() {
         |s| s.api().to_string(),
         "streams ok",
     );
+}
+
+/// A provider that accepts requests and never answers costs one attempt deadline, not
+/// the request's timeout; a stream that goes silent is continued or ended within the idle
+/// timeout. Driven with the official OpenAI Python SDK.
+#[test]
+fn hung_and_silent_providers_cost_one_deadline() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let stack = rt.block_on(stack());
+    set_faults(
+        &stack.mock_url,
+        &json!([
+            {"model": "m-hung", "latency_ms": 600000},
+            {"model": "m-stall", "fail": "stall", "chunks": 10},
+            {"model": "m-whole", "chunks": 10},
+        ]),
+    )
+    .unwrap();
+    let stdout = run_python(&stack, "deadlines_client.py", &[stack.api(), DEMO_KEY]);
+    assert!(stdout.contains("deadlines ok"), "{stdout}");
+    // Each hung request reached the hung target once and was not retried there.
+    assert_eq!(calls_for(&stack, "m-hung"), 2);
+    assert_eq!(calls_for(&stack, "m-stall"), 2);
+    let timeouts = Stack::metric(
+        &stack.dataplanes[0].admin,
+        "tollgate_upstream_attempts_total",
+        &[("model", "m-hung"), ("outcome", "timeout")],
+    )
+    .unwrap();
+    assert_eq!(timeouts, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

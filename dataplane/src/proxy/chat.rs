@@ -191,9 +191,16 @@ pub(super) struct Resolved {
     /// Index into the provider's credentials.
     pub credential: Option<usize>,
     pub attempts: u32,
+    /// The attempt's deadline (the target's own, or the route's).
+    pub timeout: Duration,
 }
 
 impl Resolved {
+    /// When the one attempt of a request that started at `started` must have its answer.
+    pub fn deadline(&self, started: Instant) -> Instant {
+        started + self.timeout.min(self.route.request_timeout)
+    }
+
     pub fn credential(&self) -> Option<&Credential> {
         self.credential
             .and_then(|i| self.provider.credentials.get(i))
@@ -259,6 +266,7 @@ pub(super) async fn resolve(
         model: c.model,
         credential,
         attempts: 1,
+        timeout: c.timeout,
     };
     Ok((body, head, resolved, snapshot, key))
 }
@@ -715,13 +723,12 @@ impl Ctx {
         } = self;
         let (api, started, deadline) = (*api, *started, *deadline);
         let attempt_started = Instant::now();
-        let attempt_deadline = c
-            .timeout
-            .map_or(deadline, |t| (attempt_started + t).min(deadline));
+        let attempt_deadline = (attempt_started + c.timeout).min(deadline);
         // Streams: the first byte must come within the first-token timeout.
-        let first_deadline = match route.first_token_timeout {
-            Some(t) if head.stream => (attempt_started + t).min(attempt_deadline),
-            _ => attempt_deadline,
+        let first_deadline = if head.stream {
+            (attempt_started + route.first_token_timeout).min(attempt_deadline)
+        } else {
+            attempt_deadline
         };
         let timeout_class = |at: Instant| {
             if at < attempt_deadline {
@@ -878,6 +885,7 @@ impl Ctx {
             model: c.model.clone(),
             credential: None,
             attempts,
+            timeout: c.timeout,
         };
         let body = if streamed {
             // Wait for the first bytes: until they come, a failure is invisible to the
@@ -925,6 +933,7 @@ impl Ctx {
                 inner: up_body,
                 first: Some(first),
                 deadline: Box::pin(tokio::time::sleep_until(deadline)),
+                idle: Idle::new(route.idle_timeout),
                 done: Some(completion),
                 chain: plan.stream(),
                 ended: false,
@@ -1291,6 +1300,8 @@ struct Streamed {
     /// The provider's first bytes, read before the response was committed.
     first: Option<Bytes>,
     deadline: Pin<Box<tokio::time::Sleep>>,
+    /// The provider's silence since its last frame.
+    idle: Idle,
     done: Option<Completion>,
     chain: Chain,
     /// The closing bytes have been written; the next poll ends the body.
@@ -1609,6 +1620,47 @@ impl Drop for Streamed {
 #[error("the request exceeded its timeout of {0:?} while streaming")]
 struct StreamTimeout(Duration);
 
+#[derive(Debug, thiserror::Error)]
+#[error("the provider sent nothing for {0:?} while streaming")]
+struct StreamIdle(Duration);
+
+/// A stream's idle timer. A frame only notes the time; the timer is moved when it fires
+/// early, so a stream of many chunks costs one clock read per frame, not a timer reset.
+struct Idle {
+    limit: Duration,
+    last: Instant,
+    timer: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl Idle {
+    fn new(limit: Duration) -> Self {
+        let last = Instant::now();
+        Self {
+            limit,
+            last,
+            timer: Box::pin(tokio::time::sleep_until(last + limit)),
+        }
+    }
+
+    fn frame(&mut self) {
+        self.last = Instant::now();
+    }
+
+    /// Ready once the provider has been silent for the whole limit.
+    fn poll_silent(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            if self.timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let due = self.last + self.limit;
+            if Instant::now() >= due {
+                return Poll::Ready(());
+            }
+            self.timer.as_mut().reset(due);
+        }
+    }
+}
+
 impl http_body::Body for Streamed {
     type Data = Bytes;
     type Error = BoxError;
@@ -1634,6 +1686,7 @@ impl http_body::Body for Streamed {
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
+                    this.idle.frame();
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
@@ -1668,6 +1721,15 @@ impl http_body::Body for Streamed {
                             .map(|d| d.started.elapsed())
                             .unwrap_or_default();
                         return this.fail(&StreamTimeout(elapsed));
+                    }
+                    if this.idle.poll_silent(cx).is_ready() {
+                        // A silent provider is a broken stream: continued elsewhere when
+                        // the route asks for it, else ended with an error event.
+                        this.settle(true);
+                        if this.try_resume() {
+                            return this.poll_continuation(cx);
+                        }
+                        return this.fail(&StreamIdle(this.idle.limit));
                     }
                     return Poll::Pending;
                 }

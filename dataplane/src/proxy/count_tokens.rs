@@ -116,7 +116,7 @@ async fn forward(
         upstream_body,
     )
     .await?;
-    let deadline = started + to.route.request_timeout;
+    let deadline = to.deadline(started);
     let response = send(state, &to.provider, upstream, deadline).await?;
     let (mut up_parts, up_body) = response.into_parts();
     let collected: Bytes = tokio::time::timeout_at(deadline, up_body.collect())

@@ -96,7 +96,7 @@ async fn forward(
     };
     drop(snapshot);
     let wire = EmbedWire::of(&to.provider, &to.model)?;
-    let deadline = started + to.route.request_timeout;
+    let deadline = to.deadline(started);
     let model: &str = &to.model;
     let done = |labels: &mut Labels, status: StatusCode, usage: Option<Usage>| {
         Completion {

@@ -247,6 +247,9 @@ pub struct Target {
     pub weight: u32,
     #[prost(uint32, tag = "4")]
     pub priority: u32,
+    /// This target's attempt deadline; 0: the route's.
+    #[prost(uint64, tag = "5")]
+    pub timeout_ms: u64,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Fallback {
@@ -273,6 +276,7 @@ pub struct Retries {
     pub max_retry_after_ms: u64,
 }
 /// Zero means unset.
+/// 0 in any field: the dataplane's default.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Timeouts {
     #[prost(uint64, tag = "1")]
@@ -281,6 +285,8 @@ pub struct Timeouts {
     pub first_token_ms: u64,
     #[prost(uint64, tag = "3")]
     pub idle_ms: u64,
+    #[prost(uint64, tag = "4")]
+    pub attempt_ms: u64,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct VirtualKey {

@@ -46,6 +46,7 @@ PER-REQUEST BEHAVIOUR
   chunk_delay_ms=N  wait N ms between stream chunks
   fail=reset        close the connection without answering
   fail=cut          send half of the body, then break the connection
+  fail=stall        streams: send half of the events, then nothing, with the connection open
   first_token_ms=N  streams: wait N ms after the response headers before the first event
   refuse=context_window | content_policy
                     refuse as the provider refuses a too-long or disallowed request (OpenAI;

@@ -16,7 +16,9 @@ pub struct Directives {
     pub chunks: Option<usize>,
     /// Wait between stream chunks.
     pub chunk_delay: Duration,
-    /// Break the connection: `reset` before any response, `cut` half way through the body.
+    /// Break the connection: `reset` before any response, `cut` half way through the body;
+    /// `stall` half way through a stream: the connection stays open and nothing more
+    /// comes.
     pub fail: Option<Failure>,
     /// Streams: wait this long after the response headers before the first event.
     pub first_token: Duration,
@@ -41,6 +43,7 @@ pub enum Refusal {
 pub enum Failure {
     Reset,
     Cut,
+    Stall,
 }
 
 impl Directives {
@@ -66,6 +69,7 @@ impl Directives {
                 self.fail = match value {
                     "reset" => Some(Failure::Reset),
                     "cut" => Some(Failure::Cut),
+                    "stall" => Some(Failure::Stall),
                     _ => None,
                 }
             }

@@ -422,6 +422,7 @@ fn sse(events: Vec<String>, d: &Directives) -> Response<Body> {
 fn streamed(events: Vec<Bytes>, d: &Directives, content_type: &'static str) -> Response<Body> {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(8);
     let cut_at = (d.fail == Some(Failure::Cut)).then_some(events.len() / 2);
+    let stall_at = (d.fail == Some(Failure::Stall)).then_some(events.len() / 2);
     let delay = d.chunk_delay;
     let first_token = d.first_token;
     tokio::spawn(async move {
@@ -436,6 +437,11 @@ fn streamed(events: Vec<Bytes>, d: &Directives, content_type: &'static str) -> R
                         "mock cut",
                     )))
                     .await;
+                return;
+            }
+            if stall_at == Some(i) {
+                // Silent, with the connection open, until the client goes away.
+                tx.closed().await;
                 return;
             }
             if i > 0 && !delay.is_zero() {
