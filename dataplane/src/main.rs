@@ -121,10 +121,19 @@ struct Args {
     /// their usage for when the controller is back.
     #[arg(long, value_enum, default_value_t = Unreachable::Closed)]
     quota_unreachable: Unreachable,
-    /// The output a request that sets no max_tokens is assumed to ask for, when its
-    /// worst case is reserved.
+    /// The output limit of a request that sets none, for keys metered in tokens or money
+    /// (budgets, sessions, tokens per minute): written into the request sent upstream, so
+    /// that its reserved worst case is a true bound.
     #[arg(long, default_value_t = 4096)]
     default_max_output_tokens: u64,
+    /// Input tokens reserved for each image or audio clip in a request, beyond its bytes
+    /// (a high-detail image costs a few thousand tokens for a URL of a few bytes).
+    #[arg(long, default_value_t = 3000)]
+    media_tokens: u64,
+    /// Input tokens reserved for each file or document in a request (a PDF's pages cost
+    /// tokens each; providers take up to 100 pages and more).
+    #[arg(long, default_value_t = 100_000)]
+    file_tokens: u64,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -231,7 +240,11 @@ async fn main() -> anyhow::Result<()> {
         max_body_bytes: args.max_body_bytes,
         balance: Default::default(),
         quotas,
-        default_max_output_tokens: args.default_max_output_tokens,
+        worst: tollgate_dataplane::proxy::admission::WorstCase {
+            output_tokens: args.default_max_output_tokens,
+            media_tokens: args.media_tokens,
+            file_tokens: args.file_tokens,
+        },
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

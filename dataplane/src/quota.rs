@@ -356,6 +356,9 @@ pub struct Reservation {
     pub who: Attribution,
     started_ms: i64,
     outcome: Mutex<Outcome>,
+    /// More for a request already counted ([`Quotas::extend`]): it holds no concurrency
+    /// slot, and it is not another request in the counts.
+    extension: bool,
 }
 
 /// What a request used, filled in when its answer ends.
@@ -464,7 +467,33 @@ impl Quotas {
             who,
             started_ms: now_ms(),
             outcome: Mutex::default(),
+            extension: false,
         }
+    }
+
+    /// Reserves `factor` times what `of` reserved again, for another billed attempt of the
+    /// same request (a failover after an attempt the provider billed, or a stream's
+    /// continuation): the same accounts, no concurrency slot, and no request counted.
+    pub async fn extend(
+        self: &Arc<Self>,
+        of: &Reservation,
+        factor: u64,
+    ) -> Result<Reservation, Refusal> {
+        let demands: Vec<Demand> = of
+            .held
+            .iter()
+            .filter(|(account, ..)| !is_slot(account))
+            .map(|(account, _, amount, _)| Demand {
+                account: account.clone(),
+                amount: Qty {
+                    requests: 0,
+                    ..amount.times(factor)
+                },
+            })
+            .collect();
+        let mut more = self.reserve(&demands, of.who.clone()).await?;
+        more.extension = true;
+        Ok(more)
     }
 
     fn first_short(&self, demands: &[Demand]) -> Arc<str> {
@@ -559,8 +588,8 @@ impl Quotas {
             } else {
                 Qty {
                     usd: outcome.cost_nano,
-                    tokens: outcome.usage.input + outcome.usage.output,
-                    requests: 1,
+                    tokens: outcome.usage.input.saturating_add(outcome.usage.output),
+                    requests: u64::from(!r.extension),
                 }
             }
         };
@@ -608,12 +637,14 @@ impl Quotas {
         };
         let u = &outcome.usage;
         let s = inner.pending.entry(key).or_default();
-        s.requests += 1;
-        s.input += u.input + unknown_tokens;
-        s.output += u.output;
-        s.cached += u.cached;
-        s.reasoning += u.reasoning;
-        s.cost_nano += charged_cost;
+        s.requests += u64::from(!r.extension);
+        s.input = s
+            .input
+            .saturating_add(u.input.saturating_add(unknown_tokens));
+        s.output = s.output.saturating_add(u.output);
+        s.cached = s.cached.saturating_add(u.cached);
+        s.reasoning = s.reasoning.saturating_add(u.reasoning);
+        s.cost_nano = s.cost_nano.saturating_add(charged_cost);
         drop(inner);
         if freed_for_waiters {
             // A slot given back, or a reservation that used less than it held: room a
@@ -888,17 +919,42 @@ impl Reservation {
         o.status = status;
         match usage {
             Some(u) => {
-                o.usage.input += u.input;
-                o.usage.output += u.output;
-                o.usage.cached += u.cached;
-                o.usage.reasoning += u.reasoning;
-                o.cost_nano += cost_nano;
+                o.usage.input = o.usage.input.saturating_add(u.input);
+                o.usage.output = o.usage.output.saturating_add(u.output);
+                o.usage.cached = o.usage.cached.saturating_add(u.cached);
+                o.usage.reasoning = o.usage.reasoning.saturating_add(u.reasoning);
+                o.cost_nano = o.cost_nano.saturating_add(cost_nano);
             }
             // A success without usage: what it cost is not known, so its worst case is
             // charged.
             None if (200..300).contains(&status) => o.unknown = true,
             None => {}
         }
+    }
+
+    /// Notes an attempt the provider billed without saying what it used (it timed out,
+    /// the client went away, the stream broke or went silent): its worst case is charged,
+    /// as the provider may have produced up to the output limit.
+    pub fn charge_worst(
+        &self,
+        route: &Arc<str>,
+        provider: &Arc<str>,
+        model: &Arc<str>,
+        status: u16,
+    ) {
+        let mut o = crate::lock(&self.outcome);
+        o.route = route.clone();
+        o.provider = provider.clone();
+        o.model = model.clone();
+        o.status = status;
+        o.unknown = true;
+    }
+
+    /// Something has been charged to it: another billed attempt needs a reservation of
+    /// its own.
+    pub fn charged(&self) -> bool {
+        let o = crate::lock(&self.outcome);
+        o.unknown || o.usage != crate::translate::Usage::default() || o.cost_nano > 0
     }
 }
 

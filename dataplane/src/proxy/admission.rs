@@ -14,6 +14,53 @@ use crate::quota::{Attribution, Demand, Qty, Refusal, Reservation};
 use crate::runtime::{Route, VirtualKey};
 use crate::snapshot::Snapshot;
 
+/// What a request's worst case assumes where the request itself does not bound it.
+#[derive(Clone, Copy, Debug)]
+pub struct WorstCase {
+    /// The output limit set on a request of a metered key that sets none (and assumed for
+    /// it): the gateway writes it into the request, so the provider cannot exceed it.
+    pub output_tokens: u64,
+    /// Input tokens of one image or audio clip, beyond its bytes in the body.
+    pub media_tokens: u64,
+    /// Input tokens of one file or document (a PDF of many pages), beyond its bytes.
+    pub file_tokens: u64,
+}
+
+impl WorstCase {
+    /// The most input tokens a request of `body_len` bytes can be: every token is at
+    /// least one byte of the body, and each attachment is counted at its own amount.
+    pub fn input(&self, body_len: usize, head: &ChatHead) -> u64 {
+        let a = head.attachments;
+        (body_len as u64)
+            .saturating_add(a.media.saturating_mul(self.media_tokens))
+            .saturating_add(a.files.saturating_mul(self.file_tokens))
+    }
+
+    /// The most output tokens: the limit per choice, times the choices.
+    pub fn output(&self, head: &ChatHead) -> u64 {
+        head.max_tokens
+            .unwrap_or(self.output_tokens)
+            .saturating_mul(head.choices)
+    }
+}
+
+/// Whether a key's requests are metered in tokens or money (budgets, sessions, a tokens
+/// per minute limit): these get an output limit when they set none.
+pub(super) fn metered(key: &VirtualKey, headers: &HeaderMap) -> bool {
+    !key.budget_accounts.is_empty()
+        || key.rate.as_ref().is_some_and(|r| r.tokens_per_minute > 0)
+        || session_of(key, headers).is_some()
+}
+
+/// The agent session a request names, if its key has sessions.
+fn session_of<'h>(key: &VirtualKey, headers: &'h HeaderMap) -> Option<&'h str> {
+    key.session
+        .as_ref()
+        .and_then(|s| headers.get(&s.header))
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 256)
+}
+
 /// The most a request to `route` for `model` can cost per token, in and out: the dearest
 /// of its targets and fallbacks (the target is picked later).
 fn dearest(snapshot: &Snapshot, route: &Route, model: &str) -> Price {
@@ -39,16 +86,14 @@ fn demands(
     session: Option<&str>,
     head: &ChatHead,
     route: &Route,
-    (body_len, output): (usize, u64),
+    (input, output): (u64, u64),
 ) -> Vec<Demand> {
     let budgeted = !key.budget_accounts.is_empty() || session.is_some();
     if !budgeted && key.rate.is_none() && key.concurrency.is_none() {
         return vec![];
     }
-    // Every token is at least one byte of the body, so its length bounds the input; the
-    // output is bounded by the caller (a chat request's own limit, or the configured
-    // default; nothing for embeddings).
-    let input = body_len as u64;
+    // The input and output bounds come from the caller ([`WorstCase`]; no output for
+    // embeddings).
     let usd = if budgeted {
         dearest(snapshot, route, &head.model).worst_case_nano(input, output)
     } else {
@@ -56,7 +101,7 @@ fn demands(
     };
     let worst = Qty {
         usd,
-        tokens: input + output,
+        tokens: input.saturating_add(output),
         requests: 1,
     };
     let mut out: Vec<Demand> = key
@@ -89,9 +134,9 @@ fn demands(
     out
 }
 
-/// Reserves the request's worst case: `size` is the body's length in bytes and the most
-/// output tokens it may produce. The reservation also carries the request's attribution,
-/// so every admitted request ends as a usage record.
+/// Reserves the request's worst case: `size` is the most input and output tokens it may
+/// count ([`WorstCase`]). The reservation also carries the request's attribution, so
+/// every admitted request ends as a usage record.
 pub(super) async fn admit(
     state: &State,
     snapshot: &Snapshot,
@@ -99,14 +144,9 @@ pub(super) async fn admit(
     headers: &HeaderMap,
     head: &ChatHead,
     route: &Route,
-    size: (usize, u64),
+    size: (u64, u64),
 ) -> Result<Reservation, ApiError> {
-    let session = key
-        .session
-        .as_ref()
-        .and_then(|s| headers.get(&s.header))
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 256);
+    let session = session_of(key, headers);
     let demands = demands(snapshot, key, session, head, route, size);
     let who = Attribution {
         session: session.map(Arc::from).unwrap_or_default(),

@@ -357,22 +357,27 @@ async fn forward(
     labels: &mut Labels,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
-    let (body, head, route, snapshot, key) = resolve_route(state, &parts, body, labels).await?;
-    let output = head.max_tokens.unwrap_or(state.default_max_output_tokens);
-    let reservation = match admission::admit(
-        state,
-        &snapshot,
-        &key,
-        &parts.headers,
-        &head,
-        &route,
-        (body.len(), output),
-    )
-    .await
-    {
-        Ok(r) => Arc::new(r),
-        Err(e) => return Ok(admission::refused(state, &key, e, api, started, labels)),
+    let (body, mut head, route, snapshot, key) = resolve_route(state, &parts, body, labels).await?;
+    // A metered key's request gets an output limit, so that what it reserves bounds what
+    // the provider can produce.
+    let body = if admission::metered(&key, &parts.headers) {
+        let field = match api {
+            Api::OpenAi => "max_completion_tokens",
+            Api::Anthropic => "max_tokens",
+        };
+        head.with_output_cap(body, field, state.worst.output_tokens)
+    } else {
+        body
     };
+    let size = (
+        state.worst.input(body.len(), &head),
+        state.worst.output(&head),
+    );
+    let reservation =
+        match admission::admit(state, &snapshot, &key, &parts.headers, &head, &route, size).await {
+            Ok(r) => Arc::new(r),
+            Err(e) => return Ok(admission::refused(state, &key, e, api, started, labels)),
+        };
     let mut plan = balance::Plan::new(route.clone(), &snapshot, &state.balance, &head.model);
     drop(snapshot);
     let now = Instant::now();
@@ -398,7 +403,9 @@ async fn forward(
         budget,
         started,
         prelude: started.elapsed(),
-        reservation,
+        current: std::sync::Mutex::new(reservation.clone()),
+        admitted: reservation,
+        extend_by: 1,
     });
     let Some(every) = keep_alive else {
         let (result, used) = run_plan(ctx, plan, first, labels.clone()).await;
@@ -459,6 +466,14 @@ async fn run_plan_inner(
     let (mut attempts, mut retries, mut other_credentials) = (0u32, 0u32, 0usize);
     let mut last: Option<Box<Failed>> = None;
     while let Some(c) = next.take() {
+        if let Err(e) = ctx.reserve_attempt().await {
+            // No room for another billed attempt: the client gets the last failure.
+            tracing::debug!(route = %route.id, error = %e, "no quota for another attempt");
+            if last.is_none() {
+                return Err(e);
+            }
+            break;
+        }
         attempts += 1;
         labels.provider = c.provider.id.clone();
         labels.model = c.model.clone();
@@ -596,8 +611,86 @@ struct Ctx {
     deadline: Instant,
     /// Time spent in the gateway before the first attempt (authentication, body, route).
     prelude: Duration,
-    /// What the request reserved; settled when the last holder lets go.
-    reservation: Arc<Reservation>,
+    /// What the request reserved when admitted (its concurrency slot included); settled
+    /// when the last holder lets go.
+    admitted: Arc<Reservation>,
+    /// What the next attempt is charged to: `admitted` until an attempt has been charged,
+    /// then an extension of it for each further billed attempt.
+    current: std::sync::Mutex<Arc<Reservation>>,
+    /// How many of the admitted worst cases a further billed attempt reserves: 1, or 2 for
+    /// a stream's continuation (its request carries the partial answer too).
+    extend_by: u64,
+}
+
+impl Ctx {
+    fn current(&self) -> Arc<Reservation> {
+        crate::lock(&self.current).clone()
+    }
+
+    /// Before an attempt: when an earlier attempt has been charged (the provider billed
+    /// it), another worst case is reserved for this one, so that what every attempt is
+    /// charged stays within what the request reserved.
+    async fn reserve_attempt(&self) -> Result<(), ApiError> {
+        if !self.current().charged() {
+            return Ok(());
+        }
+        let more = self
+            .state
+            .quotas
+            .extend(&self.admitted, self.extend_by)
+            .await
+            .map_err(|r| match r {
+                crate::quota::Refusal::Exhausted { account } => {
+                    self.state
+                        .metrics
+                        .denials
+                        .with_label_values(&["budget"])
+                        .inc();
+                    ApiError::BudgetExceeded(account.rsplit('/').next().unwrap_or("").to_string())
+                }
+                crate::quota::Refusal::Unavailable { account } => {
+                    ApiError::QuotaUnavailable(account.rsplit('/').next().unwrap_or("").to_string())
+                }
+            })?;
+        *crate::lock(&self.current) = Arc::new(more);
+        Ok(())
+    }
+}
+
+/// An attempt whose request has gone to the provider: unless its outcome is settled
+/// otherwise (an answer recorded, an error status the provider does not bill, no
+/// connection), it is charged its worst case when it ends, including when the client goes
+/// away and the attempt is dropped mid-way.
+struct Billed<'a> {
+    reservation: Option<Arc<Reservation>>,
+    labels: &'a Labels,
+    /// The status its record shows: the client went away (499) unless a timeout (504) or
+    /// a broken answer (502) ended it.
+    status: u16,
+}
+
+impl<'a> Billed<'a> {
+    fn new(reservation: Arc<Reservation>, labels: &'a Labels) -> Self {
+        Self {
+            reservation: Some(reservation),
+            labels,
+            status: 499,
+        }
+    }
+
+    /// The outcome is recorded elsewhere, or the provider does not bill it.
+    fn settled(&mut self) {
+        self.reservation = None;
+    }
+}
+
+impl Drop for Billed<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            let l = self.labels;
+            r.charge_worst(&l.route, &l.provider, &l.model, self.status);
+        }
+    }
 }
 
 /// The class of a refusal that is about the request (a 4xx): context window exceeded, or
@@ -801,6 +894,7 @@ impl Ctx {
         .await
         .map_err(|e| Step::failed(Failure::Auth, e))?;
 
+        let mut billed = Billed::new(self.current(), labels);
         let inflight = c.endpoint.start();
         let before_upstream = *prelude + attempt_started.elapsed();
         let sent_at = Instant::now();
@@ -837,11 +931,19 @@ impl Ctx {
             Ok(r) => r,
             Err(e) => {
                 let class = match e {
-                    ApiError::UpstreamTimeout => timeout_class(first_deadline),
+                    ApiError::UpstreamTimeout => {
+                        // The provider has the request and may be working on it.
+                        billed.status = 504;
+                        timeout_class(first_deadline)
+                    }
                     ApiError::UpstreamAuth(_) => Failure::Auth,
                     ApiError::UpstreamStatus(_) => Failure::ServerError,
                     _ => Failure::ConnectError,
                 };
+                if class != Failure::Timeout && class != Failure::FirstTokenTimeout {
+                    // Refused, failed, or never reached: not billed.
+                    billed.settled();
+                }
                 return Err(fail(class, Err(e), None));
             }
         };
@@ -872,7 +974,7 @@ impl Ctx {
             started,
             usage: None,
             credential: credential.as_ref().map(|(_, e)| e.clone()),
-            reservation: Some(self.reservation.clone()),
+            reservation: Some(billed.reservation.clone().unwrap_or_else(|| self.current())),
             price: provider.price_of(&c.model),
             counted: Some(crate::tokens::Counted {
                 api: self.api,
@@ -893,6 +995,7 @@ impl Ctx {
             let first = loop {
                 match tokio::time::timeout_at(first_deadline, up_body.frame()).await {
                     Err(_) => {
+                        billed.status = 504;
                         return Err(fail(
                             timeout_class(first_deadline),
                             Err(ApiError::UpstreamTimeout),
@@ -900,6 +1003,7 @@ impl Ctx {
                         ));
                     }
                     Ok(None) | Ok(Some(Err(_))) => {
+                        billed.status = 502;
                         return Err(fail(
                             Failure::ConnectError,
                             Err(ApiError::UpstreamBody),
@@ -929,6 +1033,8 @@ impl Ctx {
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/event-stream; charset=utf-8"),
             );
+            // From here the stream records its outcome, whole or broken.
+            billed.settled();
             Streamed {
                 inner: up_body,
                 first: Some(first),
@@ -937,6 +1043,7 @@ impl Ctx {
                 done: Some(completion),
                 chain: plan.stream(),
                 ended: false,
+                complete: false,
                 _inflight: inflight,
                 resume: resume.cloned(),
                 transcript: resume.map(|_| Transcript::default()),
@@ -950,9 +1057,11 @@ impl Ctx {
             let collected = match tokio::time::timeout_at(attempt_deadline, up_body.collect()).await
             {
                 Err(_) => {
+                    billed.status = 504;
                     return Err(fail(Failure::Timeout, Err(ApiError::UpstreamTimeout), None));
                 }
                 Ok(Err(_)) => {
+                    billed.status = 502;
                     return Err(fail(
                         Failure::ConnectError,
                         Err(ApiError::UpstreamBody),
@@ -981,6 +1090,8 @@ impl Ctx {
                     .count_unreported(|model, api| Some(crate::tokens::answer(model, api, &out)));
                 out
             } else {
+                // An error status: the provider does not bill it; recorded with its answer.
+                billed.settled();
                 plan.error(
                     status.as_u16(),
                     collected,
@@ -1014,6 +1125,7 @@ impl Ctx {
             }
             self.count_ok(c);
             completion.record();
+            billed.settled();
             state
                 .metrics
                 .overhead
@@ -1306,6 +1418,9 @@ struct Streamed {
     chain: Chain,
     /// The closing bytes have been written; the next poll ends the body.
     ended: bool,
+    /// The provider ended the stream itself (rather than it breaking, going silent, being
+    /// cut at the deadline, or the client going away).
+    complete: bool,
     _inflight: balance::InFlight,
     /// Set when the route continues broken streams on the next target.
     resume: Option<ResumeSlot>,
@@ -1477,13 +1592,25 @@ impl Streamed {
     }
 
     fn finish(&mut self) {
-        if let Some(mut done) = self.done.take() {
-            done.usage = self.chain.usage();
+        let Some(mut done) = self.done.take() else {
+            return;
+        };
+        done.usage = self.chain.usage();
+        if self.complete {
             let kept = self.kept.take();
             done.count_unreported(|model, api| {
                 kept.map(|k| crate::tokens::streamed(model, api, &k))
             });
             done.record();
+            return;
+        }
+        // The provider was still producing when the stream ended here: it bills what it
+        // produced, which the stream does not say, up to the output limit.
+        let billed = done.reservation.clone();
+        let (labels, status) = (done.labels.clone(), done.status.as_u16());
+        done.record();
+        if let Some(r) = billed {
+            r.charge_worst(&labels.route, &labels.provider, &labels.model, status);
         }
     }
 
@@ -1523,7 +1650,9 @@ impl Streamed {
             started: r.ctx.started,
             deadline: r.ctx.deadline,
             prelude: Duration::ZERO,
-            reservation: r.ctx.reservation.clone(),
+            admitted: r.ctx.admitted.clone(),
+            current: std::sync::Mutex::new(r.ctx.current()),
+            extend_by: 2,
         });
         ctx.state
             .metrics
@@ -1705,6 +1834,7 @@ impl http_body::Body for Streamed {
                 }
                 Poll::Ready(None) => {
                     this.settle(false);
+                    this.complete = true;
                     let out = this.chain.end_bytes();
                     this.finish();
                     return if out.is_empty() {

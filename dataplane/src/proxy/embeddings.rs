@@ -78,7 +78,7 @@ async fn forward(
         &parts.headers,
         &head,
         &to.route,
-        (body.len(), 0),
+        (state.worst.input(body.len(), &head), 0),
     )
     .await
     {

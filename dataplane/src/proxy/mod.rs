@@ -1,6 +1,6 @@
 //! The client-facing HTTP server: OpenAI-compatible endpoints, dispatched by path.
 
-mod admission;
+pub mod admission;
 pub mod chat;
 pub mod count_tokens;
 pub mod embeddings;
@@ -52,8 +52,8 @@ pub struct State {
     pub balance: crate::balance::Registry,
     /// Budget, rate-limit and session quota, and the usage records.
     pub quotas: Arc<crate::quota::Quotas>,
-    /// The output a request without `max_tokens` is assumed to ask for, when reserving.
-    pub default_max_output_tokens: u64,
+    /// What a request's worst case assumes where the request does not bound it.
+    pub worst: admission::WorstCase,
     /// The MCP endpoint's upstream client, session keys and tool-call limits.
     pub mcp: crate::mcp::gateway::Gateway,
 }

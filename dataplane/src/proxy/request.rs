@@ -21,8 +21,180 @@ pub struct ChatHead {
     has_stream_options: bool,
     /// `response_format` asks for JSON (OpenAI).
     pub json_mode: bool,
-    /// The most output tokens asked for: `max_completion_tokens` or `max_tokens`.
+    /// The most output tokens a choice may have: the larger of `max_completion_tokens` and
+    /// `max_tokens` when both are set (a server configured to take one field receives the
+    /// client's value of it, whichever it is).
     pub max_tokens: Option<u64>,
+    /// Choices asked for (`n`, OpenAI): each may be as long as `max_tokens`.
+    pub choices: u64,
+    /// Images, audio and files in the messages: each costs tokens its few bytes of
+    /// reference do not bound.
+    pub attachments: Attachments,
+}
+
+/// The most output tokens a request may ask for: beyond any model's output, so a larger
+/// value is a mistake or an attempt to wrap the gateway's arithmetic.
+pub const MAX_OUTPUT_TOKENS: u64 = 1_000_000;
+/// The most choices (`n`) a request may ask for, as OpenAI allows.
+pub const MAX_CHOICES: u64 = 128;
+
+/// Attachments counted in a request's messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Attachments {
+    /// Images and audio (`image_url`, `input_audio`, Anthropic `image`).
+    pub media: u64,
+    /// Files and documents (`file`, Anthropic `document`), which may hold many pages.
+    pub files: u64,
+}
+
+impl Attachments {
+    fn add(&mut self, kind: &str) {
+        match kind {
+            "image_url" | "image" | "input_image" | "input_audio" | "audio" => self.media += 1,
+            "file" | "input_file" | "document" => self.files += 1,
+            _ => {}
+        }
+    }
+}
+
+/// Reads `messages` for its attachments only: every message's `content` parts by `type`,
+/// and the parts inside Anthropic `tool_result` content. Nothing is buffered: a visitor
+/// walks the array as it is parsed.
+mod walk {
+    use std::fmt;
+
+    use serde::Deserializer;
+    use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+    use super::Attachments;
+
+    /// The messages array.
+    pub struct Messages<'c>(pub &'c mut Attachments);
+    /// One message, or one part: a map whose `content` (and, for a part, `type`) count.
+    struct Item<'c>(&'c mut Attachments);
+    /// A `content` value: a string, or an array of parts.
+    struct Content<'c>(&'c mut Attachments);
+
+    impl<'de> DeserializeSeed<'de> for Messages<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Messages<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("an array of messages")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Item(&mut *self.0))?.is_some() {}
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Item<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Item<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a message or a content part")
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+                match &*key {
+                    "content" => map.next_value_seed(Content(&mut *self.0))?,
+                    "type" => {
+                        let kind = map.next_value::<std::borrow::Cow<'de, str>>()?;
+                        self.0.add(&kind);
+                    }
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+            }
+            Ok(())
+        }
+        // Anything else is the provider's to refuse; it holds no attachment.
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element::<IgnoredAny>()?.is_some() {}
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+    }
+
+    impl<'de> DeserializeSeed<'de> for Content<'_> {
+        type Value = ();
+        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+            d.deserialize_any(self)
+        }
+    }
+
+    impl<'de> Visitor<'de> for Content<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("content")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(Item(&mut *self.0))?.is_some() {}
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
+            Item(self.0).visit_map(map)
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Attachments {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::DeserializeSeed;
+        let mut out = Attachments::default();
+        walk::Messages(&mut out).deserialize(d)?;
+        Ok(out)
+    }
 }
 
 #[derive(Deserialize)]
@@ -51,6 +223,10 @@ struct Head<'a> {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    #[serde(default)]
+    n: Option<u64>,
+    #[serde(default)]
+    messages: Attachments,
 }
 
 impl ChatHead {
@@ -70,6 +246,22 @@ impl ChatHead {
                 "you must provide a model parameter".into(),
             ));
         }
+        let max_tokens = match (head.max_completion_tokens, head.max_tokens) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        if max_tokens.is_some_and(|n| n > MAX_OUTPUT_TOKENS) {
+            return Err(ApiError::BadRequest(format!(
+                "max_tokens: {} is larger than any model's output; the most is {MAX_OUTPUT_TOKENS}",
+                max_tokens.unwrap_or_default()
+            )));
+        }
+        let choices = head.n.unwrap_or(1);
+        if !(1..=MAX_CHOICES).contains(&choices) {
+            return Err(ApiError::BadRequest(format!(
+                "n: {choices} is out of range; it must be between 1 and {MAX_CHOICES}"
+            )));
+        }
         // The raw value borrows from `body`, so its offset is known without searching.
         let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
         Ok(Self {
@@ -85,8 +277,31 @@ impl ChatHead {
                 .stream_options
                 .and_then(|o| o.include_usage)
                 .unwrap_or(false),
-            max_tokens: head.max_completion_tokens.or(head.max_tokens),
+            max_tokens,
+            choices,
+            attachments: head.messages,
         })
+    }
+
+    /// The body with an output limit of `cap` tokens set, for a request that set none:
+    /// `"<field>":<cap>,` is written after the opening brace (`max_completion_tokens` for
+    /// OpenAI's API, `max_tokens` for Anthropic's), leaving the rest as sent.
+    pub fn with_output_cap(&mut self, body: bytes::Bytes, field: &str, cap: u64) -> bytes::Bytes {
+        if self.max_tokens.is_some() {
+            return body;
+        }
+        let Some(brace) = body.iter().position(|b| *b == b'{') else {
+            return body;
+        };
+        let member = format!("\"{field}\":{cap},");
+        let mut out = Vec::with_capacity(body.len() + member.len());
+        out.extend_from_slice(&body[..=brace]);
+        out.extend_from_slice(member.as_bytes());
+        out.extend_from_slice(&body[brace + 1..]);
+        // The model is after the brace: its literal moved by what was written.
+        self.model_span = self.model_span.start + member.len()..self.model_span.end + member.len();
+        self.max_tokens = Some(cap);
+        out.into()
     }
 
     /// An OpenAI streaming body that asks for the usage chunk, so every stream can be
@@ -150,6 +365,82 @@ mod tests {
         let head =
             ChatHead::parse(br#"{"model":"m","max_tokens":5,"max_completion_tokens":7}"#).unwrap();
         assert_eq!(head.max_tokens, Some(7));
+        // The larger of the two bounds what a server taking either field may produce.
+        let head = ChatHead::parse(br#"{"model":"m","max_tokens":900,"max_completion_tokens":7}"#)
+            .unwrap();
+        assert_eq!(head.max_tokens, Some(900));
+        assert_eq!(head.choices, 1);
+        assert_eq!(
+            ChatHead::parse(br#"{"model":"m","n":4}"#).unwrap().choices,
+            4
+        );
+    }
+
+    #[test]
+    fn absurd_limits_and_choices_are_refused() {
+        for body in [
+            &br#"{"model":"m","max_tokens":18446744073709551615}"#[..],
+            br#"{"model":"m","max_completion_tokens":1000001}"#,
+            br#"{"model":"m","max_tokens":-1}"#,
+            br#"{"model":"m","n":0}"#,
+            br#"{"model":"m","n":129}"#,
+            br#"{"model":"m","n":-2}"#,
+        ] {
+            assert!(
+                matches!(ChatHead::parse(body), Err(ApiError::BadRequest(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+        assert!(ChatHead::parse(br#"{"model":"m","max_tokens":1000000,"n":128}"#).is_ok());
+    }
+
+    #[test]
+    fn attachments_are_counted_in_every_format() {
+        let body = br#"{"model":"m","messages":[
+            {"role":"system","content":"look at image_url and file"},
+            {"role":"user","content":[
+                {"type":"text","text":"what is in these? {\"type\":\"image_url\"}"},
+                {"type":"image_url","image_url":{"url":"https://example.com/a.png","detail":"high"}},
+                {"type":"image_url","image_url":{"url":"data:image/png;base64,AAAA"}},
+                {"type":"input_audio","input_audio":{"data":"AAAA","format":"wav"}},
+                {"type":"file","file":{"file_id":"file-abc"}}]},
+            {"role":"user","content":[
+                {"type":"image","source":{"type":"url","url":"https://example.com/b.png"}},
+                {"type":"document","source":{"type":"file","file_id":"file_x"}},
+                {"type":"tool_result","tool_use_id":"t","content":[
+                    {"type":"image","source":{"type":"base64","media_type":"image/png","data":"AA"}}]}]},
+            {"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}
+        ]}"#;
+        let head = ChatHead::parse(body).unwrap();
+        assert_eq!(
+            head.attachments,
+            Attachments { media: 5, files: 2 },
+            "text that names a type counts nothing"
+        );
+        let plain =
+            ChatHead::parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
+        assert_eq!(plain.unwrap().attachments, Attachments::default());
+    }
+
+    #[test]
+    fn an_output_cap_is_written_only_where_none_was_set() {
+        let body = bytes::Bytes::from_static(br#"{"model":"smart","messages":[]}"#);
+        let mut head = ChatHead::parse(&body).unwrap();
+        let capped = head.with_output_cap(body, "max_completion_tokens", 4096);
+        assert_eq!(
+            &capped[..],
+            br#"{"max_completion_tokens":4096,"model":"smart","messages":[]}"#
+        );
+        assert_eq!(head.max_tokens, Some(4096));
+        let renamed = head.with_model(capped.clone(), "gpt-4o");
+        assert_eq!(
+            &renamed[..],
+            br#"{"max_completion_tokens":4096,"model":"gpt-4o","messages":[]}"#
+        );
+        assert_eq!(ChatHead::parse(&renamed).unwrap().max_tokens, Some(4096));
+        let same = head.with_output_cap(capped.clone(), "max_tokens", 5);
+        assert_eq!(same, capped, "already limited");
     }
 
     #[test]
