@@ -307,6 +307,9 @@ pub fn compile_cached(
             Some(Body::Route(body)),
             missing,
         );
+        if let Some(report) = out.reports.last_mut() {
+            report.conditions.push(prices_known(r, &kinds.providers));
+        }
     }
     for k in &kinds.keys {
         let mut missing = Vec::new();
@@ -330,6 +333,11 @@ pub fn compile_cached(
             Ok(key) => {
                 let mut body = compile_virtual_key(k, key.trim_ascii());
                 body.budgets = key_budgets(k, &kinds.budgets);
+                body.usd_limited |= kinds.budgets.iter().any(|b| {
+                    b.namespace == k.namespace
+                        && b.spec.limit.usd.is_some()
+                        && body.budgets.contains(&b.name)
+                });
                 finish(
                     &mut out,
                     Kind::VirtualKey,
@@ -689,6 +697,7 @@ fn compile_provider(
                 output_per_million_usd: m.output_per_million_usd,
                 cached_input_per_million_usd: m.cached_input_per_million_usd,
                 context_window: m.context_window.unwrap_or(0),
+                price_as: m.price_as.clone().unwrap_or_default(),
             })
             .collect(),
         compatibility: p.spec.compatibility.as_ref().map(|c| pb::Compatibility {
@@ -719,6 +728,8 @@ fn compile_provider(
             minimum_requests: h.minimum_requests.unwrap_or(0),
             interval_ms: ms(h.interval.as_ref()),
         }),
+        unpriced_free: p.spec.unpriced_models
+            == Some(tollgate_crds::provider::UnpricedModels::Free),
     };
     (body, missing)
 }
@@ -801,6 +812,76 @@ fn compile_route(r: &Parsed<route::LlmRouteSpec>) -> pb::Route {
     }
 }
 
+/// `PricesKnown`: whether every target and fallback of a route has a price (built in, or
+/// set on its provider), so that keys with a USD limit can use it. A target that sends the
+/// requested model on is priced per request: `Unknown` when no fixed target is unpriced.
+fn prices_known(
+    r: &Parsed<route::LlmRouteSpec>,
+    providers: &[Parsed<provider::LlmProviderSpec>],
+) -> Condition {
+    let mut unpriced = Vec::new();
+    let mut per_request = false;
+    let targets = r
+        .spec
+        .targets
+        .iter()
+        .map(|t| (&t.provider, &t.model))
+        .chain(r.spec.fallbacks.iter().map(|f| (&f.provider, &f.model)));
+    for (name, model) in targets {
+        let Some(p) = providers
+            .iter()
+            .find(|p| p.namespace == r.namespace && &p.name == name)
+        else {
+            continue;
+        };
+        if p.spec.unpriced_models == Some(provider::UnpricedModels::Free) {
+            continue;
+        }
+        let Some(model) = model else {
+            per_request = true;
+            continue;
+        };
+        let overrides: Vec<tollgate_proto::prices::Override> = p
+            .spec
+            .models
+            .iter()
+            .map(|m| tollgate_proto::prices::Override {
+                model: m.name.clone(),
+                price_as: m.price_as.clone(),
+                input: m.input_per_million_usd,
+                output: m.output_per_million_usd,
+                cached: m.cached_input_per_million_usd,
+            })
+            .collect();
+        if tollgate_proto::prices::lookup(p.spec.provider_type.as_str(), &overrides, model)
+            .is_none()
+        {
+            unpriced.push(format!("{name}/{model}"));
+        }
+    }
+    if !unpriced.is_empty() {
+        return Condition::new(
+            "PricesKnown",
+            false,
+            "NoPrice",
+            format!(
+                "no price for {}: keys with a USD limit are refused it; set spec.models prices (or priceAs) on the provider, or spec.unpricedModels: free",
+                unpriced.join(", ")
+            ),
+        );
+    }
+    if per_request {
+        return Condition {
+            type_: "PricesKnown",
+            status: "Unknown",
+            reason: "ModelFromRequest".into(),
+            message: "a target sends the requested model on: its price is looked up per request"
+                .into(),
+        };
+    }
+    Condition::new("PricesKnown", true, "PricesKnown", "")
+}
+
 fn compile_virtual_key(k: &Parsed<virtual_key::VirtualKeySpec>, key: &[u8]) -> pb::VirtualKey {
     let spec = &k.spec;
     pb::VirtualKey {
@@ -840,6 +921,10 @@ fn compile_virtual_key(k: &Parsed<virtual_key::VirtualKeySpec>, key: &[u8]) -> p
             .and_then(parse_rfc3339_unix)
             .unwrap_or(0),
         disabled: spec.disabled,
+        usd_limited: spec
+            .session
+            .as_ref()
+            .is_some_and(|s| s.max_cost_usd.is_some()),
     }
 }
 

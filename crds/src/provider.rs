@@ -68,6 +68,19 @@ pub struct LlmProviderSpec {
     /// azure-openai, openai-compatible): vLLM, Ollama, Groq, Mistral, DeepSeek, ...
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compatibility: Option<Compatibility>,
+    /// What a model without a price (neither in the built-in table nor in `models`)
+    /// costs keys with a USD limit: `refuse` (the default) refuses such requests, as their
+    /// cost could not be counted; `free` charges them nothing (a self-hosted server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unpriced_models: Option<UnpricedModels>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum UnpricedModels {
+    #[default]
+    Refuse,
+    Free,
 }
 
 /// How to talk to a server whose OpenAI API differs from OpenAI's own.
@@ -189,6 +202,11 @@ pub struct ModelOverride {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub context_window: Option<u64>,
+    /// The built-in price entry this name is priced as: the model an Azure deployment (or
+    /// an alias) serves, e.g. `gpt-4.1-mini`. Prices set here win over it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 256))]
+    pub price_as: Option<String>,
 }
 
 /// Outlier ejection: when a target or credential is taken out of rotation.

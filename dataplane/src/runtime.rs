@@ -129,6 +129,8 @@ pub struct Provider {
     pub health: HealthPolicy,
     /// Price overrides by model name (`spec.models`); the built-in table has the rest.
     pub prices: Vec<crate::prices::Override>,
+    /// Models without a price cost nothing (`spec.unpricedModels: free`).
+    pub unpriced_free: bool,
     /// The chat completions URI, built once; `None` for Azure, whose URI names the model.
     chat_completions: Option<Uri>,
 }
@@ -387,7 +389,7 @@ impl Provider {
     /// What a request to `model` costs here, as one figure to compare targets by: the sum
     /// of the input and output prices per million tokens. `None` when no price is known.
     pub fn price(&self, model: &str) -> Option<f64> {
-        self.price_of(model).map(|p| p.input + p.output)
+        self.price_of(model).map(|p| p.base.input + p.base.output)
     }
 
     /// The price of `model` here: the provider's override, else the built-in table.
@@ -549,11 +551,13 @@ impl TryFrom<&pb::Provider> for Provider {
                 .iter()
                 .map(|m| crate::prices::Override {
                     model: m.name.clone(),
+                    price_as: (!m.price_as.is_empty()).then(|| m.price_as.clone()),
                     input: m.input_per_million_usd,
                     output: m.output_per_million_usd,
                     cached: m.cached_input_per_million_usd,
                 })
                 .collect(),
+            unpriced_free: p.unpriced_free,
         })
     }
 }
@@ -816,6 +820,9 @@ pub struct VirtualKey {
     pub concurrency: Option<Arc<str>>,
     /// Per-session caps, and the header naming the session.
     pub session: Option<SessionCaps>,
+    /// Spend is limited in USD (a budget or the session caps): models without a price
+    /// are refused.
+    pub usd_limited: bool,
     /// The key (`<namespace>/<name>`) and its owner, for usage records and logs (the
     /// session is added per request).
     pub attribution: crate::quota::Attribution,
@@ -892,6 +899,7 @@ impl TryFrom<&pb::VirtualKey> for VirtualKey {
                         header: HeaderName::try_from(name).ok()?,
                     })
                 }),
+            usd_limited: k.usd_limited,
         })
     }
 }

@@ -85,7 +85,7 @@ fn rejection(conditions: &[Condition], current: &Value) -> Option<(String, Strin
         c.status == "False"
             && matches!(
                 c.reason.as_str(),
-                "Invalid" | "Duplicate" | "RefNotFound" | "Rejected"
+                "Invalid" | "Duplicate" | "RefNotFound" | "Rejected" | "NoPrice"
             )
     })?;
     let shown = current

@@ -9,7 +9,6 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use super::State;
 use super::error::ApiError;
 use super::request::ChatHead;
-use crate::prices::Price;
 use crate::quota::{Attribution, Demand, Qty, Refusal, Reservation};
 use crate::runtime::{Route, VirtualKey};
 use crate::snapshot::Snapshot;
@@ -61,22 +60,33 @@ fn session_of<'h>(key: &VirtualKey, headers: &'h HeaderMap) -> Option<&'h str> {
         .filter(|v| !v.is_empty() && v.len() <= 256)
 }
 
-/// The most a request to `route` for `model` can cost per token, in and out: the dearest
-/// of its targets and fallbacks (the target is picked later).
-fn dearest(snapshot: &Snapshot, route: &Route, model: &str) -> Price {
-    route
+/// The most a request to `route` for `model` of `input` and `output` tokens can cost, in
+/// nano-USD: the dearest of its targets and fallbacks (the target is picked later). `Err`
+/// names a model that has no price, on a provider that does not take unpriced models as
+/// free.
+fn dearest(
+    snapshot: &Snapshot,
+    route: &Route,
+    model: &str,
+    (input, output): (u64, u64),
+) -> Result<u64, String> {
+    let mut worst = 0u64;
+    for t in route
         .targets
         .iter()
         .chain(route.fallbacks.iter().map(|f| &f.target))
-        .filter_map(|t| {
-            let provider = snapshot.providers.get(&t.provider)?;
-            provider.price_of(t.model.as_deref().unwrap_or(model))
-        })
-        .fold(Price::default(), |worst, p| Price {
-            input: worst.input.max(p.input),
-            output: worst.output.max(p.output),
-            cached: None,
-        })
+    {
+        let Some(provider) = snapshot.providers.get(&t.provider) else {
+            continue;
+        };
+        let name = t.model.as_deref().unwrap_or(model);
+        match provider.price_of(name) {
+            Some(p) => worst = worst.max(p.worst_case_nano(input, output)),
+            None if provider.unpriced_free => {}
+            None => return Err(name.to_string()),
+        }
+    }
+    Ok(worst)
 }
 
 /// What the request asks of each account that applies to it.
@@ -87,15 +97,20 @@ fn demands(
     head: &ChatHead,
     route: &Route,
     (input, output): (u64, u64),
-) -> Vec<Demand> {
+) -> Result<Vec<Demand>, ApiError> {
     let budgeted = !key.budget_accounts.is_empty() || session.is_some();
     if !budgeted && key.rate.is_none() && key.concurrency.is_none() {
-        return vec![];
+        return Ok(vec![]);
     }
     // The input and output bounds come from the caller ([`WorstCase`]; no output for
     // embeddings).
     let usd = if budgeted {
-        dearest(snapshot, route, &head.model).worst_case_nano(input, output)
+        match dearest(snapshot, route, &head.model, (input, output)) {
+            Ok(usd) => usd,
+            // A cost that cannot be counted cannot be held to a USD limit.
+            Err(model) if key.usd_limited => return Err(ApiError::PriceUnknown(model)),
+            Err(_) => 0,
+        }
     } else {
         0
     };
@@ -131,7 +146,7 @@ fn demands(
             amount: Qty::requests(1),
         });
     }
-    out
+    Ok(out)
 }
 
 /// Reserves the request's worst case: `size` is the most input and output tokens it may
@@ -147,7 +162,17 @@ pub(super) async fn admit(
     size: (u64, u64),
 ) -> Result<Reservation, ApiError> {
     let session = session_of(key, headers);
-    let demands = demands(snapshot, key, session, head, route, size);
+    let demands = match demands(snapshot, key, session, head, route, size) {
+        Ok(d) => d,
+        Err(e) => {
+            state
+                .metrics
+                .denials
+                .with_label_values(&["price_unknown"])
+                .inc();
+            return Err(e);
+        }
+    };
     let who = Attribution {
         session: session.map(Arc::from).unwrap_or_default(),
         ..key.attribution.clone()

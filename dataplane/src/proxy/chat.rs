@@ -96,7 +96,7 @@ impl Completion {
             c.add_tokens(u.input + u.output);
         }
         let cost = match (&self.price, &self.usage) {
-            (Some(p), Some(u)) => p.cost_nano(u),
+            (Some(p), Some(u)) => crate::prices::cost_nano(p, u),
             _ => 0,
         };
         if let Some(r) = &self.reservation {

@@ -23,6 +23,10 @@ pub enum ApiError {
     ModelNotAllowed(String),
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
+    #[error(
+        "The model `{0}` has no price, and this API key's spend is limited in USD: its cost could not be counted. Ask the gateway's operator to price it (LLMProvider spec.models) or to mark the provider's unpriced models free."
+    )]
+    PriceUnknown(String),
     #[error("{0}")]
     BadRequest(String),
     #[error("Request body is larger than the limit of {0} bytes.")]
@@ -67,7 +71,7 @@ impl ApiError {
             Self::MissingKey | Self::InvalidKey | Self::ExpiredKey | Self::DisabledKey => {
                 StatusCode::UNAUTHORIZED
             }
-            Self::ModelNotAllowed(_) => StatusCode::FORBIDDEN,
+            Self::ModelNotAllowed(_) | Self::PriceUnknown(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::UnknownPath { .. } => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -108,6 +112,7 @@ impl ApiError {
             Self::ExpiredKey => "expired_api_key",
             Self::DisabledKey => "disabled_api_key",
             Self::ModelNotAllowed(_) => "model_not_allowed",
+            Self::PriceUnknown(_) => "model_price_unknown",
             Self::ModelNotFound(_) => "model_not_found",
             Self::BodyTooLarge(_) => "request_too_large",
             Self::UnknownPath { .. } => "unknown_url",
@@ -127,7 +132,9 @@ impl ApiError {
 
     fn param(&self) -> Option<&'static str> {
         match self {
-            Self::ModelNotAllowed(_) | Self::ModelNotFound(_) => Some("model"),
+            Self::ModelNotAllowed(_) | Self::ModelNotFound(_) | Self::PriceUnknown(_) => {
+                Some("model")
+            }
             _ => None,
         }
     }

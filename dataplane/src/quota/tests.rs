@@ -70,6 +70,7 @@ async fn a_request_waits_for_a_grant_then_settles_its_actual_usage() {
             input: 3,
             output: 4,
             cached: 0,
+            cache_write: 0,
             reasoning: 0,
         }),
         40,

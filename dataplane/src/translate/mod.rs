@@ -31,6 +31,9 @@ pub struct Usage {
     pub input: u64,
     pub output: u64,
     pub cached: u64,
+    /// Input tokens written to the prompt cache (Anthropic, Bedrock), billed at their own
+    /// rate.
+    pub cache_write: u64,
     pub reasoning: u64,
 }
 
@@ -253,6 +256,7 @@ mod counts {
                 input: self.prompt_tokens.0,
                 output: self.completion_tokens.0,
                 cached: self.prompt_tokens_details.cached_tokens,
+                cache_write: 0,
                 reasoning: self.completion_tokens_details.reasoning_tokens,
             }
         }
@@ -306,6 +310,7 @@ mod counts {
                 input: self.prompt_token_count.0 + self.tool_use_prompt_token_count.0,
                 output: self.candidates_token_count.0 + reasoning,
                 cached: self.cached_content_token_count.0,
+                cache_write: 0,
                 reasoning,
             }
         }
@@ -962,6 +967,7 @@ impl AnthropicUsage {
             input: self.input + self.cache_read + self.cache_creation,
             output: self.output,
             cached: self.cache_read,
+            cache_write: self.cache_creation,
             reasoning: 0,
         }
     }
@@ -981,6 +987,7 @@ mod tests {
                 input: 3,
                 output: 4,
                 cached: 2,
+                cache_write: 0,
                 reasoning: 1
             })
         );
@@ -992,6 +999,7 @@ mod tests {
                 input: 3,
                 output: 4,
                 cached: 2,
+                cache_write: 0,
                 reasoning: 1
             })
         );
@@ -1006,6 +1014,7 @@ mod tests {
                 input: 8,
                 output: 7,
                 cached: 5,
+                cache_write: 1,
                 reasoning: 0
             })
         );
@@ -1051,6 +1060,7 @@ mod tests {
                     input: 5,
                     output: 3,
                     cached: 2,
+                    cache_write: 0,
                     reasoning: 2,
                 }),
             ),
@@ -1067,6 +1077,7 @@ mod tests {
                 input: 10,
                 output: 2,
                 cached: 0,
+                cache_write: 0,
                 reasoning: 2,
             })
         );
@@ -1081,6 +1092,7 @@ mod tests {
                 input: 7,
                 output: 0,
                 cached: 5,
+                cache_write: 0,
                 reasoning: 0
             })
         );

@@ -276,10 +276,12 @@ pub fn usage(u: &Value) -> Option<Usage> {
     u.as_object()?;
     let n = |k: &str| u.get(k).and_then(Value::as_u64).unwrap_or(0);
     let cached = n("cacheReadInputTokens");
+    let cache_write = n("cacheWriteInputTokens");
     Some(Usage {
-        input: n("inputTokens") + cached + n("cacheWriteInputTokens"),
+        input: n("inputTokens") + cached + cache_write,
         output: n("outputTokens"),
         cached,
+        cache_write,
         reasoning: 0,
     })
 }

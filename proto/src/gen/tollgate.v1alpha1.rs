@@ -118,6 +118,10 @@ pub struct Provider {
     pub health: ::core::option::Option<Health>,
     #[prost(message, optional, tag = "11")]
     pub compatibility: ::core::option::Option<Compatibility>,
+    /// Models without a price cost nothing (spec.unpricedModels: free); otherwise a key
+    /// with a USD limit is refused them.
+    #[prost(bool, tag = "12")]
+    pub unpriced_free: bool,
 }
 /// Differences of a server speaking OpenAI's API (LLMProvider spec.compatibility).
 #[derive(Clone, PartialEq, ::prost::Message)]
@@ -174,6 +178,9 @@ pub struct ModelPrice {
     pub cached_input_per_million_usd: ::core::option::Option<f64>,
     #[prost(uint64, tag = "5")]
     pub context_window: u64,
+    /// The built-in entry this name is priced as (an Azure deployment's model); empty: itself.
+    #[prost(string, tag = "6")]
+    pub price_as: ::prost::alloc::string::String,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Health {
@@ -316,6 +323,10 @@ pub struct VirtualKey {
     pub expires_at_unix: i64,
     #[prost(bool, tag = "12")]
     pub disabled: bool,
+    /// A budget it is charged to (or an ancestor of one), or its session caps, limit USD:
+    /// a model without a price is refused, as its cost could not be counted.
+    #[prost(bool, tag = "14")]
+    pub usd_limited: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Owner {
