@@ -363,6 +363,48 @@ pub struct Ledger {
     pub lease_ttl_ms: i64,
     /// Records counted (not replays), for the metric.
     pub records_counted: u64,
+    /// Bounds on the accounts a client brings into being by naming them.
+    pub caps: Caps,
+    /// Client-named accounts (sessions, tool calls) by owner, and in all.
+    owned: HashMap<String, usize>,
+    named: usize,
+    /// New client-named accounts refused by a cap, for the metric.
+    pub refused_accounts: u64,
+}
+
+/// Bounds on the accounts clients create by naming them (agent sessions, tool-call
+/// counts), so that one key cannot grow the ledger until its store refuses every write:
+/// past a bound, new ones are refused (their requests are refused as exhausted), and
+/// everything else is still counted and acknowledged.
+#[derive(Clone, Copy, Debug)]
+pub struct Caps {
+    /// Live sessions of one key; tool-call accounts of one key under one policy rule.
+    pub per_owner: usize,
+    /// Client-named accounts in all (the store's capacity).
+    pub total: usize,
+}
+
+impl Default for Caps {
+    fn default() -> Self {
+        Caps {
+            per_owner: 1_000,
+            total: usize::MAX,
+        }
+    }
+}
+
+/// The longest account name kept: longer ones come only from a misbehaving client.
+const MAX_ACCOUNT_NAME: usize = 512;
+
+/// An account whose name a client chooses (a session id, a tool name).
+fn client_named(account: &str) -> bool {
+    account.starts_with("session/") || account.starts_with("tool/")
+}
+
+/// Who a client-named account belongs to: its name less the last part (the session id,
+/// the tool), i.e. the key (and, for tools, the policy rule).
+fn owner(account: &str) -> &str {
+    account.rsplit_once('/').map_or(account, |(o, _)| o)
 }
 
 /// The result of one batch.
@@ -381,8 +423,9 @@ impl Ledger {
         }
     }
 
-    pub fn restore(p: Persisted, defs: &dyn Definitions, lease_ttl_ms: i64) -> Self {
+    pub fn restore(p: Persisted, defs: &dyn Definitions, lease_ttl_ms: i64, caps: Caps) -> Self {
         let mut ledger = Ledger::new(lease_ttl_ms);
+        ledger.caps = caps;
         ledger.sequences = p.sequences.into_iter().collect();
         for (name, s) in p.accounts {
             let mut a = Account::new(defs.define(&name));
@@ -391,9 +434,41 @@ impl Ledger {
             a.spent = s.spent;
             a.buckets = s.buckets.into_iter().collect();
             a.last_used_ms = s.last_used_ms;
+            ledger.note_new(&name);
             ledger.accounts.insert(name, a);
         }
         ledger
+    }
+
+    fn note_new(&mut self, name: &str) {
+        if client_named(name) {
+            *self.owned.entry(owner(name).to_string()).or_default() += 1;
+            self.named += 1;
+        }
+    }
+
+    fn note_gone(&mut self, name: &str) {
+        if client_named(name) {
+            let o = owner(name);
+            if let Some(n) = self.owned.get_mut(o) {
+                *n -= 1;
+                if *n == 0 {
+                    self.owned.remove(o);
+                }
+            }
+            self.named = self.named.saturating_sub(1);
+        }
+    }
+
+    /// Whether a lease for `name` would bring a client-named account into being past a
+    /// cap.
+    fn over_cap(&self, name: &str) -> bool {
+        if self.accounts.contains_key(name) || !client_named(name) {
+            return false;
+        }
+        name.len() > MAX_ACCOUNT_NAME
+            || self.named >= self.caps.total
+            || self.owned.get(owner(name)).copied().unwrap_or(0) >= self.caps.per_owner
     }
 
     pub fn persisted(&self) -> Persisted {
@@ -429,6 +504,9 @@ impl Ledger {
     }
 
     fn account(&mut self, name: &str, defs: &dyn Definitions, now_ms: i64) -> &mut Account {
+        if !self.accounts.contains_key(name) {
+            self.note_new(name);
+        }
         let a = self
             .accounts
             .entry(name.to_string())
@@ -506,6 +584,21 @@ impl Ledger {
         peers: u64,
     ) -> Option<pb::QuotaLease> {
         let ttl = self.lease_ttl_ms;
+        if self.over_cap(&req.account) {
+            // Refused without being created: nothing of it reaches the store.
+            self.refused_accounts += 1;
+            return Some(pb::QuotaLease {
+                account: req.account.clone(),
+                granted: Some(Qty::default().into()),
+                expires_unix_ms: now_ms + ttl,
+                remaining: Some(Qty::default().into()),
+                exhausted: true,
+                limited: tollgate_proto::quantity::USD
+                    | tollgate_proto::quantity::TOKENS
+                    | tollgate_proto::quantity::REQUESTS,
+                ..Default::default()
+            });
+        }
         let a = self.account(&req.account, defs, now_ms);
         let def = a.def.clone()?;
         a.last_used_ms = a.last_used_ms.max(now_ms);
@@ -628,11 +721,19 @@ impl Ledger {
 
     /// Drops idle sessions and tool-call accounts, and dataplanes long gone.
     pub fn sweep(&mut self, now_ms: i64) {
+        let mut gone = Vec::new();
         self.accounts.retain(|name, a| {
             let idle = now_ms - a.last_used_ms;
-            !(name.starts_with("session/") && idle > SESSION_IDLE_MS
-                || name.starts_with("tool/") && idle > TOOL_IDLE_MS)
+            let keep = !(name.starts_with("session/") && idle > SESSION_IDLE_MS
+                || name.starts_with("tool/") && idle > TOOL_IDLE_MS);
+            if !keep {
+                gone.push(name.clone());
+            }
+            keep
         });
+        for name in gone {
+            self.note_gone(&name);
+        }
         self.sequences
             .retain(|_, (_, seen)| now_ms - *seen < DATAPLANE_FORGET_MS);
         for a in self.accounts.values_mut() {

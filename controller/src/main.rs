@@ -88,6 +88,15 @@ struct Args {
     /// How long a quota grant to a dataplane lasts unless renewed.
     #[arg(long, default_value = "10s")]
     quota_lease_ttl: String,
+    /// Live agent sessions one VirtualKey may have (and tool-call accounts one key may
+    /// have under one policy rule); requests that would open more are refused.
+    #[arg(long, default_value_t = 1_000)]
+    max_sessions_per_key: usize,
+    /// Live agent sessions and tool-call accounts in all, when the ledger is kept in the
+    /// ConfigMap (1 MiB): past it, new ones are refused, so that the ConfigMap never
+    /// refuses a write and every key's usage is still acknowledged.
+    #[arg(long, default_value_t = 4_000)]
+    max_configmap_sessions: usize,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -260,9 +269,16 @@ async fn main() -> anyhow::Result<()> {
         }
         (None, Mode::Local { .. }) => Store::Memory,
     };
-    let books = Arc::new(std::sync::Mutex::new(Books::new(Ledger::new(
-        lease_ttl.as_millis() as i64,
-    ))));
+    let mut ledger = Ledger::new(lease_ttl.as_millis() as i64);
+    ledger.caps = tollgate_controller::ledger::Caps {
+        per_owner: args.max_sessions_per_key,
+        total: if matches!(store, Store::ConfigMap(_)) {
+            args.max_configmap_sessions
+        } else {
+            usize::MAX
+        },
+    };
+    let books = Arc::new(std::sync::Mutex::new(Books::new(ledger)));
     let budget_gauges = budget_metrics(&registry)?;
 
     let session_key = match (&args.state_dir, &mode) {

@@ -150,7 +150,7 @@ impl Books {
 
     /// Replaces the ledger with what was persisted (grants start afresh).
     pub fn restore(&mut self, p: Persisted) {
-        self.ledger = Ledger::restore(p, &self.defs, self.ledger.lease_ttl_ms);
+        self.ledger = Ledger::restore(p, &self.defs, self.ledger.lease_ttl_ms, self.ledger.caps);
     }
 }
 

@@ -177,7 +177,7 @@ impl Metrics {
         let denials = IntCounterVec::new(
             Opts::new(
                 "tollgate_denials_total",
-                "Requests refused before going upstream, by reason (budget, session_budget, rate_limit, concurrency, quota_unavailable)",
+                "Requests refused before going upstream, by reason (budget, session_budget, rate_limit, concurrency, quota_unavailable, price_unknown)",
             ),
             &["reason"],
         )?;

@@ -710,7 +710,7 @@ impl TryFrom<&pb::Route> for Route {
                 Ok(HeaderMatch { name, condition })
             })
             .collect::<Result<Vec<_>, ConvertError>>()?;
-        let timeouts = r.timeouts.clone().unwrap_or_default();
+        let timeouts = r.timeouts.unwrap_or_default();
         let own_timeout = |ms: u64| (ms > 0).then(|| Duration::from_millis(ms));
         let target = |provider: &str, model: &str, weight, priority, timeout_ms| Target {
             provider: format!("{}/{}", r.namespace, provider),

@@ -73,34 +73,47 @@ impl Price {
         let cached = t.cached.min(t.input);
         let written = t.cache_write.min(t.input - cached);
         let fresh = t.input - cached - written;
-        let per_token = |per_million: f64| per_million * (NANO / 1e6);
-        let cost = fresh as f64 * per_token(r.input)
-            + cached as f64 * per_token(r.cached.unwrap_or(r.input))
-            + written as f64 * per_token(r.cache_write.unwrap_or(r.input))
-            + t.output as f64 * per_token(r.output);
+        // No tokens cost nothing, whatever the rate (0 x infinity would be NaN).
+        let term = |n: u64, per_million: f64| {
+            if n == 0 {
+                0.0
+            } else {
+                n as f64 * per_million * (NANO / 1e6)
+            }
+        };
+        let cost = term(fresh, r.input)
+            + term(cached, r.cached.unwrap_or(r.input))
+            + term(written, r.cache_write.unwrap_or(r.input))
+            + term(t.output, r.output);
+        if cost.is_nan() {
+            // Only from a rate that is not a number: the most, never nothing.
+            return u64::MAX;
+        }
         // `as` saturates: an absurd count costs u64::MAX, never wraps.
         cost.round().max(0.0) as u64
     }
 
     /// The most `input` tokens in and `output` tokens out can cost, in nano-USD: every
-    /// input token at the dearer of the input and cache-write rates, at the long-context
-    /// rates when `input` passes their threshold.
+    /// input token at the dearest of the input, cache-read and cache-write rates, at the
+    /// base rates and (when `input` passes their threshold) the long-context ones,
+    /// whichever costs more, as a request of fewer tokens is billed at the base rates.
     pub fn worst_case_nano(&self, input: u64, output: u64) -> u64 {
-        let r = self.rates_for(input);
-        let dearest_input = r.input.max(r.cache_write.unwrap_or(0.0));
-        let at = Rates {
-            input: dearest_input,
-            ..*r
+        let at = |r: &Rates| {
+            let dearest = r
+                .input
+                .max(r.cache_write.unwrap_or(0.0))
+                .max(r.cached.unwrap_or(0.0));
+            Price::flat(dearest, r.output, None).cost_nano(Tokens {
+                input,
+                output,
+                ..Tokens::default()
+            })
         };
-        Price {
-            base: at,
-            long: None,
+        let base = at(&self.base);
+        match &self.long {
+            Some((above, long)) if input > *above => base.max(at(long)),
+            _ => base,
         }
-        .cost_nano(Tokens {
-            input,
-            output,
-            ..Tokens::default()
-        })
     }
 }
 
@@ -282,12 +295,9 @@ pub fn lookup(kind: &str, overrides: &[Override], model: &str) -> Option<Price> 
         // Only a mapping (an Azure deployment to its model): priced as that model.
         return base;
     }
-    let Some(input) = o.input.or(base.map(|b| b.base.input)) else {
-        return None;
-    };
-    let Some(output) = o.output.or(base.map(|b| b.base.output)) else {
-        return None;
-    };
+    // Half a price is no price: what it leaves out would be free.
+    let input = o.input.or(base.map(|b| b.base.input))?;
+    let output = o.output.or(base.map(|b| b.base.output))?;
     let b = base.unwrap_or_default();
     Some(Price {
         base: Rates {

@@ -194,7 +194,12 @@ fn persisted_spend_and_sequences_survive_a_restart() {
     l.apply(&spend("a", 1, 1, 70, 0, 0), &d, 0);
     l.apply(&spend("a", 2, 1, 30, 0, 0), &d, 0);
     let saved = serde_json::to_string(&l.persisted()).unwrap();
-    let mut restored = Ledger::restore(serde_json::from_str(&saved).unwrap(), &d, 10_000);
+    let mut restored = Ledger::restore(
+        serde_json::from_str(&saved).unwrap(),
+        &d,
+        10_000,
+        Caps::default(),
+    );
     // Batch 2 again (its ack was lost) is not counted; batch 3 is.
     assert!(!restored.apply(&spend("a", 2, 1, 30, 0, 0), &d, 1).changed);
     assert!(restored.apply(&spend("a", 3, 1, 5, 0, 0), &d, 1).changed);
@@ -299,7 +304,7 @@ fn a_restore_before_the_config_arrives_keeps_the_period_spend() {
     assert_eq!(l.view("budget/ns/b", &d, t).unwrap().spent.usd, 70);
     // The controller restarts: the ledger is read before any config is compiled.
     let none = Defs(HashMap::new());
-    let mut restored = Ledger::restore(l.persisted(), &none, 10_000);
+    let mut restored = Ledger::restore(l.persisted(), &none, 10_000, Caps::default());
     restored.redefine(&d);
     let v = restored.view("budget/ns/b", &d, t + 1).unwrap();
     assert_eq!(v.spent.usd, 70);
@@ -544,4 +549,106 @@ fn a_grant_forgotten_once_it_lapsed_starts_again_from_what_the_dataplane_settled
     assert!(!b.ack.leases[0].exhausted);
     assert_eq!(granted(&b), 700);
     assert!(l.apply(&ask("b", 2, 1, 700, 1, 1), &d, 2_300).ack.leases[0].exhausted);
+}
+
+/// Definitions that give every session of every key a token cap.
+struct SessionDefs;
+
+impl Definitions for SessionDefs {
+    fn define(&self, account: &str) -> Option<AccountDef> {
+        account.starts_with("session/").then(|| AccountDef {
+            limit: Qty {
+                usd: Qty::UNLIMITED,
+                tokens: 1_000,
+                requests: Qty::UNLIMITED,
+            },
+            window: Window::Lifetime,
+            block_percent: 100,
+            warn_percents: vec![],
+        })
+    }
+}
+
+fn session_ask(seq: u64, account: &str) -> pb::UsageBatch {
+    pb::UsageBatch {
+        dataplane_id: "dp".into(),
+        sequence: seq,
+        epoch: 1,
+        records: vec![],
+        lease_requests: vec![pb::LeaseRequest {
+            account: account.into(),
+            need: Some(pb::Quantity {
+                tokens: 10,
+                ..Default::default()
+            }),
+            want: Some(pb::Quantity {
+                tokens: 10,
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+    }
+}
+
+#[test]
+fn a_flood_of_session_ids_is_refused_past_the_caps_and_others_still_granted() {
+    let mut l = Ledger::new(10_000);
+    l.caps = Caps {
+        per_owner: 5,
+        total: 8,
+    };
+    let now = 1_000_000;
+    let mut seq = 0;
+    let mut lease = |l: &mut Ledger, account: &str| {
+        seq += 1;
+        let a = l.apply(&session_ask(seq, account), &SessionDefs, now);
+        let lease = a.ack.leases[0].clone();
+        (lease.exhausted, lease.granted.unwrap().tokens)
+    };
+    for i in 0..5 {
+        assert_eq!(
+            lease(&mut l, &format!("session/ns/flood/s{i}")),
+            (false, 10)
+        );
+    }
+    // The sixth session of the same key is refused, and not kept.
+    assert_eq!(lease(&mut l, "session/ns/flood/s5"), (true, 0));
+    assert!(!l.persisted().accounts.contains_key("session/ns/flood/s5"));
+    // Its live sessions go on being granted.
+    assert_eq!(lease(&mut l, "session/ns/flood/s0"), (false, 20));
+    // Another key still opens sessions, up to the total.
+    for i in 0..3 {
+        assert_eq!(lease(&mut l, &format!("session/ns/calm/s{i}")), (false, 10));
+    }
+    assert_eq!(lease(&mut l, "session/ns/calm/s3"), (true, 0));
+    assert_eq!(l.refused_accounts, 2);
+    // An absurdly long id is refused whatever the counts.
+    l.caps.total = usize::MAX;
+    let long = format!("session/ns/calm/{}", "x".repeat(600));
+    assert_eq!(lease(&mut l, &long), (true, 0));
+    // Idle sessions are swept, which makes room again.
+    l.sweep(now + SESSION_IDLE_MS + 1);
+    l.caps.total = 8;
+    assert_eq!(lease(&mut l, "session/ns/flood/s9"), (false, 10));
+    // Usage is counted for every account, refused ones included, never lost.
+    let a = l.apply(
+        &pb::UsageBatch {
+            dataplane_id: "dp".into(),
+            sequence: 1_000,
+            epoch: 1,
+            records: vec![pb::UsageRecord {
+                charges: vec![pb::Charge {
+                    account: "session/ns/calm/s0".into(),
+                    period_start_unix_ms: 0,
+                }],
+                input_tokens: 4,
+                requests: 1,
+                ..Default::default()
+            }],
+            lease_requests: vec![],
+        },
+        &SessionDefs,
+        now + SESSION_IDLE_MS + 2,
+    );
+    assert_eq!(a.ack.acked_sequence, 1_000);
 }

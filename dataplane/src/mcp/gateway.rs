@@ -8,8 +8,9 @@
 //! server is answered as that server answers: one JSON body, or an event stream whose
 //! notifications (progress, logging) and requests reach the client as they arrive.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures_util::future::join_all;
@@ -61,7 +62,21 @@ const RELAYED_ID: &str = "tg.";
 pub struct Gateway {
     pub client: Client,
     pub keys: Arc<Keys>,
+    /// The tools each server listed last, by server id, and when: a call limit is counted
+    /// per tool only for tools their server lists, so a client cannot make the ledger
+    /// keep an account for every name it invents.
+    listed: std::sync::Mutex<HashMap<String, Listing>>,
 }
+
+/// The names of the tools one server listed, and when.
+type Listing = (Instant, Arc<HashSet<String>>);
+
+/// A listing younger than this is not asked for again when a name is missing from it.
+const LISTING_FRESH: Duration = Duration::from_secs(1);
+/// A listing is asked for again after this, even when the name is in it.
+const LISTING_KEPT: Duration = Duration::from_secs(60);
+/// The longest tool name (as MCP's specification bounds them).
+const MAX_TOOL_NAME: usize = 128;
 
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -71,7 +86,38 @@ impl std::fmt::Debug for Gateway {
 
 impl Gateway {
     pub fn new(client: Client, keys: Arc<Keys>) -> Self {
-        Gateway { client, keys }
+        Gateway {
+            client,
+            keys,
+            listed: Default::default(),
+        }
+    }
+
+    /// Whether the server of `l` lists `tool`, from a recent listing or a new one.
+    async fn lists(&self, l: &Live, tool: &str) -> bool {
+        let cached = crate::lock(&self.listed).get(&l.server.id).cloned();
+        if let Some((at, names)) = &cached {
+            let age = at.elapsed();
+            if age < LISTING_KEPT && names.contains(tool) {
+                return true;
+            }
+            if age < LISTING_FRESH {
+                return false;
+            }
+        }
+        let Ok(listed) = gather(&self.client, std::slice::from_ref(l), "tools/list", "tools").await
+        else {
+            return false;
+        };
+        let names: HashSet<String> = listed
+            .iter()
+            .flat_map(|(_, tools)| tools)
+            .filter_map(|t| t.get("name").and_then(Value::as_str))
+            .map(str::to_string)
+            .collect();
+        let found = names.contains(tool);
+        crate::lock(&self.listed).insert(l.server.id.clone(), (Instant::now(), Arc::new(names)));
+        found
     }
 }
 
@@ -317,6 +363,24 @@ async fn post(state: &State, req: Request<Incoming>) -> Response<Body> {
     let gw = &state.mcp;
     match message {
         Message::Request { id, method, params } => {
+            // Every request but a ping is one against the key's rate and concurrency
+            // limits, and none is served while its budgets are spent.
+            let _admitted = if method == "ping" {
+                None
+            } else {
+                match crate::proxy::admission::admit_free(state, &caller.key, &parts.headers).await
+                {
+                    Ok(r) => Some(r),
+                    Err(e) => {
+                        count(state, &method, e.status().as_str());
+                        return http_error(
+                            e.status(),
+                            Some(&id),
+                            RpcError::new(code::RATE_LIMITED, e.to_string()),
+                        );
+                    }
+                }
+            };
             if method == "initialize" {
                 let r = initialize(state, &caller, &id, params).await;
                 count(state, &method, r.status().as_str());
@@ -851,6 +915,14 @@ async fn call_tool(
         );
     }
     if let Some(rule) = rules.limit(&l.server.id, &tool) {
+        if tool.len() > MAX_TOOL_NAME || !state.mcp.lists(l, &tool).await {
+            return refuse(
+                audit,
+                "unknown_tool",
+                jsonrpc::INVALID_PARAMS,
+                format!("Unknown tool: {shown}"),
+            );
+        }
         // Counted by the controller's ledger, like a key's rate limits: the limit holds
         // across every dataplane.
         let demand = Demand {

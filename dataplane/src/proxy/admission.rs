@@ -51,13 +51,34 @@ pub(super) fn metered(key: &VirtualKey, headers: &HeaderMap) -> bool {
         || session_of(key, headers).is_some()
 }
 
-/// The agent session a request names, if its key has sessions.
+/// The longest agent session id: a UUID, a ULID or a framework's run id fits.
+pub const MAX_SESSION_ID: usize = 128;
+
+/// The agent session a request names, if its key has sessions and the id is well formed
+/// (1 to [`MAX_SESSION_ID`] letters, digits, `-`, `_`, `.`, `:`): a malformed one is not
+/// a session, and [`session_error`] refuses it.
 fn session_of<'h>(key: &VirtualKey, headers: &'h HeaderMap) -> Option<&'h str> {
-    key.session
-        .as_ref()
-        .and_then(|s| headers.get(&s.header))
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty() && v.len() <= 256)
+    let v = key.session.as_ref().and_then(|s| headers.get(&s.header))?;
+    let id = std::str::from_utf8(v.as_bytes()).ok()?;
+    let ok = !id.is_empty()
+        && id.len() <= MAX_SESSION_ID
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
+    ok.then_some(id)
+}
+
+/// A session header that is present but malformed: refused, so that an id the ledger
+/// would not take cannot be used to step around the session's caps.
+fn session_error(key: &VirtualKey, headers: &HeaderMap) -> Option<ApiError> {
+    let s = key.session.as_ref()?;
+    headers.get(&s.header)?;
+    session_of(key, headers).is_none().then(|| {
+        ApiError::BadRequest(format!(
+            "{}: a session id is 1 to {MAX_SESSION_ID} letters, digits, '-', '_', '.' or ':'",
+            s.header
+        ))
+    })
 }
 
 /// The most a request to `route` for `model` of `input` and `output` tokens can cost, in
@@ -115,7 +136,8 @@ fn demands(
         0
     };
     let worst = Qty {
-        usd,
+        // At least one nano-USD: a spent budget refuses even a model priced at nothing.
+        usd: usd.max(1),
         tokens: input.saturating_add(output),
         requests: 1,
     };
@@ -161,6 +183,9 @@ pub(super) async fn admit(
     route: &Route,
     size: (u64, u64),
 ) -> Result<Reservation, ApiError> {
+    if let Some(e) = session_error(key, headers) {
+        return Err(e);
+    }
     let session = session_of(key, headers);
     let demands = match demands(snapshot, key, session, head, route, size) {
         Ok(d) => d,
@@ -177,30 +202,94 @@ pub(super) async fn admit(
         session: session.map(Arc::from).unwrap_or_default(),
         ..key.attribution.clone()
     };
-    state.quotas.reserve(&demands, who).await.map_err(|r| {
-        let (reason, err) = match &r {
-            Refusal::Exhausted { account } if account.starts_with("rate/") => (
-                "rate_limit",
-                ApiError::RateLimited(rate_dimension(key, &state.quotas)),
-            ),
-            Refusal::Exhausted { account } if account.starts_with("conc/") => {
-                ("concurrency", ApiError::RateLimited("concurrent requests"))
-            }
-            Refusal::Exhausted { account } if account.starts_with("session/") => {
-                ("session_budget", ApiError::SessionBudgetExceeded)
-            }
-            Refusal::Exhausted { account } => (
-                "budget",
-                ApiError::BudgetExceeded(budget_name(account).to_string()),
-            ),
-            Refusal::Unavailable { account } => (
-                "quota_unavailable",
-                ApiError::QuotaUnavailable(budget_name(account).to_string()),
-            ),
-        };
-        state.metrics.denials.with_label_values(&[reason]).inc();
-        err
-    })
+    state
+        .quotas
+        .reserve(&demands, who)
+        .await
+        .map_err(|r| refusal(state, key, &r))
+}
+
+/// Admits a request that costs no tokens (token counting, an MCP message): one request
+/// against the key's rate and concurrency limits, and refused while any of its budgets or
+/// its session is spent. Its reservation is recorded with no usage, so it is charged a
+/// request and nothing else.
+pub async fn admit_free(
+    state: &State,
+    key: &VirtualKey,
+    headers: &HeaderMap,
+) -> Result<Reservation, ApiError> {
+    if let Some(e) = session_error(key, headers) {
+        return Err(e);
+    }
+    let session = session_of(key, headers);
+    // The least that does not fit an account with nothing left in the dimensions it
+    // limits: a spent budget says no here too.
+    let least = Qty {
+        usd: 1,
+        tokens: 1,
+        requests: 0,
+    };
+    let mut demands: Vec<Demand> = key
+        .budget_accounts
+        .iter()
+        .map(|a| Demand {
+            account: a.clone(),
+            amount: least,
+        })
+        .collect();
+    if let Some(s) = session {
+        demands.push(Demand {
+            account: Arc::from(format!("session/{}/{s}", key.id())),
+            amount: least,
+        });
+    }
+    for account in key
+        .rate
+        .as_ref()
+        .map(|r| &r.account)
+        .into_iter()
+        .chain(&key.concurrency)
+    {
+        demands.push(Demand {
+            account: account.clone(),
+            amount: Qty::requests(1),
+        });
+    }
+    let who = Attribution {
+        session: session.map(Arc::from).unwrap_or_default(),
+        ..key.attribution.clone()
+    };
+    state
+        .quotas
+        .reserve(&demands, who)
+        .await
+        .map_err(|r| refusal(state, key, &r))
+}
+
+/// The client's error for a refusal, counted by reason.
+fn refusal(state: &State, key: &VirtualKey, r: &Refusal) -> ApiError {
+    let (reason, err) = match r {
+        Refusal::Exhausted { account } if account.starts_with("rate/") => (
+            "rate_limit",
+            ApiError::RateLimited(rate_dimension(key, &state.quotas)),
+        ),
+        Refusal::Exhausted { account } if account.starts_with("conc/") => {
+            ("concurrency", ApiError::RateLimited("concurrent requests"))
+        }
+        Refusal::Exhausted { account } if account.starts_with("session/") => {
+            ("session_budget", ApiError::SessionBudgetExceeded)
+        }
+        Refusal::Exhausted { account } => (
+            "budget",
+            ApiError::BudgetExceeded(budget_name(account).to_string()),
+        ),
+        Refusal::Unavailable { account } => (
+            "quota_unavailable",
+            ApiError::QuotaUnavailable(budget_name(account).to_string()),
+        ),
+    };
+    state.metrics.denials.with_label_values(&[reason]).inc();
+    err
 }
 
 /// `budget/<ns>/<name>` → `<name>` (what the client may be told).
@@ -326,7 +415,141 @@ fn rate_limited_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap) {
 
 #[cfg(test)]
 mod tests {
-    use super::usd_value;
+    use super::{WorstCase, usd_value};
+    use crate::proxy::request::ChatHead;
+    use tollgate_proto::prices::{Price, Rates, Tokens};
+
+    /// A random rate up to `max` USD per million tokens, zero and `max` included.
+    fn rate(rng: &mut fastrand::Rng, max: f64) -> f64 {
+        match rng.u8(..8) {
+            0 => 0.0,
+            1 => max,
+            _ => rng.f64() * max,
+        }
+    }
+
+    fn rates(rng: &mut fastrand::Rng) -> Rates {
+        Rates {
+            input: rate(rng, 200.0),
+            output: rate(rng, 800.0),
+            cached: rng.bool().then(|| rate(rng, 100.0)),
+            cache_write: rng.bool().then(|| rate(rng, 400.0)),
+        }
+    }
+
+    /// A random price: any rates, with or without cache and long-context rates.
+    fn any_price(rng: &mut fastrand::Rng) -> Price {
+        let base = rates(rng);
+        let long = if rng.bool() {
+            Some((rng.u64(..2_000_000), rates(rng)))
+        } else {
+            None
+        };
+        Price { base, long }
+    }
+
+    /// A request body with random limits and attachments, and the most a provider can
+    /// bill for it, worked out from what the body asks for (not from the gateway's
+    /// reading of it): input within the body's bytes and the attachments' documented
+    /// amounts, output within the larger limit field (or the cap the gateway sets) for
+    /// each choice.
+    fn body(rng: &mut fastrand::Rng) -> (String, u64, u64) {
+        let mut parts = vec![r#"{"type":"text","text":"hello"}"#.to_string()];
+        let (mut media, mut files) = (0, 0);
+        for _ in 0..rng.usize(..6) {
+            let kind = rng.usize(..3);
+            if kind == 2 {
+                files += 1;
+            } else {
+                media += 1;
+            }
+            parts.push(
+                [
+                    r#"{"type":"image_url","image_url":{"url":"https://x/a.png"}}"#,
+                    r#"{"type":"input_audio","input_audio":{"data":"AA","format":"wav"}}"#,
+                    r#"{"type":"file","file":{"file_id":"f"}}"#,
+                ][kind]
+                    .to_string(),
+            );
+        }
+        let mut b = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":[{}]}}]"#,
+            parts.join(",")
+        );
+        let mut limit: Option<u64> = None;
+        for field in ["max_tokens", "max_completion_tokens"] {
+            if rng.bool() {
+                let n = rng.u64(..=1_000_000);
+                limit = Some(limit.map_or(n, |l| l.max(n)));
+                b.push_str(&format!(r#","{field}":{n}"#));
+            }
+        }
+        let mut choices = 1;
+        if rng.bool() {
+            choices = rng.u64(1..=128);
+            b.push_str(&format!(r#","n":{choices}"#));
+        }
+        b.push('}');
+        let input = b.len() as u64 + media * 3000 + files * 100_000;
+        let output = limit.unwrap_or(4096) * choices;
+        (b, input, output)
+    }
+
+    /// Admission and settlement arithmetic, over random requests, prices and the usage a
+    /// provider could report for them: what settlement charges never passes what was
+    /// reserved, and nothing overflows (the arithmetic saturates).
+    #[test]
+    fn no_request_is_charged_more_than_it_reserved() {
+        let mut rng = fastrand::Rng::with_seed(0x7011_9a7e);
+        let worst = WorstCase {
+            output_tokens: 4096,
+            media_tokens: 3000,
+            file_tokens: 100_000,
+        };
+        for case in 0..20_000 {
+            let (text, most_in, most_out) = body(&mut rng);
+            let head = ChatHead::parse(text.as_bytes()).unwrap();
+            let (input, output) = (worst.input(text.len(), &head), worst.output(&head));
+            let price = any_price(&mut rng);
+            let reserved = price.worst_case_nano(input, output);
+            // What the provider may report: some of the input cache reads or writes.
+            let used_in = rng.u64(..=most_in);
+            let cached = rng.u64(..=used_in);
+            let cache_write = rng.u64(..=used_in - cached);
+            let used = Tokens {
+                input: used_in,
+                cached,
+                cache_write,
+                output: rng.u64(..=most_out),
+            };
+            let charged = price.cost_nano(used);
+            // Rounding to the nano-dollar is the only slack: one per kind of token.
+            assert!(
+                charged <= reserved.saturating_add(4),
+                "case {case}: charged {charged} > reserved {reserved}: {text} {price:?} {used:?}"
+            );
+            assert!(
+                used.input + used.output <= input.saturating_add(output),
+                "case {case}: tokens {used:?} over {input} + {output}: {text}"
+            );
+        }
+        // The extremes saturate instead of wrapping.
+        let head = ChatHead::parse(br#"{"model":"m","max_tokens":1000000,"n":128}"#).unwrap();
+        assert_eq!(worst.output(&head), 128_000_000);
+        let p = Price::flat(f64::MAX, f64::MAX, None);
+        assert_eq!(p.worst_case_nano(u64::MAX, u64::MAX), u64::MAX);
+        let images = ChatHead::parse(
+            br#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"},{"type":"file"}]}]}"#,
+        )
+        .unwrap();
+        let absurd = WorstCase {
+            output_tokens: u64::MAX,
+            media_tokens: u64::MAX,
+            file_tokens: u64::MAX,
+        };
+        assert_eq!(absurd.input(usize::MAX, &images), u64::MAX);
+        assert_eq!(absurd.output(&images), u64::MAX);
+    }
 
     #[test]
     fn budget_left_reads_as_dollars_rounded_down_to_the_micro_dollar() {

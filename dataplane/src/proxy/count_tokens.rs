@@ -68,7 +68,23 @@ async fn forward(
     labels: &mut Labels,
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
-    let (body, head, to, _, _) = resolve(state, &parts, body, labels).await?;
+    let (body, head, to, snapshot, key) = resolve(state, &parts, body, labels).await?;
+    drop(snapshot);
+    // Free at the provider, but a request like any other to the key's limits, and refused
+    // while its budgets are spent.
+    let reservation = match super::admission::admit_free(state, &key, &parts.headers).await {
+        Ok(r) => std::sync::Arc::new(r),
+        Err(e) => {
+            return Ok(super::admission::refused(
+                state,
+                &key,
+                e,
+                Api::Anthropic,
+                started,
+                labels,
+            ));
+        }
+    };
     let model: &str = &to.model;
     let wire = to.provider.wire(model);
     let plan = Plan {
@@ -161,12 +177,15 @@ async fn forward(
         labels: std::mem::take(labels),
         status,
         started,
-        usage: None,
+        // Nothing is charged but the request.
+        usage: Some(crate::translate::Usage::default()),
         credential: None,
-        reservation: None,
+        reservation: Some(reservation),
         price: None,
         counted: None,
     }
     .record();
-    Ok(respond(status, super::full(out), &up_parts.headers, &to))
+    let mut response = respond(status, super::full(out), &up_parts.headers, &to);
+    super::admission::quota_headers(state, &key, response.headers_mut());
+    Ok(response)
 }
