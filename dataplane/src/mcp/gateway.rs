@@ -368,7 +368,13 @@ async fn post(state: &State, req: Request<Incoming>) -> Response<Body> {
             let _admitted = if method == "ping" {
                 None
             } else {
-                match crate::proxy::admission::admit_free(state, &caller.key, &parts.headers).await
+                match crate::proxy::admission::admit_free(
+                    state,
+                    &caller.key,
+                    &parts.headers,
+                    crate::proxy::admission::LEAST,
+                )
+                .await
                 {
                     Ok(r) => Some(r),
                     Err(e) => {

@@ -209,26 +209,47 @@ pub(super) async fn admit(
         .map_err(|r| refusal(state, key, &r))
 }
 
+/// The least that does not fit an account with nothing left in the dimensions it limits.
+pub const LEAST: Qty = Qty {
+    usd: 1,
+    tokens: 1,
+    requests: 0,
+};
+
+/// What a prompt of `body_len` bytes would reserve with one token of output, for a
+/// request that produces none (token counting): a key whose budgets could not take the
+/// prompt itself is refused it.
+pub(super) fn prompt_demand(
+    state: &State,
+    snapshot: &Snapshot,
+    head: &ChatHead,
+    route: &Route,
+    body_len: usize,
+) -> Qty {
+    let input = state.worst.input(body_len, head);
+    let usd = dearest(snapshot, route, &head.model, (input, 1)).unwrap_or(0);
+    Qty {
+        usd: usd.max(1),
+        tokens: input.saturating_add(1),
+        requests: 0,
+    }
+}
+
 /// Admits a request that costs no tokens (token counting, an MCP message): one request
 /// against the key's rate and concurrency limits, and refused while any of its budgets or
-/// its session is spent. Its reservation is recorded with no usage, so it is charged a
-/// request and nothing else.
+/// its session cannot take `least` (at least [`LEAST`]: a spent budget says no). Its
+/// reservation is recorded with no usage, so it is charged a request and nothing else.
 pub async fn admit_free(
     state: &State,
     key: &VirtualKey,
     headers: &HeaderMap,
+    least: Qty,
 ) -> Result<Reservation, ApiError> {
     if let Some(e) = session_error(key, headers) {
         return Err(e);
     }
     let session = session_of(key, headers);
-    // The least that does not fit an account with nothing left in the dimensions it
-    // limits: a spent budget says no here too.
-    let least = Qty {
-        usd: 1,
-        tokens: 1,
-        requests: 0,
-    };
+    let least = least.max_each(LEAST);
     let mut demands: Vec<Demand> = key
         .budget_accounts
         .iter()

@@ -69,10 +69,11 @@ async fn forward(
 ) -> Result<Response<Body>, ApiError> {
     let (parts, body) = req.into_parts();
     let (body, head, to, snapshot, key) = resolve(state, &parts, body, labels).await?;
-    drop(snapshot);
     // Free at the provider, but a request like any other to the key's limits, and refused
-    // while its budgets are spent.
-    let reservation = match super::admission::admit_free(state, &key, &parts.headers).await {
+    // when its budgets could not take the prompt it counts.
+    let least = super::admission::prompt_demand(state, &snapshot, &head, &to.route, body.len());
+    drop(snapshot);
+    let reservation = match super::admission::admit_free(state, &key, &parts.headers, least).await {
         Ok(r) => std::sync::Arc::new(r),
         Err(e) => {
             return Ok(super::admission::refused(
