@@ -449,6 +449,8 @@ fn watch_manifests(dir: PathBuf, poll: Duration, mut publisher: Publisher) {
 struct BudgetGauges {
     spent: prometheus::GaugeVec,
     remaining: prometheus::GaugeVec,
+    /// New session and tool-call accounts refused at the ledger's bounds.
+    refused_accounts: prometheus::IntCounter,
 }
 
 fn budget_metrics(registry: &prometheus::Registry) -> anyhow::Result<BudgetGauges> {
@@ -466,9 +468,18 @@ fn budget_metrics(registry: &prometheus::Registry) -> anyhow::Result<BudgetGauge
         ),
         &["budget", "unit"],
     )?;
+    let refused_accounts = prometheus::IntCounter::new(
+        "tollgate_ledger_accounts_refused_total",
+        "New agent-session and tool-call accounts refused at the ledger's bounds (per key, and what the store holds)",
+    )?;
     registry.register(Box::new(spent.clone()))?;
     registry.register(Box::new(remaining.clone()))?;
-    Ok(BudgetGauges { spent, remaining })
+    registry.register(Box::new(refused_accounts.clone()))?;
+    Ok(BudgetGauges {
+        spent,
+        remaining,
+        refused_accounts,
+    })
 }
 
 /// Once a second: follows the config, forgets idle sessions, and refreshes the budget
@@ -486,6 +497,11 @@ async fn keep_books(
             b.sync(&snapshots.borrow());
             let now = tollgate_controller::usage::now_ms();
             b.ledger.sweep(now);
+            // A counter follows the ledger's count (which a new leader starts from zero).
+            let counted = gauges.refused_accounts.get();
+            gauges
+                .refused_accounts
+                .inc_by(b.ledger.refused_accounts.saturating_sub(counted));
             b.ledger.views(now)
         };
         gauges.spent.reset();
