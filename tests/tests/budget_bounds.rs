@@ -153,6 +153,24 @@ spec:
   period: month
 ---
 apiVersion: tollgate.dev/v1alpha1
+kind: Budget
+metadata: {name: hostile}
+spec:
+  selector: {matchLabels: {team: hostile}}
+  limit: {usd: 0.05}
+  period: month
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: hostile, labels: {team: hostile}}
+spec: {secretRef: {name: hostile-key}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: hostile-key}
+stringData: {key: tg-hostile}
+---
+apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
 metadata: {name: roomy, labels: {team: roomy}}
 spec: {secretRef: {name: roomy-key}}
@@ -604,6 +622,134 @@ async fn a_flood_of_session_ids_leaves_other_keys_acknowledged() {
             Stack::metric(admin, "tollgate_usage_unacked_batches", &[]).unwrap() == 0.0
         })
         .await;
+    })
+    .await;
+}
+
+/// One hostile request: the way around the budget it tries, as a body, its route, and
+/// whether the client gives up before the answer.
+fn trick(n: usize, i: usize) -> (String, bool) {
+    let text = format!("client {i} try {n}");
+    let images: Vec<Value> = (0..2)
+        .map(|k| json!({"type": "image_url", "image_url": {"url": format!("https://img/{k}")}}))
+        .collect();
+    match n % 6 {
+        0 => (
+            body("metered", &text, json!({"n": 8, "max_tokens": 20})),
+            false,
+        ),
+        1 => (
+            body(
+                "compat",
+                &text,
+                json!({"max_tokens": 40, "max_completion_tokens": 5}),
+            ),
+            false,
+        ),
+        2 => (
+            json!({"model": "metered", "max_tokens": 10,
+                "messages": [{"role": "user", "content": images}]})
+            .to_string(),
+            false,
+        ),
+        3 => (body("slow", &text, json!({"max_tokens": 30})), true),
+        4 => (body("hung-alone", &text, json!({"max_tokens": 30})), false),
+        _ => (body("metered", &text, json!({})), false),
+    }
+}
+
+/// Three dataplanes, 18 clients trying every way around one budget at once until it
+/// refuses them: what is spent stays within the limit (the reservations are true bounds,
+/// so the documented overshoot is zero), and every answer and timeout the clients saw is
+/// in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_dataplanes_of_hostile_clients_stay_within_the_limit() {
+    let mut stack = stack().await;
+    stack.add_dataplane().unwrap();
+    stack.add_dataplane().unwrap();
+    for d in &stack.dataplanes {
+        until_served(&d.api, DEMO_KEY, "metered", Duration::from_secs(10)).await;
+    }
+    set_faults(
+        &stack.mock_url,
+        &json!([
+            {"model": "m-hang", "latency_ms": 600000},
+            {"model": "m-slow", "latency_ms": 300},
+        ]),
+    )
+    .unwrap();
+    with_logs(&stack, async {
+        let limit: u64 = 50_000_000; // 0.05 USD: 50,000 tokens
+        let apis: Vec<String> = stack.dataplanes.iter().map(|d| d.api.clone()).collect();
+        let mut tasks = Vec::new();
+        for i in 0..18 {
+            let api = apis[i % 3].clone();
+            tasks.push(tokio::spawn(async move {
+                let http = reqwest::Client::new();
+                // What this client knows was charged: answers' usage, timeouts' worst case.
+                let (mut known, mut refusals_in_a_row) = (0u64, 0);
+                for n in (i % 6).. {
+                    let (text, give_up) = trick(n, i);
+                    let mut req = http
+                        .post(format!("{api}/chat/completions"))
+                        .bearer_auth("tg-hostile")
+                        .header("content-type", "application/json")
+                        .body(text.clone());
+                    if give_up {
+                        req = req.timeout(Duration::from_millis(100));
+                    }
+                    let Ok(resp) = req.send().await else {
+                        continue;
+                    };
+                    let status = resp.status().as_u16();
+                    let v: Value = resp.json().await.unwrap_or(Value::Null);
+                    match status {
+                        200 => {
+                            let (i, o) = usage_of(&v);
+                            known += (i + o) * NANO_PER_TOKEN;
+                            refusals_in_a_row = 0;
+                        }
+                        504 => {
+                            known += (text.len() as u64 + 30) * NANO_PER_TOKEN;
+                            refusals_in_a_row = 0;
+                        }
+                        429 => {
+                            assert_eq!(v["error"]["code"], "budget_exceeded", "{v}");
+                            refusals_in_a_row += 1;
+                            if refusals_in_a_row >= 6 {
+                                break;
+                            }
+                        }
+                        other => panic!("{other}: {v}"),
+                    }
+                    assert!(n < 3000, "the budget never ran out");
+                }
+                known
+            }));
+        }
+        let mut known = 0;
+        for t in tasks {
+            known += t.await.unwrap();
+        }
+        // Every dataplane's usage has arrived when the spend stops moving.
+        let mut spent = 0;
+        let mut same = 0;
+        while same < 5 {
+            let now = account(&stack, "budget/default/hostile")["spent"]["usd"]
+                .as_u64()
+                .unwrap_or(0);
+            same = if now == spent { same + 1 } else { 0 };
+            spent = now;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        eprintln!("hostile clients: spent {spent} of {limit} nano-USD; they saw {known} charged");
+        assert!(spent <= limit, "spent {spent} of {limit}");
+        assert!(
+            known <= spent,
+            "the clients saw {known} charged, the ledger has {spent}"
+        );
+        // The budget was used, not refused from the start.
+        assert!(spent > limit / 2, "spent only {spent} of {limit}");
     })
     .await;
 }

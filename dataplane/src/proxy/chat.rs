@@ -661,7 +661,7 @@ impl Ctx {
 /// otherwise (an answer recorded, an error status the provider does not bill, no
 /// connection), it is charged its worst case when it ends, including when the client goes
 /// away and the attempt is dropped mid-way.
-struct Billed<'a> {
+pub(super) struct Billed<'a> {
     reservation: Option<Arc<Reservation>>,
     labels: &'a Labels,
     /// The status its record shows: the client went away (499) unless a timeout (504) or
@@ -670,7 +670,7 @@ struct Billed<'a> {
 }
 
 impl<'a> Billed<'a> {
-    fn new(reservation: Arc<Reservation>, labels: &'a Labels) -> Self {
+    pub(super) fn new(reservation: Arc<Reservation>, labels: &'a Labels) -> Self {
         Self {
             reservation: Some(reservation),
             labels,
@@ -678,8 +678,17 @@ impl<'a> Billed<'a> {
         }
     }
 
+    /// The attempt ended with `e`: billed (its worst case, when the guard drops) only when
+    /// the provider had the request and neither refused nor failed it.
+    pub(super) fn failed(&mut self, e: &ApiError) {
+        match e {
+            ApiError::UpstreamTimeout | ApiError::UpstreamBody => self.status = e.status().as_u16(),
+            _ => self.settled(),
+        }
+    }
+
     /// The outcome is recorded elsewhere, or the provider does not bill it.
-    fn settled(&mut self) {
+    pub(super) fn settled(&mut self) {
         self.reservation = None;
     }
 }

@@ -10,7 +10,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::chat::{Completion, Labels, Resolved, answer, build_upstream, resolve, respond, send};
+use super::chat::{
+    Billed, Completion, Labels, Resolved, answer, build_upstream, resolve, respond, send,
+};
 use super::error::ApiError;
 use super::{Api, Body, State};
 use crate::translate::Usage;
@@ -97,6 +99,10 @@ async fn forward(
     drop(snapshot);
     let wire = EmbedWire::of(&to.provider, &to.model)?;
     let deadline = to.deadline(started);
+    // Once sent, the provider bills the input: an attempt that times out, breaks or is
+    // left by its client is charged its worst case.
+    let billed_labels = labels.clone();
+    let mut billed = Billed::new(reservation.clone(), &billed_labels);
     let model: &str = &to.model;
     let done = |labels: &mut Labels, status: StatusCode, usage: Option<Usage>| {
         Completion {
@@ -128,7 +134,9 @@ async fn forward(
                 .apply(head.with_model(body, model), false),
             deadline,
         )
-        .await?;
+        .await
+        .inspect_err(|e| billed.failed(e))?;
+        billed.settled();
         let usage = up
             .status
             .is_success()
@@ -162,7 +170,9 @@ async fn forward(
             deadline,
         )
     }))
-    .await?;
+    .await
+    .inspect_err(|e| billed.failed(e))?;
+    billed.settled();
 
     let mut headers = HeaderMap::new();
     headers.insert(
