@@ -20,6 +20,7 @@ use tollgate_tests::harness::{self, Process, Stack, free_port, workspace};
 
 const FINANCE_KEY: &str = "tg-finance-key-0001";
 const MAILER_KEY: &str = "tg-mailer-key-0002";
+const FLOODER_KEY: &str = "tg-flooder-key-0003";
 const LEDGER_TOKEN: &str = "ledger-s3cret-token";
 
 /// Waits until something listens on `port`; the process's log if it never does.
@@ -122,6 +123,37 @@ metadata:
   name: mailer-key
 stringData:
   key: {MAILER_KEY}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata:
+  name: flooder
+spec:
+  secretRef:
+    name: flooder-key
+  mcpToolPolicyRef:
+    name: flood
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: flooder-key
+stringData:
+  key: {FLOODER_KEY}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: MCPToolPolicy
+metadata:
+  name: flood
+spec:
+  selector:
+    matchLabels:
+      nothing: selects-this
+  rules:
+    - server: ledger
+      allow: ["*"]
+      limits:
+        callsPerMinute: 1000
 ---
 apiVersion: v1
 kind: Secret
@@ -329,6 +361,86 @@ fn rpc(url: &str, key: Option<&str>, session: Option<&str>, message: &Value) -> 
     }
     let headers: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
     harness::http_request_with("POST", url, &headers, &message.to_string()).unwrap()
+}
+
+/// A JSON-RPC answer's body, from JSON or from the one message of an event stream.
+fn rpc_body(text: &str) -> Value {
+    serde_json::from_str(text).unwrap_or_else(|_| {
+        text.lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find(|m| m.get("id").is_some())
+            .unwrap_or(Value::Null)
+    })
+}
+
+/// A key that invents tool names cannot make the ledger keep an account for each: a
+/// limited tool is counted only when its server lists it, so invented names are unknown
+/// tools and leave no account behind, while the listed tool is counted as before.
+#[test]
+fn invented_tool_names_leave_no_ledger_accounts() {
+    let f = Fixture::start();
+    let url = f.mcp_url(0);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    common::init_tls();
+    let http = reqwest::Client::new();
+    let post = |session: Option<&str>, message: Value| {
+        let mut req = http
+            .post(&url)
+            .bearer_auth(FLOODER_KEY)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .body(message.to_string());
+        if let Some(s) = session {
+            req = req.header("mcp-session-id", s);
+        }
+        rt.block_on(async {
+            let resp = req.send().await.unwrap();
+            let session = resp
+                .headers()
+                .get("mcp-session-id")
+                .map(|v| v.to_str().unwrap().to_string());
+            let status = resp.status().as_u16();
+            (status, session, rpc_body(&resp.text().await.unwrap()))
+        })
+    };
+    let (status, session, init) = post(
+        None,
+        json!({"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {
+            "protocolVersion": "2025-06-18", "capabilities": {},
+            "clientInfo": {"name": "flood", "version": "1"}}}),
+    );
+    assert_eq!(status, 200, "{init}");
+    let session = session.expect("a session id");
+    let call = |id: u64, name: &str| {
+        post(
+            Some(&session),
+            json!({"jsonrpc": "2.0", "id": id, "method": "tools/call",
+                "params": {"name": name, "arguments": {"account": "acme"}}}),
+        )
+    };
+    let (status, _, read) = call(2, "ledger__ledger_read");
+    assert_eq!(status, 200, "{read}");
+    assert!(read.get("result").is_some(), "{read}");
+    for i in 0..60 {
+        let (_, _, v) = call(10 + i, &format!("ledger__made_up_{i}"));
+        assert_eq!(v["error"]["code"], -32602, "{v}");
+    }
+    let (_, _, v) = call(100, &format!("ledger__{}", "x".repeat(300)));
+    assert_eq!(v["error"]["code"], -32602, "{v}");
+    let (_, usage) = harness::http_get(&format!("{}/usage", f.stack.controller_admin)).unwrap();
+    let accounts: Vec<String> = serde_json::from_str::<Value>(&usage).unwrap()["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|a| a["account"].as_str().map(str::to_string))
+        .filter(|a| a.starts_with("tool/default/flood/"))
+        .collect();
+    assert_eq!(
+        accounts,
+        ["tool/default/flood/0/default/flooder/ledger_read"],
+        "{usage}"
+    );
 }
 
 fn names(v: &Value) -> Vec<&str> {
