@@ -942,12 +942,8 @@ impl Reservation {
         model: &Arc<str>,
         status: u16,
     ) {
-        let mut o = crate::lock(&self.outcome);
-        o.route = route.clone();
-        o.provider = provider.clone();
-        o.model = model.clone();
-        o.status = status;
-        o.unknown = true;
+        self.record(route, provider, model, status, None, 0);
+        crate::lock(&self.outcome).unknown = true;
     }
 
     /// Something has been charged to it: another billed attempt needs a reservation of

@@ -249,25 +249,12 @@ async fn stack() -> Stack {
     stack
 }
 
-/// The controller's view of an account (`GET /usage`).
-fn account(stack: &Stack, name: &str) -> Value {
-    let (_, text) = http_get(&format!("{}/usage", stack.controller_admin)).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["accounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["account"] == name)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 /// Waits until `budget/default/<name>` has spent exactly `nano` USD (every dataplane's
 /// usage arrived), failing if it passes it or takes over 10 s.
 async fn spend_reaches(stack: &Stack, name: &str, nano: u64) {
     let started = Instant::now();
     loop {
-        let spent = account(stack, &format!("budget/default/{name}"))["spent"]["usd"]
+        let spent = ledger_account(stack, &format!("budget/default/{name}"))["spent"]["usd"]
             .as_u64()
             .unwrap_or(0);
         if spent == nano {
@@ -735,7 +722,7 @@ async fn three_dataplanes_of_hostile_clients_stay_within_the_limit() {
         let mut spent = 0;
         let mut same = 0;
         while same < 5 {
-            let now = account(&stack, "budget/default/hostile")["spent"]["usd"]
+            let now = ledger_account(&stack, "budget/default/hostile")["spent"]["usd"]
                 .as_u64()
                 .unwrap_or(0);
             same = if now == spent { same + 1 } else { 0 };

@@ -215,21 +215,10 @@ async fn chat(
     (status, h, v, usage)
 }
 
-/// The controller's view of an account (`GET /usage`).
-fn account(stack: &Stack, name: &str) -> Value {
-    let (_, text) = http_get(&format!("{}/usage", stack.controller_admin)).unwrap();
-    let v: Value = serde_json::from_str(&text).unwrap();
-    v["accounts"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|a| a["account"] == name)
-        .cloned()
-        .unwrap_or(Value::Null)
-}
-
 fn spent_usd_nano(stack: &Stack, name: &str) -> u64 {
-    account(stack, name)["spent"]["usd"].as_u64().unwrap_or(0)
+    ledger_account(stack, name)["spent"]["usd"]
+        .as_u64()
+        .unwrap_or(0)
 }
 
 /// Waits until `account` has spent exactly `tokens`, failing if it passes them or takes
@@ -237,7 +226,7 @@ fn spent_usd_nano(stack: &Stack, name: &str) -> u64 {
 async fn tokens_reach(stack: &Stack, account_name: &str, tokens: u64) {
     let started = Instant::now();
     loop {
-        let spent = account(stack, account_name)["spent"]["tokens"]
+        let spent = ledger_account(stack, account_name)["spent"]["tokens"]
             .as_u64()
             .unwrap_or(0);
         if spent == tokens {
@@ -380,7 +369,7 @@ async fn three_dataplanes_spend_one_small_budget_and_no_more() {
             })
             .sum();
         assert!(denials >= 24.0);
-        let state = account(&stack, "budget/default/small");
+        let state = ledger_account(&stack, "budget/default/small");
         assert_eq!(state["state"], "Exceeded", "{state}");
     })
     .await;
@@ -576,7 +565,7 @@ async fn a_session_cap_stops_one_session_and_a_rolling_budget_comes_back() {
                 .get("x-tollgate-budget-warning")
                 .is_some_and(|v| v == "rolling");
             if status == 429 {
-                let rolling = account(&stack, "budget/default/rolling");
+                let rolling = ledger_account(&stack, "budget/default/rolling");
                 assert!(
                     warned,
                     "no answer warned before the budget ran out ({n} requests): {rolling}"
@@ -767,7 +756,7 @@ async fn three_dataplanes_together_run_no_more_than_the_concurrency_limit() {
                 status,
                 200,
                 "request {i}: {body}\n{}",
-                account(&stack, "conc/default/busy")
+                ledger_account(&stack, "conc/default/busy")
             );
         }
         // And the limit holds again under a second burst.

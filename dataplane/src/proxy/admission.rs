@@ -198,13 +198,23 @@ pub(super) async fn admit(
             return Err(e);
         }
     };
+    reserve(state, key, session, &demands).await
+}
+
+/// Reserves `demands` for a request of `key` in `session`, attributed to both.
+async fn reserve(
+    state: &State,
+    key: &VirtualKey,
+    session: Option<&str>,
+    demands: &[Demand],
+) -> Result<Reservation, ApiError> {
     let who = Attribution {
         session: session.map(Arc::from).unwrap_or_default(),
         ..key.attribution.clone()
     };
     state
         .quotas
-        .reserve(&demands, who)
+        .reserve(demands, who)
         .await
         .map_err(|r| refusal(state, key, &r))
 }
@@ -276,15 +286,7 @@ pub async fn admit_free(
             amount: Qty::requests(1),
         });
     }
-    let who = Attribution {
-        session: session.map(Arc::from).unwrap_or_default(),
-        ..key.attribution.clone()
-    };
-    state
-        .quotas
-        .reserve(&demands, who)
-        .await
-        .map_err(|r| refusal(state, key, &r))
+    reserve(state, key, session, &demands).await
 }
 
 /// The client's error for a refusal, counted by reason.

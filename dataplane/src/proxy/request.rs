@@ -68,50 +68,55 @@ mod walk {
 
     use super::Attachments;
 
-    /// The messages array.
-    pub struct Messages<'c>(pub &'c mut Attachments);
-    /// One message, or one part: a map whose `content` (and, for a part, `type`) count.
-    struct Item<'c>(&'c mut Attachments);
-    /// A `content` value: a string, or an array of parts.
-    struct Content<'c>(&'c mut Attachments);
+    /// Where a value stands in a request: the messages array, one message or part (a map
+    /// whose `content` and `type` count), or a `content` value (a string, or an array of
+    /// parts). Anything else is the provider's to refuse and holds no attachment.
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    pub enum At {
+        Messages,
+        Item,
+        Content,
+    }
 
-    impl<'de> DeserializeSeed<'de> for Messages<'_> {
+    pub struct Node<'c>(pub &'c mut Attachments, pub At);
+
+    impl<'de> DeserializeSeed<'de> for Node<'_> {
         type Value = ();
         fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
             d.deserialize_any(self)
         }
     }
 
-    impl<'de> Visitor<'de> for Messages<'_> {
+    impl<'de> Visitor<'de> for Node<'_> {
         type Value = ();
         fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("an array of messages")
+            f.write_str(match self.1 {
+                At::Messages => "an array of messages",
+                At::Item => "a message or a content part",
+                At::Content => "content",
+            })
         }
         fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element_seed(Item(&mut *self.0))?.is_some() {}
+            if self.1 == At::Item {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+            } else {
+                while seq
+                    .next_element_seed(Node(&mut *self.0, At::Item))?
+                    .is_some()
+                {}
+            }
             Ok(())
-        }
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
-        }
-    }
-
-    impl<'de> DeserializeSeed<'de> for Item<'_> {
-        type Value = ();
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(self)
-        }
-    }
-
-    impl<'de> Visitor<'de> for Item<'_> {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("a message or a content part")
         }
         fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            if self.1 == At::Messages {
+                return Err(serde::de::Error::invalid_type(
+                    serde::de::Unexpected::Map,
+                    &self,
+                ));
+            }
             while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
                 match &*key {
-                    "content" => map.next_value_seed(Content(&mut *self.0))?,
+                    "content" => map.next_value_seed(Node(&mut *self.0, At::Content))?,
                     "type" => {
                         let kind = map.next_value::<std::borrow::Cow<'de, str>>()?;
                         self.0.add(&kind);
@@ -123,66 +128,32 @@ mod walk {
             }
             Ok(())
         }
-        // Anything else is the provider's to refuse; it holds no attachment.
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element::<IgnoredAny>()?.is_some() {}
-            Ok(())
-        }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
         fn visit_unit<E>(self) -> Result<(), E> {
             Ok(())
         }
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<(), E> {
+            self.scalar(serde::de::Unexpected::Str(v))
         }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<(), E> {
+            self.scalar(serde::de::Unexpected::Bool(v))
         }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<(), E> {
+            self.scalar(serde::de::Unexpected::Unsigned(v))
         }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-            Ok(())
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<(), E> {
+            self.scalar(serde::de::Unexpected::Signed(v))
         }
-    }
-
-    impl<'de> DeserializeSeed<'de> for Content<'_> {
-        type Value = ();
-        fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-            d.deserialize_any(self)
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<(), E> {
+            self.scalar(serde::de::Unexpected::Float(v))
         }
     }
 
-    impl<'de> Visitor<'de> for Content<'_> {
-        type Value = ();
-        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-            f.write_str("content")
-        }
-        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-            while seq.next_element_seed(Item(&mut *self.0))?.is_some() {}
-            Ok(())
-        }
-        fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-            Item(self.0).visit_map(map)
-        }
-        fn visit_str<E>(self, _: &str) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_unit<E>(self) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-            Ok(())
-        }
-        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+    impl Node<'_> {
+        /// A string or number: no attachment, and only the messages array must be one.
+        fn scalar<E: serde::de::Error>(self, v: serde::de::Unexpected<'_>) -> Result<(), E> {
+            if self.1 == At::Messages {
+                return Err(E::invalid_type(v, &self));
+            }
             Ok(())
         }
     }
@@ -192,7 +163,7 @@ impl<'de> Deserialize<'de> for Attachments {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         use serde::de::DeserializeSeed;
         let mut out = Attachments::default();
-        walk::Messages(&mut out).deserialize(d)?;
+        walk::Node(&mut out, walk::At::Messages).deserialize(d)?;
         Ok(out)
     }
 }
@@ -418,6 +389,10 @@ mod tests {
             Attachments { media: 5, files: 2 },
             "text that names a type counts nothing"
         );
+        assert!(matches!(
+            ChatHead::parse(br#"{"model":"m","messages":"hi"}"#),
+            Err(ApiError::BadRequest(_))
+        ));
         let plain =
             ChatHead::parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
         assert_eq!(plain.unwrap().attachments, Attachments::default());

@@ -193,3 +193,17 @@ pub async fn until_served(api: &str, key: &str, model: &str, within: Duration) -
     })
     .await
 }
+
+/// The controller's view of a ledger account (`GET /usage`), `null` when it has none.
+pub fn ledger_account(stack: &Stack, name: &str) -> Value {
+    let (_, text) =
+        tollgate_tests::harness::http_get(&format!("{}/usage", stack.controller_admin)).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["account"] == name)
+        .cloned()
+        .unwrap_or(Value::Null)
+}
