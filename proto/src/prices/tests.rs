@@ -18,6 +18,8 @@ fn the_table_reads_and_covers_every_priced_provider_type() {
         ("bedrock", "amazon.titan-embed-text-v2:0"),
         ("gemini", "models/gemini-2.5-flash"),
         ("gemini", "gemini-1.5-pro-002"),
+        ("gemini", "gemini-3.1-pro"),
+        ("anthropic", "claude-opus-4-8"),
         ("anthropic", "claude-3-5-sonnet-20241022"),
         ("anthropic", "claude-3-5-sonnet-latest"),
     ] {
@@ -36,6 +38,8 @@ fn names_are_exact_or_a_snapshot_of_one_never_a_prefix() {
     // A longer name is another model: its own entry, or no price at all.
     assert_eq!(p("o1-pro"), Some((150.0, 600.0)));
     assert_eq!(p("o1"), Some((15.0, 60.0)));
+    assert_eq!(p("gpt-5.5-2026-04-23"), Some((5.0, 30.0)));
+    assert_eq!(p("gpt-5"), Some((1.25, 10.0)), "not gpt-5.5's price");
     for unknown in [
         "o1-preview-x",
         "gpt-4o-audio",
