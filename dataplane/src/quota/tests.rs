@@ -444,3 +444,54 @@ async fn a_late_answer_to_an_earlier_ask_does_not_bring_back_slots_given_back() 
     q.apply_leases(&[slots_lease("conc/ns/k", 0)]);
     assert_eq!(room(&q), 0);
 }
+
+/// A billed attempt that reported nothing is charged what it reserved; the attempt after
+/// it reserves another worst case on the same accounts (no concurrency slot, no second
+/// request), and each is settled on its own: together they never charge more than they
+/// reserved.
+#[tokio::test]
+async fn a_billed_attempt_is_charged_its_worst_case_and_the_next_one_reserves_again() {
+    let q = Quotas::new(Duration::from_secs(5), false);
+    let first = first_reservation(
+        &q,
+        demand("budget/ns/b", 100),
+        lease("budget/ns/b", 250, false),
+    )
+    .await;
+    let route: Arc<str> = Arc::from("ns/r");
+    // The attempt timed out: its worst case is charged, and it counts as charged.
+    assert!(!first.charged());
+    first.charge_worst(&route, &route, &route, 504);
+    assert!(first.charged());
+    let second = q.extend(&first, 1).await.unwrap();
+    // 100 + 100 of 250 held: no third worst case fits without asking.
+    assert!(matches!(
+        q.try_reserve(&[demand("budget/ns/b", 100)]),
+        Err(None)
+    ));
+    second.record(
+        &route,
+        &route,
+        &route,
+        200,
+        Some(crate::translate::Usage {
+            input: 3,
+            output: 4,
+            ..Default::default()
+        }),
+        30,
+    );
+    drop(second);
+    drop(first);
+    let records = q.take_records();
+    let cost: u64 = records.iter().map(|r| r.cost_nano_usd).sum();
+    let requests: u64 = records.iter().map(|r| r.requests).sum();
+    assert_eq!(
+        cost,
+        100 + 30,
+        "the worst case of the first, the usage of the second"
+    );
+    assert_eq!(requests, 1, "one request, however many attempts");
+    // What is left of the grant: 250 - 130.
+    assert!(q.try_reserve(&[demand("budget/ns/b", 120)]).is_ok());
+}
