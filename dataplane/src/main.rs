@@ -134,6 +134,10 @@ struct Args {
     /// tokens each; providers take up to 100 pages and more).
     #[arg(long, default_value_t = 100_000)]
     file_tokens: u64,
+    /// The `max_uses` written on a metered request's web search tools that set none
+    /// (Anthropic bills each search), so that its reserved worst case is a true bound.
+    #[arg(long, default_value_t = 5)]
+    max_web_searches: u64,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -244,6 +248,7 @@ async fn main() -> anyhow::Result<()> {
             output_tokens: args.default_max_output_tokens,
             media_tokens: args.media_tokens,
             file_tokens: args.file_tokens,
+            web_searches: args.max_web_searches,
         },
     });
     let listener = tokio::net::TcpListener::bind(args.listen)

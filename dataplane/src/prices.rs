@@ -19,6 +19,7 @@ pub fn cost_nano(price: &Price, usage: &Usage) -> u64 {
         cached: usage.cached,
         cache_write: usage.cache_write,
         output: usage.output,
+        web_searches: usage.web_searches,
     })
 }
 
@@ -35,6 +36,7 @@ mod tests {
             cached: 400,
             cache_write: 100,
             reasoning: 0,
+            web_searches: 0,
         };
         // 500 fresh at 1 USD, 400 reads at 0.10, 100 writes at 1.25, 100 out at 5.
         assert_eq!(

@@ -21,6 +21,8 @@ pub struct Rates {
     pub cached: Option<f64>,
     /// Prompt-cache writes (Anthropic's, Bedrock's); the input rate when unknown.
     pub cache_write: Option<f64>,
+    /// USD per server-side web search (Anthropic's `web_search` tool); none: not billed.
+    pub per_search: Option<f64>,
 }
 
 /// A model's price: its rates, and the rates of a request whose input passes a
@@ -43,6 +45,8 @@ pub struct Tokens {
     pub cached: u64,
     pub cache_write: u64,
     pub output: u64,
+    /// Server-side web searches, billed per search.
+    pub web_searches: u64,
 }
 
 impl Price {
@@ -54,6 +58,7 @@ impl Price {
                 output,
                 cached,
                 cache_write: None,
+                per_search: None,
             },
             long: None,
         }
@@ -84,13 +89,31 @@ impl Price {
         let cost = term(fresh, r.input)
             + term(cached, r.cached.unwrap_or(r.input))
             + term(written, r.cache_write.unwrap_or(r.input))
-            + term(t.output, r.output);
+            + term(t.output, r.output)
+            + if t.web_searches == 0 {
+                0.0
+            } else {
+                t.web_searches as f64 * r.per_search.unwrap_or(0.0) * NANO
+            };
         if cost.is_nan() {
             // Only from a rate that is not a number: the most, never nothing.
             return u64::MAX;
         }
         // `as` saturates: an absurd count costs u64::MAX, never wraps.
         cost.round().max(0.0) as u64
+    }
+
+    /// What `n` web searches cost at most, in nano-USD.
+    pub fn search_fees_nano(&self, n: u64) -> u64 {
+        let per = [Some(&self.base), self.long.as_ref().map(|(_, l)| l)]
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r.per_search)
+            .fold(0.0, f64::max);
+        if n == 0 || per == 0.0 {
+            return 0;
+        }
+        (n as f64 * per * NANO).round().max(0.0) as u64
     }
 
     /// The most `input` tokens in and `output` tokens out can cost, in nano-USD: every
@@ -144,6 +167,8 @@ struct EntryRates {
     cached: Option<f64>,
     #[serde(default)]
     cache_write: Option<f64>,
+    #[serde(default)]
+    web_search: Option<f64>,
 }
 
 impl From<&EntryRates> for Rates {
@@ -153,6 +178,7 @@ impl From<&EntryRates> for Rates {
             output: e.output,
             cached: e.cached,
             cache_write: e.cache_write,
+            per_search: e.web_search,
         }
     }
 }
@@ -305,6 +331,7 @@ pub fn lookup(kind: &str, overrides: &[Override], model: &str) -> Option<Price> 
             output,
             cached: o.cached.or(b.base.cached),
             cache_write: b.base.cache_write,
+            per_search: b.base.per_search,
         },
         // A price the operator set is the price, whatever the input's length.
         long: None,

@@ -23,6 +23,8 @@ pub struct WorstCase {
     pub media_tokens: u64,
     /// Input tokens of one file or document (a PDF of many pages), beyond its bytes.
     pub file_tokens: u64,
+    /// The `max_uses` set on a metered request's web search tools that set none.
+    pub web_searches: u64,
 }
 
 impl WorstCase {
@@ -89,7 +91,7 @@ fn dearest(
     snapshot: &Snapshot,
     route: &Route,
     model: &str,
-    (input, output): (u64, u64),
+    (input, output, searches): (u64, u64, u64),
 ) -> Result<u64, String> {
     let mut worst = 0u64;
     for t in route
@@ -102,7 +104,12 @@ fn dearest(
         };
         let name = t.model.as_deref().unwrap_or(model);
         match provider.price_of(name) {
-            Some(p) => worst = worst.max(p.worst_case_nano(input, output)),
+            Some(p) => {
+                let cost = p
+                    .worst_case_nano(input, output)
+                    .saturating_add(p.search_fees_nano(searches));
+                worst = worst.max(cost);
+            }
             None if provider.unpriced_free => {}
             None => return Err(name.to_string()),
         }
@@ -126,7 +133,13 @@ fn demands(
     // The input and output bounds come from the caller ([`WorstCase`]; no output for
     // embeddings).
     let usd = if budgeted {
-        match dearest(snapshot, route, &head.model, (input, output)) {
+        // A metered request's web searches are bounded (the gateway set `max_uses`).
+        match dearest(
+            snapshot,
+            route,
+            &head.model,
+            (input, output, head.web_searches),
+        ) {
             Ok(usd) => usd,
             // A cost that cannot be counted cannot be held to a USD limit.
             Err(model) if key.usd_limited => return Err(ApiError::PriceUnknown(model)),
@@ -237,7 +250,7 @@ pub(super) fn prompt_demand(
     body_len: usize,
 ) -> Qty {
     let input = state.worst.input(body_len, head);
-    let usd = dearest(snapshot, route, &head.model, (input, 1)).unwrap_or(0);
+    let usd = dearest(snapshot, route, &head.model, (input, 1, 0)).unwrap_or(0);
     Qty {
         usd: usd.max(1),
         tokens: input.saturating_add(1),
@@ -457,6 +470,7 @@ mod tests {
             output: rate(rng, 800.0),
             cached: rng.bool().then(|| rate(rng, 100.0)),
             cache_write: rng.bool().then(|| rate(rng, 400.0)),
+            per_search: rng.bool().then(|| rate(rng, 0.05)),
         }
     }
 
@@ -476,7 +490,7 @@ mod tests {
     /// reading of it): input within the body's bytes and the attachments' documented
     /// amounts, output within the larger limit field (or the cap the gateway sets) for
     /// each choice.
-    fn body(rng: &mut fastrand::Rng) -> (String, u64, u64) {
+    fn body(rng: &mut fastrand::Rng) -> (String, u64, u64, u64) {
         let mut parts = vec![r#"{"type":"text","text":"hello"}"#.to_string()];
         let (mut media, mut files) = (0, 0);
         for _ in 0..rng.usize(..6) {
@@ -512,10 +526,22 @@ mod tests {
             choices = rng.u64(1..=128);
             b.push_str(&format!(r#","n":{choices}"#));
         }
+        // Web search tools, each with its bound on searches.
+        let mut searches = 0;
+        if rng.bool() {
+            let tools: Vec<String> = (0..rng.u64(1..3))
+                .map(|_| {
+                    let n = rng.u64(..10);
+                    searches += n;
+                    format!(r#"{{"type":"web_search_20250305","name":"w","max_uses":{n}}}"#)
+                })
+                .collect();
+            b.push_str(&format!(r#","tools":[{}]"#, tools.join(",")));
+        }
         b.push('}');
         let input = b.len() as u64 + media * 3000 + files * 100_000;
         let output = limit.unwrap_or(4096) * choices;
-        (b, input, output)
+        (b, input, output, searches)
     }
 
     /// Admission and settlement arithmetic, over random requests, prices and the usage a
@@ -528,13 +554,17 @@ mod tests {
             output_tokens: 4096,
             media_tokens: 3000,
             file_tokens: 100_000,
+            web_searches: 5,
         };
         for case in 0..20_000 {
-            let (text, most_in, most_out) = body(&mut rng);
+            let (text, most_in, most_out, most_searches) = body(&mut rng);
             let head = ChatHead::parse(text.as_bytes()).unwrap();
             let (input, output) = (worst.input(text.len(), &head), worst.output(&head));
             let price = any_price(&mut rng);
-            let reserved = price.worst_case_nano(input, output);
+            // As admission prices it (`dearest`), for one target.
+            let reserved = price
+                .worst_case_nano(input, output)
+                .saturating_add(price.search_fees_nano(head.web_searches));
             // What the provider may report: some of the input cache reads or writes.
             let used_in = rng.u64(..=most_in);
             let cached = rng.u64(..=used_in);
@@ -544,6 +574,7 @@ mod tests {
                 cached,
                 cache_write,
                 output: rng.u64(..=most_out),
+                web_searches: rng.u64(..=most_searches),
             };
             let charged = price.cost_nano(used);
             // Rounding to the nano-dollar is the only slack: one per kind of token.
@@ -569,6 +600,7 @@ mod tests {
             output_tokens: u64::MAX,
             media_tokens: u64::MAX,
             file_tokens: u64::MAX,
+            web_searches: u64::MAX,
         };
         assert_eq!(absurd.input(usize::MAX, &images), u64::MAX);
         assert_eq!(absurd.output(&images), u64::MAX);

@@ -365,6 +365,10 @@ async fn forward(
             Api::OpenAi => "max_completion_tokens",
             Api::Anthropic => "max_tokens",
         };
+        let body = match head.with_search_cap(body, state.worst.web_searches) {
+            Ok(b) => b,
+            Err(e) => return Err(e),
+        };
         head.with_output_cap(body, field, state.worst.output_tokens)
     } else {
         body

@@ -30,6 +30,10 @@ pub struct ChatHead {
     /// Images, audio and files in the messages: each costs tokens its few bytes of
     /// reference do not bound.
     pub attachments: Attachments,
+    /// Server-side web search tools (Anthropic's `web_search_*`): the most searches they
+    /// allow (their `max_uses`, summed), and whether one sets no bound.
+    pub web_searches: u64,
+    pub web_search_unbounded: bool,
 }
 
 /// The most output tokens a request may ask for: beyond any model's output, so a larger
@@ -180,6 +184,23 @@ struct ResponseFormat<'a> {
     kind: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// One entry of `tools`: its type, and a server tool's bound on its uses.
+#[derive(Deserialize)]
+struct ToolHead<'a> {
+    #[serde(rename = "type", borrow, default)]
+    kind: Option<std::borrow::Cow<'a, str>>,
+    #[serde(default)]
+    max_uses: Option<u64>,
+}
+
+impl ToolHead<'_> {
+    fn is_web_search(&self) -> bool {
+        self.kind
+            .as_deref()
+            .is_some_and(|k| k.starts_with("web_search"))
+    }
+}
+
 #[derive(Deserialize)]
 struct Head<'a> {
     #[serde(borrow, default)]
@@ -198,6 +219,8 @@ struct Head<'a> {
     n: Option<u64>,
     #[serde(default)]
     messages: Attachments,
+    #[serde(borrow, default)]
+    tools: Option<Vec<ToolHead<'a>>>,
 }
 
 impl ChatHead {
@@ -233,6 +256,11 @@ impl ChatHead {
                 "n: {choices} is out of range; it must be between 1 and {MAX_CHOICES}"
             )));
         }
+        let searches = head.tools.iter().flatten().filter(|t| t.is_web_search());
+        let web_search_unbounded = searches.clone().any(|t| t.max_uses.is_none());
+        let web_searches = searches
+            .filter_map(|t| t.max_uses)
+            .fold(0u64, u64::saturating_add);
         // The raw value borrows from `body`, so its offset is known without searching.
         let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
         Ok(Self {
@@ -251,7 +279,46 @@ impl ChatHead {
             max_tokens,
             choices,
             attachments: head.messages,
+            web_searches,
+            web_search_unbounded,
         })
+    }
+
+    /// The body with `max_uses: cap` on each web search tool that sets none, so that the
+    /// searches the provider may bill are bounded; the head is read again from it. The
+    /// same bytes when every web search tool is bounded.
+    pub fn with_search_cap(
+        &mut self,
+        body: bytes::Bytes,
+        cap: u64,
+    ) -> Result<bytes::Bytes, ApiError> {
+        if !self.web_search_unbounded {
+            return Ok(body);
+        }
+        let mut v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            ApiError::BadRequest(format!(
+                "We could not parse the JSON body of your request. ({e})"
+            ))
+        })?;
+        for tool in v
+            .get_mut("tools")
+            .and_then(serde_json::Value::as_array_mut)
+            .into_iter()
+            .flatten()
+        {
+            let search = tool
+                .get("type")
+                .and_then(serde_json::Value::as_str)
+                .is_some_and(|k| k.starts_with("web_search"));
+            if search && tool.get("max_uses").is_none_or(serde_json::Value::is_null) {
+                tool["max_uses"] = serde_json::Value::from(cap);
+            }
+        }
+        let out: bytes::Bytes = serde_json::to_vec(&v)
+            .map_err(|_| ApiError::Internal)?
+            .into();
+        *self = Self::parse(&out)?;
+        Ok(out)
     }
 
     /// The body with an output limit of `cap` tokens set, for a request that set none:
@@ -396,6 +463,38 @@ mod tests {
         let plain =
             ChatHead::parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
         assert_eq!(plain.unwrap().attachments, Attachments::default());
+    }
+
+    #[test]
+    fn web_searches_are_bounded_by_their_max_uses() {
+        let body = bytes::Bytes::from_static(
+            br#"{"model":"claude-sonnet-4-5","max_tokens":10,"tools":[
+                {"name":"get_weather","input_schema":{"type":"object"}},
+                {"type":"web_search_20250305","name":"web_search","max_uses":3},
+                {"type":"web_search_20250305","name":"web_search_2"}],
+                "messages":[{"role":"user","content":"news?"}]}"#,
+        );
+        let mut head = ChatHead::parse(&body).unwrap();
+        assert_eq!((head.web_searches, head.web_search_unbounded), (3, true));
+        let capped = head.with_search_cap(body, 5).unwrap();
+        assert_eq!((head.web_searches, head.web_search_unbounded), (8, false));
+        let v: serde_json::Value = serde_json::from_slice(&capped).unwrap();
+        assert_eq!(v["tools"][1]["max_uses"], 3, "kept");
+        assert_eq!(v["tools"][2]["max_uses"], 5, "set");
+        assert!(v["tools"][0].get("max_uses").is_none());
+        assert_eq!(head.with_model(capped.clone(), "m"), {
+            let mut v = v.clone();
+            v["model"] = "m".into();
+            bytes::Bytes::from(serde_json::to_vec(&v).unwrap())
+        });
+        let openai = ChatHead::parse(
+            br#"{"model":"m","tools":[{"type":"function","function":{"name":"f"}}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (openai.web_searches, openai.web_search_unbounded),
+            (0, false)
+        );
     }
 
     #[test]

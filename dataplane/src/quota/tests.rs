@@ -72,6 +72,7 @@ async fn a_request_waits_for_a_grant_then_settles_its_actual_usage() {
             cached: 0,
             cache_write: 0,
             reasoning: 0,
+            web_searches: 0,
         }),
         40,
     );

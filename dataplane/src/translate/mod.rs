@@ -35,6 +35,8 @@ pub struct Usage {
     /// rate.
     pub cache_write: u64,
     pub reasoning: u64,
+    /// Server-side web searches (Anthropic), billed per search.
+    pub web_searches: u64,
 }
 
 impl Usage {
@@ -258,6 +260,7 @@ mod counts {
                 cached: self.prompt_tokens_details.cached_tokens,
                 cache_write: 0,
                 reasoning: self.completion_tokens_details.reasoning_tokens,
+                web_searches: 0,
             }
         }
     }
@@ -272,6 +275,15 @@ mod counts {
         cache_read_input_tokens: Count,
         #[serde(default)]
         cache_creation_input_tokens: Count,
+        #[serde(default)]
+        server_tool_use: Option<ServerToolUse>,
+    }
+
+    /// Anthropic's server-side tool calls, billed per use.
+    #[derive(Deserialize)]
+    pub struct ServerToolUse {
+        #[serde(default)]
+        web_search_requests: Count,
     }
 
     impl Anthropic {
@@ -281,6 +293,10 @@ mod counts {
                 output: self.output_tokens.0,
                 cache_read: self.cache_read_input_tokens.0,
                 cache_creation: self.cache_creation_input_tokens.0,
+                web_searches: self
+                    .server_tool_use
+                    .as_ref()
+                    .map_or(0, |s| s.web_search_requests.0),
                 seen: true,
             }
             .total()
@@ -312,6 +328,7 @@ mod counts {
                 cached: self.cached_content_token_count.0,
                 cache_write: 0,
                 reasoning,
+                web_searches: 0,
             }
         }
     }
@@ -935,6 +952,7 @@ pub(crate) struct AnthropicUsage {
     output: u64,
     cache_read: u64,
     cache_creation: u64,
+    web_searches: u64,
     seen: bool,
 }
 
@@ -955,6 +973,12 @@ impl AnthropicUsage {
                 *field = n;
             }
         }
+        if let Some(n) = u
+            .pointer("/server_tool_use/web_search_requests")
+            .and_then(Value::as_u64)
+        {
+            self.web_searches = n;
+        }
     }
 
     pub fn usage(&self) -> Option<Usage> {
@@ -969,6 +993,7 @@ impl AnthropicUsage {
             cached: self.cache_read,
             cache_write: self.cache_creation,
             reasoning: 0,
+            web_searches: self.web_searches,
         }
     }
 }
@@ -988,7 +1013,8 @@ mod tests {
                 output: 4,
                 cached: 2,
                 cache_write: 0,
-                reasoning: 1
+                reasoning: 1,
+                web_searches: 0
             })
         );
         // The same counts from the object as a document.
@@ -1000,7 +1026,8 @@ mod tests {
                 output: 4,
                 cached: 2,
                 cache_write: 0,
-                reasoning: 1
+                reasoning: 1,
+                web_searches: 0
             })
         );
         // No usage object: the caller falls back to parsing the whole answer.
@@ -1015,7 +1042,8 @@ mod tests {
                 output: 7,
                 cached: 5,
                 cache_write: 1,
-                reasoning: 0
+                reasoning: 0,
+                web_searches: 1
             })
         );
         // Broken after the usage: still read (the bytes pass to the client as sent).
@@ -1062,6 +1090,7 @@ mod tests {
                     cached: 2,
                     cache_write: 0,
                     reasoning: 2,
+                    web_searches: 0,
                 }),
             ),
         ] {
@@ -1079,6 +1108,7 @@ mod tests {
                 cached: 0,
                 cache_write: 0,
                 reasoning: 2,
+                web_searches: 0,
             })
         );
         assert_eq!(Usage::from_gemini(&serde_json::json!("9")), None);
@@ -1093,7 +1123,8 @@ mod tests {
                 output: 0,
                 cached: 5,
                 cache_write: 0,
-                reasoning: 0
+                reasoning: 0,
+                web_searches: 0
             })
         );
     }

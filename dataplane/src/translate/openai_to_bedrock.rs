@@ -283,6 +283,7 @@ pub fn usage(u: &Value) -> Option<Usage> {
         cached,
         cache_write,
         reasoning: 0,
+        web_searches: 0,
     })
 }
 

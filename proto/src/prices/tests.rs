@@ -73,6 +73,7 @@ fn cache_writes_and_long_context_are_billed_at_their_rates() {
         cached: 400,
         cache_write: 600,
         output: 100,
+        web_searches: 0,
     };
     assert_eq!(
         sonnet.cost_nano(short),
@@ -105,6 +106,7 @@ fn counts_saturate_instead_of_wrapping() {
         cached: u64::MAX,
         cache_write: u64::MAX,
         output: u64::MAX,
+        web_searches: u64::MAX,
     };
     assert_eq!(p.cost_nano(t), u64::MAX);
 }
@@ -147,4 +149,19 @@ fn overrides_set_prices_and_map_deployments() {
         builtin("azure-openai", "gpt-4.1-mini")
     );
     assert!(lookup("azure-openai", &[], "prod-chat").is_none());
+}
+
+#[test]
+fn web_searches_are_billed_per_search() {
+    let p = builtin("anthropic", "claude-sonnet-4-5").unwrap();
+    let t = Tokens {
+        input: 10,
+        output: 10,
+        web_searches: 3,
+        ..Tokens::default()
+    };
+    // 10 in at 3 USD, 10 out at 15 USD per million, and 3 searches at 0.01 USD.
+    assert_eq!(p.cost_nano(t), 10 * 3_000 + 10 * 15_000 + 3 * 10_000_000);
+    assert_eq!(p.search_fees_nano(3), 30_000_000);
+    assert_eq!(builtin("openai", "gpt-4o").unwrap().search_fees_nano(3), 0);
 }
