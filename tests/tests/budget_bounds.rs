@@ -740,3 +740,64 @@ async fn three_dataplanes_of_hostile_clients_stay_within_the_limit() {
     })
     .await;
 }
+
+/// Web searches are billed per search: a metered request's web search tool without a
+/// bound gets one, what it reserves includes the searches, and the ledger charges each
+/// search the provider reports.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn web_searches_are_bounded_and_charged() {
+    let stack = stack().await;
+    with_logs(&stack, async {
+        let api = stack.api();
+        let search = json!({"model": "claude-haiku-4-5", "max_tokens": 20,
+            "tools": [{"type": "web_search_20250305", "name": "web_search"}],
+            "messages": [{"role": "user", "content": "what happened today?"}]});
+        let (status, _, v) = post_to(api, "/messages", Some("tg-roomy"), &search.to_string()).await;
+        assert_eq!(status, 200, "{v}");
+        let sent = stack.last_upstream_request().unwrap();
+        assert_eq!(sent["body"]["tools"][0]["max_uses"], 5, "{sent}");
+        let u = &v["usage"];
+        assert_eq!(u["server_tool_use"]["web_search_requests"], 5, "{v}");
+        // Claude Haiku 4.5: 1 USD per million in, 5 out; 0.01 USD a search.
+        let (i, o) = (
+            u["input_tokens"].as_u64().unwrap(),
+            u["output_tokens"].as_u64().unwrap(),
+        );
+        let mut expected = i * 1_000 + o * 5_000 + 5 * 10_000_000;
+        spend_reaches(&stack, "roomy", expected).await;
+        // The same, streamed: the searches come in the last `message_delta`.
+        let mut streamed = search.clone();
+        streamed["stream"] = json!(true);
+        let (status, _, v) =
+            post_to(api, "/messages", Some("tg-roomy"), &streamed.to_string()).await;
+        assert_eq!(status, 200, "{v}");
+        let events: Vec<Value> = v
+            .as_str()
+            .unwrap()
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str(d).ok())
+            .collect();
+        let input = events
+            .iter()
+            .find_map(|e| e["message"]["usage"]["input_tokens"].as_u64())
+            .unwrap();
+        let delta = events
+            .iter()
+            .rfind(|e| e["type"] == "message_delta")
+            .unwrap();
+        assert_eq!(delta["usage"]["server_tool_use"]["web_search_requests"], 5);
+        let output = delta["usage"]["output_tokens"].as_u64().unwrap();
+        expected += input * 1_000 + output * 5_000 + 5 * 10_000_000;
+        spend_reaches(&stack, "roomy", expected).await;
+        // An unmetered key's tool is sent as it came.
+        let (status, _, _) = post_to(api, "/messages", Some(DEMO_KEY), &search.to_string()).await;
+        assert_eq!(status, 200);
+        let sent = stack.last_upstream_request().unwrap();
+        assert!(sent["body"]["tools"][0].get("max_uses").is_none(), "{sent}");
+        // The tiny budget (0.002 USD) cannot take five searches (0.05 USD).
+        let (status, _, v) = post_to(api, "/messages", Some("tg-tiny"), &search.to_string()).await;
+        assert_eq!(status, 429, "{v}");
+    })
+    .await;
+}

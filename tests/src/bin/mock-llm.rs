@@ -54,6 +54,9 @@ PER-REQUEST BEHAVIOUR
   exhausted_for=S   answer, with OpenAI rate-limit headers saying no requests are left for S s
   omit_usage=1      answer without usage (no usage member or chunk), as some servers do
 
+  Anthropic's web_search tool: the answer makes as many searches as its max_uses (3 when it
+  sets none) and reports them in usage.server_tool_use.web_search_requests.
+
 FAULTS AT RUN TIME
   PUT /mock/faults with a JSON array of rules; each applies the directives above to the
   requests that match its optional \"model\" (the requested model) and \"key\" (the API key

@@ -12,6 +12,9 @@ pub struct MessagesRequest {
     pub texts: Vec<String>,
     pub last_user: String,
     pub tool_call: Option<super::tools::ToolCall>,
+    /// Server-side web searches the answer makes: as many as its web search tools allow
+    /// (`max_uses`, or 3 for one that sets none), reported in `usage.server_tool_use`.
+    pub web_searches: u64,
 }
 
 /// An Anthropic-format error body.
@@ -152,9 +155,24 @@ pub fn parse(body: &[u8]) -> Result<MessagesRequest, Value> {
         }
         texts.push(text);
     }
+    // Server tools (web search) run at the provider and are billed per use; the answer's
+    // tool call, if any, is for the first client tool.
+    let is_server_tool = |t: &Value| {
+        t.get("type")
+            .and_then(Value::as_str)
+            .is_some_and(|k| k.starts_with("web_search"))
+    };
+    let web_searches = match obj.get("tools") {
+        Some(Value::Array(tools)) => tools
+            .iter()
+            .filter(|t| is_server_tool(t))
+            .map(|t| t.get("max_uses").and_then(Value::as_u64).unwrap_or(3))
+            .sum(),
+        _ => 0,
+    };
     let first_tool = match obj.get("tools") {
         None => None,
-        Some(Value::Array(tools)) => match tools.first() {
+        Some(Value::Array(tools)) => match tools.iter().find(|t| !is_server_tool(t)) {
             None => None,
             Some(t) => {
                 let name = t
@@ -192,6 +210,7 @@ pub fn parse(body: &[u8]) -> Result<MessagesRequest, Value> {
         texts,
         last_user,
         tool_call,
+        web_searches,
     })
 }
 
@@ -221,12 +240,7 @@ pub fn message(req: &MessagesRequest, id: &str, pieces: &[String], stop_reason: 
         },
         "stop_reason": if req.tool_call.is_some() { "tool_use" } else { stop_reason },
         "stop_sequence": null,
-        "usage": {
-            "input_tokens": input_tokens(req),
-            "output_tokens": pieces.len(),
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0
-        }
+        "usage": usage(req, pieces.len())
     })
 }
 
@@ -284,13 +298,31 @@ pub fn stream_events(
         "content_block_stop",
         json!({"type": "content_block_stop", "index": 0}),
     ));
+    let mut delta_usage = json!({"output_tokens": pieces.len()});
+    if req.web_searches > 0 {
+        delta_usage["server_tool_use"] = json!({"web_search_requests": req.web_searches});
+    }
     events.push(event(
         "message_delta",
         json!({"type": "message_delta", "delta": {"stop_reason": stop_reason, "stop_sequence": null},
-               "usage": {"output_tokens": pieces.len()}}),
+               "usage": delta_usage}),
     ));
     events.push(event("message_stop", json!({"type": "message_stop"})));
     events
+}
+
+/// A JSON answer's `usage`, with the web searches the answer made.
+fn usage(req: &MessagesRequest, output: usize) -> Value {
+    let mut u = json!({
+        "input_tokens": input_tokens(req),
+        "output_tokens": output,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 0
+    });
+    if req.web_searches > 0 {
+        u["server_tool_use"] = json!({"web_search_requests": req.web_searches});
+    }
+    u
 }
 
 #[cfg(test)]
