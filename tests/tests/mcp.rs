@@ -131,6 +131,8 @@ metadata:
 spec:
   secretRef:
     name: flooder-key
+  limits:
+    concurrency: 1
   mcpToolPolicyRef:
     name: flood
 ---
@@ -441,6 +443,46 @@ fn invented_tool_names_leave_no_ledger_accounts() {
         ["tool/default/flood/0/default/flooder/ledger_read"],
         "{usage}"
     );
+
+    // The key may run one request at a time: an answer that comes as an event stream
+    // (progress, then the result) holds its slot until the stream ends.
+    let slow = {
+        let req = http
+            .post(&url)
+            .bearer_auth(FLOODER_KEY)
+            .header("accept", "application/json, text/event-stream")
+            .header("content-type", "application/json")
+            .header("mcp-session-id", session.as_str())
+            .body(
+                json!({"jsonrpc": "2.0", "id": 200, "method": "tools/call", "params": {
+                    "name": "ledger__slow_count", "arguments": {"n": 20},
+                    "_meta": {"progressToken": "p1"}}})
+                .to_string(),
+            );
+        rt.spawn(async move {
+            let resp = req.send().await.unwrap();
+            let content_type = resp.headers()["content-type"].to_str().unwrap().to_string();
+            (content_type, resp.text().await.unwrap())
+        })
+    };
+    std::thread::sleep(Duration::from_millis(400));
+    let (status, _, busy) = call(201, "ledger__ledger_read");
+    assert_eq!(status, 429, "{busy}");
+    assert!(
+        busy["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("concurrent"),
+        "{busy}"
+    );
+    let (content_type, text) = rt.block_on(slow).unwrap();
+    assert!(
+        content_type.starts_with("text/event-stream"),
+        "{content_type}"
+    );
+    assert!(text.contains("counted to 20"), "{text}");
+    let (status, _, read) = call(202, "ledger__ledger_read");
+    assert_eq!(status, 200, "{read}");
 }
 
 fn names(v: &Value) -> Vec<&str> {

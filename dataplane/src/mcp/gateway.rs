@@ -365,7 +365,7 @@ async fn post(state: &State, req: Request<Incoming>) -> Response<Body> {
         Message::Request { id, method, params } => {
             // Every request but a ping is one against the key's rate and concurrency
             // limits, and none is served while its budgets are spent.
-            let _admitted = if method == "ping" {
+            let admitted = if method == "ping" {
                 None
             } else {
                 match crate::proxy::admission::admit_free(
@@ -425,7 +425,7 @@ async fn post(state: &State, req: Request<Incoming>) -> Response<Body> {
             let live = caller.live(&session);
             let r = request(state, &caller, &live, id, &method, params, events).await;
             count(state, &method, r.status().as_str());
-            r
+            holding(r, admitted)
         }
         Message::Notification { method, params } => {
             let Some(session) = session_of(state, &caller, &parts.headers) else {
@@ -456,6 +456,47 @@ async fn post(state: &State, req: Request<Incoming>) -> Response<Body> {
             }
             accepted()
         }
+    }
+}
+
+/// The response, holding the request's admission (its concurrency slot) until the body
+/// ends: an answer that comes as an event stream is still the request.
+fn holding(r: Response<Body>, admitted: Option<crate::quota::Reservation>) -> Response<Body> {
+    let Some(admitted) = admitted else {
+        return r;
+    };
+    r.map(|body| {
+        Holding {
+            body,
+            _admitted: admitted,
+        }
+        .boxed()
+    })
+}
+
+/// A body and the admission it keeps until dropped.
+struct Holding {
+    body: Body,
+    _admitted: crate::quota::Reservation,
+}
+
+impl http_body::Body for Holding {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        std::pin::Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 
