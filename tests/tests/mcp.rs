@@ -430,6 +430,14 @@ fn invented_tool_names_leave_no_ledger_accounts() {
     }
     let (_, _, v) = call(100, &format!("ledger__{}", "x".repeat(300)));
     assert_eq!(v["error"]["code"], -32602, "{v}");
+    // Nor do they reach the metrics as label values: they count as unknown tools.
+    assert_eq!(f.tool_calls(0, "-", "-", "unknown_tool"), 61.0);
+    let (_, metrics) =
+        harness::http_get(&format!("{}/metrics", f.stack.dataplanes[0].admin)).unwrap();
+    assert!(
+        !metrics.contains("made_up"),
+        "invented names in the metrics"
+    );
     let (_, usage) = harness::http_get(&format!("{}/usage", f.stack.controller_admin)).unwrap();
     let accounts: Vec<String> = serde_json::from_str::<Value>(&usage).unwrap()["accounts"]
         .as_array()

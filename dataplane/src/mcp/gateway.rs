@@ -963,6 +963,9 @@ async fn call_tool(
     }
     if let Some(rule) = rules.limit(&l.server.id, &tool) {
         if tool.len() > MAX_TOOL_NAME || !state.mcp.lists(l, &tool).await {
+            // Counted like any tool no server has: without its (client-chosen) name, so
+            // invented names cannot grow the metric.
+            audit.server.clear();
             return refuse(
                 audit,
                 "unknown_tool",
