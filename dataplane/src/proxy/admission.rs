@@ -50,37 +50,35 @@ impl WorstCase {
 pub(super) fn metered(key: &VirtualKey, headers: &HeaderMap) -> bool {
     !key.budget_accounts.is_empty()
         || key.rate.as_ref().is_some_and(|r| r.tokens_per_minute > 0)
-        || session_of(key, headers).is_some()
+        || session(key, headers).is_ok_and(|s| s.is_some())
 }
 
 /// The longest agent session id: a UUID, a ULID or a framework's run id fits.
 pub const MAX_SESSION_ID: usize = 128;
 
-/// The agent session a request names, if its key has sessions and the id is well formed
-/// (1 to [`MAX_SESSION_ID`] letters, digits, `-`, `_`, `.`, `:`): a malformed one is not
-/// a session, and [`session_error`] refuses it.
-fn session_of<'h>(key: &VirtualKey, headers: &'h HeaderMap) -> Option<&'h str> {
-    let v = key.session.as_ref().and_then(|s| headers.get(&s.header))?;
-    let id = std::str::from_utf8(v.as_bytes()).ok()?;
-    let ok = !id.is_empty()
-        && id.len() <= MAX_SESSION_ID
-        && id
-            .bytes()
+/// The agent session a request names, if its key has sessions: an id of 1 to
+/// [`MAX_SESSION_ID`] letters, digits, `-`, `_`, `.`, `:`. A malformed one is refused, so
+/// that an id the ledger would not take cannot be used to step around the session's caps.
+fn session<'h>(key: &VirtualKey, headers: &'h HeaderMap) -> Result<Option<&'h str>, ApiError> {
+    let Some((s, v)) = key
+        .session
+        .as_ref()
+        .and_then(|s| Some((s, headers.get(&s.header)?)))
+    else {
+        return Ok(None);
+    };
+    let well_formed = !v.is_empty()
+        && v.len() <= MAX_SESSION_ID
+        && v.as_bytes()
+            .iter()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'));
-    ok.then_some(id)
-}
-
-/// A session header that is present but malformed: refused, so that an id the ledger
-/// would not take cannot be used to step around the session's caps.
-fn session_error(key: &VirtualKey, headers: &HeaderMap) -> Option<ApiError> {
-    let s = key.session.as_ref()?;
-    headers.get(&s.header)?;
-    session_of(key, headers).is_none().then(|| {
-        ApiError::BadRequest(format!(
+    match v.to_str() {
+        Ok(id) if well_formed => Ok(Some(id)),
+        _ => Err(ApiError::BadRequest(format!(
             "{}: a session id is 1 to {MAX_SESSION_ID} letters, digits, '-', '_', '.' or ':'",
             s.header
-        ))
-    })
+        ))),
+    }
 }
 
 /// The most a request to `route` for `model` of `input` and `output` tokens can cost, in
@@ -154,34 +152,40 @@ fn demands(
         tokens: input.saturating_add(output),
         requests: 1,
     };
+    Ok(accounts(key, session, worst, Qty { usd: 0, ..worst }))
+}
+
+/// Every account a request of `key` (in `session`) is charged to, and what it asks of
+/// each: `spend` of its budgets and session, `rate` of its rate limits, and one
+/// concurrency slot, given back when the request ends.
+fn accounts(key: &VirtualKey, session: Option<&str>, spend: Qty, rate: Qty) -> Vec<Demand> {
     let mut out: Vec<Demand> = key
         .budget_accounts
         .iter()
         .map(|a| Demand {
             account: a.clone(),
-            amount: worst,
+            amount: spend,
         })
         .collect();
     if let Some(r) = &key.rate {
         out.push(Demand {
             account: r.account.clone(),
-            amount: Qty { usd: 0, ..worst },
+            amount: rate,
         });
     }
     if let Some(s) = session {
         out.push(Demand {
             account: Arc::from(format!("session/{}/{s}", key.id())),
-            amount: worst,
+            amount: spend,
         });
     }
     if let Some(c) = &key.concurrency {
-        // One slot, given back when the request ends.
         out.push(Demand {
             account: c.clone(),
             amount: Qty::requests(1),
         });
     }
-    Ok(out)
+    out
 }
 
 /// Reserves the request's worst case: `size` is the most input and output tokens it may
@@ -196,10 +200,7 @@ pub(super) async fn admit(
     route: &Route,
     size: (u64, u64),
 ) -> Result<Reservation, ApiError> {
-    if let Some(e) = session_error(key, headers) {
-        return Err(e);
-    }
-    let session = session_of(key, headers);
+    let session = session(key, headers)?;
     let demands = match demands(snapshot, key, session, head, route, size) {
         Ok(d) => d,
         Err(e) => {
@@ -268,42 +269,13 @@ pub async fn admit_free(
     headers: &HeaderMap,
     least: Qty,
 ) -> Result<Reservation, ApiError> {
-    if let Some(e) = session_error(key, headers) {
-        return Err(e);
-    }
-    let session = session_of(key, headers);
-    let least = least.max_each(LEAST);
-    let mut demands: Vec<Demand> = key
-        .budget_accounts
-        .iter()
-        .map(|a| Demand {
-            account: a.clone(),
-            amount: least,
-        })
-        .collect();
-    if let Some(s) = session {
-        demands.push(Demand {
-            account: Arc::from(format!("session/{}/{s}", key.id())),
-            amount: least,
-        });
-    }
-    for account in key
-        .rate
-        .as_ref()
-        .map(|r| &r.account)
-        .into_iter()
-        .chain(&key.concurrency)
-    {
-        demands.push(Demand {
-            account: account.clone(),
-            amount: Qty::requests(1),
-        });
-    }
+    let session = session(key, headers)?;
+    let demands = accounts(key, session, least.max_each(LEAST), Qty::requests(1));
     reserve(state, key, session, &demands).await
 }
 
 /// The client's error for a refusal, counted by reason.
-fn refusal(state: &State, key: &VirtualKey, r: &Refusal) -> ApiError {
+pub(super) fn refusal(state: &State, key: &VirtualKey, r: &Refusal) -> ApiError {
     let (reason, err) = match r {
         Refusal::Exhausted { account } if account.starts_with("rate/") => (
             "rate_limit",

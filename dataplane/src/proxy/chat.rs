@@ -365,10 +365,7 @@ async fn forward(
             Api::OpenAi => "max_completion_tokens",
             Api::Anthropic => "max_tokens",
         };
-        let body = match head.with_search_cap(body, state.worst.web_searches) {
-            Ok(b) => b,
-            Err(e) => return Err(e),
-        };
+        let body = head.with_search_cap(body, state.worst.web_searches)?;
         head.with_output_cap(body, field, state.worst.output_tokens)
     } else {
         body
@@ -410,6 +407,7 @@ async fn forward(
         current: std::sync::Mutex::new(reservation.clone()),
         admitted: reservation,
         extend_by: 1,
+        key: key.clone(),
     });
     let Some(every) = keep_alive else {
         let (result, used) = run_plan(ctx, plan, first, labels.clone()).await;
@@ -624,6 +622,8 @@ struct Ctx {
     /// How many of the admitted worst cases a further billed attempt reserves: 1, or 2 for
     /// a stream's continuation (its request carries the partial answer too).
     extend_by: u64,
+    /// The key, for the error a refused extension gets.
+    key: Arc<VirtualKey>,
 }
 
 impl Ctx {
@@ -635,7 +635,7 @@ impl Ctx {
     /// it), another worst case is reserved for this one, so that what every attempt is
     /// charged stays within what the request reserved.
     async fn reserve_attempt(&self) -> Result<(), ApiError> {
-        if !self.current().charged() {
+        if !crate::lock(&self.current).charged() {
             return Ok(());
         }
         let more = self
@@ -643,19 +643,7 @@ impl Ctx {
             .quotas
             .extend(&self.admitted, self.extend_by)
             .await
-            .map_err(|r| match r {
-                crate::quota::Refusal::Exhausted { account } => {
-                    self.state
-                        .metrics
-                        .denials
-                        .with_label_values(&["budget"])
-                        .inc();
-                    ApiError::BudgetExceeded(account.rsplit('/').next().unwrap_or("").to_string())
-                }
-                crate::quota::Refusal::Unavailable { account } => {
-                    ApiError::QuotaUnavailable(account.rsplit('/').next().unwrap_or("").to_string())
-                }
-            })?;
+            .map_err(|r| admission::refusal(&self.state, &self.key, &r))?;
         *crate::lock(&self.current) = Arc::new(more);
         Ok(())
     }
@@ -943,20 +931,15 @@ impl Ctx {
         let response = match send(state, provider, upstream, first_deadline).await {
             Ok(r) => r,
             Err(e) => {
+                // A timeout is billed (the provider has the request); a refusal, a failure
+                // or no connection is not.
+                billed.failed(&e);
                 let class = match e {
-                    ApiError::UpstreamTimeout => {
-                        // The provider has the request and may be working on it.
-                        billed.status = 504;
-                        timeout_class(first_deadline)
-                    }
+                    ApiError::UpstreamTimeout => timeout_class(first_deadline),
                     ApiError::UpstreamAuth(_) => Failure::Auth,
                     ApiError::UpstreamStatus(_) => Failure::ServerError,
                     _ => Failure::ConnectError,
                 };
-                if class != Failure::Timeout && class != Failure::FirstTokenTimeout {
-                    // Refused, failed, or never reached: not billed.
-                    billed.settled();
-                }
                 return Err(fail(class, Err(e), None));
             }
         };
@@ -1051,8 +1034,7 @@ impl Ctx {
             Streamed {
                 inner: up_body,
                 first: Some(first),
-                deadline: Box::pin(tokio::time::sleep_until(deadline)),
-                idle: Idle::new(route.idle_timeout),
+                timers: Timers::new(deadline, route.idle_timeout),
                 done: Some(completion),
                 chain: plan.stream(),
                 ended: false,
@@ -1424,9 +1406,8 @@ struct Streamed {
     inner: Incoming,
     /// The provider's first bytes, read before the response was committed.
     first: Option<Bytes>,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-    /// The provider's silence since its last frame.
-    idle: Idle,
+    /// The request's deadline and the provider's silence since its last frame.
+    timers: Timers,
     done: Option<Completion>,
     chain: Chain,
     /// The closing bytes have been written; the next poll ends the body.
@@ -1666,6 +1647,7 @@ impl Streamed {
             admitted: r.ctx.admitted.clone(),
             current: std::sync::Mutex::new(r.ctx.current()),
             extend_by: 2,
+            key: r.ctx.key.clone(),
         });
         ctx.state
             .metrics
@@ -1766,21 +1748,31 @@ struct StreamTimeout(Duration);
 #[error("the provider sent nothing for {0:?} while streaming")]
 struct StreamIdle(Duration);
 
-/// A stream's idle timer. A frame only notes the time; the timer is moved when it fires
-/// early, so a stream of many chunks costs one clock read per frame, not a timer reset.
-struct Idle {
-    limit: Duration,
+/// A stream's two limits on one timer: the request's deadline, and the longest silence
+/// between two frames. A frame only notes the time; the timer is moved when it fires
+/// before either is due, so a stream costs one timer and one clock read per frame.
+struct Timers {
+    deadline: Instant,
+    idle: Duration,
     last: Instant,
-    timer: Pin<Box<tokio::time::Sleep>>,
+    sleep: Pin<Box<tokio::time::Sleep>>,
 }
 
-impl Idle {
-    fn new(limit: Duration) -> Self {
+/// Which limit a stream reached.
+#[derive(Debug, PartialEq, Eq)]
+enum Expired {
+    Deadline,
+    Idle,
+}
+
+impl Timers {
+    fn new(deadline: Instant, idle: Duration) -> Self {
         let last = Instant::now();
         Self {
-            limit,
+            deadline,
+            idle,
             last,
-            timer: Box::pin(tokio::time::sleep_until(last + limit)),
+            sleep: Box::pin(tokio::time::sleep_until((last + idle).min(deadline))),
         }
     }
 
@@ -1788,17 +1780,22 @@ impl Idle {
         self.last = Instant::now();
     }
 
-    /// Ready once the provider has been silent for the whole limit.
-    fn poll_silent(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+    /// Ready once the deadline has passed, or the provider has been silent for the whole
+    /// idle limit (the deadline first, when both have).
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
         loop {
-            if self.timer.as_mut().poll(cx).is_pending() {
+            if self.sleep.as_mut().poll(cx).is_pending() {
                 return Poll::Pending;
             }
-            let due = self.last + self.limit;
-            if Instant::now() >= due {
-                return Poll::Ready(());
+            let now = Instant::now();
+            if now >= self.deadline {
+                return Poll::Ready(Expired::Deadline);
             }
-            self.timer.as_mut().reset(due);
+            let due = self.last + self.idle;
+            if now >= due {
+                return Poll::Ready(Expired::Idle);
+            }
+            self.sleep.as_mut().reset(due.min(self.deadline));
         }
     }
 }
@@ -1828,7 +1825,7 @@ impl http_body::Body for Streamed {
         loop {
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Ready(Some(Ok(frame))) => {
-                    this.idle.frame();
+                    this.timers.frame();
                     let Ok(data) = frame.into_data() else {
                         continue;
                     };
@@ -1857,24 +1854,26 @@ impl http_body::Body for Streamed {
                     };
                 }
                 Poll::Pending => {
-                    if this.deadline.as_mut().poll(cx).is_ready() {
-                        let elapsed = this
-                            .done
-                            .as_ref()
-                            .map(|d| d.started.elapsed())
-                            .unwrap_or_default();
-                        return this.fail(&StreamTimeout(elapsed));
-                    }
-                    if this.idle.poll_silent(cx).is_ready() {
-                        // A silent provider is a broken stream: continued elsewhere when
-                        // the route asks for it, else ended with an error event.
-                        this.settle(true);
-                        if this.try_resume() {
-                            return this.poll_continuation(cx);
+                    return match this.timers.poll_expired(cx) {
+                        Poll::Pending => Poll::Pending,
+                        Poll::Ready(Expired::Deadline) => {
+                            let elapsed = this
+                                .done
+                                .as_ref()
+                                .map(|d| d.started.elapsed())
+                                .unwrap_or_default();
+                            this.fail(&StreamTimeout(elapsed))
                         }
-                        return this.fail(&StreamIdle(this.idle.limit));
-                    }
-                    return Poll::Pending;
+                        Poll::Ready(Expired::Idle) => {
+                            // A silent provider is a broken stream: continued elsewhere
+                            // when the route asks for it, else ended with an error event.
+                            this.settle(true);
+                            if this.try_resume() {
+                                return this.poll_continuation(cx);
+                            }
+                            this.fail(&StreamIdle(this.timers.idle))
+                        }
+                    };
                 }
             }
         }
@@ -1884,6 +1883,35 @@ impl http_body::Body for Streamed {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Frames that keep coming more often than the idle limit keep a stream alive however
+    /// long it runs; silence ends it one limit after the last frame; the deadline wins.
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_expires_after_its_deadline_or_a_silence() {
+        async fn poll(t: &mut Timers) -> Poll<Expired> {
+            std::future::poll_fn(|cx| Poll::Ready(t.poll_expired(cx))).await
+        }
+        let start = Instant::now();
+        let mut t = Timers::new(start + Duration::from_secs(10), Duration::from_millis(500));
+        for _ in 0..10 {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            t.frame();
+            assert!(poll(&mut t).await.is_pending(), "{:?}", start.elapsed());
+        }
+        let last = Instant::now();
+        let expired = std::future::poll_fn(|cx| t.poll_expired(cx)).await;
+        assert_eq!(expired, Expired::Idle);
+        assert_eq!(Instant::now() - last, Duration::from_millis(500));
+
+        let start = Instant::now();
+        let mut t = Timers::new(
+            start + Duration::from_millis(200),
+            Duration::from_millis(500),
+        );
+        let expired = std::future::poll_fn(|cx| t.poll_expired(cx)).await;
+        assert_eq!(expired, Expired::Deadline);
+        assert_eq!(Instant::now() - start, Duration::from_millis(200));
+    }
 
     #[test]
     fn rate_limit_headers_set_a_key_aside() {
