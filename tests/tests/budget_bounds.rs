@@ -7,7 +7,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use tollgate_tests::harness::{DEMO_KEY, Stack, http_get, set_faults};
@@ -249,25 +249,6 @@ async fn stack() -> Stack {
     stack
 }
 
-/// Waits until `budget/default/<name>` has spent exactly `nano` USD (every dataplane's
-/// usage arrived), failing if it passes it or takes over 10 s.
-async fn spend_reaches(stack: &Stack, name: &str, nano: u64) {
-    let started = Instant::now();
-    loop {
-        let spent = ledger_account(stack, &format!("budget/default/{name}"))["spent"]["usd"]
-            .as_u64()
-            .unwrap_or(0);
-        if spent == nano {
-            return;
-        }
-        assert!(
-            spent < nano && started.elapsed() < Duration::from_secs(10),
-            "budget {name}: spent {spent} nano-USD, expected {nano}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// The usage an answer reports, as (input, output).
 fn usage_of(v: &Value) -> (u64, u64) {
     let u = &v["usage"];
@@ -318,7 +299,7 @@ async fn models_without_a_price_are_refused_to_keys_limited_in_usd() {
         assert_eq!(status, 200, "{v}");
         let (i, o) = usage_of(&v);
         expected += i * 150 + o * 600;
-        spend_reaches(&stack, "roomy", expected).await;
+        spend_reaches(&stack, "budget/default/roomy", "usd", expected).await;
         // The route says so, where `kubectl get` and /status show it.
         let (_, text) = http_get(&format!("{}/status", stack.controller_admin)).unwrap();
         let status: Value = serde_json::from_str(&text).unwrap();
@@ -409,7 +390,7 @@ async fn attempts_the_provider_billed_are_charged() {
         assert!(v.as_str().unwrap().contains("\"error\""), "{v}");
         expected += worst(&silent);
 
-        spend_reaches(&stack, "roomy", expected).await;
+        spend_reaches(&stack, "budget/default/roomy", "usd", expected).await;
     })
     .await;
 }
@@ -603,7 +584,13 @@ async fn a_flood_of_session_ids_leaves_other_keys_acknowledged() {
             post(&api, Some("tg-roomy"), &chat_body("metered", "still here")).await;
         assert_eq!(status, 200, "{v}");
         let (i, o) = usage_of(&v);
-        spend_reaches(&stack, "roomy", (i + o) * NANO_PER_TOKEN).await;
+        spend_reaches(
+            &stack,
+            "budget/default/roomy",
+            "usd",
+            (i + o) * NANO_PER_TOKEN,
+        )
+        .await;
         let admin = &stack.dataplanes[0].admin;
         eventually(Duration::from_secs(5), || async {
             Stack::metric(admin, "tollgate_usage_unacked_batches", &[]).unwrap() == 0.0
@@ -719,16 +706,7 @@ async fn three_dataplanes_of_hostile_clients_stay_within_the_limit() {
             known += t.await.unwrap();
         }
         // Every dataplane's usage has arrived when the spend stops moving.
-        let mut spent = 0;
-        let mut same = 0;
-        while same < 5 {
-            let now = ledger_account(&stack, "budget/default/hostile")["spent"]["usd"]
-                .as_u64()
-                .unwrap_or(0);
-            same = if now == spent { same + 1 } else { 0 };
-            spent = now;
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let spent = settled_spend(&stack, "budget/default/hostile").await;
         eprintln!("hostile clients: spent {spent} of {limit} nano-USD; they saw {known} charged");
         assert!(spent <= limit, "spent {spent} of {limit}");
         assert!(
@@ -764,7 +742,7 @@ async fn web_searches_are_bounded_and_charged() {
             u["output_tokens"].as_u64().unwrap(),
         );
         let mut expected = i * 1_000 + o * 5_000 + 5 * 10_000_000;
-        spend_reaches(&stack, "roomy", expected).await;
+        spend_reaches(&stack, "budget/default/roomy", "usd", expected).await;
         // The same, streamed: the searches come in the last `message_delta`.
         let mut streamed = search.clone();
         streamed["stream"] = json!(true);
@@ -789,7 +767,7 @@ async fn web_searches_are_bounded_and_charged() {
         assert_eq!(delta["usage"]["server_tool_use"]["web_search_requests"], 5);
         let output = delta["usage"]["output_tokens"].as_u64().unwrap();
         expected += input * 1_000 + output * 5_000 + 5 * 10_000_000;
-        spend_reaches(&stack, "roomy", expected).await;
+        spend_reaches(&stack, "budget/default/roomy", "usd", expected).await;
         // An unmetered key's tool is sent as it came.
         let (status, _, _) = post_to(api, "/messages", Some(DEMO_KEY), &search.to_string()).await;
         assert_eq!(status, 200);

@@ -215,51 +215,6 @@ async fn chat(
     (status, h, v, usage)
 }
 
-fn spent_usd_nano(stack: &Stack, name: &str) -> u64 {
-    ledger_account(stack, name)["spent"]["usd"]
-        .as_u64()
-        .unwrap_or(0)
-}
-
-/// Waits until `account` has spent exactly `tokens`, failing if it passes them or takes
-/// over 10 s.
-async fn tokens_reach(stack: &Stack, account_name: &str, tokens: u64) {
-    let started = Instant::now();
-    loop {
-        let spent = ledger_account(stack, account_name)["spent"]["tokens"]
-            .as_u64()
-            .unwrap_or(0);
-        if spent == tokens {
-            return;
-        }
-        assert!(
-            spent < tokens && started.elapsed() < Duration::from_secs(10),
-            "{account_name}: spent {spent} tokens, expected {tokens}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Waits until the controller's recorded spend stops changing (every dataplane's usage
-/// has arrived), and returns it.
-async fn settled_spend(stack: &Stack, name: &str) -> u64 {
-    let mut last = u64::MAX;
-    let mut same = 0;
-    loop {
-        let now = spent_usd_nano(stack, name);
-        if now == last {
-            same += 1;
-            if same >= 5 {
-                return now;
-            }
-        } else {
-            same = 0;
-        }
-        last = now;
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_dataplanes_spend_one_small_budget_and_no_more() {
     let (stack, ready_cost) = stack_with_three_dataplanes().await;
@@ -683,7 +638,7 @@ async fn an_answer_without_usage_is_counted_with_the_tokenizer() {
             expected += input + output;
         }
         // Settled at the counted usage, not the worst case (body bytes + 50 each).
-        tokens_reach(&stack, "budget/default/counted", expected).await;
+        spend_reaches(&stack, "budget/default/counted", "tokens", expected).await;
         let (_, metrics) = http_get(&format!("{}/metrics", stack.dataplanes[0].admin)).unwrap();
         assert!(
             metrics.contains("tollgate_usage_counted_total 2"),
@@ -789,7 +744,7 @@ async fn embeddings_are_charged_to_the_keys_budgets() {
             headers.get("x-tollgate-budget-remaining").is_none(),
             "a tokens-only budget shows no USD remaining"
         );
-        tokens_reach(&stack, "budget/default/counted", tokens).await;
+        spend_reaches(&stack, "budget/default/counted", "tokens", tokens).await;
     })
     .await;
 }

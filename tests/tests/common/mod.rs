@@ -207,3 +207,39 @@ pub fn ledger_account(stack: &Stack, name: &str) -> Value {
         .cloned()
         .unwrap_or(Value::Null)
 }
+
+/// Waits until ledger `account` has spent exactly `amount` in `unit` (`usd`, in nano-USD,
+/// or `tokens`), failing if it passes it or takes over 10 s.
+pub async fn spend_reaches(stack: &Stack, account: &str, unit: &str, amount: u64) {
+    let started = Instant::now();
+    loop {
+        let spent = ledger_account(stack, account)["spent"][unit]
+            .as_u64()
+            .unwrap_or(0);
+        if spent == amount {
+            return;
+        }
+        assert!(
+            spent < amount && started.elapsed() < Duration::from_secs(10),
+            "{account}: spent {spent} {unit}, expected {amount}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until ledger `account`'s USD spend stops changing (every dataplane's usage has
+/// arrived), and returns it in nano-USD.
+pub async fn settled_spend(stack: &Stack, account: &str) -> u64 {
+    let (mut last, mut same) = (u64::MAX, 0);
+    loop {
+        let now = ledger_account(stack, account)["spent"]["usd"]
+            .as_u64()
+            .unwrap_or(0);
+        same = if now == last { same + 1 } else { 0 };
+        if same >= 5 {
+            return now;
+        }
+        last = now;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
