@@ -219,8 +219,47 @@ struct Head<'a> {
     n: Option<u64>,
     #[serde(default)]
     messages: Attachments,
-    #[serde(borrow, default)]
-    tools: Option<Vec<ToolHead<'a>>>,
+    #[serde(default)]
+    tools: WebSearches,
+}
+
+/// What `tools` allows of server-side web searches, read entry by entry (no list is
+/// built): the sum of the web search tools' `max_uses`, and whether one sets none.
+#[derive(Default)]
+struct WebSearches {
+    most: u64,
+    unbounded: bool,
+}
+
+impl<'de> Deserialize<'de> for WebSearches {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Tools;
+        impl<'de> serde::de::Visitor<'de> for Tools {
+            type Value = WebSearches;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of tools")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<WebSearches, A::Error> {
+                let mut out = WebSearches::default();
+                while let Some(t) = seq.next_element::<ToolHead<'de>>()? {
+                    if t.is_web_search() {
+                        match t.max_uses {
+                            Some(n) => out.most = out.most.saturating_add(n),
+                            None => out.unbounded = true,
+                        }
+                    }
+                }
+                Ok(out)
+            }
+            fn visit_unit<E>(self) -> Result<WebSearches, E> {
+                Ok(WebSearches::default())
+            }
+        }
+        d.deserialize_any(Tools)
+    }
 }
 
 impl ChatHead {
@@ -256,11 +295,6 @@ impl ChatHead {
                 "n: {choices} is out of range; it must be between 1 and {MAX_CHOICES}"
             )));
         }
-        let searches = head.tools.iter().flatten().filter(|t| t.is_web_search());
-        let web_search_unbounded = searches.clone().any(|t| t.max_uses.is_none());
-        let web_searches = searches
-            .filter_map(|t| t.max_uses)
-            .fold(0u64, u64::saturating_add);
         // The raw value borrows from `body`, so its offset is known without searching.
         let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
         Ok(Self {
@@ -279,8 +313,8 @@ impl ChatHead {
             max_tokens,
             choices,
             attachments: head.messages,
-            web_searches,
-            web_search_unbounded,
+            web_searches: head.tools.most,
+            web_search_unbounded: head.tools.unbounded,
         })
     }
 
