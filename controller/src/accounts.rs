@@ -24,6 +24,23 @@ pub fn nano_usd(usd: f64) -> u64 {
     }
 }
 
+/// An account's name as shown on the admin port: a session id (chosen by the client,
+/// and a key to the session's spend) is replaced by a short digest of it.
+pub fn shown(account: &str) -> String {
+    use sha2::Digest;
+    match account
+        .strip_prefix("session/")
+        .and_then(|r| r.rsplit_once('/'))
+    {
+        Some((key, id)) => {
+            let digest = sha2::Sha256::digest(id.as_bytes());
+            let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+            format!("session/{key}/sha256:{hex}")
+        }
+        None => account.to_owned(),
+    }
+}
+
 /// Account definitions read straight from a compiled config.
 #[derive(Debug, Default)]
 pub struct ConfigDefs(pub Arc<Compiled>);
@@ -177,6 +194,18 @@ impl Definitions for ConfigDefs {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn session_ids_are_shown_as_digests_and_other_accounts_as_they_are() {
+        let shown = shown("session/team-a/agent/run-42");
+        assert!(shown.starts_with("session/team-a/agent/sha256:"), "{shown}");
+        assert!(!shown.contains("run-42"));
+        assert_eq!(shown.len(), "session/team-a/agent/sha256:".len() + 12);
+        assert_eq!(
+            super::shown("budget/team-a/monthly"),
+            "budget/team-a/monthly"
+        );
+    }
 
     #[test]
     fn usd_becomes_whole_nano_usd_rounded_down() {

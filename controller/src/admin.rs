@@ -3,6 +3,7 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::Full;
@@ -25,6 +26,8 @@ pub struct Admin {
     pub registry: prometheus::Registry,
     /// The usage ledger (kept by this replica when it is the leader).
     pub books: Arc<std::sync::Mutex<crate::usage::Books>>,
+    /// Who may read `/status` and `/usage`.
+    pub access: tollgate_proto::admin::Access,
 }
 
 #[derive(Serialize)]
@@ -67,10 +70,23 @@ impl Admin {
                 }
             }
             "/status" | "/usage" => {
+                let authorization = req
+                    .headers()
+                    .get(hyper::header::AUTHORIZATION)
+                    .map(|v| v.as_bytes());
+                if let Err(denied) = self.access.check(authorization) {
+                    let mut r = text(StatusCode::OK, denied.message());
+                    *r.status_mut() =
+                        StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::FORBIDDEN);
+                    return r;
+                }
                 let view = if req.uri().path() == "/usage" {
-                    let views = crate::usage::lock(&self.books)
+                    let mut views = crate::usage::lock(&self.books)
                         .ledger
                         .views(crate::usage::now_ms());
+                    for v in &mut views {
+                        v.account = crate::accounts::shown(&v.account);
+                    }
                     serde_json::json!({ "accounts": views })
                 } else {
                     self.status()
@@ -103,21 +119,47 @@ impl Admin {
         }
     }
 
+    /// Serves the admin port: a cap on connections, a header-read and keep-alive
+    /// timeout, and back-off after accept errors, so that no client can hold it.
     pub async fn serve(self, listener: TcpListener) {
+        const MAX_CONNECTIONS: usize = 256;
+        const TIMEOUT: Duration = Duration::from_secs(10);
+        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+        let this = Arc::new(self);
+        let mut backoff = Duration::ZERO;
         loop {
-            let Ok((stream, _)) = listener.accept().await else {
+            let stream = match listener.accept().await {
+                Ok((stream, _)) => {
+                    backoff = Duration::ZERO;
+                    stream
+                }
+                Err(e) => {
+                    backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
+                    tracing::warn!(error = %e, ?backoff, "admin accept failed");
+                    tokio::time::sleep(backoff).await;
+                    continue;
+                }
+            };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
                 continue;
             };
-            let this = self.clone();
+            let this = this.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
                     let response = this.respond(&req);
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
+                // The header-read timeout also closes a keep-alive connection idle that
+                // long; a request that stalls its answer cannot happen here (every page
+                // is built at once).
+                let connection = hyper::server::conn::http1::Builder::new()
+                    .timer(hyper_util::rt::TokioTimer::new())
+                    .header_read_timeout(TIMEOUT)
+                    .max_buf_size(16 * 1024)
+                    .serve_connection(io, service);
+                let _ = tokio::time::timeout(TIMEOUT * 6, connection).await;
+                drop(slot);
             });
         }
     }

@@ -41,9 +41,13 @@ struct Args {
     /// Address of the config and usage streams (gRPC).
     #[arg(long, default_value = "127.0.0.1:18000")]
     xds_listen: SocketAddr,
-    /// Address of /healthz, /readyz, /status and /metrics.
+    /// Address of /healthz, /readyz, /status, /usage and /metrics.
     #[arg(long, default_value = "127.0.0.1:18001")]
     admin_listen: SocketAddr,
+    /// File holding the token that /status and /usage require (Authorization: Bearer).
+    /// Without it they are served only when --admin-listen is a loopback address.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// File holding the token dataplanes must present. Required in local mode; in
     /// Kubernetes mode, without it, dataplanes present ServiceAccount tokens checked with
     /// TokenReview.
@@ -349,6 +353,11 @@ async fn main() -> anyhow::Result<()> {
         tracker: tracker.clone(),
         registry,
         books: books.clone(),
+        access: tollgate_proto::admin::Access::new(
+            args.admin_token_file.as_deref(),
+            args.admin_listen,
+        )
+        .context("reading --admin-token-file")?,
     };
     tokio::spawn(keep_books(
         books.clone(),

@@ -2,7 +2,6 @@
 //! config), `/metrics` (Prometheus), and `/config` (resource names and versions held;
 //! never their contents, which include credentials).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -22,6 +21,8 @@ pub struct Admin {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     pub metrics: Metrics,
     pub config: Arc<ArcSwap<Snapshot>>,
+    /// Who may read `/config`.
+    pub access: tollgate_proto::admin::Access,
 }
 
 fn text(
@@ -68,6 +69,17 @@ impl Admin {
                 }
             }
             "/config" => {
+                let authorization = req
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .map(http::HeaderValue::as_bytes);
+                if let Err(denied) = self.access.check(authorization) {
+                    return text(
+                        StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::FORBIDDEN),
+                        "text/plain",
+                        denied.message(),
+                    );
+                }
                 let snapshot = self.config.load();
                 let items: Vec<_> = snapshot
                     .versions
@@ -82,22 +94,23 @@ impl Admin {
         }
     }
 
+    /// Serves the admin port within its own limits, so that probes keep answering when
+    /// the API's connections are at their cap.
     pub async fn serve(self, listener: TcpListener) {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let this = self.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(move |req| {
-                    let response = this.respond(&req);
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let io = hyper_util::rt::TokioIo::new(stream);
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(io, service)
-                    .await;
-            });
-        }
+        let counters = self.metrics.listener("admin");
+        let this = Arc::new(self);
+        let handler = move |req: Request<hyper::body::Incoming>| {
+            let response = this.respond(&req);
+            async move { response }
+        };
+        crate::server::serve(
+            listener,
+            crate::server::Limits::admin(),
+            counters,
+            handler,
+            std::future::pending(),
+            std::time::Duration::ZERO,
+        )
+        .await;
     }
 }

@@ -7,6 +7,7 @@
 pub mod admin;
 pub mod auth;
 pub mod balance;
+pub mod bodies;
 pub mod eventstream;
 pub mod glob;
 mod link;
@@ -16,6 +17,7 @@ pub mod prices;
 pub mod proxy;
 pub mod quota;
 pub mod runtime;
+pub mod server;
 pub mod snapshot;
 pub mod sse;
 pub mod store;

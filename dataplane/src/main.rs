@@ -100,6 +100,10 @@ struct Args {
     /// Address of /healthz, /readyz, /metrics and /config.
     #[arg(long, default_value = "127.0.0.1:8081")]
     admin_listen: SocketAddr,
+    /// File holding the token that /config requires (Authorization: Bearer). Without it,
+    /// /config is served only when --admin-listen is a loopback address.
+    #[arg(long, value_name = "FILE")]
+    admin_token_file: Option<PathBuf>,
     /// File holding the token presented to the controller.
     #[arg(long, value_name = "FILE")]
     token_file: PathBuf,
@@ -109,9 +113,41 @@ struct Args {
     /// On SIGTERM or Ctrl-C, how long open requests may take to finish.
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
     drain_timeout: std::time::Duration,
+    /// Client connections open at once on the API port; more are closed as they are
+    /// accepted (default: half of what the descriptor limit leaves after a reserve, the
+    /// soft limit first raised to the hard one).
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Time allowed for an HTTP/1 request head, from its first byte.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    header_read_timeout: std::time::Duration,
+    /// A client connection with no request in flight and no bytes moving is closed after
+    /// this long.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    idle_timeout: std::time::Duration,
+    /// Interval of HTTP/2 keep-alive pings to clients; an unanswered ping closes the
+    /// connection after as long again.
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    h2_keepalive: std::time::Duration,
     /// Largest request body accepted, in bytes.
     #[arg(long, default_value_t = 32 * 1024 * 1024)]
     max_body_bytes: usize,
+    /// Time any request body may take to arrive, before the minimum rate applies.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    body_read_timeout: std::time::Duration,
+    /// Slowest rate accepted for a request body, in bytes per second beyond
+    /// --body-read-timeout: a body of N bytes must arrive within that timeout plus N
+    /// divided by this rate.
+    #[arg(long, default_value_t = 64 * 1024)]
+    body_min_rate: u64,
+    /// Bytes of request bodies the process holds at once (being read, or held by their
+    /// requests); a request that would go over it is refused with 503.
+    #[arg(long, default_value_t = 512 * 1024 * 1024)]
+    max_inflight_body_bytes: usize,
+    /// Largest upstream answer read whole (answers not streamed, and error bodies); a
+    /// larger one is answered with 502.
+    #[arg(long, default_value_t = 64 * 1024 * 1024)]
+    max_upstream_body_bytes: usize,
     /// How long a request waits for the controller to grant budget or rate-limit quota
     /// before it is refused.
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
@@ -224,6 +260,11 @@ async fn main() -> anyhow::Result<()> {
         ready: ready_rx.clone(),
         metrics: metrics.clone(),
         config: config.clone(),
+        access: tollgate_proto::admin::Access::new(
+            args.admin_token_file.as_deref(),
+            args.admin_listen,
+        )
+        .context("reading --admin-token-file")?,
     };
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
@@ -241,7 +282,13 @@ async fn main() -> anyhow::Result<()> {
         ),
         upstream,
         metrics,
-        max_body_bytes: args.max_body_bytes,
+        bodies: tollgate_dataplane::bodies::Limits::new(
+            args.max_body_bytes,
+            args.body_read_timeout,
+            args.body_min_rate,
+            args.max_inflight_body_bytes,
+        ),
+        max_upstream_body_bytes: args.max_upstream_body_bytes,
         balance: Default::default(),
         quotas,
         worst: tollgate_dataplane::proxy::admission::WorstCase {
@@ -261,7 +308,19 @@ async fn main() -> anyhow::Result<()> {
         // /readyz fails from now on, so load balancers stop sending new connections.
         draining.store(true, std::sync::atomic::Ordering::Relaxed);
     };
-    proxy::serve(state, listener, shutdown, args.drain_timeout).await;
+    let limits = tollgate_dataplane::server::Limits {
+        max_connections: args
+            .max_connections
+            .unwrap_or_else(tollgate_dataplane::server::default_max_connections),
+        header_read: args.header_read_timeout,
+        idle: args.idle_timeout,
+        h2_keepalive: args.h2_keepalive,
+    };
+    tracing::info!(
+        max_connections = limits.max_connections,
+        "connection limits"
+    );
+    proxy::serve(state, listener, limits, shutdown, args.drain_timeout).await;
     // Every answered request's usage reaches the controller before the process ends.
     reporter.flush(args.drain_timeout).await;
     Ok(())

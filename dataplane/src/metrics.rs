@@ -62,6 +62,13 @@ pub struct Metrics {
     /// Tokens of tool lists sent to clients, before and after schema compaction
     /// (`kind` = `listed` or `sent`).
     pub mcp_list_tokens: IntCounterVec,
+    /// Connections closed at accept because the listener's cap was reached, by listener
+    /// (`api`, `admin`).
+    pub connections_refused: IntCounterVec,
+    /// Connections closed by the header-read or idle timeout, by listener.
+    pub connections_timed_out: IntCounterVec,
+    /// Connections open, by listener.
+    pub connections_open: IntGaugeVec,
 }
 
 impl Metrics {
@@ -228,7 +235,32 @@ impl Metrics {
             ),
             &["kind"],
         )?;
-        for m in [&mcp_requests, &mcp_tool_calls, &mcp_list_tokens] {
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "tollgate_connections_refused_total",
+                "Connections closed as accepted because the listener's connection cap was reached",
+            ),
+            &["listener"],
+        )?;
+        let connections_timed_out = IntCounterVec::new(
+            Opts::new(
+                "tollgate_connections_timed_out_total",
+                "Connections closed by the header-read or idle timeout",
+            ),
+            &["listener"],
+        )?;
+        let connections_open = IntGaugeVec::new(
+            Opts::new("tollgate_connections_open", "Connections open, by listener"),
+            &["listener"],
+        )?;
+        registry.register(Box::new(connections_open.clone()))?;
+        for m in [
+            &mcp_requests,
+            &mcp_tool_calls,
+            &mcp_list_tokens,
+            &connections_refused,
+            &connections_timed_out,
+        ] {
             registry.register(Box::new(m.clone()))?;
         }
         registry.register(Box::new(mcp_tool_duration.clone()))?;
@@ -284,11 +316,23 @@ impl Metrics {
             mcp_tool_calls,
             mcp_tool_duration,
             mcp_list_tokens,
+            connections_refused,
+            connections_timed_out,
+            connections_open,
         })
     }
 }
 
 impl Metrics {
+    /// The connection counters of one listener.
+    pub fn listener(&self, name: &str) -> crate::server::Counters {
+        crate::server::Counters {
+            refused: Some(self.connections_refused.with_label_values(&[name])),
+            timed_out: Some(self.connections_timed_out.with_label_values(&[name])),
+            open: Some(self.connections_open.with_label_values(&[name])),
+        }
+    }
+
     /// Records an ejection or a return to rotation of a target (`endpoint` is its model)
     /// or a credential (its id), in metrics and the log.
     pub fn health(

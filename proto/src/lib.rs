@@ -11,6 +11,7 @@ mod generated {
 
 pub use generated::*;
 
+pub mod admin;
 pub mod prices;
 pub mod quantity;
 pub mod time;

@@ -95,6 +95,16 @@ impl Process {
         })
     }
 
+    /// Resident memory of the process now, in KiB (Linux).
+    pub fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .context("no VmRSS in /proc/PID/status")
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -315,6 +325,17 @@ pub fn start_dataplane(
     token_file: &Path,
     log_dir: &Path,
 ) -> anyhow::Result<Dataplane> {
+    start_dataplane_with(name, xds_port, token_file, log_dir, &[])
+}
+
+/// As [`start_dataplane`], with more command-line arguments.
+pub fn start_dataplane_with(
+    name: &str,
+    xds_port: u16,
+    token_file: &Path,
+    log_dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Dataplane> {
     let token = token_file.display().to_string();
     let mut ports = (0, 0);
     let process = start_ready(name, &bin("tollgate-dataplane")?, log_dir, || {
@@ -331,6 +352,10 @@ pub fn start_dataplane(
             "--node-id".into(),
             name.into(),
         ];
+        let argv = argv
+            .into_iter()
+            .chain(extra.iter().map(|a| a.to_string()))
+            .collect();
         Ok((argv, format!("http://127.0.0.1:{}/readyz", ports.1)))
     })?;
     Ok(Dataplane {
@@ -472,12 +497,18 @@ impl Stack {
     }
 
     pub fn add_dataplane(&mut self) -> anyhow::Result<&Dataplane> {
+        self.add_dataplane_with(&[])
+    }
+
+    /// Starts one more dataplane with more command-line arguments.
+    pub fn add_dataplane_with(&mut self, extra: &[&str]) -> anyhow::Result<&Dataplane> {
         let n = self.dataplanes.len() + 1;
-        let dataplane = start_dataplane(
+        let dataplane = start_dataplane_with(
             &format!("dataplane-{n}"),
             self.xds_port,
             &self.token_file,
             self.dir.path(),
+            extra,
         )?;
         self.dataplanes.push(dataplane);
         self.dataplanes.last().context("just pushed")

@@ -16,7 +16,7 @@ use bytes::Bytes;
 use futures_util::future::join_all;
 use http::header::{ACCEPT, ALLOW, CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Limited, StreamBody};
+use http_body_util::{BodyExt, StreamBody};
 use hyper::body::{Frame, Incoming};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -305,19 +305,38 @@ async fn post(state: &State, req: Request<Incoming>) -> Response<Body> {
         Err(r) => return *r,
     };
     let (parts, body) = req.into_parts();
-    let bytes = match Limited::new(body, state.max_body_bytes).collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(_) => {
-            return http_error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                None,
-                RpcError::new(
-                    jsonrpc::INVALID_REQUEST,
-                    format!(
-                        "Request body is larger than the limit of {} bytes",
-                        state.max_body_bytes
-                    ),
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let bytes = match crate::bodies::read_request(body, declared, &state.bodies).await {
+        Ok(b) => b,
+        Err(refused) => {
+            use crate::bodies::Refused;
+            let (status, message) = match refused {
+                Refused::TooLarge(limit) => (
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("Request body is larger than the limit of {limit} bytes"),
                 ),
+                Refused::TooSlow => (
+                    StatusCode::REQUEST_TIMEOUT,
+                    "The request body arrived too slowly".to_owned(),
+                ),
+                Refused::Busy => (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "The gateway is holding as many request bodies as it may; retry shortly"
+                        .to_owned(),
+                ),
+                Refused::Broken => (
+                    StatusCode::BAD_REQUEST,
+                    "The request body could not be read".to_owned(),
+                ),
+            };
+            return http_error(
+                status,
+                None,
+                RpcError::new(jsonrpc::INVALID_REQUEST, message),
             );
         }
     };

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body::Frame;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -220,7 +220,7 @@ async fn resolve_route(
 ) -> Result<Routed, ApiError> {
     let snapshot = state.config.load_full();
     let key = authenticate(&snapshot, &parts.headers)?;
-    let body = read_body(body, &parts.headers, state.max_body_bytes).await?;
+    let body = read_body(body, &parts.headers, &state.bodies).await?;
     let head = ChatHead::parse(&body)?;
     if !key.allows_model(&head.model) {
         return Err(ApiError::ModelNotAllowed(head.model));
@@ -273,6 +273,22 @@ pub(super) async fn resolve(
 
 /// Sends a request to the provider within `deadline`. The provider refusing the gateway's
 /// credentials and its 5xx answers are errors; everything else is its answer.
+/// Reads an upstream answer whole, within the process's size limit and `deadline`.
+pub(super) async fn read_answer(
+    state: &State,
+    body: Incoming,
+    deadline: Instant,
+) -> Result<Bytes, ApiError> {
+    use crate::bodies::UpstreamRead;
+    crate::bodies::read_upstream(body, state.max_upstream_body_bytes, deadline)
+        .await
+        .map_err(|e| match e {
+            UpstreamRead::Timeout => ApiError::UpstreamTimeout,
+            UpstreamRead::Broken => ApiError::UpstreamBody,
+            UpstreamRead::TooLarge(limit) => ApiError::UpstreamTooLarge(limit),
+        })
+}
+
 pub(super) async fn send(
     state: &State,
     provider: &Provider,
@@ -331,22 +347,21 @@ pub(super) fn respond(
 pub(super) async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
-    limit: usize,
+    limits: &crate::bodies::Limits,
 ) -> Result<Bytes, ApiError> {
+    use crate::bodies::Refused;
     let declared = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(ApiError::BodyTooLarge(limit));
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::BodyTooLarge(limit)),
-        Err(_) => Err(ApiError::BadRequest(
-            "The request body could not be read.".into(),
-        )),
-    }
+    crate::bodies::read_request(body, declared, limits)
+        .await
+        .map_err(|refused| match refused {
+            Refused::TooLarge(limit) => ApiError::BodyTooLarge(limit),
+            Refused::TooSlow => ApiError::BodyTooSlow,
+            Refused::Busy => ApiError::Overloaded,
+            Refused::Broken => ApiError::BadRequest("The request body could not be read.".into()),
+        })
 }
 
 async fn forward(
@@ -1049,13 +1064,18 @@ impl Ctx {
             }
             .boxed()
         } else {
-            let collected = match tokio::time::timeout_at(attempt_deadline, up_body.collect()).await
-            {
-                Err(_) => {
+            use crate::bodies::UpstreamRead;
+            let read = crate::bodies::read_upstream(
+                up_body,
+                state.max_upstream_body_bytes,
+                attempt_deadline,
+            );
+            let collected = match read.await {
+                Err(UpstreamRead::Timeout) => {
                     billed.status = 504;
                     return Err(fail(Failure::Timeout, Err(ApiError::UpstreamTimeout), None));
                 }
-                Ok(Err(_)) => {
+                Err(UpstreamRead::Broken) => {
                     billed.status = 502;
                     return Err(fail(
                         Failure::ConnectError,
@@ -1063,7 +1083,15 @@ impl Ctx {
                         None,
                     ));
                 }
-                Ok(Ok(c)) => c.to_bytes(),
+                Err(UpstreamRead::TooLarge(limit)) => {
+                    billed.status = 502;
+                    return Err(fail(
+                        Failure::ConnectError,
+                        Err(ApiError::UpstreamTooLarge(limit)),
+                        None,
+                    ));
+                }
+                Ok(c) => c,
             };
             let collected_at = Instant::now();
             drop(inflight);

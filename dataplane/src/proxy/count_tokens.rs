@@ -5,7 +5,6 @@
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response, header};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::time::Instant;
@@ -136,11 +135,7 @@ async fn forward(
     let deadline = to.deadline(started);
     let response = send(state, &to.provider, upstream, deadline).await?;
     let (mut up_parts, up_body) = response.into_parts();
-    let collected: Bytes = tokio::time::timeout_at(deadline, up_body.collect())
-        .await
-        .map_err(|_| ApiError::UpstreamTimeout)?
-        .map_err(|_| ApiError::UpstreamBody)?
-        .to_bytes();
+    let collected = super::chat::read_answer(state, up_body, deadline).await?;
     let status = up_parts.status;
     let out: Bytes = if plan.passes_response() {
         collected

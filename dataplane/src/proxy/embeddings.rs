@@ -6,7 +6,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use futures_util::future::try_join_all;
 use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
@@ -52,11 +51,7 @@ async fn call(
     .await?;
     let response = send(state, &to.provider, upstream, deadline).await?;
     let (parts, body) = response.into_parts();
-    let body = tokio::time::timeout_at(deadline, body.collect())
-        .await
-        .map_err(|_| ApiError::UpstreamTimeout)?
-        .map_err(|_| ApiError::UpstreamBody)?
-        .to_bytes();
+    let body = super::chat::read_answer(state, body, deadline).await?;
     Ok(Upstream {
         status: parts.status,
         headers: parts.headers,

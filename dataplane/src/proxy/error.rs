@@ -31,6 +31,12 @@ pub enum ApiError {
     BadRequest(String),
     #[error("Request body is larger than the limit of {0} bytes.")]
     BodyTooLarge(usize),
+    #[error("The request body arrived too slowly.")]
+    BodyTooSlow,
+    #[error("The gateway is holding as many request bodies as it may; retry shortly.")]
+    Overloaded,
+    #[error("The upstream provider's answer is larger than the limit of {0} bytes.")]
+    UpstreamTooLarge(usize),
     #[error("Unknown request URL: {method} {path}.")]
     UnknownPath { method: String, path: String },
     #[error("The gateway has not received its configuration yet.")]
@@ -75,6 +81,8 @@ impl ApiError {
             Self::ModelNotFound(_) | Self::UnknownPath { .. } => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
+            Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotReady | Self::NoTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::NoCredential(_)
             | Self::BudgetExceeded(_)
@@ -86,7 +94,8 @@ impl ApiError {
             | Self::UpstreamToken
             | Self::UpstreamAuth(_)
             | Self::UpstreamStatus(_)
-            | Self::UpstreamBody => StatusCode::BAD_GATEWAY,
+            | Self::UpstreamBody
+            | Self::UpstreamTooLarge(_) => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -115,6 +124,9 @@ impl ApiError {
             Self::PriceUnknown(_) => "model_price_unknown",
             Self::ModelNotFound(_) => "model_not_found",
             Self::BodyTooLarge(_) => "request_too_large",
+            Self::BodyTooSlow => "request_timeout",
+            Self::Overloaded => "gateway_overloaded",
+            Self::UpstreamTooLarge(_) => "upstream_response_too_large",
             Self::UnknownPath { .. } => "unknown_url",
             Self::NotReady => "gateway_not_ready",
             Self::NoTarget(_) => "no_target_available",

@@ -8,7 +8,6 @@ pub mod error;
 pub mod models;
 pub mod request;
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -47,7 +46,11 @@ pub struct State {
     pub ready: watch::Receiver<bool>,
     pub upstream: Upstream,
     pub metrics: Metrics,
-    pub max_body_bytes: usize,
+    /// Bounds on request bodies: size, minimum rate, and the bytes held at once.
+    pub bodies: crate::bodies::Limits,
+    /// Largest upstream answer read whole (answers that are not streamed, and error
+    /// bodies); a larger one is a 502.
+    pub max_upstream_body_bytes: usize,
     /// Health, latency and load of targets and credentials, kept across config changes.
     pub balance: crate::balance::Registry,
     /// Budget, rate-limit and session quota, and the usage records.
@@ -99,12 +102,12 @@ pub(crate) fn authenticate<'a>(
         })
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     if !*state.ready.borrow() {
-        return Ok(ApiError::NotReady.to_response());
+        return ApiError::NotReady.to_response();
     }
     let path = req.uri().path();
-    let response = match (req.method(), path) {
+    match (req.method(), path) {
         (&Method::POST, "/v1/chat/completions") => chat::handle(&state, req, Api::OpenAi).await,
         (&Method::POST, "/v1/messages") => chat::handle(&state, req, Api::Anthropic).await,
         (&Method::POST, "/v1/messages/count_tokens") => count_tokens::handle(&state, req).await,
@@ -122,8 +125,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
             }
             .to_response(),
         ),
-    };
-    Ok(response)
+    }
 }
 
 /// Counts a request that has no route, provider or model.
@@ -136,50 +138,19 @@ fn count(state: &State, response: Response<Body>) -> Response<Body> {
     response
 }
 
-/// Accepts connections (HTTP/1.1 and HTTP/2 with prior knowledge) until `shutdown`
-/// resolves, then stops accepting and lets open connections finish their requests, for at
-/// most `drain`. Streams still open after that are cut.
+/// Serves the API on `listener` within `limits` until `shutdown` resolves, then lets
+/// open connections finish their requests for at most `drain`.
 pub async fn serve(
     state: Arc<State>,
     listener: TcpListener,
+    limits: crate::server::Limits,
     shutdown: impl std::future::Future<Output = ()>,
     drain: std::time::Duration,
 ) {
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    tokio::pin!(shutdown);
-    loop {
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
+    let counters = state.metrics.listener("api");
+    let handler = move |req| {
         let state = state.clone();
-        let service = hyper::service::service_fn(move |req| handle(state.clone(), req));
-        let connection = builder
-            .serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(stream), service)
-            .into_owned();
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-        });
-    }
-    drop(listener);
-    tracing::info!(?drain, "draining open connections");
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!("drain timed out; closing the remaining connections");
-    }
+        handle(state, req)
+    };
+    crate::server::serve(listener, limits, counters, handler, shutdown, drain).await;
 }
