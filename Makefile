@@ -100,7 +100,7 @@ bench-smoke: build
 
 ## Fuzz every target for FUZZ_SECONDS each (needs the nightly toolchain; installs cargo-fuzz).
 FUZZ_SECONDS ?= 60
-FUZZ_TARGETS := sse relay chat_request openai_to_anthropic eventstream mcp_jsonrpc
+FUZZ_TARGETS := sse relay chat_request upstream_answer openai_to_anthropic eventstream mcp_jsonrpc
 fuzz:
 	@command -v cargo-fuzz >/dev/null || $(CARGO) install --locked cargo-fuzz
 	cd fuzz && for t in $(FUZZ_TARGETS); do \

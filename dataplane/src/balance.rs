@@ -525,11 +525,19 @@ impl Registry {
     }
 }
 
+/// The label of a requested model that configuration does not list.
+pub const OTHER_MODEL: &str = "other";
+
 /// One place a request may go: a route target or a fallback, resolved.
 #[derive(Clone, Debug)]
 pub struct Candidate {
     pub provider: Arc<Provider>,
+    /// The model sent upstream.
     pub model: Arc<str>,
+    /// The model as metrics, health and usage records name it: the model configured, or
+    /// the requested one if configuration lists it (a price override or the built-in
+    /// table), else [`OTHER_MODEL`]. Never a client's own string.
+    pub label: Arc<str>,
     pub endpoint: Arc<Endpoint>,
     /// Index in the route's targets, or `targets.len() + i` for fallback `i`.
     pub index: usize,
@@ -593,10 +601,16 @@ impl Plan {
         let resolve = |t: &Target, index: usize, is_fallback| {
             let provider = snapshot.providers.get(&t.provider)?.clone();
             let model: Arc<str> = t.model.clone().unwrap_or_else(|| requested.into());
-            let endpoint = registry.target(&provider.id, &model);
+            let label = if t.model.is_some() || provider.lists(requested) {
+                model.clone()
+            } else {
+                Arc::from(OTHER_MODEL)
+            };
+            let endpoint = registry.target(&provider.id, &label);
             Some(Candidate {
                 provider,
                 model,
+                label,
                 endpoint,
                 index,
                 timeout: t.timeout.unwrap_or(route.attempt_timeout),

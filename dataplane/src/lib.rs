@@ -10,6 +10,7 @@ pub mod balance;
 pub mod bodies;
 pub mod eventstream;
 pub mod glob;
+pub mod json;
 mod link;
 pub mod mcp;
 pub mod metrics;

@@ -144,6 +144,14 @@ struct Args {
     /// requests); a request that would go over it is refused with 503.
     #[arg(long, default_value_t = 512 * 1024 * 1024)]
     max_inflight_body_bytes: usize,
+    /// Largest request translated to another API's format (an Anthropic request to an
+    /// OpenAI model, an OpenAI request to Gemini or Bedrock), in bytes: translating builds
+    /// the whole document, several times its bytes. Larger ones get 413.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    max_translated_bytes: usize,
+    /// Most messages in a request translated to another API's format; more get 413.
+    #[arg(long, default_value_t = 10_000)]
+    max_translated_messages: u64,
     /// Largest upstream answer read whole (answers not streamed, and error bodies); a
     /// larger one is answered with 502.
     #[arg(long, default_value_t = 64 * 1024 * 1024)]
@@ -289,6 +297,10 @@ async fn main() -> anyhow::Result<()> {
             args.max_inflight_body_bytes,
         ),
         max_upstream_body_bytes: args.max_upstream_body_bytes,
+        translation: tollgate_dataplane::proxy::TranslationLimits {
+            max_bytes: args.max_translated_bytes,
+            max_messages: args.max_translated_messages,
+        },
         balance: Default::default(),
         quotas,
         worst: tollgate_dataplane::proxy::admission::WorstCase {

@@ -396,6 +396,12 @@ impl Provider {
     pub fn price_of(&self, model: &str) -> Option<crate::prices::Price> {
         crate::prices::lookup(self.kind, &self.prices, model)
     }
+
+    /// Whether configuration names `model` for this provider (see
+    /// [`tollgate_proto::prices::listed`]).
+    pub fn lists(&self, model: &str) -> bool {
+        tollgate_proto::prices::listed(self.kind.as_str(), &self.prices, model)
+    }
 }
 
 fn ms_or(ms: u64, default: Duration) -> Duration {

@@ -20,6 +20,22 @@ use crate::translate::Usage;
 /// Most client-bound bytes kept per stream for counting; a longer answer is not counted.
 pub const MAX_KEPT_BYTES: usize = 8 << 20;
 
+/// Bytes from which parsing or translating a body is CPU work worth moving off the
+/// runtime's threads.
+pub const HEAVY_BYTES: usize = 1 << 20;
+
+/// Runs `f`, CPU-heavy work, so that it holds up no other task: on a multi-threaded
+/// runtime the tasks queued on this thread move to another while it runs. Elsewhere (a
+/// single-threaded runtime, no runtime) it simply runs.
+pub fn off_runtime<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
 /// Which encoding counts `model`'s text.
 pub fn encoding(model: &str) -> &'static str {
     let m = model

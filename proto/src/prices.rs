@@ -309,6 +309,16 @@ pub fn builtin(kind: &str, model: &str) -> Option<Price> {
         .copied()
 }
 
+/// Whether `model` is a name the operator configured (`overrides`) or the built-in table
+/// lists as it is for a provider of type `kind`: a name from configuration, as opposed to
+/// one a client made up, so one that may be a metric label.
+pub fn listed(kind: &str, overrides: &[Override], model: &str) -> bool {
+    overrides.iter().any(|o| o.model == model)
+        || BUILTIN
+            .get(kind)
+            .is_some_and(|entries| entries.contains_key(model))
+}
+
 /// The price of `model` on a provider of type `kind` with `overrides`: an override names
 /// the model exactly; what it leaves out comes from the built-in price of the model it is
 /// priced as.

@@ -168,3 +168,182 @@ async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
     })
     .await;
 }
+
+/// A route that sends any `free-*` model upstream as it was asked for.
+const GLOB_ROUTE: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: free-models}
+spec:
+  match:
+    models: ["free-*"]
+  targets:
+    - provider: openai-primary
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_model_names_never_become_metric_labels() {
+    let stack = Stack::start().unwrap();
+    stack.write_manifest("glob.yaml", GLOB_ROUTE).unwrap();
+    let dp = &stack.dataplanes[0];
+    with_logs(&stack, async {
+        until_served(
+            dp.api.as_str(),
+            DEMO_KEY,
+            "free-warmup",
+            Duration::from_secs(10),
+        )
+        .await;
+        let (_, before_text) = http_get(&format!("{}/metrics", dp.admin)).unwrap();
+        let rss_before = dp.process.rss_kib().unwrap();
+        // A thousand distinct names of 240 bytes, eight at a time.
+        let names: Vec<String> = (0..1000)
+            .map(|i| format!("free-{i:04}-{}", "n".repeat(230)))
+            .collect();
+        for batch in names.chunks(8) {
+            let bodies: Vec<String> = batch.iter().map(|m| chat_body(m, "hi")).collect();
+            let calls = bodies.iter().map(|b| post(&dp.api, Some(DEMO_KEY), b));
+            for (status, _, body) in futures_util::future::join_all(calls).await {
+                assert_eq!(status, 200, "{body}");
+            }
+        }
+        // A name of a megabyte is refused before it goes anywhere.
+        let huge = format!("free-{}", "x".repeat(1 << 20));
+        let (status, _, body) = post(&dp.api, Some(DEMO_KEY), &chat_body(&huge, "hi")).await;
+        assert_eq!(status, 400, "{body}");
+        assert!(
+            body.to_string().len() < 1000,
+            "the error does not echo the name"
+        );
+        let (_, after_text) = http_get(&format!("{}/metrics", dp.admin)).unwrap();
+        assert!(
+            !after_text.contains("free-0"),
+            "a client's model name became a label"
+        );
+        assert!(
+            after_text.len() < before_text.len() + 16 * 1024,
+            "/metrics grew from {} to {} bytes",
+            before_text.len(),
+            after_text.len()
+        );
+        let requests = Stack::metric(
+            &dp.admin,
+            "tollgate_requests_total",
+            &[
+                ("route", "default/free-models"),
+                ("model", "other"),
+                ("status", "200"),
+            ],
+        )
+        .unwrap();
+        assert!(requests >= 1000.0, "counted under `other`: {requests}");
+        let rss_after = dp.process.rss_kib().unwrap();
+        assert!(
+            rss_after < rss_before + RSS_GROWTH_KIB,
+            "RSS grew from {rss_before} KiB to {rss_after} KiB"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn an_upstream_answer_over_the_limit_is_a_502() {
+    let mut stack = Stack::start().unwrap();
+    stack
+        .add_dataplane_with(&["--max-upstream-body-bytes", "1000000"])
+        .unwrap();
+    let dp = &stack.dataplanes[1];
+    with_logs(&stack, async {
+        let rss_before = dp.process.rss_kib().unwrap();
+        for _ in 0..5 {
+            let body = chat_body("gpt-4o-mini", "big [mock pad_bytes=20000000]");
+            let (status, _, body) = post(&dp.api, Some(DEMO_KEY), &body).await;
+            assert_eq!(status, 502, "{body}");
+            assert_eq!(
+                body["error"]["code"], "upstream_response_too_large",
+                "{body}"
+            );
+        }
+        // Within the limit, answers pass.
+        let body = chat_body("gpt-4o-mini", "big [mock pad_bytes=500000]");
+        let (status, _, _) = post(&dp.api, Some(DEMO_KEY), &body).await;
+        assert_eq!(status, 200);
+        let rss_after = dp.process.rss_kib().unwrap();
+        assert!(
+            rss_after < rss_before + RSS_GROWTH_KIB,
+            "RSS grew from {rss_before} KiB to {rss_after} KiB"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_request_too_large_to_translate_is_a_413_and_costs_little() {
+    let stack = Stack::start().unwrap();
+    let dp = &stack.dataplanes[0];
+    with_logs(&stack, async {
+        let rss_before = dp.process.rss_kib().unwrap();
+        // An OpenAI request to a Claude model is translated; 200,000 messages are more
+        // than the default limit of 10,000.
+        let messages: Vec<_> = (0..200_000)
+            .map(|_| serde_json::json!({"role": "user", "content": "x"}))
+            .collect();
+        let body =
+            serde_json::json!({"model": "claude-haiku-4-5", "messages": messages}).to_string();
+        let (status, _, answer) = post(&dp.api, Some(DEMO_KEY), &body).await;
+        assert_eq!(status, 413, "{answer}");
+        assert_eq!(answer["error"]["code"], "request_too_large", "{answer}");
+        assert!(answer.to_string().contains("200000 messages"), "{answer}");
+        // The same request in the provider's own format is not translated: it passes.
+        let (status, _, _) = post_to(
+            &dp.api,
+            "/messages",
+            Some(DEMO_KEY),
+            &serde_json::json!({"model": "claude-haiku-4-5", "max_tokens": 10,
+                "messages": [{"role": "user", "content": "hi"}]})
+            .to_string(),
+        )
+        .await;
+        assert_eq!(status, 200);
+        let rss_after = dp.process.rss_kib().unwrap();
+        assert!(
+            rss_after < rss_before + RSS_GROWTH_KIB,
+            "RSS grew from {rss_before} KiB to {rss_after} KiB"
+        );
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn inputs_that_once_panicked_are_answered_with_4xx() {
+    let stack = Stack::start().unwrap();
+    let dp = &stack.dataplanes[0];
+    with_logs(&stack, async {
+        for (path, body) in [
+            (
+                "/chat/completions",
+                r#"{"model":"gpt-4o-mini","stream":true,"stream_options":[],"messages":[{"role":"user","content":"hi"}]}"#,
+            ),
+            (
+                "/chat/completions",
+                r#"{"model":"gpt-4o-mini","stream":true,"stream_options":"yes","messages":[{"role":"user","content":"hi"}]}"#,
+            ),
+            (
+                "/chat/completions",
+                r#"{"model":"claude-haiku-4-5","stream":true,"stream_options":[],"messages":[{"role":"user","content":"hi"}]}"#,
+            ),
+            ("/chat/completions", r#"{"model":"gpt-4o-mini","messages":{}}"#),
+            ("/chat/completions", r#"{"model":"claude-haiku-4-5","messages":[[]]}"#),
+            ("/chat/completions", r#"{"model":"claude-haiku-4-5","messages":[{"role":"user","content":[[1]]}]}"#),
+            ("/messages", r#"{"model":"gpt-4o-mini","max_tokens":5,"messages":[{"role":"user","content":[{"type":"tool_result","content":7}]}]}"#),
+            ("/messages", r#"{"model":"gpt-4o-mini","max_tokens":5,"system":[1],"messages":[]}"#),
+            ("/embeddings", r#"{"model":"text-embedding-3-small","input":[[[1]]]}"#),
+        ] {
+            let (status, _, answer) = post_to(&dp.api, path, Some(DEMO_KEY), body).await;
+            assert!((400..500).contains(&status), "{path} {body}: {status} {answer}");
+        }
+        let logs = stack.logs();
+        assert!(!logs.contains("panicked"), "{logs}");
+    })
+    .await;
+}

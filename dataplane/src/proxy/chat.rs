@@ -83,10 +83,16 @@ impl Completion {
         }
         let Some(c) = &self.counted else { return };
         let model = &self.labels.model;
-        let Some(output) = output(model, c.api) else {
+        // Tokenizing is CPU work that grows with the text: it runs off the runtime's
+        // threads.
+        let counted = crate::tokens::off_runtime(|| {
+            let output = output(model, c.api)?;
+            Some(c.usage(model, output))
+        });
+        let Some(usage) = counted else {
             return;
         };
-        self.usage = Some(c.usage(model, output));
+        self.usage = Some(usage);
         self.metrics.usage_counted.inc();
     }
 
@@ -249,7 +255,7 @@ pub(super) async fn resolve(
         .peek_target(now)
         .ok_or_else(|| ApiError::NoTarget(route.id.to_string()))?;
     labels.provider = c.provider.id.clone();
-    labels.model = c.model.clone();
+    labels.model = c.label.clone();
     let credential = if c.provider.credentials.is_empty() {
         None
     } else {
@@ -493,7 +499,7 @@ async fn run_plan_inner(
         }
         attempts += 1;
         labels.provider = c.provider.id.clone();
-        labels.model = c.model.clone();
+        labels.model = c.label.clone();
         let _probe = balance::ProbeGuard::new(&c);
         let failed = match ctx.run(&c, attempts, labels, resume.as_ref()).await {
             Ok(response) => {
@@ -513,7 +519,7 @@ async fn run_plan_inner(
         let metrics = &state.metrics;
         metrics
             .attempts
-            .with_label_values(&[&route.id, &c.provider.id, &c.model, class.as_str()])
+            .with_label_values(&[&route.id, &c.provider.id, &c.label, class.as_str()])
             .inc();
         let now = Instant::now();
         if Instant::now() >= deadline {
@@ -885,7 +891,21 @@ impl Ctx {
                 body
             }
         } else {
-            plan.request(body).map_err(Step::Final)?.into()
+            if let Some(refused) = state
+                .translation
+                .refuse(body.len(), head.attachments.messages)
+            {
+                return Err(Step::Final(refused));
+            }
+            // A large translation is CPU work of many milliseconds: the other tasks of
+            // this thread move to another while it runs.
+            let translate = || plan.request(body);
+            let translated = if body.len() > crate::tokens::HEAVY_BYTES {
+                crate::tokens::off_runtime(translate)
+            } else {
+                translate()
+            };
+            translated.map_err(Step::Final)?.into()
         };
         if wire == Wire::OpenAi {
             upstream_body = provider.compat.apply(upstream_body, !plan.passes_request());
@@ -921,10 +941,10 @@ impl Ctx {
                 let now = Instant::now();
                 if class.counts_against_target() {
                     let t = c.endpoint.failure(health, now, now - sent_at);
-                    state.metrics.health(t, &provider.id, model, "target");
+                    state.metrics.health(t, &provider.id, &c.label, "target");
                 } else {
                     let t = c.endpoint.success(now - sent_at, now);
-                    state.metrics.health(t, &provider.id, model, "target");
+                    state.metrics.health(t, &provider.id, &c.label, "target");
                 }
                 let mut credential_set_aside = false;
                 if let Some((cred, endpoint)) = &credential
@@ -1139,7 +1159,7 @@ impl Ctx {
                 return Err(step);
             }
             let t = c.endpoint.success(sent_at.elapsed(), Instant::now());
-            state.metrics.health(t, &provider.id, model, "target");
+            state.metrics.health(t, &provider.id, &c.label, "target");
             if let Some((cred, endpoint)) = &credential {
                 let t = endpoint.success(sent_at.elapsed(), Instant::now());
                 state
@@ -1168,7 +1188,7 @@ impl Ctx {
         self.state
             .metrics
             .attempts
-            .with_label_values(&[&self.route.id, &c.provider.id, &c.model, "ok"])
+            .with_label_values(&[&self.route.id, &c.provider.id, &c.label, "ok"])
             .inc();
     }
 }
@@ -1567,7 +1587,8 @@ fn rejoin(events: &mut crate::sse::Parser, frame: &[u8], id: Option<&str>) -> By
             continue;
         }
         if let Some(id) = id {
-            chunk["id"] = serde_json::Value::String(id.to_string());
+            use crate::json::SetKey;
+            chunk.set_key("id", serde_json::Value::String(id.to_string()));
         }
         out.push_str("data: ");
         out.push_str(&chunk.to_string());

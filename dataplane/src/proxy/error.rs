@@ -31,6 +31,10 @@ pub enum ApiError {
     BadRequest(String),
     #[error("Request body is larger than the limit of {0} bytes.")]
     BodyTooLarge(usize),
+    #[error(
+        "This request is too large for the gateway to translate to the provider's format: {0}. Send it to a model served in the request's own format, or make it smaller."
+    )]
+    TooLargeToTranslate(String),
     #[error("The request body arrived too slowly.")]
     BodyTooSlow,
     #[error("The gateway is holding as many request bodies as it may; retry shortly.")]
@@ -80,7 +84,7 @@ impl ApiError {
             Self::ModelNotAllowed(_) | Self::PriceUnknown(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::UnknownPath { .. } => StatusCode::NOT_FOUND,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
-            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::BodyTooLarge(_) | Self::TooLargeToTranslate(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::NotReady | Self::NoTarget(_) => StatusCode::SERVICE_UNAVAILABLE,
@@ -123,7 +127,7 @@ impl ApiError {
             Self::ModelNotAllowed(_) => "model_not_allowed",
             Self::PriceUnknown(_) => "model_price_unknown",
             Self::ModelNotFound(_) => "model_not_found",
-            Self::BodyTooLarge(_) => "request_too_large",
+            Self::BodyTooLarge(_) | Self::TooLargeToTranslate(_) => "request_too_large",
             Self::BodyTooSlow => "request_timeout",
             Self::Overloaded => "gateway_overloaded",
             Self::UpstreamTooLarge(_) => "upstream_response_too_large",

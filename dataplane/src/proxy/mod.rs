@@ -41,6 +41,32 @@ pub fn full(bytes: Bytes) -> Body {
         .boxed()
 }
 
+/// Bounds on a request translated to another format (see [`State::translation`]).
+#[derive(Clone, Copy, Debug)]
+pub struct TranslationLimits {
+    pub max_bytes: usize,
+    pub max_messages: u64,
+}
+
+impl TranslationLimits {
+    /// Why a request with `bytes` and `messages` is not translated, if it is not.
+    pub fn refuse(&self, bytes: usize, messages: u64) -> Option<ApiError> {
+        if bytes > self.max_bytes {
+            Some(ApiError::TooLargeToTranslate(format!(
+                "its body has {bytes} bytes, and the most is {}",
+                self.max_bytes
+            )))
+        } else if messages > self.max_messages {
+            Some(ApiError::TooLargeToTranslate(format!(
+                "it has {messages} messages, and the most is {}",
+                self.max_messages
+            )))
+        } else {
+            None
+        }
+    }
+}
+
 pub struct State {
     pub config: Arc<ArcSwap<Snapshot>>,
     pub ready: watch::Receiver<bool>,
@@ -51,6 +77,9 @@ pub struct State {
     /// Largest upstream answer read whole (answers that are not streamed, and error
     /// bodies); a larger one is a 502.
     pub max_upstream_body_bytes: usize,
+    /// Largest request translated to another API's format: what translating builds grows
+    /// with the body's bytes and its messages.
+    pub translation: TranslationLimits,
     /// Health, latency and load of targets and credentials, kept across config changes.
     pub balance: crate::balance::Registry,
     /// Budget, rate-limit and session quota, and the usage records.

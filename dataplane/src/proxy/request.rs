@@ -36,6 +36,11 @@ pub struct ChatHead {
     pub web_search_unbounded: bool,
 }
 
+/// The longest model name accepted: longer than any provider's (Bedrock's inference
+/// profile ARNs are the longest, under 200 bytes), short enough that error messages and
+/// logs that quote it stay small.
+pub const MAX_MODEL_NAME: usize = 256;
+
 /// The most output tokens a request may ask for: beyond any model's output, so a larger
 /// value is a mistake or an attempt to wrap the gateway's arithmetic.
 pub const MAX_OUTPUT_TOKENS: u64 = 1_000_000;
@@ -49,6 +54,8 @@ pub struct Attachments {
     pub media: u64,
     /// Files and documents (`file`, Anthropic `document`), which may hold many pages.
     pub files: u64,
+    /// Messages (the array's entries), which bound what translating the request builds.
+    pub messages: u64,
 }
 
 impl Attachments {
@@ -104,10 +111,15 @@ mod walk {
             if self.1 == At::Item {
                 while seq.next_element::<IgnoredAny>()?.is_some() {}
             } else {
+                let top = self.1 == At::Messages;
                 while seq
                     .next_element_seed(Node(&mut *self.0, At::Item))?
                     .is_some()
-                {}
+                {
+                    if top {
+                        self.0.messages += 1;
+                    }
+                }
             }
             Ok(())
         }
@@ -172,10 +184,38 @@ impl<'de> Deserialize<'de> for Attachments {
     }
 }
 
-#[derive(Deserialize)]
+/// `stream_options`: an object (or null); anything else is the client's error, not a
+/// set of options.
 struct StreamOptions {
-    #[serde(default)]
     include_usage: Option<bool>,
+}
+
+impl<'de> Deserialize<'de> for StreamOptions {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Fields {
+            #[serde(default)]
+            include_usage: Option<bool>,
+        }
+        struct Options;
+        impl<'de> serde::de::Visitor<'de> for Options {
+            type Value = StreamOptions;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<StreamOptions, A::Error> {
+                let fields =
+                    Fields::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(StreamOptions {
+                    include_usage: fields.include_usage,
+                })
+            }
+        }
+        d.deserialize_map(Options)
+    }
 }
 
 #[derive(Deserialize)]
@@ -278,6 +318,11 @@ impl ChatHead {
             return Err(ApiError::BadRequest(
                 "you must provide a model parameter".into(),
             ));
+        }
+        if model.len() > MAX_MODEL_NAME {
+            return Err(ApiError::BadRequest(format!(
+                "model: a model name has at most {MAX_MODEL_NAME} bytes"
+            )));
         }
         let max_tokens = match (head.max_completion_tokens, head.max_tokens) {
             (Some(a), Some(b)) => Some(a.max(b)),
@@ -402,7 +447,10 @@ impl ChatHead {
         let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
             return body;
         };
-        v["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+        use crate::json::SetKey;
+        if let Some(options) = v.object_at("stream_options") {
+            options.set_key("include_usage", serde_json::Value::Bool(true));
+        }
         serde_json::to_vec(&v).map(Into::into).unwrap_or(body)
     }
 
@@ -487,7 +535,11 @@ mod tests {
         let head = ChatHead::parse(body).unwrap();
         assert_eq!(
             head.attachments,
-            Attachments { media: 5, files: 2 },
+            Attachments {
+                media: 5,
+                files: 2,
+                messages: 4
+            },
             "text that names a type counts nothing"
         );
         assert!(matches!(
@@ -496,7 +548,13 @@ mod tests {
         ));
         let plain =
             ChatHead::parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
-        assert_eq!(plain.unwrap().attachments, Attachments::default());
+        assert_eq!(
+            plain.unwrap().attachments,
+            Attachments {
+                messages: 1,
+                ..Attachments::default()
+            }
+        );
     }
 
     #[test]

@@ -53,6 +53,7 @@ PER-REQUEST BEHAVIOUR
                     context_window also for Anthropic)
   exhausted_for=S   answer, with OpenAI rate-limit headers saying no requests are left for S s
   omit_usage=1      answer without usage (no usage member or chunk), as some servers do
+  pad_bytes=N       OpenAI answers not streamed: N more bytes of content
 
   Anthropic's web_search tool: the answer makes as many searches as its max_uses (3 when it
   sets none) and reports them in usage.server_tool_use.web_search_requests.

@@ -31,6 +31,8 @@ pub struct Directives {
     /// Answer without usage (no `usage` member, no usage chunk), as some OpenAI-compatible
     /// servers do.
     pub omit_usage: bool,
+    /// Answers that are not streamed: this many more bytes of content (OpenAI format).
+    pub pad_bytes: usize,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -65,6 +67,7 @@ impl Directives {
             }
             "exhausted_for" | "exhausted-for" => self.exhausted_for = value.parse().ok(),
             "omit_usage" | "omit-usage" => self.omit_usage = value == "1" || value == "true",
+            "pad_bytes" | "pad-bytes" => self.pad_bytes = value.parse().unwrap_or_default(),
             "fail" => {
                 self.fail = match value {
                     "reset" => Some(Failure::Reset),

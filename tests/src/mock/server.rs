@@ -312,6 +312,11 @@ async fn chat(
         {
             o.remove("usage");
         }
+        if d.pad_bytes > 0
+            && let Some(Value::String(content)) = v.pointer_mut("/choices/0/message/content")
+        {
+            content.push_str(&"x".repeat(d.pad_bytes));
+        }
         if d.fail == Some(Failure::Cut) {
             let bytes = serde_json::to_vec(&v).unwrap_or_default();
             return Ok(cut_body(bytes[..bytes.len() / 2].to_vec(), bytes.len()));
