@@ -108,7 +108,50 @@ struct Parsed<T> {
     spec: T,
 }
 
-type Secrets = HashMap<(String, String), BTreeMap<String, Vec<u8>>>;
+/// The label that lets a Secret be a credential (`"true"`): without it, no Tollgate
+/// object can name the Secret, so that permission to create an LLMProvider or MCPServer
+/// in a namespace is not permission to send any Secret there to an endpoint of one's
+/// choosing. In Kubernetes mode only Secrets with it are watched at all.
+pub const CREDENTIAL_LABEL: &str = "tollgate.dev/credential";
+
+/// The Secrets read: those marked as credentials, with their data; the names of the
+/// others (read from a manifests directory), to say why they cannot be used.
+#[derive(Default)]
+struct Secrets {
+    marked: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    unmarked: HashSet<(String, String)>,
+}
+
+impl Secrets {
+    fn get(&self, at: &(String, String)) -> Option<&BTreeMap<String, Vec<u8>>> {
+        self.marked.get(at)
+    }
+
+    /// Why the Secret `name` in `namespace` is not there to use.
+    fn missing(&self, namespace: &str, name: &str) -> String {
+        if self
+            .unmarked
+            .contains(&(namespace.to_string(), name.to_string()))
+        {
+            format!(
+                "Secret {name} is not marked as a credential: add the label {CREDENTIAL_LABEL}: \"true\" to it"
+            )
+        } else {
+            format!(
+                "Secret {name} not found (only Secrets labelled {CREDENTIAL_LABEL}: \"true\" are read)"
+            )
+        }
+    }
+}
+
+/// Whether a Secret object carries the credential label.
+pub fn is_credential(secret: &Value) -> bool {
+    secret
+        .pointer("/metadata/labels")
+        .and_then(|l| l.get(CREDENTIAL_LABEL))
+        .and_then(Value::as_str)
+        == Some("true")
+}
 
 #[derive(Default)]
 struct Kinds {
@@ -156,7 +199,7 @@ pub fn compile_cached(
     for type_url in pb::type_url::ALL {
         out.resources.insert(type_url, BTreeMap::new());
     }
-    let mut secrets: Secrets = HashMap::new();
+    let mut secrets = Secrets::default();
     let mut kinds = Kinds::default();
     let mut seen: HashMap<(Kind, String, String), String> = HashMap::new();
 
@@ -176,9 +219,13 @@ pub fn compile_cached(
             .unwrap_or(default_namespace)
             .to_string();
         if api_version == "v1" && kind_name == "Secret" {
+            if !is_credential(v) {
+                secrets.unmarked.insert((namespace, name));
+                continue;
+            }
             match secret_data(v) {
                 Ok(data) => {
-                    secrets.insert((namespace, name), data);
+                    secrets.marked.insert((namespace, name), data);
                 }
                 Err(message) => out.source_errors.push(SourceError {
                     origin: object.origin.clone(),
@@ -311,6 +358,21 @@ pub fn compile_cached(
             report.conditions.push(prices_known(r, &kinds.providers));
         }
     }
+    // How many keys hold each key value: a value held by two keys (in any namespaces)
+    // would let the one compiled later take the other's traffic, so both are refused.
+    let mut holders: HashMap<Vec<u8>, usize> = HashMap::new();
+    for k in &kinds.keys {
+        if let Ok(key) = secret_value(
+            &secrets,
+            &k.namespace,
+            &k.spec.secret_ref,
+            VIRTUAL_KEY_SECRET_KEY,
+        ) {
+            *holders
+                .entry(Sha256::digest(key.trim_ascii()).to_vec())
+                .or_default() += 1;
+        }
+    }
     for k in &kinds.keys {
         let mut missing = Vec::new();
         for b in &k.spec.budget_refs {
@@ -330,6 +392,23 @@ pub fn compile_cached(
             &k.spec.secret_ref,
             VIRTUAL_KEY_SECRET_KEY,
         ) {
+            Ok(key) if key.trim_ascii().len() < MIN_KEY_LEN => refuse(
+                &mut out,
+                Kind::VirtualKey,
+                k,
+                "KeyTooShort",
+                format!(
+                    "the key in Secret {} has fewer than {MIN_KEY_LEN} characters; use a random key of 32 or more",
+                    k.spec.secret_ref.name
+                ),
+            ),
+            Ok(key) if holders.get(Sha256::digest(key.trim_ascii()).as_slice()) > Some(&1) => refuse(
+                &mut out,
+                Kind::VirtualKey,
+                k,
+                "DuplicateKey",
+                "another VirtualKey has the same key value; every VirtualKey holding it is refused until each has its own".into(),
+            ),
             Ok(key) => {
                 let mut body = compile_virtual_key(k, key.trim_ascii());
                 body.budgets = key_budgets(k, &kinds.budgets);
@@ -473,6 +552,21 @@ fn push<T: DeserializeOwned>(
 }
 
 /// Records an accepted object: its conditions and, when it has a body, its resource.
+/// The shortest key a VirtualKey's Secret may hold: a shorter one can be guessed.
+pub const MIN_KEY_LEN: usize = 16;
+
+/// Reports `p` as not accepted, for `reason`, and serves nothing for it.
+fn refuse<T>(out: &mut Compiled, kind: Kind, p: &Parsed<T>, reason: &str, message: String) {
+    out.reports.push(ObjectReport {
+        kind: kind.to_string(),
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        origin: p.origin.clone(),
+        conditions: vec![Condition::new("Accepted", false, reason, message)],
+        resource: None,
+    });
+}
+
 fn finish<T>(
     out: &mut Compiled,
     kind: Kind,
@@ -592,7 +686,7 @@ fn secret_value<'a>(
     let key = r.key.as_deref().unwrap_or(default_key);
     let data = secrets
         .get(&(namespace.to_string(), r.name.clone()))
-        .ok_or_else(|| format!("Secret {} not found", r.name))?;
+        .ok_or_else(|| secrets.missing(namespace, &r.name))?;
     data.get(key)
         .map(Vec::as_slice)
         .ok_or_else(|| format!("Secret {} has no key {key:?}", r.name))

@@ -378,6 +378,8 @@ pub struct Stack {
     pub xds_port: u16,
     pub controller_admin: String,
     pub dataplanes: Vec<Dataplane>,
+    /// More arguments for the controller, used from its next start.
+    pub controller_args: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -450,6 +452,7 @@ impl Stack {
             xds_port: 0,
             controller_admin: String::new(),
             dataplanes: vec![],
+            controller_args: vec![],
         };
         stack.start_controller()?;
         stack.add_dataplane()?;
@@ -466,6 +469,7 @@ impl Stack {
             self.token_file.display().to_string(),
         );
         let state_dir = self.dir.path().join("state").display().to_string();
+        let extra = self.controller_args.clone();
         let mut chosen = (self.xds_port, 0);
         let process = start_ready("controller", &bin("tollgate-controller")?, &logs, || {
             if first {
@@ -488,6 +492,7 @@ impl Stack {
                 "--quota-lease-ttl".into(),
                 "2s".into(),
             ];
+            let argv = argv.into_iter().chain(extra.iter().cloned()).collect();
             Ok((argv, format!("http://127.0.0.1:{}/readyz", chosen.1)))
         })?;
         self.xds_port = chosen.0;

@@ -167,8 +167,8 @@ spec: {secretRef: {name: hostile-key}}
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: hostile-key}
-stringData: {key: tg-hostile}
+metadata: {name: hostile-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-hostile-key-0123456789}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
@@ -177,8 +177,8 @@ spec: {secretRef: {name: roomy-key}}
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: roomy-key}
-stringData: {key: tg-roomy}
+metadata: {name: roomy-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-roomy-key-0123456789}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
@@ -187,8 +187,8 @@ spec: {secretRef: {name: tiny-key}}
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: tiny-key}
-stringData: {key: tg-tiny}
+metadata: {name: tiny-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-tiny-key-0123456789}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
@@ -197,8 +197,8 @@ spec: {secretRef: {name: tokens-key}}
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: tokens-key}
-stringData: {key: tg-tokens}
+metadata: {name: tokens-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-tokens-key-0123456789}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
@@ -209,8 +209,8 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: rpm-key}
-stringData: {key: tg-rpm}
+metadata: {name: rpm-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-rpm-key-0123456789}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
@@ -221,8 +221,8 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: off-key}
-stringData: {key: tg-off}
+metadata: {name: off-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-off-key-0123456789}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
@@ -233,8 +233,8 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: agents-key}
-stringData: {key: tg-agents}
+metadata: {name: agents-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-agents-key-0123456789}
 "#;
 
 /// Nano-USD a token at the test prices.
@@ -272,30 +272,60 @@ async fn models_without_a_price_are_refused_to_keys_limited_in_usd() {
     with_logs(&stack, async {
         let api = stack.api();
         // A fine-tune is not its base model: no price, so no answer for a USD budget.
-        let (status, _, v) = post(api, Some("tg-roomy"), &chat_body("finetune", "hi")).await;
+        let (status, _, v) = post(
+            api,
+            Some("tg-roomy-key-0123456789"),
+            &chat_body("finetune", "hi"),
+        )
+        .await;
         assert_eq!(status, 403, "{v}");
         assert_eq!(v["error"]["code"], "model_price_unknown");
         assert_eq!(v["error"]["param"], "model");
         let anthropic = json!({"model": "finetune", "max_tokens": 20,
             "messages": [{"role": "user", "content": "hi"}]});
-        let (status, _, v) =
-            post_to(api, "/messages", Some("tg-roomy"), &anthropic.to_string()).await;
+        let (status, _, v) = post_to(
+            api,
+            "/messages",
+            Some("tg-roomy-key-0123456789"),
+            &anthropic.to_string(),
+        )
+        .await;
         assert_eq!(status, 403, "{v}");
         assert_eq!(v["type"], "error");
         assert_eq!(v["error"]["type"], "permission_error");
         // A key limited in tokens only can count it; a provider whose unpriced models are
         // declared free serves any key.
-        let (status, _, v) = post(api, Some("tg-tokens"), &chat_body("finetune", "hi")).await;
+        let (status, _, v) = post(
+            api,
+            Some("tg-tokens-key-0123456789"),
+            &chat_body("finetune", "hi"),
+        )
+        .await;
         assert_eq!(status, 200, "{v}");
-        let (status, _, v) = post(api, Some("tg-roomy"), &chat_body("local", "hi")).await;
+        let (status, _, v) = post(
+            api,
+            Some("tg-roomy-key-0123456789"),
+            &chat_body("local", "hi"),
+        )
+        .await;
         assert_eq!(status, 200, "{v}");
         // Exact names: o1-pro at its own price (150 / 600 USD per million), not o1's; a
         // deployment at the price of the model it serves (0.15 / 0.60).
-        let (status, _, v) = post(api, Some("tg-roomy"), &chat_body("o1pro", "hi there")).await;
+        let (status, _, v) = post(
+            api,
+            Some("tg-roomy-key-0123456789"),
+            &chat_body("o1pro", "hi there"),
+        )
+        .await;
         assert_eq!(status, 200, "{v}");
         let (i, o) = usage_of(&v);
         let mut expected = i * 150_000 + o * 600_000;
-        let (status, _, v) = post(api, Some("tg-roomy"), &chat_body("deploy", "hello")).await;
+        let (status, _, v) = post(
+            api,
+            Some("tg-roomy-key-0123456789"),
+            &chat_body("deploy", "hello"),
+        )
+        .await;
         assert_eq!(status, 200, "{v}");
         let (i, o) = usage_of(&v);
         expected += i * 150 + o * 600;
@@ -357,7 +387,7 @@ async fn attempts_the_provider_billed_are_charged() {
         let client = reqwest::Client::new();
         let cut = client
             .post(format!("{api}/chat/completions"))
-            .bearer_auth("tg-roomy")
+            .bearer_auth("tg-roomy-key-0123456789")
             .header("content-type", "application/json")
             .body(gone.clone())
             .timeout(Duration::from_millis(300))
@@ -368,13 +398,13 @@ async fn attempts_the_provider_billed_are_charged() {
 
         // An attempt that times out (504): charged.
         let timed = body("hung-alone", "anyone?", limit.clone());
-        let (status, _, v) = post(api, Some("tg-roomy"), &timed).await;
+        let (status, _, v) = post(api, Some("tg-roomy-key-0123456789"), &timed).await;
         assert_eq!(status, 504, "{v}");
         expected += worst(&timed);
 
         // A timed-out attempt, then the fallback: both charged.
         let failover = body("hung", "second try", limit.clone());
-        let (status, h, v) = post(api, Some("tg-roomy"), &failover).await;
+        let (status, h, v) = post(api, Some("tg-roomy-key-0123456789"), &failover).await;
         assert_eq!(status, 200, "{v}");
         assert_eq!(h["x-tollgate-attempts"], "2");
         let (i, o) = usage_of(&v);
@@ -385,7 +415,7 @@ async fn attempts_the_provider_billed_are_charged() {
             serde_json::from_str(&body("silent", "keep talking", limit.clone())).unwrap();
         silent["stream"] = json!(true);
         let silent = silent.to_string();
-        let (status, _, v) = post(api, Some("tg-roomy"), &silent).await;
+        let (status, _, v) = post(api, Some("tg-roomy-key-0123456789"), &silent).await;
         assert_eq!(status, 200);
         assert!(v.as_str().unwrap().contains("\"error\""), "{v}");
         expected += worst(&silent);
@@ -402,12 +432,12 @@ async fn reservations_bound_choices_limits_and_attachments() {
         let api = stack.api();
         // The tiny budget holds 2,000 tokens' worth (0.002 USD).
         let ok = body("metered", "hi", json!({"max_tokens": 50}));
-        let (status, _, v) = post(api, Some("tg-tiny"), &ok).await;
+        let (status, _, v) = post(api, Some("tg-tiny-key-0123456789"), &ok).await;
         assert_eq!(status, 200, "{v}");
         let refused = |v: &Value| v["error"]["code"] == "budget_exceeded";
         // 100 choices of 50 tokens each: 5,000 tokens of output at most.
         let many = body("metered", "hi", json!({"max_tokens": 50, "n": 100}));
-        let (status, _, v) = post(api, Some("tg-tiny"), &many).await;
+        let (status, _, v) = post(api, Some("tg-tiny-key-0123456789"), &many).await;
         assert!(status == 429 && refused(&v), "{status} {v}");
         // A server taking max_tokens receives the client's max_tokens, whatever
         // max_completion_tokens says.
@@ -417,7 +447,7 @@ async fn reservations_bound_choices_limits_and_attachments() {
             json!({"max_tokens": 100000, "max_completion_tokens": 10}),
         );
         let before = stack.upstream_requests().unwrap().len();
-        let (status, _, v) = post(api, Some("tg-tiny"), &both).await;
+        let (status, _, v) = post(api, Some("tg-tiny-key-0123456789"), &both).await;
         assert!(status == 429 && refused(&v), "{status} {v}");
         assert_eq!(stack.upstream_requests().unwrap().len(), before, "not sent");
         // Five images cost thousands of tokens each, however short their URLs.
@@ -426,7 +456,7 @@ async fn reservations_bound_choices_limits_and_attachments() {
             .collect();
         let pictured = json!({"model": "metered", "max_tokens": 10,
             "messages": [{"role": "user", "content": images}]});
-        let (status, _, v) = post(api, Some("tg-tiny"), &pictured.to_string()).await;
+        let (status, _, v) = post(api, Some("tg-tiny-key-0123456789"), &pictured.to_string()).await;
         assert!(status == 429 && refused(&v), "{status} {v}");
         // Limits that cannot be meant are the client's error.
         for absurd in [
@@ -436,13 +466,13 @@ async fn reservations_bound_choices_limits_and_attachments() {
             json!({"n": 1000}),
         ] {
             let (status, _, v) =
-                post(api, Some("tg-tiny"), &body("metered", "hi", absurd.clone())).await;
+                post(api, Some("tg-tiny-key-0123456789"), &body("metered", "hi", absurd.clone())).await;
             assert_eq!(status, 400, "{absurd}: {v}");
             assert_eq!(v["error"]["type"], "invalid_request_error");
         }
         // A metered request with no limit gets the gateway's, so its worst case holds;
         // an unmetered key's request is sent as it came.
-        let (status, _, _) = post(api, Some("tg-roomy"), &chat_body("metered", "cap me")).await;
+        let (status, _, _) = post(api, Some("tg-roomy-key-0123456789"), &chat_body("metered", "cap me")).await;
         assert_eq!(status, 200);
         let sent = stack.last_upstream_request().unwrap();
         assert_eq!(sent["body"]["max_completion_tokens"], 4096, "{sent}");
@@ -464,17 +494,32 @@ async fn token_counting_and_mcp_requests_are_governed() {
                 .to_string()
         };
         // A disabled key counts nothing.
-        let (status, _, v) =
-            post_to(api, "/messages/count_tokens", Some("tg-off"), &count("hi")).await;
+        let (status, _, v) = post_to(
+            api,
+            "/messages/count_tokens",
+            Some("tg-off-key-0123456789"),
+            &count("hi"),
+        )
+        .await;
         assert_eq!(status, 401, "{v}");
         // Token counting is a request like any other to a rate limit (two a minute).
         for _ in 0..2 {
-            let (status, _, v) =
-                post_to(api, "/messages/count_tokens", Some("tg-rpm"), &count("hi")).await;
+            let (status, _, v) = post_to(
+                api,
+                "/messages/count_tokens",
+                Some("tg-rpm-key-0123456789"),
+                &count("hi"),
+            )
+            .await;
             assert_eq!(status, 200, "{v}");
         }
-        let (status, h, v) =
-            post_to(api, "/messages/count_tokens", Some("tg-rpm"), &count("hi")).await;
+        let (status, h, v) = post_to(
+            api,
+            "/messages/count_tokens",
+            Some("tg-rpm-key-0123456789"),
+            &count("hi"),
+        )
+        .await;
         assert_eq!(status, 429, "{v}");
         assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
         assert!(h.contains_key("retry-after"));
@@ -486,7 +531,7 @@ async fn token_counting_and_mcp_requests_are_governed() {
         let (status, _, v) = post_with(
             base,
             "/mcp",
-            Some("tg-rpm"),
+            Some("tg-rpm-key-0123456789"),
             &[("accept", "application/json, text/event-stream")],
             &init.to_string(),
         )
@@ -504,7 +549,7 @@ async fn token_counting_and_mcp_requests_are_governed() {
         let (status, _, v) = post_to(
             api,
             "/messages/count_tokens",
-            Some("tg-tiny"),
+            Some("tg-tiny-key-0123456789"),
             &count("a few words"),
         )
         .await;
@@ -513,7 +558,7 @@ async fn token_counting_and_mcp_requests_are_governed() {
         let (status, _, v) = post_to(
             api,
             "/messages/count_tokens",
-            Some("tg-tiny"),
+            Some("tg-tiny-key-0123456789"),
             &count(&huge),
         )
         .await;
@@ -536,7 +581,7 @@ async fn a_flood_of_session_ids_leaves_other_keys_acknowledged() {
         let (status, _, v) = post_with(
             &api,
             "/chat/completions",
-            Some("tg-agents"),
+            Some("tg-agents-key-0123456789"),
             &[("x-agent-session", "a/b")],
             &chat_body("metered", "hi"),
         )
@@ -554,7 +599,7 @@ async fn a_flood_of_session_ids_leaves_other_keys_acknowledged() {
                     let (status, _, v) = post_with(
                         &api,
                         "/chat/completions",
-                        Some("tg-agents"),
+                        Some("tg-agents-key-0123456789"),
                         &[("x-agent-session", id.as_str())],
                         &body("metered", "step", json!({"max_tokens": 5})),
                     )
@@ -580,8 +625,12 @@ async fn a_flood_of_session_ids_leaves_other_keys_acknowledged() {
         assert_eq!(ok + refused, 1_100);
         assert_eq!(ok, 1_000, "{refused} refused");
         // Another key's usage is still counted and acknowledged.
-        let (status, _, v) =
-            post(&api, Some("tg-roomy"), &chat_body("metered", "still here")).await;
+        let (status, _, v) = post(
+            &api,
+            Some("tg-roomy-key-0123456789"),
+            &chat_body("metered", "still here"),
+        )
+        .await;
         assert_eq!(status, 200, "{v}");
         let (i, o) = usage_of(&v);
         spend_reaches(
@@ -666,7 +715,7 @@ async fn three_dataplanes_of_hostile_clients_stay_within_the_limit() {
                     let (text, give_up) = trick(n, i);
                     let mut req = http
                         .post(format!("{api}/chat/completions"))
-                        .bearer_auth("tg-hostile")
+                        .bearer_auth("tg-hostile-key-0123456789")
                         .header("content-type", "application/json")
                         .body(text.clone());
                     if give_up {
@@ -730,7 +779,13 @@ async fn web_searches_are_bounded_and_charged() {
         let search = json!({"model": "claude-haiku-4-5", "max_tokens": 20,
             "tools": [{"type": "web_search_20250305", "name": "web_search"}],
             "messages": [{"role": "user", "content": "what happened today?"}]});
-        let (status, _, v) = post_to(api, "/messages", Some("tg-roomy"), &search.to_string()).await;
+        let (status, _, v) = post_to(
+            api,
+            "/messages",
+            Some("tg-roomy-key-0123456789"),
+            &search.to_string(),
+        )
+        .await;
         assert_eq!(status, 200, "{v}");
         let sent = stack.last_upstream_request().unwrap();
         assert_eq!(sent["body"]["tools"][0]["max_uses"], 5, "{sent}");
@@ -746,8 +801,13 @@ async fn web_searches_are_bounded_and_charged() {
         // The same, streamed: the searches come in the last `message_delta`.
         let mut streamed = search.clone();
         streamed["stream"] = json!(true);
-        let (status, _, v) =
-            post_to(api, "/messages", Some("tg-roomy"), &streamed.to_string()).await;
+        let (status, _, v) = post_to(
+            api,
+            "/messages",
+            Some("tg-roomy-key-0123456789"),
+            &streamed.to_string(),
+        )
+        .await;
         assert_eq!(status, 200, "{v}");
         let events: Vec<Value> = v
             .as_str()
@@ -774,7 +834,13 @@ async fn web_searches_are_bounded_and_charged() {
         let sent = stack.last_upstream_request().unwrap();
         assert!(sent["body"]["tools"][0].get("max_uses").is_none(), "{sent}");
         // The tiny budget (0.002 USD) cannot take five searches (0.05 USD).
-        let (status, _, v) = post_to(api, "/messages", Some("tg-tiny"), &search.to_string()).await;
+        let (status, _, v) = post_to(
+            api,
+            "/messages",
+            Some("tg-tiny-key-0123456789"),
+            &search.to_string(),
+        )
+        .await;
         assert_eq!(status, 429, "{v}");
     })
     .await;

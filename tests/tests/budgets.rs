@@ -67,8 +67,8 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: small-key}
-stringData: {key: tg-small}
+metadata: {name: small-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-small-key-0123456789}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
@@ -79,8 +79,8 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: big-key}
-stringData: {key: tg-big}
+metadata: {name: big-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-big-key-0123456789}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
@@ -91,8 +91,8 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: limited-key}
-stringData: {key: tg-limited}
+metadata: {name: limited-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-limited-key-0123456789}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
@@ -103,8 +103,8 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: agent-key}
-stringData: {key: tg-agent}
+metadata: {name: agent-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-agent-key-0123456789}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: Budget
@@ -122,8 +122,8 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: counter-key}
-stringData: {key: tg-counter}
+metadata: {name: counter-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-counter-key-0123456789}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
@@ -134,8 +134,8 @@ spec:
 ---
 apiVersion: v1
 kind: Secret
-metadata: {name: busy-key}
-stringData: {key: tg-busy}
+metadata: {name: busy-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-busy-key-0123456789}
 "#;
 
 /// Nano-USD a token, in and out.
@@ -154,8 +154,15 @@ async fn stack_with_three_dataplanes() -> (Stack, u64) {
     for d in &stack.dataplanes {
         let started = Instant::now();
         loop {
-            let (status, _, body, usage) =
-                chat(&d.api, "tg-big", "ready?", false, Some(5), &[]).await;
+            let (status, _, body, usage) = chat(
+                &d.api,
+                "tg-big-key-0123456789",
+                "ready?",
+                false,
+                Some(5),
+                &[],
+            )
+            .await;
             if status == 200 {
                 let (i, o) = usage.unwrap();
                 cost += (i + o) * NANO_PER_TOKEN;
@@ -222,7 +229,7 @@ async fn three_dataplanes_spend_one_small_budget_and_no_more() {
         let limit: u64 = 20_000_000; // 0.02 USD
         let (status, h, _, usage) = chat(
             &stack.dataplanes[0].api,
-            "tg-small",
+            "tg-small-key-0123456789",
             "first",
             false,
             Some(40),
@@ -250,8 +257,15 @@ async fn three_dataplanes_spend_one_small_budget_and_no_more() {
                     let stream = n % 2 == 0;
                     let max_tokens = if n % 3 == 0 { None } else { Some(40) };
                     let text = format!("client {i} request {n} says hello");
-                    let (status, _, body, usage) =
-                        chat(&api, "tg-small", &text, stream, max_tokens, &[]).await;
+                    let (status, _, body, usage) = chat(
+                        &api,
+                        "tg-small-key-0123456789",
+                        &text,
+                        stream,
+                        max_tokens,
+                        &[],
+                    )
+                    .await;
                     match status {
                         200 => {
                             let (i, o) = usage.expect("every answer reports usage");
@@ -285,8 +299,15 @@ async fn three_dataplanes_spend_one_small_budget_and_no_more() {
         // until refused.
         tokio::time::sleep(Duration::from_millis(3500)).await;
         loop {
-            let (status, _, body, usage) =
-                chat(&apis[0], "tg-small", "one more", false, Some(40), &[]).await;
+            let (status, _, body, usage) = chat(
+                &apis[0],
+                "tg-small-key-0123456789",
+                "one more",
+                false,
+                Some(40),
+                &[],
+            )
+            .await;
             if status != 200 {
                 assert_eq!(status, 429, "{body}");
                 break;
@@ -342,7 +363,7 @@ async fn three_dataplanes_together_admit_the_rate_limit() {
                 let (mut ok, mut limited, mut headers) = (0, 0, None);
                 for _ in 0..15 {
                     let (status, h, body, _) =
-                        chat(&api, "tg-limited", "hi", false, Some(5), &[]).await;
+                        chat(&api, "tg-limited-key-0123456789", "hi", false, Some(5), &[]).await;
                     match status {
                         200 => {
                             ok += 1;
@@ -400,7 +421,7 @@ async fn spend_is_exact_across_a_controller_kill_and_restart() {
                 n += 1;
                 let (status, _, _, usage) = chat(
                     &api,
-                    "tg-big",
+                    "tg-big-key-0123456789",
                     &format!("request {n}"),
                     n % 2 == 0,
                     Some(30),
@@ -460,7 +481,7 @@ async fn a_session_cap_stops_one_session_and_a_rolling_budget_comes_back() {
             let api = &apis[served % 3];
             let (status, _, body, _) = chat(
                 api,
-                "tg-agent",
+                "tg-agent-key-0123456789",
                 "plan step",
                 false,
                 Some(10),
@@ -485,7 +506,7 @@ async fn a_session_cap_stops_one_session_and_a_rolling_budget_comes_back() {
         // rolling budget allows.
         let (status, h, body, _) = chat(
             &apis[1],
-            "tg-agent",
+            "tg-agent-key-0123456789",
             "plan step",
             false,
             Some(10),
@@ -507,7 +528,7 @@ async fn a_session_cap_stops_one_session_and_a_rolling_budget_comes_back() {
             n += 1;
             let (status, h, body, _) = chat(
                 &apis[n % 3],
-                "tg-agent",
+                "tg-agent-key-0123456789",
                 &prompt,
                 false,
                 Some(10),
@@ -548,7 +569,7 @@ async fn a_session_cap_stops_one_session_and_a_rolling_budget_comes_back() {
         eventually(Duration::from_secs(5), || async {
             chat(
                 &apis[0],
-                "tg-agent",
+                "tg-agent-key-0123456789",
                 "again",
                 false,
                 Some(10),
@@ -571,7 +592,7 @@ async fn a_dataplane_stopped_right_after_a_request_reports_its_usage_first() {
         assert_eq!(settled, ready_cost);
         let (status, _, body, usage) = chat(
             &stack.dataplanes[2].api,
-            "tg-big",
+            "tg-big-key-0123456789",
             "last words",
             false,
             Some(5),
@@ -612,7 +633,7 @@ async fn an_answer_without_usage_is_counted_with_the_tokenizer() {
         let text = "Count me without usage, please. [mock omit_usage=1]";
         let mut expected = 0;
         for stream in [false, true] {
-            let (status, _, v, usage) = chat(api, "tg-counter", text, stream, Some(50), &[]).await;
+            let (status, _, v, usage) = chat(api, "tg-counter-key-0123456789", text, stream, Some(50), &[]).await;
             assert_eq!(status, 200, "{v}");
             assert_eq!(usage, None, "the upstream reported no usage");
             // What the client received, counted with the model's encoding.
@@ -668,7 +689,7 @@ async fn three_dataplanes_together_run_no_more_than_the_concurrency_limit() {
                         tokio::spawn(async move {
                             let (status, _, body, _) = chat(
                                 &api,
-                                "tg-busy",
+                                "tg-busy-key-0123456789",
                                 "slow [mock latency_ms=1500]",
                                 false,
                                 Some(5),
@@ -705,8 +726,15 @@ async fn three_dataplanes_together_run_no_more_than_the_concurrency_limit() {
         // apart, is never refused.
         for i in 0..6 {
             tokio::time::sleep(Duration::from_millis(250)).await;
-            let (status, _, body, _) =
-                chat(&apis[i % 3], "tg-busy", "again", false, Some(5), &[]).await;
+            let (status, _, body, _) = chat(
+                &apis[i % 3],
+                "tg-busy-key-0123456789",
+                "again",
+                false,
+                Some(5),
+                &[],
+            )
+            .await;
             assert_eq!(
                 status,
                 200,
@@ -732,7 +760,7 @@ async fn embeddings_are_charged_to_the_keys_budgets() {
         let (status, headers, v) = post_with(
             api,
             "/embeddings",
-            Some("tg-counter"),
+            Some("tg-counter-key-0123456789"),
             &[],
             &body.to_string(),
         )

@@ -99,7 +99,7 @@ impl Cluster {
             CORE,
             "secrets",
             json!({"apiVersion": "v1", "kind": "Secret",
-                   "metadata": {"name": "openai-key", "namespace": ns},
+                   "metadata": {"name": "openai-key", "namespace": ns, "labels": {"tollgate.dev/credential": "true"}},
                    "data": {"apiKey": b64(api_key)}}),
         );
         self.api().apply(
@@ -287,7 +287,7 @@ fn status_secrets_and_events_tell_what_the_dataplanes_run() {
         CORE,
         "secrets",
         json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "bad-key", "namespace": "team-a"},
+               "metadata": {"name": "bad-key", "namespace": "team-a", "labels": {"tollgate.dev/credential": "true"}},
                "data": {"apiKey": b64("sk-bad\u{1}key")}}),
     );
     c.api().apply(
@@ -499,7 +499,7 @@ fn budget_spend_shows_in_status_and_a_new_leader_counts_on_exactly() {
         CORE,
         "secrets",
         json!({"apiVersion": "v1", "kind": "Secret",
-               "metadata": {"name": "app-key", "namespace": "team-c"},
+               "metadata": {"name": "app-key", "namespace": "team-c", "labels": {"tollgate.dev/credential": "true"}},
                "data": {"key": b64(key)}}),
     );
     c.api().apply(

@@ -404,17 +404,17 @@ async fn a_key_uses_only_its_allowed_models() {
         stack
             .write_manifest(
                 "mini.yaml",
-                "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: mini\nspec:\n  secretRef:\n    name: mini-key\n  models: [\"gpt-4o-mini\", \"claude-*\"]\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: mini-key\nstringData:\n  key: tg-mini\n",
+                "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: mini\nspec:\n  secretRef:\n    name: mini-key\n  models: [\"gpt-4o-mini\", \"claude-*\"]\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: mini-key\n  labels:\n    tollgate.dev/credential: \"true\"\nstringData:\n  key: tg-mini-key-0123456789\n",
             )
             .unwrap();
         let api = stack.api().to_string();
         let api_ref = &api;
-        until_served(api_ref, "tg-mini", "gpt-4o-mini", Duration::from_secs(2)).await;
-        let (status, _, v) = post(&api, Some("tg-mini"), &chat_body("gpt-4o", "hi")).await;
+        until_served(api_ref, "tg-mini-key-0123456789", "gpt-4o-mini", Duration::from_secs(2)).await;
+        let (status, _, v) = post(&api, Some("tg-mini-key-0123456789"), &chat_body("gpt-4o", "hi")).await;
         assert_eq!(status, 403, "{v}");
         assert_eq!(v["error"]["code"], "model_not_allowed");
         assert_eq!(v["error"]["type"], "permission_error");
-        let models = client(&api, "tg-mini").models().list().await.unwrap();
+        let models = client(&api, "tg-mini-key-0123456789").models().list().await.unwrap();
         let mut ids: Vec<_> = models.data.iter().map(|m| m.id.clone()).collect();
         ids.sort();
         assert_eq!(ids, ["claude-haiku-4-5", "claude-sonnet-4-5", "gpt-4o-mini"]);
@@ -460,8 +460,9 @@ apiVersion: v1
 kind: Secret
 metadata:
   name: carol-key
+  labels: {tollgate.dev/credential: 'true'}
 stringData:
-  key: tg-carol-secret
+  key: tg-carol-secret-key-0123456789
 ";
 
 const BAD_ROUTE: &str = "\
@@ -498,12 +499,12 @@ async fn manifests_are_watched() {
         let admin = stack.controller_admin.clone();
         let api = &stack.api().to_string();
         let sent_before = Stack::metric(&admin, "tollgate_xds_resources_sent_total", &[]).unwrap();
-        assert_eq!(status_of(api, "tg-carol-secret").await, 401);
+        assert_eq!(status_of(api, "tg-carol-secret-key-0123456789").await, 401);
 
         // A new key works within 2 s, and only that one resource is sent.
         stack.write_manifest("carol.yaml", NEW_KEY).unwrap();
         let took = eventually(Duration::from_secs(2), move || async move {
-            status_of(api, "tg-carol-secret").await == 200
+            status_of(api, "tg-carol-secret-key-0123456789").await == 200
         })
         .await;
         eprintln!("new key served after {took:?}");
@@ -524,7 +525,7 @@ async fn manifests_are_watched() {
         // Deleting it makes it fail with 401.
         stack.remove_manifest("carol.yaml").unwrap();
         eventually(Duration::from_secs(2), move || async move {
-            status_of(api, "tg-carol-secret").await == 401
+            status_of(api, "tg-carol-secret-key-0123456789").await == 401
         })
         .await;
 

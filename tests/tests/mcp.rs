@@ -102,6 +102,7 @@ apiVersion: v1
 kind: Secret
 metadata:
   name: finance-key
+  labels: {{tollgate.dev/credential: 'true'}}
 stringData:
   key: {FINANCE_KEY}
 ---
@@ -121,6 +122,7 @@ apiVersion: v1
 kind: Secret
 metadata:
   name: mailer-key
+  labels: {{tollgate.dev/credential: 'true'}}
 stringData:
   key: {MAILER_KEY}
 ---
@@ -140,6 +142,7 @@ apiVersion: v1
 kind: Secret
 metadata:
   name: flooder-key
+  labels: {{tollgate.dev/credential: 'true'}}
 stringData:
   key: {FLOODER_KEY}
 ---
@@ -161,6 +164,7 @@ apiVersion: v1
 kind: Secret
 metadata:
   name: ledger-token
+  labels: {{tollgate.dev/credential: 'true'}}
 stringData:
   token: {LEDGER_TOKEN}
 ---
@@ -168,6 +172,7 @@ apiVersion: v1
 kind: Secret
 metadata:
   name: vault-oauth
+  labels: {{tollgate.dev/credential: 'true'}}
 stringData:
   clientSecret: oauth-s3cret
 ---

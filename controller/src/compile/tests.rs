@@ -23,7 +23,7 @@ fn base() -> Vec<SourceObject> {
         obj(
             "p.yaml#2",
             json!({
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "openai-key"},
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "openai-key", "labels": {"tollgate.dev/credential": "true"}},
                 "data": {"apiKey": "c2stdXBzdHJlYW0="}
             }),
         ),
@@ -46,8 +46,8 @@ fn base() -> Vec<SourceObject> {
         obj(
             "k.yaml#2",
             json!({
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "alice-key"},
-                "stringData": {"key": "tg-alice\n"}
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "alice-key", "labels": {"tollgate.dev/credential": "true"}},
+                "stringData": {"key": "tg-alice-key-0123456789\n"}
             }),
         ),
     ]
@@ -95,10 +95,14 @@ fn virtual_key_sends_only_a_hash_of_the_trimmed_key() {
     let Some(Body::VirtualKey(body)) = &k.body else {
         panic!()
     };
-    assert_eq!(body.key_sha256, Sha256::digest(b"tg-alice").to_vec());
+    assert_eq!(
+        body.key_sha256,
+        Sha256::digest(b"tg-alice-key-0123456789").to_vec()
+    );
     assert_eq!(body.expires_at_unix, 1_893_456_000);
     let encoded = k.encode_to_vec();
-    assert!(!encoded.windows(8).any(|w| w == b"tg-alice"));
+    let key = b"tg-alice-key-0123456789";
+    assert!(!encoded.windows(key.len()).any(|w| w == key));
 }
 
 #[test]
@@ -142,7 +146,7 @@ fn missing_refs_are_reported() {
     let p = report(&c, "LLMProvider", "openai");
     assert_eq!(
         p.condition("ResolvedRefs").unwrap().message,
-        "Secret openai-key not found"
+        "Secret openai-key not found (only Secrets labelled tollgate.dev/credential: \"true\" are read)"
     );
     let r = report(&c, "LLMRoute", "other");
     assert_eq!(
@@ -361,8 +365,8 @@ fn a_tool_policy_applies_to_the_keys_it_selects_and_to_the_keys_that_name_it() {
         obj(
             "m.yaml#4",
             json!({
-                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bob-key"},
-                "stringData": {"key": "tg-bob"}
+                "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "bob-key", "labels": {"tollgate.dev/credential": "true"}},
+                "stringData": {"key": "tg-bob-key-0123456789"}
             }),
         ),
     ]);
@@ -397,4 +401,89 @@ fn a_tool_policy_applies_to_the_keys_it_selects_and_to_the_keys_that_name_it() {
     ] {
         assert!(defs.define(undefined).is_none(), "{undefined}");
     }
+}
+
+fn key_with(ns: &str, name: &str, value: &str) -> [SourceObject; 2] {
+    [
+        obj(
+            &format!("{ns}-{name}.yaml#1"),
+            json!({
+                "apiVersion": "tollgate.dev/v1alpha1", "kind": "VirtualKey",
+                "metadata": {"name": name, "namespace": ns},
+                "spec": {"secretRef": {"name": format!("{name}-key")}}
+            }),
+        ),
+        obj(
+            &format!("{ns}-{name}.yaml#2"),
+            json!({
+                "apiVersion": "v1", "kind": "Secret",
+                "metadata": {"name": format!("{name}-key"), "namespace": ns,
+                             "labels": {"tollgate.dev/credential": "true"}},
+                "stringData": {"key": value}
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn one_key_value_in_two_namespaces_refuses_both_and_names_neither() {
+    let mut objects = base();
+    objects.extend(key_with("team-a", "app", "tg-shared-value-0123456789"));
+    objects.extend(key_with("team-b", "thief", "tg-shared-value-0123456789"));
+    objects.extend(key_with("team-b", "own", "tg-own-value-0123456789"));
+    let c = run(objects);
+    for (ns, name) in [("team-a", "app"), ("team-b", "thief")] {
+        let r = c
+            .reports
+            .iter()
+            .find(|r| r.namespace == ns && r.name == name)
+            .unwrap();
+        let accepted = r.condition("Accepted").unwrap();
+        assert_eq!(
+            (accepted.status, &*accepted.reason),
+            ("False", "DuplicateKey")
+        );
+        for leak in ["team-a", "team-b", "app", "thief", "tg-shared"] {
+            assert!(!accepted.message.contains(leak), "{}", accepted.message);
+        }
+        assert!(r.resource.is_none());
+    }
+    let own = c.reports.iter().find(|r| r.name == "own").unwrap();
+    assert!(own.resource.is_some());
+    assert!(report(&c, "VirtualKey", "alice").resource.is_some());
+}
+
+#[test]
+fn a_short_key_is_refused() {
+    let mut objects = base();
+    objects.extend(key_with("team-a", "short", "tg-123456789"));
+    let c = run(objects);
+    let r = c.reports.iter().find(|r| r.name == "short").unwrap();
+    assert_eq!(r.condition("Accepted").unwrap().reason, "KeyTooShort");
+    assert!(r.resource.is_none());
+}
+
+#[test]
+fn a_secret_without_the_credential_label_is_no_credential() {
+    let mut objects = base();
+    // The provider's Secret loses its label: a database password, say.
+    objects[1].value["metadata"]["labels"] = json!({});
+    let c = run(objects);
+    let p = report(&c, "LLMProvider", "openai");
+    let refs = p.condition("ResolvedRefs").unwrap();
+    assert_eq!(refs.status, "False");
+    assert!(
+        refs.message
+            .contains("add the label tollgate.dev/credential"),
+        "{}",
+        refs.message
+    );
+    let Some(Body::Provider(body)) = p
+        .resource
+        .as_ref()
+        .and_then(|r| c.resources.get(r.type_url)?.get(&r.name)?.body.clone())
+    else {
+        panic!("the provider is served, without the credential")
+    };
+    assert!(!format!("{body:?}").contains("sk-upstream"));
 }

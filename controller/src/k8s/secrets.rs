@@ -71,7 +71,11 @@ pub fn secret_for(w: &Wanted, key: &str) -> Secret {
         metadata: ObjectMeta {
             name: Some(w.secret.clone()),
             namespace: Some(w.namespace.clone()),
-            labels: Some(super::managed_labels()),
+            labels: Some({
+                let mut labels = super::managed_labels();
+                labels.insert(crate::compile::CREDENTIAL_LABEL.into(), "true".into());
+                labels
+            }),
             owner_references: Some(vec![OwnerReference {
                 api_version: tollgate_crds::API_VERSION.to_string(),
                 kind: Kind::VirtualKey.as_str().to_string(),

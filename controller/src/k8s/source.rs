@@ -228,6 +228,9 @@ fn reduce(watched: Watched, o: DynamicObject) -> Option<(Key, Entry)> {
     let mut metadata = Map::new();
     metadata.insert("name".into(), json!(name));
     metadata.insert("namespace".into(), json!(namespace));
+    if let Some(labels) = &o.metadata.labels {
+        metadata.insert("labels".into(), json!(labels));
+    }
     let data = o.data;
     let value = match watched {
         Watched::Secret => {
@@ -243,9 +246,6 @@ fn reduce(watched: Watched, o: DynamicObject) -> Option<(Key, Entry)> {
             Value::Object(v)
         }
         Watched::Tollgate(kind) => {
-            if let Some(labels) = &o.metadata.labels {
-                metadata.insert("labels".into(), json!(labels));
-            }
             json!({
                 "apiVersion": tollgate_crds::API_VERSION,
                 "kind": kind.as_str(),
@@ -295,9 +295,15 @@ pub async fn watch_scope(client: kube::Client, scope: Scope, index: SharedIndex)
         Some(ns) => Api::namespaced_with(client, ns, &ar),
         None => Api::all_with(client, &ar),
     };
-    let mut events = watcher::watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    // Only Secrets marked as credentials are read: the others are none of Tollgate's
+    // business, and their data never reaches this process.
+    let config = match scope.watched {
+        Watched::Secret => {
+            watcher::Config::default().labels(&format!("{}=true", crate::compile::CREDENTIAL_LABEL))
+        }
+        _ => watcher::Config::default(),
+    };
+    let mut events = watcher::watcher(api, config).default_backoff().boxed();
     while let Some(event) = events.next().await {
         match event {
             Ok(e) => index.apply(&scope, e),

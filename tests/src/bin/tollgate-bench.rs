@@ -377,7 +377,7 @@ fn manifests(dir: &Path, mock: &str, limits: bool) -> anyhow::Result<()> {
     for name in ["bench-a", "bench-b", "bench-fallback"] {
         write!(
             text,
-            "apiVersion: tollgate.dev/v1alpha1\nkind: LLMProvider\nmetadata:\n  name: {name}\nspec:\n  type: openai\n  endpoint: {mock}/v1\n  credentials:\n    - secretRef:\n        name: {name}-key\n  health:\n    consecutiveFailures: 5\n    baseEjectionTime: 30s\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-key\nstringData:\n  apiKey: {UPSTREAM_KEY}\n---\n"
+            "apiVersion: tollgate.dev/v1alpha1\nkind: LLMProvider\nmetadata:\n  name: {name}\nspec:\n  type: openai\n  endpoint: {mock}/v1\n  credentials:\n    - secretRef:\n        name: {name}-key\n  health:\n    consecutiveFailures: 5\n    baseEjectionTime: 30s\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: {name}-key\n  labels:\n    tollgate.dev/credential: \"true\"\nstringData:\n  apiKey: {UPSTREAM_KEY}\n---\n"
         )?;
     }
     text += "apiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: bench\nspec:\n  match:\n    models: [gpt-4o]\n  targets:\n    - provider: bench-a\n      weight: 1\n    - provider: bench-b\n      weight: 1\n  fallbacks:\n    - provider: bench-fallback\n      model: gpt-4o-mini\n      timeout: 30s\n  retries:\n    attempts: 2\n  timeouts:\n    firstToken: 30s\n---\n";
@@ -406,14 +406,14 @@ fn manifests(dir: &Path, mock: &str, limits: bool) -> anyhow::Result<()> {
     if !limits {
         write!(
             text,
-            "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: bench\nspec:\n  secretRef:\n    name: bench-key\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-key\nstringData:\n  key: {CLIENT_KEY}\n"
+            "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: bench\nspec:\n  secretRef:\n    name: bench-key\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-key\n  labels:\n    tollgate.dev/credential: \"true\"\nstringData:\n  key: {CLIENT_KEY}\n"
         )?;
         std::fs::write(dir.join("bench.yaml"), text)?;
         return Ok(());
     }
     write!(
         text,
-        "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: bench\n  labels:\n    team: bench\nspec:\n  secretRef:\n    name: bench-key\n  owner:\n    team: bench\n  limits:\n    requestsPerMinute: 1000000000\n    tokensPerMinute: 1000000000000\n    concurrency: 100000\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-key\nstringData:\n  key: {CLIENT_KEY}\n---\napiVersion: tollgate.dev/v1alpha1\nkind: Budget\nmetadata:\n  name: bench\nspec:\n  selector:\n    matchLabels:\n      team: bench\n  limit:\n    usd: 1000000000\n  period: month\n"
+        "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: bench\n  labels:\n    team: bench\nspec:\n  secretRef:\n    name: bench-key\n  owner:\n    team: bench\n  limits:\n    requestsPerMinute: 1000000000\n    tokensPerMinute: 1000000000000\n    concurrency: 100000\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: bench-key\n  labels:\n    tollgate.dev/credential: \"true\"\nstringData:\n  key: {CLIENT_KEY}\n---\napiVersion: tollgate.dev/v1alpha1\nkind: Budget\nmetadata:\n  name: bench\nspec:\n  selector:\n    matchLabels:\n      team: bench\n  limit:\n    usd: 1000000000\n  period: month\n"
     )?;
     std::fs::write(dir.join("bench.yaml"), text)?;
     Ok(())
@@ -705,13 +705,13 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyh
         let mut text = String::new();
         for i in f * per_file..((f + 1) * per_file).min(args.scale_keys) {
             let secret = if changed == Some(i) {
-                format!("tg-scale-{i}-rotated")
+                format!("tg-scale-key-{i:06}-rotated")
             } else {
-                format!("tg-scale-{i}")
+                format!("tg-scale-key-{i:06}")
             };
             write!(
                 text,
-                "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: key-{i}\n  labels:\n    team: team-{}\nspec:\n  secretRef:\n    name: key-{i}\n  owner:\n    team: team-{}\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: key-{i}\nstringData:\n  key: {secret}\n---\n",
+                "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: key-{i}\n  labels:\n    team: team-{}\nspec:\n  secretRef:\n    name: key-{i}\n  owner:\n    team: team-{}\n---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: key-{i}\n  labels:\n    tollgate.dev/credential: \"true\"\nstringData:\n  key: {secret}\n---\n",
                 i % 50,
                 i % 50
             )?;
@@ -778,7 +778,13 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyh
     };
     let last = args.scale_keys - 1;
     let last_route = args.scale_routes - 1;
-    if probe(format!("tg-scale-{last}"), format!("model-{last_route}")).await != Some(true) {
+    if probe(
+        format!("tg-scale-key-{last:06}"),
+        format!("model-{last_route}"),
+    )
+    .await
+        != Some(true)
+    {
         bail!(
             "the scaled config is not served: {}",
             tg.dataplane.log_text()
@@ -808,7 +814,13 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyh
         }
     }
     loop {
-        if probe(format!("tg-scale-{changed}-rotated"), "model-0".into()).await == Some(true) {
+        if probe(
+            format!("tg-scale-key-{changed:06}-rotated"),
+            "model-0".into(),
+        )
+        .await
+            == Some(true)
+        {
             break;
         }
         if t.elapsed() > Duration::from_secs(30) {

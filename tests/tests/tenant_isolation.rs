@@ -1,0 +1,250 @@
+//! Tenants tried as a hostile tenant would (someone who may create objects in their own
+//! namespace), through the real binaries: naming a Secret that is not a credential,
+//! registering another tenant's key value, and reading the admin pages. Each test shows
+//! the attempt refused and the other tenants' traffic untouched.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use serde_json::Value;
+use tollgate_tests::harness::{DEMO_KEY, Stack, http_get, http_request_with};
+
+mod common;
+use common::*;
+
+/// The controller's report of one object, once it has one.
+async fn report(stack: &Stack, kind: &str, namespace: &str, name: &str) -> Value {
+    let mut found = Value::Null;
+    eventually(Duration::from_secs(10), || {
+        let (_, text) = http_get(&format!("{}/status", stack.controller_admin)).unwrap();
+        let status: Value = serde_json::from_str(&text).unwrap();
+        found = status["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|o| o["kind"] == kind && o["namespace"] == namespace && o["name"] == name)
+            .cloned()
+            .unwrap_or(Value::Null);
+        let ready = !found.is_null();
+        async move { ready }
+    })
+    .await;
+    found
+}
+
+fn condition<'a>(report: &'a Value, kind: &str) -> &'a Value {
+    report["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == kind)
+        .unwrap_or(&Value::Null)
+}
+
+/// Team X points a provider of its own at the stack's mock-llm, with a Secret that holds
+/// a database password and is not marked as a credential.
+const NOT_A_CREDENTIAL: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: db-password, namespace: team-x}
+stringData: {apiKey: postgres-password-do-not-send}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMProvider
+metadata: {name: exfiltrate, namespace: team-x}
+spec:
+  type: openai
+  endpoint: MOCK/v1
+  credentials: [{secretRef: {name: db-password}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: exfiltrate, namespace: team-x}
+spec:
+  match: {models: [gpt-4o]}
+  targets: [{provider: exfiltrate}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: x, namespace: team-x}
+spec: {secretRef: {name: x-key}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: x-key, namespace: team-x, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-team-x-key-0123456789}
+"#;
+
+#[tokio::test]
+async fn a_secret_not_marked_as_a_credential_is_never_sent() {
+    let stack = Stack::start().unwrap();
+    stack
+        .write_manifest(
+            "team-x.yaml",
+            &NOT_A_CREDENTIAL.replace("MOCK", &stack.mock_url),
+        )
+        .unwrap();
+    with_logs(&stack, async {
+        let provider = report(&stack, "LLMProvider", "team-x", "exfiltrate").await;
+        let refs = condition(&provider, "ResolvedRefs");
+        assert_eq!(refs["status"], "False", "{provider}");
+        let message = refs["message"].as_str().unwrap();
+        assert!(
+            message.contains("add the label tollgate.dev/credential"),
+            "{message}"
+        );
+        // Team X's requests reach its provider without the password.
+        eventually(Duration::from_secs(10), || async {
+            let key = Some("tg-team-x-key-0123456789");
+            post(stack.api(), key, &chat_body("gpt-4o", "hi")).await.0 != 401
+        })
+        .await;
+        let sent = serde_json::to_string(&stack.upstream_requests().unwrap()).unwrap();
+        assert!(!sent.contains("postgres-password"), "the password went upstream");
+        assert!(!stack.logs().contains("postgres-password"));
+        // Marked, it is a credential.
+        stack
+            .write_manifest(
+                "team-x.yaml",
+                &NOT_A_CREDENTIAL
+                    .replace("MOCK", &stack.mock_url)
+                    .replace(
+                        "{name: db-password, namespace: team-x}",
+                        "{name: db-password, namespace: team-x, labels: {tollgate.dev/credential: \"true\"}}",
+                    ),
+            )
+            .unwrap();
+        eventually(Duration::from_secs(10), || async {
+            let provider = report(&stack, "LLMProvider", "team-x", "exfiltrate").await;
+            condition(&provider, "ResolvedRefs")["status"] == "True"
+        })
+        .await;
+    })
+    .await;
+}
+
+/// A key in team A, and team B registering the same value.
+const STOLEN_KEY: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: app, namespace: team-a}
+spec: {secretRef: {name: app-key}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: app-key, namespace: team-a, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-team-a-app-key-0123456789}
+"#;
+
+const THIEF: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: thief, namespace: team-b}
+spec: {secretRef: {name: thief-key}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: thief-key, namespace: team-b, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-team-a-app-key-0123456789}
+"#;
+
+#[tokio::test]
+async fn one_key_value_in_two_namespaces_is_refused_in_both() {
+    let stack = Stack::start().unwrap();
+    stack.write_manifest("team-a.yaml", STOLEN_KEY).unwrap();
+    with_logs(&stack, async {
+        let key = "tg-team-a-app-key-0123456789";
+        // Team A's key works (its namespace has no route: 404, not 401).
+        eventually(Duration::from_secs(10), || async {
+            post(stack.api(), Some(key), &chat_body("gpt-4o", "hi"))
+                .await
+                .0
+                == 404
+        })
+        .await;
+        stack.write_manifest("team-b.yaml", THIEF).unwrap();
+        eventually(Duration::from_secs(10), || async {
+            post(stack.api(), Some(key), &chat_body("gpt-4o", "hi"))
+                .await
+                .0
+                == 401
+        })
+        .await;
+        for (ns, name) in [("team-a", "app"), ("team-b", "thief")] {
+            let r = report(&stack, "VirtualKey", ns, name).await;
+            let accepted = condition(&r, "Accepted");
+            assert_eq!(accepted["status"], "False", "{r}");
+            assert_eq!(accepted["reason"], "DuplicateKey", "{r}");
+            let message = accepted["message"].as_str().unwrap();
+            for leak in ["team-a", "team-b", "thief", "tg-team"] {
+                assert!(!message.contains(leak), "{message}");
+            }
+        }
+        // Other keys are untouched.
+        let (status, _, _) = post(stack.api(), Some(DEMO_KEY), &chat_body("gpt-4o", "hi")).await;
+        assert_eq!(status, 200);
+        // With the copy gone, team A's key works again.
+        stack.remove_manifest("team-b.yaml").unwrap();
+        eventually(Duration::from_secs(10), || async {
+            post(stack.api(), Some(key), &chat_body("gpt-4o", "hi"))
+                .await
+                .0
+                == 404
+        })
+        .await;
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn admin_pages_need_the_admin_token() {
+    let mut stack = Stack::start().unwrap();
+    let token_file = stack.dir.path().join("admin-token");
+    std::fs::write(&token_file, "admin-token-for-tests-0123456789\n").unwrap();
+    stack.controller.take().unwrap().kill();
+    stack.controller_args = vec![
+        "--admin-token-file".into(),
+        token_file.display().to_string(),
+    ];
+    stack.start_controller().unwrap();
+    let token_arg = token_file.display().to_string();
+    stack
+        .add_dataplane_with(&["--admin-token-file", &token_arg])
+        .unwrap();
+    with_logs(&stack, async {
+        for url in [
+            format!("{}/status", stack.controller_admin),
+            format!("{}/usage", stack.controller_admin),
+            format!("{}/config", stack.dataplanes[1].admin),
+        ] {
+            let (status, _) = http_get(&url).unwrap();
+            assert_eq!(status, 401, "{url}");
+            let (status, _) = http_request_with(
+                "GET",
+                &url,
+                &[("authorization", "Bearer not-the-token-0123456789")],
+                "",
+            )
+            .unwrap();
+            assert_eq!(status, 401, "{url}");
+            let (status, _) = http_request_with(
+                "GET",
+                &url,
+                &[("authorization", "Bearer admin-token-for-tests-0123456789")],
+                "",
+            )
+            .unwrap();
+            assert_eq!(status, 200, "{url}");
+        }
+        // Probes and metrics stay open.
+        for url in [
+            format!("{}/healthz", stack.controller_admin),
+            format!("{}/metrics", stack.controller_admin),
+            format!("{}/readyz", stack.dataplanes[1].admin),
+        ] {
+            assert_eq!(http_get(&url).unwrap().0, 200, "{url}");
+        }
+    })
+    .await;
+}
