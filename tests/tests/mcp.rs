@@ -548,6 +548,14 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         r#"every__get-env"#,
         "--call",
         r#"nowhere__tool"#,
+        "--call",
+        r#"ledger__Ledger_Delete={"account":"acme"}"#,
+        "--call",
+        r#"ledger__ledger_delete ={"account":"acme"}"#,
+        "--call",
+        r#"ledger__LEDGER_READ={"account":"acme"}"#,
+        "--call",
+        r#"ledger__invented_tool"#,
         "--prompt",
         r#"ledger__summarize={"account":"acme"}"#,
         "--progress-call",
@@ -610,6 +618,17 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         assert_eq!(c["error"]["code"], -32003, "{denied}: {c}");
     }
     assert_eq!(call(&finance, "nowhere__tool")[0]["error"]["code"], -32602);
+    // Only names the server listed, as listed: a re-spelling of a denied tool (or of a
+    // permitted one) and an invented name are unknown, whatever the server would match.
+    for respelled in [
+        "ledger__Ledger_Delete",
+        "ledger__ledger_delete ",
+        "ledger__LEDGER_READ",
+        "ledger__invented_tool",
+    ] {
+        let c = call(&finance, respelled)[0];
+        assert_eq!(c["error"]["code"], -32602, "{respelled:?}: {c}");
+    }
     // Resources and prompts of every server, the prompt named like a tool.
     let resources = names(&finance["resources"]);
     assert!(resources.contains(&"ledger://accounts"), "{resources:?}");
@@ -790,7 +809,8 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         1.0,
         "the third call, refused by the second dataplane"
     );
-    assert_eq!(metric("-", "-", "unknown_tool"), 1.0);
+    // nowhere__tool, and the four names the ledger server did not list.
+    assert_eq!(metric("-", "-", "unknown_tool"), 5.0);
     let log = f.stack.dataplanes[0].process.log_text();
     let audit: Vec<&str> = log
         .lines()

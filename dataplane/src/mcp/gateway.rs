@@ -952,7 +952,7 @@ async fn call_tool(
     let mut audit = Audit {
         key: caller.key.clone(),
         server: String::new(),
-        tool: shown.clone(),
+        tool: clipped(&shown).to_owned(),
         arguments,
         start: Instant::now(),
         metrics: state.metrics.clone(),
@@ -966,9 +966,22 @@ async fn call_tool(
             audit,
             "unknown_tool",
             jsonrpc::INVALID_PARAMS,
-            format!("Unknown tool: {shown}"),
+            format!("Unknown tool: {}", clipped(&shown)),
         );
     };
+    // Only a name the server listed, exactly as listed, is called: a server that
+    // matches names loosely cannot be reached by a spelling the policy did not see, and
+    // what the metrics and accounts name is the server's own list.
+    if tool.len() > MAX_TOOL_NAME || !state.mcp.lists(l, &tool).await {
+        // Counted like any tool no server has: without its (client-chosen) name, so
+        // invented names cannot grow the metric.
+        return refuse(
+            audit,
+            "unknown_tool",
+            jsonrpc::INVALID_PARAMS,
+            format!("Unknown tool: {}", clipped(&shown)),
+        );
+    }
     audit.server = l.server.id.clone();
     audit.tool = tool.clone();
     let rules = &caller.policy.rules;
@@ -981,17 +994,6 @@ async fn call_tool(
         );
     }
     if let Some(rule) = rules.limit(&l.server.id, &tool) {
-        if tool.len() > MAX_TOOL_NAME || !state.mcp.lists(l, &tool).await {
-            // Counted like any tool no server has: without its (client-chosen) name, so
-            // invented names cannot grow the metric.
-            audit.server.clear();
-            return refuse(
-                audit,
-                "unknown_tool",
-                jsonrpc::INVALID_PARAMS,
-                format!("Unknown tool: {shown}"),
-            );
-        }
         // Counted by the controller's ledger, like a key's rate limits: the limit holds
         // across every dataplane.
         let demand = Demand {
@@ -1044,6 +1046,15 @@ async fn call_tool(
         Some(audit),
     )
     .await
+}
+
+/// At most [`MAX_TOOL_NAME`] bytes of a client's tool name, for errors and the audit log.
+fn clipped(name: &str) -> &str {
+    let mut end = name.len().min(MAX_TOOL_NAME);
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    &name[..end]
 }
 
 /// Sends a request to one server and answers the client as the server answers.

@@ -4,6 +4,27 @@
 
 use crate::glob;
 
+/// A tool name as policies compare it: without surrounding white space, control and
+/// invisible formatting characters (NUL, zero-width spaces), in lower case. A server may
+/// match names that loosely, so `deny: [delete]` must also stop `Delete`, `delete ` and
+/// `delete\0`.
+pub fn canonical(name: &str) -> String {
+    name.chars()
+        .filter(|c| !c.is_control() && !is_format(*c))
+        .collect::<String>()
+        .trim()
+        .to_lowercase()
+}
+
+/// Unicode's invisible formatting characters most used to disguise a name.
+fn is_format(c: char) -> bool {
+    matches!(c, '\u{00AD}' | '\u{200B}'..='\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2060}'..='\u{2064}' | '\u{FEFF}')
+}
+
+fn matches(pattern: &str, tool: &str) -> bool {
+    glob::matches(&canonical(pattern), tool)
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// The MCPServer (`<namespace>/<name>`) the rule is about.
@@ -41,13 +62,15 @@ impl Rules {
     }
 
     /// Whether the key may see and call `tool` of `server`.
+    /// Names are compared in their [`canonical`] forms.
     pub fn permits(&self, server: &str, tool: &str) -> bool {
+        let tool = canonical(tool);
         let mut allowed = false;
         for r in self.for_server(server) {
-            if r.deny.iter().any(|g| glob::matches(g, tool)) {
+            if r.deny.iter().any(|g| matches(g, &tool)) {
                 return false;
             }
-            allowed |= r.allow.iter().any(|g| glob::matches(g, tool));
+            allowed |= r.allow.iter().any(|g| matches(g, &tool));
         }
         allowed
     }
@@ -59,8 +82,9 @@ impl Rules {
 
     /// The rule with the tightest calls-a-minute limit on `tool` of `server`, if any.
     pub fn limit(&self, server: &str, tool: &str) -> Option<&Rule> {
+        let tool = canonical(tool);
         self.for_server(server)
-            .filter(|r| r.calls_per_minute > 0 && r.allow.iter().any(|g| glob::matches(g, tool)))
+            .filter(|r| r.calls_per_minute > 0 && r.allow.iter().any(|g| matches(g, &tool)))
             .min_by_key(|r| r.calls_per_minute)
     }
 }
@@ -68,6 +92,26 @@ impl Rules {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_respelled_name_is_the_same_tool_to_a_policy() {
+        let rules = Rules(vec![rule("ns/fs", &["*"], &["delete*"], 0)]);
+        for name in [
+            "delete",
+            "Delete",
+            "delete ",
+            " DELETE",
+            "delete\0",
+            "de\u{200B}lete",
+            "DELETE_ALL",
+        ] {
+            assert!(!rules.permits("ns/fs", name), "{name:?}");
+        }
+        assert!(rules.permits("ns/fs", "read"));
+        let upper = Rules(vec![rule("ns/fs", &["Read*"], &[], 5)]);
+        assert!(upper.permits("ns/fs", "read_file"));
+        assert!(upper.limit("ns/fs", "READ_FILE").is_some());
+    }
 
     fn rule(server: &str, allow: &[&str], deny: &[&str], cpm: u64) -> Rule {
         Rule {
