@@ -124,12 +124,15 @@ impl TokenReviewer {
             .as_ref()
             .and_then(|u| u.username.as_deref())
             .unwrap_or("");
+        // An answer without audiences means the token is valid for the API server's own
+        // audience, not the one asked for: a token issued to talk to the API server must
+        // not open the config stream.
         let ok = status.authenticated == Some(true)
             && self.allowed.contains(user)
             && status
                 .audiences
                 .as_ref()
-                .is_none_or(|a| a.iter().any(|x| x == &self.audience));
+                .is_some_and(|a| a.iter().any(|x| x == &self.audience));
         if ok {
             let mut passed = self.passed();
             passed.retain(|_, t| now < *t);

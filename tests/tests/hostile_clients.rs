@@ -347,3 +347,33 @@ async fn inputs_that_once_panicked_are_answered_with_4xx() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn provider_headers_reach_clients_only_from_the_allow_list() {
+    let stack = Stack::start().unwrap();
+    let dp = &stack.dataplanes[0];
+    with_logs(&stack, async {
+        for stream in [false, true] {
+            let body = serde_json::json!({"model": "gpt-4o-mini", "stream": stream,
+                "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+            let (status, headers, _) = post(&dp.api, Some(DEMO_KEY), &body).await;
+            assert_eq!(status, 200);
+            for name in [
+                "openai-organization",
+                "openai-project",
+                "x-ratelimit-limit-requests",
+            ] {
+                assert!(headers.get(name).is_none(), "{name} passed: {headers:?}");
+            }
+            assert_eq!(headers["x-request-id"], "req_mock");
+            assert!(
+                headers["content-type"]
+                    .to_str()
+                    .unwrap()
+                    .contains(if stream { "event-stream" } else { "json" })
+            );
+        }
+    })
+    .await;
+}

@@ -77,6 +77,7 @@ fn elector(client: kube::Client, identity: &str) -> Elector {
         name: "tollgate-controller".into(),
         identity: identity.into(),
         duration: Duration::from_secs(15),
+        observed: Default::default(),
     }
 }
 
@@ -136,15 +137,22 @@ async fn a_missing_lease_is_created_and_a_lost_race_is_not_leadership() {
 async fn an_expired_lease_is_taken_over_with_its_resource_version() {
     let (client, mut handle) = client();
     let e = elector(client, "pod-a");
+    let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+            "metadata": {"name": "tollgate-controller", "namespace": "tollgate", "resourceVersion": "41"},
+            "spec": {"holderIdentity": "pod-b", "leaseDurationSeconds": 1,
+                     "renewTime": "2020-01-01T00:00:00.000000Z", "leaseTransitions": 2}});
+    // Seen for the first time: however old its renewTime, it is not expired yet (the
+    // holder's clock is not this replica's).
+    let first = e.clone();
+    let run = tokio::spawn(async move { first.try_once().await.unwrap() });
+    let (_, _, _, _, send) = next(&mut handle).await;
+    send.send_response(respond(StatusCode::OK, &lease));
+    assert!(!run.await.unwrap());
+    // Unchanged for its duration, by this replica's clock: taken over.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let run = tokio::spawn(async move { e.try_once().await.unwrap() });
     let (_, _, _, _, send) = next(&mut handle).await;
-    send.send_response(respond(
-        StatusCode::OK,
-        &json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
-                "metadata": {"name": "tollgate-controller", "namespace": "tollgate", "resourceVersion": "41"},
-                "spec": {"holderIdentity": "pod-b", "leaseDurationSeconds": 15,
-                         "renewTime": "2020-01-01T00:00:00.000000Z", "leaseTransitions": 2}}),
-    ));
+    send.send_response(respond(StatusCode::OK, &lease));
     let (_, body, send) = expect(
         &mut handle,
         Method::PUT,
@@ -387,4 +395,40 @@ async fn the_mcp_session_key_is_read_or_created_and_a_lost_race_reads_the_winner
         .unwrap()
         .unwrap();
     assert_eq!(key, [9u8; 32]);
+}
+
+#[tokio::test]
+async fn a_token_review_counts_only_with_the_audience_asked_for() {
+    let sa = "system:serviceaccount:tollgate:tollgate-dataplane";
+    for (audiences, accepted) in [
+        (json!(["tollgate"]), true),
+        (json!(["https://kubernetes.default.svc"]), false),
+        (json!([]), false),
+        (Value::Null, false),
+    ] {
+        let (client, mut handle) = client();
+        let reviewer = crate::auth::TokenReviewer::new(
+            client,
+            "tollgate",
+            &["tollgate/tollgate-dataplane".to_string()],
+        );
+        let run = tokio::spawn(async move { reviewer.verify("a-projected-token").await });
+        let (_, body, send) = expect(
+            &mut handle,
+            Method::POST,
+            "/apis/authentication.k8s.io/v1/tokenreviews?",
+        )
+        .await;
+        assert_eq!(body["spec"]["audiences"], json!(["tollgate"]));
+        let mut status = json!({"authenticated": true, "user": {"username": sa}});
+        if !audiences.is_null() {
+            status["audiences"] = audiences.clone();
+        }
+        send.send_response(respond(
+            StatusCode::CREATED,
+            &json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview",
+                    "spec": body["spec"], "status": status}),
+        ));
+        assert_eq!(run.await.unwrap(), accepted, "{audiences}");
+    }
 }

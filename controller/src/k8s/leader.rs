@@ -3,8 +3,10 @@
 //! over an object's status.
 //!
 //! The holder renews the Lease every quarter of its duration. Another replica takes it over
-//! once `renewTime + leaseDurationSeconds` has passed, with the update conditioned on the
-//! Lease's `resourceVersion`, so two contenders cannot both win. A leader that cannot renew
+//! once the Lease has gone unchanged for `leaseDurationSeconds` by its own clock (as
+//! client-go does: the holder's `renewTime` is written with the holder's clock, which may
+//! be ahead or behind), with the update conditioned on the Lease's `resourceVersion`, so
+//! two contenders cannot both win. A leader that cannot renew
 //! within two thirds of the duration steps down before anyone else may take over, and one
 //! that stops releases the Lease so that the next one need not wait.
 
@@ -12,7 +14,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta};
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::PostParams;
 use tokio::sync::watch;
@@ -30,7 +32,9 @@ pub enum Decision {
     Wait { holder: String },
 }
 
-pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
+/// `unchanged_for`: how long, by this replica's clock, the Lease has been seen as it is
+/// now (holder and renewal unchanged).
+pub fn decide(lease: Option<&LeaseSpec>, me: &str, unchanged_for: Duration) -> Decision {
     let Some(spec) = lease else {
         return Decision::Create;
     };
@@ -41,19 +45,68 @@ pub fn decide(lease: Option<&LeaseSpec>, me: &str, now: Timestamp) -> Decision {
     if holder.is_empty() {
         return Decision::TakeOver;
     }
-    let seconds = i64::from(spec.lease_duration_seconds.unwrap_or(15).max(1));
-    let expired = spec
-        .renew_time
-        .as_ref()
-        .or(spec.acquire_time.as_ref())
-        .and_then(|t| t.0.checked_add(SignedDuration::from_secs(seconds)).ok())
-        .is_none_or(|until| until <= now);
-    if expired {
+    let seconds = u64::try_from(spec.lease_duration_seconds.unwrap_or(15).max(1)).unwrap_or(15);
+    if unchanged_for >= Duration::from_secs(seconds) {
         Decision::TakeOver
     } else {
         Decision::Wait {
             holder: holder.to_string(),
         }
+    }
+}
+
+/// What identifies one renewal of a Lease: any write changes it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Record {
+    holder: Option<String>,
+    renewed: Option<String>,
+    transitions: Option<i32>,
+}
+
+impl Record {
+    fn of(spec: &LeaseSpec) -> Self {
+        Self {
+            holder: spec.holder_identity.clone(),
+            renewed: spec
+                .renew_time
+                .as_ref()
+                .or(spec.acquire_time.as_ref())
+                .map(|t| t.0.to_string()),
+            transitions: spec.lease_transitions,
+        }
+    }
+}
+
+/// The Lease as last seen, and when (by this replica's monotonic clock) it was first seen
+/// so.
+#[derive(Default)]
+pub struct Observed(std::sync::Mutex<Option<(Record, tokio::time::Instant)>>);
+
+impl Observed {
+    /// How long `spec` has been seen unchanged, counting from now if it is new.
+    fn unchanged_for(&self, spec: Option<&LeaseSpec>) -> Duration {
+        let now = tokio::time::Instant::now();
+        let Some(spec) = spec else {
+            return Duration::ZERO;
+        };
+        let record = Record::of(spec);
+        let mut seen = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &*seen {
+            Some((r, since)) if *r == record => now.duration_since(*since),
+            _ => {
+                *seen = Some((record, now));
+                Duration::ZERO
+            }
+        }
+    }
+}
+
+impl std::fmt::Debug for Observed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observed")
     }
 }
 
@@ -64,6 +117,8 @@ pub struct Elector {
     pub name: String,
     pub identity: String,
     pub duration: Duration,
+    /// The Lease as last seen, by this replica's clock.
+    pub observed: std::sync::Arc<Observed>,
 }
 
 impl Elector {
@@ -72,11 +127,8 @@ impl Elector {
         let now = Timestamp::now();
         let current = self.api.get_opt(&self.name).await?;
         let seconds = i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX);
-        let decision = decide(
-            current.as_ref().and_then(|l| l.spec.as_ref()),
-            &self.identity,
-            now,
-        );
+        let spec = current.as_ref().and_then(|l| l.spec.as_ref());
+        let decision = decide(spec, &self.identity, self.observed.unchanged_for(spec));
         let result = match (decision, current) {
             (Decision::Wait { .. }, _) => return Ok(false),
             (Decision::Create, _) | (_, None) => {
@@ -199,25 +251,41 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_is_taken_only_when_free_or_expired() {
+    fn a_lease_is_taken_only_when_free_or_unchanged_for_its_duration() {
         let t0: Timestamp = "2026-01-01T00:00:00Z".parse().unwrap();
-        let later = |s| t0.checked_add(SignedDuration::from_secs(s)).unwrap();
-        assert_eq!(decide(None, "a", t0), Decision::Create);
+        let secs = Duration::from_secs;
+        assert_eq!(decide(None, "a", secs(0)), Decision::Create);
         let held = spec(Some("b"), t0, 15);
         assert_eq!(
-            decide(Some(&held), "a", later(14)),
+            decide(Some(&held), "a", secs(14)),
             Decision::Wait { holder: "b".into() }
         );
-        assert_eq!(decide(Some(&held), "a", later(15)), Decision::TakeOver);
-        assert_eq!(decide(Some(&held), "b", later(100)), Decision::Renew);
+        assert_eq!(decide(Some(&held), "a", secs(15)), Decision::TakeOver);
+        assert_eq!(decide(Some(&held), "b", secs(100)), Decision::Renew);
         assert_eq!(
-            decide(Some(&spec(None, t0, 15)), "a", t0),
+            decide(Some(&spec(None, t0, 15)), "a", secs(0)),
             Decision::TakeOver
         );
-        let never_renewed = LeaseSpec {
-            holder_identity: Some("b".into()),
-            ..LeaseSpec::default()
-        };
-        assert_eq!(decide(Some(&never_renewed), "a", t0), Decision::TakeOver);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_clock_is_this_replicas_whatever_the_renew_time_says() {
+        let observed = Observed::default();
+        // Renewed "long ago" by a holder whose clock is behind: not expired on sight.
+        let old: Timestamp = "2001-01-01T00:00:00Z".parse().unwrap();
+        let held = spec(Some("b"), old, 15);
+        assert_eq!(observed.unchanged_for(Some(&held)), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(10)).await;
+        assert_eq!(observed.unchanged_for(Some(&held)), Duration::from_secs(10));
+        // A renewal (even one stamped in the future) starts the count again.
+        let future: Timestamp = "2099-01-01T00:00:00Z".parse().unwrap();
+        let renewed = spec(Some("b"), future, 15);
+        assert_eq!(observed.unchanged_for(Some(&renewed)), Duration::ZERO);
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(
+            decide(Some(&renewed), "a", observed.unchanged_for(Some(&renewed))),
+            Decision::TakeOver,
+            "a holder whose clock runs ahead cannot keep the lease by stamping the future"
+        );
     }
 }

@@ -85,6 +85,7 @@ pub async fn run(client: kube::Client, settings: Settings, shared: Shared) {
         name: settings.lease_name.clone(),
         identity: settings.identity.clone(),
         duration: settings.lease_duration,
+        observed: Default::default(),
     };
     let election = tokio::spawn(elector.run(leader.clone(), stop.clone()));
     let config_maps = kube::Api::<ConfigMap>::namespaced(client.clone(), &settings.lease_namespace);

@@ -32,21 +32,20 @@ use tollgate_proto::time::{parse_duration, parse_rfc3339_unix};
 const FORWARDED_REQUEST_HEADERS: [&str; 4] =
     ["traceparent", "tracestate", "x-request-id", "accept"];
 
-/// Response headers never copied back (hop-by-hop, or describing the upstream connection).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "transfer-encoding"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "proxy-authenticate"
-            | "set-cookie"
-    )
-}
+/// The provider's response headers a client gets; the others stay in the gateway. They
+/// carry the provider account's organisation and project ids, its own rate limits (the
+/// gateway's are in `x-ratelimit-*`, per virtual key), cookies and its infrastructure.
+const FORWARDED_RESPONSE_HEADERS: [&str; 8] = [
+    "content-type",
+    "content-encoding",
+    "cache-control",
+    "retry-after",
+    "retry-after-ms",
+    // The provider's id of the request, for its support.
+    "x-request-id",
+    "request-id",
+    "x-amzn-requestid",
+];
 
 /// Metric labels: reference-counted, so a request allocates none.
 #[derive(Clone, Default)]
@@ -333,7 +332,7 @@ pub(super) fn respond(
     *out.status_mut() = status;
     let out_headers = out.headers_mut();
     for (name, value) in upstream_headers {
-        if !is_hop_by_hop(name) {
+        if FORWARDED_RESPONSE_HEADERS.contains(&name.as_str()) {
             out_headers.append(name.clone(), value.clone());
         }
     }

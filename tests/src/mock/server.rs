@@ -391,12 +391,23 @@ impl Shared {
     }
 }
 
-/// OpenAI's rate-limit headers, saying the key has no requests left when the directives
-/// say so.
+/// The headers of OpenAI's answers: the account's organisation and project, the request
+/// id, and the rate-limit headers, saying the key has no requests left when the
+/// directives say so.
 fn with_limits(mut r: Response<Body>, d: &Directives) -> Response<Body> {
+    let h = r.headers_mut();
+    h.insert(
+        "openai-organization",
+        HeaderValue::from_static("org-mock-account"),
+    );
+    h.insert(
+        "openai-project",
+        HeaderValue::from_static("proj_mock_account"),
+    );
+    h.insert("x-request-id", HeaderValue::from_static("req_mock"));
+    h.insert("x-ratelimit-limit-requests", HeaderValue::from(100));
+    h.insert("x-ratelimit-remaining-requests", HeaderValue::from(99));
     if let Some(secs) = d.exhausted_for {
-        let h = r.headers_mut();
-        h.insert("x-ratelimit-limit-requests", HeaderValue::from(100));
         h.insert("x-ratelimit-remaining-requests", HeaderValue::from(0));
         if let Ok(v) = HeaderValue::from_str(&format!("{secs}s")) {
             h.insert("x-ratelimit-reset-requests", v);
