@@ -73,7 +73,7 @@ run: build
 		> $(RUN_DIR)/mock-llm.log 2>&1 & \
 	target/debug/tollgate-controller --manifests examples/quickstart --xds-listen $(XDS_ADDR) \
 		--admin-listen $(CTL_ADMIN) --token-file $(RUN_DIR)/token > $(RUN_DIR)/controller.log 2>&1 & \
-	target/debug/tollgate-dataplane --controller http://$(XDS_ADDR) --listen $(API_ADDR) \
+	target/debug/tollgate-dataplane --controller http://$(XDS_ADDR) --listen $(API_ADDR) --egress-allow 127.0.0.0/8 \
 		--admin-listen $(DP_ADMIN) --token-file $(RUN_DIR)/token > $(RUN_DIR)/dataplane.log 2>&1 & \
 	for i in $$(seq 1 100); do curl -sf http://$(DP_ADMIN)/readyz >/dev/null 2>&1 && break; sleep 0.1; done; \
 	if ! curl -sf http://$(DP_ADMIN)/readyz >/dev/null; then \

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod balance;
 pub mod bodies;
+pub mod egress;
 pub mod eventstream;
 pub mod glob;
 pub mod json;

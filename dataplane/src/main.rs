@@ -182,6 +182,16 @@ struct Args {
     /// (Anthropic bills each search), so that its reserved worst case is a true bound.
     #[arg(long, default_value_t = 5)]
     max_web_searches: u64,
+    /// Addresses outbound connections (providers, MCP servers, token URLs) may reach
+    /// although they are loopback, link-local, private or otherwise not the public
+    /// internet: `CIDR` for every namespace, `NAMESPACE=CIDR` for the objects of one
+    /// (repeatable). Checked after DNS resolution, on every connect.
+    #[arg(long, value_name = "[NAMESPACE=]CIDR", value_parser = tollgate_dataplane::egress::parse_allow)]
+    egress_allow: Vec<(Option<String>, tollgate_dataplane::egress::Net)>,
+    /// More address ranges outbound connections never reach, e.g. the cluster's pod and
+    /// service ranges when they are public addresses (repeatable).
+    #[arg(long, value_name = "CIDR")]
+    egress_deny: Vec<tollgate_dataplane::egress::Net>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -280,7 +290,15 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
     tokio::spawn(admin.serve(admin_listener));
 
-    let upstream = upstream::client();
+    let mut egress = tollgate_dataplane::egress::Policy::default();
+    for (namespace, net) in args.egress_allow {
+        match namespace {
+            Some(ns) => egress.allow_in.entry(ns).or_default().push(net),
+            None => egress.allow.push(net),
+        }
+    }
+    egress.deny = args.egress_deny;
+    let upstream = upstream::Clients::new(&egress);
     let state = Arc::new(State {
         config,
         ready: ready_rx,

@@ -336,6 +336,24 @@ pub fn start_dataplane_with(
     log_dir: &Path,
     extra: &[&str],
 ) -> anyhow::Result<Dataplane> {
+    let mut args = vec!["--egress-allow", LOOPBACK];
+    args.extend_from_slice(extra);
+    start_dataplane_args(name, xds_port, token_file, log_dir, &args)
+}
+
+/// What the test dataplanes may connect to besides the internet: mock-llm and the test
+/// MCP servers listen on loopback.
+pub const LOOPBACK: &str = "127.0.0.0/8";
+
+/// Starts a dataplane with exactly these arguments besides its addresses and token (no
+/// egress allowed beyond the default policy unless `extra` says so).
+pub fn start_dataplane_args(
+    name: &str,
+    xds_port: u16,
+    token_file: &Path,
+    log_dir: &Path,
+    extra: &[&str],
+) -> anyhow::Result<Dataplane> {
     let token = token_file.display().to_string();
     let mut ports = (0, 0);
     let process = start_ready(name, &bin("tollgate-dataplane")?, log_dir, || {
@@ -507,8 +525,16 @@ impl Stack {
 
     /// Starts one more dataplane with more command-line arguments.
     pub fn add_dataplane_with(&mut self, extra: &[&str]) -> anyhow::Result<&Dataplane> {
+        let mut args = vec!["--egress-allow", LOOPBACK];
+        args.extend_from_slice(extra);
+        self.add_dataplane_args(&args)
+    }
+
+    /// Starts one more dataplane with exactly these extra arguments (loopback is not
+    /// allowed unless they allow it).
+    pub fn add_dataplane_args(&mut self, extra: &[&str]) -> anyhow::Result<&Dataplane> {
         let n = self.dataplanes.len() + 1;
-        let dataplane = start_dataplane_with(
+        let dataplane = start_dataplane_args(
             &format!("dataplane-{n}"),
             self.xds_port,
             &self.token_file,

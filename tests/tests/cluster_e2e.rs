@@ -145,6 +145,8 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
             format!("127.0.0.1:{dp_admin}"),
             "--token-file".into(),
             token.display().to_string(),
+            "--egress-allow".into(),
+            "127.0.0.0/8".into(),
         ],
         dir.path(),
     )

@@ -248,3 +248,128 @@ async fn admin_pages_need_the_admin_token() {
     })
     .await;
 }
+
+/// Team X's providers at a name that resolves to loopback, at the cloud metadata address
+/// and at a private address.
+const INWARD: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMProvider
+metadata: {name: by-name, namespace: team-x}
+spec:
+  type: openai
+  endpoint: http://localhost:PORT/v1
+  credentials: [{secretRef: {name: x-upstream}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMProvider
+metadata: {name: metadata, namespace: team-x}
+spec:
+  type: openai
+  endpoint: http://169.254.169.254/v1
+  credentials: [{secretRef: {name: x-upstream}}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMProvider
+metadata: {name: private, namespace: team-x}
+spec:
+  type: openai
+  endpoint: http://10.0.0.1:8080/v1
+  credentials: [{secretRef: {name: x-upstream}}]
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: x-upstream, namespace: team-x, labels: {tollgate.dev/credential: "true"}}
+stringData: {apiKey: sk-mock-primary}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: inward, namespace: team-x}
+spec:
+  match: {models: [by-name, metadata, private]}
+  targets:
+    - {provider: by-name, model: gpt-4o}
+  rules: []
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: x, namespace: team-x}
+spec: {secretRef: {name: x-key}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: x-key, namespace: team-x, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-team-x-key-0123456789}
+"#;
+
+#[tokio::test]
+async fn endpoints_inside_the_network_are_refused_unless_allowed() {
+    let mut stack = Stack::start().unwrap();
+    let port = stack.mock_url.rsplit(':').next().unwrap().to_string();
+    let mut manifest = INWARD.replace("PORT", &port);
+    // One route per provider.
+    manifest = manifest.replace(
+        "  match: {models: [by-name, metadata, private]}\n  targets:\n    - {provider: by-name, model: gpt-4o}\n  rules: []\n",
+        "  match: {models: [by-name]}\n  targets:\n    - {provider: by-name, model: gpt-4o}\n",
+    );
+    for p in ["metadata", "private"] {
+        manifest.push_str(&format!(
+            "---\napiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: {p}, namespace: team-x}}\nspec:\n  match: {{models: [{p}]}}\n  targets: [{{provider: {p}, model: gpt-4o}}]\n"
+        ));
+    }
+    stack.write_manifest("team-x.yaml", &manifest).unwrap();
+    // A dataplane that allows loopback to the quick start's namespace only.
+    stack
+        .add_dataplane_args(&["--egress-allow", "default=127.0.0.0/8"])
+        .unwrap();
+    // And one that allows nothing more than the default policy.
+    stack.add_dataplane_args(&[]).unwrap();
+    let (scoped, strict) = (&stack.dataplanes[1], &stack.dataplanes[2]);
+    with_logs(&stack, async {
+        let x_key = "tg-team-x-key-0123456789";
+        eventually(Duration::from_secs(10), || async {
+            post(&scoped.api, Some(x_key), &chat_body("by-name", "hi"))
+                .await
+                .0
+                != 404
+        })
+        .await;
+        let before = stack.upstream_requests().unwrap().len();
+        for (api, key, model) in [
+            (&strict.api, DEMO_KEY, "gpt-4o"),
+            (&strict.api, x_key, "by-name"),
+            (&scoped.api, x_key, "by-name"),
+            (&scoped.api, x_key, "metadata"),
+            (&scoped.api, x_key, "private"),
+        ] {
+            let started = std::time::Instant::now();
+            let (status, _, body) = post(api, Some(key), &chat_body(model, "hi")).await;
+            assert_eq!(status, 502, "{model}: {body}");
+            assert_eq!(body["error"]["code"], "upstream_unreachable", "{body}");
+            let text = body.to_string();
+            for leak in [
+                "127.0.0.1",
+                "localhost",
+                "169.254",
+                "10.0.0.1",
+                port.as_str(),
+            ] {
+                assert!(!text.contains(leak), "{leak} in {text}");
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(3),
+                "refused before connecting: {:?}",
+                started.elapsed()
+            );
+        }
+        assert_eq!(
+            stack.upstream_requests().unwrap().len(),
+            before,
+            "nothing reached the mock"
+        );
+        // Allowed for its namespace: the quick start's provider works on the scoped
+        // dataplane.
+        let (status, _, body) = post(&scoped.api, Some(DEMO_KEY), &chat_body("gpt-4o", "hi")).await;
+        assert_eq!(status, 200, "{body}");
+    })
+    .await;
+}

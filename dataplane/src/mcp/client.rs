@@ -32,7 +32,6 @@ use super::jsonrpc::{self, Id, Message, RpcError};
 use super::transport::{self, AnswerError, Events};
 use crate::auth::sigv4::uri_encode;
 use crate::auth::token::{TokenError, exchange};
-use crate::upstream::Upstream;
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -48,7 +47,9 @@ const SSE_VERSION: &str = "2024-11-05";
 
 #[derive(Debug, thiserror::Error)]
 pub enum CallError {
-    #[error("the MCP server could not be reached: {0}")]
+    /// The detail (logged where it happens) is not shown to clients: it may name
+    /// addresses and ports.
+    #[error("the MCP server could not be reached")]
     Unreachable(String),
     #[error("the MCP server did not answer within {0:?}")]
     Timeout(Duration),
@@ -120,7 +121,7 @@ pub struct Target<'a> {
 /// Tokens are cached with each server's OAuth client (`config::OAuthClient::token`).
 #[derive(Clone)]
 pub struct Client {
-    http: Upstream,
+    http: crate::upstream::Clients,
 }
 
 impl std::fmt::Debug for Client {
@@ -130,7 +131,7 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    pub fn new(http: Upstream) -> Self {
+    pub fn new(http: crate::upstream::Clients) -> Self {
         Client { http }
     }
 
@@ -356,10 +357,17 @@ impl Client {
         server: &McpServer,
         req: Request<Full<Bytes>>,
     ) -> Result<Response<Incoming>, CallError> {
-        tokio::time::timeout(server.timeout, self.http.request(req))
-            .await
-            .map_err(|_| CallError::Timeout(server.timeout))?
-            .map_err(|e| CallError::Unreachable(error_chain(&e)))
+        tokio::time::timeout(
+            server.timeout,
+            self.http.for_object(&server.id).request(req),
+        )
+        .await
+        .map_err(|_| CallError::Timeout(server.timeout))?
+        .map_err(|e| {
+            let chain = error_chain(&e);
+            tracing::warn!(server = %server.id, error = %chain, "MCP server unreachable");
+            CallError::Unreachable(chain)
+        })
     }
 
     async fn authorize(
@@ -402,7 +410,7 @@ impl Client {
                     .map_err(|_| TokenError::BadAnswer)?;
                 client_auth.set_sensitive(true);
                 exchange(
-                    &self.http,
+                    self.http.for_object(&server.id),
                     &oauth.token_url,
                     form,
                     Some(client_auth),

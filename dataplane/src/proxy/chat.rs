@@ -300,7 +300,12 @@ pub(super) async fn send(
     upstream: Request<Full<Bytes>>,
     deadline: Instant,
 ) -> Result<Response<Incoming>, ApiError> {
-    let response = match tokio::time::timeout_at(deadline, state.upstream.request(upstream)).await {
+    let response = match tokio::time::timeout_at(
+        deadline,
+        state.upstream.for_object(&provider.id).request(upstream),
+    )
+    .await
+    {
         Err(_) => return Err(ApiError::UpstreamTimeout),
         Ok(Err(e)) => {
             tracing::debug!(provider = %provider.id, error = %e, "upstream request failed");
@@ -1375,7 +1380,7 @@ pub(super) async fn build_upstream(
         }
         Auth::Google(account) => {
             let value = account
-                .authorization(&state.upstream)
+                .authorization(state.upstream.for_object(&provider.id))
                 .await
                 .map_err(|e| {
                     tracing::warn!(provider = %provider.id, credential = %credential.id, error = %e, "no access token");

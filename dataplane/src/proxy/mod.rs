@@ -22,7 +22,6 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 use crate::snapshot::Snapshot;
-use crate::upstream::Upstream;
 use error::ApiError;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -70,7 +69,8 @@ impl TranslationLimits {
 pub struct State {
     pub config: Arc<ArcSwap<Snapshot>>,
     pub ready: watch::Receiver<bool>,
-    pub upstream: Upstream,
+    /// The HTTP clients for providers, by the namespace the egress policy judges.
+    pub upstream: crate::upstream::Clients,
     pub metrics: Metrics,
     /// Bounds on request bodies: size, minimum rate, and the bytes held at once.
     pub bodies: crate::bodies::Limits,

@@ -480,6 +480,8 @@ fn start_tollgate(
             format!("127.0.0.1:{admin}"),
             "--token-file".into(),
             token.display().to_string(),
+            "--egress-allow".into(),
+            "127.0.0.0/8".into(),
         ],
         work,
     )?;
