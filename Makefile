@@ -72,8 +72,11 @@ run: build
 	target/debug/mock-llm --listen $(MOCK_ADDR) --api-key sk-mock-primary --api-key sk-mock-secondary --api-key sk-ant-mock \
 		> $(RUN_DIR)/mock-llm.log 2>&1 & \
 	target/debug/tollgate-controller --manifests examples/quickstart --xds-listen $(XDS_ADDR) \
-		--admin-listen $(CTL_ADMIN) --token-file $(RUN_DIR)/token > $(RUN_DIR)/controller.log 2>&1 & \
-	target/debug/tollgate-dataplane --controller http://$(XDS_ADDR) --listen $(API_ADDR) --egress-allow 127.0.0.0/8 \
+		--admin-listen $(CTL_ADMIN) --token-file $(RUN_DIR)/token --tls-self-signed $(RUN_DIR)/tls \
+		> $(RUN_DIR)/controller.log 2>&1 & \
+	for i in $$(seq 1 100); do test -s $(RUN_DIR)/tls/ca.crt && break; sleep 0.1; done; \
+	target/debug/tollgate-dataplane --controller https://$(XDS_ADDR) --controller-ca $(RUN_DIR)/tls/ca.crt \
+		--listen $(API_ADDR) --egress-allow 127.0.0.0/8 \
 		--admin-listen $(DP_ADMIN) --token-file $(RUN_DIR)/token > $(RUN_DIR)/dataplane.log 2>&1 & \
 	for i in $$(seq 1 100); do curl -sf http://$(DP_ADMIN)/readyz >/dev/null 2>&1 && break; sleep 0.1; done; \
 	if ! curl -sf http://$(DP_ADMIN)/readyz >/dev/null; then \

@@ -14,6 +14,7 @@ pub mod objects;
 pub mod publish;
 pub mod session_key;
 pub mod status;
+pub mod tls;
 pub mod tracker;
 pub mod usage;
 pub mod xds;

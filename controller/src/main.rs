@@ -41,6 +41,31 @@ struct Args {
     /// Address of the config and usage streams (gRPC).
     #[arg(long, default_value = "127.0.0.1:18000")]
     xds_listen: SocketAddr,
+    /// Serve the config and usage streams over TLS with this certificate (PEM; with
+    /// --tls-key). The streams carry every tenant's credentials: without TLS only with
+    /// --plaintext.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Make a CA and certificates in DIR (once; kept there) and serve with them: for a
+    /// local setup. Dataplanes verify the controller with DIR/ca.crt, and may present
+    /// DIR/client.crt for mutual TLS.
+    #[arg(long, value_name = "DIR", conflicts_with = "tls_cert")]
+    tls_self_signed: Option<PathBuf>,
+    /// Names the self-made certificate is for, besides localhost, 127.0.0.1 and ::1
+    /// (repeatable).
+    #[arg(long, value_name = "NAME")]
+    tls_san: Vec<String>,
+    /// Mutual TLS: dataplanes must present a client certificate issued by this CA (PEM),
+    /// besides their token.
+    #[arg(long, value_name = "FILE")]
+    tls_client_ca: Option<PathBuf>,
+    /// Serve the config and usage streams without TLS (inside a trusted network, or behind
+    /// a mesh that encrypts them).
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_self_signed"])]
+    plaintext: bool,
     /// Address of /healthz, /readyz, /status, /usage and /metrics.
     #[arg(long, default_value = "127.0.0.1:18001")]
     admin_listen: SocketAddr,
@@ -138,6 +163,7 @@ async fn main() -> anyhow::Result<()> {
         }
         None => None,
     };
+    let tls = server_tls(&args)?;
     let mode = match args.manifests.clone() {
         Some(dir) => {
             if !dir.is_dir() {
@@ -386,7 +412,19 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("binding --xds-listen {}", args.xds_listen))?;
     tracing::info!(addr = %listener.local_addr()?, "config stream listening");
     let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-    let server = tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &tls {
+        builder = builder
+            .tls_config(tls.config())
+            .context("the config stream's TLS settings")?;
+        tracing::info!(
+            mutual = tls.client_ca_pem.is_some(),
+            "config stream served over TLS"
+        );
+    } else {
+        tracing::warn!("config stream served WITHOUT TLS (--plaintext): it carries credentials");
+    }
+    let server = builder
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .layer(AuthLayer::new(authenticator))
         .add_service(config)
@@ -425,6 +463,26 @@ fn hostname() -> String {
         .ok()
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "tollgate-controller".into())
+}
+
+/// The TLS settings of the config stream, or `None` with --plaintext.
+fn server_tls(args: &Args) -> anyhow::Result<Option<tollgate_controller::tls::ServerTls>> {
+    use tollgate_controller::tls;
+    let client_ca = args.tls_client_ca.as_deref();
+    let (cert, key) = match (&args.tls_cert, &args.tls_key, &args.tls_self_signed) {
+        (Some(cert), Some(key), _) => (cert.clone(), key.clone()),
+        (_, _, Some(dir)) => {
+            let mut names: Vec<String> =
+                ["localhost", "127.0.0.1", "::1"].map(String::from).to_vec();
+            names.extend(args.tls_san.iter().cloned());
+            tls::self_signed(dir, &names)?
+        }
+        _ if args.plaintext => return Ok(None),
+        _ => anyhow::bail!(
+            "the config stream carries every tenant's credentials: serve it over TLS with --tls-cert and --tls-key (or --tls-self-signed DIR for a local setup), or pass --plaintext"
+        ),
+    };
+    Ok(Some(tls::ServerTls::from_files(&cert, &key, client_ca)?))
 }
 
 async fn shutdown() {

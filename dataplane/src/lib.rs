@@ -12,7 +12,7 @@ pub mod egress;
 pub mod eventstream;
 pub mod glob;
 pub mod json;
-mod link;
+pub mod link;
 pub mod mcp;
 pub mod metrics;
 pub mod prices;

@@ -4,13 +4,13 @@
 //! backoff.
 
 use std::future::Future;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::Interceptor;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StreamError {
@@ -40,18 +40,45 @@ impl Interceptor for Bearer {
 
 pub(crate) type Authorized = InterceptedService<Channel, Bearer>;
 
+/// Where the controller is and how to reach it.
+#[derive(Clone)]
+pub struct Controller {
+    /// `https://host:port` (or `http://` with no TLS).
+    pub url: String,
+    /// The token presented, read at each connection: a projected ServiceAccount token is
+    /// rotated by the kubelet.
+    pub token_file: PathBuf,
+    /// How the controller's certificate is checked (and the client certificate shown,
+    /// for mutual TLS); `None` for a plaintext connection.
+    pub tls: Option<ClientTlsConfig>,
+}
+
+impl std::fmt::Debug for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Controller")
+            .field("url", &self.url)
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Display for Controller {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.url)
+    }
+}
+
 /// Connects to the controller and reads the token to present.
-pub(crate) async fn connect(
-    controller: &str,
-    token_file: &Path,
-) -> Result<Authorized, StreamError> {
-    let channel = Endpoint::from_shared(controller.to_string())?
+pub(crate) async fn connect(controller: &Controller) -> Result<Authorized, StreamError> {
+    let mut endpoint = Endpoint::from_shared(controller.url.clone())?
         .connect_timeout(Duration::from_secs(5))
         .http2_keep_alive_interval(Duration::from_secs(20))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .connect()
-        .await?;
-    let token = std::fs::read_to_string(token_file).map_err(StreamError::TokenFile)?;
+        .keep_alive_timeout(Duration::from_secs(10));
+    if let Some(tls) = &controller.tls {
+        endpoint = endpoint.tls_config(tls.clone())?;
+    }
+    let channel = endpoint.connect().await?;
+    let token = std::fs::read_to_string(&controller.token_file).map_err(StreamError::TokenFile)?;
     let token: MetadataValue<Ascii> = format!("Bearer {}", token.trim())
         .parse()
         .map_err(|_| StreamError::Token)?;

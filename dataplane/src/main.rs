@@ -91,9 +91,26 @@ mod allocator {
     about = "Serves the LLM APIs with config from the Tollgate controller"
 )]
 struct Args {
-    /// URL of the controller's config stream, e.g. http://127.0.0.1:18000.
+    /// URL of the controller's config stream, e.g. https://127.0.0.1:18000 (`http://`
+    /// only with --plaintext).
     #[arg(long)]
     controller: String,
+    /// The CA (PEM) that issued the controller's certificate; required for `https://`.
+    #[arg(long, value_name = "FILE")]
+    controller_ca: Option<PathBuf>,
+    /// The name the controller's certificate must be for (default: the URL's host).
+    #[arg(long, value_name = "NAME")]
+    controller_server_name: Option<String>,
+    /// Mutual TLS: the certificate (PEM) shown to the controller, with --client-key.
+    #[arg(long, value_name = "FILE", requires = "client_key")]
+    client_cert: Option<PathBuf>,
+    /// The private key of --client-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "client_cert")]
+    client_key: Option<PathBuf>,
+    /// Connect to the controller without TLS (`http://`): the config stream carries
+    /// credentials, so only inside a trusted network or a mesh that encrypts it.
+    #[arg(long)]
+    plaintext: bool,
     /// Address of the client-facing API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
@@ -252,9 +269,9 @@ async fn main() -> anyhow::Result<()> {
 
     let quotas = Quotas::new(args.quota_wait, args.quota_unreachable == Unreachable::Open);
     quotas.observe_waits(metrics.quota_waits.clone());
+    let controller = Arc::new(controller_link(&args)?);
     let reporter = Reporter::new(
-        args.controller.clone(),
-        args.token_file.clone(),
+        controller.clone(),
         &node_id,
         quotas.clone(),
         metrics.clone(),
@@ -263,8 +280,7 @@ async fn main() -> anyhow::Result<()> {
     let session_keys = Arc::new(tollgate_dataplane::mcp::session::Keys::default());
     let client = xds::Client {
         session_keys: session_keys.clone(),
-        controller: args.controller.clone(),
-        token_file: args.token_file.clone(),
+        controller,
         node_id,
         store: Arc::new(Mutex::new(Store::default())),
         config: config.clone(),
@@ -354,6 +370,41 @@ async fn main() -> anyhow::Result<()> {
     // Every answered request's usage reaches the controller before the process ends.
     reporter.flush(args.drain_timeout).await;
     Ok(())
+}
+
+/// How the config and usage streams reach the controller: over TLS, verifying its
+/// certificate with --controller-ca, unless --plaintext says otherwise.
+fn controller_link(args: &Args) -> anyhow::Result<tollgate_dataplane::link::Controller> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+    let read = |p: &PathBuf| {
+        std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
+    };
+    let tls = if args.controller.starts_with("http://") {
+        if !args.plaintext {
+            bail!(
+                "--controller {} is not TLS, and the config stream carries credentials: use https:// with --controller-ca, or pass --plaintext",
+                args.controller
+            );
+        }
+        None
+    } else {
+        let Some(ca) = &args.controller_ca else {
+            bail!("--controller-ca is required to verify the controller's certificate");
+        };
+        let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
+        if let Some(name) = &args.controller_server_name {
+            config = config.domain_name(name.clone());
+        }
+        if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
+            config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
+        }
+        Some(config)
+    };
+    Ok(tollgate_dataplane::link::Controller {
+        url: args.controller.clone(),
+        token_file: args.token_file.clone(),
+        tls,
+    })
 }
 
 /// Resolves on SIGTERM (what Kubernetes sends) or Ctrl-C.

@@ -21,8 +21,7 @@ use crate::quota::Quotas;
 const TICK: Duration = Duration::from_millis(100);
 
 pub struct Reporter {
-    pub controller: String,
-    pub token_file: std::path::PathBuf,
+    pub controller: Arc<link::Controller>,
     /// The node id and a per-process instance id: sequences restart with the process.
     pub dataplane_id: String,
     pub quotas: Arc<Quotas>,
@@ -42,15 +41,13 @@ impl std::fmt::Debug for Reporter {
 
 impl Reporter {
     pub fn new(
-        controller: String,
-        token_file: std::path::PathBuf,
+        controller: Arc<link::Controller>,
         node_id: &str,
         quotas: Arc<Quotas>,
         metrics: Metrics,
     ) -> Arc<Self> {
         Arc::new(Reporter {
             controller,
-            token_file,
             dataplane_id: format!("{node_id}/{:016x}", fastrand::u64(..)),
             quotas,
             metrics,
@@ -81,8 +78,7 @@ impl Reporter {
     }
 
     async fn stream_once(&self) -> Result<(), StreamError> {
-        let mut client =
-            UsageReportingClient::new(link::connect(&self.controller, &self.token_file).await?);
+        let mut client = UsageReportingClient::new(link::connect(&self.controller).await?);
         let (tx, rx) = mpsc::channel(256);
         let mut inbound = client.report(ReceiverStream::new(rx)).await?.into_inner();
         let epoch = self.quotas.new_epoch();

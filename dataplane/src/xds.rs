@@ -21,10 +21,7 @@ const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Client {
-    pub controller: String,
-    /// The token presented to the controller, read at each connection: a projected
-    /// ServiceAccount token is rotated by the kubelet.
-    pub token_file: std::path::PathBuf,
+    pub controller: Arc<crate::link::Controller>,
     pub node_id: String,
     pub store: Arc<Mutex<Store>>,
     pub config: Arc<ArcSwap<Snapshot>>,
@@ -61,10 +58,9 @@ impl Client {
     }
 
     async fn stream_once(&self) -> Result<(), StreamError> {
-        let mut client =
-            ConfigDiscoveryClient::new(link::connect(&self.controller, &self.token_file).await?)
-                .max_decoding_message_size(MAX_MESSAGE_BYTES)
-                .max_encoding_message_size(MAX_MESSAGE_BYTES);
+        let mut client = ConfigDiscoveryClient::new(link::connect(&self.controller).await?)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES);
 
         let (tx, rx) = mpsc::channel(16);
         for (i, t) in type_url::ALL.into_iter().enumerate() {

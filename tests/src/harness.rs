@@ -341,6 +341,20 @@ pub fn start_dataplane_with(
     start_dataplane_args(name, xds_port, token_file, log_dir, &args)
 }
 
+/// The arguments that make a controller serve its config stream over TLS, with a CA and
+/// certificates it makes in `dir`/tls (shared by the controllers of one test).
+pub fn controller_tls(dir: &Path) -> [String; 2] {
+    [
+        "--tls-self-signed".into(),
+        dir.join("tls").display().to_string(),
+    ]
+}
+
+/// The CA that dataplanes verify the controller with: see [`controller_tls`].
+pub fn controller_ca(dir: &Path) -> String {
+    dir.join("tls").join("ca.crt").display().to_string()
+}
+
 /// What the test dataplanes may connect to besides the internet: mock-llm and the test
 /// MCP servers listen on loopback.
 pub const LOOPBACK: &str = "127.0.0.0/8";
@@ -360,7 +374,9 @@ pub fn start_dataplane_args(
         ports = (free_port()?, free_port()?);
         let argv = vec![
             "--controller".into(),
-            format!("http://127.0.0.1:{xds_port}"),
+            format!("https://127.0.0.1:{xds_port}"),
+            "--controller-ca".into(),
+            controller_ca(log_dir),
             "--listen".into(),
             format!("127.0.0.1:{}", ports.0),
             "--admin-listen".into(),
@@ -510,6 +526,7 @@ impl Stack {
                 "--quota-lease-ttl".into(),
                 "2s".into(),
             ];
+            let argv: Vec<String> = argv.into_iter().chain(controller_tls(&logs)).collect();
             let argv = argv.into_iter().chain(extra.iter().cloned()).collect();
             Ok((argv, format!("http://127.0.0.1:{}/readyz", chosen.1)))
         })?;

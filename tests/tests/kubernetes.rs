@@ -12,8 +12,8 @@ use base64::Engine;
 use serde_json::{Value, json};
 use tollgate_tests::fake_kube::{FakeApi, Running};
 use tollgate_tests::harness::{
-    Dataplane, Process, UPSTREAM_KEYS, bin, free_port, http_request, http_request_with,
-    start_dataplane, start_mock, start_ready_with_env,
+    Dataplane, Process, UPSTREAM_KEYS, bin, controller_ca, controller_tls, free_port, http_request,
+    http_request_with, start_dataplane, start_mock, start_ready_with_env,
 };
 
 const TG: &str = "apis/tollgate.dev/v1alpha1";
@@ -78,6 +78,7 @@ impl Cluster {
                     "3s".into(),
                 ];
                 argv.extend(extra.iter().map(|s| s.to_string()));
+                argv.extend(controller_tls(self.dir.path()));
                 Ok((argv, format!("http://127.0.0.1:{}/readyz", ports.1)))
             },
         )
@@ -456,7 +457,9 @@ fn dataplanes_authenticate_with_service_account_tokens() {
             &bin("tollgate-dataplane").unwrap(),
             &[
                 "--controller".into(),
-                format!("http://127.0.0.1:{}", ctl.xds),
+                format!("https://127.0.0.1:{}", ctl.xds),
+                "--controller-ca".into(),
+                controller_ca(c.dir.path()),
                 "--listen".into(),
                 format!("127.0.0.1:{api}"),
                 "--admin-listen".into(),

@@ -675,7 +675,9 @@ fn config_stream_requires_the_token() {
     );
     let args: Vec<String> = vec![
         "--controller".into(),
-        format!("http://127.0.0.1:{}", stack.xds_port),
+        format!("https://127.0.0.1:{}", stack.xds_port),
+        "--controller-ca".into(),
+        tollgate_tests::harness::controller_ca(stack.dir.path()),
         "--listen".into(),
         format!("127.0.0.1:{api_port}"),
         "--admin-listen".into(),

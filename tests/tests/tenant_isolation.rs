@@ -8,7 +8,9 @@
 use std::time::Duration;
 
 use serde_json::Value;
-use tollgate_tests::harness::{DEMO_KEY, Stack, http_get, http_request_with};
+use tollgate_tests::harness::{
+    DEMO_KEY, Process, Stack, bin, free_port, http_get, http_request_with,
+};
 
 mod common;
 use common::*;
@@ -372,4 +374,180 @@ async fn endpoints_inside_the_network_are_refused_unless_allowed() {
         assert_eq!(status, 200, "{body}");
     })
     .await;
+}
+
+/// Starts a dataplane on `stack`'s controller with `args` besides its addresses and
+/// token; answers it and its admin URL.
+fn raw_dataplane(stack: &Stack, name: &str, args: &[String]) -> (Process, String) {
+    let (api, admin) = (free_port().unwrap(), free_port().unwrap());
+    let mut argv: Vec<String> = vec![
+        "--listen".into(),
+        format!("127.0.0.1:{api}"),
+        "--admin-listen".into(),
+        format!("127.0.0.1:{admin}"),
+        "--token-file".into(),
+        stack.token_file.display().to_string(),
+    ];
+    argv.extend_from_slice(args);
+    let p = Process::start(
+        name,
+        &bin("tollgate-dataplane").unwrap(),
+        &argv,
+        stack.dir.path(),
+    )
+    .unwrap();
+    (p, format!("http://127.0.0.1:{admin}"))
+}
+
+fn ready(admin: &str) -> bool {
+    http_get(&format!("{admin}/readyz")).is_ok_and(|(s, _)| s == 200)
+}
+
+#[tokio::test]
+async fn the_config_stream_is_tls_and_the_controller_is_verified() {
+    let mut stack = Stack::start().unwrap();
+    let https = format!("https://127.0.0.1:{}", stack.xds_port);
+    let tls = stack.dir.path().join("tls");
+    // A CA of someone else's: the controller's certificate is not trusted.
+    let other = stack.dir.path().join("other-tls");
+    let mut maker = Process::start(
+        "other-ca",
+        &bin("tollgate-controller").unwrap(),
+        &[
+            "--manifests".into(),
+            stack.manifests.display().to_string(),
+            "--xds-listen".into(),
+            format!("127.0.0.1:{}", free_port().unwrap()),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{}", free_port().unwrap()),
+            "--token-file".into(),
+            stack.token_file.display().to_string(),
+            "--tls-self-signed".into(),
+            other.display().to_string(),
+        ],
+        stack.dir.path(),
+    )
+    .unwrap();
+    eventually(Duration::from_secs(10), || {
+        let made = other.join("ca.crt").exists();
+        async move { made }
+    })
+    .await;
+    maker.kill();
+    let (mut untrusting, untrusting_admin) = raw_dataplane(
+        &stack,
+        "untrusting",
+        &[
+            "--controller".into(),
+            https.clone(),
+            "--controller-ca".into(),
+            other.join("ca.crt").display().to_string(),
+        ],
+    );
+    // Plain http is refused by the dataplane itself, unless asked for.
+    let (mut plain, _) = raw_dataplane(
+        &stack,
+        "plain",
+        &[
+            "--controller".into(),
+            format!("http://127.0.0.1:{}", stack.xds_port),
+        ],
+    );
+    let status = plain.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(!status.success());
+    assert!(
+        plain.log_text().contains("--plaintext"),
+        "{}",
+        plain.log_text()
+    );
+    // Asked for, it gets nowhere: the controller speaks only TLS.
+    let (_plain_asked, plain_admin) = raw_dataplane(
+        &stack,
+        "plain-asked",
+        &[
+            "--controller".into(),
+            format!("http://127.0.0.1:{}", stack.xds_port),
+            "--plaintext".into(),
+        ],
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !ready(&untrusting_admin),
+        "a dataplane trusted a controller it cannot verify"
+    );
+    assert!(!ready(&plain_admin));
+    let log = untrusting.log_text();
+    assert!(
+        log.contains("config stream lost") || log.contains("connect"),
+        "{log}"
+    );
+    untrusting.kill();
+
+    // Mutual TLS: with --tls-client-ca, a dataplane needs the client certificate too.
+    stack.controller.take().unwrap().kill();
+    stack.controller_args = vec![
+        "--tls-client-ca".into(),
+        tls.join("ca.crt").display().to_string(),
+    ];
+    stack.start_controller().unwrap();
+    let ca = tls.join("ca.crt").display().to_string();
+    let (_no_cert, no_cert_admin) = raw_dataplane(
+        &stack,
+        "no-client-cert",
+        &[
+            "--controller".into(),
+            https.clone(),
+            "--controller-ca".into(),
+            ca.clone(),
+        ],
+    );
+    let (_with_cert, with_cert_admin) = raw_dataplane(
+        &stack,
+        "client-cert",
+        &[
+            "--controller".into(),
+            https,
+            "--controller-ca".into(),
+            ca,
+            "--client-cert".into(),
+            tls.join("client.crt").display().to_string(),
+            "--client-key".into(),
+            tls.join("client.key").display().to_string(),
+        ],
+    );
+    eventually(Duration::from_secs(15), || {
+        let up = ready(&with_cert_admin);
+        async move { up }
+    })
+    .await;
+    assert!(
+        !ready(&no_cert_admin),
+        "mutual TLS let in a dataplane without a certificate"
+    );
+}
+
+#[test]
+fn a_controller_without_tls_settings_does_not_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "test-token-0123456789").unwrap();
+    let mut p = Process::start(
+        "controller",
+        &bin("tollgate-controller").unwrap(),
+        &[
+            "--manifests".into(),
+            dir.path().display().to_string(),
+            "--xds-listen".into(),
+            format!("127.0.0.1:{}", free_port().unwrap()),
+            "--admin-listen".into(),
+            format!("127.0.0.1:{}", free_port().unwrap()),
+            "--token-file".into(),
+            token.display().to_string(),
+        ],
+        dir.path(),
+    )
+    .unwrap();
+    let status = p.wait_exit(Duration::from_secs(10)).unwrap();
+    assert!(!status.success());
+    assert!(p.log_text().contains("--tls-cert"), "{}", p.log_text());
 }

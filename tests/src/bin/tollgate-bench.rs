@@ -446,6 +446,8 @@ fn start_tollgate(
         format!("127.0.0.1:{cadmin}"),
         "--token-file".into(),
         token.display().to_string(),
+        "--tls-self-signed".into(),
+        work.join("tls").display().to_string(),
     ];
     let kubeconfig = kubeconfig.map(|k| k.display().to_string());
     match &kubeconfig {
@@ -468,12 +470,20 @@ fn start_tollgate(
         &env,
         work,
     )?;
+    // The controller makes its CA as it starts; the dataplane reads it as it starts.
+    let ca = work.join("tls/ca.crt");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !ca.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
     let dataplane = Process::start(
         "dataplane",
         &bin("tollgate-dataplane")?,
         &[
             "--controller".into(),
-            format!("http://127.0.0.1:{xds}"),
+            format!("https://127.0.0.1:{xds}"),
+            "--controller-ca".into(),
+            work.join("tls/ca.crt").display().to_string(),
             "--listen".into(),
             format!("127.0.0.1:{api}"),
             "--admin-listen".into(),
