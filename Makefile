@@ -134,6 +134,15 @@ chart-check: $(VENV)/.chart-tools
 		$(HELM) template tollgate charts/tollgate --namespace tollgate --include-crds $${values:+-f $$values} \
 			| $(VENV)/bin/python charts/tools.py validate $(K8S_VERSIONS) || exit 1; \
 	done
+	@echo "chart defaults: TLS on the config stream, NetworkPolicies, admin token"
+	@$(HELM) template tollgate charts/tollgate --namespace tollgate > $(VENV)/.chart-default.yaml
+	@for expected in '--tls-cert=' '--controller=https://' '--controller-ca=' \
+		'--admin-token-file=' 'kind: NetworkPolicy' 'type: kubernetes.io/tls'; do \
+		grep -qF -- "$$expected" $(VENV)/.chart-default.yaml || \
+		{ echo "the chart's defaults render no '$$expected'"; exit 1; }; \
+	done
+	@! grep -qF -- '--plaintext' $(VENV)/.chart-default.yaml || \
+		{ echo "the chart's defaults render --plaintext"; exit 1; }
 
 ## Exactly what CI runs.
 ci: lint generate-check chart-check test bench-smoke

@@ -15,7 +15,11 @@ import zipfile
 from pathlib import Path
 
 # Kinds from CRDs outside Kubernetes itself: no schema ships with kubernetes-validate.
-NOT_IN_KUBERNETES = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+NOT_IN_KUBERNETES = {
+    ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("cert-manager.io/v1", "Certificate"),
+    ("cert-manager.io/v1", "Issuer"),
+}
 
 
 def install_helm(dest: str) -> None:

@@ -78,3 +78,38 @@ seccompProfile:
 {{- fail "controller.replicas must be at least 1" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* How the config stream's certificates come: generated, certManager, existingSecret
+or disabled; `auto` is certManager where its API is served, generated elsewhere. */}}
+{{- define "tollgate.tlsMode" -}}
+{{- $mode := .Values.tls.mode -}}
+{{- if eq $mode "auto" -}}
+{{- if .Capabilities.APIVersions.Has "cert-manager.io/v1" -}}certManager{{- else -}}generated{{- end -}}
+{{- else -}}
+{{- $mode -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the controller's certificate (tls.crt, tls.key) and the CA
+(ca.crt). */}}
+{{- define "tollgate.tlsSecret" -}}
+{{- if eq (include "tollgate.tlsMode" .) "existingSecret" -}}
+{{- required "tls.existingSecret is required with tls.mode existingSecret" .Values.tls.existingSecret -}}
+{{- else -}}
+{{- printf "%s-stream-tls" (include "tollgate.fullname" .) -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The Secret holding the admin token that /status, /usage and /config require. */}}
+{{- define "tollgate.adminSecret" -}}
+{{- default (printf "%s-admin" (include "tollgate.fullname" .)) .Values.admin.existingSecret -}}
+{{- end -}}
+
+{{/* The Secret holding the dataplanes' client certificate (mutual TLS). */}}
+{{- define "tollgate.tlsClientSecret" -}}
+{{- if eq (include "tollgate.tlsMode" .) "existingSecret" -}}
+{{- required "tls.existingClientSecret is required with tls.mode existingSecret and tls.mutual" .Values.tls.existingClientSecret -}}
+{{- else -}}
+{{- printf "%s-client" (include "tollgate.tlsSecret" .) -}}
+{{- end -}}
+{{- end -}}
