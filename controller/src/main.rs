@@ -62,6 +62,10 @@ struct Args {
     /// besides their token.
     #[arg(long, value_name = "FILE")]
     tls_client_ca: Option<PathBuf>,
+    /// Connections to the config stream's port open at once (two per dataplane); more are
+    /// closed as they are accepted.
+    #[arg(long, default_value_t = 4096)]
+    max_stream_connections: usize,
     /// Serve the config and usage streams without TLS (inside a trusted network, or behind
     /// a mesh that encrypts them).
     #[arg(long, conflicts_with_all = ["tls_cert", "tls_self_signed"])]
@@ -411,7 +415,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --xds-listen {}", args.xds_listen))?;
     tracing::info!(addr = %listener.local_addr()?, "config stream listening");
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let incoming = tollgate_controller::tls::capped_incoming(listener, args.max_stream_connections);
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
         builder = builder
@@ -426,6 +430,10 @@ async fn main() -> anyhow::Result<()> {
     }
     let server = builder
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+        // A dataplane opens two streams (config and usage).
+        .max_concurrent_streams(Some(16))
         .layer(AuthLayer::new(authenticator))
         .add_service(config)
         .add_service(usage)

@@ -1129,9 +1129,15 @@ impl Ctx {
                 None
             };
             let out = if status.is_success() {
-                let (out, usage) = plan
-                    .response(collected)
-                    .map_err(|e| fail(Failure::ServerError, Err(e), None))?;
+                let large = collected.len() > crate::tokens::HEAVY_BYTES;
+                let translate = || plan.response(collected);
+                let translated = if large {
+                    crate::tokens::off_runtime(translate)
+                } else {
+                    translate()
+                };
+                let (out, usage) =
+                    translated.map_err(|e| fail(Failure::ServerError, Err(e), None))?;
                 completion.usage = usage;
                 completion
                     .count_unreported(|model, api| Some(crate::tokens::answer(model, api, &out)));
