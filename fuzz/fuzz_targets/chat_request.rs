@@ -8,16 +8,11 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use tollgate_dataplane::proxy::Api;
 use tollgate_dataplane::proxy::request::ChatHead;
-use tollgate_dataplane::runtime::{ProviderKind, Wire};
 use tollgate_dataplane::translate::pipeline::Plan;
 
-const PAIRS: [(Wire, ProviderKind); 5] = [
-    (Wire::OpenAi, ProviderKind::OpenAi),
-    (Wire::Anthropic, ProviderKind::Anthropic),
-    (Wire::VertexAnthropic, ProviderKind::VertexAi),
-    (Wire::Gemini, ProviderKind::Gemini),
-    (Wire::Bedrock, ProviderKind::Bedrock),
-];
+#[path = "pairs.rs"]
+mod pairs;
+use pairs::PAIRS;
 
 fuzz_target!(|data: &[u8]| {
     let body = bytes::Bytes::copy_from_slice(data);

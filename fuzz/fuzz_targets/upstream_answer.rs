@@ -8,16 +8,11 @@ use std::sync::Arc;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tollgate_dataplane::proxy::Api;
-use tollgate_dataplane::runtime::{ProviderKind, Wire};
 use tollgate_dataplane::translate::pipeline::Plan;
 
-const PAIRS: [(Wire, ProviderKind); 5] = [
-    (Wire::OpenAi, ProviderKind::OpenAi),
-    (Wire::Anthropic, ProviderKind::Anthropic),
-    (Wire::VertexAnthropic, ProviderKind::VertexAi),
-    (Wire::Gemini, ProviderKind::Gemini),
-    (Wire::Bedrock, ProviderKind::Bedrock),
-];
+#[path = "pairs.rs"]
+mod pairs;
+use pairs::PAIRS;
 
 fuzz_target!(|data: &[u8]| {
     let Some((&choice, bytes)) = data.split_first() else {

@@ -336,9 +336,14 @@ pub fn start_dataplane_with(
     log_dir: &Path,
     extra: &[&str],
 ) -> anyhow::Result<Dataplane> {
+    start_dataplane_args(name, xds_port, token_file, log_dir, &with_loopback(extra))
+}
+
+/// `extra` after the arguments that allow the test dataplanes' egress to loopback.
+fn with_loopback<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut args = vec!["--egress-allow", LOOPBACK];
     args.extend_from_slice(extra);
-    start_dataplane_args(name, xds_port, token_file, log_dir, &args)
+    args
 }
 
 /// The arguments that make a controller serve its config stream over TLS, with a CA and
@@ -542,9 +547,7 @@ impl Stack {
 
     /// Starts one more dataplane with more command-line arguments.
     pub fn add_dataplane_with(&mut self, extra: &[&str]) -> anyhow::Result<&Dataplane> {
-        let mut args = vec!["--egress-allow", LOOPBACK];
-        args.extend_from_slice(extra);
-        self.add_dataplane_args(&args)
+        self.add_dataplane_args(&with_loopback(extra))
     }
 
     /// Starts one more dataplane with exactly these extra arguments (loopback is not

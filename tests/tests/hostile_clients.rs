@@ -26,6 +26,15 @@ fn host(url: &str) -> String {
         .to_string()
 }
 
+/// Fails unless `dp`'s resident memory is within [`RSS_GROWTH_KIB`] of `before`.
+fn assert_rss_within(dp: &Dataplane, before: u64) {
+    let after = dp.process.rss_kib().unwrap();
+    assert!(
+        after < before + RSS_GROWTH_KIB,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
+}
+
 fn counter(dp: &Dataplane, name: &str, listener: &str) -> f64 {
     Stack::metric(&dp.admin, name, &[("listener", listener)]).unwrap()
 }
@@ -89,11 +98,7 @@ async fn half_sent_requests_are_closed_and_probes_keep_answering() {
         drop(open);
         // And the API serves again.
         until_served(&dp.api, DEMO_KEY, "gpt-4o-mini", Duration::from_secs(5)).await;
-        let after = dp.process.rss_kib().unwrap();
-        assert!(
-            after < before + RSS_GROWTH_KIB,
-            "RSS grew from {before} KiB to {after} KiB"
-        );
+        assert_rss_within(dp, before);
     })
     .await;
 }
@@ -237,11 +242,7 @@ async fn client_model_names_never_become_metric_labels() {
         )
         .unwrap();
         assert!(requests >= 1000.0, "counted under `other`: {requests}");
-        let rss_after = dp.process.rss_kib().unwrap();
-        assert!(
-            rss_after < rss_before + RSS_GROWTH_KIB,
-            "RSS grew from {rss_before} KiB to {rss_after} KiB"
-        );
+        assert_rss_within(dp, rss_before);
     })
     .await;
 }
@@ -268,11 +269,7 @@ async fn an_upstream_answer_over_the_limit_is_a_502() {
         let body = chat_body("gpt-4o-mini", "big [mock pad_bytes=500000]");
         let (status, _, _) = post(&dp.api, Some(DEMO_KEY), &body).await;
         assert_eq!(status, 200);
-        let rss_after = dp.process.rss_kib().unwrap();
-        assert!(
-            rss_after < rss_before + RSS_GROWTH_KIB,
-            "RSS grew from {rss_before} KiB to {rss_after} KiB"
-        );
+        assert_rss_within(dp, rss_before);
     })
     .await;
 }
@@ -305,11 +302,7 @@ async fn a_request_too_large_to_translate_is_a_413_and_costs_little() {
         )
         .await;
         assert_eq!(status, 200);
-        let rss_after = dp.process.rss_kib().unwrap();
-        assert!(
-            rss_after < rss_before + RSS_GROWTH_KIB,
-            "RSS grew from {rss_before} KiB to {rss_after} KiB"
-        );
+        assert_rss_within(dp, rss_before);
     })
     .await;
 }
