@@ -39,6 +39,18 @@ def install_helm(dest: str) -> None:
             os.chmod(path, os.stat(path).st_mode | stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH)
 
 
+def non_string_keys(node, path=""):
+    """Paths of mapping keys that a YAML 1.1 reader did not read as strings."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if not isinstance(k, str):
+                yield f"{path}.{k!r}"
+            yield from non_string_keys(v, f"{path}.{k}")
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            yield from non_string_keys(v, f"{path}[{i}]")
+
+
 def validate(versions: list[str]) -> int:
     import kubernetes_validate
     import yaml
@@ -47,6 +59,11 @@ def validate(versions: list[str]) -> int:
     failed = 0
     checked = 0
     for doc in docs:
+        # PyYAML reads YAML 1.1 as kubectl and Helm do: a bare `on:` key is the boolean
+        # true there, so a schema property would change its name.
+        for path in non_string_keys(doc):
+            failed += 1
+            print(f"  NON-STRING KEY in {doc.get('kind')} {doc.get('metadata', {}).get('name')}: {path}")
         kind = (doc.get("apiVersion"), doc.get("kind"))
         name = f"{kind[1]} {doc.get('metadata', {}).get('name')}"
         if kind in NOT_IN_KUBERNETES:
