@@ -31,8 +31,9 @@ $(NODE_DEPS): tests/node/package.json tests/node/package-lock.json
 	cd tests/node && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-## Every test: unit, golden, and end to end over the real binaries.
-test: build venv node-deps
+## Every test: unit, golden, and end to end over the real binaries, the Kubernetes suite
+## against a real control plane (../shared/kube/up.sh; kubectl comes with the chart tools).
+test: build venv node-deps $(VENV)/.chart-tools
 	@if $(CARGO) nextest --version >/dev/null 2>&1; then \
 		$(CARGO) nextest run --build-jobs $(JOBS) --workspace --no-fail-fast; \
 	else \

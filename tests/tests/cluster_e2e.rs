@@ -1,8 +1,12 @@
-//! End to end against a real Kubernetes cluster, when `KUBECONFIG` is set: applies the
-//! CRDs, runs the controller (Kubernetes mode) against the cluster on this machine, applies
-//! examples/quickstart into a fresh namespace (provider endpoints pointed at a local
-//! mock-llm), sends traffic through a local dataplane, and checks the objects' status.
-//! Without `KUBECONFIG` it is skipped, saying so.
+//! End to end against a real Kubernetes API server: applies the CRDs, runs the controller
+//! (Kubernetes mode) against it on this machine, applies examples/quickstart into a fresh
+//! namespace (provider endpoints pointed at a local mock-llm), sends traffic through a
+//! local dataplane, and checks the objects' status.
+//!
+//! The cluster is `KUBECONFIG`'s when it is set; otherwise the control plane that
+//! `../shared/kube/up.sh` starts on loopback (etcd, kube-apiserver with RBAC and
+//! TokenReview, kube-controller-manager), stopped again when the test ends. Without either
+//! the test is skipped, saying so.
 //!
 //! kubectl: `$TOLLGATE_KUBECTL`, else `.venv/bin/kubectl` (installed by `make chart-check`),
 //! else `kubectl` on the PATH.
@@ -11,6 +15,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -29,8 +34,13 @@ fn kubectl() -> PathBuf {
     "kubectl".into()
 }
 
+/// The kubeconfig of the cluster under test.
+static KUBECONFIG: OnceLock<String> = OnceLock::new();
+
 fn run(args: &[&str]) -> String {
     let out = Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(KUBECONFIG.get().expect("the cluster is chosen first"))
         .args(args)
         .output()
         .expect("running kubectl");
@@ -48,20 +58,73 @@ struct Namespace(String);
 
 impl Drop for Namespace {
     fn drop(&mut self) {
-        let _ = Command::new(kubectl())
-            .args(["delete", "namespace", &self.0, "--wait=false"])
+        if let Some(kubeconfig) = KUBECONFIG.get() {
+            let _ = Command::new(kubectl())
+                .args(["--kubeconfig", kubeconfig])
+                .args(["delete", "namespace", &self.0, "--wait=false"])
+                .output();
+        }
+    }
+}
+
+/// A control plane started by `../shared/kube/up.sh` for this test, stopped when dropped.
+struct ControlPlane(tempfile::TempDir);
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new(shared_kube("down.sh"))
+            .arg(self.0.path())
             .output();
     }
 }
 
+fn shared_kube(script: &str) -> PathBuf {
+    workspace().join("../shared/kube").join(script)
+}
+
+/// The cluster to test against: `KUBECONFIG`'s, or a control plane started here.
+fn cluster() -> Option<(String, Option<ControlPlane>)> {
+    if let Ok(kubeconfig) = std::env::var("KUBECONFIG") {
+        return Some((kubeconfig, None));
+    }
+    let up = shared_kube("up.sh");
+    if !up.exists() {
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(&up)
+        .arg(dir.path())
+        .output()
+        .expect("running up.sh");
+    let plane = ControlPlane(dir);
+    assert!(
+        out.status.success(),
+        "{} failed: {}",
+        up.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kubeconfig = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .to_string();
+    assert!(
+        PathBuf::from(&kubeconfig).exists(),
+        "up.sh printed {kubeconfig:?}"
+    );
+    Some((kubeconfig, Some(plane)))
+}
+
 #[test]
 fn examples_are_served_and_report_status_in_a_real_cluster() {
-    let Ok(kubeconfig) = std::env::var("KUBECONFIG") else {
+    let Some((kubeconfig, _plane)) = cluster() else {
         println!(
-            "SKIPPED: KUBECONFIG is not set; set it to run the e2e suite against a real cluster"
+            "SKIPPED: KUBECONFIG is not set and ../shared/kube/up.sh is not there to start a control plane"
         );
         return;
     };
+    KUBECONFIG.set(kubeconfig.clone()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     run(&[
         "apply",
