@@ -1,5 +1,5 @@
-//! VirtualKey Secrets: a VirtualKey whose Secret does not exist gets one, with a fresh
-//! random key, owned by the VirtualKey (deleted with it). The key is written only to the
+//! VirtualKey Secrets: a VirtualKey whose Secret has not existed for [`GRACE`] gets one,
+//! with a fresh random key, owned by the VirtualKey (deleted with it). The key is written only to the
 //! Secret: never to status, logs or Events, and dataplanes receive only its hash (the
 //! compiler hashes it when the Secret comes back through the watch).
 
@@ -95,22 +95,61 @@ pub fn secret_for(w: &Wanted, key: &str) -> Secret {
     }
 }
 
-/// Creates missing Secrets, trying each again only after a pause.
-#[derive(Debug, Default)]
+/// Creates missing Secrets, each only once it has been missing for a grace period, and
+/// trying each again only after a pause.
+#[derive(Debug)]
 pub struct Creator {
     tried: HashMap<(String, String), Instant>,
+    /// When each missing Secret was first seen missing.
+    missing_since: HashMap<(String, String), Instant>,
+    grace: Duration,
 }
 
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
+/// How long a VirtualKey's Secret may be missing before one is made: `kubectl apply` or
+/// a GitOps tool applying a directory creates the VirtualKey and its Secret moments apart,
+/// in either order, and a Secret made in between would take the name of theirs.
+pub const GRACE: Duration = Duration::from_secs(5);
+
+impl Default for Creator {
+    fn default() -> Self {
+        Self::with_grace(GRACE)
+    }
+}
+
 impl Creator {
+    pub fn with_grace(grace: Duration) -> Self {
+        Self {
+            tried: HashMap::new(),
+            missing_since: HashMap::new(),
+            grace,
+        }
+    }
+
+    /// Whether some Secret is missing but still within its grace: the caller should come
+    /// back after the grace even if nothing else changes.
+    pub fn waiting(&self) -> bool {
+        let now = Instant::now();
+        self.missing_since.iter().any(|(id, since)| {
+            now.duration_since(*since) < self.grace || !self.tried.contains_key(id)
+        })
+    }
+
     pub async fn create_missing(&mut self, client: &kube::Client, wanted: Vec<Wanted>) {
         let now = Instant::now();
         self.tried
             .retain(|_, at| now.duration_since(*at) < RETRY_AFTER);
+        let ids: std::collections::HashSet<(String, String)> = wanted
+            .iter()
+            .map(|w| (w.namespace.clone(), w.secret.clone()))
+            .collect();
+        // A Secret that came meanwhile is not waited for any more.
+        self.missing_since.retain(|id, _| ids.contains(id));
         for w in wanted {
             let id = (w.namespace.clone(), w.secret.clone());
-            if self.tried.contains_key(&id) {
+            let since = *self.missing_since.entry(id.clone()).or_insert(now);
+            if now.duration_since(since) < self.grace || self.tried.contains_key(&id) {
                 continue;
             }
             self.tried.insert(id, now);
