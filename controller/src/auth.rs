@@ -228,9 +228,28 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let auth = self.auth.clone();
         Box::pin(async move {
-            if auth.verify(bearer(request.headers())).await {
+            let token = bearer(request.headers());
+            if auth.verify(token).await {
                 inner.call(request).await
             } else {
+                // Never the token itself: whether one came, and from where.
+                let remote = request
+                    .extensions()
+                    .get::<tonic::transport::server::TcpConnectInfo>()
+                    .and_then(tonic::transport::server::TcpConnectInfo::remote_addr)
+                    .or_else(|| {
+                        request
+                            .extensions()
+                            .get::<tonic::transport::server::TlsConnectInfo<
+                                tonic::transport::server::TcpConnectInfo,
+                            >>()
+                            .and_then(|i| i.get_ref().remote_addr())
+                    });
+                tracing::warn!(
+                    ?remote,
+                    token_presented = !token.is_empty(),
+                    "a config stream client was refused: a valid dataplane token is required"
+                );
                 Ok(
                     tonic::Status::unauthenticated("a valid dataplane token is required")
                         .into_http(),

@@ -446,8 +446,30 @@ impl Quotas {
                         .collect();
                     return Ok(self.hold(held, who));
                 }
+                self.explain_unavailable(&account);
                 return Err(Refusal::Unavailable { account });
             }
+        }
+    }
+
+    /// Says in the log, at most every ten seconds, why a request got no grant: the
+    /// usage stream to the controller's leader is down (the replica reached may not be
+    /// the leader), or the leader did not answer within the wait.
+    fn explain_unavailable(&self, account: &str) {
+        static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let now = crate::proxy::now_unix().max(0) as u64;
+        let last = LAST.load(Ordering::Relaxed);
+        if now < last + 10
+            || LAST
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        if self.connected.load(Ordering::Relaxed) {
+            tracing::warn!(%account, wait = ?self.wait, "requests refused (503): the controller did not grant quota within --quota-wait");
+        } else {
+            tracing::warn!(%account, "requests refused (503): no usage stream to the controller's leader (unreachable, or only a replica that is not the leader answers); --quota-unreachable=open admits them instead");
         }
     }
 

@@ -447,14 +447,20 @@ async fn spend_is_exact_across_a_controller_kill_and_restart() {
     stack.start_controller().unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (mut cost, mut ok) = (ready_cost, 0);
+    let (mut cost, mut ok, mut refused) = (ready_cost, 0, 0);
     for t in tasks {
-        let (c, o, _) = t.await.unwrap();
+        let (c, o, r) = t.await.unwrap();
         cost += c;
         ok += o;
+        refused += r;
     }
     with_logs(&stack, async {
         assert!(ok > 50, "only {ok} served");
+        if refused > 0 {
+            // The dataplanes say why they refused them.
+            let log = stack.logs();
+            assert!(log.contains("requests refused (503)"), "{log}");
+        }
         let started = Instant::now();
         let spent = loop {
             let spent = settled_spend(&stack, "budget/default/org").await;

@@ -704,6 +704,13 @@ fn config_stream_requires_the_token() {
         "{}",
         dp.log_text()
     );
+    // The controller says so too, with where from, and never the token.
+    let controller_log = stack.controller.as_ref().unwrap().log_text();
+    assert!(
+        controller_log.contains("a config stream client was refused"),
+        "{controller_log}"
+    );
+    assert!(!controller_log.contains("wrong-token"), "{controller_log}");
     stack.dataplanes.clear();
 }
 
