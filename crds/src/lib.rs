@@ -90,7 +90,7 @@ impl Kind {
 
 /// The columns every kind shows after its own: whether it is accepted and programmed, how
 /// many dataplanes hold it (with `-o wide`), and its age.
-fn status_columns(conditions_priority: Option<i32>) -> [CustomResourceColumnDefinition; 4] {
+fn status_columns(conditions_priority: Option<i32>) -> [CustomResourceColumnDefinition; 5] {
     let column =
         |name: &str, type_: &str, json_path: &str, priority| CustomResourceColumnDefinition {
             name: name.into(),
@@ -107,6 +107,14 @@ fn status_columns(conditions_priority: Option<i32>) -> [CustomResourceColumnDefi
             "Accepted",
             "string",
             &condition("Accepted", "status"),
+            conditions_priority,
+        ),
+        // Beside Accepted: an object can be accepted and served while a reference is
+        // missing (a route whose provider does not exist answers 503).
+        column(
+            "Resolved",
+            "string",
+            &condition("ResolvedRefs", "status"),
             conditions_priority,
         ),
         column(
