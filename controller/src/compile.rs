@@ -37,6 +37,9 @@ pub struct Compiled {
     pub source_errors: Vec<SourceError>,
     /// Identifies the whole config: changes when any resource does.
     pub version: String,
+    /// Changes when any object's conditions do, served or not (a new invalid object, a
+    /// key whose Secret went missing): the status writer's cue.
+    pub reports_version: String,
 }
 
 impl Compiled {
@@ -521,6 +524,20 @@ pub fn compile_cached(
             &b.origin,
         ))
     });
+    let mut reports = Sha256::new();
+    for r in &out.reports {
+        for part in [&r.kind, &r.namespace, &r.name, &r.origin] {
+            reports.update(part.as_bytes());
+            reports.update([0]);
+        }
+        for c in &r.conditions {
+            for part in [c.type_, c.status, &c.reason, &c.message] {
+                reports.update(part.as_bytes());
+                reports.update([0]);
+            }
+        }
+    }
+    out.reports_version = to_hex(&reports.finalize()[..8]);
     out
 }
 

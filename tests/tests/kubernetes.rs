@@ -588,3 +588,42 @@ fn budget_spend_shows_in_status_and_a_new_leader_counts_on_exactly() {
     assert!((six - 2.0 * three).abs() < 1e-9, "usd: {three} then {six}");
     drop(b);
 }
+
+#[test]
+fn an_object_that_changes_nothing_served_gets_its_status_at_once() {
+    let c = Cluster::start(1);
+    c.apply_provider_and_route("team-a", UPSTREAM_KEYS[0]);
+    let _ctl = c.controller(
+        "controller-a",
+        0,
+        &["--token-file", &c.token_file.display().to_string()],
+    );
+    c.wait_leader("controller-a", Duration::from_secs(20));
+    c.wait("the route's status", Duration::from_secs(20), || {
+        c.condition("llmroutes", "team-a", "gpt", "Accepted")
+    });
+    // Once the writer has nothing left to write (a round after the first)...
+    std::thread::sleep(Duration::from_secs(3));
+    // ...an invalid route, which is not served: the served config does not change, its
+    // status does.
+    let applied = Instant::now();
+    c.api().apply(
+        TG,
+        "llmroutes",
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute",
+               "metadata": {"name": "broken", "namespace": "team-a"},
+               "spec": {"match": {"models": ["x"]}, "strategy": "bogus",
+                        "targets": [{"provider": "openai"}]}}),
+    );
+    let accepted = c.wait(
+        "the invalid route's status",
+        Duration::from_secs(20),
+        || c.condition("llmroutes", "team-a", "broken", "Accepted"),
+    );
+    assert_eq!(accepted["status"], "False", "{accepted}");
+    assert!(
+        applied.elapsed() < Duration::from_secs(3),
+        "status after {:?}",
+        applied.elapsed()
+    );
+}

@@ -184,8 +184,10 @@ async fn leader_loop(
             return;
         }
         let snapshot = snapshots.borrow_and_update().clone();
+        // The reports' version, not only the served one: an object that changes nothing
+        // served (a new invalid one, say) gets its status at once too.
         let seen = (
-            snapshot.version.clone(),
+            format!("{}/{}", snapshot.version, snapshot.reports_version),
             writer.tracker.epoch(),
             writer.peers.epoch(),
         );
