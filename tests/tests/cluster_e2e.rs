@@ -140,9 +140,15 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         "crd/llmproviders.tollgate.dev",
         "crd/virtualkeys.tollgate.dev",
         "crd/budgets.tollgate.dev",
+        "crd/mcpservers.tollgate.dev",
+        "crd/mcptoolpolicies.tollgate.dev",
     ]);
     let ns = Namespace(format!("tollgate-e2e-{}", std::process::id()));
     run(&["create", "namespace", &ns.0]);
+    // Every other example, in a namespace of its own: each object must be accepted by the
+    // API server (kubectl apply) and by the controller.
+    let examples_ns = Namespace(format!("{}-examples", ns.0));
+    run(&["create", "namespace", &examples_ns.0]);
 
     let (_mock, mock_url) = start_mock("mock-llm", dir.path()).unwrap();
     let manifests = dir.path().join("manifests");
@@ -177,7 +183,7 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
             "--token-file".into(),
             token.display().to_string(),
             "--watch-namespaces".into(),
-            ns.0.clone(),
+            format!("{},{}", ns.0, examples_ns.0),
             "--lease-namespace".into(),
             ns.0.clone(),
             "--identity".into(),
@@ -250,6 +256,47 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         assert!(
             Instant::now() < deadline,
             "not all Programmed: {}\n{}",
+            serde_json::to_string_pretty(&items).unwrap(),
+            controller.log_text()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    for dir in ["budgets", "mcp", "providers", "routing", "kubernetes"] {
+        let path = workspace().join("examples").join(dir);
+        run(&[
+            "apply",
+            "-n",
+            &examples_ns.0,
+            "-f",
+            &path.display().to_string(),
+        ]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let list: Value = serde_json::from_str(&run(&[
+            "get",
+            "llmproviders,llmroutes,virtualkeys,budgets,mcpservers,mcptoolpolicies",
+            "-n",
+            &examples_ns.0,
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let accepted = |o: &Value| {
+            o["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Accepted" && c["status"] == "True")
+            })
+        };
+        let kinds: std::collections::BTreeSet<&str> =
+            items.iter().filter_map(|o| o["kind"].as_str()).collect();
+        if kinds.len() == 6 && items.iter().all(accepted) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "examples not all accepted (kinds {kinds:?}): {}\n{}",
             serde_json::to_string_pretty(&items).unwrap(),
             controller.log_text()
         );
