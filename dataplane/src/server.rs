@@ -92,14 +92,23 @@ struct Activity {
     head_started: AtomicU64,
     /// Requests whose answer is not yet fully written.
     in_flight: AtomicU32,
-    /// Set when the connection turned out to be HTTP/2 (heads are frames there, bounded
-    /// by the header-list limit and the keep-alive pings).
-    h2: std::sync::atomic::AtomicBool,
 }
 
 impl Activity {
     fn touch(&self) {
         self.last.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Bytes arrived at `now`: a request head starts with them unless a request is in
+    /// flight or a head has already started.
+    fn read_at(&self, now: u64, head_possible: bool) {
+        self.last.store(now, Ordering::Relaxed);
+        if head_possible
+            && self.in_flight.load(Ordering::Acquire) == 0
+            && self.head_started.load(Ordering::Acquire) == 0
+        {
+            self.head_started.store(now, Ordering::Release);
+        }
     }
 
     /// When the connection is to be closed unless something happens first, or `None` if
@@ -118,11 +127,43 @@ impl Activity {
     }
 }
 
+/// What a client sends first: HTTP/2's connection preface, byte for byte, or anything
+/// else (HTTP/1).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Which protocol a connection speaks, as far as its first bytes tell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Protocol {
+    /// The first `n` bytes matched the HTTP/2 preface so far.
+    Undecided(usize),
+    Http1,
+    /// The whole preface came: heads are frames from now on, bounded by the header-list
+    /// limit and the keep-alive pings rather than the header-read timeout.
+    Http2,
+}
+
+impl Protocol {
+    fn after(self, bytes: &[u8]) -> Self {
+        let Protocol::Undecided(seen) = self else {
+            return self;
+        };
+        let want = &H2_PREFACE[seen..];
+        let n = want.len().min(bytes.len());
+        if bytes[..n] != want[..n] {
+            Protocol::Http1
+        } else if seen + n == H2_PREFACE.len() {
+            Protocol::Http2
+        } else {
+            Protocol::Undecided(seen + n)
+        }
+    }
+}
+
 /// A TCP stream that records its activity.
 struct Watched {
     inner: TcpStream,
     activity: Arc<Activity>,
-    first_read: bool,
+    protocol: Protocol,
 }
 
 impl AsyncRead for Watched {
@@ -135,20 +176,16 @@ impl AsyncRead for Watched {
         let this = &mut *self;
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if matches!(result, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            let activity = &this.activity;
-            if this.first_read {
-                this.first_read = false;
-                if buf.filled()[before..].starts_with(b"PRI ") {
-                    activity.h2.store(true, Ordering::Relaxed);
-                }
+            let was = this.protocol;
+            this.protocol = was.after(&buf.filled()[before..]);
+            if this.protocol == Protocol::Http2 && was != Protocol::Http2 {
+                // The preface was the pending "head"; HTTP/2 has no other.
+                this.activity.head_started.store(0, Ordering::Release);
             }
-            activity.touch();
-            if !activity.h2.load(Ordering::Relaxed)
-                && activity.in_flight.load(Ordering::Acquire) == 0
-                && activity.head_started.load(Ordering::Acquire) == 0
-            {
-                activity.head_started.store(now_ms(), Ordering::Release);
-            }
+            // Until the whole preface has come, it is timed like an HTTP/1 head: a client
+            // cannot escape the header-read timeout by starting with "PRI".
+            this.activity
+                .read_at(now_ms(), this.protocol != Protocol::Http2);
         }
         result
     }
@@ -307,7 +344,7 @@ pub async fn serve<H, F, B>(
         let io = Watched {
             inner: stream,
             activity: activity.clone(),
-            first_read: true,
+            protocol: Protocol::Undecided(0),
         };
         let handler = handler.clone();
         let on_request = activity.clone();
@@ -433,5 +470,26 @@ mod tests {
         drop(guard);
         // The end of the answer counts as activity: the idle clock starts again.
         assert!(a.deadline(&limits()).unwrap() > now_ms() + 59_000);
+    }
+
+    #[test]
+    fn only_the_whole_preface_makes_a_connection_http2() {
+        let split = [&H2_PREFACE[..4], &H2_PREFACE[4..17], &H2_PREFACE[17..]];
+        let mut p = Protocol::Undecided(0);
+        for part in split {
+            assert_ne!(p, Protocol::Http2);
+            p = p.after(part);
+        }
+        assert_eq!(p, Protocol::Http2);
+        assert_eq!(
+            Protocol::Undecided(0).after(b"PRI "),
+            Protocol::Undecided(4)
+        );
+        assert_eq!(Protocol::Undecided(4).after(b"xyz"), Protocol::Http1);
+        assert_eq!(
+            Protocol::Undecided(0).after(b"POST / HTTP/1.1"),
+            Protocol::Http1
+        );
+        assert_eq!(Protocol::Http1.after(H2_PREFACE), Protocol::Http1);
     }
 }

@@ -104,6 +104,35 @@ async fn half_sent_requests_are_closed_and_probes_keep_answering() {
 }
 
 #[tokio::test]
+async fn a_trickled_http2_preface_is_timed_like_a_head() {
+    let mut stack = Stack::start().unwrap();
+    stack
+        .add_dataplane_with(&["--header-read-timeout", "1s", "--idle-timeout", "60s"])
+        .unwrap();
+    let dp = &stack.dataplanes[1];
+    let addr = host(&dp.api);
+    with_logs(&stack, async {
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        // The preface's first line, then one byte of the rest every 400 ms: never idle,
+        // never a whole preface.
+        s.write_all(b"PRI * HTTP/2.0\r\n").await.unwrap();
+        let started = Instant::now();
+        let mut closed = false;
+        for b in b"\r\nSM\r\n\r".iter() {
+            if closed_within(&mut s, Duration::from_millis(400)).await {
+                closed = true;
+                break;
+            }
+            let _ = s.write_all(&[*b]).await;
+        }
+        let closed = closed || closed_within(&mut s, Duration::from_secs(3)).await;
+        assert!(closed, "a trickled preface kept its connection");
+        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn a_body_sent_a_byte_at_a_time_is_cut_with_408() {
     let mut stack = Stack::start().unwrap();
     stack
