@@ -182,14 +182,25 @@ pub fn capped_incoming(
     use std::time::Duration;
     let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(cap));
     futures_util::stream::unfold(
-        (listener, slots, Duration::ZERO),
-        move |(listener, slots, mut backoff)| async move {
+        (listener, slots, Duration::ZERO, None),
+        move |(listener, slots, mut backoff, mut warned)| async move {
             loop {
                 match listener.accept().await {
                     Ok((stream, _)) => {
                         backoff = Duration::ZERO;
                         let Ok(slot) = slots.clone().try_acquire_owned() else {
-                            tracing::warn!(cap, "config stream connection refused: at the cap");
+                            // Said once per burst, not per connection: a flood of them
+                            // must not flood the log.
+                            let now = std::time::Instant::now();
+                            if warned.is_none_or(|at: std::time::Instant| {
+                                now - at > Duration::from_secs(10)
+                            }) {
+                                warned = Some(now);
+                                tracing::warn!(
+                                    cap,
+                                    "config stream connections refused: at the cap"
+                                );
+                            }
                             continue;
                         };
                         let _ = stream.set_nodelay(true);
@@ -197,7 +208,7 @@ pub fn capped_incoming(
                             inner: stream,
                             _slot: slot,
                         };
-                        return Some((Ok(capped), (listener, slots, backoff)));
+                        return Some((Ok(capped), (listener, slots, backoff, warned)));
                     }
                     Err(e) => {
                         backoff =

@@ -456,6 +456,11 @@ impl Quotas {
     /// usage stream to the controller's leader is down (the replica reached may not be
     /// the leader), or the leader did not answer within the wait.
     fn explain_unavailable(&self, account: &str) {
+        // A session account ends with the client's session id, which stays out of logs.
+        let account = match account.strip_prefix("session/") {
+            Some(rest) => rest.rsplit_once('/').map_or(rest, |(key, _)| key),
+            None => account,
+        };
         static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let now = crate::proxy::now_unix().max(0) as u64;
         let last = LAST.load(Ordering::Relaxed);

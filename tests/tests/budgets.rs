@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use tollgate_tests::harness::{Stack, http_get};
+use tollgate_tests::harness::{DEMO_KEY, Stack, http_get};
 
 mod common;
 use common::*;
@@ -779,6 +779,44 @@ async fn embeddings_are_charged_to_the_keys_budgets() {
             "a tokens-only budget shows no USD remaining"
         );
         spend_reaches(&stack, "budget/default/counted", "tokens", tokens).await;
+    })
+    .await;
+}
+
+/// A dataplane that refuses budgeted requests because no grant can be had says why in
+/// its log: here the controller is gone, so the usage stream to the leader is down.
+#[tokio::test]
+async fn a_refusal_for_want_of_quota_says_why_in_the_log() {
+    let mut stack = Stack::start().unwrap();
+    stack
+        .write_manifest(
+            "budget.yaml",
+            "apiVersion: tollgate.dev/v1alpha1\nkind: Budget\nmetadata: {name: demo}\nspec:\n  selector: {matchLabels: {team: demo}}\n  limit: {usd: 100}\n  period: month\n",
+        )
+        .unwrap();
+    stack
+        .add_dataplane_with(&["--quota-wait", "0.3s"])
+        .unwrap();
+    let api = stack.dataplanes[1].api.clone();
+    with_logs(&stack, async {
+        // Served once the config is there, then the controller is taken away.
+        until_served(&api, DEMO_KEY, "gpt-4o", Duration::from_secs(10)).await;
+    })
+    .await;
+    stack.controller.take().unwrap().kill();
+    with_logs(&stack, async {
+        // Once the grant's lease (2 s here) has run out: 503, and the reason in the log.
+        eventually(Duration::from_secs(15), || async {
+            let body = chat_body("gpt-4o", "hi");
+            let (status, _, _) = post(&api, Some(DEMO_KEY), &body).await;
+            status == 503
+        })
+        .await;
+        let log = stack.dataplanes[1].process.log_text();
+        assert!(
+            log.contains("no usage stream to the controller's leader"),
+            "{log}"
+        );
     })
     .await;
 }

@@ -127,7 +127,11 @@ async fn a_trickled_http2_preface_is_timed_like_a_head() {
         }
         let closed = closed || closed_within(&mut s, Duration::from_secs(3)).await;
         assert!(closed, "a trickled preface kept its connection");
-        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
     })
     .await;
 }

@@ -556,6 +556,8 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         r#"ledger__LEDGER_READ={"account":"acme"}"#,
         "--call",
         r#"ledger__invented_tool"#,
+        "--call",
+        "ledger__x\nFORGED tollgate::audit line",
         "--prompt",
         r#"ledger__summarize={"account":"acme"}"#,
         "--progress-call",
@@ -625,6 +627,7 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         "ledger__ledger_delete ",
         "ledger__LEDGER_READ",
         "ledger__invented_tool",
+        "ledger__x\nFORGED tollgate::audit line",
     ] {
         let c = call(&finance, respelled)[0];
         assert_eq!(c["error"]["code"], -32602, "{respelled:?}: {c}");
@@ -809,13 +812,18 @@ fn each_key_sees_and_calls_only_the_tools_its_policy_permits() {
         1.0,
         "the third call, refused by the second dataplane"
     );
-    // nowhere__tool, and the four names the ledger server did not list.
-    assert_eq!(metric("-", "-", "unknown_tool"), 5.0);
+    // nowhere__tool, and the five names the ledger server did not list.
+    assert_eq!(metric("-", "-", "unknown_tool"), 6.0);
     let log = f.stack.dataplanes[0].process.log_text();
     let audit: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("tollgate::audit"))
         .collect();
+    // A client's tool name cannot start a line of its own in the log.
+    assert!(
+        !log.lines().any(|l| l.starts_with("FORGED")),
+        "a tool name wrote its own log line"
+    );
     let delete = audit
         .iter()
         .find(|l| l.contains("ledger_delete"))

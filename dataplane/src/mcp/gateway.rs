@@ -1267,7 +1267,8 @@ impl Audit {
             customer = %owner.customer,
             user = %owner.user,
             server,
-            tool = %self.tool,
+            // Escaped: an unknown tool's name is the client's, control characters and all.
+            tool = ?self.tool,
             outcome,
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             arguments = %self.arguments.as_ref().map(|a| a.to_string()).unwrap_or_default(),
