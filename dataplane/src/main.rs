@@ -219,12 +219,16 @@ enum Unreachable {
     Open,
 }
 
+/// A duration flag: as the manifests write them (`300ms`, `10s`, `1m30s`), or a bare
+/// number of seconds.
 fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
-    let secs = s.strip_suffix('s').unwrap_or(s);
-    secs.parse::<f64>()
-        .ok()
-        .and_then(|v| std::time::Duration::try_from_secs_f64(v).ok())
-        .ok_or_else(|| format!("{s:?} is not a number of seconds such as 30s"))
+    tollgate_proto::time::parse_duration(s)
+        .or_else(|| {
+            s.parse::<f64>()
+                .ok()
+                .and_then(|v| std::time::Duration::try_from_secs_f64(v).ok())
+        })
+        .ok_or_else(|| format!("{s:?} is not a duration such as 300ms, 30s or 1m"))
 }
 
 #[derive(Clone, Copy, Debug, ValueEnum)]

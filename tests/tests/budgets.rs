@@ -795,7 +795,7 @@ async fn a_refusal_for_want_of_quota_says_why_in_the_log() {
         )
         .unwrap();
     stack
-        .add_dataplane_with(&["--quota-wait", "0.3s"])
+        .add_dataplane_with(&["--quota-wait", "300ms"])
         .unwrap();
     let api = stack.dataplanes[1].api.clone();
     with_logs(&stack, async {
