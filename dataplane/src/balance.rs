@@ -528,6 +528,13 @@ impl Registry {
 /// The label of a requested model that configuration does not list.
 pub const OTHER_MODEL: &str = "other";
 
+/// [`OTHER_MODEL`], shared: a request with an unlisted model allocates no label.
+fn other_model() -> Arc<str> {
+    static OTHER: std::sync::LazyLock<Arc<str>> =
+        std::sync::LazyLock::new(|| Arc::from(OTHER_MODEL));
+    OTHER.clone()
+}
+
 /// One place a request may go: a route target or a fallback, resolved.
 #[derive(Clone, Debug)]
 pub struct Candidate {
@@ -598,13 +605,18 @@ impl Plan {
         requested: &str,
     ) -> Self {
         let mut candidates = Vec::with_capacity(route.targets.len() + route.fallbacks.len());
+        // One copy of the requested model for every target that sends it on.
+        let sent_on = std::cell::OnceCell::new();
         let resolve = |t: &Target, index: usize, is_fallback| {
             let provider = snapshot.providers.get(&t.provider)?.clone();
-            let model: Arc<str> = t.model.clone().unwrap_or_else(|| requested.into());
+            let model: Arc<str> = match &t.model {
+                Some(m) => m.clone(),
+                None => sent_on.get_or_init(|| Arc::<str>::from(requested)).clone(),
+            };
             let label = if t.model.is_some() || provider.lists(requested) {
                 model.clone()
             } else {
-                Arc::from(OTHER_MODEL)
+                other_model()
             };
             let endpoint = registry.target(&provider.id, &label);
             Some(Candidate {
