@@ -361,22 +361,31 @@ pub fn compile_cached(
             report.conditions.push(prices_known(r, &kinds.providers));
         }
     }
-    // How many keys hold each key value: a value held by two keys (in any namespaces)
-    // would let the one compiled later take the other's traffic, so both are refused.
-    let mut holders: HashMap<Vec<u8>, usize> = HashMap::new();
-    for k in &kinds.keys {
-        if let Ok(key) = secret_value(
-            &secrets,
-            &k.namespace,
-            &k.spec.secret_ref,
-            VIRTUAL_KEY_SECRET_KEY,
-        ) {
-            *holders
-                .entry(Sha256::digest(key.trim_ascii()).to_vec())
-                .or_default() += 1;
-        }
+    // Each key's value, read and hashed once: its length and SHA-256, or why it cannot
+    // be read. How many keys hold each value: a value held by two keys (in any
+    // namespaces) would let the one compiled later take the other's traffic, so both
+    // are refused.
+    let values: Vec<Result<(usize, [u8; 32]), String>> = kinds
+        .keys
+        .iter()
+        .map(|k| {
+            secret_value(
+                &secrets,
+                &k.namespace,
+                &k.spec.secret_ref,
+                VIRTUAL_KEY_SECRET_KEY,
+            )
+            .map(|v| {
+                let v = v.trim_ascii();
+                (v.len(), Sha256::digest(v).into())
+            })
+        })
+        .collect();
+    let mut holders: HashMap<[u8; 32], usize> = HashMap::new();
+    for (_, digest) in values.iter().flatten() {
+        *holders.entry(*digest).or_default() += 1;
     }
-    for k in &kinds.keys {
+    for (k, value) in kinds.keys.iter().zip(values) {
         let mut missing = Vec::new();
         for b in &k.spec.budget_refs {
             if !budget_names.contains(&(k.namespace.clone(), b.name.clone())) {
@@ -389,13 +398,8 @@ pub fn compile_cached(
             missing.push(format!("MCPToolPolicy {} not found", p.name));
         }
         // Without its Secret a key cannot be checked, so it is not served at all.
-        match secret_value(
-            &secrets,
-            &k.namespace,
-            &k.spec.secret_ref,
-            VIRTUAL_KEY_SECRET_KEY,
-        ) {
-            Ok(key) if key.trim_ascii().len() < MIN_KEY_LEN => refuse(
+        match value {
+            Ok((len, _)) if len < MIN_KEY_LEN => refuse(
                 &mut out,
                 Kind::VirtualKey,
                 k,
@@ -405,15 +409,15 @@ pub fn compile_cached(
                     k.spec.secret_ref.name
                 ),
             ),
-            Ok(key) if holders.get(Sha256::digest(key.trim_ascii()).as_slice()) > Some(&1) => refuse(
+            Ok((_, digest)) if holders.get(&digest) > Some(&1) => refuse(
                 &mut out,
                 Kind::VirtualKey,
                 k,
                 "DuplicateKey",
                 "another VirtualKey has the same key value; every VirtualKey holding it is refused until each has its own".into(),
             ),
-            Ok(key) => {
-                let mut body = compile_virtual_key(k, key.trim_ascii());
+            Ok((_, digest)) => {
+                let mut body = compile_virtual_key(k, &digest);
                 body.budgets = key_budgets(k, &kinds.budgets);
                 body.usd_limited |= kinds.budgets.iter().any(|b| {
                     b.namespace == k.namespace
@@ -993,12 +997,15 @@ fn prices_known(
     Condition::new("PricesKnown", true, "PricesKnown", "")
 }
 
-fn compile_virtual_key(k: &Parsed<virtual_key::VirtualKeySpec>, key: &[u8]) -> pb::VirtualKey {
+fn compile_virtual_key(
+    k: &Parsed<virtual_key::VirtualKeySpec>,
+    key_sha256: &[u8; 32],
+) -> pb::VirtualKey {
     let spec = &k.spec;
     pb::VirtualKey {
         namespace: k.namespace.clone(),
         name: k.name.clone(),
-        key_sha256: Sha256::digest(key).to_vec(),
+        key_sha256: key_sha256.to_vec(),
         owner: spec.owner.as_ref().map(|o| pb::Owner {
             team: o.team.clone().unwrap_or_default(),
             customer: o.customer.clone().unwrap_or_default(),
