@@ -124,25 +124,10 @@ impl Admin {
     pub async fn serve(self, listener: TcpListener) {
         const MAX_CONNECTIONS: usize = 256;
         const TIMEOUT: Duration = Duration::from_secs(10);
-        let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let this = Arc::new(self);
-        let mut backoff = Duration::ZERO;
-        loop {
-            let stream = match listener.accept().await {
-                Ok((stream, _)) => {
-                    backoff = Duration::ZERO;
-                    stream
-                }
-                Err(e) => {
-                    backoff = (backoff * 2).clamp(Duration::from_millis(5), Duration::from_secs(1));
-                    tracing::warn!(error = %e, ?backoff, "admin accept failed");
-                    tokio::time::sleep(backoff).await;
-                    continue;
-                }
-            };
-            let Ok(slot) = slots.clone().try_acquire_owned() else {
-                continue;
-            };
+        let incoming = crate::listener::capped_incoming(listener, MAX_CONNECTIONS, "admin");
+        tokio::pin!(incoming);
+        while let Some(Ok(stream)) = futures_util::StreamExt::next(&mut incoming).await {
             let this = this.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
@@ -159,7 +144,6 @@ impl Admin {
                     .max_buf_size(16 * 1024)
                     .serve_connection(io, service);
                 let _ = tokio::time::timeout(TIMEOUT * 6, connection).await;
-                drop(slot);
             });
         }
     }

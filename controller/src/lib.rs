@@ -9,6 +9,7 @@ pub mod auth;
 pub mod compile;
 pub mod k8s;
 pub mod ledger;
+pub mod listener;
 pub mod local;
 pub mod objects;
 pub mod publish;

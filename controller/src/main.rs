@@ -415,7 +415,11 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding --xds-listen {}", args.xds_listen))?;
     tracing::info!(addr = %listener.local_addr()?, "config stream listening");
-    let incoming = tollgate_controller::tls::capped_incoming(listener, args.max_stream_connections);
+    let incoming = tollgate_controller::listener::capped_incoming(
+        listener,
+        args.max_stream_connections,
+        "config stream",
+    );
     let mut builder = tonic::transport::Server::builder();
     if let Some(tls) = &tls {
         builder = builder
