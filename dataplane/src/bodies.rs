@@ -86,9 +86,25 @@ fn take(
     Ok(())
 }
 
-/// Reads a request body whole, within `limits`. `declared` is its Content-Length, if
-/// any: a body declared too large is refused before a byte is read.
+/// Reads a request body whole, within `limits`. A body whose Content-Length (in
+/// `headers`) is over the limit is refused before a byte is read.
 pub async fn read_request<B>(
+    body: B,
+    headers: &http::HeaderMap,
+    limits: &Limits,
+) -> Result<Bytes, Refused>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let declared = headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    read_declared(body, declared, limits).await
+}
+
+/// [`read_request`] with the Content-Length already read.
+async fn read_declared<B>(
     mut body: B,
     declared: Option<usize>,
     limits: &Limits,
@@ -202,7 +218,7 @@ mod tests {
     #[tokio::test]
     async fn a_body_in_pieces_is_joined_and_holds_its_share_until_dropped() {
         let l = limits(10_000, 4096);
-        let body = read_request(chunks(&[&[b'a'; 1500], &[b'b'; 1500]]), None, &l)
+        let body = read_declared(chunks(&[&[b'a'; 1500], &[b'b'; 1500]]), None, &l)
             .await
             .unwrap();
         assert_eq!(body.len(), 3000);
@@ -221,10 +237,10 @@ mod tests {
     #[tokio::test]
     async fn bodies_over_the_budget_are_refused_and_give_back_what_they_took() {
         let l = limits(10_000, 2048);
-        let held = read_request(chunks(&[&[b'a'; 1024]]), None, &l)
+        let held = read_declared(chunks(&[&[b'a'; 1024]]), None, &l)
             .await
             .unwrap();
-        let refused = read_request(chunks(&[&[b'a'; 1024], &[b'b'; 1024]]), None, &l).await;
+        let refused = read_declared(chunks(&[&[b'a'; 1024], &[b'b'; 1024]]), None, &l).await;
         assert_eq!(refused, Err(Refused::Busy));
         assert_eq!(l.budget.available_permits(), 1);
         drop(held);
@@ -235,11 +251,11 @@ mod tests {
     async fn too_large_declared_or_sent() {
         let l = limits(100, 1 << 20);
         assert_eq!(
-            read_request(chunks(&[]), Some(101), &l).await,
+            read_declared(chunks(&[]), Some(101), &l).await,
             Err(Refused::TooLarge(100))
         );
         assert_eq!(
-            read_request(chunks(&[&[0; 60], &[0; 60]]), None, &l).await,
+            read_declared(chunks(&[&[0; 60], &[0; 60]]), None, &l).await,
             Err(Refused::TooLarge(100))
         );
     }
@@ -254,7 +270,7 @@ mod tests {
                 n + 1,
             ))
         });
-        let read = read_request(StreamBody::new(Box::pin(stream)), None, &l).await;
+        let read = read_declared(StreamBody::new(Box::pin(stream)), None, &l).await;
         assert_eq!(read, Err(Refused::TooSlow));
     }
 }

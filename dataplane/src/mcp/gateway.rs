@@ -305,12 +305,7 @@ async fn post(state: &State, req: Request<Incoming>) -> Response<Body> {
         Err(r) => return *r,
     };
     let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok());
-    let bytes = match crate::bodies::read_request(body, declared, &state.bodies).await {
+    let bytes = match crate::bodies::read_request(body, &parts.headers, &state.bodies).await {
         Ok(b) => b,
         Err(refused) => {
             use crate::bodies::Refused;

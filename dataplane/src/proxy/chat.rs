@@ -360,11 +360,7 @@ pub(super) async fn read_body(
     limits: &crate::bodies::Limits,
 ) -> Result<Bytes, ApiError> {
     use crate::bodies::Refused;
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    crate::bodies::read_request(body, declared, limits)
+    crate::bodies::read_request(body, headers, limits)
         .await
         .map_err(|refused| match refused {
             Refused::TooLarge(limit) => ApiError::BodyTooLarge(limit),
