@@ -14,7 +14,7 @@ use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum StreamError {
-    #[error("connect: {0}")]
+    #[error("connect: {}", chain(.0))]
     Connect(#[from] tonic::transport::Error),
     #[error("stream: {0}")]
     Status(#[from] tonic::Status),
@@ -24,6 +24,19 @@ pub(crate) enum StreamError {
     Token,
     #[error("stream closed by the controller")]
     Closed,
+}
+
+/// An error and its causes, outermost first: tonic's own text ("transport error") says
+/// nothing of why (an unknown certificate issuer, a refused connection).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
 }
 
 /// Adds `authorization: Bearer <token>` to every call.
