@@ -325,18 +325,7 @@ pub fn start_dataplane(
     token_file: &Path,
     log_dir: &Path,
 ) -> anyhow::Result<Dataplane> {
-    start_dataplane_with(name, xds_port, token_file, log_dir, &[])
-}
-
-/// As [`start_dataplane`], with more command-line arguments.
-pub fn start_dataplane_with(
-    name: &str,
-    xds_port: u16,
-    token_file: &Path,
-    log_dir: &Path,
-    extra: &[&str],
-) -> anyhow::Result<Dataplane> {
-    start_dataplane_args(name, xds_port, token_file, log_dir, &with_loopback(extra))
+    start_dataplane_args(name, xds_port, token_file, log_dir, &with_loopback(&[]))
 }
 
 /// `extra` after the arguments that allow the test dataplanes' egress to loopback.

@@ -116,6 +116,42 @@ fn cluster() -> Option<(String, Option<ControlPlane>)> {
     Some((kubeconfig, Some(plane)))
 }
 
+/// Waits until every object of `resources` in `ns` has `condition` True and the objects
+/// are of `kinds` kinds, or fails with the objects and the controller's log.
+fn wait_for_condition(
+    resources: &str,
+    ns: &str,
+    condition: &str,
+    kinds: usize,
+    within: Duration,
+    controller: &Process,
+) {
+    let deadline = Instant::now() + within;
+    loop {
+        let list: Value =
+            serde_json::from_str(&run(&["get", resources, "-n", ns, "-o", "json"])).unwrap();
+        let items = list["items"].as_array().cloned().unwrap_or_default();
+        let holds = |o: &Value| {
+            o["status"]["conditions"].as_array().is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == condition && c["status"] == "True")
+            })
+        };
+        let seen: std::collections::BTreeSet<&str> =
+            items.iter().filter_map(|o| o["kind"].as_str()).collect();
+        if seen.len() == kinds && items.iter().all(holds) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not all {condition} (kinds {seen:?}): {}\n{}",
+            serde_json::to_string_pretty(&items).unwrap(),
+            controller.log_text()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+}
+
 #[test]
 fn examples_are_served_and_report_status_in_a_real_cluster() {
     let Some((kubeconfig, _plane)) = cluster() else {
@@ -232,35 +268,14 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         .unwrap();
 
     // Every object Accepted and Programmed by the one dataplane.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let list: Value = serde_json::from_str(&run(&[
-            "get",
-            "llmproviders,llmroutes,virtualkeys,budgets",
-            "-n",
-            &ns.0,
-            "-o",
-            "json",
-        ]))
-        .unwrap();
-        let items = list["items"].as_array().cloned().unwrap_or_default();
-        let programmed = |o: &Value| {
-            o["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Programmed" && c["status"] == "True")
-            })
-        };
-        if !items.is_empty() && items.iter().all(programmed) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "not all Programmed: {}\n{}",
-            serde_json::to_string_pretty(&items).unwrap(),
-            controller.log_text()
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    wait_for_condition(
+        "llmproviders,llmroutes,virtualkeys,budgets",
+        &ns.0,
+        "Programmed",
+        4,
+        Duration::from_secs(90),
+        &controller,
+    );
     for dir in ["budgets", "mcp", "providers", "routing", "kubernetes"] {
         let path = workspace().join("examples").join(dir);
         run(&[
@@ -271,37 +286,14 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
             &path.display().to_string(),
         ]);
     }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let list: Value = serde_json::from_str(&run(&[
-            "get",
-            "llmproviders,llmroutes,virtualkeys,budgets,mcpservers,mcptoolpolicies",
-            "-n",
-            &examples_ns.0,
-            "-o",
-            "json",
-        ]))
-        .unwrap();
-        let items = list["items"].as_array().cloned().unwrap_or_default();
-        let accepted = |o: &Value| {
-            o["status"]["conditions"].as_array().is_some_and(|cs| {
-                cs.iter()
-                    .any(|c| c["type"] == "Accepted" && c["status"] == "True")
-            })
-        };
-        let kinds: std::collections::BTreeSet<&str> =
-            items.iter().filter_map(|o| o["kind"].as_str()).collect();
-        if kinds.len() == 6 && items.iter().all(accepted) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "examples not all accepted (kinds {kinds:?}): {}\n{}",
-            serde_json::to_string_pretty(&items).unwrap(),
-            controller.log_text()
-        );
-        std::thread::sleep(Duration::from_secs(1));
-    }
+    wait_for_condition(
+        "llmproviders,llmroutes,virtualkeys,budgets,mcpservers,mcptoolpolicies",
+        &examples_ns.0,
+        "Accepted",
+        6,
+        Duration::from_secs(60),
+        &controller,
+    );
     let bearer = format!("Bearer {DEMO_KEY}");
     let (status, body) = http_request_with(
         "POST",

@@ -39,6 +39,14 @@ fn counter(dp: &Dataplane, name: &str, listener: &str) -> f64 {
     Stack::metric(&dp.admin, name, &[("listener", listener)]).unwrap()
 }
 
+/// The head of a chat request with the demo key and a body of `length` bytes, as a
+/// client writes it on the wire.
+fn chat_head(length: usize) -> String {
+    format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {DEMO_KEY}\r\nContent-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    )
+}
+
 /// True once the peer has closed `stream` (a read ends or fails).
 async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     let mut buf = [0u8; 1024];
@@ -146,10 +154,7 @@ async fn a_body_sent_a_byte_at_a_time_is_cut_with_408() {
     let addr = host(&dp.api);
     with_logs(&stack, async {
         let mut s = TcpStream::connect(&addr).await.unwrap();
-        let head = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {DEMO_KEY}\r\nContent-Type: application/json\r\nContent-Length: 100000\r\n\r\n"
-        );
-        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(chat_head(100_000).as_bytes()).await.unwrap();
         let started = Instant::now();
         let mut answer = Vec::new();
         let mut buf = [0u8; 4096];
@@ -169,7 +174,11 @@ async fn a_body_sent_a_byte_at_a_time_is_cut_with_408() {
         let text = String::from_utf8_lossy(&answer);
         assert!(text.starts_with("HTTP/1.1 408"), "{text}");
         assert!(text.contains("request_timeout"), "{text}");
-        assert!(started.elapsed() < Duration::from_secs(4), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(4),
+            "{:?}",
+            started.elapsed()
+        );
     })
     .await;
 }
@@ -187,10 +196,7 @@ async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
         // is not cut: it is in flight.
         let mut s = TcpStream::connect(&addr).await.unwrap();
         let body = chat_body("gpt-4o-mini", "slow please [mock latency_ms=3000]");
-        let req = format!(
-            "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {DEMO_KEY}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
+        let req = format!("{}{body}", chat_head(body.len()));
         s.write_all(req.as_bytes()).await.unwrap();
         let mut buf = vec![0u8; 65536];
         let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
@@ -202,7 +208,11 @@ async fn an_idle_keep_alive_connection_is_closed_and_a_busy_one_is_not() {
         // Then, idle, it is closed after the idle timeout.
         let started = Instant::now();
         assert!(closed_within(&mut s, Duration::from_secs(5)).await);
-        assert!(started.elapsed() >= Duration::from_millis(1500), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() >= Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
     })
     .await;
 }

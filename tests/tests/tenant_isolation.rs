@@ -44,6 +44,20 @@ fn condition<'a>(report: &'a Value, kind: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
+/// Team X's virtual key, in a file of its own beside each test's manifest.
+const TEAM_X_KEY: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: x, namespace: team-x}
+spec: {secretRef: {name: x-key}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: x-key, namespace: team-x, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-team-x-key-0123456789}
+"#;
+const X_KEY: &str = "tg-team-x-key-0123456789";
+
 /// Team X points a provider of its own at the stack's mock-llm, with a Secret that holds
 /// a database password and is not marked as a credential.
 const NOT_A_CREDENTIAL: &str = r#"
@@ -66,16 +80,6 @@ metadata: {name: exfiltrate, namespace: team-x}
 spec:
   match: {models: [gpt-4o]}
   targets: [{provider: exfiltrate}]
----
-apiVersion: tollgate.dev/v1alpha1
-kind: VirtualKey
-metadata: {name: x, namespace: team-x}
-spec: {secretRef: {name: x-key}}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: x-key, namespace: team-x, labels: {tollgate.dev/credential: "true"}}
-stringData: {key: tg-team-x-key-0123456789}
 "#;
 
 #[tokio::test]
@@ -87,6 +91,7 @@ async fn a_secret_not_marked_as_a_credential_is_never_sent() {
             &NOT_A_CREDENTIAL.replace("MOCK", &stack.mock_url),
         )
         .unwrap();
+    stack.write_manifest("team-x-key.yaml", TEAM_X_KEY).unwrap();
     with_logs(&stack, async {
         let provider = report(&stack, "LLMProvider", "team-x", "exfiltrate").await;
         let refs = condition(&provider, "ResolvedRefs");
@@ -98,7 +103,7 @@ async fn a_secret_not_marked_as_a_credential_is_never_sent() {
         );
         // Team X's requests reach its provider without the password.
         eventually(Duration::from_secs(10), || async {
-            let key = Some("tg-team-x-key-0123456789");
+            let key = Some(X_KEY);
             post(stack.api(), key, &chat_body("gpt-4o", "hi")).await.0 != 401
         })
         .await;
@@ -282,25 +287,6 @@ apiVersion: v1
 kind: Secret
 metadata: {name: x-upstream, namespace: team-x, labels: {tollgate.dev/credential: "true"}}
 stringData: {apiKey: sk-mock-primary}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: LLMRoute
-metadata: {name: inward, namespace: team-x}
-spec:
-  match: {models: [by-name, metadata, private]}
-  targets:
-    - {provider: by-name, model: gpt-4o}
-  rules: []
----
-apiVersion: tollgate.dev/v1alpha1
-kind: VirtualKey
-metadata: {name: x, namespace: team-x}
-spec: {secretRef: {name: x-key}}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: x-key, namespace: team-x, labels: {tollgate.dev/credential: "true"}}
-stringData: {key: tg-team-x-key-0123456789}
 "#;
 
 #[tokio::test]
@@ -309,16 +295,13 @@ async fn endpoints_inside_the_network_are_refused_unless_allowed() {
     let port = stack.mock_url.rsplit(':').next().unwrap().to_string();
     let mut manifest = INWARD.replace("PORT", &port);
     // One route per provider.
-    manifest = manifest.replace(
-        "  match: {models: [by-name, metadata, private]}\n  targets:\n    - {provider: by-name, model: gpt-4o}\n  rules: []\n",
-        "  match: {models: [by-name]}\n  targets:\n    - {provider: by-name, model: gpt-4o}\n",
-    );
-    for p in ["metadata", "private"] {
+    for p in ["by-name", "metadata", "private"] {
         manifest.push_str(&format!(
             "---\napiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata: {{name: {p}, namespace: team-x}}\nspec:\n  match: {{models: [{p}]}}\n  targets: [{{provider: {p}, model: gpt-4o}}]\n"
         ));
     }
     stack.write_manifest("team-x.yaml", &manifest).unwrap();
+    stack.write_manifest("team-x-key.yaml", TEAM_X_KEY).unwrap();
     // A dataplane that allows loopback to the quick start's namespace only.
     stack
         .add_dataplane_args(&["--egress-allow", "default=127.0.0.0/8"])
@@ -327,7 +310,7 @@ async fn endpoints_inside_the_network_are_refused_unless_allowed() {
     stack.add_dataplane_args(&[]).unwrap();
     let (scoped, strict) = (&stack.dataplanes[1], &stack.dataplanes[2]);
     with_logs(&stack, async {
-        let x_key = "tg-team-x-key-0123456789";
+        let x_key = X_KEY;
         eventually(Duration::from_secs(10), || async {
             post(&scoped.api, Some(x_key), &chat_body("by-name", "hi"))
                 .await

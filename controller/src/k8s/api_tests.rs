@@ -221,16 +221,20 @@ async fn status_is_applied_server_side_and_a_rejection_becomes_an_event() {
     assert!(run.await.unwrap());
 }
 
-#[tokio::test]
-async fn a_missing_secret_is_created_once_and_an_existing_one_is_not_an_error() {
-    let (client, mut handle) = client();
-    let wanted = |name: &str| Wanted {
+/// The Secret `name` of VirtualKey team-a/app, wanted.
+fn wanted(name: &str) -> Wanted {
+    Wanted {
         namespace: "team-a".into(),
         secret: name.into(),
         key: "key".into(),
         owner_name: "app".into(),
         owner_uid: "uid-9".into(),
-    };
+    }
+}
+
+#[tokio::test]
+async fn a_missing_secret_is_created_once_and_an_existing_one_is_not_an_error() {
+    let (client, mut handle) = client();
     let (a, b) = (wanted("app-key"), wanted("other-key"));
     let run = tokio::spawn(async move {
         let mut creator = Creator::with_grace(Duration::ZERO);
@@ -436,13 +440,7 @@ async fn a_token_review_counts_only_with_the_audience_asked_for() {
 #[tokio::test]
 async fn a_secret_missing_for_less_than_the_grace_is_not_created() {
     let (client, mut handle) = client();
-    let w = Wanted {
-        namespace: "team-a".into(),
-        secret: "app-key".into(),
-        key: "key".into(),
-        owner_name: "app".into(),
-        owner_uid: "uid-9".into(),
-    };
+    let w = wanted("app-key");
     let run = tokio::spawn(async move {
         let mut creator = Creator::with_grace(Duration::from_millis(300));
         // Seen missing, then the user's Secret arrives within the grace: nothing is made.
