@@ -711,6 +711,11 @@ fn config_stream_requires_the_token() {
         "{controller_log}"
     );
     assert!(!controller_log.contains("wrong-token"), "{controller_log}");
+    let refusal = controller_log
+        .lines()
+        .find(|l| l.contains("was refused"))
+        .unwrap_or_default();
+    assert!(refusal.contains("127.0.0.1:"), "where from: {refusal}");
     stack.dataplanes.clear();
 }
 
