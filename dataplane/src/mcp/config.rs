@@ -116,8 +116,12 @@ impl From<&pb::McpToolPolicy> for ToolPolicy {
                 .enumerate()
                 .map(|(i, r)| Rule {
                     server: format!("{}/{}", p.namespace, r.server),
-                    allow: r.allow.clone(),
-                    deny: r.deny.clone(),
+                    allow: r
+                        .allow
+                        .iter()
+                        .map(|g| super::policy::canonical(g))
+                        .collect(),
+                    deny: r.deny.iter().map(|g| super::policy::canonical(g)).collect(),
                     calls_per_minute: r.calls_per_minute,
                     origin: format!("{}/{}/{i}", p.namespace, p.name),
                 })
@@ -184,12 +188,17 @@ mod tests {
             rules: vec![pb::ToolRule {
                 server: "time".into(),
                 allow: vec!["*".into()],
-                deny: vec![],
+                deny: vec![" Delete_*\u{200B}".into()],
                 calls_per_minute: 5,
             }],
             ..Default::default()
         });
         assert_eq!(p.keys, ["ns/agent"]);
+        assert_eq!(
+            p.rules[0].deny,
+            ["delete_*"],
+            "globs kept in canonical form"
+        );
         assert_eq!(p.rules[0].server, "ns/time");
         assert_eq!(p.rules[0].origin, "ns/finance/0");
     }

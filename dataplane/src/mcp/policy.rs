@@ -22,14 +22,14 @@ fn is_format(c: char) -> bool {
 }
 
 fn matches(pattern: &str, tool: &str) -> bool {
-    glob::matches(&canonical(pattern), tool)
+    glob::matches(pattern, tool)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Rule {
     /// The MCPServer (`<namespace>/<name>`) the rule is about.
     pub server: String,
-    /// Tool-name globs.
+    /// Tool-name globs, in [`canonical`] form (made so once, when the config arrives).
     pub allow: Vec<String>,
     pub deny: Vec<String>,
     /// Calls a minute per tool, across the key's calls; 0 for no limit.
@@ -116,8 +116,8 @@ mod tests {
     fn rule(server: &str, allow: &[&str], deny: &[&str], cpm: u64) -> Rule {
         Rule {
             server: server.into(),
-            allow: allow.iter().map(|s| s.to_string()).collect(),
-            deny: deny.iter().map(|s| s.to_string()).collect(),
+            allow: allow.iter().map(|s| canonical(s)).collect(),
+            deny: deny.iter().map(|s| canonical(s)).collect(),
             calls_per_minute: cpm,
             origin: format!("ns/p/{cpm}"),
         }
