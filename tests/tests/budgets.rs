@@ -799,8 +799,16 @@ async fn a_refusal_for_want_of_quota_says_why_in_the_log() {
         .unwrap();
     let api = stack.dataplanes[1].api.clone();
     with_logs(&stack, async {
-        // Served once the config is there, then the controller is taken away.
-        until_served(&api, DEMO_KEY, "gpt-4o", Duration::from_secs(10)).await;
+        // Served under the budget (the ledger has its account), then the controller is
+        // taken away.
+        eventually(Duration::from_secs(20), || async {
+            let served = post(&api, Some(DEMO_KEY), &chat_body("gpt-4o", "hi"))
+                .await
+                .0
+                == 200;
+            served && !ledger_account(&stack, "budget/default/demo").is_null()
+        })
+        .await;
     })
     .await;
     stack.controller.take().unwrap().kill();
