@@ -28,6 +28,11 @@ use crate::common::{LocalRef, ObjectStatus, SecretKeyRef};
 pub struct VirtualKeySpec {
     /// Secret key holding the client key (default key `key`).
     pub secret_ref: SecretKeyRef,
+    /// Kubernetes mode: the controller creates the Secret, with a random key, when it is
+    /// missing (owned by this VirtualKey; deleting it rotates the key). Without it the
+    /// controller never creates a Secret, and a deleted Secret revokes the key.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub generate_secret: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<Owner>,
     /// Model names (globs) this key may use; empty means every model its routes serve.

@@ -206,7 +206,7 @@ fn status_secrets_and_events_tell_what_the_dataplanes_run() {
         "virtualkeys",
         json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "VirtualKey",
                "metadata": {"name": "app", "namespace": "team-a"},
-               "spec": {"secretRef": {"name": "app-key"}}}),
+               "spec": {"secretRef": {"name": "app-key"}, "generateSecret": true}}),
     );
     let ctl = c.controller(
         "controller-a",
@@ -228,11 +228,12 @@ fn status_secrets_and_events_tell_what_the_dataplanes_run() {
     let key = String::from_utf8(key).unwrap();
     assert!(key.starts_with("tg-") && key.len() > 40, "{key}");
 
-    // Accepted and resolved, but not Programmed while no dataplane runs it.
+    // Accepted and resolved; Programmed is Unknown while no dataplane runs it.
     let programmed = c.wait("the route's status", Duration::from_secs(20), || {
         c.condition("llmroutes", "team-a", "gpt", "Programmed")
     });
-    assert_eq!(programmed["status"], "False");
+    assert_eq!(programmed["status"], "Unknown");
+    assert_eq!(programmed["reason"], "NoDataplanes");
     assert_eq!(programmed["message"], "applied by 0 of 0 dataplanes");
     let route = c.api().get(TG, "llmroutes", "team-a", "gpt").unwrap();
     assert_eq!(route["status"]["observedGeneration"], 1);
@@ -256,6 +257,22 @@ fn status_secrets_and_events_tell_what_the_dataplanes_run() {
             .filter(|p| p["status"] == "True")
     });
     assert_eq!(programmed["message"], "applied by 1 of 1 dataplanes");
+    // The route without its provider is served (it answers 503) but not Programmed.
+    let orphan = c.wait("the orphan's Programmed", Duration::from_secs(20), || {
+        c.condition("llmroutes", "team-a", "orphan", "Programmed")
+            .filter(|p| {
+                p["message"]
+                    .as_str()
+                    .unwrap_or("")
+                    .ends_with("1 of 1 dataplanes")
+            })
+    });
+    assert_eq!(orphan["status"], "False");
+    assert_eq!(orphan["reason"], "RefNotFound");
+    assert_eq!(
+        orphan["message"],
+        "LLMProvider missing not found; applied by 1 of 1 dataplanes"
+    );
     c.wait("the VirtualKey programmed", Duration::from_secs(20), || {
         c.condition("virtualkeys", "team-a", "app", "Programmed")
             .filter(|p| p["status"] == "True")

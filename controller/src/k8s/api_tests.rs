@@ -237,7 +237,7 @@ async fn a_missing_secret_is_created_once_and_an_existing_one_is_not_an_error() 
     let (client, mut handle) = client();
     let (a, b) = (wanted("app-key"), wanted("other-key"));
     let run = tokio::spawn(async move {
-        let mut creator = Creator::with_grace(Duration::ZERO);
+        let mut creator = Creator::default();
         creator.create_missing(&client, vec![a.clone(), b]).await;
         // Asked again at once: nothing is sent (the watch has not caught up yet).
         creator.create_missing(&client, vec![a]).await;
@@ -435,34 +435,4 @@ async fn a_token_review_counts_only_with_the_audience_asked_for() {
         ));
         assert_eq!(run.await.unwrap(), accepted, "{audiences}");
     }
-}
-
-#[tokio::test]
-async fn a_secret_missing_for_less_than_the_grace_is_not_created() {
-    let (client, mut handle) = client();
-    let w = wanted("app-key");
-    let run = tokio::spawn(async move {
-        let mut creator = Creator::with_grace(Duration::from_millis(300));
-        // Seen missing, then the user's Secret arrives within the grace: nothing is made.
-        creator.create_missing(&client, vec![w.clone()]).await;
-        assert!(creator.waiting());
-        creator.create_missing(&client, vec![]).await;
-        assert!(!creator.waiting());
-        // Missing again, and still missing after the grace: made.
-        creator.create_missing(&client, vec![w.clone()]).await;
-        tokio::time::sleep(Duration::from_millis(350)).await;
-        creator.create_missing(&client, vec![w]).await;
-    });
-    let (_, body, send) = expect(
-        &mut handle,
-        Method::POST,
-        "/api/v1/namespaces/team-a/secrets?",
-    )
-    .await;
-    assert_eq!(body["metadata"]["name"], "app-key");
-    send.send_response(respond(StatusCode::CREATED, &body));
-    tokio::time::timeout(Duration::from_secs(2), run)
-        .await
-        .expect("one creation, after the grace")
-        .unwrap();
 }

@@ -195,7 +195,6 @@ async fn leader_loop(
             (v, *t, *p) == (&seen.0, seen.1, seen.2)
                 && at.elapsed() < FULL_ROUND
                 && writer.written.is_empty()
-                && !creator.waiting()
         });
         // Before every watch has listed, a Secret not seen yet is not a missing one.
         if !unchanged && index.lock().synced() {

@@ -1,5 +1,8 @@
-//! VirtualKey Secrets: a VirtualKey whose Secret has not existed for [`GRACE`] gets one,
-//! with a fresh random key, owned by the VirtualKey (deleted with it). The key is written only to the
+//! VirtualKey Secrets: a VirtualKey that asks for it (`generateSecret: true`) and whose
+//! Secret does not exist gets one, with a fresh random key, owned by the VirtualKey (deleted
+//! with it). No other Secret is ever created, adopted or deleted: a VirtualKey without
+//! `generateSecret` whose Secret is deleted is revoked, and a Secret applied with the
+//! VirtualKey is never raced. The key is written only to the
 //! Secret: never to status, logs or Events, and dataplanes receive only its hash (the
 //! compiler hashes it when the Secret comes back through the watch).
 
@@ -30,13 +33,17 @@ pub struct Wanted {
     pub owner_uid: String,
 }
 
-/// VirtualKeys whose Secret does not exist. A Secret that exists without the key is the
+/// VirtualKeys that ask for a Secret and whose Secret does not exist. A Secret that exists without the key is the
 /// user's: it is left alone (the VirtualKey's `ResolvedRefs` says what is missing).
 pub fn missing(index: &Index) -> Vec<Wanted> {
     index
         .of(Watched::Tollgate(Kind::VirtualKey))
         .filter_map(|(ns, name, e)| {
-            let r = e.value.get("spec")?.get("secretRef")?;
+            let spec = e.value.get("spec")?;
+            if spec.get("generateSecret") != Some(&Value::Bool(true)) {
+                return None;
+            }
+            let r = spec.get("secretRef")?;
             let secret = r.get("name").and_then(Value::as_str)?;
             if secret.is_empty() || index.get(Watched::Secret, ns, secret).is_some() {
                 return None;
@@ -95,61 +102,22 @@ pub fn secret_for(w: &Wanted, key: &str) -> Secret {
     }
 }
 
-/// Creates missing Secrets, each only once it has been missing for a grace period, and
-/// trying each again only after a pause.
-#[derive(Debug)]
+/// Creates missing Secrets, trying each again only after a pause.
+#[derive(Debug, Default)]
 pub struct Creator {
     tried: HashMap<(String, String), Instant>,
-    /// When each missing Secret was first seen missing.
-    missing_since: HashMap<(String, String), Instant>,
-    grace: Duration,
 }
 
 const RETRY_AFTER: Duration = Duration::from_secs(30);
 
-/// How long a VirtualKey's Secret may be missing before one is made: `kubectl apply` or
-/// a GitOps tool applying a directory creates the VirtualKey and its Secret moments apart,
-/// in either order, and a Secret made in between would take the name of theirs.
-pub const GRACE: Duration = Duration::from_secs(5);
-
-impl Default for Creator {
-    fn default() -> Self {
-        Self::with_grace(GRACE)
-    }
-}
-
 impl Creator {
-    pub fn with_grace(grace: Duration) -> Self {
-        Self {
-            tried: HashMap::new(),
-            missing_since: HashMap::new(),
-            grace,
-        }
-    }
-
-    /// Whether some Secret is missing but still within its grace: the caller should come
-    /// back after the grace even if nothing else changes.
-    pub fn waiting(&self) -> bool {
-        let now = Instant::now();
-        self.missing_since.iter().any(|(id, since)| {
-            now.duration_since(*since) < self.grace || !self.tried.contains_key(id)
-        })
-    }
-
     pub async fn create_missing(&mut self, client: &kube::Client, wanted: Vec<Wanted>) {
         let now = Instant::now();
         self.tried
             .retain(|_, at| now.duration_since(*at) < RETRY_AFTER);
-        let ids: std::collections::HashSet<(String, String)> = wanted
-            .iter()
-            .map(|w| (w.namespace.clone(), w.secret.clone()))
-            .collect();
-        // A Secret that came meanwhile is not waited for any more.
-        self.missing_since.retain(|id, _| ids.contains(id));
         for w in wanted {
             let id = (w.namespace.clone(), w.secret.clone());
-            let since = *self.missing_since.entry(id.clone()).or_insert(now);
-            if now.duration_since(since) < self.grace || self.tried.contains_key(&id) {
+            if self.tried.contains_key(&id) {
                 continue;
             }
             self.tried.insert(id, now);
@@ -210,13 +178,20 @@ mod tests {
             &mut index,
             vk,
             json!({"metadata": {"name": "a", "namespace": "n", "uid": "u-a"},
-                   "spec": {"secretRef": {"name": "a-key"}}}),
+                   "spec": {"secretRef": {"name": "a-key"}, "generateSecret": true}}),
         );
         apply(
             &mut index,
             vk,
             json!({"metadata": {"name": "b", "namespace": "n", "uid": "u-b"},
-                   "spec": {"secretRef": {"name": "b-key", "key": "token"}}}),
+                   "spec": {"secretRef": {"name": "b-key", "key": "token"}, "generateSecret": true}}),
+        );
+        // Not asked for: its Secret is the user's to make, and never raced.
+        apply(
+            &mut index,
+            vk,
+            json!({"metadata": {"name": "c", "namespace": "n", "uid": "u-c"},
+                   "spec": {"secretRef": {"name": "c-key"}}}),
         );
         apply(
             &mut index,
