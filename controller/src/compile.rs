@@ -97,6 +97,18 @@ impl Condition {
     }
 }
 
+impl Condition {
+    /// A condition whose state cannot be told now.
+    pub(crate) fn unknown(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
+        Self {
+            type_,
+            status: "Unknown",
+            reason: reason.to_string(),
+            message: message.into(),
+        }
+    }
+}
+
 impl ObjectReport {
     pub fn condition(&self, type_: &str) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
@@ -339,6 +351,7 @@ pub fn compile_cached(
             missing,
         );
     }
+    let shadowed = shadowed_routes(&kinds.routes, &kinds.keys);
     for r in &kinds.routes {
         let body = compile_route(r);
         let missing: Vec<String> = r
@@ -359,6 +372,19 @@ pub fn compile_cached(
         );
         if let Some(report) = out.reports.last_mut() {
             report.conditions.push(prices_known(r, &kinds.providers));
+            report.conditions.push(
+                match shadowed.get(&(r.namespace.as_str(), r.name.as_str())) {
+                    Some(by) => Condition::new(
+                        "Reachable",
+                        false,
+                        "Shadowed",
+                        format!(
+                            "every model it matches is taken first by LLMRoute {by} (exact names win over globs, then the route name), and no VirtualKey is limited to routes that would reach it"
+                        ),
+                    ),
+                    None => Condition::new("Reachable", true, "Reachable", ""),
+                },
+            );
         }
     }
     // Each key's value, read and hashed once: its length and SHA-256, or why it cannot
@@ -927,6 +953,54 @@ fn compile_route(r: &Parsed<route::LlmRouteSpec>) -> pb::Route {
     }
 }
 
+/// Routes no request can reach, with the route that takes their traffic: every model
+/// pattern of theirs is also an exact name (or the same glob) of a route without header
+/// matches that comes first (by name) in the same namespace. A namespace where some key is
+/// limited to certain routes is left out: such a key may reach a route the others cannot.
+fn shadowed_routes<'a>(
+    routes: &'a [Parsed<route::LlmRouteSpec>],
+    keys: &[Parsed<virtual_key::VirtualKeySpec>],
+) -> HashMap<(&'a str, &'a str), &'a str> {
+    let limited: HashSet<&str> = keys
+        .iter()
+        .filter(|k| !k.spec.routes.is_empty())
+        .map(|k| k.namespace.as_str())
+        .collect();
+    // Per namespace and model pattern, the first route without header matches.
+    let mut first: HashMap<(&str, &str), &str> = HashMap::new();
+    for r in routes
+        .iter()
+        .filter(|r| r.spec.route_match.headers.is_empty())
+    {
+        for m in &r.spec.route_match.models {
+            let slot = first
+                .entry((r.namespace.as_str(), m.as_str()))
+                .or_insert(r.name.as_str());
+            if r.name.as_str() < *slot {
+                *slot = r.name.as_str();
+            }
+        }
+    }
+    let mut out = HashMap::new();
+    for r in routes
+        .iter()
+        .filter(|r| !limited.contains(r.namespace.as_str()))
+    {
+        let by: Vec<&str> = r
+            .spec
+            .route_match
+            .models
+            .iter()
+            .filter_map(|m| first.get(&(r.namespace.as_str(), m.as_str())).copied())
+            .filter(|q| *q != r.name)
+            .collect();
+        if !r.spec.route_match.models.is_empty() && by.len() == r.spec.route_match.models.len() {
+            out.insert((r.namespace.as_str(), r.name.as_str()), by[0]);
+        }
+    }
+    out
+}
+
 /// `PricesKnown`: whether every target and fallback of a route has a price (built in, or
 /// set on its provider), so that keys with a USD limit can use it. A target that sends the
 /// requested model on is priced per request: `Unknown` when no fixed target is unpriced.
@@ -986,13 +1060,11 @@ fn prices_known(
         );
     }
     if per_request {
-        return Condition {
-            type_: "PricesKnown",
-            status: "Unknown",
-            reason: "ModelFromRequest".into(),
-            message: "a target sends the requested model on: its price is looked up per request"
-                .into(),
-        };
+        return Condition::unknown(
+            "PricesKnown",
+            "ModelFromRequest",
+            "a target sends the requested model on: its price is looked up per request",
+        );
     }
     Condition::new("PricesKnown", true, "PricesKnown", "")
 }

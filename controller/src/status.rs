@@ -9,7 +9,9 @@ use crate::compile::{Condition, ObjectReport};
 use crate::tracker::{AckView, Tracker};
 
 /// `Programmed`: true only when every connected dataplane holds the object's current
-/// version; the message gives the count, and a NACK's reason is shown.
+/// version and the object does what it says (its references resolve, and a route is
+/// reachable); the message gives the count, and a NACK's reason is shown. Unknown while no
+/// dataplane is connected: nobody has said what runs.
 pub fn programmed(report: &ObjectReport, acks: &impl AckView) -> Condition {
     let accepted = report
         .condition("Accepted")
@@ -24,10 +26,20 @@ pub fn programmed(report: &ObjectReport, acks: &impl AckView) -> Condition {
     };
     let p = acks.programmed(served.type_url, &served.name, &served.version);
     let message = format!("applied by {} of {} dataplanes", p.applied, p.connected);
+    let failing = |type_: &str| {
+        report
+            .condition(type_)
+            .filter(|c| c.status == "False")
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
     if !p.rejections.is_empty() {
         let message = format!("{message}; {}", p.rejections.join("; "));
         Condition::new("Programmed", false, "Rejected", message)
-    } else if p.connected > 0 && p.applied == p.connected {
+    } else if let Some((reason, why)) = failing("ResolvedRefs").or_else(|| failing("Reachable")) {
+        Condition::new("Programmed", false, &reason, format!("{why}; {message}"))
+    } else if p.connected == 0 {
+        Condition::unknown("Programmed", "NoDataplanes", message)
+    } else if p.applied == p.connected {
         Condition::new("Programmed", true, "Programmed", message)
     } else {
         Condition::new("Programmed", false, "Pending", message)
@@ -151,7 +163,7 @@ mod tests {
         let tracker = Tracker::default();
         let r = report(true);
         let c = programmed(&r, &tracker);
-        assert_eq!((c.status, c.reason.as_str()), ("False", "Pending"));
+        assert_eq!((c.status, c.reason.as_str()), ("Unknown", "NoDataplanes"));
         assert_eq!(c.message, "applied by 0 of 0 dataplanes");
         let (a, b) = (tracker.connect(), tracker.connect());
         tracker.identify(b, "dp-b");
@@ -178,6 +190,17 @@ mod tests {
         tracker.ack(b, "t", "ns/r", "v0");
         assert_eq!(programmed(&r, &tracker).status, "False");
         assert_eq!(programmed(&report(false), &tracker).reason, "NotServed");
+        // Served to every dataplane, but a reference is missing or the route is shadowed:
+        // not Programmed, with the reason.
+        tracker.ack(b, "t", "ns/r", "v1");
+        for (type_, reason) in [("ResolvedRefs", "RefNotFound"), ("Reachable", "Shadowed")] {
+            let mut r = report(true);
+            r.conditions
+                .push(Condition::new(type_, false, reason, "why"));
+            let c = programmed(&r, &tracker);
+            assert_eq!((c.status, c.reason.as_str()), ("False", reason));
+            assert_eq!(c.message, "why; applied by 2 of 2 dataplanes");
+        }
     }
 
     #[test]

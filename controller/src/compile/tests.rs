@@ -487,3 +487,61 @@ fn a_secret_without_the_credential_label_is_no_credential() {
     };
     assert!(!format!("{body:?}").contains("sk-upstream"));
 }
+
+fn route_obj(name: &str, models: Value, headers: Value) -> SourceObject {
+    obj(
+        &format!("{name}.yaml#1"),
+        json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute",
+            "metadata": {"name": name},
+            "spec": {"match": {"models": models, "headers": headers}, "targets": [{"provider": "openai"}]}
+        }),
+    )
+}
+
+#[test]
+fn a_route_whose_every_model_is_taken_first_is_shadowed() {
+    let mut objects = base();
+    // `chat` (from base) serves gpt-4o without header matches and sorts before `later`.
+    objects.push(route_obj("later", json!(["gpt-4o"]), json!([])));
+    // Split by header: reachable only when it comes first, which it does not here.
+    objects.push(route_obj(
+        "planner",
+        json!(["gpt-4o"]),
+        json!([{"name": "x-step", "value": "plan"}]),
+    ));
+    // One of its models is its own.
+    objects.push(route_obj("partly", json!(["gpt-4o", "gpt-5"]), json!([])));
+    // A name before `chat`: it takes gpt-4o, and `chat` is the shadowed one.
+    let c = run(objects.clone());
+    let reachable = |c: &Compiled, name: &str| {
+        let cond = report(c, "LLMRoute", name)
+            .condition("Reachable")
+            .unwrap()
+            .clone();
+        (cond.status, cond.reason, cond.message)
+    };
+    let (status, reason, message) = reachable(&c, "later");
+    assert_eq!((status, reason.as_str()), ("False", "Shadowed"));
+    assert!(message.contains("LLMRoute chat"), "{message}");
+    assert_eq!(reachable(&c, "planner").0, "False");
+    assert_eq!(reachable(&c, "partly").0, "True");
+    assert_eq!(reachable(&c, "chat").0, "True");
+
+    objects.push(route_obj("a-first", json!(["gpt-4o"]), json!([])));
+    let c = run(objects.clone());
+    assert_eq!(reachable(&c, "chat").0, "False");
+    assert_eq!(reachable(&c, "a-first").0, "True");
+
+    // A key limited to some routes may reach any of them: nothing is called shadowed.
+    objects.push(obj(
+        "k2.yaml#1",
+        json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "VirtualKey",
+            "metadata": {"name": "bob"},
+            "spec": {"secretRef": {"name": "alice-key"}, "routes": ["later"]}
+        }),
+    ));
+    let c = run(objects);
+    assert_eq!(reachable(&c, "later").0, "True");
+}

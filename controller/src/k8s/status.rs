@@ -307,7 +307,7 @@ mod tests {
         // Fixed: Accepted, and Programmed once the one dataplane ACKs.
         let writes = plan(&snapshot(true), &index, &tracker, &HashMap::new(), "t3");
         assert_eq!(writes[0].event, None);
-        assert_eq!(writes[0].status["conditions"][2]["reason"], "Pending");
+        assert_eq!(writes[0].status["conditions"][2]["reason"], "NoDataplanes");
         let dp = tracker.connect();
         tracker.ack(dp, "t", "n/r", "v1");
         let writes = plan(&snapshot(true), &index, &tracker, &HashMap::new(), "t4");
