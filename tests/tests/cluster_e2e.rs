@@ -20,7 +20,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use tollgate_tests::harness::{
-    DEMO_KEY, Process, bin, free_port, http_request_with, start_mock, workspace,
+    DEMO_KEY, Process, UPSTREAM_KEYS, bin, free_port, http_request_with, set_faults, start_mock,
+    workspace,
 };
 
 fn kubectl() -> PathBuf {
@@ -51,6 +52,75 @@ fn run(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `kubectl apply` of `yaml` into `ns`.
+fn apply_yaml(ns: &str, yaml: &str) {
+    use std::io::Write;
+    let mut child = Command::new(kubectl())
+        .arg("--kubeconfig")
+        .arg(KUBECONFIG.get().expect("the cluster is chosen first"))
+        .args(["apply", "-n", ns, "-f", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running kubectl");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(yaml.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "kubectl apply: {}\n{yaml}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The condition `type_` of `resource`/`name` in `ns`, once it is there.
+fn condition(resource: &str, ns: &str, name: &str, type_: &str) -> Option<Value> {
+    let o: Value =
+        serde_json::from_str(&run(&["get", resource, name, "-n", ns, "-o", "json"])).ok()?;
+    o["status"]["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type"] == type_)
+        .cloned()
+}
+
+/// Polls `f` until it gives a value, failing after `within` with `what` and the log.
+fn wait_until<T>(
+    what: &str,
+    within: Duration,
+    log: &Process,
+    mut f: impl FnMut() -> Option<T>,
+) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: not within {within:?}\n{}",
+            log.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn chat(api: u16, key: &str, model: &str) -> (u16, String) {
+    let bearer = format!("Bearer {key}");
+    http_request_with(
+        "POST",
+        &format!("http://127.0.0.1:{api}/v1/chat/completions"),
+        &[("authorization", bearer.as_str())],
+        &format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"hi"}}]}}"#),
+    )
+    .unwrap()
 }
 
 /// Deletes the test namespace when the test ends, passed or not.
@@ -294,14 +364,7 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         Duration::from_secs(60),
         &controller,
     );
-    let bearer = format!("Bearer {DEMO_KEY}");
-    let (status, body) = http_request_with(
-        "POST",
-        &format!("http://127.0.0.1:{api}/v1/chat/completions"),
-        &[("authorization", bearer.as_str())],
-        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
-    )
-    .unwrap();
+    let (status, body) = chat(api, DEMO_KEY, "gpt-4o");
     assert_eq!(status, 200, "{body}\n{}", dataplane.log_text());
 
     // The leader writes the spend to the Budget's status within a few seconds.
@@ -337,4 +400,197 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         "json",
     ]);
     assert!(ledger.contains("budget/"), "{ledger}");
+    retries_on_is_kept_and_honoured(&ns.0, api, &mock_url, &controller);
+    key_secrets_are_never_raced_and_deleting_one_revokes_the_key(&ns.0, api, &controller);
+    status_comes_within_a_second_and_tells_the_truth(&ns.0, &controller);
+
+    // The last dataplane gone: nobody says what runs, so Programmed is Unknown.
+    drop(dataplane);
+    let programmed = wait_until(
+        "Programmed Unknown without dataplanes",
+        Duration::from_secs(20),
+        &controller,
+        || condition("llmroute", &ns.0, "chat", "Programmed").filter(|c| c["status"] == "Unknown"),
+    );
+    assert_eq!(programmed["reason"], "NoDataplanes");
+}
+
+/// `retries.on` (a key YAML 1.1 reads as a boolean unless quoted) survives kubectl and the
+/// API server, and the dataplane retries exactly the failures it lists.
+fn retries_on_is_kept_and_honoured(ns: &str, api: u16, mock_url: &str, controller: &Process) {
+    // Each on a provider of its own, so that a fault can pick it by the upstream key.
+    let route = |name: &str, provider: &str, on: &str| {
+        format!(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: {name}\n\
+             spec:\n  match:\n    models: [{name}]\n  targets:\n    - provider: {provider}\n      model: gpt-4o-mini\n\
+             \x20 retries:\n    attempts: 2\n    backoff: {{base: 10ms, max: 10ms}}\n    \"on\": [{on}]\n"
+        )
+    };
+    // Quoted, as the example does: kubectl reads YAML 1.1, where a bare `on` is `true`.
+    apply_yaml(
+        ns,
+        &format!(
+            "{}---\n{}",
+            route("retry-5xx", "openai-primary", "5xx"),
+            route("retry-429", "openai-secondary", "\"429\"")
+        ),
+    );
+    for (name, on) in [("retry-5xx", "5xx"), ("retry-429", "429")] {
+        let stored: Value =
+            serde_json::from_str(&run(&["get", "llmroute", name, "-n", ns, "-o", "json"])).unwrap();
+        assert_eq!(
+            stored["spec"]["retries"]["on"],
+            serde_json::json!([on]),
+            "{stored}"
+        );
+        wait_until(
+            &format!("{name} Programmed"),
+            Duration::from_secs(20),
+            controller,
+            || condition("llmroute", ns, name, "Programmed").filter(|c| c["status"] == "True"),
+        );
+    }
+    set_faults(
+        mock_url,
+        &serde_json::json!([
+            {"key": UPSTREAM_KEYS[0], "status": 503, "times": 1},
+            {"key": UPSTREAM_KEYS[1], "status": 503, "times": 1},
+        ]),
+    )
+    .unwrap();
+    let (status, body) = chat(api, DEMO_KEY, "retry-5xx");
+    assert_eq!(status, 200, "a 503 is retried when `on` lists 5xx: {body}");
+    let (status, body) = chat(api, DEMO_KEY, "retry-429");
+    assert_eq!(
+        (status, body.contains("upstream_error")),
+        (502, true),
+        "a 503 is not retried when `on` lists only 429: {body}"
+    );
+    set_faults(mock_url, &serde_json::json!([])).unwrap();
+}
+
+/// A directory with a VirtualKey before its Secret, applied and deleted 20 times: the
+/// controller never makes a Secret of its own, so nothing conflicts. The user's Secret is
+/// used as it is, and deleting it revokes the key.
+fn key_secrets_are_never_raced_and_deleting_one_revokes_the_key(
+    ns: &str,
+    api: u16,
+    controller: &Process,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let key = "tg-gitops-key-0123456789abcdef";
+    std::fs::write(
+        dir.path().join("a-virtualkey.yaml"),
+        "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: gitops\n\
+         spec:\n  secretRef: {name: gitops-key}\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.path().join("b-secret.yaml"),
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata:\n  name: gitops-key\n  labels: {{tollgate.dev/credential: \"true\"}}\n\
+             stringData:\n  key: {key}\n"
+        ),
+    )
+    .unwrap();
+    let path = dir.path().display().to_string();
+    for round in 0..20 {
+        run(&["apply", "-n", ns, "-f", &path]);
+        if round < 19 {
+            run(&["delete", "-n", ns, "-f", &path, "--wait=true"]);
+        }
+    }
+    let secret: Value = serde_json::from_str(&run(&[
+        "get",
+        "secret",
+        "gitops-key",
+        "-n",
+        ns,
+        "-o",
+        "json",
+    ]))
+    .unwrap();
+    assert!(
+        secret["metadata"]["ownerReferences"].is_null(),
+        "the user's Secret is not adopted: {secret}"
+    );
+    wait_until(
+        "the GitOps key served",
+        Duration::from_secs(20),
+        controller,
+        || (chat(api, key, "gpt-4o").0 == 200).then_some(()),
+    );
+    // Deleting the Secret revokes the key, and no Secret comes back.
+    run(&["delete", "secret", "gitops-key", "-n", ns]);
+    let revoked = Instant::now();
+    wait_until(
+        "the key revoked",
+        Duration::from_secs(10),
+        controller,
+        || (chat(api, key, "gpt-4o").0 == 401).then_some(()),
+    );
+    println!(
+        "a deleted key Secret revoked the key in {:?}",
+        revoked.elapsed()
+    );
+    let refs = wait_until(
+        "ResolvedRefs False",
+        Duration::from_secs(10),
+        controller,
+        || condition("virtualkey", ns, "gitops", "ResolvedRefs").filter(|c| c["status"] == "False"),
+    );
+    assert!(
+        refs["message"].as_str().unwrap().contains("gitops-key"),
+        "{refs}"
+    );
+    let secrets = run(&["get", "secrets", "-n", ns, "-o", "name"]);
+    assert!(!secrets.contains("secret/gitops-key"), "{secrets}");
+}
+
+/// A new object that changes nothing served gets its status within a second; a route whose
+/// provider is missing is not Programmed, and says why.
+fn status_comes_within_a_second_and_tells_the_truth(ns: &str, controller: &Process) {
+    let applied = Instant::now();
+    apply_yaml(
+        ns,
+        "apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: no-secret\n\
+         spec:\n  secretRef: {name: nowhere}\n---\n\
+         apiVersion: tollgate.dev/v1alpha1\nkind: LLMRoute\nmetadata:\n  name: orphan\n\
+         spec:\n  match: {models: [orphan]}\n  targets: [{provider: missing}]\n",
+    );
+    let since_apply = applied.elapsed();
+    let seen = Instant::now();
+    let refs = wait_until(
+        "the new key's status",
+        Duration::from_secs(10),
+        controller,
+        || condition("virtualkey", ns, "no-secret", "ResolvedRefs"),
+    );
+    let took = seen.elapsed();
+    println!(
+        "status of a new object {took:?} after kubectl apply returned ({since_apply:?} to apply)"
+    );
+    assert_eq!(refs["status"], "False");
+    assert!(took < Duration::from_secs(1), "status after {took:?}");
+    let programmed = wait_until(
+        "the orphan's Programmed",
+        Duration::from_secs(10),
+        controller,
+        || {
+            condition("llmroute", ns, "orphan", "Programmed").filter(|c| {
+                c["message"]
+                    .as_str()
+                    .is_some_and(|m| m.ends_with("1 of 1 dataplanes"))
+            })
+        },
+    );
+    assert_eq!(programmed["status"], "False", "{programmed}");
+    assert_eq!(programmed["reason"], "RefNotFound");
+    assert!(
+        programmed["message"]
+            .as_str()
+            .unwrap()
+            .contains("LLMProvider missing not found"),
+        "{programmed}"
+    );
 }
