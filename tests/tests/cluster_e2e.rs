@@ -1,7 +1,9 @@
-//! End to end against a real Kubernetes API server: applies the CRDs, runs the controller
-//! (Kubernetes mode) against it on this machine, applies examples/quickstart into a fresh
-//! namespace (provider endpoints pointed at a local mock-llm), sends traffic through a
-//! local dataplane, and checks the objects' status.
+//! End to end against a real Kubernetes API server: applies the CRDs, installs the chart
+//! with Helm, runs the controller (Kubernetes mode) and a dataplane on this machine with the
+//! chart's own arguments, Secrets, ServiceAccounts (tokens from `kubectl create token`;
+//! the dataplane's checked by TokenReview) and RBAC, applies examples/quickstart into a
+//! fresh namespace (provider endpoints pointed at a local mock-llm) and every other example
+//! into another, sends traffic through the dataplane, and checks the objects' status.
 //!
 //! The cluster is `KUBECONFIG`'s when it is set; otherwise the control plane that
 //! `../shared/kube/up.sh` starts on loopback (etcd, kube-apiserver with RBAC and
@@ -9,7 +11,7 @@
 //! the test is skipped, saying so.
 //!
 //! kubectl: `$TOLLGATE_KUBECTL`, else `.venv/bin/kubectl` (installed by `make chart-check`),
-//! else `kubectl` on the PATH.
+//! else `kubectl` on the PATH; helm: `.venv/bin/helm`, else `helm` on the PATH.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -52,6 +54,195 @@ fn run(args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn helm() -> PathBuf {
+    let venv = workspace().join(".venv/bin/helm");
+    if venv.exists() {
+        return venv;
+    }
+    "helm".into()
+}
+
+/// The chart rendered and applied into a release namespace; what its pods would mount,
+/// written to files here, and a kubeconfig with its controller ServiceAccount's token.
+struct Chart {
+    dir: PathBuf,
+    release_namespace: String,
+    controller_kubeconfig: String,
+}
+
+impl Chart {
+    fn install(release_namespace: &str, watched: &[&str], dir: &std::path::Path) -> Self {
+        // Installed as a platform engineer would: every object the chart makes must be
+        // accepted by the API server.
+        let out = Command::new(helm())
+            .args(["install", "tollgate"])
+            .arg(workspace().join("charts/tollgate"))
+            .args(["--kubeconfig", KUBECONFIG.get().unwrap()])
+            .args(["-n", release_namespace])
+            .arg(format!(
+                "--set=controller.watchNamespaces={{{}}}",
+                watched.join(",")
+            ))
+            .output()
+            .expect("running helm");
+        assert!(
+            out.status.success(),
+            "helm install: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let listed = run(&[
+            "get",
+            "all,secrets,roles,rolebindings,networkpolicies",
+            "-n",
+            release_namespace,
+        ]);
+        println!("{listed}");
+        let chart = dir.join("chart");
+        // What the pods mount: the stream TLS and admin token Secrets.
+        for (secret, to) in [("tollgate-stream-tls", "tls"), ("tollgate-admin", "admin")] {
+            let s: Value = serde_json::from_str(&run(&[
+                "get",
+                "secret",
+                secret,
+                "-n",
+                release_namespace,
+                "-o",
+                "json",
+            ]))
+            .unwrap();
+            let to = chart.join(to);
+            std::fs::create_dir_all(&to).unwrap();
+            for (k, v) in s["data"].as_object().unwrap() {
+                use base64::Engine;
+                let bytes = base64::engine::general_purpose::STANDARD
+                    .decode(v.as_str().unwrap())
+                    .unwrap();
+                std::fs::write(to.join(k), bytes).unwrap();
+            }
+        }
+        // Each ServiceAccount's token, as the kubelet would project it.
+        let token = |sa: &str, audience: Option<&str>| {
+            let mut args = vec![
+                "create",
+                "token",
+                sa,
+                "-n",
+                release_namespace,
+                "--duration=2h",
+            ];
+            let audience = audience.map(|a| format!("--audience={a}"));
+            args.extend(audience.as_deref());
+            run(&args).trim().to_string()
+        };
+        std::fs::write(
+            chart.join("dataplane-token"),
+            token("tollgate-dataplane", Some("tollgate")),
+        )
+        .unwrap();
+        let admin: Value =
+            serde_json::from_str(&run(&["config", "view", "--raw", "--minify", "-o", "json"]))
+                .unwrap();
+        let cluster = &admin["clusters"][0]["cluster"];
+        let kubeconfig = serde_json::json!({
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": "e2e", "cluster": cluster}],
+            "users": [{"name": "tollgate-controller", "user": {"token": token("tollgate-controller", None)}}],
+            "contexts": [{"name": "e2e", "context": {"cluster": "e2e", "user": "tollgate-controller"}}],
+            "current-context": "e2e",
+        });
+        let controller_kubeconfig = chart.join("controller-kubeconfig");
+        std::fs::write(&controller_kubeconfig, kubeconfig.to_string()).unwrap();
+        Self {
+            dir: chart,
+            release_namespace: release_namespace.to_string(),
+            controller_kubeconfig: controller_kubeconfig.display().to_string(),
+        }
+    }
+
+    /// The container's arguments as the API server stored them.
+    fn args(&self, deployment: &str) -> Vec<String> {
+        let d: Value = serde_json::from_str(&run(&[
+            "get",
+            "deployment",
+            deployment,
+            "-n",
+            &self.release_namespace,
+            "-o",
+            "json",
+        ]))
+        .unwrap();
+        d["spec"]["template"]["spec"]["containers"][0]["args"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap().to_string())
+            .collect()
+    }
+
+    /// An argument with the pod's paths mapped to the files here and the listeners on
+    /// loopback ports.
+    fn local(&self, arg: &str, listeners: &[(&str, String)]) -> String {
+        if let Some((flag, _)) = arg.split_once('=')
+            && let Some((_, to)) = listeners.iter().find(|(f, _)| *f == flag)
+        {
+            return format!("{flag}={to}");
+        }
+        let dir = self.dir.display();
+        arg.replace("/etc/tollgate/tls/", &format!("{dir}/tls/"))
+            .replace("/etc/tollgate/admin/", &format!("{dir}/admin/"))
+            .replace(
+                "/var/run/secrets/tollgate/token",
+                &format!("{dir}/dataplane-token"),
+            )
+    }
+
+    fn controller_args(&self, xds: u16, admin: u16) -> Vec<String> {
+        let listeners = [
+            ("--xds-listen", format!("127.0.0.1:{xds}")),
+            ("--admin-listen", format!("127.0.0.1:{admin}")),
+            ("--log-format", "text".to_string()),
+        ];
+        self.args("tollgate-controller")
+            .iter()
+            .map(|a| self.local(a, &listeners))
+            .collect()
+    }
+
+    fn dataplane_args(&self, xds: u16, api: u16, admin: u16) -> Vec<String> {
+        let listeners = [
+            ("--controller", format!("https://127.0.0.1:{xds}")),
+            ("--listen", format!("127.0.0.1:{api}")),
+            ("--admin-listen", format!("127.0.0.1:{admin}")),
+            ("--log-format", "text".to_string()),
+        ];
+        let mut args: Vec<String> = self
+            .args("tollgate-dataplane")
+            .iter()
+            .map(|a| self.local(a, &listeners))
+            .collect();
+        // The certificate is for the Service's name, as the pods reach it.
+        args.push(format!(
+            "--controller-server-name=tollgate-controller.{}.svc",
+            self.release_namespace
+        ));
+        args.extend(["--egress-allow".to_string(), "127.0.0.0/8".to_string()]);
+        args
+    }
+}
+
+/// The release is uninstalled when the test ends (its cluster-wide roles outlive the
+/// namespace otherwise).
+impl Drop for Chart {
+    fn drop(&mut self) {
+        if let Some(kubeconfig) = KUBECONFIG.get() {
+            let _ = Command::new(helm())
+                .args(["uninstall", "tollgate", "--kubeconfig", kubeconfig])
+                .args(["-n", &self.release_namespace])
+                .output();
+        }
+    }
 }
 
 /// `kubectl apply` of `yaml` into `ns`.
@@ -275,29 +466,20 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
          spec:\n  selector: {}\n  limit:\n    usd: 10\n  period: day\n",
     )
     .unwrap();
-    let token = dir.path().join("token");
-    std::fs::write(&token, "e2e-token").unwrap();
+    // The chart, installed with Helm for this release namespace and the two watched ones. The controller
+    // and the dataplane then run here with the chart's own arguments, Secrets,
+    // ServiceAccounts and RBAC (pods never run: the control plane has no nodes).
+    let chart = Chart::install(&ns.0, &[&ns.0, &examples_ns.0], dir.path());
     let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
     let mut controller = Process::start_with_env(
         "controller",
         &bin("tollgate-controller").unwrap(),
+        &chart.controller_args(xds, admin),
         &[
-            "--xds-listen".into(),
-            format!("127.0.0.1:{xds}"),
-            "--admin-listen".into(),
-            format!("127.0.0.1:{admin}"),
-            "--token-file".into(),
-            token.display().to_string(),
-            "--watch-namespaces".into(),
-            format!("{},{}", ns.0, examples_ns.0),
-            "--lease-namespace".into(),
-            ns.0.clone(),
-            "--identity".into(),
-            "e2e".into(),
-            "--tls-self-signed".into(),
-            dir.path().join("tls").display().to_string(),
+            ("KUBECONFIG", chart.controller_kubeconfig.as_str()),
+            ("POD_NAMESPACE", ns.0.as_str()),
+            ("POD_NAME", "e2e"),
         ],
-        &[("KUBECONFIG", kubeconfig.as_str())],
         dir.path(),
     )
     .unwrap();
@@ -313,20 +495,7 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
     let mut dataplane = Process::start(
         "dataplane",
         &bin("tollgate-dataplane").unwrap(),
-        &[
-            "--controller".into(),
-            format!("https://127.0.0.1:{xds}"),
-            "--controller-ca".into(),
-            dir.path().join("tls/ca.crt").display().to_string(),
-            "--listen".into(),
-            format!("127.0.0.1:{api}"),
-            "--admin-listen".into(),
-            format!("127.0.0.1:{dp_admin}"),
-            "--token-file".into(),
-            token.display().to_string(),
-            "--egress-allow".into(),
-            "127.0.0.0/8".into(),
-        ],
+        &chart.dataplane_args(xds, api, dp_admin),
         dir.path(),
     )
     .unwrap();
@@ -413,6 +582,12 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         || condition("llmroute", &ns.0, "chat", "Programmed").filter(|c| c["status"] == "Unknown"),
     );
     assert_eq!(programmed["reason"], "NoDataplanes");
+    // The chart's RBAC is enough for everything the controller did.
+    let log = controller.log_text();
+    assert!(
+        !log.contains("forbidden") && !log.contains("Forbidden"),
+        "the controller was denied something: {log}"
+    );
 }
 
 /// `retries.on` (a key YAML 1.1 reads as a boolean unless quoted) survives kubectl and the
