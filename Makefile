@@ -111,7 +111,8 @@ fuzz:
 		$(CARGO) +nightly fuzz run $$t -- -max_total_time=$(FUZZ_SECONDS) -max_len=4096 || exit 1; \
 	done
 
-## The Helm chart: its CRDs equal the generated ones; `helm lint --strict` and
+## The Helm chart: its CRDs equal the generated ones, and read as YAML 1.1 they hold the
+## same field names and values as the CRDs they were generated from; `helm lint --strict` and
 ## `helm template` for the default values and each charts/tollgate/ci/*.yaml; every
 ## rendered manifest validated (strictly) against the Kubernetes schemas of K8S_VERSIONS.
 ## helm (and kubectl, for the cluster e2e suite) are the official static binaries from a
@@ -129,6 +130,9 @@ chart-check: $(VENV)/.chart-tools
 		cmp -s $$crd charts/tollgate/crds/$$(basename $$crd) || \
 		{ echo "charts/tollgate/crds/$$(basename $$crd) differs from $$crd: run 'make generate'"; exit 1; }; \
 	done
+	@echo "CRD files as YAML 1.1 readers (kubectl, Helm) see them"
+	@$(CARGO) run -q -j $(JOBS) -p tollgate-crds --bin crdgen -- --json \
+		| $(VENV)/bin/python charts/tools.py same-crds crds/*.yaml
 	@for values in "" charts/tollgate/ci/*.yaml; do \
 		echo "chart with $${values:-default values}"; \
 		$(HELM) lint --strict charts/tollgate $${values:+-f $$values} >/dev/null || exit 1; \

@@ -4,6 +4,9 @@
                                wheel into DIR
   tools.py validate VERSION... validate rendered manifests (stdin, multi-document YAML)
                                against the Kubernetes schemas of each VERSION, strictly
+  tools.py same-crds FILE...   read each CRD file as kubectl and Helm do (YAML 1.1) and
+                               compare it with the CRDs it was generated from (stdin, a
+                               JSON array): every field name and value must be the same
 """
 
 import io
@@ -86,9 +89,58 @@ def validate(versions: list[str]) -> int:
     return 1 if failed or not checked else 0
 
 
+def differences(read, made, path=""):
+    """Where a YAML 1.1 reading `read` differs from the generated object `made`."""
+    if isinstance(made, dict) and isinstance(read, dict):
+        for k in sorted(set(map(str, read)) | set(made)):
+            if k not in made:
+                yield f"{path}.{k}: not in the generated CRD"
+            elif k not in read:
+                yield f"{path}.{k}: missing (read as another key)"
+            else:
+                yield from differences(read[k], made[k], f"{path}.{k}")
+        for k in read:
+            if not isinstance(k, str):
+                yield f"{path}.{k!r}: a {type(k).__name__} key, not a string"
+    elif isinstance(made, list) and isinstance(read, list) and len(made) == len(read):
+        for i, (r, m) in enumerate(zip(read, made)):
+            yield from differences(r, m, f"{path}[{i}]")
+    elif read != made or type(read) is not type(made) and not (
+        isinstance(read, (int, float)) and isinstance(made, (int, float))
+    ):
+        yield f"{path}: read as {read!r}, generated as {made!r}"
+
+
+def same_crds(files: list[str]) -> int:
+    import json
+
+    import yaml
+
+    made = {c["metadata"]["name"]: c for c in json.load(sys.stdin)}
+    failed = 0
+    for f in files:
+        read = yaml.safe_load(Path(f).read_text())
+        name = read.get("metadata", {}).get("name")
+        if name not in made:
+            print(f"  {f}: no generated CRD named {name}")
+            failed += 1
+            continue
+        for d in differences(read, made.pop(name)):
+            print(f"  {f}: {d}")
+            failed += 1
+    for name in made:
+        print(f"  no file holds the CRD {name}")
+        failed += 1
+    if not failed:
+        print(f"  {len(files)} CRD files read by a YAML 1.1 reader as generated")
+    return 1 if failed else 0
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "install-helm":
         install_helm(sys.argv[2])
+    elif sys.argv[1] == "same-crds":
+        sys.exit(same_crds(sys.argv[2:]))
     elif sys.argv[1] == "validate":
         sys.exit(validate(sys.argv[2:]))
     else:
