@@ -183,7 +183,9 @@ struct Kinds {
 /// config re-validates only what changed.
 #[derive(Debug, Default)]
 pub struct ValidationCache {
-    entries: HashMap<ObjectKey, (Value, Result<(), String>)>,
+    /// Each object as last seen, and its verdict: its spec as the API server would store
+    /// it (nulls dropped, whole numbers made integers), or why it is invalid.
+    entries: HashMap<ObjectKey, (Value, Result<Value, String>)>,
 }
 
 /// Kind, namespace and name.
@@ -275,18 +277,22 @@ pub fn compile_cached(
             _ => {
                 let result = validator
                     .validate(kind, v)
+                    .map(|()| validator.normalize_spec(kind, v.get("spec").unwrap_or(&Value::Null)))
                     .map_err(|errors| join_errors(&errors));
                 next_cache.insert(cache_key, (v.clone(), result.clone()));
                 result
             }
         };
-        if let Err(message) = validated {
-            report
-                .conditions
-                .push(Condition::new("Accepted", false, "Invalid", message));
-            out.reports.push(report);
-            continue;
-        }
+        let spec = match validated {
+            Ok(spec) => spec,
+            Err(message) => {
+                report
+                    .conditions
+                    .push(Condition::new("Accepted", false, "Invalid", message));
+                out.reports.push(report);
+                continue;
+            }
+        };
         if let Some(first) = seen.insert(
             (kind, namespace.clone(), name.clone()),
             object.origin.clone(),
@@ -304,7 +310,6 @@ pub fn compile_cached(
             .and_then(|m| m.get("labels"))
             .and_then(|l| serde_json::from_value(l.clone()).ok())
             .unwrap_or_default();
-        let spec = v.get("spec").cloned().unwrap_or(Value::Null);
         let origin = object.origin.clone();
         let pushed = match kind {
             Kind::LlmProvider => push(&mut kinds.providers, spec, namespace, name, origin, labels),

@@ -76,6 +76,22 @@ impl Kind {
             Kind::McpServer => McpServer::crd(),
             Kind::McpToolPolicy => McpToolPolicy::crd(),
         };
+        // An API server checks only that an integer fits 64 bits: a 32-bit field gets
+        // its bound written out, so that a larger value is refused on `kubectl apply`
+        // rather than by the controller afterwards.
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+                && let Ok(mut v) = serde_json::to_value(&*schema)
+            {
+                bound_32_bit_integers(&mut v);
+                if let Ok(bounded) = serde_json::from_value(v) {
+                    *schema = bounded;
+                }
+            }
+        }
         // A Budget leads with its spend; its conditions show with `kubectl get -o wide`.
         let priority = (self == Kind::Budget).then_some(1);
         for version in &mut crd.spec.versions {
@@ -85,6 +101,27 @@ impl Kind {
                 .extend(status_columns(priority));
         }
         crd
+    }
+}
+
+/// Sets `maximum` on every `uint32` or `int32` integer schema that has none.
+fn bound_32_bit_integers(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let max = match map.get("format").and_then(serde_json::Value::as_str) {
+                Some("uint32") => Some(f64::from(u32::MAX)),
+                Some("int32") => Some(f64::from(i32::MAX)),
+                _ => None,
+            };
+            if let Some(max) = max
+                && !map.contains_key("maximum")
+            {
+                map.insert("maximum".into(), serde_json::Value::from(max));
+            }
+            map.values_mut().for_each(bound_32_bit_integers);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(bound_32_bit_integers),
+        _ => {}
     }
 }
 

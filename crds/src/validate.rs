@@ -94,8 +94,25 @@ impl Validator {
         }
     }
 
+    /// `spec` as an API server stores it before validating: a `null` where the schema does
+    /// not allow one is dropped (so the field's default applies), and a number with no
+    /// fraction where an integer is wanted (`2.0`) becomes that integer.
+    pub fn normalize_spec(&self, kind: Kind, spec: &Value) -> Value {
+        let mut spec = spec.clone();
+        if let Some(schema) = self
+            .kinds
+            .get(&kind)
+            .and_then(|ks| ks.schema.get("properties"))
+            .and_then(|p| p.get("spec"))
+        {
+            normalize(schema, &mut spec);
+        }
+        spec
+    }
+
     /// Validates a whole object (`apiVersion`, `kind`, `metadata`, `spec`; `status` is
-    /// ignored, as the apiserver ignores it on create when the status subresource is on).
+    /// ignored, as the apiserver ignores it on create when the status subresource is on),
+    /// as [`Validator::normalize_spec`] leaves it.
     pub fn validate(&self, kind: Kind, object: &Value) -> Result<(), Vec<FieldError>> {
         let mut errors = Vec::new();
         let Some(ks) = self.kinds.get(&kind) else {
@@ -113,6 +130,9 @@ impl Validator {
         body.remove("metadata");
         body.remove("apiVersion");
         body.remove("kind");
+        if let Some(spec) = body.get_mut("spec") {
+            *spec = self.normalize_spec(kind, spec);
+        }
         let body = Value::Object(body);
         let mut schema = ks.schema.clone();
         if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
@@ -175,7 +195,8 @@ impl Validator {
                 None => errors.push(type_err(path, "string", value)),
             },
             Some("integer") => {
-                if value.is_i64() || value.is_u64() {
+                // An API server keeps integers as signed 64-bit numbers.
+                if value.is_i64() {
                     check_number(s, value, path, errors);
                 } else {
                     errors.push(type_err(path, "integer", value));
@@ -384,6 +405,41 @@ fn check_number(s: &Map<String, Value>, value: &Value, path: &str, errors: &mut 
     }
 }
 
+/// Drops `null`s the schema does not allow and makes whole numbers integers where the
+/// schema wants an integer, as an API server does before validating.
+fn normalize(schema: &Value, value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            let props = schema.get("properties");
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            map.retain(|key, v| {
+                let child = props.and_then(|p| p.get(key)).or(additional);
+                !(v.is_null()
+                    && child.is_some_and(|c| c.get("nullable") != Some(&Value::Bool(true))))
+            });
+            for (key, v) in map.iter_mut() {
+                if let Some(child) = props.and_then(|p| p.get(key)).or(additional) {
+                    normalize(child, v);
+                }
+            }
+        }
+        Value::Array(items) => {
+            if let Some(item) = schema.get("items") {
+                items.iter_mut().for_each(|v| normalize(item, v));
+            }
+        }
+        Value::Number(n) if schema.get("type") == Some(&Value::from("integer")) => {
+            if let Some(f) = n.as_f64().filter(|_| n.is_f64())
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                *value = Value::from(f as i64);
+            }
+        }
+        _ => {}
+    }
+}
+
 fn check_metadata(metadata: Option<&Value>, errors: &mut Vec<FieldError>) {
     let Some(meta) = metadata.and_then(Value::as_object) else {
         errors.push(err("metadata", "Required value"));
@@ -409,15 +465,59 @@ fn check_metadata(metadata: Option<&Value>, errors: &mut Vec<FieldError>) {
         }
     }
     for key in ["labels", "annotations"] {
-        if let Some(map) = meta.get(key) {
-            let ok = map
-                .as_object()
-                .is_some_and(|m| m.values().all(Value::is_string));
-            if !ok {
-                errors.push(err(&format!("metadata.{key}"), "must be a map of strings"));
+        let path = format!("metadata.{key}");
+        let Some(map) = meta.get(key) else {
+            continue;
+        };
+        let Some(map) = map.as_object().filter(|m| m.values().all(Value::is_string)) else {
+            errors.push(err(&path, "must be a map of strings"));
+            continue;
+        };
+        for (k, v) in map {
+            if let Err(why) = qualified_name(k) {
+                errors.push(err(&path, &format!("Invalid value: {k:?}: {why}")));
+            }
+            let v = v.as_str().unwrap_or_default();
+            if key == "labels" && !is_label_value(v) {
+                errors.push(err(
+                    &path,
+                    &format!(
+                        "Invalid value: {v:?}: a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character, at most 63 characters"
+                    ),
+                ));
             }
         }
     }
+}
+
+/// A label or annotation key: an optional DNS subdomain prefix and `/`, then a name of at
+/// most 63 alphanumerics, `-`, `_` and `.`, starting and ending alphanumeric.
+fn qualified_name(key: &str) -> Result<(), &'static str> {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    if prefix.is_some_and(|p| !is_dns_subdomain(p)) {
+        return Err("prefix part must be a lowercase RFC 1123 subdomain");
+    }
+    if name.is_empty() || name.len() > 63 || !is_label_value(name) {
+        return Err(
+            "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character, at most 63 characters",
+        );
+    }
+    Ok(())
+}
+
+/// A label value: empty, or at most 63 alphanumerics, `-`, `_` and `.`, starting and
+/// ending alphanumeric.
+fn is_label_value(v: &str) -> bool {
+    let b = v.as_bytes();
+    b.is_empty()
+        || (b.len() <= 63
+            && b.first().is_some_and(u8::is_ascii_alphanumeric)
+            && b.last().is_some_and(u8::is_ascii_alphanumeric)
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'.')))
 }
 
 /// RFC 1123 subdomain, as Kubernetes object names must be.

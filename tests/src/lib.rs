@@ -7,3 +7,4 @@ pub mod bench;
 pub mod fake_kube;
 pub mod harness;
 pub mod mock;
+pub mod validation;

@@ -245,13 +245,13 @@ impl Drop for Chart {
     }
 }
 
-/// `kubectl apply` of `yaml` into `ns`.
-fn apply_yaml(ns: &str, yaml: &str) {
+/// kubectl with `input` on its stdin: whether it succeeded, and its stderr.
+fn kubectl_with_input(args: &[&str], input: &str) -> (bool, String) {
     use std::io::Write;
     let mut child = Command::new(kubectl())
         .arg("--kubeconfig")
         .arg(KUBECONFIG.get().expect("the cluster is chosen first"))
-        .args(["apply", "-n", ns, "-f", "-"])
+        .args(args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -261,14 +261,19 @@ fn apply_yaml(ns: &str, yaml: &str) {
         .stdin
         .take()
         .unwrap()
-        .write_all(yaml.as_bytes())
+        .write_all(input.as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(
+    (
         out.status.success(),
-        "kubectl apply: {}\n{yaml}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// `kubectl apply` of `yaml` into `ns`.
+fn apply_yaml(ns: &str, yaml: &str) {
+    let (ok, stderr) = kubectl_with_input(&["apply", "-n", ns, "-f", "-"], yaml);
+    assert!(ok, "kubectl apply: {stderr}\n{yaml}");
 }
 
 /// The condition `type_` of `resource`/`name` in `ns`, once it is there.
@@ -569,6 +574,7 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         "json",
     ]);
     assert!(ledger.contains("budget/"), "{ledger}");
+    validation_table_is_judged_as_local_mode_judges_it(&examples_ns.0, &controller);
     retries_on_is_kept_and_honoured(&ns.0, api, &mock_url, &controller);
     key_secrets_are_never_raced_and_deleting_one_revokes_the_key(&ns.0, api, &controller);
     status_comes_within_a_second_and_tells_the_truth(&ns.0, &controller);
@@ -588,6 +594,55 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         !log.contains("forbidden") && !log.contains("Forbidden"),
         "the controller was denied something: {log}"
     );
+}
+
+/// The validation parity table (`tests/validation/cases.yaml`, which local mode passes in
+/// `validation_parity.rs`) applied with kubectl: the API server refuses exactly the invalid
+/// objects, naming the same field, and the controller accepts every object it stored.
+fn validation_table_is_judged_as_local_mode_judges_it(ns: &str, controller: &Process) {
+    let cases = tollgate_tests::validation::cases().unwrap();
+    let mut disagreements = vec![];
+    let mut stored = vec![];
+    for c in &cases {
+        let (ok, stderr) =
+            kubectl_with_input(&["apply", "-n", ns, "-f", "-"], &c.object.to_string());
+        let verdict = if ok { Ok(()) } else { Err(stderr) };
+        if !c.agrees(&verdict) {
+            disagreements.push(format!(
+                "{} {}: table says {} {:?}, the API server {verdict:?}",
+                c.kind(),
+                c.name(),
+                if c.valid { "valid" } else { "invalid at" },
+                c.path.as_deref().unwrap_or("")
+            ));
+        }
+        if ok {
+            stored.push(c);
+        }
+    }
+    assert!(
+        disagreements.is_empty(),
+        "{} of {} cases disagree:\n{}",
+        disagreements.len(),
+        cases.len(),
+        disagreements.join("\n")
+    );
+    for c in stored {
+        let resource = format!("{}.tollgate.dev", c.kind().to_lowercase());
+        let accepted = wait_until(
+            &format!("{} {} judged", c.kind(), c.name()),
+            Duration::from_secs(20),
+            controller,
+            || condition(&resource, ns, c.name(), "Accepted"),
+        );
+        assert_eq!(
+            accepted["status"],
+            "True",
+            "the API server stored {} {}, the controller refused it: {accepted}",
+            c.kind(),
+            c.name()
+        );
+    }
 }
 
 /// `retries.on` (a key YAML 1.1 reads as a boolean unless quoted) survives kubectl and the

@@ -136,3 +136,65 @@ fn date_time_format() {
     assert!(!is_rfc3339("2026-01-31"));
     assert!(!is_rfc3339("2026-01-31T12:00:00"));
 }
+
+#[test]
+fn nulls_are_dropped_and_whole_numbers_are_integers_as_an_api_server_stores_them() {
+    let v = Validator::new();
+    let mut r = route();
+    r["spec"]["strategy"] = Value::Null;
+    r["spec"]["targets"][0]["weight"] = json!(2.0);
+    assert_eq!(errors(Kind::LlmRoute, &r), Vec::<String>::new());
+    let spec = v.normalize_spec(Kind::LlmRoute, &r["spec"]);
+    assert!(spec.get("strategy").is_none(), "{spec}");
+    assert!(spec["targets"][0]["weight"].is_i64(), "{spec}");
+    // A fraction stays a number, and is refused.
+    r["spec"]["targets"][0]["weight"] = json!(2.5);
+    assert_eq!(
+        errors(Kind::LlmRoute, &r),
+        vec!["spec.targets[0].weight: Invalid value: \"number\": must be of type integer"]
+    );
+}
+
+#[test]
+fn integers_past_64_signed_bits_and_32_bit_fields_past_theirs_are_refused() {
+    let budget = |tokens: Value| {
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "Budget",
+               "metadata": {"name": "b"},
+               "spec": {"selector": {}, "limit": {"tokens": tokens}, "period": "day"}})
+    };
+    assert!(errors(Kind::Budget, &budget(json!(i64::MAX))).is_empty());
+    assert_eq!(
+        errors(Kind::Budget, &budget(json!(u64::MAX))),
+        vec!["spec.limit.tokens: Invalid value: \"number\": must be of type integer"]
+    );
+    let key = json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "VirtualKey",
+                     "metadata": {"name": "k"},
+                     "spec": {"secretRef": {"name": "s"}, "limits": {"concurrency": 5_000_000_000u64}}});
+    assert_eq!(
+        errors(Kind::VirtualKey, &key),
+        vec!["spec.limits.concurrency: must be less than or equal to 4294967295"]
+    );
+}
+
+#[test]
+fn label_and_annotation_syntax_is_checked() {
+    let mut r = route();
+    r["metadata"]["labels"] = json!({"example.com/team": "a-b_c.d", "empty": ""});
+    r["metadata"]["annotations"] = json!({"note": "any text at all"});
+    assert_eq!(errors(Kind::LlmRoute, &r), Vec::<String>::new());
+    for (key, labels) in [
+        ("labels", json!({"team": "not a value"})),
+        ("labels", json!({"bad key!": "x"})),
+        ("labels", json!({"Not_A_Domain/x": "y"})),
+        ("labels", json!({"x": "a".repeat(64)})),
+        ("annotations", json!({"no spaces": "x"})),
+    ] {
+        let mut r = route();
+        r["metadata"][key] = labels.clone();
+        let e = errors(Kind::LlmRoute, &r);
+        assert!(
+            e.len() == 1 && e[0].starts_with(&format!("metadata.{key}: Invalid value")),
+            "{labels}: {e:?}"
+        );
+    }
+}
