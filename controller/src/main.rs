@@ -13,7 +13,7 @@ use tollgate_controller::admin::Admin;
 use tollgate_controller::auth::{AuthLayer, Authenticator, TokenCheck, TokenReviewer};
 use tollgate_controller::compile::Compiled;
 use tollgate_controller::k8s;
-use tollgate_controller::k8s::ledger_store::ConfigMapStore;
+use tollgate_controller::k8s::ledger_store::{ConfigMapStore, LedgerNotes, Recovery};
 use tollgate_controller::ledger::Ledger;
 use tollgate_controller::local::LocalSource;
 use tollgate_controller::publish::Publisher;
@@ -293,14 +293,20 @@ async fn main() -> anyhow::Result<()> {
         ),
         _ => None,
     };
+    let ledger_notes = LedgerNotes::default();
     let store = match (state, &mode) {
         (Some(s), _) => Store::File(s),
-        (None, Mode::Kubernetes { client, settings }) => {
-            Store::ConfigMap(Box::new(ConfigMapStore::new(
+        (None, Mode::Kubernetes { client, settings }) => Store::ConfigMap(Box::new(
+            ConfigMapStore::new(
                 kube::Api::namespaced(client.clone(), &settings.lease_namespace),
                 &settings.lease_name,
-            )))
-        }
+            )
+            .recovering(Recovery {
+                client: client.clone(),
+                namespaces: settings.namespaces.clone(),
+                notes: ledger_notes.clone(),
+            }),
+        )),
         (None, Mode::Local { .. }) => Store::Memory,
     };
     let mut ledger = Ledger::new(lease_ttl.as_millis() as i64);
@@ -373,6 +379,7 @@ async fn main() -> anyhow::Result<()> {
                 tracker: tracker.clone(),
                 leader: leader.clone(),
                 stop: stop_rx,
+                ledger_notes: ledger_notes.clone(),
             };
             Some(tokio::spawn(k8s::run(client, settings, shared)))
         }

@@ -257,6 +257,9 @@ impl Keeper {
             lock(&self.books).restore(loaded);
             self.term.send_replace(term);
             tracing::info!(term, "keeping the usage ledger");
+            // Written back at once: what was restored (from a Budget's status, say) is kept
+            // even if no usage comes, and a replica that lost the lead meanwhile finds out.
+            self.dirty.notify_one();
             self.commit(term).await;
             self.term.send_replace(0);
         }

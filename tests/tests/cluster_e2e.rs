@@ -476,24 +476,28 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
     // ServiceAccounts and RBAC (pods never run: the control plane has no nodes).
     let chart = Chart::install(&ns.0, &[&ns.0, &examples_ns.0], dir.path());
     let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
-    let mut controller = Process::start_with_env(
-        "controller",
-        &bin("tollgate-controller").unwrap(),
-        &chart.controller_args(xds, admin),
-        &[
-            ("KUBECONFIG", chart.controller_kubeconfig.as_str()),
-            ("POD_NAMESPACE", ns.0.as_str()),
-            ("POD_NAME", "e2e"),
-        ],
-        dir.path(),
-    )
-    .unwrap();
-    controller
-        .wait_ready(
-            &format!("http://127.0.0.1:{admin}/readyz"),
-            Duration::from_secs(60),
+    let start_controller = || {
+        let mut controller = Process::start_with_env(
+            "controller",
+            &bin("tollgate-controller").unwrap(),
+            &chart.controller_args(xds, admin),
+            &[
+                ("KUBECONFIG", chart.controller_kubeconfig.as_str()),
+                ("POD_NAMESPACE", ns.0.as_str()),
+                ("POD_NAME", "e2e"),
+            ],
+            dir.path(),
         )
         .unwrap();
+        controller
+            .wait_ready(
+                &format!("http://127.0.0.1:{admin}/readyz"),
+                Duration::from_secs(60),
+            )
+            .unwrap();
+        controller
+    };
+    let mut controller = start_controller();
     run(&["apply", "-n", &ns.0, "-f", &manifests.display().to_string()]);
 
     let (api, dp_admin) = (free_port().unwrap(), free_port().unwrap());
@@ -593,6 +597,71 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
     assert!(
         !log.contains("forbidden") && !log.contains("Forbidden"),
         "the controller was denied something: {log}"
+    );
+
+    // The ledger lost (the controller moved to another namespace, or the ConfigMap
+    // deleted): the next controller restores the spend from the Budget's status and says
+    // so, rather than counting from zero.
+    let spent = |o: &Value| o["status"]["spent"]["usd"].as_f64().unwrap_or(0.0);
+    let budget = |ns: &str| -> Value {
+        serde_json::from_str(&run(&["get", "budget", "everyone", "-n", ns, "-o", "json"])).unwrap()
+    };
+    let before = spent(&budget(&ns.0));
+    assert!(before > 0.0);
+    controller.terminate().unwrap();
+    controller.wait_exit(Duration::from_secs(20)).unwrap();
+    run(&[
+        "delete",
+        "configmap",
+        "tollgate-controller-ledger",
+        "-n",
+        &ns.0,
+    ]);
+    let controller = start_controller();
+    let kept = wait_until(
+        "SpendKept=False",
+        Duration::from_secs(30),
+        &controller,
+        || condition("budget", &ns.0, "everyone", "SpendKept").filter(|c| c["status"] == "False"),
+    );
+    assert_eq!(kept["reason"], "LedgerNotFound", "{kept}");
+    assert!(
+        kept["message"].as_str().unwrap().contains("restored"),
+        "{kept}"
+    );
+    // The restored spend is written back to the ledger and shown, not reset.
+    wait_until(
+        "the ledger written again",
+        Duration::from_secs(20),
+        &controller,
+        || {
+            let out = Command::new(kubectl())
+                .args(["--kubeconfig", KUBECONFIG.get().unwrap()])
+                .args([
+                    "get",
+                    "configmap",
+                    "tollgate-controller-ledger",
+                    "-n",
+                    &ns.0,
+                    "-o",
+                    "json",
+                ])
+                .output()
+                .ok()?;
+            String::from_utf8_lossy(&out.stdout)
+                .contains("budget/")
+                .then_some(())
+        },
+    );
+    assert!(spent(&budget(&ns.0)) >= before, "{}", budget(&ns.0));
+    let events = run(&["get", "events", "-n", &ns.0, "-o", "json"]);
+    assert!(events.contains("LedgerNotFound"), "no Event: {events}");
+    assert!(
+        controller
+            .log_text()
+            .contains("no usage ledger where one was expected"),
+        "{}",
+        controller.log_text()
     );
 }
 

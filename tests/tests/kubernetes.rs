@@ -396,8 +396,13 @@ fn only_the_leader_writes_and_a_successor_takes_over() {
     };
     assert!(writes(0) > 0, "the leader wrote no status");
     assert_eq!(writes(1), 0, "the follower wrote status");
-    // Each replica published its dataplanes' ACKs.
-    let reports = c.api().list("api/v1", "configmaps");
+    // Each replica published its dataplanes' ACKs (beside them: the leader's ledger).
+    let reports: Vec<Value> = c
+        .api()
+        .list("api/v1", "configmaps")
+        .into_iter()
+        .filter(|cm| !cm["metadata"]["labels"]["tollgate.dev/acks-for"].is_null())
+        .collect();
     assert_eq!(reports.len(), 2, "{reports:?}");
 
     // The leader stops: it releases the Lease, and the follower takes over at once.
@@ -431,7 +436,13 @@ fn only_the_leader_writes_and_a_successor_takes_over() {
         .iter()
         .map(|cm| cm["metadata"]["name"].clone())
         .collect();
-    assert_eq!(names, [json!("tollgate-controller-acks-controller-b")]);
+    assert_eq!(
+        names,
+        [
+            json!("tollgate-controller-acks-controller-b"),
+            json!("tollgate-controller-ledger")
+        ]
+    );
     drop(b);
 }
 

@@ -3,6 +3,12 @@
 //! batch counted per dataplane, so a new leader counts on exactly where the last one
 //! stopped.
 //!
+//! When the ConfigMap is not there but Budgets show spend in their status (the controller
+//! was reinstalled in another namespace, or the ConfigMap was deleted), the spend is not
+//! silently counted from zero: it is restored from each Budget's status (the last spend
+//! written there, at most a few seconds old), and the Budgets say so
+//! (`SpendKept=False`, reason `LedgerNotFound`, an Event) as does the log.
+//!
 //! Each write is conditioned on the `resourceVersion` this replica last read or wrote: a
 //! replica that lost the lead and still writes fails with a conflict instead of overwriting
 //! its successor. Rate-limit windows (one minute) are not kept: after a leader change a key
@@ -16,8 +22,23 @@ use kube::api::PostParams;
 use std::collections::BTreeMap;
 use tokio::sync::Mutex;
 
-use crate::ledger::Persisted;
+use std::sync::Arc;
+
+use crate::ledger::{Persisted, Spend};
 use crate::usage::SaveError;
+use tollgate_crds::budget::{Budget, BudgetSpec, BudgetStatus};
+use tollgate_proto::quantity::Qty;
+
+/// Budgets whose spend was restored from their status, with what to tell about it.
+pub type LedgerNotes = Arc<std::sync::Mutex<BTreeMap<(String, String), String>>>;
+
+/// Where to look for Budgets to restore spend from when the ledger is missing.
+pub struct Recovery {
+    pub client: kube::Client,
+    /// Watched namespaces; empty for all.
+    pub namespaces: Vec<String>,
+    pub notes: LedgerNotes,
+}
 
 /// The data key the ledger is kept under.
 const KEY: &str = "ledger.json";
@@ -29,6 +50,7 @@ pub struct ConfigMapStore {
     name: String,
     /// The `resourceVersion` last read or written; `None` before the object exists.
     version: Mutex<Option<String>>,
+    recovery: Option<Recovery>,
 }
 
 impl ConfigMapStore {
@@ -37,14 +59,26 @@ impl ConfigMapStore {
             api,
             name: format!("{lease_name}-ledger"),
             version: Mutex::new(None),
+            recovery: None,
         }
+    }
+
+    /// Restores spend from the Budgets' status when the ledger is missing.
+    pub fn recovering(mut self, recovery: Recovery) -> Self {
+        self.recovery = Some(recovery);
+        self
+    }
+
+    /// Where the ledger is kept, `namespace/name`.
+    pub fn place(&self) -> String {
+        format!("{}/{}", self.api.namespace().unwrap_or_default(), self.name)
     }
 
     pub async fn load(&self) -> anyhow::Result<Persisted> {
         let mut version = self.version.lock().await;
         let Some(cm) = self.api.get_opt(&self.name).await? else {
             *version = None;
-            return Ok(Persisted::default());
+            return self.recover().await;
         };
         *version = cm.metadata.resource_version.clone();
         let text = cm
@@ -56,6 +90,59 @@ impl ConfigMapStore {
         serde_json::from_str(text).map_err(|e| {
             anyhow::anyhow!("ConfigMap {}: {KEY} is not a usage ledger: {e}", self.name)
         })
+    }
+
+    /// The spend the Budgets' status shows, when there is no ledger.
+    async fn recover(&self) -> anyhow::Result<Persisted> {
+        let Some(r) = &self.recovery else {
+            return Ok(Persisted::default());
+        };
+        let apis: Vec<kube::Api<Budget>> = if r.namespaces.is_empty() {
+            vec![kube::Api::all(r.client.clone())]
+        } else {
+            r.namespaces
+                .iter()
+                .map(|ns| kube::Api::namespaced(r.client.clone(), ns))
+                .collect()
+        };
+        let now = crate::usage::now_ms();
+        let mut restored = Persisted::default();
+        let mut notes = BTreeMap::new();
+        for api in apis {
+            for b in api.list(&Default::default()).await? {
+                let ns = b.metadata.namespace.clone().unwrap_or_default();
+                let name = b.metadata.name.clone().unwrap_or_default();
+                let Some(spend) = b.status.as_ref().and_then(|s| spend_of(&b.spec, s, now)) else {
+                    continue;
+                };
+                let shown = b
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.spent.clone())
+                    .unwrap_or_default();
+                notes.insert(
+                    (ns.clone(), name.clone()),
+                    format!(
+                        "no usage ledger at ConfigMap {} when this controller started to keep the books; the spend was restored from this Budget's status (USD {}, {} tokens), which may miss the last seconds of usage before",
+                        self.place(),
+                        shown.usd.unwrap_or(0.0),
+                        shown.tokens.unwrap_or(0)
+                    ),
+                );
+                restored
+                    .accounts
+                    .insert(format!("budget/{ns}/{name}"), spend);
+            }
+        }
+        if !notes.is_empty() {
+            tracing::error!(
+                ledger = %self.place(),
+                budgets = notes.len(),
+                "no usage ledger where one was expected, but Budgets show spend: restored the spend from their status instead of counting from zero (was the controller moved to another namespace, or the ConfigMap deleted?)"
+            );
+        }
+        *crate::usage::lock(&r.notes) = notes;
+        Ok(restored)
     }
 
     pub async fn save(&self, p: &Persisted) -> Result<(), SaveError> {
@@ -102,5 +189,120 @@ impl ConfigMapStore {
             Err(kube::Error::Api(e)) if e.code == 409 => Err(SaveError::Conflict),
             Err(e) => Err(SaveError::Other(e.to_string())),
         }
+    }
+}
+
+/// The spend a Budget's status shows for the period `now_ms` is in, as a ledger account;
+/// `None` when it shows nothing spent, or a calendar period that is over.
+fn spend_of(spec: &BudgetSpec, status: &BudgetStatus, now_ms: i64) -> Option<Spend> {
+    let spent = status.spent.as_ref()?;
+    let qty = Qty {
+        usd: (spent.usd.unwrap_or(0.0).max(0.0) * 1e9).round() as u64,
+        tokens: spent.tokens.unwrap_or(0),
+        requests: 0,
+    };
+    if qty.usd == 0 && qty.tokens == 0 {
+        return None;
+    }
+    let ms = |t: &Option<String>| {
+        t.as_deref()
+            .and_then(|t| t.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .map(|t| t.as_millisecond())
+    };
+    let calendar = matches!(spec.period.as_str(), "day" | "week" | "month");
+    if calendar {
+        let start = ms(&status.period_start)?;
+        if ms(&status.period_end).is_none_or(|end| end <= now_ms) {
+            return None;
+        }
+        Some(Spend {
+            period_start: start,
+            spent: qty,
+            buckets: vec![],
+            last_used_ms: now_ms,
+        })
+    } else {
+        // A rolling window: its buckets are gone with the ledger; the whole spend is
+        // counted as made now, so it leaves the window last (never early).
+        Some(Spend {
+            period_start: 0,
+            spent: Qty::default(),
+            buckets: vec![(now_ms, qty)],
+            last_used_ms: now_ms,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tollgate_crds::budget::Amount;
+
+    fn spec(period: &str) -> BudgetSpec {
+        serde_json::from_value(serde_json::json!({
+            "selector": {}, "limit": {"usd": 10}, "period": period
+        }))
+        .unwrap()
+    }
+
+    fn status(usd: f64, start: Option<&str>, end: Option<&str>) -> BudgetStatus {
+        BudgetStatus {
+            spent: Some(Amount {
+                usd: Some(usd),
+                tokens: Some(40),
+            }),
+            period_start: start.map(Into::into),
+            period_end: end.map(Into::into),
+            ..BudgetStatus::default()
+        }
+    }
+
+    #[test]
+    fn spend_is_restored_for_the_current_period_only() {
+        let now = "2026-12-03T12:00:00Z"
+            .parse::<k8s_openapi::jiff::Timestamp>()
+            .unwrap()
+            .as_millisecond();
+        let day = spec("day");
+        let s = spend_of(
+            &day,
+            &status(
+                1.25,
+                Some("2026-12-03T00:00:00Z"),
+                Some("2026-12-04T00:00:00Z"),
+            ),
+            now,
+        )
+        .unwrap();
+        assert_eq!((s.spent.usd, s.spent.tokens), (1_250_000_000, 40));
+        assert_eq!(s.period_start, now - 12 * 3_600_000);
+        // Yesterday's period is over: nothing to restore.
+        assert!(
+            spend_of(
+                &day,
+                &status(
+                    1.25,
+                    Some("2026-12-02T00:00:00Z"),
+                    Some("2026-12-03T00:00:00Z")
+                ),
+                now
+            )
+            .is_none()
+        );
+        // Nothing spent: nothing restored.
+        assert!(spend_of(&day, &BudgetStatus::default(), now).is_none());
+        // A rolling window keeps it in one bucket made now.
+        let s = spend_of(&spec("1h"), &status(2.0, None, None), now).unwrap();
+        assert_eq!(
+            s.buckets,
+            vec![(
+                now,
+                Qty {
+                    usd: 2_000_000_000,
+                    tokens: 40,
+                    requests: 0
+                }
+            )]
+        );
     }
 }

@@ -62,6 +62,8 @@ pub struct Shared {
     pub leader: watch::Sender<bool>,
     /// Turns true when the controller stops.
     pub stop: watch::Receiver<bool>,
+    /// Budgets whose spend was restored from their status (the ledger was missing).
+    pub ledger_notes: ledger_store::LedgerNotes,
 }
 
 /// Runs Kubernetes mode until `shared.stop` turns true.
@@ -72,6 +74,7 @@ pub async fn run(client: kube::Client, settings: Settings, shared: Shared) {
         tracker,
         leader,
         stop,
+        ledger_notes,
     } = shared;
     let scopes = source::scopes(&settings.namespaces);
     let index = SharedIndex::new(scopes.len());
@@ -118,6 +121,7 @@ pub async fn run(client: kube::Client, settings: Settings, shared: Shared) {
         peers,
         identity: settings.identity.clone(),
         written: HashMap::new(),
+        ledger_notes,
     };
     tasks.spawn(leader_loop(
         writer,

@@ -2,7 +2,7 @@
 //! `Programmed`) with server-side apply, and an Event when an object is rejected. Only the
 //! leader runs it; an object whose status already says the same is not written.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -44,6 +44,7 @@ pub fn plan(
     index: &SharedIndex,
     acks: &impl AckView,
     written: &HashMap<(Kind, String, String), Value>,
+    ledger_notes: &BTreeMap<(String, String), String>,
     now: &str,
 ) -> Vec<Write> {
     let index = index.lock();
@@ -58,6 +59,16 @@ pub fn plan(
         };
         let mut conditions = report.conditions.clone();
         conditions.push(programmed(report, acks));
+        if kind == Kind::Budget
+            && let Some(note) = ledger_notes.get(&(report.namespace.clone(), report.name.clone()))
+        {
+            conditions.push(Condition::new(
+                "SpendKept",
+                false,
+                "LedgerNotFound",
+                note.clone(),
+            ));
+        }
         let status = object_status(&conditions, entry.generation, &entry.status, now);
         if up_to_date(&entry.status, &status) {
             continue;
@@ -85,7 +96,7 @@ fn rejection(conditions: &[Condition], current: &Value) -> Option<(String, Strin
         c.status == "False"
             && matches!(
                 c.reason.as_str(),
-                "Invalid" | "Duplicate" | "RefNotFound" | "Rejected" | "NoPrice"
+                "Invalid" | "Duplicate" | "RefNotFound" | "Rejected" | "NoPrice" | "LedgerNotFound"
             )
     })?;
     let shown = current
@@ -112,6 +123,8 @@ pub struct StatusWriter {
     pub identity: String,
     /// Statuses written and not yet seen back through the watch.
     pub written: HashMap<(Kind, String, String), Value>,
+    /// Budgets whose spend was restored from their status.
+    pub ledger_notes: super::ledger_store::LedgerNotes,
 }
 
 impl StatusWriter {
@@ -133,7 +146,8 @@ impl StatusWriter {
             peers: peers.iter().collect(),
             config_version: &snapshot.version,
         };
-        let writes = plan(snapshot, &self.index, &acks, &self.written, &now);
+        let notes = crate::usage::lock(&self.ledger_notes).clone();
+        let writes = plan(snapshot, &self.index, &acks, &self.written, &notes, &now);
         let client = &self.client;
         let recorder = &self.recorder;
         let results: Vec<(Write, bool)> = futures_util::stream::iter(writes)
@@ -287,7 +301,14 @@ mod tests {
         let tracker = Tracker::default();
         let index = index_with(Value::Null);
         let mut written = HashMap::new();
-        let writes = plan(&snapshot(false), &index, &tracker, &written, "t1");
+        let writes = plan(
+            &snapshot(false),
+            &index,
+            &tracker,
+            &written,
+            &BTreeMap::new(),
+            "t1",
+        );
         assert_eq!(writes.len(), 1);
         let w = &writes[0];
         assert_eq!(w.status["observedGeneration"], 2);
@@ -299,18 +320,52 @@ mod tests {
         );
         // Written, not yet seen back: not written again.
         written.insert((Kind::LlmRoute, "n".into(), "r".into()), w.status.clone());
-        assert!(plan(&snapshot(false), &index, &tracker, &written, "t2").is_empty());
+        assert!(
+            plan(
+                &snapshot(false),
+                &index,
+                &tracker,
+                &written,
+                &BTreeMap::new(),
+                "t2"
+            )
+            .is_empty()
+        );
         // Seen back: nothing to do, and no second Event even if something else moves.
         let index = index_with(w.status.clone());
-        assert!(plan(&snapshot(false), &index, &tracker, &HashMap::new(), "t2").is_empty());
+        assert!(
+            plan(
+                &snapshot(false),
+                &index,
+                &tracker,
+                &HashMap::new(),
+                &BTreeMap::new(),
+                "t2"
+            )
+            .is_empty()
+        );
 
         // Fixed: Accepted, and Programmed once the one dataplane ACKs.
-        let writes = plan(&snapshot(true), &index, &tracker, &HashMap::new(), "t3");
+        let writes = plan(
+            &snapshot(true),
+            &index,
+            &tracker,
+            &HashMap::new(),
+            &BTreeMap::new(),
+            "t3",
+        );
         assert_eq!(writes[0].event, None);
         assert_eq!(writes[0].status["conditions"][2]["reason"], "NoDataplanes");
         let dp = tracker.connect();
         tracker.ack(dp, "t", "n/r", "v1");
-        let writes = plan(&snapshot(true), &index, &tracker, &HashMap::new(), "t4");
+        let writes = plan(
+            &snapshot(true),
+            &index,
+            &tracker,
+            &HashMap::new(),
+            &BTreeMap::new(),
+            "t4",
+        );
         let programmed = &writes[0].status["conditions"][2];
         assert_eq!(programmed["status"], "True");
         assert_eq!(programmed["message"], "applied by 1 of 1 dataplanes");
