@@ -18,7 +18,7 @@ use tollgate_controller::ledger::Ledger;
 use tollgate_controller::local::LocalSource;
 use tollgate_controller::publish::Publisher;
 use tollgate_controller::tracker::Tracker;
-use tollgate_controller::usage::{Books, StateFile, Store, usage_service};
+use tollgate_controller::usage::{Books, LeaderUrl, StateFile, Store, usage_service};
 use tollgate_controller::xds::{XdsMetrics, XdsServer};
 use tollgate_proto::config_discovery_server::ConfigDiscoveryServer;
 use tollgate_proto::usage_reporting_server::UsageReportingServer;
@@ -102,6 +102,12 @@ struct Args {
     /// Kubernetes mode: how long a leader holds the Lease without renewing it.
     #[arg(long, default_value = "15s")]
     lease_duration: String,
+    /// Kubernetes mode: the URL at which dataplanes reach this replica's config and usage
+    /// streams directly. A replica that is not the leader tells dataplanes the leader's, so
+    /// that their usage streams reach it at once. Default: from the `POD_IP` variable,
+    /// the --xds-listen port and whether TLS is on.
+    #[arg(long, env = "TOLLGATE_ADVERTISE_URL")]
+    advertise_url: Option<String>,
     /// Kubernetes mode, TokenReview: the audience of the dataplanes' projected tokens.
     #[arg(long, default_value = "tollgate")]
     token_audience: String,
@@ -209,6 +215,14 @@ async fn main() -> anyhow::Result<()> {
                     lease_name: args.lease_name.clone(),
                     lease_duration,
                     status_interval: Duration::from_millis(500),
+                    advertise_url: args.advertise_url.clone().or_else(|| {
+                        let ip: std::net::IpAddr = std::env::var("POD_IP").ok()?.parse().ok()?;
+                        let scheme = if args.plaintext { "http" } else { "https" };
+                        Some(format!(
+                            "{scheme}://{}",
+                            SocketAddr::new(ip, args.xds_listen.port())
+                        ))
+                    }),
                     debounce: Duration::from_millis(50),
                 },
             }
@@ -275,6 +289,12 @@ async fn main() -> anyhow::Result<()> {
     registry.register(Box::new(compiles.clone()))?;
     registry.register(Box::new(objects.clone()))?;
     registry.register(Box::new(usage_records.clone()))?;
+    let usage_refused = IntCounter::new(
+        "tollgate_usage_streams_refused_total",
+        "Usage streams refused because this replica does not keep the usage ledger (not the leader)",
+    )?;
+    registry.register(Box::new(usage_refused.clone()))?;
+    let peers = tollgate_controller::k8s::peers::Peers::default();
 
     let lease_ttl = tollgate_proto::time::parse_duration(&args.quota_lease_ttl)
         .context("--quota-lease-ttl must be a duration such as 10s")?;
@@ -350,6 +370,15 @@ async fn main() -> anyhow::Result<()> {
         preloaded,
         matches!(mode, Mode::Kubernetes { .. }).then(|| leader.subscribe()),
         usage_records,
+        usage_refused,
+        {
+            let me = match &mode {
+                Mode::Kubernetes { settings, .. } => settings.identity.clone(),
+                Mode::Local { .. } => String::new(),
+            };
+            let peers = peers.clone();
+            LeaderUrl::new(move || peers.leader_url(&me, std::time::Instant::now()))
+        },
     );
     tokio::spawn(keeper.run());
     let source = match mode {
@@ -380,6 +409,7 @@ async fn main() -> anyhow::Result<()> {
                 leader: leader.clone(),
                 stop: stop_rx,
                 ledger_notes: ledger_notes.clone(),
+                peers: peers.clone(),
             };
             Some(tokio::spawn(k8s::run(client, settings, shared)))
         }

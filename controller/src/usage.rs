@@ -186,6 +186,8 @@ pub fn usage_service(
     preloaded: Option<Persisted>,
     leader: Option<watch::Receiver<bool>>,
     records: IntCounter,
+    refused: IntCounter,
+    leader_url: LeaderUrl,
 ) -> (UsageServer, Keeper) {
     let (term_tx, term) = watch::channel(0);
     let (durable_tx, durable) = watch::channel(Durable::default());
@@ -197,6 +199,8 @@ pub fn usage_service(
         durable,
         dirty: dirty.clone(),
         records,
+        refused,
+        leader_url,
     };
     let keeper = Keeper {
         books,
@@ -311,6 +315,31 @@ impl Keeper {
     }
 }
 
+/// Where the leader's usage stream is, as this replica knows it (from the replicas'
+/// reports): a replica that does not keep the ledger tells dataplanes, so that they
+/// connect there instead of trying replicas at random.
+#[derive(Clone, Default)]
+pub struct LeaderUrl(Option<Arc<dyn Fn() -> Option<String> + Send + Sync>>);
+
+impl LeaderUrl {
+    pub fn new(f: impl Fn() -> Option<String> + Send + Sync + 'static) -> Self {
+        Self(Some(Arc::new(f)))
+    }
+
+    fn get(&self) -> Option<String> {
+        self.0.as_ref().and_then(|f| f())
+    }
+}
+
+impl std::fmt::Debug for LeaderUrl {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaderUrl")
+    }
+}
+
+/// The gRPC metadata key a refusal names the leader's URL under.
+pub const LEADER_URL_KEY: &str = "tollgate-leader-url";
+
 #[derive(Clone, Debug)]
 pub struct UsageServer {
     books: Arc<Mutex<Books>>,
@@ -319,6 +348,9 @@ pub struct UsageServer {
     durable: watch::Receiver<Durable>,
     dirty: Arc<Notify>,
     records: IntCounter,
+    /// Usage streams refused because this replica does not keep the ledger.
+    refused: IntCounter,
+    leader_url: LeaderUrl,
 }
 
 impl UsageServer {
@@ -388,16 +420,34 @@ impl UsageServer {
                 return;
             }
         }
-        let _ = tx.send(Err(not_keeping())).await;
+        let _ = tx
+            .send(Err(self.not_keeping(dataplane.as_deref(), None)))
+            .await;
     }
-}
 
-/// `FAILED_PRECONDITION`: dataplanes take it as "another replica" and reconnect at once
-/// (through the Service, likely to another replica).
-fn not_keeping() -> Status {
-    Status::failed_precondition(
-        "this controller replica does not keep the usage ledger (not the leader); usage goes to the leader",
-    )
+    /// `FAILED_PRECONDITION`, naming the leader's URL when it is known: dataplanes connect
+    /// there, or (not knowing it) reconnect at once through the Service. Logged and
+    /// counted: a dataplane refused here cannot get budget grants until it reaches the
+    /// leader.
+    fn not_keeping(&self, dataplane: Option<&str>, remote: Option<std::net::SocketAddr>) -> Status {
+        let leader = self.leader_url.get();
+        self.refused.inc();
+        tracing::info!(
+            dataplane = dataplane.unwrap_or("-"),
+            remote = ?remote,
+            leader = leader.as_deref().unwrap_or("unknown"),
+            "refused a usage stream: this replica does not keep the usage ledger (not the leader)"
+        );
+        let mut status = Status::failed_precondition(
+            "this controller replica does not keep the usage ledger (not the leader); usage goes to the leader",
+        );
+        if let Some(url) = leader
+            && let Ok(v) = url.parse()
+        {
+            status.metadata_mut().insert(LEADER_URL_KEY, v);
+        }
+        status
+    }
 }
 
 pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -419,7 +469,7 @@ impl UsageReporting for UsageServer {
     ) -> Result<Response<Self::ReportStream>, Status> {
         let term = *self.term.borrow();
         if term == 0 {
-            return Err(not_keeping());
+            return Err(self.not_keeping(None, request.remote_addr()));
         }
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(self.clone().serve(term, request.into_inner(), tx));
@@ -456,6 +506,8 @@ mod tests {
             None,
             None,
             counter.clone(),
+            IntCounter::new("r", "r").unwrap(),
+            LeaderUrl::default(),
         );
         // Not keeping the books yet: nothing is acknowledged as persisted.
         assert_eq!(*server.term.borrow(), 0);
@@ -497,6 +549,8 @@ mod tests {
             None,
             Some(leading),
             IntCounter::new("t", "t").unwrap(),
+            IntCounter::new("r", "r").unwrap(),
+            LeaderUrl::default(),
         );
         tokio::spawn(keeper.run());
         let term = server.term.clone();

@@ -105,6 +105,39 @@ impl StreamError {
     pub(crate) fn wrong_replica(&self) -> bool {
         matches!(self, StreamError::Status(s) if s.code() == tonic::Code::FailedPrecondition)
     }
+
+    /// The leader's URL, when the replica that refused the stream named it.
+    pub(crate) fn leader_url(&self) -> Option<String> {
+        let StreamError::Status(s) = self else {
+            return None;
+        };
+        if s.code() != tonic::Code::FailedPrecondition {
+            return None;
+        }
+        s.metadata()
+            .get(LEADER_URL_KEY)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
+    }
+}
+
+/// The gRPC metadata key under which a replica that is not the leader names the leader.
+pub const LEADER_URL_KEY: &str = "tollgate-leader-url";
+
+impl Controller {
+    /// The same controller reached at `url` (a replica's own address), with the same token
+    /// and TLS: the certificate is still checked for the name the configured URL gives
+    /// (or --controller-server-name). `None` when `url` would drop TLS or is not a URL.
+    pub fn at(&self, url: &str) -> Option<Controller> {
+        let scheme = |u: &str| u.split_once("://").map(|(s, _)| s.to_ascii_lowercase());
+        if scheme(url)? != scheme(&self.url)? || url.parse::<http::Uri>().is_err() {
+            return None;
+        }
+        Some(Controller {
+            url: url.to_string(),
+            ..self.clone()
+        })
+    }
 }
 
 /// Connections tried in quick succession while landing on the wrong replica, before
@@ -181,5 +214,30 @@ mod tests {
             down <= 6,
             "{down} tries while the controller is down (backing off)"
         );
+    }
+
+    #[test]
+    fn a_refusal_names_the_leader_and_tls_is_kept_on_the_way_there() {
+        let mut refused = tonic::Status::failed_precondition("not the leader");
+        refused
+            .metadata_mut()
+            .insert(LEADER_URL_KEY, "https://10.0.0.7:18000".parse().unwrap());
+        let e = StreamError::Status(refused);
+        assert_eq!(e.leader_url().as_deref(), Some("https://10.0.0.7:18000"));
+        assert_eq!(
+            StreamError::Status(tonic::Status::unavailable("down")).leader_url(),
+            None
+        );
+        let c = Controller {
+            url: "https://tollgate-controller.tollgate.svc:18000".into(),
+            token_file: "/t".into(),
+            tls: Some(ClientTlsConfig::new()),
+        };
+        let at = c.at("https://10.0.0.7:18000").unwrap();
+        assert_eq!(at.url, "https://10.0.0.7:18000");
+        assert!(at.tls.is_some());
+        // Never from TLS to plaintext, and never to something that is not a URL.
+        assert!(c.at("http://10.0.0.7:18000").is_none());
+        assert!(c.at("not a url").is_none());
     }
 }

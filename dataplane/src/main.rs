@@ -396,9 +396,18 @@ fn controller_link(args: &Args) -> anyhow::Result<tollgate_dataplane::link::Cont
             bail!("--controller-ca is required to verify the controller's certificate");
         };
         let mut config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(read(ca)?));
-        if let Some(name) = &args.controller_server_name {
-            config = config.domain_name(name.clone());
-        }
+        // The name checked is always the configured one, also when the usage stream is
+        // sent to the leader replica's own address.
+        let name = match &args.controller_server_name {
+            Some(name) => name.clone(),
+            None => args
+                .controller
+                .parse::<http::Uri>()
+                .ok()
+                .and_then(|u| u.host().map(|h| h.trim_matches(['[', ']']).to_string()))
+                .with_context(|| format!("--controller {}: no host", args.controller))?,
+        };
+        config = config.domain_name(name);
         if let (Some(cert), Some(key)) = (&args.client_cert, &args.client_key) {
             config = config.identity(Identity::from_pem(read(cert)?, read(key)?));
         }

@@ -28,6 +28,9 @@ pub struct Reporter {
     pub metrics: Metrics,
     unacked: Mutex<VecDeque<pb::UsageBatch>>,
     next_sequence: Mutex<u64>,
+    /// The leader replica's own address, as a replica that refused the stream named it:
+    /// the next connection goes there. Forgotten when that connection fails or ends.
+    leader: Mutex<Option<Arc<link::Controller>>>,
 }
 
 impl std::fmt::Debug for Reporter {
@@ -53,6 +56,7 @@ impl Reporter {
             metrics,
             unacked: Mutex::default(),
             next_sequence: Mutex::new(1),
+            leader: Mutex::default(),
         })
     }
 
@@ -65,9 +69,16 @@ impl Reporter {
         link::run_forever(
             || self.stream_once(),
             |e| {
-                if e.wrong_replica() {
-                    tracing::debug!(controller = %self.controller, error = %e, "usage stream refused by a replica that is not the leader; trying another connection");
+                let named = e.leader_url().and_then(|url| self.controller.at(&url));
+                let mut leader = crate::lock(&self.leader);
+                if let Some(to) = named {
+                    tracing::info!(controller = %self.controller, leader = %to, "usage stream refused by a controller replica that is not the leader; connecting to the leader");
+                    *leader = Some(Arc::new(to));
+                } else if e.wrong_replica() {
+                    *leader = None;
+                    tracing::info!(controller = %self.controller, error = %e, "usage stream refused by a controller replica that is not the leader, which did not say where the leader is; trying another connection");
                 } else {
+                    *leader = None;
                     tracing::warn!(controller = %self.controller, error = %e, "usage stream lost; usage is kept until it is acknowledged");
                 }
                 self.quotas.connected.store(false, Ordering::Relaxed);
@@ -78,7 +89,10 @@ impl Reporter {
     }
 
     async fn stream_once(&self) -> Result<(), StreamError> {
-        let mut client = UsageReportingClient::new(link::connect(&self.controller).await?);
+        let controller = crate::lock(&self.leader)
+            .clone()
+            .unwrap_or_else(|| self.controller.clone());
+        let mut client = UsageReportingClient::new(link::connect(&controller).await?);
         let (tx, rx) = mpsc::channel(256);
         let mut inbound = client.report(ReceiverStream::new(rx)).await?.into_inner();
         let epoch = self.quotas.new_epoch();
@@ -97,7 +111,7 @@ impl Reporter {
         }
         self.quotas.connected.store(true, Ordering::Relaxed);
         self.metrics.usage_connected.set(1);
-        tracing::info!(controller = %self.controller, epoch, "usage stream connected");
+        tracing::info!(controller = %controller, epoch, "usage stream connected");
         let mut tick = tokio::time::interval(TICK);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {

@@ -476,15 +476,17 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
     // ServiceAccounts and RBAC (pods never run: the control plane has no nodes).
     let chart = Chart::install(&ns.0, &[&ns.0, &examples_ns.0], dir.path());
     let (xds, admin) = (free_port().unwrap(), free_port().unwrap());
-    let start_controller = || {
+    // A replica as the chart runs it: POD_IP makes it advertise its own address.
+    let start_replica = |identity: &str, xds: u16, admin: u16| {
         let mut controller = Process::start_with_env(
-            "controller",
+            identity,
             &bin("tollgate-controller").unwrap(),
             &chart.controller_args(xds, admin),
             &[
                 ("KUBECONFIG", chart.controller_kubeconfig.as_str()),
                 ("POD_NAMESPACE", ns.0.as_str()),
-                ("POD_NAME", "e2e"),
+                ("POD_NAME", identity),
+                ("POD_IP", "127.0.0.1"),
             ],
             dir.path(),
         )
@@ -497,6 +499,7 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
             .unwrap();
         controller
     };
+    let start_controller = || start_replica("e2e", xds, admin);
     let mut controller = start_controller();
     run(&["apply", "-n", &ns.0, "-f", &manifests.display().to_string()]);
 
@@ -663,6 +666,206 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         "{}",
         controller.log_text()
     );
+
+    leadership_changes_keep_budgets(
+        &ns.0,
+        &chart,
+        controller,
+        (xds, admin),
+        &start_replica,
+        dir.path(),
+    );
+}
+
+/// Which replica holds the Lease.
+fn lease_holder(ns: &str) -> String {
+    run(&[
+        "get",
+        "lease",
+        "tollgate-controller",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ])
+}
+
+/// A stand-in for the controller's Service: each connection goes to the first of the
+/// replicas, from a rotating start, that accepts it.
+fn service(backends: Vec<u16>) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for (n, client) in listener.incoming().enumerate() {
+            let Ok(client) = client else { continue };
+            let upstream = (0..backends.len()).find_map(|i| {
+                let port = backends[(n + i) % backends.len()];
+                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
+            });
+            let Some(upstream) = upstream else { continue };
+            for (mut from, mut to) in [
+                (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
+                (upstream, client),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut from, &mut to);
+                    let _ = to.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    port
+}
+
+/// Two replicas behind a Service and a dataplane: its usage stream reaches the leader
+/// (a follower names it), the Lease changes hands at once on SIGTERM and after the lease
+/// duration on SIGKILL, and a budget spent before each change stays spent after it.
+fn leadership_changes_keep_budgets(
+    ns: &str,
+    chart: &Chart,
+    a: Process,
+    (xds_a, admin_a): (u16, u16),
+    start_replica: &dyn Fn(&str, u16, u16) -> Process,
+    dir: &std::path::Path,
+) {
+    let (xds_b, admin_b) = (free_port().unwrap(), free_port().unwrap());
+    let mut b = start_replica("e2e-b", xds_b, admin_b);
+    assert_eq!(lease_holder(ns), "e2e");
+    // The dataplane reaches the follower first.
+    let svc = service(vec![xds_b, xds_a]);
+    let (api, dp_admin) = (free_port().unwrap(), free_port().unwrap());
+    let mut dp = Process::start(
+        "dataplane-ha",
+        &bin("tollgate-dataplane").unwrap(),
+        &chart.dataplane_args(svc, api, dp_admin),
+        dir,
+    )
+    .unwrap();
+    dp.wait_ready(
+        &format!("http://127.0.0.1:{dp_admin}/readyz"),
+        Duration::from_secs(60),
+    )
+    .unwrap();
+
+    // Requests that reserve little: the body's bytes and 8 tokens of output.
+    let request =
+        r#"{"model":"gpt-4o","max_tokens":8,"messages":[{"role":"user","content":"hi"}]}"#;
+    let reserved = request.len() as u64 + 8;
+    let chat = |key: &str| {
+        let bearer = format!("Bearer {key}");
+        http_request_with(
+            "POST",
+            &format!("http://127.0.0.1:{api}/v1/chat/completions"),
+            &[("authorization", bearer.as_str())],
+            request,
+        )
+        .unwrap()
+    };
+    let (status, body) = chat(DEMO_KEY);
+    assert_eq!(status, 200, "{body}\n{}", dp.log_text());
+    let per_request = serde_json::from_str::<Value>(&body).unwrap()["usage"]["total_tokens"]
+        .as_u64()
+        .unwrap();
+    // A token budget over one key: eleven such requests fit (the last while exactly one
+    // reservation is left).
+    let key = "tg-ha-key-0123456789abcdef";
+    apply_yaml(
+        ns,
+        &format!(
+            "apiVersion: tollgate.dev/v1alpha1\nkind: Budget\nmetadata:\n  name: ha\n\
+             spec:\n  selector: {{matchLabels: {{ha: \"true\"}}}}\n  limit: {{tokens: {}}}\n  period: day\n---\n\
+             apiVersion: tollgate.dev/v1alpha1\nkind: VirtualKey\nmetadata:\n  name: ha\n  labels: {{ha: \"true\"}}\n\
+             spec:\n  secretRef: {{name: ha-key}}\n---\n\
+             apiVersion: v1\nkind: Secret\nmetadata:\n  name: ha-key\n  labels: {{tollgate.dev/credential: \"true\"}}\n\
+             stringData:\n  key: {key}\n",
+            per_request * 10 + reserved
+        ),
+    );
+    // Asks again while the budget cannot be checked (no leader for a moment) or the key
+    // is not served yet; the first definite answer.
+    let ask = |log: &Process| {
+        wait_until("a definite answer", Duration::from_secs(40), log, || {
+            let (status, body) = chat(key);
+            (!body.contains("budget_unavailable") && status != 401).then_some((status, body))
+        })
+    };
+    for _ in 0..5 {
+        let (status, body) = ask(&dp);
+        assert_eq!(status, 200, "{body}\n{}", dp.log_text());
+    }
+    assert!(
+        dp.log_text().contains("connecting to the leader"),
+        "the follower did not send the usage stream to the leader: {}",
+        dp.log_text()
+    );
+    let refused = tollgate_tests::harness::Stack::metric(
+        &format!("http://127.0.0.1:{admin_b}"),
+        "tollgate_usage_streams_refused_total",
+        &[],
+    )
+    .unwrap();
+    assert!(refused >= 1.0, "the follower counted no refusal");
+    assert!(
+        b.log_text().contains("refused a usage stream"),
+        "{}",
+        b.log_text()
+    );
+
+    // SIGTERM: the leader hands over at once.
+    a.terminate().unwrap();
+    let asked = Instant::now();
+    wait_until("e2e-b to lead", Duration::from_secs(10), &b, || {
+        (lease_holder(ns) == "e2e-b").then_some(())
+    });
+    let handover = asked.elapsed();
+    println!("the Lease changed hands {handover:?} after SIGTERM");
+    assert!(
+        handover < Duration::from_secs(2),
+        "handover took {handover:?}"
+    );
+    drop(a);
+    // Six of the eleven are left, not eleven.
+    let mut admitted = 0;
+    loop {
+        let (status, body) = ask(&b);
+        if status != 200 {
+            assert!(body.contains("budget_exceeded"), "{status} {body}");
+            break;
+        }
+        admitted += 1;
+        assert!(
+            admitted <= 6,
+            "the spend was not kept across the handover: {admitted} admitted\n{}",
+            b.log_text()
+        );
+    }
+    assert_eq!(admitted, 6, "admitted after the handover");
+
+    // SIGKILL: the old leader back as a follower, the new one killed. The Lease expires,
+    // the follower takes over, and the budget stays spent throughout.
+    let a = start_replica("e2e", xds_a, admin_a);
+    b.kill();
+    let killed = Instant::now();
+    while lease_holder(ns) != "e2e" {
+        let (status, body) = chat(key);
+        assert_ne!(
+            status, 200,
+            "admitted while no leader kept the budget: {body}"
+        );
+        assert!(
+            killed.elapsed() < Duration::from_secs(40),
+            "no takeover: {}",
+            a.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    println!(
+        "the Lease changed hands {:?} after SIGKILL",
+        killed.elapsed()
+    );
+    let (status, body) = ask(&a);
+    assert_eq!(status, 429, "{body}");
+    assert!(body.contains("budget_exceeded"), "{body}");
 }
 
 /// The validation parity table (`tests/validation/cases.yaml`, which local mode passes in

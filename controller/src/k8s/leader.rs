@@ -8,7 +8,8 @@
 //! be ahead or behind), with the update conditioned on the Lease's `resourceVersion`, so
 //! two contenders cannot both win. A leader that cannot renew
 //! within two thirds of the duration steps down before anyone else may take over, and one
-//! that stops releases the Lease so that the next one need not wait.
+//! that stops releases the Lease so that the next one need not wait: the others watch the
+//! Lease, and the first to see it released takes it at once.
 
 use std::time::Duration;
 
@@ -174,9 +175,17 @@ impl Elector {
     /// Runs the election until `stop` turns true, publishing leadership on `leader`, then
     /// releases the Lease if it holds it.
     pub async fn run(self, leader: watch::Sender<bool>, mut stop: watch::Receiver<bool>) {
+        use futures_util::StreamExt;
+        use kube::runtime::{WatchStreamExt, watcher};
         let retry = self.duration / 4;
         let deadline = self.duration * 2 / 3;
         let mut renewed: Option<tokio::time::Instant> = None;
+        // Each change of the Lease (a release, above all) is looked at once, not at the
+        // next round.
+        let config = watcher::Config::default().fields(&format!("metadata.name={}", self.name));
+        let mut changes = watcher::watcher(self.api.clone(), config)
+            .default_backoff()
+            .boxed();
         loop {
             match self.try_once().await {
                 Ok(true) => {
@@ -203,8 +212,25 @@ impl Elector {
                 }
             }
             let jitter = Duration::from_millis(fastrand::u64(0..=retry.as_millis() as u64 / 5));
+            let released = async {
+                loop {
+                    match changes.next().await {
+                        Some(Ok(watcher::Event::Apply(l) | watcher::Event::InitApply(l)))
+                            if l.spec.as_ref().is_none_or(|s| s.holder_identity.is_none()) =>
+                        {
+                            return;
+                        }
+                        Some(Ok(watcher::Event::Delete(_))) => return,
+                        Some(_) => {}
+                        None => std::future::pending::<()>().await,
+                    }
+                }
+            };
             tokio::select! {
                 () = tokio::time::sleep(retry + jitter) => {}
+                () = released, if !*leader.borrow() => {
+                    tracing::info!(lease = %self.name, "the lease was released; taking it");
+                }
                 _ = stop.wait_for(|s| *s) => break,
             }
         }

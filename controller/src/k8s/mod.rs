@@ -51,6 +51,9 @@ pub struct Settings {
     pub status_interval: Duration,
     /// Quiet time after a change before compiling, so a burst compiles once.
     pub debounce: Duration,
+    /// Where dataplanes reach this replica (`--advertise-url`), told to those that reach
+    /// another replica for the usage stream while this one leads.
+    pub advertise_url: Option<String>,
 }
 
 /// Handles the rest of the controller needs.
@@ -64,6 +67,8 @@ pub struct Shared {
     pub stop: watch::Receiver<bool>,
     /// Budgets whose spend was restored from their status (the ledger was missing).
     pub ledger_notes: ledger_store::LedgerNotes,
+    /// The other replicas' reports (their dataplanes' ACKs, where the leader is).
+    pub peers: peers::Peers,
 }
 
 /// Runs Kubernetes mode until `shared.stop` turns true.
@@ -75,6 +80,7 @@ pub async fn run(client: kube::Client, settings: Settings, shared: Shared) {
         leader,
         stop,
         ledger_notes,
+        peers,
     } = shared;
     let scopes = source::scopes(&settings.namespaces);
     let index = SharedIndex::new(scopes.len());
@@ -92,7 +98,6 @@ pub async fn run(client: kube::Client, settings: Settings, shared: Shared) {
     };
     let election = tokio::spawn(elector.run(leader.clone(), stop.clone()));
     let config_maps = kube::Api::<ConfigMap>::namespaced(client.clone(), &settings.lease_namespace);
-    let peers = peers::Peers::default();
     tasks.spawn(peers::watch_reports(
         config_maps.clone(),
         settings.lease_name.clone(),
@@ -101,7 +106,11 @@ pub async fn run(client: kube::Client, settings: Settings, shared: Shared) {
     let reports = tokio::spawn(peers::publish(
         config_maps,
         settings.lease_name.clone(),
-        settings.identity.clone(),
+        peers::Me {
+            identity: settings.identity.clone(),
+            url: settings.advertise_url.clone(),
+            leader: leader.subscribe(),
+        },
         tracker.clone(),
         snapshots.clone(),
         settings.status_interval,

@@ -40,6 +40,12 @@ const DATA_KEY: &str = "report";
 pub struct Published {
     pub identity: String,
     pub sequence: u64,
+    /// Where this replica's config and usage streams are reached (`--advertise-url`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    /// Whether this replica leads (keeps the usage ledger).
+    #[serde(default)]
+    pub leads: bool,
     #[serde(flatten)]
     pub report: AckReport,
 }
@@ -49,6 +55,8 @@ pub struct Published {
 pub struct Peers {
     inner: Arc<Mutex<HashMap<String, (AckReport, Instant)>>>,
     changes: Arc<std::sync::atomic::AtomicU64>,
+    /// Each replica's URL and whether it said it leads, with when that was seen.
+    leads: Arc<Mutex<HashMap<String, (Option<String>, bool, Instant)>>>,
 }
 
 impl Peers {
@@ -68,7 +76,34 @@ impl Peers {
         reports.insert(identity.to_string(), (report, seen));
     }
 
+    /// Notes where a replica is reached and whether it leads.
+    pub fn note(&self, identity: &str, url: Option<String>, leads: bool, seen: Instant) {
+        let mut m = match self.leads.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        m.insert(identity.to_string(), (url, leads, seen));
+    }
+
+    /// The URL of the replica that last said it leads, if it is not `me` and its report
+    /// is fresh.
+    pub fn leader_url(&self, me: &str, now: Instant) -> Option<String> {
+        let m = match self.leads.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        m.iter()
+            .filter(|(id, (_, leads, seen))| {
+                *leads && id.as_str() != me && now.duration_since(*seen) < STALE_AFTER
+            })
+            .max_by_key(|(_, (_, _, seen))| *seen)
+            .and_then(|(_, (url, _, _))| url.clone())
+    }
+
     pub fn remove(&self, identity: &str) {
+        if let Ok(mut m) = self.leads.lock() {
+            m.remove(identity);
+        }
         self.lock().remove(identity);
         self.changes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -106,19 +141,34 @@ pub fn report_of(tracker: &Tracker, snapshot: &Compiled) -> AckReport {
     )
 }
 
+/// This replica, as its report names it.
+#[derive(Clone, Debug)]
+pub struct Me {
+    pub identity: String,
+    /// `--advertise-url`.
+    pub url: Option<String>,
+    pub leader: watch::Receiver<bool>,
+}
+
 /// Publishes this replica's report while the controller runs; deletes it on the way out.
+/// A change of leadership is published at once.
 pub async fn publish(
     api: Api<ConfigMap>,
     lease: String,
-    identity: String,
+    me: Me,
     tracker: Arc<Tracker>,
     snapshots: watch::Receiver<Arc<Compiled>>,
     interval: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let Me {
+        identity,
+        url,
+        mut leader,
+    } = me;
     let name = config_map_name(&lease, &identity);
-    // The last report written, and when.
-    let mut last: Option<(AckReport, Instant)> = None;
+    // The last report written (with whether it said this replica leads), and when.
+    let mut last: Option<(AckReport, bool, Instant)> = None;
     let mut sequence = 0u64;
     // (config version, tracker epoch) of the last report built: while they stay the same
     // the report does too, and only the heartbeat makes a write due.
@@ -126,21 +176,24 @@ pub async fn publish(
     loop {
         let snapshot = snapshots.borrow().clone();
         let state = (snapshot.version.clone(), tracker.epoch());
+        let leads = *leader.borrow_and_update();
         let heartbeat = last
             .as_ref()
-            .is_none_or(|(_, at)| at.elapsed() >= HEARTBEAT);
+            .is_none_or(|(_, l, at)| at.elapsed() >= HEARTBEAT || *l != leads);
         if heartbeat || built.as_ref() != Some(&state) {
             built = Some(state);
             let report = report_of(&tracker, &snapshot);
-            if heartbeat || last.as_ref().is_none_or(|(r, _)| r != &report) {
+            if heartbeat || last.as_ref().is_none_or(|(r, _, _)| r != &report) {
                 sequence += 1;
                 let published = Published {
                     identity: identity.clone(),
                     sequence,
+                    url: url.clone(),
+                    leads,
                     report: report.clone(),
                 };
                 match write(&api, &name, &lease, &published).await {
-                    Ok(()) => last = Some((report, Instant::now())),
+                    Ok(()) => last = Some((report, leads, Instant::now())),
                     Err(e) => {
                         tracing::warn!(configmap = %name, error = %e, "cannot publish the dataplanes' ACKs")
                     }
@@ -149,6 +202,7 @@ pub async fn publish(
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}
+            _ = leader.changed() => {}
             _ = stop.wait_for(|s| *s) => break,
         }
     }
@@ -184,15 +238,14 @@ async fn write(
     }
 }
 
-/// Reads a report ConfigMap: (identity, report), or None if it is not one of `lease`'s.
-fn read(cm: &ConfigMap, lease: &str) -> Option<(String, AckReport)> {
+/// Reads a report ConfigMap, or None if it is not one of `lease`'s.
+fn read(cm: &ConfigMap, lease: &str) -> Option<Published> {
     let labels = cm.metadata.labels.as_ref()?;
     if labels.get(LABEL).map(String::as_str) != Some(lease) {
         return None;
     }
     let text = cm.data.as_ref()?.get(DATA_KEY)?;
-    let p: Published = serde_json::from_str(text).ok()?;
-    Some((p.identity, p.report))
+    serde_json::from_str(text).ok()
 }
 
 /// Watches the reports of `lease`'s replicas into `peers`.
@@ -202,13 +255,15 @@ pub async fn watch_reports(api: Api<ConfigMap>, lease: String, peers: Peers) {
     while let Some(event) = events.next().await {
         match event {
             Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
-                if let Some((identity, report)) = read(&cm, &lease) {
-                    peers.insert(&identity, report, Instant::now());
+                if let Some(p) = read(&cm, &lease) {
+                    let now = Instant::now();
+                    peers.note(&p.identity, p.url, p.leads, now);
+                    peers.insert(&p.identity, p.report, now);
                 }
             }
             Ok(Event::Delete(cm)) => {
-                if let Some((identity, _)) = read(&cm, &lease) {
-                    peers.remove(&identity);
+                if let Some(p) = read(&cm, &lease) {
+                    peers.remove(&p.identity);
                 }
             }
             Ok(Event::Init | Event::InitDone) => {}
@@ -228,6 +283,8 @@ mod tests {
         let published = Published {
             identity: "b".into(),
             sequence: 3,
+            url: Some("https://10.0.0.2:18000".into()),
+            leads: true,
             report: AckReport {
                 config_version: "cfg".into(),
                 connected: 2,
@@ -245,8 +302,10 @@ mod tests {
             )])),
             ..ConfigMap::default()
         };
-        let (identity, report) = read(&cm, "lease").unwrap();
-        assert_eq!((identity.as_str(), &report), ("b", &published.report));
+        let p = read(&cm, "lease").unwrap();
+        assert_eq!(p, published);
+        let (identity, report) = (p.identity, p.report);
+        assert_eq!(identity, "b");
         assert!(read(&cm, "another-lease").is_none());
 
         let peers = Peers::default();
@@ -255,6 +314,15 @@ mod tests {
         peers.insert("b", report, t0);
         assert_eq!(peers.fresh("a", t0).len(), 1, "not its own");
         assert!(peers.fresh("a", t0 + STALE_AFTER).is_empty());
+        // The leader's URL, known from its report, to every replica but itself.
+        peers.note("b", published.url.clone(), true, t0);
+        peers.note("a", Some("https://10.0.0.1:18000".into()), false, t0);
+        assert_eq!(
+            peers.leader_url("a", t0).as_deref(),
+            Some("https://10.0.0.2:18000")
+        );
+        assert_eq!(peers.leader_url("b", t0), None);
+        assert_eq!(peers.leader_url("a", t0 + STALE_AFTER), None);
         assert_eq!(
             config_map_name("tollgate-controller", "Pod-1"),
             "tollgate-controller-acks-pod-1"
