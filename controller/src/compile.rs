@@ -40,6 +40,10 @@ pub struct Compiled {
     /// Changes when any object's conditions do, served or not (a new invalid object, a
     /// key whose Secret went missing): the status writer's cue.
     pub reports_version: String,
+    /// While compiling: the previous compile's resources, whose versions are reused for
+    /// bodies that did not change (encoding and hashing every body is most of the cost
+    /// of a recompile).
+    pub(crate) previous: BTreeMap<&'static str, ResourceMap>,
 }
 
 impl Compiled {
@@ -119,8 +123,8 @@ struct Parsed<T> {
     namespace: String,
     name: String,
     origin: String,
-    labels: BTreeMap<String, String>,
-    spec: T,
+    labels: Arc<BTreeMap<String, String>>,
+    spec: Arc<T>,
 }
 
 /// The label that lets a Secret be a credential (`"true"`): without it, no Tollgate
@@ -133,13 +137,13 @@ pub const CREDENTIAL_LABEL: &str = "tollgate.dev/credential";
 /// others (read from a manifests directory), to say why they cannot be used.
 #[derive(Default)]
 struct Secrets {
-    marked: HashMap<(String, String), BTreeMap<String, Vec<u8>>>,
+    marked: HashMap<(String, String), Arc<BTreeMap<String, Vec<u8>>>>,
     unmarked: HashSet<(String, String)>,
 }
 
 impl Secrets {
     fn get(&self, at: &(String, String)) -> Option<&BTreeMap<String, Vec<u8>>> {
-        self.marked.get(at)
+        self.marked.get(at).map(|d| &**d)
     }
 
     /// Why the Secret `name` in `namespace` is not there to use.
@@ -178,14 +182,78 @@ struct Kinds {
     mcp_policies: Vec<Parsed<mcp::McpToolPolicySpec>>,
 }
 
-/// Validation results of the previous compile, by object content: validation depends on
-/// the object alone and is most of a compile's cost, so an edit to one file of a large
-/// config re-validates only what changed.
+/// What the previous compile made of each object, by object content: validation and
+/// parsing depend on the object alone and are most of a compile's cost, so an edit to one
+/// object of a large config re-validates and re-parses only that object. An object the
+/// source hands again as the same `Arc` is known unchanged without comparing it.
 #[derive(Debug, Default)]
 pub struct ValidationCache {
-    /// Each object as last seen, and its verdict: its spec as the API server would store
-    /// it (nulls dropped, whole numbers made integers), or why it is invalid.
-    entries: HashMap<ObjectKey, (Value, Result<Value, String>)>,
+    entries: HashMap<ObjectKey, (Arc<Value>, Prepared)>,
+    secrets: HashMap<(String, String), (Arc<Value>, SecretRead)>,
+    resources: BTreeMap<&'static str, ResourceMap>,
+}
+
+/// An object validated and parsed, or why it is invalid.
+#[derive(Clone, Debug)]
+enum Prepared {
+    Invalid(String),
+    Valid(Arc<BTreeMap<String, String>>, Spec),
+}
+
+#[derive(Clone, Debug)]
+enum Spec {
+    Provider(Arc<provider::LlmProviderSpec>),
+    Route(Arc<route::LlmRouteSpec>),
+    Key(Arc<virtual_key::VirtualKeySpec>),
+    Budget(Arc<budget::BudgetSpec>),
+    McpServer(Arc<mcp::McpServerSpec>),
+    McpPolicy(Arc<mcp::McpToolPolicySpec>),
+}
+
+/// A Secret as read: not a credential, its data, or why its data cannot be read.
+#[derive(Clone, Debug)]
+enum SecretRead {
+    Unmarked,
+    Data(Arc<BTreeMap<String, Vec<u8>>>),
+    Unreadable(String),
+}
+
+fn prepare(validator: &Validator, kind: Kind, v: &Value) -> Prepared {
+    let spec = match validator.validate_normalized(kind, v) {
+        Ok(spec) => spec,
+        Err(errors) => return Prepared::Invalid(join_errors(&errors)),
+    };
+    fn typed<T: DeserializeOwned>(spec: &Value) -> Result<Arc<T>, String> {
+        T::deserialize(spec)
+            .map(Arc::new)
+            .map_err(|e| format!("spec: {e}"))
+    }
+    let parsed = match kind {
+        Kind::LlmProvider => typed(&spec).map(Spec::Provider),
+        Kind::LlmRoute => typed(&spec).map(Spec::Route),
+        Kind::VirtualKey => typed(&spec).map(Spec::Key),
+        Kind::Budget => typed(&spec).map(Spec::Budget),
+        Kind::McpServer => typed(&spec).map(Spec::McpServer),
+        Kind::McpToolPolicy => typed(&spec).map(Spec::McpPolicy),
+    };
+    let labels: BTreeMap<String, String> = v
+        .pointer("/metadata/labels")
+        .and_then(|l| <BTreeMap<String, String> as serde::Deserialize>::deserialize(l).ok())
+        .unwrap_or_default();
+    match parsed {
+        Ok(spec) => Prepared::Valid(Arc::new(labels), spec),
+        Err(message) => Prepared::Invalid(message),
+    }
+}
+
+fn read_secret(v: &Value) -> SecretRead {
+    if !is_credential(v) {
+        return SecretRead::Unmarked;
+    }
+    match secret_data(v) {
+        Ok(data) => SecretRead::Data(Arc::new(data)),
+        Err(message) => SecretRead::Unreadable(message),
+    }
 }
 
 /// Kind, namespace and name.
@@ -209,8 +277,10 @@ pub fn compile_cached(
     cache: &mut ValidationCache,
 ) -> Compiled {
     let mut next_cache = HashMap::with_capacity(cache.entries.len());
+    let mut next_secrets = HashMap::with_capacity(cache.secrets.len());
     let mut out = Compiled {
         source_errors: inputs.errors.clone(),
+        previous: std::mem::take(&mut cache.resources),
         ..Compiled::default()
     };
     for type_url in pb::type_url::ALL {
@@ -236,17 +306,26 @@ pub fn compile_cached(
             .unwrap_or(default_namespace)
             .to_string();
         if api_version == "v1" && kind_name == "Secret" {
-            if !is_credential(v) {
-                secrets.unmarked.insert((namespace, name));
-                continue;
-            }
-            match secret_data(v) {
-                Ok(data) => {
-                    secrets.marked.insert((namespace, name), data);
+            let at = (namespace, name);
+            let read = match cache.secrets.remove(&at) {
+                Some((cached, read))
+                    if Arc::ptr_eq(&cached, &object.value) || *cached == *object.value =>
+                {
+                    read
                 }
-                Err(message) => out.source_errors.push(SourceError {
+                _ => read_secret(v),
+            };
+            next_secrets.insert(at.clone(), (object.value.clone(), read.clone()));
+            match read {
+                SecretRead::Unmarked => {
+                    secrets.unmarked.insert(at);
+                }
+                SecretRead::Data(data) => {
+                    secrets.marked.insert(at, data);
+                }
+                SecretRead::Unreadable(message) => out.source_errors.push(SourceError {
                     origin: object.origin.clone(),
-                    message: format!("Secret {namespace}/{name}: {message}"),
+                    message: format!("Secret {}/{}: {message}", at.0, at.1),
                 }),
             }
             continue;
@@ -260,36 +339,32 @@ pub fn compile_cached(
             }
             continue;
         };
-        let mut report = ObjectReport {
+        let refused = |reason: &str, message: String| ObjectReport {
             kind: kind.to_string(),
             namespace: namespace.clone(),
             name: name.clone(),
             origin: object.origin.clone(),
-            conditions: vec![],
+            conditions: vec![Condition::new("Accepted", false, reason, message)],
             resource: None,
         };
         let cache_key = (kind, namespace.clone(), name.clone());
-        let validated = match cache.entries.remove(&cache_key) {
-            Some((cached, result)) if &cached == v => {
-                next_cache.insert(cache_key, (cached, result.clone()));
-                result
+        let prepared = match cache.entries.remove(&cache_key) {
+            Some((cached, prepared))
+                if Arc::ptr_eq(&cached, &object.value) || *cached == *object.value =>
+            {
+                next_cache.insert(cache_key, (cached, prepared.clone()));
+                prepared
             }
             _ => {
-                let result = validator
-                    .validate(kind, v)
-                    .map(|()| validator.normalize_spec(kind, v.get("spec").unwrap_or(&Value::Null)))
-                    .map_err(|errors| join_errors(&errors));
-                next_cache.insert(cache_key, (v.clone(), result.clone()));
-                result
+                let prepared = prepare(validator, kind, v);
+                next_cache.insert(cache_key, (object.value.clone(), prepared.clone()));
+                prepared
             }
         };
-        let spec = match validated {
-            Ok(spec) => spec,
-            Err(message) => {
-                report
-                    .conditions
-                    .push(Condition::new("Accepted", false, "Invalid", message));
-                out.reports.push(report);
+        let (labels, spec) = match prepared {
+            Prepared::Valid(labels, spec) => (labels, spec),
+            Prepared::Invalid(message) => {
+                out.reports.push(refused("Invalid", message));
                 continue;
             }
         };
@@ -297,47 +372,47 @@ pub fn compile_cached(
             (kind, namespace.clone(), name.clone()),
             object.origin.clone(),
         ) {
-            report.conditions.push(Condition::new(
-                "Accepted",
-                false,
+            out.reports.push(refused(
                 "Duplicate",
                 format!("{kind} {namespace}/{name} is already defined in {first}"),
             ));
-            out.reports.push(report);
             continue;
         }
-        let labels: BTreeMap<String, String> = meta
-            .and_then(|m| m.get("labels"))
-            .and_then(|l| serde_json::from_value(l.clone()).ok())
-            .unwrap_or_default();
         let origin = object.origin.clone();
-        let pushed = match kind {
-            Kind::LlmProvider => push(&mut kinds.providers, spec, namespace, name, origin, labels),
-            Kind::LlmRoute => push(&mut kinds.routes, spec, namespace, name, origin, labels),
-            Kind::VirtualKey => push(&mut kinds.keys, spec, namespace, name, origin, labels),
-            Kind::Budget => push(&mut kinds.budgets, spec, namespace, name, origin, labels),
-            Kind::McpServer => push(
-                &mut kinds.mcp_servers,
-                spec,
+        fn parsed<T>(
+            spec: Arc<T>,
+            namespace: String,
+            name: String,
+            origin: String,
+            labels: Arc<BTreeMap<String, String>>,
+        ) -> Parsed<T> {
+            Parsed {
                 namespace,
                 name,
                 origin,
                 labels,
-            ),
-            Kind::McpToolPolicy => push(
-                &mut kinds.mcp_policies,
                 spec,
-                namespace,
-                name,
-                origin,
-                labels,
-            ),
-        };
-        if let Err(message) = pushed {
-            report
-                .conditions
-                .push(Condition::new("Accepted", false, "Invalid", message));
-            out.reports.push(report);
+            }
+        }
+        match spec {
+            Spec::Provider(spec) => kinds
+                .providers
+                .push(parsed(spec, namespace, name, origin, labels)),
+            Spec::Route(spec) => kinds
+                .routes
+                .push(parsed(spec, namespace, name, origin, labels)),
+            Spec::Key(spec) => kinds
+                .keys
+                .push(parsed(spec, namespace, name, origin, labels)),
+            Spec::Budget(spec) => kinds
+                .budgets
+                .push(parsed(spec, namespace, name, origin, labels)),
+            Spec::McpServer(spec) => kinds
+                .mcp_servers
+                .push(parsed(spec, namespace, name, origin, labels)),
+            Spec::McpPolicy(spec) => kinds
+                .mcp_policies
+                .push(parsed(spec, namespace, name, origin, labels)),
         }
     }
 
@@ -542,6 +617,9 @@ pub fn compile_cached(
         );
     }
     cache.entries = next_cache;
+    cache.secrets = next_secrets;
+    out.previous.clear();
+    cache.resources = out.resources.clone();
     let mut all = Sha256::new();
     for (type_url, resources) in &out.resources {
         for (name, r) in resources {
@@ -584,25 +662,6 @@ fn names_of<T>(items: &[Parsed<T>]) -> HashSet<(String, String)> {
         .collect()
 }
 
-fn push<T: DeserializeOwned>(
-    into: &mut Vec<Parsed<T>>,
-    spec: Value,
-    namespace: String,
-    name: String,
-    origin: String,
-    labels: BTreeMap<String, String>,
-) -> Result<(), String> {
-    let spec = serde_json::from_value(spec).map_err(|e| format!("spec: {e}"))?;
-    into.push(Parsed {
-        namespace,
-        name,
-        origin,
-        labels,
-        spec,
-    });
-    Ok(())
-}
-
 /// Records an accepted object: its conditions and, when it has a body, its resource.
 /// The shortest key a VirtualKey's Secret may hold: a shorter one can be guessed.
 pub const MIN_KEY_LEN: usize = 16;
@@ -642,20 +701,23 @@ fn finish<T>(
     if let Some(body) = body {
         let type_url = body.type_url();
         let name = format!("{}/{}", p.namespace, p.name);
-        let version = version_of(&body);
+        let resource = match out.previous.get(type_url).and_then(|m| m.get(&name)) {
+            Some(r) if r.body.as_ref() == Some(&body) => r.clone(),
+            _ => Arc::new(pb::Resource {
+                name: name.clone(),
+                version: version_of(&body),
+                body: Some(body),
+            }),
+        };
         report.resource = Some(ServedAs {
             type_url,
             name: name.clone(),
-            version: version.clone(),
+            version: resource.version.clone(),
         });
-        out.resources.entry(type_url).or_default().insert(
-            name.clone(),
-            Arc::new(pb::Resource {
-                name,
-                version,
-                body: Some(body),
-            }),
-        );
+        out.resources
+            .entry(type_url)
+            .or_default()
+            .insert(name, resource);
     }
     out.reports.push(report);
 }

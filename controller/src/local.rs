@@ -24,7 +24,7 @@ struct Stamp {
 #[derive(Debug)]
 struct FileState {
     stamp: Stamp,
-    docs: Result<Vec<Value>, String>,
+    docs: Result<Vec<std::sync::Arc<Value>>, String>,
 }
 
 /// The files of one directory, parsed.
@@ -59,7 +59,8 @@ impl LocalSource {
             }
             changed = true;
             let docs = match std::fs::read_to_string(&path) {
-                Ok(text) => parse_documents(&text),
+                Ok(text) => parse_documents(&text)
+                    .map(|docs| docs.into_iter().map(std::sync::Arc::new).collect()),
                 Err(e) => Err(e.to_string()),
             };
             self.files.insert(path, FileState { stamp, docs });

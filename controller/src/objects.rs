@@ -1,6 +1,8 @@
 //! What a source (a manifests directory, later the Kubernetes API) hands to the compiler:
 //! parsed objects with where they came from, and the errors met while reading them.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 use serde_json::Value;
 
@@ -9,7 +11,9 @@ use serde_json::Value;
 pub struct SourceObject {
     /// Where the object came from, e.g. `routes.yaml#2` (second document).
     pub origin: String,
-    pub value: Value,
+    /// Shared with the source, which hands the same `Arc` again while the object is
+    /// unchanged: the compiler then knows it unchanged without comparing it.
+    pub value: Arc<Value>,
 }
 
 /// A file or document that could not be read at all.

@@ -41,8 +41,11 @@ pub fn join_errors(errors: &[FieldError]) -> String {
 }
 
 struct KindSchema {
+    /// The object's schema without `status` (ignored on create).
     schema: Value,
     cel: CompiledSchema,
+    /// Whether the schema has CEL rules at all.
+    has_rules: bool,
 }
 
 /// Compiled schemas of every kind; build once, use for every object.
@@ -85,7 +88,20 @@ impl Validator {
                 .unwrap_or(Value::Null);
             collect_patterns(&schema, &mut patterns);
             let cel = compile_schema(&schema);
-            kinds.insert(kind, KindSchema { schema, cel });
+            let has_rules = serde_json::to_string(&schema)
+                .is_ok_and(|t| t.contains("x-kubernetes-validations"));
+            let mut schema = schema;
+            if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
+                props.remove("status");
+            }
+            kinds.insert(
+                kind,
+                KindSchema {
+                    schema,
+                    cel,
+                    has_rules,
+                },
+            );
         }
         Self {
             kinds,
@@ -114,6 +130,16 @@ impl Validator {
     /// ignored, as the apiserver ignores it on create when the status subresource is on),
     /// as [`Validator::normalize_spec`] leaves it.
     pub fn validate(&self, kind: Kind, object: &Value) -> Result<(), Vec<FieldError>> {
+        self.validate_normalized(kind, object).map(|_| ())
+    }
+
+    /// [`Validator::validate`], giving the normalized `spec` (`null` when there is none)
+    /// of a valid object.
+    pub fn validate_normalized(
+        &self,
+        kind: Kind,
+        object: &Value,
+    ) -> Result<Value, Vec<FieldError>> {
         let mut errors = Vec::new();
         let Some(ks) = self.kinds.get(&kind) else {
             return Err(vec![FieldError {
@@ -125,21 +151,21 @@ impl Validator {
             return Err(vec![err("", "object must be a mapping")]);
         };
         check_metadata(obj.get("metadata"), &mut errors);
-        let mut body = obj.clone();
-        body.remove("status");
-        body.remove("metadata");
-        body.remove("apiVersion");
-        body.remove("kind");
-        if let Some(spec) = body.get_mut("spec") {
-            *spec = self.normalize_spec(kind, spec);
+        let mut body = Map::new();
+        for (key, value) in obj {
+            match key.as_str() {
+                "status" | "metadata" | "apiVersion" | "kind" => {}
+                "spec" => {
+                    body.insert(key.clone(), self.normalize_spec(kind, value));
+                }
+                _ => {
+                    body.insert(key.clone(), value.clone());
+                }
+            }
         }
         let body = Value::Object(body);
-        let mut schema = ks.schema.clone();
-        if let Some(props) = schema.get_mut("properties").and_then(Value::as_object_mut) {
-            props.remove("status");
-        }
-        self.check(&schema, &body, "", &mut errors);
-        if errors.is_empty() {
+        self.check(&ks.schema, &body, "", &mut errors);
+        if errors.is_empty() && ks.has_rules {
             // CEL rules assume a structurally valid object.
             if let Err(cel_errors) = self.cel.validate_compiled(&ks.cel, &body, None) {
                 for e in cel_errors {
@@ -151,7 +177,10 @@ impl Validator {
             }
         }
         if errors.is_empty() {
-            Ok(())
+            let Value::Object(mut body) = body else {
+                return Ok(Value::Null);
+            };
+            Ok(body.remove("spec").unwrap_or(Value::Null))
         } else {
             Err(errors)
         }

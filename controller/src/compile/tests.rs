@@ -6,7 +6,7 @@ use crate::objects::SourceObject;
 fn obj(origin: &str, v: Value) -> SourceObject {
     SourceObject {
         origin: origin.into(),
-        value: v,
+        value: v.into(),
     }
 }
 
@@ -193,7 +193,7 @@ fn versions_change_only_with_content() {
         b.resources[pb::type_url::ROUTE]["default/chat"].version
     );
     let mut changed = base();
-    changed[2].value["spec"]["targets"][0]["weight"] = json!(5);
+    std::sync::Arc::make_mut(&mut changed[2].value)["spec"]["targets"][0]["weight"] = json!(5);
     let c = run(changed);
     assert_ne!(
         a.resources[pb::type_url::ROUTE]["default/chat"].version,
@@ -247,7 +247,7 @@ fn cached_compile_gives_the_same_result() {
     assert_eq!(second.version, plain.version);
     // A changed object is validated again, not served from the cache.
     let mut changed = inputs.clone();
-    changed.objects[2].value["spec"]["strategy"] = json!("nope");
+    std::sync::Arc::make_mut(&mut changed.objects[2].value)["spec"]["strategy"] = json!("nope");
     let third = compile_cached(&changed, &validator, "default", &mut cache);
     assert_eq!(
         report(&third, "LLMRoute", "chat")
@@ -297,7 +297,7 @@ fn a_key_is_charged_to_the_budgets_that_select_it_and_their_ancestors() {
             json!({"parentRef": {"name": "x"}, "limit": {"tokens": 5}, "period": "1h"}),
         ),
     ]);
-    objects[3].value["spec"]["budgetRefs"] = json!([{"name": "x"}]);
+    std::sync::Arc::make_mut(&mut objects[3].value)["spec"]["budgetRefs"] = json!([{"name": "x"}]);
     let c = run(objects);
     let Some(Body::VirtualKey(k)) = &c.resources[pb::type_url::VIRTUAL_KEY]["default/alice"].body
     else {
@@ -310,7 +310,8 @@ fn a_key_is_charged_to_the_budgets_that_select_it_and_their_ancestors() {
 fn a_key_label_changes_what_is_sent_only_through_the_budgets_it_selects() {
     let version = |team: &str, budget: bool| {
         let mut objects = base();
-        objects[3].value["metadata"]["labels"] = json!({"team": team, "tier": "gold"});
+        std::sync::Arc::make_mut(&mut objects[3].value)["metadata"]["labels"] =
+            json!({"team": team, "tier": "gold"});
         if budget {
             objects.push(obj(
                 "b.yaml#1",
@@ -467,7 +468,7 @@ fn a_short_key_is_refused() {
 fn a_secret_without_the_credential_label_is_no_credential() {
     let mut objects = base();
     // The provider's Secret loses its label: a database password, say.
-    objects[1].value["metadata"]["labels"] = json!({});
+    std::sync::Arc::make_mut(&mut objects[1].value)["metadata"]["labels"] = json!({});
     let c = run(objects);
     let p = report(&c, "LLMProvider", "openai");
     let refs = p.condition("ResolvedRefs").unwrap();

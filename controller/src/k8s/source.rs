@@ -59,8 +59,8 @@ impl Watched {
 /// One object as the index keeps it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
-    /// What the compiler reads.
-    pub value: Value,
+    /// What the compiler reads; the same `Arc` while it does not change.
+    pub value: Arc<Value>,
     pub uid: String,
     pub generation: Option<i64>,
     /// The object's `status` as last seen (Tollgate kinds only).
@@ -127,9 +127,13 @@ impl Index {
                 let listed = self.listing.remove(scope).unwrap_or_default();
                 let mut held = 0;
                 let mut changed = false;
+                let mut listed = listed;
                 for (k, e) in self.objects.iter().filter(|(k, _)| scope.covers(k)) {
                     held += 1;
-                    changed |= listed.get(k).is_none_or(|l| l.value != e.value);
+                    match listed.get_mut(k) {
+                        Some(l) if l.value == e.value => l.value = e.value.clone(),
+                        _ => changed = true,
+                    }
                 }
                 changed |= held != listed.len();
                 self.objects.retain(|k, _| !scope.covers(k));
@@ -138,13 +142,17 @@ impl Index {
                 changed || first
             }
             Event::Apply(o) => {
-                let Some((key, entry)) = reduce(watched, o) else {
+                let Some((key, mut entry)) = reduce(watched, o) else {
                     return false;
                 };
-                let changed = self
-                    .objects
-                    .get(&key)
-                    .is_none_or(|e| e.value != entry.value);
+                let old = self.objects.get(&key).map(|e| e.value.clone());
+                let changed = match old {
+                    Some(old) if old == entry.value => {
+                        entry.value = old;
+                        false
+                    }
+                    _ => true,
+                };
                 self.objects.insert(key, entry);
                 changed
             }
@@ -258,7 +266,7 @@ fn reduce(watched: Watched, o: DynamicObject) -> Option<(Key, Entry)> {
     Some((
         (watched, namespace, name),
         Entry {
-            value,
+            value: Arc::new(value),
             uid: o.metadata.uid.unwrap_or_default(),
             generation: o.metadata.generation,
             status,
@@ -361,7 +369,7 @@ mod tests {
         assert_eq!(entry.uid, "uid-r1");
         assert_eq!(entry.status, json!({"observedGeneration": 2}));
         assert_eq!(
-            entry.value,
+            *entry.value,
             json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute",
                    "metadata": {"name": "r1", "namespace": "a"}, "spec": spec})
         );
@@ -401,7 +409,7 @@ mod tests {
             ]
         );
         assert_eq!(
-            inputs.objects[0].value,
+            *inputs.objects[0].value,
             json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "a"},
                    "data": {"key": "eA=="}, "type": "Opaque"})
         );

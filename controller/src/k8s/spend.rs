@@ -137,7 +137,8 @@ mod tests {
                 value: json!({
                     "apiVersion": "tollgate.dev/v1alpha1", "kind": "Budget",
                     "metadata": {"name": name, "namespace": "team-a"}, "spec": spec,
-                }),
+                })
+                .into(),
             })
             .collect();
         let inputs = Inputs {

@@ -176,6 +176,8 @@ struct Scale {
     routes: usize,
     seconds_to_serve_full_config: f64,
     dataplane_rss_mib: f64,
+    /// The controller's resident memory once the config is served.
+    controller_rss_mib: f64,
     one_key_change_seconds: f64,
     one_key_change_resources_sent: f64,
 }
@@ -184,11 +186,12 @@ impl Scale {
     /// The scenario's one-line summary; `source` says where the config came from.
     fn line(&self, source: &str) -> String {
         format!(
-            "config scale ({source}): {} keys + {} routes served {:.2} s after start, dataplane RSS {:.1} MiB; one-key change applied in {:.3} s with {} resource(s) sent",
+            "config scale ({source}): {} keys + {} routes served {:.2} s after start, dataplane RSS {:.1} MiB, controller RSS {:.1} MiB; one-key change applied in {:.3} s with {} resource(s) sent",
             self.virtual_keys,
             self.routes,
             self.seconds_to_serve_full_config,
             self.dataplane_rss_mib,
+            self.controller_rss_mib,
             self.one_key_change_seconds,
             self.one_key_change_resources_sent
         )
@@ -420,8 +423,7 @@ fn manifests(dir: &Path, mock: &str, limits: bool) -> anyhow::Result<()> {
 }
 
 struct Tollgate {
-    // Held so the process lives as long as this value.
-    _controller: Process,
+    controller: Process,
     dataplane: Process,
     api: String,
     admin: String,
@@ -496,7 +498,7 @@ fn start_tollgate(
         work,
     )?;
     let t = Tollgate {
-        _controller: controller,
+        controller,
         dataplane,
         api: format!("http://127.0.0.1:{api}"),
         admin: format!("http://127.0.0.1:{admin}"),
@@ -803,6 +805,8 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyh
         );
     }
     let rss = proc::memory_kib(tg.dataplane.pid()).map_or(0.0, |(rss, _)| rss as f64 / 1024.0);
+    let controller_rss =
+        proc::memory_kib(tg.controller.pid()).map_or(0.0, |(rss, _)| rss as f64 / 1024.0);
 
     let changed = args.scale_keys / 2;
     let sent_before = metric(&tg.controller_admin, "tollgate_xds_resources_sent_total");
@@ -849,6 +853,7 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyh
         routes: args.scale_routes,
         seconds_to_serve_full_config: serve_seconds,
         dataplane_rss_mib: rss,
+        controller_rss_mib: controller_rss,
         one_key_change_seconds: change_seconds,
         one_key_change_resources_sent: sent,
     })
