@@ -137,7 +137,7 @@ pub const CREDENTIAL_LABEL: &str = "tollgate.dev/credential";
 /// others (read from a manifests directory), to say why they cannot be used.
 #[derive(Default)]
 struct Secrets {
-    marked: HashMap<(String, String), Arc<BTreeMap<String, Vec<u8>>>>,
+    marked: HashMap<(String, String), SecretData>,
     unmarked: HashSet<(String, String)>,
 }
 
@@ -210,11 +210,14 @@ enum Spec {
     McpPolicy(Arc<mcp::McpToolPolicySpec>),
 }
 
+/// A Secret's data, by key.
+type SecretData = Arc<BTreeMap<String, Vec<u8>>>;
+
 /// A Secret as read: not a credential, its data, or why its data cannot be read.
 #[derive(Clone, Debug)]
 enum SecretRead {
     Unmarked,
-    Data(Arc<BTreeMap<String, Vec<u8>>>),
+    Data(SecretData),
     Unreadable(String),
 }
 

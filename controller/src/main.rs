@@ -18,7 +18,9 @@ use tollgate_controller::ledger::Ledger;
 use tollgate_controller::local::LocalSource;
 use tollgate_controller::publish::Publisher;
 use tollgate_controller::tracker::Tracker;
-use tollgate_controller::usage::{Books, LeaderUrl, StateFile, Store, usage_service};
+use tollgate_controller::usage::{
+    Books, LeaderUrl, StateFile, Store, UsageCounters, usage_service,
+};
 use tollgate_controller::xds::{XdsMetrics, XdsServer};
 use tollgate_proto::config_discovery_server::ConfigDiscoveryServer;
 use tollgate_proto::usage_reporting_server::UsageReportingServer;
@@ -208,7 +210,7 @@ async fn main() -> anyhow::Result<()> {
             };
             Mode::Kubernetes {
                 client,
-                settings: k8s::Settings {
+                settings: Box::new(k8s::Settings {
                     namespaces: args
                         .watch_namespaces
                         .iter()
@@ -229,7 +231,7 @@ async fn main() -> anyhow::Result<()> {
                         ))
                     }),
                     debounce: Duration::from_millis(50),
-                },
+                }),
             }
         }
     };
@@ -374,8 +376,10 @@ async fn main() -> anyhow::Result<()> {
         store,
         preloaded,
         matches!(mode, Mode::Kubernetes { .. }).then(|| leader.subscribe()),
-        usage_records,
-        usage_refused,
+        UsageCounters {
+            records: usage_records,
+            refused: usage_refused,
+        },
         {
             let me = match &mode {
                 Mode::Kubernetes { settings, .. } => settings.identity.clone(),
@@ -416,7 +420,7 @@ async fn main() -> anyhow::Result<()> {
                 ledger_notes: ledger_notes.clone(),
                 peers: peers.clone(),
             };
-            Some(tokio::spawn(k8s::run(client, settings, shared)))
+            Some(tokio::spawn(k8s::run(client, *settings, shared)))
         }
     };
     let admin = Admin {
@@ -507,7 +511,7 @@ enum Mode {
     },
     Kubernetes {
         client: kube::Client,
-        settings: k8s::Settings,
+        settings: Box<k8s::Settings>,
     },
 }
 

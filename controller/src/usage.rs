@@ -178,6 +178,15 @@ impl Durable {
     }
 }
 
+/// The usage stream's counters.
+#[derive(Clone, Debug)]
+pub struct UsageCounters {
+    /// Usage records counted.
+    pub records: IntCounter,
+    /// Streams refused because this replica does not keep the ledger.
+    pub refused: IntCounter,
+}
+
 /// The usage stream server and the keeper that persists what it counts.
 pub fn usage_service(
     books: Arc<Mutex<Books>>,
@@ -185,10 +194,10 @@ pub fn usage_service(
     store: Store,
     preloaded: Option<Persisted>,
     leader: Option<watch::Receiver<bool>>,
-    records: IntCounter,
-    refused: IntCounter,
+    counters: UsageCounters,
     leader_url: LeaderUrl,
 ) -> (UsageServer, Keeper) {
+    let UsageCounters { records, refused } = counters;
     let (term_tx, term) = watch::channel(0);
     let (durable_tx, durable) = watch::channel(Durable::default());
     let dirty = Arc::new(Notify::new());
@@ -505,8 +514,10 @@ mod tests {
             Store::File(state.clone()),
             None,
             None,
-            counter.clone(),
-            IntCounter::new("r", "r").unwrap(),
+            UsageCounters {
+                records: counter.clone(),
+                refused: IntCounter::new("r", "r").unwrap(),
+            },
             LeaderUrl::default(),
         );
         // Not keeping the books yet: nothing is acknowledged as persisted.
@@ -548,8 +559,10 @@ mod tests {
             Store::File(state.clone()),
             None,
             Some(leading),
-            IntCounter::new("t", "t").unwrap(),
-            IntCounter::new("r", "r").unwrap(),
+            UsageCounters {
+                records: IntCounter::new("t", "t").unwrap(),
+                refused: IntCounter::new("r", "r").unwrap(),
+            },
             LeaderUrl::default(),
         );
         tokio::spawn(keeper.run());

@@ -56,7 +56,15 @@ pub struct Peers {
     inner: Arc<Mutex<HashMap<String, (AckReport, Instant)>>>,
     changes: Arc<std::sync::atomic::AtomicU64>,
     /// Each replica's URL and whether it said it leads, with when that was seen.
-    leads: Arc<Mutex<HashMap<String, (Option<String>, bool, Instant)>>>,
+    leads: Arc<Mutex<HashMap<String, Said>>>,
+}
+
+/// What a replica's report said about where it is and whether it leads.
+#[derive(Clone, Debug)]
+struct Said {
+    url: Option<String>,
+    leads: bool,
+    seen: Instant,
 }
 
 impl Peers {
@@ -82,7 +90,7 @@ impl Peers {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         };
-        m.insert(identity.to_string(), (url, leads, seen));
+        m.insert(identity.to_string(), Said { url, leads, seen });
     }
 
     /// The URL of the replica that last said it leads, if it is not `me` and its report
@@ -93,11 +101,11 @@ impl Peers {
             Err(p) => p.into_inner(),
         };
         m.iter()
-            .filter(|(id, (_, leads, seen))| {
-                *leads && id.as_str() != me && now.duration_since(*seen) < STALE_AFTER
+            .filter(|(id, s)| {
+                s.leads && id.as_str() != me && now.duration_since(s.seen) < STALE_AFTER
             })
-            .max_by_key(|(_, (_, _, seen))| *seen)
-            .and_then(|(_, (url, _, _))| url.clone())
+            .max_by_key(|(_, s)| s.seen)
+            .and_then(|(_, s)| s.url.clone())
     }
 
     pub fn remove(&self, identity: &str) {
