@@ -153,6 +153,9 @@ pub async fn run(client: kube::Client, settings: Settings, shared: Shared) {
 async fn compile_loop(index: SharedIndex, publisher: Publisher, debounce: Duration) {
     let publisher = Arc::new(Mutex::new(publisher));
     let mut changes = index.subscribe();
+    // The watches may have listed everything before this task subscribed: look once
+    // without waiting for a change, or the first compile would wait for the next one.
+    changes.mark_changed();
     loop {
         if changes.changed().await.is_err() {
             return;
@@ -221,5 +224,31 @@ async fn leader_loop(
             r = snapshots.changed() => if r.is_err() { return },
             r = leader.changed() => if r.is_err() { return },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_first_compile_does_not_wait_for_a_change_once_the_watches_have_listed() {
+        // No watches: listed already, before the loop subscribes to changes.
+        let index = SharedIndex::new(0);
+        let (snapshots, _) = watch::channel(Arc::new(Compiled::default()));
+        let (ready, mut ready_rx) = watch::channel(false);
+        let publisher = Publisher::new(
+            "default",
+            snapshots,
+            ready,
+            prometheus::IntCounter::new("c", "c").unwrap(),
+            prometheus::IntGaugeVec::new(prometheus::Opts::new("o", "o"), &["kind", "accepted"])
+                .unwrap(),
+        );
+        tokio::spawn(compile_loop(index, publisher, Duration::ZERO));
+        tokio::time::timeout(Duration::from_secs(5), ready_rx.wait_for(|r| *r))
+            .await
+            .expect("the first compile happened")
+            .unwrap();
     }
 }
