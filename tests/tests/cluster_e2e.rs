@@ -691,17 +691,17 @@ fn lease_holder(ns: &str) -> String {
 }
 
 /// A stand-in for the controller's Service: each connection goes to the first of the
-/// replicas, from a rotating start, that accepts it.
+/// replicas, in the order given, that accepts it (so the dataplane's streams reach the
+/// first one while it runs, whatever the order they connect in).
 fn service(backends: Vec<u16>) -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        for (n, client) in listener.incoming().enumerate() {
+        for client in listener.incoming() {
             let Ok(client) = client else { continue };
-            let upstream = (0..backends.len()).find_map(|i| {
-                let port = backends[(n + i) % backends.len()];
-                std::net::TcpStream::connect(("127.0.0.1", port)).ok()
-            });
+            let upstream = backends
+                .iter()
+                .find_map(|port| std::net::TcpStream::connect(("127.0.0.1", *port)).ok());
             let Some(upstream) = upstream else { continue };
             for (mut from, mut to) in [
                 (client.try_clone().unwrap(), upstream.try_clone().unwrap()),
