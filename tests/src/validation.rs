@@ -26,6 +26,19 @@ impl Case {
         self.object["kind"].as_str().unwrap_or_default()
     }
 
+    /// What is wrong with `judge`'s verdict, or `None` when it is the table's.
+    pub fn disagreement(&self, verdict: &Result<(), String>, judge: &str) -> Option<String> {
+        (!self.agrees(verdict)).then(|| {
+            format!(
+                "{} {}: table says {} {:?}, {judge} {verdict:?}",
+                self.kind(),
+                self.name(),
+                if self.valid { "valid" } else { "invalid at" },
+                self.path.as_deref().unwrap_or("")
+            )
+        })
+    }
+
     /// Whether a verdict (`Ok` or the refusal's message) is the table's: the same outcome,
     /// and a refusal that names the path.
     pub fn agrees(&self, verdict: &Result<(), String>) -> bool {

@@ -879,15 +879,7 @@ fn validation_table_is_judged_as_local_mode_judges_it(ns: &str, controller: &Pro
         let (ok, stderr) =
             kubectl_with_input(&["apply", "-n", ns, "-f", "-"], &c.object.to_string());
         let verdict = if ok { Ok(()) } else { Err(stderr) };
-        if !c.agrees(&verdict) {
-            disagreements.push(format!(
-                "{} {}: table says {} {:?}, the API server {verdict:?}",
-                c.kind(),
-                c.name(),
-                if c.valid { "valid" } else { "invalid at" },
-                c.path.as_deref().unwrap_or("")
-            ));
-        }
+        disagreements.extend(c.disagreement(&verdict, "the API server"));
         if ok {
             stored.push(c);
         }

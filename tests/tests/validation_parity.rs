@@ -81,15 +81,7 @@ fn local_mode_judges_the_table_as_the_api_server_does() {
         } else {
             Err(accepted["message"].as_str().unwrap_or_default().to_string())
         };
-        if !c.agrees(&verdict) {
-            disagreements.push(format!(
-                "{} {}: table says {} {:?}, local mode {verdict:?}",
-                c.kind(),
-                c.name(),
-                if c.valid { "valid" } else { "invalid at" },
-                c.path.as_deref().unwrap_or("")
-            ));
-        }
+        disagreements.extend(c.disagreement(&verdict, "local mode"));
     }
     assert!(
         disagreements.is_empty(),
