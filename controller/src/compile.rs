@@ -1062,7 +1062,9 @@ fn shadowed_routes<'a>(
             .models
             .iter()
             .filter_map(|m| first.get(&(r.namespace.as_str(), m.as_str())).copied())
-            .filter(|q| *q != r.name)
+            // Candidates are tried in name order: only a route named before this one
+            // takes its requests (one after it, with or without headers, never does).
+            .filter(|q| *q < r.name.as_str())
             .collect();
         if !r.spec.route_match.models.is_empty() && by.len() == r.spec.route_match.models.len() {
             out.insert((r.namespace.as_str(), r.name.as_str()), by[0]);

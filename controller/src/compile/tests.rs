@@ -529,6 +529,15 @@ fn a_route_whose_every_model_is_taken_first_is_shadowed() {
     assert_eq!(reachable(&c, "partly").0, "True");
     assert_eq!(reachable(&c, "chat").0, "True");
 
+    // Header matches, and named before `chat`: tried first, so reachable.
+    objects.push(route_obj(
+        "a-agent",
+        json!(["gpt-4o"]),
+        json!([{"name": "x-step", "value": "plan"}]),
+    ));
+    assert_eq!(reachable(&run(objects.clone()), "a-agent").0, "True");
+    objects.retain(|o| o.origin != "a-agent.yaml#1");
+
     objects.push(route_obj("a-first", json!(["gpt-4o"]), json!([])));
     let c = run(objects.clone());
     assert_eq!(reachable(&c, "chat").0, "False");
