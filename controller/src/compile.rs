@@ -40,10 +40,6 @@ pub struct Compiled {
     /// Changes when any object's conditions do, served or not (a new invalid object, a
     /// key whose Secret went missing): the status writer's cue.
     pub reports_version: String,
-    /// While compiling: the previous compile's resources, whose versions are reused for
-    /// bodies that did not change (encoding and hashing every body is most of the cost
-    /// of a recompile).
-    pub(crate) previous: BTreeMap<&'static str, ResourceMap>,
 }
 
 impl Compiled {
@@ -190,7 +186,6 @@ struct Kinds {
 pub struct ValidationCache {
     entries: HashMap<ObjectKey, (Arc<Value>, Prepared)>,
     secrets: HashMap<(String, String), (Arc<Value>, SecretRead)>,
-    resources: BTreeMap<&'static str, ResourceMap>,
 }
 
 /// An object validated and parsed, or why it is invalid.
@@ -269,21 +264,25 @@ pub fn compile(inputs: &Inputs, validator: &Validator, default_namespace: &str) 
         validator,
         default_namespace,
         &mut ValidationCache::default(),
+        &Compiled::default(),
     )
 }
 
-/// [`compile`], reusing and refreshing `cache`.
+/// [`compile`], reusing and refreshing `cache`, and reusing the resources of `previous`
+/// (the last compile's result) whose bodies did not change: encoding and hashing every body
+/// is most of the cost of a recompile.
 pub fn compile_cached(
     inputs: &Inputs,
     validator: &Validator,
     default_namespace: &str,
     cache: &mut ValidationCache,
+    previous: &Compiled,
 ) -> Compiled {
+    let previous = &previous.resources;
     let mut next_cache = HashMap::with_capacity(cache.entries.len());
     let mut next_secrets = HashMap::with_capacity(cache.secrets.len());
     let mut out = Compiled {
         source_errors: inputs.errors.clone(),
-        previous: std::mem::take(&mut cache.resources),
         ..Compiled::default()
     };
     for type_url in pb::type_url::ALL {
@@ -428,6 +427,7 @@ pub fn compile_cached(
         let (body, missing) = compile_provider(p, &secrets);
         finish(
             &mut out,
+            previous,
             Kind::LlmProvider,
             p,
             Some(Body::Provider(body)),
@@ -448,6 +448,7 @@ pub fn compile_cached(
             .collect();
         finish(
             &mut out,
+            previous,
             Kind::LlmRoute,
             r,
             Some(Body::Route(body)),
@@ -533,8 +534,7 @@ pub fn compile_cached(
                         && b.spec.limit.usd.is_some()
                         && body.budgets.contains(&b.name)
                 });
-                finish(
-                    &mut out,
+                finish(&mut out, previous,
                     Kind::VirtualKey,
                     k,
                     Some(Body::VirtualKey(body)),
@@ -543,7 +543,7 @@ pub fn compile_cached(
             }
             Err(message) => {
                 missing.insert(0, message);
-                finish(&mut out, Kind::VirtualKey, k, None, missing);
+                finish(&mut out, previous, Kind::VirtualKey, k, None, missing);
             }
         }
     }
@@ -555,12 +555,20 @@ pub fn compile_cached(
             missing.push(format!("Budget {} not found", parent.name));
         }
         let body = compile_budget(b);
-        finish(&mut out, Kind::Budget, b, Some(Body::Budget(body)), missing);
+        finish(
+            &mut out,
+            previous,
+            Kind::Budget,
+            b,
+            Some(Body::Budget(body)),
+            missing,
+        );
     }
     for s in &kinds.mcp_servers {
         let (body, missing) = compile_mcp_server(s, &secrets);
         finish(
             &mut out,
+            previous,
             Kind::McpServer,
             s,
             Some(Body::McpServer(body)),
@@ -613,6 +621,7 @@ pub fn compile_cached(
         };
         finish(
             &mut out,
+            previous,
             Kind::McpToolPolicy,
             p,
             Some(Body::McpToolPolicy(body)),
@@ -621,8 +630,6 @@ pub fn compile_cached(
     }
     cache.entries = next_cache;
     cache.secrets = next_secrets;
-    out.previous.clear();
-    cache.resources = out.resources.clone();
     let mut all = Sha256::new();
     for (type_url, resources) in &out.resources {
         for (name, r) in resources {
@@ -683,6 +690,7 @@ fn refuse<T>(out: &mut Compiled, kind: Kind, p: &Parsed<T>, reason: &str, messag
 
 fn finish<T>(
     out: &mut Compiled,
+    previous: &BTreeMap<&'static str, ResourceMap>,
     kind: Kind,
     p: &Parsed<T>,
     body: Option<Body>,
@@ -704,7 +712,7 @@ fn finish<T>(
     if let Some(body) = body {
         let type_url = body.type_url();
         let name = format!("{}/{}", p.namespace, p.name);
-        let resource = match out.previous.get(type_url).and_then(|m| m.get(&name)) {
+        let resource = match previous.get(type_url).and_then(|m| m.get(&name)) {
             Some(r) if r.body.as_ref() == Some(&body) => r.clone(),
             _ => Arc::new(pb::Resource {
                 name: name.clone(),

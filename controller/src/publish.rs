@@ -48,11 +48,13 @@ impl Publisher {
     /// for the log.
     pub fn publish(&mut self, inputs: &Inputs, source: &str) {
         let started = Instant::now();
+        let previous = self.snapshots.borrow().clone();
         let compiled = compile_cached(
             inputs,
             &self.validator,
             &self.default_namespace,
             &mut self.cache,
+            &previous,
         );
         self.compiles.inc();
         report_problems(&compiled, &mut self.reported);

@@ -239,22 +239,49 @@ fn cached_compile_gives_the_same_result() {
     };
     let validator = Validator::new();
     let mut cache = ValidationCache::default();
-    let first = compile_cached(&inputs, &validator, "default", &mut cache);
-    let second = compile_cached(&inputs, &validator, "default", &mut cache);
+    let first = compile_cached(
+        &inputs,
+        &validator,
+        "default",
+        &mut cache,
+        &Compiled::default(),
+    );
+    let second = compile_cached(&inputs, &validator, "default", &mut cache, &first);
     let plain = compile(&inputs, &validator, "default");
     assert_eq!(first.reports, plain.reports);
     assert_eq!(second.reports, plain.reports);
     assert_eq!(second.version, plain.version);
+    // An unchanged body keeps the resource the last compile made (not encoded again).
+    for (type_url, resources) in &second.resources {
+        for (name, r) in resources {
+            assert!(
+                std::sync::Arc::ptr_eq(r, &first.resources[type_url][name]),
+                "{name}"
+            );
+        }
+    }
     // A changed object is validated again, not served from the cache.
     let mut changed = inputs.clone();
     std::sync::Arc::make_mut(&mut changed.objects[2].value)["spec"]["strategy"] = json!("nope");
-    let third = compile_cached(&changed, &validator, "default", &mut cache);
+    let third = compile_cached(&changed, &validator, "default", &mut cache, &second);
     assert_eq!(
         report(&third, "LLMRoute", "chat")
             .condition("Accepted")
             .unwrap()
             .status,
         "False"
+    );
+    // A changed body gets a new resource and version.
+    std::sync::Arc::make_mut(&mut changed.objects[2].value)["spec"]["strategy"] = json!("cost");
+    let fourth = compile_cached(&changed, &validator, "default", &mut cache, &third);
+    let route = |c: &Compiled| {
+        c.resources[pb::type_url::ROUTE]
+            .get("default/chat")
+            .cloned()
+    };
+    assert_ne!(
+        route(&fourth).unwrap().version,
+        route(&second).unwrap().version
     );
 }
 
