@@ -346,9 +346,6 @@ impl std::fmt::Debug for LeaderUrl {
     }
 }
 
-/// The gRPC metadata key a refusal names the leader's URL under.
-pub const LEADER_URL_KEY: &str = "tollgate-leader-url";
-
 #[derive(Clone, Debug)]
 pub struct UsageServer {
     books: Arc<Mutex<Books>>,
@@ -453,7 +450,7 @@ impl UsageServer {
         if let Some(url) = leader
             && let Ok(v) = url.parse()
         {
-            status.metadata_mut().insert(LEADER_URL_KEY, v);
+            status.metadata_mut().insert(tollgate_proto::LEADER_URL, v);
         }
         status
     }

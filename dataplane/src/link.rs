@@ -115,14 +115,11 @@ impl StreamError {
             return None;
         }
         s.metadata()
-            .get(LEADER_URL_KEY)
+            .get(tollgate_proto::LEADER_URL)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
     }
 }
-
-/// The gRPC metadata key under which a replica that is not the leader names the leader.
-pub const LEADER_URL_KEY: &str = "tollgate-leader-url";
 
 impl Controller {
     /// The same controller reached at `url` (a replica's own address), with the same token
@@ -219,9 +216,10 @@ mod tests {
     #[test]
     fn a_refusal_names_the_leader_and_tls_is_kept_on_the_way_there() {
         let mut refused = tonic::Status::failed_precondition("not the leader");
-        refused
-            .metadata_mut()
-            .insert(LEADER_URL_KEY, "https://10.0.0.7:18000".parse().unwrap());
+        refused.metadata_mut().insert(
+            tollgate_proto::LEADER_URL,
+            "https://10.0.0.7:18000".parse().unwrap(),
+        );
         let e = StreamError::Status(refused);
         assert_eq!(e.leader_url().as_deref(), Some("https://10.0.0.7:18000"));
         assert_eq!(

@@ -119,6 +119,10 @@ impl std::fmt::Debug for DeltaConfigResponse {
 /// Metadata key carrying the bearer token that authenticates a dataplane's streams.
 pub const AUTHORIZATION: &str = "authorization";
 
+/// The gRPC metadata key under which a controller replica that does not keep the usage
+/// ledger names the leader's own URL when it refuses a usage stream.
+pub const LEADER_URL: &str = "tollgate-leader-url";
+
 #[cfg(test)]
 mod tests {
     use super::*;
