@@ -50,68 +50,46 @@ pub struct Published {
     pub report: AckReport,
 }
 
-/// The other replicas' latest reports, with when each was last seen to change.
+/// The other replicas' latest reports, with when each was last seen.
 #[derive(Clone, Debug, Default)]
 pub struct Peers {
-    inner: Arc<Mutex<HashMap<String, (AckReport, Instant)>>>,
+    inner: Arc<Mutex<HashMap<String, (Published, Instant)>>>,
     changes: Arc<std::sync::atomic::AtomicU64>,
-    /// Each replica's URL and whether it said it leads, with when that was seen.
-    leads: Arc<Mutex<HashMap<String, Said>>>,
-}
-
-/// What a replica's report said about where it is and whether it leads.
-#[derive(Clone, Debug)]
-struct Said {
-    url: Option<String>,
-    leads: bool,
-    seen: Instant,
 }
 
 impl Peers {
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, (AckReport, Instant)>> {
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, (Published, Instant)>> {
         match self.inner.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
         }
     }
 
-    pub fn insert(&self, identity: &str, report: AckReport, seen: Instant) {
+    pub fn insert(&self, published: Published, seen: Instant) {
         let mut reports = self.lock();
-        if reports.get(identity).is_none_or(|(r, _)| r != &report) {
+        if reports
+            .get(&published.identity)
+            .is_none_or(|(p, _)| p.report != published.report)
+        {
             self.changes
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        reports.insert(identity.to_string(), (report, seen));
-    }
-
-    /// Notes where a replica is reached and whether it leads.
-    pub fn note(&self, identity: &str, url: Option<String>, leads: bool, seen: Instant) {
-        let mut m = match self.leads.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        m.insert(identity.to_string(), Said { url, leads, seen });
+        reports.insert(published.identity.clone(), (published, seen));
     }
 
     /// The URL of the replica that last said it leads, if it is not `me` and its report
     /// is fresh.
     pub fn leader_url(&self, me: &str, now: Instant) -> Option<String> {
-        let m = match self.leads.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        m.iter()
-            .filter(|(id, s)| {
-                s.leads && id.as_str() != me && now.duration_since(s.seen) < STALE_AFTER
+        self.lock()
+            .iter()
+            .filter(|(id, (p, seen))| {
+                p.leads && id.as_str() != me && now.duration_since(*seen) < STALE_AFTER
             })
-            .max_by_key(|(_, s)| s.seen)
-            .and_then(|(_, s)| s.url.clone())
+            .max_by_key(|(_, (_, seen))| *seen)
+            .and_then(|(_, (p, _))| p.url.clone())
     }
 
     pub fn remove(&self, identity: &str) {
-        if let Ok(mut m) = self.leads.lock() {
-            m.remove(identity);
-        }
         self.lock().remove(identity);
         self.changes
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -127,7 +105,7 @@ impl Peers {
         self.lock()
             .iter()
             .filter(|(id, (_, seen))| id.as_str() != me && now.duration_since(*seen) < STALE_AFTER)
-            .map(|(_, (r, _))| r.clone())
+            .map(|(_, (p, _))| p.report.clone())
             .collect()
     }
 }
@@ -264,9 +242,7 @@ pub async fn watch_reports(api: Api<ConfigMap>, lease: String, peers: Peers) {
         match event {
             Ok(Event::Apply(cm) | Event::InitApply(cm)) => {
                 if let Some(p) = read(&cm, &lease) {
-                    let now = Instant::now();
-                    peers.note(&p.identity, p.url, p.leads, now);
-                    peers.insert(&p.identity, p.report, now);
+                    peers.insert(p, Instant::now());
                 }
             }
             Ok(Event::Delete(cm)) => {
@@ -312,19 +288,23 @@ mod tests {
         };
         let p = read(&cm, "lease").unwrap();
         assert_eq!(p, published);
-        let (identity, report) = (p.identity, p.report);
-        assert_eq!(identity, "b");
         assert!(read(&cm, "another-lease").is_none());
 
         let peers = Peers::default();
         let t0 = Instant::now();
-        peers.insert("a", report.clone(), t0);
-        peers.insert("b", report, t0);
+        peers.insert(
+            Published {
+                identity: "a".into(),
+                url: Some("https://10.0.0.1:18000".into()),
+                leads: false,
+                ..published.clone()
+            },
+            t0,
+        );
+        peers.insert(p, t0);
         assert_eq!(peers.fresh("a", t0).len(), 1, "not its own");
         assert!(peers.fresh("a", t0 + STALE_AFTER).is_empty());
         // The leader's URL, known from its report, to every replica but itself.
-        peers.note("b", published.url.clone(), true, t0);
-        peers.note("a", Some("https://10.0.0.1:18000".into()), false, t0);
         assert_eq!(
             peers.leader_url("a", t0).as_deref(),
             Some("https://10.0.0.2:18000")
