@@ -76,7 +76,8 @@ impl Reporter {
                     *leader = Some(Arc::new(to));
                 } else if e.wrong_replica() {
                     *leader = None;
-                    tracing::info!(controller = %self.controller, error = %e, "usage stream refused by a controller replica that is not the leader, which did not say where the leader is; trying another connection");
+                    // Tried again up to 50 times in quick succession: not worth a line each.
+                    tracing::debug!(controller = %self.controller, error = %e, "usage stream refused by a controller replica that is not the leader, which did not say where the leader is; trying another connection");
                 } else {
                     *leader = None;
                     tracing::warn!(controller = %self.controller, error = %e, "usage stream lost; usage is kept until it is acknowledged");
