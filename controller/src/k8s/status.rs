@@ -60,6 +60,7 @@ pub fn plan(
         let mut conditions = report.conditions.clone();
         conditions.push(programmed(report, acks));
         if kind == Kind::Budget
+            && !ledger_notes.is_empty()
             && let Some(note) = ledger_notes.get(&(report.namespace.clone(), report.name.clone()))
         {
             conditions.push(Condition::new(
@@ -301,14 +302,18 @@ mod tests {
         let tracker = Tracker::default();
         let index = index_with(Value::Null);
         let mut written = HashMap::new();
-        let writes = plan(
-            &snapshot(false),
-            &index,
-            &tracker,
-            &written,
-            &BTreeMap::new(),
-            "t1",
-        );
+        // No Budget spend restored here.
+        let plan = |accepted, index: &SharedIndex, written: &HashMap<_, _>, now| {
+            plan(
+                &snapshot(accepted),
+                index,
+                &tracker,
+                written,
+                &BTreeMap::new(),
+                now,
+            )
+        };
+        let writes = plan(false, &index, &written, "t1");
         assert_eq!(writes.len(), 1);
         let w = &writes[0];
         assert_eq!(w.status["observedGeneration"], 2);
@@ -320,52 +325,18 @@ mod tests {
         );
         // Written, not yet seen back: not written again.
         written.insert((Kind::LlmRoute, "n".into(), "r".into()), w.status.clone());
-        assert!(
-            plan(
-                &snapshot(false),
-                &index,
-                &tracker,
-                &written,
-                &BTreeMap::new(),
-                "t2"
-            )
-            .is_empty()
-        );
+        assert!(plan(false, &index, &written, "t2").is_empty());
         // Seen back: nothing to do, and no second Event even if something else moves.
         let index = index_with(w.status.clone());
-        assert!(
-            plan(
-                &snapshot(false),
-                &index,
-                &tracker,
-                &HashMap::new(),
-                &BTreeMap::new(),
-                "t2"
-            )
-            .is_empty()
-        );
+        assert!(plan(false, &index, &HashMap::new(), "t2").is_empty());
 
         // Fixed: Accepted, and Programmed once the one dataplane ACKs.
-        let writes = plan(
-            &snapshot(true),
-            &index,
-            &tracker,
-            &HashMap::new(),
-            &BTreeMap::new(),
-            "t3",
-        );
+        let writes = plan(true, &index, &HashMap::new(), "t3");
         assert_eq!(writes[0].event, None);
         assert_eq!(writes[0].status["conditions"][2]["reason"], "NoDataplanes");
         let dp = tracker.connect();
         tracker.ack(dp, "t", "n/r", "v1");
-        let writes = plan(
-            &snapshot(true),
-            &index,
-            &tracker,
-            &HashMap::new(),
-            &BTreeMap::new(),
-            "t4",
-        );
+        let writes = plan(true, &index, &HashMap::new(), "t4");
         let programmed = &writes[0].status["conditions"][2];
         assert_eq!(programmed["status"], "True");
         assert_eq!(programmed["message"], "applied by 1 of 1 dataplanes");
