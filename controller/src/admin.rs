@@ -43,8 +43,7 @@ impl Admin {
     pub fn status(&self) -> serde_json::Value {
         let snapshot = self.snapshots.borrow().clone();
         let objects = snapshot
-            .reports
-            .iter()
+            .reports()
             .map(|r| with_programmed(r, &self.tracker))
             .collect();
         let view = StatusView {

@@ -20,20 +20,26 @@ use tollgate_proto as pb;
 use tollgate_proto::resource::Body;
 use tollgate_proto::time::{parse_duration, parse_rfc3339_unix};
 
-use crate::objects::{Inputs, SourceError};
+use crate::objects::{Inputs, SourceError, SourceObject};
+
+mod incremental;
+pub use incremental::{Change, Compiler, GroupInput, ReportKey};
 
 /// Key of a provider's API key inside its Secret when `secretRef.key` is not given.
 pub const PROVIDER_SECRET_KEY: &str = "apiKey";
 /// Key of a virtual key inside its Secret when `secretRef.key` is not given.
 pub const VIRTUAL_KEY_SECRET_KEY: &str = "key";
 
-pub type ResourceMap = BTreeMap<String, Arc<pb::Resource>>;
+pub type ResourceMap = imbl::OrdMap<String, Arc<pb::Resource>>;
 
-/// The compiled config: resources by type URL and name, and a report per object.
+/// The compiled config: resources by type URL and name, and a report per object. Its maps
+/// share their unchanged parts with the previous result, so keeping both costs only what
+/// changed.
 #[derive(Clone, Debug, Default)]
 pub struct Compiled {
     pub resources: BTreeMap<&'static str, ResourceMap>,
-    pub reports: Vec<ObjectReport>,
+    /// Every object's report, by kind, namespace, name and origin.
+    pub report_map: imbl::OrdMap<ReportKey, Arc<ObjectReport>>,
     pub source_errors: Vec<SourceError>,
     /// Identifies the whole config: changes when any resource does.
     pub version: String,
@@ -48,7 +54,12 @@ impl Compiled {
     }
 
     pub fn resource_count(&self) -> usize {
-        self.resources.values().map(BTreeMap::len).sum()
+        self.resources.values().map(imbl::OrdMap::len).sum()
+    }
+
+    /// Every object's report, by kind, namespace, name and origin.
+    pub fn reports(&self) -> impl Iterator<Item = &ObjectReport> {
+        self.report_map.values().map(|r| &**r)
     }
 }
 
@@ -118,7 +129,6 @@ impl ObjectReport {
 struct Parsed<T> {
     namespace: String,
     name: String,
-    origin: String,
     labels: Arc<BTreeMap<String, String>>,
     spec: Arc<T>,
 }
@@ -166,26 +176,6 @@ pub fn is_credential(secret: &Value) -> bool {
         .and_then(|l| l.get(CREDENTIAL_LABEL))
         .and_then(Value::as_str)
         == Some("true")
-}
-
-#[derive(Default)]
-struct Kinds {
-    providers: Vec<Parsed<provider::LlmProviderSpec>>,
-    routes: Vec<Parsed<route::LlmRouteSpec>>,
-    keys: Vec<Parsed<virtual_key::VirtualKeySpec>>,
-    budgets: Vec<Parsed<budget::BudgetSpec>>,
-    mcp_servers: Vec<Parsed<mcp::McpServerSpec>>,
-    mcp_policies: Vec<Parsed<mcp::McpToolPolicySpec>>,
-}
-
-/// What the previous compile made of each object, by object content: validation and
-/// parsing depend on the object alone and are most of a compile's cost, so an edit to one
-/// object of a large config re-validates and re-parses only that object. An object the
-/// source hands again as the same `Arc` is known unchanged without comparing it.
-#[derive(Debug, Default)]
-pub struct ValidationCache {
-    entries: HashMap<ObjectKey, (Arc<Value>, Prepared)>,
-    secrets: HashMap<(String, String), (Arc<Value>, SecretRead)>,
 }
 
 /// An object validated and parsed, or why it is invalid.
@@ -259,479 +249,11 @@ type ObjectKey = (Kind, String, String);
 
 /// Compiles `inputs`. Objects without a namespace go to `default_namespace`.
 pub fn compile(inputs: &Inputs, validator: &Validator, default_namespace: &str) -> Compiled {
-    compile_cached(
-        inputs,
-        validator,
-        default_namespace,
-        &mut ValidationCache::default(),
-        &Compiled::default(),
-    )
+    Compiler::default().update(validator, default_namespace, Change::whole(inputs))
 }
 
-/// [`compile`], reusing and refreshing `cache`, and reusing the resources of `previous`
-/// (the last compile's result) whose bodies did not change: encoding and hashing every body
-/// is most of the cost of a recompile.
-pub fn compile_cached(
-    inputs: &Inputs,
-    validator: &Validator,
-    default_namespace: &str,
-    cache: &mut ValidationCache,
-    previous: &Compiled,
-) -> Compiled {
-    let previous = &previous.resources;
-    let mut next_cache = HashMap::with_capacity(cache.entries.len());
-    let mut next_secrets = HashMap::with_capacity(cache.secrets.len());
-    let mut out = Compiled {
-        source_errors: inputs.errors.clone(),
-        ..Compiled::default()
-    };
-    for type_url in pb::type_url::ALL {
-        out.resources.insert(type_url, BTreeMap::new());
-    }
-    let mut secrets = Secrets::default();
-    let mut kinds = Kinds::default();
-    let mut seen: HashMap<(Kind, String, String), String> = HashMap::new();
-
-    for object in &inputs.objects {
-        let v = &object.value;
-        let api_version = v.get("apiVersion").and_then(Value::as_str).unwrap_or("");
-        let kind_name = v.get("kind").and_then(Value::as_str).unwrap_or("");
-        let meta = v.get("metadata");
-        let name = meta
-            .and_then(|m| m.get("name"))
-            .and_then(Value::as_str)
-            .unwrap_or("")
-            .to_string();
-        let namespace = meta
-            .and_then(|m| m.get("namespace"))
-            .and_then(Value::as_str)
-            .unwrap_or(default_namespace)
-            .to_string();
-        if api_version == "v1" && kind_name == "Secret" {
-            let at = (namespace, name);
-            let read = match cache.secrets.remove(&at) {
-                Some((cached, read))
-                    if Arc::ptr_eq(&cached, &object.value) || *cached == *object.value =>
-                {
-                    read
-                }
-                _ => read_secret(v),
-            };
-            next_secrets.insert(at.clone(), (object.value.clone(), read.clone()));
-            match read {
-                SecretRead::Unmarked => {
-                    secrets.unmarked.insert(at);
-                }
-                SecretRead::Data(data) => {
-                    secrets.marked.insert(at, data);
-                }
-                SecretRead::Unreadable(message) => out.source_errors.push(SourceError {
-                    origin: object.origin.clone(),
-                    message: format!("Secret {}/{}: {message}", at.0, at.1),
-                }),
-            }
-            continue;
-        }
-        let Some(kind) = Kind::from_kind(kind_name).filter(|_| api_version == API_VERSION) else {
-            if api_version.starts_with("tollgate.dev/") {
-                out.source_errors.push(SourceError {
-                    origin: object.origin.clone(),
-                    message: format!("unknown kind {kind_name:?} in {api_version}"),
-                });
-            }
-            continue;
-        };
-        let refused = |reason: &str, message: String| ObjectReport {
-            kind: kind.to_string(),
-            namespace: namespace.clone(),
-            name: name.clone(),
-            origin: object.origin.clone(),
-            conditions: vec![Condition::new("Accepted", false, reason, message)],
-            resource: None,
-        };
-        let cache_key = (kind, namespace.clone(), name.clone());
-        let prepared = match cache.entries.remove(&cache_key) {
-            Some((cached, prepared))
-                if Arc::ptr_eq(&cached, &object.value) || *cached == *object.value =>
-            {
-                next_cache.insert(cache_key, (cached, prepared.clone()));
-                prepared
-            }
-            _ => {
-                let prepared = prepare(validator, kind, v);
-                next_cache.insert(cache_key, (object.value.clone(), prepared.clone()));
-                prepared
-            }
-        };
-        let (labels, spec) = match prepared {
-            Prepared::Valid(labels, spec) => (labels, spec),
-            Prepared::Invalid(message) => {
-                out.reports.push(refused("Invalid", message));
-                continue;
-            }
-        };
-        if let Some(first) = seen.insert(
-            (kind, namespace.clone(), name.clone()),
-            object.origin.clone(),
-        ) {
-            out.reports.push(refused(
-                "Duplicate",
-                format!("{kind} {namespace}/{name} is already defined in {first}"),
-            ));
-            continue;
-        }
-        let origin = object.origin.clone();
-        fn parsed<T>(
-            spec: Arc<T>,
-            namespace: String,
-            name: String,
-            origin: String,
-            labels: Arc<BTreeMap<String, String>>,
-        ) -> Parsed<T> {
-            Parsed {
-                namespace,
-                name,
-                origin,
-                labels,
-                spec,
-            }
-        }
-        match spec {
-            Spec::Provider(spec) => kinds
-                .providers
-                .push(parsed(spec, namespace, name, origin, labels)),
-            Spec::Route(spec) => kinds
-                .routes
-                .push(parsed(spec, namespace, name, origin, labels)),
-            Spec::Key(spec) => kinds
-                .keys
-                .push(parsed(spec, namespace, name, origin, labels)),
-            Spec::Budget(spec) => kinds
-                .budgets
-                .push(parsed(spec, namespace, name, origin, labels)),
-            Spec::McpServer(spec) => kinds
-                .mcp_servers
-                .push(parsed(spec, namespace, name, origin, labels)),
-            Spec::McpPolicy(spec) => kinds
-                .mcp_policies
-                .push(parsed(spec, namespace, name, origin, labels)),
-        }
-    }
-
-    let provider_names = names_of(&kinds.providers);
-    let budget_names = names_of(&kinds.budgets);
-    let server_names = names_of(&kinds.mcp_servers);
-    let policy_names = names_of(&kinds.mcp_policies);
-
-    for p in &kinds.providers {
-        let (body, missing) = compile_provider(p, &secrets);
-        finish(
-            &mut out,
-            previous,
-            Kind::LlmProvider,
-            p,
-            Some(Body::Provider(body)),
-            missing,
-        );
-    }
-    let shadowed = shadowed_routes(&kinds.routes, &kinds.keys);
-    for r in &kinds.routes {
-        let body = compile_route(r);
-        let missing: Vec<String> = r
-            .spec
-            .targets
-            .iter()
-            .map(|t| &t.provider)
-            .chain(r.spec.fallbacks.iter().map(|f| &f.provider))
-            .filter(|p| !provider_names.contains(&(r.namespace.clone(), (*p).clone())))
-            .map(|p| format!("LLMProvider {p} not found"))
-            .collect();
-        finish(
-            &mut out,
-            previous,
-            Kind::LlmRoute,
-            r,
-            Some(Body::Route(body)),
-            missing,
-        );
-        if let Some(report) = out.reports.last_mut() {
-            report.conditions.push(prices_known(r, &kinds.providers));
-            report.conditions.push(
-                match shadowed.get(&(r.namespace.as_str(), r.name.as_str())) {
-                    Some(by) => Condition::new(
-                        "Reachable",
-                        false,
-                        "Shadowed",
-                        format!(
-                            "every model it matches is taken first by LLMRoute {by} (exact names win over globs, then the route name), and no VirtualKey is limited to routes that would reach it"
-                        ),
-                    ),
-                    None => Condition::new("Reachable", true, "Reachable", ""),
-                },
-            );
-        }
-    }
-    // Each key's value, read and hashed once: its length and SHA-256, or why it cannot
-    // be read. How many keys hold each value: a value held by two keys (in any
-    // namespaces) would let the one compiled later take the other's traffic, so both
-    // are refused.
-    let values: Vec<Result<(usize, [u8; 32]), String>> = kinds
-        .keys
-        .iter()
-        .map(|k| {
-            secret_value(
-                &secrets,
-                &k.namespace,
-                &k.spec.secret_ref,
-                VIRTUAL_KEY_SECRET_KEY,
-            )
-            .map(|v| {
-                let v = v.trim_ascii();
-                (v.len(), Sha256::digest(v).into())
-            })
-        })
-        .collect();
-    let mut holders: HashMap<[u8; 32], usize> = HashMap::new();
-    for (_, digest) in values.iter().flatten() {
-        *holders.entry(*digest).or_default() += 1;
-    }
-    for (k, value) in kinds.keys.iter().zip(values) {
-        let mut missing = Vec::new();
-        for b in &k.spec.budget_refs {
-            if !budget_names.contains(&(k.namespace.clone(), b.name.clone())) {
-                missing.push(format!("Budget {} not found", b.name));
-            }
-        }
-        if let Some(p) = &k.spec.mcp_tool_policy_ref
-            && !policy_names.contains(&(k.namespace.clone(), p.name.clone()))
-        {
-            missing.push(format!("MCPToolPolicy {} not found", p.name));
-        }
-        // Without its Secret a key cannot be checked, so it is not served at all.
-        match value {
-            Ok((len, _)) if len < MIN_KEY_LEN => refuse(
-                &mut out,
-                Kind::VirtualKey,
-                k,
-                "KeyTooShort",
-                format!(
-                    "the key in Secret {} has fewer than {MIN_KEY_LEN} characters; use a random key of 32 or more",
-                    k.spec.secret_ref.name
-                ),
-            ),
-            Ok((_, digest)) if holders.get(&digest) > Some(&1) => refuse(
-                &mut out,
-                Kind::VirtualKey,
-                k,
-                "DuplicateKey",
-                "another VirtualKey has the same key value; every VirtualKey holding it is refused until each has its own".into(),
-            ),
-            Ok((_, digest)) => {
-                let mut body = compile_virtual_key(k, &digest);
-                body.budgets = key_budgets(k, &kinds.budgets);
-                body.usd_limited |= kinds.budgets.iter().any(|b| {
-                    b.namespace == k.namespace
-                        && b.spec.limit.usd.is_some()
-                        && body.budgets.contains(&b.name)
-                });
-                finish(&mut out, previous,
-                    Kind::VirtualKey,
-                    k,
-                    Some(Body::VirtualKey(body)),
-                    missing,
-                );
-            }
-            Err(message) => {
-                missing.insert(0, message);
-                finish(&mut out, previous, Kind::VirtualKey, k, None, missing);
-            }
-        }
-    }
-    for b in &kinds.budgets {
-        let mut missing = Vec::new();
-        if let Some(parent) = &b.spec.parent_ref
-            && !budget_names.contains(&(b.namespace.clone(), parent.name.clone()))
-        {
-            missing.push(format!("Budget {} not found", parent.name));
-        }
-        let body = compile_budget(b);
-        finish(
-            &mut out,
-            previous,
-            Kind::Budget,
-            b,
-            Some(Body::Budget(body)),
-            missing,
-        );
-    }
-    for s in &kinds.mcp_servers {
-        let (body, missing) = compile_mcp_server(s, &secrets);
-        finish(
-            &mut out,
-            previous,
-            Kind::McpServer,
-            s,
-            Some(Body::McpServer(body)),
-            missing,
-        );
-    }
-    for p in &kinds.mcp_policies {
-        let missing: Vec<String> = p
-            .spec
-            .rules
-            .iter()
-            .filter(|r| !server_names.contains(&(p.namespace.clone(), r.server.clone())))
-            .map(|r| format!("MCPServer {} not found", r.server))
-            .collect();
-        let mut keys: Vec<String> = kinds
-            .keys
-            .iter()
-            .filter(|k| {
-                k.namespace == p.namespace
-                    && (selector_matches(&p.spec.selector, &k.labels)
-                        || k.spec
-                            .mcp_tool_policy_ref
-                            .as_ref()
-                            .is_some_and(|r| r.name == p.name))
-            })
-            .map(|k| k.name.clone())
-            .collect();
-        keys.sort();
-        let body = pb::McpToolPolicy {
-            namespace: p.namespace.clone(),
-            name: p.name.clone(),
-            virtual_keys: keys,
-            rules: p
-                .spec
-                .rules
-                .iter()
-                .map(|r| pb::ToolRule {
-                    server: r.server.clone(),
-                    allow: r.allow.clone(),
-                    deny: r.deny.clone(),
-                    calls_per_minute: r
-                        .limits
-                        .as_ref()
-                        .and_then(|l| l.calls_per_minute)
-                        .unwrap_or(0),
-                })
-                .collect(),
-            compact_schemas: p.spec.compact_schemas,
-            log_arguments: p.spec.log_arguments,
-        };
-        finish(
-            &mut out,
-            previous,
-            Kind::McpToolPolicy,
-            p,
-            Some(Body::McpToolPolicy(body)),
-            missing,
-        );
-    }
-    cache.entries = next_cache;
-    cache.secrets = next_secrets;
-    let mut all = Sha256::new();
-    for (type_url, resources) in &out.resources {
-        for (name, r) in resources {
-            all.update(type_url.as_bytes());
-            all.update(name.as_bytes());
-            all.update(r.version.as_bytes());
-        }
-    }
-    out.version = to_hex(&all.finalize()[..8]);
-    out.reports.sort_by(|a, b| {
-        (&a.kind, &a.namespace, &a.name, &a.origin).cmp(&(
-            &b.kind,
-            &b.namespace,
-            &b.name,
-            &b.origin,
-        ))
-    });
-    let mut reports = Sha256::new();
-    for r in &out.reports {
-        for part in [&r.kind, &r.namespace, &r.name, &r.origin] {
-            reports.update(part.as_bytes());
-            reports.update([0]);
-        }
-        for c in &r.conditions {
-            for part in [c.type_, c.status, &c.reason, &c.message] {
-                reports.update(part.as_bytes());
-                reports.update([0]);
-            }
-        }
-    }
-    out.reports_version = to_hex(&reports.finalize()[..8]);
-    out
-}
-
-/// (namespace, name) of every object of one kind, to resolve references against.
-fn names_of<T>(items: &[Parsed<T>]) -> HashSet<(String, String)> {
-    items
-        .iter()
-        .map(|p| (p.namespace.clone(), p.name.clone()))
-        .collect()
-}
-
-/// Records an accepted object: its conditions and, when it has a body, its resource.
 /// The shortest key a VirtualKey's Secret may hold: a shorter one can be guessed.
 pub const MIN_KEY_LEN: usize = 16;
-
-/// Reports `p` as not accepted, for `reason`, and serves nothing for it.
-fn refuse<T>(out: &mut Compiled, kind: Kind, p: &Parsed<T>, reason: &str, message: String) {
-    out.reports.push(ObjectReport {
-        kind: kind.to_string(),
-        namespace: p.namespace.clone(),
-        name: p.name.clone(),
-        origin: p.origin.clone(),
-        conditions: vec![Condition::new("Accepted", false, reason, message)],
-        resource: None,
-    });
-}
-
-fn finish<T>(
-    out: &mut Compiled,
-    previous: &BTreeMap<&'static str, ResourceMap>,
-    kind: Kind,
-    p: &Parsed<T>,
-    body: Option<Body>,
-    missing: Vec<String>,
-) {
-    let mut report = ObjectReport {
-        kind: kind.to_string(),
-        namespace: p.namespace.clone(),
-        name: p.name.clone(),
-        origin: p.origin.clone(),
-        conditions: vec![Condition::new("Accepted", true, "Accepted", "")],
-        resource: None,
-    };
-    report.conditions.push(if missing.is_empty() {
-        Condition::new("ResolvedRefs", true, "ResolvedRefs", "")
-    } else {
-        Condition::new("ResolvedRefs", false, "RefNotFound", missing.join("; "))
-    });
-    if let Some(body) = body {
-        let type_url = body.type_url();
-        let name = format!("{}/{}", p.namespace, p.name);
-        let resource = match previous.get(type_url).and_then(|m| m.get(&name)) {
-            Some(r) if r.body.as_ref() == Some(&body) => r.clone(),
-            _ => Arc::new(pb::Resource {
-                name: name.clone(),
-                version: version_of(&body),
-                body: Some(body),
-            }),
-        };
-        report.resource = Some(ServedAs {
-            type_url,
-            name: name.clone(),
-            version: resource.version.clone(),
-        });
-        out.resources
-            .entry(type_url)
-            .or_default()
-            .insert(name, resource);
-    }
-    out.reports.push(report);
-}
 
 /// A version that changes exactly when the body changes (prost encodes maps as BTreeMaps,
 /// so the encoding is deterministic).
@@ -1031,62 +553,12 @@ fn compile_route(r: &Parsed<route::LlmRouteSpec>) -> pb::Route {
     }
 }
 
-/// Routes no request can reach, with the route that takes their traffic: every model
-/// pattern of theirs is also an exact name (or the same glob) of a route without header
-/// matches that comes first (by name) in the same namespace. A namespace where some key is
-/// limited to certain routes is left out: such a key may reach a route the others cannot.
-fn shadowed_routes<'a>(
-    routes: &'a [Parsed<route::LlmRouteSpec>],
-    keys: &[Parsed<virtual_key::VirtualKeySpec>],
-) -> HashMap<(&'a str, &'a str), &'a str> {
-    let limited: HashSet<&str> = keys
-        .iter()
-        .filter(|k| !k.spec.routes.is_empty())
-        .map(|k| k.namespace.as_str())
-        .collect();
-    // Per namespace and model pattern, the first route without header matches.
-    let mut first: HashMap<(&str, &str), &str> = HashMap::new();
-    for r in routes
-        .iter()
-        .filter(|r| r.spec.route_match.headers.is_empty())
-    {
-        for m in &r.spec.route_match.models {
-            let slot = first
-                .entry((r.namespace.as_str(), m.as_str()))
-                .or_insert(r.name.as_str());
-            if r.name.as_str() < *slot {
-                *slot = r.name.as_str();
-            }
-        }
-    }
-    let mut out = HashMap::new();
-    for r in routes
-        .iter()
-        .filter(|r| !limited.contains(r.namespace.as_str()))
-    {
-        let by: Vec<&str> = r
-            .spec
-            .route_match
-            .models
-            .iter()
-            .filter_map(|m| first.get(&(r.namespace.as_str(), m.as_str())).copied())
-            // Candidates are tried in name order: only a route named before this one
-            // takes its requests (one after it, with or without headers, never does).
-            .filter(|q| *q < r.name.as_str())
-            .collect();
-        if !r.spec.route_match.models.is_empty() && by.len() == r.spec.route_match.models.len() {
-            out.insert((r.namespace.as_str(), r.name.as_str()), by[0]);
-        }
-    }
-    out
-}
-
 /// `PricesKnown`: whether every target and fallback of a route has a price (built in, or
 /// set on its provider), so that keys with a USD limit can use it. A target that sends the
 /// requested model on is priced per request: `Unknown` when no fixed target is unpriced.
 fn prices_known(
     r: &Parsed<route::LlmRouteSpec>,
-    providers: &[Parsed<provider::LlmProviderSpec>],
+    providers: impl Fn(&str) -> Option<Arc<provider::LlmProviderSpec>>,
 ) -> Condition {
     let mut unpriced = Vec::new();
     let mut per_request = false;
@@ -1097,13 +569,10 @@ fn prices_known(
         .map(|t| (&t.provider, &t.model))
         .chain(r.spec.fallbacks.iter().map(|f| (&f.provider, &f.model)));
     for (name, model) in targets {
-        let Some(p) = providers
-            .iter()
-            .find(|p| p.namespace == r.namespace && &p.name == name)
-        else {
+        let Some(p) = providers(name) else {
             continue;
         };
-        if p.spec.unpriced_models == Some(provider::UnpricedModels::Free) {
+        if p.unpriced_models == Some(provider::UnpricedModels::Free) {
             continue;
         }
         let Some(model) = model else {
@@ -1111,7 +580,6 @@ fn prices_known(
             continue;
         };
         let overrides: Vec<tollgate_proto::prices::Override> = p
-            .spec
             .models
             .iter()
             .map(|m| tollgate_proto::prices::Override {
@@ -1122,9 +590,7 @@ fn prices_known(
                 cached: m.cached_input_per_million_usd,
             })
             .collect();
-        if tollgate_proto::prices::lookup(p.spec.provider_type.as_str(), &overrides, model)
-            .is_none()
-        {
+        if tollgate_proto::prices::lookup(p.provider_type.as_str(), &overrides, model).is_none() {
             unpriced.push(format!("{name}/{model}"));
         }
     }
@@ -1235,6 +701,31 @@ fn key_budgets(
     }
     out.sort();
     out
+}
+
+fn compile_policy(p: &Parsed<mcp::McpToolPolicySpec>, keys: Vec<String>) -> pb::McpToolPolicy {
+    pb::McpToolPolicy {
+        namespace: p.namespace.clone(),
+        name: p.name.clone(),
+        virtual_keys: keys,
+        rules: p
+            .spec
+            .rules
+            .iter()
+            .map(|r| pb::ToolRule {
+                server: r.server.clone(),
+                allow: r.allow.clone(),
+                deny: r.deny.clone(),
+                calls_per_minute: r
+                    .limits
+                    .as_ref()
+                    .and_then(|l| l.calls_per_minute)
+                    .unwrap_or(0),
+            })
+            .collect(),
+        compact_schemas: p.spec.compact_schemas,
+        log_arguments: p.spec.log_arguments,
+    }
 }
 
 fn compile_budget(b: &Parsed<budget::BudgetSpec>) -> pb::Budget {

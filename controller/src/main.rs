@@ -555,13 +555,22 @@ async fn shutdown() {
     tracing::info!("shutting down");
 }
 
+/// Files read and compiled at a time: a large directory is compiled in batches, so that
+/// only one batch is held parsed at once; the result is published when all are in.
+const BATCH_FILES: usize = 50;
+
 /// Local mode's loop: poll the directory, recompile on change, publish.
 fn watch_manifests(dir: PathBuf, poll: Duration, mut publisher: Publisher) {
     let mut source = LocalSource::new(&dir);
     let origin = dir.display().to_string();
     loop {
         match source.scan() {
-            Ok(true) => publisher.publish(&source.inputs(), &origin),
+            Ok(true) => {
+                let batches = std::iter::from_fn(|| {
+                    Some(source.take_change(BATCH_FILES)).filter(|c| !c.is_empty())
+                });
+                publisher.publish(batches, &origin)
+            }
             Ok(false) => {}
             Err(e) => {
                 tracing::warn!(dir = %dir.display(), error = %e, "cannot read manifests directory")

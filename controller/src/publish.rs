@@ -2,7 +2,7 @@
 //! once, count objects, publish the snapshot the config streams serve. Local mode and
 //! Kubernetes mode both end here, so what is accepted never depends on where it came from.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -10,18 +10,21 @@ use prometheus::{IntCounter, IntGaugeVec};
 use tokio::sync::watch;
 use tollgate_crds::validate::Validator;
 
-use crate::compile::{Compiled, ValidationCache, compile_cached};
-use crate::objects::Inputs;
+use imbl::ordmap::DiffItem;
+
+use crate::compile::{Change, Compiled, Compiler, ObjectReport};
+use crate::objects::SourceError;
 
 pub struct Publisher {
     validator: Validator,
-    cache: ValidationCache,
-    reported: HashSet<String>,
+    compiler: Compiler,
     default_namespace: String,
     snapshots: watch::Sender<Arc<Compiled>>,
     ready: watch::Sender<bool>,
     compiles: IntCounter,
     objects: IntGaugeVec,
+    /// Objects by kind and whether accepted, kept up to date from each change.
+    counts: HashMap<(String, &'static str), i64>,
 }
 
 impl Publisher {
@@ -34,40 +37,73 @@ impl Publisher {
     ) -> Self {
         Self {
             validator: Validator::new(),
-            cache: ValidationCache::default(),
-            reported: HashSet::new(),
+            compiler: Compiler::default(),
             default_namespace: default_namespace.to_string(),
             snapshots,
             ready,
             compiles,
             objects,
+            counts: HashMap::new(),
         }
     }
 
-    /// Compiles `inputs` and publishes the result; `source` names where they came from,
-    /// for the log.
-    pub fn publish(&mut self, inputs: &Inputs, source: &str) {
+    /// Compiles what `change` brings without publishing it: the next `publish` carries it.
+    pub fn stage(&mut self, change: Change) {
+        self.compiler
+            .update(&self.validator, &self.default_namespace, change);
+    }
+
+    /// Compiles what `changes` bring, one after the other, and publishes the result once;
+    /// `source` names where they came from, for the log. Only the reports that changed
+    /// are looked at: the maps of the new result share every unchanged part with the
+    /// previous one.
+    pub fn publish(&mut self, changes: impl IntoIterator<Item = Change>, source: &str) {
         let started = Instant::now();
-        let previous = self.snapshots.borrow().clone();
-        let compiled = compile_cached(
-            inputs,
-            &self.validator,
-            &self.default_namespace,
-            &mut self.cache,
-            &previous,
-        );
+        let mut groups = 0;
+        let mut compiled = None;
+        for change in changes {
+            groups += change.groups.len();
+            compiled = Some(
+                self.compiler
+                    .update(&self.validator, &self.default_namespace, change),
+            );
+        }
+        let compiled = compiled.unwrap_or_else(|| {
+            self.compiler
+                .update(&self.validator, &self.default_namespace, Change::default())
+        });
         self.compiles.inc();
-        report_problems(&compiled, &mut self.reported);
-        self.objects.reset();
-        for r in &compiled.reports {
+        let previous = self.snapshots.borrow().clone();
+        report_source_errors(&previous.source_errors, &compiled.source_errors);
+        let mut count = |r: &ObjectReport, by: i64| {
             let accepted = r.condition("Accepted").map_or("False", |c| c.status);
+            let n = self.counts.entry((r.kind.clone(), accepted)).or_default();
+            *n += by;
             self.objects
                 .with_label_values(&[r.kind.as_str(), accepted])
-                .inc();
+                .set(*n);
+        };
+        for item in previous.report_map.diff(&compiled.report_map) {
+            match item {
+                DiffItem::Add(_, new) => {
+                    count(new, 1);
+                    report_problems(None, new);
+                }
+                DiffItem::Update {
+                    old: (_, old),
+                    new: (_, new),
+                } => {
+                    count(old, -1);
+                    count(new, 1);
+                    report_problems(Some(old), new);
+                }
+                DiffItem::Remove(_, old) => count(old, -1),
+            }
         }
         tracing::info!(
             source,
-            objects = compiled.reports.len(),
+            groups,
+            objects = compiled.report_map.len(),
             resources = compiled.resource_count(),
             version = %compiled.version,
             elapsed_ms = started.elapsed().as_millis() as u64,
@@ -78,35 +114,27 @@ impl Publisher {
     }
 }
 
-/// Logs each problem once, when it first appears.
-fn report_problems(compiled: &Compiled, reported: &mut HashSet<String>) {
-    let mut current = HashSet::new();
-    for e in &compiled.source_errors {
-        let line = format!("{}: {}", e.origin, e.message);
-        if !reported.contains(&line) {
-            tracing::warn!(origin = %e.origin, reason = %e.message, "cannot read object");
-        }
-        current.insert(line);
+/// Logs each source error that was not there before.
+fn report_source_errors(before: &[SourceError], now: &[SourceError]) {
+    for e in now.iter().filter(|e| !before.contains(e)) {
+        tracing::warn!(origin = %e.origin, reason = %e.message, "cannot read object");
     }
-    for r in &compiled.reports {
-        for c in r.conditions.iter().filter(|c| c.status == "False") {
-            let line = format!(
-                "{} {} {}/{} {} {}",
-                r.origin, r.kind, r.namespace, r.name, c.type_, c.message
-            );
-            if !reported.contains(&line) {
-                tracing::warn!(
-                    origin = %r.origin,
-                    kind = %r.kind,
-                    object = %format!("{}/{}", r.namespace, r.name),
-                    condition = c.type_,
-                    reason = %c.reason,
-                    message = %c.message,
-                    "object not fully accepted"
-                );
-            }
-            current.insert(line);
+}
+
+/// Logs each failing condition of `new` that its previous report did not have.
+fn report_problems(old: Option<&ObjectReport>, new: &ObjectReport) {
+    for c in new.conditions.iter().filter(|c| c.status == "False") {
+        if old.is_some_and(|o| o.conditions.contains(c)) {
+            continue;
         }
+        tracing::warn!(
+            origin = %new.origin,
+            kind = %new.kind,
+            object = %format!("{}/{}", new.namespace, new.name),
+            condition = c.type_,
+            reason = %c.reason,
+            message = %c.message,
+            "object not fully accepted"
+        );
     }
-    *reported = current;
 }

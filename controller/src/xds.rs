@@ -3,7 +3,9 @@
 //! sends only differences: on subscription (after the versions the dataplane says it
 //! already has) and whenever the compiled config changes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use imbl::ordmap::DiffItem;
 use std::pin::Pin;
 use std::sync::Arc;
 
@@ -15,7 +17,7 @@ use tollgate_proto::config_discovery_server::ConfigDiscovery;
 use tollgate_proto::{DeltaConfigRequest, DeltaConfigResponse, type_url};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::compile::Compiled;
+use crate::compile::{Compiled, ResourceMap};
 use crate::tracker::Tracker;
 
 #[derive(Clone, Debug)]
@@ -86,6 +88,11 @@ struct TypeState {
     /// Name -> version the dataplane holds (or will once it applies what was sent).
     held: HashMap<String, String>,
     pending: BTreeMap<String, Pending>,
+    /// The map last compared with `held`: the next comparison walks only what differs
+    /// from it (shared parts are skipped), plus `recheck`.
+    compared: Option<ResourceMap>,
+    /// Names whose held version was set back by a NACK since.
+    recheck: HashSet<String>,
 }
 
 struct Session {
@@ -155,6 +162,8 @@ impl Session {
             let state = self.types.entry(type_url).or_default();
             state.held = request.initial_resource_versions.into_iter().collect();
             state.pending.clear();
+            state.compared = None;
+            state.recheck.clear();
             for (name, version) in &state.held {
                 self.tracker.ack(self.id, type_url, name, version);
             }
@@ -191,6 +200,7 @@ impl Session {
                         Some(prev) => state.held.insert(name.clone(), prev),
                         None => state.held.remove(name),
                     };
+                    state.recheck.insert(name.clone());
                 }
                 None => self.tracker.ack(self.id, type_url, name, version),
             }
@@ -208,29 +218,55 @@ impl Session {
         always: bool,
     ) -> Result<(), ()> {
         let state = self.types.entry(type_url).or_default();
-        let empty = BTreeMap::new();
+        let empty = ResourceMap::new();
         let current = snapshot.resources_of(type_url).unwrap_or(&empty);
+        // The names that may differ from what the dataplane holds.
+        let candidates: Vec<String> = match state.compared.take() {
+            Some(before) => before
+                .diff(current)
+                .map(|item| match item {
+                    DiffItem::Add(name, _)
+                    | DiffItem::Update { new: (name, _), .. }
+                    | DiffItem::Remove(name, _) => name.clone(),
+                })
+                .chain(state.recheck.drain())
+                .collect(),
+            None => {
+                state.recheck.clear();
+                current
+                    .keys()
+                    .chain(state.held.keys().filter(|n| !current.contains_key(*n)))
+                    .cloned()
+                    .collect()
+            }
+        };
+        state.compared = Some(current.clone());
         let mut resources = Vec::new();
         let mut pending = Pending {
             sent: Vec::new(),
             removed: Vec::new(),
             previous: HashMap::new(),
         };
-        for (name, resource) in current {
-            if state.held.get(name) != Some(&resource.version) {
-                pending.sent.push((name.clone(), resource.version.clone()));
-                pending
-                    .previous
-                    .insert(name.clone(), state.held.get(name).cloned());
-                resources.push(resource.as_ref().clone());
+        for name in candidates {
+            match current.get(&name) {
+                Some(resource) => {
+                    if state.held.get(&name) != Some(&resource.version)
+                        && !pending.previous.contains_key(&name)
+                    {
+                        pending.sent.push((name.clone(), resource.version.clone()));
+                        pending
+                            .previous
+                            .insert(name.clone(), state.held.get(&name).cloned());
+                        resources.push(resource.as_ref().clone());
+                    }
+                }
+                None => {
+                    if state.held.contains_key(&name) && !pending.removed.contains(&name) {
+                        pending.removed.push(name);
+                    }
+                }
             }
         }
-        pending.removed = state
-            .held
-            .keys()
-            .filter(|name| !current.contains_key(*name))
-            .cloned()
-            .collect();
         if resources.is_empty() && pending.removed.is_empty() && !always {
             return Ok(());
         }

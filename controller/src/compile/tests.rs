@@ -65,8 +65,7 @@ fn run(objects: Vec<SourceObject>) -> Compiled {
 }
 
 fn report<'a>(c: &'a Compiled, kind: &str, name: &str) -> &'a ObjectReport {
-    c.reports
-        .iter()
+    c.reports()
         .find(|r| r.kind == kind && r.name == name)
         .unwrap_or_else(|| panic!("no report for {kind} {name}"))
 }
@@ -82,7 +81,7 @@ fn valid_objects_become_one_resource_each() {
     assert_eq!(body.endpoint, "https://api.openai.com/v1");
     assert_eq!(body.credentials[0].api_key, "sk-upstream");
     assert_eq!(body.credentials[0].id, "openai-key/apiKey");
-    for r in &c.reports {
+    for r in c.reports() {
         assert_eq!(r.condition("Accepted").unwrap().status, "True", "{r:?}");
         assert_eq!(r.condition("ResolvedRefs").unwrap().status, "True", "{r:?}");
     }
@@ -169,8 +168,7 @@ fn duplicates_keep_the_first() {
     objects.push(dup);
     let c = run(objects);
     let dups: Vec<_> = c
-        .reports
-        .iter()
+        .reports()
         .filter(|r| r.name == "chat" && r.condition("Accepted").unwrap().reason == "Duplicate")
         .collect();
     assert_eq!(dups.len(), 1);
@@ -222,8 +220,26 @@ fn selectors_and_times() {
     assert!(!selector_matches(&s, &labels));
 }
 
+/// One group per object, as Kubernetes mode hands them.
+fn groups(objects: &[SourceObject]) -> Change {
+    Change {
+        groups: objects
+            .iter()
+            .map(|o| {
+                (
+                    Arc::from(o.origin.as_str()),
+                    Some(GroupInput {
+                        objects: vec![o.clone()],
+                        errors: vec![],
+                    }),
+                )
+            })
+            .collect(),
+    }
+}
+
 #[test]
-fn cached_compile_gives_the_same_result() {
+fn a_change_rebuilds_only_what_it_touches() {
     let mut objects = base();
     objects.push(obj(
         "bad.yaml#1",
@@ -233,25 +249,26 @@ fn cached_compile_gives_the_same_result() {
             "spec": {"match": {"models": ["x"]}, "targets": []}
         }),
     ));
-    let inputs = Inputs {
-        objects,
-        errors: vec![],
-    };
     let validator = Validator::new();
-    let mut cache = ValidationCache::default();
-    let first = compile_cached(
-        &inputs,
-        &validator,
-        "default",
-        &mut cache,
-        &Compiled::default(),
-    );
-    let second = compile_cached(&inputs, &validator, "default", &mut cache, &first);
-    let plain = compile(&inputs, &validator, "default");
-    assert_eq!(first.reports, plain.reports);
-    assert_eq!(second.reports, plain.reports);
-    assert_eq!(second.version, plain.version);
-    // An unchanged body keeps the resource the last compile made (not encoded again).
+    let mut compiler = Compiler::default();
+    let first = compiler.update(&validator, "default", groups(&objects));
+    let whole = |objects: &[SourceObject]| {
+        compile(
+            &Inputs {
+                objects: objects.to_vec(),
+                errors: vec![],
+            },
+            &validator,
+            "default",
+        )
+    };
+    let plain = whole(&objects);
+    assert_eq!(first.report_map, plain.report_map);
+    assert_eq!(first.version, plain.version);
+    assert_eq!(first.reports_version, plain.reports_version);
+    // Nothing handed: nothing changes, and every resource is the same `Arc`.
+    let second = compiler.update(&validator, "default", Change::default());
+    assert_eq!(second.version, first.version);
     for (type_url, resources) in &second.resources {
         for (name, r) in resources {
             assert!(
@@ -260,10 +277,10 @@ fn cached_compile_gives_the_same_result() {
             );
         }
     }
-    // A changed object is validated again, not served from the cache.
-    let mut changed = inputs.clone();
-    std::sync::Arc::make_mut(&mut changed.objects[2].value)["spec"]["strategy"] = json!("nope");
-    let third = compile_cached(&changed, &validator, "default", &mut cache, &second);
+    // A changed object is validated again.
+    let mut changed = objects.clone();
+    std::sync::Arc::make_mut(&mut changed[2].value)["spec"]["strategy"] = json!("nope");
+    let third = compiler.update(&validator, "default", groups(&changed[2..3]));
     assert_eq!(
         report(&third, "LLMRoute", "chat")
             .condition("Accepted")
@@ -271,9 +288,10 @@ fn cached_compile_gives_the_same_result() {
             .status,
         "False"
     );
-    // A changed body gets a new resource and version.
-    std::sync::Arc::make_mut(&mut changed.objects[2].value)["spec"]["strategy"] = json!("cost");
-    let fourth = compile_cached(&changed, &validator, "default", &mut cache, &third);
+    assert_eq!(third.report_map, whole(&changed).report_map);
+    // A changed body gets a new resource and version; the others keep theirs.
+    std::sync::Arc::make_mut(&mut changed[2].value)["spec"]["strategy"] = json!("cost");
+    let fourth = compiler.update(&validator, "default", groups(&changed[2..3]));
     let route = |c: &Compiled| {
         c.resources[pb::type_url::ROUTE]
             .get("default/chat")
@@ -283,6 +301,23 @@ fn cached_compile_gives_the_same_result() {
         route(&fourth).unwrap().version,
         route(&second).unwrap().version
     );
+    let provider = |c: &Compiled| c.resources[pb::type_url::PROVIDER]["default/openai"].clone();
+    assert!(Arc::ptr_eq(&provider(&first), &provider(&fourth)));
+    assert_eq!(fourth.version, whole(&changed).version);
+    // A group removed takes its objects with it.
+    let fifth = compiler.update(
+        &validator,
+        "default",
+        Change {
+            groups: vec![(Arc::from(changed[2].origin.as_str()), None)],
+        },
+    );
+    assert!(route(&fifth).is_none());
+    let mut without = changed.clone();
+    without.remove(2);
+    let expected = whole(&without);
+    assert_eq!(fifth.report_map, expected.report_map);
+    assert_eq!(fifth.version, expected.version);
 }
 
 #[test]
@@ -462,8 +497,7 @@ fn one_key_value_in_two_namespaces_refuses_both_and_names_neither() {
     let c = run(objects);
     for (ns, name) in [("team-a", "app"), ("team-b", "thief")] {
         let r = c
-            .reports
-            .iter()
+            .reports()
             .find(|r| r.namespace == ns && r.name == name)
             .unwrap();
         let accepted = r.condition("Accepted").unwrap();
@@ -476,7 +510,7 @@ fn one_key_value_in_two_namespaces_refuses_both_and_names_neither() {
         }
         assert!(r.resource.is_none());
     }
-    let own = c.reports.iter().find(|r| r.name == "own").unwrap();
+    let own = c.reports().find(|r| r.name == "own").unwrap();
     assert!(own.resource.is_some());
     assert!(report(&c, "VirtualKey", "alice").resource.is_some());
 }
@@ -486,7 +520,7 @@ fn a_short_key_is_refused() {
     let mut objects = base();
     objects.extend(key_with("team-a", "short", "tg-123456789"));
     let c = run(objects);
-    let r = c.reports.iter().find(|r| r.name == "short").unwrap();
+    let r = c.reports().find(|r| r.name == "short").unwrap();
     assert_eq!(r.condition("Accepted").unwrap().reason, "KeyTooShort");
     assert!(r.resource.is_none());
 }
@@ -581,4 +615,226 @@ fn a_route_whose_every_model_is_taken_first_is_shadowed() {
     ));
     let c = run(objects);
     assert_eq!(reachable(&c, "later").0, "True");
+}
+
+/// Objects of every kind that name, select and shadow each other, in two namespaces:
+/// the pool that random edits draw from.
+fn pool() -> Vec<Value> {
+    let mut out = Vec::new();
+    let meta = |name: &str, ns: &str, labels: Value| json!({"name": name, "namespace": ns, "labels": labels});
+    for ns in ["a", "b"] {
+        for (name, labels) in [
+            ("s1", json!({"tollgate.dev/credential": "true"})),
+            ("s2", json!({})),
+        ] {
+            for value in [
+                "tg-value-one-0123456789",
+                "tg-value-two-0123456789",
+                "short",
+            ] {
+                out.push(json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta(name, ns, labels.clone()),
+                                "stringData": {"key": value, "apiKey": value, "token": value}}));
+            }
+        }
+        out.push(json!({"apiVersion": "v1", "kind": "Secret", "metadata": meta("s1", ns, json!({"tollgate.dev/credential": "true"})),
+                        "data": {"key": 5}}));
+        for (name, secret) in [("p1", "s1"), ("p1", "s2"), ("p2", "s1")] {
+            out.push(json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMProvider", "metadata": meta(name, ns, json!({})),
+                            "spec": {"type": "openai", "credentials": [{"secretRef": {"name": secret}}],
+                                     "models": [{"name": "m-priced", "inputPerMillionUsd": 1.0, "outputPerMillionUsd": 2.0}]}}));
+        }
+        for (name, models, headers, provider, model) in [
+            ("r1", json!(["gpt-4o"]), json!([]), "p1", json!("m-priced")),
+            (
+                "r0",
+                json!(["gpt-4o", "x*"]),
+                json!([]),
+                "p2",
+                json!("unpriced"),
+            ),
+            (
+                "r2",
+                json!(["gpt-4o"]),
+                json!([{"name": "x-t", "value": "1"}]),
+                "p3",
+                Value::Null,
+            ),
+            ("r3", json!(["x*"]), json!([]), "p1", json!("m-priced")),
+        ] {
+            let mut target = json!({"provider": provider});
+            if !model.is_null() {
+                target["model"] = model;
+            }
+            out.push(json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute", "metadata": meta(name, ns, json!({})),
+                            "spec": {"match": {"models": models, "headers": headers}, "targets": [target]}}));
+        }
+        out.push(json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "LLMRoute", "metadata": meta("r1", ns, json!({})),
+                        "spec": {"match": {"models": ["x"]}, "targets": []}}));
+        for (name, labels, spec) in [
+            (
+                "k1",
+                json!({"team": "x"}),
+                json!({"secretRef": {"name": "s1"}}),
+            ),
+            (
+                "k1",
+                json!({"team": "y"}),
+                json!({"secretRef": {"name": "s1"}, "budgetRefs": [{"name": "b2"}], "mcpToolPolicyRef": {"name": "t1"}}),
+            ),
+            (
+                "k2",
+                json!({"team": "x"}),
+                json!({"secretRef": {"name": "s2"}, "routes": ["r1"]}),
+            ),
+            (
+                "k2",
+                json!({}),
+                json!({"secretRef": {"name": "s1", "key": "token"}, "budgetRefs": [{"name": "b9"}]}),
+            ),
+            (
+                "k3",
+                json!({"team": "y"}),
+                json!({"secretRef": {"name": "s1", "key": "apiKey"}}),
+            ),
+        ] {
+            out.push(json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "VirtualKey", "metadata": meta(name, ns, labels),
+                            "spec": spec}));
+        }
+        for (name, spec) in [
+            (
+                "b1",
+                json!({"period": "day", "limit": {"usd": 5.0}, "selector": {"matchLabels": {"team": "x"}}}),
+            ),
+            (
+                "b1",
+                json!({"period": "day", "limit": {"tokens": 5}, "parentRef": {"name": "b2"}}),
+            ),
+            (
+                "b2",
+                json!({"period": "month", "limit": {"usd": 50.0}, "parentRef": {"name": "b3"}}),
+            ),
+            (
+                "b2",
+                json!({"period": "month", "limit": {"tokens": 50}, "selector": {"matchLabels": {"team": "y"}}}),
+            ),
+            (
+                "b3",
+                json!({"period": "month", "limit": {"tokens": 500}, "parentRef": {"name": "b1"}}),
+            ),
+        ] {
+            out.push(json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "Budget", "metadata": meta(name, ns, json!({})),
+                            "spec": spec}));
+        }
+        for (name, secret) in [("m1", "s1"), ("m1", "s2"), ("m2", "s9")] {
+            out.push(json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "MCPServer", "metadata": meta(name, ns, json!({})),
+                            "spec": {"url": "http://127.0.0.1:1/mcp", "auth": {"header": {"name": "authorization", "secretRef": {"name": secret}}}}}));
+        }
+        for (name, selector, server) in [
+            ("t1", json!({"matchLabels": {"team": "x"}}), "m1"),
+            ("t1", json!({}), "m2"),
+            ("t2", json!({"matchLabels": {"team": "y"}}), "m3"),
+        ] {
+            out.push(json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "MCPToolPolicy", "metadata": meta(name, ns, json!({})),
+                            "spec": {"selector": selector, "rules": [{"server": server, "allow": ["*"]}]}}));
+        }
+    }
+    out.push(
+        json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "Gadget", "metadata": {"name": "g"}}),
+    );
+    out
+}
+
+#[test]
+fn any_sequence_of_changes_compiles_to_what_a_first_compile_of_the_result_does() {
+    let pool = pool();
+    let validator = Validator::new();
+    for seed in 0..6 {
+        let mut rng = fastrand::Rng::with_seed(seed);
+        let mut compiler = Compiler::default();
+        // Group name -> its objects (or an unreadable file).
+        let mut state: BTreeMap<String, Result<Vec<Arc<Value>>, String>> = BTreeMap::new();
+        for step in 0..150 {
+            let mut change = Change::default();
+            for _ in 0..rng.usize(1..=3) {
+                let group = format!("g{:02}", rng.usize(0..16));
+                let content = match rng.usize(0..10) {
+                    0 => None,
+                    1 => Some(Err("not YAML".to_string())),
+                    _ => Some(Ok((0..rng.usize(1..=4))
+                        .map(|_| Arc::new(pool[rng.usize(0..pool.len())].clone()))
+                        .collect::<Vec<_>>())),
+                };
+                let input = content.as_ref().map(|c| match c {
+                    Ok(objects) => GroupInput {
+                        objects: objects
+                            .iter()
+                            .enumerate()
+                            .map(|(i, v)| SourceObject {
+                                origin: format!("{group}#{}", i + 1),
+                                value: v.clone(),
+                            })
+                            .collect(),
+                        errors: vec![],
+                    },
+                    Err(message) => GroupInput {
+                        objects: vec![],
+                        errors: vec![SourceError {
+                            origin: group.clone(),
+                            message: message.clone(),
+                        }],
+                    },
+                });
+                match content {
+                    Some(c) => state.insert(group.clone(), c),
+                    None => state.remove(&group),
+                };
+                change.groups.push((Arc::from(group.as_str()), input));
+            }
+            let got = compiler.update(&validator, "default", change);
+            let mut whole = Inputs::default();
+            for (group, content) in &state {
+                match content {
+                    Ok(objects) => {
+                        whole
+                            .objects
+                            .extend(objects.iter().enumerate().map(|(i, v)| SourceObject {
+                                origin: format!("{group}#{}", i + 1),
+                                value: v.clone(),
+                            }))
+                    }
+                    Err(message) => whole.errors.push(SourceError {
+                        origin: group.clone(),
+                        message: message.clone(),
+                    }),
+                }
+            }
+            let want = compile(&whole, &validator, "default");
+            let context = format!("seed {seed} step {step}");
+            for (k, r) in want.report_map.iter() {
+                assert_eq!(got.report_map.get(k), Some(r), "{context}: report {k:?}");
+            }
+            assert_eq!(got.report_map.len(), want.report_map.len(), "{context}");
+            for t in pb::type_url::ALL {
+                let names = |c: &Compiled| -> Vec<(String, String)> {
+                    c.resources[t]
+                        .iter()
+                        .map(|(n, r)| (n.clone(), r.version.clone()))
+                        .collect()
+                };
+                assert_eq!(names(&got), names(&want), "{context}: {t}");
+            }
+            assert_eq!(got.version, want.version, "{context}");
+            assert_eq!(got.reports_version, want.reports_version, "{context}");
+            let errors = |c: &Compiled| {
+                let mut e: Vec<String> = c
+                    .source_errors
+                    .iter()
+                    .map(|e| format!("{}: {}", e.origin, e.message))
+                    .collect();
+                e.sort();
+                e
+            };
+            assert_eq!(errors(&got), errors(&want), "{context}");
+        }
+    }
 }

@@ -162,17 +162,24 @@ async fn compile_loop(index: SharedIndex, publisher: Publisher, debounce: Durati
         }
         tokio::time::sleep(debounce).await;
         changes.borrow_and_update();
-        if !index.lock().synced() {
-            continue;
-        }
-        let inputs = index.lock().inputs();
+        // Until every watch has listed, what has arrived is compiled but not published: a
+        // partial config would withdraw what is merely not read yet. Compiling it while
+        // the rest is still being listed makes the first config ready sooner.
+        let (change, synced) = {
+            let mut index = index.lock();
+            (index.take_change(), index.synced())
+        };
         let publisher = publisher.clone();
         let _ = tokio::task::spawn_blocking(move || {
             let mut p = match publisher.lock() {
                 Ok(g) => g,
                 Err(e) => e.into_inner(),
             };
-            p.publish(&inputs, ORIGIN);
+            if synced {
+                p.publish([change], ORIGIN);
+            } else {
+                p.stage(change);
+            }
         })
         .await;
     }

@@ -6,7 +6,7 @@
 //! spec; a Secret's data), so a status write, which changes only `status` and
 //! `resourceVersion`, does not cause a recompile.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use futures_util::StreamExt;
@@ -18,6 +18,7 @@ use serde_json::{Map, Value, json};
 use tokio::sync::watch;
 use tollgate_crds::Kind;
 
+use crate::compile::{Change, GroupInput};
 use crate::objects::{Inputs, SourceObject};
 
 /// Origin of every object read from the API (shown where local mode shows a file).
@@ -90,6 +91,8 @@ pub struct Index {
     listing: HashMap<Scope, BTreeMap<Key, Entry>>,
     synced: HashSet<Scope>,
     scopes: usize,
+    /// Objects added, changed or removed since the compiler last took a change.
+    dirty: BTreeSet<Key>,
 }
 
 impl Index {
@@ -125,17 +128,23 @@ impl Index {
             }
             Event::InitDone => {
                 let listed = self.listing.remove(scope).unwrap_or_default();
-                let mut held = 0;
                 let mut changed = false;
                 let mut listed = listed;
                 for (k, e) in self.objects.iter().filter(|(k, _)| scope.covers(k)) {
-                    held += 1;
                     match listed.get_mut(k) {
                         Some(l) if l.value == e.value => l.value = e.value.clone(),
-                        _ => changed = true,
+                        _ => {
+                            changed = true;
+                            self.dirty.insert(k.clone());
+                        }
                     }
                 }
-                changed |= held != listed.len();
+                for k in listed.keys() {
+                    if !self.objects.contains_key(k) {
+                        changed = true;
+                        self.dirty.insert(k.clone());
+                    }
+                }
                 self.objects.retain(|k, _| !scope.covers(k));
                 self.objects.extend(listed);
                 let first = self.synced.insert(scope.clone());
@@ -153,6 +162,9 @@ impl Index {
                     }
                     _ => true,
                 };
+                if changed {
+                    self.dirty.insert(key.clone());
+                }
                 self.objects.insert(key, entry);
                 changed
             }
@@ -160,7 +172,11 @@ impl Index {
                 let Some((key, _)) = reduce(watched, o) else {
                     return false;
                 };
-                self.objects.remove(&key).is_some()
+                let removed = self.objects.remove(&key).is_some();
+                if removed {
+                    self.dirty.insert(key);
+                }
+                removed
             }
         }
     }
@@ -177,6 +193,27 @@ impl Index {
             });
         }
         inputs
+    }
+
+    /// What changed since the last call: one group per object, named by its kind,
+    /// namespace and name.
+    pub fn take_change(&mut self) -> Change {
+        let mut change = Change::default();
+        for key in std::mem::take(&mut self.dirty) {
+            let group = match key.0 {
+                Watched::Tollgate(kind) => format!("{kind}/{}/{}", key.1, key.2),
+                Watched::Secret => format!("Secret/{}/{}", key.1, key.2),
+            };
+            let input = self.objects.get(&key).map(|e| GroupInput {
+                objects: vec![SourceObject {
+                    origin: ORIGIN.to_string(),
+                    value: e.value.clone(),
+                }],
+                errors: vec![],
+            });
+            change.groups.push((Arc::from(group), input));
+        }
+        change
     }
 
     pub fn get(&self, watched: Watched, namespace: &str, name: &str) -> Option<&Entry> {

@@ -49,7 +49,7 @@ pub fn plan(
 ) -> Vec<Write> {
     let index = index.lock();
     let mut out = Vec::new();
-    for report in snapshot.reports.iter().filter(|r| r.origin == ORIGIN) {
+    for report in snapshot.reports().filter(|r| r.origin == ORIGIN) {
         let Some(kind) = Kind::from_kind(&report.kind) else {
             continue;
         };
@@ -263,19 +263,25 @@ mod tests {
                 message: String::new(),
             });
         }
+        let report = ObjectReport {
+            kind: "LLMRoute".into(),
+            namespace: "n".into(),
+            name: "r".into(),
+            origin: ORIGIN.into(),
+            conditions,
+            resource: accepted.then(|| ServedAs {
+                type_url: "t",
+                name: "n/r".into(),
+                version: "v1".into(),
+            }),
+        };
         Compiled {
-            reports: vec![ObjectReport {
-                kind: "LLMRoute".into(),
-                namespace: "n".into(),
-                name: "r".into(),
-                origin: ORIGIN.into(),
-                conditions,
-                resource: accepted.then(|| ServedAs {
-                    type_url: "t",
-                    name: "n/r".into(),
-                    version: "v1".into(),
-                }),
-            }],
+            report_map: [(
+                ("LLMRoute".into(), "n".into(), "r".into(), ORIGIN.into()),
+                std::sync::Arc::new(report),
+            )]
+            .into_iter()
+            .collect(),
             ..Compiled::default()
         }
     }
