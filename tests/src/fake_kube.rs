@@ -249,7 +249,7 @@ impl FakeApi {
             {
                 self.watch(&target, &params)
             }
-            (&Method::GET, None) => self.list_response(&target),
+            (&Method::GET, None) => self.list_response(&target, &params),
             (&Method::GET, Some(name)) => {
                 let k = key(&target.prefix, &target.resource, &target.namespace, name);
                 match self.state().objects.get(&k) {
@@ -367,21 +367,61 @@ impl FakeApi {
         }
     }
 
-    fn list_response(&self, target: &Target) -> Response<Body> {
+    /// A list, in pages of `limit` objects when asked (as the API server does: a client
+    /// lists a large collection page by page, with the `continue` token of the last).
+    fn list_response(&self, target: &Target, params: &HashMap<String, String>) -> Response<Body> {
         let matches = Matcher::of(target);
         let state = self.state();
-        let items: Vec<Value> = state
+        let limit: usize = params
+            .get("limit")
+            .and_then(|l| l.parse().ok())
+            .filter(|l| *l > 0)
+            .unwrap_or(usize::MAX);
+        // The token: the list's resource version and the last key sent, hex-encoded JSON
+        // (the query is not percent-decoded here).
+        let resumed: Option<(u64, ObjectKey)> = params
+            .get("continue")
+            .filter(|c| !c.is_empty())
+            .and_then(|c| {
+                let bytes: Option<Vec<u8>> = (0..c.len())
+                    .step_by(2)
+                    .map(|i| u8::from_str_radix(c.get(i..i + 2)?, 16).ok())
+                    .collect();
+                serde_json::from_slice(&bytes?).ok()
+            });
+        let rv = resumed.as_ref().map_or(state.rv, |(rv, _)| *rv);
+        let after = resumed.map(|(_, k)| k);
+        let mut items: Vec<Value> = Vec::new();
+        let mut last = None;
+        let mut more = false;
+        let from = match &after {
+            Some(a) => std::ops::Bound::Excluded(a),
+            None => std::ops::Bound::Unbounded,
+        };
+        for (k, v) in state
             .objects
-            .iter()
+            .range((from, std::ops::Bound::Unbounded))
             .filter(|(k, _)| matches.covers(k))
-            .map(|(_, v)| v.clone())
-            .collect();
+        {
+            if items.len() == limit {
+                more = true;
+                break;
+            }
+            items.push(v.clone());
+            last = Some(k.clone());
+        }
+        let mut metadata = json!({"resourceVersion": rv.to_string()});
+        if more && let Some(last) = last {
+            let token = serde_json::to_vec(&(rv, last)).unwrap_or_default();
+            metadata["continue"] =
+                json!(token.iter().map(|b| format!("{b:02x}")).collect::<String>());
+        }
         json_response(
             StatusCode::OK,
             &json!({
                 "apiVersion": "v1",
                 "kind": "List",
-                "metadata": {"resourceVersion": state.rv.to_string()},
+                "metadata": metadata,
                 "items": items,
             }),
         )
