@@ -766,6 +766,62 @@ mod tests {
     }
 
     #[test]
+    fn lists_come_in_pages_of_the_size_asked_for() {
+        let api = FakeApi::new();
+        for name in ["a", "b", "c", "d", "e"] {
+            api.apply(
+                "api/v1",
+                "secrets",
+                json!({"metadata": {"name": name, "namespace": "n"}}),
+            );
+        }
+        api.apply(
+            "api/v1",
+            "configmaps",
+            json!({"metadata": {"name": "other", "namespace": "n"}}),
+        );
+        let target = parse_path("/api/v1/secrets").unwrap();
+        let page = |params: &[(&str, &str)]| -> Value {
+            let params = params
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let response = api.list_response(&target, &params);
+            let Ok(body) = block_on(response.into_body().collect());
+            let body = body.to_bytes();
+            serde_json::from_slice(&body).unwrap()
+        };
+        let mut names = Vec::new();
+        let mut token = String::new();
+        let mut versions = Vec::new();
+        loop {
+            let p = page(&[("limit", "2"), ("continue", &token)]);
+            let items = p["items"].as_array().unwrap();
+            assert!(items.len() <= 2);
+            names.extend(items.iter().map(|i| i["metadata"]["name"].clone()));
+            versions.push(p["metadata"]["resourceVersion"].clone());
+            match p["metadata"]["continue"].as_str() {
+                Some(t) => token = t.to_string(),
+                None => break,
+            }
+        }
+        assert_eq!(names, ["a", "b", "c", "d", "e"]);
+        assert_eq!(versions.len(), 3);
+        assert!(versions.iter().all(|v| *v == versions[0]), "{versions:?}");
+        let all = page(&[]);
+        assert_eq!(all["items"].as_array().unwrap().len(), 5);
+        assert!(all["metadata"].get("continue").is_none());
+    }
+
+    /// Runs a future to completion on a current-thread runtime.
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
     fn merge_patch() {
         let mut v = json!({"a": {"b": 1, "c": 2}, "d": 3});
         merge(&mut v, &json!({"a": {"b": null, "e": 4}, "d": [1]}));
