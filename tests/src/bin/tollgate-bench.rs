@@ -180,6 +180,10 @@ struct Scale {
     controller_rss_mib: f64,
     one_key_change_seconds: f64,
     one_key_change_resources_sent: f64,
+    /// Kubernetes mode: from creating an invalid object to its status saying so, once
+    /// every object's first status is written.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    new_invalid_object_status_seconds: Option<f64>,
 }
 
 impl Scale {
@@ -194,7 +198,10 @@ impl Scale {
             self.controller_rss_mib,
             self.one_key_change_seconds,
             self.one_key_change_resources_sent
-        )
+        ) + &self
+            .new_invalid_object_status_seconds
+            .map(|s| format!("; status of a new invalid object in {s:.3} s"))
+            .unwrap_or_default()
     }
 }
 
@@ -847,6 +854,10 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyh
     let change_seconds = t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let sent = metric(&tg.controller_admin, "tollgate_xds_resources_sent_total") - sent_before;
+    let status_seconds = match &fake {
+        Some((api, _)) => Some(invalid_object_status(api, &format!("key-{last}")).await?),
+        None => None,
+    };
     drop(tg);
     Ok(Scale {
         virtual_keys: args.scale_keys,
@@ -856,7 +867,53 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyh
         controller_rss_mib: controller_rss,
         one_key_change_seconds: change_seconds,
         one_key_change_resources_sent: sent,
+        new_invalid_object_status_seconds: status_seconds,
     })
+}
+
+/// Creates a VirtualKey the controller must refuse (a field its schema lacks) and waits
+/// for its status to say so: how long an object that changes nothing served waits for
+/// its status, with the whole scaled config loaded and every object's first status
+/// written (`last_key` has one).
+async fn invalid_object_status(api: &FakeApi, last_key: &str) -> anyhow::Result<f64> {
+    const PREFIX: &str = "apis/tollgate.dev/v1alpha1";
+    let t = Instant::now();
+    while api
+        .get(PREFIX, "virtualkeys", "default", last_key)
+        .is_none_or(|o| o["status"]["conditions"].as_array().is_none())
+    {
+        if t.elapsed() > Duration::from_secs(300) {
+            bail!("the first statuses were never all written");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let t = Instant::now();
+    api.apply(
+        PREFIX,
+        "virtualkeys",
+        serde_json::json!({
+            "apiVersion": "tollgate.dev/v1alpha1", "kind": "VirtualKey",
+            "metadata": {"name": "scale-invalid", "namespace": "default"},
+            "spec": {"secretRef": {"name": "key-0"}, "notAField": true}
+        }),
+    );
+    loop {
+        let refused = api
+            .get(PREFIX, "virtualkeys", "default", "scale-invalid")
+            .and_then(|o| o["status"]["conditions"].as_array().cloned())
+            .is_some_and(|cs| {
+                cs.iter()
+                    .any(|c| c["type"] == "Accepted" && c["status"] == "False")
+            });
+        if refused {
+            return Ok(t.elapsed().as_secs_f64());
+        }
+        if t.elapsed() > Duration::from_secs(60) {
+            bail!("the invalid object's status never said so");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 /// mock-llm accepting [`UPSTREAM_KEY`], answering streams in `chunks` chunks; its URL.
