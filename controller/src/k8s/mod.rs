@@ -131,6 +131,7 @@ pub async fn run(client: kube::Client, settings: Settings, shared: Shared) {
         identity: settings.identity.clone(),
         written: HashMap::new(),
         ledger_notes,
+        planned: None,
     };
     tasks.spawn(leader_loop(
         writer,
@@ -203,6 +204,11 @@ async fn leader_loop(
     // every FULL_ROUND (a report going stale, a status edited by someone else).
     let mut last: Option<(String, u64, u64, Instant)> = None;
     loop {
+        if !*leader.borrow() {
+            // Another replica may have written statuses meanwhile: the next term starts
+            // with a full round.
+            writer.planned = None;
+        }
         if leader.wait_for(|l| *l).await.is_err() {
             return;
         }

@@ -2,8 +2,9 @@
 //! `Programmed`) with server-side apply, and an Event when an object is rejected. Only the
 //! leader runs it; an object whose status already says the same is not written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::ObjectReference;
@@ -15,7 +16,9 @@ use tollgate_crds::Kind;
 
 use super::peers::Peers;
 use super::source::{ORIGIN, SharedIndex, Watched};
-use crate::compile::{Compiled, Condition};
+use imbl::ordmap::DiffItem;
+
+use crate::compile::{Compiled, Condition, ObjectReport, ReportKey};
 use crate::status::{object_status, programmed, shortened, up_to_date};
 use crate::tracker::{AckView, ClusterAcks, Tracker};
 
@@ -46,10 +49,18 @@ pub fn plan(
     written: &HashMap<(Kind, String, String), Value>,
     ledger_notes: &BTreeMap<(String, String), String>,
     now: &str,
+    only: Option<&[ReportKey]>,
 ) -> Vec<Write> {
     let index = index.lock();
     let mut out = Vec::new();
-    for report in snapshot.reports().filter(|r| r.origin == ORIGIN) {
+    let reports: Box<dyn Iterator<Item = &ObjectReport>> = match only {
+        Some(keys) => Box::new(
+            keys.iter()
+                .filter_map(|k| snapshot.report_map.get(k).map(|r| &**r)),
+        ),
+        None => Box::new(snapshot.reports()),
+    };
+    for report in reports.filter(|r| r.origin == ORIGIN) {
         let Some(kind) = Kind::from_kind(&report.kind) else {
             continue;
         };
@@ -126,11 +137,29 @@ pub struct StatusWriter {
     pub written: HashMap<(Kind, String, String), Value>,
     /// Budgets whose spend was restored from their status.
     pub ledger_notes: super::ledger_store::LedgerNotes,
+    /// What the last round planned for: the next one plans only what changed since.
+    pub planned: Option<Planned>,
 }
+
+/// What a status round planned for.
+pub struct Planned {
+    snapshot: Arc<Compiled>,
+    dataplanes: Vec<String>,
+    peers: u64,
+    notes: BTreeMap<(String, String), String>,
+    full_at: Instant,
+    /// Served objects not yet applied by every dataplane (their `Programmed` moves with
+    /// ACKs, not with the config), and objects whose write failed.
+    unsettled: HashSet<ReportKey>,
+}
+
+/// How often a round plans every object even when nothing it knows of changed (a status
+/// edited by someone else is put back by then).
+const FULL_ROUND: Duration = Duration::from_secs(60);
 
 impl StatusWriter {
     /// Writes what `snapshot` calls for.
-    pub async fn sync(&mut self, snapshot: &Compiled) {
+    pub async fn sync(&mut self, snapshot: &Arc<Compiled>) {
         let now = Timestamp::now().to_string();
         // What the watch has caught up with needs no memory.
         {
@@ -148,7 +177,62 @@ impl StatusWriter {
             config_version: &snapshot.version,
         };
         let notes = crate::usage::lock(&self.ledger_notes).clone();
-        let writes = plan(snapshot, &self.index, &acks, &self.written, &notes, &now);
+        let dataplanes: Vec<String> = self
+            .tracker
+            .dataplanes()
+            .into_iter()
+            .map(|d| d.id)
+            .collect();
+        let peers_epoch = self.peers.epoch();
+        // Only what changed since the last round, and what was waiting on ACKs or on a
+        // failed write, unless the dataplanes, the other replicas or the restored-spend
+        // notes moved (those change every object's status) or a full round is due.
+        let only: Option<Vec<ReportKey>> = match &self.planned {
+            Some(p)
+                if p.dataplanes == dataplanes
+                    && p.peers == peers_epoch
+                    && p.notes == notes
+                    && p.full_at.elapsed() < FULL_ROUND =>
+            {
+                let mut keys = p.unsettled.clone();
+                keys.extend(p.snapshot.report_map.diff(&snapshot.report_map).filter_map(
+                    |d| match d {
+                        DiffItem::Add(k, _) | DiffItem::Update { new: (k, _), .. } => {
+                            Some(k.clone())
+                        }
+                        DiffItem::Remove(..) => None,
+                    },
+                ));
+                Some(keys.into_iter().collect())
+            }
+            _ => None,
+        };
+        let writes = plan(
+            snapshot,
+            &self.index,
+            &acks,
+            &self.written,
+            &notes,
+            &now,
+            only.as_deref(),
+        );
+        let mut unsettled: HashSet<ReportKey> = HashSet::new();
+        let planned: Box<dyn Iterator<Item = (&ReportKey, &ObjectReport)>> = match &only {
+            Some(keys) => Box::new(
+                keys.iter()
+                    .filter_map(|k| snapshot.report_map.get(k).map(|r| (k, &**r))),
+            ),
+            None => Box::new(snapshot.report_map.iter().map(|(k, r)| (k, &**r))),
+        };
+        for (key, report) in planned {
+            let served = report.resource.is_some()
+                && report
+                    .condition("Accepted")
+                    .is_some_and(|c| c.status == "True");
+            if served && programmed(report, &acks).status != "True" {
+                unsettled.insert(key.clone());
+            }
+        }
         let client = &self.client;
         let recorder = &self.recorder;
         let results: Vec<(Write, bool)> = futures_util::stream::iter(writes)
@@ -162,8 +246,22 @@ impl StatusWriter {
         for (w, ok) in results {
             if ok {
                 self.written.insert((w.kind, w.namespace, w.name), w.status);
+            } else {
+                unsettled.insert((w.kind.to_string(), w.namespace, w.name, ORIGIN.to_string()));
             }
         }
+        let full_at = match (&only, &self.planned) {
+            (Some(_), Some(p)) => p.full_at,
+            _ => Instant::now(),
+        };
+        self.planned = Some(Planned {
+            snapshot: snapshot.clone(),
+            dataplanes,
+            peers: peers_epoch,
+            notes,
+            full_at,
+            unsettled,
+        });
     }
 }
 
@@ -304,6 +402,29 @@ mod tests {
     }
 
     #[test]
+    fn a_round_limited_to_some_objects_plans_only_those() {
+        let tracker = Tracker::default();
+        let index = index_with(Value::Null);
+        let written = HashMap::new();
+        let snapshot = snapshot(false);
+        let key: ReportKey = ("LLMRoute".into(), "n".into(), "r".into(), ORIGIN.into());
+        let plan = |only: Option<&[ReportKey]>| {
+            plan(
+                &snapshot,
+                &index,
+                &tracker,
+                &written,
+                &BTreeMap::new(),
+                "t1",
+                only,
+            )
+        };
+        assert_eq!(plan(None).len(), 1);
+        assert!(plan(Some(&[])).is_empty());
+        assert_eq!(plan(Some(std::slice::from_ref(&key))), plan(None));
+    }
+
+    #[test]
     fn a_status_is_written_once_and_a_rejection_announced_once() {
         let tracker = Tracker::default();
         let index = index_with(Value::Null);
@@ -317,6 +438,7 @@ mod tests {
                 written,
                 &BTreeMap::new(),
                 now,
+                None,
             )
         };
         let writes = plan(false, &index, &written, "t1");
