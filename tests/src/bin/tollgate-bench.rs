@@ -873,14 +873,20 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyh
 
 /// Creates a VirtualKey the controller must refuse (a field its schema lacks) and waits
 /// for its status to say so: how long an object that changes nothing served waits for
-/// its status, with the whole scaled config loaded and every object's first status
-/// written (`last_key` has one).
+/// its status, with the whole scaled config loaded and the statuses of the start written
+/// (`last_key`, among the last written, shows `Programmed`).
 async fn invalid_object_status(api: &FakeApi, last_key: &str) -> anyhow::Result<f64> {
     const PREFIX: &str = "apis/tollgate.dev/v1alpha1";
     let t = Instant::now();
+    let programmed = |o: &serde_json::Value| {
+        o["status"]["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type"] == "Programmed" && c["status"] == "True")
+        })
+    };
     while api
         .get(PREFIX, "virtualkeys", "default", last_key)
-        .is_none_or(|o| o["status"]["conditions"].as_array().is_none())
+        .is_none_or(|o| !programmed(&o))
     {
         if t.elapsed() > Duration::from_secs(300) {
             bail!("the first statuses were never all written");
