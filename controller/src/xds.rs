@@ -3,7 +3,7 @@
 //! sends only differences: on subscription (after the versions the dataplane says it
 //! already has) and whenever the compiled config changes.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use imbl::ordmap::DiffItem;
 use std::pin::Pin;
@@ -221,7 +221,8 @@ impl Session {
         let empty = ResourceMap::new();
         let current = snapshot.resources_of(type_url).unwrap_or(&empty);
         // The names that may differ from what the dataplane holds.
-        let candidates: Vec<String> = match state.compared.take() {
+        // A set: a name the diff gives may also be one to recheck.
+        let candidates: BTreeSet<String> = match state.compared.take() {
             Some(before) => before
                 .diff(current)
                 .map(|item| match item {
@@ -250,9 +251,7 @@ impl Session {
         for name in candidates {
             match current.get(&name) {
                 Some(resource) => {
-                    if state.held.get(&name) != Some(&resource.version)
-                        && !pending.previous.contains_key(&name)
-                    {
+                    if state.held.get(&name) != Some(&resource.version) {
                         pending.sent.push((name.clone(), resource.version.clone()));
                         pending
                             .previous
@@ -261,7 +260,7 @@ impl Session {
                     }
                 }
                 None => {
-                    if state.held.contains_key(&name) && !pending.removed.contains(&name) {
+                    if state.held.contains_key(&name) {
                         pending.removed.push(name);
                     }
                 }
