@@ -127,6 +127,20 @@ impl Current {
 }
 
 impl Spec {
+    fn route(&self) -> Option<&Arc<route::LlmRouteSpec>> {
+        match self {
+            Spec::Route(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    fn key(&self) -> Option<&Arc<virtual_key::VirtualKeySpec>> {
+        match self {
+            Spec::Key(k) => Some(k),
+            _ => None,
+        }
+    }
+
     fn same(&self, other: &Spec) -> bool {
         match (self, other) {
             (Spec::Provider(a), Spec::Provider(b)) => Arc::ptr_eq(a, b),
@@ -701,10 +715,7 @@ impl Compiler {
         dirty: &mut HashSet<ObjectKey>,
     ) {
         let (_, ns, name) = key;
-        let route = |c: Option<&Current>| match c.map(|c| &c.spec) {
-            Some(Spec::Route(r)) => Some(r.clone()),
-            _ => None,
-        };
+        let route = |c: Option<&Current>| c.and_then(|c| c.spec.route()).cloned();
         let (old, new) = (route(old), route(new));
         for r in old.iter() {
             for m in &r.route_match.models {
@@ -744,13 +755,11 @@ impl Compiler {
         dirty: &mut HashSet<ObjectKey>,
     ) {
         let (_, ns, name) = key;
-        let spec = |c: Option<&Current>| match c.map(|c| &c.spec) {
-            Some(Spec::Key(k)) => Some(k.clone()),
-            _ => None,
-        };
         // Limited to certain routes: a namespace that gains its first such key, or loses
         // its last, judges shadowing differently for every route in it.
-        let is_limited = spec(new).is_some_and(|k| !k.routes.is_empty());
+        let is_limited = new
+            .and_then(|c| c.spec.key())
+            .is_some_and(|k| !k.routes.is_empty());
         let was_limited = self.limited.contains_key(ns);
         if is_limited {
             add_to(&mut self.limited, ns.clone(), name);
@@ -854,7 +863,7 @@ impl Compiler {
         else {
             return false;
         };
-        let Spec::Key(k) = &key.spec else {
+        let Some(k) = key.spec.key() else {
             return false;
         };
         selector_matches(&p.selector, &key.labels)
