@@ -87,8 +87,10 @@ impl Scope {
 #[derive(Debug, Default)]
 pub struct Index {
     objects: BTreeMap<Key, Entry>,
-    /// Objects of a (re)list in progress, swapped in whole when it completes.
-    listing: HashMap<Scope, BTreeMap<Key, Entry>>,
+    /// The objects a (re)list in progress has returned so far. Each is applied as it
+    /// arrives (so the compiler works while the rest is still being read); those the
+    /// list did not return are removed when it completes.
+    listing: HashMap<Scope, BTreeSet<Key>>,
     synced: HashSet<Scope>,
     scopes: usize,
     /// Objects added, changed or removed since the compiler last took a change.
@@ -114,59 +116,40 @@ impl Index {
         let watched = scope.watched;
         match event {
             Event::Init => {
-                self.listing.insert(scope.clone(), BTreeMap::new());
+                self.listing.insert(scope.clone(), BTreeSet::new());
                 false
             }
             Event::InitApply(o) => {
-                if let Some((key, entry)) = reduce(watched, o) {
-                    self.listing
-                        .entry(scope.clone())
-                        .or_default()
-                        .insert(key, entry);
-                }
-                false
+                let Some((key, entry)) = reduce(watched, o) else {
+                    return false;
+                };
+                self.listing
+                    .entry(scope.clone())
+                    .or_default()
+                    .insert(key.clone());
+                self.put(key, entry)
             }
             Event::InitDone => {
                 let listed = self.listing.remove(scope).unwrap_or_default();
-                let mut changed = false;
-                let mut listed = listed;
-                for (k, e) in self.objects.iter().filter(|(k, _)| scope.covers(k)) {
-                    match listed.get_mut(k) {
-                        Some(l) if l.value == e.value => l.value = e.value.clone(),
-                        _ => {
-                            changed = true;
-                            self.dirty.insert(k.clone());
-                        }
-                    }
+                let gone: Vec<Key> = self
+                    .objects
+                    .keys()
+                    .filter(|k| scope.covers(k) && !listed.contains(*k))
+                    .cloned()
+                    .collect();
+                let changed = !gone.is_empty();
+                for k in gone {
+                    self.objects.remove(&k);
+                    self.dirty.insert(k);
                 }
-                for k in listed.keys() {
-                    if !self.objects.contains_key(k) {
-                        changed = true;
-                        self.dirty.insert(k.clone());
-                    }
-                }
-                self.objects.retain(|k, _| !scope.covers(k));
-                self.objects.extend(listed);
                 let first = self.synced.insert(scope.clone());
                 changed || first
             }
             Event::Apply(o) => {
-                let Some((key, mut entry)) = reduce(watched, o) else {
+                let Some((key, entry)) = reduce(watched, o) else {
                     return false;
                 };
-                let old = self.objects.get(&key).map(|e| e.value.clone());
-                let changed = match old {
-                    Some(old) if old == entry.value => {
-                        entry.value = old;
-                        false
-                    }
-                    _ => true,
-                };
-                if changed {
-                    self.dirty.insert(key.clone());
-                }
-                self.objects.insert(key, entry);
-                changed
+                self.put(key, entry)
             }
             Event::Delete(o) => {
                 let Some((key, _)) = reduce(watched, o) else {
@@ -179,6 +162,23 @@ impl Index {
                 removed
             }
         }
+    }
+
+    /// Keeps `entry`; returns whether what the compiler reads of it changed (a status
+    /// write alone does not).
+    fn put(&mut self, key: Key, mut entry: Entry) -> bool {
+        let changed = match self.objects.get(&key) {
+            Some(old) if old.value == entry.value => {
+                entry.value = old.value.clone();
+                false
+            }
+            _ => true,
+        };
+        if changed {
+            self.dirty.insert(key.clone());
+        }
+        self.objects.insert(key, entry);
+        changed
     }
 
     /// The compiler's input: every object, Secrets first.
@@ -389,7 +389,7 @@ mod tests {
         let mut index = Index::new(2);
         let spec = json!({"match": {"models": ["m"]}});
         assert!(!index.apply(&routes, Event::Init));
-        assert!(!index.apply(&routes, Event::InitApply(object("r1", spec.clone(), "1"))));
+        assert!(index.apply(&routes, Event::InitApply(object("r1", spec.clone(), "1"))));
         assert!(index.apply(&routes, Event::InitDone), "first list");
         assert!(!index.synced(), "the Secrets are not listed yet");
         index.apply(&secrets, Event::Init);
