@@ -436,3 +436,102 @@ async fn a_token_review_counts_only_with_the_audience_asked_for() {
         assert_eq!(run.await.unwrap(), accepted, "{audiences}");
     }
 }
+
+/// A VirtualKey's report that is accepted but not served (so its status needs no ACK and
+/// announces nothing), and its index entry with no status yet.
+fn unserved_key(index: &super::source::SharedIndex, name: &str) -> crate::compile::ReportKey {
+    use super::source::{ORIGIN, Scope, Watched};
+    let o: kube::api::DynamicObject = serde_json::from_value(json!({
+        "metadata": {"name": name, "namespace": "n", "uid": format!("uid-{name}"), "generation": 1},
+        "spec": {"secretRef": {"name": name}},
+    }))
+    .unwrap();
+    index.lock().apply(
+        &Scope {
+            watched: Watched::Tollgate(tollgate_crds::Kind::VirtualKey),
+            namespace: None,
+        },
+        kube::runtime::watcher::Event::Apply(o),
+    );
+    ("VirtualKey".into(), "n".into(), name.into(), ORIGIN.into())
+}
+
+#[tokio::test]
+async fn a_round_writes_a_bounded_share_and_a_new_change_goes_before_the_backlog() {
+    use crate::compile::{Compiled, Condition, ObjectReport};
+    use std::sync::Arc;
+    let (client, mut handle) = client();
+    let index = super::source::SharedIndex::new(0);
+    let report = |name: &str| ObjectReport {
+        kind: "VirtualKey".into(),
+        namespace: "n".into(),
+        name: name.into(),
+        origin: super::source::ORIGIN.into(),
+        conditions: vec![Condition::new("Accepted", true, "Accepted", "")],
+        resource: None,
+    };
+    let mut compiled = Compiled::default();
+    for i in 0..300 {
+        let name = format!("k{i:03}");
+        let key = unserved_key(&index, &name);
+        compiled.report_map.insert(key, Arc::new(report(&name)));
+    }
+    let writer = super::status::StatusWriter {
+        client: client.clone(),
+        recorder: kube::runtime::events::Recorder::new(
+            client,
+            kube::runtime::events::Reporter {
+                controller: "tollgate-controller".into(),
+                instance: Some("pod-a".into()),
+            },
+        ),
+        index: index.clone(),
+        tracker: Default::default(),
+        peers: Default::default(),
+        identity: "pod-a".into(),
+        written: Default::default(),
+        ledger_notes: Default::default(),
+        planned: None,
+    };
+    // Answers every status write with what it asked for; the objects written, in order.
+    async fn round(
+        writer: super::status::StatusWriter,
+        snapshot: Arc<Compiled>,
+        handle: &mut Handle,
+    ) -> (super::status::StatusWriter, Vec<String>) {
+        let mut writer = writer;
+        let run = tokio::spawn(async move {
+            writer.sync(&snapshot).await;
+            writer
+        });
+        let mut written = Vec::new();
+        loop {
+            let Ok(r) =
+                tokio::time::timeout(Duration::from_millis(100), handle.next_request()).await
+            else {
+                if run.is_finished() {
+                    return (run.await.unwrap(), written);
+                }
+                continue;
+            };
+            let (req, send) = r.expect("a request");
+            assert_eq!(req.method(), Method::PATCH);
+            let path = req.uri().path().to_string();
+            let bytes = req.into_body().collect_bytes().await.unwrap();
+            let body: Value = serde_json::from_slice(&bytes).unwrap();
+            written.push(path.split('/').nth_back(1).unwrap().to_string());
+            send.send_response(respond(StatusCode::OK, &body));
+        }
+    }
+    let first = Arc::new(compiled.clone());
+    let (writer, written) = round(writer, first, &mut handle).await;
+    assert_eq!(written.len(), 256, "one round writes a bounded share");
+    assert!(writer.behind(), "and knows the rest is left");
+    // A new object changed meanwhile is written before what is left.
+    let key = unserved_key(&index, "new");
+    compiled.report_map.insert(key, Arc::new(report("new")));
+    let (writer, written) = round(writer, Arc::new(compiled), &mut handle).await;
+    assert_eq!(written.first().map(String::as_str), Some("new"));
+    assert_eq!(written.len(), 1 + 300 - 256, "the rest, each once");
+    assert!(!writer.behind());
+}

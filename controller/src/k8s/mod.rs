@@ -221,16 +221,23 @@ async fn leader_loop(
             writer.peers.epoch(),
         );
         let unchanged = last.as_ref().is_some_and(|(v, t, p, at)| {
-            (v, *t, *p) == (&seen.0, seen.1, seen.2)
-                && at.elapsed() < FULL_ROUND
-                && writer.written.is_empty()
+            (v, *t, *p) == (&seen.0, seen.1, seen.2) && at.elapsed() < FULL_ROUND
         });
         // Before every watch has listed, a Secret not seen yet is not a missing one.
-        if !unchanged && index.lock().synced() {
-            let wanted = secrets::missing(&index.lock());
-            creator.create_missing(&client, wanted).await;
+        let due = !unchanged || !writer.written.is_empty() || writer.behind();
+        if index.lock().synced() && due {
+            if !unchanged {
+                let wanted = secrets::missing(&index.lock());
+                creator.create_missing(&client, wanted).await;
+                last = Some((seen.0, seen.1, seen.2, Instant::now()));
+            }
             writer.sync(&snapshot).await;
-            last = Some((seen.0, seen.1, seen.2, Instant::now()));
+        }
+        if writer.behind() {
+            // Statuses are left to write: the next round at once, after a look at what
+            // changed meanwhile (which it writes first).
+            tokio::task::yield_now().await;
+            continue;
         }
         tokio::select! {
             () = tokio::time::sleep(interval) => {}

@@ -2,7 +2,7 @@
 //! `Programmed`) with server-side apply, and an Event when an object is rejected. Only the
 //! leader runs it; an object whose status already says the same is not written.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -141,24 +141,79 @@ pub struct StatusWriter {
     pub planned: Option<Planned>,
 }
 
-/// What a status round planned for.
+/// What the status rounds of this term have planned for, and what is left to look at.
 pub struct Planned {
     snapshot: Arc<Compiled>,
     dataplanes: Vec<String>,
     peers: u64,
     notes: BTreeMap<(String, String), String>,
     full_at: Instant,
-    /// Served objects not yet applied by every dataplane (their `Programmed` moves with
-    /// ACKs, not with the config), and objects whose write failed.
+    /// Objects to look at, those changed most recently first. A round looks at a bounded
+    /// share of it, so a new change waits for one round, not for the whole backlog (every
+    /// object's first status after a start, say).
+    due: VecDeque<ReportKey>,
+    /// Served objects not yet applied by every dataplane: their `Programmed` moves with
+    /// ACKs, not with the config, so they are looked at again when an ACK arrives.
     unsettled: HashSet<ReportKey>,
+    /// The dataplanes' ACK count when `unsettled` was last looked at.
+    acks_seen: u64,
+    /// Objects whose write failed, tried again after [`RETRY`].
+    failed: HashSet<ReportKey>,
+    failed_at: Instant,
 }
 
 /// How often a round plans every object even when nothing it knows of changed (a status
 /// edited by someone else is put back by then).
 const FULL_ROUND: Duration = Duration::from_secs(60);
+/// Most status writes in one round.
+const ROUND_WRITES: usize = 256;
+/// Most objects looked at in one round.
+const ROUND_LOOKS: usize = 4096;
+/// How long a failed write waits before it is tried again.
+const RETRY: Duration = Duration::from_secs(5);
+
+impl Planned {
+    /// Every object of `snapshot` to look at, those with a problem first (their status is
+    /// news; a served object's mostly says it is served).
+    fn full(
+        snapshot: &Arc<Compiled>,
+        dataplanes: Vec<String>,
+        peers: u64,
+        notes: BTreeMap<(String, String), String>,
+        acks_seen: u64,
+    ) -> Self {
+        let problem = |r: &ObjectReport| r.conditions.iter().any(|c| c.status != "True");
+        let keys = |with_problem: bool| {
+            snapshot
+                .report_map
+                .iter()
+                .filter(move |(_, r)| problem(r) == with_problem)
+                .map(|(k, _)| k.clone())
+        };
+        Planned {
+            snapshot: snapshot.clone(),
+            dataplanes,
+            peers,
+            notes,
+            full_at: Instant::now(),
+            due: keys(true).chain(keys(false)).collect(),
+            unsettled: HashSet::new(),
+            acks_seen,
+            failed: HashSet::new(),
+            failed_at: Instant::now(),
+        }
+    }
+}
 
 impl StatusWriter {
-    /// Writes what `snapshot` calls for.
+    /// Whether objects are left to look at: the next round should come at once.
+    pub fn behind(&self) -> bool {
+        self.planned.as_ref().is_some_and(|p| !p.due.is_empty())
+    }
+
+    /// Writes what `snapshot` calls for: what changed since the last round first, then a
+    /// bounded share of what is left to look at ([`StatusWriter::behind`] says whether
+    /// anything is).
     pub async fn sync(&mut self, snapshot: &Arc<Compiled>) {
         let now = Timestamp::now().to_string();
         // What the watch has caught up with needs no memory.
@@ -184,54 +239,73 @@ impl StatusWriter {
             .map(|d| d.id)
             .collect();
         let peers_epoch = self.peers.epoch();
-        // Only what changed since the last round, and what was waiting on ACKs or on a
-        // failed write, unless the dataplanes, the other replicas or the restored-spend
-        // notes moved (those change every object's status) or a full round is due.
-        let only: Option<Vec<ReportKey>> = match &self.planned {
-            Some(p)
+        let acks_epoch = self.tracker.epoch();
+        // Only what changed since the last round, what waits on ACKs or on a failed
+        // write, and what is left, unless the dataplanes, the other replicas or the
+        // restored-spend notes moved (those change every object's status) or a full round
+        // is due.
+        let mut state = match self.planned.take() {
+            Some(mut p)
                 if p.dataplanes == dataplanes
                     && p.peers == peers_epoch
                     && p.notes == notes
                     && p.full_at.elapsed() < FULL_ROUND =>
             {
-                let mut keys = p.unsettled.clone();
-                keys.extend(p.snapshot.report_map.diff(&snapshot.report_map).filter_map(
-                    |d| match d {
+                let changed: Vec<ReportKey> = p
+                    .snapshot
+                    .report_map
+                    .diff(&snapshot.report_map)
+                    .filter_map(|d| match d {
                         DiffItem::Add(k, _) | DiffItem::Update { new: (k, _), .. } => {
                             Some(k.clone())
                         }
                         DiffItem::Remove(..) => None,
-                    },
-                ));
-                Some(keys.into_iter().collect())
+                    })
+                    .collect();
+                for k in changed.into_iter().rev() {
+                    p.due.push_front(k);
+                }
+                if p.acks_seen != acks_epoch {
+                    p.acks_seen = acks_epoch;
+                    p.due.extend(p.unsettled.drain());
+                }
+                if p.failed_at.elapsed() >= RETRY {
+                    p.failed_at = Instant::now();
+                    p.due.extend(p.failed.drain());
+                }
+                p.snapshot = snapshot.clone();
+                p
             }
-            _ => None,
+            _ => Planned::full(snapshot, dataplanes, peers_epoch, notes, acks_epoch),
         };
-        let writes = plan(
-            snapshot,
-            &self.index,
-            &acks,
-            &self.written,
-            &notes,
-            &now,
-            only.as_deref(),
-        );
-        let mut unsettled: HashSet<ReportKey> = HashSet::new();
-        let planned: Box<dyn Iterator<Item = (&ReportKey, &ObjectReport)>> = match &only {
-            Some(keys) => Box::new(
-                keys.iter()
-                    .filter_map(|k| snapshot.report_map.get(k).map(|r| (k, &**r))),
-            ),
-            None => Box::new(snapshot.report_map.iter().map(|(k, r)| (k, &**r))),
-        };
-        for (key, report) in planned {
+        let mut writes = Vec::new();
+        let mut looked: HashSet<ReportKey> = HashSet::new();
+        while writes.len() < ROUND_WRITES && looked.len() < ROUND_LOOKS {
+            let Some(key) = state.due.pop_front() else {
+                break;
+            };
+            if !looked.insert(key.clone()) {
+                continue;
+            }
+            let Some(report) = snapshot.report_map.get(&key) else {
+                continue;
+            };
             let served = report.resource.is_some()
                 && report
                     .condition("Accepted")
                     .is_some_and(|c| c.status == "True");
             if served && programmed(report, &acks).status != "True" {
-                unsettled.insert(key.clone());
+                state.unsettled.insert(key.clone());
             }
+            writes.extend(plan(
+                snapshot,
+                &self.index,
+                &acks,
+                &self.written,
+                &state.notes,
+                &now,
+                Some(std::slice::from_ref(&key)),
+            ));
         }
         let client = &self.client;
         let recorder = &self.recorder;
@@ -247,21 +321,12 @@ impl StatusWriter {
             if ok {
                 self.written.insert((w.kind, w.namespace, w.name), w.status);
             } else {
-                unsettled.insert((w.kind.to_string(), w.namespace, w.name, ORIGIN.to_string()));
+                state
+                    .failed
+                    .insert((w.kind.to_string(), w.namespace, w.name, ORIGIN.to_string()));
             }
         }
-        let full_at = match (&only, &self.planned) {
-            (Some(_), Some(p)) => p.full_at,
-            _ => Instant::now(),
-        };
-        self.planned = Some(Planned {
-            snapshot: snapshot.clone(),
-            dataplanes,
-            peers: peers_epoch,
-            notes,
-            full_at,
-            unsettled,
-        });
+        self.planned = Some(state);
     }
 }
 
