@@ -13,7 +13,7 @@ use tollgate_controller::admin::Admin;
 use tollgate_controller::auth::{AuthLayer, Authenticator, TokenCheck, TokenReviewer};
 use tollgate_controller::compile::Compiled;
 use tollgate_controller::k8s;
-use tollgate_controller::k8s::ledger_store::{ConfigMapStore, LedgerNotes, Recovery};
+use tollgate_controller::k8s::ledger_store::{LedgerNotes, LedgerStore, Recovery};
 use tollgate_controller::ledger::Ledger;
 use tollgate_controller::local::LocalSource;
 use tollgate_controller::publish::Publisher;
@@ -123,9 +123,14 @@ struct Args {
     dataplane_service_accounts: Vec<String>,
     /// Where budget and session spend is kept (a JSON file, replaced atomically before a
     /// usage batch is acknowledged). Without it, spend lives in memory only in local mode,
-    /// and in the ConfigMap `<lease name>-ledger` in Kubernetes mode.
+    /// and in the cluster-scoped UsageLedger `--ledger-name` in Kubernetes mode.
     #[arg(long, env = "TOLLGATE_STATE_DIR", value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Kubernetes mode: the name of the cluster-scoped UsageLedger that keeps budget and
+    /// session spend. It does not depend on the namespace the controller runs in; two
+    /// gateways in one cluster need a name each.
+    #[arg(long, env = "TOLLGATE_LEDGER_NAME", default_value = "tollgate")]
+    ledger_name: String,
     /// How long a quota grant to a dataplane lasts unless renewed.
     #[arg(long, default_value = "10s")]
     quota_lease_ttl: String,
@@ -134,8 +139,8 @@ struct Args {
     #[arg(long, default_value_t = 1_000)]
     max_sessions_per_key: usize,
     /// Live agent sessions and tool-call accounts in all, when the ledger is kept in the
-    /// ConfigMap (1 MiB): past it, new ones are refused, so that the ConfigMap never
-    /// refuses a write and every key's usage is still acknowledged.
+    /// cluster (one object, about 1 MB): past it, new ones are refused, so that the API
+    /// server never refuses a write and every key's usage is still acknowledged.
     #[arg(long, default_value_t = 4_000)]
     max_configmap_sessions: usize,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
@@ -323,9 +328,11 @@ async fn main() -> anyhow::Result<()> {
     let ledger_notes = LedgerNotes::default();
     let store = match (state, &mode) {
         (Some(s), _) => Store::File(s),
-        (None, Mode::Kubernetes { client, settings }) => Store::ConfigMap(Box::new(
-            ConfigMapStore::new(
-                kube::Api::namespaced(client.clone(), &settings.lease_namespace),
+        (None, Mode::Kubernetes { client, settings }) => Store::Cluster(Box::new(
+            LedgerStore::new(
+                client.clone(),
+                &args.ledger_name,
+                &settings.lease_namespace,
                 &settings.lease_name,
             )
             .recovering(Recovery {
@@ -339,7 +346,7 @@ async fn main() -> anyhow::Result<()> {
     let mut ledger = Ledger::new(lease_ttl.as_millis() as i64);
     ledger.caps = tollgate_controller::ledger::Caps {
         per_owner: args.max_sessions_per_key,
-        total: if matches!(store, Store::ConfigMap(_)) {
+        total: if matches!(store, Store::Cluster(_)) {
             args.max_configmap_sessions
         } else {
             usize::MAX

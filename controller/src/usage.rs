@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::accounts::ConfigDefs;
 use crate::compile::Compiled;
-use crate::k8s::ledger_store::ConfigMapStore;
+use crate::k8s::ledger_store::LedgerStore;
 use crate::ledger::{Ledger, Persisted};
 
 pub use tollgate_proto::time::now_unix_ms as now_ms;
@@ -80,8 +80,8 @@ pub enum Store {
     Memory,
     /// Local mode's `--state-dir`.
     File(StateFile),
-    /// Kubernetes mode: a ConfigMap beside the election Lease.
-    ConfigMap(Box<ConfigMapStore>),
+    /// Kubernetes mode: a cluster-scoped `UsageLedger`.
+    Cluster(Box<LedgerStore>),
 }
 
 impl Store {
@@ -92,7 +92,7 @@ impl Store {
                 let f = f.clone();
                 Ok(tokio::task::spawn_blocking(move || f.load()).await??)
             }
-            Store::ConfigMap(c) => c.load().await,
+            Store::Cluster(c) => c.load().await,
         }
     }
 
@@ -106,7 +106,7 @@ impl Store {
                     .map_err(|e| SaveError::Other(e.to_string()))?
                     .map_err(|e| SaveError::Other(e.to_string()))
             }
-            Store::ConfigMap(c) => c.save(&p).await,
+            Store::Cluster(c) => c.save(&p).await,
         }
     }
 
@@ -115,7 +115,7 @@ impl Store {
         match self {
             Store::Memory => Duration::ZERO,
             Store::File(_) => Duration::from_millis(10),
-            Store::ConfigMap(_) => Duration::from_millis(250),
+            Store::Cluster(_) => Duration::from_millis(250),
         }
     }
 }

@@ -85,6 +85,8 @@ impl Chart {
                 "--set=controller.watchNamespaces={{{}}}",
                 watched.join(",")
             ))
+            // The ledger is cluster-scoped: a name of this run's own.
+            .arg(format!("--set=controller.ledgerName={release_namespace}"))
             .output()
             .expect("running helm");
         assert!(
@@ -570,17 +572,14 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         );
         std::thread::sleep(Duration::from_secs(1));
     }
-    // The ledger survives in the cluster for the next leader.
-    let ledger = run(&[
-        "get",
-        "configmap",
-        "tollgate-controller-ledger",
-        "-n",
-        &ns.0,
-        "-o",
-        "json",
-    ]);
+    // The ledger survives in the cluster for the next leader, in a place that does not
+    // depend on the Lease's.
+    let ledger = run(&["get", "usageledger", &ns.0, "-o", "json"]);
     assert!(ledger.contains("budget/"), "{ledger}");
+    assert!(
+        ledger.contains(&format!("\"keptBy\": \"{}/tollgate-controller\"", ns.0)),
+        "{ledger}"
+    );
     validation_table_is_judged_as_local_mode_judges_it(&examples_ns.0, &controller);
     retries_on_is_kept_and_honoured(&ns.0, api, &mock_url, &controller);
     key_secrets_are_never_raced_and_deleting_one_revokes_the_key(&ns.0, api, &controller);
@@ -602,8 +601,7 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         "the controller was denied something: {log}"
     );
 
-    // The ledger lost (the controller moved to another namespace, or the ConfigMap
-    // deleted): the next controller restores the spend from the Budget's status and says
+    // The ledger lost (deleted): the next controller restores the spend from the Budget's status and says
     // so, rather than counting from zero.
     let spent = |o: &Value| o["status"]["spent"]["usd"].as_f64().unwrap_or(0.0);
     let budget = |ns: &str| -> Value {
@@ -613,13 +611,7 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
     assert!(before > 0.0);
     controller.terminate().unwrap();
     controller.wait_exit(Duration::from_secs(20)).unwrap();
-    run(&[
-        "delete",
-        "configmap",
-        "tollgate-controller-ledger",
-        "-n",
-        &ns.0,
-    ]);
+    run(&["delete", "usageledger", &ns.0]);
     let controller = start_controller();
     let kept = wait_until(
         "SpendKept=False",
@@ -640,15 +632,7 @@ fn examples_are_served_and_report_status_in_a_real_cluster() {
         || {
             let out = Command::new(kubectl())
                 .args(["--kubeconfig", KUBECONFIG.get().unwrap()])
-                .args([
-                    "get",
-                    "configmap",
-                    "tollgate-controller-ledger",
-                    "-n",
-                    &ns.0,
-                    "-o",
-                    "json",
-                ])
+                .args(["get", "usageledger", &ns.0, "-o", "json"])
                 .output()
                 .ok()?;
             String::from_utf8_lossy(&out.stdout)

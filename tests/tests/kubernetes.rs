@@ -396,7 +396,7 @@ fn only_the_leader_writes_and_a_successor_takes_over() {
     };
     assert!(writes(0) > 0, "the leader wrote no status");
     assert_eq!(writes(1), 0, "the follower wrote status");
-    // Each replica published its dataplanes' ACKs (beside them: the leader's ledger).
+    // Each replica published its dataplanes' ACKs.
     let reports: Vec<Value> = c
         .api()
         .list("api/v1", "configmaps")
@@ -436,13 +436,7 @@ fn only_the_leader_writes_and_a_successor_takes_over() {
         .iter()
         .map(|cm| cm["metadata"]["name"].clone())
         .collect();
-    assert_eq!(
-        names,
-        [
-            json!("tollgate-controller-acks-controller-b"),
-            json!("tollgate-controller-ledger")
-        ]
-    );
+    assert_eq!(names, [json!("tollgate-controller-acks-controller-b")]);
     drop(b);
 }
 
@@ -591,12 +585,13 @@ fn budget_spend_shows_in_status_and_a_new_leader_counts_on_exactly() {
     }
     let three = shown(3 * per_request);
     assert!(three > 0.0);
-    let ledger = c.wait("the ledger ConfigMap", Duration::from_secs(20), || {
-        c.api()
-            .get(CORE, "configmaps", "tollgate", "tollgate-controller-ledger")
+    // Cluster-scoped, named by --ledger-name, not beside the Lease.
+    let ledger = c.wait("the UsageLedger", Duration::from_secs(20), || {
+        c.api().get(TG, "usageledgers", "", "tollgate")
     });
+    assert_eq!(ledger["spec"]["keptBy"], "tollgate/tollgate-controller");
     assert!(
-        ledger["data"]["ledger.json"]
+        ledger["spec"]["ledger"]
             .as_str()
             .unwrap()
             .contains("budget/team-c/team"),

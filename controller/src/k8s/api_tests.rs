@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use tower_test::mock;
 
 use super::leader::Elector;
-use super::ledger_store::ConfigMapStore;
+use super::ledger_store::LedgerStore;
 use super::secrets::{Creator, Wanted};
 use super::status::{FIELD_MANAGER, Write};
 
@@ -273,10 +273,7 @@ async fn a_missing_secret_is_created_once_and_an_existing_one_is_not_an_error() 
 #[tokio::test]
 async fn the_ledger_is_created_then_replaced_conditionally_and_a_conflict_is_reported() {
     let (client, mut handle) = client();
-    let store = ConfigMapStore::new(
-        kube::Api::namespaced(client, "tollgate"),
-        "tollgate-controller",
-    );
+    let store = LedgerStore::new(client, "gateway", "tollgate", "tollgate-controller");
     let ledger = crate::ledger::Persisted {
         accounts: [
             ("budget/a/b".to_string(), Default::default()),
@@ -291,6 +288,15 @@ async fn the_ledger_is_created_then_replaced_conditionally_and_a_conflict_is_rep
         let second = store.save(&ledger).await;
         (loaded, first, second)
     });
+    // Cluster-scoped: the same place wherever the controller runs.
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/apis/tollgate.dev/v1alpha1/usageledgers/gateway",
+    )
+    .await;
+    send.send_response(not_found());
+    // Not where earlier versions kept it either.
     let (_, _, send) = expect(
         &mut handle,
         Method::GET,
@@ -301,10 +307,12 @@ async fn the_ledger_is_created_then_replaced_conditionally_and_a_conflict_is_rep
     let (_, body, send) = expect(
         &mut handle,
         Method::POST,
-        "/api/v1/namespaces/tollgate/configmaps?&fieldManager=tollgate-controller",
+        "/apis/tollgate.dev/v1alpha1/usageledgers?&fieldManager=tollgate-controller",
     )
     .await;
-    let saved: Value = serde_json::from_str(body["data"]["ledger.json"].as_str().unwrap()).unwrap();
+    assert_eq!(body["kind"], "UsageLedger");
+    assert_eq!(body["spec"]["keptBy"], "tollgate/tollgate-controller");
+    let saved: Value = serde_json::from_str(body["spec"]["ledger"].as_str().unwrap()).unwrap();
     assert_eq!(saved["sequences"]["dp-1"][0], 4);
     assert!(saved["accounts"].get("budget/a/b").is_some());
     assert!(
@@ -314,7 +322,12 @@ async fn the_ledger_is_created_then_replaced_conditionally_and_a_conflict_is_rep
     let mut created = body.clone();
     created["metadata"]["resourceVersion"] = json!("5");
     send.send_response(respond(StatusCode::CREATED, &created));
-    let (_, body, send) = expect(&mut handle, Method::PUT, "/api/v1/namespaces/tollgate/configmaps/tollgate-controller-ledger?&fieldManager=tollgate-controller").await;
+    let (_, body, send) = expect(
+        &mut handle,
+        Method::PUT,
+        "/apis/tollgate.dev/v1alpha1/usageledgers/gateway?&fieldManager=tollgate-controller",
+    )
+    .await;
     assert_eq!(
         body["metadata"]["resourceVersion"], "5",
         "the write is conditional"
@@ -534,4 +547,64 @@ async fn a_round_writes_a_bounded_share_and_a_new_change_goes_before_the_backlog
     assert_eq!(written.first().map(String::as_str), Some("new"));
     assert_eq!(written.len(), 1 + 300 - 256, "the rest, each once");
     assert!(!writer.behind());
+}
+
+#[tokio::test]
+async fn a_ledger_where_earlier_versions_kept_it_is_read_and_deleted_once_moved() {
+    let (client, mut handle) = client();
+    let store = LedgerStore::new(client, "gateway", "tollgate", "tollgate-controller");
+    let run = tokio::spawn(async move {
+        let loaded = store.load().await.unwrap();
+        store.save(&loaded).await.unwrap();
+        store.save(&loaded).await.unwrap();
+        loaded
+    });
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/apis/tollgate.dev/v1alpha1/usageledgers/gateway",
+    )
+    .await;
+    send.send_response(not_found());
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/api/v1/namespaces/tollgate/configmaps/tollgate-controller-ledger",
+    )
+    .await;
+    let old = json!({"sequences": {"dp-1": [7, 0]}, "accounts": {}});
+    send.send_response(respond(
+        StatusCode::OK,
+        &json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "tollgate-controller-ledger", "namespace": "tollgate", "resourceVersion": "3"},
+                "data": {"ledger.json": old.to_string()}}),
+    ));
+    let (_, body, send) = expect(
+        &mut handle,
+        Method::POST,
+        "/apis/tollgate.dev/v1alpha1/usageledgers?&fieldManager=tollgate-controller",
+    )
+    .await;
+    let saved: Value = serde_json::from_str(body["spec"]["ledger"].as_str().unwrap()).unwrap();
+    assert_eq!(saved["sequences"]["dp-1"][0], 7, "what was counted is kept");
+    let mut created = body.clone();
+    created["metadata"]["resourceVersion"] = json!("9");
+    send.send_response(respond(StatusCode::CREATED, &created));
+    // Written in its new place: the old one goes, once.
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::DELETE,
+        "/api/v1/namespaces/tollgate/configmaps/tollgate-controller-ledger?",
+    )
+    .await;
+    send.send_response(respond(StatusCode::OK, &status_error(200, "Success")));
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::PUT,
+        "/apis/tollgate.dev/v1alpha1/usageledgers/gateway?&fieldManager=tollgate-controller",
+    )
+    .await;
+    send.send_response(respond(StatusCode::OK, &created));
+    let loaded = run.await.unwrap();
+    assert_eq!(loaded.sequences["dp-1"].0, 7);
 }

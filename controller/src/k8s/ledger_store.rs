@@ -1,12 +1,17 @@
-//! Kubernetes mode's durable ledger: one ConfigMap (`<lease name>-ledger` beside the
-//! election Lease) holding the spend of every Budget and agent session and the last usage
+//! Kubernetes mode's durable ledger: one cluster-scoped `UsageLedger` object (named by
+//! `--ledger-name`) holding the spend of every Budget and agent session and the last usage
 //! batch counted per dataplane, so a new leader counts on exactly where the last one
-//! stopped.
+//! stopped. Being cluster-scoped, its place does not depend on the namespace the
+//! controller (and its Lease) is in: a controller reinstalled elsewhere finds it, and says
+//! in the log that another controller kept it last.
 //!
-//! When the ConfigMap is not there but Budgets show spend in their status (the controller
-//! was reinstalled in another namespace, or the ConfigMap was deleted), the spend is not
-//! silently counted from zero: it is restored from each Budget's status (the last spend
-//! written there, at most a few seconds old), and the Budgets say so
+//! Earlier versions kept the ledger in a ConfigMap beside the Lease (`<lease
+//! name>-ledger`): when there is no `UsageLedger` yet, that ConfigMap is read, and deleted
+//! once the ledger is written in its new place.
+//!
+//! When neither is there but Budgets show spend in their status (the ledger was deleted),
+//! the spend is not silently counted from zero: it is restored from each Budget's status
+//! (the last spend written there, at most a few seconds old), and the Budgets say so
 //! (`SpendKept=False`, reason `LedgerNotFound`, an Event) as does the log.
 //!
 //! Each write is conditioned on the `resourceVersion` this replica last read or wrote: a
@@ -18,7 +23,7 @@
 use k8s_openapi::api::core::v1::ConfigMap;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
-use kube::api::PostParams;
+use kube::api::{DeleteParams, PostParams};
 use std::collections::BTreeMap;
 use tokio::sync::Mutex;
 
@@ -27,6 +32,7 @@ use std::sync::Arc;
 use crate::ledger::{Persisted, Spend};
 use crate::usage::SaveError;
 use tollgate_crds::budget::{Budget, BudgetSpec, BudgetStatus};
+use tollgate_crds::{UsageLedger, UsageLedgerSpec};
 use tollgate_proto::quantity::Qty;
 
 /// Budgets whose spend was restored from their status, with what to tell about it.
@@ -40,25 +46,39 @@ pub struct Recovery {
     pub notes: LedgerNotes,
 }
 
-/// The data key the ledger is kept under.
-const KEY: &str = "ledger.json";
-/// A ConfigMap holds at most 1 MiB; past this the write is refused with a clear error.
+/// The data key of the ConfigMap earlier versions kept the ledger in.
+const LEGACY_KEY: &str = "ledger.json";
+/// An object in etcd holds at most about 1.5 MiB; past this the write is refused with a
+/// clear error.
 pub const MAX_BYTES: usize = 1_000_000;
 
-pub struct ConfigMapStore {
-    api: Api<ConfigMap>,
+pub struct LedgerStore {
+    api: Api<UsageLedger>,
     name: String,
-    /// The `resourceVersion` last read or written; `None` before the object exists.
-    version: Mutex<Option<String>>,
+    /// This controller's Lease, `namespace/name`, written beside the ledger.
+    kept_by: String,
+    /// Where earlier versions kept the ledger: the ConfigMap `<lease name>-ledger`.
+    legacy: (Api<ConfigMap>, String),
+    /// The `resourceVersion` last read or written, `None` before the object exists; and
+    /// whether the ledger was read from the legacy ConfigMap (deleted after the first
+    /// write to the new place).
+    version: Mutex<(Option<String>, bool)>,
     recovery: Option<Recovery>,
 }
 
-impl ConfigMapStore {
-    pub fn new(api: Api<ConfigMap>, lease_name: &str) -> Self {
-        ConfigMapStore {
-            api,
-            name: format!("{lease_name}-ledger"),
-            version: Mutex::new(None),
+impl LedgerStore {
+    /// The `UsageLedger` `name`, kept by the controller whose Lease is `lease_namespace/
+    /// lease_name`.
+    pub fn new(client: kube::Client, name: &str, lease_namespace: &str, lease_name: &str) -> Self {
+        LedgerStore {
+            api: Api::all(client.clone()),
+            name: name.to_string(),
+            kept_by: format!("{lease_namespace}/{lease_name}"),
+            legacy: (
+                Api::namespaced(client, lease_namespace),
+                format!("{lease_name}-ledger"),
+            ),
+            version: Mutex::new((None, false)),
             recovery: None,
         }
     }
@@ -69,27 +89,61 @@ impl ConfigMapStore {
         self
     }
 
-    /// Where the ledger is kept, `namespace/name`.
+    /// Where the ledger is kept.
     pub fn place(&self) -> String {
-        format!("{}/{}", self.api.namespace().unwrap_or_default(), self.name)
+        format!("UsageLedger {}", self.name)
     }
 
     pub async fn load(&self) -> anyhow::Result<Persisted> {
         let mut version = self.version.lock().await;
-        let Some(cm) = self.api.get_opt(&self.name).await? else {
-            *version = None;
-            return self.recover().await;
-        };
-        *version = cm.metadata.resource_version.clone();
-        let text = cm
-            .data
-            .as_ref()
-            .and_then(|d| d.get(KEY))
-            .map(String::as_str)
-            .unwrap_or("{}");
-        serde_json::from_str(text).map_err(|e| {
-            anyhow::anyhow!("ConfigMap {}: {KEY} is not a usage ledger: {e}", self.name)
-        })
+        if let Some(ledger) = self.api.get_opt(&self.name).await? {
+            *version = (ledger.metadata.resource_version.clone(), false);
+            if let Some(by) = ledger
+                .spec
+                .kept_by
+                .as_deref()
+                .filter(|by| *by != self.kept_by)
+            {
+                tracing::warn!(
+                    ledger = %self.place(),
+                    last_kept_by = by,
+                    now_kept_by = %self.kept_by,
+                    "the usage ledger was last kept by another controller (moved or reinstalled elsewhere): counting on from it; two gateways in one cluster each need their own --ledger-name"
+                );
+            }
+            return serde_json::from_str(&ledger.spec.ledger).map_err(|e| {
+                anyhow::anyhow!("{}: spec.ledger is not a usage ledger: {e}", self.place())
+            });
+        }
+        *version = (None, false);
+        {
+            let (api, name) = &self.legacy;
+            match api.get_opt(name).await {
+                Ok(Some(cm)) => {
+                    let text = cm
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get(LEGACY_KEY))
+                        .map(String::as_str)
+                        .unwrap_or("{}");
+                    let persisted = serde_json::from_str(text).map_err(|e| {
+                        anyhow::anyhow!("ConfigMap {name}: {LEGACY_KEY} is not a usage ledger: {e}")
+                    })?;
+                    tracing::info!(
+                        from = %format!("ConfigMap {}/{name}", api.namespace().unwrap_or_default()),
+                        to = %self.place(),
+                        "read the usage ledger from where earlier versions kept it; it moves on the next write"
+                    );
+                    version.1 = true;
+                    return Ok(persisted);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look for the usage ledger where earlier versions kept it")
+                }
+            }
+        }
+        self.recover().await
     }
 
     /// The spend the Budgets' status shows, when there is no ledger.
@@ -123,7 +177,7 @@ impl ConfigMapStore {
                 notes.insert(
                     (ns.clone(), name.clone()),
                     format!(
-                        "no usage ledger at ConfigMap {} when this controller started to keep the books; the spend was restored from this Budget's status (USD {}, {} tokens), which may miss the last seconds of usage before",
+                        "no usage ledger at {} when this controller started to keep the books; the spend was restored from this Budget's status (USD {}, {} tokens), which may miss the last seconds of usage before",
                         self.place(),
                         shown.usd.unwrap_or(0.0),
                         shown.tokens.unwrap_or(0)
@@ -138,7 +192,7 @@ impl ConfigMapStore {
             tracing::error!(
                 ledger = %self.place(),
                 budgets = notes.len(),
-                "no usage ledger where one was expected, but Budgets show spend: restored the spend from their status instead of counting from zero (was the controller moved to another namespace, or the ConfigMap deleted?)"
+                "no usage ledger where one was expected, but Budgets show spend: restored the spend from their status instead of counting from zero (was it deleted?)"
             );
         }
         *crate::usage::lock(&r.notes) = notes;
@@ -158,32 +212,46 @@ impl ConfigMapStore {
         let text = serde_json::to_string(&kept).map_err(|e| SaveError::Other(e.to_string()))?;
         if text.len() > MAX_BYTES {
             return Err(SaveError::Other(format!(
-                "the ledger is {} bytes, over the {MAX_BYTES} a ConfigMap holds (too many live agent sessions)",
+                "the ledger is {} bytes, over the {MAX_BYTES} one object holds (too many live agent sessions)",
                 text.len()
             )));
         }
         let mut version = self.version.lock().await;
-        let cm = ConfigMap {
+        let ledger = UsageLedger {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
-                resource_version: version.clone(),
+                resource_version: version.0.clone(),
                 labels: Some(super::managed_labels()),
                 ..ObjectMeta::default()
             },
-            data: Some(BTreeMap::from([(KEY.to_string(), text)])),
-            ..ConfigMap::default()
+            spec: UsageLedgerSpec {
+                ledger: text,
+                kept_by: Some(self.kept_by.clone()),
+            },
         };
         let pp = PostParams {
             field_manager: Some(super::status::FIELD_MANAGER.into()),
             ..PostParams::default()
         };
-        let written = match version.as_ref() {
-            Some(_) => self.api.replace(&self.name, &pp, &cm).await,
-            None => self.api.create(&pp, &cm).await,
+        let written = match version.0.as_ref() {
+            Some(_) => self.api.replace(&self.name, &pp, &ledger).await,
+            None => self.api.create(&pp, &ledger).await,
         };
         match written {
-            Ok(cm) => {
-                *version = cm.metadata.resource_version;
+            Ok(l) => {
+                version.0 = l.metadata.resource_version;
+                if std::mem::take(&mut version.1) {
+                    let (api, name) = &self.legacy;
+                    match api.delete(name, &DeleteParams::default()).await {
+                        Ok(_) => tracing::info!(
+                            ledger = %self.place(),
+                            "the usage ledger moved; deleted ConfigMap {name}"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(error = %e, "the usage ledger moved, but ConfigMap {name} where it was is not deleted")
+                        }
+                    }
+                }
                 Ok(())
             }
             Err(kube::Error::Api(e)) if e.code == 409 => Err(SaveError::Conflict),

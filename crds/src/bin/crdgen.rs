@@ -4,12 +4,10 @@
 
 use std::path::PathBuf;
 
-use tollgate_crds::Kind;
-
 fn main() -> anyhow::Result<()> {
     let arg = std::env::args().nth(1).unwrap_or_else(|| "crds".into());
     if arg == "--json" {
-        let crds: Vec<_> = Kind::ALL.into_iter().map(Kind::crd).collect();
+        let crds = tollgate_crds::all_crds();
         println!("{}", serde_json::to_string(&crds)?);
         return Ok(());
     }
