@@ -356,8 +356,8 @@ pub struct Compiler {
     members: HashMap<(Kind, String), BTreeSet<String>>,
     /// Who names each object, to rebuild them when it changes.
     referrers: HashMap<Target, HashSet<ObjectKey>>,
-    /// Routes by namespace and model pattern; and those without header matches, which
-    /// can shadow others.
+    /// Routes by namespace and the [`shape`] of each model pattern; and those without
+    /// header matches, which can shadow others.
     patterns: HashMap<NsName, BTreeSet<String>>,
     headerless: HashMap<NsName, BTreeSet<String>>,
     /// Keys limited to certain routes, by namespace: shadowing is not judged there.
@@ -719,24 +719,25 @@ impl Compiler {
         let (old, new) = (route(old), route(new));
         for r in old.iter() {
             for m in &r.route_match.models {
-                remove_from(&mut self.patterns, (ns.clone(), m.clone()), name);
+                remove_from(&mut self.patterns, (ns.clone(), shape(m)), name);
                 if r.route_match.headers.is_empty() {
-                    remove_from(&mut self.headerless, (ns.clone(), m.clone()), name);
+                    remove_from(&mut self.headerless, (ns.clone(), shape(m)), name);
                 }
             }
         }
         for r in new.iter() {
             for m in &r.route_match.models {
-                add_to(&mut self.patterns, (ns.clone(), m.clone()), name);
+                add_to(&mut self.patterns, (ns.clone(), shape(m)), name);
                 if r.route_match.headers.is_empty() {
-                    add_to(&mut self.headerless, (ns.clone(), m.clone()), name);
+                    add_to(&mut self.headerless, (ns.clone(), shape(m)), name);
                 }
             }
         }
-        // Routes that share a pattern with this one may be shadowed by it, or no longer.
+        // Routes with a pattern of the same shape as one of this one's may be shadowed by
+        // it, or no longer.
         for r in old.iter().chain(new.iter()) {
             for m in &r.route_match.models {
-                if let Some(names) = self.patterns.get(&(ns.clone(), m.clone())) {
+                if let Some(names) = self.patterns.get(&(ns.clone(), shape(m))) {
                     dirty.extend(
                         names
                             .iter()
@@ -1099,7 +1100,7 @@ impl Compiler {
                         false,
                         "Shadowed",
                         format!(
-                            "every model it matches is taken first by LLMRoute {by} (exact names win over globs, then the route name), and no VirtualKey is limited to routes that would reach it"
+                            "every model it matches is taken first by LLMRoute {by} (exact names win over globs, globs with more literal characters over those with fewer, then the route name), and no VirtualKey is limited to routes that would reach it"
                         ),
                     ),
                     None => Condition::new("Reachable", true, "Reachable", ""),
@@ -1265,8 +1266,9 @@ impl Compiler {
     }
 
     /// The route that takes every request `name` would match, if any: for each of its
-    /// model patterns, a route without header matches, named before it, with the same
-    /// pattern. A namespace where some key is limited to certain routes is not judged.
+    /// model patterns, a route without header matches, named before it, with a pattern
+    /// that matches every name this one does and is not less specific (see [`shape`]). A
+    /// namespace where some key is limited to certain routes is not judged.
     fn shadowed_by(&self, ns: &str, name: &str, spec: &route::LlmRouteSpec) -> Option<String> {
         if self.limited.contains_key(ns) || spec.route_match.models.is_empty() {
             return None;
@@ -1275,13 +1277,50 @@ impl Compiler {
         for m in &spec.route_match.models {
             let first = self
                 .headerless
-                .get(&(ns.to_string(), m.clone()))
-                .and_then(|s| s.iter().next())?;
-            if first.as_str() >= name {
-                return None;
-            }
+                .get(&(ns.to_string(), shape(m)))?
+                .iter()
+                .take_while(|n| n.as_str() < name)
+                .find(|n| {
+                    self.current
+                        .get(&(Kind::LlmRoute, ns.to_string(), n.to_string()))
+                        .and_then(|c| c.spec.route())
+                        .is_some_and(|r| r.route_match.models.iter().any(|q| covers(q, m)))
+                })?;
             by.get_or_insert_with(|| first.clone());
         }
         by
     }
+}
+
+/// What decides whether one model pattern can take every request of another: an exact
+/// name only from the same name; a glob (`*` matching any run of characters) only from a
+/// glob with the same literal characters in the same order. A glob with more literal
+/// characters wins over one with fewer but cannot match the fewer's shortest names, and
+/// one with fewer never wins; so only patterns of the same shape can shadow each other.
+fn shape(pattern: &str) -> String {
+    if pattern.contains('*') {
+        format!("*{}", pattern.replace('*', ""))
+    } else {
+        format!("={pattern}")
+    }
+}
+
+/// Where a glob's `*`s are: after how many of its literal characters.
+fn star_gaps(pattern: &str) -> BTreeSet<usize> {
+    let mut literals = 0;
+    let mut gaps = BTreeSet::new();
+    for c in pattern.chars() {
+        if c == '*' {
+            gaps.insert(literals);
+        } else {
+            literals += 1;
+        }
+    }
+    gaps
+}
+
+/// Whether pattern `q` matches every model name pattern `p` does, with the same
+/// specificity: the same shape, and a `*` wherever `p` has one.
+fn covers(q: &str, p: &str) -> bool {
+    shape(q) == shape(p) && star_gaps(q).is_superset(&star_gaps(p))
 }

@@ -617,6 +617,45 @@ fn a_route_whose_every_model_is_taken_first_is_shadowed() {
     assert_eq!(reachable(&c, "later").0, "True");
 }
 
+#[test]
+fn a_glob_is_shadowed_by_one_as_specific_that_matches_every_name_it_does() {
+    let reachable = |objects: &[SourceObject], name: &str| {
+        let c = run(objects.to_vec());
+        let cond = report(&c, "LLMRoute", name)
+            .condition("Reachable")
+            .unwrap()
+            .clone();
+        (cond.status, cond.message)
+    };
+    let mut objects = base();
+    // `*gpt-4o*` has the same literal characters as `gpt-4o*` and a `*` wherever it has
+    // one: every name `tail` matches goes to `a-wide` first (same specificity, and its
+    // name sorts first).
+    objects.push(route_obj("a-wide", json!(["*gpt-4o*"]), json!([])));
+    objects.push(route_obj("tail", json!(["gpt-4o*"]), json!([])));
+    let (status, message) = reachable(&objects, "tail");
+    assert_eq!(status, "False");
+    assert!(message.contains("LLMRoute a-wide"), "{message}");
+    assert_eq!(reachable(&objects, "a-wide").0, "True");
+    // `gpt-4o*` does not match `xgpt-4o`, so it does not shadow `*gpt-4o*` even when named
+    // first; a less specific glob never shadows a more specific one, whatever its name.
+    objects.push(route_obj("0-any", json!(["*"]), json!([])));
+    objects.push(route_obj("0-prefix", json!(["gpt-4o*"]), json!([])));
+    objects.push(route_obj("z-wide", json!(["*gpt-4o*"]), json!([])));
+    assert_eq!(
+        reachable(&objects, "z-wide").0,
+        "False",
+        "a-wide is the same"
+    );
+    objects.retain(|o| o.origin != "a-wide.yaml#1");
+    assert_eq!(reachable(&objects, "z-wide").0, "True");
+    let (status, message) = reachable(&objects, "tail");
+    assert_eq!(status, "False");
+    assert!(message.contains("LLMRoute 0-prefix"), "{message}");
+    // The exact name still wins over every glob.
+    assert_eq!(reachable(&objects, "chat").0, "True");
+}
+
 /// Objects of every kind that name, select and shadow each other, in two namespaces:
 /// the pool that random edits draw from.
 fn pool() -> Vec<Value> {
@@ -660,6 +699,7 @@ fn pool() -> Vec<Value> {
                 Value::Null,
             ),
             ("r3", json!(["x*"]), json!([]), "p1", json!("m-priced")),
+            ("q", json!(["*x*"]), json!([]), "p1", json!("m-priced")),
         ] {
             let mut target = json!({"provider": provider});
             if !model.is_null() {
