@@ -93,6 +93,12 @@ async fn expect(
     (content_type, body, send)
 }
 
+/// The next request, which must be a GET of `path`, answered that there is no such object.
+async fn expect_missing(handle: &mut Handle, path: &str) {
+    let (_, _, send) = expect(handle, Method::GET, path).await;
+    send.send_response(not_found());
+}
+
 #[tokio::test]
 async fn a_missing_lease_is_created_and_a_lost_race_is_not_leadership() {
     let (client, mut handle) = client();
@@ -100,13 +106,11 @@ async fn a_missing_lease_is_created_and_a_lost_race_is_not_leadership() {
     let run =
         tokio::spawn(async move { (e.try_once().await.unwrap(), e.try_once().await.unwrap()) });
 
-    let (_, _, send) = expect(
+    expect_missing(
         &mut handle,
-        Method::GET,
         "/apis/coordination.k8s.io/v1/namespaces/tollgate/leases/tollgate-controller",
     )
     .await;
-    send.send_response(not_found());
     let (_, body, send) = expect(
         &mut handle,
         Method::POST,
@@ -289,21 +293,17 @@ async fn the_ledger_is_created_then_replaced_conditionally_and_a_conflict_is_rep
         (loaded, first, second)
     });
     // Cluster-scoped: the same place wherever the controller runs.
-    let (_, _, send) = expect(
+    expect_missing(
         &mut handle,
-        Method::GET,
         "/apis/tollgate.dev/v1alpha1/usageledgers/gateway",
     )
     .await;
-    send.send_response(not_found());
     // Not where earlier versions kept it either.
-    let (_, _, send) = expect(
+    expect_missing(
         &mut handle,
-        Method::GET,
         "/api/v1/namespaces/tollgate/configmaps/tollgate-controller-ledger",
     )
     .await;
-    send.send_response(not_found());
     let (_, body, send) = expect(
         &mut handle,
         Method::POST,
@@ -559,13 +559,11 @@ async fn a_ledger_where_earlier_versions_kept_it_is_read_and_deleted_once_moved(
         store.save(&loaded).await.unwrap();
         loaded
     });
-    let (_, _, send) = expect(
+    expect_missing(
         &mut handle,
-        Method::GET,
         "/apis/tollgate.dev/v1alpha1/usageledgers/gateway",
     )
     .await;
-    send.send_response(not_found());
     let (_, _, send) = expect(
         &mut handle,
         Method::GET,
