@@ -172,8 +172,14 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let huge_pages_off = tollgate_proto::process::no_huge_pages();
     let args = Args::parse();
     init_logging(args.log_format);
+    if !huge_pages_off {
+        tracing::warn!(
+            "transparent huge pages could not be disabled; starting with a large config may be slower"
+        );
+    }
     let token = match &args.token_file {
         Some(path) => {
             let token = std::fs::read_to_string(path)

@@ -49,25 +49,16 @@ mod allocator {
         }
     }
 
-    /// The kernel backs what mimalloc touches of its arenas with transparent huge pages
-    /// where it can: 2 MiB resident for a few bytes used. An idle dataplane with an empty
-    /// config held 10 MiB of them (11 MiB of anonymous memory), and with 10,000 keys about
-    /// twice their live size. Without huge pages those read 5 and 15 MiB; CPU per
-    /// request under load was within the runs' spread (docs/benchmarks.md). The setting
-    /// applies to pages faulted in from then on, so it is made as `main` starts.
-    #[cfg(target_os = "linux")]
+    /// Transparent huge pages off ([`tollgate_proto::process::no_huge_pages`]): an idle
+    /// dataplane with an empty config held 10 MiB of them (11 MiB of anonymous memory),
+    /// and with 10,000 keys about twice their live size. Without huge pages those read 5
+    /// and 15 MiB; CPU per request under load was within the runs' spread
+    /// (docs/benchmarks.md).
     pub fn no_huge_pages() {
-        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and changes nothing
-        // but the process's huge page policy; a failure (an old kernel) leaves it as is.
-        #[allow(unsafe_code)]
-        let failed = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } != 0;
-        if failed {
+        if !tollgate_proto::process::no_huge_pages() {
             eprintln!("transparent huge pages could not be disabled; memory use may be higher");
         }
     }
-
-    #[cfg(not(target_os = "linux"))]
-    pub fn no_huge_pages() {}
 
     #[cfg(test)]
     #[allow(unsafe_code)]

@@ -13,6 +13,7 @@ pub use generated::*;
 
 pub mod admin;
 pub mod prices;
+pub mod process;
 pub mod quantity;
 pub mod time;
 
