@@ -16,11 +16,9 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use kube::Api;
 use kube::api::PostParams;
 use ring::rand::SecureRandom;
-use serde_json::Value;
 use tollgate_crds::Kind;
 
 use super::source::{Index, Watched};
-use crate::compile::VIRTUAL_KEY_SECRET_KEY;
 
 /// A Secret to create for a VirtualKey.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,23 +37,14 @@ pub fn missing(index: &Index) -> Vec<Wanted> {
     index
         .of(Watched::Tollgate(Kind::VirtualKey))
         .filter_map(|(ns, name, e)| {
-            let spec = e.value.get("spec")?;
-            if spec.get("generateSecret") != Some(&Value::Bool(true)) {
-                return None;
-            }
-            let r = spec.get("secretRef")?;
-            let secret = r.get("name").and_then(Value::as_str)?;
+            let (secret, key) = e.generates.as_ref()?;
             if secret.is_empty() || index.get(Watched::Secret, ns, secret).is_some() {
                 return None;
             }
             Some(Wanted {
                 namespace: ns.to_string(),
-                secret: secret.to_string(),
-                key: r
-                    .get("key")
-                    .and_then(Value::as_str)
-                    .unwrap_or(VIRTUAL_KEY_SECRET_KEY)
-                    .to_string(),
+                secret: secret.clone(),
+                key: key.clone(),
                 owner_name: name.to_string(),
                 owner_uid: e.uid.clone(),
             })
@@ -157,7 +146,7 @@ mod tests {
     use super::*;
     use kube::api::DynamicObject;
     use kube::runtime::watcher::Event;
-    use serde_json::json;
+    use serde_json::{Value, json};
 
     use crate::k8s::source::Scope;
 
