@@ -606,3 +606,49 @@ async fn a_ledger_where_earlier_versions_kept_it_is_read_and_deleted_once_moved(
     let loaded = run.await.unwrap();
     assert_eq!(loaded.sequences["dp-1"].0, 7);
 }
+
+#[tokio::test]
+async fn a_ledger_deleted_meanwhile_is_written_again_and_a_missing_kind_is_named() {
+    let (client, mut handle) = client();
+    let store = LedgerStore::new(client, "gateway", "tollgate", "tollgate-controller");
+    let run = tokio::spawn(async move {
+        let loaded = store.load().await.unwrap();
+        let first = store.save(&loaded).await;
+        let second = store.save(&loaded).await;
+        (first, second)
+    });
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::GET,
+        "/apis/tollgate.dev/v1alpha1/usageledgers/gateway",
+    )
+    .await;
+    send.send_response(respond(
+        StatusCode::OK,
+        &json!({"apiVersion": "tollgate.dev/v1alpha1", "kind": "UsageLedger",
+                "metadata": {"name": "gateway", "resourceVersion": "4"},
+                "spec": {"ledger": r#"{"accounts": {}, "sequences": {}}"#, "keptBy": "tollgate/tollgate-controller"}}),
+    ));
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::PUT,
+        "/apis/tollgate.dev/v1alpha1/usageledgers/gateway?&fieldManager=tollgate-controller",
+    )
+    .await;
+    send.send_response(not_found());
+    // Created again, not replaced; here the kind itself is gone too.
+    let (_, _, send) = expect(
+        &mut handle,
+        Method::POST,
+        "/apis/tollgate.dev/v1alpha1/usageledgers?&fieldManager=tollgate-controller",
+    )
+    .await;
+    send.send_response(not_found());
+    let (first, second) = run.await.unwrap();
+    let message = |r: Result<(), crate::usage::SaveError>| match r {
+        Err(crate::usage::SaveError::Other(m)) => m,
+        other => panic!("{other:?}"),
+    };
+    assert!(message(first).contains("was deleted"));
+    assert!(message(second).contains("kind is not installed"));
+}

@@ -255,6 +255,18 @@ impl LedgerStore {
                 Ok(())
             }
             Err(kube::Error::Api(e)) if e.code == 409 => Err(SaveError::Conflict),
+            // Deleted meanwhile: the next write creates it again from what this leader
+            // holds. Not found on a create: the kind itself is missing.
+            Err(kube::Error::Api(e)) if e.code == 404 => {
+                Err(SaveError::Other(if version.0.take().is_some() {
+                    format!("{} was deleted; writing it again", self.place())
+                } else {
+                    format!(
+                        "cannot create {}: the UsageLedger kind is not installed (apply charts/tollgate/crds/usageledgers.tollgate.dev.yaml; helm upgrade does not add CRDs)",
+                        self.place()
+                    )
+                }))
+            }
             Err(e) => Err(SaveError::Other(e.to_string())),
         }
     }
