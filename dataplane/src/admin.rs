@@ -11,8 +11,8 @@ use http_body_util::Full;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
+use crate::base::metrics::Metrics;
+use crate::config::snapshot::Snapshot;
 
 #[derive(Clone)]
 pub struct Admin {
@@ -103,9 +103,9 @@ impl Admin {
             let response = this.respond(&req);
             async move { response }
         };
-        crate::server::serve(
+        crate::base::server::serve(
             listener,
-            crate::server::Limits::admin(),
+            crate::base::server::Limits::admin(),
             counters,
             handler,
             std::future::pending(),

@@ -6,31 +6,12 @@
 
 pub mod admin;
 pub mod auth;
-pub mod balance;
-pub mod bodies;
-pub mod egress;
-pub mod eventstream;
-pub mod glob;
-pub mod json;
-pub mod link;
+pub mod base;
+pub mod config;
+pub mod error;
 pub mod mcp;
-pub mod metrics;
-pub mod prices;
+pub mod metering;
+pub mod pipeline;
+pub mod provider;
 pub mod proxy;
-pub mod quota;
-pub mod runtime;
-pub mod server;
-pub mod snapshot;
-pub mod sse;
-pub mod store;
-pub mod tokens;
 pub mod translate;
-pub mod upstream;
-pub mod usage;
-pub mod xds;
-
-/// Locks `m`, going on with the data a panicking holder left: every value guarded here
-/// stays usable whatever step a panic interrupted.
-pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-}

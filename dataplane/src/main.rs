@@ -9,13 +9,15 @@ use arc_swap::ArcSwap;
 use clap::{Parser, ValueEnum};
 use tokio::sync::watch;
 use tollgate_dataplane::admin::Admin;
-use tollgate_dataplane::metrics::Metrics;
-use tollgate_dataplane::proxy::{self, State};
-use tollgate_dataplane::quota::Quotas;
-use tollgate_dataplane::snapshot::Snapshot;
-use tollgate_dataplane::store::Store;
-use tollgate_dataplane::usage::Reporter;
-use tollgate_dataplane::{upstream, xds};
+use tollgate_dataplane::base::metrics::Metrics;
+use tollgate_dataplane::base::upstream;
+use tollgate_dataplane::config::snapshot::Snapshot;
+use tollgate_dataplane::config::store::Store;
+use tollgate_dataplane::config::xds;
+use tollgate_dataplane::metering::quota::Quotas;
+use tollgate_dataplane::metering::reporter::Reporter;
+use tollgate_dataplane::pipeline::State;
+use tollgate_dataplane::proxy;
 
 /// The system allocator took about a tenth of the dataplane's CPU under load (small,
 /// short-lived allocations on every request, freed on another thread); mimalloc's
@@ -194,12 +196,12 @@ struct Args {
     /// although they are loopback, link-local, private or otherwise not the public
     /// internet: `CIDR` for every namespace, `NAMESPACE=CIDR` for the objects of one
     /// (repeatable). Checked after DNS resolution, on every connect.
-    #[arg(long, value_name = "[NAMESPACE=]CIDR", value_parser = tollgate_dataplane::egress::parse_allow)]
-    egress_allow: Vec<(Option<String>, tollgate_dataplane::egress::Net)>,
+    #[arg(long, value_name = "[NAMESPACE=]CIDR", value_parser = tollgate_dataplane::base::egress::parse_allow)]
+    egress_allow: Vec<(Option<String>, tollgate_dataplane::base::egress::Net)>,
     /// More address ranges outbound connections never reach, e.g. the cluster's pod and
     /// service ranges when they are public addresses (repeatable).
     #[arg(long, value_name = "CIDR")]
-    egress_deny: Vec<tollgate_dataplane::egress::Net>,
+    egress_deny: Vec<tollgate_dataplane::base::egress::Net>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -301,7 +303,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(addr = %admin_listener.local_addr()?, "admin listening");
     tokio::spawn(admin.serve(admin_listener));
 
-    let mut egress = tollgate_dataplane::egress::Policy::default();
+    let mut egress = tollgate_dataplane::base::egress::Policy::default();
     for (namespace, net) in args.egress_allow {
         match namespace {
             Some(ns) => egress.allow_in.entry(ns).or_default().push(net),
@@ -310,29 +312,29 @@ async fn main() -> anyhow::Result<()> {
     }
     egress.deny = args.egress_deny;
     let upstream = upstream::Clients::new(&egress);
+    let mcp = tollgate_dataplane::mcp::gateway::Gateway::new(
+        tollgate_dataplane::mcp::client::Client::new(upstream.clone()),
+        session_keys,
+    );
     let state = Arc::new(State {
         config,
         ready: ready_rx,
-        mcp: tollgate_dataplane::mcp::gateway::Gateway::new(
-            tollgate_dataplane::mcp::client::Client::new(upstream.clone()),
-            session_keys,
-        ),
         upstream,
         metrics,
-        bodies: tollgate_dataplane::bodies::Limits::new(
+        bodies: tollgate_dataplane::base::bodies::Limits::new(
             args.max_body_bytes,
             args.body_read_timeout,
             args.body_min_rate,
             args.max_inflight_body_bytes,
         ),
         max_upstream_body_bytes: args.max_upstream_body_bytes,
-        translation: tollgate_dataplane::proxy::TranslationLimits {
+        translation: tollgate_dataplane::pipeline::TranslationLimits {
             max_bytes: args.max_translated_bytes,
             max_messages: args.max_translated_messages,
         },
         balance: Default::default(),
         quotas,
-        worst: tollgate_dataplane::proxy::admission::WorstCase {
+        worst: tollgate_dataplane::pipeline::admission::WorstCase {
             output_tokens: args.default_max_output_tokens,
             media_tokens: args.media_tokens,
             file_tokens: args.file_tokens,
@@ -349,10 +351,10 @@ async fn main() -> anyhow::Result<()> {
         // /readyz fails from now on, so load balancers stop sending new connections.
         draining.store(true, std::sync::atomic::Ordering::Relaxed);
     };
-    let limits = tollgate_dataplane::server::Limits {
+    let limits = tollgate_dataplane::base::server::Limits {
         max_connections: args
             .max_connections
-            .unwrap_or_else(tollgate_dataplane::server::default_max_connections),
+            .unwrap_or_else(tollgate_dataplane::base::server::default_max_connections),
         header_read: args.header_read_timeout,
         idle: args.idle_timeout,
         h2_keepalive: args.h2_keepalive,
@@ -361,7 +363,8 @@ async fn main() -> anyhow::Result<()> {
         max_connections = limits.max_connections,
         "connection limits"
     );
-    proxy::serve(state, listener, limits, shutdown, args.drain_timeout).await;
+    let server = Arc::new(proxy::Server { state, mcp });
+    proxy::serve(server, listener, limits, shutdown, args.drain_timeout).await;
     // Every answered request's usage reaches the controller before the process ends.
     reporter.flush(args.drain_timeout).await;
     Ok(())
@@ -369,7 +372,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// How the config and usage streams reach the controller: over TLS, verifying its
 /// certificate with --controller-ca, unless --plaintext says otherwise.
-fn controller_link(args: &Args) -> anyhow::Result<tollgate_dataplane::link::Controller> {
+fn controller_link(args: &Args) -> anyhow::Result<tollgate_dataplane::base::link::Controller> {
     use tonic::transport::{Certificate, ClientTlsConfig, Identity};
     let read = |p: &PathBuf| {
         std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
@@ -404,7 +407,7 @@ fn controller_link(args: &Args) -> anyhow::Result<tollgate_dataplane::link::Cont
         }
         Some(config)
     };
-    Ok(tollgate_dataplane::link::Controller {
+    Ok(tollgate_dataplane::base::link::Controller {
         url: args.controller.clone(),
         token_file: args.token_file.clone(),
         tls,

@@ -6,7 +6,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicIsize, Ordering::Relaxed};
 
-use tollgate_dataplane::store::{Store, resource};
+use tollgate_dataplane::config::store::{Store, resource};
 use tollgate_proto::{self as pb, DeltaConfigResponse, resource::Body, type_url};
 
 /// The system allocator, counting the bytes allocated and not yet freed.

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use tollgate_dataplane::proxy::Api;
-use tollgate_dataplane::proxy::request::ChatHead;
-use tollgate_dataplane::translate::pipeline::Plan;
+use tollgate_dataplane::base::Api;
+use tollgate_dataplane::translate::head::ChatHead;
+use tollgate_dataplane::translate::plan::Plan;
 
 #[path = "pairs.rs"]
 mod pairs;

@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tollgate_dataplane::sse::Parser;
+use tollgate_dataplane::base::sse::Parser;
 use tollgate_dataplane::translate::openai_to_anthropic::{
     StreamTranslator, error, request, response,
 };

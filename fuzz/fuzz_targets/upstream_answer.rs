@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use tollgate_dataplane::proxy::Api;
-use tollgate_dataplane::translate::pipeline::Plan;
+use tollgate_dataplane::base::Api;
+use tollgate_dataplane::translate::plan::Plan;
 
 #[path = "pairs.rs"]
 mod pairs;

@@ -629,8 +629,8 @@ async fn a_dataplane_stopped_right_after_a_request_reports_its_usage_first() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_answer_without_usage_is_counted_with_the_tokenizer() {
-    use tollgate_dataplane::proxy::Api;
-    use tollgate_dataplane::tokens;
+    use tollgate_dataplane::base::Api;
+    use tollgate_dataplane::metering::tokens;
     let (stack, _) = stack_with_three_dataplanes().await;
     with_logs(&stack, async {
         let api = &stack.dataplanes[0].api;

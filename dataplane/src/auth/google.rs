@@ -13,7 +13,7 @@ use ring::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use serde::Deserialize;
 
 use super::token::{Cached, exchange};
-use crate::upstream::Upstream;
+use crate::base::upstream::Upstream;
 
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
 /// Tokens are renewed this long before they expire.
@@ -118,7 +118,7 @@ impl ServiceAccount {
     pub async fn authorization(&self, upstream: &Upstream) -> Result<HeaderValue, TokenError> {
         self.cached
             .get(EARLY, Duration::from_secs(3600), || async {
-                let assertion = self.assertion(crate::proxy::now_unix())?;
+                let assertion = self.assertion(crate::base::now_unix())?;
                 let form = format!(
                     "grant_type=urn%3Aietf%3Aparams%3Aoauth%3Agrant-type%3Ajwt-bearer&assertion={assertion}"
                 );

@@ -13,7 +13,7 @@ use serde::Deserialize;
 use tokio::sync::Mutex;
 use tokio::time::Instant;
 
-use crate::upstream::Upstream;
+use crate::base::upstream::Upstream;
 
 /// Largest token answer read.
 const MAX_ANSWER_BYTES: usize = 1024 * 1024;

@@ -27,11 +27,11 @@ use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::config::{McpServer, OAuthClient};
 use super::jsonrpc::{self, Id, Message, RpcError};
 use super::transport::{self, AnswerError, Events};
 use crate::auth::sigv4::uri_encode;
 use crate::auth::token::{TokenError, exchange};
+use crate::config::mcp::{McpServer, OAuthClient};
 
 pub const SESSION_HEADER: &str = "mcp-session-id";
 pub const VERSION_HEADER: &str = "mcp-protocol-version";
@@ -121,7 +121,7 @@ pub struct Target<'a> {
 /// Tokens are cached with each server's OAuth client (`config::OAuthClient::token`).
 #[derive(Clone)]
 pub struct Client {
-    http: crate::upstream::Clients,
+    http: crate::base::upstream::Clients,
 }
 
 impl std::fmt::Debug for Client {
@@ -131,7 +131,7 @@ impl std::fmt::Debug for Client {
 }
 
 impl Client {
-    pub fn new(http: crate::upstream::Clients) -> Self {
+    pub fn new(http: crate::base::upstream::Clients) -> Self {
         Client { http }
     }
 

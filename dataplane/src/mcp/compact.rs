@@ -84,8 +84,9 @@ pub fn tool(t: &Value) -> Value {
 
 /// Tokens of a tool list before and after compaction (counted with `o200k_base`).
 pub fn reduction(before: &[Value], after: &[Value]) -> (u64, u64) {
-    let count =
-        |tools: &[Value]| crate::tokens::count("gpt-4o", &Value::from(tools.to_vec()).to_string());
+    let count = |tools: &[Value]| {
+        crate::metering::tokens::count("gpt-4o", &Value::from(tools.to_vec()).to_string())
+    };
     (count(before), count(after))
 }
 

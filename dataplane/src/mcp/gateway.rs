@@ -23,16 +23,17 @@ use tokio::sync::mpsc;
 
 use super::client::{CallError, Client, Reply, SESSION_HEADER, Target, VERSION_HEADER};
 use super::compact;
-use super::config::McpServer;
 use super::jsonrpc::{self, Body as RpcBody, Id, Message, RpcError};
 use super::names::Names;
-use super::policy::KeyPolicy;
 use super::session::{self, Keys, Session};
 use super::transport::{AnswerError, Events};
-use crate::proxy::{Body, BoxError, State, full};
-use crate::quota::{self, Demand, Qty};
-use crate::runtime::VirtualKey;
-use crate::snapshot::Snapshot;
+use crate::base::{Body, BoxError, full};
+use crate::config::mcp::McpServer;
+use crate::config::model::VirtualKey;
+use crate::config::snapshot::Snapshot;
+use crate::config::tool_policy::KeyPolicy;
+use crate::metering::quota::{self, Demand, Qty};
+use crate::pipeline::State;
 
 /// Protocol versions the endpoint speaks, newest first: the revisions that begin with
 /// the `initialize` handshake.
@@ -95,7 +96,7 @@ impl Gateway {
 
     /// Whether the server of `l` lists `tool`, from a recent listing or a new one.
     async fn lists(&self, l: &Live, tool: &str) -> bool {
-        let cached = crate::lock(&self.listed).get(&l.server.id).cloned();
+        let cached = crate::base::lock(&self.listed).get(&l.server.id).cloned();
         if let Some((at, names)) = &cached {
             let age = at.elapsed();
             if age < LISTING_KEPT && names.contains(tool) {
@@ -116,7 +117,8 @@ impl Gateway {
             .map(str::to_string)
             .collect();
         let found = names.contains(tool);
-        crate::lock(&self.listed).insert(l.server.id.clone(), (Instant::now(), Arc::new(names)));
+        crate::base::lock(&self.listed)
+            .insert(l.server.id.clone(), (Instant::now(), Arc::new(names)));
         found
     }
 }
@@ -172,7 +174,14 @@ fn names(live: &[Live]) -> Names {
     Names::new(live.iter().map(|l| (l.server.prefix.as_str(), l.index)))
 }
 
-pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
+/// What an MCP request works with: the shared request state and the gateway's own.
+struct Env<'a> {
+    core: &'a State,
+    mcp: &'a Gateway,
+}
+
+pub async fn handle(core: &State, mcp: &Gateway, req: Request<Incoming>) -> Response<Body> {
+    let state = &Env { core, mcp };
     let method = req.method().clone();
     match method {
         Method::POST => post(state, req).await,
@@ -227,9 +236,9 @@ fn not_found(id: Option<&Id>) -> Response<Body> {
 }
 
 /// The caller, or the response refusing it.
-fn caller(state: &State, headers: &http::HeaderMap) -> Result<Caller, Box<Response<Body>>> {
-    let snapshot = state.config.load_full();
-    let key = crate::proxy::authenticate(&snapshot, headers)
+fn caller(state: &Env<'_>, headers: &http::HeaderMap) -> Result<Caller, Box<Response<Body>>> {
+    let snapshot = state.core.config.load_full();
+    let key = crate::pipeline::authenticate(&snapshot, headers)
         .map_err(|e| {
             let mut r = http_error(
                 e.status(),
@@ -256,12 +265,12 @@ fn caller(state: &State, headers: &http::HeaderMap) -> Result<Caller, Box<Respon
 }
 
 /// The session a request names, when it is this key's.
-fn session_of(state: &State, caller: &Caller, headers: &http::HeaderMap) -> Option<Session> {
+fn session_of(state: &Env<'_>, caller: &Caller, headers: &http::HeaderMap) -> Option<Session> {
     let id = headers.get(SESSION_HEADER)?.to_str().ok()?;
     state.mcp.keys.open(id).filter(|s| s.key == caller.key.id())
 }
 
-fn count(state: &State, method: &str, outcome: &str) {
+fn count(state: &Env<'_>, method: &str, outcome: &str) {
     // Methods outside MCP's own are counted under one label, so a client cannot grow
     // the metric without bound.
     let method = if KNOWN_METHODS.contains(&method) {
@@ -270,6 +279,7 @@ fn count(state: &State, method: &str, outcome: &str) {
         "other"
     };
     state
+        .core
         .metrics
         .mcp_requests
         .with_label_values(&[method, outcome])
@@ -299,42 +309,43 @@ const KNOWN_METHODS: [&str; 20] = [
     "delete",
 ];
 
-async fn post(state: &State, req: Request<Incoming>) -> Response<Body> {
+async fn post(state: &Env<'_>, req: Request<Incoming>) -> Response<Body> {
     let caller = match caller(state, req.headers()) {
         Ok(c) => c,
         Err(r) => return *r,
     };
     let (parts, body) = req.into_parts();
-    let bytes = match crate::bodies::read_request(body, &parts.headers, &state.bodies).await {
-        Ok(b) => b,
-        Err(refused) => {
-            use crate::bodies::Refused;
-            let (status, message) = match refused {
-                Refused::TooLarge(limit) => (
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    format!("Request body is larger than the limit of {limit} bytes"),
-                ),
-                Refused::TooSlow => (
-                    StatusCode::REQUEST_TIMEOUT,
-                    "The request body arrived too slowly".to_owned(),
-                ),
-                Refused::Busy => (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "The gateway is holding as many request bodies as it may; retry shortly"
-                        .to_owned(),
-                ),
-                Refused::Broken => (
-                    StatusCode::BAD_REQUEST,
-                    "The request body could not be read".to_owned(),
-                ),
-            };
-            return http_error(
-                status,
-                None,
-                RpcError::new(jsonrpc::INVALID_REQUEST, message),
-            );
-        }
-    };
+    let bytes =
+        match crate::base::bodies::read_request(body, &parts.headers, &state.core.bodies).await {
+            Ok(b) => b,
+            Err(refused) => {
+                use crate::base::bodies::Refused;
+                let (status, message) = match refused {
+                    Refused::TooLarge(limit) => (
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("Request body is larger than the limit of {limit} bytes"),
+                    ),
+                    Refused::TooSlow => (
+                        StatusCode::REQUEST_TIMEOUT,
+                        "The request body arrived too slowly".to_owned(),
+                    ),
+                    Refused::Busy => (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "The gateway is holding as many request bodies as it may; retry shortly"
+                            .to_owned(),
+                    ),
+                    Refused::Broken => (
+                        StatusCode::BAD_REQUEST,
+                        "The request body could not be read".to_owned(),
+                    ),
+                };
+                return http_error(
+                    status,
+                    None,
+                    RpcError::new(jsonrpc::INVALID_REQUEST, message),
+                );
+            }
+        };
     let events = parts
         .headers
         .get(ACCEPT)
@@ -382,11 +393,11 @@ async fn post(state: &State, req: Request<Incoming>) -> Response<Body> {
             let admitted = if method == "ping" {
                 None
             } else {
-                match crate::proxy::admission::admit_free(
-                    state,
+                match crate::pipeline::admission::admit_free(
+                    state.core,
                     &caller.key,
                     &parts.headers,
-                    crate::proxy::admission::LEAST,
+                    crate::pipeline::admission::LEAST,
                 )
                 .await
                 {
@@ -475,7 +486,10 @@ async fn post(state: &State, req: Request<Incoming>) -> Response<Body> {
 
 /// The response, holding the request's admission (its concurrency slot) until the body
 /// ends: an answer that comes as an event stream is still the request.
-fn holding(r: Response<Body>, admitted: Option<crate::quota::Reservation>) -> Response<Body> {
+fn holding(
+    r: Response<Body>,
+    admitted: Option<crate::metering::quota::Reservation>,
+) -> Response<Body> {
     let Some(admitted) = admitted else {
         return r;
     };
@@ -491,7 +505,7 @@ fn holding(r: Response<Body>, admitted: Option<crate::quota::Reservation>) -> Re
 /// A body and the admission it keeps until dropped.
 struct Holding {
     body: Body,
-    _admitted: crate::quota::Reservation,
+    _admitted: crate::metering::quota::Reservation,
 }
 
 impl http_body::Body for Holding {
@@ -514,7 +528,7 @@ impl http_body::Body for Holding {
     }
 }
 
-async fn delete(state: &State, req: Request<Incoming>) -> Response<Body> {
+async fn delete(state: &Env<'_>, req: Request<Incoming>) -> Response<Body> {
     let caller = match caller(state, req.headers()) {
         Ok(c) => c,
         Err(r) => return *r,
@@ -532,7 +546,7 @@ async fn delete(state: &State, req: Request<Incoming>) -> Response<Body> {
 /// server the key reaches (a server that fails is left out of the session and logged),
 /// and answers with the sealed session.
 async fn initialize(
-    state: &State,
+    state: &Env<'_>,
     caller: &Caller,
     id: &Id,
     params: Option<Value>,
@@ -705,7 +719,7 @@ fn upstream_error(id: &Id, server: &McpServer, e: &CallError) -> Response<Body> 
 }
 
 async fn request(
-    state: &State,
+    state: &Env<'_>,
     caller: &Caller,
     live: &[Live],
     id: Id,
@@ -874,7 +888,7 @@ async fn first_answer(
     json_response(&jsonrpc::error(Some(id), &last))
 }
 
-async fn list_tools(state: &State, caller: &Caller, live: &[Live], id: &Id) -> Response<Body> {
+async fn list_tools(state: &Env<'_>, caller: &Caller, live: &[Live], id: &Id) -> Response<Body> {
     let listed = match gather(&state.mcp.client, live, "tools/list", "tools").await {
         Ok(l) => l,
         Err(r) => return r(id),
@@ -903,11 +917,13 @@ async fn list_tools(state: &State, caller: &Caller, live: &[Live], id: &Id) -> R
         let compacted: Vec<Value> = shown.iter().map(compact::tool).collect();
         let (before, after) = compact::reduction(&shown, &compacted);
         state
+            .core
             .metrics
             .mcp_list_tokens
             .with_label_values(&["listed"])
             .inc_by(before);
         state
+            .core
             .metrics
             .mcp_list_tokens
             .with_label_values(&["sent"])
@@ -921,7 +937,7 @@ async fn list_tools(state: &State, caller: &Caller, live: &[Live], id: &Id) -> R
 }
 
 async fn call_tool(
-    state: &State,
+    state: &Env<'_>,
     caller: &Caller,
     live: &[Live],
     id: Id,
@@ -950,7 +966,7 @@ async fn call_tool(
         tool: clipped(&shown).to_owned(),
         arguments,
         start: Instant::now(),
-        metrics: state.metrics.clone(),
+        metrics: state.core.metrics.clone(),
     };
     let refuse = |audit: Audit, outcome: &str, code: i64, message: String| {
         audit.finish(outcome);
@@ -997,6 +1013,7 @@ async fn call_tool(
         };
         let limit = rule.calls_per_minute;
         match state
+            .core
             .quotas
             .reserve(&[demand], caller.key.attribution.clone())
             .await
@@ -1054,7 +1071,7 @@ fn clipped(name: &str) -> &str {
 
 /// Sends a request to one server and answers the client as the server answers.
 async fn relay(
-    state: &State,
+    state: &Env<'_>,
     l: &Live,
     id: Id,
     method: &str,
@@ -1226,7 +1243,7 @@ struct Audit {
     tool: String,
     arguments: Option<Value>,
     start: Instant,
-    metrics: crate::metrics::Metrics,
+    metrics: crate::base::metrics::Metrics,
 }
 
 impl Audit {

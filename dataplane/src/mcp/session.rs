@@ -5,13 +5,12 @@
 //! next request lands on another replica or after a restart. A client cannot read the
 //! upstream session ids nor forge or alter a session (that fails authentication).
 
-use std::sync::Arc;
-
-use arc_swap::ArcSwapOption;
 use base64::Engine;
 use ring::aead::{self, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
+
+pub use crate::config::session_keys::Keys;
 
 /// Bound into every sealed session: a sealed value from another use of the key, or from
 /// a later incompatible format, does not open.
@@ -45,21 +44,6 @@ pub struct Upstream {
     pub version: String,
 }
 
-/// The keys sessions are sealed with: the controller's current key, and the one before
-/// it, so that sessions sealed just before a change of key still open.
-#[derive(Default)]
-pub struct Keys {
-    keys: ArcSwapOption<(Vec<u8>, Option<Vec<u8>>)>,
-}
-
-impl std::fmt::Debug for Keys {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Keys")
-            .field("held", &self.keys.load().is_some())
-            .finish()
-    }
-}
-
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SealError {
     #[error("no MCP session key from the controller yet")]
@@ -68,29 +52,11 @@ pub enum SealError {
     Crypto,
 }
 
+/// Sealing and opening live beside what they seal; the keys come with the config.
 impl Keys {
-    /// Takes the key of a config response; a different key becomes current and the old
-    /// one is kept as the previous. An empty or malformed key is ignored.
-    pub fn update(&self, key: &[u8]) {
-        if key.len() != 32 {
-            return;
-        }
-        let held = self.keys.load();
-        let next = match held.as_deref() {
-            Some((current, _)) if current.as_slice() == key => return,
-            Some((current, _)) => (key.to_vec(), Some(current.clone())),
-            None => (key.to_vec(), None),
-        };
-        self.keys.store(Some(Arc::new(next)));
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.keys.load().is_some()
-    }
-
     /// The session id for `session`: URL-safe base64 of nonce, ciphertext and tag.
     pub fn seal(&self, session: &Session) -> Result<String, SealError> {
-        let held = self.keys.load();
+        let held = self.held();
         let (current, _) = held.as_deref().ok_or(SealError::NoKey)?;
         let key = aead_key(current).ok_or(SealError::Crypto)?;
         let mut nonce = [0u8; aead::NONCE_LEN];
@@ -118,7 +84,7 @@ impl Keys {
         if raw.len() < aead::NONCE_LEN + CHACHA20_POLY1305.tag_len() {
             return None;
         }
-        let held = self.keys.load();
+        let held = self.held();
         let (current, previous) = held.as_deref()?;
         [Some(current), previous.as_ref()]
             .into_iter()

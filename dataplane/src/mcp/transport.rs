@@ -14,7 +14,7 @@ use hyper::body::Incoming;
 use serde_json::Value;
 
 use super::jsonrpc::{self, Body, Id, Message, RpcError};
-use crate::sse;
+use crate::base::sse;
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AnswerError {

@@ -15,17 +15,19 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::admission;
-use super::error::ApiError;
-use super::request::ChatHead;
-use super::{Api, Body, BoxError, State, authenticate, now_unix};
-use crate::balance::{self, Failure};
-use crate::metrics::Metrics;
-use crate::quota::Reservation;
-use crate::runtime::{Auth, Credential, Provider, ProviderKind, Route, VirtualKey, Wire};
-use crate::snapshot::Snapshot;
-use crate::translate::Usage;
-use crate::translate::pipeline::{Chain, Plan};
+use crate::base::metrics::Metrics;
+use crate::base::{Api, Body, BoxError, now_unix};
+use crate::config::failure::{Failure, HealthPolicy};
+use crate::config::model::{Auth, Credential, Provider, ProviderKind, Route, VirtualKey, Wire};
+use crate::config::snapshot::Snapshot;
+use crate::error::ApiError;
+use crate::metering::quota::Reservation;
+use crate::metering::usage::Usage;
+use crate::pipeline::balance;
+use crate::pipeline::{State, admission, authenticate};
+use crate::provider::urls::Urls;
+use crate::translate::head::ChatHead;
+use crate::translate::plan::{Chain, Plan};
 use tollgate_proto::time::{parse_duration, parse_rfc3339_unix};
 
 /// Request headers passed on to the provider (trace context and request ids).
@@ -67,9 +69,9 @@ pub(super) struct Completion {
     /// The request's reservations, settled with this usage.
     pub reservation: Option<Arc<Reservation>>,
     /// The price of the model used, for the cost.
-    pub price: Option<crate::prices::Price>,
+    pub price: Option<crate::metering::prices::Price>,
     /// The request, counted with a tokenizer if the provider reports no usage.
-    pub counted: Option<crate::tokens::Counted>,
+    pub counted: Option<crate::metering::tokens::Counted>,
 }
 
 impl Completion {
@@ -84,7 +86,7 @@ impl Completion {
         let model = &self.labels.model;
         // Tokenizing is CPU work that grows with the text: it runs off the runtime's
         // threads.
-        let counted = crate::tokens::off_runtime(|| {
+        let counted = crate::metering::tokens::off_runtime(|| {
             let output = output(model, c.api)?;
             Some(c.usage(model, output))
         });
@@ -101,7 +103,7 @@ impl Completion {
             c.add_tokens(u.input + u.output);
         }
         let cost = match (&self.price, &self.usage) {
-            (Some(p), Some(u)) => crate::prices::cost_nano(p, u),
+            (Some(p), Some(u)) => crate::metering::prices::cost_nano(p, u),
             _ => 0,
         };
         if let Some(r) = &self.reservation {
@@ -119,7 +121,7 @@ impl Completion {
             self.metrics
                 .cost
                 .with_label_values(&[&l.route, &l.provider, &l.model, team])
-                .inc_by(cost as f64 / crate::prices::NANO);
+                .inc_by(cost as f64 / crate::metering::prices::NANO);
         }
         self.metrics
             .requests
@@ -284,8 +286,8 @@ pub(super) async fn read_answer(
     body: Incoming,
     deadline: Instant,
 ) -> Result<Bytes, ApiError> {
-    use crate::bodies::UpstreamRead;
-    crate::bodies::read_upstream(body, state.max_upstream_body_bytes, deadline)
+    use crate::base::bodies::UpstreamRead;
+    crate::base::bodies::read_upstream(body, state.max_upstream_body_bytes, deadline)
         .await
         .map_err(|e| match e {
             UpstreamRead::Timeout => ApiError::UpstreamTimeout,
@@ -357,10 +359,10 @@ pub(super) fn respond(
 pub(super) async fn read_body(
     body: Incoming,
     headers: &HeaderMap,
-    limits: &crate::bodies::Limits,
+    limits: &crate::base::bodies::Limits,
 ) -> Result<Bytes, ApiError> {
-    use crate::bodies::Refused;
-    crate::bodies::read_request(body, headers, limits)
+    use crate::base::bodies::Refused;
+    crate::base::bodies::read_request(body, headers, limits)
         .await
         .map_err(|refused| match refused {
             Refused::TooLarge(limit) => ApiError::BodyTooLarge(limit),
@@ -398,7 +400,7 @@ async fn forward(
     let reservation =
         match admission::admit(state, &snapshot, &key, &parts.headers, &head, &route, size).await {
             Ok(r) => Arc::new(r),
-            Err(e) => return Ok(admission::refused(state, &key, e, api, started, labels)),
+            Err(e) => return Ok(refused(state, &key, e, api, started, labels)),
         };
     let mut plan = balance::Plan::new(route.clone(), &snapshot, &state.balance, &head.model);
     drop(snapshot);
@@ -649,14 +651,14 @@ struct Ctx {
 
 impl Ctx {
     fn current(&self) -> Arc<Reservation> {
-        crate::lock(&self.current).clone()
+        crate::base::lock(&self.current).clone()
     }
 
     /// Before an attempt: when an earlier attempt has been charged (the provider billed
     /// it), another worst case is reserved for this one, so that what every attempt is
     /// charged stays within what the request reserved.
     async fn reserve_attempt(&self) -> Result<(), ApiError> {
-        if !crate::lock(&self.current).charged() {
+        if !crate::base::lock(&self.current).charged() {
             return Ok(());
         }
         let more = self
@@ -665,7 +667,7 @@ impl Ctx {
             .extend(&self.admitted, self.extend_by)
             .await
             .map_err(|r| admission::refusal(&self.state, &self.key, &r))?;
-        *crate::lock(&self.current) = Arc::new(more);
+        *crate::base::lock(&self.current) = Arc::new(more);
         Ok(())
     }
 }
@@ -900,12 +902,12 @@ impl Ctx {
             // A large translation is CPU work of many milliseconds: the other tasks of
             // this thread move to another while it runs.
             let translate = || plan.request(body);
-            let translated = if body.len() > crate::tokens::HEAVY_BYTES {
-                crate::tokens::off_runtime(translate)
+            let translated = if body.len() > crate::metering::tokens::HEAVY_BYTES {
+                crate::metering::tokens::off_runtime(translate)
             } else {
                 translate()
             };
-            translated.map_err(Step::Final)?.into()
+            translated.map_err(|e| Step::Final(e.into()))?.into()
         };
         if wire == Wire::OpenAi {
             upstream_body = provider.compat.apply(upstream_body, !plan.passes_request());
@@ -1007,7 +1009,7 @@ impl Ctx {
             credential: credential.as_ref().map(|(_, e)| e.clone()),
             reservation: Some(billed.reservation.clone().unwrap_or_else(|| self.current())),
             price: provider.price_of(&c.model),
-            counted: Some(crate::tokens::Counted {
+            counted: Some(crate::metering::tokens::Counted {
                 api: self.api,
                 request: self.body.clone(),
             }),
@@ -1084,8 +1086,8 @@ impl Ctx {
             }
             .boxed()
         } else {
-            use crate::bodies::UpstreamRead;
-            let read = crate::bodies::read_upstream(
+            use crate::base::bodies::UpstreamRead;
+            let read = crate::base::bodies::read_upstream(
                 up_body,
                 state.max_upstream_body_bytes,
                 attempt_deadline,
@@ -1125,18 +1127,19 @@ impl Ctx {
                 None
             };
             let out = if status.is_success() {
-                let large = collected.len() > crate::tokens::HEAVY_BYTES;
+                let large = collected.len() > crate::metering::tokens::HEAVY_BYTES;
                 let translate = || plan.response(collected);
                 let translated = if large {
-                    crate::tokens::off_runtime(translate)
+                    crate::metering::tokens::off_runtime(translate)
                 } else {
                     translate()
                 };
                 let (out, usage) =
-                    translated.map_err(|e| fail(Failure::ServerError, Err(e), None))?;
+                    translated.map_err(|e| fail(Failure::ServerError, Err(e.into()), None))?;
                 completion.usage = usage;
-                completion
-                    .count_unreported(|model, api| Some(crate::tokens::answer(model, api, &out)));
+                completion.count_unreported(|model, api| {
+                    Some(crate::metering::tokens::answer(model, api, &out))
+                });
                 out
             } else {
                 // An error status: the provider does not bill it; recorded with its answer.
@@ -1154,7 +1157,7 @@ impl Ctx {
                 );
             }
             up_parts.headers.remove(header::CONTENT_LENGTH);
-            let response = respond(status, super::full(out), &up_parts.headers, &to);
+            let response = respond(status, crate::base::full(out), &up_parts.headers, &to);
             if let Some(class) = failure {
                 let retry_after = header_secs(&up_parts.headers, "retry-after");
                 let mut step = fail(class, Ok((response, completion)), retry_after);
@@ -1477,9 +1480,9 @@ struct Streamed {
     /// The continuation, once the provider's stream broke.
     continuation: Option<Continuation>,
     /// The target's health record: a break after the first byte counts against it.
-    target: Option<(Arc<balance::Endpoint>, balance::HealthPolicy)>,
+    target: Option<(Arc<balance::Endpoint>, HealthPolicy)>,
     /// What the client has been sent (shared, not copied), counted if the provider
-    /// reports no usage; `None` once over [`crate::tokens::MAX_KEPT_BYTES`].
+    /// reports no usage; `None` once over [`crate::metering::tokens::MAX_KEPT_BYTES`].
     kept: Option<Vec<Bytes>>,
     kept_bytes: usize,
 }
@@ -1519,7 +1522,7 @@ struct Transcript {
     finished: bool,
     /// It holds tool calls, which a continuation cannot resume.
     tool_calls: bool,
-    events: crate::sse::Parser,
+    events: crate::base::sse::Parser,
 }
 
 impl Transcript {
@@ -1569,13 +1572,13 @@ enum Continuation {
     Streaming {
         body: Body,
         id: Option<String>,
-        events: crate::sse::Parser,
+        events: crate::base::sse::Parser,
     },
 }
 
 /// A continuation's events as part of the stream the client already has: the same chunk
 /// id, and no second opening (role) chunk.
-fn rejoin(events: &mut crate::sse::Parser, frame: &[u8], id: Option<&str>) -> Bytes {
+fn rejoin(events: &mut crate::base::sse::Parser, frame: &[u8], id: Option<&str>) -> Bytes {
     let mut out = String::new();
     for event in events.feed(frame).unwrap_or_default() {
         let Ok(mut chunk) = serde_json::from_str::<serde_json::Value>(&event.data) else {
@@ -1593,7 +1596,7 @@ fn rejoin(events: &mut crate::sse::Parser, frame: &[u8], id: Option<&str>) -> By
             continue;
         }
         if let Some(id) = id {
-            use crate::json::SetKey;
+            use crate::base::json::SetKey;
             chunk.set_key("id", serde_json::Value::String(id.to_string()));
         }
         out.push_str("data: ");
@@ -1631,7 +1634,7 @@ impl Streamed {
             && let Some(kept) = self.kept.as_mut()
         {
             self.kept_bytes += out.len();
-            if self.kept_bytes <= crate::tokens::MAX_KEPT_BYTES {
+            if self.kept_bytes <= crate::metering::tokens::MAX_KEPT_BYTES {
                 kept.push(out.clone());
             } else {
                 self.kept = None;
@@ -1648,7 +1651,7 @@ impl Streamed {
         if self.complete {
             let kept = self.kept.take();
             done.count_unreported(|model, api| {
-                kept.map(|k| crate::tokens::streamed(model, api, &k))
+                kept.map(|k| crate::metering::tokens::streamed(model, api, &k))
             });
             done.record();
             return;
@@ -1737,7 +1740,7 @@ impl Streamed {
                             *c = Continuation::Streaming {
                                 body: response.into_body(),
                                 id,
-                                events: crate::sse::Parser::default(),
+                                events: crate::base::sse::Parser::default(),
                             };
                         }
                         Poll::Ready(_) => {
@@ -1935,6 +1938,33 @@ impl http_body::Body for Streamed {
     }
 }
 
+/// The answer to a request admission refused: recorded like every error, in the client's
+/// format, with the rate-limit headers when a rate limit refused it.
+pub(super) fn refused(
+    state: &State,
+    key: &VirtualKey,
+    e: ApiError,
+    api: Api,
+    started: tokio::time::Instant,
+    labels: &Labels,
+) -> http::Response<Body> {
+    let rate_limited = matches!(e, ApiError::RateLimited(_));
+    let mut response = answer(state, Err(e), api, started, labels.clone());
+    if rate_limited {
+        rate_limited_headers(state, key, response.headers_mut());
+    }
+    response
+}
+
+/// A rate-limit refusal carries the rate-limit headers too, and when to try again.
+fn rate_limited_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap) {
+    admission::quota_headers(state, key, out);
+    out.insert(
+        HeaderName::from_static("retry-after"),
+        HeaderValue::from_static("1"),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2098,12 +2128,12 @@ mod tests {
         assert_eq!(t.id.as_deref(), Some("a"));
         assert!(!t.finished && !t.tool_calls);
         let joined = rejoin(
-            &mut crate::sse::Parser::default(),
+            &mut crate::base::sse::Parser::default(),
             b"data: {\"id\":\"b\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"},\"finish_reason\":null}]}\n\ndata: {\"id\":\"b\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\" world\"},\"finish_reason\":null}]}\n\ndata: [DONE]\n\n",
             t.id.as_deref(),
         );
         let text = String::from_utf8(joined.to_vec()).unwrap();
-        let data: Vec<String> = crate::sse::Parser::default()
+        let data: Vec<String> = crate::base::sse::Parser::default()
             .feed(text.as_bytes())
             .unwrap()
             .into_iter()

@@ -10,10 +10,12 @@ use serde_json::{Value, json};
 use tokio::time::Instant;
 
 use super::chat::{Completion, Labels, answer, build_upstream, resolve, respond, send};
-use super::error::ApiError;
-use super::{Api, Body, State, now_unix};
-use crate::runtime::{ProviderKind, Wire};
-use crate::translate::pipeline::Plan;
+use crate::base::{Api, Body, now_unix};
+use crate::config::model::{ProviderKind, Wire};
+use crate::error::ApiError;
+use crate::pipeline::State;
+use crate::provider::urls::Urls;
+use crate::translate::plan::Plan;
 
 pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
@@ -29,10 +31,7 @@ fn translated(plan: &Plan, client: &[u8]) -> Result<Vec<u8>, ApiError> {
     if let Some(obj) = v.as_object_mut() {
         for extra in ["max_tokens", "stream"] {
             if obj.contains_key(extra) {
-                return Err(crate::translate::bad(
-                    extra,
-                    "Extra inputs are not permitted",
-                ));
+                return Err(crate::translate::bad(extra, "Extra inputs are not permitted").into());
             }
         }
         // Needed by the message translation; not sent.
@@ -70,21 +69,23 @@ async fn forward(
     let (body, head, to, snapshot, key) = resolve(state, &parts, body, labels).await?;
     // Free at the provider, but a request like any other to the key's limits, and refused
     // when its budgets could not take the prompt it counts.
-    let least = super::admission::prompt_demand(state, &snapshot, &head, &to.route, body.len());
+    let least =
+        crate::pipeline::admission::prompt_demand(state, &snapshot, &head, &to.route, body.len());
     drop(snapshot);
-    let reservation = match super::admission::admit_free(state, &key, &parts.headers, least).await {
-        Ok(r) => std::sync::Arc::new(r),
-        Err(e) => {
-            return Ok(super::admission::refused(
-                state,
-                &key,
-                e,
-                Api::Anthropic,
-                started,
-                labels,
-            ));
-        }
-    };
+    let reservation =
+        match crate::pipeline::admission::admit_free(state, &key, &parts.headers, least).await {
+            Ok(r) => std::sync::Arc::new(r),
+            Err(e) => {
+                return Ok(super::chat::refused(
+                    state,
+                    &key,
+                    e,
+                    Api::Anthropic,
+                    started,
+                    labels,
+                ));
+            }
+        };
     let model: &str = &to.model;
     let wire = to.provider.wire(model);
     let plan = Plan {
@@ -118,7 +119,8 @@ async fn forward(
                     model,
                     to.provider.kind.as_str()
                 ),
-            ));
+            )
+            .into());
         }
     };
     let uri = uri.map_err(|_| ApiError::Internal)?;
@@ -174,14 +176,14 @@ async fn forward(
         status,
         started,
         // Nothing is charged but the request.
-        usage: Some(crate::translate::Usage::default()),
+        usage: Some(crate::metering::usage::Usage::default()),
         credential: None,
         reservation: Some(reservation),
         price: None,
         counted: None,
     }
     .record();
-    let mut response = respond(status, super::full(out), &up_parts.headers, &to);
-    super::admission::quota_headers(state, &key, response.headers_mut());
+    let mut response = respond(status, crate::base::full(out), &up_parts.headers, &to);
+    crate::pipeline::admission::quota_headers(state, &key, response.headers_mut());
     Ok(response)
 }

@@ -12,9 +12,11 @@ use tokio::time::Instant;
 use super::chat::{
     Billed, Completion, Labels, Resolved, answer, build_upstream, resolve, respond, send,
 };
-use super::error::ApiError;
-use super::{Api, Body, State};
-use crate::translate::Usage;
+use crate::base::{Api, Body};
+use crate::error::ApiError;
+use crate::metering::usage::Usage;
+use crate::pipeline::State;
+use crate::provider::urls::Urls;
 use crate::translate::embeddings::{self, Answer, EmbedWire};
 
 pub async fn handle(state: &State, req: Request<Incoming>) -> Response<Body> {
@@ -68,7 +70,7 @@ async fn forward(
     let (parts, body) = req.into_parts();
     let (body, head, to, snapshot, key) = resolve(state, &parts, body, labels).await?;
     // Charged to the key's budgets and limits like a chat request, with no output.
-    let reservation = match super::admission::admit(
+    let reservation = match crate::pipeline::admission::admit(
         state,
         &snapshot,
         &key,
@@ -81,7 +83,7 @@ async fn forward(
     {
         Ok(r) => Arc::new(r),
         Err(e) => {
-            return Ok(super::admission::refused(
+            return Ok(super::chat::refused(
                 state,
                 &key,
                 e,
@@ -135,13 +137,13 @@ async fn forward(
         let usage = up
             .status
             .is_success()
-            .then(|| crate::translate::usage_member(&up.body, super::Api::OpenAi))
+            .then(|| crate::metering::usage::usage_member(&up.body, Api::OpenAi))
             .flatten();
         done(labels, up.status, usage);
         let mut headers = up.headers;
         headers.remove(header::CONTENT_LENGTH);
-        let mut response = respond(up.status, super::full(up.body), &headers, &to);
-        super::admission::quota_headers(state, &key, response.headers_mut());
+        let mut response = respond(up.status, crate::base::full(up.body), &headers, &to);
+        crate::pipeline::admission::quota_headers(state, &key, response.headers_mut());
         return Ok(response);
     }
 
@@ -189,7 +191,7 @@ async fn forward(
         done(labels, refused.status, None);
         return Ok(respond(
             refused.status,
-            super::full(body.into()),
+            crate::base::full(body.into()),
             &headers,
             &to,
         ));
@@ -207,7 +209,7 @@ async fn forward(
         .collect();
     let (out, usage) = embeddings::response(&request, wire, model, &read)?;
     done(labels, StatusCode::OK, Some(usage));
-    let mut response = respond(StatusCode::OK, super::full(out.into()), &headers, &to);
-    super::admission::quota_headers(state, &key, response.headers_mut());
+    let mut response = respond(StatusCode::OK, crate::base::full(out.into()), &headers, &to);
+    crate::pipeline::admission::quota_headers(state, &key, response.headers_mut());
     Ok(response)
 }

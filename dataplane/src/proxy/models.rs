@@ -4,8 +4,9 @@ use bytes::Bytes;
 use http::{HeaderValue, Request, Response, header};
 use serde::Serialize;
 
-use super::error::ApiError;
-use super::{Body, State, authenticate, full};
+use crate::base::{Body, full};
+use crate::error::ApiError;
+use crate::pipeline::{State, authenticate};
 
 #[derive(Serialize)]
 struct Model<'a> {

@@ -23,8 +23,8 @@
 
 use serde_json::{Map, Value, json};
 
+use super::TranslateError;
 use super::{Usage, bad, sse_event};
-use crate::proxy::error::ApiError;
 
 /// Which token limit field the provider understands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,7 +33,7 @@ pub enum MaxTokensField {
     MaxTokens,
 }
 
-fn text_of_system(system: &Value) -> Result<String, ApiError> {
+fn text_of_system(system: &Value) -> Result<String, TranslateError> {
     match system {
         Value::String(s) => Ok(s.clone()),
         Value::Array(blocks) => Ok(blocks
@@ -48,7 +48,7 @@ fn text_of_system(system: &Value) -> Result<String, ApiError> {
     }
 }
 
-fn image_part(block: &Value, param: &str) -> Result<Value, ApiError> {
+fn image_part(block: &Value, param: &str) -> Result<Value, TranslateError> {
     let source = block
         .get("source")
         .ok_or_else(|| bad(&format!("{param}.source"), "is required"))?;
@@ -99,7 +99,12 @@ fn cached(mut part: Value, block: &Value, keep: bool) -> Value {
 }
 
 /// The OpenAI messages for one Anthropic message.
-fn messages_of(m: &Value, i: usize, out: &mut Vec<Value>, keep: bool) -> Result<(), ApiError> {
+fn messages_of(
+    m: &Value,
+    i: usize,
+    out: &mut Vec<Value>,
+    keep: bool,
+) -> Result<(), TranslateError> {
     let param = format!("messages[{i}]");
     let role = m.get("role").and_then(Value::as_str).unwrap_or("");
     if role != "user" && role != "assistant" {
@@ -195,7 +200,7 @@ fn messages_of(m: &Value, i: usize, out: &mut Vec<Value>, keep: bool) -> Result<
     Ok(())
 }
 
-fn tools(obj: &Value, keep: bool) -> Result<Option<Value>, ApiError> {
+fn tools(obj: &Value, keep: bool) -> Result<Option<Value>, TranslateError> {
     let Some(list) = super::tools_array(obj)? else {
         return Ok(None);
     };
@@ -236,7 +241,7 @@ pub fn request_value(
     model: &str,
     field: MaxTokensField,
     keep_cache_control: bool,
-) -> Result<Value, ApiError> {
+) -> Result<Value, TranslateError> {
     let keep = keep_cache_control;
     let messages = obj
         .get("messages")
@@ -639,7 +644,7 @@ impl StreamTranslator {
 }
 
 impl super::StreamStep for StreamTranslator {
-    fn event(&mut self, event: &crate::sse::Event) -> String {
+    fn event(&mut self, event: &crate::base::sse::Event) -> String {
         if self.done {
             return String::new();
         }
@@ -697,14 +702,14 @@ mod tests {
         let req = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
         assert!(matches!(
             request_value(&req, "g", MaxTokensField::MaxTokens, false),
-            Err(ApiError::BadRequest(m)) if m.starts_with("max_tokens")
+            Err(TranslateError::BadRequest(m)) if m.starts_with("max_tokens")
         ));
     }
 
     #[test]
     fn early_end_is_an_error_not_a_stop() {
         let mut t = StreamTranslator::new();
-        let first = t.event(&crate::sse::Event {
+        let first = t.event(&crate::base::sse::Event {
             name: String::new(),
             data: r#"{"id":"chatcmpl-1","model":"m","choices":[{"index":0,"delta":{"content":"hi"}}]}"#.into(),
         });

@@ -14,9 +14,9 @@
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
+use super::TranslateError;
 use super::{Usage, bad};
-use crate::proxy::error::ApiError;
-use crate::runtime::{Provider, ProviderKind};
+use crate::config::model::{Provider, ProviderKind};
 
 /// An embeddings API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -38,7 +38,7 @@ const COHERE_BATCH: usize = 96;
 
 impl EmbedWire {
     /// The embeddings API for `model` at `provider`, or why there is none.
-    pub fn of(provider: &Provider, model: &str) -> Result<Self, ApiError> {
+    pub fn of(provider: &Provider, model: &str) -> Result<Self, TranslateError> {
         match provider.kind {
             ProviderKind::OpenAi | ProviderKind::AzureOpenAi | ProviderKind::OpenAiCompatible => {
                 Ok(Self::OpenAi)
@@ -69,7 +69,7 @@ pub struct EmbedRequest {
     pub dimensions: Option<u64>,
 }
 
-fn bad_input() -> ApiError {
+fn bad_input() -> TranslateError {
     bad(
         "input",
         "expected a non-empty string or an array of 1 to 2048 non-empty strings",
@@ -77,10 +77,10 @@ fn bad_input() -> ApiError {
 }
 
 /// Reads and checks an OpenAI embeddings request bound for a non-OpenAI provider.
-pub fn parse(body: &[u8]) -> Result<EmbedRequest, ApiError> {
+pub fn parse(body: &[u8]) -> Result<EmbedRequest, TranslateError> {
     let v = super::parse_client_json(body)?;
     let Some(obj) = v.as_object() else {
-        return Err(ApiError::Internal);
+        return Err(TranslateError::Internal);
     };
     if let Some(k) = obj.keys().find(|k| {
         !matches!(
@@ -88,7 +88,7 @@ pub fn parse(body: &[u8]) -> Result<EmbedRequest, ApiError> {
             "model" | "input" | "encoding_format" | "dimensions" | "user"
         )
     }) {
-        return Err(ApiError::BadRequest(format!(
+        return Err(TranslateError::BadRequest(format!(
             "Unrecognized request argument supplied: {k}"
         )));
     }
@@ -137,9 +137,9 @@ pub fn upstream_bodies(
     req: &EmbedRequest,
     wire: EmbedWire,
     model: &str,
-) -> Result<Vec<Vec<u8>>, ApiError> {
+) -> Result<Vec<Vec<u8>>, TranslateError> {
     let bodies: Vec<Value> = match wire {
-        EmbedWire::OpenAi => return Err(ApiError::Internal),
+        EmbedWire::OpenAi => return Err(TranslateError::Internal),
         EmbedWire::Gemini => {
             let name = format!("models/{model}");
             let requests: Vec<Value> = req
@@ -190,7 +190,7 @@ pub fn upstream_bodies(
     };
     bodies
         .iter()
-        .map(|b| serde_json::to_vec(b).map_err(|_| ApiError::Internal))
+        .map(|b| serde_json::to_vec(b).map_err(|_| TranslateError::Internal))
         .collect()
 }
 
@@ -200,28 +200,31 @@ pub struct Answer<'a> {
     pub header_tokens: Option<u64>,
 }
 
-fn values(v: Option<&Value>) -> Result<Vec<f64>, ApiError> {
+fn values(v: Option<&Value>) -> Result<Vec<f64>, TranslateError> {
     v.and_then(Value::as_array)
-        .ok_or(ApiError::UpstreamBody)?
+        .ok_or(TranslateError::UpstreamBody)?
         .iter()
-        .map(|x| x.as_f64().ok_or(ApiError::UpstreamBody))
+        .map(|x| x.as_f64().ok_or(TranslateError::UpstreamBody))
         .collect()
 }
 
 /// The vectors and input tokens in the upstream answers.
-fn vectors(wire: EmbedWire, answers: &[Answer<'_>]) -> Result<(Vec<Vec<f64>>, u64), ApiError> {
+fn vectors(
+    wire: EmbedWire,
+    answers: &[Answer<'_>],
+) -> Result<(Vec<Vec<f64>>, u64), TranslateError> {
     let mut out = Vec::new();
     let mut tokens = 0;
     for a in answers {
-        let v: Value = serde_json::from_slice(a.body).map_err(|_| ApiError::UpstreamBody)?;
+        let v: Value = serde_json::from_slice(a.body).map_err(|_| TranslateError::UpstreamBody)?;
         tokens += a.header_tokens.unwrap_or(0);
         match wire {
-            EmbedWire::OpenAi => return Err(ApiError::Internal),
+            EmbedWire::OpenAi => return Err(TranslateError::Internal),
             EmbedWire::Gemini => {
                 for e in v
                     .get("embeddings")
                     .and_then(Value::as_array)
-                    .ok_or(ApiError::UpstreamBody)?
+                    .ok_or(TranslateError::UpstreamBody)?
                 {
                     out.push(values(e.get("values"))?);
                 }
@@ -230,7 +233,7 @@ fn vectors(wire: EmbedWire, answers: &[Answer<'_>]) -> Result<(Vec<Vec<f64>>, u6
                 for p in v
                     .get("predictions")
                     .and_then(Value::as_array)
-                    .ok_or(ApiError::UpstreamBody)?
+                    .ok_or(TranslateError::UpstreamBody)?
                 {
                     out.push(values(p.pointer("/embeddings/values"))?);
                     tokens += p
@@ -256,7 +259,7 @@ fn vectors(wire: EmbedWire, answers: &[Answer<'_>]) -> Result<(Vec<Vec<f64>>, u6
                 };
                 for e in list
                     .and_then(Value::as_array)
-                    .ok_or(ApiError::UpstreamBody)?
+                    .ok_or(TranslateError::UpstreamBody)?
                 {
                     out.push(values(Some(e))?);
                 }
@@ -272,10 +275,10 @@ pub fn response(
     wire: EmbedWire,
     model: &str,
     answers: &[Answer<'_>],
-) -> Result<(Vec<u8>, Usage), ApiError> {
+) -> Result<(Vec<u8>, Usage), TranslateError> {
     let (vectors, tokens) = vectors(wire, answers)?;
     if vectors.len() != req.inputs.len() {
-        return Err(ApiError::UpstreamBody);
+        return Err(TranslateError::UpstreamBody);
     }
     let data: Vec<Value> = vectors
         .into_iter()
@@ -308,7 +311,7 @@ pub fn response(
         ..Usage::default()
     };
     Ok((
-        serde_json::to_vec(&out).map_err(|_| ApiError::Internal)?,
+        serde_json::to_vec(&out).map_err(|_| TranslateError::Internal)?,
         usage,
     ))
 }
@@ -317,7 +320,7 @@ pub fn response(
 mod tests {
     use super::*;
 
-    fn req(body: Value) -> Result<EmbedRequest, ApiError> {
+    fn req(body: Value) -> Result<EmbedRequest, TranslateError> {
         parse(&serde_json::to_vec(&body).unwrap())
     }
 
@@ -335,7 +338,7 @@ mod tests {
             json!({"model": "m", "input": "a", "task": "x"}),
         ] {
             assert!(
-                matches!(req(body.clone()), Err(ApiError::BadRequest(_))),
+                matches!(req(body.clone()), Err(TranslateError::BadRequest(_))),
                 "{body}"
             );
         }
@@ -432,6 +435,6 @@ mod tests {
                 header_tokens: None,
             }],
         );
-        assert!(matches!(short, Err(ApiError::UpstreamBody)));
+        assert!(matches!(short, Err(TranslateError::UpstreamBody)));
     }
 }

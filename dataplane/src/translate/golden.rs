@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use super::pipeline::Plan;
-use crate::proxy::Api;
-use crate::runtime::{ProviderKind, Wire};
+use super::plan::Plan;
+use crate::base::Api;
+use crate::config::model::{ProviderKind, Wire};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/pairs")
@@ -100,7 +100,7 @@ fn upstream_stream(wire_dir: &str, raw: &[u8]) -> Vec<u8> {
         .filter(|l| !l.trim().is_empty())
     {
         let v: Value = serde_json::from_str(line).unwrap();
-        out.extend(crate::eventstream::encode_event(
+        out.extend(crate::base::eventstream::encode_event(
             v["event"].as_str().unwrap(),
             v["data"].to_string().as_bytes(),
         ));
@@ -128,7 +128,7 @@ fn every_pair() {
             for (name, body) in cases(&root.join("client").join(client_dir), "json") {
                 let mut p = p.clone();
                 p.json_mode = client == Api::OpenAi
-                    && crate::proxy::request::ChatHead::parse(&body).is_ok_and(|h| h.json_mode);
+                    && crate::translate::head::ChatHead::parse(&body).is_ok_and(|h| h.json_mode);
                 let out = if p.passes_request() {
                     "passed through with only the model rewritten\n".to_string()
                 } else {

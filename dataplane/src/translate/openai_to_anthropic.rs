@@ -11,7 +11,7 @@
 //!   requires it); `stop` becomes `stop_sequences`; `temperature`, `top_p` pass;
 //!   `user` becomes `metadata.user_id`;
 //! - `response_format` `json_object`/`json_schema` becomes a forced tool
-//!   (`translate::json_mode_as_tool`); the pipeline turns the call back into content;
+//!   (`translate::json_mode_as_tool`); the plan turns the call back into content;
 //! - `n` > 1 and OpenAI-only parameters (`translate::refuse_openai_only`: `functions`,
 //!   `logprobs`, `audio`, ...) are refused with a 400 naming the parameter; penalties,
 //!   `seed` and `logit_bias` are dropped (Anthropic has no equivalent and they do not
@@ -22,8 +22,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::TranslateError;
 use super::{Image, Usage, bad, openai_image, openai_text, tool_result_text};
-use crate::proxy::error::ApiError;
 
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
@@ -36,7 +36,7 @@ fn with_cache_control(mut block: Value, part: &Value) -> Value {
     block
 }
 
-fn content_blocks(content: &Value, param: &str) -> Result<Vec<Value>, ApiError> {
+fn content_blocks(content: &Value, param: &str) -> Result<Vec<Value>, TranslateError> {
     match content {
         Value::String(s) if s.is_empty() => Ok(Vec::new()),
         Value::String(s) => Ok(vec![json!({"type": "text", "text": s})]),
@@ -66,7 +66,7 @@ fn push_turn(out: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
     super::push_turn(out, role, "content", blocks);
 }
 
-fn tools(obj: &Value) -> Result<Option<Value>, ApiError> {
+fn tools(obj: &Value) -> Result<Option<Value>, TranslateError> {
     let Some(functions) = super::openai_functions(obj, PROVIDER)? else {
         return Ok(None);
     };
@@ -86,7 +86,7 @@ fn tools(obj: &Value) -> Result<Option<Value>, ApiError> {
     Ok(Some(Value::Array(tools)))
 }
 
-fn tool_choice(obj: &Value) -> Result<Option<Value>, ApiError> {
+fn tool_choice(obj: &Value) -> Result<Option<Value>, TranslateError> {
     use super::ToolChoice;
     let parallel_off = obj.get("parallel_tool_calls") == Some(&Value::Bool(false));
     let mut choice = match super::openai_tool_choice(obj)? {
@@ -104,14 +104,14 @@ fn tool_choice(obj: &Value) -> Result<Option<Value>, ApiError> {
 }
 
 /// The Anthropic request for an OpenAI chat request, sending `model`.
-pub fn request(body: &[u8], model: &str) -> Result<Vec<u8>, ApiError> {
+pub fn request(body: &[u8], model: &str) -> Result<Vec<u8>, TranslateError> {
     let v = super::parse_client_json(body)?;
     let out = request_value(&v, model)?;
-    serde_json::to_vec(&out).map_err(|_| ApiError::Internal)
+    serde_json::to_vec(&out).map_err(|_| TranslateError::Internal)
 }
 
 /// [`request`] on a parsed body.
-pub fn request_value(obj: &Value, model: &str) -> Result<Value, ApiError> {
+pub fn request_value(obj: &Value, model: &str) -> Result<Value, TranslateError> {
     let checked = super::checked_with_json_tool(obj, PROVIDER)?;
     let obj = &*checked;
     let messages = obj
@@ -239,9 +239,9 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
 }
 
 /// The OpenAI chat completion for an Anthropic message.
-pub fn response(body: &[u8], created: i64) -> Result<Vec<u8>, ApiError> {
-    let m: Value = serde_json::from_slice(body).map_err(|_| ApiError::UpstreamBody)?;
-    serde_json::to_vec(&response_value(&m, created)).map_err(|_| ApiError::Internal)
+pub fn response(body: &[u8], created: i64) -> Result<Vec<u8>, TranslateError> {
+    let m: Value = serde_json::from_slice(body).map_err(|_| TranslateError::UpstreamBody)?;
+    serde_json::to_vec(&response_value(&m, created)).map_err(|_| TranslateError::Internal)
 }
 
 /// [`response`] on a parsed message.
@@ -304,7 +304,7 @@ pub fn error(body: &[u8]) -> Vec<u8> {
 #[derive(Debug)]
 pub struct StreamTranslator {
     out: super::ChunkWriter,
-    usage: super::AnthropicUsage,
+    usage: crate::metering::usage::AnthropicUsage,
     done: bool,
     /// Anthropic content block index -> OpenAI tool call index, for tool-use blocks.
     tool_blocks: Vec<(u64, usize)>,
@@ -339,7 +339,7 @@ impl StreamTranslator {
                 created,
                 include_usage,
             },
-            usage: super::AnthropicUsage::default(),
+            usage: crate::metering::usage::AnthropicUsage::default(),
             done: false,
             tool_blocks: Vec::new(),
             text: None,
@@ -347,7 +347,7 @@ impl StreamTranslator {
     }
 
     /// The OpenAI SSE text for one Anthropic event (often empty).
-    pub fn event(&mut self, event: &crate::sse::Event) -> String {
+    pub fn event(&mut self, event: &crate::base::sse::Event) -> String {
         if let Some(template) = &self.text
             && let Ok(e) = serde_json::from_str::<TextDeltaEvent<'_>>(&event.data)
             && e.kind == "content_block_delta"
@@ -460,7 +460,7 @@ impl StreamTranslator {
 }
 
 impl super::StreamStep for StreamTranslator {
-    fn event(&mut self, event: &crate::sse::Event) -> String {
+    fn event(&mut self, event: &crate::base::sse::Event) -> String {
         StreamTranslator::event(self, event)
     }
 

@@ -13,7 +13,7 @@
 //!   `stopSequences`, `temperature`, `top_p` -> `topP`; a `cache_control` on a part, a
 //!   system part or a tool adds a `cachePoint` after it;
 //! - `response_format` `json_object`/`json_schema` becomes a forced tool
-//!   (`translate::json_mode_as_tool`); the pipeline turns the call back into content;
+//!   (`translate::json_mode_as_tool`); the plan turns the call back into content;
 //! - the pivot's `thinking` (from Anthropic clients) becomes
 //!   `additionalModelRequestFields.thinking`, and an assistant's `thinking_blocks` become
 //!   `reasoningContent` blocks (signatures kept); answers' `reasoningContent` goes back the
@@ -26,8 +26,8 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
+use super::TranslateError;
 use super::{Image, Usage, bad, openai_image, openai_text};
-use crate::proxy::error::ApiError;
 
 const PROVIDER: &str = "Bedrock";
 
@@ -41,7 +41,7 @@ fn image_format(media_type: &str) -> Option<&'static str> {
     }
 }
 
-fn blocks_of(content: &Value, param: &str) -> Result<Vec<Value>, ApiError> {
+fn blocks_of(content: &Value, param: &str) -> Result<Vec<Value>, TranslateError> {
     let mut out = Vec::new();
     match content {
         Value::String(s) if !s.is_empty() => out.push(json!({"text": s})),
@@ -119,7 +119,7 @@ fn push_turn(out: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
     }
 }
 
-fn tool_config(obj: &Value) -> Result<Option<Value>, ApiError> {
+fn tool_config(obj: &Value) -> Result<Option<Value>, TranslateError> {
     use super::ToolChoice;
     let Some(functions) = super::openai_functions(obj, PROVIDER)? else {
         return Ok(None);
@@ -155,7 +155,7 @@ fn tool_config(obj: &Value) -> Result<Option<Value>, ApiError> {
 }
 
 /// The Converse body for an OpenAI chat request (the model goes in the URL).
-pub fn request_value(obj: &Value) -> Result<Value, ApiError> {
+pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
     let checked = super::checked_with_json_tool(obj, PROVIDER)?;
     let obj = &*checked;
     let messages = obj
@@ -346,7 +346,7 @@ pub fn error(body: &[u8], status: u16, error_type: Option<&str>) -> Vec<u8> {
 }
 
 /// Turns ConverseStream events (decoded from AWS event-stream frames by
-/// [`crate::eventstream`], one [`crate::sse::Event`] per frame, named by `:event-type`)
+/// [`crate::base::eventstream`], one [`crate::base::sse::Event`] per frame, named by `:event-type`)
 /// into OpenAI chunks as they arrive.
 #[derive(Debug)]
 pub struct StreamTranslator {
@@ -402,7 +402,7 @@ impl StreamTranslator {
 
     /// The chunk for a `contentBlockDelta` that carries text, or `None` for any other
     /// event.
-    fn text_delta(&self, event: &crate::sse::Event) -> Option<String> {
+    fn text_delta(&self, event: &crate::base::sse::Event) -> Option<String> {
         if event.name != "contentBlockDelta" {
             return None;
         }
@@ -417,7 +417,7 @@ impl StreamTranslator {
 }
 
 impl super::StreamStep for StreamTranslator {
-    fn event(&mut self, event: &crate::sse::Event) -> String {
+    fn event(&mut self, event: &crate::base::sse::Event) -> String {
         if self.done {
             return String::new();
         }
@@ -534,7 +534,7 @@ impl super::StreamStep for StreamTranslator {
 mod tests {
     use super::super::StreamStep;
     use super::*;
-    use crate::sse::Event;
+    use crate::base::sse::Event;
 
     fn payload(sse: &str) -> Value {
         let data = sse.strip_prefix("data: ").unwrap().trim_end();

@@ -22,8 +22,8 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 
+use super::TranslateError;
 use super::{Image, Usage, bad, openai_image, openai_text};
-use crate::proxy::error::ApiError;
 
 const PROVIDER: &str = "Gemini";
 
@@ -43,7 +43,7 @@ fn mime_from_url(url: &str) -> &'static str {
     }
 }
 
-fn parts_of(content: &Value, param: &str) -> Result<Vec<Value>, ApiError> {
+fn parts_of(content: &Value, param: &str) -> Result<Vec<Value>, TranslateError> {
     match content {
         Value::String(s) if s.is_empty() => Ok(Vec::new()),
         Value::String(s) => Ok(vec![json!({"text": s})]),
@@ -101,7 +101,7 @@ fn clean_schema(v: &Value) -> Value {
     }
 }
 
-fn tools(obj: &Value) -> Result<Option<Value>, ApiError> {
+fn tools(obj: &Value) -> Result<Option<Value>, TranslateError> {
     let Some(functions) = super::openai_functions(obj, PROVIDER)? else {
         return Ok(None);
     };
@@ -121,7 +121,7 @@ fn tools(obj: &Value) -> Result<Option<Value>, ApiError> {
     Ok(Some(json!([{"functionDeclarations": declarations}])))
 }
 
-fn tool_config(obj: &Value) -> Result<Option<Value>, ApiError> {
+fn tool_config(obj: &Value) -> Result<Option<Value>, TranslateError> {
     use super::ToolChoice;
     let config = match super::openai_tool_choice(obj)? {
         None => return Ok(None),
@@ -136,7 +136,7 @@ fn tool_config(obj: &Value) -> Result<Option<Value>, ApiError> {
 }
 
 /// The `generateContent` body for an OpenAI chat request (the model goes in the URL).
-pub fn request_value(obj: &Value) -> Result<Value, ApiError> {
+pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
     super::refuse_openai_only(obj, PROVIDER)?;
     let messages = obj
         .get("messages")
@@ -376,7 +376,7 @@ struct TextOnly<'a> {
     #[serde(borrow)]
     candidates: [TextCandidate<'a>; 1],
     #[serde(default, rename = "usageMetadata")]
-    usage_metadata: Option<super::counts::Gemini>,
+    usage_metadata: Option<crate::metering::usage::counts::Gemini>,
     #[serde(default, rename = "modelVersion")]
     _model_version: Option<IgnoredAny>,
     #[serde(default, rename = "responseId")]
@@ -511,7 +511,7 @@ impl StreamTranslator {
 }
 
 impl super::StreamStep for StreamTranslator {
-    fn event(&mut self, event: &crate::sse::Event) -> String {
+    fn event(&mut self, event: &crate::base::sse::Event) -> String {
         if self.done {
             return String::new();
         }
@@ -544,7 +544,7 @@ impl super::StreamStep for StreamTranslator {
 mod tests {
     use super::super::StreamStep;
     use super::*;
-    use crate::sse::Event;
+    use crate::base::sse::Event;
 
     fn event(data: &str) -> Event {
         Event {

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use memchr::memmem::Finder;
 use serde_json::Value;
 
-use super::{AnthropicUsage, Usage};
-use crate::sse;
+use crate::base::sse;
+use crate::metering::usage::{AnthropicUsage, Usage};
 
 /// The format relayed, and what its meter needs.
 #[derive(Debug)]
@@ -130,8 +130,8 @@ impl Relay {
             return rest;
         }
         let client = match self.meter {
-            Meter::OpenAi { .. } => crate::proxy::Api::OpenAi,
-            Meter::Anthropic(_) => crate::proxy::Api::Anthropic,
+            Meter::OpenAi { .. } => crate::base::Api::OpenAi,
+            Meter::Anthropic(_) => crate::base::Api::Anthropic,
         };
         let error = super::stream_error_event(client, super::STREAM_CUT);
         let mut out = rest.to_vec();

@@ -155,7 +155,7 @@ struct QuotaWaits {
 /// The `tollgate_quota_wait_seconds` series of a metrics page, summed per account kind
 /// (over every result); kinds without a wait are left out.
 fn quota_waits(metrics: &str) -> std::collections::BTreeMap<String, QuotaWaits> {
-    tollgate_dataplane::quota::ACCOUNT_KINDS
+    tollgate_dataplane::metering::quota::ACCOUNT_KINDS
         .into_iter()
         .filter_map(|kind| {
             let labels = [("account", kind)];

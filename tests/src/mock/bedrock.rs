@@ -6,7 +6,7 @@
 use bytes::Bytes;
 use serde_json::{Value, json};
 use tollgate_dataplane::auth::sigv4;
-use tollgate_dataplane::eventstream::encode_event;
+use tollgate_dataplane::base::eventstream::encode_event;
 
 use super::tools::ToolCall;
 

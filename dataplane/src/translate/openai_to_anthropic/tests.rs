@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use super::*;
-use crate::sse::Parser;
+use crate::base::sse::Parser;
 
 fn dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/openai_to_anthropic")
@@ -64,7 +64,7 @@ fn refused_parameters_name_themselves() {
         ),
     ] {
         match request(body.as_bytes(), "c") {
-            Err(ApiError::BadRequest(m)) => assert!(m.starts_with(param), "{m}"),
+            Err(TranslateError::BadRequest(m)) => assert!(m.starts_with(param), "{m}"),
             other => panic!("{body}: {other:?}"),
         }
     }
@@ -93,7 +93,7 @@ fn responses() {
 fn fast_text_chunks_equal_slow_ones() {
     for include_usage in [false, true] {
         let mut t = StreamTranslator::new(5, include_usage);
-        let start = crate::sse::Event {
+        let start = crate::base::sse::Event {
             name: "message_start".into(),
             data: r#"{"type":"message_start","message":{"id":"msg_\"x","model":"claude","usage":{"input_tokens":1}}}"#.into(),
         };
@@ -102,7 +102,7 @@ fn fast_text_chunks_equal_slow_ones() {
             let data = format!(
                 r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"{text}"}}}}"#
             );
-            let fast = t.event(&crate::sse::Event {
+            let fast = t.event(&crate::base::sse::Event {
                 name: "content_block_delta".into(),
                 data: data.clone(),
             });

@@ -14,8 +14,8 @@ use bytes::Bytes;
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
 
-use crate::proxy::Api;
-use crate::translate::Usage;
+use crate::base::Api;
+use crate::metering::usage::Usage;
 
 /// Most client-bound bytes kept per stream for counting; a longer answer is not counted.
 pub const MAX_KEPT_BYTES: usize = 8 << 20;
@@ -167,7 +167,7 @@ pub fn answer(model: &str, api: Api, body: &[u8]) -> u64 {
 
 /// Output tokens of a streamed answer, from the SSE bytes the client received.
 pub fn streamed(model: &str, api: Api, frames: &[Bytes]) -> u64 {
-    let mut parser = crate::sse::Parser::default();
+    let mut parser = crate::base::sse::Parser::default();
     let mut text = String::new();
     for f in frames {
         let Ok(events) = parser.feed(f) else {

@@ -12,103 +12,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::runtime::{Credential, Provider, Route, Strategy, Target};
-use crate::snapshot::Snapshot;
-
-/// Why an attempt failed, as routes name it in `retries.on` and `fallbackOn`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Failure {
-    ConnectError,
-    ServerError,
-    RateLimited,
-    Timeout,
-    FirstTokenTimeout,
-    ContextWindow,
-    ContentPolicy,
-    /// The provider refused the gateway's credential (401/403): always moves on, since
-    /// the client is not at fault.
-    Auth,
-}
-
-impl Failure {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ConnectError => "connect-error",
-            Self::ServerError => "5xx",
-            Self::RateLimited => "429",
-            Self::Timeout => "timeout",
-            Self::FirstTokenTimeout => "first-token-timeout",
-            Self::ContextWindow => "context-window",
-            Self::ContentPolicy => "content-policy",
-            Self::Auth => "auth",
-        }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Some(match s {
-            "connect-error" => Self::ConnectError,
-            "5xx" => Self::ServerError,
-            "429" => Self::RateLimited,
-            "timeout" => Self::Timeout,
-            "first-token-timeout" => Self::FirstTokenTimeout,
-            "context-window" => Self::ContextWindow,
-            "content-policy" => Self::ContentPolicy,
-            _ => return None,
-        })
-    }
-
-    fn bit(self) -> u16 {
-        1 << (self as u16)
-    }
-
-    /// Whether the failure says the target is unwell (counts toward its ejection). A
-    /// context-window or content-policy refusal is about the request, and a 429 about the
-    /// credential's quota, not the target.
-    pub fn counts_against_target(self) -> bool {
-        !matches!(
-            self,
-            Self::ContextWindow | Self::ContentPolicy | Self::RateLimited
-        )
-    }
-}
-
-/// A set of failure classes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct FailureSet(u16);
-
-impl FailureSet {
-    pub fn of(items: &[Failure]) -> Self {
-        Self(items.iter().fold(0, |acc, f| acc | f.bit()))
-    }
-
-    pub fn contains(self, f: Failure) -> bool {
-        f == Failure::Auth || self.0 & f.bit() != 0
-    }
-}
-
-/// When a target or credential is taken out of rotation (`LLMProvider.spec.health`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HealthPolicy {
-    pub consecutive_failures: u32,
-    pub base_ejection: Duration,
-    pub max_ejection: Duration,
-    pub failure_percent: u32,
-    pub minimum_requests: u32,
-    pub interval: Duration,
-}
-
-impl Default for HealthPolicy {
-    fn default() -> Self {
-        Self {
-            consecutive_failures: 5,
-            base_ejection: Duration::from_secs(30),
-            max_ejection: Duration::from_secs(300),
-            failure_percent: 50,
-            minimum_requests: 20,
-            interval: Duration::from_secs(10),
-        }
-    }
-}
+use crate::config::failure::HealthPolicy;
+use crate::config::model::{Credential, Provider, Route, Strategy, Target};
+use crate::config::snapshot::Snapshot;
 
 /// What an endpoint (a target, or a credential) can take right now.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -158,13 +64,7 @@ const EWMA_DECAY: Duration = Duration::from_secs(5);
 /// The latency a failure counts as, at least.
 const FAILURE_LATENCY: Duration = Duration::from_secs(1);
 
-/// Why an endpoint changed state: the caller records it in metrics.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Transition {
-    None,
-    Ejected(Duration),
-    Recovered,
-}
+pub use crate::base::metrics::Transition;
 
 impl Default for Endpoint {
     fn default() -> Self {
@@ -193,7 +93,7 @@ impl Default for Endpoint {
 
 impl Endpoint {
     fn lock(&self) -> std::sync::MutexGuard<'_, EndpointState> {
-        crate::lock(&self.state)
+        crate::base::lock(&self.state)
     }
 
     pub fn availability(&self, now: Instant) -> Availability {
@@ -424,7 +324,7 @@ impl Default for RetryBudget {
 
 impl RetryBudget {
     fn lock(&self, now: Instant) -> std::sync::MutexGuard<'_, BudgetState> {
-        let mut s = crate::lock(&self.state);
+        let mut s = crate::base::lock(&self.state);
         let elapsed = now.duration_since(s.start);
         if elapsed >= BUDGET_WINDOW * 2 {
             *s = BudgetState {
@@ -741,7 +641,7 @@ impl Plan {
     fn by_strategy(&self, eligible: &[usize], now: Instant) -> Option<usize> {
         let weight = |&i: &usize| self.target_weight(&self.candidates[i]);
         match self.route.strategy {
-            Strategy::Weighted => crate::runtime::pick_weighted(eligible, weight)
+            Strategy::Weighted => crate::config::model::pick_weighted(eligible, weight)
                 .or_else(|| eligible.first())
                 .copied(),
             Strategy::Priority => {
@@ -754,7 +654,7 @@ impl Plan {
                     .copied()
                     .filter(|&i| self.route.targets[self.candidates[i].index].priority == best)
                     .collect();
-                crate::runtime::pick_weighted(&group, weight)
+                crate::config::model::pick_weighted(&group, weight)
                     .or_else(|| group.first())
                     .copied()
             }
@@ -785,7 +685,7 @@ impl Plan {
                     .copied()
                     .filter(|&i| self.candidates[i].endpoint.inflight() == least)
                     .collect();
-                crate::runtime::pick_weighted(&group, weight)
+                crate::config::model::pick_weighted(&group, weight)
                     .or_else(|| group.first())
                     .copied()
             }
@@ -803,7 +703,7 @@ impl Plan {
                     .copied()
                     .filter(|&i| price(i) == cheapest)
                     .collect();
-                crate::runtime::pick_weighted(&group, weight)
+                crate::config::model::pick_weighted(&group, weight)
                     .or_else(|| group.first())
                     .copied()
             }
@@ -863,7 +763,7 @@ pub fn pick_credential<'p>(
         let mut pool: Vec<&(usize, Arc<Endpoint>, Availability)> =
             endpoints.iter().filter(|(_, _, a)| *a == wanted).collect();
         while let Some(&&(i, ref e, _)) =
-            crate::runtime::pick_weighted(&pool, |(i, _, _)| provider.credentials[*i].weight)
+            crate::config::model::pick_weighted(&pool, |(i, _, _)| provider.credentials[*i].weight)
         {
             let c = &provider.credentials[i];
             let claimed = wanted == Availability::Healthy || e.claim_probe(now).is_some();

@@ -5,7 +5,8 @@ use bytes::Bytes;
 use http::{HeaderValue, Response, StatusCode, header};
 use serde::Serialize;
 
-use super::{Body, full};
+use crate::base::{Api, Body, full};
+use crate::translate::TranslateError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -73,6 +74,16 @@ pub enum ApiError {
     QuotaUnavailable(String),
     #[error("Internal gateway error.")]
     Internal,
+}
+
+impl From<TranslateError> for ApiError {
+    fn from(e: TranslateError) -> Self {
+        match e {
+            TranslateError::BadRequest(message) => Self::BadRequest(message),
+            TranslateError::UpstreamBody => Self::UpstreamBody,
+            TranslateError::Internal => Self::Internal,
+        }
+    }
 }
 
 impl ApiError {
@@ -157,12 +168,12 @@ impl ApiError {
 
     /// The error in OpenAI's format.
     pub fn to_response(&self) -> Response<Body> {
-        self.to_response_for(super::Api::OpenAi)
+        self.to_response_for(Api::OpenAi)
     }
 
     /// The error in the format of the API the client called.
-    pub fn to_response_for(&self, api: super::Api) -> Response<Body> {
-        if api == super::Api::Anthropic {
+    pub fn to_response_for(&self, api: Api) -> Response<Body> {
+        if api == Api::Anthropic {
             let kind = crate::translate::anthropic_to_openai::error_type(self.status().as_u16());
             let body = serde_json::to_vec(&serde_json::json!({
                 "type": "error",

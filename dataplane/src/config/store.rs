@@ -8,10 +8,10 @@ use std::sync::Arc;
 use tollgate_proto::resource::Body;
 use tollgate_proto::{self as pb, DeltaConfigResponse, ResourceError, type_url};
 
-use crate::mcp::config::{McpServer, ToolPolicy};
-use crate::mcp::policy::KeyPolicy;
-use crate::runtime::{ConvertError, Provider, Route, VirtualKey};
-use crate::snapshot::{RouteTable, Snapshot};
+use crate::config::mcp::{McpServer, ToolPolicy};
+use crate::config::model::{ConvertError, Provider, Route, VirtualKey};
+use crate::config::snapshot::{RouteTable, Snapshot};
+use crate::config::tool_policy::KeyPolicy;
 
 #[derive(Clone, Debug)]
 enum Item {

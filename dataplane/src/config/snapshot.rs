@@ -7,8 +7,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
-use crate::glob;
-use crate::runtime::{Provider, Route, VirtualKey};
+use crate::base::glob;
+use crate::config::model::{Provider, Route, VirtualKey};
 
 /// The routes of one namespace, indexed by the model names they match.
 #[derive(Debug, Default)]
@@ -66,9 +66,9 @@ pub struct Snapshot {
     pub providers: HashMap<String, Arc<Provider>>,
     pub routes: HashMap<String, RouteTable>,
     /// MCPServers by `<namespace>/<name>`.
-    pub mcp_servers: HashMap<String, Arc<crate::mcp::config::McpServer>>,
+    pub mcp_servers: HashMap<String, Arc<crate::config::mcp::McpServer>>,
     /// The MCP tool rules of each VirtualKey (`<namespace>/<name>`) some policy selects.
-    pub mcp_rules: HashMap<String, Arc<crate::mcp::policy::KeyPolicy>>,
+    pub mcp_rules: HashMap<String, Arc<crate::config::tool_policy::KeyPolicy>>,
     /// Every resource name and version, for `/config` on the admin port.
     pub versions: Vec<(&'static str, Arc<str>, Arc<str>)>,
 }

@@ -7,11 +7,11 @@ use std::sync::Arc;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use super::State;
-use super::error::ApiError;
-use super::request::ChatHead;
-use crate::quota::{Attribution, Demand, Qty, Refusal, Reservation};
-use crate::runtime::{Route, VirtualKey};
-use crate::snapshot::Snapshot;
+use crate::config::model::{Route, VirtualKey};
+use crate::config::snapshot::Snapshot;
+use crate::error::ApiError;
+use crate::metering::quota::{Attribution, Demand, Qty, Refusal, Reservation};
+use crate::translate::head::ChatHead;
 
 /// What a request's worst case assumes where the request itself does not bound it.
 #[derive(Clone, Copy, Debug)]
@@ -47,7 +47,7 @@ impl WorstCase {
 
 /// Whether a key's requests are metered in tokens or money (budgets, sessions, a tokens
 /// per minute limit): these get an output limit when they set none.
-pub(super) fn metered(key: &VirtualKey, headers: &HeaderMap) -> bool {
+pub fn metered(key: &VirtualKey, headers: &HeaderMap) -> bool {
     !key.budget_accounts.is_empty()
         || key.rate.as_ref().is_some_and(|r| r.tokens_per_minute > 0)
         || session(key, headers).is_ok_and(|s| s.is_some())
@@ -191,7 +191,7 @@ fn accounts(key: &VirtualKey, session: Option<&str>, spend: Qty, rate: Qty) -> V
 /// Reserves the request's worst case: `size` is the most input and output tokens it may
 /// count ([`WorstCase`]). The reservation also carries the request's attribution, so
 /// every admitted request ends as a usage record.
-pub(super) async fn admit(
+pub async fn admit(
     state: &State,
     snapshot: &Snapshot,
     key: &VirtualKey,
@@ -243,7 +243,7 @@ pub const LEAST: Qty = Qty {
 /// What a prompt of `body_len` bytes would reserve with one token of output, for a
 /// request that produces none (token counting): a key whose budgets could not take the
 /// prompt itself is refused it.
-pub(super) fn prompt_demand(
+pub fn prompt_demand(
     state: &State,
     snapshot: &Snapshot,
     head: &ChatHead,
@@ -275,7 +275,7 @@ pub async fn admit_free(
 }
 
 /// The client's error for a refusal, counted by reason.
-pub(super) fn refusal(state: &State, key: &VirtualKey, r: &Refusal) -> ApiError {
+pub fn refusal(state: &State, key: &VirtualKey, r: &Refusal) -> ApiError {
     let (reason, err) = match r {
         Refusal::Exhausted { account } if account.starts_with("rate/") => (
             "rate_limit",
@@ -305,7 +305,7 @@ fn budget_name(account: &str) -> &str {
     account.rsplit('/').next().unwrap_or(account)
 }
 
-fn rate_dimension(key: &VirtualKey, quotas: &crate::quota::Quotas) -> &'static str {
+fn rate_dimension(key: &VirtualKey, quotas: &crate::metering::quota::Quotas) -> &'static str {
     let Some(r) = &key.rate else {
         return "requests per minute";
     };
@@ -322,7 +322,7 @@ fn rate_dimension(key: &VirtualKey, quotas: &crate::quota::Quotas) -> &'static s
 /// `x-tollgate-budget-remaining` (USD, the tightest of the key's budgets, rounded down to
 /// the micro-dollar). Every account is read under one lock, and numbers are formatted as
 /// integers: this runs on every answer.
-pub(super) fn quota_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap) {
+pub fn quota_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap) {
     let rate = key.rate.as_ref();
     let mut rate_left = None;
     let mut tightest: Option<u64> = None;
@@ -394,37 +394,10 @@ fn usd_value(nano: u64) -> HeaderValue {
     HeaderValue::try_from(text).unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// A rate-limit refusal carries the rate-limit headers too, and when to try again.
-/// The answer to a request admission refused: recorded like every error, in the client's
-/// format, with the rate-limit headers when a rate limit refused it.
-pub(super) fn refused(
-    state: &State,
-    key: &VirtualKey,
-    e: ApiError,
-    api: super::Api,
-    started: tokio::time::Instant,
-    labels: &super::chat::Labels,
-) -> http::Response<super::Body> {
-    let rate_limited = matches!(e, ApiError::RateLimited(_));
-    let mut response = super::chat::answer(state, Err(e), api, started, labels.clone());
-    if rate_limited {
-        rate_limited_headers(state, key, response.headers_mut());
-    }
-    response
-}
-
-fn rate_limited_headers(state: &State, key: &VirtualKey, out: &mut HeaderMap) {
-    quota_headers(state, key, out);
-    out.insert(
-        HeaderName::from_static("retry-after"),
-        HeaderValue::from_static("1"),
-    );
-}
-
 #[cfg(test)]
 mod tests {
     use super::{WorstCase, usd_value};
-    use crate::proxy::request::ChatHead;
+    use crate::translate::head::ChatHead;
     use tollgate_proto::prices::{Price, Rates, Tokens};
 
     /// A random rate up to `max` USD per million tokens, zero and `max` included.

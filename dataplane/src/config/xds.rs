@@ -11,24 +11,24 @@ use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto::config_discovery_client::ConfigDiscoveryClient;
 use tollgate_proto::{DeltaConfigRequest, Node, type_url};
 
-use crate::link::{self, StreamError};
-use crate::metrics::Metrics;
-use crate::snapshot::Snapshot;
-use crate::store::Store;
+use crate::base::link::{self, StreamError};
+use crate::base::metrics::Metrics;
+use crate::config::snapshot::Snapshot;
+use crate::config::store::Store;
 
 /// Largest config message accepted (a full snapshot of a large config).
 const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
 
 #[derive(Clone)]
 pub struct Client {
-    pub controller: Arc<crate::link::Controller>,
+    pub controller: Arc<crate::base::link::Controller>,
     pub node_id: String,
     pub store: Arc<Mutex<Store>>,
     pub config: Arc<ArcSwap<Snapshot>>,
     pub ready: watch::Sender<bool>,
     pub metrics: Metrics,
     /// The MCP session keys, updated from every response.
-    pub session_keys: Arc<crate::mcp::session::Keys>,
+    pub session_keys: Arc<crate::config::session_keys::Keys>,
 }
 
 impl std::fmt::Debug for Client {
@@ -54,7 +54,7 @@ impl Client {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        crate::lock(&self.store)
+        crate::base::lock(&self.store)
     }
 
     async fn stream_once(&self) -> Result<(), StreamError> {

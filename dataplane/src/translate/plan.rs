@@ -9,11 +9,11 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use super::TranslateError;
 use super::{StreamStep, Usage};
-use crate::proxy::Api;
-use crate::proxy::error::ApiError;
-use crate::runtime::{ProviderKind, Wire};
-use crate::sse;
+use crate::base::Api;
+use crate::base::sse;
+use crate::config::model::{ProviderKind, Wire};
 
 /// `anthropic_version` in the body of Claude requests on Vertex AI.
 pub const VERTEX_ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
@@ -56,13 +56,13 @@ impl Plan {
     }
 
     /// The body sent upstream for a translated request (`passes_request` is false).
-    pub fn request(&self, body: &[u8]) -> Result<Vec<u8>, ApiError> {
+    pub fn request(&self, body: &[u8]) -> Result<Vec<u8>, TranslateError> {
         let out = self.request_value(super::parse_client_json(body)?)?;
-        serde_json::to_vec(&out).map_err(|_| ApiError::Internal)
+        serde_json::to_vec(&out).map_err(|_| TranslateError::Internal)
     }
 
     /// [`Plan::request`] on a parsed body.
-    pub fn request_value(&self, client: Value) -> Result<Value, ApiError> {
+    pub fn request_value(&self, client: Value) -> Result<Value, TranslateError> {
         Ok(match (self.client, self.wire) {
             (Api::Anthropic, Wire::VertexAnthropic) => vertex_anthropic(client),
             (Api::Anthropic, _) => {
@@ -97,7 +97,7 @@ impl Plan {
             )
     }
 
-    fn openai_to_wire(&self, v: &Value) -> Result<Value, ApiError> {
+    fn openai_to_wire(&self, v: &Value) -> Result<Value, TranslateError> {
         Ok(match self.wire {
             Wire::OpenAi => v.clone(),
             Wire::Anthropic => super::openai_to_anthropic::request_value(v, &self.model)?,
@@ -111,18 +111,18 @@ impl Plan {
 
     /// A successful JSON answer in the client's format, and its usage. A same-format
     /// answer is returned as the same bytes; only its `usage` member is read.
-    pub fn response(&self, body: Bytes) -> Result<(Bytes, Option<Usage>), ApiError> {
+    pub fn response(&self, body: Bytes) -> Result<(Bytes, Option<Usage>), TranslateError> {
         if self.passes_response() {
             #[derive(Deserialize)]
             struct UsageOnly {
                 #[serde(default)]
                 usage: Option<Value>,
             }
-            if let Some(usage) = super::usage_member(&body, self.client) {
+            if let Some(usage) = crate::metering::usage::usage_member(&body, self.client) {
                 return Ok((body, Some(usage)));
             }
             let usage = serde_json::from_slice::<UsageOnly>(&body)
-                .map_err(|_| ApiError::UpstreamBody)?
+                .map_err(|_| TranslateError::UpstreamBody)?
                 .usage;
             let usage = usage.as_ref().and_then(match self.client {
                 Api::OpenAi => Usage::from_openai,
@@ -130,7 +130,8 @@ impl Plan {
             });
             return Ok((body, usage));
         }
-        let upstream: Value = serde_json::from_slice(&body).map_err(|_| ApiError::UpstreamBody)?;
+        let upstream: Value =
+            serde_json::from_slice(&body).map_err(|_| TranslateError::UpstreamBody)?;
         let openai = match self.wire {
             Wire::OpenAi => upstream,
             Wire::Anthropic | Wire::VertexAnthropic => {
@@ -158,7 +159,7 @@ impl Plan {
         };
         Ok((
             serde_json::to_vec(&out)
-                .map_err(|_| ApiError::Internal)?
+                .map_err(|_| TranslateError::Internal)?
                 .into(),
             usage,
         ))
@@ -194,7 +195,7 @@ impl Plan {
             });
         }
         let decoder = if self.wire == Wire::Bedrock {
-            Decoder::Aws(crate::eventstream::Decoder::default())
+            Decoder::Aws(crate::base::eventstream::Decoder::default())
         } else {
             Decoder::Sse(sse::Parser::default())
         };
@@ -289,7 +290,7 @@ fn vertex_anthropic(mut v: Value) -> Value {
 /// Frames of the provider's stream.
 enum Decoder {
     Sse(sse::Parser),
-    Aws(crate::eventstream::Decoder),
+    Aws(crate::base::eventstream::Decoder),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -297,7 +298,7 @@ pub enum StreamError {
     #[error(transparent)]
     Sse(#[from] sse::TooLarge),
     #[error("event stream: {0}")]
-    Aws(#[from] crate::eventstream::DecodeError),
+    Aws(#[from] crate::base::eventstream::DecodeError),
 }
 
 /// One stream's way from the provider's format to the client's.

@@ -11,7 +11,7 @@
 //!   cap on concurrent streams and on header size;
 //! - back-off after accept errors (descriptor exhaustion) instead of a busy loop.
 //!
-//! The body-read deadline is applied where bodies are read ([`crate::proxy::request`]).
+//! The body-read deadline is applied where bodies are read ([`crate::translate::head`]).
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -28,7 +28,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
-use crate::proxy::BoxError;
+use crate::base::BoxError;
 
 /// Limits of one listener.
 #[derive(Clone, Copy, Debug)]

@@ -7,8 +7,8 @@ use std::time::Duration;
 use http::{HeaderName, HeaderValue, Uri};
 use tollgate_proto as pb;
 
-use super::policy::Rule;
-use crate::runtime::{ConvertError, http_url, secret_header};
+use super::tool_policy::Rule;
+use crate::config::model::{ConvertError, http_url, secret_header};
 
 /// Timeout of a call to an MCP server whose resource sets none.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -119,9 +119,13 @@ impl From<&pb::McpToolPolicy> for ToolPolicy {
                     allow: r
                         .allow
                         .iter()
-                        .map(|g| super::policy::canonical(g))
+                        .map(|g| super::tool_policy::canonical(g))
                         .collect(),
-                    deny: r.deny.iter().map(|g| super::policy::canonical(g)).collect(),
+                    deny: r
+                        .deny
+                        .iter()
+                        .map(|g| super::tool_policy::canonical(g))
+                        .collect(),
                     calls_per_minute: r.calls_per_minute,
                     origin: format!("{}/{}/{i}", p.namespace, p.name),
                 })

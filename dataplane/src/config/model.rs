@@ -10,7 +10,10 @@ use http::{HeaderName, HeaderValue, Uri};
 use regex::Regex;
 use tollgate_proto as pb;
 
-use crate::balance::{Failure, FailureSet, HealthPolicy};
+use crate::config::failure::{Failure, FailureSet, HealthPolicy};
+
+/// Anthropic API version sent when neither the client nor the provider names one.
+pub const DEFAULT_ANTHROPIC_VERSION: &str = "2023-06-01";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConvertError {
@@ -128,11 +131,11 @@ pub struct Provider {
     /// When its targets and credentials are ejected.
     pub health: HealthPolicy,
     /// Price overrides by model name (`spec.models`); the built-in table has the rest.
-    pub prices: Vec<crate::prices::Override>,
+    pub prices: Vec<tollgate_proto::prices::Override>,
     /// Models without a price cost nothing (`spec.unpricedModels: free`).
     pub unpriced_free: bool,
     /// The chat completions URI, built once; `None` for Azure, whose URI names the model.
-    chat_completions: Option<Uri>,
+    pub(crate) chat_completions: Option<Uri>,
 }
 
 /// A server's differences from OpenAI's API, applied to every request sent to it in
@@ -271,116 +274,6 @@ impl Provider {
         }
     }
 
-    /// The URI of a chat completion for `model` at this provider.
-    pub fn chat_uri(&self, model: &str) -> Result<Uri, http::Error> {
-        if let Some(uri) = &self.chat_completions {
-            return Ok(uri.clone());
-        }
-        Ok(Uri::try_from(format!(
-            "{}/openai/deployments/{}/chat/completions?api-version={}",
-            self.endpoint,
-            crate::auth::sigv4::uri_encode(model, false),
-            self.api_version
-        ))?)
-    }
-
-    /// The URI of Anthropic's Messages API at this provider.
-    pub fn messages_uri(&self) -> Result<Uri, http::Error> {
-        Ok(Uri::try_from(format!("{}/v1/messages", self.endpoint))?)
-    }
-
-    fn vertex_model_base(&self, publisher: &str, model: &str) -> String {
-        format!(
-            "{}/v1/projects/{}/locations/{}/publishers/{publisher}/models/{}",
-            self.endpoint,
-            self.project,
-            self.region,
-            crate::auth::sigv4::uri_encode(model, false)
-        )
-    }
-
-    /// The URI of `generateContent` (or its SSE stream) for `model`.
-    pub fn gemini_uri(&self, model: &str, stream: bool) -> Result<Uri, http::Error> {
-        if stream {
-            self.google_uri(model, "streamGenerateContent?alt=sse")
-        } else {
-            self.google_uri(model, "generateContent")
-        }
-    }
-
-    /// The URI of a method on a Google model (the Gemini API, or Vertex AI's Google
-    /// publisher): `countTokens`, `batchEmbedContents`, `predict`, ...
-    pub fn google_uri(&self, model: &str, method: &str) -> Result<Uri, http::Error> {
-        let base = if self.kind == ProviderKind::VertexAi {
-            self.vertex_model_base("google", model)
-        } else {
-            format!(
-                "{}/v1beta/models/{}",
-                self.endpoint,
-                crate::auth::sigv4::uri_encode(model, false)
-            )
-        };
-        Ok(Uri::try_from(format!("{base}:{method}"))?)
-    }
-
-    /// The URI of OpenAI's embeddings API (an Azure deployment's, for Azure).
-    pub fn embeddings_uri(&self, model: &str) -> Result<Uri, http::Error> {
-        let uri = match self.kind {
-            ProviderKind::AzureOpenAi => format!(
-                "{}/openai/deployments/{}/embeddings?api-version={}",
-                self.endpoint,
-                crate::auth::sigv4::uri_encode(model, false),
-                self.api_version
-            ),
-            _ => format!("{}/embeddings", self.endpoint),
-        };
-        Ok(Uri::try_from(uri)?)
-    }
-
-    /// The URI of token counting for Claude: Anthropic's `count_tokens`, or the
-    /// `count-tokens` model on Vertex AI (which takes the model in the body).
-    pub fn count_tokens_uri(&self) -> Result<Uri, http::Error> {
-        let uri = if self.kind == ProviderKind::VertexAi {
-            format!(
-                "{}:rawPredict",
-                self.vertex_model_base("anthropic", "count-tokens")
-            )
-        } else {
-            format!("{}/v1/messages/count_tokens", self.endpoint)
-        };
-        Ok(Uri::try_from(uri)?)
-    }
-
-    /// The URI of a Claude model on Vertex AI.
-    pub fn vertex_anthropic_uri(&self, model: &str, stream: bool) -> Result<Uri, http::Error> {
-        let base = self.vertex_model_base("anthropic", model);
-        let verb = if stream {
-            "streamRawPredict"
-        } else {
-            "rawPredict"
-        };
-        Ok(Uri::try_from(format!("{base}:{verb}"))?)
-    }
-
-    /// The URI of Converse (or ConverseStream) for `model` on Bedrock.
-    pub fn bedrock_uri(&self, model: &str, stream: bool) -> Result<Uri, http::Error> {
-        let verb = if stream {
-            "converse-stream"
-        } else {
-            "converse"
-        };
-        self.bedrock_op_uri(model, verb)
-    }
-
-    /// The URI of a Bedrock runtime operation on `model`: `invoke`, `count-tokens`, ...
-    pub fn bedrock_op_uri(&self, model: &str, verb: &str) -> Result<Uri, http::Error> {
-        Ok(Uri::try_from(format!(
-            "{}/model/{}/{verb}",
-            self.endpoint,
-            crate::auth::sigv4::uri_encode(model, false)
-        ))?)
-    }
-
     /// Picks a credential by weight.
     pub fn credential(&self) -> Option<&Credential> {
         pick_weighted(&self.credentials, |c| c.weight)
@@ -393,8 +286,8 @@ impl Provider {
     }
 
     /// The price of `model` here: the provider's override, else the built-in table.
-    pub fn price_of(&self, model: &str) -> Option<crate::prices::Price> {
-        crate::prices::lookup(self.kind, &self.prices, model)
+    pub fn price_of(&self, model: &str) -> Option<tollgate_proto::prices::Price> {
+        tollgate_proto::prices::lookup(self.kind.as_str(), &self.prices, model)
     }
 
     /// Whether configuration names `model` for this provider (see
@@ -544,7 +437,7 @@ impl TryFrom<&pb::Provider> for Provider {
             project: p.project.clone(),
             api_version: p.api_version.clone(),
             anthropic_version: if p.api_version.is_empty() || kind != ProviderKind::Anthropic {
-                HeaderValue::from_static(crate::translate::DEFAULT_ANTHROPIC_VERSION)
+                HeaderValue::from_static(DEFAULT_ANTHROPIC_VERSION)
             } else {
                 HeaderValue::try_from(p.api_version.as_str())
                     .map_err(|_| ConvertError::BadApiVersion(p.api_version.clone()))?
@@ -555,7 +448,7 @@ impl TryFrom<&pb::Provider> for Provider {
             prices: p
                 .models
                 .iter()
-                .map(|m| crate::prices::Override {
+                .map(|m| tollgate_proto::prices::Override {
                     model: m.name.clone(),
                     price_as: (!m.price_as.is_empty()).then(|| m.price_as.clone()),
                     input: m.input_per_million_usd,
@@ -806,6 +699,16 @@ impl Route {
     }
 }
 
+/// The attribution of a request, for its usage record.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Attribution {
+    pub key: Arc<str>,
+    pub team: Arc<str>,
+    pub customer: Arc<str>,
+    pub user: Arc<str>,
+    pub session: Arc<str>,
+}
+
 /// A virtual key as the dataplane holds it: only what requests use (its labels, for
 /// example, select Budgets in the controller and are not kept here).
 #[derive(Clone, Debug)]
@@ -831,7 +734,7 @@ pub struct VirtualKey {
     pub usd_limited: bool,
     /// The key (`<namespace>/<name>`) and its owner, for usage records and logs (the
     /// session is added per request).
-    pub attribution: crate::quota::Attribution,
+    pub attribution: Attribution,
 }
 
 #[derive(Clone, Debug)]
@@ -865,7 +768,7 @@ impl TryFrom<&pb::VirtualKey> for VirtualKey {
             routes: k.routes.clone(),
             expires_at: (k.expires_at_unix != 0).then_some(k.expires_at_unix),
             disabled: k.disabled,
-            attribution: crate::quota::Attribution {
+            attribution: Attribution {
                 key: Arc::from(format!("{}/{}", k.namespace, k.name)),
                 team: owned(|o| &o.team),
                 customer: owned(|o| &o.customer),
@@ -931,7 +834,11 @@ impl VirtualKey {
     }
 
     pub fn allows_model(&self, model: &str) -> bool {
-        self.models.is_empty() || self.models.iter().any(|g| crate::glob::matches(g, model))
+        self.models.is_empty()
+            || self
+                .models
+                .iter()
+                .any(|g| crate::base::glob::matches(g, model))
     }
 
     pub fn allows_route(&self, route: &Route) -> bool {
@@ -939,7 +846,7 @@ impl VirtualKey {
             || self
                 .routes
                 .iter()
-                .any(|g| crate::glob::matches(g, &route.name))
+                .any(|g| crate::base::glob::matches(g, &route.name))
     }
 }
 
@@ -1030,32 +937,6 @@ mod tests {
     }
 
     #[test]
-    fn chat_uris_are_built_once_except_azures() {
-        let mut p = pb::Provider {
-            namespace: "ns".into(),
-            name: "p".into(),
-            r#type: pb::ProviderType::Openai as i32,
-            endpoint: "http://127.0.0.1:9/v1/".into(),
-            ..Default::default()
-        };
-        let openai = Provider::try_from(&p).unwrap();
-        assert!(openai.chat_completions.is_some());
-        assert_eq!(
-            openai.chat_uri("gpt-4o").unwrap(),
-            "http://127.0.0.1:9/v1/chat/completions"
-        );
-        p.r#type = pb::ProviderType::AzureOpenai as i32;
-        p.endpoint = "https://r.openai.azure.com".into();
-        p.api_version = "2024-10-21".into();
-        let azure = Provider::try_from(&p).unwrap();
-        assert!(azure.chat_completions.is_none());
-        assert_eq!(
-            azure.chat_uri("my deployment").unwrap(),
-            "https://r.openai.azure.com/openai/deployments/my%20deployment/chat/completions?api-version=2024-10-21"
-        );
-    }
-
-    #[test]
     fn anthropic_version_is_resolved_once() {
         let mut p = pb::Provider {
             namespace: "ns".into(),
@@ -1065,10 +946,7 @@ mod tests {
             ..Default::default()
         };
         let default = Provider::try_from(&p).unwrap();
-        assert_eq!(
-            default.anthropic_version,
-            crate::translate::DEFAULT_ANTHROPIC_VERSION
-        );
+        assert_eq!(default.anthropic_version, DEFAULT_ANTHROPIC_VERSION);
         assert_eq!(&*default.id, "ns/claude");
         p.api_version = "2023-01-01".into();
         assert_eq!(

@@ -14,9 +14,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tollgate_proto as pb;
 use tollgate_proto::usage_reporting_client::UsageReportingClient;
 
-use crate::link::{self, StreamError};
-use crate::metrics::Metrics;
-use crate::quota::Quotas;
+use crate::base::link::{self, StreamError};
+use crate::base::metrics::Metrics;
+use crate::metering::quota::Quotas;
 
 const TICK: Duration = Duration::from_millis(100);
 
@@ -61,7 +61,7 @@ impl Reporter {
     }
 
     fn unacked(&self) -> std::sync::MutexGuard<'_, VecDeque<pb::UsageBatch>> {
-        crate::lock(&self.unacked)
+        crate::base::lock(&self.unacked)
     }
 
     /// Runs forever, reconnecting with capped, jittered backoff.
@@ -70,7 +70,7 @@ impl Reporter {
             || self.stream_once(),
             |e| {
                 let named = e.leader_url().and_then(|url| self.controller.at(&url));
-                let mut leader = crate::lock(&self.leader);
+                let mut leader = crate::base::lock(&self.leader);
                 if let Some(to) = named {
                     tracing::info!(controller = %self.controller, leader = %to, "usage stream refused by a controller replica that is not the leader; connecting to the leader");
                     *leader = Some(Arc::new(to));
@@ -90,7 +90,7 @@ impl Reporter {
     }
 
     async fn stream_once(&self) -> Result<(), StreamError> {
-        let controller = crate::lock(&self.leader)
+        let controller = crate::base::lock(&self.leader)
             .clone()
             .unwrap_or_else(|| self.controller.clone());
         let mut client = UsageReportingClient::new(link::connect(&controller).await?);
@@ -142,7 +142,7 @@ impl Reporter {
                 continue;
             }
             let batch = {
-                let mut seq = crate::lock(&self.next_sequence);
+                let mut seq = crate::base::lock(&self.next_sequence);
                 let batch = pb::UsageBatch {
                     dataplane_id: self.dataplane_id.clone(),
                     sequence: *seq,

@@ -7,8 +7,9 @@
 //! When it ends, the reservation is replaced by the actual usage, which goes into a record.
 //! Grants are cumulative per stream epoch and period, as the controller keeps them: on a
 //! new stream, what is still reserved is carried and declared, and nothing else is held.
-//! The stream itself is in [`crate::usage`].
+//! The stream itself is in [`crate::metering::reporter`].
 
+pub use crate::config::model::Attribution;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
@@ -273,16 +274,6 @@ pub struct Demand {
     pub amount: Qty,
 }
 
-/// The attribution of a request, for its usage record.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
-pub struct Attribution {
-    pub key: Arc<str>,
-    pub team: Arc<str>,
-    pub customer: Arc<str>,
-    pub user: Arc<str>,
-    pub session: Arc<str>,
-}
-
 /// The labels of one record: requests with equal labels in a batch are summed.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct RecordKey {
@@ -368,7 +359,7 @@ struct Outcome {
     provider: Arc<str>,
     model: Arc<str>,
     status: u16,
-    usage: crate::translate::Usage,
+    usage: crate::metering::usage::Usage,
     cost_nano: u64,
     /// No usage was reported: the worst case is charged.
     unknown: bool,
@@ -394,7 +385,7 @@ impl Quotas {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        crate::lock(&self.inner)
+        crate::base::lock(&self.inner)
     }
 
     /// Reserves `demands`, all or none, waiting up to `self.wait` for grants.
@@ -462,7 +453,7 @@ impl Quotas {
             None => account,
         };
         static LAST: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let now = crate::proxy::now_unix().max(0) as u64;
+        let now = crate::base::now_unix().max(0) as u64;
         let last = LAST.load(Ordering::Relaxed);
         if now < last + 10
             || LAST
@@ -936,10 +927,10 @@ impl Reservation {
         provider: &Arc<str>,
         model: &Arc<str>,
         status: u16,
-        usage: Option<crate::translate::Usage>,
+        usage: Option<crate::metering::usage::Usage>,
         cost_nano: u64,
     ) {
-        let mut o = crate::lock(&self.outcome);
+        let mut o = crate::base::lock(&self.outcome);
         o.route = route.clone();
         o.provider = provider.clone();
         o.model = model.clone();
@@ -970,14 +961,14 @@ impl Reservation {
         status: u16,
     ) {
         self.record(route, provider, model, status, None, 0);
-        crate::lock(&self.outcome).unknown = true;
+        crate::base::lock(&self.outcome).unknown = true;
     }
 
     /// Something has been charged to it: another billed attempt needs a reservation of
     /// its own.
     pub fn charged(&self) -> bool {
-        let o = crate::lock(&self.outcome);
-        o.unknown || o.usage != crate::translate::Usage::default() || o.cost_nano > 0
+        let o = crate::base::lock(&self.outcome);
+        o.unknown || o.usage != crate::metering::usage::Usage::default() || o.cost_nano > 0
     }
 }
 

@@ -6,7 +6,7 @@
 //! bytes, the headers, the payload, and a CRC32 of everything before it. A header: name
 //! length (u8), name, value type (u8), value.
 
-use crate::sse::Event;
+use crate::base::sse::Event;
 
 /// Smallest frame: the 12-byte prelude and the 4-byte message CRC.
 const MIN_FRAME: usize = 16;

@@ -66,7 +66,7 @@ async fn a_request_waits_for_a_grant_then_settles_its_actual_usage() {
         &route,
         &route,
         200,
-        Some(crate::translate::Usage {
+        Some(crate::metering::usage::Usage {
             input: 3,
             output: 4,
             cached: 0,
@@ -94,7 +94,7 @@ async fn a_request_waits_for_a_grant_then_settles_its_actual_usage() {
 #[tokio::test]
 async fn an_exhausted_account_refuses_and_without_a_controller_requests_wait_then_fail() {
     let q = Quotas::new(Duration::from_millis(200), false);
-    let waits = crate::metrics::Metrics::new().unwrap().quota_waits;
+    let waits = crate::base::metrics::Metrics::new().unwrap().quota_waits;
     q.observe_waits(waits.clone());
     let waiter = {
         let q = q.clone();
@@ -475,7 +475,7 @@ async fn a_billed_attempt_is_charged_its_worst_case_and_the_next_one_reserves_ag
         &route,
         &route,
         200,
-        Some(crate::translate::Usage {
+        Some(crate::metering::usage::Usage {
             input: 3,
             output: 4,
             ..Default::default()

@@ -7,7 +7,7 @@ use std::ops::Range;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use super::error::ApiError;
+use super::TranslateError;
 
 #[derive(Debug)]
 pub struct ChatHead {
@@ -303,24 +303,24 @@ impl<'de> Deserialize<'de> for WebSearches {
 }
 
 impl ChatHead {
-    pub fn parse(body: &[u8]) -> Result<Self, ApiError> {
+    pub fn parse(body: &[u8]) -> Result<Self, TranslateError> {
         let head: Head<'_> = serde_json::from_slice(body).map_err(|e| {
-            ApiError::BadRequest(format!(
+            TranslateError::BadRequest(format!(
                 "We could not parse the JSON body of your request. ({e})"
             ))
         })?;
-        let raw = head
-            .model
-            .ok_or_else(|| ApiError::BadRequest("you must provide a model parameter".into()))?;
+        let raw = head.model.ok_or_else(|| {
+            TranslateError::BadRequest("you must provide a model parameter".into())
+        })?;
         let model: String = serde_json::from_str(raw.get())
-            .map_err(|_| ApiError::BadRequest("model: expected a string".into()))?;
+            .map_err(|_| TranslateError::BadRequest("model: expected a string".into()))?;
         if model.is_empty() {
-            return Err(ApiError::BadRequest(
+            return Err(TranslateError::BadRequest(
                 "you must provide a model parameter".into(),
             ));
         }
         if model.len() > MAX_MODEL_NAME {
-            return Err(ApiError::BadRequest(format!(
+            return Err(TranslateError::BadRequest(format!(
                 "model: a model name has at most {MAX_MODEL_NAME} bytes"
             )));
         }
@@ -329,14 +329,14 @@ impl ChatHead {
             (a, b) => a.or(b),
         };
         if max_tokens.is_some_and(|n| n > MAX_OUTPUT_TOKENS) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(TranslateError::BadRequest(format!(
                 "max_tokens: {} is larger than any model's output; the most is {MAX_OUTPUT_TOKENS}",
                 max_tokens.unwrap_or_default()
             )));
         }
         let choices = head.n.unwrap_or(1);
         if !(1..=MAX_CHOICES).contains(&choices) {
-            return Err(ApiError::BadRequest(format!(
+            return Err(TranslateError::BadRequest(format!(
                 "n: {choices} is out of range; it must be between 1 and {MAX_CHOICES}"
             )));
         }
@@ -370,12 +370,12 @@ impl ChatHead {
         &mut self,
         body: bytes::Bytes,
         cap: u64,
-    ) -> Result<bytes::Bytes, ApiError> {
+    ) -> Result<bytes::Bytes, TranslateError> {
         if !self.web_search_unbounded {
             return Ok(body);
         }
         let mut v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
-            ApiError::BadRequest(format!(
+            TranslateError::BadRequest(format!(
                 "We could not parse the JSON body of your request. ({e})"
             ))
         })?;
@@ -394,7 +394,7 @@ impl ChatHead {
             }
         }
         let out: bytes::Bytes = serde_json::to_vec(&v)
-            .map_err(|_| ApiError::Internal)?
+            .map_err(|_| TranslateError::Internal)?
             .into();
         *self = Self::parse(&out)?;
         Ok(out)
@@ -447,7 +447,7 @@ impl ChatHead {
         let Ok(mut v) = serde_json::from_slice::<serde_json::Value>(&body) else {
             return body;
         };
-        use crate::json::SetKey;
+        use crate::base::json::SetKey;
         if let Some(options) = v.object_at("stream_options") {
             options.set_key("include_usage", serde_json::Value::Bool(true));
         }
@@ -507,7 +507,7 @@ mod tests {
             br#"{"model":"m","n":-2}"#,
         ] {
             assert!(
-                matches!(ChatHead::parse(body), Err(ApiError::BadRequest(_))),
+                matches!(ChatHead::parse(body), Err(TranslateError::BadRequest(_))),
                 "{}",
                 String::from_utf8_lossy(body)
             );
@@ -544,7 +544,7 @@ mod tests {
         );
         assert!(matches!(
             ChatHead::parse(br#"{"model":"m","messages":"hi"}"#),
-            Err(ApiError::BadRequest(_))
+            Err(TranslateError::BadRequest(_))
         ));
         let plain =
             ChatHead::parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
@@ -666,7 +666,7 @@ mod tests {
             b"{\"model\":\"a\",\"model\":\"b\"}",
         ] {
             assert!(
-                matches!(ChatHead::parse(body), Err(ApiError::BadRequest(_))),
+                matches!(ChatHead::parse(body), Err(TranslateError::BadRequest(_))),
                 "{:?}",
                 std::str::from_utf8(body)
             );

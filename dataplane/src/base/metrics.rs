@@ -323,10 +323,18 @@ impl Metrics {
     }
 }
 
+/// Why an endpoint changed state: recorded by [`Metrics::health`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transition {
+    None,
+    Ejected(std::time::Duration),
+    Recovered,
+}
+
 impl Metrics {
     /// The connection counters of one listener.
-    pub fn listener(&self, name: &str) -> crate::server::Counters {
-        crate::server::Counters {
+    pub fn listener(&self, name: &str) -> crate::base::server::Counters {
+        crate::base::server::Counters {
             refused: Some(self.connections_refused.with_label_values(&[name])),
             timed_out: Some(self.connections_timed_out.with_label_values(&[name])),
             open: Some(self.connections_open.with_label_values(&[name])),
@@ -335,14 +343,7 @@ impl Metrics {
 
     /// Records an ejection or a return to rotation of a target (`endpoint` is its model)
     /// or a credential (its id), in metrics and the log.
-    pub fn health(
-        &self,
-        t: crate::balance::Transition,
-        provider: &str,
-        endpoint: &str,
-        kind: &str,
-    ) {
-        use crate::balance::Transition;
+    pub fn health(&self, t: Transition, provider: &str, endpoint: &str, kind: &str) {
         let labels = [provider, endpoint, kind];
         match t {
             Transition::None => {}

@@ -2,7 +2,7 @@
 //! Default deny: a tool is permitted when some rule for its server allows it (a glob) and
 //! no rule for that server denies it.
 
-use crate::glob;
+use crate::base::glob;
 
 /// A tool name as policies compare it: without surrounding white space, control and
 /// invisible formatting characters (NUL, zero-width spaces), in lower case. A server may

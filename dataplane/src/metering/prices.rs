@@ -4,8 +4,8 @@
 
 pub use tollgate_proto::prices::{NANO, Override, Price};
 
-use crate::runtime::ProviderKind;
-use crate::translate::Usage;
+use crate::config::model::ProviderKind;
+use crate::metering::usage::Usage;
 
 /// The price of `model` on a provider of `kind` with `overrides` (`spec.models`).
 pub fn lookup(kind: ProviderKind, overrides: &[Override], model: &str) -> Option<Price> {

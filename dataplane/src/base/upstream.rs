@@ -1,6 +1,6 @@
 //! The pooled HTTP clients used to call providers, MCP servers and token URLs: HTTP/1.1
 //! and HTTP/2, TLS with the webpki roots, keep-alive connections reused across requests,
-//! and every connection checked against the egress policy ([`crate::egress`]). A
+//! and every connection checked against the egress policy ([`crate::base::egress`]). A
 //! namespace the policy allows more for has a client (and a connection pool) of its own,
 //! so that no other namespace reuses its connections.
 
@@ -13,7 +13,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 
-use crate::egress::{Connector, Policy, Rules};
+use crate::base::egress::{Connector, Policy, Rules};
 
 pub type Upstream = Client<HttpsConnector<Connector>, Full<Bytes>>;
 

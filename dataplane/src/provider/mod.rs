@@ -1,0 +1,4 @@
+//! The provider room: what the gateway knows about speaking to each upstream API family
+//! (where its operations live). It uses the config, metering and translate rooms below it.
+
+pub mod urls;

@@ -1,0 +1,305 @@
+//! The dataplane's rooms import only downward, and no module reaches itself back through
+//! others: read from the sources, so a new `use` that breaks either fails here with the
+//! file and the path it names. `docs/architecture.md` gives the order and what each room
+//! holds.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+/// The dataplane's rooms, top first: a module may use its own room and the rooms after
+/// it, never one before it.
+const DATAPLANE: &[&str] = &[
+    "proxy",
+    "admin",
+    "mcp",
+    "pipeline",
+    "error",
+    "provider",
+    "translate",
+    "metering",
+    "config",
+    "auth",
+    "base",
+];
+
+/// A module's path inside its crate, from its file (`a/b.rs` and `a/b/mod.rs` are `a::b`).
+fn module_of(src: &Path, file: &Path) -> Vec<String> {
+    let rel = file.strip_prefix(src).unwrap_or(file);
+    let mut parts: Vec<String> = rel
+        .with_extension("")
+        .components()
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
+    if matches!(parts.last().map(String::as_str), Some("mod" | "lib")) {
+        parts.pop();
+    }
+    parts
+}
+
+fn sources(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            sources(&path, out)?;
+        } else if path.extension().is_some_and(|e| e == "rs") {
+            out.push(path);
+        }
+    }
+    Ok(())
+}
+
+/// The module paths a source names through `crate::`, `super::` or `self::`, made
+/// absolute; `a::{b, c}` names `a::b` and `a::c` as well as `a`. Inline modules
+/// (`mod tests { use super::*; }`) are followed, so `super` there is the file's module.
+fn named_paths(module: &[String], text: &str) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    // Inline modules open here, with the brace depth each opened at.
+    let mut inline: Vec<(String, i64)> = Vec::new();
+    let mut depth: i64 = 0;
+    for line in text.lines() {
+        let code = line.split("//").next().unwrap_or("");
+        let here: Vec<String> = module
+            .iter()
+            .cloned()
+            .chain(inline.iter().map(|(n, _)| n.clone()))
+            .collect();
+        let mut i = 0;
+        while let Some(at) = ["crate::", "super::", "self::"]
+            .iter()
+            .filter_map(|p| code[i..].find(p).map(|k| i + k))
+            .min()
+        {
+            let before = code[..at].chars().next_back();
+            if before.is_some_and(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') {
+                i = at + 1;
+                continue;
+            }
+            let mut path = here.clone();
+            let mut j = at;
+            loop {
+                let rest = &code[j..];
+                if let Some(r) = rest.strip_prefix("crate::") {
+                    path.clear();
+                    j = code.len() - r.len();
+                } else if let Some(r) = rest.strip_prefix("super::") {
+                    path.pop();
+                    j = code.len() - r.len();
+                } else if let Some(r) = rest.strip_prefix("self::") {
+                    j = code.len() - r.len();
+                } else {
+                    break;
+                }
+            }
+            let tail: String = code[j..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_' || *c == ':')
+                .collect();
+            path.extend(
+                tail.split("::")
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_string),
+            );
+            out.push(path.clone());
+            // One level of braces: `a::{b, c::D}`.
+            let after = &code[j + tail.len()..];
+            if let Some(inner) = after.strip_prefix('{') {
+                let inner = &inner[..inner.find('}').unwrap_or(inner.len())];
+                for item in inner.split(',') {
+                    let item = item.trim().split("::").next().unwrap_or("").trim();
+                    if !item.is_empty() && item != "self" {
+                        let mut p = path.clone();
+                        p.push(item.to_string());
+                        out.push(p);
+                    }
+                }
+            }
+            i = j + tail.len().max(1);
+        }
+        let words: Vec<&str> = code.split_whitespace().collect();
+        let opens = match words.as_slice() {
+            ["mod", name, "{", ..] | ["pub", "mod", name, "{", ..] => Some(name.to_string()),
+            _ => None,
+        };
+        if let Some(name) = opens {
+            inline.push((name, depth));
+        }
+        depth += code.matches('{').count() as i64 - code.matches('}').count() as i64;
+        while inline.last().is_some_and(|(_, d)| depth <= *d) {
+            inline.pop();
+        }
+    }
+    out
+}
+
+type Graph = BTreeMap<Vec<String>, (PathBuf, BTreeSet<Vec<String>>)>;
+
+/// Every module of the crate at `src`, with the modules its sources name.
+fn graph(src: &Path) -> std::io::Result<Graph> {
+    let mut files = Vec::new();
+    sources(src, &mut files)?;
+    let modules: BTreeMap<Vec<String>, PathBuf> = files
+        .iter()
+        .filter(|f| f.file_name().is_some_and(|n| n != "main.rs"))
+        .map(|f| (module_of(src, f), f.clone()))
+        .collect();
+    let known: BTreeSet<&Vec<String>> = modules.keys().collect();
+    let mut out = BTreeMap::new();
+    for (module, file) in &modules {
+        let text = std::fs::read_to_string(file)?;
+        let mut names = BTreeSet::new();
+        for path in named_paths(module, &text) {
+            // The longest prefix that is a module: `crate::a::b::Item` names `a::b`.
+            let hit = (1..=path.len())
+                .rev()
+                .map(|n| path[..n].to_vec())
+                .find(|p| known.contains(p));
+            if let Some(target) = hit
+                && &target != module
+            {
+                names.insert(target);
+            }
+        }
+        out.insert(module.clone(), (file.clone(), names));
+    }
+    Ok(out)
+}
+
+fn room(module: &[String]) -> &str {
+    module.first().map_or("", String::as_str)
+}
+
+/// Each module that names a module it also reaches back from, as `a -> b -> ... -> a`.
+fn cycles(g: &Graph) -> Vec<String> {
+    let mut found = Vec::new();
+    for start in g.keys() {
+        // Breadth first from `start`'s names, remembering the way, until `start` again.
+        let mut way: BTreeMap<&Vec<String>, &Vec<String>> = BTreeMap::new();
+        let mut queue: std::collections::VecDeque<&Vec<String>> = g[start].1.iter().collect();
+        for n in &g[start].1 {
+            way.insert(n, start);
+        }
+        while let Some(m) = queue.pop_front() {
+            if m == start {
+                let mut chain = vec![start.join("::")];
+                let mut at = way[start];
+                while at != start {
+                    chain.push(at.join("::"));
+                    at = way[at];
+                }
+                chain.push(start.join("::"));
+                chain.reverse();
+                found.push(chain.join(" -> "));
+                break;
+            }
+            for n in g.get(m).map(|(_, ns)| ns.iter()).into_iter().flatten() {
+                if !way.contains_key(n) {
+                    way.insert(n, m);
+                    queue.push_back(n);
+                }
+            }
+        }
+    }
+    found
+}
+
+fn dataplane_src() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../dataplane/src")
+}
+
+#[test]
+fn every_dataplane_module_is_in_a_room_of_the_documented_order() -> std::io::Result<()> {
+    let g = graph(&dataplane_src())?;
+    let strays: Vec<String> = g
+        .keys()
+        .filter(|m| !m.is_empty() && !DATAPLANE.contains(&room(m)))
+        .map(|m| m.join("::"))
+        .collect();
+    assert!(strays.is_empty(), "modules outside every room: {strays:?}");
+    // The rooms named in the order exist, so a renamed room is noticed here.
+    for r in DATAPLANE {
+        assert!(g.keys().any(|m| room(m) == *r), "no module in room {r}");
+    }
+    Ok(())
+}
+
+#[test]
+fn dataplane_rooms_import_only_downward() -> std::io::Result<()> {
+    let g = graph(&dataplane_src())?;
+    let rank = |r: &str| DATAPLANE.iter().position(|x| *x == r);
+    let mut upward = Vec::new();
+    for (module, (file, names)) in &g {
+        let Some(own) = rank(room(module)) else {
+            continue;
+        };
+        for n in names {
+            if let Some(theirs) = rank(room(n))
+                && theirs < own
+            {
+                upward.push(format!(
+                    "{} ({}) names {} (room {})",
+                    module.join("::"),
+                    file.display(),
+                    n.join("::"),
+                    room(n)
+                ));
+            }
+        }
+    }
+    assert!(
+        upward.is_empty(),
+        "imports of a room above:\n{}",
+        upward.join("\n")
+    );
+    Ok(())
+}
+
+#[test]
+fn no_dataplane_module_reaches_itself_back() -> std::io::Result<()> {
+    let found = cycles(&graph(&dataplane_src())?);
+    assert!(found.is_empty(), "import circles:\n{}", found.join("\n"));
+    Ok(())
+}
+
+#[test]
+fn the_reader_sees_upward_imports_and_circles() -> std::io::Result<()> {
+    // A small made-up crate: `low` names `high`, and `high::a` and `high::b` name each
+    // other. The checks above are only as good as this reading.
+    let dir = std::env::temp_dir().join(format!("tollgate-layers-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("high"))?;
+    std::fs::create_dir_all(dir.join("low"))?;
+    let write = |p: &str, t: &str| std::fs::write(dir.join(p), t);
+    write("lib.rs", "pub mod high;\npub mod low;\n")?;
+    write("high/mod.rs", "pub mod a;\npub mod b;\n")?;
+    write(
+        "high/a.rs",
+        "use super::b::Thing;\nmod tests {\n    use super::*;\n    fn t() { let _ = format!(\"{}\", 1); }\n}\nuse super::super::low;\n",
+    )?;
+    write(
+        "high/b.rs",
+        "use crate::high::{a, self};\n// use crate::low::Nothing;\n",
+    )?;
+    write("low/mod.rs", "fn f() { crate::high::a::g(); }\n")?;
+    let g = graph(&dir)?;
+    let names = |m: &str| {
+        let key: Vec<String> = m.split("::").map(str::to_string).collect();
+        g[&key].1.iter().map(|n| n.join("::")).collect::<Vec<_>>()
+    };
+    assert_eq!(names("low"), ["high::a"]);
+    assert_eq!(
+        names("high::a"),
+        ["high::b", "low"],
+        "`super` in an inline module is the file's module"
+    );
+    assert_eq!(
+        names("high::b"),
+        ["high", "high::a"],
+        "a comment names nothing"
+    );
+    let found = cycles(&g);
+    assert!(
+        found.iter().any(|c| c == "high::a -> high::b -> high::a"),
+        "{found:?}"
+    );
+    std::fs::remove_dir_all(&dir)
+}
