@@ -4,15 +4,22 @@
 //! request works with.
 
 pub mod admission;
+pub mod attempt;
+pub mod attempts;
 pub mod balance;
+pub mod keep_alive;
+pub mod record;
+pub mod route;
+pub mod stream;
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::base::metrics::Metrics;
-use crate::base::now_unix;
+use crate::base::{Body, now_unix};
 use crate::config::snapshot::Snapshot;
 use crate::error::ApiError;
 
@@ -97,3 +104,12 @@ pub(crate) fn authenticate<'a>(
             crate::config::snapshot::KeyRefusal::Disabled => ApiError::DisabledKey,
         })
 }
+
+/// The attempts of one request, as a future: the answer (or why none came) and the labels
+/// the request ends with.
+pub(crate) type PlanFuture = Pin<
+    Box<
+        dyn std::future::Future<Output = (Result<http::Response<Body>, ApiError>, record::Labels)>
+            + Send,
+    >,
+>;

@@ -9,11 +9,14 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 use tokio::time::Instant;
 
-use super::chat::{Completion, Labels, answer, build_upstream, resolve, respond, send};
 use crate::base::{Api, Body, now_unix};
 use crate::config::model::{ProviderKind, Wire};
 use crate::error::ApiError;
 use crate::pipeline::State;
+use crate::pipeline::attempt::{respond, send};
+use crate::pipeline::record::{Completion, Labels, answer};
+use crate::pipeline::route::resolve;
+use crate::provider::request::build_upstream;
 use crate::provider::urls::Urls;
 use crate::translate::plan::Plan;
 
@@ -76,7 +79,7 @@ async fn forward(
         match crate::pipeline::admission::admit_free(state, &key, &parts.headers, least).await {
             Ok(r) => std::sync::Arc::new(r),
             Err(e) => {
-                return Ok(super::chat::refused(
+                return Ok(crate::pipeline::record::refused(
                     state,
                     &key,
                     e,
@@ -125,7 +128,7 @@ async fn forward(
     };
     let uri = uri.map_err(|_| ApiError::Internal)?;
     let upstream = build_upstream(
-        state,
+        state.upstream.for_object(&to.provider.id),
         &to.provider,
         to.credential(),
         &parts.headers,
@@ -137,7 +140,7 @@ async fn forward(
     let deadline = to.deadline(started);
     let response = send(state, &to.provider, upstream, deadline).await?;
     let (mut up_parts, up_body) = response.into_parts();
-    let collected = super::chat::read_answer(state, up_body, deadline).await?;
+    let collected = crate::pipeline::attempt::read_answer(state, up_body, deadline).await?;
     let status = up_parts.status;
     let out: Bytes = if plan.passes_response() {
         collected
@@ -158,7 +161,7 @@ async fn forward(
         plan.error(
             status.as_u16(),
             collected,
-            super::chat::aws_error_type(&up_parts.headers),
+            crate::provider::request::aws_error_type(&up_parts.headers),
         )
     };
     if !plan.passes_response() {

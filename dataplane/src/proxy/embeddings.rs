@@ -9,13 +9,14 @@ use http::{HeaderMap, HeaderValue, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
-use super::chat::{
-    Billed, Completion, Labels, Resolved, answer, build_upstream, resolve, respond, send,
-};
 use crate::base::{Api, Body};
 use crate::error::ApiError;
 use crate::metering::usage::Usage;
 use crate::pipeline::State;
+use crate::pipeline::attempt::{Billed, respond, send};
+use crate::pipeline::record::{Completion, Labels, answer};
+use crate::pipeline::route::{Resolved, resolve};
+use crate::provider::request::build_upstream;
 use crate::provider::urls::Urls;
 use crate::translate::embeddings::{self, Answer, EmbedWire};
 
@@ -42,7 +43,7 @@ async fn call(
     deadline: Instant,
 ) -> Result<Upstream, ApiError> {
     let upstream = build_upstream(
-        state,
+        state.upstream.for_object(&to.provider.id),
         &to.provider,
         to.credential(),
         client_headers,
@@ -53,7 +54,7 @@ async fn call(
     .await?;
     let response = send(state, &to.provider, upstream, deadline).await?;
     let (parts, body) = response.into_parts();
-    let body = super::chat::read_answer(state, body, deadline).await?;
+    let body = crate::pipeline::attempt::read_answer(state, body, deadline).await?;
     Ok(Upstream {
         status: parts.status,
         headers: parts.headers,
@@ -83,7 +84,7 @@ async fn forward(
     {
         Ok(r) => Arc::new(r),
         Err(e) => {
-            return Ok(super::chat::refused(
+            return Ok(crate::pipeline::record::refused(
                 state,
                 &key,
                 e,
@@ -185,7 +186,7 @@ async fn forward(
             crate::translate::openai_to_bedrock::error(
                 &refused.body,
                 status,
-                super::chat::aws_error_type(&refused.headers),
+                crate::provider::request::aws_error_type(&refused.headers),
             )
         };
         done(labels, refused.status, None);

@@ -1,0 +1,981 @@
+//! One upstream attempt, in phases: prepare (credential, body in the provider's format,
+//! signed request), call (send within the first-token deadline), read (the first bytes
+//! of a stream, or the whole answer), classify (what a failure is, for the loop in
+//! `attempts`). Also the request's context every attempt shares.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use super::record::{Completion, Labels};
+use super::route::Resolved;
+use super::stream::{ResumeSlot, Streamed, Timers, Transcript};
+use crate::base::{Api, Body, now_unix};
+use crate::config::failure::Failure;
+use crate::config::model::Credential;
+use crate::config::model::{Provider, Route, VirtualKey, Wire};
+use crate::error::ApiError;
+use crate::metering::quota::Reservation;
+use crate::pipeline::balance;
+use crate::pipeline::{State, admission};
+use crate::provider::request::{aws_error_type, build_upstream, next_id};
+use crate::provider::urls::Urls;
+use crate::translate::head::ChatHead;
+use crate::translate::plan::Plan;
+use tollgate_proto::time::{parse_duration, parse_rfc3339_unix};
+
+/// The provider's response headers a client gets; the others stay in the gateway. They
+/// carry the provider account's organisation and project ids, its own rate limits (the
+/// gateway's are in `x-ratelimit-*`, per virtual key), cookies and its infrastructure.
+pub(crate) const FORWARDED_RESPONSE_HEADERS: [&str; 8] = [
+    "content-type",
+    "content-encoding",
+    "cache-control",
+    "retry-after",
+    "retry-after-ms",
+    // The provider's id of the request, for its support.
+    "x-request-id",
+    "request-id",
+    "x-amzn-requestid",
+];
+
+/// Sends a request to the provider within `deadline`. The provider refusing the gateway's
+/// credentials and its 5xx answers are errors; everything else is its answer.
+/// Reads an upstream answer whole, within the process's size limit and `deadline`.
+pub(crate) async fn read_answer(
+    state: &State,
+    body: Incoming,
+    deadline: Instant,
+) -> Result<Bytes, ApiError> {
+    use crate::base::bodies::UpstreamRead;
+    crate::base::bodies::read_upstream(body, state.max_upstream_body_bytes, deadline)
+        .await
+        .map_err(|e| match e {
+            UpstreamRead::Timeout => ApiError::UpstreamTimeout,
+            UpstreamRead::Broken => ApiError::UpstreamBody,
+            UpstreamRead::TooLarge(limit) => ApiError::UpstreamTooLarge(limit),
+        })
+}
+
+pub(crate) async fn send(
+    state: &State,
+    provider: &Provider,
+    upstream: Request<Full<Bytes>>,
+    deadline: Instant,
+) -> Result<Response<Incoming>, ApiError> {
+    let response = match tokio::time::timeout_at(
+        deadline,
+        state.upstream.for_object(&provider.id).request(upstream),
+    )
+    .await
+    {
+        Err(_) => return Err(ApiError::UpstreamTimeout),
+        Ok(Err(e)) => {
+            tracing::debug!(provider = %provider.id, error = %e, "upstream request failed");
+            return Err(ApiError::UpstreamUnreachable);
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = response.status();
+    match status.as_u16() {
+        401 | 403 => {
+            tracing::warn!(provider = %provider.id, status = status.as_u16(), "provider rejected the gateway's credentials");
+            Err(ApiError::UpstreamAuth(status.as_u16()))
+        }
+        500..=599 => Err(ApiError::UpstreamStatus(status.as_u16())),
+        // 2xx, and the provider's own 4xx (the client's request was at fault), pass through.
+        _ => Ok(response),
+    }
+}
+
+/// The client's response: the provider's headers (less hop-by-hop ones) and the gateway's
+/// own `x-tollgate-*` headers.
+pub(crate) fn respond(
+    status: StatusCode,
+    body: Body,
+    upstream_headers: &HeaderMap,
+    to: &Resolved,
+) -> Response<Body> {
+    let mut out = Response::new(body);
+    *out.status_mut() = status;
+    let out_headers = out.headers_mut();
+    for (name, value) in upstream_headers {
+        if FORWARDED_RESPONSE_HEADERS.contains(&name.as_str()) {
+            out_headers.append(name.clone(), value.clone());
+        }
+    }
+    for (name, value) in [
+        ("x-tollgate-route", &*to.route.id),
+        ("x-tollgate-provider", &*to.provider.id),
+        ("x-tollgate-model", &*to.model),
+    ] {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            out_headers.insert(HeaderName::from_static(name), v);
+        }
+    }
+    set_attempts(out_headers, to.attempts);
+    out
+}
+
+/// What a failed attempt leaves: why, and what the client gets if nothing else is tried.
+pub(crate) struct Failed {
+    pub(crate) class: Failure,
+    /// The provider's own answer in the client's format (with its metrics record, made
+    /// only if it is the one returned), or the gateway's error.
+    pub(crate) answer: Result<(Response<Body>, Completion), ApiError>,
+    /// The provider's `Retry-After`.
+    pub(crate) retry_after: Option<Duration>,
+    /// The credential was set aside (refused, or out of quota): the same target may be
+    /// tried again with another.
+    pub(crate) credential_set_aside: bool,
+}
+
+pub(crate) enum Step {
+    /// The client's answer is this error; nothing else is tried.
+    Final(ApiError),
+    Failed(Box<Failed>),
+}
+
+impl Step {
+    pub(crate) fn failed(class: Failure, e: ApiError) -> Self {
+        Self::Failed(Box::new(Failed {
+            class,
+            answer: Err(e),
+            retry_after: None,
+            credential_set_aside: false,
+        }))
+    }
+}
+
+/// A chat request past authentication and routing, owned: what every attempt needs,
+/// including attempts made after the response has begun (keep-alive, continuation).
+pub(crate) struct Ctx {
+    pub(crate) state: Arc<State>,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) head: ChatHead,
+    pub(crate) api: Api,
+    pub(crate) route: Arc<Route>,
+    /// The route's retry budget (this request is counted in it).
+    pub(crate) budget: Arc<balance::RetryBudget>,
+    pub(crate) started: Instant,
+    pub(crate) deadline: Instant,
+    /// Time spent in the gateway before the first attempt (authentication, body, route).
+    pub(crate) prelude: Duration,
+    /// What the request reserved when admitted (its concurrency slot included); settled
+    /// when the last holder lets go.
+    pub(crate) admitted: Arc<Reservation>,
+    /// What the next attempt is charged to: `admitted` until an attempt has been charged,
+    /// then an extension of it for each further billed attempt.
+    pub(crate) current: std::sync::Mutex<Arc<Reservation>>,
+    /// How many of the admitted worst cases a further billed attempt reserves: 1, or 2 for
+    /// a stream's continuation (its request carries the partial answer too).
+    pub(crate) extend_by: u64,
+    /// The key, for the error a refused extension gets.
+    pub(crate) key: Arc<VirtualKey>,
+}
+
+impl Ctx {
+    pub(crate) fn current(&self) -> Arc<Reservation> {
+        crate::base::lock(&self.current).clone()
+    }
+
+    /// Before an attempt: when an earlier attempt has been charged (the provider billed
+    /// it), another worst case is reserved for this one, so that what every attempt is
+    /// charged stays within what the request reserved.
+    pub(crate) async fn reserve_attempt(&self) -> Result<(), ApiError> {
+        if !crate::base::lock(&self.current).charged() {
+            return Ok(());
+        }
+        let more = self
+            .state
+            .quotas
+            .extend(&self.admitted, self.extend_by)
+            .await
+            .map_err(|r| admission::refusal(&self.state, &self.key, &r))?;
+        *crate::base::lock(&self.current) = Arc::new(more);
+        Ok(())
+    }
+}
+
+/// An attempt whose request has gone to the provider: unless its outcome is settled
+/// otherwise (an answer recorded, an error status the provider does not bill, no
+/// connection), it is charged its worst case when it ends, including when the client goes
+/// away and the attempt is dropped mid-way.
+pub(crate) struct Billed<'a> {
+    pub(crate) reservation: Option<Arc<Reservation>>,
+    pub(crate) labels: &'a Labels,
+    /// The status its record shows: the client went away (499) unless a timeout (504) or
+    /// a broken answer (502) ended it.
+    pub(crate) status: u16,
+}
+
+impl<'a> Billed<'a> {
+    pub(crate) fn new(reservation: Arc<Reservation>, labels: &'a Labels) -> Self {
+        Self {
+            reservation: Some(reservation),
+            labels,
+            status: 499,
+        }
+    }
+
+    /// The attempt ended with `e`: billed (its worst case, when the guard drops) only when
+    /// the provider had the request and neither refused nor failed it.
+    pub(crate) fn failed(&mut self, e: &ApiError) {
+        match e {
+            ApiError::UpstreamTimeout | ApiError::UpstreamBody => self.status = e.status().as_u16(),
+            _ => self.settled(),
+        }
+    }
+
+    /// The outcome is recorded elsewhere, or the provider does not bill it.
+    pub(crate) fn settled(&mut self) {
+        self.reservation = None;
+    }
+}
+
+impl Drop for Billed<'_> {
+    fn drop(&mut self) {
+        if let Some(r) = self.reservation.take() {
+            let l = self.labels;
+            r.charge_worst(&l.route, &l.provider, &l.model, self.status);
+        }
+    }
+}
+
+/// The class of a refusal that is about the request (a 4xx): context window exceeded, or
+/// content policy. Other 4xx answers are the client's and are passed on.
+pub(crate) fn refusal_class(body: &[u8]) -> Option<Failure> {
+    // Providers differ in case ("Input is too long"): compare in lower case. Only 4xx
+    // bodies get here, and they are small.
+    let body = body.to_ascii_lowercase();
+    let body = body.as_slice();
+    const CONTEXT: [&[u8]; 6] = [
+        b"context_length_exceeded",
+        b"maximum context length",
+        b"prompt is too long",
+        b"input is too long",
+        b"too many input tokens",
+        b"exceeds the maximum number of tokens",
+    ];
+    const POLICY: [&[u8]; 4] = [
+        b"content_policy_violation",
+        b"content_filter",
+        b"responsibleaipolicyviolation",
+        b"content management policy",
+    ];
+    let has = |needles: &[&[u8]]| {
+        needles
+            .iter()
+            .any(|n| memchr::memmem::find(body, n).is_some())
+    };
+    if has(&CONTEXT) {
+        Some(Failure::ContextWindow)
+    } else if has(&POLICY) {
+        Some(Failure::ContentPolicy)
+    } else {
+        None
+    }
+}
+
+/// A header's value as a number of seconds (`retry-after: 2`).
+pub(crate) fn header_secs(headers: &HeaderMap, name: &str) -> Option<Duration> {
+    let v = headers.get(name)?.to_str().ok()?.trim();
+    v.parse::<f64>()
+        .ok()
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+}
+
+/// The longest a provider's rate-limit reset is believed.
+pub(crate) const LONGEST_RESET: Duration = Duration::from_secs(3600);
+
+/// How long the provider says this credential is out of quota, from its rate-limit
+/// headers: `None` while it has some left.
+pub(crate) fn exhausted_for(status: StatusCode, headers: &HeaderMap) -> Option<Duration> {
+    const DEFAULT: Duration = Duration::from_secs(1);
+    let retry_after = header_secs(headers, "retry-after");
+    if status == StatusCode::TOO_MANY_REQUESTS && retry_after.is_some() {
+        return retry_after;
+    }
+    let zero = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.trim() == "0")
+    };
+    for (remaining, reset) in [
+        (
+            "x-ratelimit-remaining-requests",
+            "x-ratelimit-reset-requests",
+        ),
+        ("x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens"),
+    ] {
+        if zero(remaining) {
+            let wait = headers
+                .get(reset)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_duration)
+                .map(|d| d.min(LONGEST_RESET));
+            return Some(wait.or(retry_after).unwrap_or(DEFAULT));
+        }
+    }
+    for (remaining, reset) in [
+        (
+            "anthropic-ratelimit-requests-remaining",
+            "anthropic-ratelimit-requests-reset",
+        ),
+        (
+            "anthropic-ratelimit-tokens-remaining",
+            "anthropic-ratelimit-tokens-reset",
+        ),
+    ] {
+        if zero(remaining) {
+            let wait = headers
+                .get(reset)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_rfc3339_unix)
+                .map(|at| Duration::from_secs(at.saturating_sub(now_unix()).max(0) as u64));
+            return Some(wait.or(retry_after).unwrap_or(DEFAULT));
+        }
+    }
+    None
+}
+
+/// An attempt's request, ready to send, and what its later phases need.
+struct Prepared<'c> {
+    c: &'c balance::Candidate,
+    credential: Option<(&'c Credential, Arc<balance::Endpoint>)>,
+    plan: Plan,
+    started: Instant,
+    /// When the whole answer must have come.
+    deadline: Instant,
+    /// When the first byte must have come (a stream's first-token timeout).
+    first_deadline: Instant,
+}
+
+impl Prepared<'_> {
+    /// A timeout at `at`: the first-token timeout when it came before the attempt's own.
+    fn timeout_class(&self, at: Instant) -> Failure {
+        if at < self.deadline {
+            Failure::FirstTokenTimeout
+        } else {
+            Failure::Timeout
+        }
+    }
+}
+
+/// An attempt whose request has been sent: records its outcome against the target and
+/// the credential.
+struct Sent<'a, 'c> {
+    state: &'a State,
+    p: &'a Prepared<'c>,
+    at: Instant,
+}
+
+impl Sent<'_, '_> {
+    /// The attempt failed with `class`: recorded against the target (and the credential,
+    /// when it is at fault), and what the loop needs to decide what comes next.
+    fn failed(
+        &self,
+        class: Failure,
+        answer: Result<(Response<Body>, Completion), ApiError>,
+        retry_after: Option<Duration>,
+    ) -> Step {
+        let (state, c) = (self.state, self.p.c);
+        let health = &c.provider.health;
+        let now = Instant::now();
+        let t = if class.counts_against_target() {
+            c.endpoint.failure(health, now, now - self.at)
+        } else {
+            c.endpoint.success(now - self.at, now)
+        };
+        state.metrics.health(t, &c.provider.id, &c.label, "target");
+        let mut credential_set_aside = false;
+        if let Some((cred, endpoint)) = &self.p.credential
+            && class == Failure::Auth
+        {
+            let t = endpoint.eject_now(health, now);
+            state
+                .metrics
+                .health(t, &c.provider.id, &cred.id, "credential");
+            credential_set_aside = true;
+        }
+        Step::Failed(Box::new(Failed {
+            class,
+            answer,
+            retry_after,
+            credential_set_aside,
+        }))
+    }
+
+    /// The attempt succeeded: its credential is well.
+    fn credential_ok(&self) {
+        if let Some((cred, endpoint)) = &self.p.credential {
+            let t = endpoint.success(self.at.elapsed(), Instant::now());
+            self.state
+                .metrics
+                .health(t, &self.p.c.provider.id, &cred.id, "credential");
+        }
+    }
+}
+
+/// What reading a whole answer starts from.
+struct Read<'a, 'b, 'c> {
+    sent: &'a Sent<'b, 'c>,
+    status: StatusCode,
+    /// The answer's rate-limit headers set the credential aside.
+    credential_limited: bool,
+    /// Time in the gateway before the request went upstream.
+    before_upstream: Duration,
+}
+
+/// The class of an answer that is a failure the route may act on, from its status and
+/// body; `None` for a success or the client's own error.
+fn failure_of(status: StatusCode, body: &[u8]) -> Option<Failure> {
+    if status.is_success() {
+        None
+    } else if status == StatusCode::TOO_MANY_REQUESTS {
+        Some(Failure::RateLimited)
+    } else if status.is_client_error() {
+        refusal_class(body)
+    } else {
+        None
+    }
+}
+
+impl Ctx {
+    /// One attempt on candidate `c`: the client's answer, or why it failed. A stream
+    /// that may be continued elsewhere gets `resume`, filled in if it is the answer.
+    pub(crate) async fn run(
+        &self,
+        c: &balance::Candidate,
+        attempts: u32,
+        labels: &Labels,
+        resume: Option<&ResumeSlot>,
+    ) -> Result<Response<Body>, Step> {
+        let (p, request) = self.prepare(c).await?;
+        let before_upstream = self.prelude + p.started.elapsed();
+        let mut billed = Billed::new(self.current(), labels);
+        let inflight = c.endpoint.start();
+        let (response, sent) = self.call(&p, request, &mut billed).await?;
+        let status = response.status();
+        let (mut up_parts, up_body) = response.into_parts();
+        let mut credential_limited = false;
+        if let Some((_, endpoint)) = &p.credential
+            && let Some(wait) = exhausted_for(status, &up_parts.headers)
+        {
+            endpoint.limit_for(wait, Instant::now());
+            credential_limited = true;
+        }
+        let streamed = status.is_success()
+            && up_parts
+                .headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| {
+                    v.starts_with("text/event-stream")
+                        || v.starts_with("application/vnd.amazon.eventstream")
+                });
+        let completion = Completion {
+            metrics: self.state.metrics.clone(),
+            // A clone (three reference counts): an error after this point is still
+            // recorded with the request's labels.
+            labels: labels.clone(),
+            status,
+            started: self.started,
+            usage: None,
+            credential: p.credential.as_ref().map(|(_, e)| e.clone()),
+            reservation: Some(billed.reservation.clone().unwrap_or_else(|| self.current())),
+            price: c.provider.price_of(&c.model),
+            counted: Some(crate::metering::tokens::Counted {
+                api: self.api,
+                request: self.body.clone(),
+            }),
+        };
+        let to = Resolved {
+            route: self.route.clone(),
+            provider: c.provider.clone(),
+            model: c.model.clone(),
+            credential: None,
+            attempts,
+            timeout: c.timeout,
+        };
+        if !streamed {
+            let read = Read {
+                sent: &sent,
+                status,
+                credential_limited,
+                before_upstream,
+            };
+            return self
+                .read_whole(
+                    read,
+                    (up_parts, up_body),
+                    inflight,
+                    completion,
+                    &to,
+                    &mut billed,
+                )
+                .await;
+        }
+        let first = self.first_bytes(&sent, up_body, &mut billed).await?;
+        up_parts.headers.remove(header::CONTENT_LENGTH);
+        up_parts.headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream; charset=utf-8"),
+        );
+        // From here the stream records its outcome, whole or broken.
+        billed.settled();
+        let (upstream, first) = first;
+        let body = Streamed {
+            inner: upstream,
+            first: Some(first),
+            timers: Timers::new(self.deadline, self.route.idle_timeout),
+            done: Some(completion),
+            chain: p.plan.stream(),
+            ended: false,
+            complete: false,
+            _inflight: inflight,
+            resume: resume.cloned(),
+            transcript: resume.map(|_| Transcript::default()),
+            continuation: None,
+            target: Some((c.endpoint.clone(), c.provider.health)),
+            kept: Some(Vec::new()),
+            kept_bytes: 0,
+        }
+        .boxed();
+        let got_response = Instant::now();
+        let out = respond(status, body, &up_parts.headers, &to);
+        self.state
+            .metrics
+            .overhead
+            .observe((before_upstream + got_response.elapsed()).as_secs_f64());
+        Ok(out)
+    }
+
+    /// Prepare: the deadlines, a credential of the target's pool, the body in the
+    /// provider's format, and the signed request.
+    async fn prepare<'c>(
+        &self,
+        c: &'c balance::Candidate,
+    ) -> Result<(Prepared<'c>, Request<Full<Bytes>>), Step> {
+        let (state, head, api) = (&self.state, &self.head, self.api);
+        let started = Instant::now();
+        let deadline = (started + c.timeout).min(self.deadline);
+        // Streams: the first byte must come within the first-token timeout.
+        let first_deadline = if head.stream {
+            (started + self.route.first_token_timeout).min(deadline)
+        } else {
+            deadline
+        };
+        let provider = &c.provider;
+        let model: &str = &c.model;
+        let credential = if provider.credentials.is_empty() {
+            None
+        } else {
+            match balance::pick_credential(provider, &state.balance, started) {
+                Some(x) => Some(x),
+                None => {
+                    return Err(Step::failed(
+                        Failure::RateLimited,
+                        ApiError::NoCredential(provider.id.to_string()),
+                    ));
+                }
+            }
+        };
+        let wire = provider.wire(model);
+        let plan = Plan {
+            client: api,
+            wire,
+            provider: provider.kind,
+            model: c.model.clone(),
+            stream: head.stream,
+            include_usage: head.include_usage,
+            created: now_unix(),
+            id: if wire == Wire::Bedrock {
+                next_id()
+            } else {
+                String::new()
+            },
+            json_mode: api == Api::OpenAi && head.json_mode,
+        };
+        let body = self.upstream_body(&plan, c)?;
+        let uri = match wire {
+            Wire::OpenAi => provider.chat_uri(model),
+            Wire::Anthropic => provider.messages_uri(),
+            Wire::VertexAnthropic => provider.vertex_anthropic_uri(model, head.stream),
+            Wire::Gemini => provider.gemini_uri(model, head.stream),
+            Wire::Bedrock => provider.bedrock_uri(model, head.stream),
+        }
+        .map_err(|_| Step::Final(ApiError::Internal))?;
+        let request = build_upstream(
+            state.upstream.for_object(&provider.id),
+            provider,
+            credential.as_ref().map(|(c, _)| *c),
+            &self.headers,
+            api,
+            uri,
+            body,
+        )
+        .await
+        .map_err(|e| Step::failed(Failure::Auth, e))?;
+        let prepared = Prepared {
+            c,
+            credential,
+            plan,
+            started,
+            deadline,
+            first_deadline,
+        };
+        Ok((prepared, request))
+    }
+
+    /// The request body for the provider: the client's with the model rewritten, or its
+    /// translation.
+    fn upstream_body(&self, plan: &Plan, c: &balance::Candidate) -> Result<Bytes, Step> {
+        let (body, head, provider) = (&self.body, &self.head, &c.provider);
+        let wire = plan.wire;
+        let mut upstream_body: Bytes = if plan.passes_request() {
+            let body = head.with_model(body.clone(), &c.model);
+            if wire == Wire::OpenAi && provider.compat.stream_usage {
+                head.with_usage_requested(body)
+            } else {
+                body
+            }
+        } else {
+            if let Some(refused) = self
+                .state
+                .translation
+                .refuse(body.len(), head.attachments.messages)
+            {
+                return Err(Step::Final(refused));
+            }
+            // A large translation is CPU work of many milliseconds: the other tasks of
+            // this thread move to another while it runs.
+            let translate = || plan.request(body);
+            let translated = if body.len() > crate::metering::tokens::HEAVY_BYTES {
+                crate::metering::tokens::off_runtime(translate)
+            } else {
+                translate()
+            };
+            translated.map_err(|e| Step::Final(e.into()))?.into()
+        };
+        if wire == Wire::OpenAi {
+            upstream_body = provider.compat.apply(upstream_body, !plan.passes_request());
+        }
+        Ok(upstream_body)
+    }
+
+    /// Call: sends the request within the first-byte deadline. A timeout is billed (the
+    /// provider has the request); a refusal, a failure or no connection is not.
+    async fn call<'a, 'c>(
+        &'a self,
+        p: &'a Prepared<'c>,
+        request: Request<Full<Bytes>>,
+        billed: &mut Billed<'_>,
+    ) -> Result<(Response<Incoming>, Sent<'a, 'c>), Step> {
+        let sent = Sent {
+            state: &self.state,
+            p,
+            at: Instant::now(),
+        };
+        match send(&self.state, &p.c.provider, request, p.first_deadline).await {
+            Ok(r) => Ok((r, sent)),
+            Err(e) => {
+                billed.failed(&e);
+                let class = match e {
+                    ApiError::UpstreamTimeout => p.timeout_class(p.first_deadline),
+                    ApiError::UpstreamAuth(_) => Failure::Auth,
+                    ApiError::UpstreamStatus(_) => Failure::ServerError,
+                    _ => Failure::ConnectError,
+                };
+                Err(sent.failed(class, Err(e), None))
+            }
+        }
+    }
+
+    /// Read, for a stream: waits for its first bytes. Until they come a failure is
+    /// invisible to the client, and the next target can be tried; once they have, the
+    /// target's outcome is the stream's (settled when it ends, or breaks).
+    async fn first_bytes(
+        &self,
+        sent: &Sent<'_, '_>,
+        mut body: Incoming,
+        billed: &mut Billed<'_>,
+    ) -> Result<(Incoming, Bytes), Step> {
+        let p = sent.p;
+        let first = loop {
+            match tokio::time::timeout_at(p.first_deadline, body.frame()).await {
+                Err(_) => {
+                    billed.status = 504;
+                    return Err(sent.failed(
+                        p.timeout_class(p.first_deadline),
+                        Err(ApiError::UpstreamTimeout),
+                        None,
+                    ));
+                }
+                Ok(None) | Ok(Some(Err(_))) => {
+                    billed.status = 502;
+                    return Err(sent.failed(
+                        Failure::ConnectError,
+                        Err(ApiError::UpstreamBody),
+                        None,
+                    ));
+                }
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data()
+                        && !data.is_empty()
+                    {
+                        break data;
+                    }
+                }
+            }
+        };
+        p.c.endpoint.first_byte(sent.at.elapsed(), Instant::now());
+        sent.credential_ok();
+        self.count_ok(p.c);
+        Ok((body, first))
+    }
+
+    /// Read, for a whole answer: collects it within the attempt's deadline, classifies
+    /// it, translates a success, and records it.
+    async fn read_whole(
+        &self,
+        read: Read<'_, '_, '_>,
+        (mut up_parts, up_body): (http::response::Parts, Incoming),
+        inflight: balance::InFlight,
+        mut completion: Completion,
+        to: &Resolved,
+        billed: &mut Billed<'_>,
+    ) -> Result<Response<Body>, Step> {
+        let (sent, status) = (read.sent, read.status);
+        let p = sent.p;
+        use crate::base::bodies::UpstreamRead;
+        let collected = crate::base::bodies::read_upstream(
+            up_body,
+            self.state.max_upstream_body_bytes,
+            p.deadline,
+        );
+        let collected = match collected.await {
+            Ok(c) => c,
+            Err(e) => {
+                let e = match e {
+                    UpstreamRead::Timeout => ApiError::UpstreamTimeout,
+                    UpstreamRead::Broken => ApiError::UpstreamBody,
+                    UpstreamRead::TooLarge(limit) => ApiError::UpstreamTooLarge(limit),
+                };
+                let class = if matches!(e, ApiError::UpstreamTimeout) {
+                    Failure::Timeout
+                } else {
+                    Failure::ConnectError
+                };
+                billed.status = e.status().as_u16();
+                return Err(sent.failed(class, Err(e), None));
+            }
+        };
+        let collected_at = Instant::now();
+        drop(inflight);
+        let failure = failure_of(status, &collected);
+        let out = if status.is_success() {
+            let large = collected.len() > crate::metering::tokens::HEAVY_BYTES;
+            let translate = || p.plan.response(collected);
+            let translated = if large {
+                crate::metering::tokens::off_runtime(translate)
+            } else {
+                translate()
+            };
+            let (out, usage) =
+                translated.map_err(|e| sent.failed(Failure::ServerError, Err(e.into()), None))?;
+            completion.usage = usage;
+            completion.count_unreported(|model, api| {
+                Some(crate::metering::tokens::answer(model, api, &out))
+            });
+            out
+        } else {
+            // An error status: the provider does not bill it; recorded with its answer.
+            billed.settled();
+            p.plan.error(
+                status.as_u16(),
+                collected,
+                aws_error_type(&up_parts.headers),
+            )
+        };
+        if !p.plan.passes_response() {
+            up_parts.headers.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+        }
+        up_parts.headers.remove(header::CONTENT_LENGTH);
+        let response = respond(status, crate::base::full(out), &up_parts.headers, to);
+        if let Some(class) = failure {
+            let retry_after = header_secs(&up_parts.headers, "retry-after");
+            let mut step = sent.failed(class, Ok((response, completion)), retry_after);
+            if let Step::Failed(f) = &mut step {
+                // A 429 that set the credential aside: try another at once.
+                f.credential_set_aside |= read.credential_limited;
+            }
+            return Err(step);
+        }
+        let t = p.c.endpoint.success(sent.at.elapsed(), Instant::now());
+        self.state
+            .metrics
+            .health(t, &p.c.provider.id, &p.c.label, "target");
+        sent.credential_ok();
+        self.count_ok(p.c);
+        completion.record();
+        billed.settled();
+        self.state
+            .metrics
+            .overhead
+            .observe((read.before_upstream + collected_at.elapsed()).as_secs_f64());
+        Ok(response)
+    }
+
+    pub(crate) fn count_ok(&self, c: &balance::Candidate) {
+        self.state
+            .metrics
+            .attempts
+            .with_label_values(&[&self.route.id, &c.provider.id, &c.label, "ok"])
+            .inc();
+    }
+}
+
+pub(crate) fn set_attempts(headers: &mut HeaderMap, attempts: u32) {
+    headers.insert(
+        HeaderName::from_static("x-tollgate-attempts"),
+        HeaderValue::from(attempts),
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limit_headers_set_a_key_aside() {
+        let headers = |pairs: &[(&'static str, &str)]| {
+            let mut h = HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(*k, HeaderValue::from_str(v).unwrap());
+            }
+            h
+        };
+        let ok = StatusCode::OK;
+        assert_eq!(exhausted_for(ok, &headers(&[])), None);
+        assert_eq!(
+            exhausted_for(ok, &headers(&[("x-ratelimit-remaining-requests", "3")])),
+            None
+        );
+        assert_eq!(
+            exhausted_for(
+                ok,
+                &headers(&[
+                    ("x-ratelimit-remaining-tokens", "0"),
+                    ("x-ratelimit-reset-tokens", "6m0s")
+                ])
+            ),
+            Some(Duration::from_secs(360))
+        );
+        assert_eq!(
+            exhausted_for(
+                ok,
+                &headers(&[
+                    ("x-ratelimit-remaining-requests", "0"),
+                    ("x-ratelimit-reset-requests", "2h")
+                ])
+            ),
+            Some(Duration::from_secs(3600)),
+            "capped"
+        );
+        let soon = now_unix() + 100;
+        let date = {
+            // Seconds since the epoch back to a date, by search: the parser is the thing
+            // under test, so the expected text is built independently.
+            let days = soon.div_euclid(86_400);
+            let secs = soon.rem_euclid(86_400);
+            let (mut y, mut d) = (1970i64, days);
+            let leap = |y: i64| (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+            while d >= if leap(y) { 366 } else { 365 } {
+                d -= if leap(y) { 366 } else { 365 };
+                y += 1;
+            }
+            let months = [
+                31,
+                if leap(y) { 29 } else { 28 },
+                31,
+                30,
+                31,
+                30,
+                31,
+                31,
+                30,
+                31,
+                30,
+                31,
+            ];
+            let mut m = 0;
+            while d >= months[m] {
+                d -= months[m];
+                m += 1;
+            }
+            format!(
+                "{y:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+                m + 1,
+                d + 1,
+                secs / 3600,
+                secs % 3600 / 60,
+                secs % 60
+            )
+        };
+        let wait = exhausted_for(
+            ok,
+            &headers(&[
+                ("anthropic-ratelimit-requests-remaining", "0"),
+                ("anthropic-ratelimit-requests-reset", &date),
+            ]),
+        )
+        .unwrap();
+        assert!((99..=100).contains(&wait.as_secs()), "{wait:?} from {date}");
+        let limited = StatusCode::TOO_MANY_REQUESTS;
+        assert_eq!(exhausted_for(limited, &headers(&[])), None);
+        assert_eq!(
+            exhausted_for(limited, &headers(&[("retry-after", "7")])),
+            Some(Duration::from_secs(7))
+        );
+    }
+
+    #[test]
+    fn refusals_are_classed_by_the_providers_words() {
+        for (body, class) in [
+            (
+                &br#"{"error":{"code":"context_length_exceeded","message":"This model's maximum context length is 128000 tokens."}}"#[..],
+                Some(Failure::ContextWindow),
+            ),
+            (
+                br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 210000 tokens > 200000 maximum"}}"#,
+                Some(Failure::ContextWindow),
+            ),
+            (
+                br#"{"message":"Input is too long for requested model."}"#,
+                Some(Failure::ContextWindow),
+            ),
+            (
+                br#"{"error":{"code":"content_filter","message":"The response was filtered"}}"#,
+                Some(Failure::ContentPolicy),
+            ),
+            (
+                br#"{"error":{"code":null,"message":"Invalid value for 'temperature'"}}"#,
+                None,
+            ),
+        ] {
+            assert_eq!(refusal_class(body), class, "{}", String::from_utf8_lossy(body));
+        }
+    }
+}
