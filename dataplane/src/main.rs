@@ -319,6 +319,7 @@ async fn main() -> anyhow::Result<()> {
     let state = Arc::new(State {
         config,
         ready: ready_rx,
+        transport: Arc::new(upstream.clone()),
         upstream,
         metrics,
         bodies: tollgate_dataplane::base::bodies::Limits::new(

@@ -171,28 +171,45 @@ pub enum UpstreamRead {
 }
 
 /// Reads an upstream answer whole, up to `limit` bytes, by `deadline`.
-pub async fn read_upstream<B>(
-    body: B,
+pub async fn read_upstream(
+    body: crate::base::Body,
     limit: usize,
     deadline: Instant,
-) -> Result<Bytes, UpstreamRead>
-where
-    B: http_body::Body<Data = Bytes>,
-    B::Error: std::error::Error + Send + Sync + 'static,
-{
-    match tokio::time::timeout_at(
-        deadline,
-        http_body_util::Limited::new(body, limit).collect(),
-    )
-    .await
-    {
-        Err(_) => Err(UpstreamRead::Timeout),
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
-        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(UpstreamRead::TooLarge(limit))
+) -> Result<Bytes, UpstreamRead> {
+    tokio::time::timeout_at(deadline, collect_upstream(body, limit))
+        .await
+        .unwrap_or(Err(UpstreamRead::Timeout))
+}
+
+/// The body's bytes, at most `limit` of them; a body of one frame is not copied.
+async fn collect_upstream(
+    mut body: crate::base::Body,
+    limit: usize,
+) -> Result<Bytes, UpstreamRead> {
+    use http_body_util::BodyExt;
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<bytes::BytesMut> = None;
+    let mut len = 0usize;
+    while let Some(frame) = body.frame().await {
+        let Ok(data) = frame.map_err(|_| UpstreamRead::Broken)?.into_data() else {
+            continue;
+        };
+        len += data.len();
+        if len > limit {
+            return Err(UpstreamRead::TooLarge(limit));
         }
-        Ok(Err(_)) => Err(UpstreamRead::Broken),
+        match (&mut joined, first.take()) {
+            (Some(all), _) => all.extend_from_slice(&data),
+            (None, None) => first = Some(data),
+            (None, Some(earlier)) => {
+                let mut all = bytes::BytesMut::with_capacity(earlier.len() + data.len());
+                all.extend_from_slice(&earlier);
+                all.extend_from_slice(&data);
+                joined = Some(all);
+            }
+        }
     }
+    Ok(joined.map_or_else(|| first.unwrap_or_default(), bytes::BytesMut::freeze))
 }
 
 #[cfg(test)]

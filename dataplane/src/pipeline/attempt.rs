@@ -9,7 +9,6 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::record::{Completion, Labels};
@@ -44,12 +43,10 @@ pub(crate) const FORWARDED_RESPONSE_HEADERS: [&str; 8] = [
     "x-amzn-requestid",
 ];
 
-/// Sends a request to the provider within `deadline`. The provider refusing the gateway's
-/// credentials and its 5xx answers are errors; everything else is its answer.
 /// Reads an upstream answer whole, within the process's size limit and `deadline`.
 pub(crate) async fn read_answer(
     state: &State,
-    body: Incoming,
+    body: Body,
     deadline: Instant,
 ) -> Result<Bytes, ApiError> {
     use crate::base::bodies::UpstreamRead;
@@ -62,25 +59,23 @@ pub(crate) async fn read_answer(
         })
 }
 
+/// Sends a request to the provider within `deadline`. The provider refusing the gateway's
+/// credentials and its 5xx answers are errors; everything else is its answer.
 pub(crate) async fn send(
     state: &State,
     provider: &Provider,
     upstream: Request<Full<Bytes>>,
     deadline: Instant,
-) -> Result<Response<Incoming>, ApiError> {
-    let response = match tokio::time::timeout_at(
-        deadline,
-        state.upstream.for_object(&provider.id).request(upstream),
-    )
-    .await
-    {
-        Err(_) => return Err(ApiError::UpstreamTimeout),
-        Ok(Err(e)) => {
-            tracing::debug!(provider = %provider.id, error = %e, "upstream request failed");
-            return Err(ApiError::UpstreamUnreachable);
-        }
-        Ok(Ok(r)) => r,
-    };
+) -> Result<Response<Body>, ApiError> {
+    let response =
+        match tokio::time::timeout_at(deadline, state.transport.send(provider, upstream)).await {
+            Err(_) => return Err(ApiError::UpstreamTimeout),
+            Ok(Err(e)) => {
+                tracing::debug!(provider = %provider.id, error = %e, "upstream request failed");
+                return Err(ApiError::UpstreamUnreachable);
+            }
+            Ok(Ok(r)) => r,
+        };
     let status = response.status();
     match status.as_u16() {
         401 | 403 => {
@@ -679,7 +674,7 @@ impl Ctx {
         p: &'a Prepared<'c>,
         request: Request<Full<Bytes>>,
         billed: &mut Billed<'_>,
-    ) -> Result<(Response<Incoming>, Sent<'a, 'c>), Step> {
+    ) -> Result<(Response<Body>, Sent<'a, 'c>), Step> {
         let sent = Sent {
             state: &self.state,
             p,
@@ -706,9 +701,9 @@ impl Ctx {
     async fn first_bytes(
         &self,
         sent: &Sent<'_, '_>,
-        mut body: Incoming,
+        mut body: Body,
         billed: &mut Billed<'_>,
-    ) -> Result<(Incoming, Bytes), Step> {
+    ) -> Result<(Body, Bytes), Step> {
         let p = sent.p;
         let first = loop {
             match tokio::time::timeout_at(p.first_deadline, body.frame()).await {
@@ -748,7 +743,7 @@ impl Ctx {
     async fn read_whole(
         &self,
         read: Read<'_, '_, '_>,
-        (mut up_parts, up_body): (http::response::Parts, Incoming),
+        (mut up_parts, up_body): (http::response::Parts, Body),
         inflight: balance::InFlight,
         mut completion: Completion,
         to: &Resolved,

@@ -192,3 +192,6 @@ fn continue_elsewhere(
     tracing::debug!(route = %ctx.route.id, provider = %next.provider.id, "continuing a broken stream");
     Some(run_plan_boxed(ctx, plan, Some(next), labels))
 }
+
+#[cfg(test)]
+mod tests;

@@ -10,6 +10,7 @@ pub mod balance;
 pub mod keep_alive;
 pub mod record;
 pub mod route;
+pub mod stages;
 pub mod stream;
 
 use std::pin::Pin;
@@ -19,7 +20,12 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 use crate::base::metrics::Metrics;
-use crate::base::{Body, now_unix};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+
+use crate::base::upstream::Clients;
+use crate::base::{Body, BoxError, now_unix};
+use crate::config::model::Provider;
 use crate::config::snapshot::Snapshot;
 use crate::error::ApiError;
 
@@ -52,8 +58,12 @@ impl TranslationLimits {
 pub struct State {
     pub config: Arc<ArcSwap<Snapshot>>,
     pub ready: watch::Receiver<bool>,
-    /// The HTTP clients for providers, by the namespace the egress policy judges.
+    /// The HTTP clients for providers, by the namespace the egress policy judges (for
+    /// token exchanges; requests go through `transport`).
     pub upstream: crate::base::upstream::Clients,
+    /// How an attempt's request reaches its provider: `upstream` in the gateway, a fake
+    /// in tests of the attempt engine.
+    pub transport: Arc<dyn Transport>,
     pub metrics: Metrics,
     /// Bounds on request bodies: size, minimum rate, and the bytes held at once.
     pub bodies: crate::base::bodies::Limits,
@@ -113,3 +123,23 @@ pub(crate) type PlanFuture = Pin<
             + Send,
     >,
 >;
+
+/// What a provider answered: its response, or why none came (no connection, reset).
+pub type Upstreaming =
+    Pin<Box<dyn std::future::Future<Output = Result<http::Response<Body>, BoxError>> + Send>>;
+
+/// How an attempt's request reaches its provider.
+pub trait Transport: Send + Sync {
+    fn send(&self, provider: &Provider, request: http::Request<Full<Bytes>>) -> Upstreaming;
+}
+
+/// The pooled HTTP clients: each provider's request goes through its namespace's client.
+impl Transport for Clients {
+    fn send(&self, provider: &Provider, request: http::Request<Full<Bytes>>) -> Upstreaming {
+        let call = self.for_object(&provider.id).request(request);
+        Box::pin(async move {
+            let response = call.await?;
+            Ok(response.map(|b| b.map_err(BoxError::from).boxed()))
+        })
+    }
+}

@@ -47,12 +47,15 @@ impl Resolved {
 pub(crate) type Routed = (Bytes, ChatHead, Arc<Route>, Arc<Snapshot>, Arc<VirtualKey>);
 
 /// Authenticates the key, reads the body, and finds the route.
-pub(crate) async fn resolve_route(
+pub(crate) async fn resolve_route<B>(
     state: &State,
     parts: &http::request::Parts,
-    body: Incoming,
+    body: B,
     labels: &mut Labels,
-) -> Result<Routed, ApiError> {
+) -> Result<Routed, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     let snapshot = state.config.load_full();
     let key = authenticate(&snapshot, &parts.headers)?;
     let body = read_body(body, &parts.headers, &state.bodies).await?;
@@ -106,11 +109,14 @@ pub(crate) async fn resolve(
     Ok((body, head, resolved, snapshot, key))
 }
 
-pub(crate) async fn read_body(
-    body: Incoming,
+pub(crate) async fn read_body<B>(
+    body: B,
     headers: &HeaderMap,
     limits: &crate::base::bodies::Limits,
-) -> Result<Bytes, ApiError> {
+) -> Result<Bytes, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     use crate::base::bodies::Refused;
     crate::base::bodies::read_request(body, headers, limits)
         .await

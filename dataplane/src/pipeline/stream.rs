@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::Frame;
-use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use super::PlanFuture;
@@ -27,7 +26,7 @@ use crate::translate::plan::Chain;
 /// an error event, never with a false end. The request is recorded in metrics, with the
 /// usage the stream carried, once: when the stream ends, fails, or is dropped.
 pub(crate) struct Streamed {
-    pub(crate) inner: Incoming,
+    pub(crate) inner: Body,
     /// The provider's first bytes, read before the response was committed.
     pub(crate) first: Option<Bytes>,
     /// The request's deadline and the provider's silence since its last frame.

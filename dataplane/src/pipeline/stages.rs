@@ -1,0 +1,144 @@
+//! A chat request's stages, in the order they run. A new stage (a cache lookup before
+//! routing, a guardrail on the input or the output, a span per attempt) goes in here, in
+//! its place:
+//!
+//! 1. authenticate, read and route ([`super::route::resolve_route`]: the key, the body
+//!    within its limits, the head, the key's models, the route);
+//! 2. authorise and admit ([`admit`]: the output cap of a metered key, then the key's
+//!    budgets, rate limits and sessions reserve the request's worst case);
+//! 3. pick ([`pick`]: the first target by the route's strategy, its retry budget);
+//! 4. attempt, translate and stream ([`super::attempts`]: each attempt translates the
+//!    request for its provider, sends it, and translates the answer back, streamed or
+//!    whole; a slow stream is kept alive);
+//! 5. settle ([`super::record`]: the request's one record, and its reservation settled
+//!    with what it used).
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::{Request, Response};
+use tokio::time::Instant;
+
+use super::attempt::Ctx;
+use super::attempts::{run_plan, run_plan_boxed};
+use super::keep_alive::keep_alive_response;
+use super::record::{Labels, refused};
+use super::route::{Routed, resolve_route};
+use super::{State, admission, balance};
+use crate::base::{Api, Body};
+use crate::error::ApiError;
+use crate::metering::quota::Reservation;
+
+/// `POST /v1/chat/completions` and `POST /v1/messages` past their endpoint: the answer,
+/// or the error the client gets (recorded by the caller, in `labels`).
+pub(crate) async fn chat<B>(
+    state: &Arc<State>,
+    req: Request<B>,
+    api: Api,
+    started: Instant,
+    labels: &mut Labels,
+) -> Result<Response<Body>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let (parts, body) = req.into_parts();
+    let mut routed = resolve_route(state, &parts, body, labels).await?;
+    let reservation = match admit(state, &parts.headers, api, &mut routed).await {
+        Ok(r) => r,
+        Err(e) => return Ok(refused(state, &routed.4, e, api, started, labels)),
+    };
+    let (body, head, route, snapshot, key) = routed;
+    let (plan, first, budget) = pick(state, &route, &snapshot, &head.model);
+    drop(snapshot);
+    let keep_alive = route.keep_alive.filter(|_| head.stream);
+    let ctx = Arc::new(Ctx {
+        state: state.clone(),
+        headers: parts.headers,
+        body,
+        head,
+        api,
+        deadline: started + route.request_timeout,
+        route,
+        budget,
+        started,
+        prelude: started.elapsed(),
+        current: std::sync::Mutex::new(reservation.clone()),
+        admitted: reservation,
+        extend_by: 1,
+        key: key.clone(),
+    });
+    let Some(every) = keep_alive else {
+        let (result, used) = run_plan(ctx, plan, first, labels.clone()).await;
+        *labels = used;
+        return result.map(|mut r| {
+            admission::quota_headers(state, &key, r.headers_mut());
+            r
+        });
+    };
+    // A stream whose first byte is slow in coming: after `every`, the response starts
+    // (200, SSE) and carries comments until the answer comes.
+    let mut run = run_plan_boxed(ctx.clone(), plan, first, labels.clone());
+    tokio::select! {
+        (result, used) = &mut run => {
+            *labels = used;
+            result
+        }
+        () = tokio::time::sleep(every) => Ok(keep_alive_response(&ctx, run, every)),
+    }
+}
+
+/// Authorise and admit: a metered key's request gets an output limit, so that what it
+/// reserves bounds what the provider can produce; then its worst case is reserved. The
+/// body gets the limit written in; the reservation, or why it is refused.
+async fn admit(
+    state: &State,
+    headers: &http::HeaderMap,
+    api: Api,
+    routed: &mut Routed,
+) -> Result<Arc<Reservation>, ApiError> {
+    let (body, head, route, snapshot, key) = routed;
+    let taken = std::mem::take(body);
+    *body = if admission::metered(key, headers) {
+        let field = match api {
+            Api::OpenAi => "max_completion_tokens",
+            Api::Anthropic => "max_tokens",
+        };
+        let capped = head.with_search_cap(taken, state.worst.web_searches)?;
+        head.with_output_cap(capped, field, state.worst.output_tokens)
+    } else {
+        taken
+    };
+    let size = (
+        state.worst.input(body.len(), head),
+        state.worst.output(head),
+    );
+    let reservation = admission::admit(state, snapshot, key, headers, head, route, size).await?;
+    Ok(Arc::new(reservation))
+}
+
+/// Pick: the route's plan of targets, the first to try, and the route's retry budget
+/// (this request counted in it).
+fn pick(
+    state: &State,
+    route: &Arc<crate::config::model::Route>,
+    snapshot: &crate::config::snapshot::Snapshot,
+    model: &str,
+) -> (
+    balance::Plan,
+    Option<balance::Candidate>,
+    Arc<balance::RetryBudget>,
+) {
+    let mut plan = balance::Plan::new(route.clone(), snapshot, &state.balance, model);
+    let now = Instant::now();
+    let budget = state.balance.budget(&route.id);
+    budget.request(now);
+    let mut first = plan.pick_target(now).or_else(|| plan.fail_over(now));
+    if first.is_none() {
+        // Everything is ejected: a request still goes somewhere rather than failing here.
+        first = plan.pick_any();
+        if first.is_some() {
+            tracing::debug!(route = %route.id, "every target is ejected; trying one anyway");
+        }
+    }
+    (plan, first, budget)
+}
