@@ -147,9 +147,21 @@ impl Step {
     }
 }
 
+/// What a request asks its provider for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Operation {
+    /// A chat completion or a message, streamed or whole.
+    Chat,
+    /// Embeddings of one or more inputs.
+    Embeddings,
+    /// The input tokens of a message (free at the provider).
+    CountTokens,
+}
+
 /// A chat request past authentication and routing, owned: what every attempt needs,
 /// including attempts made after the response has begun (keep-alive, continuation).
 pub(crate) struct Ctx {
+    pub(crate) op: Operation,
     pub(crate) state: Arc<State>,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
@@ -343,15 +355,14 @@ pub(crate) fn exhausted_for(status: StatusCode, headers: &HeaderMap) -> Option<D
 }
 
 /// An attempt's request, ready to send, and what its later phases need.
-struct Prepared<'c> {
-    c: &'c balance::Candidate,
-    credential: Option<(&'c Credential, Arc<balance::Endpoint>)>,
-    plan: Plan,
-    started: Instant,
+pub(crate) struct Prepared<'c> {
+    pub(crate) c: &'c balance::Candidate,
+    pub(crate) credential: Option<(&'c Credential, Arc<balance::Endpoint>)>,
+    pub(crate) started: Instant,
     /// When the whole answer must have come.
-    deadline: Instant,
+    pub(crate) deadline: Instant,
     /// When the first byte must have come (a stream's first-token timeout).
-    first_deadline: Instant,
+    pub(crate) first_deadline: Instant,
 }
 
 impl Prepared<'_> {
@@ -363,20 +374,32 @@ impl Prepared<'_> {
             Failure::Timeout
         }
     }
+
+    /// The class of a failed call or read: a timeout, a refused credential, a server
+    /// error, or (anything else: no connection, a broken or oversized answer) a
+    /// connection error.
+    pub(crate) fn class_of(&self, e: &ApiError) -> Failure {
+        match e {
+            ApiError::UpstreamTimeout => self.timeout_class(self.first_deadline),
+            ApiError::UpstreamAuth(_) => Failure::Auth,
+            ApiError::UpstreamStatus(_) => Failure::ServerError,
+            _ => Failure::ConnectError,
+        }
+    }
 }
 
 /// An attempt whose request has been sent: records its outcome against the target and
 /// the credential.
-struct Sent<'a, 'c> {
-    state: &'a State,
-    p: &'a Prepared<'c>,
-    at: Instant,
+pub(crate) struct Sent<'a, 'c> {
+    pub(crate) state: &'a State,
+    pub(crate) p: &'a Prepared<'c>,
+    pub(crate) at: Instant,
 }
 
 impl Sent<'_, '_> {
     /// The attempt failed with `class`: recorded against the target (and the credential,
     /// when it is at fault), and what the loop needs to decide what comes next.
-    fn failed(
+    pub(crate) fn failed(
         &self,
         class: Failure,
         answer: Result<(Response<Body>, Completion), ApiError>,
@@ -409,8 +432,18 @@ impl Sent<'_, '_> {
         }))
     }
 
-    /// The attempt succeeded: its credential is well.
-    fn credential_ok(&self) {
+    /// The attempt succeeded: the target and its credential are well.
+    pub(crate) fn succeeded(&self) {
+        let c = self.p.c;
+        let t = c.endpoint.success(self.at.elapsed(), Instant::now());
+        self.state
+            .metrics
+            .health(t, &c.provider.id, &c.label, "target");
+        self.credential_ok();
+    }
+
+    /// The attempt's credential is well.
+    pub(crate) fn credential_ok(&self) {
         if let Some((cred, endpoint)) = &self.p.credential {
             let t = endpoint.success(self.at.elapsed(), Instant::now());
             self.state
@@ -423,6 +456,7 @@ impl Sent<'_, '_> {
 /// What reading a whole answer starts from.
 struct Read<'a, 'b, 'c> {
     sent: &'a Sent<'b, 'c>,
+    plan: &'a Plan,
     status: StatusCode,
     /// The answer's rate-limit headers set the credential aside.
     credential_limited: bool,
@@ -432,7 +466,7 @@ struct Read<'a, 'b, 'c> {
 
 /// The class of an answer that is a failure the route may act on, from its status and
 /// body; `None` for a success or the client's own error.
-fn failure_of(status: StatusCode, body: &[u8]) -> Option<Failure> {
+pub(crate) fn failure_of(status: StatusCode, body: &[u8]) -> Option<Failure> {
     if status.is_success() {
         None
     } else if status == StatusCode::TOO_MANY_REQUESTS {
@@ -454,7 +488,7 @@ impl Ctx {
         labels: &Labels,
         resume: Option<&ResumeSlot>,
     ) -> Result<Response<Body>, Step> {
-        let (p, request) = self.prepare(c).await?;
+        let (p, plan, request) = self.prepare(c).await?;
         let before_upstream = self.prelude + p.started.elapsed();
         let mut billed = Billed::new(self.current(), labels);
         let inflight = c.endpoint.start();
@@ -497,13 +531,12 @@ impl Ctx {
             route: self.route.clone(),
             provider: c.provider.clone(),
             model: c.model.clone(),
-            credential: None,
             attempts,
-            timeout: c.timeout,
         };
         if !streamed {
             let read = Read {
                 sent: &sent,
+                plan: &plan,
                 status,
                 credential_limited,
                 before_upstream,
@@ -533,7 +566,7 @@ impl Ctx {
             first: Some(first),
             timers: Timers::new(self.deadline, self.route.idle_timeout),
             done: Some(completion),
-            chain: p.plan.stream(),
+            chain: plan.stream(),
             ended: false,
             complete: false,
             _inflight: inflight,
@@ -554,27 +587,22 @@ impl Ctx {
         Ok(out)
     }
 
-    /// Prepare: the deadlines, a credential of the target's pool, the body in the
-    /// provider's format, and the signed request.
-    async fn prepare<'c>(
-        &self,
-        c: &'c balance::Candidate,
-    ) -> Result<(Prepared<'c>, Request<Full<Bytes>>), Step> {
-        let (state, head, api) = (&self.state, &self.head, self.api);
+    /// The start of every attempt: its deadlines, and a credential of the target's pool
+    /// (none left: a rate-limit failure, so the loop can move on).
+    pub(crate) fn begin<'c>(&self, c: &'c balance::Candidate) -> Result<Prepared<'c>, Step> {
         let started = Instant::now();
         let deadline = (started + c.timeout).min(self.deadline);
         // Streams: the first byte must come within the first-token timeout.
-        let first_deadline = if head.stream {
+        let first_deadline = if self.head.stream {
             (started + self.route.first_token_timeout).min(deadline)
         } else {
             deadline
         };
         let provider = &c.provider;
-        let model: &str = &c.model;
         let credential = if provider.credentials.is_empty() {
             None
         } else {
-            match balance::pick_credential(provider, &state.balance, started) {
+            match balance::pick_credential(provider, &self.state.balance, started) {
                 Some(x) => Some(x),
                 None => {
                     return Err(Step::failed(
@@ -584,6 +612,25 @@ impl Ctx {
                 }
             }
         };
+        Ok(Prepared {
+            c,
+            credential,
+            started,
+            deadline,
+            first_deadline,
+        })
+    }
+
+    /// Prepare: the deadlines and a credential, the body in the provider's format, and
+    /// the signed request.
+    async fn prepare<'c>(
+        &self,
+        c: &'c balance::Candidate,
+    ) -> Result<(Prepared<'c>, Plan, Request<Full<Bytes>>), Step> {
+        let p = self.begin(c)?;
+        let (state, head, api) = (&self.state, &self.head, self.api);
+        let provider = &c.provider;
+        let model: &str = &c.model;
         let wire = provider.wire(model);
         let plan = Plan {
             client: api,
@@ -612,7 +659,7 @@ impl Ctx {
         let request = build_upstream(
             state.upstream.for_object(&provider.id),
             provider,
-            credential.as_ref().map(|(c, _)| *c),
+            p.credential.as_ref().map(|(c, _)| *c),
             &self.headers,
             api,
             uri,
@@ -620,15 +667,7 @@ impl Ctx {
         )
         .await
         .map_err(|e| Step::failed(Failure::Auth, e))?;
-        let prepared = Prepared {
-            c,
-            credential,
-            plan,
-            started,
-            deadline,
-            first_deadline,
-        };
-        Ok((prepared, request))
+        Ok((p, plan, request))
     }
 
     /// The request body for the provider: the client's with the model rewritten, or its
@@ -669,7 +708,7 @@ impl Ctx {
 
     /// Call: sends the request within the first-byte deadline. A timeout is billed (the
     /// provider has the request); a refusal, a failure or no connection is not.
-    async fn call<'a, 'c>(
+    pub(crate) async fn call<'a, 'c>(
         &'a self,
         p: &'a Prepared<'c>,
         request: Request<Full<Bytes>>,
@@ -684,13 +723,7 @@ impl Ctx {
             Ok(r) => Ok((r, sent)),
             Err(e) => {
                 billed.failed(&e);
-                let class = match e {
-                    ApiError::UpstreamTimeout => p.timeout_class(p.first_deadline),
-                    ApiError::UpstreamAuth(_) => Failure::Auth,
-                    ApiError::UpstreamStatus(_) => Failure::ServerError,
-                    _ => Failure::ConnectError,
-                };
-                Err(sent.failed(class, Err(e), None))
+                Err(sent.failed(p.class_of(&e), Err(e), None))
             }
         }
     }
@@ -779,7 +812,7 @@ impl Ctx {
         let failure = failure_of(status, &collected);
         let out = if status.is_success() {
             let large = collected.len() > crate::metering::tokens::HEAVY_BYTES;
-            let translate = || p.plan.response(collected);
+            let translate = || read.plan.response(collected);
             let translated = if large {
                 crate::metering::tokens::off_runtime(translate)
             } else {
@@ -795,13 +828,13 @@ impl Ctx {
         } else {
             // An error status: the provider does not bill it; recorded with its answer.
             billed.settled();
-            p.plan.error(
+            read.plan.error(
                 status.as_u16(),
                 collected,
                 aws_error_type(&up_parts.headers),
             )
         };
-        if !p.plan.passes_response() {
+        if !read.plan.passes_response() {
             up_parts.headers.insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
@@ -818,11 +851,7 @@ impl Ctx {
             }
             return Err(step);
         }
-        let t = p.c.endpoint.success(sent.at.elapsed(), Instant::now());
-        self.state
-            .metrics
-            .health(t, &p.c.provider.id, &p.c.label, "target");
-        sent.credential_ok();
+        sent.succeeded();
         self.count_ok(p.c);
         completion.record();
         billed.settled();

@@ -10,7 +10,7 @@ use http::Response;
 use tokio::time::Instant;
 
 use super::PlanFuture;
-use super::attempt::{Ctx, Failed, Step, set_attempts};
+use super::attempt::{Ctx, Failed, Operation, Step, set_attempts};
 use super::record::Labels;
 use super::stream::{Resume, ResumeSlot};
 use crate::base::{Api, Body};
@@ -66,7 +66,7 @@ pub(crate) async fn run_plan_inner(
         labels.provider = c.provider.id.clone();
         labels.model = c.label.clone();
         let _probe = balance::ProbeGuard::new(&c);
-        let failed = match ctx.run(&c, attempts, labels, resume.as_ref()).await {
+        let failed = match attempt(ctx, &c, attempts, labels, resume.as_ref()).await {
             Ok(response) => {
                 if let Some(slot) = &resume {
                     let (ctx, labels) = (ctx.clone(), labels.clone());
@@ -157,6 +157,21 @@ pub(crate) async fn run_plan_inner(
     }
 }
 
+/// One attempt of the request's operation on candidate `c`.
+async fn attempt(
+    ctx: &Ctx,
+    c: &balance::Candidate,
+    attempts: u32,
+    labels: &Labels,
+    resume: Option<&ResumeSlot>,
+) -> Result<Response<Body>, Step> {
+    match ctx.op {
+        Operation::Chat => ctx.run(c, attempts, labels, resume).await,
+        Operation::Embeddings => super::embeddings::attempt(ctx, c, attempts, labels).await,
+        Operation::CountTokens => super::count_tokens::attempt(ctx, c, attempts, labels).await,
+    }
+}
+
 /// The attempts that continue a broken stream on the next target: the request with the
 /// partial answer (`body`, `head`), charged to the same reservation, two worst cases per
 /// further billed attempt (its request carries the partial answer too).
@@ -169,6 +184,7 @@ fn continue_elsewhere(
 ) -> Option<PlanFuture> {
     let next = plan.fail_over(Instant::now())?;
     let ctx = Arc::new(Ctx {
+        op: first.op,
         state: first.state.clone(),
         headers: first.headers.clone(),
         body,

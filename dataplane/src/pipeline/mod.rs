@@ -7,6 +7,8 @@ pub mod admission;
 pub mod attempt;
 pub mod attempts;
 pub mod balance;
+pub mod count_tokens;
+pub mod embeddings;
 pub mod keep_alive;
 pub mod record;
 pub mod route;

@@ -1,45 +1,25 @@
-//! The route stage: authenticate the key, read the body, find the route, and (for the
-//! one-attempt operations) pick its target and credential.
+//! The route stage: authenticate the key, read the body within its limits, read its
+//! head, and find the route the key may use for its model.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
-use hyper::body::Incoming;
-use tokio::time::Instant;
 
 use super::record::Labels;
-use crate::config::model::{Credential, Provider, Route, VirtualKey};
+use crate::config::model::{Provider, Route, VirtualKey};
 use crate::config::snapshot::Snapshot;
 use crate::error::ApiError;
-use crate::pipeline::balance;
 use crate::pipeline::{State, authenticate};
 use crate::translate::head::ChatHead;
 
-/// Where a request goes: its route, the picked target's provider and credential, the
-/// model sent upstream, and how many attempts it took to get there.
+/// Where a request went: its route, the target's provider, the model sent upstream, and
+/// how many attempts it took to get there (the `x-tollgate-*` headers of its answer).
 pub(crate) struct Resolved {
     pub route: Arc<Route>,
     pub provider: Arc<Provider>,
     pub model: Arc<str>,
-    /// Index into the provider's credentials.
-    pub credential: Option<usize>,
     pub attempts: u32,
-    /// The attempt's deadline (the target's own, or the route's).
-    pub timeout: Duration,
-}
-
-impl Resolved {
-    /// When the one attempt of a request that started at `started` must have its answer.
-    pub fn deadline(&self, started: Instant) -> Instant {
-        started + self.timeout.min(self.route.request_timeout)
-    }
-
-    pub fn credential(&self) -> Option<&Credential> {
-        self.credential
-            .and_then(|i| self.provider.credentials.get(i))
-    }
 }
 
 /// What a request resolves to before it is admitted: body, head, route, the snapshot it
@@ -70,43 +50,6 @@ where
     labels.route = route.id.clone();
     let key = key.clone();
     Ok((body, head, route, snapshot, key))
-}
-
-/// Authenticates the key, reads the body, and picks the route, target, credential and
-/// model, for one attempt (the strategy applies, ejected targets are passed over).
-pub(crate) async fn resolve(
-    state: &State,
-    parts: &http::request::Parts,
-    body: Incoming,
-    labels: &mut Labels,
-) -> Result<(Bytes, ChatHead, Resolved, Arc<Snapshot>, Arc<VirtualKey>), ApiError> {
-    let (body, head, route, snapshot, key) = resolve_route(state, parts, body, labels).await?;
-    let plan = balance::Plan::new(route.clone(), &snapshot, &state.balance, &head.model);
-    let now = Instant::now();
-    let c = plan
-        .peek_target(now)
-        .ok_or_else(|| ApiError::NoTarget(route.id.to_string()))?;
-    labels.provider = c.provider.id.clone();
-    labels.model = c.label.clone();
-    let credential = if c.provider.credentials.is_empty() {
-        None
-    } else {
-        let (chosen, _) = balance::pick_credential(&c.provider, &state.balance, now)
-            .ok_or_else(|| ApiError::NoCredential(c.provider.id.to_string()))?;
-        c.provider
-            .credentials
-            .iter()
-            .position(|x| std::ptr::eq(x, chosen))
-    };
-    let resolved = Resolved {
-        route: route.clone(),
-        provider: c.provider,
-        model: c.model,
-        credential,
-        attempts: 1,
-        timeout: c.timeout,
-    };
-    Ok((body, head, resolved, snapshot, key))
 }
 
 pub(crate) async fn read_body<B>(

@@ -19,13 +19,14 @@ use bytes::Bytes;
 use http::{Request, Response};
 use tokio::time::Instant;
 
-use super::attempt::Ctx;
+use super::attempt::{Ctx, Operation};
 use super::attempts::{run_plan, run_plan_boxed};
 use super::keep_alive::keep_alive_response;
 use super::record::{Labels, refused};
 use super::route::{Routed, resolve_route};
 use super::{State, admission, balance};
 use crate::base::{Api, Body};
+use crate::config::model::VirtualKey;
 use crate::error::ApiError;
 use crate::metering::quota::Reservation;
 
@@ -47,33 +48,24 @@ where
         Ok(r) => r,
         Err(e) => return Ok(refused(state, &routed.4, e, api, started, labels)),
     };
-    let (body, head, route, snapshot, key) = routed;
-    let (plan, first, budget) = pick(state, &route, &snapshot, &head.model);
-    drop(snapshot);
-    let keep_alive = route.keep_alive.filter(|_| head.stream);
-    let ctx = Arc::new(Ctx {
-        state: state.clone(),
-        headers: parts.headers,
-        body,
-        head,
+    let key = routed.4.clone();
+    let keep_alive = routed.2.keep_alive.filter(|_| routed.1.stream);
+    let (ctx, plan, first) = attempts(
+        state,
+        Operation::Chat,
         api,
-        deadline: started + route.request_timeout,
-        route,
-        budget,
+        parts.headers,
+        routed,
+        reservation,
         started,
-        prelude: started.elapsed(),
-        current: std::sync::Mutex::new(reservation.clone()),
-        admitted: reservation,
-        extend_by: 1,
-        key: key.clone(),
-    });
+    );
     let Some(every) = keep_alive else {
-        let (result, used) = run_plan(ctx, plan, first, labels.clone()).await;
-        *labels = used;
-        return result.map(|mut r| {
-            admission::quota_headers(state, &key, r.headers_mut());
-            r
-        });
+        return answered(
+            state,
+            &key,
+            run_plan(ctx, plan, first, labels.clone()).await,
+            labels,
+        );
     };
     // A stream whose first byte is slow in coming: after `every`, the response starts
     // (200, SSE) and carries comments until the answer comes.
@@ -85,6 +77,129 @@ where
         }
         () = tokio::time::sleep(every) => Ok(keep_alive_response(&ctx, run, every)),
     }
+}
+
+/// `POST /v1/embeddings` past its endpoint: admitted like a chat request with no output,
+/// then the same attempts.
+pub(crate) async fn embeddings<B>(
+    state: &Arc<State>,
+    req: Request<B>,
+    started: Instant,
+    labels: &mut Labels,
+) -> Result<Response<Body>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let (parts, body) = req.into_parts();
+    let routed = resolve_route(state, &parts, body, labels).await?;
+    let (body, head, route, snapshot, key) = &routed;
+    let size = (state.worst.input(body.len(), head), 0);
+    let admitted = admission::admit(state, snapshot, key, &parts.headers, head, route, size).await;
+    let reservation = match admitted {
+        Ok(r) => Arc::new(r),
+        Err(e) => return Ok(refused(state, key, e, Api::OpenAi, started, labels)),
+    };
+    let key = key.clone();
+    let (ctx, plan, first) = attempts(
+        state,
+        Operation::Embeddings,
+        Api::OpenAi,
+        parts.headers,
+        routed,
+        reservation,
+        started,
+    );
+    answered(
+        state,
+        &key,
+        run_plan(ctx, plan, first, labels.clone()).await,
+        labels,
+    )
+}
+
+/// `POST /v1/messages/count_tokens` past its endpoint: free at the provider, but a
+/// request like any other to the key's limits, refused when its budgets could not take
+/// the prompt it counts; then the same attempts.
+pub(crate) async fn count_tokens<B>(
+    state: &Arc<State>,
+    req: Request<B>,
+    started: Instant,
+    labels: &mut Labels,
+) -> Result<Response<Body>, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let (parts, body) = req.into_parts();
+    let routed = resolve_route(state, &parts, body, labels).await?;
+    let (body, head, route, snapshot, key) = &routed;
+    let least = admission::prompt_demand(state, snapshot, head, route, body.len());
+    let reservation = match admission::admit_free(state, key, &parts.headers, least).await {
+        Ok(r) => Arc::new(r),
+        Err(e) => return Ok(refused(state, key, e, Api::Anthropic, started, labels)),
+    };
+    let key = key.clone();
+    let (ctx, plan, first) = attempts(
+        state,
+        Operation::CountTokens,
+        Api::Anthropic,
+        parts.headers,
+        routed,
+        reservation,
+        started,
+    );
+    answered(
+        state,
+        &key,
+        run_plan(ctx, plan, first, labels.clone()).await,
+        labels,
+    )
+}
+
+/// The attempts' context, plan and first candidate (pick), for an admitted request.
+fn attempts(
+    state: &Arc<State>,
+    op: Operation,
+    api: Api,
+    headers: http::HeaderMap,
+    (body, head, route, snapshot, key): Routed,
+    reservation: Arc<Reservation>,
+    started: Instant,
+) -> (Arc<Ctx>, balance::Plan, Option<balance::Candidate>) {
+    let (plan, first, budget) = pick(state, &route, &snapshot, &head.model);
+    drop(snapshot);
+    let ctx = Arc::new(Ctx {
+        op,
+        state: state.clone(),
+        headers,
+        body,
+        head,
+        api,
+        deadline: started + route.request_timeout,
+        route,
+        budget,
+        started,
+        prelude: started.elapsed(),
+        current: std::sync::Mutex::new(reservation.clone()),
+        admitted: reservation,
+        extend_by: 1,
+        key,
+    });
+    (ctx, plan, first)
+}
+
+/// The attempts' outcome: the answer carries the key's quota headers; `labels` become
+/// the ones the request ended with.
+fn answered(
+    state: &State,
+    key: &VirtualKey,
+    (result, used): (Result<Response<Body>, ApiError>, Labels),
+    labels: &mut Labels,
+) -> Result<Response<Body>, ApiError> {
+    *labels = used;
+    result.map(|mut r| {
+        admission::quota_headers(state, key, r.headers_mut());
+        r
+    })
 }
 
 /// Authorise and admit: a metered key's request gets an output limit, so that what it

@@ -203,13 +203,17 @@ impl Transport for Fake {
 }
 
 fn provider(name: &str, keys: &[&str]) -> pb::Resource {
+    provider_of(name, pb::ProviderType::Openai, keys)
+}
+
+fn provider_of(name: &str, kind: pb::ProviderType, keys: &[&str]) -> pb::Resource {
     resource(
         &format!("default/{name}"),
         "1",
         Resource::Provider(pb::Provider {
             namespace: "default".into(),
             name: name.into(),
-            r#type: pb::ProviderType::Openai as i32,
+            r#type: kind as i32,
             endpoint: format!("http://{name}.test/v1"),
             credentials: keys
                 .iter()
@@ -220,6 +224,29 @@ fn provider(name: &str, keys: &[&str]) -> pb::Resource {
                     ..Default::default()
                 })
                 .collect(),
+            ..Default::default()
+        }),
+    )
+}
+
+/// A route for `claude-sonnet-4-5` on Anthropic provider `x`, falling back to `y`.
+fn claude_route() -> pb::Resource {
+    resource(
+        "default/claude",
+        "1",
+        Resource::Route(pb::Route {
+            namespace: "default".into(),
+            name: "claude".into(),
+            models: vec!["claude-sonnet-4-5".into()],
+            targets: vec![pb::Target {
+                provider: "x".into(),
+                weight: 1,
+                ..Default::default()
+            }],
+            fallbacks: vec![pb::Fallback {
+                provider: "y".into(),
+                ..Default::default()
+            }],
             ..Default::default()
         }),
     )
@@ -272,9 +299,11 @@ fn state(route: pb::Resource, fake: Arc<Fake>) -> Arc<State> {
                 provider("a", &["a-key-1", "a-key-2"]),
                 provider("b", &["b-key"]),
                 provider("c", &["c-key"]),
+                provider_of("x", pb::ProviderType::Anthropic, &["x-key"]),
+                provider_of("y", pb::ProviderType::Anthropic, &["y-key"]),
             ],
         ),
-        (type_url::ROUTE, vec![route]),
+        (type_url::ROUTE, vec![route, claude_route()]),
         (type_url::VIRTUAL_KEY, vec![key()]),
     ] {
         let applied = store.apply(&DeltaConfigResponse {
@@ -309,26 +338,59 @@ fn state(route: pb::Resource, fake: Arc<Fake>) -> Arc<State> {
     })
 }
 
+/// Which stages a test request goes through.
+#[derive(Clone, Copy)]
+enum Op {
+    Chat { stream: bool },
+    Embeddings,
+    CountTokens,
+}
+
 /// Sends a chat request (streamed or not) through the stages; the status, the
 /// `x-tollgate-attempts` header, and the body the client read.
 async fn chat(state: &Arc<State>, stream: bool) -> (u16, String, String) {
-    let body = serde_json::json!({
-        "model": "gpt-4o",
-        "stream": stream,
-        "messages": [{"role": "user", "content": "Say hello"}]
-    });
-    let req = Request::post("/v1/chat/completions")
+    call(state, Op::Chat { stream }).await
+}
+
+async fn call(state: &Arc<State>, op: Op) -> (u16, String, String) {
+    let body = match op {
+        Op::Chat { stream } => serde_json::json!({
+            "model": "gpt-4o",
+            "stream": stream,
+            "messages": [{"role": "user", "content": "Say hello"}]
+        }),
+        Op::Embeddings => serde_json::json!({"model": "gpt-4o", "input": "hello"}),
+        Op::CountTokens => serde_json::json!({
+            "model": "claude-sonnet-4-5",
+            "messages": [{"role": "user", "content": "Say hello"}]
+        }),
+    };
+    let req = Request::post("/")
         .header("authorization", format!("Bearer {KEY}"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
     let mut labels = Labels::default();
     let started = Instant::now();
-    let response: Response<Body> =
-        match super::super::stages::chat(state, req, Api::OpenAi, started, &mut labels).await {
-            Ok(r) => r,
-            Err(e) => e.to_response_for(Api::OpenAi),
-        };
+    let stages = super::super::stages::chat;
+    let (api, result) = match op {
+        Op::Chat { .. } => (
+            Api::OpenAi,
+            stages(state, req, Api::OpenAi, started, &mut labels).await,
+        ),
+        Op::Embeddings => (
+            Api::OpenAi,
+            super::super::stages::embeddings(state, req, started, &mut labels).await,
+        ),
+        Op::CountTokens => (
+            Api::Anthropic,
+            super::super::stages::count_tokens(state, req, started, &mut labels).await,
+        ),
+    };
+    let response: Response<Body> = match result {
+        Ok(r) => r,
+        Err(e) => e.to_response_for(api),
+    };
     let status = response.status().as_u16();
     let attempts = response
         .headers()
@@ -559,4 +621,45 @@ async fn a_stream_cut_midway_continues_on_the_fallback_as_one_stream() {
             .map(|m| (m["role"].clone(), m["content"].clone())),
         Some(("assistant".into(), "The answer is".into()))
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn embeddings_take_the_same_credentials_retries_and_fallbacks() {
+    let vectors = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,0.2]}],"model":"gpt-4o","usage":{"prompt_tokens":1,"total_tokens":1}}"#;
+    let fake = Fake::new(vec![
+        with_headers(401, vec![]),
+        answer(503, "{}"),
+        answer(200, vectors),
+    ]);
+    let state = state(route(|_| {}), fake.clone());
+    let (status, attempts, body) = call(&state, Op::Embeddings).await;
+    assert_eq!((status, attempts.as_str()), (200, "3"), "{body}");
+    assert!(body.contains("embedding"), "{body}");
+    let calls = fake.calls();
+    let seen: Vec<(&str, &str)> = calls
+        .iter()
+        .map(|c| (c.host.as_str(), c.authorization.as_str()))
+        .collect();
+    // The refused credential is swapped for the other at once; the 503 moves to `b`.
+    assert_eq!(seen[0].0, "a.test");
+    assert_eq!(seen[1].0, "a.test");
+    assert_ne!(seen[0].1, seen[1].1);
+    assert_eq!(seen[2], ("b.test", "Bearer b-key"));
+    assert!(calls.iter().all(|c| c.body["model"] == "gpt-4o"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn token_counting_falls_back_like_any_request() {
+    let fake = Fake::new(vec![
+        Reply::Unreachable,
+        answer(200, r#"{"input_tokens":12}"#),
+    ]);
+    let state = state(route(|_| {}), fake.clone());
+    let (status, attempts, body) = call(&state, Op::CountTokens).await;
+    assert_eq!(
+        (status, attempts.as_str(), body.as_str()),
+        (200, "2", r#"{"input_tokens":12}"#)
+    );
+    let hosts: Vec<String> = fake.calls().into_iter().map(|c| c.host).collect();
+    assert_eq!(hosts, ["x.test", "y.test"]);
 }

@@ -1,0 +1,212 @@
+//! One embeddings attempt: passed through to OpenAI-format providers with only the model
+//! rewritten, translated for Gemini, Vertex AI and Bedrock (Titan and Cohere take one
+//! request per input, sent together). The attempt loop gives it the route's retries,
+//! credentials and fallbacks.
+
+use bytes::Bytes;
+use futures_util::future::try_join_all;
+use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
+
+use super::attempt::{Billed, Ctx, Sent, Step, exhausted_for, failure_of, header_secs};
+use super::attempt::{read_answer, respond, send};
+use super::balance;
+use super::record::{Completion, Labels};
+use super::route::Resolved;
+use crate::base::{Api, Body};
+use crate::error::ApiError;
+use crate::metering::usage::Usage;
+use crate::provider::request::{aws_error_type, build_upstream};
+use crate::provider::urls::Urls;
+use crate::translate::embeddings::{self, Answer, EmbedWire};
+
+/// One upstream answer, read whole.
+struct Whole {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+/// The provider's requests for this attempt (one, or one per input) and where they go.
+fn requests(
+    ctx: &Ctx,
+    c: &balance::Candidate,
+    wire: EmbedWire,
+) -> Result<(http::Uri, Vec<Bytes>), ApiError> {
+    let (provider, model) = (&c.provider, &*c.model);
+    if wire == EmbedWire::OpenAi {
+        let uri = provider
+            .embeddings_uri(model)
+            .map_err(|_| ApiError::Internal)?;
+        let body = provider
+            .compat
+            .apply(ctx.head.with_model(ctx.body.clone(), model), false);
+        return Ok((uri, vec![body]));
+    }
+    let request = embeddings::parse(&ctx.body)?;
+    let uri = match wire {
+        EmbedWire::Gemini => provider.google_uri(model, "batchEmbedContents"),
+        EmbedWire::Vertex => provider.google_uri(model, "predict"),
+        EmbedWire::Titan | EmbedWire::Cohere | EmbedWire::OpenAi => {
+            provider.bedrock_op_uri(model, "invoke")
+        }
+    }
+    .map_err(|_| ApiError::Internal)?;
+    let bodies = embeddings::upstream_bodies(&request, wire, model)?;
+    Ok((uri, bodies.into_iter().map(Bytes::from).collect()))
+}
+
+/// The client's answer from the provider's: the first refusal in OpenAI's format (its
+/// status kept), or the embeddings and their usage.
+fn answer_of(
+    ctx: &Ctx,
+    wire: EmbedWire,
+    model: &str,
+    answers: &[Whole],
+) -> Result<(StatusCode, HeaderMap, Bytes, Option<Usage>), ApiError> {
+    if wire == EmbedWire::OpenAi {
+        let up = &answers[0];
+        let usage = up
+            .status
+            .is_success()
+            .then(|| crate::metering::usage::usage_member(&up.body, Api::OpenAi))
+            .flatten();
+        let mut headers = up.headers.clone();
+        headers.remove(header::CONTENT_LENGTH);
+        return Ok((up.status, headers, up.body.clone(), usage));
+    }
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(refused) = answers.iter().find(|a| !a.status.is_success()) {
+        let status = refused.status.as_u16();
+        let body = if matches!(wire, EmbedWire::Gemini | EmbedWire::Vertex) {
+            crate::translate::openai_to_gemini::error(&refused.body, status)
+        } else {
+            crate::translate::openai_to_bedrock::error(
+                &refused.body,
+                status,
+                aws_error_type(&refused.headers),
+            )
+        };
+        return Ok((refused.status, headers, body.into(), None));
+    }
+    let request = embeddings::parse(&ctx.body)?;
+    let read: Vec<Answer<'_>> = answers
+        .iter()
+        .map(|a| Answer {
+            body: &a.body,
+            header_tokens: a
+                .headers
+                .get("x-amzn-bedrock-input-token-count")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok()),
+        })
+        .collect();
+    let (out, usage) = embeddings::response(&request, wire, model, &read)?;
+    Ok((StatusCode::OK, headers, out.into(), Some(usage)))
+}
+
+/// One embeddings attempt on candidate `c`.
+pub(crate) async fn attempt(
+    ctx: &Ctx,
+    c: &balance::Candidate,
+    attempts: u32,
+    labels: &Labels,
+) -> Result<Response<Body>, Step> {
+    let p = ctx.begin(c)?;
+    let (state, provider, model) = (&ctx.state, &c.provider, &*c.model);
+    let wire = EmbedWire::of(provider, model).map_err(|e| Step::Final(e.into()))?;
+    let (uri, bodies) = requests(ctx, c, wire).map_err(Step::Final)?;
+    let mut upstream = Vec::with_capacity(bodies.len());
+    for body in bodies {
+        let request = build_upstream(
+            state.upstream.for_object(&provider.id),
+            provider,
+            p.credential.as_ref().map(|(c, _)| *c),
+            &ctx.headers,
+            Api::OpenAi,
+            uri.clone(),
+            body,
+        )
+        .await
+        .map_err(|e| Step::failed(crate::config::failure::Failure::Auth, e))?;
+        upstream.push(request);
+    }
+    // Once sent, the provider bills the input: an attempt that times out, breaks or is
+    // left by its client is charged its worst case.
+    let mut billed = Billed::new(ctx.current(), labels);
+    let inflight = c.endpoint.start();
+    let sent = Sent {
+        state,
+        p: &p,
+        at: tokio::time::Instant::now(),
+    };
+    let answers = try_join_all(upstream.into_iter().map(|request| async {
+        let response = send(state, provider, request, p.deadline).await?;
+        let (parts, body) = response.into_parts();
+        let body = read_answer(state, body, p.deadline).await?;
+        Ok::<_, ApiError>(Whole {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+        })
+    }))
+    .await;
+    drop(inflight);
+    let answers = match answers {
+        Ok(a) => a,
+        Err(e) => {
+            billed.failed(&e);
+            return Err(sent.failed(p.class_of(&e), Err(e), None));
+        }
+    };
+    billed.settled();
+    let mut credential_limited = false;
+    if let Some((_, endpoint)) = &p.credential
+        && let Some(wait) = answers
+            .iter()
+            .find_map(|a| exhausted_for(a.status, &a.headers))
+    {
+        endpoint.limit_for(wait, tokio::time::Instant::now());
+        credential_limited = true;
+    }
+    let (status, headers, out, usage) =
+        answer_of(ctx, wire, model, &answers).map_err(Step::Final)?;
+    let to = Resolved {
+        route: ctx.route.clone(),
+        provider: provider.clone(),
+        model: c.model.clone(),
+        attempts,
+    };
+    let completion = Completion {
+        metrics: state.metrics.clone(),
+        labels: labels.clone(),
+        status,
+        started: ctx.started,
+        usage,
+        credential: None,
+        reservation: Some(ctx.current()),
+        price: provider.price_of(model),
+        counted: None,
+    };
+    let response = respond(status, crate::base::full(out), &headers, &to);
+    let refused = answers.iter().find(|a| !a.status.is_success());
+    if let Some(class) = refused.and_then(|a| failure_of(a.status, &a.body)) {
+        let mut step = sent.failed(
+            class,
+            Ok((response, completion)),
+            refused.and_then(|a| header_secs(&a.headers, "retry-after")),
+        );
+        if let Step::Failed(f) = &mut step {
+            // A 429 that set the credential aside (above): another is tried at once.
+            f.credential_set_aside |= credential_limited;
+        }
+        return Err(step);
+    }
+    sent.succeeded();
+    ctx.count_ok(c);
+    completion.record();
+    Ok(response)
+}
