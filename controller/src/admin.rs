@@ -25,7 +25,7 @@ pub struct Admin {
     pub tracker: Arc<Tracker>,
     pub registry: prometheus::Registry,
     /// The usage ledger (kept by this replica when it is the leader).
-    pub books: Arc<std::sync::Mutex<crate::usage::Books>>,
+    pub books: Arc<std::sync::Mutex<crate::spend::usage::Books>>,
     /// Who may read `/status` and `/usage`.
     pub access: tollgate_proto::admin::Access,
 }
@@ -80,11 +80,11 @@ impl Admin {
                     return r;
                 }
                 let view = if req.uri().path() == "/usage" {
-                    let mut views = crate::usage::lock(&self.books)
+                    let mut views = crate::lock(&self.books)
                         .ledger
-                        .views(crate::usage::now_ms());
+                        .views(tollgate_proto::time::now_unix_ms());
                     for v in &mut views {
-                        v.account = crate::accounts::shown(&v.account);
+                        v.account = crate::spend::accounts::shown(&v.account);
                     }
                     serde_json::json!({ "accounts": views })
                 } else {

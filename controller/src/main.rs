@@ -13,14 +13,15 @@ use tollgate_controller::admin::Admin;
 use tollgate_controller::auth::{AuthLayer, Authenticator, TokenCheck, TokenReviewer};
 use tollgate_controller::compile::Compiled;
 use tollgate_controller::k8s;
-use tollgate_controller::k8s::ledger_store::{LedgerNotes, LedgerStore, Recovery};
-use tollgate_controller::ledger::Ledger;
+use tollgate_controller::k8s::status::LedgerNotes;
 use tollgate_controller::local::LocalSource;
 use tollgate_controller::publish::Publisher;
-use tollgate_controller::tracker::Tracker;
-use tollgate_controller::usage::{
+use tollgate_controller::spend::cluster_store::{LedgerStore, Recovery};
+use tollgate_controller::spend::ledger::Ledger;
+use tollgate_controller::spend::usage::{
     Books, LeaderUrl, StateFile, Store, UsageCounters, usage_service,
 };
+use tollgate_controller::tracker::Tracker;
 use tollgate_controller::xds::{XdsMetrics, XdsServer};
 use tollgate_proto::config_discovery_server::ConfigDiscoveryServer;
 use tollgate_proto::usage_reporting_server::UsageReportingServer;
@@ -350,7 +351,7 @@ async fn main() -> anyhow::Result<()> {
         (None, Mode::Local { .. }) => Store::Memory,
     };
     let mut ledger = Ledger::new(lease_ttl.as_millis() as i64);
-    ledger.caps = tollgate_controller::ledger::Caps {
+    ledger.caps = tollgate_controller::spend::ledger::Caps {
         per_owner: args.max_sessions_per_key,
         total: if matches!(store, Store::Cluster(_)) {
             args.max_configmap_sessions
@@ -417,7 +418,7 @@ async fn main() -> anyhow::Result<()> {
                 lease = %format!("{}/{}", settings.lease_namespace, settings.lease_name),
                 "Kubernetes mode"
             );
-            tokio::spawn(k8s::spend::run(
+            tokio::spawn(tollgate_controller::spend::budget_status::run(
                 client.clone(),
                 books.clone(),
                 snapshot_rx.clone(),
@@ -640,9 +641,9 @@ async fn keep_books(
     loop {
         tick.tick().await;
         let views = {
-            let mut b = tollgate_controller::usage::lock(&books);
+            let mut b = tollgate_controller::lock(&books);
             b.sync(&snapshots.borrow());
-            let now = tollgate_controller::usage::now_ms();
+            let now = tollgate_proto::time::now_unix_ms();
             b.ledger.sweep(now);
             // A counter follows the ledger's count (which a new leader starts from zero).
             let counted = gauges.refused_accounts.get();

@@ -446,15 +446,15 @@ fn a_tool_policy_applies_to_the_keys_it_selects_and_to_the_keys_that_name_it() {
         "alice by label, bob by name"
     );
     // A rule's callsPerMinute defines the ledger accounts that count each key's calls.
-    use crate::ledger::Definitions;
-    let defs = crate::accounts::ConfigDefs(std::sync::Arc::new(c));
+    use crate::spend::ledger::Definitions;
+    let defs = crate::spend::accounts::ConfigDefs(std::sync::Arc::new(c));
     let def = defs
         .define("tool/default/finance/1/default/alice/send_mail")
         .expect("the limited rule defines an account");
     assert_eq!(def.limit.requests, 5);
     assert!(matches!(
         def.window,
-        crate::ledger::Window::Rolling { ms: 60_000 }
+        crate::spend::ledger::Window::Rolling { ms: 60_000 }
     ));
     for undefined in [
         "tool/default/finance/0/default/alice/read_x",

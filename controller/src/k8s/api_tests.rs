@@ -11,9 +11,9 @@ use serde_json::{Value, json};
 use tower_test::mock;
 
 use super::leader::Elector;
-use super::ledger_store::LedgerStore;
 use super::secrets::{Creator, Wanted};
 use super::status::{FIELD_MANAGER, Write};
+use crate::spend::cluster_store::LedgerStore;
 
 type Handle = mock::Handle<Request<Body>, Response<Body>>;
 
@@ -278,7 +278,7 @@ async fn a_missing_secret_is_created_once_and_an_existing_one_is_not_an_error() 
 async fn the_ledger_is_created_then_replaced_conditionally_and_a_conflict_is_reported() {
     let (client, mut handle) = client();
     let store = LedgerStore::new(client, "gateway", "tollgate", "tollgate-controller");
-    let ledger = crate::ledger::Persisted {
+    let ledger = crate::spend::ledger::Persisted {
         accounts: [
             ("budget/a/b".to_string(), Default::default()),
             ("rate/a/k".to_string(), Default::default()),
@@ -340,7 +340,10 @@ async fn the_ledger_is_created_then_replaced_conditionally_and_a_conflict_is_rep
     let (loaded, first, second) = run.await.unwrap();
     assert_eq!(loaded, Default::default());
     assert!(first.is_ok());
-    assert!(matches!(second, Err(crate::usage::SaveError::Conflict)));
+    assert!(matches!(
+        second,
+        Err(crate::spend::cluster_store::SaveError::Conflict)
+    ));
 }
 
 #[tokio::test]
@@ -349,18 +352,20 @@ async fn a_budget_spend_is_applied_with_its_own_field_manager() {
     let status =
         json!({"spent": {"usd": 1.5, "tokens": 7}, "remaining": {"usd": 0.5}, "state": "Ok"});
     let sent = status.clone();
-    let run = tokio::spawn(async move { super::spend::write(&client, "team-a", "b", &sent).await });
+    let run = tokio::spawn(async move {
+        crate::spend::budget_status::write(&client, "team-a", "b", &sent).await
+    });
     let (m, uri, content_type, body, send) = next(&mut handle).await;
     assert_eq!(m, Method::PATCH);
     assert_eq!(
         uri,
         format!(
             "/apis/tollgate.dev/v1alpha1/namespaces/team-a/budgets/b/status?&force=true&fieldManager={}",
-            super::spend::FIELD_MANAGER
+            crate::spend::budget_status::FIELD_MANAGER
         )
     );
     assert_ne!(
-        super::spend::FIELD_MANAGER,
+        crate::spend::budget_status::FIELD_MANAGER,
         FIELD_MANAGER,
         "the conditions are not touched"
     );
@@ -645,8 +650,8 @@ async fn a_ledger_deleted_meanwhile_is_written_again_and_a_missing_kind_is_named
     .await;
     send.send_response(not_found());
     let (first, second) = run.await.unwrap();
-    let message = |r: Result<(), crate::usage::SaveError>| match r {
-        Err(crate::usage::SaveError::Other(m)) => m,
+    let message = |r: Result<(), crate::spend::cluster_store::SaveError>| match r {
+        Err(crate::spend::cluster_store::SaveError::Other(m)) => m,
         other => panic!("{other:?}"),
     };
     assert!(message(first).contains("was deleted"));

@@ -5,12 +5,10 @@
 #[cfg(test)]
 mod api_tests;
 pub mod leader;
-pub mod ledger_store;
 pub mod peers;
 pub mod secrets;
 pub mod session_key;
 pub mod source;
-pub mod spend;
 pub mod status;
 
 /// The labels of every object the controller creates itself (VirtualKey Secrets, the
@@ -66,7 +64,7 @@ pub struct Shared {
     /// Turns true when the controller stops.
     pub stop: watch::Receiver<bool>,
     /// Budgets whose spend was restored from their status (the ledger was missing).
-    pub ledger_notes: ledger_store::LedgerNotes,
+    pub ledger_notes: status::LedgerNotes,
     /// The other replicas' reports (their dataplanes' ACKs, where the leader is).
     pub peers: peers::Peers,
 }

@@ -22,6 +22,9 @@ use crate::compile::{Compiled, Condition, ObjectReport, ReportKey};
 use crate::status::{object_status, programmed, shortened, up_to_date};
 use crate::tracker::{AckView, ClusterAcks, Tracker};
 
+/// Budgets whose spend was restored from their status, with what to tell about it.
+pub type LedgerNotes = Arc<std::sync::Mutex<BTreeMap<(String, String), String>>>;
+
 /// Field manager of every status this controller writes.
 pub const FIELD_MANAGER: &str = "tollgate-controller";
 
@@ -136,7 +139,7 @@ pub struct StatusWriter {
     /// Statuses written and not yet seen back through the watch.
     pub written: HashMap<(Kind, String, String), Value>,
     /// Budgets whose spend was restored from their status.
-    pub ledger_notes: super::ledger_store::LedgerNotes,
+    pub ledger_notes: LedgerNotes,
     /// What the last round planned for: the next one plans only what changed since.
     pub planned: Option<Planned>,
 }
@@ -231,7 +234,7 @@ impl StatusWriter {
             peers: peers.iter().collect(),
             config_version: &snapshot.version,
         };
-        let notes = crate::usage::lock(&self.ledger_notes).clone();
+        let notes = crate::lock(&self.ledger_notes).clone();
         let dataplanes: Vec<String> = self
             .tracker
             .dataplanes()

@@ -13,7 +13,7 @@ use tollgate_proto as pb;
 use tollgate_proto::resource::Body;
 
 use crate::compile::Compiled;
-use crate::ledger::{AccountDef, Definitions, Qty, Unit, Window};
+use crate::spend::ledger::{AccountDef, Definitions, Qty, Unit, Window};
 
 /// USD to nano-USD, rounded down (a limit never grows by rounding).
 pub fn nano_usd(usd: f64) -> u64 {

@@ -27,16 +27,23 @@ use kube::api::{DeleteParams, PostParams};
 use std::collections::BTreeMap;
 use tokio::sync::Mutex;
 
-use std::sync::Arc;
-
-use crate::ledger::{Persisted, Spend};
-use crate::usage::SaveError;
+use crate::spend::ledger::{Persisted, Spend};
 use tollgate_crds::budget::{Budget, BudgetSpec, BudgetStatus};
 use tollgate_crds::{UsageLedger, UsageLedgerSpec};
 use tollgate_proto::quantity::Qty;
 
-/// Budgets whose spend was restored from their status, with what to tell about it.
-pub type LedgerNotes = Arc<std::sync::Mutex<BTreeMap<(String, String), String>>>;
+use crate::k8s::status::LedgerNotes;
+
+/// Why the ledger could not be saved.
+#[derive(Debug, thiserror::Error)]
+pub enum SaveError {
+    /// Another replica wrote the ledger since this one read it: it is not the leader's any
+    /// more, or was not when it loaded.
+    #[error("the ledger was written by another controller replica")]
+    Conflict,
+    #[error("{0}")]
+    Other(String),
+}
 
 /// Where to look for Budgets to restore spend from when the ledger is missing.
 pub struct Recovery {
@@ -159,7 +166,7 @@ impl LedgerStore {
                 .map(|ns| kube::Api::namespaced(r.client.clone(), ns))
                 .collect()
         };
-        let now = crate::usage::now_ms();
+        let now = tollgate_proto::time::now_unix_ms();
         let mut restored = Persisted::default();
         let mut notes = BTreeMap::new();
         for api in apis {
@@ -195,7 +202,7 @@ impl LedgerStore {
                 "no usage ledger where one was expected, but Budgets show spend: restored the spend from their status instead of counting from zero (was it deleted?)"
             );
         }
-        *crate::usage::lock(&r.notes) = notes;
+        *crate::lock(&r.notes) = notes;
         Ok(restored)
     }
 
@@ -221,7 +228,7 @@ impl LedgerStore {
             metadata: ObjectMeta {
                 name: Some(self.name.clone()),
                 resource_version: version.0.clone(),
-                labels: Some(super::managed_labels()),
+                labels: Some(crate::k8s::managed_labels()),
                 ..ObjectMeta::default()
             },
             spec: UsageLedgerSpec {
@@ -230,7 +237,7 @@ impl LedgerStore {
             },
         };
         let pp = PostParams {
-            field_manager: Some(super::status::FIELD_MANAGER.into()),
+            field_manager: Some(crate::k8s::status::FIELD_MANAGER.into()),
             ..PostParams::default()
         };
         let written = match version.0.as_ref() {

@@ -23,12 +23,13 @@ use tollgate_proto::usage_reporting_server::UsageReporting;
 use tollgate_proto::{UsageAck, UsageBatch};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::accounts::ConfigDefs;
 use crate::compile::Compiled;
-use crate::k8s::ledger_store::LedgerStore;
-use crate::ledger::{Ledger, Persisted};
+use crate::spend::accounts::ConfigDefs;
+use crate::spend::cluster_store::{LedgerStore, SaveError};
+use crate::spend::ledger::{Ledger, Persisted};
 
-pub use tollgate_proto::time::now_unix_ms as now_ms;
+use crate::lock;
+use tollgate_proto::time::now_unix_ms as now_ms;
 
 /// Where local mode keeps the ledger: one JSON file, replaced atomically.
 #[derive(Clone, Debug)]
@@ -62,16 +63,6 @@ impl StateFile {
         f.sync_all()?;
         std::fs::rename(&tmp, &self.path)
     }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum SaveError {
-    /// Another replica wrote the ledger since this one read it: it is not the leader's any
-    /// more, or was not when it loaded.
-    #[error("the ledger was written by another controller replica")]
-    Conflict,
-    #[error("{0}")]
-    Other(String),
 }
 
 /// Where the ledger is persisted.
@@ -144,7 +135,11 @@ impl Books {
     }
 
     /// One account as it stands (created, with nothing spent, if unused).
-    pub fn view(&mut self, account: &str, now_ms: i64) -> Option<crate::ledger::AccountView> {
+    pub fn view(
+        &mut self,
+        account: &str,
+        now_ms: i64,
+    ) -> Option<crate::spend::ledger::AccountView> {
         self.ledger.view(account, &self.defs, now_ms)
     }
 
@@ -453,13 +448,6 @@ impl UsageServer {
             status.metadata_mut().insert(tollgate_proto::LEADER_URL, v);
         }
         status
-    }
-}
-
-pub fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    match m.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
     }
 }
 

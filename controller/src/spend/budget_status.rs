@@ -15,8 +15,10 @@ use tollgate_proto as pb;
 use tollgate_proto::quantity::{TOKENS, USD};
 
 use crate::compile::Compiled;
-use crate::ledger::AccountView;
-use crate::usage::{Books, lock, now_ms};
+use crate::lock;
+use crate::spend::ledger::AccountView;
+use crate::spend::usage::Books;
+use tollgate_proto::time::now_unix_ms as now_ms;
 
 /// Field manager of the spend fields (the conditions have their own).
 pub const FIELD_MANAGER: &str = "tollgate-ledger";
@@ -109,7 +111,7 @@ pub async fn run(
                     .await
                     .then_some((ns, name, status))
             })
-            .buffer_unordered(super::status::CONCURRENCY)
+            .buffer_unordered(crate::k8s::status::CONCURRENCY)
             .collect()
             .await;
         for (ns, name, status) in done.into_iter().flatten() {
@@ -120,14 +122,14 @@ pub async fn run(
 }
 
 pub(crate) async fn write(client: &kube::Client, ns: &str, name: &str, status: &Value) -> bool {
-    super::status::apply_status(client, Kind::Budget, ns, name, status, FIELD_MANAGER).await
+    crate::k8s::status::apply_status(client, Kind::Budget, ns, name, status, FIELD_MANAGER).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ledger::Ledger;
     use crate::objects::{Inputs, SourceObject};
+    use crate::spend::ledger::Ledger;
 
     fn budgets(specs: &[(&str, Value)]) -> Arc<Compiled> {
         let objects = specs
@@ -208,7 +210,7 @@ mod tests {
         // Usage of 1.5 USD: only that budget is written again.
         {
             let mut b = books.lock().unwrap();
-            let defs = crate::accounts::ConfigDefs(snapshot.clone());
+            let defs = crate::spend::accounts::ConfigDefs(snapshot.clone());
             b.ledger.apply(
                 &batch(1, "budget/team-a/usd", 1_500_000_000, 7),
                 &defs,
