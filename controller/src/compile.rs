@@ -83,45 +83,121 @@ pub struct ServedAs {
     pub version: String,
 }
 
+/// An enum of names shown as they are spelled (in a status, a log line, an Event).
+macro_rules! named {
+    ($(#[$meta:meta])* pub enum $t:ident { $($v:ident),* $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+        pub enum $t {
+            $($v),*
+        }
+
+        impl $t {
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $(Self::$v => stringify!($v),)*
+                }
+            }
+        }
+
+        impl std::fmt::Display for $t {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl PartialEq<&str> for $t {
+            fn eq(&self, other: &&str) -> bool {
+                self.as_str() == *other
+            }
+        }
+    };
+}
+
+named! {
+    /// What a condition is about.
+    pub enum ConditionType {
+        Accepted,
+        ResolvedRefs,
+        Reachable,
+        PricesKnown,
+        Programmed,
+        SpendKept,
+    }
+}
+
+named! {
+    /// Why a condition is as it is, as its `reason` shows it (grouped by the condition
+    /// that gives it).
+    pub enum Reason {
+        // Accepted
+        Accepted,
+        Invalid,
+        Duplicate,
+        KeyTooShort,
+        DuplicateKey,
+        // ResolvedRefs
+        ResolvedRefs,
+        RefNotFound,
+        // Reachable
+        Reachable,
+        Shadowed,
+        // PricesKnown
+        PricesKnown,
+        NoPrice,
+        ModelFromRequest,
+        // Programmed
+        Programmed,
+        Rejected,
+        NotServed,
+        Pending,
+        NoDataplanes,
+        // SpendKept
+        LedgerNotFound,
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Condition {
     #[serde(rename = "type")]
-    pub type_: &'static str,
+    pub type_: ConditionType,
     pub status: &'static str,
-    pub reason: String,
+    pub reason: Reason,
     pub message: String,
 }
 
 impl Condition {
     pub(crate) fn new(
-        type_: &'static str,
+        type_: ConditionType,
         ok: bool,
-        reason: &str,
+        reason: Reason,
         message: impl Into<String>,
     ) -> Self {
         Self {
             type_,
             status: if ok { "True" } else { "False" },
-            reason: reason.to_string(),
+            reason,
             message: message.into(),
         }
     }
-}
 
-impl Condition {
     /// A condition whose state cannot be told now.
-    pub(crate) fn unknown(type_: &'static str, reason: &str, message: impl Into<String>) -> Self {
+    pub(crate) fn unknown(
+        type_: ConditionType,
+        reason: Reason,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             type_,
             status: "Unknown",
-            reason: reason.to_string(),
+            reason,
             message: message.into(),
         }
     }
 }
 
 impl ObjectReport {
-    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+    pub fn condition(&self, type_: ConditionType) -> Option<&Condition> {
         self.conditions.iter().find(|c| c.type_ == type_)
     }
 }
@@ -596,9 +672,9 @@ fn prices_known(
     }
     if !unpriced.is_empty() {
         return Condition::new(
-            "PricesKnown",
+            ConditionType::PricesKnown,
             false,
-            "NoPrice",
+            Reason::NoPrice,
             format!(
                 "no price for {}: keys with a USD limit are refused it; set spec.models prices (or priceAs) on the provider, or spec.unpricedModels: free",
                 unpriced.join(", ")
@@ -607,12 +683,12 @@ fn prices_known(
     }
     if per_request {
         return Condition::unknown(
-            "PricesKnown",
-            "ModelFromRequest",
+            ConditionType::PricesKnown,
+            Reason::ModelFromRequest,
             "a target sends the requested model on: its price is looked up per request",
         );
     }
-    Condition::new("PricesKnown", true, "PricesKnown", "")
+    Condition::new(ConditionType::PricesKnown, true, Reason::PricesKnown, "")
 }
 
 fn compile_virtual_key(

@@ -12,7 +12,7 @@ use tollgate_crds::validate::Validator;
 
 use imbl::ordmap::DiffItem;
 
-use crate::compile::{Change, Compiled, Compiler, ObjectReport};
+use crate::compile::{Change, Compiled, Compiler, ConditionType, ObjectReport};
 use crate::objects::SourceError;
 
 pub struct Publisher {
@@ -76,7 +76,9 @@ impl Publisher {
         let previous = self.snapshots.borrow().clone();
         report_source_errors(&previous.source_errors, &compiled.source_errors);
         let mut count = |r: &ObjectReport, by: i64| {
-            let accepted = r.condition("Accepted").map_or("False", |c| c.status);
+            let accepted = r
+                .condition(ConditionType::Accepted)
+                .map_or("False", |c| c.status);
             let n = self.counts.entry((r.kind.clone(), accepted)).or_default();
             *n += by;
             self.objects
@@ -131,7 +133,7 @@ fn report_problems(old: Option<&ObjectReport>, new: &ObjectReport) {
             origin = %new.origin,
             kind = %new.kind,
             object = %format!("{}/{}", new.namespace, new.name),
-            condition = c.type_,
+            condition = c.type_.as_str(),
             reason = %c.reason,
             message = %c.message,
             "object not fully accepted"

@@ -16,27 +16,57 @@ pub type SessionKey = [u8; KEY_BYTES];
 /// File name of the key in `--state-dir`.
 pub const FILE_NAME: &str = "mcp-session.key";
 
-pub fn random() -> anyhow::Result<SessionKey> {
+/// Why the session key could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("no random numbers for the MCP session key")]
+    NoRandom,
+    #[error("{0} is not a {KEY_BYTES}-byte key")]
+    Malformed(String),
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("Secret {0} has no {KEY_BYTES}-byte `key`")]
+    SecretMalformed(String),
+    #[error("{what} Secret {name}: {source}")]
+    Api {
+        what: &'static str,
+        name: String,
+        source: kube::Error,
+    },
+    #[error("Secret {0} is created and deleted again and again")]
+    Churn(String),
+}
+
+pub fn random() -> Result<SessionKey, KeyError> {
     let mut key = [0u8; KEY_BYTES];
     ring::rand::SystemRandom::new()
         .fill(&mut key)
-        .map_err(|_| anyhow::anyhow!("no random numbers for the MCP session key"))?;
+        .map_err(|_| KeyError::NoRandom)?;
     Ok(key)
 }
 
 /// Reads the key kept in `dir`, or creates it (readable by the owner only).
-pub fn in_dir(dir: &Path) -> anyhow::Result<SessionKey> {
-    use anyhow::Context;
+pub fn in_dir(dir: &Path) -> Result<SessionKey, KeyError> {
     let path = dir.join(FILE_NAME);
+    let io = |what, source| KeyError::Io {
+        what,
+        path: path.display().to_string(),
+        source,
+    };
     match std::fs::read(&path) {
-        Ok(bytes) => from_bytes(&bytes)
-            .with_context(|| format!("{} is not a {KEY_BYTES}-byte key", path.display())),
+        Ok(bytes) => {
+            from_bytes(&bytes).ok_or_else(|| KeyError::Malformed(path.display().to_string()))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let key = random()?;
-            write_private(&path, &key).with_context(|| format!("writing {}", path.display()))?;
+            write_private(&path, &key).map_err(|e| io("writing", e))?;
             Ok(key)
         }
-        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        Err(e) => Err(io("reading", e)),
     }
 }
 

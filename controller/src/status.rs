@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use crate::compile::{Condition, ObjectReport};
+use crate::compile::{Condition, ConditionType, ObjectReport, Reason};
 use crate::tracker::{AckView, Tracker};
 
 /// `Programmed`: true only when every connected dataplane holds the object's current
@@ -14,35 +14,42 @@ use crate::tracker::{AckView, Tracker};
 /// dataplane is connected: nobody has said what runs.
 pub fn programmed(report: &ObjectReport, acks: &impl AckView) -> Condition {
     let accepted = report
-        .condition("Accepted")
+        .condition(ConditionType::Accepted)
         .is_some_and(|c| c.status == "True");
     let Some(served) = report.resource.as_ref().filter(|_| accepted) else {
         return Condition::new(
-            "Programmed",
+            ConditionType::Programmed,
             false,
-            "NotServed",
+            Reason::NotServed,
             "the object is not sent to dataplanes until it is accepted and its references resolve",
         );
     };
     let p = acks.programmed(served.type_url, &served.name, &served.version);
     let message = format!("applied by {} of {} dataplanes", p.applied, p.connected);
-    let failing = |type_: &str| {
+    let failing = |type_: ConditionType| {
         report
             .condition(type_)
             .filter(|c| c.status == "False")
-            .map(|c| (c.reason.clone(), c.message.clone()))
+            .map(|c| (c.reason, c.message.clone()))
     };
     if !p.rejections.is_empty() {
         let message = format!("{message}; {}", p.rejections.join("; "));
-        Condition::new("Programmed", false, "Rejected", message)
-    } else if let Some((reason, why)) = failing("ResolvedRefs").or_else(|| failing("Reachable")) {
-        Condition::new("Programmed", false, &reason, format!("{why}; {message}"))
+        Condition::new(ConditionType::Programmed, false, Reason::Rejected, message)
+    } else if let Some((reason, why)) =
+        failing(ConditionType::ResolvedRefs).or_else(|| failing(ConditionType::Reachable))
+    {
+        Condition::new(
+            ConditionType::Programmed,
+            false,
+            reason,
+            format!("{why}; {message}"),
+        )
     } else if p.connected == 0 {
-        Condition::unknown("Programmed", "NoDataplanes", message)
+        Condition::unknown(ConditionType::Programmed, Reason::NoDataplanes, message)
     } else if p.applied == p.connected {
-        Condition::new("Programmed", true, "Programmed", message)
+        Condition::new(ConditionType::Programmed, true, Reason::Programmed, message)
     } else {
-        Condition::new("Programmed", false, "Pending", message)
+        Condition::new(ConditionType::Programmed, false, Reason::Pending, message)
     }
 }
 
@@ -65,11 +72,11 @@ pub fn object_status(
     current: &Value,
     now: &str,
 ) -> Value {
-    let previous = |type_: &str| {
+    let previous = |type_: ConditionType| {
         current
             .get("conditions")
             .and_then(Value::as_array)
-            .and_then(|cs| cs.iter().find(|c| c["type"] == type_))
+            .and_then(|cs| cs.iter().find(|c| c["type"] == type_.as_str()))
     };
     let conditions: Vec<Value> = conditions
         .iter()
@@ -145,9 +152,13 @@ mod tests {
             name: "r".into(),
             origin: "cluster".into(),
             conditions: vec![Condition {
-                type_: "Accepted",
+                type_: ConditionType::Accepted,
                 status: if accepted { "True" } else { "False" },
-                reason: if accepted { "Accepted" } else { "Invalid" }.into(),
+                reason: if accepted {
+                    Reason::Accepted
+                } else {
+                    Reason::Invalid
+                },
                 message: String::new(),
             }],
             resource: Some(ServedAs {
@@ -193,12 +204,15 @@ mod tests {
         // Served to every dataplane, but a reference is missing or the route is shadowed:
         // not Programmed, with the reason.
         tracker.ack(b, "t", "ns/r", "v1");
-        for (type_, reason) in [("ResolvedRefs", "RefNotFound"), ("Reachable", "Shadowed")] {
+        for (type_, reason) in [
+            (ConditionType::ResolvedRefs, Reason::RefNotFound),
+            (ConditionType::Reachable, Reason::Shadowed),
+        ] {
             let mut r = report(true);
             r.conditions
                 .push(Condition::new(type_, false, reason, "why"));
             let c = programmed(&r, &tracker);
-            assert_eq!((c.status, c.reason.as_str()), ("False", reason));
+            assert_eq!((c.status, c.reason), ("False", reason));
             assert_eq!(c.message, "why; applied by 2 of 2 dataplanes");
         }
     }
@@ -208,11 +222,14 @@ mod tests {
         let c = |type_, ok: bool| Condition {
             type_,
             status: if ok { "True" } else { "False" },
-            reason: "R".into(),
+            reason: Reason::Pending,
             message: "m".into(),
         };
         let first = object_status(
-            &[c("Accepted", true), c("Programmed", false)],
+            &[
+                c(ConditionType::Accepted, true),
+                c(ConditionType::Programmed, false),
+            ],
             Some(4),
             &Value::Null,
             "2026-01-01T00:00:00Z",
@@ -224,7 +241,10 @@ mod tests {
         );
         assert_eq!(first["conditions"][1]["observedGeneration"], 4);
         let second = object_status(
-            &[c("Accepted", true), c("Programmed", true)],
+            &[
+                c(ConditionType::Accepted, true),
+                c(ConditionType::Programmed, true),
+            ],
             Some(4),
             &first,
             "2026-01-02T00:00:00Z",
@@ -239,7 +259,7 @@ mod tests {
         );
         assert!(up_to_date(&second, &second));
         assert!(!up_to_date(&first, &second));
-        let newer = object_status(&[c("Accepted", true)], Some(5), &second, "x");
+        let newer = object_status(&[c(ConditionType::Accepted, true)], Some(5), &second, "x");
         assert!(
             !up_to_date(&second, &newer),
             "a new generation is always written"
@@ -247,7 +267,7 @@ mod tests {
         assert!(!up_to_date(&Value::Null, &newer));
         let long = Condition {
             message: "é".repeat(20_000),
-            ..c("Accepted", false)
+            ..c(ConditionType::Accepted, false)
         };
         let s = object_status(&[long], None, &Value::Null, "t");
         let m = s["conditions"][0]["message"].as_str().unwrap();

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Context;
 use rcgen::{
     BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa,
     KeyPair, KeyUsagePurpose,
@@ -36,11 +35,27 @@ impl std::fmt::Debug for ServerTls {
     }
 }
 
+/// Why certificates could not be read or made.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{what} {path}: {source}")]
+    Io {
+        what: &'static str,
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("making a certificate: {0}")]
+    Certificate(#[from] rcgen::Error),
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> TlsError {
+    let path = path.display().to_string();
+    move |source| TlsError::Io { what, path, source }
+}
+
 impl ServerTls {
-    pub fn from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> anyhow::Result<Self> {
-        let read = |p: &Path| {
-            std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))
-        };
+    pub fn from_files(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Self, TlsError> {
+        let read = |p: &Path| std::fs::read_to_string(p).map_err(io("reading", p));
         Ok(Self {
             cert_pem: read(cert)?,
             key_pem: read(key)?,
@@ -65,12 +80,12 @@ impl ServerTls {
 /// addresses), and a client certificate for dataplanes, unless they are there already;
 /// answers the paths of the server certificate and key. Keys are written readable by
 /// the owner only.
-pub fn self_signed(dir: &Path, names: &[String]) -> anyhow::Result<(PathBuf, PathBuf)> {
+pub fn self_signed(dir: &Path, names: &[String]) -> Result<(PathBuf, PathBuf), TlsError> {
     let (cert, key) = (dir.join(SERVER_CERT), dir.join(SERVER_KEY));
     if cert.exists() && key.exists() && dir.join(CA_CERT).exists() {
         return Ok((cert, key));
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::create_dir_all(dir).map_err(io("creating", dir))?;
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
     ca_params
@@ -106,7 +121,7 @@ pub fn self_signed(dir: &Path, names: &[String]) -> anyhow::Result<(PathBuf, Pat
     Ok((cert, key))
 }
 
-fn write(dir: &Path, name: &str, text: &str, private: bool) -> anyhow::Result<()> {
+fn write(dir: &Path, name: &str, text: &str, private: bool) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(name);
@@ -117,10 +132,11 @@ fn write(dir: &Path, name: &str, text: &str, private: bool) -> anyhow::Result<()
         .truncate(true)
         .mode(if private { 0o600 } else { 0o644 })
         .open(&tmp)
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))?;
+        .map_err(io("writing", &tmp))?;
+    file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io("writing", &tmp))?;
+    std::fs::rename(&tmp, &path).map_err(io("writing", &path))?;
     Ok(())
 }
 

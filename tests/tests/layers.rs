@@ -367,3 +367,30 @@ fn the_reader_sees_upward_imports_and_circles() -> std::io::Result<()> {
     );
     std::fs::remove_dir_all(&dir)
 }
+
+#[test]
+fn anyhow_is_only_in_the_binaries() -> std::io::Result<()> {
+    // Library code says what went wrong with a typed error per module; `anyhow` is for
+    // `main`, build tooling and tests.
+    let mut files = Vec::new();
+    for src in [dataplane_src(), controller_src()] {
+        sources(&src, &mut files)?;
+    }
+    let mut found = Vec::new();
+    for file in files {
+        if file.file_name().is_some_and(|n| n == "main.rs")
+            || file.components().any(|c| c.as_os_str() == "bin")
+        {
+            continue;
+        }
+        let text = std::fs::read_to_string(&file)?;
+        if text
+            .lines()
+            .any(|l| !l.trim_start().starts_with("//") && l.contains("anyhow"))
+        {
+            found.push(file.display().to_string());
+        }
+    }
+    assert!(found.is_empty(), "anyhow in library code: {found:?}");
+    Ok(())
+}

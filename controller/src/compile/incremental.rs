@@ -225,7 +225,7 @@ enum Outcome {
         missing: Vec<String>,
         extra: Vec<Condition>,
     },
-    Refused(&'static str, String),
+    Refused(Reason, String),
 }
 
 /// What an object read from a source is.
@@ -412,9 +412,9 @@ fn report_digest(r: &ObjectReport) -> [u8; 8] {
     ];
     for c in &r.conditions {
         parts.extend([
-            c.type_.as_bytes(),
+            c.type_.as_str().as_bytes(),
             c.status.as_bytes(),
-            c.reason.as_bytes(),
+            c.reason.as_str().as_bytes(),
             c.message.as_bytes(),
         ]);
     }
@@ -952,14 +952,21 @@ impl Compiler {
                     conditions,
                     resource: None,
                 };
-                let refused = |reason: &str, message: String| {
-                    report(vec![Condition::new("Accepted", false, reason, message)])
+                let refused = |reason: Reason, message: String| {
+                    report(vec![Condition::new(
+                        ConditionType::Accepted,
+                        false,
+                        reason,
+                        message,
+                    )])
                 };
                 match &claim.prepared {
-                    Prepared::Invalid(message) => reports.push(refused("Invalid", message.clone())),
+                    Prepared::Invalid(message) => {
+                        reports.push(refused(Reason::Invalid, message.clone()))
+                    }
                     Prepared::Valid(..) => match first {
                         Some(origin) => reports.push(refused(
-                            "Duplicate",
+                            Reason::Duplicate,
                             format!("{kind} {ns}/{name} is already defined in {origin}"),
                         )),
                         None => {
@@ -970,22 +977,31 @@ impl Compiler {
                             debug_assert_eq!(&current.slot, slot);
                             match outcome {
                                 Outcome::Refused(reason, message) => {
-                                    reports.push(refused(reason, message.clone()))
+                                    reports.push(refused(*reason, message.clone()))
                                 }
                                 Outcome::Served {
                                     body: b,
                                     missing,
                                     extra,
                                 } => {
-                                    let mut conditions =
-                                        vec![Condition::new("Accepted", true, "Accepted", "")];
+                                    let mut conditions = vec![Condition::new(
+                                        ConditionType::Accepted,
+                                        true,
+                                        Reason::Accepted,
+                                        "",
+                                    )];
                                     conditions.push(if missing.is_empty() {
-                                        Condition::new("ResolvedRefs", true, "ResolvedRefs", "")
+                                        Condition::new(
+                                            ConditionType::ResolvedRefs,
+                                            true,
+                                            Reason::ResolvedRefs,
+                                            "",
+                                        )
                                     } else {
                                         Condition::new(
-                                            "ResolvedRefs",
+                                            ConditionType::ResolvedRefs,
                                             false,
-                                            "RefNotFound",
+                                            Reason::RefNotFound,
                                             missing.join("; "),
                                         )
                                     });
@@ -1096,14 +1112,14 @@ impl Compiler {
                 };
                 let reachable = match self.shadowed_by(ns, name, spec) {
                     Some(by) => Condition::new(
-                        "Reachable",
+                        ConditionType::Reachable,
                         false,
-                        "Shadowed",
+                        Reason::Shadowed,
                         format!(
                             "every model it matches is taken first by LLMRoute {by} (exact names win over globs, globs with more literal characters over those with fewer, then the route name), and no VirtualKey is limited to routes that would reach it"
                         ),
                     ),
-                    None => Condition::new("Reachable", true, "Reachable", ""),
+                    None => Condition::new(ConditionType::Reachable, true, Reason::Reachable, ""),
                 };
                 Outcome::Served {
                     body: boxed(Body::Route(compile_route(&r))),
@@ -1209,7 +1225,7 @@ impl Compiler {
         // Without its Secret a key cannot be checked, so it is not served at all.
         let outcome = match value {
             Ok((len, _)) if len < MIN_KEY_LEN => Outcome::Refused(
-                "KeyTooShort",
+                Reason::KeyTooShort,
                 format!(
                     "the key in Secret {} has fewer than {MIN_KEY_LEN} characters; use a random key of 32 or more",
                     spec.secret_ref.name
@@ -1217,7 +1233,7 @@ impl Compiler {
             ),
             Ok((_, digest)) if self.holders.get(&digest).is_some_and(|h| h.len() > 1) => {
                 Outcome::Refused(
-                    "DuplicateKey",
+                Reason::DuplicateKey,
                     "another VirtualKey has the same key value; every VirtualKey holding it is refused until each has its own".into(),
                 )
             }

@@ -82,8 +82,16 @@ fn valid_objects_become_one_resource_each() {
     assert_eq!(body.credentials[0].api_key, "sk-upstream");
     assert_eq!(body.credentials[0].id, "openai-key/apiKey");
     for r in c.reports() {
-        assert_eq!(r.condition("Accepted").unwrap().status, "True", "{r:?}");
-        assert_eq!(r.condition("ResolvedRefs").unwrap().status, "True", "{r:?}");
+        assert_eq!(
+            r.condition(ConditionType::Accepted).unwrap().status,
+            "True",
+            "{r:?}"
+        );
+        assert_eq!(
+            r.condition(ConditionType::ResolvedRefs).unwrap().status,
+            "True",
+            "{r:?}"
+        );
     }
 }
 
@@ -114,7 +122,7 @@ fn invalid_object_is_reported_and_does_not_block_others() {
     })));
     let c = run(objects);
     let r = report(&c, "LLMRoute", "broken");
-    let accepted = r.condition("Accepted").unwrap();
+    let accepted = r.condition(ConditionType::Accepted).unwrap();
     assert_eq!(
         (accepted.status, accepted.reason.as_str()),
         ("False", "Invalid")
@@ -144,19 +152,22 @@ fn missing_refs_are_reported() {
     let c = run(objects);
     let p = report(&c, "LLMProvider", "openai");
     assert_eq!(
-        p.condition("ResolvedRefs").unwrap().message,
+        p.condition(ConditionType::ResolvedRefs).unwrap().message,
         "Secret openai-key not found (only Secrets labelled tollgate.dev/credential: \"true\" are read)"
     );
     let r = report(&c, "LLMRoute", "other");
     assert_eq!(
-        r.condition("ResolvedRefs").unwrap().message,
+        r.condition(ConditionType::ResolvedRefs).unwrap().message,
         "LLMProvider anthropic not found"
     );
     // Served anyway: the dataplane answers with a clear error for that target.
     assert!(r.resource.is_some());
     // A key without its Secret cannot be checked and is not served.
     let k = report(&c, "VirtualKey", "alice");
-    assert_eq!(k.condition("ResolvedRefs").unwrap().status, "False");
+    assert_eq!(
+        k.condition(ConditionType::ResolvedRefs).unwrap().status,
+        "False"
+    );
     assert!(k.resource.is_none());
 }
 
@@ -169,13 +180,15 @@ fn duplicates_keep_the_first() {
     let c = run(objects);
     let dups: Vec<_> = c
         .reports()
-        .filter(|r| r.name == "chat" && r.condition("Accepted").unwrap().reason == "Duplicate")
+        .filter(|r| {
+            r.name == "chat" && r.condition(ConditionType::Accepted).unwrap().reason == "Duplicate"
+        })
         .collect();
     assert_eq!(dups.len(), 1);
     assert_eq!(dups[0].origin, "dup.yaml#1");
     assert!(
         dups[0]
-            .condition("Accepted")
+            .condition(ConditionType::Accepted)
             .unwrap()
             .message
             .contains("r.yaml#1")
@@ -283,7 +296,7 @@ fn a_change_rebuilds_only_what_it_touches() {
     let third = compiler.update(&validator, "default", groups(&changed[2..3]));
     assert_eq!(
         report(&third, "LLMRoute", "chat")
-            .condition("Accepted")
+            .condition(ConditionType::Accepted)
             .unwrap()
             .status,
         "False"
@@ -500,9 +513,9 @@ fn one_key_value_in_two_namespaces_refuses_both_and_names_neither() {
             .reports()
             .find(|r| r.namespace == ns && r.name == name)
             .unwrap();
-        let accepted = r.condition("Accepted").unwrap();
+        let accepted = r.condition(ConditionType::Accepted).unwrap();
         assert_eq!(
-            (accepted.status, &*accepted.reason),
+            (accepted.status, accepted.reason.as_str()),
             ("False", "DuplicateKey")
         );
         for leak in ["team-a", "team-b", "app", "thief", "tg-shared"] {
@@ -521,7 +534,10 @@ fn a_short_key_is_refused() {
     objects.extend(key_with("team-a", "short", "tg-123456789"));
     let c = run(objects);
     let r = c.reports().find(|r| r.name == "short").unwrap();
-    assert_eq!(r.condition("Accepted").unwrap().reason, "KeyTooShort");
+    assert_eq!(
+        r.condition(ConditionType::Accepted).unwrap().reason,
+        "KeyTooShort"
+    );
     assert!(r.resource.is_none());
 }
 
@@ -532,7 +548,7 @@ fn a_secret_without_the_credential_label_is_no_credential() {
     std::sync::Arc::make_mut(&mut objects[1].value)["metadata"]["labels"] = json!({});
     let c = run(objects);
     let p = report(&c, "LLMProvider", "openai");
-    let refs = p.condition("ResolvedRefs").unwrap();
+    let refs = p.condition(ConditionType::ResolvedRefs).unwrap();
     assert_eq!(refs.status, "False");
     assert!(
         refs.message
@@ -578,7 +594,7 @@ fn a_route_whose_every_model_is_taken_first_is_shadowed() {
     let c = run(objects.clone());
     let reachable = |c: &Compiled, name: &str| {
         let cond = report(c, "LLMRoute", name)
-            .condition("Reachable")
+            .condition(ConditionType::Reachable)
             .unwrap()
             .clone();
         (cond.status, cond.reason, cond.message)
@@ -622,7 +638,7 @@ fn a_glob_is_shadowed_by_one_as_specific_that_matches_every_name_it_does() {
     let reachable = |objects: &[SourceObject], name: &str| {
         let c = run(objects.to_vec());
         let cond = report(&c, "LLMRoute", name)
-            .condition("Reachable")
+            .condition(ConditionType::Reachable)
             .unwrap()
             .clone();
         (cond.status, cond.message)

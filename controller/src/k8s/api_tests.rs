@@ -476,7 +476,7 @@ fn unserved_key(index: &super::source::SharedIndex, name: &str) -> crate::compil
 
 #[tokio::test]
 async fn a_round_writes_a_bounded_share_and_a_new_change_goes_before_the_backlog() {
-    use crate::compile::{Compiled, Condition, ObjectReport};
+    use crate::compile::{Compiled, Condition, ConditionType, ObjectReport, Reason};
     use std::sync::Arc;
     let (client, mut handle) = client();
     let index = super::source::SharedIndex::new(0);
@@ -485,7 +485,12 @@ async fn a_round_writes_a_bounded_share_and_a_new_change_goes_before_the_backlog
         namespace: "n".into(),
         name: name.into(),
         origin: super::source::ORIGIN.into(),
-        conditions: vec![Condition::new("Accepted", true, "Accepted", "")],
+        conditions: vec![Condition::new(
+            ConditionType::Accepted,
+            true,
+            Reason::Accepted,
+            "",
+        )],
         resource: None,
     };
     let mut compiled = Compiled::default();

@@ -4,14 +4,13 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::Context;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::Api;
 use kube::api::PostParams;
 
-use crate::session_key::{self, SessionKey};
+use crate::session_key::{self, KeyError, SessionKey};
 
 /// Key of the session key inside the Secret's data.
 pub const DATA_KEY: &str = "key";
@@ -22,25 +21,21 @@ pub fn secret_name(lease: &str) -> String {
 
 /// Reads the key, creating the Secret when it does not exist. When two replicas create it
 /// at once, the one that loses reads the winner's.
-pub async fn get_or_create(api: &Api<Secret>, lease: &str) -> anyhow::Result<SessionKey> {
+pub async fn get_or_create(api: &Api<Secret>, lease: &str) -> Result<SessionKey, KeyError> {
     let name = secret_name(lease);
+    let failed = |what, source| KeyError::Api {
+        what,
+        name: name.clone(),
+        source,
+    };
     for _ in 0..3 {
-        if let Some(secret) = api
-            .get_opt(&name)
-            .await
-            .with_context(|| format!("reading Secret {name}"))?
-        {
+        if let Some(secret) = api.get_opt(&name).await.map_err(|e| failed("reading", e))? {
             return secret
                 .data
                 .as_ref()
                 .and_then(|d| d.get(DATA_KEY))
                 .and_then(|v| session_key::from_bytes(&v.0))
-                .with_context(|| {
-                    format!(
-                        "Secret {name} has no {}-byte `{DATA_KEY}`",
-                        session_key::KEY_BYTES
-                    )
-                });
+                .ok_or_else(|| KeyError::SecretMalformed(name.clone()));
         }
         let secret = Secret {
             metadata: ObjectMeta {
@@ -58,8 +53,8 @@ pub async fn get_or_create(api: &Api<Secret>, lease: &str) -> anyhow::Result<Ses
         match api.create(&PostParams::default(), &secret).await {
             Ok(_) => tracing::info!(secret = %name, "created the MCP session key"),
             Err(kube::Error::Api(e)) if e.code == 409 => {}
-            Err(e) => return Err(e).with_context(|| format!("creating Secret {name}")),
+            Err(e) => return Err(failed("creating", e)),
         }
     }
-    anyhow::bail!("Secret {name} is created and deleted again and again")
+    Err(KeyError::Churn(name))
 }

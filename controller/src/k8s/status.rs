@@ -18,7 +18,7 @@ use super::peers::Peers;
 use super::source::{ORIGIN, SharedIndex, Watched};
 use imbl::ordmap::DiffItem;
 
-use crate::compile::{Compiled, Condition, ObjectReport, ReportKey};
+use crate::compile::{Compiled, Condition, ConditionType, ObjectReport, Reason, ReportKey};
 use crate::status::{object_status, programmed, shortened, up_to_date};
 use crate::tracker::{AckView, ClusterAcks, Tracker};
 
@@ -78,9 +78,9 @@ pub fn plan(
             && let Some(note) = ledger_notes.get(&(report.namespace.clone(), report.name.clone()))
         {
             conditions.push(Condition::new(
-                "SpendKept",
+                ConditionType::SpendKept,
                 false,
-                "LedgerNotFound",
+                Reason::LedgerNotFound,
                 note.clone(),
             ));
         }
@@ -119,13 +119,13 @@ fn rejection(conditions: &[Condition], current: &Value) -> Option<(String, Strin
         .and_then(Value::as_array)
         .is_some_and(|cs| {
             cs.iter().any(|c| {
-                c["type"] == failing.type_
+                c["type"] == failing.type_.as_str()
                     && c["status"] == "False"
                     && c["reason"] == failing.reason.as_str()
                     && c["message"] == failing.message.as_str()
             })
         });
-    (!shown).then(|| (failing.reason.clone(), failing.message.clone()))
+    (!shown).then(|| (failing.reason.as_str().to_string(), failing.message.clone()))
 }
 
 pub struct StatusWriter {
@@ -295,7 +295,7 @@ impl StatusWriter {
             };
             let served = report.resource.is_some()
                 && report
-                    .condition("Accepted")
+                    .condition(ConditionType::Accepted)
                     .is_some_and(|c| c.status == "True");
             if served && programmed(report, &acks).status != "True" {
                 state.unsettled.insert(key.clone());
@@ -411,9 +411,13 @@ mod tests {
 
     fn snapshot(accepted: bool) -> Compiled {
         let mut conditions = vec![Condition {
-            type_: "Accepted",
+            type_: ConditionType::Accepted,
             status: if accepted { "True" } else { "False" },
-            reason: if accepted { "Accepted" } else { "Invalid" }.into(),
+            reason: if accepted {
+                Reason::Accepted
+            } else {
+                Reason::Invalid
+            },
             message: if accepted {
                 ""
             } else {
@@ -423,9 +427,9 @@ mod tests {
         }];
         if accepted {
             conditions.push(Condition {
-                type_: "ResolvedRefs",
+                type_: ConditionType::ResolvedRefs,
                 status: "True",
-                reason: "ResolvedRefs".into(),
+                reason: Reason::ResolvedRefs,
                 message: String::new(),
             });
         }

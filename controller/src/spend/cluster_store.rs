@@ -34,6 +34,19 @@ use tollgate_proto::quantity::Qty;
 
 use crate::k8s::status::LedgerNotes;
 
+/// Why the ledger could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("reading the usage ledger: {0}")]
+    Api(#[from] kube::Error),
+    #[error("{0}")]
+    Malformed(String),
+    #[error("reading the usage ledger file: {0}")]
+    File(#[from] std::io::Error),
+    #[error("reading the usage ledger file: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Why the ledger could not be saved.
 #[derive(Debug, thiserror::Error)]
 pub enum SaveError {
@@ -101,7 +114,7 @@ impl LedgerStore {
         format!("UsageLedger {}", self.name)
     }
 
-    pub async fn load(&self) -> anyhow::Result<Persisted> {
+    pub async fn load(&self) -> Result<Persisted, LoadError> {
         let mut version = self.version.lock().await;
         if let Some(ledger) = self.api.get_opt(&self.name).await? {
             *version = (ledger.metadata.resource_version.clone(), false);
@@ -119,7 +132,10 @@ impl LedgerStore {
                 );
             }
             return serde_json::from_str(&ledger.spec.ledger).map_err(|e| {
-                anyhow::anyhow!("{}: spec.ledger is not a usage ledger: {e}", self.place())
+                LoadError::Malformed(format!(
+                    "{}: spec.ledger is not a usage ledger: {e}",
+                    self.place()
+                ))
             });
         }
         *version = (None, false);
@@ -134,7 +150,9 @@ impl LedgerStore {
                         .map(String::as_str)
                         .unwrap_or("{}");
                     let persisted = serde_json::from_str(text).map_err(|e| {
-                        anyhow::anyhow!("ConfigMap {name}: {LEGACY_KEY} is not a usage ledger: {e}")
+                        LoadError::Malformed(format!(
+                            "ConfigMap {name}: {LEGACY_KEY} is not a usage ledger: {e}"
+                        ))
                     })?;
                     tracing::info!(
                         from = %format!("ConfigMap {}/{name}", api.namespace().unwrap_or_default()),
@@ -154,7 +172,7 @@ impl LedgerStore {
     }
 
     /// The spend the Budgets' status shows, when there is no ledger.
-    async fn recover(&self) -> anyhow::Result<Persisted> {
+    async fn recover(&self) -> Result<Persisted, LoadError> {
         let Some(r) = &self.recovery else {
             return Ok(Persisted::default());
         };

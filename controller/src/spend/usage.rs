@@ -25,7 +25,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::compile::Compiled;
 use crate::spend::accounts::ConfigDefs;
-use crate::spend::cluster_store::{LedgerStore, SaveError};
+use crate::spend::cluster_store::{LedgerStore, LoadError, SaveError};
 use crate::spend::ledger::{Ledger, Persisted};
 
 use crate::lock;
@@ -76,7 +76,7 @@ pub enum Store {
 }
 
 impl Store {
-    pub async fn load(&self) -> anyhow::Result<Persisted> {
+    pub async fn load(&self) -> Result<Persisted, LoadError> {
         match self {
             Store::Memory => Ok(Persisted::default()),
             Store::File(f) => {
