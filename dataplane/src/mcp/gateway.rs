@@ -314,6 +314,29 @@ async fn post(state: &Env<'_>, req: Request<Incoming>) -> Response<Body> {
         Ok(c) => c,
         Err(r) => return *r,
     };
+    let (parts, message) = match message_of(state, req).await {
+        Ok(m) => m,
+        Err(r) => return *r,
+    };
+    match message {
+        Message::Request { id, method, params } => {
+            on_request(state, &caller, &parts.headers, id, method, params).await
+        }
+        Message::Notification { method, params } => {
+            on_notification(state, &caller, &parts.headers, method, params).await
+        }
+        Message::Response { id, outcome } => {
+            on_response(state, &caller, &parts.headers, id, outcome).await
+        }
+    }
+}
+
+/// The one JSON-RPC message of a POST, read within the body limits, in a protocol
+/// version spoken here; or the answer refusing it.
+async fn message_of(
+    state: &Env<'_>,
+    req: Request<Incoming>,
+) -> Result<(http::request::Parts, Message), Box<Response<Body>>> {
     let (parts, body) = req.into_parts();
     let bytes =
         match crate::base::bodies::read_request(body, &parts.headers, &state.core.bodies).await {
@@ -339,24 +362,19 @@ async fn post(state: &Env<'_>, req: Request<Incoming>) -> Response<Body> {
                         "The request body could not be read".to_owned(),
                     ),
                 };
-                return http_error(
+                return Err(Box::new(http_error(
                     status,
                     None,
                     RpcError::new(jsonrpc::INVALID_REQUEST, message),
-                );
+                )));
             }
         };
-    let events = parts
-        .headers
-        .get(ACCEPT)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|a| a.contains("text/event-stream"));
     if let Some(v) = parts.headers.get(VERSION_HEADER)
         && !PROTOCOL_VERSIONS
             .iter()
             .any(|p| v.as_bytes() == p.as_bytes())
     {
-        return http_error(
+        return Err(Box::new(http_error(
             StatusCode::BAD_REQUEST,
             None,
             RpcError::new(
@@ -366,122 +384,158 @@ async fn post(state: &Env<'_>, req: Request<Incoming>) -> Response<Body> {
                     PROTOCOL_VERSIONS.join(", ")
                 ),
             ),
-        );
+        )));
     }
     let message = match jsonrpc::parse(&bytes) {
-        Err(e) => return http_error(StatusCode::BAD_REQUEST, None, e),
+        Err(e) => return Err(Box::new(http_error(StatusCode::BAD_REQUEST, None, e))),
         Ok(RpcBody::Batch(_)) => {
-            return http_error(
+            return Err(Box::new(http_error(
                 StatusCode::BAD_REQUEST,
                 None,
                 RpcError::new(
                     jsonrpc::INVALID_REQUEST,
                     "Invalid Request: JSON-RPC batches are not supported; send one message per request",
                 ),
-            );
+            )));
         }
         Ok(RpcBody::One(Err(invalid))) => {
-            return http_error(StatusCode::BAD_REQUEST, invalid.id.as_ref(), invalid.error);
+            return Err(Box::new(http_error(
+                StatusCode::BAD_REQUEST,
+                invalid.id.as_ref(),
+                invalid.error,
+            )));
         }
         Ok(RpcBody::One(Ok(m))) => m,
     };
-    let gw = &state.mcp;
-    match message {
-        Message::Request { id, method, params } => {
-            // Every request but a ping is one against the key's rate and concurrency
-            // limits, and none is served while its budgets are spent.
-            let admitted = if method == "ping" {
-                None
-            } else {
-                match crate::pipeline::admission::admit_free(
-                    state.core,
-                    &caller.key,
-                    &parts.headers,
-                    crate::pipeline::admission::LEAST,
-                )
-                .await
-                {
-                    Ok(r) => Some(r),
-                    Err(e) => {
-                        count(state, &method, e.status().as_str());
-                        return http_error(
-                            e.status(),
-                            Some(&id),
-                            RpcError::new(code::RATE_LIMITED, e.to_string()),
-                        );
-                    }
-                }
-            };
-            if method == "initialize" {
-                let r = initialize(state, &caller, &id, params).await;
-                count(state, &method, r.status().as_str());
-                return r;
+    Ok((parts, message))
+}
+
+/// A request: admitted against the key's limits (all but a ping), then answered here
+/// (`initialize`, `ping`) or by the session's servers.
+async fn on_request(
+    state: &Env<'_>,
+    caller: &Caller,
+    headers: &http::HeaderMap,
+    id: Id,
+    method: String,
+    params: Option<Value>,
+) -> Response<Body> {
+    let events = headers
+        .get(ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("text/event-stream"));
+    // Every request but a ping is one against the key's rate and concurrency
+    // limits, and none is served while its budgets are spent.
+    let admitted = if method == "ping" {
+        None
+    } else {
+        match crate::pipeline::admission::admit_free(
+            state.core,
+            &caller.key,
+            headers,
+            crate::pipeline::admission::LEAST,
+        )
+        .await
+        {
+            Ok(r) => Some(r),
+            Err(e) => {
+                count(state, &method, e.status().as_str());
+                return http_error(
+                    e.status(),
+                    Some(&id),
+                    RpcError::new(code::RATE_LIMITED, e.to_string()),
+                );
             }
-            if method == "ping" {
-                count(state, &method, "200");
-                return json_response(&jsonrpc::result(&id, json!({})));
-            }
-            let Some(session) = session_of(state, &caller, &parts.headers) else {
-                let r = if parts.headers.contains_key(SESSION_HEADER) {
-                    not_found(Some(&id))
-                } else if method == "server/discover" {
-                    // A client probing for a newer, sessionless revision of the protocol:
-                    // not spoken here, so it falls back to `initialize`.
-                    json_response(&jsonrpc::error(
-                        Some(&id),
-                        &RpcError::new(
-                            jsonrpc::METHOD_NOT_FOUND,
-                            "Method not found: server/discover",
-                        ),
-                    ))
-                } else {
-                    http_error(
-                        StatusCode::BAD_REQUEST,
-                        Some(&id),
-                        RpcError::new(
-                            jsonrpc::INVALID_REQUEST,
-                            "Bad Request: Mcp-Session-Id header is required (send initialize first)",
-                        ),
-                    )
-                };
-                count(state, &method, r.status().as_str());
-                return r;
-            };
-            let live = caller.live(&session);
-            let r = request(state, &caller, &live, id, &method, params, events).await;
-            count(state, &method, r.status().as_str());
-            holding(r, admitted)
         }
-        Message::Notification { method, params } => {
-            let Some(session) = session_of(state, &caller, &parts.headers) else {
-                return not_found(None);
-            };
-            count(state, &method, "202");
-            if method != "notifications/initialized" {
-                // Cancellations name the client's request ids, which are the ids the
-                // servers saw: every server gets them, and ignores ids it does not know.
-                let message = jsonrpc::notification(&method, params);
-                let live = caller.live(&session);
-                join_all(live.iter().map(|l| gw.client.post(l.target(), &message))).await;
-            }
-            accepted()
-        }
-        Message::Response { id, outcome } => {
-            let Some(session) = session_of(state, &caller, &parts.headers) else {
-                return not_found(None);
-            };
-            count(state, "response", "202");
-            if let Some((index, original)) = unwrap_relayed(&id)
-                && let Some(live) = caller.live(&session).into_iter().find(|l| l.index == index)
-            {
-                let answer = jsonrpc::response(&original, outcome);
-                if let Err(e) = gw.client.post(live.target(), &answer).await {
-                    tracing::debug!(server = %live.server.id, error = %e, "could not pass a response to the MCP server");
-                }
-            }
-            accepted()
+    };
+    if method == "initialize" {
+        let r = initialize(state, caller, &id, params).await;
+        count(state, &method, r.status().as_str());
+        return r;
+    }
+    if method == "ping" {
+        count(state, &method, "200");
+        return json_response(&jsonrpc::result(&id, json!({})));
+    }
+    let Some(session) = session_of(state, caller, headers) else {
+        let r = if headers.contains_key(SESSION_HEADER) {
+            not_found(Some(&id))
+        } else if method == "server/discover" {
+            // A client probing for a newer, sessionless revision of the protocol:
+            // not spoken here, so it falls back to `initialize`.
+            json_response(&jsonrpc::error(
+                Some(&id),
+                &RpcError::new(
+                    jsonrpc::METHOD_NOT_FOUND,
+                    "Method not found: server/discover",
+                ),
+            ))
+        } else {
+            http_error(
+                StatusCode::BAD_REQUEST,
+                Some(&id),
+                RpcError::new(
+                    jsonrpc::INVALID_REQUEST,
+                    "Bad Request: Mcp-Session-Id header is required (send initialize first)",
+                ),
+            )
+        };
+        count(state, &method, r.status().as_str());
+        return r;
+    };
+    let live = caller.live(&session);
+    let r = request(state, caller, &live, id, &method, params, events).await;
+    count(state, &method, r.status().as_str());
+    holding(r, admitted)
+}
+
+/// A notification: passed to every server of the session (but `initialized`).
+async fn on_notification(
+    state: &Env<'_>,
+    caller: &Caller,
+    headers: &http::HeaderMap,
+    method: String,
+    params: Option<Value>,
+) -> Response<Body> {
+    let Some(session) = session_of(state, caller, headers) else {
+        return not_found(None);
+    };
+    count(state, &method, "202");
+    if method != "notifications/initialized" {
+        // Cancellations name the client's request ids, which are the ids the
+        // servers saw: every server gets them, and ignores ids it does not know.
+        let message = jsonrpc::notification(&method, params);
+        let live = caller.live(&session);
+        join_all(
+            live.iter()
+                .map(|l| state.mcp.client.post(l.target(), &message)),
+        )
+        .await;
+    }
+    accepted()
+}
+
+/// A response to a request a server made of the client: passed back to that server.
+async fn on_response(
+    state: &Env<'_>,
+    caller: &Caller,
+    headers: &http::HeaderMap,
+    id: Id,
+    outcome: Result<Value, RpcError>,
+) -> Response<Body> {
+    let Some(session) = session_of(state, caller, headers) else {
+        return not_found(None);
+    };
+    count(state, "response", "202");
+    if let Some((index, original)) = unwrap_relayed(&id)
+        && let Some(live) = caller.live(&session).into_iter().find(|l| l.index == index)
+    {
+        let answer = jsonrpc::response(&original, outcome);
+        if let Err(e) = state.mcp.client.post(live.target(), &answer).await {
+            tracing::debug!(server = %live.server.id, error = %e, "could not pass a response to the MCP server");
         }
     }
+    accepted()
 }
 
 /// The response, holding the request's admission (its concurrency slot) until the body
