@@ -353,6 +353,104 @@ pub(crate) fn tool_result_text(content: &Value) -> String {
     }
 }
 
+/// A content part of an OpenAI message, as [`walk_parts`] hands it on.
+pub(crate) enum Part<'a> {
+    Text(&'a str),
+    Image(Image<'a>),
+}
+
+/// The walk over an OpenAI message's content that every translator from OpenAI's format
+/// shares: a string is one text part; each part of an array is handed on with its path
+/// (`...content[i]`) and the part itself (for members a provider keeps, such as
+/// `cache_control`). Parts `model` (as in "an Anthropic model") cannot take are refused.
+pub(crate) fn walk_parts<'a>(
+    content: &'a Value,
+    param: &str,
+    model: &str,
+    mut visit: impl FnMut(&str, Part<'a>, Option<&'a Value>) -> Result<(), TranslateError>,
+) -> Result<(), TranslateError> {
+    match content {
+        Value::String(s) if s.is_empty() => Ok(()),
+        Value::String(s) => visit(param, Part::Text(s), None),
+        Value::Null => Ok(()),
+        Value::Array(parts) => {
+            for (i, p) in parts.iter().enumerate() {
+                let at = format!("{param}[{i}]");
+                let part = match p.get("type").and_then(Value::as_str) {
+                    Some("text") => Part::Text(p.get("text").and_then(Value::as_str).unwrap_or("")),
+                    Some("image_url") => Part::Image(openai_image(p, &at)?),
+                    Some(other) => {
+                        return Err(bad(
+                            &at,
+                            &format!("content parts of type {other:?} cannot be sent to {model}"),
+                        ));
+                    }
+                    None => return Err(bad(&at, "type is required")),
+                };
+                visit(&at, part, Some(p))?;
+            }
+            Ok(())
+        }
+        _ => Err(bad(param, "expected a string or an array of parts")),
+    }
+}
+
+/// One message of an OpenAI chat request, as [`walk_messages`] hands it on.
+pub(crate) enum Turn<'a> {
+    /// A `system` or `developer` message's content.
+    System(&'a Value),
+    /// A `user` message's content.
+    User(&'a Value),
+    /// An `assistant` message (for its tool calls and other members) and its content.
+    Assistant(&'a Value, &'a Value),
+    /// A `tool` message: the id of the call it answers, and its content.
+    Tool(&'a str, &'a Value),
+    /// A deprecated `function` message.
+    Function,
+}
+
+/// The walk over an OpenAI request's `messages` that every translator from OpenAI's
+/// format shares: each message in order, with its parameter path (`messages[i]`), read
+/// into a [`Turn`]. An unknown role or a tool message without its call's id is refused
+/// here.
+pub(crate) fn walk_messages<'a>(
+    obj: &'a Value,
+    mut visit: impl FnMut(&str, Turn<'a>) -> Result<(), TranslateError>,
+) -> Result<(), TranslateError> {
+    let messages = obj
+        .get("messages")
+        .and_then(Value::as_array)
+        .ok_or_else(|| bad("messages", "a non-empty array is required"))?;
+    for (i, m) in messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let content = m.get("content").unwrap_or(&Value::Null);
+        let turn = match m.get("role").and_then(Value::as_str).unwrap_or("") {
+            "system" | "developer" => Turn::System(content),
+            "user" => Turn::User(content),
+            "assistant" => Turn::Assistant(m, content),
+            "tool" => {
+                let id = m
+                    .get("tool_call_id")
+                    .and_then(Value::as_str)
+                    .ok_or_else(|| bad(&format!("{param}.tool_call_id"), "is required"))?;
+                Turn::Tool(id, content)
+            }
+            "function" => Turn::Function,
+            _ => return Err(unknown_role(&param)),
+        };
+        visit(&param, turn)?;
+    }
+    Ok(())
+}
+
+/// The refusal of a message whose role no translation takes.
+pub(crate) fn unknown_role(param: &str) -> TranslateError {
+    bad(
+        &format!("{param}.role"),
+        "must be system, developer, user, assistant or tool",
+    )
+}
+
 /// Appends `items` as a turn of `role` (under `key`: `content` or `parts`), merging with
 /// the previous turn of the same role: tool results and the user's next words belong to
 /// one user turn, and providers refuse two turns of one role in a row.

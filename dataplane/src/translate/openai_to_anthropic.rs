@@ -23,7 +23,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::TranslateError;
-use super::{Image, Usage, bad, openai_image, openai_text, tool_result_text};
+use super::{Image, Part, Turn, Usage, bad, openai_text, tool_result_text};
 
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
@@ -37,29 +37,24 @@ fn with_cache_control(mut block: Value, part: &Value) -> Value {
 }
 
 fn content_blocks(content: &Value, param: &str) -> Result<Vec<Value>, TranslateError> {
-    match content {
-        Value::String(s) if s.is_empty() => Ok(Vec::new()),
-        Value::String(s) => Ok(vec![json!({"type": "text", "text": s})]),
-        Value::Null => Ok(Vec::new()),
-        Value::Array(parts) => parts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let at = format!("{param}[{i}]");
-                let block = match p.get("type").and_then(Value::as_str) {
-                    Some("text") => json!({"type": "text", "text": p.get("text").and_then(Value::as_str).unwrap_or("")}),
-                    Some("image_url") => match openai_image(p, &at)? {
-                        Image::Base64 { media_type, data } => json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}),
-                        Image::Url(url) => json!({"type": "image", "source": {"type": "url", "url": url}}),
-                    },
-                    Some(other) => return Err(bad(&at, &format!("content parts of type {other:?} cannot be sent to an Anthropic model"))),
-                    None => return Err(bad(&at, "type is required")),
-                };
-                Ok(with_cache_control(block, p))
-            })
-            .collect(),
-        _ => Err(bad(param, "expected a string or an array of parts")),
-    }
+    let mut out = Vec::new();
+    super::walk_parts(content, param, "an Anthropic model", |_, part, raw| {
+        let block = match part {
+            Part::Text(text) => json!({"type": "text", "text": text}),
+            Part::Image(Image::Base64 { media_type, data }) => {
+                json!({"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}})
+            }
+            Part::Image(Image::Url(url)) => {
+                json!({"type": "image", "source": {"type": "url", "url": url}})
+            }
+        };
+        out.push(match raw {
+            Some(p) => with_cache_control(block, p),
+            None => block,
+        });
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 fn push_turn(out: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
@@ -114,34 +109,27 @@ pub fn request(body: &[u8], model: &str) -> Result<Vec<u8>, TranslateError> {
 pub fn request_value(obj: &Value, model: &str) -> Result<Value, TranslateError> {
     let checked = super::checked_with_json_tool(obj, PROVIDER)?;
     let obj = &*checked;
-    let messages = obj
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("messages", "a non-empty array is required"))?;
     let mut system: Vec<Value> = Vec::new();
     let mut out_messages: Vec<Value> = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        let param = format!("messages[{i}]");
-        let role = m.get("role").and_then(Value::as_str).unwrap_or("");
-        let content = m.get("content").unwrap_or(&Value::Null);
-        match role {
-            "system" | "developer" => {
+    super::walk_messages(obj, |param, turn| {
+        match turn {
+            Turn::System(content) => {
                 let text = openai_text(content, &format!("{param}.content"))?;
                 let mut block = json!({"type": "text", "text": text});
-                if let Some(Value::Array(parts)) = m.get("content")
+                if let Value::Array(parts) = content
                     && let Some(cc) = parts.iter().rev().find_map(|p| p.get("cache_control"))
                 {
                     block["cache_control"] = cc.clone();
                 }
                 system.push(block);
             }
-            "user" => {
+            Turn::User(content) => {
                 let blocks = content_blocks(content, &format!("{param}.content"))?;
                 push_turn(&mut out_messages, "user", blocks);
             }
-            "assistant" => {
+            Turn::Assistant(m, content) => {
                 let mut blocks = content_blocks(content, &format!("{param}.content"))?;
-                for call in super::openai_tool_calls(m, &param)? {
+                for call in super::openai_tool_calls(m, param)? {
                     blocks.push(json!({
                         "type": "tool_use",
                         "id": call.id,
@@ -151,33 +139,22 @@ pub fn request_value(obj: &Value, model: &str) -> Result<Value, TranslateError> 
                 }
                 push_turn(&mut out_messages, "assistant", blocks);
             }
-            "tool" => {
-                let id = m
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| bad(&format!("{param}.tool_call_id"), "is required"))?;
-                push_turn(
-                    &mut out_messages,
-                    "user",
-                    vec![
-                        json!({"type": "tool_result", "tool_use_id": id, "content": tool_result_text(content)}),
-                    ],
-                );
-            }
-            "function" => {
+            Turn::Tool(id, content) => push_turn(
+                &mut out_messages,
+                "user",
+                vec![
+                    json!({"type": "tool_result", "tool_use_id": id, "content": tool_result_text(content)}),
+                ],
+            ),
+            Turn::Function => {
                 return Err(bad(
-                    &param,
+                    param,
                     "function messages are deprecated; use tool messages",
                 ));
             }
-            _ => {
-                return Err(bad(
-                    &format!("{param}.role"),
-                    "must be system, developer, user, assistant or tool",
-                ));
-            }
         }
-    }
+        Ok(())
+    })?;
     // A turn that is one plain text block is sent as a string, as clients write it.
     for m in &mut out_messages {
         if let Some([only]) = m

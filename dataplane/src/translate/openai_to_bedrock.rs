@@ -27,7 +27,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
 use super::TranslateError;
-use super::{Image, Usage, bad, openai_image, openai_text};
+use super::{Image, Part, Turn, Usage, bad, openai_text};
 
 const PROVIDER: &str = "Bedrock";
 
@@ -43,48 +43,26 @@ fn image_format(media_type: &str) -> Option<&'static str> {
 
 fn blocks_of(content: &Value, param: &str) -> Result<Vec<Value>, TranslateError> {
     let mut out = Vec::new();
-    match content {
-        Value::String(s) if !s.is_empty() => out.push(json!({"text": s})),
-        Value::String(_) | Value::Null => {}
-        Value::Array(parts) => {
-            for (i, p) in parts.iter().enumerate() {
-                let at = format!("{param}[{i}]");
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => out
-                        .push(json!({"text": p.get("text").and_then(Value::as_str).unwrap_or("")})),
-                    Some("image_url") => match openai_image(p, &at)? {
-                        Image::Base64 { media_type, data } => {
-                            let format = image_format(media_type).ok_or_else(|| {
-                                bad(&at, "Bedrock takes png, jpeg, gif or webp images")
-                            })?;
-                            out.push(
-                                json!({"image": {"format": format, "source": {"bytes": data}}}),
-                            );
-                        }
-                        Image::Url(_) => {
-                            return Err(bad(
-                                &at,
-                                "Bedrock models take images as data: URLs (base64), not links",
-                            ));
-                        }
-                    },
-                    Some(other) => {
-                        return Err(bad(
-                            &at,
-                            &format!(
-                                "content parts of type {other:?} cannot be sent to a Bedrock model"
-                            ),
-                        ));
-                    }
-                    None => return Err(bad(&at, "type is required")),
-                }
-                if p.get("cache_control").is_some() {
-                    out.push(json!({"cachePoint": {"type": "default"}}));
-                }
+    super::walk_parts(content, param, "a Bedrock model", |at, part, raw| {
+        match part {
+            Part::Text(text) => out.push(json!({ "text": text })),
+            Part::Image(Image::Base64 { media_type, data }) => {
+                let format = image_format(media_type)
+                    .ok_or_else(|| bad(at, "Bedrock takes png, jpeg, gif or webp images"))?;
+                out.push(json!({"image": {"format": format, "source": {"bytes": data}}}));
+            }
+            Part::Image(Image::Url(_)) => {
+                return Err(bad(
+                    at,
+                    "Bedrock models take images as data: URLs (base64), not links",
+                ));
             }
         }
-        _ => return Err(bad(param, "expected a string or an array of parts")),
-    }
+        if raw.is_some_and(|p| p.get("cache_control").is_some()) {
+            out.push(json!({"cachePoint": {"type": "default"}}));
+        }
+        Ok(())
+    })?;
     Ok(out)
 }
 
@@ -158,17 +136,11 @@ fn tool_config(obj: &Value) -> Result<Option<Value>, TranslateError> {
 pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
     let checked = super::checked_with_json_tool(obj, PROVIDER)?;
     let obj = &*checked;
-    let messages = obj
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("messages", "a non-empty array is required"))?;
     let mut system = Vec::new();
     let mut out_messages = Vec::new();
-    for (i, m) in messages.iter().enumerate() {
-        let param = format!("messages[{i}]");
-        let content = m.get("content").unwrap_or(&Value::Null);
-        match m.get("role").and_then(Value::as_str).unwrap_or("") {
-            "system" | "developer" => match content.as_array() {
+    super::walk_messages(obj, |param, turn| {
+        match turn {
+            Turn::System(content) => match content.as_array() {
                 // Parts marked with cache_control each get a cachePoint after them.
                 Some(parts) if parts.iter().any(|p| p.get("cache_control").is_some()) => {
                     for p in parts {
@@ -184,12 +156,12 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
                     system.push(json!({"text": openai_text(content, &format!("{param}.content"))?}))
                 }
             },
-            "user" => push_turn(
+            Turn::User(content) => push_turn(
                 &mut out_messages,
                 "user",
                 blocks_of(content, &format!("{param}.content"))?,
             ),
-            "assistant" => {
+            Turn::Assistant(m, content) => {
                 // Thinking first, as the model wrote it (Anthropic clients, via the pivot).
                 let mut blocks: Vec<Value> = m
                     .get("thinking_blocks")
@@ -199,7 +171,7 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
                     .filter_map(reasoning_block)
                     .collect();
                 blocks.extend(blocks_of(content, &format!("{param}.content"))?);
-                for call in super::openai_tool_calls(m, &param)? {
+                for call in super::openai_tool_calls(m, param)? {
                     blocks.push(json!({"toolUse": {
                         "toolUseId": call.id,
                         "name": call.name,
@@ -208,27 +180,17 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
                 }
                 push_turn(&mut out_messages, "assistant", blocks);
             }
-            "tool" => {
-                let id = m
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| bad(&format!("{param}.tool_call_id"), "is required"))?;
-                push_turn(
-                    &mut out_messages,
-                    "user",
-                    vec![
-                        json!({"toolResult": {"toolUseId": id, "content": [{"text": super::tool_result_text(content)}]}}),
-                    ],
-                );
-            }
-            _ => {
-                return Err(bad(
-                    &format!("{param}.role"),
-                    "must be system, developer, user, assistant or tool",
-                ));
-            }
+            Turn::Tool(id, content) => push_turn(
+                &mut out_messages,
+                "user",
+                vec![
+                    json!({"toolResult": {"toolUseId": id, "content": [{"text": super::tool_result_text(content)}]}}),
+                ],
+            ),
+            Turn::Function => return Err(super::unknown_role(param)),
         }
-    }
+        Ok(())
+    })?;
     let mut out = Map::new();
     out.insert("messages".into(), Value::Array(out_messages));
     if !system.is_empty() {

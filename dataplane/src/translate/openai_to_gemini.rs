@@ -23,7 +23,7 @@ use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 
 use super::TranslateError;
-use super::{Image, Usage, bad, openai_image, openai_text};
+use super::{Image, Part, Turn, Usage, bad, openai_text};
 
 const PROVIDER: &str = "Gemini";
 
@@ -44,39 +44,20 @@ fn mime_from_url(url: &str) -> &'static str {
 }
 
 fn parts_of(content: &Value, param: &str) -> Result<Vec<Value>, TranslateError> {
-    match content {
-        Value::String(s) if s.is_empty() => Ok(Vec::new()),
-        Value::String(s) => Ok(vec![json!({"text": s})]),
-        Value::Null => Ok(Vec::new()),
-        Value::Array(parts) => parts
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let at = format!("{param}[{i}]");
-                match p.get("type").and_then(Value::as_str) {
-                    Some("text") => {
-                        Ok(json!({"text": p.get("text").and_then(Value::as_str).unwrap_or("")}))
-                    }
-                    Some("image_url") => Ok(match openai_image(p, &at)? {
-                        Image::Base64 { media_type, data } => {
-                            json!({"inlineData": {"mimeType": media_type, "data": data}})
-                        }
-                        Image::Url(url) => {
-                            json!({"fileData": {"mimeType": mime_from_url(url), "fileUri": url}})
-                        }
-                    }),
-                    Some(other) => Err(bad(
-                        &at,
-                        &format!(
-                            "content parts of type {other:?} cannot be sent to a Gemini model"
-                        ),
-                    )),
-                    None => Err(bad(&at, "type is required")),
-                }
-            })
-            .collect(),
-        _ => Err(bad(param, "expected a string or an array of parts")),
-    }
+    let mut out = Vec::new();
+    super::walk_parts(content, param, "a Gemini model", |_, part, _| {
+        out.push(match part {
+            Part::Text(text) => json!({ "text": text }),
+            Part::Image(Image::Base64 { media_type, data }) => {
+                json!({"inlineData": {"mimeType": media_type, "data": data}})
+            }
+            Part::Image(Image::Url(url)) => {
+                json!({"fileData": {"mimeType": mime_from_url(url), "fileUri": url}})
+            }
+        });
+        Ok(())
+    })?;
+    Ok(out)
 }
 
 fn push_turn(out: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
@@ -138,39 +119,29 @@ fn tool_config(obj: &Value) -> Result<Option<Value>, TranslateError> {
 /// The `generateContent` body for an OpenAI chat request (the model goes in the URL).
 pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
     super::refuse_openai_only(obj, PROVIDER)?;
-    let messages = obj
-        .get("messages")
-        .and_then(Value::as_array)
-        .ok_or_else(|| bad("messages", "a non-empty array is required"))?;
     let mut system = Vec::new();
     let mut contents = Vec::new();
     let mut call_names: HashMap<&str, &str> = HashMap::new();
-    for (i, m) in messages.iter().enumerate() {
-        let param = format!("messages[{i}]");
-        let content = m.get("content").unwrap_or(&Value::Null);
-        match m.get("role").and_then(Value::as_str).unwrap_or("") {
-            "system" | "developer" => {
+    super::walk_messages(obj, |param, turn| {
+        match turn {
+            Turn::System(content) => {
                 system.push(json!({"text": openai_text(content, &format!("{param}.content"))?}))
             }
-            "user" => push_turn(
+            Turn::User(content) => push_turn(
                 &mut contents,
                 "user",
                 parts_of(content, &format!("{param}.content"))?,
             ),
-            "assistant" => {
+            Turn::Assistant(m, content) => {
                 let mut parts = parts_of(content, &format!("{param}.content"))?;
-                for call in super::openai_tool_calls(m, &param)? {
+                for call in super::openai_tool_calls(m, param)? {
                     call_names.insert(call.id, call.name);
                     parts
                         .push(json!({"functionCall": {"name": call.name, "args": call.arguments}}));
                 }
                 push_turn(&mut contents, "model", parts);
             }
-            "tool" => {
-                let id = m
-                    .get("tool_call_id")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| bad(&format!("{param}.tool_call_id"), "is required"))?;
+            Turn::Tool(id, content) => {
                 let name = call_names.get(id).ok_or_else(|| {
                     bad(
                         &format!("{param}.tool_call_id"),
@@ -188,14 +159,10 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 );
             }
-            _ => {
-                return Err(bad(
-                    &format!("{param}.role"),
-                    "must be system, developer, user, assistant or tool",
-                ));
-            }
+            Turn::Function => return Err(super::unknown_role(param)),
         }
-    }
+        Ok(())
+    })?;
     let mut out = Map::new();
     out.insert("contents".into(), Value::Array(contents));
     if !system.is_empty() {
