@@ -1,24 +1,33 @@
-//! Golden files: `testdata/openai_to_anthropic/<case>.in.*` translated must equal
-//! `<case>.out.*`. Run with `UPDATE_GOLDEN=1` to rewrite the outputs, then review the diff.
+//! The translator against the golden matrix (`testdata/pairs`): the files of an OpenAI
+//! client and an Anthropic provider, which `translate/golden.rs` writes and checks for the
+//! whole plan. Here the same files check the translator's own entry points, and that a
+//! stream translates alike however it is cut.
 
 use std::path::PathBuf;
 
 use super::*;
 use crate::base::sse::Parser;
 
-fn dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/openai_to_anthropic")
+fn pairs() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/pairs")
 }
 
+/// `actual` must equal the golden file `openai-anthropic/<name>` (rewritten by the
+/// matrix test under `UPDATE_GOLDEN=1`, not here).
 fn golden(name: &str, actual: &str) {
-    let path = dir().join(name);
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, actual).unwrap();
-        return;
-    }
-    let expected = std::fs::read_to_string(&path)
-        .unwrap_or_else(|_| panic!("{} missing: run with UPDATE_GOLDEN=1", path.display()));
+    let path = pairs().join("golden/openai-anthropic").join(name);
+    let expected = std::fs::read_to_string(&path).unwrap_or_else(|_| {
+        panic!(
+            "{} missing: run the golden matrix with UPDATE_GOLDEN=1",
+            path.display()
+        )
+    });
     assert_eq!(actual, expected, "{name} differs from the golden file");
+}
+
+/// An input of the matrix: `client/openai/<name>` or `upstream/anthropic/<name>`.
+fn input(name: &str) -> Vec<u8> {
+    std::fs::read(pairs().join(name)).unwrap()
 }
 
 fn pretty(bytes: &[u8]) -> String {
@@ -26,15 +35,15 @@ fn pretty(bytes: &[u8]) -> String {
     serde_json::to_string_pretty(&v).unwrap() + "\n"
 }
 
-fn input(name: &str) -> Vec<u8> {
-    std::fs::read(dir().join(name)).unwrap()
-}
-
 #[test]
 fn requests() {
-    for case in ["request_text", "request_system_images_stop"] {
-        let out = request(&input(&format!("{case}.in.json")), "claude-sonnet-4-5").unwrap();
-        golden(&format!("{case}.out.json"), &pretty(&out));
+    for case in ["text", "system_images_stop"] {
+        let out = request(
+            &input(&format!("client/openai/{case}.json")),
+            "claude-sonnet-4-5",
+        )
+        .unwrap();
+        golden(&format!("request_{case}.json"), &pretty(&out));
     }
 }
 
@@ -83,9 +92,12 @@ fn refused_parameters_name_themselves() {
 
 #[test]
 fn responses() {
-    let out = response(&input("response_text.in.json"), 1_700_000_000).unwrap();
-    golden("response_text.out.json", &pretty(&out));
-    golden("error.out.json", &pretty(&error(&input("error.in.json"))));
+    let out = response(&input("upstream/anthropic/text.json"), 1_700_000_000).unwrap();
+    golden("response_text.json", &pretty(&out));
+    golden(
+        "response_error.json",
+        &pretty(&error(&input("upstream/anthropic/error.json"))),
+    );
 }
 
 /// The fast path for text deltas writes the same chunk as building it as a document.
@@ -119,7 +131,7 @@ fn fast_text_chunks_equal_slow_ones() {
 
 #[test]
 fn streams_translate_event_by_event_whatever_the_chunking() {
-    let raw = input("stream_text.in.sse");
+    let raw = input("upstream/anthropic/text.sse");
     let run = |cut: usize| {
         let mut parser = Parser::default();
         let mut t = StreamTranslator::new(1_700_000_000, true);
@@ -132,7 +144,7 @@ fn streams_translate_event_by_event_whatever_the_chunking() {
         out + &t.finish()
     };
     let whole = run(raw.len());
-    golden("stream_text.out.sse", &whole);
+    golden("stream_text_usage.sse", &whole);
     for cut in [1, 7, 64] {
         assert_eq!(run(cut), whole, "chunks of {cut} bytes");
     }
