@@ -278,49 +278,38 @@ fn upward(src: &Path, order: &[&str]) -> std::io::Result<Vec<String>> {
     Ok(found)
 }
 
-#[test]
-fn every_dataplane_module_is_in_a_room_of_the_documented_order() -> std::io::Result<()> {
-    in_rooms(&dataplane_src(), DATAPLANE)
+/// Both crates, with their rooms.
+fn crates() -> [(PathBuf, &'static [&'static str]); 2] {
+    [(dataplane_src(), DATAPLANE), (controller_src(), CONTROLLER)]
 }
 
 #[test]
-fn dataplane_rooms_import_only_downward() -> std::io::Result<()> {
-    let found = upward(&dataplane_src(), DATAPLANE)?;
-    assert!(
-        found.is_empty(),
-        "imports of a room above:\n{}",
-        found.join("\n")
-    );
+fn every_module_is_in_a_room_of_the_documented_order() -> std::io::Result<()> {
+    for (src, order) in crates() {
+        in_rooms(&src, order)?;
+    }
     Ok(())
 }
 
 #[test]
-fn no_dataplane_module_reaches_itself_back() -> std::io::Result<()> {
-    let found = cycles(&graph(&dataplane_src())?);
-    assert!(found.is_empty(), "import circles:\n{}", found.join("\n"));
+fn rooms_import_only_downward() -> std::io::Result<()> {
+    for (src, order) in crates() {
+        let found = upward(&src, order)?;
+        assert!(
+            found.is_empty(),
+            "imports of a room above:\n{}",
+            found.join("\n")
+        );
+    }
     Ok(())
 }
 
 #[test]
-fn every_controller_module_is_in_a_room_of_the_documented_order() -> std::io::Result<()> {
-    in_rooms(&controller_src(), CONTROLLER)
-}
-
-#[test]
-fn controller_rooms_import_only_downward() -> std::io::Result<()> {
-    let found = upward(&controller_src(), CONTROLLER)?;
-    assert!(
-        found.is_empty(),
-        "imports of a room above:\n{}",
-        found.join("\n")
-    );
-    Ok(())
-}
-
-#[test]
-fn no_controller_module_reaches_itself_back() -> std::io::Result<()> {
-    let found = cycles(&graph(&controller_src())?);
-    assert!(found.is_empty(), "import circles:\n{}", found.join("\n"));
+fn no_module_reaches_itself_back() -> std::io::Result<()> {
+    for (src, _) in crates() {
+        let found = cycles(&graph(&src)?);
+        assert!(found.is_empty(), "import circles:\n{}", found.join("\n"));
+    }
     Ok(())
 }
 

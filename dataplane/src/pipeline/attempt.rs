@@ -442,6 +442,60 @@ impl Sent<'_, '_> {
         self.credential_ok();
     }
 
+    /// The answer's rate-limit headers say the credential is out of quota for `wait`: it
+    /// is set aside that long. Whether it was.
+    pub(crate) fn limit_credential(&self, wait: Option<Duration>) -> bool {
+        match (&self.p.credential, wait) {
+            (Some((_, endpoint)), Some(wait)) => {
+                endpoint.limit_for(wait, Instant::now());
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Ends an attempt of an operation answered whole (embeddings, token counting): a
+    /// failure the loop may act on, or the client's answer, recorded.
+    pub(crate) fn answered(
+        &self,
+        ctx: &Ctx,
+        labels: &Labels,
+        attempts: u32,
+        a: Answered,
+    ) -> Result<Response<Body>, Step> {
+        let c = self.p.c;
+        let to = Resolved {
+            route: ctx.route.clone(),
+            provider: c.provider.clone(),
+            model: c.model.clone(),
+            attempts,
+        };
+        let completion = Completion {
+            metrics: ctx.state.metrics.clone(),
+            labels: labels.clone(),
+            status: a.status,
+            started: ctx.started,
+            usage: a.usage,
+            credential: None,
+            reservation: Some(ctx.current()),
+            price: a.price,
+            counted: None,
+        };
+        let response = respond(a.status, crate::base::full(a.body), &a.headers, &to);
+        if let Some((class, retry_after)) = a.failure {
+            let mut step = self.failed(class, Ok((response, completion)), retry_after);
+            if let Step::Failed(f) = &mut step {
+                // A 429 that set the credential aside: another is tried at once.
+                f.credential_set_aside |= a.credential_limited;
+            }
+            return Err(step);
+        }
+        self.succeeded();
+        ctx.count_ok(c);
+        completion.record();
+        Ok(response)
+    }
+
     /// The attempt's credential is well.
     pub(crate) fn credential_ok(&self) {
         if let Some((cred, endpoint)) = &self.p.credential {
@@ -451,6 +505,20 @@ impl Sent<'_, '_> {
                 .health(t, &self.p.c.provider.id, &cred.id, "credential");
         }
     }
+}
+
+/// A whole answer of an operation other than chat, in the client's format.
+pub(crate) struct Answered {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+    pub(crate) usage: Option<crate::metering::usage::Usage>,
+    pub(crate) price: Option<tollgate_proto::prices::Price>,
+    /// The provider's answer is a failure the route may act on: its class and its
+    /// `Retry-After`.
+    pub(crate) failure: Option<(Failure, Option<Duration>)>,
+    /// Its rate-limit headers set the credential aside.
+    pub(crate) credential_limited: bool,
 }
 
 /// What reading a whole answer starts from.
@@ -628,7 +696,7 @@ impl Ctx {
         c: &'c balance::Candidate,
     ) -> Result<(Prepared<'c>, Plan, Request<Full<Bytes>>), Step> {
         let p = self.begin(c)?;
-        let (state, head, api) = (&self.state, &self.head, self.api);
+        let (head, api) = (&self.head, self.api);
         let provider = &c.provider;
         let model: &str = &c.model;
         let wire = provider.wire(model);
@@ -656,18 +724,30 @@ impl Ctx {
             Wire::Bedrock => provider.bedrock_uri(model, head.stream),
         }
         .map_err(|_| Step::Final(ApiError::Internal))?;
-        let request = build_upstream(
-            state.upstream.for_object(&provider.id),
+        let request = self.request(&p, uri, body).await?;
+        Ok((p, plan, request))
+    }
+
+    /// The signed request of attempt `p`, to `uri` with `body`; no credential (no token
+    /// could be had) is a failure of the credential.
+    pub(crate) async fn request(
+        &self,
+        p: &Prepared<'_>,
+        uri: http::Uri,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, Step> {
+        let provider = &p.c.provider;
+        build_upstream(
+            self.state.upstream.for_object(&provider.id),
             provider,
             p.credential.as_ref().map(|(c, _)| *c),
             &self.headers,
-            api,
+            self.api,
             uri,
             body,
         )
         .await
-        .map_err(|e| Step::failed(Failure::Auth, e))?;
-        Ok((p, plan, request))
+        .map_err(|e| Step::failed(Failure::Auth, e))
     }
 
     /// The request body for the provider: the client's with the model rewritten, or its

@@ -8,16 +8,14 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header};
 use serde_json::{Value, json};
 
-use super::attempt::{Ctx, Sent, Step, exhausted_for, failure_of, header_secs};
-use super::attempt::{read_answer, respond, send};
+use super::attempt::{Answered, Ctx, Sent, Step, exhausted_for, failure_of, header_secs};
+use super::attempt::{read_answer, send};
 use super::balance;
-use super::record::{Completion, Labels};
-use super::route::Resolved;
+use super::record::Labels;
 use crate::base::{Api, Body, now_unix};
-use crate::config::failure::Failure;
 use crate::config::model::{ProviderKind, Wire};
 use crate::error::ApiError;
-use crate::provider::request::{aws_error_type, build_upstream};
+use crate::provider::request::aws_error_type;
 use crate::provider::urls::Urls;
 use crate::translate::plan::Plan;
 
@@ -146,17 +144,7 @@ pub(crate) async fn attempt(
         json_mode: false,
     };
     let (uri, body) = request(ctx, c, &plan).map_err(Step::Final)?;
-    let upstream = build_upstream(
-        state.upstream.for_object(&provider.id),
-        provider,
-        p.credential.as_ref().map(|(c, _)| *c),
-        &ctx.headers,
-        Api::Anthropic,
-        uri,
-        body,
-    )
-    .await
-    .map_err(|e| Step::failed(Failure::Auth, e))?;
+    let upstream = ctx.request(&p, uri, body).await?;
     let inflight = c.endpoint.start();
     let sent = Sent {
         state,
@@ -175,44 +163,20 @@ pub(crate) async fn attempt(
     };
     drop(inflight);
     let status = parts.status;
-    let mut credential_limited = false;
-    if let Some((_, endpoint)) = &p.credential
-        && let Some(wait) = exhausted_for(status, &parts.headers)
-    {
-        endpoint.limit_for(wait, tokio::time::Instant::now());
-        credential_limited = true;
-    }
-    let failure = failure_of(status, &collected);
-    let retry_after = header_secs(&parts.headers, "retry-after");
-    let (out, headers) = answer_of(&plan, status, parts.headers, collected).map_err(Step::Final)?;
-    let to = Resolved {
-        route: ctx.route.clone(),
-        provider: provider.clone(),
-        model: c.model.clone(),
-        attempts,
-    };
-    let completion = Completion {
-        metrics: state.metrics.clone(),
-        labels: labels.clone(),
+    let credential_limited = sent.limit_credential(exhausted_for(status, &parts.headers));
+    let failure = failure_of(status, &collected)
+        .map(|class| (class, header_secs(&parts.headers, "retry-after")));
+    let (body, headers) =
+        answer_of(&plan, status, parts.headers, collected).map_err(Step::Final)?;
+    let answered = Answered {
         status,
-        started: ctx.started,
+        headers,
+        body,
         // Nothing is charged but the request.
         usage: Some(crate::metering::usage::Usage::default()),
-        credential: None,
-        reservation: Some(ctx.current()),
         price: None,
-        counted: None,
+        failure,
+        credential_limited,
     };
-    let response = respond(status, crate::base::full(out), &headers, &to);
-    if let Some(class) = failure {
-        let mut step = sent.failed(class, Ok((response, completion)), retry_after);
-        if let Step::Failed(f) = &mut step {
-            f.credential_set_aside |= credential_limited;
-        }
-        return Err(step);
-    }
-    sent.succeeded();
-    ctx.count_ok(c);
-    completion.record();
-    Ok(response)
+    sent.answered(ctx, labels, attempts, answered)
 }

@@ -7,15 +7,14 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use super::attempt::{Billed, Ctx, Sent, Step, exhausted_for, failure_of, header_secs};
-use super::attempt::{read_answer, respond, send};
+use super::attempt::{Answered, Billed, Ctx, Sent, Step, exhausted_for, failure_of, header_secs};
+use super::attempt::{read_answer, send};
 use super::balance;
-use super::record::{Completion, Labels};
-use super::route::Resolved;
+use super::record::Labels;
 use crate::base::{Api, Body};
 use crate::error::ApiError;
 use crate::metering::usage::Usage;
-use crate::provider::request::{aws_error_type, build_upstream};
+use crate::provider::request::aws_error_type;
 use crate::provider::urls::Urls;
 use crate::translate::embeddings::{self, Answer, EmbedWire};
 
@@ -121,18 +120,7 @@ pub(crate) async fn attempt(
     let (uri, bodies) = requests(ctx, c, wire).map_err(Step::Final)?;
     let mut upstream = Vec::with_capacity(bodies.len());
     for body in bodies {
-        let request = build_upstream(
-            state.upstream.for_object(&provider.id),
-            provider,
-            p.credential.as_ref().map(|(c, _)| *c),
-            &ctx.headers,
-            Api::OpenAi,
-            uri.clone(),
-            body,
-        )
-        .await
-        .map_err(|e| Step::failed(crate::config::failure::Failure::Auth, e))?;
-        upstream.push(request);
+        upstream.push(ctx.request(&p, uri.clone(), body).await?);
     }
     // Once sent, the provider bills the input: an attempt that times out, breaks or is
     // left by its client is charged its worst case.
@@ -163,50 +151,28 @@ pub(crate) async fn attempt(
         }
     };
     billed.settled();
-    let mut credential_limited = false;
-    if let Some((_, endpoint)) = &p.credential
-        && let Some(wait) = answers
+    let credential_limited = sent.limit_credential(
+        answers
             .iter()
-            .find_map(|a| exhausted_for(a.status, &a.headers))
-    {
-        endpoint.limit_for(wait, tokio::time::Instant::now());
-        credential_limited = true;
-    }
-    let (status, headers, out, usage) =
+            .find_map(|a| exhausted_for(a.status, &a.headers)),
+    );
+    let (status, headers, body, usage) =
         answer_of(ctx, wire, model, &answers).map_err(Step::Final)?;
-    let to = Resolved {
-        route: ctx.route.clone(),
-        provider: provider.clone(),
-        model: c.model.clone(),
-        attempts,
-    };
-    let completion = Completion {
-        metrics: state.metrics.clone(),
-        labels: labels.clone(),
+    let failure = answers
+        .iter()
+        .find(|a| !a.status.is_success())
+        .and_then(|a| {
+            let class = failure_of(a.status, &a.body)?;
+            Some((class, header_secs(&a.headers, "retry-after")))
+        });
+    let answered = Answered {
         status,
-        started: ctx.started,
+        headers,
+        body,
         usage,
-        credential: None,
-        reservation: Some(ctx.current()),
         price: provider.price_of(model),
-        counted: None,
+        failure,
+        credential_limited,
     };
-    let response = respond(status, crate::base::full(out), &headers, &to);
-    let refused = answers.iter().find(|a| !a.status.is_success());
-    if let Some(class) = refused.and_then(|a| failure_of(a.status, &a.body)) {
-        let mut step = sent.failed(
-            class,
-            Ok((response, completion)),
-            refused.and_then(|a| header_secs(&a.headers, "retry-after")),
-        );
-        if let Step::Failed(f) = &mut step {
-            // A 429 that set the credential aside (above): another is tried at once.
-            f.credential_set_aside |= credential_limited;
-        }
-        return Err(step);
-    }
-    sent.succeeded();
-    ctx.count_ok(c);
-    completion.record();
-    Ok(response)
+    sent.answered(ctx, labels, attempts, answered)
 }

@@ -79,74 +79,41 @@ where
     }
 }
 
-/// `POST /v1/embeddings` past its endpoint: admitted like a chat request with no output,
-/// then the same attempts.
-pub(crate) async fn embeddings<B>(
+/// `POST /v1/embeddings` and `POST /v1/messages/count_tokens` past their endpoints:
+/// answered whole (no stream, no output cap), through the same stages and attempts.
+/// Embeddings reserve their input like a chat request with no output; token counting is
+/// free at the provider, but a request like any other to the key's limits, refused when
+/// its budgets could not take the prompt it counts.
+pub(crate) async fn answered_whole<B>(
     state: &Arc<State>,
     req: Request<B>,
+    op: Operation,
     started: Instant,
     labels: &mut Labels,
 ) -> Result<Response<Body>, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
+    let api = match op {
+        Operation::CountTokens => Api::Anthropic,
+        Operation::Chat | Operation::Embeddings => Api::OpenAi,
+    };
     let (parts, body) = req.into_parts();
     let routed = resolve_route(state, &parts, body, labels).await?;
     let (body, head, route, snapshot, key) = &routed;
-    let size = (state.worst.input(body.len(), head), 0);
-    let admitted = admission::admit(state, snapshot, key, &parts.headers, head, route, size).await;
+    let admitted = if op == Operation::CountTokens {
+        let least = admission::prompt_demand(state, snapshot, head, route, body.len());
+        admission::admit_free(state, key, &parts.headers, least).await
+    } else {
+        let size = (state.worst.input(body.len(), head), 0);
+        admission::admit(state, snapshot, key, &parts.headers, head, route, size).await
+    };
     let reservation = match admitted {
         Ok(r) => Arc::new(r),
-        Err(e) => return Ok(refused(state, key, e, Api::OpenAi, started, labels)),
+        Err(e) => return Ok(refused(state, key, e, api, started, labels)),
     };
     let key = key.clone();
-    let (ctx, plan, first) = attempts(
-        state,
-        Operation::Embeddings,
-        Api::OpenAi,
-        parts.headers,
-        routed,
-        reservation,
-        started,
-    );
-    answered(
-        state,
-        &key,
-        run_plan(ctx, plan, first, labels.clone()).await,
-        labels,
-    )
-}
-
-/// `POST /v1/messages/count_tokens` past its endpoint: free at the provider, but a
-/// request like any other to the key's limits, refused when its budgets could not take
-/// the prompt it counts; then the same attempts.
-pub(crate) async fn count_tokens<B>(
-    state: &Arc<State>,
-    req: Request<B>,
-    started: Instant,
-    labels: &mut Labels,
-) -> Result<Response<Body>, ApiError>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-{
-    let (parts, body) = req.into_parts();
-    let routed = resolve_route(state, &parts, body, labels).await?;
-    let (body, head, route, snapshot, key) = &routed;
-    let least = admission::prompt_demand(state, snapshot, head, route, body.len());
-    let reservation = match admission::admit_free(state, key, &parts.headers, least).await {
-        Ok(r) => Arc::new(r),
-        Err(e) => return Ok(refused(state, key, e, Api::Anthropic, started, labels)),
-    };
-    let key = key.clone();
-    let (ctx, plan, first) = attempts(
-        state,
-        Operation::CountTokens,
-        Api::Anthropic,
-        parts.headers,
-        routed,
-        reservation,
-        started,
-    );
+    let (ctx, plan, first) = attempts(state, op, api, parts.headers, routed, reservation, started);
     answered(
         state,
         &key,

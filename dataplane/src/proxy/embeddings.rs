@@ -1,4 +1,4 @@
-//! `POST /v1/embeddings` (OpenAI): the stages in [`crate::pipeline::stages::embeddings`],
+//! `POST /v1/embeddings` (OpenAI): the stages in [`crate::pipeline::stages::answered_whole`],
 //! and the answer to a request that failed.
 
 use std::sync::Arc;
@@ -9,11 +9,19 @@ use tokio::time::Instant;
 
 use crate::base::{Api, Body};
 use crate::pipeline::State;
+use crate::pipeline::attempt::Operation;
 use crate::pipeline::record::{Labels, answer};
 
 pub async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
     let mut labels = Labels::default();
-    let result = crate::pipeline::stages::embeddings(state, req, started, &mut labels).await;
+    let result = crate::pipeline::stages::answered_whole(
+        state,
+        req,
+        Operation::Embeddings,
+        started,
+        &mut labels,
+    )
+    .await;
     answer(state, result, Api::OpenAi, started, labels)
 }

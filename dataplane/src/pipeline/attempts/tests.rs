@@ -21,6 +21,7 @@ use crate::config::model::Provider;
 use crate::config::store::{Store, resource};
 use crate::metering::quota::Quotas;
 use crate::pipeline::admission::WorstCase;
+use crate::pipeline::attempt::Operation;
 use crate::pipeline::record::Labels;
 use crate::pipeline::{State, TranslationLimits, Transport, Upstreaming};
 
@@ -380,11 +381,25 @@ async fn call(state: &Arc<State>, op: Op) -> (u16, String, String) {
         ),
         Op::Embeddings => (
             Api::OpenAi,
-            super::super::stages::embeddings(state, req, started, &mut labels).await,
+            super::super::stages::answered_whole(
+                state,
+                req,
+                Operation::Embeddings,
+                started,
+                &mut labels,
+            )
+            .await,
         ),
         Op::CountTokens => (
             Api::Anthropic,
-            super::super::stages::count_tokens(state, req, started, &mut labels).await,
+            super::super::stages::answered_whole(
+                state,
+                req,
+                Operation::CountTokens,
+                started,
+                &mut labels,
+            )
+            .await,
         ),
     };
     let response: Response<Body> = match result {
