@@ -383,3 +383,22 @@ fn anyhow_is_only_in_the_binaries() -> std::io::Result<()> {
     assert!(found.is_empty(), "anyhow in library code: {found:?}");
     Ok(())
 }
+
+#[test]
+fn no_dataplane_file_is_over_1000_lines_but_the_mcp_gateway() -> std::io::Result<()> {
+    let src = dataplane_src();
+    let mut files = Vec::new();
+    sources(&src, &mut files)?;
+    let mut long = Vec::new();
+    for file in files {
+        if file.ends_with("mcp/gateway.rs") {
+            continue;
+        }
+        let lines = std::fs::read_to_string(&file)?.lines().count();
+        if lines > 1000 {
+            long.push(format!("{} ({lines} lines)", file.display()));
+        }
+    }
+    assert!(long.is_empty(), "files to split: {long:?}");
+    Ok(())
+}
