@@ -365,13 +365,22 @@ pub(crate) struct Prepared<'c> {
     pub(crate) first_deadline: Instant,
 }
 
-impl Prepared<'_> {
+impl<'c> Prepared<'c> {
     /// A timeout at `at`: the first-token timeout when it came before the attempt's own.
     fn timeout_class(&self, at: Instant) -> Failure {
         if at < self.deadline {
             Failure::FirstTokenTimeout
         } else {
             Failure::Timeout
+        }
+    }
+
+    /// The attempt's request is leaving now: what records its outcome.
+    pub(crate) fn sent<'a>(&'a self, state: &'a State) -> Sent<'a, 'c> {
+        Sent {
+            state,
+            p: self,
+            at: Instant::now(),
         }
     }
 
@@ -505,6 +514,29 @@ impl Sent<'_, '_> {
                 .health(t, &self.p.c.provider.id, &cred.id, "credential");
         }
     }
+}
+
+/// An upstream answer read whole.
+pub(crate) struct Whole {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+/// Sends `request` for attempt `p` and reads the answer whole, within its deadline.
+pub(crate) async fn fetch(
+    state: &State,
+    p: &Prepared<'_>,
+    request: Request<Full<Bytes>>,
+) -> Result<Whole, ApiError> {
+    let response = send(state, &p.c.provider, request, p.deadline).await?;
+    let (parts, body) = response.into_parts();
+    let body = read_answer(state, body, p.deadline).await?;
+    Ok(Whole {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    })
 }
 
 /// A whole answer of an operation other than chat, in the client's format.
@@ -794,11 +826,7 @@ impl Ctx {
         request: Request<Full<Bytes>>,
         billed: &mut Billed<'_>,
     ) -> Result<(Response<Body>, Sent<'a, 'c>), Step> {
-        let sent = Sent {
-            state: &self.state,
-            p,
-            at: Instant::now(),
-        };
+        let sent = p.sent(&self.state);
         match send(&self.state, &p.c.provider, request, p.first_deadline).await {
             Ok(r) => Ok((r, sent)),
             Err(e) => {

@@ -8,8 +8,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header};
 use serde_json::{Value, json};
 
-use super::attempt::{Answered, Ctx, Sent, Step, exhausted_for, failure_of, header_secs};
-use super::attempt::{read_answer, send};
+use super::attempt::{Answered, Ctx, Step, Whole, exhausted_for, failure_of, fetch, header_secs};
 use super::balance;
 use super::record::Labels;
 use crate::base::{Api, Body, now_unix};
@@ -87,12 +86,12 @@ fn request(ctx: &Ctx, c: &balance::Candidate, plan: &Plan) -> Result<(http::Uri,
 
 /// The client's answer (Anthropic's `{"input_tokens": n}`) from the provider's, and its
 /// headers.
-fn answer_of(
-    plan: &Plan,
-    status: http::StatusCode,
-    mut headers: HeaderMap,
-    collected: Bytes,
-) -> Result<(Bytes, HeaderMap), ApiError> {
+fn answer_of(plan: &Plan, up: Whole) -> Result<(Bytes, HeaderMap), ApiError> {
+    let Whole {
+        status,
+        mut headers,
+        body: collected,
+    } = up;
     let out: Bytes = if plan.passes_response() {
         collected
     } else if status.is_success() {
@@ -146,28 +145,17 @@ pub(crate) async fn attempt(
     let (uri, body) = request(ctx, c, &plan).map_err(Step::Final)?;
     let upstream = ctx.request(&p, uri, body).await?;
     let inflight = c.endpoint.start();
-    let sent = Sent {
-        state,
-        p: &p,
-        at: tokio::time::Instant::now(),
-    };
-    let read = async {
-        let response = send(state, provider, upstream, p.deadline).await?;
-        let (parts, body) = response.into_parts();
-        let collected = read_answer(state, body, p.deadline).await?;
-        Ok::<_, ApiError>((parts, collected))
-    };
-    let (parts, collected) = match read.await {
-        Ok(r) => r,
+    let sent = p.sent(state);
+    let up = match fetch(state, &p, upstream).await {
+        Ok(up) => up,
         Err(e) => return Err(sent.failed(p.class_of(&e), Err(e), None)),
     };
     drop(inflight);
-    let status = parts.status;
-    let credential_limited = sent.limit_credential(exhausted_for(status, &parts.headers));
-    let failure = failure_of(status, &collected)
-        .map(|class| (class, header_secs(&parts.headers, "retry-after")));
-    let (body, headers) =
-        answer_of(&plan, status, parts.headers, collected).map_err(Step::Final)?;
+    let status = up.status;
+    let credential_limited = sent.limit_credential(exhausted_for(status, &up.headers));
+    let failure =
+        failure_of(status, &up.body).map(|class| (class, header_secs(&up.headers, "retry-after")));
+    let (body, headers) = answer_of(&plan, up).map_err(Step::Final)?;
     let answered = Answered {
         status,
         headers,

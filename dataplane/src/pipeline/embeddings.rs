@@ -7,8 +7,8 @@ use bytes::Bytes;
 use futures_util::future::try_join_all;
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use super::attempt::{Answered, Billed, Ctx, Sent, Step, exhausted_for, failure_of, header_secs};
-use super::attempt::{read_answer, send};
+use super::attempt::header_secs;
+use super::attempt::{Answered, Billed, Ctx, Step, Whole, exhausted_for, failure_of, fetch};
 use super::balance;
 use super::record::Labels;
 use crate::base::{Api, Body};
@@ -16,21 +16,13 @@ use crate::error::ApiError;
 use crate::metering::usage::Usage;
 use crate::provider::request::aws_error_type;
 use crate::provider::urls::Urls;
-use crate::translate::embeddings::{self, Answer, EmbedWire};
+use crate::translate::embeddings::{self, Answer, EmbedRequest, EmbedWire};
 
-/// One upstream answer, read whole.
-struct Whole {
-    status: StatusCode,
-    headers: HeaderMap,
-    body: Bytes,
-}
+/// The provider's requests for this attempt (one, or one per input), where they go, and
+/// the client's request as read (for formats other than OpenAI's).
+type Requests = (http::Uri, Vec<Bytes>, Option<EmbedRequest>);
 
-/// The provider's requests for this attempt (one, or one per input) and where they go.
-fn requests(
-    ctx: &Ctx,
-    c: &balance::Candidate,
-    wire: EmbedWire,
-) -> Result<(http::Uri, Vec<Bytes>), ApiError> {
+fn requests(ctx: &Ctx, c: &balance::Candidate, wire: EmbedWire) -> Result<Requests, ApiError> {
     let (provider, model) = (&c.provider, &*c.model);
     if wire == EmbedWire::OpenAi {
         let uri = provider
@@ -39,7 +31,7 @@ fn requests(
         let body = provider
             .compat
             .apply(ctx.head.with_model(ctx.body.clone(), model), false);
-        return Ok((uri, vec![body]));
+        return Ok((uri, vec![body], None));
     }
     let request = embeddings::parse(&ctx.body)?;
     let uri = match wire {
@@ -51,13 +43,17 @@ fn requests(
     }
     .map_err(|_| ApiError::Internal)?;
     let bodies = embeddings::upstream_bodies(&request, wire, model)?;
-    Ok((uri, bodies.into_iter().map(Bytes::from).collect()))
+    Ok((
+        uri,
+        bodies.into_iter().map(Bytes::from).collect(),
+        Some(request),
+    ))
 }
 
 /// The client's answer from the provider's: the first refusal in OpenAI's format (its
 /// status kept), or the embeddings and their usage.
 fn answer_of(
-    ctx: &Ctx,
+    request: Option<&EmbedRequest>,
     wire: EmbedWire,
     model: &str,
     answers: &[Whole],
@@ -91,7 +87,7 @@ fn answer_of(
         };
         return Ok((refused.status, headers, body.into(), None));
     }
-    let request = embeddings::parse(&ctx.body)?;
+    let request = request.ok_or(ApiError::Internal)?;
     let read: Vec<Answer<'_>> = answers
         .iter()
         .map(|a| Answer {
@@ -103,7 +99,7 @@ fn answer_of(
                 .and_then(|v| v.parse().ok()),
         })
         .collect();
-    let (out, usage) = embeddings::response(&request, wire, model, &read)?;
+    let (out, usage) = embeddings::response(request, wire, model, &read)?;
     Ok((StatusCode::OK, headers, out.into(), Some(usage)))
 }
 
@@ -117,7 +113,7 @@ pub(crate) async fn attempt(
     let p = ctx.begin(c)?;
     let (state, provider, model) = (&ctx.state, &c.provider, &*c.model);
     let wire = EmbedWire::of(provider, model).map_err(|e| Step::Final(e.into()))?;
-    let (uri, bodies) = requests(ctx, c, wire).map_err(Step::Final)?;
+    let (uri, bodies, request) = requests(ctx, c, wire).map_err(Step::Final)?;
     let mut upstream = Vec::with_capacity(bodies.len());
     for body in bodies {
         upstream.push(ctx.request(&p, uri.clone(), body).await?);
@@ -126,22 +122,8 @@ pub(crate) async fn attempt(
     // left by its client is charged its worst case.
     let mut billed = Billed::new(ctx.current(), labels);
     let inflight = c.endpoint.start();
-    let sent = Sent {
-        state,
-        p: &p,
-        at: tokio::time::Instant::now(),
-    };
-    let answers = try_join_all(upstream.into_iter().map(|request| async {
-        let response = send(state, provider, request, p.deadline).await?;
-        let (parts, body) = response.into_parts();
-        let body = read_answer(state, body, p.deadline).await?;
-        Ok::<_, ApiError>(Whole {
-            status: parts.status,
-            headers: parts.headers,
-            body,
-        })
-    }))
-    .await;
+    let sent = p.sent(state);
+    let answers = try_join_all(upstream.into_iter().map(|r| fetch(state, &p, r))).await;
     drop(inflight);
     let answers = match answers {
         Ok(a) => a,
@@ -157,7 +139,7 @@ pub(crate) async fn attempt(
             .find_map(|a| exhausted_for(a.status, &a.headers)),
     );
     let (status, headers, body, usage) =
-        answer_of(ctx, wire, model, &answers).map_err(Step::Final)?;
+        answer_of(request.as_ref(), wire, model, &answers).map_err(Step::Final)?;
     let failure = answers
         .iter()
         .find(|a| !a.status.is_success())
