@@ -93,17 +93,12 @@ impl http_body::Body for KeepAlive {
                         response.status().as_u16()
                     ),
                     Err(e) => {
-                        Completion {
-                            metrics: this.metrics.clone(),
+                        Completion::unanswered(
+                            this.metrics.clone(),
                             labels,
-                            status: e.status(),
-                            started: this.started,
-                            usage: None,
-                            credential: None,
-                            reservation: None,
-                            price: None,
-                            counted: None,
-                        }
+                            e.status(),
+                            this.started,
+                        )
                         .record();
                         e.to_string()
                     }

@@ -42,6 +42,27 @@ pub(crate) struct Completion {
 }
 
 impl Completion {
+    /// The record of a request that ended with the gateway's error: no provider answer,
+    /// no usage.
+    pub(crate) fn unanswered(
+        metrics: Metrics,
+        labels: Labels,
+        status: StatusCode,
+        started: Instant,
+    ) -> Self {
+        Self {
+            metrics,
+            labels,
+            status,
+            started,
+            usage: None,
+            credential: None,
+            reservation: None,
+            price: None,
+            counted: None,
+        }
+    }
+
     /// Counts the usage the provider did not report: the request, and `output` tokens
     /// (counted by the caller from what the client received).
     /// `None` from `output`: the answer cannot be counted (its worst case is charged).
@@ -132,18 +153,8 @@ pub(crate) fn answer(
                 tracing::warn!(route = %labels.route, provider = %labels.provider, error = %e, "request failed");
             }
             let response = e.to_response_for(api);
-            Completion {
-                metrics: state.metrics.clone(),
-                labels,
-                status: response.status(),
-                started,
-                usage: None,
-                credential: None,
-                reservation: None,
-                price: None,
-                counted: None,
-            }
-            .record();
+            Completion::unanswered(state.metrics.clone(), labels, response.status(), started)
+                .record();
             response
         }
     }
