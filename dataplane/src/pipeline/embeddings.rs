@@ -4,7 +4,7 @@
 //! credentials and fallbacks.
 
 use bytes::Bytes;
-use futures_util::future::try_join_all;
+use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
 use super::attempt::header_secs;
@@ -17,6 +17,10 @@ use crate::metering::usage::Usage;
 use crate::provider::request::aws_error_type;
 use crate::provider::urls::Urls;
 use crate::translate::embeddings::{self, Answer, EmbedRequest, EmbedWire};
+
+/// The most requests of one attempt in flight at once: Titan takes one text per call, and
+/// a client's request may carry 2,048 texts.
+const MAX_IN_FLIGHT: usize = 32;
 
 /// The provider's requests for this attempt (one, or one per input), where they go, and
 /// the client's request as read (for formats other than OpenAI's).
@@ -123,7 +127,11 @@ pub(crate) async fn attempt(
     let mut billed = Billed::new(ctx.current(), labels);
     let inflight = c.endpoint.start();
     let sent = p.sent(state);
-    let answers = try_join_all(upstream.into_iter().map(|r| fetch(state, &p, r))).await;
+    let answers: Result<Vec<Whole>, ApiError> =
+        futures_util::stream::iter(upstream.into_iter().map(|r| fetch(state, &p, r)))
+            .buffered(MAX_IN_FLIGHT)
+            .try_collect()
+            .await;
     drop(inflight);
     let answers = match answers {
         Ok(a) => a,

@@ -122,6 +122,9 @@ struct Fake {
     start: Instant,
     script: Mutex<VecDeque<Reply>>,
     calls: Mutex<Vec<Call>>,
+    /// Requests whose answer has not come yet, and the most there ever were at once.
+    waiting: Arc<std::sync::atomic::AtomicUsize>,
+    most_waiting: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl Fake {
@@ -130,6 +133,8 @@ impl Fake {
             start: Instant::now(),
             script: Mutex::new(script.into()),
             calls: Mutex::new(Vec::new()),
+            waiting: Arc::default(),
+            most_waiting: Arc::default(),
         })
     }
 
@@ -163,7 +168,18 @@ impl Transport for Fake {
                 authorization,
                 body: serde_json::from_slice(&sent).unwrap_or_default(),
             });
+            let (waiting, most) = (self.waiting.clone(), self.most_waiting.clone());
             async move {
+                use std::sync::atomic::Ordering::SeqCst;
+                most.fetch_max(waiting.fetch_add(1, SeqCst) + 1, SeqCst);
+                let reply = match reply {
+                    Some(Reply::Answer { wait, .. }) => {
+                        tokio::time::sleep(wait).await;
+                        reply
+                    }
+                    other => other,
+                };
+                waiting.fetch_sub(1, SeqCst);
                 let Some(Reply::Answer {
                     wait,
                     status,
@@ -174,7 +190,7 @@ impl Transport for Fake {
                 else {
                     return Err(BoxError::from("connection refused"));
                 };
-                tokio::time::sleep(wait).await;
+                let _ = wait;
                 let frames = futures_util::stream::unfold(
                     (frames.into_iter(), cut),
                     |(mut rest, cut)| async move {
@@ -215,6 +231,7 @@ fn provider_of(name: &str, kind: pb::ProviderType, keys: &[&str]) -> pb::Resourc
             namespace: "default".into(),
             name: name.into(),
             r#type: kind as i32,
+            region: "us-east-1".into(),
             endpoint: format!("http://{name}.test/v1"),
             credentials: keys
                 .iter()
@@ -302,6 +319,11 @@ fn state(route: pb::Resource, fake: Arc<Fake>) -> Arc<State> {
                 provider("c", &["c-key"]),
                 provider_of("x", pb::ProviderType::Anthropic, &["x-key"]),
                 provider_of("y", pb::ProviderType::Anthropic, &["y-key"]),
+                provider_of(
+                    "t",
+                    pb::ProviderType::Bedrock,
+                    &[r#"{"accessKeyId":"AKIDTEST","secretAccessKey":"secret"}"#],
+                ),
             ],
         ),
         (type_url::ROUTE, vec![route, claude_route()]),
@@ -354,7 +376,12 @@ async fn chat(state: &Arc<State>, stream: bool) -> (u16, String, String) {
 }
 
 async fn call(state: &Arc<State>, op: Op) -> (u16, String, String) {
-    let body = match op {
+    let body = body_of(op);
+    call_with(state, op, body).await
+}
+
+fn body_of(op: Op) -> serde_json::Value {
+    match op {
         Op::Chat { stream } => serde_json::json!({
             "model": "gpt-4o",
             "stream": stream,
@@ -365,7 +392,10 @@ async fn call(state: &Arc<State>, op: Op) -> (u16, String, String) {
             "model": "claude-sonnet-4-5",
             "messages": [{"role": "user", "content": "Say hello"}]
         }),
-    };
+    }
+}
+
+async fn call_with(state: &Arc<State>, op: Op, body: serde_json::Value) -> (u16, String, String) {
     let req = Request::post("/")
         .header("authorization", format!("Bearer {KEY}"))
         .header("content-type", "application/json")
@@ -677,4 +707,37 @@ async fn token_counting_falls_back_like_any_request() {
     );
     let hosts: Vec<String> = fake.calls().into_iter().map(|c| c.host).collect();
     assert_eq!(hosts, ["x.test", "y.test"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_embeddings_request_of_many_texts_keeps_few_provider_calls_in_flight() {
+    // Titan takes one text per call: 100 texts are 100 calls, 32 at a time at most.
+    let titan = r#"{"embedding":[0.1,0.2],"inputTextTokenCount":2}"#;
+    let slow = |_| Reply::Answer {
+        wait: Duration::from_millis(50),
+        status: 200,
+        headers: vec![("content-type", "application/json")],
+        frames: vec![(Duration::ZERO, titan.to_string())],
+        cut: false,
+    };
+    let fake = Fake::new((0..100).map(slow).collect());
+    let model = "amazon.titan-embed-text-v2:0";
+    let state = state(
+        route(|r| {
+            r.models = vec![model.into()];
+            r.targets[0].provider = "t".into();
+            r.fallbacks.clear();
+        }),
+        fake.clone(),
+    );
+    let texts: Vec<String> = (0..100).map(|i| format!("text {i}")).collect();
+    let body = serde_json::json!({"model": model, "input": texts});
+    let (status, _, answer) = call_with(&state, Op::Embeddings, body).await;
+    assert_eq!(status, 200, "{answer}");
+    let v: serde_json::Value = serde_json::from_str(&answer).unwrap();
+    assert_eq!(v["data"].as_array().map(Vec::len), Some(100));
+    assert_eq!(v["data"][99]["index"], 99, "answers in the texts' order");
+    assert_eq!(fake.calls().len(), 100);
+    let most = fake.most_waiting.load(std::sync::atomic::Ordering::SeqCst);
+    assert!((2..=32).contains(&most), "{most} calls in flight at once");
 }
