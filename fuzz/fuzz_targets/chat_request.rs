@@ -8,7 +8,7 @@ use std::sync::Arc;
 use libfuzzer_sys::fuzz_target;
 use tollgate_dataplane::base::Api;
 use tollgate_dataplane::translate::head::ChatHead;
-use tollgate_dataplane::translate::plan::Plan;
+use tollgate_dataplane::provider::plan::Plan;
 
 #[path = "pairs.rs"]
 mod pairs;

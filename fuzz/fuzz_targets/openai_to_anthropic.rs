@@ -4,7 +4,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use tollgate_dataplane::base::sse::Parser;
-use tollgate_dataplane::translate::openai_to_anthropic::{
+use tollgate_dataplane::provider::anthropic::translate::{
     StreamTranslator, error, request, response,
 };
 

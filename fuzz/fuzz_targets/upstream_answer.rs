@@ -8,7 +8,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use tollgate_dataplane::base::Api;
-use tollgate_dataplane::translate::plan::Plan;
+use tollgate_dataplane::provider::plan::Plan;
 
 #[path = "pairs.rs"]
 mod pairs;
@@ -45,5 +45,7 @@ fuzz_target!(|data: &[u8]| {
     let _ = cut.cut_bytes();
     let whole = Plan { stream: false, ..plan.clone() };
     let _ = whole.response(Bytes::copy_from_slice(bytes));
-    let _ = whole.error(400 + u16::from(choice), Bytes::copy_from_slice(bytes), Some("ValidationException"));
+    let mut headers = http::HeaderMap::new();
+    headers.insert("x-amzn-errortype", http::HeaderValue::from_static("ValidationException"));
+    let _ = whole.error(400 + u16::from(choice), Bytes::copy_from_slice(bytes), &headers);
 });

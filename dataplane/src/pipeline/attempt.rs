@@ -22,10 +22,9 @@ use crate::error::ApiError;
 use crate::metering::quota::Reservation;
 use crate::pipeline::balance;
 use crate::pipeline::{State, admission};
-use crate::provider::request::{aws_error_type, build_upstream, next_id};
-use crate::provider::urls::Urls;
+use crate::provider::plan::Plan;
+use crate::provider::request::build_upstream;
 use crate::translate::head::ChatHead;
-use crate::translate::plan::Plan;
 use tollgate_proto::time::{parse_duration, parse_rfc3339_unix};
 
 /// The provider's response headers a client gets; the others stay in the gateway. They
@@ -740,22 +739,12 @@ impl Ctx {
             stream: head.stream,
             include_usage: head.include_usage,
             created: now_unix(),
-            id: if wire == Wire::Bedrock {
-                next_id()
-            } else {
-                String::new()
-            },
+            id: Plan::answer_id(wire),
             json_mode: api == Api::OpenAi && head.json_mode,
         };
         let body = self.upstream_body(&plan, c)?;
-        let uri = match wire {
-            Wire::OpenAi => provider.chat_uri(model),
-            Wire::Anthropic => provider.messages_uri(),
-            Wire::VertexAnthropic => provider.vertex_anthropic_uri(model, head.stream),
-            Wire::Gemini => provider.gemini_uri(model, head.stream),
-            Wire::Bedrock => provider.bedrock_uri(model, head.stream),
-        }
-        .map_err(|_| Step::Final(ApiError::Internal))?;
+        let uri = crate::provider::chat_uri(provider, wire, model, head.stream)
+            .map_err(|_| Step::Final(ApiError::Internal))?;
         let request = self.request(&p, uri, body).await?;
         Ok((p, plan, request))
     }
@@ -936,11 +925,8 @@ impl Ctx {
         } else {
             // An error status: the provider does not bill it; recorded with its answer.
             billed.settled();
-            read.plan.error(
-                status.as_u16(),
-                collected,
-                aws_error_type(&up_parts.headers),
-            )
+            read.plan
+                .error(status.as_u16(), collected, &up_parts.headers)
         };
         if !read.plan.passes_response() {
             up_parts.headers.insert(

@@ -1,8 +1,6 @@
-//! One token-counting attempt: passed through to Anthropic (and to Claude on Vertex AI's
-//! `count-tokens` model); for Gemini and Bedrock models the request is translated as a
-//! message would be, and sent to `countTokens` / `CountTokens`. OpenAI-format providers
-//! have no token-counting API, so the request is refused there. Counting is free at the
-//! provider: nothing is charged but the request.
+//! One token-counting attempt; what each API family is sent is in
+//! `provider::count_tokens`. Counting is free at the provider: nothing is charged but the
+//! request.
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header};
@@ -12,77 +10,9 @@ use super::attempt::{Answered, Ctx, Step, Whole, exhausted_for, failure_of, fetc
 use super::balance;
 use super::record::Labels;
 use crate::base::{Api, Body, now_unix};
-use crate::config::model::{ProviderKind, Wire};
 use crate::error::ApiError;
-use crate::provider::request::aws_error_type;
-use crate::provider::urls::Urls;
-use crate::translate::plan::Plan;
-
-/// The upstream body for a Gemini or Bedrock model: the message request translated as for
-/// `/v1/messages`, then only the members that count.
-fn translated(plan: &Plan, client: &[u8]) -> Result<Vec<u8>, ApiError> {
-    let mut v = crate::translate::parse_client_json(client)?;
-    if let Some(obj) = v.as_object_mut() {
-        for extra in ["max_tokens", "stream"] {
-            if obj.contains_key(extra) {
-                return Err(crate::translate::bad(extra, "Extra inputs are not permitted").into());
-            }
-        }
-        // Needed by the message translation; not sent.
-        obj.insert("max_tokens".into(), json!(1));
-    }
-    let mut full = plan.request_value(v)?;
-    let mut pick = |keys: &[&str]| -> Value {
-        Value::Object(
-            keys.iter()
-                .filter_map(|k| Some(((*k).to_string(), full.get_mut(*k)?.take())))
-                .collect(),
-        )
-    };
-    let out = match (plan.wire, plan.provider) {
-        (Wire::Bedrock, _) => {
-            json!({"input": {"converse": pick(&["messages", "system", "toolConfig"])}})
-        }
-        (_, ProviderKind::VertexAi) => pick(&["contents", "systemInstruction", "tools"]),
-        _ => {
-            let mut inner = pick(&["contents", "systemInstruction", "tools", "toolConfig"]);
-            inner["model"] = json!(format!("models/{}", plan.model));
-            json!({ "generateContentRequest": inner })
-        }
-    };
-    serde_json::to_vec(&out).map_err(|_| ApiError::Internal)
-}
-
-/// The provider's URL and body for counting with `plan`.
-fn request(ctx: &Ctx, c: &balance::Candidate, plan: &Plan) -> Result<(http::Uri, Bytes), ApiError> {
-    let (provider, model) = (&c.provider, &*c.model);
-    let (uri, body) = match plan.wire {
-        Wire::Anthropic | Wire::VertexAnthropic => (
-            provider.count_tokens_uri(),
-            ctx.head.with_model(ctx.body.clone(), model),
-        ),
-        Wire::Gemini => (
-            provider.google_uri(model, "countTokens"),
-            translated(plan, &ctx.body)?.into(),
-        ),
-        Wire::Bedrock => (
-            provider.bedrock_op_uri(model, "count-tokens"),
-            translated(plan, &ctx.body)?.into(),
-        ),
-        Wire::OpenAi => {
-            return Err(crate::translate::bad(
-                "model",
-                &format!(
-                    "token counting is not available for `{}`: its provider ({}) has no token-counting API",
-                    model,
-                    provider.kind.as_str()
-                ),
-            )
-            .into());
-        }
-    };
-    Ok((uri.map_err(|_| ApiError::Internal)?, body))
-}
+use crate::provider::count_tokens;
+use crate::provider::plan::Plan;
 
 /// The client's answer (Anthropic's `{"input_tokens": n}`) from the provider's, and its
 /// headers.
@@ -96,19 +26,12 @@ fn answer_of(plan: &Plan, up: Whole) -> Result<(Bytes, HeaderMap), ApiError> {
         collected
     } else if status.is_success() {
         let v: Value = serde_json::from_slice(&collected).map_err(|_| ApiError::UpstreamBody)?;
-        let n = v
-            .get(if plan.wire == Wire::Bedrock {
-                "inputTokens"
-            } else {
-                "totalTokens"
-            })
-            .and_then(Value::as_u64)
-            .ok_or(ApiError::UpstreamBody)?;
+        let n = count_tokens::counted(plan, &v).ok_or(ApiError::UpstreamBody)?;
         serde_json::to_vec(&json!({ "input_tokens": n }))
             .map_err(|_| ApiError::Internal)?
             .into()
     } else {
-        plan.error(status.as_u16(), collected, aws_error_type(&headers))
+        plan.error(status.as_u16(), collected, &headers)
     };
     if !plan.passes_response() {
         // The provider's headers describe its own API's answer, not this one.
@@ -142,7 +65,8 @@ pub(crate) async fn attempt(
         id: String::new(),
         json_mode: false,
     };
-    let (uri, body) = request(ctx, c, &plan).map_err(Step::Final)?;
+    let (uri, body) =
+        count_tokens::request(&plan, provider, &ctx.head, &ctx.body).map_err(Step::Final)?;
     let upstream = ctx.request(&p, uri, body).await?;
     let inflight = c.endpoint.start();
     let sent = p.sent(state);

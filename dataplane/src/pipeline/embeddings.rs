@@ -1,7 +1,7 @@
 //! One embeddings attempt: passed through to OpenAI-format providers with only the model
-//! rewritten, translated for Gemini, Vertex AI and Bedrock (Titan and Cohere take one
-//! request per input, sent together). The attempt loop gives it the route's retries,
-//! credentials and fallbacks.
+//! rewritten, translated for Gemini, Vertex AI and Bedrock (`provider::embeddings`; Titan
+//! and Cohere take one request per input, sent together). The attempt loop gives it the
+//! route's retries, credentials and fallbacks.
 
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
@@ -14,9 +14,7 @@ use super::record::Labels;
 use crate::base::{Api, Body};
 use crate::error::ApiError;
 use crate::metering::usage::Usage;
-use crate::provider::request::aws_error_type;
-use crate::provider::urls::Urls;
-use crate::translate::embeddings::{self, Answer, EmbedRequest, EmbedWire};
+use crate::provider::embeddings::{self, Answer, EmbedRequest, EmbedWire};
 
 /// The most requests of one attempt in flight at once: Titan takes one text per call, and
 /// a client's request may carry 2,048 texts.
@@ -28,24 +26,14 @@ type Requests = (http::Uri, Vec<Bytes>, Option<EmbedRequest>);
 
 fn requests(ctx: &Ctx, c: &balance::Candidate, wire: EmbedWire) -> Result<Requests, ApiError> {
     let (provider, model) = (&c.provider, &*c.model);
+    let uri = wire.uri(provider, model).map_err(|_| ApiError::Internal)?;
     if wire == EmbedWire::OpenAi {
-        let uri = provider
-            .embeddings_uri(model)
-            .map_err(|_| ApiError::Internal)?;
         let body = provider
             .compat
             .apply(ctx.head.with_model(ctx.body.clone(), model), false);
         return Ok((uri, vec![body], None));
     }
     let request = embeddings::parse(&ctx.body)?;
-    let uri = match wire {
-        EmbedWire::Gemini => provider.google_uri(model, "batchEmbedContents"),
-        EmbedWire::Vertex => provider.google_uri(model, "predict"),
-        EmbedWire::Titan | EmbedWire::Cohere | EmbedWire::OpenAi => {
-            provider.bedrock_op_uri(model, "invoke")
-        }
-    }
-    .map_err(|_| ApiError::Internal)?;
     let bodies = embeddings::upstream_bodies(&request, wire, model)?;
     Ok((
         uri,
@@ -80,15 +68,7 @@ fn answer_of(
     );
     if let Some(refused) = answers.iter().find(|a| !a.status.is_success()) {
         let status = refused.status.as_u16();
-        let body = if matches!(wire, EmbedWire::Gemini | EmbedWire::Vertex) {
-            crate::translate::openai_to_gemini::error(&refused.body, status)
-        } else {
-            crate::translate::openai_to_bedrock::error(
-                &refused.body,
-                status,
-                aws_error_type(&refused.headers),
-            )
-        };
+        let body = wire.error(&refused.body, status, &refused.headers);
         return Ok((refused.status, headers, body.into(), None));
     }
     let request = request.ok_or(ApiError::Internal)?;
@@ -96,11 +76,7 @@ fn answer_of(
         .iter()
         .map(|a| Answer {
             body: &a.body,
-            header_tokens: a
-                .headers
-                .get("x-amzn-bedrock-input-token-count")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok()),
+            header_tokens: wire.header_tokens(&a.headers),
         })
         .collect();
     let (out, usage) = embeddings::response(request, wire, model, &read)?;

@@ -17,8 +17,8 @@ use crate::base::{Api, Body, BoxError};
 use crate::config::failure::HealthPolicy;
 use crate::error::ApiError;
 use crate::pipeline::balance;
+use crate::provider::plan::Chain;
 use crate::translate::head::ChatHead;
-use crate::translate::plan::Chain;
 
 /// The provider's stream, translated (or, for same-format pairs, metered) frame by frame:
 /// each frame is written to the client as soon as it completes an event, and the stream is

@@ -1,21 +1,15 @@
-//! Translation between the client's API format and the provider's.
+//! Translation between the client's API format and the OpenAI pivot, with no HTTP in it.
 //!
-//! OpenAI's chat format is the pivot: every provider format has a translator from and to
-//! it (`openai_to_<provider>`), and an Anthropic client on a non-Anthropic provider goes
-//! through `anthropic_to_openai` first. Same-format traffic never comes here: it passes
-//! through with only the model rewritten. `plan` chooses the steps for a pair.
+//! OpenAI's chat format is the pivot: each provider's translator (in its folder under
+//! `provider/`) goes from and to it, and an Anthropic client on a non-Anthropic provider
+//! goes through `anthropic_to_openai` first. What every translator shares is here: ONE walk
+//! over OpenAI messages and their parts ([`walk_messages`], [`walk_parts`]), tool and
+//! JSON-mode helpers, error bodies and stream chunks in the client's format. Same-format
+//! traffic passes through `relay`, with only the model rewritten and usage read.
 
 pub mod anthropic_to_openai;
-pub mod embeddings;
 pub mod head;
-pub mod openai_to_anthropic;
-pub mod openai_to_bedrock;
-pub mod openai_to_gemini;
-pub mod plan;
 pub mod relay;
-
-#[cfg(test)]
-mod golden;
 
 use serde_json::Value;
 
@@ -66,6 +60,15 @@ pub(crate) fn parse_client_json(body: &[u8]) -> Result<Value, TranslateError> {
 
 pub(crate) fn bad(param: &str, message: &str) -> TranslateError {
     TranslateError::BadRequest(format!("{param}: {message}"))
+}
+
+/// A list of numbers in a provider's answer (an embedding), or the answer is malformed.
+pub(crate) fn numbers(v: Option<&Value>) -> Result<Vec<f64>, TranslateError> {
+    v.and_then(Value::as_array)
+        .ok_or(TranslateError::UpstreamBody)?
+        .iter()
+        .map(|x| x.as_f64().ok_or(TranslateError::UpstreamBody))
+        .collect()
 }
 
 /// `data: <json>\n\n`

@@ -7,16 +7,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::Value;
 
-use super::TranslateError;
-use super::{StreamStep, Usage};
 use crate::base::Api;
 use crate::base::sse;
 use crate::config::model::{ProviderKind, Wire};
-
-/// `anthropic_version` in the body of Claude requests on Vertex AI.
-pub const VERTEX_ANTHROPIC_VERSION: &str = "vertex-2023-10-16";
+use crate::metering::usage::Usage;
+use crate::translate::StreamStep;
+use crate::translate::TranslateError;
 
 /// One request's way across the gateway.
 #[derive(Clone, Debug)]
@@ -39,6 +37,16 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The id the gateway gives answers on `wire`: one for Bedrock, whose answers carry
+    /// none; empty for the others.
+    pub fn answer_id(wire: Wire) -> String {
+        if wire == Wire::Bedrock {
+            super::request::next_id()
+        } else {
+            String::new()
+        }
+    }
+
     /// The request body leaves as the client sent it (model rewritten at most).
     pub fn passes_request(&self) -> bool {
         matches!(
@@ -57,24 +65,24 @@ impl Plan {
 
     /// The body sent upstream for a translated request (`passes_request` is false).
     pub fn request(&self, body: &[u8]) -> Result<Vec<u8>, TranslateError> {
-        let out = self.request_value(super::parse_client_json(body)?)?;
+        let out = self.request_value(crate::translate::parse_client_json(body)?)?;
         serde_json::to_vec(&out).map_err(|_| TranslateError::Internal)
     }
 
     /// [`Plan::request`] on a parsed body.
     pub fn request_value(&self, client: Value) -> Result<Value, TranslateError> {
         Ok(match (self.client, self.wire) {
-            (Api::Anthropic, Wire::VertexAnthropic) => vertex_anthropic(client),
+            (Api::Anthropic, Wire::VertexAnthropic) => super::anthropic::vertex_body(client),
             (Api::Anthropic, _) => {
                 let field = if matches!(
                     self.provider,
                     ProviderKind::OpenAi | ProviderKind::AzureOpenAi
                 ) {
-                    super::anthropic_to_openai::MaxTokensField::MaxCompletionTokens
+                    crate::translate::anthropic_to_openai::MaxTokensField::MaxCompletionTokens
                 } else {
-                    super::anthropic_to_openai::MaxTokensField::MaxTokens
+                    crate::translate::anthropic_to_openai::MaxTokensField::MaxTokens
                 };
-                let openai = super::anthropic_to_openai::request_value(
+                let openai = crate::translate::anthropic_to_openai::request_value(
                     &client,
                     &self.model,
                     field,
@@ -100,12 +108,12 @@ impl Plan {
     fn openai_to_wire(&self, v: &Value) -> Result<Value, TranslateError> {
         Ok(match self.wire {
             Wire::OpenAi => v.clone(),
-            Wire::Anthropic => super::openai_to_anthropic::request_value(v, &self.model)?,
-            Wire::VertexAnthropic => {
-                vertex_anthropic(super::openai_to_anthropic::request_value(v, &self.model)?)
-            }
-            Wire::Gemini => super::openai_to_gemini::request_value(v)?,
-            Wire::Bedrock => super::openai_to_bedrock::request_value(v)?,
+            Wire::Anthropic => super::anthropic::translate::request_value(v, &self.model)?,
+            Wire::VertexAnthropic => super::anthropic::vertex_body(
+                super::anthropic::translate::request_value(v, &self.model)?,
+            ),
+            Wire::Gemini => super::gemini::translate::request_value(v)?,
+            Wire::Bedrock => super::bedrock::translate::request_value(v)?,
         })
     }
 
@@ -135,12 +143,12 @@ impl Plan {
         let openai = match self.wire {
             Wire::OpenAi => upstream,
             Wire::Anthropic | Wire::VertexAnthropic => {
-                super::openai_to_anthropic::response_value(&upstream, self.created)
+                super::anthropic::translate::response_value(&upstream, self.created)
             }
             Wire::Gemini => {
-                super::openai_to_gemini::response_value(&upstream, &self.model, self.created)
+                super::gemini::translate::response_value(&upstream, &self.model, self.created)
             }
-            Wire::Bedrock => super::openai_to_bedrock::response_value(
+            Wire::Bedrock => super::bedrock::translate::response_value(
                 &upstream,
                 &self.model,
                 &self.id,
@@ -150,12 +158,12 @@ impl Plan {
         };
         let mut openai = openai;
         if self.json_by_tool() {
-            super::calls_as_content(&mut openai);
+            crate::translate::calls_as_content(&mut openai);
         }
         let usage = openai.get("usage").and_then(Usage::from_openai);
         let out = match self.client {
             Api::OpenAi => openai,
-            Api::Anthropic => super::anthropic_to_openai::response_value(&openai),
+            Api::Anthropic => crate::translate::anthropic_to_openai::response_value(&openai),
         };
         Ok((
             serde_json::to_vec(&out)
@@ -165,23 +173,26 @@ impl Plan {
         ))
     }
 
-    /// A provider's error body (status `status`) in the client's format.
-    /// `aws_error_type` is Bedrock's `x-amzn-ErrorType` header.
-    pub fn error(&self, status: u16, body: Bytes, aws_error_type: Option<&str>) -> Bytes {
+    /// A provider's error body (status `status`, with its `headers`) in the client's
+    /// format.
+    pub fn error(&self, status: u16, body: Bytes, headers: &http::HeaderMap) -> Bytes {
         if self.passes_response() {
             return body;
         }
         let openai: Bytes = match self.wire {
             Wire::OpenAi => body,
             Wire::Anthropic | Wire::VertexAnthropic => {
-                super::openai_to_anthropic::error(&body).into()
+                super::anthropic::translate::error(&body).into()
             }
-            Wire::Gemini => super::openai_to_gemini::error(&body, status).into(),
-            Wire::Bedrock => super::openai_to_bedrock::error(&body, status, aws_error_type).into(),
+            Wire::Gemini => super::gemini::translate::error(&body, status).into(),
+            Wire::Bedrock => {
+                let kind = super::bedrock::error_type(headers);
+                super::bedrock::translate::error(&body, status, kind).into()
+            }
         };
         match self.client {
             Api::OpenAi => openai,
-            Api::Anthropic => super::anthropic_to_openai::error(&openai, status).into(),
+            Api::Anthropic => crate::translate::anthropic_to_openai::error(&openai, status).into(),
         }
     }
 
@@ -190,8 +201,8 @@ impl Plan {
     pub fn stream(&self) -> Chain {
         if self.passes_response() && !self.json_by_tool() {
             return Chain::Relay(match self.client {
-                Api::OpenAi => super::relay::Relay::openai(self.include_usage),
-                Api::Anthropic => super::relay::Relay::anthropic(),
+                Api::OpenAi => crate::translate::relay::Relay::openai(self.include_usage),
+                Api::Anthropic => crate::translate::relay::Relay::anthropic(),
             });
         }
         let decoder = if self.wire == Wire::Bedrock {
@@ -201,9 +212,9 @@ impl Plan {
         };
         // A second step turns OpenAI chunks into Anthropic events; it needs usage in them.
         let second: Option<Box<dyn StreamStep>> = match (self.client, self.passes_response()) {
-            (Api::Anthropic, false) => {
-                Some(Box::new(super::anthropic_to_openai::StreamTranslator::new()))
-            }
+            (Api::Anthropic, false) => Some(Box::new(
+                crate::translate::anthropic_to_openai::StreamTranslator::new(),
+            )),
             _ => None,
         };
         let usage_in_chunks = self.include_usage || second.is_some();
@@ -212,14 +223,14 @@ impl Plan {
             // reads OpenAI's chunks with their usage.
             (_, Wire::OpenAi) => Box::new(OpenAiMeter::new(usage_in_chunks)),
             (_, Wire::Anthropic | Wire::VertexAnthropic) => Box::new(
-                super::openai_to_anthropic::StreamTranslator::new(self.created, usage_in_chunks),
+                super::anthropic::translate::StreamTranslator::new(self.created, usage_in_chunks),
             ),
-            (_, Wire::Gemini) => Box::new(super::openai_to_gemini::StreamTranslator::new(
+            (_, Wire::Gemini) => Box::new(super::gemini::translate::StreamTranslator::new(
                 &self.model,
                 self.created,
                 usage_in_chunks,
             )),
-            (_, Wire::Bedrock) => Box::new(super::openai_to_bedrock::StreamTranslator::new(
+            (_, Wire::Bedrock) => Box::new(super::bedrock::translate::StreamTranslator::new(
                 &self.id,
                 &self.model,
                 self.created,
@@ -241,7 +252,7 @@ impl Plan {
 }
 
 /// JSON mode through a forced tool, in a stream: the translated OpenAI chunks have the
-/// call's fragments moved into content (see [`super::chunk_calls_as_content`]).
+/// call's fragments moved into content (see [`crate::translate::chunk_calls_as_content`]).
 struct JsonAsContent(Box<dyn StreamStep>);
 
 impl JsonAsContent {
@@ -251,8 +262,8 @@ impl JsonAsContent {
             let data = event.strip_prefix("data: ").map(str::trim_end);
             match data.and_then(|d| serde_json::from_str::<Value>(d).ok()) {
                 Some(mut chunk) => {
-                    if super::chunk_calls_as_content(&mut chunk) {
-                        rewritten.push_str(&super::sse_data(&chunk));
+                    if crate::translate::chunk_calls_as_content(&mut chunk) {
+                        rewritten.push_str(&crate::translate::sse_data(&chunk));
                     } else {
                         rewritten.push_str(event);
                     }
@@ -278,15 +289,6 @@ impl StreamStep for JsonAsContent {
     }
 }
 
-/// Claude on Vertex: the model is in the URL, the version in the body.
-fn vertex_anthropic(mut v: Value) -> Value {
-    if let Some(obj) = v.as_object_mut() {
-        obj.remove("model");
-        obj.insert("anthropic_version".into(), json!(VERTEX_ANTHROPIC_VERSION));
-    }
-    v
-}
-
 /// Frames of the provider's stream.
 enum Decoder {
     Sse(sse::Parser),
@@ -305,7 +307,7 @@ pub enum StreamError {
 #[derive(Debug)]
 pub enum Chain {
     /// Same format: the bytes as they are, metered.
-    Relay(super::relay::Relay),
+    Relay(crate::translate::relay::Relay),
     /// Translated: decoded into events, then through the steps.
     Steps(Steps),
 }

@@ -149,7 +149,14 @@ fn every_pair() {
             for (name, body) in cases(&up, "json") {
                 let out = if name == "error" {
                     let status = 400;
-                    pretty(&p.error(status, body.clone().into(), Some("ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/")))
+                    let mut headers = http::HeaderMap::new();
+                    headers.insert(
+                        "x-amzn-errortype",
+                        http::HeaderValue::from_static(
+                            "ValidationException:http://internal.amazon.com/coral/com.amazon.bedrock/",
+                        ),
+                    );
+                    pretty(&p.error(status, body.clone().into(), &headers))
                 } else {
                     let (out, usage) = p.response(body.clone().into()).unwrap();
                     assert!(

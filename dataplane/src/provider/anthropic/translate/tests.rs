@@ -1,5 +1,5 @@
 //! The translator against the golden matrix (`testdata/pairs`): the files of an OpenAI
-//! client and an Anthropic provider, which `translate/golden.rs` writes and checks for the
+//! client and an Anthropic provider, which `provider/golden.rs` writes and checks for the
 //! whole plan. Here the same files check the translator's own entry points, and that a
 //! stream translates alike however it is cut.
 

@@ -22,8 +22,9 @@ use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::{Map, Value, json};
 
-use super::TranslateError;
-use super::{Image, Part, Turn, Usage, bad, openai_text};
+use crate::metering::usage::Usage;
+use crate::translate::TranslateError;
+use crate::translate::{Image, Part, Turn, bad, openai_text};
 
 const PROVIDER: &str = "Gemini";
 
@@ -45,7 +46,7 @@ fn mime_from_url(url: &str) -> &'static str {
 
 fn parts_of(content: &Value, param: &str) -> Result<Vec<Value>, TranslateError> {
     let mut out = Vec::new();
-    super::walk_parts(content, param, "a Gemini model", |_, part, _| {
+    crate::translate::walk_parts(content, param, "a Gemini model", |_, part, _| {
         out.push(match part {
             Part::Text(text) => json!({ "text": text }),
             Part::Image(Image::Base64 { media_type, data }) => {
@@ -62,7 +63,7 @@ fn parts_of(content: &Value, param: &str) -> Result<Vec<Value>, TranslateError> 
 
 fn push_turn(out: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
     if !parts.is_empty() {
-        super::push_turn(out, role, "parts", parts);
+        crate::translate::push_turn(out, role, "parts", parts);
     }
 }
 
@@ -83,7 +84,7 @@ fn clean_schema(v: &Value) -> Value {
 }
 
 fn tools(obj: &Value) -> Result<Option<Value>, TranslateError> {
-    let Some(functions) = super::openai_functions(obj, PROVIDER)? else {
+    let Some(functions) = crate::translate::openai_functions(obj, PROVIDER)? else {
         return Ok(None);
     };
     let declarations: Vec<Value> = functions
@@ -103,8 +104,8 @@ fn tools(obj: &Value) -> Result<Option<Value>, TranslateError> {
 }
 
 fn tool_config(obj: &Value) -> Result<Option<Value>, TranslateError> {
-    use super::ToolChoice;
-    let config = match super::openai_tool_choice(obj)? {
+    use crate::translate::ToolChoice;
+    let config = match crate::translate::openai_tool_choice(obj)? {
         None => return Ok(None),
         Some(ToolChoice::Auto) => json!({"mode": "AUTO"}),
         Some(ToolChoice::Required) => json!({"mode": "ANY"}),
@@ -118,11 +119,11 @@ fn tool_config(obj: &Value) -> Result<Option<Value>, TranslateError> {
 
 /// The `generateContent` body for an OpenAI chat request (the model goes in the URL).
 pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
-    super::refuse_openai_only(obj, PROVIDER)?;
+    crate::translate::refuse_openai_only(obj, PROVIDER)?;
     let mut system = Vec::new();
     let mut contents = Vec::new();
     let mut call_names: HashMap<&str, &str> = HashMap::new();
-    super::walk_messages(obj, |param, turn| {
+    crate::translate::walk_messages(obj, |param, turn| {
         match turn {
             Turn::System(content) => {
                 system.push(json!({"text": openai_text(content, &format!("{param}.content"))?}))
@@ -134,7 +135,7 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
             ),
             Turn::Assistant(m, content) => {
                 let mut parts = parts_of(content, &format!("{param}.content"))?;
-                for call in super::openai_tool_calls(m, param)? {
+                for call in crate::translate::openai_tool_calls(m, param)? {
                     call_names.insert(call.id, call.name);
                     parts
                         .push(json!({"functionCall": {"name": call.name, "args": call.arguments}}));
@@ -148,7 +149,7 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
                         "does not match a tool call of an earlier assistant message",
                     )
                 })?;
-                let text = super::tool_result_text(content);
+                let text = crate::translate::tool_result_text(content);
                 let response = match serde_json::from_str::<Value>(&text) {
                     Ok(v @ Value::Object(_)) => v,
                     _ => json!({"content": text}),
@@ -159,7 +160,7 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
                     vec![json!({"functionResponse": {"name": name, "response": response}})],
                 );
             }
-            Turn::Function => return Err(super::unknown_role(param)),
+            Turn::Function => return Err(crate::translate::unknown_role(param)),
         }
         Ok(())
     })?;
@@ -169,10 +170,10 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
         out.insert("systemInstruction".into(), json!({"parts": system}));
     }
     let mut config = Map::new();
-    if let Some(n) = super::openai_max_tokens(obj) {
+    if let Some(n) = crate::translate::openai_max_tokens(obj) {
         config.insert("maxOutputTokens".into(), json!(n));
     }
-    if let Some(stop) = super::openai_stop(obj) {
+    if let Some(stop) = crate::translate::openai_stop(obj) {
         config.insert("stopSequences".into(), Value::Array(stop));
     }
     for (from, to) in [
@@ -250,7 +251,7 @@ fn read_parts(
         }
         if let Some(fc) = p.get("functionCall") {
             let i = first_call + calls.len();
-            calls.push(super::openai_call(
+            calls.push(crate::translate::openai_call(
                 call_id(response_id, candidate, i, fc.get("id")),
                 fc.get("name").cloned().unwrap_or(Value::Null),
                 fc.get("args"),
@@ -286,14 +287,14 @@ pub fn response_value(g: &Value, model: &str, created: i64) -> Value {
         .map(|(index, parts, reason)| {
             let (text, calls) = read_parts(parts, response_id, index, 0);
             let finish = finish_reason(reason.unwrap_or("STOP"), !calls.is_empty());
-            json!({"index": index, "message": super::openai_message(text, calls), "logprobs": null, "finish_reason": finish})
+            json!({"index": index, "message": crate::translate::openai_message(text, calls), "logprobs": null, "finish_reason": finish})
         })
         .collect();
     if choices.is_empty() {
         // The prompt itself was blocked.
         choices.push(json!({"index": 0, "message": {"role": "assistant", "content": "", "refusal": null}, "logprobs": null, "finish_reason": "content_filter"}));
     }
-    super::openai_completion(
+    crate::translate::openai_completion(
         format!("chatcmpl-{response_id}"),
         created,
         json!(
@@ -314,14 +315,14 @@ pub fn error(body: &[u8], status: u16) -> Vec<u8> {
         .and_then(Value::as_str)
         .unwrap_or("The provider returned an error.");
     let code = v.pointer("/error/status").cloned().unwrap_or(Value::Null);
-    super::openai_error_body(message, super::openai_error_type(status), code)
+    crate::translate::openai_error_body(message, crate::translate::openai_error_type(status), code)
 }
 
 /// Turns `streamGenerateContent?alt=sse` chunks into OpenAI chunks, one for one. Gemini
 /// sends no end marker: the stream is complete when a candidate has a `finishReason`.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    out: super::ChunkWriter,
+    out: crate::translate::ChunkWriter,
     started: bool,
     finished: bool,
     done: bool,
@@ -331,7 +332,7 @@ pub struct StreamTranslator {
     /// A content chunk around its text, built after the first chunk, so the chunks that
     /// are most of a stream (more text for the one candidate) cost one small parse and a
     /// copy.
-    text: Option<super::TextChunk>,
+    text: Option<crate::translate::TextChunk>,
 }
 
 /// A chunk that only adds text to candidate 0, read without building a document. Any
@@ -382,7 +383,7 @@ struct TextPart<'a> {
 impl StreamTranslator {
     pub fn new(model: &str, created: i64, include_usage: bool) -> Self {
         Self {
-            out: super::ChunkWriter {
+            out: crate::translate::ChunkWriter {
                 id: String::new(),
                 model: json!(model),
                 created,
@@ -420,7 +421,7 @@ impl StreamTranslator {
                 .get("message")
                 .and_then(Value::as_str)
                 .unwrap_or("provider error");
-            return super::openai_error_chunk(
+            return crate::translate::openai_error_chunk(
                 message,
                 "server_error",
                 e.get("status").cloned().unwrap_or(Value::Null),
@@ -477,7 +478,7 @@ impl StreamTranslator {
     }
 }
 
-impl super::StreamStep for StreamTranslator {
+impl crate::translate::StreamStep for StreamTranslator {
     fn event(&mut self, event: &crate::base::sse::Event) -> String {
         if self.done {
             return String::new();
@@ -497,7 +498,11 @@ impl super::StreamStep for StreamTranslator {
         }
         self.done = true;
         if !self.finished {
-            return super::openai_error_chunk(super::STREAM_CUT, "server_error", Value::Null);
+            return crate::translate::openai_error_chunk(
+                crate::translate::STREAM_CUT,
+                "server_error",
+                Value::Null,
+            );
         }
         self.out.close(self.usage.unwrap_or_default())
     }
@@ -509,9 +514,9 @@ impl super::StreamStep for StreamTranslator {
 
 #[cfg(test)]
 mod tests {
-    use super::super::StreamStep;
     use super::*;
     use crate::base::sse::Event;
+    use crate::translate::StreamStep;
 
     fn event(data: &str) -> Event {
         Event {

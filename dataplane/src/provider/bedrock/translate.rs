@@ -26,8 +26,9 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::TranslateError;
-use super::{Image, Part, Turn, Usage, bad, openai_text};
+use crate::metering::usage::Usage;
+use crate::translate::TranslateError;
+use crate::translate::{Image, Part, Turn, bad, openai_text};
 
 const PROVIDER: &str = "Bedrock";
 
@@ -43,7 +44,7 @@ fn image_format(media_type: &str) -> Option<&'static str> {
 
 fn blocks_of(content: &Value, param: &str) -> Result<Vec<Value>, TranslateError> {
     let mut out = Vec::new();
-    super::walk_parts(content, param, "a Bedrock model", |at, part, raw| {
+    crate::translate::walk_parts(content, param, "a Bedrock model", |at, part, raw| {
         match part {
             Part::Text(text) => out.push(json!({ "text": text })),
             Part::Image(Image::Base64 { media_type, data }) => {
@@ -93,13 +94,13 @@ fn thinking_block(r: &Value) -> Option<Value> {
 
 fn push_turn(out: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
     if !blocks.is_empty() {
-        super::push_turn(out, role, "content", blocks);
+        crate::translate::push_turn(out, role, "content", blocks);
     }
 }
 
 fn tool_config(obj: &Value) -> Result<Option<Value>, TranslateError> {
-    use super::ToolChoice;
-    let Some(functions) = super::openai_functions(obj, PROVIDER)? else {
+    use crate::translate::ToolChoice;
+    let Some(functions) = crate::translate::openai_functions(obj, PROVIDER)? else {
         return Ok(None);
     };
     let mut tools: Vec<Value> = Vec::with_capacity(functions.len());
@@ -117,7 +118,7 @@ fn tool_config(obj: &Value) -> Result<Option<Value>, TranslateError> {
         }
     }
     let mut config = json!({"tools": tools});
-    match super::openai_tool_choice(obj)? {
+    match crate::translate::openai_tool_choice(obj)? {
         None => {}
         Some(ToolChoice::Auto) => config["toolChoice"] = json!({"auto": {}}),
         Some(ToolChoice::Required) => config["toolChoice"] = json!({"any": {}}),
@@ -134,11 +135,11 @@ fn tool_config(obj: &Value) -> Result<Option<Value>, TranslateError> {
 
 /// The Converse body for an OpenAI chat request (the model goes in the URL).
 pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
-    let checked = super::checked_with_json_tool(obj, PROVIDER)?;
+    let checked = crate::translate::checked_with_json_tool(obj, PROVIDER)?;
     let obj = &*checked;
     let mut system = Vec::new();
     let mut out_messages = Vec::new();
-    super::walk_messages(obj, |param, turn| {
+    crate::translate::walk_messages(obj, |param, turn| {
         match turn {
             Turn::System(content) => match content.as_array() {
                 // Parts marked with cache_control each get a cachePoint after them.
@@ -171,7 +172,7 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
                     .filter_map(reasoning_block)
                     .collect();
                 blocks.extend(blocks_of(content, &format!("{param}.content"))?);
-                for call in super::openai_tool_calls(m, param)? {
+                for call in crate::translate::openai_tool_calls(m, param)? {
                     blocks.push(json!({"toolUse": {
                         "toolUseId": call.id,
                         "name": call.name,
@@ -184,10 +185,10 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
                 &mut out_messages,
                 "user",
                 vec![
-                    json!({"toolResult": {"toolUseId": id, "content": [{"text": super::tool_result_text(content)}]}}),
+                    json!({"toolResult": {"toolUseId": id, "content": [{"text": crate::translate::tool_result_text(content)}]}}),
                 ],
             ),
-            Turn::Function => return Err(super::unknown_role(param)),
+            Turn::Function => return Err(crate::translate::unknown_role(param)),
         }
         Ok(())
     })?;
@@ -197,10 +198,10 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
         out.insert("system".into(), Value::Array(system));
     }
     let mut inference = Map::new();
-    if let Some(n) = super::openai_max_tokens(obj) {
+    if let Some(n) = crate::translate::openai_max_tokens(obj) {
         inference.insert("maxTokens".into(), json!(n));
     }
-    if let Some(stop) = super::openai_stop(obj) {
+    if let Some(stop) = crate::translate::openai_stop(obj) {
         inference.insert("stopSequences".into(), Value::Array(stop));
     }
     for (from, to) in [("temperature", "temperature"), ("top_p", "topP")] {
@@ -268,7 +269,7 @@ pub fn response_value(b: &Value, model: &str, id: &str, created: i64, thinking: 
             thinking_blocks.push(t);
         }
         if let Some(tu) = block.get("toolUse") {
-            calls.push(super::openai_call(
+            calls.push(crate::translate::openai_call(
                 tu.get("toolUseId").cloned().unwrap_or(Value::Null),
                 tu.get("name").cloned().unwrap_or(Value::Null),
                 tu.get("input"),
@@ -279,11 +280,11 @@ pub fn response_value(b: &Value, model: &str, id: &str, created: i64, thinking: 
         .get("stopReason")
         .and_then(Value::as_str)
         .unwrap_or("end_turn");
-    let mut message = super::openai_message(text, calls);
+    let mut message = crate::translate::openai_message(text, calls);
     if !thinking_blocks.is_empty() {
         message["thinking_blocks"] = Value::Array(thinking_blocks);
     }
-    super::openai_completion(
+    crate::translate::openai_completion(
         format!("chatcmpl-{id}"),
         created,
         json!(model),
@@ -304,7 +305,11 @@ pub fn error(body: &[u8], status: u16, error_type: Option<&str>) -> Vec<u8> {
         .unwrap_or("The provider returned an error.");
     // `x-amzn-ErrorType` is `Name:namespace`; the name is the useful part.
     let code = error_type.map(|t| t.split(':').next().unwrap_or(t));
-    super::openai_error_body(message, super::openai_error_type(status), json!(code))
+    crate::translate::openai_error_body(
+        message,
+        crate::translate::openai_error_type(status),
+        json!(code),
+    )
 }
 
 /// Turns ConverseStream events (decoded from AWS event-stream frames by
@@ -312,7 +317,7 @@ pub fn error(body: &[u8], status: u16, error_type: Option<&str>) -> Vec<u8> {
 /// into OpenAI chunks as they arrive.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    out: super::ChunkWriter,
+    out: crate::translate::ChunkWriter,
     /// Content block index -> tool call index.
     tool_blocks: Vec<(u64, usize)>,
     finish: Option<&'static str>,
@@ -321,7 +326,7 @@ pub struct StreamTranslator {
     thinking: bool,
     /// A content chunk around its text, so the events that are most of a stream (text
     /// deltas) cost one small parse and a copy.
-    text: super::TextChunk,
+    text: crate::translate::TextChunk,
 }
 
 /// Just enough of a `contentBlockDelta` to take its text without building a document.
@@ -341,7 +346,7 @@ impl StreamTranslator {
     /// `thinking`: pass reasoning on as the pivot's `delta.thinking_block` (Anthropic
     /// clients); OpenAI clients do not get it.
     pub fn new(id: &str, model: &str, created: i64, include_usage: bool, thinking: bool) -> Self {
-        let out = super::ChunkWriter {
+        let out = crate::translate::ChunkWriter {
             id: format!("chatcmpl-{id}"),
             model: json!(model),
             created,
@@ -378,7 +383,7 @@ impl StreamTranslator {
     }
 }
 
-impl super::StreamStep for StreamTranslator {
+impl crate::translate::StreamStep for StreamTranslator {
     fn event(&mut self, event: &crate::base::sse::Event) -> String {
         if self.done {
             return String::new();
@@ -465,7 +470,7 @@ impl super::StreamStep for StreamTranslator {
                     .get("message")
                     .and_then(Value::as_str)
                     .unwrap_or("provider error");
-                super::openai_error_chunk(
+                crate::translate::openai_error_chunk(
                     message,
                     "server_error",
                     data.get("type").cloned().unwrap_or(Value::Null),
@@ -484,7 +489,11 @@ impl super::StreamStep for StreamTranslator {
             return self.close();
         }
         self.done = true;
-        super::openai_error_chunk(super::STREAM_CUT, "server_error", Value::Null)
+        crate::translate::openai_error_chunk(
+            crate::translate::STREAM_CUT,
+            "server_error",
+            Value::Null,
+        )
     }
 
     fn usage(&self) -> Option<Usage> {
@@ -494,9 +503,9 @@ impl super::StreamStep for StreamTranslator {
 
 #[cfg(test)]
 mod tests {
-    use super::super::StreamStep;
     use super::*;
     use crate::base::sse::Event;
+    use crate::translate::StreamStep;
 
     fn payload(sse: &str) -> Value {
         let data = sse.strip_prefix("data: ").unwrap().trim_end();

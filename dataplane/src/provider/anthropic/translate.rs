@@ -22,8 +22,9 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 
-use super::TranslateError;
-use super::{Image, Part, Turn, Usage, bad, openai_text, tool_result_text};
+use crate::metering::usage::Usage;
+use crate::translate::TranslateError;
+use crate::translate::{Image, Part, Turn, bad, openai_text, tool_result_text};
 
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
@@ -38,7 +39,7 @@ fn with_cache_control(mut block: Value, part: &Value) -> Value {
 
 fn content_blocks(content: &Value, param: &str) -> Result<Vec<Value>, TranslateError> {
     let mut out = Vec::new();
-    super::walk_parts(content, param, "an Anthropic model", |_, part, raw| {
+    crate::translate::walk_parts(content, param, "an Anthropic model", |_, part, raw| {
         let block = match part {
             Part::Text(text) => json!({"type": "text", "text": text}),
             Part::Image(Image::Base64 { media_type, data }) => {
@@ -58,11 +59,11 @@ fn content_blocks(content: &Value, param: &str) -> Result<Vec<Value>, TranslateE
 }
 
 fn push_turn(out: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    super::push_turn(out, role, "content", blocks);
+    crate::translate::push_turn(out, role, "content", blocks);
 }
 
 fn tools(obj: &Value) -> Result<Option<Value>, TranslateError> {
-    let Some(functions) = super::openai_functions(obj, PROVIDER)? else {
+    let Some(functions) = crate::translate::openai_functions(obj, PROVIDER)? else {
         return Ok(None);
     };
     let tools = functions
@@ -82,9 +83,9 @@ fn tools(obj: &Value) -> Result<Option<Value>, TranslateError> {
 }
 
 fn tool_choice(obj: &Value) -> Result<Option<Value>, TranslateError> {
-    use super::ToolChoice;
+    use crate::translate::ToolChoice;
     let parallel_off = obj.get("parallel_tool_calls") == Some(&Value::Bool(false));
-    let mut choice = match super::openai_tool_choice(obj)? {
+    let mut choice = match crate::translate::openai_tool_choice(obj)? {
         None if parallel_off => json!({"type": "auto"}),
         None => return Ok(None),
         Some(ToolChoice::Auto) => json!({"type": "auto"}),
@@ -100,18 +101,18 @@ fn tool_choice(obj: &Value) -> Result<Option<Value>, TranslateError> {
 
 /// The Anthropic request for an OpenAI chat request, sending `model`.
 pub fn request(body: &[u8], model: &str) -> Result<Vec<u8>, TranslateError> {
-    let v = super::parse_client_json(body)?;
+    let v = crate::translate::parse_client_json(body)?;
     let out = request_value(&v, model)?;
     serde_json::to_vec(&out).map_err(|_| TranslateError::Internal)
 }
 
 /// [`request`] on a parsed body.
 pub fn request_value(obj: &Value, model: &str) -> Result<Value, TranslateError> {
-    let checked = super::checked_with_json_tool(obj, PROVIDER)?;
+    let checked = crate::translate::checked_with_json_tool(obj, PROVIDER)?;
     let obj = &*checked;
     let mut system: Vec<Value> = Vec::new();
     let mut out_messages: Vec<Value> = Vec::new();
-    super::walk_messages(obj, |param, turn| {
+    crate::translate::walk_messages(obj, |param, turn| {
         match turn {
             Turn::System(content) => {
                 let text = openai_text(content, &format!("{param}.content"))?;
@@ -129,7 +130,7 @@ pub fn request_value(obj: &Value, model: &str) -> Result<Value, TranslateError> 
             }
             Turn::Assistant(m, content) => {
                 let mut blocks = content_blocks(content, &format!("{param}.content"))?;
-                for call in super::openai_tool_calls(m, param)? {
+                for call in crate::translate::openai_tool_calls(m, param)? {
                     blocks.push(json!({
                         "type": "tool_use",
                         "id": call.id,
@@ -170,7 +171,7 @@ pub fn request_value(obj: &Value, model: &str) -> Result<Value, TranslateError> 
     }
     let mut out = Map::new();
     out.insert("model".into(), Value::String(model.to_string()));
-    let max_tokens = super::openai_max_tokens(obj).unwrap_or(DEFAULT_MAX_TOKENS);
+    let max_tokens = crate::translate::openai_max_tokens(obj).unwrap_or(DEFAULT_MAX_TOKENS);
     out.insert("max_tokens".into(), json!(max_tokens));
     out.insert("messages".into(), Value::Array(out_messages));
     if !system.is_empty() {
@@ -190,7 +191,7 @@ pub fn request_value(obj: &Value, model: &str) -> Result<Value, TranslateError> 
             out.insert(key.into(), v.clone());
         }
     }
-    if let Some(stop) = super::openai_stop(obj) {
+    if let Some(stop) = crate::translate::openai_stop(obj) {
         out.insert("stop_sequences".into(), Value::Array(stop));
     }
     if let Some(user) = obj.get("user").and_then(Value::as_str) {
@@ -233,7 +234,7 @@ pub fn response_value(m: &Value, created: i64) -> Value {
     {
         match b.get("type").and_then(Value::as_str) {
             Some("text") => text.push_str(b.get("text").and_then(Value::as_str).unwrap_or("")),
-            Some("tool_use") => calls.push(super::openai_call(
+            Some("tool_use") => calls.push(crate::translate::openai_call(
                 b.get("id").cloned().unwrap_or(Value::Null),
                 b.get("name").cloned().unwrap_or(Value::Null),
                 b.get("input"),
@@ -246,7 +247,7 @@ pub fn response_value(m: &Value, created: i64) -> Value {
         .get("stop_reason")
         .and_then(Value::as_str)
         .unwrap_or("end_turn");
-    super::openai_completion(
+    crate::translate::openai_completion(
         format!(
             "chatcmpl-{}",
             m.get("id").and_then(Value::as_str).unwrap_or("")
@@ -255,7 +256,7 @@ pub fn response_value(m: &Value, created: i64) -> Value {
         m.get("model").cloned().unwrap_or(Value::Null),
         vec![json!({
             "index": 0,
-            "message": super::openai_message(text, calls),
+            "message": crate::translate::openai_message(text, calls),
             "logprobs": null,
             "finish_reason": finish_reason(stop)
         })],
@@ -274,20 +275,20 @@ pub fn error(body: &[u8]) -> Vec<u8> {
         .pointer("/error/type")
         .and_then(Value::as_str)
         .unwrap_or("api_error");
-    super::openai_error_body(message, kind, Value::Null)
+    crate::translate::openai_error_body(message, kind, Value::Null)
 }
 
 /// Turns Anthropic stream events into OpenAI chunks, as they arrive.
 #[derive(Debug)]
 pub struct StreamTranslator {
-    out: super::ChunkWriter,
+    out: crate::translate::ChunkWriter,
     usage: crate::metering::usage::AnthropicUsage,
     done: bool,
     /// Anthropic content block index -> OpenAI tool call index, for tool-use blocks.
     tool_blocks: Vec<(u64, usize)>,
     /// A content chunk around its text, built at `message_start`, so the events that
     /// are most of a stream (text deltas) cost one small parse and a copy.
-    text: Option<super::TextChunk>,
+    text: Option<crate::translate::TextChunk>,
 }
 
 /// Just enough of an event to recognise a text delta without building a document.
@@ -310,7 +311,7 @@ struct TextDelta<'a> {
 impl StreamTranslator {
     pub fn new(created: i64, include_usage: bool) -> Self {
         Self {
-            out: super::ChunkWriter {
+            out: crate::translate::ChunkWriter {
                 id: String::new(),
                 model: Value::Null,
                 created,
@@ -420,7 +421,7 @@ impl StreamTranslator {
                     .pointer("/error/type")
                     .and_then(Value::as_str)
                     .unwrap_or("api_error");
-                super::openai_error_chunk(message, kind, Value::Null)
+                crate::translate::openai_error_chunk(message, kind, Value::Null)
             }
             _ => String::new(),
         }
@@ -436,7 +437,7 @@ impl StreamTranslator {
     }
 }
 
-impl super::StreamStep for StreamTranslator {
+impl crate::translate::StreamStep for StreamTranslator {
     fn event(&mut self, event: &crate::base::sse::Event) -> String {
         StreamTranslator::event(self, event)
     }
@@ -446,7 +447,7 @@ impl super::StreamStep for StreamTranslator {
             return String::new();
         }
         self.done = true;
-        super::openai_error_chunk(super::STREAM_CUT, "api_error", Value::Null)
+        crate::translate::openai_error_chunk(crate::translate::STREAM_CUT, "api_error", Value::Null)
     }
 
     fn usage(&self) -> Option<Usage> {

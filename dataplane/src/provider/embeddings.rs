@@ -14,9 +14,12 @@
 use base64::Engine;
 use serde_json::{Map, Value, json};
 
-use super::TranslateError;
-use super::{Usage, bad};
+use http::{HeaderMap, Uri};
+
+use super::{bedrock, gemini, openai};
 use crate::config::model::{Provider, ProviderKind};
+use crate::metering::usage::Usage;
+use crate::translate::{TranslateError, bad};
 
 /// An embeddings API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,9 +35,6 @@ pub enum EmbedWire {
     /// Bedrock `InvokeModel` on `cohere.embed-*`: up to 96 texts per call.
     Cohere,
 }
-
-/// Cohere's limit of texts per call.
-const COHERE_BATCH: usize = 96;
 
 impl EmbedWire {
     /// The embeddings API for `model` at `provider`, or why there is none.
@@ -59,6 +59,35 @@ impl EmbedWire {
             )),
         }
     }
+
+    /// Where the embeddings of `model` at `provider` are asked for.
+    pub fn uri(self, provider: &Provider, model: &str) -> Result<Uri, http::Error> {
+        match self {
+            Self::OpenAi => openai::embeddings_uri(provider, model),
+            Self::Gemini => gemini::method_uri(provider, model, "batchEmbedContents"),
+            Self::Vertex => gemini::method_uri(provider, model, "predict"),
+            Self::Titan | Self::Cohere => bedrock::op_uri(provider, model, "invoke"),
+        }
+    }
+
+    /// A refusal from this API as an OpenAI error body (status `status`).
+    pub fn error(self, body: &[u8], status: u16, headers: &HeaderMap) -> Vec<u8> {
+        match self {
+            Self::OpenAi => body.to_vec(),
+            Self::Gemini | Self::Vertex => gemini::translate::error(body, status),
+            Self::Titan | Self::Cohere => {
+                bedrock::translate::error(body, status, bedrock::error_type(headers))
+            }
+        }
+    }
+
+    /// The input tokens an answer's headers report (Bedrock's `InvokeModel`).
+    pub fn header_tokens(self, headers: &HeaderMap) -> Option<u64> {
+        headers
+            .get(bedrock::INPUT_TOKENS_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+    }
 }
 
 /// A translated embeddings request.
@@ -78,7 +107,7 @@ fn bad_input() -> TranslateError {
 
 /// Reads and checks an OpenAI embeddings request bound for a non-OpenAI provider.
 pub fn parse(body: &[u8]) -> Result<EmbedRequest, TranslateError> {
-    let v = super::parse_client_json(body)?;
+    let v = crate::translate::parse_client_json(body)?;
     let Some(obj) = v.as_object() else {
         return Err(TranslateError::Internal);
     };
@@ -138,55 +167,13 @@ pub fn upstream_bodies(
     wire: EmbedWire,
     model: &str,
 ) -> Result<Vec<Vec<u8>>, TranslateError> {
+    let (texts, dimensions) = (&req.inputs, req.dimensions);
     let bodies: Vec<Value> = match wire {
         EmbedWire::OpenAi => return Err(TranslateError::Internal),
-        EmbedWire::Gemini => {
-            let name = format!("models/{model}");
-            let requests: Vec<Value> = req
-                .inputs
-                .iter()
-                .map(|text| {
-                    let mut r = json!({"model": name, "content": {"parts": [{"text": text}]}});
-                    if let Some(d) = req.dimensions {
-                        r["outputDimensionality"] = json!(d);
-                    }
-                    r
-                })
-                .collect();
-            vec![json!({ "requests": requests })]
-        }
-        EmbedWire::Vertex => {
-            let instances: Vec<Value> =
-                req.inputs.iter().map(|t| json!({ "content": t })).collect();
-            let mut body = json!({ "instances": instances });
-            if let Some(d) = req.dimensions {
-                body["parameters"] = json!({ "outputDimensionality": d });
-            }
-            vec![body]
-        }
-        EmbedWire::Titan => req
-            .inputs
-            .iter()
-            .map(|t| {
-                let mut body = json!({ "inputText": t });
-                if let Some(d) = req.dimensions {
-                    body["dimensions"] = json!(d);
-                }
-                body
-            })
-            .collect(),
-        EmbedWire::Cohere => {
-            if req.dimensions.is_some() {
-                return Err(bad(
-                    "dimensions",
-                    "Cohere embedding models on Bedrock have a fixed size",
-                ));
-            }
-            req.inputs
-                .chunks(COHERE_BATCH)
-                .map(|texts| json!({ "texts": texts, "input_type": "search_document" }))
-                .collect()
-        }
+        EmbedWire::Gemini => vec![gemini::embed_body(model, texts, dimensions)],
+        EmbedWire::Vertex => vec![gemini::vertex_embed_body(texts, dimensions)],
+        EmbedWire::Titan => bedrock::titan_embed_bodies(texts, dimensions),
+        EmbedWire::Cohere => bedrock::cohere_embed_bodies(texts, dimensions)?,
     };
     bodies
         .iter()
@@ -198,14 +185,6 @@ pub fn upstream_bodies(
 pub struct Answer<'a> {
     pub body: &'a [u8],
     pub header_tokens: Option<u64>,
-}
-
-fn values(v: Option<&Value>) -> Result<Vec<f64>, TranslateError> {
-    v.and_then(Value::as_array)
-        .ok_or(TranslateError::UpstreamBody)?
-        .iter()
-        .map(|x| x.as_f64().ok_or(TranslateError::UpstreamBody))
-        .collect()
 }
 
 /// The vectors and input tokens in the upstream answers.
@@ -220,50 +199,12 @@ fn vectors(
         tokens += a.header_tokens.unwrap_or(0);
         match wire {
             EmbedWire::OpenAi => return Err(TranslateError::Internal),
-            EmbedWire::Gemini => {
-                for e in v
-                    .get("embeddings")
-                    .and_then(Value::as_array)
-                    .ok_or(TranslateError::UpstreamBody)?
-                {
-                    out.push(values(e.get("values"))?);
-                }
-            }
-            EmbedWire::Vertex => {
-                for p in v
-                    .get("predictions")
-                    .and_then(Value::as_array)
-                    .ok_or(TranslateError::UpstreamBody)?
-                {
-                    out.push(values(p.pointer("/embeddings/values"))?);
-                    tokens += p
-                        .pointer("/embeddings/statistics/token_count")
-                        .and_then(Value::as_f64)
-                        .unwrap_or(0.0) as u64;
-                }
-            }
+            EmbedWire::Gemini => gemini::embed_vectors(&v, &mut out)?,
+            EmbedWire::Vertex => tokens += gemini::vertex_embed_vectors(&v, &mut out)?,
             EmbedWire::Titan => {
-                out.push(values(v.get("embedding"))?);
-                if a.header_tokens.is_none() {
-                    tokens += v
-                        .get("inputTextTokenCount")
-                        .and_then(Value::as_u64)
-                        .unwrap_or(0);
-                }
+                tokens += bedrock::titan_embed_vectors(&v, a.header_tokens, &mut out)?
             }
-            EmbedWire::Cohere => {
-                // `embeddings` is a list of vectors, or by type (`{"float": [...]}`).
-                let list = match v.get("embeddings") {
-                    Some(Value::Object(by_type)) => by_type.get("float"),
-                    other => other,
-                };
-                for e in list
-                    .and_then(Value::as_array)
-                    .ok_or(TranslateError::UpstreamBody)?
-                {
-                    out.push(values(Some(e))?);
-                }
-            }
+            EmbedWire::Cohere => bedrock::cohere_embed_vectors(&v, &mut out)?,
         }
     }
     Ok((out, tokens))
