@@ -402,3 +402,164 @@ fn no_dataplane_file_is_over_1000_lines_but_the_mcp_gateway() -> std::io::Result
     assert!(long.is_empty(), "files to split: {long:?}");
     Ok(())
 }
+
+/// `text` with comments, strings and character literals blanked (newlines kept), so that
+/// braces and keywords left are code.
+fn code_only(text: &str) -> String {
+    let b = text.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    let blank = |out: &mut Vec<u8>, c: u8| out.push(if c == b'\n' { b'\n' } else { b' ' });
+    while i < b.len() {
+        let rest = &b[i..];
+        let end = if rest.starts_with(b"//") {
+            rest.iter().position(|&c| c == b'\n').unwrap_or(rest.len())
+        } else if rest.starts_with(b"/*") {
+            rest.windows(2)
+                .position(|w| w == b"*/")
+                .map_or(rest.len(), |p| p + 2)
+        } else if rest[0] == b'r' && rest[1..].iter().find(|&&c| c != b'#') == Some(&b'"') {
+            // A raw string (`r"..."`, `r#"..."#`), not a raw identifier (`r#type`).
+            let hashes = rest[1..].iter().take_while(|&&c| c == b'#').count();
+            let close: Vec<u8> = std::iter::once(b'"')
+                .chain(std::iter::repeat_n(b'#', hashes))
+                .collect();
+            let open = 2 + hashes;
+            rest[open..]
+                .windows(close.len())
+                .position(|w| w == close.as_slice())
+                .map_or(rest.len(), |p| open + p + close.len())
+        } else if rest[0] == b'"' {
+            let mut j = 1;
+            while j < rest.len() && rest[j] != b'"' {
+                j += if rest[j] == b'\\' { 2 } else { 1 };
+            }
+            (j + 1).min(rest.len())
+        } else if rest[0] == b'\'' && rest.len() > 2 && (rest[2] == b'\'' || rest[1] == b'\\') {
+            // A character literal (`'{'`, `'\n'`, `'\''`), not a lifetime.
+            rest[2..]
+                .iter()
+                .position(|&c| c == b'\'')
+                .map_or(3, |p| p + 3)
+        } else {
+            0
+        };
+        // An identifier ending in `r` (`for`, `ptr`) is not a raw string's prefix.
+        let after_ident = i > 0 && (b[i - 1].is_ascii_alphanumeric() || b[i - 1] == b'_');
+        if end == 0 || (rest[0] == b'r' && after_ident) {
+            out.push(b[i]);
+            i += 1;
+        } else {
+            for &c in &rest[..end] {
+                blank(&mut out, c);
+            }
+            i += end;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Each function with a body in `text`: its name, first line and number of lines.
+fn functions(text: &str) -> Vec<(String, usize, usize)> {
+    let code = code_only(text);
+    let b = code.as_bytes();
+    let line_at = |at: usize| code[..at].bytes().filter(|&c| c == b'\n').count() + 1;
+    let mut found = Vec::new();
+    let mut at = 0;
+    while let Some(p) = code[at..].find("fn ") {
+        let start = at + p;
+        at = start + 3;
+        if start > 0 && (b[start - 1].is_ascii_alphanumeric() || b[start - 1] == b'_') {
+            continue;
+        }
+        let name: String = code[at..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_alphanumeric() || *c == '_')
+            .collect();
+        if name.is_empty() {
+            continue;
+        }
+        let Some(open) = code[at..].find(['{', ';']).map(|q| at + q) else {
+            break;
+        };
+        if b[open] == b';' {
+            continue;
+        }
+        let mut depth = 0usize;
+        let mut close = open;
+        for (q, &c) in b[open..].iter().enumerate() {
+            match c {
+                b'{' => depth += 1,
+                b'}' => {
+                    depth -= 1;
+                    if depth == 0 {
+                        close = open + q;
+                        break;
+                    }
+                }
+                _ => {}
+            }
+        }
+        found.push((name, line_at(start), line_at(close) - line_at(start) + 1));
+    }
+    found
+}
+
+#[test]
+fn no_dataplane_function_is_over_150_lines() -> std::io::Result<()> {
+    let mut files = Vec::new();
+    sources(&dataplane_src(), &mut files)?;
+    let mut long = Vec::new();
+    for file in files {
+        for (name, line, lines) in functions(&std::fs::read_to_string(&file)?) {
+            if lines > 150 {
+                long.push(format!("{}:{line} {name} ({lines} lines)", file.display()));
+            }
+        }
+    }
+    assert!(long.is_empty(), "functions to split: {long:?}");
+    Ok(())
+}
+
+#[test]
+fn the_function_reader_sees_through_strings_and_comments() {
+    let text = "fn a() {\n    let s = \"}}\"; let t = p.r#type;\n    let c = '}';\n    // }\n    let r = r#\"{\"#;\n}\nfn b<'x>(v: &'x str) -> &'x str {\n    v\n}\ntrait T { fn c(&self); }\nfn d(f: fn(u8) -> u8) {}\n";
+    let f = functions(text);
+    let got: Vec<(&str, usize, usize)> = f.iter().map(|(n, l, c)| (n.as_str(), *l, *c)).collect();
+    assert_eq!(got, [("a", 1, 6), ("b", 7, 3), ("d", 11, 1)]);
+}
+
+/// A provider family is a folder under `provider/` (`provider/bedrock/`, ...).
+#[test]
+fn provider_families_never_reach_each_other() -> std::io::Result<()> {
+    let src = dataplane_src();
+    let g = graph(&src)?;
+    let family = |m: &[String]| -> Option<String> {
+        (m.len() >= 2 && m[0] == "provider" && src.join("provider").join(&m[1]).is_dir())
+            .then(|| m[1].clone())
+    };
+    let families: BTreeSet<String> = g.keys().filter_map(|m| family(m)).collect();
+    assert!(families.len() >= 4, "families: {families:?}");
+    let mut found = Vec::new();
+    for (module, (file, names)) in &g {
+        let Some(own) = family(module) else {
+            continue;
+        };
+        for n in names {
+            // Its own folder, the shared Vertex AI path, and the rooms below.
+            let allowed = n.first().is_some_and(|r| r != "provider")
+                || family(n).as_ref() == Some(&own)
+                || n.as_slice() == ["provider", "vertex"];
+            if !allowed {
+                found.push(format!("{}: {}", file.display(), n.join("::")));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "a provider family reaches outside its folder:\n{}",
+        found.join("\n")
+    );
+    Ok(())
+}

@@ -1,5 +1,6 @@
 //! The dataplane's Prometheus metrics.
 
+use prometheus::core::Collector;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
@@ -74,253 +75,49 @@ pub struct Metrics {
 impl Metrics {
     pub fn new() -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let requests = IntCounterVec::new(
-            Opts::new(
-                "tollgate_requests_total",
-                "Requests served, by route, provider, model and status",
-            ),
-            &["route", "provider", "model", "status"],
-        )?;
-        let tokens = IntCounterVec::new(
-            Opts::new(
-                "tollgate_tokens_total",
-                "Tokens metered, by route, provider, model and kind (input includes cached, output includes reasoning)",
-            ),
-            &["route", "provider", "model", "kind"],
-        )?;
-        let duration = HistogramVec::new(
-            HistogramOpts::new(
-                "tollgate_request_duration_seconds",
-                "Time from request to last response byte",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
-                300.0,
-            ]),
-            &["route", "provider", "model"],
-        )?;
-        let overhead = Histogram::with_opts(
-            HistogramOpts::new(
-                "tollgate_overhead_seconds",
-                "Time spent in the gateway itself, upstream wait excluded",
-            )
-            .buckets(vec![
-                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1,
-            ]),
-        )?;
-        let quota_waits = HistogramVec::new(
-            HistogramOpts::new(
-                "tollgate_quota_wait_seconds",
-                "Time requests waited for a quota grant, by account kind and how the wait ended",
-            )
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]),
-            &["account", "result"],
-        )?;
-        let config_resources = IntGaugeVec::new(
-            Opts::new(
-                "tollgate_config_resources",
-                "Config resources held, by type",
-            ),
-            &["type"],
-        )?;
-        let config_updates =
-            IntCounter::new("tollgate_config_updates_total", "Config responses applied")?;
-        let config_rejected = IntCounter::new(
-            "tollgate_config_rejected_total",
-            "Config resources rejected (NACKed)",
-        )?;
-        let config_connected = IntGauge::new(
-            "tollgate_config_connected",
-            "1 while the config stream is up",
-        )?;
-        let attempts = IntCounterVec::new(
-            Opts::new(
-                "tollgate_upstream_attempts_total",
-                "Upstream attempts, by route, provider, model and outcome (ok or the failure class)",
-            ),
-            &["route", "provider", "model", "outcome"],
-        )?;
-        let retries = IntCounterVec::new(
-            Opts::new("tollgate_retries_total", "Retries, by route"),
-            &["route"],
-        )?;
-        let fallbacks = IntCounterVec::new(
-            Opts::new(
-                "tollgate_fallbacks_total",
-                "Moves to another target or fallback after a failure, by route and where to",
-            ),
-            &["route", "provider", "model"],
-        )?;
-        let retries_refused = IntCounterVec::new(
-            Opts::new(
-                "tollgate_retries_budget_exhausted_total",
-                "Retries not made because the route's retry budget was spent, by route",
-            ),
-            &["route"],
-        )?;
-        let ejections = IntCounterVec::new(
-            Opts::new(
-                "tollgate_ejections_total",
-                "Outlier ejections, by provider, endpoint (model or credential) and kind",
-            ),
-            &["provider", "endpoint", "kind"],
-        )?;
-        let ejected = IntGaugeVec::new(
-            Opts::new(
-                "tollgate_upstream_ejected",
-                "1 while a target (model) or credential of a provider is ejected",
-            ),
-            &["provider", "endpoint", "kind"],
-        )?;
-        let cost = prometheus::CounterVec::new(
-            Opts::new(
-                "tollgate_cost_usd_total",
-                "Cost in USD, by route, provider, model and the key owner's team",
-            ),
-            &["route", "provider", "model", "team"],
-        )?;
-        let denials = IntCounterVec::new(
-            Opts::new(
-                "tollgate_denials_total",
-                "Requests refused before going upstream, by reason (budget, session_budget, rate_limit, concurrency, quota_unavailable, price_unknown)",
-            ),
-            &["reason"],
-        )?;
-        let budget_warnings = IntCounter::new(
-            "tollgate_budget_warnings_total",
-            "Responses sent with a budget warning (a warn threshold was passed)",
-        )?;
-        let usage_counted = IntCounter::new(
-            "tollgate_usage_counted_total",
-            "Answers whose provider reported no usage, counted with a tokenizer instead",
-        )?;
-        let usage_connected = IntGauge::new(
-            "tollgate_usage_connected",
-            "1 while the usage stream to the controller is up",
-        )?;
-        let usage_unacked = IntGauge::new(
-            "tollgate_usage_unacked_batches",
-            "Usage batches sent and not yet acknowledged by the controller",
-        )?;
-        let mcp_requests = IntCounterVec::new(
-            Opts::new(
-                "tollgate_mcp_requests_total",
-                "MCP messages received on /mcp, by method and outcome",
-            ),
-            &["method", "outcome"],
-        )?;
-        let mcp_tool_calls = IntCounterVec::new(
-            Opts::new(
-                "tollgate_mcp_tool_calls_total",
-                "MCP tool calls, by server, tool and outcome (ok, tool_error, error, upstream_error, denied, unknown_tool, rate_limited)",
-            ),
-            &["server", "tool", "outcome"],
-        )?;
-        let mcp_tool_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "tollgate_mcp_tool_call_duration_seconds",
-                "Time from a tool call to its answer, for calls that reached a server",
-            )
-            .buckets(vec![
-                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
-            ]),
-            &["server"],
-        )?;
-        let mcp_list_tokens = IntCounterVec::new(
-            Opts::new(
-                "tollgate_mcp_tool_list_tokens_total",
-                "Tokens of the tool lists sent to clients: as the servers listed them (listed) and as sent after schema compaction (sent)",
-            ),
-            &["kind"],
-        )?;
-        let connections_refused = IntCounterVec::new(
-            Opts::new(
-                "tollgate_connections_refused_total",
-                "Connections closed as accepted because the listener's connection cap was reached",
-            ),
-            &["listener"],
-        )?;
-        let connections_timed_out = IntCounterVec::new(
-            Opts::new(
-                "tollgate_connections_timed_out_total",
-                "Connections closed by the header-read or idle timeout",
-            ),
-            &["listener"],
-        )?;
-        let connections_open = IntGaugeVec::new(
-            Opts::new("tollgate_connections_open", "Connections open, by listener"),
-            &["listener"],
-        )?;
-        registry.register(Box::new(connections_open.clone()))?;
-        for m in [
-            &mcp_requests,
-            &mcp_tool_calls,
-            &mcp_list_tokens,
-            &connections_refused,
-            &connections_timed_out,
-        ] {
-            registry.register(Box::new(m.clone()))?;
-        }
-        registry.register(Box::new(mcp_tool_duration.clone()))?;
-        registry.register(Box::new(cost.clone()))?;
-        registry.register(Box::new(denials.clone()))?;
-        registry.register(Box::new(budget_warnings.clone()))?;
-        registry.register(Box::new(usage_counted.clone()))?;
-        registry.register(Box::new(usage_connected.clone()))?;
-        registry.register(Box::new(usage_unacked.clone()))?;
-        for m in [
-            &attempts,
-            &retries,
-            &fallbacks,
-            &retries_refused,
-            &ejections,
-        ] {
-            registry.register(Box::new(m.clone()))?;
-        }
-        registry.register(Box::new(ejected.clone()))?;
-        registry.register(Box::new(requests.clone()))?;
-        registry.register(Box::new(tokens.clone()))?;
-        registry.register(Box::new(duration.clone()))?;
-        registry.register(Box::new(overhead.clone()))?;
-        registry.register(Box::new(quota_waits.clone()))?;
-        registry.register(Box::new(config_resources.clone()))?;
-        registry.register(Box::new(config_updates.clone()))?;
-        registry.register(Box::new(config_rejected.clone()))?;
-        registry.register(Box::new(config_connected.clone()))?;
+        let r = &registry;
         Ok(Self {
+            requests: add(r, IntCounterVec::new(Opts::new( "tollgate_requests_total", "Requests served, by route, provider, model and status", ), &["route", "provider", "model", "status"],))?,
+            tokens: add(r, IntCounterVec::new(Opts::new( "tollgate_tokens_total", "Tokens metered, by route, provider, model and kind (input includes cached, output includes reasoning)", ), &["route", "provider", "model", "kind"],))?,
+            duration: add(r, HistogramVec::new(HistogramOpts::new( "tollgate_request_duration_seconds", "Time from request to last response byte", ) .buckets(vec![ 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, ]), &["route", "provider", "model"],))?,
+            overhead: add(r, Histogram::with_opts(HistogramOpts::new( "tollgate_overhead_seconds", "Time spent in the gateway itself, upstream wait excluded", ) .buckets(vec![ 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, ]),))?,
+            quota_waits: add(r, HistogramVec::new(HistogramOpts::new( "tollgate_quota_wait_seconds", "Time requests waited for a quota grant, by account kind and how the wait ended", ) .buckets(vec![ 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, ]), &["account", "result"],))?,
+            config_resources: add(r, IntGaugeVec::new(Opts::new( "tollgate_config_resources", "Config resources held, by type", ), &["type"],))?,
+            config_updates: add(r, IntCounter::new("tollgate_config_updates_total", "Config responses applied"))?,
+            config_rejected: add(r, IntCounter::new("tollgate_config_rejected_total", "Config resources rejected (NACKed)",))?,
+            config_connected: add(r, IntGauge::new("tollgate_config_connected", "1 while the config stream is up",))?,
+            attempts: add(r, IntCounterVec::new(Opts::new( "tollgate_upstream_attempts_total", "Upstream attempts, by route, provider, model and outcome (ok or the failure class)", ), &["route", "provider", "model", "outcome"],))?,
+            retries: add(r, IntCounterVec::new(Opts::new("tollgate_retries_total", "Retries, by route"), &["route"],))?,
+            fallbacks: add(r, IntCounterVec::new(Opts::new( "tollgate_fallbacks_total", "Moves to another target or fallback after a failure, by route and where to", ), &["route", "provider", "model"],))?,
+            retries_refused: add(r, IntCounterVec::new(Opts::new( "tollgate_retries_budget_exhausted_total", "Retries not made because the route's retry budget was spent, by route", ), &["route"],))?,
+            ejections: add(r, IntCounterVec::new(Opts::new( "tollgate_ejections_total", "Outlier ejections, by provider, endpoint (model or credential) and kind", ), &["provider", "endpoint", "kind"],))?,
+            ejected: add(r, IntGaugeVec::new(Opts::new( "tollgate_upstream_ejected", "1 while a target (model) or credential of a provider is ejected", ), &["provider", "endpoint", "kind"],))?,
+            cost: add(r, prometheus::CounterVec::new(Opts::new( "tollgate_cost_usd_total", "Cost in USD, by route, provider, model and the key owner's team", ), &["route", "provider", "model", "team"],))?,
+            denials: add(r, IntCounterVec::new(Opts::new( "tollgate_denials_total", "Requests refused before going upstream, by reason (budget, session_budget, rate_limit, concurrency, quota_unavailable, price_unknown)", ), &["reason"],))?,
+            budget_warnings: add(r, IntCounter::new("tollgate_budget_warnings_total", "Responses sent with a budget warning (a warn threshold was passed)",))?,
+            usage_counted: add(r, IntCounter::new("tollgate_usage_counted_total", "Answers whose provider reported no usage, counted with a tokenizer instead",))?,
+            usage_connected: add(r, IntGauge::new("tollgate_usage_connected", "1 while the usage stream to the controller is up",))?,
+            usage_unacked: add(r, IntGauge::new("tollgate_usage_unacked_batches", "Usage batches sent and not yet acknowledged by the controller",))?,
+            mcp_requests: add(r, IntCounterVec::new(Opts::new( "tollgate_mcp_requests_total", "MCP messages received on /mcp, by method and outcome", ), &["method", "outcome"],))?,
+            mcp_tool_calls: add(r, IntCounterVec::new(Opts::new( "tollgate_mcp_tool_calls_total", "MCP tool calls, by server, tool and outcome (ok, tool_error, error, upstream_error, denied, unknown_tool, rate_limited)", ), &["server", "tool", "outcome"],))?,
+            mcp_tool_duration: add(r, HistogramVec::new(HistogramOpts::new( "tollgate_mcp_tool_call_duration_seconds", "Time from a tool call to its answer, for calls that reached a server", ) .buckets(vec![ 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, ]), &["server"],))?,
+            mcp_list_tokens: add(r, IntCounterVec::new(Opts::new( "tollgate_mcp_tool_list_tokens_total", "Tokens of the tool lists sent to clients: as the servers listed them (listed) and as sent after schema compaction (sent)", ), &["kind"],))?,
+            connections_refused: add(r, IntCounterVec::new(Opts::new( "tollgate_connections_refused_total", "Connections closed as accepted because the listener's connection cap was reached", ), &["listener"],))?,
+            connections_timed_out: add(r, IntCounterVec::new(Opts::new( "tollgate_connections_timed_out_total", "Connections closed by the header-read or idle timeout", ), &["listener"],))?,
+            connections_open: add(r, IntGaugeVec::new(Opts::new("tollgate_connections_open", "Connections open, by listener"), &["listener"],))?,
             registry,
-            requests,
-            tokens,
-            duration,
-            overhead,
-            quota_waits,
-            config_resources,
-            config_updates,
-            config_rejected,
-            config_connected,
-            attempts,
-            retries,
-            fallbacks,
-            retries_refused,
-            ejections,
-            ejected,
-            cost,
-            denials,
-            budget_warnings,
-            usage_counted,
-            usage_connected,
-            usage_unacked,
-            mcp_requests,
-            mcp_tool_calls,
-            mcp_tool_duration,
-            mcp_list_tokens,
-            connections_refused,
-            connections_timed_out,
-            connections_open,
         })
     }
+}
+
+/// Registers `metric` in `registry`, and returns it.
+fn add<M: Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: Result<M, prometheus::Error>,
+) -> Result<M, prometheus::Error> {
+    let metric = metric?;
+    registry.register(Box::new(metric.clone()))?;
+    Ok(metric)
 }
 
 /// Why an endpoint changed state: recorded by [`Metrics::health`].
