@@ -454,21 +454,63 @@ pub(crate) fn unknown_role(param: &str) -> TranslateError {
     )
 }
 
-/// Appends `items` as a turn of `role` (under `key`: `content` or `parts`), merging with
-/// the previous turn of the same role: tool results and the user's next words belong to
+/// The turns of a translated conversation, built as the message walk goes. Items for the
+/// same role as the last turn join it: tool results and the user's next words belong to
 /// one user turn, and providers refuse two turns of one role in a row.
-pub(crate) fn push_turn(out: &mut Vec<Value>, role: &str, key: &str, items: Vec<Value>) {
-    if let Some(last) = out.last_mut()
-        && last.get("role").and_then(Value::as_str) == Some(role)
-        && let Some(existing) = last.get_mut(key).and_then(Value::as_array_mut)
-    {
-        existing.extend(items);
-        return;
+pub(crate) struct Turns {
+    /// The member that holds a turn's items (`content`, `parts`).
+    key: &'static str,
+    /// A turn with no items is sent (Anthropic) rather than left out.
+    keep_empty: bool,
+    pub list: Vec<Value>,
+}
+
+impl Turns {
+    pub(crate) fn new(key: &'static str, keep_empty: bool) -> Self {
+        Self {
+            key,
+            keep_empty,
+            list: Vec::new(),
+        }
     }
-    let mut turn = serde_json::Map::new();
-    turn.insert("role".into(), Value::String(role.to_string()));
-    turn.insert(key.into(), Value::Array(items));
-    out.push(Value::Object(turn));
+
+    /// A turn of `role` with `items`, joined to the last turn when that has the same role.
+    pub(crate) fn push(&mut self, role: &str, items: Vec<Value>) {
+        if items.is_empty() && !self.keep_empty {
+            return;
+        }
+        if let Some(last) = self.list.last_mut()
+            && last.get("role").and_then(Value::as_str) == Some(role)
+            && let Some(existing) = last.get_mut(self.key).and_then(Value::as_array_mut)
+        {
+            existing.extend(items);
+            return;
+        }
+        let mut turn = serde_json::Map::new();
+        turn.insert("role".into(), Value::String(role.to_string()));
+        turn.insert(self.key.into(), Value::Array(items));
+        self.list.push(Value::Object(turn));
+    }
+
+    /// The model's turn (`role`) for OpenAI assistant message `m` (at `param`): its content
+    /// `items`, then one item per tool call, made by `call`.
+    pub(crate) fn assistant<'a>(
+        &mut self,
+        role: &str,
+        m: &'a Value,
+        param: &str,
+        mut items: Vec<Value>,
+        call: impl FnMut(CallIn<'a>) -> Value,
+    ) -> Result<(), TranslateError> {
+        items.extend(openai_tool_calls(m, param)?.into_iter().map(call));
+        self.push(role, items);
+        Ok(())
+    }
+
+    /// A tool's result, which every provider takes in a user turn.
+    pub(crate) fn tool_result(&mut self, item: Value) {
+        self.push("user", vec![item]);
+    }
 }
 
 /// A function tool offered in an OpenAI request.

@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 
 use crate::metering::usage::Usage;
 use crate::translate::TranslateError;
-use crate::translate::{Image, Part, Turn, bad, openai_text, tool_result_text};
+use crate::translate::{Image, Part, Turn, Turns, bad, openai_text, tool_result_text};
 
 pub const DEFAULT_MAX_TOKENS: u64 = 4096;
 
@@ -56,10 +56,6 @@ fn content_blocks(content: &Value, param: &str) -> Result<Vec<Value>, TranslateE
         Ok(())
     })?;
     Ok(out)
-}
-
-fn push_turn(out: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    crate::translate::push_turn(out, role, "content", blocks);
 }
 
 fn tools(obj: &Value) -> Result<Option<Value>, TranslateError> {
@@ -111,7 +107,7 @@ pub fn request_value(obj: &Value, model: &str) -> Result<Value, TranslateError> 
     let checked = crate::translate::checked_with_json_tool(obj, PROVIDER)?;
     let obj = &*checked;
     let mut system: Vec<Value> = Vec::new();
-    let mut out_messages: Vec<Value> = Vec::new();
+    let mut turns = Turns::new("content", true);
     crate::translate::walk_messages(obj, |param, turn| {
         match turn {
             Turn::System(content) => {
@@ -126,26 +122,16 @@ pub fn request_value(obj: &Value, model: &str) -> Result<Value, TranslateError> 
             }
             Turn::User(content) => {
                 let blocks = content_blocks(content, &format!("{param}.content"))?;
-                push_turn(&mut out_messages, "user", blocks);
+                turns.push("user", blocks);
             }
             Turn::Assistant(m, content) => {
-                let mut blocks = content_blocks(content, &format!("{param}.content"))?;
-                for call in crate::translate::openai_tool_calls(m, param)? {
-                    blocks.push(json!({
-                        "type": "tool_use",
-                        "id": call.id,
-                        "name": call.name,
-                        "input": call.arguments,
-                    }));
-                }
-                push_turn(&mut out_messages, "assistant", blocks);
+                let blocks = content_blocks(content, &format!("{param}.content"))?;
+                turns.assistant("assistant", m, param, blocks, |call| {
+                    json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments})
+                })?;
             }
-            Turn::Tool(id, content) => push_turn(
-                &mut out_messages,
-                "user",
-                vec![
-                    json!({"type": "tool_result", "tool_use_id": id, "content": tool_result_text(content)}),
-                ],
+            Turn::Tool(id, content) => turns.tool_result(
+                json!({"type": "tool_result", "tool_use_id": id, "content": tool_result_text(content)}),
             ),
             Turn::Function => {
                 return Err(bad(
@@ -157,6 +143,7 @@ pub fn request_value(obj: &Value, model: &str) -> Result<Value, TranslateError> 
         Ok(())
     })?;
     // A turn that is one plain text block is sent as a string, as clients write it.
+    let mut out_messages = turns.list;
     for m in &mut out_messages {
         if let Some([only]) = m
             .get("content")

@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 
 use crate::metering::usage::Usage;
 use crate::translate::TranslateError;
-use crate::translate::{Image, Part, Turn, bad, openai_text};
+use crate::translate::{Image, Part, Turn, Turns, bad, openai_text};
 
 const PROVIDER: &str = "Bedrock";
 
@@ -92,12 +92,6 @@ fn thinking_block(r: &Value) -> Option<Value> {
         .map(|d| json!({"type": "redacted_thinking", "data": d}))
 }
 
-fn push_turn(out: &mut Vec<Value>, role: &str, blocks: Vec<Value>) {
-    if !blocks.is_empty() {
-        crate::translate::push_turn(out, role, "content", blocks);
-    }
-}
-
 fn tool_config(obj: &Value) -> Result<Option<Value>, TranslateError> {
     use crate::translate::ToolChoice;
     let Some(functions) = crate::translate::openai_functions(obj, PROVIDER)? else {
@@ -138,7 +132,7 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
     let checked = crate::translate::checked_with_json_tool(obj, PROVIDER)?;
     let obj = &*checked;
     let mut system = Vec::new();
-    let mut out_messages = Vec::new();
+    let mut turns = Turns::new("content", false);
     crate::translate::walk_messages(obj, |param, turn| {
         match turn {
             Turn::System(content) => match content.as_array() {
@@ -157,11 +151,9 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
                     system.push(json!({"text": openai_text(content, &format!("{param}.content"))?}))
                 }
             },
-            Turn::User(content) => push_turn(
-                &mut out_messages,
-                "user",
-                blocks_of(content, &format!("{param}.content"))?,
-            ),
+            Turn::User(content) => {
+                turns.push("user", blocks_of(content, &format!("{param}.content"))?);
+            }
             Turn::Assistant(m, content) => {
                 // Thinking first, as the model wrote it (Anthropic clients, via the pivot).
                 let mut blocks: Vec<Value> = m
@@ -172,28 +164,22 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
                     .filter_map(reasoning_block)
                     .collect();
                 blocks.extend(blocks_of(content, &format!("{param}.content"))?);
-                for call in crate::translate::openai_tool_calls(m, param)? {
-                    blocks.push(json!({"toolUse": {
-                        "toolUseId": call.id,
-                        "name": call.name,
-                        "input": call.arguments,
-                    }}));
-                }
-                push_turn(&mut out_messages, "assistant", blocks);
+                turns.assistant("assistant", m, param, blocks, |call| {
+                    json!({"toolUse": {"toolUseId": call.id, "name": call.name, "input": call.arguments}})
+                })?;
             }
-            Turn::Tool(id, content) => push_turn(
-                &mut out_messages,
-                "user",
-                vec![
-                    json!({"toolResult": {"toolUseId": id, "content": [{"text": crate::translate::tool_result_text(content)}]}}),
-                ],
-            ),
+            Turn::Tool(id, content) => {
+                let text = crate::translate::tool_result_text(content);
+                turns.tool_result(
+                    json!({"toolResult": {"toolUseId": id, "content": [{"text": text}]}}),
+                );
+            }
             Turn::Function => return Err(crate::translate::unknown_role(param)),
         }
         Ok(())
     })?;
     let mut out = Map::new();
-    out.insert("messages".into(), Value::Array(out_messages));
+    out.insert("messages".into(), Value::Array(turns.list));
     if !system.is_empty() {
         out.insert("system".into(), Value::Array(system));
     }

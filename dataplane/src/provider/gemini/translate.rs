@@ -24,7 +24,7 @@ use serde_json::{Map, Value, json};
 
 use crate::metering::usage::Usage;
 use crate::translate::TranslateError;
-use crate::translate::{Image, Part, Turn, bad, openai_text};
+use crate::translate::{Image, Part, Turn, Turns, bad, openai_text};
 
 const PROVIDER: &str = "Gemini";
 
@@ -59,12 +59,6 @@ fn parts_of(content: &Value, param: &str) -> Result<Vec<Value>, TranslateError> 
         Ok(())
     })?;
     Ok(out)
-}
-
-fn push_turn(out: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
-    if !parts.is_empty() {
-        crate::translate::push_turn(out, role, "parts", parts);
-    }
 }
 
 /// A JSON Schema with what Gemini's OpenAPI subset refuses removed.
@@ -121,26 +115,22 @@ fn tool_config(obj: &Value) -> Result<Option<Value>, TranslateError> {
 pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
     crate::translate::refuse_openai_only(obj, PROVIDER)?;
     let mut system = Vec::new();
-    let mut contents = Vec::new();
+    let mut turns = Turns::new("parts", false);
     let mut call_names: HashMap<&str, &str> = HashMap::new();
     crate::translate::walk_messages(obj, |param, turn| {
         match turn {
             Turn::System(content) => {
                 system.push(json!({"text": openai_text(content, &format!("{param}.content"))?}))
             }
-            Turn::User(content) => push_turn(
-                &mut contents,
-                "user",
-                parts_of(content, &format!("{param}.content"))?,
-            ),
+            Turn::User(content) => {
+                turns.push("user", parts_of(content, &format!("{param}.content"))?);
+            }
             Turn::Assistant(m, content) => {
-                let mut parts = parts_of(content, &format!("{param}.content"))?;
-                for call in crate::translate::openai_tool_calls(m, param)? {
+                let parts = parts_of(content, &format!("{param}.content"))?;
+                turns.assistant("model", m, param, parts, |call| {
                     call_names.insert(call.id, call.name);
-                    parts
-                        .push(json!({"functionCall": {"name": call.name, "args": call.arguments}}));
-                }
-                push_turn(&mut contents, "model", parts);
+                    json!({"functionCall": {"name": call.name, "args": call.arguments}})
+                })?;
             }
             Turn::Tool(id, content) => {
                 let name = call_names.get(id).ok_or_else(|| {
@@ -154,18 +144,15 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
                     Ok(v @ Value::Object(_)) => v,
                     _ => json!({"content": text}),
                 };
-                push_turn(
-                    &mut contents,
-                    "user",
-                    vec![json!({"functionResponse": {"name": name, "response": response}})],
-                );
+                turns
+                    .tool_result(json!({"functionResponse": {"name": name, "response": response}}));
             }
             Turn::Function => return Err(crate::translate::unknown_role(param)),
         }
         Ok(())
     })?;
     let mut out = Map::new();
-    out.insert("contents".into(), Value::Array(contents));
+    out.insert("contents".into(), Value::Array(turns.list));
     if !system.is_empty() {
         out.insert("systemInstruction".into(), json!({"parts": system}));
     }
