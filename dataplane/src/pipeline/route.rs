@@ -22,9 +22,15 @@ pub(crate) struct Resolved {
     pub attempts: u32,
 }
 
-/// What a request resolves to before it is admitted: body, head, route, the snapshot it
-/// was resolved in, and the key.
-pub(crate) type Routed = (Bytes, ChatHead, Arc<Route>, Arc<Snapshot>, Arc<VirtualKey>);
+/// What a request resolves to before it is admitted.
+pub(crate) struct Routed {
+    pub body: Bytes,
+    pub head: ChatHead,
+    pub route: Arc<Route>,
+    /// The snapshot the route was found in.
+    pub snapshot: Arc<Snapshot>,
+    pub key: Arc<VirtualKey>,
+}
 
 /// Authenticates the key, reads the body, and finds the route.
 pub(crate) async fn resolve_route<B>(
@@ -49,7 +55,13 @@ where
         .clone();
     labels.route = route.id.clone();
     let key = key.clone();
-    Ok((body, head, route, snapshot, key))
+    Ok(Routed {
+        body,
+        head,
+        route,
+        snapshot,
+        key,
+    })
 }
 
 pub(crate) async fn read_body<B>(

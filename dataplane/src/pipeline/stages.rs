@@ -46,10 +46,10 @@ where
     let mut routed = resolve_route(state, &parts, body, labels).await?;
     let reservation = match admit(state, &parts.headers, api, &mut routed).await {
         Ok(r) => r,
-        Err(e) => return Ok(refused(state, &routed.4, e, api, started, labels)),
+        Err(e) => return Ok(refused(state, &routed.key, e, api, started, labels)),
     };
-    let key = routed.4.clone();
-    let keep_alive = routed.2.keep_alive.filter(|_| routed.1.stream);
+    let key = routed.key.clone();
+    let keep_alive = routed.route.keep_alive.filter(|_| routed.head.stream);
     let (ctx, plan, first) = attempts(
         state,
         Operation::Chat,
@@ -100,7 +100,13 @@ where
     };
     let (parts, body) = req.into_parts();
     let routed = resolve_route(state, &parts, body, labels).await?;
-    let (body, head, route, snapshot, key) = &routed;
+    let Routed {
+        body,
+        head,
+        route,
+        snapshot,
+        key,
+    } = &routed;
     let admitted = if op == Operation::CountTokens {
         let least = admission::prompt_demand(state, snapshot, head, route, body.len());
         admission::admit_free(state, key, &parts.headers, least).await
@@ -128,7 +134,13 @@ fn attempts(
     op: Operation,
     api: Api,
     headers: http::HeaderMap,
-    (body, head, route, snapshot, key): Routed,
+    Routed {
+        body,
+        head,
+        route,
+        snapshot,
+        key,
+    }: Routed,
     reservation: Arc<Reservation>,
     started: Instant,
 ) -> (Arc<Ctx>, balance::Plan, Option<balance::Candidate>) {
@@ -178,7 +190,13 @@ async fn admit(
     api: Api,
     routed: &mut Routed,
 ) -> Result<Arc<Reservation>, ApiError> {
-    let (body, head, route, snapshot, key) = routed;
+    let Routed {
+        body,
+        head,
+        route,
+        snapshot,
+        key,
+    } = routed;
     let taken = std::mem::take(body);
     *body = if admission::metered(key, headers) {
         let field = match api {
