@@ -462,6 +462,23 @@ impl Sent<'_, '_> {
         }
     }
 
+    /// A provider's answer that is a failure the route may act on (`class`, its
+    /// `Retry-After`): after a 429 that set the credential aside (`credential_limited`),
+    /// another credential is tried at once.
+    fn failed_answer(
+        &self,
+        class: Failure,
+        answer: (Response<Body>, Completion),
+        retry_after: Option<Duration>,
+        credential_limited: bool,
+    ) -> Step {
+        let mut step = self.failed(class, Ok(answer), retry_after);
+        if let Step::Failed(f) = &mut step {
+            f.credential_set_aside |= credential_limited;
+        }
+        step
+    }
+
     /// Ends an attempt of an operation answered whole (embeddings, token counting): a
     /// failure the loop may act on, or the client's answer, recorded.
     pub(crate) fn answered(
@@ -491,12 +508,8 @@ impl Sent<'_, '_> {
         };
         let response = respond(a.status, crate::base::full(a.body), &a.headers, &to);
         if let Some((class, retry_after)) = a.failure {
-            let mut step = self.failed(class, Ok((response, completion)), retry_after);
-            if let Step::Failed(f) = &mut step {
-                // A 429 that set the credential aside: another is tried at once.
-                f.credential_set_aside |= a.credential_limited;
-            }
-            return Err(step);
+            let answer = (response, completion);
+            return Err(self.failed_answer(class, answer, retry_after, a.credential_limited));
         }
         self.succeeded();
         ctx.count_ok(c);
@@ -520,6 +533,20 @@ pub(crate) struct Whole {
     pub(crate) status: StatusCode,
     pub(crate) headers: HeaderMap,
     pub(crate) body: Bytes,
+}
+
+impl Whole {
+    /// The failure the route may act on, with the answer's `Retry-After`; `None` for a
+    /// success or the client's own error.
+    pub(crate) fn failure(&self) -> Option<(Failure, Option<Duration>)> {
+        let class = failure_of(self.status, &self.body)?;
+        Some((class, header_secs(&self.headers, "retry-after")))
+    }
+
+    /// How long the answer's rate-limit headers say the credential is out of quota.
+    pub(crate) fn exhausted_for(&self) -> Option<Duration> {
+        exhausted_for(self.status, &self.headers)
+    }
 }
 
 /// Sends `request` for attempt `p` and reads the answer whole, within its deadline.
@@ -594,13 +621,7 @@ impl Ctx {
         let (response, sent) = self.call(&p, request, &mut billed).await?;
         let status = response.status();
         let (mut up_parts, up_body) = response.into_parts();
-        let mut credential_limited = false;
-        if let Some((_, endpoint)) = &p.credential
-            && let Some(wait) = exhausted_for(status, &up_parts.headers)
-        {
-            endpoint.limit_for(wait, Instant::now());
-            credential_limited = true;
-        }
+        let credential_limited = sent.limit_credential(exhausted_for(status, &up_parts.headers));
         let streamed = status.is_success()
             && up_parts
                 .headers
@@ -938,12 +959,8 @@ impl Ctx {
         let response = respond(status, crate::base::full(out), &up_parts.headers, to);
         if let Some(class) = failure {
             let retry_after = header_secs(&up_parts.headers, "retry-after");
-            let mut step = sent.failed(class, Ok((response, completion)), retry_after);
-            if let Step::Failed(f) = &mut step {
-                // A 429 that set the credential aside: try another at once.
-                f.credential_set_aside |= read.credential_limited;
-            }
-            return Err(step);
+            let answer = (response, completion);
+            return Err(sent.failed_answer(class, answer, retry_after, read.credential_limited));
         }
         sent.succeeded();
         self.count_ok(p.c);

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, header};
 use serde_json::{Value, json};
 
-use super::attempt::{Answered, Ctx, Step, Whole, exhausted_for, failure_of, fetch, header_secs};
+use super::attempt::{Answered, Ctx, Step, Whole, fetch};
 use super::balance;
 use super::record::Labels;
 use crate::base::{Api, Body, now_unix};
@@ -76,9 +76,8 @@ pub(crate) async fn attempt(
     };
     drop(inflight);
     let status = up.status;
-    let credential_limited = sent.limit_credential(exhausted_for(status, &up.headers));
-    let failure =
-        failure_of(status, &up.body).map(|class| (class, header_secs(&up.headers, "retry-after")));
+    let credential_limited = sent.limit_credential(up.exhausted_for());
+    let failure = up.failure();
     let (body, headers) = answer_of(&plan, up).map_err(Step::Final)?;
     let answered = Answered {
         status,

@@ -7,8 +7,7 @@ use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderMap, HeaderValue, Response, StatusCode, header};
 
-use super::attempt::header_secs;
-use super::attempt::{Answered, Billed, Ctx, Step, Whole, exhausted_for, failure_of, fetch};
+use super::attempt::{Answered, Billed, Ctx, Step, Whole, fetch};
 use super::balance;
 use super::record::Labels;
 use crate::base::{Api, Body};
@@ -117,20 +116,13 @@ pub(crate) async fn attempt(
         }
     };
     billed.settled();
-    let credential_limited = sent.limit_credential(
-        answers
-            .iter()
-            .find_map(|a| exhausted_for(a.status, &a.headers)),
-    );
+    let credential_limited = sent.limit_credential(answers.iter().find_map(Whole::exhausted_for));
     let (status, headers, body, usage) =
         answer_of(request.as_ref(), wire, model, &answers).map_err(Step::Final)?;
     let failure = answers
         .iter()
         .find(|a| !a.status.is_success())
-        .and_then(|a| {
-            let class = failure_of(a.status, &a.body)?;
-            Some((class, header_secs(&a.headers, "retry-after")))
-        });
+        .and_then(Whole::failure);
     let answered = Answered {
         status,
         headers,
