@@ -283,6 +283,14 @@ mod tests {
                 "{body}"
             );
         }
+        // Titan takes one text per call: the count of texts bounds the provider calls a
+        // client's one request makes.
+        let texts = |n: usize| json!({"model": "m", "input": vec!["a"; n]});
+        assert_eq!(req(texts(2048)).unwrap().inputs.len(), 2048);
+        assert!(matches!(
+            req(texts(2049)),
+            Err(TranslateError::BadRequest(_))
+        ));
         let r = req(json!({"model": "m", "input": ["a", "b"], "dimensions": 8, "user": "u", "encoding_format": "base64"})).unwrap();
         assert_eq!(r.inputs, ["a", "b"]);
         assert!(r.base64);
