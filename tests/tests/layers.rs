@@ -435,12 +435,16 @@ fn code_only(text: &str) -> String {
                 j += if rest[j] == b'\\' { 2 } else { 1 };
             }
             (j + 1).min(rest.len())
-        } else if rest[0] == b'\'' && rest.len() > 2 && (rest[2] == b'\'' || rest[1] == b'\\') {
-            // A character literal (`'{'`, `'\n'`, `'\''`), not a lifetime.
-            rest[2..]
+        } else if rest[0] == b'\'' && rest.len() > 3 && rest[1] == b'\\' {
+            // An escaped character literal (`'\n'`, `'\''`, `'\u{7b}'`): it ends at the
+            // first quote after the escaped character.
+            rest[3..]
                 .iter()
                 .position(|&c| c == b'\'')
-                .map_or(3, |p| p + 3)
+                .map_or(rest.len(), |p| p + 4)
+        } else if rest[0] == b'\'' && rest.len() > 2 && rest[2] == b'\'' {
+            // A character literal (`'{'`), not a lifetime.
+            3
         } else {
             0
         };
@@ -524,7 +528,7 @@ fn no_dataplane_function_is_over_150_lines() -> std::io::Result<()> {
 
 #[test]
 fn the_function_reader_sees_through_strings_and_comments() {
-    let text = "fn a() {\n    let s = \"}}\"; let t = p.r#type;\n    let c = '}';\n    // }\n    let r = r#\"{\"#;\n}\nfn b<'x>(v: &'x str) -> &'x str {\n    v\n}\ntrait T { fn c(&self); }\nfn d(f: fn(u8) -> u8) {}\n";
+    let text = "fn a() {\n    let s = \"}}\"; let t = p.r#type;\n    let c = '}'; let q = '\\''; let e = '\\u{7d}';\n    // }\n    let r = r#\"{\"#;\n}\nfn b<'x>(v: &'x str) -> &'x str {\n    v\n}\ntrait T { fn c(&self); }\nfn d(f: fn(u8) -> u8) {}\n";
     let f = functions(text);
     let got: Vec<(&str, usize, usize)> = f.iter().map(|(n, l, c)| (n.as_str(), *l, *c)).collect();
     assert_eq!(got, [("a", 1, 6), ("b", 7, 3), ("d", 11, 1)]);
