@@ -43,6 +43,15 @@ impl SetKey for Value {
     }
 }
 
+/// A new object of the members `keys` moved out of `v` (those it has).
+pub fn take_members(v: &mut Value, keys: &[&str]) -> Value {
+    Value::Object(
+        keys.iter()
+            .filter_map(|k| Some(((*k).to_owned(), v.get_mut(*k)?.take())))
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,6 +70,17 @@ mod tests {
             assert!(!other.set_key("b", json!(2)));
             assert_eq!(other, before);
         }
+    }
+
+    #[test]
+    fn members_are_moved_into_a_new_object() {
+        let mut v = json!({"a": 1, "b": [2], "c": 3});
+        assert_eq!(
+            take_members(&mut v, &["b", "a", "z"]),
+            json!({"a": 1, "b": [2]})
+        );
+        assert_eq!(v, json!({"a": null, "b": null, "c": 3}));
+        assert_eq!(take_members(&mut json!([1]), &["a"]), json!({}));
     }
 
     #[test]

@@ -52,12 +52,7 @@ pub(crate) fn error_type(headers: &HeaderMap) -> Option<&str> {
 
 /// The body of `CountTokens` from a translated Converse body: only the members that count.
 pub fn count_tokens_body(converse: &mut Value) -> Value {
-    let mut input = serde_json::Map::new();
-    for k in ["messages", "system", "toolConfig"] {
-        if let Some(v) = converse.get_mut(k) {
-            input.insert(k.into(), v.take());
-        }
-    }
+    let input = crate::base::json::take_members(converse, &["messages", "system", "toolConfig"]);
     json!({"input": {"converse": input}})
 }
 

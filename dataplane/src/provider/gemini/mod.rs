@@ -8,6 +8,7 @@ use http::Uri;
 use serde_json::{Value, json};
 
 use crate::auth::sigv4::uri_encode;
+use crate::base::json::take_members;
 use crate::config::model::{Provider, ProviderKind};
 use crate::translate::TranslateError;
 
@@ -34,17 +35,13 @@ pub fn chat_uri(p: &Provider, model: &str, stream: bool) -> Result<Uri, http::Er
 
 /// The body of `countTokens` from a translated chat body: only the members that count.
 pub fn count_tokens_body(p: &Provider, model: &str, chat: &mut Value) -> Value {
-    let mut pick = |keys: &[&str]| -> Value {
-        Value::Object(
-            keys.iter()
-                .filter_map(|k| Some(((*k).to_string(), chat.get_mut(*k)?.take())))
-                .collect(),
-        )
-    };
     if p.kind == ProviderKind::VertexAi {
-        return pick(&["contents", "systemInstruction", "tools"]);
+        return take_members(chat, &["contents", "systemInstruction", "tools"]);
     }
-    let mut inner = pick(&["contents", "systemInstruction", "tools", "toolConfig"]);
+    let mut inner = take_members(
+        chat,
+        &["contents", "systemInstruction", "tools", "toolConfig"],
+    );
     inner["model"] = json!(format!("models/{model}"));
     json!({ "generateContentRequest": inner })
 }
