@@ -178,6 +178,11 @@ struct Scale {
     dataplane_rss_mib: f64,
     /// The controller's resident memory once the config is served.
     controller_rss_mib: f64,
+    /// CPU time the controller and the dataplane had used when the config was served: how
+    /// much of the wait is their own work, and not the bench's (which also plays the API
+    /// server in Kubernetes mode) on the same cores.
+    controller_cpu_seconds_to_serve: f64,
+    dataplane_cpu_seconds_to_serve: f64,
     one_key_change_seconds: f64,
     one_key_change_resources_sent: f64,
     /// Kubernetes mode: from creating an invalid object to its status saying so, right
@@ -190,10 +195,12 @@ impl Scale {
     /// The scenario's one-line summary; `source` says where the config came from.
     fn line(&self, source: &str) -> String {
         format!(
-            "config scale ({source}): {} keys + {} routes served {:.2} s after start, dataplane RSS {:.1} MiB, controller RSS {:.1} MiB; one-key change applied in {:.3} s with {} resource(s) sent",
+            "config scale ({source}): {} keys + {} routes served {:.2} s after start (CPU: controller {:.2} s, dataplane {:.2} s), dataplane RSS {:.1} MiB, controller RSS {:.1} MiB; one-key change applied in {:.3} s with {} resource(s) sent",
             self.virtual_keys,
             self.routes,
             self.seconds_to_serve_full_config,
+            self.controller_cpu_seconds_to_serve,
+            self.dataplane_cpu_seconds_to_serve,
             self.dataplane_rss_mib,
             self.controller_rss_mib,
             self.one_key_change_seconds,
@@ -766,6 +773,8 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyh
     )?;
     wait_ok(&format!("{}/readyz", tg.admin), Duration::from_secs(120))?;
     let serve_seconds = started.elapsed().as_secs_f64();
+    let controller_cpu = proc::cpu_seconds(tg.controller.pid()).unwrap_or(0.0);
+    let dataplane_cpu = proc::cpu_seconds(tg.dataplane.pid()).unwrap_or(0.0);
     let probe = |key: String, model: String| {
         let uri = format!("{}/v1/chat/completions", tg.api);
         async move {
@@ -865,6 +874,8 @@ async fn scale(args: &Args, client: &HttpClient, mock: &str, kube: bool) -> anyh
         seconds_to_serve_full_config: serve_seconds,
         dataplane_rss_mib: rss,
         controller_rss_mib: controller_rss,
+        controller_cpu_seconds_to_serve: controller_cpu,
+        dataplane_cpu_seconds_to_serve: dataplane_cpu,
         one_key_change_seconds: change_seconds,
         one_key_change_resources_sent: sent,
         new_invalid_object_status_seconds: status_seconds,
