@@ -2,7 +2,13 @@
 //! a report of every object's conditions. Pure: no I/O, no clock, so every rule about what
 //! is accepted, resolved and served is tested without a cluster or a dataplane.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+/// The compiler's maps hash with foldhash, seeded per process: their keys are object names
+/// and namespaces, which only callers allowed to write the config choose, and SipHash took
+/// a twentieth of a 100,000-key start.
+pub(crate) type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 use base64::Engine;

@@ -466,7 +466,7 @@ impl Compiler {
                 &mut touched,
             );
         }
-        let mut dirty: HashSet<ObjectKey> = HashSet::new();
+        let mut dirty: HashSet<ObjectKey> = HashSet::default();
         for at in touched.secrets {
             self.resolve_secret(&at);
             if let Some(by) = self.referrers.get(&(None, at.0, at.1)) {
