@@ -1,6 +1,7 @@
 //! The dataplane's admin port: `/healthz`, `/readyz` (ready only after the first complete
-//! config), `/metrics` (Prometheus), and `/config` (resource names and versions held;
-//! never their contents, which include credentials).
+//! config), `/metrics` (Prometheus), `/config` (resource names and versions held;
+//! never their contents, which include credentials), and `/audit` (the latest audit
+//! records).
 
 use std::sync::Arc;
 
@@ -21,8 +22,10 @@ pub struct Admin {
     pub draining: Arc<std::sync::atomic::AtomicBool>,
     pub metrics: Metrics,
     pub config: Arc<ArcSwap<Snapshot>>,
-    /// Who may read `/config`.
+    /// Who may read `/config` and `/audit`.
     pub access: tollgate_proto::admin::Access,
+    /// The audit records kept, for `/audit`.
+    pub audit: Option<Arc<crate::base::audit::Auditor>>,
 }
 
 fn text(
@@ -39,10 +42,27 @@ fn text(
     r
 }
 
+fn authorization<B>(req: &Request<B>) -> Option<&[u8]> {
+    req.headers()
+        .get(header::AUTHORIZATION)
+        .map(http::HeaderValue::as_bytes)
+}
+
 impl Admin {
     fn respond<B>(&self, req: &Request<B>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
+        }
+        // What the gateway holds and what it served: only with the admin token (or on a
+        // loopback address without one).
+        if matches!(req.uri().path(), "/config" | "/audit")
+            && let Err(denied) = self.access.check(authorization(req))
+        {
+            return text(
+                StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::FORBIDDEN),
+                "text/plain",
+                denied.message(),
+            );
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "text/plain", "ok\n"),
@@ -68,18 +88,8 @@ impl Admin {
                     ),
                 }
             }
+            "/audit" => self.audit(req.uri().query()),
             "/config" => {
-                let authorization = req
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .map(http::HeaderValue::as_bytes);
-                if let Err(denied) = self.access.check(authorization) {
-                    return text(
-                        StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::FORBIDDEN),
-                        "text/plain",
-                        denied.message(),
-                    );
-                }
                 let snapshot = self.config.load();
                 let items: Vec<_> = snapshot
                     .versions
@@ -92,6 +102,41 @@ impl Admin {
             }
             _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
         }
+    }
+
+    /// The latest audit records kept, oldest first, as a JSON array: `?limit=N` (at most
+    /// what the ring holds; 100 by default).
+    fn audit(&self, query: Option<&str>) -> Response<Full<Bytes>> {
+        let Some(audit) = &self.audit else {
+            return text(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "audit records are not kept (--audit-ring 0, or --audit off)\n",
+            );
+        };
+        let limit = query
+            .unwrap_or("")
+            .split('&')
+            .find_map(|p| p.strip_prefix("limit="))
+            .map_or(Ok(100), str::parse::<usize>);
+        let Ok(limit) = limit else {
+            return text(
+                StatusCode::BAD_REQUEST,
+                "text/plain",
+                "limit: a number of records\n",
+            );
+        };
+        let lines = audit.recent(limit);
+        let mut body = String::with_capacity(lines.iter().map(|l| l.len() + 2).sum::<usize>() + 2);
+        body.push('[');
+        for (i, line) in lines.iter().enumerate() {
+            if i > 0 {
+                body.push(',');
+            }
+            body.push_str(line);
+        }
+        body.push(']');
+        text(StatusCode::OK, "application/json", body)
     }
 
     /// Serves the admin port within its own limits, so that probes keep answering when

@@ -130,6 +130,11 @@ impl ApiError {
         }
     }
 
+    /// The error's code, or its type when it has none: what audit records call it.
+    pub(crate) fn code_or_type(&self) -> &'static str {
+        self.code().unwrap_or_else(|| self.kind())
+    }
+
     fn code(&self) -> Option<&'static str> {
         Some(match self {
             Self::MissingKey | Self::InvalidKey => "invalid_api_key",

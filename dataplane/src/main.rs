@@ -204,6 +204,24 @@ struct Args {
     egress_deny: Vec<tollgate_dataplane::base::egress::Net>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
+    /// Where the audit record of every LLM request and MCP call goes: `stdout`, one JSON
+    /// line each (logs go to standard error), or `off` (none are kept either). Records
+    /// name keys, owners, routes, models and outcomes; never a body or a secret.
+    #[arg(long, value_enum, default_value_t = AuditSink::Stdout)]
+    audit: AuditSink,
+    /// Audit records kept in memory for the admin port's `/audit` (0: none).
+    #[arg(long, default_value_t = 1000)]
+    audit_ring: usize,
+    /// Audit records waiting to be written at most; when the writer falls this far
+    /// behind, more are dropped and counted in `tollgate_audit_records_dropped_total`.
+    #[arg(long, default_value_t = 100_000)]
+    audit_pending: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum AuditSink {
+    Stdout,
+    Off,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -260,6 +278,19 @@ async fn main() -> anyhow::Result<()> {
         format!("{}-{}", host.trim(), std::process::id())
     });
     let metrics = Metrics::new()?;
+    let audit = tollgate_dataplane::base::audit::Auditor::start(
+        tollgate_dataplane::base::audit::Settings {
+            stdout: args.audit == AuditSink::Stdout,
+            ring: if args.audit == AuditSink::Off {
+                0
+            } else {
+                args.audit_ring
+            },
+            pending: args.audit_pending.max(1),
+        },
+        metrics.audit_written.clone(),
+        metrics.audit_dropped.clone(),
+    );
     let config = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -296,6 +327,7 @@ async fn main() -> anyhow::Result<()> {
             args.admin_listen,
         )
         .context("reading --admin-token-file")?,
+        audit: audit.clone(),
     };
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
@@ -341,6 +373,7 @@ async fn main() -> anyhow::Result<()> {
             file_tokens: args.file_tokens,
             web_searches: args.max_web_searches,
         },
+        audit: audit.clone(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -368,6 +401,9 @@ async fn main() -> anyhow::Result<()> {
     proxy::serve(server, listener, limits, shutdown, args.drain_timeout).await;
     // Every answered request's usage reaches the controller before the process ends.
     reporter.flush(args.drain_timeout).await;
+    if let Some(a) = &audit {
+        a.close();
+    }
     Ok(())
 }
 

@@ -79,10 +79,56 @@ pub fn parse_rfc3339_unix(text: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + mi * 60 + s - offset)
 }
 
+/// An RFC 3339 time in UTC with milliseconds (`2026-12-03T14:02:05.123Z`), for records
+/// a log collector reads.
+pub fn format_rfc3339_ms(unix_ms: i64) -> String {
+    let (secs, ms) = (unix_ms.div_euclid(1000), unix_ms.rem_euclid(1000));
+    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (proleptic Gregorian), the inverse of the count above.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
+        rest / 3600,
+        rest / 60 % 60,
+        rest % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn formatted_times_read_back() {
+        assert_eq!(format_rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(
+            format_rfc3339_ms(1_796_306_525_123),
+            "2026-12-03T14:02:05.123Z"
+        );
+        assert_eq!(
+            format_rfc3339_ms(951_782_400_000),
+            "2000-02-29T00:00:00.000Z"
+        );
+        for ms in [
+            0,
+            86_399_999,
+            951_868_799_999,
+            4_102_444_800_000,
+            1_796_306_525_123,
+        ] {
+            let text = format_rfc3339_ms(ms);
+            assert_eq!(parse_rfc3339_unix(&text), Some(ms / 1000), "{text}");
+        }
+    }
 
     #[test]
     fn durations() {

@@ -49,6 +49,10 @@ pub struct Metrics {
     pub budget_warnings: IntCounter,
     /// Answers whose provider reported no usage, counted with a tokenizer.
     pub usage_counted: IntCounter,
+    /// Audit records written to standard output, and those dropped (the writer fell
+    /// behind, or the write failed).
+    pub audit_written: IntCounter,
+    pub audit_dropped: IntCounter,
     /// 1 while the usage stream to the controller is up.
     pub usage_connected: IntGauge,
     /// Usage batches sent and not yet acknowledged.
@@ -96,6 +100,8 @@ impl Metrics {
             denials: add(r, IntCounterVec::new(Opts::new( "tollgate_denials_total", "Requests refused before going upstream, by reason (budget, session_budget, rate_limit, concurrency, quota_unavailable, price_unknown)", ), &["reason"],))?,
             budget_warnings: add(r, IntCounter::new("tollgate_budget_warnings_total", "Responses sent with a budget warning (a warn threshold was passed)",))?,
             usage_counted: add(r, IntCounter::new("tollgate_usage_counted_total", "Answers whose provider reported no usage, counted with a tokenizer instead",))?,
+            audit_written: add(r, IntCounter::new("tollgate_audit_records_written_total", "Audit records written to standard output",))?,
+            audit_dropped: add(r, IntCounter::new("tollgate_audit_records_dropped_total", "Audit records not written: the writer fell behind its bound of pending records, or the write failed",))?,
             usage_connected: add(r, IntGauge::new("tollgate_usage_connected", "1 while the usage stream to the controller is up",))?,
             usage_unacked: add(r, IntGauge::new("tollgate_usage_unacked_batches", "Usage batches sent and not yet acknowledged by the controller",))?,
             mcp_requests: add(r, IntCounterVec::new(Opts::new( "tollgate_mcp_requests_total", "MCP messages received on /mcp, by method and outcome", ), &["method", "outcome"],))?,

@@ -1,6 +1,7 @@
 //! The bottom room: HTTP plumbing, wire formats and counters that know nothing of
 //! routes, keys or providers. Every other room may use it; it uses none of them.
 
+pub mod audit;
 pub mod bodies;
 pub mod egress;
 pub mod eventstream;

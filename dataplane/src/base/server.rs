@@ -283,6 +283,10 @@ async fn watchdog(activity: Arc<Activity>, limits: Limits) {
     }
 }
 
+/// The peer address of a request's connection, in the request's extensions.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientAddress(pub std::net::SocketAddr);
+
 /// Accepts connections on `listener` and serves each with `handler`, within `limits`,
 /// until `shutdown` resolves; then stops accepting and lets open connections finish for
 /// at most `drain`.
@@ -314,11 +318,11 @@ pub async fn serve<H, F, B>(
     let mut backoff = Duration::ZERO;
     tokio::pin!(shutdown);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+                Ok((stream, peer)) => {
                     backoff = Duration::ZERO;
-                    stream
+                    (stream, peer)
                 }
                 Err(e) => {
                     // Out of descriptors, most often: wait for connections to close
@@ -348,7 +352,8 @@ pub async fn serve<H, F, B>(
         };
         let handler = handler.clone();
         let on_request = activity.clone();
-        let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ClientAddress(peer));
             let in_flight = InFlight::new(&on_request);
             let answer = handler(req);
             async move {

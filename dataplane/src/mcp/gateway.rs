@@ -1020,7 +1020,9 @@ async fn call_tool(
         tool: clipped(&shown).to_owned(),
         arguments,
         start: Instant::now(),
+        at_unix_ms: tollgate_proto::time::now_unix_ms(),
         metrics: state.core.metrics.clone(),
+        sink: state.core.audit.clone(),
     };
     let refuse = |audit: Audit, outcome: &str, code: i64, message: String| {
         audit.finish(outcome);
@@ -1297,7 +1299,35 @@ struct Audit {
     tool: String,
     arguments: Option<Value>,
     start: Instant,
+    at_unix_ms: i64,
     metrics: crate::base::metrics::Metrics,
+    /// The audit sink; without one, the call is logged instead.
+    sink: Option<Arc<crate::base::audit::Auditor>>,
+}
+
+fn nonempty(s: &str) -> Option<&str> {
+    Some(s).filter(|s| !s.is_empty())
+}
+
+/// One tool call's audit line.
+#[derive(serde::Serialize)]
+struct ToolCallRecord<'a> {
+    time: String,
+    kind: &'static str,
+    request_id: String,
+    key: Option<&'a str>,
+    namespace: Option<&'a str>,
+    team: Option<&'a str>,
+    customer: Option<&'a str>,
+    user: Option<&'a str>,
+    server: Option<&'a str>,
+    tool: &'a str,
+    /// `ok`, `tool_error`, `denied`, `rate_limited`, `unknown_tool`, `upstream_error`, ...
+    decision: &'a str,
+    duration_ms: f64,
+    /// Present only when the key's tool policy opts in (`logArguments`), redacted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    arguments: Option<&'a Value>,
 }
 
 impl Audit {
@@ -1325,6 +1355,28 @@ impl Audit {
                 .observe(elapsed.as_secs_f64());
         }
         let owner = &self.key.attribution;
+        if let Some(sink) = &self.sink {
+            let (namespace, key) = owner
+                .key
+                .split_once('/')
+                .map_or((None, None), |(ns, k)| (Some(ns), Some(k)));
+            sink.emit(&ToolCallRecord {
+                time: tollgate_proto::time::format_rfc3339_ms(self.at_unix_ms),
+                kind: "mcp_tool_call",
+                request_id: format!("{:032x}", fastrand::u128(..)),
+                key,
+                namespace,
+                team: nonempty(&owner.team),
+                customer: nonempty(&owner.customer),
+                user: nonempty(&owner.user),
+                server: nonempty(&self.server),
+                tool: &self.tool,
+                decision: outcome,
+                duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+                arguments: self.arguments.as_ref(),
+            });
+            return;
+        }
         tracing::info!(
             target: "tollgate::audit",
             event = "mcp_tool_call",

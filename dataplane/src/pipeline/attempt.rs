@@ -146,16 +146,7 @@ impl Step {
     }
 }
 
-/// What a request asks its provider for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Operation {
-    /// A chat completion or a message, streamed or whole.
-    Chat,
-    /// Embeddings of one or more inputs.
-    Embeddings,
-    /// The input tokens of a message (free at the provider).
-    CountTokens,
-}
+pub(crate) use super::trail::Operation;
 
 /// A chat request past authentication and routing, owned: what every attempt needs,
 /// including attempts made after the response has begun (keep-alive, continuation).

@@ -66,7 +66,20 @@ pub(crate) async fn run_plan_inner(
         labels.provider = c.provider.id.clone();
         labels.model = c.label.clone();
         let _probe = balance::ProbeGuard::new(&c);
-        let failed = match attempt(ctx, &c, attempts, labels, resume.as_ref()).await {
+        let began = Instant::now();
+        let result = attempt(ctx, &c, attempts, labels, resume.as_ref()).await;
+        if let Some(t) = &labels.trail {
+            let (status, outcome) = outcome_of(&result);
+            t.attempted(
+                &c.provider.id,
+                &c.model,
+                status,
+                outcome,
+                began,
+                ctx.started,
+            );
+        }
+        let failed = match result {
             Ok(response) => {
                 if let Some(slot) = &resume {
                     let (ctx, labels) = (ctx.clone(), labels.clone());
@@ -154,6 +167,28 @@ pub(crate) async fn run_plan_inner(
             Ok(response)
         }
         Err(e) => Err(e),
+    }
+}
+
+/// An attempt's outcome for the audit record: the provider's status when it answered, and
+/// `ok`, the failure class, or the gateway's error code.
+fn outcome_of(result: &Result<Response<Body>, Step>) -> (Option<u16>, &'static str) {
+    let provider_status = |e: &ApiError| match e {
+        ApiError::UpstreamStatus(s) | ApiError::UpstreamAuth(s) => Some(*s),
+        _ => None,
+    };
+    match result {
+        Ok(r) if r.status().is_success() => (Some(r.status().as_u16()), "ok"),
+        // The provider's own error answer (a 4xx the client caused), passed on.
+        Ok(r) => (Some(r.status().as_u16()), "provider_error"),
+        Err(Step::Final(e)) => (provider_status(e), e.code_or_type()),
+        Err(Step::Failed(f)) => {
+            let status = match &f.answer {
+                Ok((r, _)) => Some(r.status().as_u16()),
+                Err(e) => provider_status(e),
+            };
+            (status, f.class.as_str())
+        }
     }
 }
 

@@ -93,6 +93,9 @@ impl http_body::Body for KeepAlive {
                         response.status().as_u16()
                     ),
                     Err(e) => {
+                        if let Some(t) = &labels.trail {
+                            t.failed(&e);
+                        }
                         Completion::unanswered(
                             this.metrics.clone(),
                             labels,

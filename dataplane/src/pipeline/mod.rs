@@ -14,6 +14,7 @@ pub mod record;
 pub mod route;
 pub mod stages;
 pub mod stream;
+pub mod trail;
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -81,6 +82,8 @@ pub struct State {
     pub quotas: Arc<crate::metering::quota::Quotas>,
     /// What a request's worst case assumes where the request does not bound it.
     pub worst: admission::WorstCase,
+    /// Where each request's audit record goes; `None` when audit is off.
+    pub audit: Option<Arc<crate::base::audit::Auditor>>,
 }
 
 impl std::fmt::Debug for State {

@@ -16,12 +16,29 @@ use crate::metering::usage::Usage;
 use crate::pipeline::balance;
 use crate::pipeline::{State, admission};
 
-/// Metric labels: reference-counted, so a request allocates none.
+/// Metric labels: reference-counted, so a request allocates none. They carry the
+/// request's audit record in the making, which the settle stage writes.
 #[derive(Clone, Default)]
 pub(crate) struct Labels {
     pub(crate) route: Arc<str>,
     pub(crate) provider: Arc<str>,
     pub(crate) model: Arc<str>,
+    pub(crate) trail: Option<Arc<super::trail::Trail>>,
+}
+
+impl Labels {
+    /// A request's labels before it is routed, with its audit record begun.
+    pub(crate) fn begin<B>(
+        state: &State,
+        req: &http::Request<B>,
+        op: super::trail::Operation,
+        api: Api,
+    ) -> Self {
+        Self {
+            trail: super::trail::Trail::begin(state.audit.as_ref(), req, op, api),
+            ..Self::default()
+        }
+    }
 }
 
 /// Records a finished request once: when its body ends, fails, or is dropped.
@@ -94,6 +111,17 @@ impl Completion {
             (Some(p), Some(u)) => crate::metering::prices::cost_nano(p, u),
             _ => 0,
         };
+        if let Some(t) = &l.trail {
+            t.finish(super::trail::Outcome {
+                status: self.status.as_u16(),
+                usage: self.usage,
+                cost_nano_usd: cost,
+                started: self.started,
+                who: self.reservation.as_ref().map(|r| &r.who),
+                route: &l.route,
+                provider: &l.provider,
+            });
+        }
         if let Some(r) = &self.reservation {
             r.record(
                 &l.route,
@@ -146,18 +174,31 @@ pub(crate) fn answer(
     started: Instant,
     labels: Labels,
 ) -> Response<Body> {
-    match result {
+    let request_id = labels
+        .trail
+        .as_ref()
+        .and_then(|t| HeaderValue::from_str(t.request_id()).ok());
+    let mut response = match result {
         Ok(response) => response,
         Err(e) => {
             if matches!(e, ApiError::Internal | ApiError::UpstreamUnreachable) {
                 tracing::warn!(route = %labels.route, provider = %labels.provider, error = %e, "request failed");
+            }
+            if let Some(t) = &labels.trail {
+                t.failed(&e);
             }
             let response = e.to_response_for(api);
             Completion::unanswered(state.metrics.clone(), labels, response.status(), started)
                 .record();
             response
         }
+    };
+    if let Some(id) = request_id {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static("x-tollgate-request-id"), id);
     }
+    response
 }
 
 /// The answer to a request admission refused: recorded like every error, in the client's

@@ -44,8 +44,14 @@ where
 {
     let snapshot = state.config.load_full();
     let key = authenticate(&snapshot, &parts.headers)?;
+    if let Some(t) = &labels.trail {
+        t.authenticated(key);
+    }
     let body = read_body(body, &parts.headers, &state.bodies).await?;
     let head = ChatHead::parse(&body)?;
+    if let Some(t) = &labels.trail {
+        t.read(&head);
+    }
     if !key.allows_model(&head.model) {
         return Err(ApiError::ModelNotAllowed(head.model));
     }

@@ -11,7 +11,8 @@
 //!    request for its provider, sends it, and translates the answer back, streamed or
 //!    whole; a slow stream is kept alive);
 //! 5. settle ([`super::record`]: the request's one record, and its reservation settled
-//!    with what it used).
+//!    with what it used; [`super::trail`]: its audit record, which the stages before
+//!    fill in as they go).
 
 use std::sync::Arc;
 

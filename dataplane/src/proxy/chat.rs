@@ -13,7 +13,7 @@ use crate::pipeline::record::{Labels, answer};
 
 pub async fn handle(state: &Arc<State>, req: Request<Incoming>, api: Api) -> Response<Body> {
     let started = Instant::now();
-    let mut labels = Labels::default();
+    let mut labels = Labels::begin(state, &req, crate::pipeline::attempt::Operation::Chat, api);
     let result = crate::pipeline::stages::chat(state, req, api, started, &mut labels).await;
     answer(state, result, api, started, labels)
 }

@@ -14,7 +14,7 @@ use crate::pipeline::record::{Labels, answer};
 
 pub async fn handle(state: &Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let started = Instant::now();
-    let mut labels = Labels::default();
+    let mut labels = Labels::begin(state, &req, Operation::CountTokens, Api::Anthropic);
     let result = crate::pipeline::stages::answered_whole(
         state,
         req,

@@ -358,6 +358,7 @@ fn state(route: pb::Resource, fake: Arc<Fake>) -> Arc<State> {
             file_tokens: 10_000,
             web_searches: 5,
         },
+        audit: None,
     })
 }
 
@@ -401,7 +402,16 @@ async fn call_with(state: &Arc<State>, op: Op, body: serde_json::Value) -> (u16,
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))
         .unwrap();
-    let mut labels = Labels::default();
+    let operation = match op {
+        Op::Chat { .. } => Operation::Chat,
+        Op::Embeddings => Operation::Embeddings,
+        Op::CountTokens => Operation::CountTokens,
+    };
+    let api = match op {
+        Op::CountTokens => Api::Anthropic,
+        _ => Api::OpenAi,
+    };
+    let mut labels = Labels::begin(state, &req, operation, api);
     let started = Instant::now();
     let stages = super::super::stages::chat;
     let (api, result) = match op {
@@ -432,10 +442,8 @@ async fn call_with(state: &Arc<State>, op: Op, body: serde_json::Value) -> (u16,
             .await,
         ),
     };
-    let response: Response<Body> = match result {
-        Ok(r) => r,
-        Err(e) => e.to_response_for(api),
-    };
+    let response: Response<Body> =
+        super::super::record::answer(state, result, api, started, labels);
     let status = response.status().as_u16();
     let attempts = response
         .headers()
@@ -740,4 +748,151 @@ async fn an_embeddings_request_of_many_texts_keeps_few_provider_calls_in_flight(
     assert_eq!(fake.calls().len(), 100);
     let most = fake.most_waiting.load(std::sync::atomic::Ordering::SeqCst);
     assert!((2..=32).contains(&most), "{most} calls in flight at once");
+}
+
+/// The state of `route` with a sink that keeps the last audit records.
+fn audited(route: pb::Resource, fake: Arc<Fake>) -> (Arc<State>, Arc<crate::base::audit::Auditor>) {
+    let mut s = state(route, fake);
+    let metrics = s.metrics.clone();
+    let sink = crate::base::audit::Auditor::start(
+        crate::base::audit::Settings {
+            stdout: false,
+            ring: 10,
+            pending: 10,
+        },
+        metrics.audit_written,
+        metrics.audit_dropped,
+    )
+    .unwrap();
+    Arc::get_mut(&mut s).unwrap().audit = Some(sink.clone());
+    (s, sink)
+}
+
+fn records(sink: &crate::base::audit::Auditor) -> Vec<serde_json::Value> {
+    sink.recent(10)
+        .iter()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_has_one_audit_record_with_each_attempt() {
+    let fake = Fake::new(vec![
+        Reply::Unreachable,
+        answer(502, "{}"),
+        answer(200, &completion("from c")),
+    ]);
+    let (state, sink) = audited(
+        route(|r| {
+            r.fallback_on = vec!["connect-error".into(), "5xx".into()];
+        }),
+        fake.clone(),
+    );
+    let (status, _, _) = chat(&state, false).await;
+    assert_eq!(status, 200);
+    let got = records(&sink);
+    assert_eq!(got.len(), 1, "{got:?}");
+    let r = &got[0];
+    assert_eq!(r["kind"], "llm");
+    assert_eq!(
+        (r["key"].as_str(), r["namespace"].as_str()),
+        (Some("k"), Some("default"))
+    );
+    assert_eq!(r["operation"], "chat");
+    assert_eq!(r["requested_model"], "gpt-4o");
+    assert_eq!(r["status"], 200);
+    assert_eq!(r["error_type"], serde_json::Value::Null);
+    assert_eq!(r["stream"], false);
+    let outcomes: Vec<(&str, &str, Option<u64>)> = r["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            (
+                a["provider"].as_str().unwrap(),
+                a["outcome"].as_str().unwrap(),
+                a["status"].as_u64(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        outcomes[1..],
+        [
+            ("default/b", "5xx", Some(502)),
+            ("default/c", "ok", Some(200))
+        ]
+    );
+    assert_eq!(outcomes[0].1, "connect-error");
+    assert_eq!(r["provider"], "default/c");
+    assert!(r["tokens"]["input"].as_u64().unwrap() > 0, "{r}");
+    assert_eq!(r["request_id"].as_str().unwrap().len(), 32);
+    let line = sink.recent(1)[0].to_string();
+    for secret in [KEY, "a-key-1", "b-key", "c-key", "Say hello"] {
+        assert!(!line.contains(secret), "{secret} in {line}");
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_request_and_a_continued_stream_are_recorded_once_each() {
+    let fake = Fake::new(vec![
+        stream(
+            "first",
+            &["The answer", " is"],
+            Duration::ZERO,
+            Duration::from_millis(10),
+            true,
+        ),
+        stream(
+            "second",
+            &[" forty-two."],
+            Duration::ZERO,
+            Duration::ZERO,
+            false,
+        ),
+    ]);
+    let (state, sink) = audited(
+        route(|r| {
+            r.streaming = Some(pb::Streaming {
+                continue_on_failure: true,
+                ..Default::default()
+            });
+        }),
+        fake.clone(),
+    );
+    let (status, _, _) = chat(&state, true).await;
+    assert_eq!(status, 200);
+    let got = records(&sink);
+    assert_eq!(got.len(), 1, "recorded when the stream ends, once: {got:?}");
+    assert_eq!(got[0]["stream"], true);
+    assert_eq!(
+        got[0]["attempts"].as_array().unwrap().len(),
+        2,
+        "{}",
+        got[0]
+    );
+    assert!(got[0]["time_to_first_token_ms"].is_number(), "{}", got[0]);
+
+    // A request with a key the gateway does not know: its record names no key.
+    let req = Request::post("/")
+        .header("authorization", "Bearer tg-not-a-key")
+        .body(Full::new(Bytes::from_static(b"{}")))
+        .unwrap();
+    let mut labels = Labels::begin(&state, &req, Operation::Chat, Api::OpenAi);
+    let started = Instant::now();
+    let result = super::super::stages::chat(&state, req, Api::OpenAi, started, &mut labels).await;
+    let response = super::super::record::answer(&state, result, Api::OpenAi, started, labels);
+    assert_eq!(response.status(), 401);
+    let id = response.headers()["x-tollgate-request-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let got = records(&sink);
+    let r = &got[1];
+    assert_eq!(
+        (r["status"].as_u64(), r["error_type"].as_str()),
+        (Some(401), Some("invalid_api_key"))
+    );
+    assert_eq!(r["key"], serde_json::Value::Null);
+    assert_eq!(r["request_id"], id.as_str());
+    assert!(!sink.recent(2)[1].contains("tg-not-a-key"));
 }

@@ -1,0 +1,242 @@
+//! The audit sink: one JSON line per record, written to standard output (for the cluster's
+//! log collector) by a thread of its own, and the latest records kept in a bounded ring
+//! (the admin port's `/audit`).
+//!
+//! A request adds its line under one lock and wakes nobody: the writer takes what is
+//! pending every [`FLUSH_EVERY`], so a busy gateway pays for a write per batch, not per
+//! request. What is pending is bounded: past [`Settings::pending`] lines a record is
+//! counted as dropped (`tollgate_audit_records_dropped_total`) rather than held, so a
+//! stalled log collector cannot grow the process without end. On shutdown what is
+//! pending is written before the process exits.
+
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus::IntCounter;
+
+/// How often the writer takes what is pending.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+
+/// Where records go, and how many are kept.
+#[derive(Clone, Copy, Debug)]
+pub struct Settings {
+    /// Write each record to standard output.
+    pub stdout: bool,
+    /// Records kept for `/audit` (0: none).
+    pub ring: usize,
+    /// Records waiting for the writer at most.
+    pub pending: usize,
+}
+
+#[derive(Default)]
+struct Inner {
+    ring: VecDeque<Arc<str>>,
+    pending: Vec<Arc<str>>,
+    /// The writer has stopped: what comes after is written at once by its caller.
+    closed: bool,
+}
+
+/// The process's audit sink. Cheap to share (`Arc`).
+pub struct Auditor {
+    settings: Settings,
+    inner: Mutex<Inner>,
+    written: IntCounter,
+    dropped: IntCounter,
+    writer: Mutex<Option<std::thread::JoinHandle<()>>>,
+    stop: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Auditor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Auditor")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Auditor {
+    /// A sink with `settings`, counting in `written` and `dropped`; with `stdout`, its
+    /// writer thread is started. `None` when records go nowhere.
+    pub fn start(
+        settings: Settings,
+        written: IntCounter,
+        dropped: IntCounter,
+    ) -> Option<Arc<Self>> {
+        if !settings.stdout && settings.ring == 0 {
+            return None;
+        }
+        let this = Arc::new(Self {
+            settings,
+            inner: Mutex::new(Inner::default()),
+            written,
+            dropped,
+            writer: Mutex::new(None),
+            stop: std::sync::atomic::AtomicBool::new(false),
+        });
+        if settings.stdout {
+            let sink = this.clone();
+            let handle = std::thread::Builder::new()
+                .name("audit-writer".into())
+                .spawn(move || sink.write_loop(&mut std::io::stdout()))
+                .ok();
+            if handle.is_none() {
+                tracing::error!(
+                    "the audit writer could not start; audit records go to the ring only"
+                );
+            }
+            *super::lock(&this.writer) = handle;
+        }
+        Some(this)
+    }
+
+    /// Adds one record (a JSON object) to the sinks.
+    pub fn emit(&self, record: &impl serde::Serialize) {
+        let Ok(line) = serde_json::to_string(record) else {
+            return;
+        };
+        let line: Arc<str> = line.into();
+        let mut late = None;
+        {
+            let mut inner = super::lock(&self.inner);
+            if self.settings.ring > 0 {
+                if inner.ring.len() == self.settings.ring {
+                    inner.ring.pop_front();
+                }
+                inner.ring.push_back(line.clone());
+            }
+            if self.settings.stdout {
+                if inner.closed {
+                    late = Some(line);
+                } else if inner.pending.len() >= self.settings.pending {
+                    self.dropped.inc();
+                } else {
+                    inner.pending.push(line);
+                }
+            }
+        }
+        if let Some(line) = late {
+            // After shutdown (a request that outlived the drain): written here.
+            let mut out = std::io::stdout().lock();
+            if writeln!(out, "{line}").is_ok() {
+                self.written.inc();
+            }
+        }
+    }
+
+    /// The latest `limit` records kept, oldest first.
+    pub fn recent(&self, limit: usize) -> Vec<Arc<str>> {
+        let inner = super::lock(&self.inner);
+        let skip = inner.ring.len().saturating_sub(limit);
+        inner.ring.iter().skip(skip).cloned().collect()
+    }
+
+    fn write_loop(&self, out: &mut impl Write) {
+        loop {
+            let stopping = self.stop.load(std::sync::atomic::Ordering::Acquire);
+            let batch = {
+                let mut inner = super::lock(&self.inner);
+                inner.closed = stopping;
+                std::mem::take(&mut inner.pending)
+            };
+            if !batch.is_empty() {
+                let mut text = String::with_capacity(batch.iter().map(|l| l.len() + 1).sum());
+                for line in &batch {
+                    text.push_str(line);
+                    text.push('\n');
+                }
+                match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                    Ok(()) => self.written.inc_by(batch.len() as u64),
+                    Err(e) => {
+                        self.dropped.inc_by(batch.len() as u64);
+                        tracing::warn!(error = %e, records = batch.len(), "audit records could not be written");
+                    }
+                }
+            }
+            if stopping {
+                return;
+            }
+            std::thread::park_timeout(FLUSH_EVERY);
+        }
+    }
+
+    /// Writes what is pending and stops the writer; records made later are written by
+    /// whoever makes them.
+    pub fn close(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let handle = super::lock(&self.writer).take();
+        if let Some(h) = handle {
+            h.thread().unpark();
+            let _ = h.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counters() -> (IntCounter, IntCounter) {
+        (
+            IntCounter::new("w", "w").unwrap(),
+            IntCounter::new("d", "d").unwrap(),
+        )
+    }
+
+    #[test]
+    fn the_ring_keeps_the_latest_records() {
+        let (w, d) = counters();
+        let settings = Settings {
+            stdout: false,
+            ring: 3,
+            pending: 10,
+        };
+        let a = Auditor::start(settings, w, d).unwrap();
+        for i in 0..5 {
+            a.emit(&serde_json::json!({ "n": i }));
+        }
+        let got: Vec<String> = a.recent(10).iter().map(|l| l.to_string()).collect();
+        assert_eq!(got, [r#"{"n":2}"#, r#"{"n":3}"#, r#"{"n":4}"#]);
+        assert_eq!(a.recent(1).len(), 1);
+        assert_eq!(&*a.recent(1)[0], r#"{"n":4}"#);
+    }
+
+    #[test]
+    fn nothing_to_do_is_no_sink() {
+        let (w, d) = counters();
+        let settings = Settings {
+            stdout: false,
+            ring: 0,
+            pending: 10,
+        };
+        assert!(Auditor::start(settings, w, d).is_none());
+    }
+
+    #[test]
+    fn pending_records_are_bounded_and_written_in_order() {
+        let (w, d) = counters();
+        let settings = Settings {
+            stdout: true,
+            ring: 0,
+            pending: 2,
+        };
+        // Not started: records wait for a writer that is driven by hand.
+        let a = Auditor {
+            settings,
+            inner: Mutex::new(Inner::default()),
+            written: w.clone(),
+            dropped: d.clone(),
+            writer: Mutex::new(None),
+            stop: std::sync::atomic::AtomicBool::new(true),
+        };
+        for i in 0..3 {
+            a.emit(&serde_json::json!({ "n": i }));
+        }
+        assert_eq!(d.get(), 1, "the third record finds the pending lines full");
+        let mut out = Vec::new();
+        a.write_loop(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), "{\"n\":0}\n{\"n\":1}\n");
+        assert_eq!(w.get(), 2);
+    }
+}

@@ -1,0 +1,413 @@
+//! The audit record of one LLM request: what becomes known as the request goes (its key
+//! and owner, the model asked for, each attempt and its outcome) and, when its answer
+//! ends, one line to the audit sink ([`crate::base::audit`]) with the outcome, tokens and
+//! cost. No body, prompt or secret is in it: the key is named by its object, never its
+//! value, and a credential by its provider.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use serde::Serialize;
+use tokio::time::Instant;
+
+use crate::base::audit::Auditor;
+use crate::base::server::ClientAddress;
+use crate::base::{Api, lock};
+use crate::config::model::{Attribution, VirtualKey};
+use crate::error::ApiError;
+use crate::metering::usage::Usage;
+use crate::translate::head::ChatHead;
+
+/// What a request asks its provider for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Operation {
+    /// A chat completion or a message, streamed or whole.
+    Chat,
+    /// Embeddings of one or more inputs.
+    Embeddings,
+    /// The input tokens of a message (free at the provider).
+    CountTokens,
+}
+
+impl Operation {
+    /// As records name it (the GenAI conventions' `gen_ai.operation.name` where they
+    /// have one).
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::Chat => "chat",
+            Self::Embeddings => "embeddings",
+            Self::CountTokens => "count_tokens",
+        }
+    }
+}
+
+/// Client-supplied text kept in a record is cut to this many bytes.
+const MAX_CLIENT_TEXT: usize = 256;
+
+/// One request's record in the making. Shared by the request's stages (through its
+/// [`super::record::Labels`]) and made into a line once, by the request's settle stage.
+pub(crate) struct Trail {
+    sink: Arc<Auditor>,
+    request_id: String,
+    at_unix_ms: i64,
+    operation: &'static str,
+    api: &'static str,
+    client_address: Option<SocketAddr>,
+    user_agent: Option<String>,
+    client_request_id: Option<String>,
+    trace_id: Option<String>,
+    /// When the endpoint began reading the request.
+    began: Instant,
+    late: Mutex<Late>,
+}
+
+#[derive(Default)]
+struct Late {
+    key: Option<Attribution>,
+    requested_model: Option<String>,
+    stream: bool,
+    attempts: Vec<AttemptNote>,
+    first_byte_ms: Option<f64>,
+    error: Option<&'static str>,
+    ended: Option<Ended>,
+}
+
+/// How the request ended, from its settle stage.
+struct Ended {
+    status: u16,
+    usage: Option<Usage>,
+    cost_nano_usd: u64,
+    duration: std::time::Duration,
+    who: Option<Attribution>,
+    route: Arc<str>,
+    provider: Arc<str>,
+}
+
+#[derive(Serialize)]
+struct AttemptNote {
+    #[serde(serialize_with = "shared_text")]
+    provider: Arc<str>,
+    #[serde(serialize_with = "shared_text")]
+    model: Arc<str>,
+    /// What the provider answered, when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<u16>,
+    /// `ok`, the failure class the route acts on (`5xx`, `429`, `timeout`, ...), or the
+    /// gateway's error code when the attempt ended the request.
+    outcome: &'static str,
+    duration_ms: f64,
+}
+
+/// What the request ended with, from its settle stage.
+pub(crate) struct Outcome<'a> {
+    pub status: u16,
+    pub usage: Option<Usage>,
+    pub cost_nano_usd: u64,
+    pub started: Instant,
+    /// Who was charged (with the session), once admitted.
+    pub who: Option<&'a Attribution>,
+    pub route: &'a Arc<str>,
+    pub provider: &'a Arc<str>,
+}
+
+fn client_text(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    let v = headers.get(name)?.to_str().ok()?;
+    let mut end = v.len().min(MAX_CLIENT_TEXT);
+    while !v.is_char_boundary(end) {
+        end -= 1;
+    }
+    Some(v[..end].to_string())
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
+fn trace_id(headers: &http::HeaderMap) -> Option<String> {
+    let v = headers.get("traceparent")?.to_str().ok()?;
+    let mut parts = v.split('-');
+    let (_version, id) = (parts.next()?, parts.next()?);
+    (id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+        && id.bytes().any(|b| b != b'0'))
+    .then(|| id.to_string())
+}
+
+impl Trail {
+    /// A request's record, begun as its endpoint reads it; `None` when audit is off.
+    pub(crate) fn begin<B>(
+        sink: Option<&Arc<Auditor>>,
+        req: &http::Request<B>,
+        op: Operation,
+        api: Api,
+    ) -> Option<Arc<Self>> {
+        let sink = sink?.clone();
+        let headers = req.headers();
+        Some(Arc::new(Self {
+            sink,
+            request_id: format!("{:032x}", fastrand::u128(..)),
+            at_unix_ms: tollgate_proto::time::now_unix_ms(),
+            operation: op.name(),
+            api: match api {
+                Api::OpenAi => "openai",
+                Api::Anthropic => "anthropic",
+            },
+            client_address: req.extensions().get::<ClientAddress>().map(|a| a.0),
+            user_agent: client_text(headers, "user-agent"),
+            client_request_id: client_text(headers, "x-request-id"),
+            trace_id: trace_id(headers),
+            began: Instant::now(),
+            late: Mutex::new(Late::default()),
+        }))
+    }
+
+    /// The gateway's id of the request (its record, and `x-tollgate-request-id`).
+    pub(crate) fn request_id(&self) -> &str {
+        &self.request_id
+    }
+
+    /// The request's key is known.
+    pub(crate) fn authenticated(&self, key: &VirtualKey) {
+        lock(&self.late).key = Some(key.attribution.clone());
+    }
+
+    /// The request's body was read: the model asked for, and whether it streams.
+    pub(crate) fn read(&self, head: &ChatHead) {
+        let mut late = lock(&self.late);
+        late.requested_model = Some(head.model.clone());
+        late.stream = head.stream;
+    }
+
+    /// One attempt ended: `status` is the provider's, when it answered.
+    pub(crate) fn attempted(
+        &self,
+        provider: &Arc<str>,
+        model: &Arc<str>,
+        status: Option<u16>,
+        outcome: &'static str,
+        began: Instant,
+        request_started: Instant,
+    ) {
+        let mut late = lock(&self.late);
+        if outcome == "ok" && late.first_byte_ms.is_none() {
+            late.first_byte_ms = Some(ms(request_started.elapsed()));
+        }
+        late.attempts.push(AttemptNote {
+            provider: provider.clone(),
+            model: model.clone(),
+            status,
+            outcome,
+            duration_ms: ms(began.elapsed()),
+        });
+    }
+
+    /// The request ends with the gateway's error `e`.
+    pub(crate) fn failed(&self, e: &ApiError) {
+        lock(&self.late).error = Some(e.code_or_type());
+    }
+
+    /// The request's answer ended (or failed) with `o`. A stream continued on another
+    /// target ends twice: the last outcome is the request's, and the tokens and cost of
+    /// both are added up.
+    pub(crate) fn finish(&self, o: Outcome<'_>) {
+        let mut late = lock(&self.late);
+        let (tokens, cost) = match &late.ended {
+            Some(before) => (
+                add(before.usage, o.usage),
+                before.cost_nano_usd + o.cost_nano_usd,
+            ),
+            None => (o.usage, o.cost_nano_usd),
+        };
+        late.ended = Some(Ended {
+            status: o.status,
+            usage: tokens,
+            cost_nano_usd: cost,
+            duration: o.started.elapsed(),
+            who: o.who.cloned(),
+            route: o.route.clone(),
+            provider: o.provider.clone(),
+        });
+    }
+}
+
+/// The record is written when the last part of the request lets go of it: after every
+/// attempt is noted and the answer's last byte is counted. A request whose client went
+/// away before any answer is recorded too, as 499.
+impl Drop for Trail {
+    fn drop(&mut self) {
+        let late = lock(&self.late);
+        let ended = late.ended.as_ref();
+        let who = ended.and_then(|e| e.who.as_ref()).or(late.key.as_ref());
+        let (namespace, key) = who
+            .and_then(|w| w.key.split_once('/'))
+            .map_or((None, None), |(ns, k)| (Some(ns), Some(k)));
+        let served = late
+            .attempts
+            .iter()
+            .rev()
+            .find(|a| a.outcome == "ok")
+            .or(late.attempts.last())
+            .map(|a| &*a.model);
+        let status = ended.map_or(CLIENT_CLOSED, |e| e.status);
+        let error_type = match (ended, late.error) {
+            (None, _) => Some("client_closed_request"),
+            (_, Some(e)) => Some(e),
+            // The provider's own error answer, passed on: the last attempt says what.
+            _ if status >= 400 => late
+                .attempts
+                .last()
+                .map(|a| a.outcome)
+                .filter(|o| *o != "ok")
+                .or(Some("provider_error")),
+            _ => None,
+        };
+        let record = Record {
+            time: tollgate_proto::time::format_rfc3339_ms(self.at_unix_ms),
+            kind: "llm",
+            request_id: &self.request_id,
+            trace_id: self.trace_id.as_deref(),
+            operation: self.operation,
+            api: self.api,
+            key,
+            namespace,
+            team: text(who.map(|w| &w.team)),
+            customer: text(who.map(|w| &w.customer)),
+            user: text(who.map(|w| &w.user)),
+            session: text(ended.and_then(|e| e.who.as_ref()).map(|w| &w.session)),
+            route: text(ended.map(|e| &e.route)),
+            provider: text(ended.map(|e| &e.provider)),
+            requested_model: late.requested_model.as_deref(),
+            served_model: served,
+            attempts: &late.attempts,
+            status,
+            error_type,
+            stream: late.stream,
+            time_to_first_token_ms: late.first_byte_ms,
+            duration_ms: ms(ended.map_or_else(|| self.began.elapsed(), |e| e.duration)),
+            tokens: ended.and_then(|e| e.usage).map(|u| Tokens {
+                input: u.input,
+                output: u.output,
+                cached: u.cached,
+                reasoning: u.reasoning,
+            }),
+            cost_usd: ended.map_or(0, |e| e.cost_nano_usd) as f64 / crate::metering::prices::NANO,
+            client_address: self.client_address.map(|a| a.ip().to_string()),
+            user_agent: self.user_agent.as_deref(),
+            client_request_id: self.client_request_id.as_deref(),
+        };
+        self.sink.emit(&record);
+    }
+}
+
+/// nginx's status for a request whose client closed the connection first.
+const CLIENT_CLOSED: u16 = 499;
+
+fn add(a: Option<Usage>, b: Option<Usage>) -> Option<Usage> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(Usage {
+            input: a.input + b.input,
+            output: a.output + b.output,
+            cached: a.cached + b.cached,
+            cache_write: a.cache_write + b.cache_write,
+            reasoning: a.reasoning + b.reasoning,
+            web_searches: a.web_searches + b.web_searches,
+        }),
+        (a, b) => a.or(b),
+    }
+}
+
+fn shared_text<S: serde::Serializer>(v: &Arc<str>, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(v)
+}
+
+/// A text that is set, or `None`.
+fn text(v: Option<&Arc<str>>) -> Option<&str> {
+    v.map(|s| &**s).filter(|s| !s.is_empty())
+}
+
+fn ms(d: std::time::Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
+#[derive(Serialize)]
+struct Tokens {
+    input: u64,
+    output: u64,
+    cached: u64,
+    reasoning: u64,
+}
+
+/// One LLM request's audit line. Field names follow what log pipelines and the
+/// OpenTelemetry GenAI conventions call these things, in snake case.
+#[derive(Serialize)]
+struct Record<'a> {
+    time: String,
+    kind: &'static str,
+    request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<&'a str>,
+    operation: &'static str,
+    api: &'static str,
+    key: Option<&'a str>,
+    namespace: Option<&'a str>,
+    team: Option<&'a str>,
+    customer: Option<&'a str>,
+    user: Option<&'a str>,
+    session: Option<&'a str>,
+    route: Option<&'a str>,
+    provider: Option<&'a str>,
+    requested_model: Option<&'a str>,
+    served_model: Option<&'a str>,
+    attempts: &'a [AttemptNote],
+    status: u16,
+    error_type: Option<&'static str>,
+    stream: bool,
+    time_to_first_token_ms: Option<f64>,
+    duration_ms: f64,
+    tokens: Option<Tokens>,
+    cost_usd: f64,
+    client_address: Option<String>,
+    user_agent: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_request_id: Option<&'a str>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_well_formed_traceparent_gives_a_trace_id() {
+        let with = |v: &str| {
+            let mut h = http::HeaderMap::new();
+            h.insert("traceparent", v.parse().unwrap());
+            trace_id(&h)
+        };
+        assert_eq!(
+            with("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").as_deref(),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736")
+        );
+        assert_eq!(
+            with("00-00000000000000000000000000000000-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(
+            with("00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01"),
+            None
+        );
+        assert_eq!(with("00-abc-00f067aa0ba902b7-01"), None);
+    }
+
+    #[test]
+    fn client_text_is_cut_on_a_character_boundary() {
+        let mut h = http::HeaderMap::new();
+        let long = "é".repeat(200);
+        h.insert("user-agent", long.parse().unwrap());
+        // Non-ASCII header values are not `to_str`; an ASCII one is cut to the bound.
+        assert_eq!(client_text(&h, "user-agent"), None);
+        h.insert("user-agent", "a".repeat(1000).parse().unwrap());
+        assert_eq!(
+            client_text(&h, "user-agent").unwrap().len(),
+            MAX_CLIENT_TEXT
+        );
+    }
+}

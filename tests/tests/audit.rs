@@ -1,0 +1,203 @@
+//! Audit records: one JSON line per LLM request on the dataplane's standard output and in
+//! its `/audit` ring, with every attempt and who sent it; no secret and no prompt in any
+//! record or log line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use tollgate_tests::harness::{DEMO_KEY, Stack, UPSTREAM_KEYS, http_get, set_faults};
+
+mod common;
+use common::*;
+
+/// A route that fails over from one model to another on a 5xx.
+const MANIFEST: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: audited
+spec:
+  match:
+    models: ["audited"]
+  targets:
+    - provider: openai-primary
+      model: m-primary
+  fallbacks:
+    - provider: openai-secondary
+      model: m-secondary
+  fallbackOn: [5xx]
+"#;
+
+const PROMPT: &str = "the quarterly numbers are 7f3a-confidential";
+const TRACEPARENT: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+fn records(admin: &str) -> Vec<Value> {
+    let (status, body) = http_get(&format!("{admin}/audit?limit=1000")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+fn by_id<'r>(records: &'r [Value], id: &str) -> &'r Value {
+    records
+        .iter()
+        .find(|r| r["request_id"] == id)
+        .unwrap_or_else(|| panic!("no record {id} in {records:?}"))
+}
+
+#[tokio::test]
+async fn every_request_has_one_record_with_its_attempts_and_no_secret() {
+    let stack = Stack::start().unwrap();
+    stack.write_manifest("audited.yaml", MANIFEST).unwrap();
+    with_logs(&stack, async {
+        until_served(stack.api(), DEMO_KEY, "audited", Duration::from_secs(5)).await;
+        let admin = stack.dataplanes[0].admin.clone();
+        let before = records(&admin).len();
+        set_faults(
+            &stack.mock_url,
+            &json!([{"model": "m-primary", "status": 502}]),
+        )
+        .unwrap();
+
+        // A request that fails over, with a client's own ids.
+        let (status, h, v) = post_with(
+            stack.api(),
+            "/chat/completions",
+            Some(DEMO_KEY),
+            &[
+                ("user-agent", "audit-test/1.0"),
+                ("x-request-id", "client-request-1"),
+                ("traceparent", TRACEPARENT),
+            ],
+            &chat_body("audited", PROMPT),
+        )
+        .await;
+        assert_eq!(status, 200, "{v}");
+        let failed_over = h["x-tollgate-request-id"].to_str().unwrap().to_string();
+
+        // A stream, and a request with a key the gateway does not know.
+        let body = json!({"model": "gpt-4o-mini", "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": PROMPT}]})
+        .to_string();
+        let (status, h, _) = post(stack.api(), Some(DEMO_KEY), &body).await;
+        assert_eq!(status, 200);
+        let streamed = h["x-tollgate-request-id"].to_str().unwrap().to_string();
+        let (status, h, _) = post(stack.api(), Some("tg-not-a-key-5d1e"), &body).await;
+        assert_eq!(status, 401);
+        let refused = h["x-tollgate-request-id"].to_str().unwrap().to_string();
+
+        let got = records(&admin);
+        assert_eq!(got.len() - before, 3, "{got:?}");
+        let r = by_id(&got, &failed_over);
+        assert_eq!(r["kind"], "llm");
+        assert_eq!(
+            (&r["namespace"], &r["key"]),
+            (&json!("default"), &json!("demo"))
+        );
+        assert_eq!(
+            (&r["team"], &r["user"]),
+            (&json!("demo"), &json!("quickstart"))
+        );
+        assert_eq!(r["route"], "default/audited");
+        assert_eq!(r["requested_model"], "audited");
+        assert_eq!(r["served_model"], "m-secondary");
+        assert_eq!(r["provider"], "default/openai-secondary");
+        assert_eq!(
+            (&r["status"], &r["error_type"]),
+            (&json!(200), &Value::Null)
+        );
+        let attempts: Vec<(&str, &str, Option<u64>)> = r["attempts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| {
+                (
+                    a["model"].as_str().unwrap(),
+                    a["outcome"].as_str().unwrap(),
+                    a["status"].as_u64(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            attempts,
+            [
+                ("m-primary", "5xx", Some(502)),
+                ("m-secondary", "ok", Some(200))
+            ]
+        );
+        assert_eq!(r["user_agent"], "audit-test/1.0");
+        assert_eq!(r["client_request_id"], "client-request-1");
+        assert_eq!(r["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(r["client_address"], "127.0.0.1");
+        assert!(r["tokens"]["input"].as_u64().unwrap() > 0, "{r}");
+        assert!(r["duration_ms"].as_f64().unwrap() > 0.0, "{r}");
+
+        let s = by_id(&got, &streamed);
+        assert_eq!((&s["stream"], &s["status"]), (&json!(true), &json!(200)));
+        let (ttft, total) = (
+            s["time_to_first_token_ms"].as_f64().unwrap(),
+            s["duration_ms"].as_f64().unwrap(),
+        );
+        assert!(ttft > 0.0 && ttft <= total, "{s}");
+        assert!(s["tokens"]["output"].as_u64().unwrap() > 0, "{s}");
+
+        let x = by_id(&got, &refused);
+        assert_eq!(
+            (&x["status"], &x["error_type"]),
+            (&json!(401), &json!("invalid_api_key"))
+        );
+        assert_eq!(x["key"], Value::Null);
+
+        // The same records on standard output, one line each, within the writer's beat.
+        let dataplane = &stack.dataplanes[0].process;
+        eventually(Duration::from_secs(2), || async {
+            let log = dataplane.log_text();
+            [&failed_over, &streamed, &refused].iter().all(|id| {
+                log.lines()
+                    .any(|l| l.starts_with('{') && l.contains(id.as_str()))
+            })
+        })
+        .await;
+        let line = dataplane
+            .log_text()
+            .lines()
+            .find(|l| l.contains(&failed_over))
+            .map(str::to_string)
+            .unwrap();
+        assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), *r);
+
+        // No secret and no prompt anywhere: records, the ring, every process's log.
+        let token = std::fs::read_to_string(&stack.token_file).unwrap();
+        let (_, ring) = http_get(&format!("{admin}/audit?limit=1000")).unwrap();
+        let everything = format!("{}\n{ring}", stack.logs());
+        for secret in [DEMO_KEY, "tg-not-a-key-5d1e", token.trim(), PROMPT]
+            .into_iter()
+            .chain(UPSTREAM_KEYS)
+        {
+            assert!(!everything.contains(secret), "{secret:?} was written");
+        }
+    })
+    .await;
+}
+
+#[test]
+fn audit_can_be_off_and_the_ring_is_only_for_the_admin() {
+    let mut stack = Stack::start().unwrap();
+    let token = stack.dir.path().join("admin-token");
+    std::fs::write(&token, "admin-s3cret-0123456789\n").unwrap();
+    stack.add_dataplane_with(&["--audit", "off"]).unwrap();
+    stack
+        .add_dataplane_with(&["--admin-token-file", token.to_str().unwrap()])
+        .unwrap();
+    let (status, _) = http_get(&format!("{}/audit", stack.dataplanes[1].admin)).unwrap();
+    assert_eq!(status, 404, "no records are kept with --audit off");
+    let (status, _) = http_get(&format!("{}/audit", stack.dataplanes[2].admin)).unwrap();
+    assert_eq!(
+        status, 401,
+        "the records need the admin token when there is one"
+    );
+    let (status, body) = http_get(&format!("{}/audit?limit=x", stack.dataplanes[0].admin)).unwrap();
+    assert_eq!(status, 400, "{body}");
+}
