@@ -304,6 +304,11 @@ async fn main() -> anyhow::Result<()> {
     registry.register(Box::new(metrics.resources_sent.clone()))?;
     registry.register(Box::new(metrics.responses.clone()))?;
     registry.register(Box::new(metrics.nacks.clone()))?;
+    // Every type's NACK count is on a scrape from the start, so that `increase()` sees
+    // the first one.
+    for type_url in tollgate_proto::type_url::ALL {
+        metrics.nacks.with_label_values(&[type_url]);
+    }
     registry.register(Box::new(metrics.connected.clone()))?;
     registry.register(Box::new(compiles.clone()))?;
     registry.register(Box::new(objects.clone()))?;
@@ -361,6 +366,11 @@ async fn main() -> anyhow::Result<()> {
     };
     let books = Arc::new(std::sync::Mutex::new(Books::new(ledger)));
     let budget_gauges = budget_metrics(&registry)?;
+    let last_change = prometheus::Gauge::new(
+        "tollgate_config_last_change_timestamp_seconds",
+        "When the served config last changed (a new version was compiled), in Unix seconds",
+    )?;
+    registry.register(Box::new(last_change.clone()))?;
 
     let session_key = match (&args.state_dir, &mode) {
         (Some(dir), _) => tollgate_controller::session_key::in_dir(dir)?,
@@ -454,6 +464,7 @@ async fn main() -> anyhow::Result<()> {
         snapshot_rx.clone(),
         budget_gauges,
     ));
+    tokio::spawn(note_changes(snapshot_rx.clone(), last_change));
     let admin_listener = tokio::net::TcpListener::bind(args.admin_listen)
         .await
         .with_context(|| format!("binding --admin-listen {}", args.admin_listen))?;
@@ -597,6 +608,11 @@ fn watch_manifests(dir: PathBuf, poll: Duration, mut publisher: Publisher) {
 struct BudgetGauges {
     spent: prometheus::GaugeVec,
     remaining: prometheus::GaugeVec,
+    limit: prometheus::GaugeVec,
+    /// 1 for the Budget's state (`Ok`, `Warning`, `Exceeded`), as its status says.
+    state: prometheus::IntGaugeVec,
+    /// When the Budget's current period ends (absent for lifetime budgets).
+    period_end: prometheus::GaugeVec,
     /// New session and tool-call accounts refused at the ledger's bounds.
     refused_accounts: prometheus::IntCounter,
 }
@@ -616,18 +632,106 @@ fn budget_metrics(registry: &prometheus::Registry) -> anyhow::Result<BudgetGauge
         ),
         &["budget", "unit"],
     )?;
+    let limit = prometheus::GaugeVec::new(
+        Opts::new(
+            "tollgate_budget_limit",
+            "Each Budget's limit in its current period, by unit",
+        ),
+        &["budget", "unit"],
+    )?;
+    let state = prometheus::IntGaugeVec::new(
+        Opts::new(
+            "tollgate_budget_state",
+            "1 for each Budget's state: Ok, Warning (past a warn threshold) or Exceeded",
+        ),
+        &["budget", "state"],
+    )?;
+    let period_end = prometheus::GaugeVec::new(
+        Opts::new(
+            "tollgate_budget_period_end_timestamp_seconds",
+            "When each Budget's current period ends, in Unix seconds (budgets with a period)",
+        ),
+        &["budget"],
+    )?;
     let refused_accounts = prometheus::IntCounter::new(
         "tollgate_ledger_accounts_refused_total",
         "New agent-session and tool-call accounts refused at the ledger's bounds (per key, and what the store holds)",
     )?;
     registry.register(Box::new(spent.clone()))?;
     registry.register(Box::new(remaining.clone()))?;
+    registry.register(Box::new(limit.clone()))?;
+    registry.register(Box::new(state.clone()))?;
+    registry.register(Box::new(period_end.clone()))?;
     registry.register(Box::new(refused_accounts.clone()))?;
     Ok(BudgetGauges {
         spent,
         remaining,
+        limit,
+        state,
+        period_end,
         refused_accounts,
     })
+}
+
+impl BudgetGauges {
+    /// The gauges of every Budget in `views` (and no others).
+    fn set(&self, views: &[tollgate_controller::spend::ledger::AccountView]) {
+        self.spent.reset();
+        self.remaining.reset();
+        self.limit.reset();
+        self.state.reset();
+        self.period_end.reset();
+        for v in views.iter().filter(|v| v.account.starts_with("budget/")) {
+            let name = &v.account["budget/".len()..];
+            let units = [
+                (1, "usd", v.spent.usd, v.remaining.usd, v.limit.usd, 1e9),
+                (
+                    2,
+                    "tokens",
+                    v.spent.tokens,
+                    v.remaining.tokens,
+                    v.limit.tokens,
+                    1.0,
+                ),
+            ];
+            for (bit, unit, spent, remaining, limit, per) in units {
+                if v.limited & bit != 0 {
+                    let labels = [name, unit];
+                    self.spent
+                        .with_label_values(&labels)
+                        .set(spent as f64 / per);
+                    self.remaining
+                        .with_label_values(&labels)
+                        .set(remaining as f64 / per);
+                    self.limit
+                        .with_label_values(&labels)
+                        .set(limit as f64 / per);
+                }
+            }
+            self.state.with_label_values(&[name, v.state]).set(1);
+            if v.period_end_ms > 0 {
+                self.period_end
+                    .with_label_values(&[name])
+                    .set(v.period_end_ms as f64 / 1e3);
+            }
+        }
+    }
+}
+
+/// Sets `gauge` to the time of each new config version: a dataplane that applied nothing
+/// since is on an old config (the chart's alert compares the two).
+async fn note_changes(mut snapshots: watch::Receiver<Arc<Compiled>>, gauge: prometheus::Gauge) {
+    let mut last = String::new();
+    loop {
+        let version = snapshots.borrow_and_update().version.clone();
+        if version != last {
+            gauge.set(tollgate_proto::time::now_unix_ms() as f64 / 1e3);
+            last = version;
+        }
+        if snapshots.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Once a second: follows the config, forgets idle sessions, and refreshes the budget
@@ -652,30 +756,6 @@ async fn keep_books(
                 .inc_by(b.ledger.refused_accounts.saturating_sub(counted));
             b.ledger.views(now)
         };
-        gauges.spent.reset();
-        gauges.remaining.reset();
-        for v in views.iter().filter(|v| v.account.starts_with("budget/")) {
-            let name = &v.account["budget/".len()..];
-            if v.limited & 1 != 0 {
-                gauges
-                    .spent
-                    .with_label_values(&[name, "usd"])
-                    .set(v.spent.usd as f64 / 1e9);
-                gauges
-                    .remaining
-                    .with_label_values(&[name, "usd"])
-                    .set(v.remaining.usd as f64 / 1e9);
-            }
-            if v.limited & 2 != 0 {
-                gauges
-                    .spent
-                    .with_label_values(&[name, "tokens"])
-                    .set(v.spent.tokens as f64);
-                gauges
-                    .remaining
-                    .with_label_values(&[name, "tokens"])
-                    .set(v.remaining.tokens as f64);
-            }
-        }
+        gauges.set(&views);
     }
 }

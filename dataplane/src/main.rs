@@ -209,6 +209,11 @@ struct Args {
     /// name keys, owners, routes, models and outcomes; never a body or a secret.
     #[arg(long, value_enum, default_value_t = AuditSink::Stdout)]
     audit: AuditSink,
+    /// Label tokens and cost by the key owner's customer for at most this many
+    /// customers (later ones are counted as `other`); 0, the default, keeps customers
+    /// out of metrics. Each customer adds a few series to every scrape.
+    #[arg(long, default_value_t = 0)]
+    metrics_customers: usize,
     /// Audit records kept in memory for the admin port's `/audit` (0: none).
     #[arg(long, default_value_t = 1000)]
     audit_ring: usize,
@@ -277,7 +282,7 @@ async fn main() -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "dataplane".into());
         format!("{}-{}", host.trim(), std::process::id())
     });
-    let metrics = Metrics::new()?;
+    let metrics = Metrics::with_customers(args.metrics_customers)?;
     let audit = tollgate_dataplane::base::audit::Auditor::start(
         tollgate_dataplane::base::audit::Settings {
             stdout: args.audit == AuditSink::Stdout,

@@ -53,6 +53,8 @@ async fn every_request_has_one_record_with_its_attempts_and_no_secret() {
     with_logs(&stack, async {
         until_served(stack.api(), DEMO_KEY, "audited", Duration::from_secs(5)).await;
         let admin = stack.dataplanes[0].admin.clone();
+        // The records of the requests above are in the ring after the writer's beat.
+        tokio::time::sleep(Duration::from_millis(200)).await;
         let before = records(&admin).len();
         set_faults(
             &stack.mock_url,
@@ -88,7 +90,15 @@ async fn every_request_has_one_record_with_its_attempts_and_no_secret() {
         assert_eq!(status, 401);
         let refused = h["x-tollgate-request-id"].to_str().unwrap().to_string();
 
-        let got = records(&admin);
+        // Written lines reach the ring within the writer's beat (50 ms).
+        let mut got = records(&admin);
+        for _ in 0..100 {
+            if got.len() - before >= 3 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            got = records(&admin);
+        }
         assert_eq!(got.len() - before, 3, "{got:?}");
         let r = by_id(&got, &failed_over);
         assert_eq!(r["kind"], "llm");

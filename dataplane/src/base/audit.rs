@@ -4,7 +4,8 @@
 //!
 //! A request adds its line under one lock and wakes nobody: the writer takes what is
 //! pending every [`FLUSH_EVERY`], so a busy gateway pays for a write per batch, not per
-//! request. What is pending is bounded: past [`Settings::pending`] lines a record is
+//! request, and then moves the lines it wrote into the ring (a line is made once and
+//! never copied; `/audit` shows what was written, up to one beat late). What is pending is bounded: past [`Settings::pending`] lines a record is
 //! counted as dropped (`tollgate_audit_records_dropped_total`) rather than held, so a
 //! stalled log collector cannot grow the process without end. On shutdown what is
 //! pending is written before the process exits.
@@ -32,8 +33,8 @@ pub struct Settings {
 
 #[derive(Default)]
 struct Inner {
-    ring: VecDeque<Arc<str>>,
-    pending: Vec<Arc<str>>,
+    ring: VecDeque<String>,
+    pending: Vec<String>,
     /// The writer has stopped: what comes after is written at once by its caller.
     closed: bool,
 }
@@ -93,27 +94,25 @@ impl Auditor {
 
     /// Adds one record (a JSON object) to the sinks.
     pub fn emit(&self, record: &impl serde::Serialize) {
-        let Ok(line) = serde_json::to_string(record) else {
+        let mut line = Vec::with_capacity(1024);
+        if serde_json::to_writer(&mut line, record).is_err() {
+            return;
+        }
+        // serde_json writes UTF-8 only.
+        let Ok(line) = String::from_utf8(line) else {
             return;
         };
-        let line: Arc<str> = line.into();
         let mut late = None;
         {
             let mut inner = super::lock(&self.inner);
-            if self.settings.ring > 0 {
-                if inner.ring.len() == self.settings.ring {
-                    inner.ring.pop_front();
-                }
-                inner.ring.push_back(line.clone());
-            }
-            if self.settings.stdout {
-                if inner.closed {
-                    late = Some(line);
-                } else if inner.pending.len() >= self.settings.pending {
-                    self.dropped.inc();
-                } else {
-                    inner.pending.push(line);
-                }
+            if !self.settings.stdout {
+                self.keep(&mut inner, line);
+            } else if inner.closed {
+                late = Some(line);
+            } else if inner.pending.len() >= self.settings.pending {
+                self.dropped.inc();
+            } else {
+                inner.pending.push(line);
             }
         }
         if let Some(line) = late {
@@ -125,8 +124,19 @@ impl Auditor {
         }
     }
 
+    /// Puts `line` in the ring, the oldest out when it is full.
+    fn keep(&self, inner: &mut Inner, line: String) {
+        if self.settings.ring == 0 {
+            return;
+        }
+        if inner.ring.len() == self.settings.ring {
+            inner.ring.pop_front();
+        }
+        inner.ring.push_back(line);
+    }
+
     /// The latest `limit` records kept, oldest first.
-    pub fn recent(&self, limit: usize) -> Vec<Arc<str>> {
+    pub fn recent(&self, limit: usize) -> Vec<String> {
         let inner = super::lock(&self.inner);
         let skip = inner.ring.len().saturating_sub(limit);
         inner.ring.iter().skip(skip).cloned().collect()
@@ -152,6 +162,10 @@ impl Auditor {
                         self.dropped.inc_by(batch.len() as u64);
                         tracing::warn!(error = %e, records = batch.len(), "audit records could not be written");
                     }
+                }
+                let mut inner = super::lock(&self.inner);
+                for line in batch {
+                    self.keep(&mut inner, line);
                 }
             }
             if stopping {
@@ -196,10 +210,8 @@ mod tests {
         for i in 0..5 {
             a.emit(&serde_json::json!({ "n": i }));
         }
-        let got: Vec<String> = a.recent(10).iter().map(|l| l.to_string()).collect();
-        assert_eq!(got, [r#"{"n":2}"#, r#"{"n":3}"#, r#"{"n":4}"#]);
-        assert_eq!(a.recent(1).len(), 1);
-        assert_eq!(&*a.recent(1)[0], r#"{"n":4}"#);
+        assert_eq!(a.recent(10), [r#"{"n":2}"#, r#"{"n":3}"#, r#"{"n":4}"#]);
+        assert_eq!(a.recent(1), [r#"{"n":4}"#]);
     }
 
     #[test]
@@ -218,7 +230,7 @@ mod tests {
         let (w, d) = counters();
         let settings = Settings {
             stdout: true,
-            ring: 0,
+            ring: 1,
             pending: 2,
         };
         // Not started: records wait for a writer that is driven by hand.
@@ -238,5 +250,10 @@ mod tests {
         a.write_loop(&mut out);
         assert_eq!(String::from_utf8(out).unwrap(), "{\"n\":0}\n{\"n\":1}\n");
         assert_eq!(w.get(), 2);
+        assert_eq!(
+            a.recent(5),
+            [r#"{"n":1}"#],
+            "written lines move to the ring"
+        );
     }
 }

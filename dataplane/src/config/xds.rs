@@ -100,6 +100,9 @@ impl Client {
                 applied
             };
             self.metrics.config_updates.inc();
+            self.metrics
+                .config_applied_at
+                .set(tollgate_proto::time::now_unix_ms() as f64 / 1e3);
             let mut reply = DeltaConfigRequest {
                 type_url: response.type_url.clone(),
                 response_nonce: response.nonce.clone(),

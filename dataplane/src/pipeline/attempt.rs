@@ -496,6 +496,7 @@ impl Sent<'_, '_> {
             reservation: Some(ctx.current()),
             price: a.price,
             counted: None,
+            first_token: None,
         };
         let response = respond(a.status, crate::base::full(a.body), &a.headers, &to);
         if let Some((class, retry_after)) = a.failure {
@@ -637,6 +638,7 @@ impl Ctx {
                 api: self.api,
                 request: self.body.clone(),
             }),
+            first_token: None,
         };
         let to = Resolved {
             route: self.route.clone(),
@@ -664,6 +666,8 @@ impl Ctx {
                 .await;
         }
         let first = self.first_bytes(&sent, up_body, &mut billed).await?;
+        let mut completion = completion;
+        completion.first_token = Some(self.started.elapsed());
         up_parts.headers.remove(header::CONTENT_LENGTH);
         up_parts.headers.insert(
             header::CONTENT_TYPE,

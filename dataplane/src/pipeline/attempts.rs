@@ -65,6 +65,7 @@ pub(crate) async fn run_plan_inner(
         attempts += 1;
         labels.provider = c.provider.id.clone();
         labels.model = c.label.clone();
+        labels.provider_name = super::record::gen_ai_provider(c.provider.kind);
         let _probe = balance::ProbeGuard::new(&c);
         let began = Instant::now();
         let result = attempt(ctx, &c, attempts, labels, resume.as_ref()).await;

@@ -23,6 +23,10 @@ pub(crate) struct Labels {
     pub(crate) route: Arc<str>,
     pub(crate) provider: Arc<str>,
     pub(crate) model: Arc<str>,
+    /// `gen_ai.operation.name` and `gen_ai.provider.name` of the GenAI metrics (empty
+    /// until known).
+    pub(crate) operation: &'static str,
+    pub(crate) provider_name: &'static str,
     pub(crate) trail: Option<Arc<super::trail::Trail>>,
 }
 
@@ -35,9 +39,25 @@ impl Labels {
         api: Api,
     ) -> Self {
         Self {
+            operation: op.name(),
             trail: super::trail::Trail::begin(state.audit.as_ref(), req, op, api),
             ..Self::default()
         }
+    }
+}
+
+/// The OpenTelemetry GenAI conventions' `gen_ai.provider.name` of a provider type: their
+/// well-known values (an OpenAI-compatible server has none, and is named as such).
+pub(crate) fn gen_ai_provider(kind: crate::config::model::ProviderKind) -> &'static str {
+    use crate::config::model::ProviderKind as K;
+    match kind {
+        K::OpenAi => "openai",
+        K::AzureOpenAi => "azure.ai.openai",
+        K::Anthropic => "anthropic",
+        K::Gemini => "gcp.gemini",
+        K::VertexAi => "gcp.vertex_ai",
+        K::Bedrock => "aws.bedrock",
+        K::OpenAiCompatible => "openai_compatible",
     }
 }
 
@@ -56,6 +76,9 @@ pub(crate) struct Completion {
     pub price: Option<crate::metering::prices::Price>,
     /// The request, counted with a tokenizer if the provider reports no usage.
     pub counted: Option<crate::metering::tokens::Counted>,
+    /// When a streamed answer's first bytes came (a whole answer's first token is all
+    /// of it).
+    pub first_token: Option<std::time::Duration>,
 }
 
 impl Completion {
@@ -77,6 +100,7 @@ impl Completion {
             reservation: None,
             price: None,
             counted: None,
+            first_token: None,
         }
     }
 
@@ -100,6 +124,67 @@ impl Completion {
         };
         self.usage = Some(usage);
         self.metrics.usage_counted.inc();
+    }
+
+    /// The GenAI conventions' metrics, and tokens and cost by owner, for a request that
+    /// reached a provider.
+    fn gen_ai(&self, cost: u64) {
+        let l = &self.labels;
+        if l.operation.is_empty() || l.provider_name.is_empty() {
+            return;
+        }
+        let g = &self.metrics.gen_ai;
+        let elapsed = self.started.elapsed();
+        let op = [l.operation, l.provider_name, &l.model];
+        let error = if self.status.is_success() {
+            ""
+        } else {
+            self.status.as_str()
+        };
+        g.operation_duration
+            .with_label_values(&[op[0], op[1], op[2], error])
+            .observe(elapsed.as_secs_f64());
+        if self.status.is_success() {
+            let first = self.first_token.unwrap_or(elapsed);
+            g.time_to_first_token
+                .with_label_values(&op)
+                .observe(first.as_secs_f64());
+            if let (Some(f), Some(u)) = (self.first_token, self.usage)
+                && u.output > 1
+            {
+                let per = elapsed.saturating_sub(f).as_secs_f64() / (u.output - 1) as f64;
+                g.time_per_output_token.with_label_values(&op).observe(per);
+            }
+        }
+        let Some(u) = self.usage else { return };
+        let owners = &self.metrics.owners;
+        let who = self.reservation.as_ref().map(|r| &r.who);
+        let customer = who.and_then(|w| owners.customer_label(&w.customer));
+        for (kind, n) in [("input", u.input), ("output", u.output)] {
+            g.token_usage
+                .with_label_values(&[op[0], op[1], op[2], op[2], kind])
+                .observe(n as f64);
+            if let Some(w) = who {
+                owners
+                    .team_tokens
+                    .with_label_values(&[&w.team, kind])
+                    .inc_by(n);
+            }
+            if let Some(c) = customer {
+                owners
+                    .customer_tokens
+                    .with_label_values(&[c, kind])
+                    .inc_by(n);
+            }
+        }
+        if let Some(c) = customer
+            && cost > 0
+        {
+            owners
+                .customer_cost
+                .with_label_values(&[c])
+                .inc_by(cost as f64 / crate::metering::prices::NANO);
+        }
     }
 
     pub fn record(self) {
@@ -139,6 +224,7 @@ impl Completion {
                 .with_label_values(&[&l.route, &l.provider, &l.model, team])
                 .inc_by(cost as f64 / crate::metering::prices::NANO);
         }
+        self.gen_ai(cost);
         self.metrics
             .requests
             .with_label_values(&[&l.route, &l.provider, &l.model, self.status.as_str()])
@@ -174,10 +260,7 @@ pub(crate) fn answer(
     started: Instant,
     labels: Labels,
 ) -> Response<Body> {
-    let request_id = labels
-        .trail
-        .as_ref()
-        .and_then(|t| HeaderValue::from_str(t.request_id()).ok());
+    let request_id = labels.trail.as_ref().map(|t| t.request_id().clone());
     let mut response = match result {
         Ok(response) => response,
         Err(e) => {

@@ -48,7 +48,8 @@ const MAX_CLIENT_TEXT: usize = 256;
 /// [`super::record::Labels`]) and made into a line once, by the request's settle stage.
 pub(crate) struct Trail {
     sink: Arc<Auditor>,
-    request_id: String,
+    /// Hex, as the `x-tollgate-request-id` header carries it (made once, shared).
+    request_id: http::HeaderValue,
     at_unix_ms: i64,
     operation: &'static str,
     api: &'static str,
@@ -78,7 +79,8 @@ struct Ended {
     usage: Option<Usage>,
     cost_nano_usd: u64,
     duration: std::time::Duration,
-    who: Option<Attribution>,
+    /// The agent session, once admitted (the rest of the owner is the key's).
+    session: Option<Arc<str>>,
     route: Arc<str>,
     provider: Arc<str>,
 }
@@ -119,6 +121,19 @@ fn client_text(headers: &http::HeaderMap, name: &str) -> Option<String> {
     Some(v[..end].to_string())
 }
 
+/// 128 random bits in hex.
+fn new_request_id() -> http::HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = fastrand::u128(..);
+    let mut out = [0u8; 32];
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::copy_from_slice(&out))
+        .unwrap_or(http::HeaderValue::from_static("0"))
+}
+
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
 fn trace_id(headers: &http::HeaderMap) -> Option<String> {
     let v = headers.get("traceparent")?.to_str().ok()?;
@@ -144,7 +159,7 @@ impl Trail {
         let headers = req.headers();
         Some(Arc::new(Self {
             sink,
-            request_id: format!("{:032x}", fastrand::u128(..)),
+            request_id: new_request_id(),
             at_unix_ms: tollgate_proto::time::now_unix_ms(),
             operation: op.name(),
             api: match api {
@@ -161,7 +176,7 @@ impl Trail {
     }
 
     /// The gateway's id of the request (its record, and `x-tollgate-request-id`).
-    pub(crate) fn request_id(&self) -> &str {
+    pub(crate) fn request_id(&self) -> &http::HeaderValue {
         &self.request_id
     }
 
@@ -222,7 +237,7 @@ impl Trail {
             usage: tokens,
             cost_nano_usd: cost,
             duration: o.started.elapsed(),
-            who: o.who.cloned(),
+            session: o.who.map(|w| w.session.clone()),
             route: o.route.clone(),
             provider: o.provider.clone(),
         });
@@ -236,7 +251,7 @@ impl Drop for Trail {
     fn drop(&mut self) {
         let late = lock(&self.late);
         let ended = late.ended.as_ref();
-        let who = ended.and_then(|e| e.who.as_ref()).or(late.key.as_ref());
+        let who = late.key.as_ref();
         let (namespace, key) = who
             .and_then(|w| w.key.split_once('/'))
             .map_or((None, None), |(ns, k)| (Some(ns), Some(k)));
@@ -263,7 +278,7 @@ impl Drop for Trail {
         let record = Record {
             time: tollgate_proto::time::format_rfc3339_ms(self.at_unix_ms),
             kind: "llm",
-            request_id: &self.request_id,
+            request_id: self.request_id.to_str().unwrap_or(""),
             trace_id: self.trace_id.as_deref(),
             operation: self.operation,
             api: self.api,
@@ -272,7 +287,7 @@ impl Drop for Trail {
             team: text(who.map(|w| &w.team)),
             customer: text(who.map(|w| &w.customer)),
             user: text(who.map(|w| &w.user)),
-            session: text(ended.and_then(|e| e.who.as_ref()).map(|w| &w.session)),
+            session: text(ended.and_then(|e| e.session.as_ref())),
             route: text(ended.map(|e| &e.route)),
             provider: text(ended.map(|e| &e.provider)),
             requested_model: late.requested_model.as_deref(),
@@ -290,7 +305,7 @@ impl Drop for Trail {
                 reasoning: u.reasoning,
             }),
             cost_usd: ended.map_or(0, |e| e.cost_nano_usd) as f64 / crate::metering::prices::NANO,
-            client_address: self.client_address.map(|a| a.ip().to_string()),
+            client_address: self.client_address.map(|a| a.ip()),
             user_agent: self.user_agent.as_deref(),
             client_request_id: self.client_request_id.as_deref(),
         };
@@ -365,7 +380,7 @@ struct Record<'a> {
     duration_ms: f64,
     tokens: Option<Tokens>,
     cost_usd: f64,
-    client_address: Option<String>,
+    client_address: Option<std::net::IpAddr>,
     user_agent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_request_id: Option<&'a str>,

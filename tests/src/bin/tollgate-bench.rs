@@ -81,6 +81,10 @@ struct Args {
     /// what metering against them costs, by comparing two runs.
     #[arg(long)]
     no_limits: bool,
+    /// One more argument for the dataplane (repeatable), e.g. `--dataplane-arg=--audit=off`
+    /// to read what a stage that a flag turns off costs, by comparing two runs.
+    #[arg(long = "dataplane-arg", allow_hyphen_values = true)]
+    dataplane_args: Vec<String>,
     /// Where the JSON results go.
     #[arg(long, default_value = "target/bench/results.json")]
     out: PathBuf,
@@ -444,6 +448,9 @@ struct Tollgate {
     controller_admin: String,
 }
 
+/// `--dataplane-arg`s, for every dataplane the bench starts.
+static DATAPLANE_ARGS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
 /// Starts a controller (local mode on `manifests`, or Kubernetes mode on `kubeconfig`)
 /// and a dataplane.
 fn start_tollgate(
@@ -508,7 +515,10 @@ fn start_tollgate(
             token.display().to_string(),
             "--egress-allow".into(),
             "127.0.0.0/8".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(DATAPLANE_ARGS.get().into_iter().flatten().cloned())
+        .collect::<Vec<String>>(),
         work,
     )?;
     let t = Tollgate {
@@ -1103,6 +1113,7 @@ fn table(r: &Report) -> String {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = Args::parse();
+    let _ = DATAPLANE_ARGS.set(args.dataplane_args.clone());
     if args.smoke {
         args.rate = args.rate.min(200.0);
         args.stream_rate = args.stream_rate.min(200.0);

@@ -94,7 +94,10 @@ async fn a_request_waits_for_a_grant_then_settles_its_actual_usage() {
 #[tokio::test]
 async fn an_exhausted_account_refuses_and_without_a_controller_requests_wait_then_fail() {
     let q = Quotas::new(Duration::from_millis(200), false);
-    let waits = crate::base::metrics::Metrics::new().unwrap().quota_waits;
+    let waits = crate::base::metrics::Metrics::new()
+        .unwrap()
+        .quota_waits
+        .clone();
     q.observe_waits(waits.clone());
     let waiter = {
         let q = q.clone();

@@ -760,8 +760,8 @@ fn audited(route: pb::Resource, fake: Arc<Fake>) -> (Arc<State>, Arc<crate::base
             ring: 10,
             pending: 10,
         },
-        metrics.audit_written,
-        metrics.audit_dropped,
+        metrics.audit_written.clone(),
+        metrics.audit_dropped.clone(),
     )
     .unwrap();
     Arc::get_mut(&mut s).unwrap().audit = Some(sink.clone());
