@@ -87,6 +87,9 @@ impl Chart {
             ))
             // The ledger is cluster-scoped: a name of this run's own.
             .arg(format!("--set=controller.ledgerName={release_namespace}"))
+            // The dashboard's ConfigMap too (a PrometheusRule needs the Prometheus
+            // Operator's CRDs, which this cluster does not have).
+            .arg("--set=grafanaDashboard.enabled=true")
             .output()
             .expect("running helm");
         assert!(
