@@ -20,6 +20,7 @@ from pathlib import Path
 # Kinds from CRDs outside Kubernetes itself: no schema ships with kubernetes-validate.
 NOT_IN_KUBERNETES = {
     ("monitoring.coreos.com/v1", "ServiceMonitor"),
+    ("monitoring.coreos.com/v1", "PrometheusRule"),
     ("cert-manager.io/v1", "Certificate"),
     ("cert-manager.io/v1", "Issuer"),
 }
