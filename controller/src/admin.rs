@@ -1,12 +1,14 @@
 //! The controller's admin port: liveness, readiness, `/status` (every object's conditions,
-//! with `Programmed` from the dataplanes' ACKs) and Prometheus `/metrics`.
+//! with `Programmed` from the dataplanes' ACKs), `/usage`, `/logs` (the live request log,
+//! as a list or followed as server-sent events) and Prometheus `/metrics`.
 
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::Full;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use serde::Serialize;
@@ -26,8 +28,19 @@ pub struct Admin {
     pub registry: prometheus::Registry,
     /// The usage ledger (kept by this replica when it is the leader).
     pub books: Arc<std::sync::Mutex<crate::spend::usage::Books>>,
-    /// Who may read `/status` and `/usage`.
+    /// Who may read `/status`, `/usage` and `/logs`.
     pub access: tollgate_proto::admin::Access,
+    /// The live request log.
+    pub live: Arc<crate::live::Live>,
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+/// The web page on `/`: plain HTML and JavaScript, no build step, no outside assets.
+const UI: &str = include_str!("ui.html");
+
+fn boxed(r: Response<Full<Bytes>>) -> Response<Body> {
+    r.map(BodyExt::boxed)
 }
 
 #[derive(Serialize)]
@@ -55,12 +68,113 @@ impl Admin {
         serde_json::to_value(view).unwrap_or_default()
     }
 
-    fn respond(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    fn respond(&self, req: &Request<Incoming>) -> Response<Body> {
+        if req.uri().path() == "/logs" && req.method() == Method::GET {
+            return self.logs(req);
+        }
+        boxed(self.page(req))
+    }
+
+    /// `/logs?key=..&team=..&status=5xx&limit=N[&follow=1]`: the latest records that pass
+    /// the filters, oldest first, as a JSON array; with `follow`, as server-sent events,
+    /// those and then each new one.
+    fn logs(&self, req: &Request<Incoming>) -> Response<Body> {
+        let authorization = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        if let Err(denied) = self.access.check(authorization) {
+            let mut r = text(StatusCode::OK, denied.message());
+            *r.status_mut() =
+                StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::FORBIDDEN);
+            return boxed(r);
+        }
+        let (filter, options) = match crate::live::Filter::parse(req.uri().query().unwrap_or("")) {
+            Ok(x) => x,
+            Err(e) => {
+                let mut r = Response::new(Full::new(Bytes::from(format!("{e}\n"))));
+                *r.status_mut() = StatusCode::BAD_REQUEST;
+                return boxed(r);
+            }
+        };
+        // Subscribed before the list is read: nothing falls between the two.
+        let follower = options.follow.then(|| self.live.follow());
+        let kept = self.live.query(&filter, options.limit);
+        let Some(follower) = follower else {
+            let mut body = String::from("[");
+            for (i, e) in kept.iter().enumerate() {
+                if i > 0 {
+                    body.push(',');
+                }
+                body.push_str(&e.line);
+            }
+            body.push(']');
+            let mut r = Response::new(Full::new(Bytes::from(body)));
+            r.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/json"),
+            );
+            return boxed(r);
+        };
+        let event = |line: &str| Bytes::from(format!("data: {line}\n\n"));
+        let first: Vec<Bytes> = kept.iter().map(|e| event(&e.line)).collect();
+        let seen: std::collections::HashSet<String> = kept.iter().map(|e| e.line.clone()).collect();
+        let rest = futures_util::stream::unfold(
+            (follower, filter, seen),
+            move |(mut rx, filter, seen)| async move {
+                loop {
+                    match rx.recv().await {
+                        Ok(e) if filter.passes(e.value()) && !seen.contains(&e.line) => {
+                            return Some((event(&e.line), (rx, filter, seen)));
+                        }
+                        Ok(_) => {}
+                        // A slow reader misses records rather than holding them.
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                    }
+                }
+            },
+        );
+        let stream = futures_util::StreamExt::map(
+            futures_util::StreamExt::chain(futures_util::stream::iter(first), rest),
+            |b| Ok::<_, Infallible>(hyper::body::Frame::data(b)),
+        );
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        let h = r.headers_mut();
+        h.insert(
+            hyper::header::CONTENT_TYPE,
+            hyper::header::HeaderValue::from_static("text/event-stream"),
+        );
+        h.insert(
+            hyper::header::CACHE_CONTROL,
+            hyper::header::HeaderValue::from_static("no-cache"),
+        );
+        r
+    }
+
+    fn page(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
         }
         match req.uri().path() {
             "/healthz" => text(StatusCode::OK, "ok\n"),
+            // The web page: objects, budgets and the live log, read from the pages below
+            // with the admin token the reader gives it. Nothing in it is secret.
+            "/" => {
+                let mut r = Response::new(Full::new(Bytes::from_static(UI.as_bytes())));
+                let h = r.headers_mut();
+                h.insert(
+                    hyper::header::CONTENT_TYPE,
+                    hyper::header::HeaderValue::from_static("text/html; charset=utf-8"),
+                );
+                h.insert(
+                    hyper::header::HeaderName::from_static("content-security-policy"),
+                    hyper::header::HeaderValue::from_static(
+                        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'",
+                    ),
+                );
+                r
+            }
             "/readyz" => {
                 if *self.ready.borrow() {
                     text(StatusCode::OK, "ready\n")

@@ -8,6 +8,7 @@ pub mod auth;
 pub mod compile;
 pub mod k8s;
 pub mod listener;
+pub mod live;
 pub mod local;
 pub mod objects;
 pub mod publish;

@@ -144,6 +144,10 @@ struct Args {
     /// server never refuses a write and every key's usage is still acknowledged.
     #[arg(long, default_value_t = 4_000)]
     max_configmap_sessions: usize,
+    /// Audit records the leader keeps for `/logs`, the live request log (the latest,
+    /// from every dataplane).
+    #[arg(long, default_value_t = tollgate_controller::live::DEFAULT_KEPT)]
+    live_records: usize,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
 }
@@ -413,6 +417,8 @@ async fn main() -> anyhow::Result<()> {
             LeaderUrl::new(move || peers.leader_url(&me, std::time::Instant::now()))
         },
     );
+    let live = Arc::new(tollgate_controller::live::Live::new(args.live_records));
+    let usage = usage.with_live(live.clone());
     tokio::spawn(keeper.run());
     let source = match mode {
         Mode::Local { dir, poll } => {
@@ -448,6 +454,7 @@ async fn main() -> anyhow::Result<()> {
         }
     };
     let admin = Admin {
+        live: live.clone(),
         snapshots: snapshot_rx.clone(),
         ready: ready_rx.clone(),
         tracker: tracker.clone(),

@@ -217,6 +217,10 @@ struct Args {
     /// Audit records kept in memory for the admin port's `/audit` (0: none).
     #[arg(long, default_value_t = 1000)]
     audit_ring: usize,
+    /// Audit records waiting to go to the controller's live request log (`/logs`) at
+    /// most, sent with the usage stream; past it the oldest are not sent (0: none).
+    #[arg(long, default_value_t = 10_000)]
+    audit_forward: usize,
     /// Audit records waiting to be written at most; when the writer falls this far
     /// behind, more are dropped and counted in `tollgate_audit_records_dropped_total`.
     #[arg(long, default_value_t = 100_000)]
@@ -292,6 +296,11 @@ async fn main() -> anyhow::Result<()> {
                 args.audit_ring
             },
             pending: args.audit_pending.max(1),
+            forward: if args.audit == AuditSink::Off {
+                0
+            } else {
+                args.audit_forward
+            },
         },
         metrics.audit_written.clone(),
         metrics.audit_dropped.clone(),
@@ -308,6 +317,7 @@ async fn main() -> anyhow::Result<()> {
         &node_id,
         quotas.clone(),
         metrics.clone(),
+        audit.clone(),
     );
     tokio::spawn(reporter.clone().run());
     let session_keys = Arc::new(tollgate_dataplane::mcp::session::Keys::default());

@@ -178,6 +178,86 @@ async fn every_request_has_one_record_with_its_attempts_and_no_secret() {
             .unwrap();
         assert_eq!(serde_json::from_str::<Value>(&line).unwrap(), *r);
 
+        // The controller's live log has them too, merged from the dataplanes' usage
+        // streams, with filters.
+        let controller = stack.controller_admin.clone();
+        let live = |query: &str| {
+            let (status, body) = http_get(&format!("{controller}/logs?{query}")).unwrap();
+            assert_eq!(status, 200, "{body}");
+            serde_json::from_str::<Vec<Value>>(&body).unwrap()
+        };
+        let ids = |records: Vec<Value>| -> Vec<String> {
+            records
+                .iter()
+                .map(|r| r["request_id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        let waited = eventually(Duration::from_secs(2), || async {
+            ids(live("limit=1000")).contains(&refused)
+        })
+        .await;
+        eprintln!("in the controller's live log after {waited:?}");
+        let audited = live("route=default/audited&limit=1000");
+        assert!(
+            audited.iter().all(|r| r["route"] == "default/audited"),
+            "{audited:?}"
+        );
+        assert!(ids(audited).contains(&failed_over));
+        let client_errors = live("status=4xx&limit=1000");
+        assert!(client_errors.iter().all(|r| {
+            r["status"]
+                .as_u64()
+                .is_some_and(|s| (400..500).contains(&s))
+        }));
+        assert!(ids(client_errors).contains(&refused));
+        assert!(ids(live("key=default/demo&model=m-secondary")).contains(&failed_over));
+        assert_eq!(
+            live("key=demo&status=200&limit=1000")
+                .iter()
+                .filter(|r| [&failed_over, &streamed]
+                    .contains(&&r["request_id"].as_str().unwrap().to_string()))
+                .count(),
+            2
+        );
+        let (status, _) = http_get(&format!("{controller}/logs?colour=red")).unwrap();
+        assert_eq!(status, 400, "an unknown filter is refused, not ignored");
+
+        // Followed: a request made now comes as a server-sent event within 2 seconds.
+        let follow = reqwest::Client::new()
+            .get(format!(
+                "{controller}/logs?follow=1&model=gpt-4o-mini&limit=0"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            follow.headers()["content-type"].to_str().unwrap(),
+            "text/event-stream"
+        );
+        let (status, h, _) = post(stack.api(), Some(DEMO_KEY), &body).await;
+        assert_eq!(status, 200);
+        let next = h["x-tollgate-request-id"].to_str().unwrap().to_string();
+        let started = std::time::Instant::now();
+        let mut stream = follow.bytes_stream();
+        let mut text = String::new();
+        while !text.contains(&next) {
+            let chunk = tokio::time::timeout(
+                Duration::from_secs(2),
+                futures_util::StreamExt::next(&mut stream),
+            )
+            .await
+            .expect("an event within 2 s")
+            .unwrap()
+            .unwrap();
+            text.push_str(&String::from_utf8_lossy(&chunk));
+        }
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert!(text.starts_with("data: {"), "{text}");
+        assert!(
+            !text.contains(&streamed),
+            "limit=0: only records made after: {text}"
+        );
+
         // No secret and no prompt anywhere: records, the ring, every process's log.
         let token = std::fs::read_to_string(&stack.token_file).unwrap();
         let (_, ring) = http_get(&format!("{admin}/audit?limit=1000")).unwrap();

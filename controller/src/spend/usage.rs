@@ -205,6 +205,7 @@ pub fn usage_service(
         records,
         refused,
         leader_url,
+        live: None,
     };
     let keeper = Keeper {
         books,
@@ -352,9 +353,19 @@ pub struct UsageServer {
     /// Usage streams refused because this replica does not keep the ledger.
     refused: IntCounter,
     leader_url: LeaderUrl,
+    /// Where the audit records that come with usage go.
+    live: Option<Arc<crate::live::Live>>,
 }
 
 impl UsageServer {
+    /// The server, passing the audit records that come with usage to `live`.
+    pub fn with_live(self, live: Arc<crate::live::Live>) -> Self {
+        Self {
+            live: Some(live),
+            ..self
+        }
+    }
+
     /// This replica's term of keeping the books: 0 while it does not.
     pub fn keeping(&self) -> watch::Receiver<u64> {
         self.term.clone()
@@ -370,6 +381,10 @@ impl UsageServer {
         self.records.inc_by(ledger.records_counted - before);
         if applied.changed {
             self.dirty.notify_one();
+        }
+        drop(books);
+        if let Some(live) = &self.live {
+            live.add(&batch.audit_records);
         }
         applied.ack.leases
     }

@@ -29,12 +29,17 @@ pub struct Settings {
     pub ring: usize,
     /// Records waiting for the writer at most.
     pub pending: usize,
+    /// Records waiting to go to the controller (its live request log) at most: past it
+    /// the oldest go (0: none are sent).
+    pub forward: usize,
 }
 
 #[derive(Default)]
 struct Inner {
     ring: VecDeque<String>,
     pending: Vec<String>,
+    /// For the controller, taken by the usage reporter.
+    forward: VecDeque<String>,
     /// The writer has stopped: what comes after is written at once by its caller.
     closed: bool,
 }
@@ -65,7 +70,7 @@ impl Auditor {
         written: IntCounter,
         dropped: IntCounter,
     ) -> Option<Arc<Self>> {
-        if !settings.stdout && settings.ring == 0 {
+        if !settings.stdout && settings.ring == 0 && settings.forward == 0 {
             return None;
         }
         let this = Arc::new(Self {
@@ -124,8 +129,15 @@ impl Auditor {
         }
     }
 
-    /// Puts `line` in the ring, the oldest out when it is full.
+    /// Puts `line` in the ring, the oldest out when it is full, and in the lines for the
+    /// controller.
     fn keep(&self, inner: &mut Inner, line: String) {
+        if self.settings.forward > 0 {
+            if inner.forward.len() == self.settings.forward {
+                inner.forward.pop_front();
+            }
+            inner.forward.push_back(line.clone());
+        }
         if self.settings.ring == 0 {
             return;
         }
@@ -133,6 +145,13 @@ impl Auditor {
             inner.ring.pop_front();
         }
         inner.ring.push_back(line);
+    }
+
+    /// At most `max` records for the controller, oldest first, taken.
+    pub fn take_forward(&self, max: usize) -> Vec<String> {
+        let mut inner = super::lock(&self.inner);
+        let n = inner.forward.len().min(max);
+        inner.forward.drain(..n).collect()
     }
 
     /// The latest `limit` records kept, oldest first.
@@ -205,6 +224,7 @@ mod tests {
             stdout: false,
             ring: 3,
             pending: 10,
+            forward: 2,
         };
         let a = Auditor::start(settings, w, d).unwrap();
         for i in 0..5 {
@@ -212,6 +232,10 @@ mod tests {
         }
         assert_eq!(a.recent(10), [r#"{"n":2}"#, r#"{"n":3}"#, r#"{"n":4}"#]);
         assert_eq!(a.recent(1), [r#"{"n":4}"#]);
+        // The controller's share is bounded too, the oldest going first.
+        assert_eq!(a.take_forward(1), [r#"{"n":3}"#]);
+        assert_eq!(a.take_forward(5), [r#"{"n":4}"#]);
+        assert!(a.take_forward(5).is_empty());
     }
 
     #[test]
@@ -221,6 +245,7 @@ mod tests {
             stdout: false,
             ring: 0,
             pending: 10,
+            forward: 0,
         };
         assert!(Auditor::start(settings, w, d).is_none());
     }
@@ -232,6 +257,7 @@ mod tests {
             stdout: true,
             ring: 1,
             pending: 2,
+            forward: 0,
         };
         // Not started: records wait for a writer that is driven by hand.
         let a = Auditor {

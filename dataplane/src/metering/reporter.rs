@@ -20,12 +20,17 @@ use crate::metering::quota::Quotas;
 
 const TICK: Duration = Duration::from_millis(100);
 
+/// Audit records sent with one batch at most (about 1 KB each); more wait for the next.
+const MAX_AUDIT_PER_BATCH: usize = 1000;
+
 pub struct Reporter {
     pub controller: Arc<link::Controller>,
     /// The node id and a per-process instance id: sequences restart with the process.
     pub dataplane_id: String,
     pub quotas: Arc<Quotas>,
     pub metrics: Metrics,
+    /// Audit records go to the controller's live request log with each batch.
+    pub audit: Option<Arc<crate::base::audit::Auditor>>,
     unacked: Mutex<VecDeque<pb::UsageBatch>>,
     next_sequence: Mutex<u64>,
     /// The leader replica's own address, as a replica that refused the stream named it:
@@ -48,12 +53,14 @@ impl Reporter {
         node_id: &str,
         quotas: Arc<Quotas>,
         metrics: Metrics,
+        audit: Option<Arc<crate::base::audit::Auditor>>,
     ) -> Arc<Self> {
         Arc::new(Reporter {
             controller,
             dataplane_id: format!("{node_id}/{:016x}", fastrand::u64(..)),
             quotas,
             metrics,
+            audit,
             unacked: Mutex::default(),
             next_sequence: Mutex::new(1),
             leader: Mutex::default(),
@@ -138,7 +145,12 @@ impl Reporter {
             // from the settled count would count that record twice.)
             let lease_requests = self.quotas.lease_requests();
             let records = self.quotas.take_records();
-            if records.is_empty() && lease_requests.is_empty() {
+            let audit_records = self
+                .audit
+                .as_ref()
+                .map(|a| a.take_forward(MAX_AUDIT_PER_BATCH))
+                .unwrap_or_default();
+            if records.is_empty() && lease_requests.is_empty() && audit_records.is_empty() {
                 continue;
             }
             let batch = {
@@ -149,6 +161,7 @@ impl Reporter {
                     records,
                     epoch,
                     lease_requests,
+                    audit_records,
                 };
                 *seq += 1;
                 let mut unacked = self.unacked();

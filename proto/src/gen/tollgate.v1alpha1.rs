@@ -863,6 +863,11 @@ pub struct UsageBatch {
     pub epoch: u64,
     #[prost(message, repeated, tag = "5")]
     pub lease_requests: ::prost::alloc::vec::Vec<LeaseRequest>,
+    /// Audit records (one JSON object each, per LLM request or MCP tool call) made since the
+    /// last batch, for the controller's live request log. Sent again with the batch after a
+    /// reconnect; the controller keeps each record once (by its request_id).
+    #[prost(string, repeated, tag = "6")]
+    pub audit_records: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
 }
 /// Usage of one or more requests with the same attribution, summed.
 #[derive(Clone, PartialEq, ::prost::Message)]

@@ -46,6 +46,7 @@ fn ask(dp: &str, seq: u64, epoch: u64, in_flight: u64, need: u64, want: u64) -> 
             hold: None,
             ..Default::default()
         }],
+        audit_records: vec![],
     }
 }
 
@@ -69,6 +70,7 @@ fn spend(dp: &str, seq: u64, epoch: u64, cost: u64, at: i64, period: i64) -> pb:
             ..Default::default()
         }],
         lease_requests: vec![],
+        audit_records: vec![],
     }
 }
 
@@ -587,6 +589,7 @@ fn session_ask(seq: u64, account: &str) -> pb::UsageBatch {
             }),
             ..Default::default()
         }],
+        audit_records: vec![],
     }
 }
 
@@ -646,6 +649,7 @@ fn a_flood_of_session_ids_is_refused_past_the_caps_and_others_still_granted() {
                 ..Default::default()
             }],
             lease_requests: vec![],
+            audit_records: vec![],
         },
         &SessionDefs,
         now + SESSION_IDLE_MS + 2,

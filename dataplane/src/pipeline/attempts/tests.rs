@@ -759,6 +759,7 @@ fn audited(route: pb::Resource, fake: Arc<Fake>) -> (Arc<State>, Arc<crate::base
             stdout: false,
             ring: 10,
             pending: 10,
+            forward: 0,
         },
         metrics.audit_written.clone(),
         metrics.audit_dropped.clone(),
