@@ -291,3 +291,46 @@ fn audit_can_be_off_and_the_ring_is_only_for_the_admin() {
     let (status, body) = http_get(&format!("{}/audit?limit=x", stack.dataplanes[0].admin)).unwrap();
     assert_eq!(status, 400, "{body}");
 }
+
+/// A Budget over the quick start's key, for the page to show.
+const BUDGET: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: Budget
+metadata:
+  name: page-budget
+spec:
+  selector:
+    matchLabels: {team: demo}
+  limit:
+    usd: 25
+  period: month
+"#;
+
+#[tokio::test]
+async fn the_web_page_shows_objects_budgets_and_a_request_within_2_seconds() {
+    let stack = Stack::start().unwrap();
+    stack.write_manifest("budget.yaml", BUDGET).unwrap();
+    with_logs(&stack, async {
+        // The Budget's account is there once a request has reserved against it.
+        eventually(Duration::from_secs(10), || async {
+            post(stack.api(), Some(DEMO_KEY), &chat_body("gpt-4o", "hi")).await;
+            http_get(&format!("{}/usage", stack.controller_admin))
+                .unwrap()
+                .1
+                .contains("page-budget")
+        })
+        .await;
+        let out = run_python(
+            &stack,
+            "live_page.py",
+            &[
+                &stack.controller_admin,
+                stack.api(),
+                DEMO_KEY,
+                "default/page-budget",
+            ],
+        );
+        assert!(out.contains("page ok"), "{out}");
+    })
+    .await;
+}
