@@ -79,15 +79,8 @@ impl Admin {
     /// the filters, oldest first, as a JSON array; with `follow`, as server-sent events,
     /// those and then each new one.
     fn logs(&self, req: &Request<Incoming>) -> Response<Body> {
-        let authorization = req
-            .headers()
-            .get(hyper::header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        if let Err(denied) = self.access.check(authorization) {
-            let mut r = text(StatusCode::OK, denied.message());
-            *r.status_mut() =
-                StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::FORBIDDEN);
-            return boxed(r);
+        if let Some(refused) = self.refused(req) {
+            return boxed(refused);
         }
         let (filter, options) = match crate::live::Filter::parse(req.uri().query().unwrap_or("")) {
             Ok(x) => x,
@@ -152,6 +145,18 @@ impl Admin {
         r
     }
 
+    /// The answer to a request for a private page without the admin token, if it is one.
+    fn refused(&self, req: &Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+        let authorization = req
+            .headers()
+            .get(hyper::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let denied = self.access.check(authorization).err()?;
+        let mut r = text(StatusCode::OK, denied.message());
+        *r.status_mut() = StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::FORBIDDEN);
+        Some(r)
+    }
+
     fn page(&self, req: &Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET {
             return text(StatusCode::METHOD_NOT_ALLOWED, "only GET\n");
@@ -183,15 +188,8 @@ impl Admin {
                 }
             }
             "/status" | "/usage" => {
-                let authorization = req
-                    .headers()
-                    .get(hyper::header::AUTHORIZATION)
-                    .map(|v| v.as_bytes());
-                if let Err(denied) = self.access.check(authorization) {
-                    let mut r = text(StatusCode::OK, denied.message());
-                    *r.status_mut() =
-                        StatusCode::from_u16(denied.status()).unwrap_or(StatusCode::FORBIDDEN);
-                    return r;
+                if let Some(refused) = self.refused(req) {
+                    return refused;
                 }
                 let view = if req.uri().path() == "/usage" {
                     let mut views = crate::lock(&self.books)

@@ -287,24 +287,7 @@ async fn main() -> anyhow::Result<()> {
         format!("{}-{}", host.trim(), std::process::id())
     });
     let metrics = Metrics::with_customers(args.metrics_customers)?;
-    let audit = tollgate_dataplane::base::audit::Auditor::start(
-        tollgate_dataplane::base::audit::Settings {
-            stdout: args.audit == AuditSink::Stdout,
-            ring: if args.audit == AuditSink::Off {
-                0
-            } else {
-                args.audit_ring
-            },
-            pending: args.audit_pending.max(1),
-            forward: if args.audit == AuditSink::Off {
-                0
-            } else {
-                args.audit_forward
-            },
-        },
-        metrics.audit_written.clone(),
-        metrics.audit_dropped.clone(),
-    );
+    let audit = audit_sink(&args, &metrics);
     let config = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -420,6 +403,24 @@ async fn main() -> anyhow::Result<()> {
         a.close();
     }
     Ok(())
+}
+
+/// Where audit records go, as the flags say (`None` with `--audit off`).
+fn audit_sink(
+    args: &Args,
+    metrics: &Metrics,
+) -> Option<Arc<tollgate_dataplane::base::audit::Auditor>> {
+    let on = args.audit == AuditSink::Stdout;
+    tollgate_dataplane::base::audit::Auditor::start(
+        tollgate_dataplane::base::audit::Settings {
+            stdout: on,
+            ring: if on { args.audit_ring } else { 0 },
+            pending: args.audit_pending.max(1),
+            forward: if on { args.audit_forward } else { 0 },
+        },
+        metrics.audit_written.clone(),
+        metrics.audit_dropped.clone(),
+    )
 }
 
 /// How the config and usage streams reach the controller: over TLS, verifying its

@@ -79,12 +79,10 @@ pub fn parse_rfc3339_unix(text: &str) -> Option<i64> {
     Some(days * 86_400 + h * 3600 + mi * 60 + s - offset)
 }
 
-/// An RFC 3339 time in UTC with milliseconds (`2026-12-03T14:02:05.123Z`), for records
-/// a log collector reads.
-pub fn format_rfc3339_ms(unix_ms: i64) -> String {
-    let (secs, ms) = (unix_ms.div_euclid(1000), unix_ms.rem_euclid(1000));
-    let (days, rest) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
-    // Civil from days (proleptic Gregorian), the inverse of the count above.
+/// The UTC calendar date and time of Unix seconds: year, month, day, hour, minute, second
+/// (civil from days, proleptic Gregorian: the inverse of the count above).
+pub fn civil(unix: i64) -> [i64; 6] {
+    let (days, rest) = (unix.div_euclid(86_400), unix.rem_euclid(86_400));
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -94,12 +92,15 @@ pub fn format_rfc3339_ms(unix_ms: i64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rest / 3600,
-        rest / 60 % 60,
-        rest % 60
-    )
+    [y, m, d, rest / 3600, rest / 60 % 60, rest % 60]
+}
+
+/// An RFC 3339 time in UTC with milliseconds (`2026-12-03T14:02:05.123Z`), for records
+/// a log collector reads.
+pub fn format_rfc3339_ms(unix_ms: i64) -> String {
+    let [y, m, d, hh, mm, ss] = civil(unix_ms.div_euclid(1000));
+    let ms = unix_ms.rem_euclid(1000);
+    format!("{y:04}-{m:02}-{d:02}T{hh:02}:{mm:02}:{ss:02}.{ms:03}Z")
 }
 
 #[cfg(test)]

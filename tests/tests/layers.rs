@@ -26,6 +26,7 @@ const DATAPLANE: &[&str] = &[
 const CONTROLLER: &[&str] = &[
     "admin",
     "spend",
+    "live",
     "k8s",
     "local",
     "xds",
