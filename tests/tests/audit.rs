@@ -258,6 +258,32 @@ async fn every_request_has_one_record_with_its_attempts_and_no_secret() {
             "limit=0: only records made after: {text}"
         );
 
+        // Client text as long as the body or a header allows stays out of the record
+        // (the head refuses a model name over 256 bytes; headers are cut to 256), and the
+        // live log still gets the record: one too long for a usage batch would stall it.
+        let long = format!("m-{}", "x".repeat(200_000));
+        let agent = "a".repeat(8_000);
+        let (status, h, _) = post_with(
+            stack.api(),
+            "/chat/completions",
+            Some(DEMO_KEY),
+            &[("user-agent", &agent)],
+            &chat_body(&long, "hi"),
+        )
+        .await;
+        assert_eq!(status, 400);
+        let hostile = h["x-tollgate-request-id"].to_str().unwrap().to_string();
+        eventually(Duration::from_secs(2), || async {
+            ids(live("status=400&limit=1000")).contains(&hostile)
+        })
+        .await;
+        let r = live("status=400&limit=1000")
+            .into_iter()
+            .find(|r| r["request_id"] == hostile.as_str())
+            .unwrap();
+        assert_eq!(r["requested_model"], Value::Null, "{r}");
+        assert_eq!(r["user_agent"].as_str().unwrap().len(), 256, "{r}");
+
         // No secret and no prompt anywhere: records, the ring, every process's log.
         let token = std::fs::read_to_string(&stack.token_file).unwrap();
         let (_, ring) = http_get(&format!("{admin}/audit?limit=1000")).unwrap();

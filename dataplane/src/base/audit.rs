@@ -4,8 +4,9 @@
 //!
 //! A request adds its line under one lock and wakes nobody: the writer takes what is
 //! pending every [`FLUSH_EVERY`], so a busy gateway pays for a write per batch, not per
-//! request, and then moves the lines it wrote into the ring (a line is made once and
-//! never copied; `/audit` shows what was written, up to one beat late). What is pending is bounded: past [`Settings::pending`] lines a record is
+//! request, and then moves the lines it wrote into the ring (`/audit` shows what was
+//! written, up to one beat late), copying each for the controller's live log. What is
+//! pending is bounded: past [`Settings::pending`] lines a record is
 //! counted as dropped (`tollgate_audit_records_dropped_total`) rather than held, so a
 //! stalled log collector cannot grow the process without end. On shutdown what is
 //! pending is written before the process exits.
@@ -159,11 +160,27 @@ impl Auditor {
         inner.ring.push_back(line);
     }
 
-    /// At most `max` records for the controller, oldest first, taken.
-    pub fn take_forward(&self, max: usize) -> Vec<String> {
+    /// At most `max` records and `max_bytes` of them for the controller, oldest first,
+    /// taken. A record longer than `max_bytes` alone is dropped (an MCP call's logged
+    /// arguments can be that long): a batch must stay within what the controller reads.
+    pub fn take_forward(&self, max: usize, max_bytes: usize) -> Vec<String> {
         let mut inner = super::lock(&self.inner);
-        let n = inner.forward.len().min(max);
-        inner.forward.drain(..n).collect()
+        let (mut out, mut bytes) = (Vec::new(), 0);
+        while out.len() < max {
+            let Some(len) = inner.forward.front().map(String::len) else {
+                break;
+            };
+            if len > max_bytes {
+                inner.forward.pop_front();
+                continue;
+            }
+            if bytes + len > max_bytes {
+                break;
+            }
+            bytes += len;
+            out.extend(inner.forward.pop_front());
+        }
+        out
     }
 
     /// The latest `limit` records kept, oldest first.
@@ -174,9 +191,7 @@ impl Auditor {
     }
 
     fn write_loop(&self, out: &mut impl Write) {
-        // One buffer for every batch: a new one each time was returned to the system when
-        // freed and faulted in again for the next (about 350 page faults a second at
-        // 2,000 requests a second).
+        // One buffer for every batch, kept.
         let mut text = String::new();
         loop {
             let stopping = self.stop.load(std::sync::atomic::Ordering::Acquire);
@@ -249,9 +264,28 @@ mod tests {
         assert_eq!(a.recent(10), [r#"{"n":2}"#, r#"{"n":3}"#, r#"{"n":4}"#]);
         assert_eq!(a.recent(1), [r#"{"n":4}"#]);
         // The controller's share is bounded too, the oldest going first.
-        assert_eq!(a.take_forward(1), [r#"{"n":3}"#]);
-        assert_eq!(a.take_forward(5), [r#"{"n":4}"#]);
-        assert!(a.take_forward(5).is_empty());
+        assert_eq!(a.take_forward(1, 100), [r#"{"n":3}"#]);
+        assert_eq!(a.take_forward(5, 100), [r#"{"n":4}"#]);
+        assert!(a.take_forward(5, 100).is_empty());
+    }
+
+    #[test]
+    fn records_for_the_controller_are_bounded_in_bytes() {
+        let (w, d) = counters();
+        let settings = Settings {
+            stdout: false,
+            ring: 0,
+            pending: 10,
+            forward: 10,
+        };
+        let a = Auditor::start(settings, w, d).unwrap();
+        a.emit(&serde_json::json!({ "n": "x".repeat(50) }));
+        for i in 5..8 {
+            a.emit(&serde_json::json!({ "n": i }));
+        }
+        // What never fits is dropped; what does not fit now waits for the next batch.
+        assert_eq!(a.take_forward(5, 20), [r#"{"n":5}"#, r#"{"n":6}"#]);
+        assert_eq!(a.take_forward(5, 20), [r#"{"n":7}"#]);
     }
 
     #[test]

@@ -20,8 +20,10 @@ use crate::metering::quota::Quotas;
 
 const TICK: Duration = Duration::from_millis(100);
 
-/// Audit records sent with one batch at most (about 1 KB each); more wait for the next.
+/// Audit records sent with one batch at most (about 1 KB each), and their bytes at most:
+/// the controller reads messages of up to 4 MiB. More wait for the next batch.
 const MAX_AUDIT_PER_BATCH: usize = 1000;
+const MAX_AUDIT_BYTES_PER_BATCH: usize = 1 << 20;
 
 pub struct Reporter {
     pub controller: Arc<link::Controller>,
@@ -148,7 +150,7 @@ impl Reporter {
             let audit_records = self
                 .audit
                 .as_ref()
-                .map(|a| a.take_forward(MAX_AUDIT_PER_BATCH))
+                .map(|a| a.take_forward(MAX_AUDIT_PER_BATCH, MAX_AUDIT_BYTES_PER_BATCH))
                 .unwrap_or_default();
             if records.is_empty() && lease_requests.is_empty() && audit_records.is_empty() {
                 continue;

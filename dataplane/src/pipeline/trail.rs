@@ -188,6 +188,7 @@ impl Trail {
     /// The request's body was read: the model asked for, and whether it streams.
     pub(crate) fn read(&self, head: &ChatHead) {
         let mut late = lock(&self.late);
+        // At most MAX_MODEL_NAME bytes: the head refuses longer ones.
         late.requested_model = Some(head.model.clone());
         late.stream = head.stream;
     }
