@@ -52,6 +52,9 @@ pub struct Compiled {
     /// Changes when any object's conditions do, served or not (a new invalid object, a
     /// key whose Secret went missing): the status writer's cue.
     pub reports_version: String,
+    /// The W3C trace context of the compile that made it, when that was traced: pushes
+    /// of it continue its trace.
+    pub trace: Option<String>,
 }
 
 impl Compiled {

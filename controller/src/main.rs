@@ -158,18 +158,6 @@ enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 /// mimalloc: compiling a large config allocates and frees millions of small values, which
 /// glibc's allocator served at several times the time and memory.
 #[global_allocator]
@@ -179,7 +167,13 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     let huge_pages_off = tollgate_proto::process::no_huge_pages();
     let args = Args::parse();
-    init_logging(args.log_format);
+    // Compile and push spans over OTLP, when the OTEL_* variables say where.
+    let telemetry = tollgate_telemetry::Telemetry::from_env("tollgate-controller", false)
+        .map_err(anyhow::Error::msg)?;
+    tollgate_telemetry::init_logging(
+        matches!(args.log_format, LogFormat::Json),
+        telemetry.as_ref(),
+    );
     if !huge_pages_off {
         tracing::warn!(
             "transparent huge pages could not be disabled; starting with a large config may be slower"
@@ -532,6 +526,9 @@ async fn main() -> anyhow::Result<()> {
     stop_tx.send_replace(true);
     if let Some(source) = source {
         let _ = tokio::time::timeout(Duration::from_secs(5), source).await;
+    }
+    if let Some(t) = &telemetry {
+        t.shutdown();
     }
     Ok(())
 }

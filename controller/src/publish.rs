@@ -58,6 +58,16 @@ impl Publisher {
     /// are looked at: the maps of the new result share every unchanged part with the
     /// previous one.
     pub fn publish(&mut self, changes: impl IntoIterator<Item = Change>, source: &str) {
+        let span = tracing::info_span!(
+            target: tollgate_telemetry::TARGET,
+            "compile",
+            "tollgate.source" = source,
+            "tollgate.groups" = tracing::field::Empty,
+            "tollgate.objects" = tracing::field::Empty,
+            "tollgate.resources" = tracing::field::Empty,
+            "tollgate.version" = tracing::field::Empty,
+        );
+        let _in = span.enter();
         let started = Instant::now();
         let mut groups = 0;
         let mut compiled = None;
@@ -68,10 +78,15 @@ impl Publisher {
                     .update(&self.validator, &self.default_namespace, change),
             );
         }
-        let compiled = compiled.unwrap_or_else(|| {
+        let mut compiled = compiled.unwrap_or_else(|| {
             self.compiler
                 .update(&self.validator, &self.default_namespace, Change::default())
         });
+        compiled.trace = tollgate_telemetry::current_traceparent(&span);
+        span.record("tollgate.groups", groups);
+        span.record("tollgate.objects", compiled.report_map.len());
+        span.record("tollgate.resources", compiled.resource_count());
+        span.record("tollgate.version", compiled.version.as_str());
         self.compiles.inc();
         let previous = self.snapshots.borrow().clone();
         report_source_errors(&previous.source_errors, &compiled.source_errors);

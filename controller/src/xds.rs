@@ -81,6 +81,8 @@ struct Pending {
     removed: Vec<String>,
     /// Version the dataplane held before this response, per sent resource.
     previous: HashMap<String, Option<String>>,
+    /// The push's span, which ends when the dataplane answers (ACK or NACK).
+    span: tracing::Span,
 }
 
 #[derive(Default)]
@@ -181,7 +183,11 @@ impl Session {
             .iter()
             .map(|e| (e.name.as_str(), e.message.as_str()))
             .collect();
-        if !rejected.is_empty() || !request.error_detail.is_empty() {
+        let nacked = !rejected.is_empty() || !request.error_detail.is_empty();
+        pending
+            .span
+            .record("tollgate.reply", if nacked { "nack" } else { "ack" });
+        if nacked {
             self.metrics.nacks.with_label_values(&[type_url]).inc();
             tracing::warn!(
                 dataplane = %self.node,
@@ -247,6 +253,7 @@ impl Session {
             sent: Vec::new(),
             removed: Vec::new(),
             previous: HashMap::new(),
+            span: tracing::Span::none(),
         };
         for name in candidates {
             match current.get(&name) {
@@ -277,6 +284,27 @@ impl Session {
         }
         self.nonce += 1;
         let nonce = self.nonce.to_string();
+        // A push of a traced compile is a span of its trace, until the dataplane answers;
+        // its context goes with the response, so the dataplane's apply joins the trace.
+        let traceparent = match &snapshot.trace {
+            Some(parent) => {
+                let span = tracing::info_span!(
+                    target: tollgate_telemetry::TARGET,
+                    "push",
+                    "tollgate.dataplane" = %self.node,
+                    "tollgate.type" = type_url,
+                    "tollgate.version" = %snapshot.version,
+                    "tollgate.sent" = pending.sent.len(),
+                    "tollgate.removed" = pending.removed.len(),
+                    "tollgate.reply" = tracing::field::Empty,
+                );
+                tollgate_telemetry::set_remote_parent(&span, parent);
+                let traceparent = tollgate_telemetry::current_traceparent(&span);
+                pending.span = span;
+                traceparent.unwrap_or_default()
+            }
+            None => String::new(),
+        };
         let response = DeltaConfigResponse {
             type_url: type_url.to_string(),
             system_version_info: snapshot.version.clone(),
@@ -284,6 +312,7 @@ impl Session {
             removed_resources: pending.removed.clone(),
             nonce: nonce.clone(),
             mcp_session_key: self.session_key.to_vec(),
+            traceparent,
         };
         self.metrics
             .resources_sent

@@ -204,11 +204,14 @@ struct Args {
     egress_deny: Vec<tollgate_dataplane::base::egress::Net>,
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     log_format: LogFormat,
-    /// Where the audit record of every LLM request and MCP call goes: `stdout`, one JSON
-    /// line each (logs go to standard error), or `off` (none are kept either). Records
-    /// name keys, owners, routes, models and outcomes; never a body or a secret.
-    #[arg(long, value_enum, default_value_t = AuditSink::Stdout)]
-    audit: AuditSink,
+    /// Where the audit record of every LLM request and MCP call goes, one or both of
+    /// `stdout` (one JSON line each; logs go to standard error) and `otlp` (OpenTelemetry
+    /// log records whose body is that line, to the OTLP endpoint of the standard
+    /// `OTEL_EXPORTER_OTLP_*` variables), comma-separated; or `off` (none are kept
+    /// either). Records name keys, owners, routes, models and outcomes; never a body or a
+    /// secret.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "stdout")]
+    audit: Vec<AuditSink>,
     /// Label tokens and cost by the key owner's customer for at most this many
     /// customers (later ones are counted as `other`); 0, the default, keeps customers
     /// out of metrics. Each customer adds a few series to every scrape.
@@ -230,6 +233,7 @@ struct Args {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 enum AuditSink {
     Stdout,
+    Otlp,
     Off,
 }
 
@@ -257,24 +261,25 @@ enum LogFormat {
     Json,
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     allocator::no_huge_pages();
     allocator::purge_at_once();
     let args = Args::parse();
-    init_logging(args.log_format);
+    if args.audit.contains(&AuditSink::Off) && args.audit.len() > 1 {
+        bail!("--audit off cannot be combined with a sink");
+    }
+    // Traces (and audit records as logs) over OTLP, when the OTEL_* variables say where.
+    let telemetry = tollgate_telemetry::Telemetry::from_env(
+        "tollgate-dataplane",
+        args.audit.contains(&AuditSink::Otlp),
+    )
+    .map_err(anyhow::Error::msg)?
+    .map(Arc::new);
+    tollgate_telemetry::init_logging(
+        matches!(args.log_format, LogFormat::Json),
+        telemetry.as_deref(),
+    );
     // Read again at each connection (a projected ServiceAccount token is rotated); read
     // here too, so that a missing or empty file stops the start.
     let token = std::fs::read_to_string(&args.token_file)
@@ -287,7 +292,7 @@ async fn main() -> anyhow::Result<()> {
         format!("{}-{}", host.trim(), std::process::id())
     });
     let metrics = Metrics::with_customers(args.metrics_customers)?;
-    let audit = audit_sink(&args, &metrics);
+    let audit = audit_sink(&args, &metrics, telemetry.clone());
     let config = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let (ready_tx, ready_rx) = watch::channel(false);
     let draining = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -372,6 +377,7 @@ async fn main() -> anyhow::Result<()> {
             web_searches: args.max_web_searches,
         },
         audit: audit.clone(),
+        telemetry: telemetry.clone(),
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -402,6 +408,9 @@ async fn main() -> anyhow::Result<()> {
     if let Some(a) = &audit {
         a.close();
     }
+    if let Some(t) = &telemetry {
+        t.shutdown();
+    }
     Ok(())
 }
 
@@ -409,17 +418,19 @@ async fn main() -> anyhow::Result<()> {
 fn audit_sink(
     args: &Args,
     metrics: &Metrics,
+    telemetry: Option<Arc<tollgate_telemetry::Telemetry>>,
 ) -> Option<Arc<tollgate_dataplane::base::audit::Auditor>> {
-    let on = args.audit == AuditSink::Stdout;
+    let on = !args.audit.contains(&AuditSink::Off);
     tollgate_dataplane::base::audit::Auditor::start(
         tollgate_dataplane::base::audit::Settings {
-            stdout: on,
+            stdout: args.audit.contains(&AuditSink::Stdout),
             ring: if on { args.audit_ring } else { 0 },
             pending: args.audit_pending.max(1),
             forward: if on { args.audit_forward } else { 0 },
         },
         metrics.audit_written.clone(),
         metrics.audit_dropped.clone(),
+        telemetry.filter(|_| args.audit.contains(&AuditSink::Otlp)),
     )
 }
 

@@ -503,6 +503,7 @@ impl Compiler {
             source_errors: self.errors.values().cloned().collect(),
             version: to_hex(&self.resources_digest),
             reports_version: to_hex(&self.reports_digest),
+            trace: None,
         }
     }
 

@@ -1,6 +1,6 @@
 //! The audit sink: one JSON line per record, written to standard output (for the cluster's
-//! log collector) by a thread of its own, and the latest records kept in a bounded ring
-//! (the admin port's `/audit`).
+//! log collector) and sent as OpenTelemetry log records (over OTLP) by a thread of its
+//! own, and the latest records kept in a bounded ring (the admin port's `/audit`).
 //!
 //! A request adds its line under one lock and wakes nobody: the writer takes what is
 //! pending every [`FLUSH_EVERY`], so a busy gateway pays for a write per batch, not per
@@ -20,6 +20,9 @@ use prometheus::IntCounter;
 
 /// Line buffers kept for reuse at most.
 const SPARE: usize = 256;
+
+/// The event name of audit records sent as OpenTelemetry log records.
+pub const EVENT: &str = "tollgate.audit";
 
 /// How often the writer takes what is pending.
 pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
@@ -60,6 +63,8 @@ pub struct Auditor {
     dropped: IntCounter,
     writer: Mutex<Option<std::thread::JoinHandle<()>>>,
     stop: std::sync::atomic::AtomicBool,
+    /// Each record also goes out as a log record (its body the line).
+    otlp: Option<Arc<tollgate_telemetry::Telemetry>>,
 }
 
 impl std::fmt::Debug for Auditor {
@@ -71,16 +76,20 @@ impl std::fmt::Debug for Auditor {
 }
 
 impl Auditor {
-    /// A sink with `settings`, counting in `written` and `dropped`; with `stdout`, its
-    /// writer thread is started. `None` when records go nowhere.
+    /// A sink with `settings`, counting in `written` and `dropped`, and sending log
+    /// records with `otlp` (when it exports logs); with `stdout` or `otlp`, its writer
+    /// thread is started. `None` when records go nowhere.
     pub fn start(
         settings: Settings,
         written: IntCounter,
         dropped: IntCounter,
+        otlp: Option<Arc<tollgate_telemetry::Telemetry>>,
     ) -> Option<Arc<Self>> {
-        if !settings.stdout && settings.ring == 0 && settings.forward == 0 {
+        let otlp = otlp.filter(|t| t.logs());
+        if !settings.stdout && otlp.is_none() && settings.ring == 0 && settings.forward == 0 {
             return None;
         }
+        let writes = settings.stdout || otlp.is_some();
         let this = Arc::new(Self {
             settings,
             inner: Mutex::new(Inner::default()),
@@ -88,12 +97,17 @@ impl Auditor {
             dropped,
             writer: Mutex::new(None),
             stop: std::sync::atomic::AtomicBool::new(false),
+            otlp,
         });
-        if settings.stdout {
+        if writes {
             let sink = this.clone();
+            let stdout = settings.stdout;
             let handle = std::thread::Builder::new()
                 .name("audit-writer".into())
-                .spawn(move || sink.write_loop(&mut std::io::stdout()))
+                .spawn(move || {
+                    let mut out = stdout.then(std::io::stdout);
+                    sink.write_loop(out.as_mut())
+                })
                 .ok();
             if handle.is_none() {
                 tracing::error!(
@@ -120,7 +134,7 @@ impl Auditor {
         let mut late = None;
         {
             let mut inner = super::lock(&self.inner);
-            if !self.settings.stdout {
+            if !self.writes() {
                 self.keep(&mut inner, line);
             } else if inner.closed {
                 late = Some(line);
@@ -132,11 +146,18 @@ impl Auditor {
         }
         if let Some(line) = late {
             // After shutdown (a request that outlived the drain): written here.
-            let mut out = std::io::stdout().lock();
-            if writeln!(out, "{line}").is_ok() {
+            if let Some(t) = &self.otlp {
+                t.log(EVENT, &line);
+            }
+            if !self.settings.stdout || writeln!(std::io::stdout().lock(), "{line}").is_ok() {
                 self.written.inc();
             }
         }
+    }
+
+    /// Whether records go through the writer thread (to stdout or OTLP).
+    fn writes(&self) -> bool {
+        self.settings.stdout || self.otlp.is_some()
     }
 
     /// Puts `line` in the ring, the oldest out when it is full, and in the lines for the
@@ -190,7 +211,7 @@ impl Auditor {
         inner.ring.iter().skip(skip).cloned().collect()
     }
 
-    fn write_loop(&self, out: &mut impl Write) {
+    fn write_loop<W: Write>(&self, mut out: Option<&mut W>) {
         // One buffer for every batch, kept.
         let mut text = String::new();
         loop {
@@ -201,12 +222,21 @@ impl Auditor {
                 std::mem::take(&mut inner.pending)
             };
             if !batch.is_empty() {
+                if let Some(t) = &self.otlp {
+                    for line in &batch {
+                        t.log(EVENT, line);
+                    }
+                }
                 text.clear();
                 for line in &batch {
                     text.push_str(line);
                     text.push('\n');
                 }
-                match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+                let written = match out.as_mut() {
+                    Some(out) => out.write_all(text.as_bytes()).and_then(|()| out.flush()),
+                    None => Ok(()),
+                };
+                match written {
                     Ok(()) => self.written.inc_by(batch.len() as u64),
                     Err(e) => {
                         self.dropped.inc_by(batch.len() as u64);
@@ -257,7 +287,7 @@ mod tests {
             pending: 10,
             forward: 2,
         };
-        let a = Auditor::start(settings, w, d).unwrap();
+        let a = Auditor::start(settings, w, d, None).unwrap();
         for i in 0..5 {
             a.emit(&serde_json::json!({ "n": i }));
         }
@@ -278,7 +308,7 @@ mod tests {
             pending: 10,
             forward: 10,
         };
-        let a = Auditor::start(settings, w, d).unwrap();
+        let a = Auditor::start(settings, w, d, None).unwrap();
         a.emit(&serde_json::json!({ "n": "x".repeat(50) }));
         for i in 5..8 {
             a.emit(&serde_json::json!({ "n": i }));
@@ -297,7 +327,7 @@ mod tests {
             pending: 10,
             forward: 0,
         };
-        assert!(Auditor::start(settings, w, d).is_none());
+        assert!(Auditor::start(settings, w, d, None).is_none());
     }
 
     #[test]
@@ -317,13 +347,14 @@ mod tests {
             dropped: d.clone(),
             writer: Mutex::new(None),
             stop: std::sync::atomic::AtomicBool::new(true),
+            otlp: None,
         };
         for i in 0..3 {
             a.emit(&serde_json::json!({ "n": i }));
         }
         assert_eq!(d.get(), 1, "the third record finds the pending lines full");
         let mut out = Vec::new();
-        a.write_loop(&mut out);
+        a.write_loop(Some(&mut out));
         assert_eq!(String::from_utf8(out).unwrap(), "{\"n\":0}\n{\"n\":1}\n");
         assert_eq!(w.get(), 2);
         assert_eq!(

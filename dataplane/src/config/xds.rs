@@ -84,6 +84,22 @@ impl Client {
         self.metrics.config_connected.set(1);
         let mut seen_types = std::collections::HashSet::new();
         while let Some(response) = inbound.message().await? {
+            // The apply of a traced change joins the controller's trace of it.
+            let span = if response.traceparent.is_empty() {
+                tracing::Span::none()
+            } else {
+                let span = tracing::info_span!(
+                    target: tollgate_telemetry::TARGET,
+                    "apply",
+                    "tollgate.type" = %response.type_url,
+                    "tollgate.version" = %response.system_version_info,
+                    "tollgate.resources" = response.resources.len(),
+                    "tollgate.removed" = response.removed_resources.len(),
+                    "tollgate.rejected" = tracing::field::Empty,
+                );
+                tollgate_telemetry::set_remote_parent(&span, &response.traceparent);
+                span
+            };
             self.session_keys.update(&response.mcp_session_key);
             let applied = {
                 let mut store = self.lock();
@@ -116,6 +132,7 @@ impl Client {
                     tracing::warn!(resource = %e.name, version = %e.version, reason = %e.message, "resource rejected; keeping the previous version");
                 }
                 reply.error_detail = format!("{} resource(s) rejected", applied.errors.len());
+                span.record("tollgate.rejected", applied.errors.len());
                 reply.resource_errors = applied.errors;
             }
             tracing::debug!(
@@ -132,6 +149,7 @@ impl Client {
             if tx.send(reply).await.is_err() {
                 break;
             }
+            drop(span);
         }
         Err(StreamError::Closed)
     }

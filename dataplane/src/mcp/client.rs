@@ -116,6 +116,8 @@ pub struct Target<'a> {
     pub server: &'a McpServer,
     pub session_id: &'a str,
     pub version: &'a str,
+    /// The W3C trace context the message carries (a traced tool call's).
+    pub traceparent: Option<&'a str>,
 }
 
 /// Tokens are cached with each server's OAuth client (`config::OAuthClient::token`).
@@ -159,6 +161,9 @@ impl Client {
                 }
                 if !to.version.is_empty() {
                     req = req.header(VERSION_HEADER, to.version);
+                }
+                if let Some(tp) = to.traceparent {
+                    req = req.header("traceparent", tp);
                 }
                 req.body(Full::new(body.clone()))
             })

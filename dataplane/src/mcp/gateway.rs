@@ -145,6 +145,7 @@ impl Live {
             server: &self.server,
             session_id: &self.session_id,
             version: &self.version,
+            traceparent: None,
         }
     }
 }
@@ -178,10 +179,16 @@ fn names(live: &[Live]) -> Names {
 struct Env<'a> {
     core: &'a State,
     mcp: &'a Gateway,
+    /// The HTTP request's trace, when it is sampled.
+    trace: Option<tollgate_telemetry::Sampled>,
 }
 
 pub async fn handle(core: &State, mcp: &Gateway, req: Request<Incoming>) -> Response<Body> {
-    let state = &Env { core, mcp };
+    let trace = core
+        .telemetry
+        .as_ref()
+        .and_then(|t| t.sample_headers(req.headers()));
+    let state = &Env { core, mcp, trace };
     let method = req.method().clone();
     match method {
         Method::POST => post(state, req).await,
@@ -320,7 +327,13 @@ async fn post(state: &Env<'_>, req: Request<Incoming>) -> Response<Body> {
     };
     match message {
         Message::Request { id, method, params } => {
-            on_request(state, &caller, &parts.headers, id, method, params).await
+            let traced = state.trace.as_ref().map(|_| method.clone());
+            let r = on_request(state, &caller, &parts.headers, id, method, params).await;
+            if let (Some(t), Some(s), Some(method)) = (&state.core.telemetry, &state.trace, traced)
+            {
+                super::spans::request_span(t, s, &method, &caller.key, r.status().as_u16());
+            }
+            r
         }
         Message::Notification { method, params } => {
             on_notification(state, &caller, &parts.headers, method, params).await
@@ -696,6 +709,7 @@ async fn open_upstream(
         server,
         session_id: "",
         version: "",
+        traceparent: None,
     };
     let answer = async {
         let (headers, reply) = client.post(fresh, &init).await?;
@@ -735,6 +749,7 @@ async fn open_upstream(
         server,
         session_id: &up.session_id,
         version: &up.version,
+        traceparent: None,
     };
     if let Err(e) = client
         .post(
@@ -1023,6 +1038,12 @@ async fn call_tool(
         at_unix_ms: tollgate_proto::time::now_unix_ms(),
         metrics: state.core.metrics.clone(),
         sink: state.core.audit.clone(),
+        span: state
+            .core
+            .telemetry
+            .as_ref()
+            .zip(state.trace.as_ref())
+            .map(|(t, s)| super::spans::ToolSpan::child_of(t, s)),
     };
     let refuse = |audit: Audit, outcome: &str, code: i64, message: String| {
         audit.finish(outcome);
@@ -1136,7 +1157,15 @@ async fn relay(
     audit: Option<Audit>,
 ) -> Response<Body> {
     let message = jsonrpc::request(&id, method, params);
-    let answered = match state.mcp.client.post(l.target(), &message).await {
+    let traceparent = audit
+        .as_ref()
+        .and_then(|a| a.span.as_ref())
+        .map(super::spans::ToolSpan::traceparent);
+    let to = Target {
+        traceparent: traceparent.as_deref(),
+        ..l.target()
+    };
+    let answered = match state.mcp.client.post(to, &message).await {
         Err(e) => Err(e),
         Ok((_, Reply::Events(body))) if events => {
             let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(32);
@@ -1303,6 +1332,8 @@ struct Audit {
     metrics: crate::base::metrics::Metrics,
     /// The audit sink; without one, the call is logged instead.
     sink: Option<Arc<crate::base::audit::Auditor>>,
+    /// The call's span, when its request is traced.
+    span: Option<super::spans::ToolSpan>,
 }
 
 fn nonempty(s: &str) -> Option<&str> {
@@ -1315,6 +1346,9 @@ struct ToolCallRecord<'a> {
     time: String,
     kind: &'static str,
     request_id: String,
+    /// The call's trace, when it is traced.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    trace_id: Option<String>,
     key: Option<&'a str>,
     namespace: Option<&'a str>,
     team: Option<&'a str>,
@@ -1354,6 +1388,10 @@ impl Audit {
                 .with_label_values(&[server])
                 .observe(elapsed.as_secs_f64());
         }
+        let trace_id = self.span.as_ref().map(super::spans::ToolSpan::trace_hex);
+        if let Some(span) = self.span {
+            span.end(&self.tool, &self.server, outcome);
+        }
         let owner = &self.key.attribution;
         if let Some(sink) = &self.sink {
             let (namespace, key) = owner
@@ -1364,6 +1402,7 @@ impl Audit {
                 time: tollgate_proto::time::format_rfc3339_ms(self.at_unix_ms),
                 kind: "mcp_tool_call",
                 request_id: format!("{:032x}", fastrand::u128(..)),
+                trace_id,
                 key,
                 namespace,
                 team: nonempty(&owner.team),

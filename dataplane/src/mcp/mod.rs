@@ -8,4 +8,5 @@ pub mod gateway;
 pub mod jsonrpc;
 pub mod names;
 pub mod session;
+mod spans;
 pub mod transport;

@@ -175,6 +175,8 @@ pub(crate) struct Ctx {
     pub(crate) extend_by: u64,
     /// The key, for the error a refused extension gets.
     pub(crate) key: Arc<VirtualKey>,
+    /// The request's record, whose trace each attempt's request carries.
+    pub(crate) trail: Option<Arc<super::trail::Trail>>,
 }
 
 impl Ctx {
@@ -774,7 +776,16 @@ impl Ctx {
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, Step> {
         let provider = &p.c.provider;
-        build_upstream(
+        let traceparent = self.trail.as_ref().and_then(|t| {
+            let index = p.credential.as_ref().and_then(|(c, _)| {
+                provider
+                    .credentials
+                    .iter()
+                    .position(|x| std::ptr::eq(x, *c))
+            });
+            t.upstream_request(&uri, index)
+        });
+        let mut request = build_upstream(
             self.state.upstream.for_object(&provider.id),
             provider,
             p.credential.as_ref().map(|(c, _)| *c),
@@ -784,7 +795,13 @@ impl Ctx {
             body,
         )
         .await
-        .map_err(|e| Step::failed(Failure::Auth, e))
+        .map_err(|e| Step::failed(Failure::Auth, e))?;
+        if let Some(v) = traceparent {
+            request
+                .headers_mut()
+                .insert(http::header::HeaderName::from_static("traceparent"), v);
+        }
+        Ok(request)
     }
 
     /// The request body for the provider: the client's with the model rewritten, or its
@@ -933,6 +950,9 @@ impl Ctx {
             };
             let (out, usage) =
                 translated.map_err(|e| sent.failed(Failure::ServerError, Err(e.into()), None))?;
+            if let Some(t) = &completion.labels.trail {
+                t.answered(&out);
+            }
             completion.usage = usage;
             completion.count_unreported(|model, api| {
                 Some(crate::metering::tokens::answer(model, api, &out))

@@ -235,6 +235,7 @@ fn continue_elsewhere(
         current: std::sync::Mutex::new(first.current()),
         extend_by: 2,
         key: first.key.clone(),
+        trail: first.trail.clone(),
     });
     ctx.state
         .metrics

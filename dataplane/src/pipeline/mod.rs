@@ -84,6 +84,8 @@ pub struct State {
     pub worst: admission::WorstCase,
     /// Where each request's audit record goes; `None` when audit is off.
     pub audit: Option<Arc<crate::base::audit::Auditor>>,
+    /// OpenTelemetry export, when an OTLP endpoint is configured.
+    pub telemetry: Option<Arc<tollgate_telemetry::Telemetry>>,
 }
 
 impl std::fmt::Debug for State {

@@ -40,7 +40,13 @@ impl Labels {
     ) -> Self {
         Self {
             operation: op.name(),
-            trail: super::trail::Trail::begin(state.audit.as_ref(), req, op, api),
+            trail: super::trail::Trail::begin(
+                state.audit.as_ref(),
+                state.telemetry.as_ref(),
+                req,
+                op,
+                api,
+            ),
             ..Self::default()
         }
     }
@@ -205,6 +211,7 @@ impl Completion {
                 who: self.reservation.as_ref().map(|r| &r.who),
                 route: &l.route,
                 provider: &l.provider,
+                provider_name: l.provider_name,
             });
         }
         if let Some(r) = &self.reservation {

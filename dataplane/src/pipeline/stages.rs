@@ -55,7 +55,7 @@ where
         state,
         Operation::Chat,
         api,
-        parts.headers,
+        (parts.headers, labels.trail.clone()),
         routed,
         reservation,
         started,
@@ -120,7 +120,16 @@ where
         Err(e) => return Ok(refused(state, key, e, api, started, labels)),
     };
     let key = key.clone();
-    let (ctx, plan, first) = attempts(state, op, api, parts.headers, routed, reservation, started);
+    let trail = labels.trail.clone();
+    let (ctx, plan, first) = attempts(
+        state,
+        op,
+        api,
+        (parts.headers, trail),
+        routed,
+        reservation,
+        started,
+    );
     answered(
         state,
         &key,
@@ -134,7 +143,7 @@ fn attempts(
     state: &Arc<State>,
     op: Operation,
     api: Api,
-    headers: http::HeaderMap,
+    (headers, trail): (http::HeaderMap, Option<Arc<super::trail::Trail>>),
     Routed {
         body,
         head,
@@ -163,6 +172,7 @@ fn attempts(
         admitted: reservation,
         extend_by: 1,
         key,
+        trail,
     });
     (ctx, plan, first)
 }

@@ -2,7 +2,10 @@
 //! and owner, the model asked for, each attempt and its outcome) and, when its answer
 //! ends, one line to the audit sink ([`crate::base::audit`]) with the outcome, tokens and
 //! cost. No body, prompt or secret is in it: the key is named by its object, never its
-//! value, and a credential by its provider.
+//! value, and a credential by its provider. A request that is traced ([`spans`]) makes its
+//! spans from the same record.
+
+mod spans;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -47,7 +50,10 @@ const MAX_CLIENT_TEXT: usize = 256;
 /// One request's record in the making. Shared by the request's stages (through its
 /// [`super::record::Labels`]) and made into a line once, by the request's settle stage.
 pub(crate) struct Trail {
-    sink: Arc<Auditor>,
+    /// The audit sink (`None`: the request is traced, not audited).
+    sink: Option<Arc<Auditor>>,
+    /// The request's trace, when it is sampled.
+    traced: Option<spans::Traced>,
     /// Hex, as the `x-tollgate-request-id` header carries it (made once, shared).
     request_id: http::HeaderValue,
     at_unix_ms: i64,
@@ -68,6 +74,11 @@ struct Late {
     requested_model: Option<String>,
     stream: bool,
     attempts: Vec<AttemptNote>,
+    /// The next attempt's span and credential, noted as its request is made.
+    next_attempt: Option<spans::AttemptSpan>,
+    /// What only a traced request reads: the request's sampling parameters, the answer's
+    /// id and finish reasons.
+    traced: spans::Details,
     first_byte_ms: Option<f64>,
     error: Option<&'static str>,
     ended: Option<Ended>,
@@ -83,6 +94,8 @@ struct Ended {
     session: Option<Arc<str>>,
     route: Arc<str>,
     provider: Arc<str>,
+    /// `gen_ai.provider.name` of the provider that served.
+    provider_name: &'static str,
 }
 
 #[derive(Serialize)]
@@ -98,6 +111,11 @@ struct AttemptNote {
     /// gateway's error code when the attempt ended the request.
     outcome: &'static str,
     duration_ms: f64,
+    /// When it began, after the request began.
+    #[serde(skip)]
+    began: std::time::Duration,
+    #[serde(skip)]
+    span: Option<spans::AttemptSpan>,
 }
 
 /// What the request ended with, from its settle stage.
@@ -110,6 +128,7 @@ pub(crate) struct Outcome<'a> {
     pub who: Option<&'a Attribution>,
     pub route: &'a Arc<str>,
     pub provider: &'a Arc<str>,
+    pub provider_name: &'static str,
 }
 
 fn client_text(headers: &http::HeaderMap, name: &str) -> Option<String> {
@@ -148,17 +167,22 @@ fn trace_id(headers: &http::HeaderMap) -> Option<String> {
 }
 
 impl Trail {
-    /// A request's record, begun as its endpoint reads it; `None` when audit is off.
+    /// A request's record, begun as its endpoint reads it; `None` when audit is off and
+    /// the request is not traced.
     pub(crate) fn begin<B>(
         sink: Option<&Arc<Auditor>>,
+        telemetry: Option<&Arc<tollgate_telemetry::Telemetry>>,
         req: &http::Request<B>,
         op: Operation,
         api: Api,
     ) -> Option<Arc<Self>> {
-        let sink = sink?.clone();
         let headers = req.headers();
+        let traced = telemetry.and_then(|t| spans::Traced::sample(t, headers));
+        if sink.is_none() && traced.is_none() {
+            return None;
+        }
         Some(Arc::new(Self {
-            sink,
+            sink: sink.cloned(),
             request_id: new_request_id(),
             at_unix_ms: tollgate_proto::time::now_unix_ms(),
             operation: op.name(),
@@ -169,7 +193,11 @@ impl Trail {
             client_address: req.extensions().get::<ClientAddress>().map(|a| a.0),
             user_agent: client_text(headers, "user-agent"),
             client_request_id: client_text(headers, "x-request-id"),
-            trace_id: trace_id(headers),
+            trace_id: match &traced {
+                Some(t) => Some(t.trace_hex()),
+                None => trace_id(headers),
+            },
+            traced,
             began: Instant::now(),
             late: Mutex::new(Late::default()),
         }))
@@ -185,12 +213,47 @@ impl Trail {
         lock(&self.late).key = Some(key.attribution.clone());
     }
 
-    /// The request's body was read: the model asked for, and whether it streams.
-    pub(crate) fn read(&self, head: &ChatHead) {
+    /// The request's body was read: the model asked for, and whether it streams (and,
+    /// when it is traced, its sampling parameters).
+    pub(crate) fn read(&self, head: &ChatHead, body: &[u8]) {
+        let details = self
+            .traced
+            .as_ref()
+            .map(|_| spans::Details::of_request(head, body));
         let mut late = lock(&self.late);
         // At most MAX_MODEL_NAME bytes: the head refuses longer ones.
         late.requested_model = Some(head.model.clone());
         late.stream = head.stream;
+        if let Some(d) = details {
+            late.traced = d;
+        }
+    }
+
+    /// An attempt's request to `uri` is being made with the credential at `credential`
+    /// of its provider's pool: the `traceparent` it carries, when the request is traced
+    /// (the attempt's span; the same for every request of one attempt).
+    pub(crate) fn upstream_request(
+        &self,
+        uri: &http::Uri,
+        credential: Option<usize>,
+    ) -> Option<http::HeaderValue> {
+        let traced = self.traced.as_ref()?;
+        let mut late = lock(&self.late);
+        let span = late
+            .next_attempt
+            .get_or_insert_with(|| spans::AttemptSpan::new(uri, credential));
+        http::HeaderValue::from_str(&traced.child(span.id)).ok()
+    }
+
+    /// A whole answer in the client's format: its id and finish reasons, when the request
+    /// is traced.
+    pub(crate) fn answered(&self, body: &[u8]) {
+        if self.traced.is_some() {
+            let (id, reasons) = spans::Details::of_answer(body);
+            let mut late = lock(&self.late);
+            late.traced.response_id = id;
+            late.traced.finish_reasons = reasons;
+        }
     }
 
     /// One attempt ended: `status` is the provider's, when it answered.
@@ -207,12 +270,15 @@ impl Trail {
         if outcome == "ok" && late.first_byte_ms.is_none() {
             late.first_byte_ms = Some(ms(request_started.elapsed()));
         }
+        let span = late.next_attempt.take();
         late.attempts.push(AttemptNote {
             provider: provider.clone(),
             model: model.clone(),
             status,
             outcome,
             duration_ms: ms(began.elapsed()),
+            began: began.saturating_duration_since(self.began),
+            span,
         });
     }
 
@@ -241,6 +307,7 @@ impl Trail {
             session: o.who.map(|w| w.session.clone()),
             route: o.route.clone(),
             provider: o.provider.clone(),
+            provider_name: o.provider_name,
         });
     }
 }
@@ -310,7 +377,12 @@ impl Drop for Trail {
             user_agent: self.user_agent.as_deref(),
             client_request_id: self.client_request_id.as_deref(),
         };
-        self.sink.emit(&record);
+        if let Some(t) = &self.traced {
+            t.export(self, &late, &record);
+        }
+        if let Some(sink) = &self.sink {
+            sink.emit(&record);
+        }
     }
 }
 

@@ -63,6 +63,10 @@ pub struct DeltaConfigResponse {
     /// sent on every response. Never logged.
     #[prost(bytes = "vec", tag = "6")]
     pub mcp_session_key: ::prost::alloc::vec::Vec<u8>,
+    /// The W3C trace context (`traceparent`) of the controller's push of this response,
+    /// when the change it carries is traced: the dataplane's apply joins that trace.
+    #[prost(string, tag = "7")]
+    pub traceparent: ::prost::alloc::string::String,
 }
 #[derive(Clone, PartialEq, ::prost::Message)]
 pub struct Resource {

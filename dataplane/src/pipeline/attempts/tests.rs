@@ -359,6 +359,7 @@ fn state(route: pb::Resource, fake: Arc<Fake>) -> Arc<State> {
             web_searches: 5,
         },
         audit: None,
+        telemetry: None,
     })
 }
 
@@ -763,6 +764,7 @@ fn audited(route: pb::Resource, fake: Arc<Fake>) -> (Arc<State>, Arc<crate::base
         },
         metrics.audit_written.clone(),
         metrics.audit_dropped.clone(),
+        None,
     )
     .unwrap();
     Arc::get_mut(&mut s).unwrap().audit = Some(sink.clone());
