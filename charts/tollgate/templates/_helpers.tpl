@@ -100,6 +100,32 @@ or disabled; `auto` is certManager where its API is served, generated elsewhere.
 {{- end -}}
 {{- end -}}
 
+{{/* OpenTelemetry's standard variables, from .Values.telemetry (none while it has no endpoint). */}}
+{{- define "tollgate.otelEnv" -}}
+{{- $t := .Values.telemetry -}}
+{{- if $t.endpoint }}
+- name: OTEL_EXPORTER_OTLP_ENDPOINT
+  value: {{ $t.endpoint | quote }}
+- name: OTEL_EXPORTER_OTLP_PROTOCOL
+  value: {{ $t.protocol | quote }}
+- name: OTEL_TRACES_SAMPLER
+  value: {{ $t.sampler | quote }}
+- name: OTEL_TRACES_SAMPLER_ARG
+  value: {{ $t.samplerArg | quote }}
+{{- with $t.resourceAttributes }}
+- name: OTEL_RESOURCE_ATTRIBUTES
+  value: {{ . | quote }}
+{{- end }}
+{{- with $t.headersSecretRef }}
+- name: OTEL_EXPORTER_OTLP_HEADERS
+  valueFrom:
+    secretKeyRef:
+      name: {{ required "telemetry.headersSecretRef.name" .name | quote }}
+      key: {{ required "telemetry.headersSecretRef.key" .key | quote }}
+{{- end }}
+{{- end }}
+{{- end -}}
+
 {{/* The Secret holding the admin token that /status, /usage and /config require. */}}
 {{- define "tollgate.adminSecret" -}}
 {{- default (printf "%s-admin" (include "tollgate.fullname" .)) .Values.admin.existingSecret -}}
