@@ -39,8 +39,14 @@ def main() -> None:
     server = MCPServer(args.name, instructions="Test ledger server.")
 
     @server.tool(description="Reads an account's balance. Returns the balance in cents.")
-    def ledger_read(account: str) -> str:
-        record("call", tool="ledger_read", arguments={"account": account})
+    def ledger_read(account: str, ctx: Context) -> str:
+        headers = getattr(ctx.request_context.request, "headers", None) or {}
+        record(
+            "call",
+            tool="ledger_read",
+            arguments={"account": account},
+            traceparent=headers.get("traceparent"),
+        )
         return f"{account}: 1200"
 
     @server.tool(description="Deletes an account.")

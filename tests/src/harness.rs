@@ -362,9 +362,22 @@ pub fn start_dataplane_args(
     log_dir: &Path,
     extra: &[&str],
 ) -> anyhow::Result<Dataplane> {
+    start_dataplane_env(name, xds_port, token_file, log_dir, extra, &[])
+}
+
+/// [`start_dataplane_args`] with extra environment variables.
+pub fn start_dataplane_env(
+    name: &str,
+    xds_port: u16,
+    token_file: &Path,
+    log_dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Dataplane> {
     let token = token_file.display().to_string();
     let mut ports = (0, 0);
-    let process = start_ready(name, &bin("tollgate-dataplane")?, log_dir, || {
+    let program = bin("tollgate-dataplane")?;
+    let process = start_ready_with_env(name, &program, env, log_dir, || {
         ports = (free_port()?, free_port()?);
         let argv = vec![
             "--controller".into(),
@@ -408,6 +421,9 @@ pub struct Stack {
     pub dataplanes: Vec<Dataplane>,
     /// More arguments for the controller, used from its next start.
     pub controller_args: Vec<String>,
+    /// Environment variables of the controller and of each dataplane.
+    pub controller_env: Vec<(String, String)>,
+    pub dataplane_env: Vec<(String, String)>,
 }
 
 #[derive(Debug)]
@@ -421,16 +437,34 @@ pub struct Dataplane {
 impl Stack {
     /// Starts everything and waits until one dataplane is ready.
     pub fn start() -> anyhow::Result<Self> {
-        Self::start_with(false)
+        Self::start_with(false, &[], &[])
+    }
+
+    /// As [`Stack::start`], with these environment variables for the controller and for
+    /// each dataplane.
+    pub fn start_env(
+        controller_env: &[(&str, &str)],
+        dataplane_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        Self::start_with(false, controller_env, dataplane_env)
     }
 
     /// As [`Stack::start`], with a provider of every type as well
     /// (`tests/testdata/providers`): Gemini, Vertex AI, Bedrock, Azure, OpenAI-compatible.
     pub fn start_all_providers() -> anyhow::Result<Self> {
-        Self::start_with(true)
+        Self::start_with(true, &[], &[])
     }
 
-    fn start_with(all_providers: bool) -> anyhow::Result<Self> {
+    fn start_with(
+        all_providers: bool,
+        controller_env: &[(&str, &str)],
+        dataplane_env: &[(&str, &str)],
+    ) -> anyhow::Result<Self> {
+        let owned = |env: &[(&str, &str)]| -> Vec<(String, String)> {
+            env.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
         let dir = tempfile::tempdir()?;
         let manifests = dir.path().join("manifests");
         std::fs::create_dir(&manifests)?;
@@ -481,6 +515,8 @@ impl Stack {
             controller_admin: String::new(),
             dataplanes: vec![],
             controller_args: vec![],
+            controller_env: owned(controller_env),
+            dataplane_env: owned(dataplane_env),
         };
         stack.start_controller()?;
         stack.add_dataplane()?;
@@ -499,7 +535,13 @@ impl Stack {
         let state_dir = self.dir.path().join("state").display().to_string();
         let extra = self.controller_args.clone();
         let mut chosen = (self.xds_port, 0);
-        let process = start_ready("controller", &bin("tollgate-controller")?, &logs, || {
+        let env: Vec<(&str, &str)> = self
+            .controller_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let program = bin("tollgate-controller")?;
+        let process = start_ready_with_env("controller", &program, &env, &logs, || {
             if first {
                 chosen.0 = free_port()?;
             }
@@ -543,12 +585,18 @@ impl Stack {
     /// allowed unless they allow it).
     pub fn add_dataplane_args(&mut self, extra: &[&str]) -> anyhow::Result<&Dataplane> {
         let n = self.dataplanes.len() + 1;
-        let dataplane = start_dataplane_args(
+        let env: Vec<(&str, &str)> = self
+            .dataplane_env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let dataplane = start_dataplane_env(
             &format!("dataplane-{n}"),
             self.xds_port,
             &self.token_file,
             self.dir.path(),
             extra,
+            &env,
         )?;
         self.dataplanes.push(dataplane);
         self.dataplanes.last().context("just pushed")
