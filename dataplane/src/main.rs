@@ -266,16 +266,7 @@ async fn main() -> anyhow::Result<()> {
     allocator::no_huge_pages();
     allocator::purge_at_once();
     let args = Args::parse();
-    if args.audit.contains(&AuditSink::Off) && args.audit.len() > 1 {
-        bail!("--audit off cannot be combined with a sink");
-    }
-    // Traces (and audit records as logs) over OTLP, when the OTEL_* variables say where.
-    let telemetry = tollgate_telemetry::Telemetry::from_env(
-        "tollgate-dataplane",
-        args.audit.contains(&AuditSink::Otlp),
-    )
-    .map_err(anyhow::Error::msg)?
-    .map(Arc::new);
+    let telemetry = telemetry(&args)?;
     tollgate_telemetry::init_logging(
         matches!(args.log_format, LogFormat::Json),
         telemetry.as_deref(),
@@ -412,6 +403,16 @@ async fn main() -> anyhow::Result<()> {
         t.shutdown();
     }
     Ok(())
+}
+
+/// Traces (and audit records as logs) over OTLP, when the OTEL_* variables say where.
+fn telemetry(args: &Args) -> anyhow::Result<Option<Arc<tollgate_telemetry::Telemetry>>> {
+    if args.audit.contains(&AuditSink::Off) && args.audit.len() > 1 {
+        bail!("--audit off cannot be combined with a sink");
+    }
+    let logs = args.audit.contains(&AuditSink::Otlp);
+    let t = tollgate_telemetry::Telemetry::from_env("tollgate-dataplane", logs);
+    Ok(t.map_err(anyhow::Error::msg)?.map(Arc::new))
 }
 
 /// Where audit records go, as the flags say (`None` with `--audit off`).

@@ -776,32 +776,20 @@ impl Ctx {
         body: Bytes,
     ) -> Result<Request<Full<Bytes>>, Step> {
         let provider = &p.c.provider;
-        let traceparent = self.trail.as_ref().and_then(|t| {
-            let index = p.credential.as_ref().and_then(|(c, _)| {
-                provider
-                    .credentials
-                    .iter()
-                    .position(|x| std::ptr::eq(x, *c))
-            });
-            t.upstream_request(&uri, index)
-        });
-        let mut request = build_upstream(
+        let credential = p.credential.as_ref().map(|(c, _)| *c);
+        let traceparent =
+            (self.trail.as_ref()).and_then(|t| t.upstream_request(&uri, provider, credential));
+        build_upstream(
             self.state.upstream.for_object(&provider.id),
             provider,
-            p.credential.as_ref().map(|(c, _)| *c),
-            &self.headers,
+            credential,
+            (&self.headers, traceparent),
             self.api,
             uri,
             body,
         )
         .await
-        .map_err(|e| Step::failed(Failure::Auth, e))?;
-        if let Some(v) = traceparent {
-            request
-                .headers_mut()
-                .insert(http::header::HeaderName::from_static("traceparent"), v);
-        }
-        Ok(request)
+        .map_err(|e| Step::failed(Failure::Auth, e))
     }
 
     /// The request body for the provider: the client's with the model rewritten, or its

@@ -229,15 +229,19 @@ impl Trail {
         }
     }
 
-    /// An attempt's request to `uri` is being made with the credential at `credential`
-    /// of its provider's pool: the `traceparent` it carries, when the request is traced
-    /// (the attempt's span; the same for every request of one attempt).
+    /// An attempt's request to `uri` is being made to `provider` with `credential`: the
+    /// `traceparent` it carries, when the request is traced (the attempt's span; the same
+    /// for every request of one attempt). The span names the credential by its place in
+    /// the provider's pool.
     pub(crate) fn upstream_request(
         &self,
         uri: &http::Uri,
-        credential: Option<usize>,
+        provider: &crate::config::model::Provider,
+        credential: Option<&crate::config::model::Credential>,
     ) -> Option<http::HeaderValue> {
         let traced = self.traced.as_ref()?;
+        let credential =
+            credential.and_then(|c| (provider.credentials.iter()).position(|x| std::ptr::eq(x, c)));
         let mut late = lock(&self.late);
         let span = late
             .next_attempt

@@ -25,11 +25,12 @@ pub(crate) fn next_id() -> String {
 }
 
 /// The request to the provider: body, forwarded headers, version headers and credentials.
+/// A traced request's attempt carries its own `traceparent` instead of the client's.
 pub(crate) async fn build_upstream(
     upstream_client: &crate::base::upstream::Upstream,
     provider: &Provider,
     credential: Option<&Credential>,
-    client_headers: &HeaderMap,
+    (client_headers, traceparent): (&HeaderMap, Option<HeaderValue>),
     api: Api,
     uri: http::Uri,
     body: Bytes,
@@ -49,6 +50,9 @@ pub(crate) async fn build_upstream(
         if let Some(v) = client_headers.get(name) {
             headers.insert(HeaderName::from_static(name), v.clone());
         }
+    }
+    if let Some(v) = traceparent {
+        headers.insert(HeaderName::from_static("traceparent"), v);
     }
     for (name, value) in &provider.compat.headers {
         headers.insert(name.clone(), value.clone());
