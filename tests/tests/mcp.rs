@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{python, run_python};
+use common::{python, run_python, wait_listening};
 use serde_json::{Value, json};
 use tollgate_tests::harness::{self, Process, Stack, free_port, workspace};
 
@@ -24,19 +24,6 @@ const FLOODER_KEY: &str = "tg-flooder-key-0003";
 const LEDGER_TOKEN: &str = "ledger-s3cret-token";
 
 /// Waits until something listens on `port`; the process's log if it never does.
-fn wait_listening(p: &Process, port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "{} did not listen on {port}:\n{}",
-            p.name,
-            p.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// An MCP server from tests/python/mcp_server.py; returns it, its port and its call log.
 fn python_server(stack: &Stack, name: &str, extra: &[&str]) -> (Process, u16, PathBuf) {
     let port = free_port().unwrap();

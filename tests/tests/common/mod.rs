@@ -243,3 +243,18 @@ pub async fn settled_spend(stack: &Stack, account: &str) -> u64 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Waits until process `p` accepts connections on `port` (a server that has no readiness
+/// URL), failing with its log after a minute.
+pub fn wait_listening(p: &tollgate_tests::harness::Process, port: u16) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not listen on {port}:\n{}",
+            p.name,
+            p.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
