@@ -185,8 +185,6 @@ pub struct Sampled {
     pub trace_id: u128,
     pub span_id: u64,
     pub parent: Option<u64>,
-    /// The client's `tracestate`, passed on as it came.
-    pub state: Option<String>,
     /// When the traced work began.
     pub start: SystemTime,
 }
@@ -446,26 +444,25 @@ impl Telemetry {
     }
 
     /// Whether a request with the client's `traceparent` (if any) is traced: its trace
-    /// (the client's, or a new one) and its own span id when it is.
-    pub fn sample(&self, parent: Option<&TraceParent>, state: Option<&str>) -> Option<Sampled> {
+    /// (the client's, or a new one) and its own span id when it is. (The client's
+    /// `tracestate` needs nothing here: it is passed on with the request as it came.)
+    pub fn sample(&self, parent: Option<&TraceParent>) -> Option<Sampled> {
         let trace_id = parent.map_or_else(new_trace_id, |p| p.trace_id);
         self.sampler.samples(parent, trace_id).then(|| Sampled {
             trace_id,
             span_id: new_span_id(),
             parent: parent.map(|p| p.span_id),
-            state: state.map(str::to_string),
             start: SystemTime::now(),
         })
     }
 
-    /// [`Telemetry::sample`] for a request with these `traceparent` and `tracestate`
-    /// headers (a malformed `traceparent` is no parent; a `tracestate` over 512 bytes,
-    /// the specification's limit, is dropped).
+    /// [`Telemetry::sample`] for a request with these headers (a malformed `traceparent`
+    /// is no parent).
     pub fn sample_headers(&self, headers: &http::HeaderMap) -> Option<Sampled> {
-        let get = |name| headers.get(name).and_then(|v| v.to_str().ok());
-        let parent = get("traceparent").and_then(TraceParent::parse);
-        let state = get("tracestate").filter(|s| s.len() <= 512);
-        self.sample(parent.as_ref(), state)
+        let parent = (headers.get("traceparent"))
+            .and_then(|v| v.to_str().ok())
+            .and_then(TraceParent::parse);
+        self.sample(parent.as_ref())
     }
 
     /// Sends a finished span.

@@ -47,6 +47,16 @@ pub fn now_unix() -> i64 {
         .unwrap_or(0)
 }
 
+/// The first `max` bytes of `s` at most, cut on a character boundary: how client- and
+/// provider-chosen text is bounded before it is kept in a record, a span or an error.
+pub(crate) fn clip(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Locks `m`, going on with the data a panicking holder left: every value guarded here
 /// stays usable whatever step a panic interrupted.
 pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

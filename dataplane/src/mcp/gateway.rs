@@ -1139,11 +1139,7 @@ async fn call_tool(
 
 /// At most [`MAX_TOOL_NAME`] bytes of a client's tool name, for errors and the audit log.
 fn clipped(name: &str) -> &str {
-    let mut end = name.len().min(MAX_TOOL_NAME);
-    while !name.is_char_boundary(end) {
-        end -= 1;
-    }
-    &name[..end]
+    crate::base::clip(name, MAX_TOOL_NAME)
 }
 
 /// Sends a request to one server and answers the client as the server answers.

@@ -133,11 +133,7 @@ pub(crate) struct Outcome<'a> {
 
 fn client_text(headers: &http::HeaderMap, name: &str) -> Option<String> {
     let v = headers.get(name)?.to_str().ok()?;
-    let mut end = v.len().min(MAX_CLIENT_TEXT);
-    while !v.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(v[..end].to_string())
+    Some(crate::base::clip(v, MAX_CLIENT_TEXT).to_string())
 }
 
 /// 128 random bits in hex.
@@ -156,14 +152,7 @@ fn new_request_id() -> http::HeaderValue {
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if well formed.
 fn trace_id(headers: &http::HeaderMap) -> Option<String> {
     let v = headers.get("traceparent")?.to_str().ok()?;
-    let mut parts = v.split('-');
-    let (_version, id) = (parts.next()?, parts.next()?);
-    (id.len() == 32
-        && id
-            .bytes()
-            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
-        && id.bytes().any(|b| b != b'0'))
-    .then(|| id.to_string())
+    tollgate_telemetry::TraceParent::parse(v).map(|p| p.trace_hex())
 }
 
 impl Trail {

@@ -115,10 +115,7 @@ impl Details {
 }
 
 fn cut(s: &mut String) {
-    let mut end = s.len().min(MAX_ID);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
+    let end = crate::base::clip(s, MAX_ID).len();
     s.truncate(end);
 }
 
