@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use tollgate_tests::harness::{
-    DEMO_KEY, Process, Stack, UPSTREAM_KEYS, free_port, set_faults, workspace,
+    DEMO_KEY, Process, Stack, UPSTREAM_KEYS, free_port, http_request_with, set_faults, workspace,
 };
 
 mod common;
@@ -483,6 +483,42 @@ async fn one_trace_from_the_agent_through_the_gateway_to_the_provider() {
             calls.contains(&format!("00-{trace}-{}-01", tool.id())),
             "{calls}"
         );
+
+        // A client's own method name never becomes a span's name or attribute: an unknown
+        // method is `other`, as in metrics.
+        let hostile = format!("x{}-hostile-method", "y".repeat(4000));
+        let hostile_trace = "5ca1ab1e5ca1ab1e5ca1ab1e5ca1ab1e";
+        let (status, _) = http_request_with(
+            "POST",
+            &mcp,
+            &[
+                ("authorization", &format!("Bearer {DEMO_KEY}")),
+                ("accept", "application/json, text/event-stream"),
+                (
+                    "traceparent",
+                    &format!("00-{hostile_trace}-00f067aa0ba902b7-01"),
+                ),
+            ],
+            &json!({"jsonrpc": "2.0", "id": 1, "method": hostile}).to_string(),
+        )
+        .unwrap();
+        assert_eq!(status, 400);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let other = loop {
+            let got = received(&receiver.out);
+            if let Some(s) = got.spans.iter().find(|s| s.trace() == hostile_trace) {
+                assert!(
+                    !got.text.contains("-hostile-method"),
+                    "the method was exported"
+                );
+                break s.clone();
+            }
+            assert!(Instant::now() < deadline, "no span for the unknown method");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        assert_eq!(other.name(), "other");
+        assert_eq!(other.str("mcp.method.name"), "other");
+        assert_eq!(other.int("http.response.status_code"), 400);
 
         // A change to the config: one trace from the controller's compile through its
         // pushes to every dataplane's apply.

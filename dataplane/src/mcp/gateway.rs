@@ -278,19 +278,21 @@ fn session_of(state: &Env<'_>, caller: &Caller, headers: &http::HeaderMap) -> Op
 }
 
 fn count(state: &Env<'_>, method: &str, outcome: &str) {
-    // Methods outside MCP's own are counted under one label, so a client cannot grow
-    // the metric without bound.
-    let method = if KNOWN_METHODS.contains(&method) {
-        method
-    } else {
-        "other"
-    };
     state
         .core
         .metrics
         .mcp_requests
-        .with_label_values(&[method, outcome])
+        .with_label_values(&[method_label(method), outcome])
         .inc();
+}
+
+/// A method as metrics and spans name it: MCP's own by name, any other as `other`, so a
+/// client cannot grow a metric without bound or put its text in telemetry.
+fn method_label(method: &str) -> &'static str {
+    KNOWN_METHODS
+        .into_iter()
+        .find(|m| *m == method)
+        .unwrap_or("other")
 }
 
 const KNOWN_METHODS: [&str; 20] = [
@@ -327,11 +329,10 @@ async fn post(state: &Env<'_>, req: Request<Incoming>) -> Response<Body> {
     };
     match message {
         Message::Request { id, method, params } => {
-            let traced = state.trace.as_ref().map(|_| method.clone());
+            let label = method_label(&method);
             let r = on_request(state, &caller, &parts.headers, id, method, params).await;
-            if let (Some(t), Some(s), Some(method)) = (&state.core.telemetry, &state.trace, traced)
-            {
-                super::spans::request_span(t, s, &method, &caller.key, r.status().as_u16());
+            if let (Some(t), Some(s)) = (&state.core.telemetry, &state.trace) {
+                super::spans::request_span(t, s, label, &caller.key, r.status().as_u16());
             }
             r
         }

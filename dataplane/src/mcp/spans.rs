@@ -12,17 +12,17 @@ use tollgate_telemetry::{Attribute as A, FinishedSpan, Kind, Sampled, Telemetry}
 
 use crate::config::model::VirtualKey;
 
-/// Exports the span of the JSON-RPC request `method` traced as `s`, answered with
-/// `status`.
+/// Exports the span of the JSON-RPC request `method` (MCP's own, or `other`: never a
+/// client's text) traced as `s`, answered with `status`.
 pub(super) fn request_span(
     telemetry: &Telemetry,
     s: &Sampled,
-    method: &str,
+    method: &'static str,
     key: &VirtualKey,
     status: u16,
 ) {
     let mut attributes = vec![
-        A::new("mcp.method.name", method.to_string()),
+        A::new("mcp.method.name", method),
         A::new("http.response.status_code", i64::from(status)),
         A::new("tollgate.key", key.id().to_string()),
     ];
@@ -30,7 +30,7 @@ pub(super) fn request_span(
         attributes.push(A::new("tollgate.team", key.attribution.team.to_string()));
     }
     telemetry.export(FinishedSpan {
-        name: method.to_string().into(),
+        name: method.into(),
         kind: Kind::Server,
         trace_id: s.trace_id,
         span_id: s.span_id,
