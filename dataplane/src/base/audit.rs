@@ -21,6 +21,39 @@ use prometheus::IntCounter;
 /// Line buffers kept for reuse at most.
 const SPARE: usize = 256;
 
+/// Who a record is about, as every kind of record names it: the key by its object
+/// (`namespace`, `key`; never its value) and the key's owner. Empty texts are `null`.
+#[derive(serde::Serialize, Default)]
+pub struct Owner<'a> {
+    pub key: Option<&'a str>,
+    pub namespace: Option<&'a str>,
+    pub team: Option<&'a str>,
+    pub customer: Option<&'a str>,
+    pub user: Option<&'a str>,
+}
+
+impl<'a> Owner<'a> {
+    /// The key `<namespace>/<name>` and its owner's team, customer and user.
+    pub fn new(key: &'a str, team: &'a str, customer: &'a str, user: &'a str) -> Self {
+        let set = |s: &'a str| Some(s).filter(|s| !s.is_empty());
+        let (namespace, key) = key
+            .split_once('/')
+            .map_or((None, None), |(ns, k)| (Some(ns), Some(k)));
+        Self {
+            key,
+            namespace,
+            team: set(team),
+            customer: set(customer),
+            user: set(user),
+        }
+    }
+}
+
+/// A duration as records write it: milliseconds, to the microsecond.
+pub fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1e6).round() / 1e3
+}
+
 /// The event name of audit records sent as OpenTelemetry log records.
 pub const EVENT: &str = "tollgate.audit";
 

@@ -27,6 +27,7 @@ use super::jsonrpc::{self, Body as RpcBody, Id, Message, RpcError};
 use super::names::Names;
 use super::session::{self, Keys, Session};
 use super::transport::{AnswerError, Events};
+use crate::base::audit::Owner;
 use crate::base::{Body, BoxError, full};
 use crate::config::mcp::McpServer;
 use crate::config::model::VirtualKey;
@@ -1346,11 +1347,8 @@ struct ToolCallRecord<'a> {
     /// The call's trace, when it is traced.
     #[serde(skip_serializing_if = "Option::is_none")]
     trace_id: Option<String>,
-    key: Option<&'a str>,
-    namespace: Option<&'a str>,
-    team: Option<&'a str>,
-    customer: Option<&'a str>,
-    user: Option<&'a str>,
+    #[serde(flatten)]
+    owner: Owner<'a>,
     server: Option<&'a str>,
     tool: &'a str,
     /// `ok`, `tool_error`, `denied`, `rate_limited`, `unknown_tool`, `upstream_error`, ...
@@ -1391,24 +1389,16 @@ impl Audit {
         }
         let owner = &self.key.attribution;
         if let Some(sink) = &self.sink {
-            let (namespace, key) = owner
-                .key
-                .split_once('/')
-                .map_or((None, None), |(ns, k)| (Some(ns), Some(k)));
             sink.emit(&ToolCallRecord {
                 time: tollgate_proto::time::format_rfc3339_ms(self.at_unix_ms),
                 kind: "mcp_tool_call",
                 request_id: format!("{:032x}", fastrand::u128(..)),
                 trace_id,
-                key,
-                namespace,
-                team: nonempty(&owner.team),
-                customer: nonempty(&owner.customer),
-                user: nonempty(&owner.user),
+                owner: Owner::new(&owner.key, &owner.team, &owner.customer, &owner.user),
                 server: nonempty(&self.server),
                 tool: &self.tool,
                 decision: outcome,
-                duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+                duration_ms: crate::base::audit::millis(elapsed),
                 arguments: self.arguments.as_ref(),
             });
             return;

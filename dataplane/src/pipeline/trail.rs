@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use crate::base::audit::Auditor;
+use crate::base::audit::{Auditor, Owner, millis as ms};
 use crate::base::server::ClientAddress;
 use crate::base::{Api, lock};
 use crate::config::model::{Attribution, VirtualKey};
@@ -312,10 +312,9 @@ impl Drop for Trail {
     fn drop(&mut self) {
         let late = lock(&self.late);
         let ended = late.ended.as_ref();
-        let who = late.key.as_ref();
-        let (namespace, key) = who
-            .and_then(|w| w.key.split_once('/'))
-            .map_or((None, None), |(ns, k)| (Some(ns), Some(k)));
+        let owner = (late.key.as_ref()).map_or_else(Owner::default, |w| {
+            Owner::new(&w.key, &w.team, &w.customer, &w.user)
+        });
         let served = late
             .attempts
             .iter()
@@ -343,11 +342,7 @@ impl Drop for Trail {
             trace_id: self.trace_id.as_deref(),
             operation: self.operation,
             api: self.api,
-            key,
-            namespace,
-            team: text(who.map(|w| &w.team)),
-            customer: text(who.map(|w| &w.customer)),
-            user: text(who.map(|w| &w.user)),
+            owner,
             session: text(ended.and_then(|e| e.session.as_ref())),
             route: text(ended.map(|e| &e.route)),
             provider: text(ended.map(|e| &e.provider)),
@@ -405,10 +400,6 @@ fn text(v: Option<&Arc<str>>) -> Option<&str> {
     v.map(|s| &**s).filter(|s| !s.is_empty())
 }
 
-fn ms(d: std::time::Duration) -> f64 {
-    (d.as_secs_f64() * 1e6).round() / 1e3
-}
-
 #[derive(Serialize)]
 struct Tokens {
     input: u64,
@@ -428,11 +419,8 @@ struct Record<'a> {
     trace_id: Option<&'a str>,
     operation: &'static str,
     api: &'static str,
-    key: Option<&'a str>,
-    namespace: Option<&'a str>,
-    team: Option<&'a str>,
-    customer: Option<&'a str>,
-    user: Option<&'a str>,
+    #[serde(flatten)]
+    owner: Owner<'a>,
     session: Option<&'a str>,
     route: Option<&'a str>,
     provider: Option<&'a str>,
