@@ -50,7 +50,7 @@ where
     let body = read_body(body, &parts.headers, &state.bodies).await?;
     let head = ChatHead::parse(&body)?;
     if let Some(t) = &labels.trail {
-        t.read(&head, &body);
+        t.read(&head);
     }
     if !key.allows_model(&head.model) {
         return Err(ApiError::ModelNotAllowed(head.model));

@@ -204,11 +204,11 @@ impl Trail {
 
     /// The request's body was read: the model asked for, and whether it streams (and,
     /// when it is traced, its sampling parameters).
-    pub(crate) fn read(&self, head: &ChatHead, body: &[u8]) {
+    pub(crate) fn read(&self, head: &ChatHead) {
         let details = self
             .traced
             .as_ref()
-            .map(|_| spans::Details::of_request(head, body));
+            .map(|_| spans::Details::of_request(head));
         let mut late = lock(&self.late);
         // At most MAX_MODEL_NAME bytes: the head refuses longer ones.
         late.requested_model = Some(head.model.clone());

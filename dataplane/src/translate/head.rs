@@ -34,6 +34,10 @@ pub struct ChatHead {
     /// allow (their `max_uses`, summed), and whether one sets no bound.
     pub web_searches: u64,
     pub web_search_unbounded: bool,
+    /// `temperature` and `top_p` when they are numbers (for a trace; the provider judges
+    /// them).
+    pub temperature: Option<f64>,
+    pub top_p: Option<f64>,
 }
 
 /// The longest model name accepted: longer than any provider's (Bedrock's inference
@@ -261,6 +265,61 @@ struct Head<'a> {
     messages: Attachments,
     #[serde(default)]
     tools: WebSearches,
+    #[serde(default)]
+    temperature: AnyNumber,
+    #[serde(default)]
+    top_p: AnyNumber,
+}
+
+/// A member's value when it is a number; anything else is skipped, not refused: the
+/// gateway only reads it, and the provider answers for what it accepts.
+#[derive(Default)]
+struct AnyNumber(Option<f64>);
+
+impl<'de> Deserialize<'de> for AnyNumber {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::IgnoredAny;
+        struct Number;
+        impl<'de> serde::de::Visitor<'de> for Number {
+            type Value = AnyNumber;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("any value")
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<AnyNumber, E> {
+                Ok(AnyNumber(Some(v)))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<AnyNumber, E> {
+                Ok(AnyNumber(Some(v as f64)))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<AnyNumber, E> {
+                Ok(AnyNumber(Some(v as f64)))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<AnyNumber, E> {
+                Ok(AnyNumber(None))
+            }
+            fn visit_str<E>(self, _: &str) -> Result<AnyNumber, E> {
+                Ok(AnyNumber(None))
+            }
+            fn visit_unit<E>(self) -> Result<AnyNumber, E> {
+                Ok(AnyNumber(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<AnyNumber, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(AnyNumber(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<AnyNumber, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(AnyNumber(None))
+            }
+        }
+        d.deserialize_any(Number)
+    }
 }
 
 /// What `tools` allows of server-side web searches, read entry by entry (no list is
@@ -360,6 +419,8 @@ impl ChatHead {
             attachments: head.messages,
             web_searches: head.tools.most,
             web_search_unbounded: head.tools.unbounded,
+            temperature: head.temperature.0,
+            top_p: head.top_p.0,
         })
     }
 
@@ -671,5 +732,14 @@ mod tests {
                 std::str::from_utf8(body)
             );
         }
+    }
+
+    #[test]
+    fn sampling_parameters_are_read_when_numbers_and_skipped_otherwise() {
+        let head = ChatHead::parse(br#"{"model":"m","temperature":0.25,"top_p":1}"#).unwrap();
+        assert_eq!((head.temperature, head.top_p), (Some(0.25), Some(1.0)));
+        let odd = br#"{"model":"m","temperature":"hot","top_p":{"a":[1,{"b":null}]}}"#;
+        let head = ChatHead::parse(odd).unwrap();
+        assert_eq!((head.temperature, head.top_p), (None, None));
     }
 }

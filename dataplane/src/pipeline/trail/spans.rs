@@ -60,12 +60,6 @@ pub(crate) struct Details {
 }
 
 #[derive(Deserialize)]
-struct RequestProbe {
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-}
-
-#[derive(Deserialize)]
 struct AnswerProbe {
     id: Option<String>,
     #[serde(default)]
@@ -80,12 +74,11 @@ struct ChoiceProbe {
 }
 
 impl Details {
-    pub(super) fn of_request(head: &ChatHead, body: &[u8]) -> Self {
-        let probe = serde_json::from_slice::<RequestProbe>(body).ok();
+    pub(super) fn of_request(head: &ChatHead) -> Self {
         Self {
             max_tokens: head.max_tokens,
-            temperature: probe.as_ref().and_then(|p| p.temperature),
-            top_p: probe.and_then(|p| p.top_p),
+            temperature: head.temperature,
+            top_p: head.top_p,
             ..Self::default()
         }
     }
