@@ -389,7 +389,8 @@ impl Telemetry {
         {
             if audit_logs {
                 return Err(
-                    "audit records over OTLP need OTEL_EXPORTER_OTLP_ENDPOINT (or ..._LOGS_ENDPOINT)".into(),
+                    "--audit otlp needs OTEL_EXPORTER_OTLP_ENDPOINT (or ..._TRACES_ENDPOINT)"
+                        .into(),
                 );
             }
             return Ok(None);

@@ -77,6 +77,15 @@ async fn every_request_has_one_record_with_its_attempts_and_no_secret() {
         .await;
         assert_eq!(status, 200, "{v}");
         let failed_over = h["x-tollgate-request-id"].to_str().unwrap().to_string();
+        // Without tracing, both attempts pass the client's trace context on as it came.
+        let upstream = stack.upstream_requests().unwrap();
+        let passed = upstream
+            .iter()
+            .rev()
+            .take(2)
+            .filter(|r| r["headers"]["traceparent"] == TRACEPARENT)
+            .count();
+        assert_eq!(passed, 2, "{upstream:?}");
 
         // A stream, and a request with a key the gateway does not know.
         let body = json!({"model": "gpt-4o-mini", "stream": true,
