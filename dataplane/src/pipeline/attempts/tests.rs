@@ -627,9 +627,9 @@ async fn a_stream_without_a_first_token_in_time_moves_to_the_fallback() {
     assert_eq!(calls[1].at - calls[0].at, Duration::from_secs(2));
 }
 
-#[tokio::test(start_paused = true)]
-async fn a_stream_cut_midway_continues_on_the_fallback_as_one_stream() {
-    let fake = Fake::new(vec![
+/// A stream cut after two words, and the fallback's continuation of it.
+fn cut_then_continued() -> Arc<Fake> {
+    Fake::new(vec![
         stream(
             "first",
             &["The answer", " is"],
@@ -644,7 +644,12 @@ async fn a_stream_cut_midway_continues_on_the_fallback_as_one_stream() {
             Duration::ZERO,
             false,
         ),
-    ]);
+    ])
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_stream_cut_midway_continues_on_the_fallback_as_one_stream() {
+    let fake = cut_then_continued();
     let state = state(
         route(|r| {
             r.streaming = Some(pb::Streaming {
@@ -837,22 +842,7 @@ async fn a_request_has_one_audit_record_with_each_attempt() {
 
 #[tokio::test(start_paused = true)]
 async fn a_refused_request_and_a_continued_stream_are_recorded_once_each() {
-    let fake = Fake::new(vec![
-        stream(
-            "first",
-            &["The answer", " is"],
-            Duration::ZERO,
-            Duration::from_millis(10),
-            true,
-        ),
-        stream(
-            "second",
-            &[" forty-two."],
-            Duration::ZERO,
-            Duration::ZERO,
-            false,
-        ),
-    ]);
+    let fake = cut_then_continued();
     let (state, sink) = audited(
         route(|r| {
             r.streaming = Some(pb::Streaming {
