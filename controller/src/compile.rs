@@ -635,6 +635,7 @@ fn compile_route(r: &Parsed<route::LlmRouteSpec>) -> pb::Route {
             idle_ms: ms(t.idle.as_ref()),
             attempt_ms: ms(t.attempt.as_ref()),
         }),
+        record_messages: spec.record_messages,
     }
 }
 
@@ -746,6 +747,7 @@ fn compile_virtual_key(
             .session
             .as_ref()
             .is_some_and(|s| s.max_cost_usd.is_some()),
+        record_messages: spec.record_messages,
     }
 }
 

@@ -47,6 +47,11 @@ pub struct LlmRouteSpec {
     pub fallback_on: Vec<RetryOn>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub streaming: Option<Streaming>,
+    /// Record the prompt and the answer of the chat requests this route serves in their
+    /// trace spans and audit records, with the values of the Secrets the gateway holds
+    /// redacted (default false: never recorded).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record_messages: bool,
 }
 
 /// How streams behave when the provider is slow or fails.

@@ -58,6 +58,11 @@ pub struct VirtualKeySpec {
     pub expires_at: Option<String>,
     #[serde(default)]
     pub disabled: bool,
+    /// Record the prompt and the answer of this key's chat requests in their trace spans
+    /// (`gen_ai.input.messages` / `gen_ai.output.messages`) and audit records, with the
+    /// values of the Secrets the gateway holds redacted (default false: never recorded).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub record_messages: bool,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize, Serialize, JsonSchema)]

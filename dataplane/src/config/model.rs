@@ -550,6 +550,8 @@ pub struct Route {
     pub continue_on_failure: bool,
     /// Streams: SSE comment interval while no byte has come; `None` sends none.
     pub keep_alive: Option<Duration>,
+    /// Prompts and answers go into spans and audit records, secrets redacted.
+    pub record_messages: bool,
 }
 
 /// Used when a route sets no request timeout.
@@ -681,6 +683,7 @@ impl TryFrom<&pb::Route> for Route {
                 u64::MAX => None,
                 ms => Some(Duration::from_millis(ms)),
             },
+            record_messages: r.record_messages,
         })
     }
 }
@@ -732,6 +735,8 @@ pub struct VirtualKey {
     /// Spend is limited in USD (a budget or the session caps): models without a price
     /// are refused.
     pub usd_limited: bool,
+    /// Prompts and answers go into spans and audit records, secrets redacted.
+    pub record_messages: bool,
     /// The key (`<namespace>/<name>`) and its owner, for usage records and logs (the
     /// session is added per request).
     pub attribution: Attribution,
@@ -809,6 +814,7 @@ impl TryFrom<&pb::VirtualKey> for VirtualKey {
                     })
                 }),
             usd_limited: k.usd_limited,
+            record_messages: k.record_messages,
         })
     }
 }

@@ -71,6 +71,8 @@ pub struct Snapshot {
     pub mcp_rules: HashMap<String, Arc<crate::config::tool_policy::KeyPolicy>>,
     /// Every resource name and version, for `/config` on the admin port.
     pub versions: Vec<(&'static str, Arc<str>, Arc<str>)>,
+    /// The secret values above, made ready to search for when a request first asks.
+    redactor: std::sync::OnceLock<crate::config::redact::Redactor>,
 }
 
 /// Why a presented key was refused.
@@ -82,6 +84,18 @@ pub enum KeyRefusal {
 }
 
 impl Snapshot {
+    /// Text a policy asked to record, with every secret this snapshot holds redacted.
+    pub fn redact(&self, text: &str) -> String {
+        self.redactor
+            .get_or_init(|| {
+                crate::config::redact::Redactor::new(
+                    self.providers.values(),
+                    self.mcp_servers.values(),
+                )
+            })
+            .redact(text, &self.keys)
+    }
+
     /// Finds the virtual key for a presented secret by its SHA-256, then compares the
     /// hashes in constant time.
     pub fn authenticate(

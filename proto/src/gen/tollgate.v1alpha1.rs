@@ -227,6 +227,9 @@ pub struct Route {
     pub fallback_on: ::prost::alloc::vec::Vec<::prost::alloc::string::String>,
     #[prost(message, optional, tag = "11")]
     pub streaming: ::core::option::Option<Streaming>,
+    /// Prompts and answers go into spans and audit records, secrets redacted.
+    #[prost(bool, tag = "12")]
+    pub record_messages: bool,
 }
 #[derive(Clone, Copy, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Streaming {
@@ -331,6 +334,9 @@ pub struct VirtualKey {
     /// a model without a price is refused, as its cost could not be counted.
     #[prost(bool, tag = "14")]
     pub usd_limited: bool,
+    /// Prompts and answers go into spans and audit records, secrets redacted.
+    #[prost(bool, tag = "15")]
+    pub record_messages: bool,
 }
 #[derive(Clone, PartialEq, Eq, Hash, ::prost::Message)]
 pub struct Owner {
