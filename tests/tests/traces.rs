@@ -4,7 +4,8 @@
 //! the OpenTelemetry OpenAI instrumentation (tests/python/otel_agent.py). One trace holds
 //! the agent's spans, the gateway's `chat` spans with one child per attempt, and an MCP
 //! `execute_tool` span; a config change is one trace from compile to every apply; the
-//! audit records go out as log records; no secret and no prompt is in any of it.
+//! audit records go out as log records; no secret is in any of it, and no prompt unless a
+//! route or key opts in to recording messages (then with every secret redacted).
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -35,7 +36,34 @@ spec:
     - provider: openai-secondary
       model: gpt-4o-mini
   fallbackOn: [5xx]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: recorded
+spec:
+  match:
+    models: ["recorded"]
+  targets:
+    - provider: openai-secondary
+      model: gpt-4o-mini
+  recordMessages: true
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata:
+  name: recorder
+spec:
+  secretRef: {name: recorder-key}
+  recordMessages: true
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: recorder-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-recorder-key-0123456789}
 "#;
+
+const RECORDER_KEY: &str = "tg-recorder-key-0123456789";
 
 const LEDGER_TOKEN: &str = "ledger-bearer-9c41e";
 const PROMPT: &str = "the merger closes on 4d2b-confidential";
@@ -306,6 +334,7 @@ async fn one_trace_from_the_agent_through_the_gateway_to_the_provider() {
         .unwrap();
     with_logs(&stack, async {
         until_served(&api, DEMO_KEY, "traced", Duration::from_secs(10)).await;
+        until_served(&api, RECORDER_KEY, "gpt-4o-mini", Duration::from_secs(10)).await;
         set_faults(
             &stack.mock_url,
             &json!([{"model": "gpt-4o", "status": 502}]),
@@ -463,6 +492,16 @@ async fn one_trace_from_the_agent_through_the_gateway_to_the_provider() {
             stream.nanos("endTimeUnixNano") <= agent["stream_ended_ns"].as_u64().unwrap() as u128,
             "the span ends before the agent has read the end"
         );
+        // Read from the stream as it passed: the answer's id and finish reason.
+        assert!(stream.str("gen_ai.response.id").starts_with("chatcmpl-"));
+        assert_eq!(
+            stream.attr("gen_ai.response.finish_reasons"),
+            Some(json!(["stop"]))
+        );
+        assert!(
+            stream.attr("gen_ai.input.messages").is_none(),
+            "not opted in"
+        );
 
         // MCP: the tool call's span under its JSON-RPC request's span, under the agent's.
         // Named by the server's own name of the tool, as its audit record names it.
@@ -519,6 +558,8 @@ async fn one_trace_from_the_agent_through_the_gateway_to_the_provider() {
         assert_eq!(other.name(), "other");
         assert_eq!(other.str("mcp.method.name"), "other");
         assert_eq!(other.int("http.response.status_code"), 400);
+
+        recorded_messages(&api, &receiver.out).await;
 
         // A change to the config: one trace from the controller's compile through its
         // pushes to every dataplane's apply.
@@ -597,6 +638,156 @@ async fn one_trace_from_the_agent_through_the_gateway_to_the_provider() {
         }
     })
     .await;
+}
+
+/// A traced request under `trace` to `path`; its span once exported.
+async fn traced_request(
+    api: &str,
+    out: &Path,
+    path: &str,
+    key: &str,
+    trace: &str,
+    body: Value,
+) -> Span {
+    let (status, answer) = http_request_with(
+        "POST",
+        &format!("{api}{path}"),
+        &[
+            ("authorization", &format!("Bearer {key}")),
+            ("content-type", "application/json"),
+            ("anthropic-version", "2023-06-01"),
+            ("traceparent", &format!("00-{trace}-00f067aa0ba902b7-01")),
+        ],
+        &body.to_string(),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{answer}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = received(out);
+        let span =
+            (got.spans.iter()).find(|s| s.trace() == trace && s.kind() == "SPAN_KIND_SERVER");
+        if let Some(s) = span {
+            return s.clone();
+        }
+        assert!(Instant::now() < deadline, "no span for {trace}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A span's recorded messages, parsed, checked free of every secret.
+fn recorded(span: &Span, key: &str) -> Value {
+    let text = span.str(key);
+    for secret in [DEMO_KEY, RECORDER_KEY, LEDGER_TOKEN]
+        .into_iter()
+        .chain(UPSTREAM_KEYS)
+    {
+        assert!(!text.contains(secret), "{secret} in {key}: {text}");
+    }
+    serde_json::from_str(&text).unwrap()
+}
+
+/// A route and a key that opt in: the prompt and the answer are in the span and the
+/// audit record, shaped as the GenAI conventions say, with every secret redacted.
+async fn recorded_messages(api: &str, out: &Path) {
+    let leaky = format!(
+        "recorded-marker-71 {} {} {LEDGER_TOKEN}",
+        UPSTREAM_KEYS[0], DEMO_KEY
+    );
+    // By the route, whole.
+    let by_route = "7e57ab1e7e57ab1e7e57ab1e7e57ab1e";
+    let span = traced_request(
+        api,
+        out,
+        "/chat/completions",
+        DEMO_KEY,
+        by_route,
+        json!({"model": "recorded", "messages": [
+            {"role": "system", "content": "be terse"},
+            {"role": "user", "content": leaky}
+        ]}),
+    )
+    .await;
+    assert_eq!(span.str("tollgate.messages.recorded_by"), "route");
+    let input = recorded(&span, "gen_ai.input.messages");
+    assert_eq!(
+        input,
+        json!([
+            {"role": "system", "parts": [{"type": "text", "content": "be terse"}]},
+            {"role": "user", "parts": [{"type": "text",
+                "content": "recorded-marker-71 <redacted> <redacted> <redacted>"}]}
+        ])
+    );
+    let output = recorded(&span, "gen_ai.output.messages");
+    assert_eq!(output[0]["role"], "assistant");
+    assert_eq!(output[0]["finish_reason"], "stop");
+    assert_eq!(
+        output[0]["parts"][0]["content"],
+        "Mock reply to: recorded-marker-71 <redacted> <redacted> <redacted>",
+        "the echoed secrets are redacted too"
+    );
+
+    // By the key, streamed, in Anthropic's format (translated to the OpenAI provider).
+    let by_key = "7e57ab1e7e57ab1e7e57ab1e7e57ab1f";
+    let span = traced_request(
+        api,
+        out,
+        "/messages",
+        RECORDER_KEY,
+        by_key,
+        json!({"model": "gpt-4o-mini", "max_tokens": 64, "stream": true,
+               "system": "answer in one line",
+               "messages": [{"role": "user", "content": "streamed-marker-72 tg-recorder-key-0123456789"}]}),
+    )
+    .await;
+    assert_eq!(span.str("tollgate.messages.recorded_by"), "key");
+    assert_eq!(
+        recorded(&span, "gen_ai.system_instructions"),
+        json!([{"type": "text", "content": "answer in one line"}])
+    );
+    let input = recorded(&span, "gen_ai.input.messages");
+    assert_eq!(
+        input[0]["parts"][0]["content"],
+        "streamed-marker-72 <redacted>"
+    );
+    let output = recorded(&span, "gen_ai.output.messages");
+    assert_eq!(
+        output,
+        json!([{"role": "assistant", "finish_reason": "stop", "parts": [
+            {"type": "text", "content": "Mock reply to: streamed-marker-72 <redacted>"}
+        ]}])
+    );
+    assert!(span.str("gen_ai.response.id").starts_with("msg_"));
+    assert_eq!(
+        span.attr("gen_ai.response.finish_reasons"),
+        Some(json!(["end_turn"]))
+    );
+
+    // The audit records say who opted in, and carry the same redacted messages.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = received(out);
+        let records: Vec<Value> = (got.logs.iter())
+            .map(|(_, body)| serde_json::from_str::<Value>(body).unwrap())
+            .filter(|r| r["trace_id"] == by_route || r["trace_id"] == by_key)
+            .collect();
+        if records.len() == 2 {
+            for r in &records {
+                let want = if r["trace_id"] == by_key {
+                    "key"
+                } else {
+                    "route"
+                };
+                assert_eq!(r["messages"]["recorded_by"], want, "{r}");
+                let text = r["messages"].to_string();
+                assert!(text.contains("-marker-7"), "{text}");
+                assert!(!text.contains(UPSTREAM_KEYS[0]) && !text.contains(RECORDER_KEY));
+            }
+            break;
+        }
+        assert!(Instant::now() < deadline, "{records:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 fn got_protocol(out: &Path, service: &str) -> String {

@@ -60,6 +60,13 @@ where
         .ok_or_else(|| ApiError::ModelNotFound(head.model.clone()))?
         .clone();
     labels.route = route.id.clone();
+    if let Some(t) = &labels.trail {
+        match (key.record_messages, route.record_messages) {
+            (true, _) => t.record_messages(&body, "key", &snapshot),
+            (_, true) => t.record_messages(&body, "route", &snapshot),
+            _ => {}
+        }
+    }
     let key = key.clone();
     Ok(Routed {
         body,

@@ -199,6 +199,9 @@ impl Streamed {
         if let Some(t) = self.transcript.as_mut() {
             t.observe(&out);
         }
+        if let Some(t) = self.done.as_ref().and_then(|d| d.labels.trail.as_ref()) {
+            t.streamed(&out);
+        }
         if self.done.is_some()
             && let Some(kept) = self.kept.as_mut()
         {
@@ -452,6 +455,9 @@ impl http_body::Body for Streamed {
                     this.settle(false);
                     this.complete = true;
                     let out = this.chain.end_bytes();
+                    if let Some(t) = this.done.as_ref().and_then(|d| d.labels.trail.as_ref()) {
+                        t.streamed(&out);
+                    }
                     this.finish();
                     return if out.is_empty() {
                         Poll::Ready(None)

@@ -5,9 +5,11 @@
 //! value, and a credential by its provider. A request that is traced ([`spans`]) makes its
 //! spans from the same record.
 
+mod messages;
 mod spans;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
@@ -58,13 +60,15 @@ pub(crate) struct Trail {
     request_id: http::HeaderValue,
     at_unix_ms: i64,
     operation: &'static str,
-    api: &'static str,
+    api: Api,
     client_address: Option<SocketAddr>,
     user_agent: Option<String>,
     client_request_id: Option<String>,
     trace_id: Option<String>,
     /// When the endpoint began reading the request.
     began: Instant,
+    /// Its answer is read as it passes: the request is traced, or records its messages.
+    watches: AtomicBool,
     late: Mutex<Late>,
 }
 
@@ -76,9 +80,12 @@ struct Late {
     attempts: Vec<AttemptNote>,
     /// The next attempt's span and credential, noted as its request is made.
     next_attempt: Option<spans::AttemptSpan>,
-    /// What only a traced request reads: the request's sampling parameters, the answer's
-    /// id and finish reasons.
+    /// What only a traced request reads: the request's sampling parameters.
     traced: spans::Details,
+    /// The answer's id and finish reasons (traced), and its parts (recorded).
+    answer: Option<messages::Answer>,
+    /// The prompt, when the key or route opts in to recording messages.
+    recording: Option<messages::Recording>,
     first_byte_ms: Option<f64>,
     error: Option<&'static str>,
     ended: Option<Ended>,
@@ -175,10 +182,7 @@ impl Trail {
             request_id: new_request_id(),
             at_unix_ms: tollgate_proto::time::now_unix_ms(),
             operation: op.name(),
-            api: match api {
-                Api::OpenAi => "openai",
-                Api::Anthropic => "anthropic",
-            },
+            api,
             client_address: req.extensions().get::<ClientAddress>().map(|a| a.0),
             user_agent: client_text(headers, "user-agent"),
             client_request_id: client_text(headers, "x-request-id"),
@@ -186,6 +190,7 @@ impl Trail {
                 Some(t) => Some(t.trace_hex()),
                 None => trace_id(headers),
             },
+            watches: AtomicBool::new(traced.is_some()),
             traced,
             began: Instant::now(),
             late: Mutex::new(Late::default()),
@@ -238,14 +243,44 @@ impl Trail {
         http::HeaderValue::from_str(&traced.child(span.id)).ok()
     }
 
-    /// A whole answer in the client's format: its id and finish reasons, when the request
-    /// is traced.
+    /// The key or the route (`by`) opts in: the prompt of chat request `body` is recorded
+    /// now, and the answer as it passes, with the secrets `snapshot` holds redacted.
+    pub(crate) fn record_messages(
+        &self,
+        body: &[u8],
+        by: &'static str,
+        snapshot: &Arc<crate::config::snapshot::Snapshot>,
+    ) {
+        if self.operation != Operation::Chat.name() {
+            return;
+        }
+        let recording = messages::Recording::of_request(body, self.api, by, snapshot.clone());
+        let mut late = lock(&self.late);
+        late.recording = Some(recording);
+        (late.answer)
+            .get_or_insert_with(|| messages::Answer::new(self.api, true))
+            .record_content();
+        self.watches.store(true, Ordering::Relaxed);
+    }
+
+    fn answer<'a>(&self, late: &'a mut Late) -> &'a mut messages::Answer {
+        late.answer
+            .get_or_insert_with(|| messages::Answer::new(self.api, false))
+    }
+
+    /// A whole answer in the client's format, read when the request is traced or records
+    /// its messages.
     pub(crate) fn answered(&self, body: &[u8]) {
-        if self.traced.is_some() {
-            let (id, reasons) = spans::Details::of_answer(body);
-            let mut late = lock(&self.late);
-            late.traced.response_id = id;
-            late.traced.finish_reasons = reasons;
+        if self.watches.load(Ordering::Relaxed) {
+            self.answer(&mut lock(&self.late)).whole(body);
+        }
+    }
+
+    /// Bytes of a streamed answer as the client got them, read when the request is
+    /// traced or records its messages.
+    pub(crate) fn streamed(&self, frame: &[u8]) {
+        if self.watches.load(Ordering::Relaxed) {
+            self.answer(&mut lock(&self.late)).streamed(frame);
         }
     }
 
@@ -335,13 +370,20 @@ impl Drop for Trail {
                 .or(Some("provider_error")),
             _ => None,
         };
+        let output = late.recording.as_ref().map(|r| {
+            let none = messages::Answer::new(self.api, true);
+            r.output(late.answer.as_ref().unwrap_or(&none))
+        });
         let record = Record {
             time: tollgate_proto::time::format_rfc3339_ms(self.at_unix_ms),
             kind: "llm",
             request_id: self.request_id.to_str().unwrap_or(""),
             trace_id: self.trace_id.as_deref(),
             operation: self.operation,
-            api: self.api,
+            api: match self.api {
+                Api::OpenAi => "openai",
+                Api::Anthropic => "anthropic",
+            },
             owner,
             session: text(ended.and_then(|e| e.session.as_ref())),
             route: text(ended.map(|e| &e.route)),
@@ -364,6 +406,16 @@ impl Drop for Trail {
             client_address: self.client_address.map(|a| a.ip()),
             user_agent: self.user_agent.as_deref(),
             client_request_id: self.client_request_id.as_deref(),
+            messages: late
+                .recording
+                .as_ref()
+                .zip(output)
+                .map(|(r, output)| Messages {
+                    recorded_by: r.by,
+                    system_instructions: r.system.as_ref(),
+                    input: &r.input,
+                    output,
+                }),
         };
         if let Some(t) = &self.traced {
             t.export(self, &late, &record);
@@ -438,6 +490,20 @@ struct Record<'a> {
     user_agent: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     client_request_id: Option<&'a str>,
+    /// Only when the key or the route opts in; its presence records that it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    messages: Option<Messages<'a>>,
+}
+
+/// A request's prompt and answer, as the GenAI conventions shape them, secrets redacted.
+#[derive(Serialize)]
+struct Messages<'a> {
+    /// `key` or `route`: the opt-in that asked for them.
+    recorded_by: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    system_instructions: Option<&'a serde_json::Value>,
+    input: &'a serde_json::Value,
+    output: serde_json::Value,
 }
 
 #[cfg(test)]

@@ -2,21 +2,18 @@
 //! OpenTelemetry GenAI conventions name an operation (`chat {model}`), with their
 //! `gen_ai.*` attributes and `tollgate.*` ones for what they lack, and one client span per
 //! upstream attempt (HTTP client conventions), whose id went to the provider in the
-//! attempt's `traceparent`. Nothing of a body is in them: the sampling parameters, the
-//! answer's id and its finish reasons are read from it, never its text.
+//! attempt's `traceparent`. Nothing of a body is in them (the sampling parameters, the
+//! answer's id and its finish reasons are read from it), unless the key or the route opts
+//! in to recording messages ([`super::messages`]).
 
 use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Deserialize;
 use tollgate_telemetry::{Attribute as A, AttributeValue, FinishedSpan, Kind, Sampled, Telemetry};
 
 use super::{Late, Record, Trail};
 use crate::translate::head::ChatHead;
-
-/// Client-chosen text kept in a span (a response id) is cut to this many bytes.
-const MAX_ID: usize = 256;
 
 /// A sampled request's trace.
 pub(crate) struct Traced {
@@ -49,28 +46,12 @@ impl AttemptSpan {
     }
 }
 
-/// What only a traced request reads from its request and its answer.
+/// What only a traced request reads from its request.
 #[derive(Default)]
 pub(crate) struct Details {
     max_tokens: Option<u64>,
     temperature: Option<f64>,
     top_p: Option<f64>,
-    pub(super) response_id: Option<String>,
-    pub(super) finish_reasons: Vec<String>,
-}
-
-#[derive(Deserialize)]
-struct AnswerProbe {
-    id: Option<String>,
-    #[serde(default)]
-    choices: Vec<ChoiceProbe>,
-    /// Anthropic's.
-    stop_reason: Option<String>,
-}
-
-#[derive(Deserialize)]
-struct ChoiceProbe {
-    finish_reason: Option<String>,
 }
 
 impl Details {
@@ -79,37 +60,8 @@ impl Details {
             max_tokens: head.max_tokens,
             temperature: head.temperature,
             top_p: head.top_p,
-            ..Self::default()
         }
     }
-
-    /// The id and finish reasons of a whole answer (OpenAI's or Anthropic's format).
-    pub(super) fn of_answer(body: &[u8]) -> (Option<String>, Vec<String>) {
-        let Ok(p) = serde_json::from_slice::<AnswerProbe>(body) else {
-            return (None, Vec::new());
-        };
-        let mut reasons: Vec<String> = p
-            .choices
-            .into_iter()
-            .filter_map(|c| c.finish_reason)
-            .collect();
-        reasons.extend(p.stop_reason);
-        for r in &mut reasons {
-            cut(r);
-        }
-        (
-            p.id.map(|mut id| {
-                cut(&mut id);
-                id
-            }),
-            reasons,
-        )
-    }
-}
-
-fn cut(s: &mut String) {
-    let end = crate::base::clip(s, MAX_ID).len();
-    s.truncate(end);
 }
 
 fn text(key: &'static str, v: Option<&str>) -> Option<A> {
@@ -158,7 +110,10 @@ impl Traced {
                 text("gen_ai.request.model", r.requested_model),
                 text("gen_ai.response.model", r.served_model),
                 text("gen_ai.provider.name", ended.map(|e| e.provider_name)),
-                text("gen_ai.response.id", late.traced.response_id.as_deref()),
+                text(
+                    "gen_ai.response.id",
+                    late.answer.as_ref().and_then(|a| a.id.as_deref()),
+                ),
                 text("gen_ai.conversation.id", r.session),
                 text("error.type", r.error_type),
                 text("tollgate.key", r.owner.key),
@@ -177,11 +132,11 @@ impl Traced {
             a.push(A::new("client.address", ip.to_string()));
         }
         let d = &late.traced;
-        if !d.finish_reasons.is_empty() {
-            let reasons = d
-                .finish_reasons
-                .iter()
-                .map(|r| tollgate_telemetry::StringValue::from(r.clone()))
+        let reasons = late.answer.as_ref().map(|a| a.finish_reasons());
+        if let Some(reasons) = reasons.filter(|r| !r.is_empty()) {
+            let reasons = reasons
+                .into_iter()
+                .map(tollgate_telemetry::StringValue::from)
                 .collect::<Vec<_>>();
             a.push(A::new(
                 "gen_ai.response.finish_reasons",
@@ -211,6 +166,14 @@ impl Traced {
         }
         if let Some(ttft) = r.time_to_first_token_ms {
             a.push(A::new("tollgate.time_to_first_token", ttft / 1e3));
+        }
+        if let Some(m) = &r.messages {
+            a.push(A::new("tollgate.messages.recorded_by", m.recorded_by));
+            a.push(A::new("gen_ai.input.messages", m.input.to_string()));
+            a.push(A::new("gen_ai.output.messages", m.output.to_string()));
+            if let Some(system) = m.system_instructions {
+                a.push(A::new("gen_ai.system_instructions", system.to_string()));
+            }
         }
         let error = (r.status >= 400).then(|| Cow::Borrowed(r.error_type.unwrap_or("error")));
         self.telemetry.export(FinishedSpan {
