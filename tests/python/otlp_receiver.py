@@ -2,8 +2,9 @@
 OpenTelemetry protobuf definitions (`opentelemetry-proto`): the collector's gRPC
 services (TraceService, LogsService) and OTLP/HTTP with protobuf bodies (`/v1/traces`,
 `/v1/logs`). Every export it receives is appended to --out as one JSON line
-(`{"signal", "protocol", "request"}`, the request as protobuf's JSON mapping), so a test
-can read every span and log record a run produced.
+(`{"signal", "protocol", "headers", "request"}`, the request as protobuf's JSON mapping,
+the headers those of its request or call metadata whose names begin with `x-`), so a test
+can read every span and log record a run produced, and what the exporter sent with it.
 """
 
 import argparse
@@ -27,21 +28,27 @@ def main() -> None:
     p.add_argument("--out", required=True)
     args = p.parse_args()
 
-    def keep(signal: str, protocol: str, request) -> None:
+    def keep(signal: str, protocol: str, headers, request) -> None:
+        headers = {k.lower(): v for k, v in headers if k.lower().startswith("x-")}
         line = json.dumps(
-            {"signal": signal, "protocol": protocol, "request": MessageToDict(request)}
+            {
+                "signal": signal,
+                "protocol": protocol,
+                "headers": headers,
+                "request": MessageToDict(request),
+            }
         )
         with LOCK, open(args.out, "a", encoding="utf-8") as f:
             f.write(line + "\n")
 
     class Traces(trace_service_pb2_grpc.TraceServiceServicer):
         def Export(self, request, context):
-            keep("traces", "grpc", request)
+            keep("traces", "grpc", context.invocation_metadata(), request)
             return trace_service_pb2.ExportTraceServiceResponse()
 
     class Logs(logs_service_pb2_grpc.LogsServiceServicer):
         def Export(self, request, context):
-            keep("logs", "grpc", request)
+            keep("logs", "grpc", context.invocation_metadata(), request)
             return logs_service_pb2.ExportLogsServiceResponse()
 
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
@@ -72,7 +79,7 @@ def main() -> None:
                 self.end_headers()
                 return
             signal, request, response = kind
-            keep(signal, "http/protobuf", request.FromString(body))
+            keep(signal, "http/protobuf", self.headers.items(), request.FromString(body))
             out = response().SerializeToString()
             self.send_response(200)
             self.send_header("content-type", "application/x-protobuf")

@@ -197,6 +197,8 @@ struct Received {
     /// Log record bodies, by service.
     logs: Vec<(String, String)>,
     protocols: HashMap<String, String>,
+    /// The `x-` headers each service's exports came with.
+    headers: HashMap<String, Value>,
 }
 
 fn service_of(resource: &Value) -> String {
@@ -210,6 +212,7 @@ fn service_of(resource: &Value) -> String {
 fn received(out: &Path) -> Received {
     let text = std::fs::read_to_string(out).unwrap_or_default();
     let (mut spans, mut logs, mut protocols) = (Vec::new(), Vec::new(), HashMap::new());
+    let mut headers = HashMap::new();
     for line in text.lines() {
         let export: Value = serde_json::from_str(line).unwrap();
         let request = &export["request"];
@@ -220,6 +223,7 @@ fn received(out: &Path) -> Received {
                     service.clone(),
                     export["protocol"].as_str().unwrap().to_string(),
                 );
+                headers.insert(service.clone(), export["headers"].clone());
                 for ss in rs["scopeSpans"].as_array().unwrap() {
                     for s in ss["spans"].as_array().unwrap() {
                         spans.push(Span {
@@ -246,6 +250,7 @@ fn received(out: &Path) -> Received {
         spans,
         logs,
         protocols,
+        headers,
     }
 }
 
@@ -311,12 +316,18 @@ async fn one_trace_from_the_agent_through_the_gateway_to_the_provider() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &grpc),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "x-otlp-tenant=controllers"),
             fast,
         ],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &http),
             ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
             ("OTEL_SERVICE_NAME", "gateway-dataplane"),
+            // Values are URL-encoded, as the specification says.
+            (
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "x-otlp-tenant=gateway%20team,x-otlp-env=test",
+            ),
             fast,
             ("OTEL_BLRP_SCHEDULE_DELAY", "100"),
         ],
@@ -391,6 +402,10 @@ async fn one_trace_from_the_agent_through_the_gateway_to_the_provider() {
             got = received(&receiver.out);
         }
         assert_eq!(got.protocols["gateway-dataplane"], "http/protobuf");
+        assert_eq!(
+            got.headers["gateway-dataplane"],
+            json!({"x-otlp-tenant": "gateway team", "x-otlp-env": "test"})
+        );
         let in_trace: Vec<&Span> = got.spans.iter().filter(|s| s.trace() == trace).collect();
         let by_id: HashMap<String, &Span> = in_trace.iter().map(|s| (s.id(), *s)).collect();
         let gateway = |name: &str| -> Vec<&Span> {
@@ -594,6 +609,10 @@ async fn one_trace_from_the_agent_through_the_gateway_to_the_provider() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         };
         assert_eq!(got_protocol(&receiver.out, "tollgate-controller"), "grpc");
+        assert_eq!(
+            received(&receiver.out).headers["tollgate-controller"]["x-otlp-tenant"],
+            "controllers"
+        );
         let all = received(&receiver.out).spans;
         for apply in &applies {
             assert_eq!(apply.service, "gateway-dataplane");
@@ -762,6 +781,24 @@ async fn recorded_messages(api: &str, out: &Path) {
         span.attr("gen_ai.response.finish_reasons"),
         Some(json!(["end_turn"]))
     );
+
+    // Embeddings: their own span, and never their input, whatever the key says.
+    let embedded = "7e57ab1e7e57ab1e7e57ab1e7e57ab20";
+    let span = traced_request(
+        api,
+        out,
+        "/embeddings",
+        RECORDER_KEY,
+        embedded,
+        json!({"model": "text-embedding-3-small", "input": ["embedded-marker-73"]}),
+    )
+    .await;
+    assert_eq!(span.name(), "embeddings text-embedding-3-small");
+    assert_eq!(span.str("gen_ai.operation.name"), "embeddings");
+    assert_eq!(span.str("gen_ai.provider.name"), "openai");
+    assert!(span.int("gen_ai.usage.input_tokens") > 0);
+    assert!(span.attr("gen_ai.input.messages").is_none());
+    assert!(!received(out).text.contains("embedded-marker-73"));
 
     // The audit records say who opted in, and carry the same redacted messages.
     let deadline = Instant::now() + Duration::from_secs(10);
