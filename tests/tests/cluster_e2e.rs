@@ -90,6 +90,10 @@ impl Chart {
             // The dashboard's ConfigMap too (a PrometheusRule needs the Prometheus
             // Operator's CRDs, which this cluster does not have).
             .arg("--set=grafanaDashboard.enabled=true")
+            // Traces and audit log records to a collector, as the docs show.
+            .arg("--set=telemetry.endpoint=http://otel-collector.observability:4318")
+            .arg("--set=telemetry.resourceAttributes=deployment.environment.name=ci")
+            .arg("--set=dataplane.audit.sink=stdout\\,otlp")
             .output()
             .expect("running helm");
         assert!(
@@ -104,6 +108,38 @@ impl Chart {
             release_namespace,
         ]);
         println!("{listed}");
+        // Both components were given the OTLP settings; the dataplane sends its audit
+        // records there too.
+        for component in ["controller", "dataplane"] {
+            let d: Value = serde_json::from_str(&run(&[
+                "get",
+                "deployment",
+                &format!("tollgate-{component}"),
+                "-n",
+                release_namespace,
+                "-o",
+                "json",
+            ]))
+            .unwrap();
+            let container = &d["spec"]["template"]["spec"]["containers"][0];
+            let env: std::collections::HashMap<&str, &str> =
+                (container["env"].as_array().unwrap().iter())
+                    .filter_map(|e| Some((e["name"].as_str()?, e["value"].as_str()?)))
+                    .collect();
+            assert_eq!(
+                env.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+                Some(&"http://otel-collector.observability:4318"),
+                "{component}: {env:?}"
+            );
+            assert_eq!(
+                env.get("OTEL_RESOURCE_ATTRIBUTES"),
+                Some(&"deployment.environment.name=ci")
+            );
+            if component == "dataplane" {
+                let args = container["args"].to_string();
+                assert!(args.contains("--audit=stdout,otlp"), "{args}");
+            }
+        }
         let chart = dir.join("chart");
         // What the pods mount: the stream TLS and admin token Secrets.
         for (secret, to) in [("tollgate-stream-tls", "tls"), ("tollgate-admin", "admin")] {
