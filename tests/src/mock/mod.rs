@@ -1,8 +1,9 @@
 //! mock-llm: a fake LLM provider for tests, the quick start and benchmarks.
 //!
-//! It speaks the providers' real wire formats (OpenAI chat completions and Anthropic messages,
-//! JSON and SSE), checks requests the way the real APIs do, and misbehaves on request: latency,
-//! error statuses with `retry-after`, resets, and streams cut half way.
+//! It speaks the providers' real wire formats (OpenAI chat completions and Responses,
+//! Anthropic messages, Gemini, Bedrock; JSON and SSE), checks requests the way the real APIs
+//! do, and misbehaves on request: latency, error statuses with `retry-after`, resets, and
+//! streams cut half way.
 
 pub mod anthropic;
 pub mod bedrock;
@@ -10,6 +11,7 @@ pub mod directives;
 pub mod embeddings;
 pub mod gemini;
 pub mod openai;
+pub mod responses;
 pub mod server;
 pub mod tools;
 

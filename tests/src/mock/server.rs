@@ -16,7 +16,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::directives::{Directives, Failure, Refusal};
-use super::{anthropic, bedrock, embeddings, gemini, openai};
+use super::{anthropic, bedrock, embeddings, gemini, openai, responses};
 
 type Body = BoxBody<Bytes, std::io::Error>;
 
@@ -105,6 +105,8 @@ struct Shared {
     next_id: Mutex<u64>,
     /// Access tokens issued by `POST /token`.
     tokens: Mutex<Vec<String>>,
+    /// Responses stored by the Responses API, by account.
+    responses: Mutex<responses::Store>,
 }
 
 const RECORDED: usize = 10_000;
@@ -188,13 +190,14 @@ impl Shared {
         }));
     }
 
-    fn id(&self) -> String {
-        let mut n = match self.next_id.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+    fn next(&self) -> u64 {
+        let mut n = lock(&self.next_id);
         *n += 1;
-        format!("chatcmpl-mock{n:08}")
+        *n
+    }
+
+    fn id(&self) -> String {
+        format!("chatcmpl-mock{:08}", self.next())
     }
 
     /// OpenAI's auth (`Authorization: Bearer`) or Azure's (`api-key`) on a request.
@@ -241,6 +244,187 @@ impl Shared {
     }
 }
 
+/// The error OpenAI would answer with, when the directives ask for one.
+fn openai_failure(d: &Directives) -> Option<Response<Body>> {
+    if let Some(status) = d.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+        let (kind, code) = match status.as_u16() {
+            429 => ("requests", Some("rate_limit_exceeded")),
+            400..=499 => ("invalid_request_error", None),
+            _ => ("server_error", None),
+        };
+        let r = error(
+            status,
+            &format!("mock-llm was asked to fail with {status}"),
+            kind,
+            code,
+        );
+        return Some(with_retry_after(r, d));
+    }
+    Some(match d.refuse? {
+        Refusal::ContextWindow => error(
+            StatusCode::BAD_REQUEST,
+            "This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens. Please reduce the length of the messages.",
+            "invalid_request_error",
+            Some("context_length_exceeded"),
+        ),
+        Refusal::ContentPolicy => error(
+            StatusCode::BAD_REQUEST,
+            "Your request was rejected as a result of our safety system.",
+            "invalid_request_error",
+            Some("content_policy_violation"),
+        ),
+    })
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// The account a request is made for: the key it presents (OpenAI's bearer, Azure's
+/// `api-key`). Stored responses belong to it.
+fn account(headers: &http::HeaderMap) -> String {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let azure = headers.get("api-key").and_then(|v| v.to_str().ok());
+    bearer.or(azure).unwrap_or("").to_string()
+}
+
+/// `POST /v1/responses` (OpenAI) or `/openai/v1/responses` (Azure).
+async fn create_response(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    azure: bool,
+) -> Result<Response<Body>, std::io::Error> {
+    let (parts, body) = shared.read_and_record(req).await?;
+    if let Err(response) = shared.check_openai_key(&parts.headers, azure) {
+        return Ok(*response);
+    }
+    let r = match responses::parse(&body) {
+        Ok(r) => r,
+        Err(e) => return Ok(json_response(StatusCode::BAD_REQUEST, &e)),
+    };
+    let d = shared
+        .directives(&parts.headers, &r.texts(), &r.model)
+        .await?;
+    if let Some(failed) = openai_failure(&d) {
+        return Ok(failed);
+    }
+    let account = account(&parts.headers);
+    let history = match &r.previous_response_id {
+        None => Vec::new(),
+        Some(id) => match lock(&shared.responses).get(&account, id) {
+            Some(stored) => stored.conversation.clone(),
+            None => {
+                let e = responses::previous_not_found(id);
+                return Ok(json_response(StatusCode::BAD_REQUEST, &e));
+            }
+        },
+    };
+    let turn = responses::turn(&r, &history, d.chunks);
+    let ids = responses::Ids::new(shared.next());
+    let created = unix_now();
+    let done = responses::response(&r, &turn, &ids, created, true);
+    if r.store {
+        let mut conversation = history;
+        conversation.extend(r.input.iter().cloned());
+        conversation.extend(done["output"].as_array().cloned().unwrap_or_default());
+        let stored = responses::Stored {
+            response: done.clone(),
+            input_items: r.input.clone(),
+            conversation,
+        };
+        lock(&shared.responses).put(&account, stored);
+    }
+    if !r.stream {
+        if d.fail == Some(Failure::Cut) {
+            let bytes = serde_json::to_vec(&done).unwrap_or_default();
+            return Ok(cut_body(bytes[..bytes.len() / 2].to_vec(), bytes.len()));
+        }
+        return Ok(with_limits(json_response(StatusCode::OK, &done), &d));
+    }
+    let events = responses::stream_events(&r, &turn, &ids, created);
+    Ok(with_limits(sse(events, &d), &d))
+}
+
+/// `GET` or `DELETE /v1/responses/{id}`, `GET .../input_items`, `POST .../cancel`, and
+/// `POST /v1/responses/input_tokens`; `rest` is the path after `responses/`.
+async fn stored_response(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+    rest: &str,
+) -> Result<Response<Body>, std::io::Error> {
+    let azure = req.headers().contains_key("api-key");
+    let method = req.method().clone();
+    let query = req.uri().query().unwrap_or("").to_string();
+    let (parts, body) = shared.read_and_record(req).await?;
+    if let Err(response) = shared.check_openai_key(&parts.headers, azure) {
+        return Ok(*response);
+    }
+    let account = account(&parts.headers);
+    if (method.clone(), rest) == (Method::POST, "input_tokens") {
+        return Ok(match responses::parse(&body) {
+            Ok(r) => {
+                let history = (r.previous_response_id.as_ref())
+                    .and_then(|id| lock(&shared.responses).get(&account, id).cloned())
+                    .map(|s| s.conversation)
+                    .unwrap_or_default();
+                let t = responses::turn(&r, &history, None);
+                json_response(
+                    StatusCode::OK,
+                    &json!({"object": "response.input_tokens", "input_tokens": t.input_tokens}),
+                )
+            }
+            Err(e) => json_response(StatusCode::BAD_REQUEST, &e),
+        });
+    }
+    let (id, verb) = rest.split_once('/').unwrap_or((rest, ""));
+    let mut store = lock(&shared.responses);
+    let Some(stored) = store.get(&account, id).cloned() else {
+        return Ok(json_response(
+            StatusCode::NOT_FOUND,
+            &responses::not_found(id),
+        ));
+    };
+    Ok(match (method, verb) {
+        (Method::GET, "") => json_response(StatusCode::OK, &stored.response),
+        (Method::DELETE, "") => {
+            store.delete(&account, id);
+            json_response(
+                StatusCode::OK,
+                &json!({"id": id, "object": "response.deleted", "deleted": true}),
+            )
+        }
+        (Method::GET, "input_items") => {
+            let asc = query.contains("order=asc");
+            json_response(StatusCode::OK, &responses::input_items_list(&stored, asc))
+        }
+        (Method::POST, "cancel") => error(
+            StatusCode::BAD_REQUEST,
+            "Only responses created with background=true can be cancelled.",
+            "invalid_request_error",
+            None,
+        ),
+        _ => error(
+            StatusCode::NOT_FOUND,
+            &format!("Invalid URL (responses/{rest})"),
+            "invalid_request_error",
+            None,
+        ),
+    })
+}
+
 async fn chat(
     shared: Arc<Shared>,
     req: Request<Incoming>,
@@ -265,35 +449,8 @@ async fn chat(
     let d = shared
         .directives(&parts.headers, &chat.texts, &chat.model)
         .await?;
-    if let Some(status) = d.status.and_then(|s| StatusCode::from_u16(s).ok()) {
-        let (kind, code) = match status.as_u16() {
-            429 => ("requests", Some("rate_limit_exceeded")),
-            400..=499 => ("invalid_request_error", None),
-            _ => ("server_error", None),
-        };
-        let r = error(
-            status,
-            &format!("mock-llm was asked to fail with {status}"),
-            kind,
-            code,
-        );
-        return Ok(with_retry_after(r, &d));
-    }
-    if let Some(refusal) = d.refuse {
-        return Ok(match refusal {
-            Refusal::ContextWindow => error(
-                StatusCode::BAD_REQUEST,
-                "This model's maximum context length is 128000 tokens. However, your messages resulted in 130000 tokens. Please reduce the length of the messages.",
-                "invalid_request_error",
-                Some("context_length_exceeded"),
-            ),
-            Refusal::ContentPolicy => error(
-                StatusCode::BAD_REQUEST,
-                "Your request was rejected as a result of our safety system.",
-                "invalid_request_error",
-                Some("content_policy_violation"),
-            ),
-        });
+    if let Some(r) = openai_failure(&d) {
+        return Ok(r);
     }
     let id = shared.id();
     let created = SystemTime::now()
@@ -647,6 +804,12 @@ async fn handle(
             chat(shared, req, false).await
         }
         (Method::POST, "/v1/messages") => messages(shared, req, None).await,
+        (Method::POST, "/v1/responses" | "/responses") => create_response(shared, req, false).await,
+        (Method::POST, "/openai/v1/responses") => create_response(shared, req, true).await,
+        (_, p) if p.starts_with("/v1/responses/") || p.starts_with("/openai/v1/responses/") => {
+            let rest = p.split("/responses/").nth(1).unwrap_or("").to_string();
+            stored_response(shared, req, &rest).await
+        }
         (Method::POST, "/v1/messages/count_tokens") => count_messages(shared, req, false).await,
         (Method::POST, "/v1/embeddings" | "/embeddings") => embed_openai(shared, req, false).await,
         (Method::POST, p)
@@ -738,6 +901,7 @@ pub async fn serve(config: Config, listener: TcpListener) {
     let shared = Arc::new(Shared {
         config,
         requests: Mutex::new(VecDeque::new()),
+        responses: Mutex::default(),
         faults: Mutex::new(Vec::new()),
         next_id: Mutex::new(0),
         tokens: Mutex::new(Vec::new()),
