@@ -4,7 +4,10 @@
 the errors for an unknown previous response. Exits non-zero (with the assertion) on any
 mismatch; prints one JSON line with the ids it made.
 
-Usage: responses_client.py BASE_URL API_KEY MODEL
+Usage: responses_client.py BASE_URL API_KEY MODEL [turns]
+
+With `turns`, only the turns are driven (create, stream, the tool round trip): not the
+stored-response endpoints.
 """
 
 import json
@@ -27,7 +30,7 @@ WEATHER = {
 }
 
 
-def main(base_url, key, model):
+def main(base_url, key, model, mode="full"):
     client = OpenAI(base_url=base_url, api_key=key, max_retries=0)
 
     first = client.responses.create(
@@ -96,6 +99,15 @@ def main(base_url, key, model):
         streamed_call = stream.get_final_response()
     assert json.loads("".join(args)) == {"city": "Paris"}, args
     assert streamed_call.output[0].type == "function_call"
+    ids = {"first": first.id, "asked": asked.id, "answered": answered.id, "usage": {
+        "input": answered.usage.input_tokens,
+        "cached": answered.usage.input_tokens_details.cached_tokens,
+        "output": first.usage.output_tokens,
+        "reasoning": first.usage.output_tokens_details.reasoning_tokens,
+    }}
+    if mode == "turns":
+        print(json.dumps(ids))
+        return
 
     got = client.responses.retrieve(asked.id)
     assert got.id == asked.id and got.output[0].type == "function_call", got
@@ -123,8 +135,8 @@ def main(base_url, key, model):
     except openai.NotFoundError:
         pass
 
-    print(json.dumps({"first": first.id, "asked": asked.id, "answered": answered.id}))
+    print(json.dumps(ids))
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -1,11 +1,16 @@
 //! The Responses API (`/v1/responses`). mock-llm speaks it as OpenAI does: the official
 //! `openai` SDK drives it directly (tests/python/responses_client.py), and a response
-//! stored by one account is not found by another, as with the real API.
+//! stored by one account is not found by another, as with the real API. Through the
+//! gateway, the same SDK's turns pass through to an OpenAI provider, streamed event by
+//! event, metered with cached and reasoning tokens; a target that does not serve the API
+//! is refused in its error format.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::time::Duration;
+
 use serde_json::{Value, json};
-use tollgate_tests::harness::{Stack, UPSTREAM_KEYS, http_request_with};
+use tollgate_tests::harness::{DEMO_KEY, Stack, UPSTREAM_KEYS, http_get, http_request_with};
 
 mod common;
 use common::*;
@@ -60,4 +65,99 @@ fn mock_llm_speaks_the_responses_api_to_the_official_sdk() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["id"], asked);
+}
+
+const ROUTES: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: responder
+spec:
+  match:
+    models: ["responder"]
+  targets:
+    - provider: openai-primary
+      model: gpt-4o
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: claude-responder
+spec:
+  match:
+    models: ["claude-responder"]
+  targets:
+    - provider: anthropic
+      model: claude-sonnet-4-5
+"#;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdks_turns_pass_through_to_an_openai_provider_and_are_metered() {
+    let stack = Stack::start().unwrap();
+    stack.write_manifest("responder.yaml", ROUTES).unwrap();
+    let api = stack.dataplanes[0].api.clone();
+    until_served(&api, DEMO_KEY, "responder", Duration::from_secs(10)).await;
+    let out = run_python(
+        &stack,
+        "responses_client.py",
+        &[&api, DEMO_KEY, "responder", "turns"],
+    );
+    let ids: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+
+    // Every request reached the provider as the Responses API, the model rewritten.
+    let upstream = stack.upstream_requests().unwrap();
+    let sent: Vec<&Value> = upstream
+        .iter()
+        .filter(|r| r["path"] == "/v1/responses")
+        .collect();
+    assert_eq!(sent.len(), 5, "{upstream:?}");
+    assert!(sent.iter().all(|r| r["body"]["model"] == "gpt-4o"));
+    assert!(
+        sent.iter()
+            .all(|r| r["body"].get("stream_options").is_none()),
+        "nothing of the chat API is added"
+    );
+
+    // Metered as chat is: the audit records carry the provider's counts.
+    let admin = &stack.dataplanes[0].admin;
+    let (_, body) = http_get(&format!("{admin}/audit?limit=1000")).unwrap();
+    let records: Vec<Value> = body
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .chain(serde_json::from_str::<Vec<Value>>(&body).unwrap_or_default())
+        .filter(|r: &Value| r["api"] == "responses")
+        .collect();
+    assert_eq!(records.len(), 5, "{body}");
+    assert!(
+        records
+            .iter()
+            .all(|r| r["route"] == "default/responder" && r["status"] == 200)
+    );
+    let usage = &ids["usage"];
+    assert!(
+        records
+            .iter()
+            .any(|r| r["tokens"]["reasoning"] == usage["reasoning"]
+                && r["tokens"]["output"] == usage["output"]),
+        "{records:?}"
+    );
+    assert!(
+        records
+            .iter()
+            .any(|r| r["tokens"]["cached"] == usage["cached"]
+                && r["tokens"]["input"] == usage["input"]),
+        "{records:?}"
+    );
+    assert!(records.iter().any(|r| r["stream"] == true));
+
+    // A target that does not serve the Responses API: a clear 400, in its format.
+    let (status, body) = call(
+        "POST",
+        &format!("{api}/responses"),
+        DEMO_KEY,
+        &json!({"model": "claude-responder", "input": "hi"}),
+    );
+    assert_eq!(status, 400, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("/v1/chat/completions"), "{message}");
 }

@@ -35,8 +35,11 @@ pub fn full(bytes: Bytes) -> Body {
 /// The API a client called, which decides the format of its errors.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Api {
+    /// OpenAI's chat completions (and embeddings).
     OpenAi,
     Anthropic,
+    /// OpenAI's Responses API: its errors are OpenAI's; its streams are typed events.
+    Responses,
 }
 
 /// Seconds since the Unix epoch (0 if the clock is before it).

@@ -129,6 +129,22 @@ pub fn prompt(model: &str, api: Api, body: &[u8]) -> u64 {
     if api == Api::Anthropic {
         content_text(&req["system"], &mut text);
     }
+    if api == Api::Responses {
+        // The stored conversation a `previous_response_id` brings back is not here: the
+        // provider's own count, which it always reports, is what is charged.
+        content_text(&req["instructions"], &mut text);
+        match &req["input"] {
+            Value::Array(items) => {
+                for item in items {
+                    overhead += 3;
+                    for key in ["content", "name", "arguments", "output"] {
+                        content_text(&item[key], &mut text);
+                    }
+                }
+            }
+            input => content_text(input, &mut text),
+        }
+    }
     if let Some(tools) = req.get("tools").filter(|t| !t.is_null()) {
         push_word(&mut text, &tools.to_string());
     }
@@ -158,6 +174,13 @@ pub fn answer(model: &str, api: Api, body: &[u8]) -> u64 {
                 content_text(block, &mut text);
                 if let Some(name) = block["name"].as_str() {
                     push_word(&mut text, name);
+                }
+            }
+        }
+        Api::Responses => {
+            for item in v["output"].as_array().into_iter().flatten() {
+                for key in ["content", "summary", "name", "arguments"] {
+                    content_text(&item[key], &mut text);
                 }
             }
         }
@@ -200,6 +223,16 @@ pub fn streamed(model: &str, api: Api, frames: &[Bytes]) -> u64 {
                     }
                     if let Some(name) = v["content_block"]["name"].as_str() {
                         text.push_str(name);
+                    }
+                }
+                Api::Responses => {
+                    // `response.output_text.delta`, `...function_call_arguments.delta`,
+                    // `...reasoning_summary_text.delta`; a call's name comes with its item.
+                    if v["type"].as_str().is_some_and(|t| t.ends_with(".delta")) {
+                        text.push_str(v["delta"].as_str().unwrap_or(""));
+                    }
+                    if v["type"] == "response.output_item.added" {
+                        text.push_str(v["item"]["name"].as_str().unwrap_or(""));
                     }
                 }
             }

@@ -28,6 +28,13 @@ impl Usage {
         counts::OpenAi::deserialize(u).ok().map(|c| c.usage())
     }
 
+    /// Reads a Responses API `usage` object (`input_tokens` includes the cached ones,
+    /// `output_tokens` the reasoning ones, as in OpenAI's chat).
+    pub fn from_responses(u: &Value) -> Option<Self> {
+        u.as_object()?;
+        counts::Responses::deserialize(u).ok().map(|c| c.usage())
+    }
+
     /// Reads a Gemini `usageMetadata` object.
     pub fn from_gemini(u: &Value) -> Option<Self> {
         u.as_object()?;
@@ -83,6 +90,9 @@ pub(crate) fn usage_member(body: &[u8], api: Api) -> Option<Usage> {
             Api::Anthropic => serde::Deserialize::deserialize(&mut de)
                 .ok()
                 .map(|u: counts::Anthropic| u.usage()),
+            Api::Responses => serde::Deserialize::deserialize(&mut de)
+                .ok()
+                .map(|u: counts::Responses| u.usage()),
         };
     }
     None
@@ -230,6 +240,32 @@ pub(crate) mod counts {
                 cached: self.prompt_tokens_details.cached_tokens,
                 cache_write: 0,
                 reasoning: self.completion_tokens_details.reasoning_tokens,
+                web_searches: 0,
+            }
+        }
+    }
+
+    /// The Responses API's `usage`.
+    #[derive(Deserialize)]
+    pub struct Responses {
+        #[serde(default)]
+        input_tokens: Count,
+        #[serde(default)]
+        output_tokens: Count,
+        #[serde(default)]
+        input_tokens_details: Details,
+        #[serde(default)]
+        output_tokens_details: Details,
+    }
+
+    impl Responses {
+        pub fn usage(&self) -> Usage {
+            Usage {
+                input: self.input_tokens.0,
+                output: self.output_tokens.0,
+                cached: self.input_tokens_details.cached_tokens,
+                cache_write: 0,
+                reasoning: self.output_tokens_details.reasoning_tokens,
                 web_searches: 0,
             }
         }

@@ -761,7 +761,7 @@ impl Ctx {
             json_mode: api == Api::OpenAi && head.json_mode,
         };
         let body = self.upstream_body(&plan, c)?;
-        let uri = crate::provider::chat_uri(provider, wire, model, head.stream)
+        let uri = crate::provider::plan_uri(&plan, provider)
             .map_err(|_| Step::Final(ApiError::Internal))?;
         let request = self.request(&p, uri, body).await?;
         Ok((p, plan, request))
@@ -799,7 +799,7 @@ impl Ctx {
         let wire = plan.wire;
         let mut upstream_body: Bytes = if plan.passes_request() {
             let body = head.with_model(body.clone(), &c.model);
-            if wire == Wire::OpenAi && provider.compat.stream_usage {
+            if wire == Wire::OpenAi && provider.compat.stream_usage && !plan.serves_responses() {
                 head.with_usage_requested(body)
             } else {
                 body
@@ -822,7 +822,7 @@ impl Ctx {
             };
             translated.map_err(|e| Step::Final(e.into()))?.into()
         };
-        if wire == Wire::OpenAi {
+        if wire == Wire::OpenAi && !plan.serves_responses() {
             upstream_body = provider.compat.apply(upstream_body, !plan.passes_request());
         }
         Ok(upstream_body)

@@ -213,6 +213,7 @@ async fn admit(
         let field = match api {
             Api::OpenAi => "max_completion_tokens",
             Api::Anthropic => "max_tokens",
+            Api::Responses => "max_output_tokens",
         };
         let capped = head.with_search_cap(taken, state.worst.web_searches)?;
         head.with_output_cap(capped, field, state.worst.output_tokens)

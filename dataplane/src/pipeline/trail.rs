@@ -383,6 +383,7 @@ impl Drop for Trail {
             api: match self.api {
                 Api::OpenAi => "openai",
                 Api::Anthropic => "anthropic",
+                Api::Responses => "responses",
             },
             owner,
             session: text(ended.and_then(|e| e.session.as_ref())),

@@ -1,7 +1,7 @@
 //! The provider room: everything about speaking to each upstream API family, one folder
 //! per family (URLs, headers, signing, its translator to and from the OpenAI pivot, its
 //! error bodies, its embeddings and token-counting bodies). Here: what one operation asks
-//! of whichever family a model speaks ([`chat_uri`], [`plan`] for chat, [`embeddings`],
+//! of whichever family a model speaks ([`chat_uri`] and [`plan_uri`], [`plan`] for chat, [`embeddings`],
 //! [`count_tokens`]), and the request every family shares ([`request`]). It uses the
 //! error, translate, metering, config, auth and base rooms below it.
 //!
@@ -25,6 +25,15 @@ mod golden;
 use http::Uri;
 
 use crate::config::model::{Provider, Wire};
+
+/// The URI of `plan`'s turn at `provider`: the Responses API where the plan passes it
+/// through, the chat API of the provider's wire format otherwise.
+pub fn plan_uri(plan: &plan::Plan, provider: &Provider) -> Result<Uri, http::Error> {
+    if plan.serves_responses() {
+        return openai::responses_uri(provider);
+    }
+    chat_uri(provider, plan.wire, &plan.model, plan.stream)
+}
 
 /// The URI of a chat turn for `model` at `provider`, which speaks `wire`.
 pub fn chat_uri(

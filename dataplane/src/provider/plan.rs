@@ -52,7 +52,17 @@ impl Plan {
         matches!(
             (self.client, self.wire),
             (Api::OpenAi, Wire::OpenAi) | (Api::Anthropic, Wire::Anthropic)
-        )
+        ) || self.serves_responses()
+    }
+
+    /// A Responses API request to a provider that serves the API itself (OpenAI, Azure
+    /// OpenAI): passed through both ways.
+    pub fn serves_responses(&self) -> bool {
+        self.client == Api::Responses
+            && matches!(
+                self.provider,
+                ProviderKind::OpenAi | ProviderKind::AzureOpenAi
+            )
     }
 
     /// The answer reaches the client as the provider sent it.
@@ -60,7 +70,7 @@ impl Plan {
         matches!(
             (self.client, self.wire),
             (Api::OpenAi, Wire::OpenAi) | (Api::Anthropic, Wire::Anthropic | Wire::VertexAnthropic)
-        )
+        ) || self.serves_responses()
     }
 
     /// The body sent upstream for a translated request (`passes_request` is false).
@@ -91,6 +101,14 @@ impl Plan {
                 self.openai_to_wire(&openai)?
             }
             (Api::OpenAi, _) => self.openai_to_wire(&client)?,
+            (Api::Responses, _) => {
+                return Err(TranslateError::BadRequest(format!(
+                    "The Responses API is served on OpenAI and Azure OpenAI providers; this \
+                     route's target is {:?}, to which it is not translated. Use \
+                     /v1/chat/completions for this model.",
+                    self.provider
+                )));
+            }
         })
     }
 
@@ -135,6 +153,7 @@ impl Plan {
             let usage = usage.as_ref().and_then(match self.client {
                 Api::OpenAi => Usage::from_openai,
                 Api::Anthropic => Usage::from_anthropic,
+                Api::Responses => Usage::from_responses,
             });
             return Ok((body, usage));
         }
@@ -164,6 +183,8 @@ impl Plan {
         let out = match self.client {
             Api::OpenAi => openai,
             Api::Anthropic => crate::translate::anthropic_to_openai::response_value(&openai),
+            // Its requests are refused before they are sent (`request_value`).
+            Api::Responses => return Err(TranslateError::Internal),
         };
         Ok((
             serde_json::to_vec(&out)
@@ -191,7 +212,8 @@ impl Plan {
             }
         };
         match self.client {
-            Api::OpenAi => openai,
+            // The Responses API's errors are OpenAI's.
+            Api::OpenAi | Api::Responses => openai,
             Api::Anthropic => crate::translate::anthropic_to_openai::error(&openai, status).into(),
         }
     }
@@ -203,6 +225,7 @@ impl Plan {
             return Chain::Relay(match self.client {
                 Api::OpenAi => crate::translate::relay::Relay::openai(self.include_usage),
                 Api::Anthropic => crate::translate::relay::Relay::anthropic(),
+                Api::Responses => crate::translate::relay::Relay::responses(),
             });
         }
         let decoder = if self.wire == Wire::Bedrock {

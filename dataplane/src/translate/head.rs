@@ -259,6 +259,9 @@ struct Head<'a> {
     max_tokens: Option<u64>,
     #[serde(default)]
     max_completion_tokens: Option<u64>,
+    /// The Responses API's.
+    #[serde(default)]
+    max_output_tokens: Option<u64>,
     #[serde(default)]
     n: Option<u64>,
     #[serde(default)]
@@ -383,10 +386,14 @@ impl ChatHead {
                 "model: a model name has at most {MAX_MODEL_NAME} bytes"
             )));
         }
-        let max_tokens = match (head.max_completion_tokens, head.max_tokens) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
+        let max_tokens = [
+            head.max_completion_tokens,
+            head.max_tokens,
+            head.max_output_tokens,
+        ]
+        .into_iter()
+        .flatten()
+        .max();
         if max_tokens.is_some_and(|n| n > MAX_OUTPUT_TOKENS) {
             return Err(TranslateError::BadRequest(format!(
                 "max_tokens: {} is larger than any model's output; the most is {MAX_OUTPUT_TOKENS}",

@@ -23,6 +23,8 @@ enum Meter {
         usage: Option<Usage>,
     },
     Anthropic(AnthropicUsage),
+    /// The Responses API: usage is in the response of its last event.
+    Responses(Option<Usage>),
 }
 
 #[derive(Debug)]
@@ -50,6 +52,19 @@ fn last_boundary(b: &[u8], from: usize) -> usize {
 /// Searchers built once: every frame of a relayed stream is scanned with one of them.
 static USAGE_KEY: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"\"usage\":"));
 static MESSAGE_EVENT: LazyLock<Finder<'static>> = LazyLock::new(|| Finder::new(b"message_"));
+/// The events that end a Responses stream, and carry the whole response with its usage.
+static RESPONSE_ENDS: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
+    [
+        Finder::new(b"\"response.completed\""),
+        Finder::new(b"\"response.incomplete\""),
+        Finder::new(b"\"response.failed\""),
+    ]
+});
+
+/// A Responses event that ends its stream.
+fn has_response_end(b: &[u8]) -> bool {
+    RESPONSE_ENDS.iter().any(|f| f.find(b).is_some())
+}
 
 /// An OpenAI chunk with a usage object (chunks without usage have none or `"usage":null`).
 fn has_usage_object(b: &[u8]) -> bool {
@@ -79,6 +94,10 @@ impl Relay {
 
     pub fn anthropic() -> Self {
         Self::with(Meter::Anthropic(AnthropicUsage::default()))
+    }
+
+    pub fn responses() -> Self {
+        Self::with(Meter::Responses(None))
     }
 
     fn with(meter: Meter) -> Self {
@@ -112,12 +131,17 @@ impl Relay {
         }
         if complete > 0 {
             // The end event is the last one of its stream: only the tail needs a look.
+            // (A Responses stream's end carries the whole response: it is found when
+            // metered.)
             let tail = &buf[complete.saturating_sub(48)..complete];
-            let end: &[u8] = match self.meter {
-                Meter::OpenAi { .. } => b"[DONE]",
-                Meter::Anthropic(_) => b"message_stop",
+            let end: Option<&[u8]> = match self.meter {
+                Meter::OpenAi { .. } => Some(b"[DONE]"),
+                Meter::Anthropic(_) => Some(b"message_stop"),
+                Meter::Responses(_) => None,
             };
-            self.complete = memchr::memmem::find(tail, end).is_some();
+            if let Some(end) = end {
+                self.complete = memchr::memmem::find(tail, end).is_some();
+            }
         }
         Ok(self.meter(buf.slice(..complete)))
     }
@@ -132,6 +156,7 @@ impl Relay {
         let client = match self.meter {
             Meter::OpenAi { .. } => crate::base::Api::OpenAi,
             Meter::Anthropic(_) => crate::base::Api::Anthropic,
+            Meter::Responses(_) => crate::base::Api::Responses,
         };
         let error = super::stream_error_event(client, super::STREAM_CUT);
         let mut out = rest.to_vec();
@@ -150,6 +175,7 @@ impl Relay {
         match &self.meter {
             Meter::OpenAi { usage, .. } => *usage,
             Meter::Anthropic(u) => u.usage(),
+            Meter::Responses(u) => *u,
         }
     }
 
@@ -158,6 +184,7 @@ impl Relay {
         let may_carry_usage = match self.meter {
             Meter::OpenAi { .. } => has_usage_object(&ready),
             Meter::Anthropic(_) => has_usage_event(&ready),
+            Meter::Responses(_) => has_response_end(&ready),
         };
         if !may_carry_usage {
             return ready;
@@ -222,6 +249,23 @@ impl Relay {
                     && let Some(u) = v.pointer(at)
                 {
                     total.merge(u);
+                }
+                true
+            }
+            Meter::Responses(usage) => {
+                let Ok(v) = serde_json::from_str::<Value>(&event.data) else {
+                    return true;
+                };
+                let ends = [
+                    "response.completed",
+                    "response.incomplete",
+                    "response.failed",
+                ];
+                if v["type"].as_str().is_some_and(|t| ends.contains(&t)) {
+                    self.complete = true;
+                    if let Some(u) = Usage::from_responses(&v["response"]["usage"]) {
+                        *usage = Some(u);
+                    }
                 }
                 true
             }

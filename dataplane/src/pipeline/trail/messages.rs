@@ -44,6 +44,7 @@ impl Recording {
         let (system, input) = match api {
             Api::OpenAi => (None, openai_input(&request, &mut budget)),
             Api::Anthropic => anthropic_input(&request, &mut budget),
+            Api::Responses => responses::input(&request, &mut budget),
         };
         let mut r = Self {
             by,
@@ -326,6 +327,7 @@ impl Answer {
                     }
                 }
             }
+            Api::Responses => self.responses_whole(&v),
         }
     }
 
@@ -336,7 +338,8 @@ impl Answer {
             // Only its id and finish reasons are wanted: most events are skipped unread.
             let wanted = self.content
                 || (self.id.is_none() && event.data.contains("\"id\""))
-                || names_a_reason(&event.data);
+                || names_a_reason(&event.data)
+                || (self.api == Api::Responses && responses::wanted(&event.data));
             if !wanted {
                 continue;
             }
@@ -346,6 +349,7 @@ impl Answer {
             match self.api {
                 Api::OpenAi => self.openai_chunk(&v),
                 Api::Anthropic => self.anthropic_event(&v),
+                Api::Responses => self.responses_event(&v),
             }
         }
     }
@@ -518,5 +522,6 @@ fn finish_reason(r: &str) -> &str {
     }
 }
 
+mod responses;
 #[cfg(test)]
 mod tests;

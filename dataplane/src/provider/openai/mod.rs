@@ -22,6 +22,16 @@ pub fn chat_uri(p: &Provider, model: &str) -> Result<Uri, http::Error> {
     ))?)
 }
 
+/// The URI of the Responses API: OpenAI's, or an Azure resource's v1 API (which names the
+/// deployment in the body's `model`, not in the path).
+pub fn responses_uri(p: &Provider) -> Result<Uri, http::Error> {
+    let uri = match p.kind {
+        ProviderKind::AzureOpenAi => format!("{}/openai/v1/responses", p.endpoint),
+        _ => format!("{}/responses", p.endpoint),
+    };
+    Ok(Uri::try_from(uri)?)
+}
+
 /// The URI of the embeddings API (an Azure deployment's, for Azure).
 pub fn embeddings_uri(p: &Provider, model: &str) -> Result<Uri, http::Error> {
     let uri = match p.kind {
