@@ -50,6 +50,14 @@ pub enum ApiError {
     NoTarget(String),
     #[error("Every credential of provider `{0}` is at its rate limit; retry later.")]
     NoCredential(String),
+    #[error(
+        "previous_response_id `{0}` was not issued by this gateway to this namespace, or was altered. Use the id of a response this gateway returned, or send the whole conversation as input."
+    )]
+    UnknownResponseId(String),
+    #[error(
+        "The provider account that stores the previous response ({0}) cannot take requests now, and no other account holds that conversation. Retry later, or send the whole conversation as input without previous_response_id."
+    )]
+    StoredAccountUnavailable(String),
     #[error("Provider type `{0}` is not supported for this API yet.")]
     UnsupportedProvider(&'static str),
     #[error("The upstream provider's stream could not be read.")]
@@ -94,7 +102,8 @@ impl ApiError {
             }
             Self::ModelNotAllowed(_) | Self::PriceUnknown(_) => StatusCode::FORBIDDEN,
             Self::ModelNotFound(_) | Self::UnknownPath { .. } => StatusCode::NOT_FOUND,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::UnknownResponseId(_) => StatusCode::BAD_REQUEST,
+            Self::StoredAccountUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge(_) | Self::TooLargeToTranslate(_) => StatusCode::PAYLOAD_TOO_LARGE,
             Self::BodyTooSlow => StatusCode::REQUEST_TIMEOUT,
             Self::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -151,6 +160,8 @@ impl ApiError {
             Self::NotReady => "gateway_not_ready",
             Self::NoTarget(_) => "no_target_available",
             Self::NoCredential(_) | Self::RateLimited(_) => "rate_limit_exceeded",
+            Self::UnknownResponseId(_) => "previous_response_not_found",
+            Self::StoredAccountUnavailable(_) => "stored_response_unavailable",
             Self::BudgetExceeded(_) | Self::SessionBudgetExceeded => "budget_exceeded",
             Self::QuotaUnavailable(_) => "budget_unavailable",
             Self::UnsupportedProvider(_) => "unsupported_provider",
@@ -166,6 +177,9 @@ impl ApiError {
         match self {
             Self::ModelNotAllowed(_) | Self::ModelNotFound(_) | Self::PriceUnknown(_) => {
                 Some("model")
+            }
+            Self::UnknownResponseId(_) | Self::StoredAccountUnavailable(_) => {
+                Some("previous_response_id")
             }
             _ => None,
         }

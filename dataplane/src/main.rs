@@ -340,7 +340,7 @@ async fn main() -> anyhow::Result<()> {
     let upstream = upstream::Clients::new(&egress);
     let mcp = tollgate_dataplane::mcp::gateway::Gateway::new(
         tollgate_dataplane::mcp::client::Client::new(upstream.clone()),
-        session_keys,
+        session_keys.clone(),
     );
     let state = Arc::new(State {
         config,
@@ -369,6 +369,7 @@ async fn main() -> anyhow::Result<()> {
         },
         audit: audit.clone(),
         telemetry: telemetry.clone(),
+        sealing: session_keys,
     });
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -161,3 +161,146 @@ async fn the_sdks_turns_pass_through_to_an_openai_provider_and_are_metered() {
     let message = body["error"]["message"].as_str().unwrap();
     assert!(message.contains("/v1/chat/completions"), "{message}");
 }
+
+const TEAM_X_KEY: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: x, namespace: team-x}
+spec: {secretRef: {name: x-key}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: x-key, namespace: team-x, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-team-x-key-0123456789}
+"#;
+const X_KEY: &str = "tg-team-x-key-0123456789";
+
+/// The quick start's `gpt-4o` route shares its traffic between two OpenAI accounts
+/// (`openai-primary`, `openai-secondary`, each its own key): a follow-up must reach the
+/// account that stored its first turn, every time.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_follow_up_reaches_the_account_that_stored_its_conversation() {
+    let stack = Stack::start().unwrap();
+    let api = stack.dataplanes[0].api.clone();
+    until_served(&api, DEMO_KEY, "gpt-4o", Duration::from_secs(10)).await;
+    // The SDK, stored endpoints included, through the weighted route.
+    let out = run_python(
+        &stack,
+        "responses_client.py",
+        &[&api, DEMO_KEY, "gpt-4o", "gateway"],
+    );
+    let ids: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    let asked = ids["asked"].as_str().unwrap().to_string();
+    assert!(asked.starts_with("resp_tg_"), "{asked}");
+    assert!(!asked.contains("mock"), "the provider's id is sealed in it");
+
+    // Many conversations: each follow-up goes with the key of its first turn.
+    let mut first_keys = std::collections::HashSet::new();
+    for n in 0..24 {
+        let (status, first) = call(
+            "POST",
+            &format!("{api}/responses"),
+            DEMO_KEY,
+            &json!({"model": "gpt-4o", "input": format!("turn one of {n}")}),
+        );
+        assert_eq!(status, 200, "{first}");
+        let (status, next) = call(
+            "POST",
+            &format!("{api}/responses"),
+            DEMO_KEY,
+            &json!({"model": "gpt-4o", "input": "and then?", "previous_response_id": first["id"]}),
+        );
+        assert_eq!(status, 200, "follow-up {n}: {next}");
+        assert_eq!(next["previous_response_id"], first["id"]);
+        let served: Vec<String> = stack
+            .upstream_requests()
+            .unwrap()
+            .iter()
+            .filter(|r| r["path"] == "/v1/responses")
+            .rev()
+            .take(2)
+            .map(|r| r["headers"]["authorization"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(served[0], served[1], "conversation {n} changed accounts");
+        first_keys.insert(served[1].clone());
+    }
+    assert_eq!(first_keys.len(), 2, "the route used both accounts");
+
+    // A forged or altered id is refused; so is a provider's own id.
+    let mut altered = asked.clone().into_bytes();
+    let at = altered.len() - 5;
+    altered[at] = if altered[at] == b'A' { b'B' } else { b'A' };
+    let altered = String::from_utf8(altered).unwrap();
+    for bad in [
+        altered.as_str(),
+        "resp_mock0000000000000001",
+        "resp_tg_Zm9yZ2Vk",
+    ] {
+        let (status, body) = call(
+            "POST",
+            &format!("{api}/responses"),
+            DEMO_KEY,
+            &json!({"model": "gpt-4o", "input": "x", "previous_response_id": bad}),
+        );
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert_eq!(body["error"]["code"], "previous_response_not_found");
+        assert_eq!(body["error"]["param"], "previous_response_id");
+        let (status, _) = call(
+            "GET",
+            &format!("{api}/responses/{bad}"),
+            DEMO_KEY,
+            &Value::Null,
+        );
+        assert_eq!(status, 400, "{bad}");
+    }
+
+    // Another tenant's key cannot read or continue it.
+    stack.write_manifest("team-x.yaml", TEAM_X_KEY).unwrap();
+    let stored = format!("{api}/responses/{asked}");
+    let waited = eventually(Duration::from_secs(10), || async {
+        call("GET", &stored, X_KEY, &Value::Null).0 != 401
+    })
+    .await;
+    assert!(waited < Duration::from_secs(10));
+    let (status, body) = call("GET", &stored, X_KEY, &Value::Null);
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["error"]["code"], "previous_response_not_found");
+    let (status, body) = call("GET", &stored, DEMO_KEY, &Value::Null);
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["id"], asked.as_str(), "the id the client holds");
+
+    // The account that stores a conversation fails: the follow-up says so, and no other
+    // account answers it without its history.
+    let (_, first) = call(
+        "POST",
+        &format!("{api}/responses"),
+        DEMO_KEY,
+        &json!({"model": "gpt-4o", "input": "remember this"}),
+    );
+    let requests = stack.upstream_requests().unwrap();
+    let stored_by = requests.last().unwrap()["headers"]["authorization"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("Bearer ")
+        .to_string();
+    tollgate_tests::harness::set_faults(
+        &stack.mock_url,
+        &json!([{"key": stored_by, "status": 503}]),
+    )
+    .unwrap();
+    let before = stack.upstream_requests().unwrap().len();
+    let (status, body) = call(
+        "POST",
+        &format!("{api}/responses"),
+        DEMO_KEY,
+        &json!({"model": "gpt-4o", "input": "and then?", "previous_response_id": first["id"]}),
+    );
+    assert!(status >= 500, "{status} {body}");
+    let after = stack.upstream_requests().unwrap();
+    assert!(
+        after[before..]
+            .iter()
+            .all(|r| r["headers"]["authorization"] == format!("Bearer {stored_by}")),
+        "another account was tried"
+    );
+}

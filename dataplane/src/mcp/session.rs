@@ -5,12 +5,9 @@
 //! next request lands on another replica or after a restart. A client cannot read the
 //! upstream session ids nor forge or alter a session (that fails authentication).
 
-use base64::Engine;
-use ring::aead::{self, Aad, CHACHA20_POLY1305, LessSafeKey, Nonce, UnboundKey};
-use ring::rand::{SecureRandom, SystemRandom};
 use serde::{Deserialize, Serialize};
 
-pub use crate::config::session_keys::Keys;
+pub use crate::config::session_keys::{Keys, SealError};
 
 /// Bound into every sealed session: a sealed value from another use of the key, or from
 /// a later incompatible format, does not open.
@@ -44,72 +41,25 @@ pub struct Upstream {
     pub version: String,
 }
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-pub enum SealError {
-    #[error("no MCP session key from the controller yet")]
-    NoKey,
-    #[error("sealing failed")]
-    Crypto,
-}
-
 /// Sealing and opening live beside what they seal; the keys come with the config.
 impl Keys {
     /// The session id for `session`: URL-safe base64 of nonce, ciphertext and tag.
     pub fn seal(&self, session: &Session) -> Result<String, SealError> {
-        let held = self.held();
-        let (current, _) = held.as_deref().ok_or(SealError::NoKey)?;
-        let key = aead_key(current).ok_or(SealError::Crypto)?;
-        let mut nonce = [0u8; aead::NONCE_LEN];
-        SystemRandom::new()
-            .fill(&mut nonce)
-            .map_err(|_| SealError::Crypto)?;
-        let mut data = serde_json::to_vec(session).map_err(|_| SealError::Crypto)?;
-        key.seal_in_place_append_tag(
-            Nonce::assume_unique_for_key(nonce),
-            Aad::from(AAD),
-            &mut data,
-        )
-        .map_err(|_| SealError::Crypto)?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&data);
-        Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(out))
+        let plain = serde_json::to_vec(session).map_err(|_| SealError::Crypto)?;
+        self.seal_bytes(AAD, &plain)
     }
 
     /// The session a session id carries, when it was sealed with a key held here and is
     /// unaltered.
     pub fn open(&self, id: &str) -> Option<Session> {
-        let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(id.trim())
-            .ok()?;
-        if raw.len() < aead::NONCE_LEN + CHACHA20_POLY1305.tag_len() {
-            return None;
-        }
-        let held = self.held();
-        let (current, previous) = held.as_deref()?;
-        [Some(current), previous.as_ref()]
-            .into_iter()
-            .flatten()
-            .find_map(|k| open_with(k, &raw))
+        serde_json::from_slice(&self.open_bytes(AAD, id)?).ok()
     }
-}
-
-fn aead_key(bytes: &[u8]) -> Option<LessSafeKey> {
-    Some(LessSafeKey::new(
-        UnboundKey::new(&CHACHA20_POLY1305, bytes).ok()?,
-    ))
-}
-
-fn open_with(key: &[u8], raw: &[u8]) -> Option<Session> {
-    let key = aead_key(key)?;
-    let (nonce, sealed) = raw.split_at(aead::NONCE_LEN);
-    let nonce = Nonce::try_assume_unique_for_key(nonce).ok()?;
-    let mut data = sealed.to_vec();
-    let plain = key.open_in_place(nonce, Aad::from(AAD), &mut data).ok()?;
-    serde_json::from_slice(plain).ok()
 }
 
 #[cfg(test)]
 mod tests {
+    use base64::Engine;
+
     use super::*;
 
     fn session() -> Session {

@@ -179,6 +179,8 @@ pub(crate) struct Ctx {
     pub(crate) key: Arc<VirtualKey>,
     /// The request's record, whose trace each attempt's request carries.
     pub(crate) trail: Option<Arc<super::trail::Trail>>,
+    /// A Responses follow-up: only the account storing its previous response may take it.
+    pub(crate) pin: Option<Arc<super::response_ids::Pin>>,
 }
 
 impl Ctx {
@@ -622,12 +624,23 @@ impl Ctx {
         let credential = if provider.credentials.is_empty() {
             None
         } else {
-            match balance::pick_credential(provider, &self.state.balance, started) {
-                Some(x) => Some(x),
-                None => {
+            let (balance, pin) = (&self.state.balance, self.pin.as_ref());
+            let picked = match pin {
+                Some(pin) => {
+                    balance::pick_named(provider, &pin.stored.credential, balance, started)
+                }
+                None => balance::pick_credential(provider, balance, started),
+            };
+            match (picked, pin) {
+                (Some(x), _) => Some(x),
+                (None, pin) => {
+                    let id = provider.id.to_string();
                     return Err(Step::failed(
                         Failure::RateLimited,
-                        ApiError::NoCredential(provider.id.to_string()),
+                        match pin {
+                            Some(_) => ApiError::StoredAccountUnavailable(id),
+                            None => ApiError::NoCredential(id),
+                        },
                     ));
                 }
             }
@@ -652,7 +665,7 @@ impl Ctx {
         let provider = &c.provider;
         let model: &str = &c.model;
         let wire = provider.wire(model);
-        let plan = Plan {
+        let mut plan = Plan {
             client: api,
             wire,
             provider: provider.kind,
@@ -662,8 +675,16 @@ impl Ctx {
             created: now_unix(),
             id: Plan::answer_id(wire),
             json_mode: api == Api::OpenAi && head.json_mode,
+            ids: None,
         };
         let body = self.upstream_body(&plan, c)?;
+        if plan.serves_responses() {
+            let (keys, key) = (self.state.sealing.clone(), &self.key.attribution.key);
+            let credential = p.credential.as_ref().map(|(c, _)| *c);
+            let pin = self.pin.as_deref();
+            let sealer = super::response_ids::Sealer::new(keys, key, provider, credential, pin);
+            plan.ids = Some(Arc::new(sealer));
+        }
         let uri = crate::provider::plan_uri(&plan, provider)
             .map_err(|_| Step::Final(ApiError::Internal))?;
         let request = self.request(&p, uri, body).await?;

@@ -236,6 +236,7 @@ fn continue_elsewhere(
         extend_by: 2,
         key: first.key.clone(),
         trail: first.trail.clone(),
+        pin: first.pin.clone(),
     });
     ctx.state
         .metrics

@@ -730,6 +730,36 @@ fn usable(c: &Candidate, now: Instant) -> bool {
     c.endpoint.availability(now) != Availability::Unavailable
 }
 
+/// `c` of `provider`, when it can take a request: not ejected (or its probe is free), with
+/// weight, within its per-minute limits.
+fn this_one<'p>(
+    provider: &Provider,
+    c: &'p Credential,
+    registry: &Registry,
+    now: Instant,
+) -> Option<(&'p Credential, Arc<Endpoint>)> {
+    let e = registry.credential(&provider.id, &c.id);
+    let usable = c.weight > 0
+        && match e.availability(now) {
+            Availability::Healthy => true,
+            Availability::Probe => e.claim_probe(now).is_some(),
+            Availability::Unavailable => false,
+        };
+    (usable && e.take_rate(c.requests_per_minute, c.tokens_per_minute, now)).then_some((c, e))
+}
+
+/// The credential of `provider` named `id`, when it can take a request: a conversation
+/// stored by its account can go on with no other.
+pub fn pick_named<'p>(
+    provider: &'p Provider,
+    id: &str,
+    registry: &Registry,
+    now: Instant,
+) -> Option<(&'p Credential, Arc<Endpoint>)> {
+    let c = provider.credentials.iter().find(|c| c.id == id)?;
+    this_one(provider, c, registry, now)
+}
+
 /// Picks a credential of `provider` that can take a request: by weight among those that
 /// are not ejected, not exhausted and within their per-minute limits.
 pub fn pick_credential<'p>(
@@ -739,15 +769,7 @@ pub fn pick_credential<'p>(
 ) -> Option<(&'p Credential, Arc<Endpoint>)> {
     // The common case, one key, without the pool's bookkeeping.
     if let [c] = provider.credentials.as_slice() {
-        let e = registry.credential(&provider.id, &c.id);
-        let usable = c.weight > 0
-            && match e.availability(now) {
-                Availability::Healthy => true,
-                Availability::Probe => e.claim_probe(now).is_some(),
-                Availability::Unavailable => false,
-            };
-        return (usable && e.take_rate(c.requests_per_minute, c.tokens_per_minute, now))
-            .then_some((c, e));
+        return this_one(provider, c, registry, now);
     }
     let endpoints: Vec<(usize, Arc<Endpoint>, Availability)> = provider
         .credentials

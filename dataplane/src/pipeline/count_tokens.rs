@@ -64,6 +64,7 @@ pub(crate) async fn attempt(
         created: now_unix(),
         id: String::new(),
         json_mode: false,
+        ids: None,
     };
     let (uri, body) =
         count_tokens::request(&plan, provider, &ctx.head, &ctx.body).map_err(Step::Final)?;

@@ -11,6 +11,8 @@ pub mod count_tokens;
 pub mod embeddings;
 pub mod keep_alive;
 pub mod record;
+pub mod response_ids;
+pub mod responses;
 pub mod route;
 pub mod stages;
 pub mod stream;
@@ -86,6 +88,8 @@ pub struct State {
     pub audit: Option<Arc<crate::base::audit::Auditor>>,
     /// OpenTelemetry export, when an OTLP endpoint is configured.
     pub telemetry: Option<Arc<tollgate_telemetry::Telemetry>>,
+    /// The controller's sealing key: response ids (and MCP sessions) any replica opens.
+    pub sealing: Arc<crate::config::session_keys::Keys>,
 }
 
 impl std::fmt::Debug for State {

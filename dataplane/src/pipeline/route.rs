@@ -30,6 +30,8 @@ pub(crate) struct Routed {
     /// The snapshot the route was found in.
     pub snapshot: Arc<Snapshot>,
     pub key: Arc<VirtualKey>,
+    /// A Responses follow-up's previous response (set after routing).
+    pub pin: Option<Arc<super::response_ids::Pin>>,
 }
 
 /// Authenticates the key, reads the body, and finds the route.
@@ -74,6 +76,7 @@ where
         route,
         snapshot,
         key,
+        pin: None,
     })
 }
 

@@ -45,6 +45,18 @@ where
 {
     let (parts, body) = req.into_parts();
     let mut routed = resolve_route(state, &parts, body, labels).await?;
+    if api == Api::Responses {
+        let Routed {
+            route,
+            body,
+            head,
+            key,
+            ..
+        } = &mut routed;
+        let previous = (route, body, head);
+        routed.pin =
+            super::response_ids::follow_up(&state.sealing, &key.attribution.key, previous)?;
+    }
     let reservation = match admit(state, &parts.headers, api, &mut routed).await {
         Ok(r) => r,
         Err(e) => return Ok(refused(state, &routed.key, e, api, started, labels)),
@@ -107,6 +119,7 @@ where
         route,
         snapshot,
         key,
+        ..
     } = &routed;
     let admitted = if op == Operation::CountTokens {
         let least = admission::prompt_demand(state, snapshot, head, route, body.len());
@@ -150,6 +163,7 @@ fn attempts(
         route,
         snapshot,
         key,
+        pin,
     }: Routed,
     reservation: Arc<Reservation>,
     started: Instant,
@@ -173,6 +187,7 @@ fn attempts(
         extend_by: 1,
         key,
         trail,
+        pin,
     });
     (ctx, plan, first)
 }
@@ -207,6 +222,7 @@ async fn admit(
         route,
         snapshot,
         key,
+        ..
     } = routed;
     let taken = std::mem::take(body);
     *body = if admission::metered(key, headers) {

@@ -85,6 +85,7 @@ fn plan(client: Api, wire: Wire, provider: ProviderKind, model: &str, include_us
         created: 1_700_000_000,
         id: "tg-test".into(),
         json_mode: false,
+        ids: None,
     }
 }
 

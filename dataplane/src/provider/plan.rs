@@ -34,6 +34,9 @@ pub struct Plan {
     /// The OpenAI client asked for JSON (`response_format`); for providers without JSON
     /// mode it is asked for through a forced tool, whose call is the answer's content.
     pub json_mode: bool,
+    /// A passed-through Responses answer's ids become the client's (see
+    /// [`crate::translate::ids`]).
+    pub ids: Option<Arc<dyn crate::translate::ids::IdSeal>>,
 }
 
 impl Plan {
@@ -144,17 +147,24 @@ impl Plan {
                 #[serde(default)]
                 usage: Option<Value>,
             }
-            if let Some(usage) = crate::metering::usage::usage_member(&body, self.client) {
-                return Ok((body, Some(usage)));
-            }
-            let usage = serde_json::from_slice::<UsageOnly>(&body)
-                .map_err(|_| TranslateError::UpstreamBody)?
-                .usage;
-            let usage = usage.as_ref().and_then(match self.client {
-                Api::OpenAi => Usage::from_openai,
-                Api::Anthropic => Usage::from_anthropic,
-                Api::Responses => Usage::from_responses,
-            });
+            let usage = match crate::metering::usage::usage_member(&body, self.client) {
+                Some(usage) => Some(usage),
+                None => serde_json::from_slice::<UsageOnly>(&body)
+                    .map_err(|_| TranslateError::UpstreamBody)?
+                    .usage
+                    .as_ref()
+                    .and_then(match self.client {
+                        Api::OpenAi => Usage::from_openai,
+                        Api::Anthropic => Usage::from_anthropic,
+                        Api::Responses => Usage::from_responses,
+                    }),
+            };
+            let body = match &self.ids {
+                Some(ids) => {
+                    crate::translate::ids::rewrite(&body, ids.as_ref()).map_or(body, Bytes::from)
+                }
+                None => body,
+            };
             return Ok((body, usage));
         }
         let upstream: Value =
@@ -225,7 +235,7 @@ impl Plan {
             return Chain::Relay(match self.client {
                 Api::OpenAi => crate::translate::relay::Relay::openai(self.include_usage),
                 Api::Anthropic => crate::translate::relay::Relay::anthropic(),
-                Api::Responses => crate::translate::relay::Relay::responses(),
+                Api::Responses => crate::translate::relay::Relay::responses(self.ids.clone()),
             });
         }
         let decoder = if self.wire == Wire::Bedrock {

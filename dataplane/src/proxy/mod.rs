@@ -25,6 +25,10 @@ async fn handle(server: Arc<Server>, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, "/v1/chat/completions") => chat::handle(state, req, Api::OpenAi).await,
         (&Method::POST, "/v1/messages") => chat::handle(state, req, Api::Anthropic).await,
         (&Method::POST, "/v1/responses") => chat::handle(state, req, Api::Responses).await,
+        (_, p) if p.starts_with("/v1/responses/") => {
+            let answer = crate::pipeline::responses::stored(state, req).await;
+            count(state, answer.unwrap_or_else(|e| e.to_response()))
+        }
         (&Method::POST, "/v1/messages/count_tokens") => count_tokens::handle(state, req).await,
         (&Method::POST, "/v1/embeddings") => embeddings::handle(state, req).await,
         (&Method::GET, "/v1/models") => count(state, models::list(state, &req)),

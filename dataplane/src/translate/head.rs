@@ -38,6 +38,8 @@ pub struct ChatHead {
     /// them).
     pub temperature: Option<f64>,
     pub top_p: Option<f64>,
+    /// The Responses API's follow-up: the response whose conversation it continues.
+    pub previous_response_id: Option<String>,
 }
 
 /// The longest model name accepted: longer than any provider's (Bedrock's inference
@@ -263,6 +265,8 @@ struct Head<'a> {
     #[serde(default)]
     max_output_tokens: Option<u64>,
     #[serde(default)]
+    previous_response_id: Option<String>,
+    #[serde(default)]
     n: Option<u64>,
     #[serde(default)]
     messages: Attachments,
@@ -428,6 +432,7 @@ impl ChatHead {
             web_search_unbounded: head.tools.unbounded,
             temperature: head.temperature.0,
             top_p: head.top_p.0,
+            previous_response_id: head.previous_response_id,
         })
     }
 

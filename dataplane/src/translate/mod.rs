@@ -9,6 +9,7 @@
 
 pub mod anthropic_to_openai;
 pub mod head;
+pub mod ids;
 pub mod relay;
 
 use serde_json::Value;

@@ -30,6 +30,8 @@ enum Meter {
 #[derive(Debug)]
 pub struct Relay {
     meter: Meter,
+    /// A Responses stream's ids, rewritten for the client.
+    ids: Option<std::sync::Arc<dyn super::ids::IdSeal>>,
     /// Bytes of an event not complete yet.
     pending: Vec<u8>,
     /// How much of `pending` is known to hold no event boundary.
@@ -96,13 +98,17 @@ impl Relay {
         Self::with(Meter::Anthropic(AnthropicUsage::default()))
     }
 
-    pub fn responses() -> Self {
-        Self::with(Meter::Responses(None))
+    pub fn responses(ids: Option<std::sync::Arc<dyn super::ids::IdSeal>>) -> Self {
+        Self {
+            ids,
+            ..Self::with(Meter::Responses(None))
+        }
     }
 
     fn with(meter: Meter) -> Self {
         Self {
             meter,
+            ids: None,
             pending: Vec::new(),
             scanned: 0,
             complete: false,
@@ -179,8 +185,17 @@ impl Relay {
         }
     }
 
-    /// Meters the events of `ready` (whole events) and returns what the client gets.
+    /// Meters the events of `ready` (whole events) and returns what the client gets, its
+    /// response ids rewritten when they are.
     fn meter(&mut self, ready: Bytes) -> Bytes {
+        let out = self.metered(ready);
+        match &self.ids {
+            Some(ids) => super::ids::rewrite(&out, ids.as_ref()).map_or(out, Bytes::from),
+            None => out,
+        }
+    }
+
+    fn metered(&mut self, ready: Bytes) -> Bytes {
         let may_carry_usage = match self.meter {
             Meter::OpenAi { .. } => has_usage_object(&ready),
             Meter::Anthropic(_) => has_usage_event(&ready),

@@ -360,6 +360,7 @@ fn state(route: pb::Resource, fake: Arc<Fake>) -> Arc<State> {
         },
         audit: None,
         telemetry: None,
+        sealing: Default::default(),
     })
 }
 
