@@ -304,3 +304,140 @@ async fn a_follow_up_reaches_the_account_that_stored_its_conversation() {
         "another account was tried"
     );
 }
+
+/// A priced provider, a route to it, and a key with a small token budget and a session
+/// cap: Responses traffic spends them as chat does.
+const METERED: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMProvider
+metadata: {name: metered}
+spec:
+  type: openai
+  endpoint: MOCK/v1
+  credentials: [{secretRef: {name: openai-primary-key}}]
+  models:
+    - {name: gpt-4o-mini, inputPerMillionUsd: 1, outputPerMillionUsd: 1}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: metered}
+spec:
+  match: {models: [metered]}
+  targets: [{provider: metered, model: gpt-4o-mini}]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: Budget
+metadata: {name: tiny}
+spec:
+  selector: {matchLabels: {team: tiny}}
+  limit: {tokens: 1500}
+  period: day
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: responder, labels: {team: tiny}}
+spec:
+  secretRef: {name: responder-key}
+  session: {header: x-agent-session, maxTokens: 400}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: responder-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-responder-key-0123456789}
+"#;
+
+const RESPONDER_KEY: &str = "tg-responder-key-0123456789";
+
+/// One metered Responses turn on `api`: its status, body, and its total tokens.
+async fn turn(api: &str, session: &str, stream: bool) -> (u16, Value, u64) {
+    let body = json!({"model": "metered", "input": "plan the next step",
+                      "max_output_tokens": 16, "stream": stream});
+    let (status, _, v) = post_with(
+        api,
+        "/responses",
+        Some(RESPONDER_KEY),
+        &[("x-agent-session", session)],
+        &body.to_string(),
+    )
+    .await;
+    let usage = match &v {
+        Value::String(text) if status == 200 => text
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .find(|e| e["type"] == "response.completed" || e["type"] == "response.incomplete")
+            .map(|e| e["response"]["usage"].clone())
+            .unwrap_or(Value::Null),
+        _ => v["usage"].clone(),
+    };
+    let total = usage["total_tokens"].as_u64().unwrap_or(0);
+    assert!(status != 200 || total > 0, "{v}");
+    (status, v, total)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_spend_sessions_and_budgets_exactly_as_chat_across_replicas() {
+    let mut stack = Stack::start().unwrap();
+    stack
+        .write_manifest("metered.yaml", &METERED.replace("MOCK", &stack.mock_url))
+        .unwrap();
+    stack.add_dataplane().unwrap();
+    let apis: Vec<String> = stack.dataplanes.iter().map(|d| d.api.clone()).collect();
+    // Every token an answer reported, which the ledger must hold exactly.
+    let used = std::sync::atomic::AtomicU64::new(0);
+    for api in &apis {
+        let waited = eventually(Duration::from_secs(15), || async {
+            let (status, _, total) = turn(api, "warm-up", false).await;
+            used.fetch_add(total, std::sync::atomic::Ordering::Relaxed);
+            status == 200
+        })
+        .await;
+        assert!(waited < Duration::from_secs(15), "{}", stack.logs());
+    }
+    let used = used.into_inner();
+    with_logs(&stack, async {
+        let mut used = used;
+        // A session's cap stops that session, over both dataplanes, streamed or not.
+        let mut served = 0;
+        let refused = loop {
+            let (status, body, total) = turn(&apis[served % 2], "s1", served % 2 == 1).await;
+            used += total;
+            if status != 200 {
+                break body;
+            }
+            served += 1;
+            assert!(served < 50, "the session was never stopped");
+        };
+        assert_eq!(refused["error"]["code"], "budget_exceeded", "{refused}");
+        assert!(
+            refused["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("session")
+        );
+        assert!(served >= 2, "served {served}");
+
+        // The key's token budget stops every session; what the ledger spent is what the
+        // answers said they used.
+        let mut n = 0;
+        let refused = loop {
+            n += 1;
+            let (status, body, total) = turn(&apis[n % 2], &format!("b{n}"), n % 3 == 0).await;
+            used += total;
+            if status != 200 {
+                break body;
+            }
+            assert!(n < 100, "the budget was never stopped");
+        };
+        assert_eq!(refused["error"]["code"], "budget_exceeded", "{refused}");
+        assert!(
+            !refused["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("session")
+        );
+        assert!(used <= 1500, "the budget was overspent: {used}");
+        spend_reaches(&stack, "budget/default/tiny", "tokens", used).await;
+    })
+    .await;
+}
