@@ -82,6 +82,18 @@ spec:
 apiVersion: tollgate.dev/v1alpha1
 kind: LLMRoute
 metadata:
+  name: agents-default
+spec:
+  match:
+    # The OpenAI Agents SDK's default model.
+    models: ["gpt-5.6-luna"]
+  targets:
+    - provider: openai-secondary
+      model: gpt-4o
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
   name: claude-responder
 spec:
   match:
@@ -440,4 +452,30 @@ async fn responses_spend_sessions_and_budgets_exactly_as_chat_across_replicas() 
         spend_reaches(&stack, "budget/default/tiny", "tokens", used).await;
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_sdk_agent_with_its_defaults_runs_its_turns_through_the_gateway() {
+    let stack = Stack::start().unwrap();
+    stack.write_manifest("responder.yaml", ROUTES).unwrap();
+    let api = stack.dataplanes[0].api.clone();
+    until_served(&api, DEMO_KEY, "gpt-5.6-luna", Duration::from_secs(10)).await;
+    let out = run_python(&stack, "agents_client.py", &[&api, DEMO_KEY]);
+    let ran: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(ran["model"], "gpt-5.6-luna");
+    assert_eq!(ran["tool_calls"], 4);
+    // Every turn went as the Responses API, with the SDK's default settings.
+    let upstream = stack.upstream_requests().unwrap();
+    let turns: Vec<&Value> = upstream
+        .iter()
+        .filter(|r| r["path"] == "/v1/responses")
+        .collect();
+    assert_eq!(turns.len(), 8, "two model calls per turn: {upstream:?}");
+    assert!(turns.iter().all(|r| r["body"]["model"] == "gpt-4o"));
+    assert!(
+        turns
+            .iter()
+            .all(|r| r["body"]["reasoning"]["effort"] == "none"),
+        "{turns:?}"
+    );
 }

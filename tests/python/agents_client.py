@@ -1,0 +1,67 @@
+"""An agent written with the OpenAI Agents SDK, with its default model (its default
+settings: reasoning effort and verbosity) and transport (the Responses API over HTTP),
+pointed at the gateway: a function tool round trip per turn, a follow-up turn on the
+stored conversation (`previous_response_id`), a streamed turn, and a turn that sends its
+history itself. Exits non-zero (with the assertion) on any mismatch.
+
+Usage: agents_client.py BASE_URL API_KEY
+"""
+
+import asyncio
+import json
+import sys
+
+from agents import (
+    Agent,
+    Runner,
+    function_tool,
+    set_default_openai_client,
+    set_tracing_disabled,
+)
+from agents.models.default_models import get_default_model
+from openai import AsyncOpenAI
+
+CALLS = []
+
+
+@function_tool
+def get_weather(city: str) -> str:
+    """The weather in a city."""
+    CALLS.append(city)
+    return f"sunny in {city}"
+
+
+async def main(base_url, key):
+    set_tracing_disabled(True)
+    client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0)
+    set_default_openai_client(client, use_for_tracing=False)
+    agent = Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather])
+
+    first = await Runner.run(agent, "What is the weather in Paris?")
+    assert CALLS == ["Paris"], CALLS
+    assert first.final_output == "Mock reply to: tool result: sunny in Paris", first.final_output
+    assert first.last_response_id.startswith("resp_"), first.last_response_id
+
+    second = await Runner.run(
+        agent, "And tomorrow?", previous_response_id=first.last_response_id
+    )
+    assert CALLS == ["Paris", "Paris"], CALLS
+    assert second.final_output == "Mock reply to: tool result: sunny in Paris"
+
+    streamed = Runner.run_streamed(agent, "And in Lyon?", previous_response_id=second.last_response_id)
+    kinds = set()
+    async for event in streamed.stream_events():
+        kinds.add(event.type)
+    assert "raw_response_event" in kinds, kinds
+    assert streamed.final_output == "Mock reply to: tool result: sunny in Paris"
+
+    history = second.to_input_list() + [{"role": "user", "content": "Thanks!"}]
+    third = await Runner.run(agent, history)
+    assert len(CALLS) == 4, CALLS
+    assert third.final_output == "Mock reply to: tool result: sunny in Paris"
+
+    print(json.dumps({"model": get_default_model(), "tool_calls": len(CALLS)}))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(*sys.argv[1:3]))
