@@ -2,7 +2,8 @@
 //!
 //! Starts mock-llm, a bare proxy and Tollgate (controller in local mode + dataplane) on
 //! loopback, measures three paths to the same mock (direct, through the bare proxy,
-//! through Tollgate), JSON and streamed, at a fixed rate and at max throughput, then the
+//! through Tollgate), JSON and streamed, at a fixed rate and at max throughput, each
+//! translated path and the Responses API path against its direct call, then the
 //! config-scale scenario, and writes every figure to a JSON file.
 
 use std::fmt::Write as _;
@@ -295,6 +296,19 @@ fn chat_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target> {
     })
 }
 
+/// OpenAI's Responses API (`POST /v1/responses`), passed through by Tollgate.
+fn responses_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target> {
+    let body = if stream {
+        r#"{"model":"gpt-4o","stream":true,"input":"Benchmark request"}"#
+    } else {
+        r#"{"model":"gpt-4o","input":"Benchmark request"}"#
+    };
+    let mut t = chat_target(base, key, stream)?;
+    t.uri = format!("{base}/v1/responses").parse()?;
+    t.body = Bytes::from_static(body.as_bytes());
+    Ok(t)
+}
+
 fn messages_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target> {
     let body = if stream {
         r#"{"model":"claude-sonnet-4-5","max_tokens":1024,"stream":true,"messages":[{"role":"user","content":"Benchmark request"}]}"#
@@ -388,6 +402,8 @@ enum Format {
     Bedrock,
     /// OpenAI's format, for a model whose provider speaks another one.
     OpenAiFor(&'static str),
+    /// OpenAI's Responses API.
+    Responses,
 }
 
 fn manifests(dir: &Path, mock: &str, limits: bool) -> anyhow::Result<()> {
@@ -545,6 +561,7 @@ fn target_for(base: &str, key: &str, format: Format, stream: bool) -> anyhow::Re
         Format::Gemini => gemini_target(base, key, stream),
         Format::Bedrock => bedrock_target(base, key, stream),
         Format::OpenAiFor(model) => translated_target(base, key, stream, model),
+        Format::Responses => responses_target(base, key, stream),
     }
 }
 
@@ -1073,7 +1090,7 @@ fn table(r: &Report) -> String {
         let a = &t.added_latency_ms;
         let _ = writeln!(
             out,
-            "\nadded by tollgate translating OpenAI to {to} ({mode}), against a direct {to} call: p50 {:+.3} ms, p99 {:+.3}; max throughput ratio {:.2}",
+            "\nadded by tollgate on the {to} path ({mode}), against a direct {to} call: p50 {:+.3} ms, p99 {:+.3}; max throughput ratio {:.2}",
             a.p50, a.p99, t.throughput_over_direct
         );
         if let Some(f) = &t.added_first_chunk_ms {
@@ -1192,6 +1209,18 @@ async fn main() -> anyhow::Result<()> {
             CLIENT_KEY,
             Format::OpenAiFor("amazon.nova-pro-v1:0"),
         ),
+        (
+            "direct-responses",
+            mock_url.clone(),
+            UPSTREAM_KEY,
+            Format::Responses,
+        ),
+        (
+            "tollgate-responses",
+            tg.api.clone(),
+            CLIENT_KEY,
+            Format::Responses,
+        ),
     ];
     let paths = if args.core_only {
         &paths[..3]
@@ -1253,15 +1282,20 @@ async fn main() -> anyhow::Result<()> {
         },
         json: compare(&scenarios, false),
         stream: compare(&scenarios, true),
-        translations: [("Anthropic", 3), ("Gemini", 5), ("Bedrock", 7)]
-            .into_iter()
-            .filter(|(_, direct)| direct + 1 < scenarios.len())
-            .map(|(to, direct)| Translation {
-                to,
-                json: compare_translated(&scenarios, direct, false),
-                stream: compare_translated(&scenarios, direct, true),
-            })
-            .collect(),
+        translations: [
+            ("Anthropic", 3),
+            ("Gemini", 5),
+            ("Bedrock", 7),
+            ("Responses", 9),
+        ]
+        .into_iter()
+        .filter(|(_, direct)| direct + 1 < scenarios.len())
+        .map(|(to, direct)| Translation {
+            to,
+            json: compare_translated(&scenarios, direct, false),
+            stream: compare_translated(&scenarios, direct, true),
+        })
+        .collect(),
         scenarios,
         dataplane: Dataplane {
             peak_rss_mib: peak as f64 / 1024.0,
