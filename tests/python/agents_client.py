@@ -4,7 +4,10 @@ pointed at the gateway: a function tool round trip per turn, a follow-up turn on
 stored conversation (`previous_response_id`), a streamed turn, and a turn that sends its
 history itself. Exits non-zero (with the assertion) on any mismatch.
 
-Usage: agents_client.py BASE_URL API_KEY
+Usage: agents_client.py BASE_URL API_KEY [http|websocket]
+
+With `websocket`, the SDK's WebSocket transport: `GET /v1/responses` upgraded, a
+`response.create` frame per model call.
 """
 
 import asyncio
@@ -16,6 +19,7 @@ from agents import (
     Runner,
     function_tool,
     set_default_openai_client,
+    set_default_openai_responses_transport,
     set_tracing_disabled,
 )
 from agents.models.default_models import get_default_model
@@ -31,8 +35,9 @@ def get_weather(city: str) -> str:
     return f"sunny in {city}"
 
 
-async def main(base_url, key):
+async def main(base_url, key, transport="http"):
     set_tracing_disabled(True)
+    set_default_openai_responses_transport(transport)
     client = AsyncOpenAI(base_url=base_url, api_key=key, max_retries=0)
     set_default_openai_client(client, use_for_tracing=False)
     agent = Agent(name="weather", instructions="Answer with the weather.", tools=[get_weather])
@@ -60,8 +65,8 @@ async def main(base_url, key):
     assert len(CALLS) == 4, CALLS
     assert third.final_output == "Mock reply to: tool result: sunny in Paris"
 
-    print(json.dumps({"model": get_default_model(), "tool_calls": len(CALLS)}))
+    print(json.dumps({"model": get_default_model(), "tool_calls": len(CALLS), "transport": transport}))
 
 
 if __name__ == "__main__":
-    asyncio.run(main(*sys.argv[1:3]))
+    asyncio.run(main(*sys.argv[1:4]))

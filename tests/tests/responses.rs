@@ -479,3 +479,45 @@ async fn an_agents_sdk_agent_with_its_defaults_runs_its_turns_through_the_gatewa
         "{turns:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_websocket_mode_carries_an_agents_turns_and_tool_calls() {
+    let stack = Stack::start().unwrap();
+    stack.write_manifest("responder.yaml", ROUTES).unwrap();
+    let api = stack.dataplanes[0].api.clone();
+    until_served(&api, DEMO_KEY, "gpt-5.6-luna", Duration::from_secs(10)).await;
+    // A key that is refused is refused before the upgrade, in the API's error format.
+    let (status, body) = http_request_with(
+        "GET",
+        &format!("{api}/responses"),
+        &[
+            ("authorization", "Bearer tg-not-a-key"),
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-version", "13"),
+            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("invalid_api_key"), "{body}");
+
+    let out = run_python(&stack, "agents_client.py", &[&api, DEMO_KEY, "websocket"]);
+    let ran: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(ran["transport"], "websocket");
+    assert_eq!(ran["tool_calls"], 4);
+    // Every model call came as a `response.create` frame, which is always streamed, and
+    // went upstream on the same pipeline as HTTP.
+    let upstream = stack.upstream_requests().unwrap();
+    let turns: Vec<&Value> = upstream
+        .iter()
+        .filter(|r| r["path"] == "/v1/responses")
+        .collect();
+    assert_eq!(turns.len(), 8, "{upstream:?}");
+    assert!(
+        turns.iter().all(|r| r["body"]["stream"] == true),
+        "{turns:?}"
+    );
+    assert!(turns.iter().all(|r| r["body"].get("type").is_none()));
+}

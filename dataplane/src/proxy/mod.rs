@@ -4,6 +4,7 @@ pub mod chat;
 pub mod count_tokens;
 pub mod embeddings;
 pub mod models;
+pub mod responses_ws;
 
 use std::sync::Arc;
 
@@ -25,6 +26,9 @@ async fn handle(server: Arc<Server>, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, "/v1/chat/completions") => chat::handle(state, req, Api::OpenAi).await,
         (&Method::POST, "/v1/messages") => chat::handle(state, req, Api::Anthropic).await,
         (&Method::POST, "/v1/responses") => chat::handle(state, req, Api::Responses).await,
+        (&Method::GET, "/v1/responses") if responses_ws::is_upgrade(&req) => {
+            responses_ws::handle(state, req).await
+        }
         (_, p) if p.starts_with("/v1/responses/") => {
             let answer = crate::pipeline::responses::stored(state, req).await;
             count(state, answer.unwrap_or_else(|e| e.to_response()))

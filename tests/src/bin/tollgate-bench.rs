@@ -296,12 +296,13 @@ fn chat_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target> {
     })
 }
 
-/// OpenAI's Responses API (`POST /v1/responses`), passed through by Tollgate.
+/// OpenAI's Responses API (`POST /v1/responses`), passed through by Tollgate; not stored
+/// (the provider's storage is not what is measured, and the mock would hold every answer).
 fn responses_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target> {
     let body = if stream {
-        r#"{"model":"gpt-4o","stream":true,"input":"Benchmark request"}"#
+        r#"{"model":"gpt-4o","stream":true,"store":false,"input":"Benchmark request"}"#
     } else {
-        r#"{"model":"gpt-4o","input":"Benchmark request"}"#
+        r#"{"model":"gpt-4o","store":false,"input":"Benchmark request"}"#
     };
     let mut t = chat_target(base, key, stream)?;
     t.uri = format!("{base}/v1/responses").parse()?;
