@@ -174,19 +174,6 @@ async fn the_sdks_turns_pass_through_to_an_openai_provider_and_are_metered() {
     assert!(message.contains("/v1/chat/completions"), "{message}");
 }
 
-const TEAM_X_KEY: &str = r#"
-apiVersion: tollgate.dev/v1alpha1
-kind: VirtualKey
-metadata: {name: x, namespace: team-x}
-spec: {secretRef: {name: x-key}}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: x-key, namespace: team-x, labels: {tollgate.dev/credential: "true"}}
-stringData: {key: tg-team-x-key-0123456789}
-"#;
-const X_KEY: &str = "tg-team-x-key-0123456789";
-
 /// The quick start's `gpt-4o` route shares its traffic between two OpenAI accounts
 /// (`openai-primary`, `openai-secondary`, each its own key): a follow-up must reach the
 /// account that stored its first turn, every time.
@@ -454,23 +441,47 @@ async fn responses_spend_sessions_and_budgets_exactly_as_chat_across_replicas() 
     .await;
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn an_agents_sdk_agent_with_its_defaults_runs_its_turns_through_the_gateway() {
+/// The Agents SDK's agent (tests/python/agents_client.py) over `transport`, through a
+/// fresh stack: the requests the provider got for its model calls.
+async fn agent_run(transport: &str) -> Vec<Value> {
     let stack = Stack::start().unwrap();
     stack.write_manifest("responder.yaml", ROUTES).unwrap();
     let api = stack.dataplanes[0].api.clone();
     until_served(&api, DEMO_KEY, "gpt-5.6-luna", Duration::from_secs(10)).await;
-    let out = run_python(&stack, "agents_client.py", &[&api, DEMO_KEY]);
+    if transport == "websocket" {
+        // A key that is refused is refused before the upgrade, in the API's format.
+        let (status, body) = http_request_with(
+            "GET",
+            &format!("{api}/responses"),
+            &[
+                ("authorization", "Bearer tg-not-a-key"),
+                ("connection", "Upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            "",
+        )
+        .unwrap();
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("invalid_api_key"), "{body}");
+    }
+    let out = run_python(&stack, "agents_client.py", &[&api, DEMO_KEY, transport]);
     let ran: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     assert_eq!(ran["model"], "gpt-5.6-luna");
     assert_eq!(ran["tool_calls"], 4);
-    // Every turn went as the Responses API, with the SDK's default settings.
-    let upstream = stack.upstream_requests().unwrap();
-    let turns: Vec<&Value> = upstream
-        .iter()
+    assert_eq!(ran["transport"], transport);
+    let turns: Vec<Value> = (stack.upstream_requests().unwrap().into_iter())
         .filter(|r| r["path"] == "/v1/responses")
         .collect();
-    assert_eq!(turns.len(), 8, "two model calls per turn: {upstream:?}");
+    assert_eq!(turns.len(), 8, "two model calls per turn: {turns:?}");
+    turns
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_sdk_agent_with_its_defaults_runs_its_turns_through_the_gateway() {
+    // Every turn went as the Responses API, with the SDK's default settings.
+    let turns = agent_run("http").await;
     assert!(turns.iter().all(|r| r["body"]["model"] == "gpt-4o"));
     assert!(
         turns
@@ -482,39 +493,9 @@ async fn an_agents_sdk_agent_with_its_defaults_runs_its_turns_through_the_gatewa
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_websocket_mode_carries_an_agents_turns_and_tool_calls() {
-    let stack = Stack::start().unwrap();
-    stack.write_manifest("responder.yaml", ROUTES).unwrap();
-    let api = stack.dataplanes[0].api.clone();
-    until_served(&api, DEMO_KEY, "gpt-5.6-luna", Duration::from_secs(10)).await;
-    // A key that is refused is refused before the upgrade, in the API's error format.
-    let (status, body) = http_request_with(
-        "GET",
-        &format!("{api}/responses"),
-        &[
-            ("authorization", "Bearer tg-not-a-key"),
-            ("connection", "Upgrade"),
-            ("upgrade", "websocket"),
-            ("sec-websocket-version", "13"),
-            ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
-        ],
-        "",
-    )
-    .unwrap();
-    assert_eq!(status, 401, "{body}");
-    assert!(body.contains("invalid_api_key"), "{body}");
-
-    let out = run_python(&stack, "agents_client.py", &[&api, DEMO_KEY, "websocket"]);
-    let ran: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
-    assert_eq!(ran["transport"], "websocket");
-    assert_eq!(ran["tool_calls"], 4);
     // Every model call came as a `response.create` frame, which is always streamed, and
     // went upstream on the same pipeline as HTTP.
-    let upstream = stack.upstream_requests().unwrap();
-    let turns: Vec<&Value> = upstream
-        .iter()
-        .filter(|r| r["path"] == "/v1/responses")
-        .collect();
-    assert_eq!(turns.len(), 8, "{upstream:?}");
+    let turns = agent_run("websocket").await;
     assert!(
         turns.iter().all(|r| r["body"]["stream"] == true),
         "{turns:?}"

@@ -44,20 +44,6 @@ fn condition<'a>(report: &'a Value, kind: &str) -> &'a Value {
         .unwrap_or(&Value::Null)
 }
 
-/// Team X's virtual key, in a file of its own beside each test's manifest.
-const TEAM_X_KEY: &str = r#"
-apiVersion: tollgate.dev/v1alpha1
-kind: VirtualKey
-metadata: {name: x, namespace: team-x}
-spec: {secretRef: {name: x-key}}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: x-key, namespace: team-x, labels: {tollgate.dev/credential: "true"}}
-stringData: {key: tg-team-x-key-0123456789}
-"#;
-const X_KEY: &str = "tg-team-x-key-0123456789";
-
 /// Team X points a provider of its own at the stack's mock-llm, with a Secret that holds
 /// a database password and is not marked as a credential.
 const NOT_A_CREDENTIAL: &str = r#"

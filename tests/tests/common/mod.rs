@@ -258,3 +258,18 @@ pub fn wait_listening(p: &tollgate_tests::harness::Process, port: u16) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// A VirtualKey in another namespace (`team-x`), with its Secret (a file of its own beside
+/// a test's manifests), and its key.
+pub const TEAM_X_KEY: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: x, namespace: team-x}
+spec: {secretRef: {name: x-key}}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: x-key, namespace: team-x, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-team-x-key-0123456789}
+"#;
+pub const X_KEY: &str = "tg-team-x-key-0123456789";

@@ -428,18 +428,23 @@ impl Answer {
                     return;
                 };
                 let added = self.keep(added);
-                let slot = v["index"].as_u64().unwrap_or(0);
-                let choice = self.choice(0);
-                if let Some(&(_, at)) = choice.slots.iter().find(|(s, _)| *s == slot)
-                    && let Some(part) = choice.parts.get_mut(at)
-                {
-                    match part {
-                        Part::Text(s) | Part::Reasoning(s) => s.push_str(&added),
-                        Part::ToolCall { arguments, .. } => arguments.push_str(&added),
-                    }
-                }
+                self.append(v["index"].as_u64().unwrap_or(0), &added);
             }
             _ => {}
+        }
+    }
+
+    /// Streamed text added to the part in `slot` (a content block's or an output item's
+    /// index) of the one choice.
+    fn append(&mut self, slot: u64, added: &str) {
+        let choice = self.choice(0);
+        if let Some(&(_, at)) = choice.slots.iter().find(|(s, _)| *s == slot)
+            && let Some(part) = choice.parts.get_mut(at)
+        {
+            match part {
+                Part::Text(s) | Part::Reasoning(s) => s.push_str(added),
+                Part::ToolCall { arguments, .. } => arguments.push_str(added),
+            }
         }
     }
 

@@ -153,16 +153,7 @@ impl Answer {
                 if self.content =>
             {
                 let added = self.keep(v["delta"].as_str().unwrap_or(""));
-                let slot = v["output_index"].as_u64().unwrap_or(0);
-                let choice = self.choice(0);
-                if let Some(&(_, at)) = choice.slots.iter().find(|(s, _)| *s == slot)
-                    && let Some(part) = choice.parts.get_mut(at)
-                {
-                    match part {
-                        Part::Text(s) | Part::Reasoning(s) => s.push_str(&added),
-                        Part::ToolCall { arguments, .. } => arguments.push_str(&added),
-                    }
-                }
+                self.append(v["output_index"].as_u64().unwrap_or(0), &added);
             }
             _ => {}
         }
