@@ -4,10 +4,10 @@
 the errors for an unknown previous response. Exits non-zero (with the assertion) on any
 mismatch; prints one JSON line with the ids it made.
 
-Usage: responses_client.py BASE_URL API_KEY MODEL [full|gateway|turns]
+Usage: responses_client.py BASE_URL API_KEY MODEL [full|turns]
 
-`turns` drives only the turns (create, stream, the tool round trip); `gateway` also the
-stored-response endpoints, but not `input_tokens.count`; `full` (the default) everything.
+`turns` drives only the turns (create, stream, the tool round trip); `full` (the
+default) also the stored-response endpoints and `input_tokens.count`.
 """
 
 import json
@@ -116,9 +116,8 @@ def main(base_url, key, model, mode="full"):
     assert got.id == asked.id and got.output[0].type == "function_call", got
     items = client.responses.input_items.list(answered.id)
     assert [i.type for i in items.data] == ["function_call_output"], items
-    if mode == "full":
-        counted = client.responses.input_tokens.count(model=model, input="count these four words")
-        assert counted.input_tokens > 0, counted
+    counted = client.responses.input_tokens.count(model=model, input="count these four words")
+    assert counted.input_tokens > 0, counted
 
     try:
         client.responses.create(model=model, previous_response_id="resp_unknown", input="x")

@@ -186,7 +186,7 @@ async fn a_follow_up_reaches_the_account_that_stored_its_conversation() {
     let out = run_python(
         &stack,
         "responses_client.py",
-        &[&api, DEMO_KEY, "gpt-4o", "gateway"],
+        &[&api, DEMO_KEY, "gpt-4o", "full"],
     );
     let ids: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
     let asked = ids["asked"].as_str().unwrap().to_string();

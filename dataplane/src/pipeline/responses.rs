@@ -101,3 +101,75 @@ where
     );
     Ok(out)
 }
+
+/// `POST /v1/responses/input_tokens`: the input tokens of a Responses request, counted
+/// by the provider of the first target of the model's route that serves the API, as the
+/// key may use it. Free at the provider: nothing is reserved or charged.
+pub(crate) async fn input_tokens<B>(
+    state: &super::State,
+    req: http::Request<B>,
+) -> Result<http::Response<crate::base::Body>, ApiError>
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    let (parts, body) = req.into_parts();
+    let snapshot = state.config.load_full();
+    let key = super::authenticate(&snapshot, &parts.headers)?;
+    let body = super::route::read_body(body, &parts.headers, &state.bodies).await?;
+    let head = crate::translate::head::ChatHead::parse(&body)?;
+    if !key.allows_model(&head.model) {
+        return Err(ApiError::ModelNotAllowed(head.model));
+    }
+    let route = snapshot
+        .route(key, &head.model, &parts.headers)
+        .ok_or_else(|| ApiError::ModelNotFound(head.model.clone()))?;
+    let targets = route
+        .targets
+        .iter()
+        .chain(route.fallbacks.iter().map(|f| &f.target));
+    let (provider, model) = targets
+        .filter_map(|t| Some((snapshot.providers.get(&t.provider)?, t.model.clone())))
+        .find(|(p, _)| matches!(p.kind, ProviderKind::OpenAi | ProviderKind::AzureOpenAi))
+        .ok_or_else(|| {
+            ApiError::BadRequest(format!(
+                "Route `{}` has no target on a provider that serves the Responses API.",
+                route.id
+            ))
+        })?;
+    let model = model.map_or_else(|| head.model.clone(), |m| m.to_string());
+    let body = head.with_model(body, &model);
+    let now = tokio::time::Instant::now();
+    let credential = match provider.credentials.is_empty() {
+        true => None,
+        false => Some(
+            super::balance::pick_credential(provider, &state.balance, now)
+                .map(|(c, _)| c)
+                .ok_or_else(|| ApiError::NoCredential(provider.id.to_string()))?,
+        ),
+    };
+    let base = crate::provider::openai::responses_uri(provider).map_err(|_| ApiError::Internal)?;
+    let uri: http::Uri = format!("{base}/input_tokens")
+        .parse()
+        .map_err(|_| ApiError::Internal)?;
+    let upstream = crate::provider::request::build_upstream(
+        state.upstream.for_object(&provider.id),
+        provider,
+        credential,
+        (&parts.headers, None),
+        crate::base::Api::Responses,
+        uri,
+        body,
+    )
+    .await?;
+    let deadline = now + STORED_TIMEOUT;
+    let response = super::attempt::send(state, provider, upstream, deadline).await?;
+    let (up, body) = response.into_parts();
+    let body = super::attempt::read_answer(state, body, deadline).await?;
+    let mut out = http::Response::new(crate::base::full(body));
+    *out.status_mut() = up.status;
+    out.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    Ok(out)
+}

@@ -29,6 +29,10 @@ async fn handle(server: Arc<Server>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/v1/responses") if responses_ws::is_upgrade(&req) => {
             responses_ws::handle(state, req).await
         }
+        (&Method::POST, "/v1/responses/input_tokens") => {
+            let answer = crate::pipeline::responses::input_tokens(state, req).await;
+            count(state, answer.unwrap_or_else(|e| e.to_response()))
+        }
         (_, p) if p.starts_with("/v1/responses/") => {
             let answer = crate::pipeline::responses::stored(state, req).await;
             count(state, answer.unwrap_or_else(|e| e.to_response()))
