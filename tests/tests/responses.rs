@@ -502,3 +502,69 @@ async fn the_websocket_mode_carries_an_agents_turns_and_tool_calls() {
     );
     assert!(turns.iter().all(|r| r["body"].get("type").is_none()));
 }
+
+/// A route that records messages: a Responses turn's instructions, input and answer, in
+/// the audit record, with the secret its input held redacted.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_recorded_responses_turn_keeps_its_messages_redacted() {
+    let stack = Stack::start().unwrap();
+    let recorded = ROUTES.replace(
+        "      model: gpt-4o\n---",
+        "      model: gpt-4o\n  recordMessages: true\n---",
+    );
+    assert!(recorded.contains("recordMessages"));
+    stack.write_manifest("responder.yaml", &recorded).unwrap();
+    let api = stack.dataplanes[0].api.clone();
+    until_served(&api, DEMO_KEY, "responder", Duration::from_secs(10)).await;
+    for stream in [false, true] {
+        let (status, _, _) = post_with(
+            &api,
+            "/responses",
+            Some(DEMO_KEY),
+            &[],
+            &json!({"model": "responder", "instructions": "be brief", "stream": stream,
+                    "input": format!("marker-{stream} {}", UPSTREAM_KEYS[0])})
+            .to_string(),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
+    let admin = &stack.dataplanes[0].admin;
+    let waited = eventually(Duration::from_secs(5), || async {
+        let (_, text) = http_get(&format!("{admin}/audit?limit=1000")).unwrap();
+        serde_json::from_str::<Vec<Value>>(&text)
+            .unwrap()
+            .iter()
+            .filter(|r| r["messages"].is_object() && r["api"] == "responses")
+            .count()
+            == 2
+    })
+    .await;
+    assert!(waited < Duration::from_secs(5));
+    let (_, text) = http_get(&format!("{admin}/audit?limit=1000")).unwrap();
+    assert!(!text.contains(UPSTREAM_KEYS[0]), "a secret was recorded");
+    let records: Vec<Value> = serde_json::from_str(&text).unwrap();
+    for stream in [false, true] {
+        let r = records
+            .iter()
+            .find(|r| r["api"] == "responses" && r["stream"] == stream)
+            .unwrap();
+        let m = &r["messages"];
+        assert_eq!(m["recorded_by"], "route");
+        assert_eq!(
+            m["system_instructions"],
+            json!([{"type": "text", "content": "be brief"}])
+        );
+        assert_eq!(
+            m["input"],
+            json!([{"role": "user", "parts": [{"type": "text",
+                "content": format!("marker-{stream} <redacted>")}]}])
+        );
+        assert_eq!(
+            m["output"],
+            json!([{"role": "assistant", "finish_reason": "stop", "parts": [{"type": "text",
+                "content": format!("Mock reply to: marker-{stream} <redacted>")}]}]),
+            "{r}"
+        );
+    }
+}
