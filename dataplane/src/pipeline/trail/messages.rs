@@ -105,6 +105,13 @@ fn typed_part(kind: &str) -> Value {
     json!({"type": crate::base::clip(kind, 64)})
 }
 
+/// A client-chosen id or name, within the budget like any text (a string; anything else
+/// is left out).
+fn bounded(v: &Value, budget: &mut Budget) -> Value {
+    v.as_str()
+        .map_or(Value::Null, |s| Value::String(budget.take(s)))
+}
+
 /// Tool arguments as JSON when they parse, as the text sent otherwise.
 fn arguments(text: &str, budget: &mut Budget) -> Value {
     let kept = budget.take(text);
@@ -153,7 +160,7 @@ fn openai_input(request: &Value, budget: &mut Budget) -> Value {
         if role == "tool" {
             let part = json!({
                 "type": "tool_call_response",
-                "id": m["tool_call_id"],
+                "id": bounded(&m["tool_call_id"], budget),
                 "response": plain_text(&m["content"], budget),
             });
             return message(role, vec![part]);
@@ -175,8 +182,8 @@ fn openai_input(request: &Value, budget: &mut Budget) -> Value {
         for call in m["tool_calls"].as_array().into_iter().flatten() {
             parts.push(json!({
                 "type": "tool_call",
-                "id": call["id"],
-                "name": call["function"]["name"],
+                "id": bounded(&call["id"], budget),
+                "name": bounded(&call["function"]["name"], budget),
                 "arguments": arguments(call["function"]["arguments"].as_str().unwrap_or(""), budget),
             }));
         }
@@ -213,13 +220,13 @@ fn anthropic_block(b: &Value, budget: &mut Budget) -> Value {
         }),
         "tool_use" => json!({
             "type": "tool_call",
-            "id": b["id"],
-            "name": b["name"],
+            "id": bounded(&b["id"], budget),
+            "name": bounded(&b["name"], budget),
             "arguments": arguments(&b["input"].to_string(), budget),
         }),
         "tool_result" => json!({
             "type": "tool_call_response",
-            "id": b["tool_use_id"],
+            "id": bounded(&b["tool_use_id"], budget),
             "response": plain_text(&b["content"], budget),
         }),
         kind => typed_part(kind),

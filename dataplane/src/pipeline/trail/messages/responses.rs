@@ -5,7 +5,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Answer, Budget, Part, arguments, cut_id, message, newest_first, plain_text};
+use super::{Answer, Budget, Part, arguments, bounded, cut_id, message, newest_first, plain_text};
 use super::{text_part, typed_part};
 
 /// The system instructions and the input messages of a Responses request.
@@ -28,8 +28,8 @@ fn item(i: &Value, budget: &mut Budget) -> Value {
             "assistant",
             vec![json!({
                 "type": "tool_call",
-                "id": i["call_id"],
-                "name": i["name"],
+                "id": bounded(&i["call_id"], budget),
+                "name": bounded(&i["name"], budget),
                 "arguments": arguments(i["arguments"].as_str().unwrap_or(""), budget),
             })],
         ),
@@ -37,7 +37,7 @@ fn item(i: &Value, budget: &mut Budget) -> Value {
             "tool",
             vec![json!({
                 "type": "tool_call_response",
-                "id": i["call_id"],
+                "id": bounded(&i["call_id"], budget),
                 "response": plain_text(&i["output"], budget),
             })],
         ),

@@ -129,6 +129,41 @@ fn a_long_prompt_keeps_its_newest_messages_within_the_bound() {
     assert_eq!(kept, MAX_RECORDED_BYTES);
 }
 
+#[test]
+fn client_ids_and_names_count_against_the_bound() {
+    // A hostile client's tool-call id and name: a megabyte each, in every format.
+    let huge = "i".repeat(1 << 20);
+    let openai = json!({"messages": [
+        {"role": "assistant", "tool_calls": [{"id": huge, "function": {"name": huge, "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": huge, "content": "ok"}
+    ]});
+    let anthropic = json!({"messages": [{"role": "assistant", "content": [
+        {"type": "tool_use", "id": huge, "name": huge, "input": {}},
+        {"type": "tool_result", "tool_use_id": huge, "content": "ok"}
+    ]}]});
+    let responses = json!({"input": [
+        {"type": "function_call", "call_id": huge, "name": huge, "arguments": "{}"},
+        {"type": "function_call_output", "call_id": huge, "output": "ok"}
+    ]});
+    for (api, body) in [
+        (Api::OpenAi, openai),
+        (Api::Anthropic, anthropic),
+        (Api::Responses, responses),
+    ] {
+        let r = Recording::of_request(
+            body.to_string().as_bytes(),
+            api,
+            "key",
+            Arc::new(Snapshot::default()),
+        );
+        let kept = r.input.to_string().len();
+        assert!(
+            kept < MAX_RECORDED_BYTES + 1024,
+            "{api:?}: {kept} bytes kept"
+        );
+    }
+}
+
 fn sse(events: &[Value]) -> String {
     events.iter().map(|e| format!("data: {e}\n\n")).collect()
 }
