@@ -568,3 +568,21 @@ async fn a_recorded_responses_turn_keeps_its_messages_redacted() {
         );
     }
 }
+
+/// Raw frames: one that is not a `response.create` gets an error frame and the connection
+/// goes on; one larger than a request body may be closes it (1009, message too big).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_websocket_frame_is_bounded_like_a_body() {
+    let mut stack = Stack::start().unwrap();
+    stack
+        .add_dataplane_with(&["--max-body-bytes", "65536"])
+        .unwrap();
+    let api = stack.dataplanes[1].api.clone();
+    until_served(&api, DEMO_KEY, "gpt-4o", Duration::from_secs(10)).await;
+    let ws = format!("{}/responses", api.replacen("http://", "ws://", 1));
+    let out = run_python(&stack, "ws_probe.py", &[&ws, DEMO_KEY, "200000"]);
+    let got: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(got["error"]["type"], "error", "{got}");
+    assert_eq!(got["error"]["status"], 400, "{got}");
+    assert_eq!(got["closed"], 1009, "{got}");
+}

@@ -15,11 +15,18 @@ use hyper_util::rt::TokioIo;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::Role;
+use tokio_tungstenite::tungstenite::protocol::frame::CloseFrame;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 
 use crate::base::{Api, Body};
 use crate::error::ApiError;
 use crate::pipeline::State;
+
+/// A connection with no frame from the client for this long is closed: an upgraded
+/// connection has left the listener's own limits, and an agent's tool runs between its
+/// turns are far shorter.
+const IDLE: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// Request headers an answer's request carries from the upgrade (the key, the agent
 /// session, trace context, ids).
@@ -83,14 +90,18 @@ pub async fn handle(state: &Arc<State>, mut req: Request<hyper::body::Incoming>)
         .to_response_for(Api::Responses);
     };
     let headers = carried(req.headers());
+    // A frame is a request body: no larger than one may be.
+    let most = Some(state.bodies.max_bytes);
+    let config = WebSocketConfig::default()
+        .max_message_size(most)
+        .max_frame_size(most);
     let upgrade = hyper::upgrade::on(&mut req);
     let state = state.clone();
     tokio::spawn(async move {
         match upgrade.await {
             Ok(upgraded) => {
-                let ws =
-                    WebSocketStream::from_raw_socket(TokioIo::new(upgraded), Role::Server, None)
-                        .await;
+                let io = TokioIo::new(upgraded);
+                let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
                 serve(&state, ws, headers).await;
             }
             Err(e) => tracing::debug!(error = %e, "responses websocket upgrade failed"),
@@ -116,9 +127,17 @@ async fn serve<S>(state: &Arc<State>, mut ws: WebSocketStream<S>, headers: Heade
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
-    while let Some(message) = ws.next().await {
+    let mut closing = None;
+    while let Ok(Some(message)) = tokio::time::timeout(IDLE, ws.next()).await {
         let text = match message {
             Ok(Message::Text(t)) => t,
+            Err(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
+                closing = Some(CloseFrame {
+                    code: CloseCode::Size,
+                    reason: "a frame is no larger than a request body may be".into(),
+                });
+                break;
+            }
             Ok(Message::Close(_)) | Err(_) => break,
             Ok(_) => continue,
         };
@@ -148,7 +167,7 @@ where
             break;
         }
     }
-    let _ = ws.close(None).await;
+    let _ = ws.close(closing).await;
 }
 
 /// One `response.create`: its events to the client; false once the client is gone.
