@@ -3,7 +3,7 @@
 //! its id says ([`super::response_ids`]).
 
 use super::response_ids::{Pin, Sealer, namespace_of, open};
-use crate::config::model::ProviderKind;
+use crate::config::model::{Credential, Provider, ProviderKind};
 use crate::error::ApiError;
 
 /// How long a stored response's request may take.
@@ -64,22 +64,8 @@ where
     if let Some(q) = parts.uri.query() {
         uri = format!("{uri}?{q}");
     }
-    let uri: http::Uri = uri.parse().map_err(|_| ApiError::Internal)?;
-    let mut upstream = crate::provider::request::build_upstream(
-        state.upstream.for_object(&provider.id),
-        provider,
-        credential,
-        (&parts.headers, None),
-        crate::base::Api::Responses,
-        uri,
-        body,
-    )
-    .await?;
-    *upstream.method_mut() = parts.method.clone();
-    let deadline = tokio::time::Instant::now() + STORED_TIMEOUT;
-    let response = super::attempt::send(state, provider, upstream, deadline).await?;
-    let (up, body) = response.into_parts();
-    let body = super::attempt::read_answer(state, body, deadline).await?;
+    let call = (parts.method.clone(), uri, body);
+    let (status, body) = forward(state, provider, credential, &parts.headers, call).await?;
     // The response's own id stays the one the client holds.
     let pin = Pin {
         sealed: id.to_string(),
@@ -93,13 +79,48 @@ where
         Some(&pin),
     );
     let body = crate::translate::ids::rewrite(&body, &sealer).map_or(body, bytes::Bytes::from);
+    Ok(json_answer(status, body))
+}
+
+/// The provider's answer to `method` on `uri` with `body`, sent with `credential` and
+/// the client's `headers` passed on as for any attempt, within [`STORED_TIMEOUT`].
+async fn forward(
+    state: &super::State,
+    provider: &Provider,
+    credential: Option<&Credential>,
+    headers: &http::HeaderMap,
+    (method, uri, body): (http::Method, String, bytes::Bytes),
+) -> Result<(http::StatusCode, bytes::Bytes), ApiError> {
+    let uri: http::Uri = uri.parse().map_err(|_| ApiError::Internal)?;
+    let mut upstream = crate::provider::request::build_upstream(
+        state.upstream.for_object(&provider.id),
+        provider,
+        credential,
+        (headers, None),
+        crate::base::Api::Responses,
+        uri,
+        body,
+    )
+    .await?;
+    *upstream.method_mut() = method;
+    let deadline = tokio::time::Instant::now() + STORED_TIMEOUT;
+    let response = super::attempt::send(state, provider, upstream, deadline).await?;
+    let (up, body) = response.into_parts();
+    Ok((
+        up.status,
+        super::attempt::read_answer(state, body, deadline).await?,
+    ))
+}
+
+/// A JSON answer with `status`.
+fn json_answer(status: http::StatusCode, body: bytes::Bytes) -> http::Response<crate::base::Body> {
     let mut out = http::Response::new(crate::base::full(body));
-    *out.status_mut() = up.status;
+    *out.status_mut() = status;
     out.headers_mut().insert(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/json"),
     );
-    Ok(out)
+    out
 }
 
 /// `POST /v1/responses/input_tokens`: the input tokens of a Responses request, counted
@@ -148,28 +169,7 @@ where
         ),
     };
     let base = crate::provider::openai::responses_uri(provider).map_err(|_| ApiError::Internal)?;
-    let uri: http::Uri = format!("{base}/input_tokens")
-        .parse()
-        .map_err(|_| ApiError::Internal)?;
-    let upstream = crate::provider::request::build_upstream(
-        state.upstream.for_object(&provider.id),
-        provider,
-        credential,
-        (&parts.headers, None),
-        crate::base::Api::Responses,
-        uri,
-        body,
-    )
-    .await?;
-    let deadline = now + STORED_TIMEOUT;
-    let response = super::attempt::send(state, provider, upstream, deadline).await?;
-    let (up, body) = response.into_parts();
-    let body = super::attempt::read_answer(state, body, deadline).await?;
-    let mut out = http::Response::new(crate::base::full(body));
-    *out.status_mut() = up.status;
-    out.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    Ok(out)
+    let call = (http::Method::POST, format!("{base}/input_tokens"), body);
+    let (status, body) = forward(state, provider, credential, &parts.headers, call).await?;
+    Ok(json_answer(status, body))
 }
