@@ -127,27 +127,37 @@ fn redact_keys(text: &str, keys: &HashMap<[u8; 32], Arc<VirtualKey>>) -> String 
     out
 }
 
+/// A provider of `kind` with one credential, `secret`: what tests of redaction hold.
+#[cfg(test)]
+pub(crate) fn provider_with_secret(
+    kind: tollgate_proto::ProviderType,
+    secret: &str,
+) -> Arc<Provider> {
+    use tollgate_proto as pb;
+    let p = pb::Provider {
+        namespace: "default".into(),
+        name: format!("{kind:?}"),
+        r#type: kind as i32,
+        region: "us-east-1".into(),
+        endpoint: "http://p.test/v1".into(),
+        credentials: vec![pb::Credential {
+            id: "s/key".into(),
+            api_key: secret.into(),
+            weight: 1,
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    Arc::new(Provider::try_from(&p).expect("a valid provider"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tollgate_proto as pb;
 
     fn provider(kind: pb::ProviderType, secret: &str) -> Arc<Provider> {
-        let p = pb::Provider {
-            namespace: "default".into(),
-            name: format!("{kind:?}"),
-            r#type: kind as i32,
-            region: "us-east-1".into(),
-            endpoint: "http://p.test/v1".into(),
-            credentials: vec![pb::Credential {
-                id: "s/key".into(),
-                api_key: secret.into(),
-                weight: 1,
-                ..Default::default()
-            }],
-            ..Default::default()
-        };
-        Arc::new(Provider::try_from(&p).unwrap())
+        provider_with_secret(kind, secret)
     }
 
     #[test]

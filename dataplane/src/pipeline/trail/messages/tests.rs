@@ -2,22 +2,9 @@ use super::*;
 use tollgate_proto as pb;
 
 fn snapshot_with_secret(secret: &str) -> Arc<Snapshot> {
-    let p = pb::Provider {
-        namespace: "default".into(),
-        name: "p".into(),
-        r#type: pb::ProviderType::Openai as i32,
-        endpoint: "http://p.test/v1".into(),
-        credentials: vec![pb::Credential {
-            id: "s/key".into(),
-            api_key: secret.into(),
-            weight: 1,
-            ..Default::default()
-        }],
-        ..Default::default()
-    };
+    let p = crate::config::redact::provider_with_secret(pb::ProviderType::Openai, secret);
     let mut s = Snapshot::default();
-    let p = crate::config::model::Provider::try_from(&p).unwrap();
-    s.providers.insert("default/p".into(), Arc::new(p));
+    s.providers.insert("default/p".into(), p);
     Arc::new(s)
 }
 
