@@ -453,10 +453,7 @@ async fn chat(
         return Ok(r);
     }
     let id = shared.id();
-    let created = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
+    let created = unix_now();
     let pieces = openai::answer_pieces(&chat, d.chunks);
     let mut chat = chat;
     if d.omit_usage {
@@ -1063,10 +1060,7 @@ async fn token(
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
         .unwrap_or(Value::Null);
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0);
+    let now = unix_now() as i64;
     let expected_aud = format!(
         "http://{}/token",
         parts
