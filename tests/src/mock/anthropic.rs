@@ -15,6 +15,93 @@ pub struct MessagesRequest {
     /// Server-side web searches the answer makes: as many as its web search tools allow
     /// (`max_uses`, or 3 for one that sets none), reported in `usage.server_tool_use`.
     pub web_searches: u64,
+    /// Extended thinking was asked for (`thinking.type: enabled`): the answer starts with
+    /// a signed thinking block.
+    pub thinking: bool,
+}
+
+/// Extended thinking, checked as the real API checks it: a budget of at least 1024
+/// tokens, below `max_tokens`.
+fn thinking_of(obj: &serde_json::Map<String, Value>, max_tokens: u64) -> Result<bool, Value> {
+    let Some(t) = obj.get("thinking").filter(|t| !t.is_null()) else {
+        return Ok(false);
+    };
+    match t.get("type").and_then(Value::as_str) {
+        Some("disabled") => return Ok(false),
+        Some("enabled") => {}
+        _ => {
+            return Err(invalid(
+                "thinking: Input tag does not match any of the expected tags: 'enabled', 'disabled'",
+            ));
+        }
+    }
+    let budget = t
+        .get("budget_tokens")
+        .and_then(Value::as_u64)
+        .ok_or_else(|| invalid("thinking.enabled.budget_tokens: Field required"))?;
+    if budget < 1024 {
+        return Err(invalid(
+            "thinking.enabled.budget_tokens: Input should be greater than or equal to 1024",
+        ));
+    }
+    if max_tokens <= budget {
+        return Err(invalid(
+            "`max_tokens` must be greater than `thinking.budget_tokens`",
+        ));
+    }
+    Ok(true)
+}
+
+/// With thinking on, the last assistant turn that calls a tool must start with the thinking
+/// block the model wrote, its signature intact.
+fn check_thinking_kept(messages: &[Value]) -> Result<(), Value> {
+    let Some((i, last)) = messages
+        .iter()
+        .enumerate()
+        .rfind(|(_, m)| m.get("role").and_then(Value::as_str) == Some("assistant"))
+    else {
+        return Ok(());
+    };
+    let blocks = last
+        .get("content")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let calls = blocks
+        .iter()
+        .any(|b| b.get("type").and_then(Value::as_str) == Some("tool_use"));
+    let first = blocks.first();
+    match first.and_then(|b| b.get("type")).and_then(Value::as_str) {
+        Some("thinking") => {
+            let b = first.unwrap_or(&Value::Null);
+            let text = b.get("thinking").and_then(Value::as_str).unwrap_or("");
+            if b.get("signature").and_then(Value::as_str)
+                != Some(super::bedrock::thinking_signature(text).as_str())
+            {
+                return Err(invalid(format!(
+                    "messages.{i}.content.0: Invalid `signature` in `thinking` block"
+                )));
+            }
+            Ok(())
+        }
+        Some("redacted_thinking") => Ok(()),
+        Some(other) if calls => Err(invalid(format!(
+            "messages.{i}.content.0.type: Expected `thinking` or `redacted_thinking`, but found `{other}`. When `thinking` is enabled, a final `assistant` message must start with a thinking block (preceeding the lastmost set of `tool_use` and `tool_result` blocks)."
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The id of the answer's tool call: unique per answer, as Anthropic's are.
+fn tool_id(message_id: &str) -> String {
+    format!("toolu_{}", message_id.trim_start_matches("msg_"))
+}
+
+/// The thinking text mock-llm writes, and its block.
+fn thought(req: &MessagesRequest) -> Value {
+    let text = format!("Mock thinking about: {}", req.last_user);
+    let signature = super::bedrock::thinking_signature(&text);
+    json!({"type": "thinking", "thinking": text, "signature": signature})
 }
 
 /// An Anthropic-format error body.
@@ -198,6 +285,10 @@ pub fn parse(body: &[u8]) -> Result<MessagesRequest, Value> {
             "messages: first message must use the \"user\" role",
         ));
     }
+    let thinking = thinking_of(obj, max_tokens)?;
+    if thinking {
+        check_thinking_kept(messages)?;
+    }
     let stream = match obj.get("stream") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
@@ -211,6 +302,7 @@ pub fn parse(body: &[u8]) -> Result<MessagesRequest, Value> {
         last_user,
         tool_call,
         web_searches,
+        thinking,
     })
 }
 
@@ -229,15 +321,21 @@ pub fn pieces(req: &MessagesRequest, chunks: Option<usize>) -> (Vec<String>, &'s
 }
 
 pub fn message(req: &MessagesRequest, id: &str, pieces: &[String], stop_reason: &str) -> Value {
+    let mut content = match &req.tool_call {
+        Some(call) => vec![
+            json!({"type": "tool_use", "id": tool_id(id), "name": call.name, "input": call.arguments}),
+        ],
+        None => vec![json!({"type": "text", "text": pieces.concat()})],
+    };
+    if req.thinking {
+        content.insert(0, thought(req));
+    }
     json!({
         "id": id,
         "type": "message",
         "role": "assistant",
         "model": req.model,
-        "content": match &req.tool_call {
-            Some(call) => json!([{"type": "tool_use", "id": "toolu_mock0", "name": call.name, "input": call.arguments}]),
-            None => json!([{"type": "text", "text": pieces.concat()}]),
-        },
+        "content": content,
         "stop_reason": if req.tool_call.is_some() { "tool_use" } else { stop_reason },
         "stop_sequence": null,
         "usage": usage(req, pieces.len())
@@ -261,20 +359,42 @@ pub fn stream_events(
                       "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
         }}),
     )];
+    // The thinking block comes first; the answer's block follows at `at`.
+    let mut at = 0;
+    if req.thinking {
+        let t = thought(req);
+        events.push(event(
+            "content_block_start",
+            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "thinking", "thinking": "", "signature": ""}}),
+        ));
+        events.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "thinking_delta", "thinking": t["thinking"]}}),
+        ));
+        events.push(event(
+            "content_block_delta",
+            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "signature_delta", "signature": t["signature"]}}),
+        ));
+        events.push(event(
+            "content_block_stop",
+            json!({"type": "content_block_stop", "index": 0}),
+        ));
+        at = 1;
+    }
     if let Some(call) = &req.tool_call {
         events.push(event(
             "content_block_start",
-            json!({"type": "content_block_start", "index": 0, "content_block": {"type": "tool_use", "id": "toolu_mock0", "name": call.name, "input": {}}}),
+            json!({"type": "content_block_start", "index": at, "content_block": {"type": "tool_use", "id": tool_id(id), "name": call.name, "input": {}}}),
         ));
         for piece in super::tools::argument_pieces(call) {
             events.push(event(
                 "content_block_delta",
-                json!({"type": "content_block_delta", "index": 0, "delta": {"type": "input_json_delta", "partial_json": piece}}),
+                json!({"type": "content_block_delta", "index": at, "delta": {"type": "input_json_delta", "partial_json": piece}}),
             ));
         }
         events.push(event(
             "content_block_stop",
-            json!({"type": "content_block_stop", "index": 0}),
+            json!({"type": "content_block_stop", "index": at}),
         ));
         events.push(event(
             "message_delta",
@@ -285,18 +405,18 @@ pub fn stream_events(
     }
     events.push(event(
         "content_block_start",
-        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_start", "index": at, "content_block": {"type": "text", "text": ""}}),
     ));
     events.push(event("ping", json!({"type": "ping"})));
     for p in pieces {
         events.push(event(
             "content_block_delta",
-            json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": p}}),
+            json!({"type": "content_block_delta", "index": at, "delta": {"type": "text_delta", "text": p}}),
         ));
     }
     events.push(event(
         "content_block_stop",
-        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "content_block_stop", "index": at}),
     ));
     let mut delta_usage = json!({"output_tokens": pieces.len()});
     if req.web_searches > 0 {
