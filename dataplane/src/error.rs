@@ -55,6 +55,10 @@ pub enum ApiError {
     )]
     UnknownResponseId(String),
     #[error(
+        "Response with id '{0}' not found. Only responses stored by a provider that serves the Responses API (OpenAI, Azure OpenAI) can be read back; answers translated from other providers are not stored."
+    )]
+    ResponseNotFound(String),
+    #[error(
         "The provider account that stores the previous response ({0}) cannot take requests now, and no other account holds that conversation. Retry later, or send the whole conversation as input without previous_response_id."
     )]
     StoredAccountUnavailable(String),
@@ -101,7 +105,9 @@ impl ApiError {
                 StatusCode::UNAUTHORIZED
             }
             Self::ModelNotAllowed(_) | Self::PriceUnknown(_) => StatusCode::FORBIDDEN,
-            Self::ModelNotFound(_) | Self::UnknownPath { .. } => StatusCode::NOT_FOUND,
+            Self::ModelNotFound(_) | Self::UnknownPath { .. } | Self::ResponseNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
             Self::BadRequest(_) | Self::UnknownResponseId(_) => StatusCode::BAD_REQUEST,
             Self::StoredAccountUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::BodyTooLarge(_) | Self::TooLargeToTranslate(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -152,6 +158,7 @@ impl ApiError {
             Self::ModelNotAllowed(_) => "model_not_allowed",
             Self::PriceUnknown(_) => "model_price_unknown",
             Self::ModelNotFound(_) => "model_not_found",
+            Self::ResponseNotFound(_) => "not_found",
             Self::BodyTooLarge(_) | Self::TooLargeToTranslate(_) => "request_too_large",
             Self::BodyTooSlow => "request_timeout",
             Self::Overloaded => "gateway_overloaded",

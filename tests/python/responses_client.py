@@ -4,10 +4,14 @@
 the errors for an unknown previous response. Exits non-zero (with the assertion) on any
 mismatch; prints one JSON line with the ids it made.
 
-Usage: responses_client.py BASE_URL API_KEY MODEL [full|turns]
+Usage: responses_client.py BASE_URL API_KEY MODEL [full|turns|translated]
 
 `turns` drives only the turns (create, stream, the tool round trip); `full` (the
-default) also the stored-response endpoints and `input_tokens.count`.
+default) also the stored-response endpoints and `input_tokens.count`. `translated` is for
+a model the gateway reaches by translation (Claude): reasoning with its summary, the tool
+round trip with the whole conversation sent back (reasoning items included), and the
+clear errors for what such a target cannot do (`previous_response_id`, `store`,
+`responses.retrieve`).
 """
 
 import json
@@ -30,8 +34,105 @@ WEATHER = {
 }
 
 
+def stream_kinds(stream):
+    """The stream's events: kinds, text deltas, argument deltas, sequence numbers."""
+    kinds, deltas, args, numbers = [], [], [], []
+    for event in stream:
+        kinds.append(event.type)
+        numbers.append(event.sequence_number)
+        if event.type == "response.output_text.delta":
+            deltas.append(event.delta)
+        if event.type == "response.function_call_arguments.delta":
+            args.append(event.delta)
+    assert numbers == list(range(len(numbers))), numbers
+    assert kinds[:2] == ["response.created", "response.in_progress"], kinds
+    return kinds, deltas, args
+
+
+def translated(client, model):
+    reasoning = {"effort": "low", "summary": "auto"}
+    first = client.responses.create(
+        model=model,
+        input="hello responses",
+        instructions="be brief",
+        max_output_tokens=4096,
+        reasoning=reasoning,
+        metadata={"run": "e2e"},
+    )
+    assert first.status == "completed", first
+    assert first.output_text == "Mock reply to: hello responses", first.output_text
+    assert [o.type for o in first.output] == ["reasoning", "message"], first.output
+    assert first.output[0].summary[0].text == "Mock thinking about: hello responses", first.output
+    assert first.output[0].encrypted_content, first.output[0]
+    assert first.instructions == "be brief" and first.metadata == {"run": "e2e"}, first
+    assert first.store is False, first.store
+    assert first.usage.input_tokens > 0 and first.usage.output_tokens > 0, first.usage
+    assert first.usage.total_tokens == first.usage.input_tokens + first.usage.output_tokens
+
+    with client.responses.stream(model=model, input="stream this [mock chunks=6]") as stream:
+        kinds, deltas, _ = stream_kinds(stream)
+        final = stream.get_final_response()
+    for kind in [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]:
+        assert kind in kinds, (kind, kinds)
+    assert kinds[-1] == "response.completed", kinds
+    assert len(deltas) == 6, deltas
+    assert "".join(deltas) == final.output_text, (deltas, final.output_text)
+    assert final.usage.output_tokens > 0, final.usage
+
+    # The tool round trip with the whole conversation: the items of the first answer
+    # (Claude's signed thinking among them) go back with the call's output.
+    question = [{"role": "user", "content": "weather in Paris?"}]
+    with client.responses.stream(
+        model=model, input=question, tools=[WEATHER], reasoning=reasoning, max_output_tokens=4096
+    ) as stream:
+        kinds, _, args = stream_kinds(stream)
+        asked = stream.get_final_response()
+    assert "response.reasoning_summary_text.delta" in kinds, kinds
+    assert json.loads("".join(args)) == {"city": "Paris"}, args
+    assert [o.type for o in asked.output] == ["reasoning", "function_call"], asked.output
+    call = asked.output[1]
+    history = question + [o.model_dump(exclude_none=True) for o in asked.output]
+    answered = client.responses.create(
+        model=model,
+        input=history + [{"type": "function_call_output", "call_id": call.call_id, "output": "sunny"}],
+        tools=[WEATHER],
+        reasoning=reasoning,
+        max_output_tokens=4096,
+    )
+    assert answered.output_text == "Mock reply to: tool result: sunny", answered.output_text
+
+    # What a target that stores nothing cannot do: said, never answered without history.
+    for extra in [{"previous_response_id": asked.id}, {"store": True}]:
+        try:
+            client.responses.create(model=model, input="and then?", **extra)
+            raise AssertionError(f"{extra} was accepted")
+        except openai.BadRequestError as e:
+            assert "send the whole conversation as input" in e.body["message"], e.body
+            assert e.body["param"] is None or e.body["param"] in extra, e.body
+    try:
+        client.responses.retrieve(asked.id)
+        raise AssertionError("a translated response was found")
+    except openai.NotFoundError as e:
+        assert "not stored" in e.body["message"], e.body
+    try:
+        client.responses.create(model=model, input="search", tools=[{"type": "web_search"}])
+        raise AssertionError("a hosted tool was accepted")
+    except openai.BadRequestError as e:
+        assert "tools[0].type" in e.body["message"], e.body
+    print(json.dumps({"first": first.id, "asked": asked.id, "answered": answered.id}))
+
+
 def main(base_url, key, model, mode="full"):
     client = OpenAI(base_url=base_url, api_key=key, max_retries=0)
+    if mode == "translated":
+        translated(client, model)
+        return
 
     first = client.responses.create(
         model=model,

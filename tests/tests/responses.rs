@@ -2,8 +2,9 @@
 //! `openai` SDK drives it directly (tests/python/responses_client.py), and a response
 //! stored by one account is not found by another, as with the real API. Through the
 //! gateway, the same SDK's turns pass through to an OpenAI provider, streamed event by
-//! event, metered with cached and reasoning tokens; a target that does not serve the API
-//! is refused in its error format.
+//! event, metered with cached and reasoning tokens; to a Claude provider they are
+//! translated (reasoning as Claude's thinking), and what a target that stores nothing
+//! cannot do is refused in the API's error format.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -161,17 +162,78 @@ async fn the_sdks_turns_pass_through_to_an_openai_provider_and_are_metered() {
         "{records:?}"
     );
     assert!(records.iter().any(|r| r["stream"] == true));
+}
 
-    // A target that does not serve the Responses API: a clear 400, in its format.
-    let (status, body) = call(
-        "POST",
-        &format!("{api}/responses"),
-        DEMO_KEY,
-        &json!({"model": "claude-responder", "input": "hi"}),
+/// The audit records of the Responses API's requests, as the admin API lists them.
+fn responses_records(stack: &Stack) -> Vec<Value> {
+    let admin = &stack.dataplanes[0].admin;
+    let (_, body) = http_get(&format!("{admin}/audit?limit=1000")).unwrap();
+    body.lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .chain(serde_json::from_str::<Vec<Value>>(&body).unwrap_or_default())
+        .filter(|r: &Value| r["api"] == "responses")
+        .collect()
+}
+
+/// The same SDK on a Claude provider: every turn translated to Anthropic's Messages API
+/// and back (reasoning as Claude's thinking, whose signed blocks come back in the
+/// conversation the client sends), and a clear 400 or 404 for what a target that stores
+/// nothing cannot do.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sdks_turns_reach_a_claude_provider_translated_and_metered() {
+    let stack = Stack::start().unwrap();
+    stack.write_manifest("responder.yaml", ROUTES).unwrap();
+    let api = stack.dataplanes[0].api.clone();
+    until_served(&api, DEMO_KEY, "claude-responder", Duration::from_secs(10)).await;
+    run_python(
+        &stack,
+        "responses_client.py",
+        &[&api, DEMO_KEY, "claude-responder", "translated"],
     );
-    assert_eq!(status, 400, "{body}");
-    let message = body["error"]["message"].as_str().unwrap();
-    assert!(message.contains("/v1/chat/completions"), "{message}");
+    let upstream = stack.upstream_requests().unwrap();
+    let sent: Vec<&Value> = upstream
+        .iter()
+        .filter(|r| r["path"] == "/v1/messages" && r["body"]["messages"][0]["content"] != "ready?")
+        .collect();
+    // Four turns; the refused requests never left the gateway.
+    assert_eq!(sent.len(), 4, "{upstream:?}");
+    assert!(upstream.iter().all(|r| r["path"] != "/v1/responses"));
+    assert!(
+        sent.iter()
+            .all(|r| r["body"]["model"] == "claude-sonnet-4-5")
+    );
+    let first = &sent[0]["body"];
+    assert_eq!(first["system"], "be brief");
+    assert_eq!(
+        first["thinking"],
+        json!({"type": "enabled", "budget_tokens": 2048})
+    );
+    assert_eq!(first["max_tokens"], 4096);
+    assert!(first.get("metadata").is_none(), "{first}");
+    // The tool's answer went back after the assistant's turn, which starts with the
+    // thinking block Claude signed (mock-llm checks the signature, as Claude does).
+    let answered = &sent[3]["body"]["messages"];
+    assert_eq!(answered[1]["content"][0]["type"], "thinking", "{answered}");
+    assert_eq!(answered[1]["content"][1]["type"], "tool_use", "{answered}");
+    assert_eq!(
+        answered[2]["content"][0]["type"], "tool_result",
+        "{answered}"
+    );
+
+    // Metered as chat is, from Anthropic's counts; the refusals are recorded as such.
+    let records = responses_records(&stack);
+    let ok: Vec<&Value> = records.iter().filter(|r| r["status"] == 200).collect();
+    assert_eq!(ok.len(), 4, "{records:?}");
+    assert!(ok.iter().all(|r| r["route"] == "default/claude-responder"
+        && r["provider"] == "default/anthropic"
+        && r["tokens"]["input"].as_u64() > Some(0)
+        && r["tokens"]["output"].as_u64() > Some(0)));
+    assert_eq!(ok.iter().filter(|r| r["stream"] == true).count(), 2);
+    assert_eq!(
+        records.iter().filter(|r| r["status"] == 400).count(),
+        3,
+        "{records:?}"
+    );
 }
 
 /// The quick start's `gpt-4o` route shares its traffic between two OpenAI accounts
@@ -244,13 +306,14 @@ async fn a_follow_up_reaches_the_account_that_stored_its_conversation() {
         assert_eq!(status, 400, "{bad}: {body}");
         assert_eq!(body["error"]["code"], "previous_response_not_found");
         assert_eq!(body["error"]["param"], "previous_response_id");
-        let (status, _) = call(
+        let (status, body) = call(
             "GET",
             &format!("{api}/responses/{bad}"),
             DEMO_KEY,
             &Value::Null,
         );
-        assert_eq!(status, 400, "{bad}");
+        assert_eq!(status, 404, "{bad}");
+        assert_eq!(body["error"]["code"], "not_found");
     }
 
     // Another tenant's key cannot read or continue it.
@@ -262,8 +325,8 @@ async fn a_follow_up_reaches_the_account_that_stored_its_conversation() {
     .await;
     assert!(waited < Duration::from_secs(10));
     let (status, body) = call("GET", &stored, X_KEY, &Value::Null);
-    assert_eq!(status, 400, "{body}");
-    assert_eq!(body["error"]["code"], "previous_response_not_found");
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
     let (status, body) = call("GET", &stored, DEMO_KEY, &Value::Null);
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["id"], asked.as_str(), "the id the client holds");
@@ -489,6 +552,60 @@ async fn an_agents_sdk_agent_with_its_defaults_runs_its_turns_through_the_gatewa
             .all(|r| r["body"]["reasoning"]["effort"] == "none"),
         "{turns:?}"
     );
+}
+
+/// The Agents SDK's default model sent to Claude.
+const AGENTS_ON_CLAUDE: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata:
+  name: agents-on-claude
+spec:
+  match:
+    models: ["gpt-5.6-luna"]
+  targets:
+    - provider: anthropic
+      model: claude-sonnet-4-5
+"#;
+
+/// The same agent, with the SDK's defaults, on Claude over both transports: every model
+/// call translated, the conversation sent by the SDK each turn (a translated target
+/// stores nothing).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agents_sdk_agent_runs_its_turns_on_claude_over_http_and_websocket() {
+    let stack = Stack::start().unwrap();
+    stack
+        .write_manifest("agents.yaml", AGENTS_ON_CLAUDE)
+        .unwrap();
+    let api = stack.dataplanes[0].api.clone();
+    until_served(&api, DEMO_KEY, "gpt-5.6-luna", Duration::from_secs(10)).await;
+    for transport in ["http", "websocket"] {
+        let out = run_python(
+            &stack,
+            "agents_client.py",
+            &[&api, DEMO_KEY, transport, "sent"],
+        );
+        let ran: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+        assert_eq!(ran["tool_calls"], 4, "{transport}");
+        assert_eq!(ran["transport"], transport);
+    }
+    let turns: Vec<Value> = (stack.upstream_requests().unwrap().into_iter())
+        .filter(|r| r["path"] == "/v1/messages" && r["body"]["messages"][0]["content"] != "ready?")
+        .collect();
+    assert_eq!(turns.len(), 16, "two model calls per turn, per transport");
+    assert!(
+        turns
+            .iter()
+            .all(|r| r["body"]["model"] == "claude-sonnet-4-5")
+    );
+    // The SDK's default effort is `none`: no thinking asked of Claude.
+    assert!(turns.iter().all(|r| r["body"].get("thinking").is_none()));
+    assert!(turns[8..].iter().all(|r| r["body"]["stream"] == true));
+    let results = turns
+        .iter()
+        .filter(|r| r["body"].to_string().contains("sunny in Paris"))
+        .count();
+    assert!(results >= 8, "every tool result crossed: {results}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -676,8 +676,9 @@ impl Ctx {
             id: Plan::answer_id(wire),
             json_mode: api == Api::OpenAi && head.json_mode,
             ids: None,
+            echo: None,
         };
-        let body = self.upstream_body(&plan, c)?;
+        let body = self.upstream_body(&mut plan, c)?;
         if plan.serves_responses() {
             let (keys, key) = (self.state.sealing.clone(), &self.key.attribution.key);
             let credential = p.credential.as_ref().map(|(c, _)| *c);
@@ -718,7 +719,7 @@ impl Ctx {
 
     /// The request body for the provider: the client's with the model rewritten, or its
     /// translation.
-    fn upstream_body(&self, plan: &Plan, c: &balance::Candidate) -> Result<Bytes, Step> {
+    fn upstream_body(&self, plan: &mut Plan, c: &balance::Candidate) -> Result<Bytes, Step> {
         let (body, head, provider) = (&self.body, &self.head, &c.provider);
         let wire = plan.wire;
         let mut upstream_body: Bytes = if plan.passes_request() {
@@ -738,7 +739,7 @@ impl Ctx {
             }
             // A large translation is CPU work of many milliseconds: the other tasks of
             // this thread move to another while it runs.
-            let translate = || plan.request(body);
+            let mut translate = || plan.request(body);
             let translated = if body.len() > crate::metering::tokens::HEAVY_BYTES {
                 crate::metering::tokens::off_runtime(translate)
             } else {

@@ -65,6 +65,7 @@ pub(crate) async fn attempt(
         id: String::new(),
         json_mode: false,
         ids: None,
+        echo: None,
     };
     let (uri, body) =
         count_tokens::request(&plan, provider, &ctx.head, &ctx.body).map_err(Step::Final)?;

@@ -42,7 +42,7 @@ where
     }
     let stored = open(&state.sealing, id)
         .filter(|s| s.namespace == namespace_of(&key.attribution.key))
-        .ok_or_else(|| ApiError::UnknownResponseId(crate::base::clip(id, 64).into()))?;
+        .ok_or_else(|| ApiError::ResponseNotFound(crate::base::clip(id, 64).into()))?;
     let provider = snapshot
         .providers
         .get(&stored.provider)

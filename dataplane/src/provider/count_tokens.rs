@@ -27,7 +27,8 @@ fn translated(plan: &Plan, client: &[u8]) -> Result<Value, TranslateError> {
         // Needed by the message translation; not sent.
         obj.insert("max_tokens".into(), json!(1));
     }
-    plan.request_value(v)
+    // An Anthropic client's plan keeps nothing from its request: a copy does.
+    plan.clone().request_value(v)
 }
 
 /// The provider's URL and body for counting the client's request (`head`, `body`) with

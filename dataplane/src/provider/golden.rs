@@ -86,6 +86,7 @@ fn plan(client: Api, wire: Wire, provider: ProviderKind, model: &str, include_us
         id: "tg-test".into(),
         json_mode: false,
         ids: None,
+        echo: None,
     }
 }
 
@@ -109,6 +110,33 @@ fn upstream_stream(wire_dir: &str, raw: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The client formats of the matrix. A Responses client's `openai` wire is a chat-only
+/// OpenAI-compatible server (OpenAI and Azure OpenAI serve the Responses API themselves).
+const CLIENTS: [(&str, Api); 3] = [
+    ("openai", Api::OpenAi),
+    ("anthropic", Api::Anthropic),
+    ("responses", Api::Responses),
+];
+
+/// The plan of a pair, with its output folder's name.
+fn pair(
+    (client_dir, client): (&str, Api),
+    (wire_dir, wire, provider, model): (&str, Wire, ProviderKind, &str),
+    include_usage: bool,
+) -> (String, Plan) {
+    let (wire_dir, provider) = match (client, wire) {
+        (Api::Responses, Wire::OpenAi) => ("openai-compatible", ProviderKind::OpenAiCompatible),
+        _ => (wire_dir, provider),
+    };
+    let mut p = plan(client, wire, provider, model, include_usage);
+    if client == Api::Responses {
+        // Answers echo their request: this one's (it asks for reasoning summaries).
+        let request = std::fs::read(root().join("client/responses/items.json")).unwrap();
+        p.request(&request).unwrap();
+    }
+    (format!("{client_dir}-{wire_dir}"), p)
+}
+
 fn run_stream(p: &Plan, bytes: &[u8], chunk: usize) -> String {
     let mut chain = p.stream();
     let mut out = String::new();
@@ -121,10 +149,14 @@ fn run_stream(p: &Plan, bytes: &[u8], chunk: usize) -> String {
 #[test]
 fn every_pair() {
     let root = root();
-    for (client_dir, client) in [("openai", Api::OpenAi), ("anthropic", Api::Anthropic)] {
+    for (client_dir, client) in CLIENTS {
         for (wire_dir, wire, provider, model) in WIRES {
-            let p = plan(client, wire, provider, model, false);
-            let out_dir = root.join(format!("golden/{client_dir}-{wire_dir}"));
+            let (name, p) = pair(
+                (client_dir, client),
+                (wire_dir, wire, provider, model),
+                false,
+            );
+            let out_dir = root.join(format!("golden/{name}"));
             // Requests.
             for (name, body) in cases(&root.join("client").join(client_dir), "json") {
                 let mut p = p.clone();
@@ -177,10 +209,14 @@ fn every_pair() {
             for (name, raw) in cases(&up, ext) {
                 let bytes = upstream_stream(wire_dir, &raw);
                 for include_usage in [false, true] {
-                    if include_usage && client == Api::Anthropic {
+                    if include_usage && client != Api::OpenAi {
                         continue;
                     }
-                    let p = plan(client, wire, provider, model, include_usage);
+                    let (_, p) = pair(
+                        (client_dir, client),
+                        (wire_dir, wire, provider, model),
+                        include_usage,
+                    );
                     let whole = run_stream(&p, &bytes, bytes.len());
                     for chunk in [1, 5, 64] {
                         assert_eq!(
@@ -208,9 +244,13 @@ fn every_pair() {
 #[test]
 fn cut_streams_end_in_an_error() {
     let root = root();
-    for (client_dir, client) in [("openai", Api::OpenAi), ("anthropic", Api::Anthropic)] {
+    for (client_dir, client) in CLIENTS {
         for (wire_dir, wire, provider, model) in WIRES {
-            let p = plan(client, wire, provider, model, false);
+            let (_, p) = pair(
+                (client_dir, client),
+                (wire_dir, wire, provider, model),
+                false,
+            );
             if p.passes_response() {
                 continue;
             }
@@ -236,7 +276,9 @@ fn cut_streams_end_in_an_error() {
             let tail = out.rsplit("\n\n").nth(1).unwrap_or("");
             assert!(tail.contains("error"), "{client_dir}-{wire_dir}: {out}");
             assert!(
-                !out.contains("[DONE]") && !out.contains("message_stop"),
+                !out.contains("[DONE]")
+                    && !out.contains("message_stop")
+                    && !out.contains("response.completed"),
                 "{client_dir}-{wire_dir}: {out}"
             );
         }

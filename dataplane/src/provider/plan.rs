@@ -37,6 +37,8 @@ pub struct Plan {
     /// A passed-through Responses answer's ids become the client's (see
     /// [`crate::translate::ids`]).
     pub ids: Option<Arc<dyn crate::translate::ids::IdSeal>>,
+    /// A translated Responses request: what its answer echoes (set by [`Plan::request`]).
+    pub echo: Option<Arc<crate::translate::responses::Echo>>,
 }
 
 impl Plan {
@@ -77,13 +79,13 @@ impl Plan {
     }
 
     /// The body sent upstream for a translated request (`passes_request` is false).
-    pub fn request(&self, body: &[u8]) -> Result<Vec<u8>, TranslateError> {
+    pub fn request(&mut self, body: &[u8]) -> Result<Vec<u8>, TranslateError> {
         let out = self.request_value(crate::translate::parse_client_json(body)?)?;
         serde_json::to_vec(&out).map_err(|_| TranslateError::Internal)
     }
 
     /// [`Plan::request`] on a parsed body.
-    pub fn request_value(&self, client: Value) -> Result<Value, TranslateError> {
+    pub fn request_value(&mut self, client: Value) -> Result<Value, TranslateError> {
         Ok(match (self.client, self.wire) {
             (Api::Anthropic, Wire::VertexAnthropic) => super::anthropic::vertex_body(client),
             (Api::Anthropic, _) => {
@@ -105,21 +107,42 @@ impl Plan {
             }
             (Api::OpenAi, _) => self.openai_to_wire(&client)?,
             (Api::Responses, _) => {
-                return Err(TranslateError::BadRequest(format!(
-                    "The Responses API is served on OpenAI and Azure OpenAI providers; this \
-                     route's target is {:?}, to which it is not translated. Use \
-                     /v1/chat/completions for this model.",
-                    self.provider
-                )));
+                let translated = crate::translate::responses::request::request(
+                    &client,
+                    self.responses_target(),
+                )?;
+                self.json_mode = translated.echo.json_mode();
+                self.echo = Some(Arc::new(translated.echo));
+                self.openai_to_wire(&translated.chat)?
             }
         })
+    }
+
+    /// How a translated Responses request's target takes reasoning and its token limit.
+    fn responses_target(&self) -> crate::translate::responses::Target {
+        use crate::translate::responses::Target;
+        match self.wire {
+            Wire::OpenAi => {
+                Target::Chat(crate::translate::anthropic_to_openai::MaxTokensField::MaxTokens)
+            }
+            Wire::Anthropic | Wire::VertexAnthropic => Target::Claude,
+            Wire::Bedrock if self.model.contains("claude") => Target::Claude,
+            Wire::Bedrock => Target::NoReasoning,
+            Wire::Gemini => Target::Gemini,
+        }
+    }
+
+    /// Claude's thinking is kept in the pivot (as `thinking_blocks`) for clients that can
+    /// carry it back: Anthropic's, and the Responses API's reasoning items.
+    fn keeps_thinking(&self) -> bool {
+        self.client != Api::OpenAi
     }
 
     /// JSON mode went through a forced tool (the translators for these wire formats send
     /// one), so the answer's call is its content.
     fn json_by_tool(&self) -> bool {
         self.json_mode
-            && self.client == Api::OpenAi
+            && self.client != Api::Anthropic
             && matches!(
                 self.wire,
                 Wire::Anthropic | Wire::VertexAnthropic | Wire::Bedrock
@@ -171,9 +194,11 @@ impl Plan {
             serde_json::from_slice(&body).map_err(|_| TranslateError::UpstreamBody)?;
         let openai = match self.wire {
             Wire::OpenAi => upstream,
-            Wire::Anthropic | Wire::VertexAnthropic => {
-                super::anthropic::translate::response_value(&upstream, self.created)
-            }
+            Wire::Anthropic | Wire::VertexAnthropic => super::anthropic::translate::response_value(
+                &upstream,
+                self.created,
+                self.keeps_thinking(),
+            ),
             Wire::Gemini => {
                 super::gemini::translate::response_value(&upstream, &self.model, self.created)
             }
@@ -182,7 +207,7 @@ impl Plan {
                 &self.model,
                 &self.id,
                 self.created,
-                self.client == Api::Anthropic,
+                self.keeps_thinking(),
             ),
         };
         let mut openai = openai;
@@ -193,8 +218,10 @@ impl Plan {
         let out = match self.client {
             Api::OpenAi => openai,
             Api::Anthropic => crate::translate::anthropic_to_openai::response_value(&openai),
-            // Its requests are refused before they are sent (`request_value`).
-            Api::Responses => return Err(TranslateError::Internal),
+            Api::Responses => crate::translate::responses::response(
+                &openai,
+                self.echo.as_deref().ok_or(TranslateError::Internal)?,
+            ),
         };
         Ok((
             serde_json::to_vec(&out)
@@ -248,6 +275,12 @@ impl Plan {
             (Api::Anthropic, false) => Some(Box::new(
                 crate::translate::anthropic_to_openai::StreamTranslator::new(),
             )),
+            (Api::Responses, false) => self.echo.clone().map(|echo| {
+                Box::new(crate::translate::responses::stream::Stream::new(
+                    echo,
+                    self.created,
+                )) as Box<dyn StreamStep>
+            }),
             _ => None,
         };
         let usage_in_chunks = self.include_usage || second.is_some();
@@ -255,9 +288,13 @@ impl Plan {
             // Same-format pairs are relayed (above); an Anthropic client on an OpenAI model
             // reads OpenAI's chunks with their usage.
             (_, Wire::OpenAi) => Box::new(OpenAiMeter::new(usage_in_chunks)),
-            (_, Wire::Anthropic | Wire::VertexAnthropic) => Box::new(
-                super::anthropic::translate::StreamTranslator::new(self.created, usage_in_chunks),
-            ),
+            (_, Wire::Anthropic | Wire::VertexAnthropic) => {
+                Box::new(super::anthropic::translate::StreamTranslator::new(
+                    self.created,
+                    usage_in_chunks,
+                    self.keeps_thinking(),
+                ))
+            }
             (_, Wire::Gemini) => Box::new(super::gemini::translate::StreamTranslator::new(
                 &self.model,
                 self.created,
@@ -268,7 +305,7 @@ impl Plan {
                 &self.model,
                 self.created,
                 usage_in_chunks,
-                self.client == Api::Anthropic,
+                self.keeps_thinking(),
             )),
         };
         let first = if self.json_by_tool() {

@@ -11,6 +11,7 @@ pub mod anthropic_to_openai;
 pub mod head;
 pub mod ids;
 pub mod relay;
+pub mod responses;
 
 use serde_json::Value;
 

@@ -125,7 +125,22 @@ pub fn request_value(obj: &Value, model: &str) -> Result<Value, TranslateError> 
                 turns.push("user", blocks);
             }
             Turn::Assistant(m, content) => {
-                let blocks = content_blocks(content, &format!("{param}.content"))?;
+                // Thinking first, as the model wrote it (Responses clients' reasoning items,
+                // via the pivot): Claude checks their signatures.
+                let mut blocks: Vec<Value> = m
+                    .get("thinking_blocks")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                    .filter(|b| {
+                        matches!(
+                            b.get("type").and_then(Value::as_str),
+                            Some("thinking" | "redacted_thinking")
+                        )
+                    })
+                    .cloned()
+                    .collect();
+                blocks.extend(content_blocks(content, &format!("{param}.content"))?);
                 turns.assistant("assistant", m, param, blocks, |call| {
                     json!({"type": "tool_use", "id": call.id, "name": call.name, "input": call.arguments})
                 })?;
@@ -173,7 +188,8 @@ pub fn request_value(obj: &Value, model: &str) -> Result<Value, TranslateError> 
             out.insert("system".into(), Value::Array(system));
         }
     }
-    for key in ["temperature", "top_p", "stream"] {
+    // `thinking` is the pivot's extension member (from the Responses API's reasoning).
+    for key in ["temperature", "top_p", "stream", "thinking"] {
         if let Some(v) = obj.get(key).filter(|v| !v.is_null()) {
             out.insert(key.into(), v.clone());
         }
@@ -206,13 +222,15 @@ pub fn finish_reason(stop_reason: &str) -> &'static str {
 /// The OpenAI chat completion for an Anthropic message.
 pub fn response(body: &[u8], created: i64) -> Result<Vec<u8>, TranslateError> {
     let m: Value = serde_json::from_slice(body).map_err(|_| TranslateError::UpstreamBody)?;
-    serde_json::to_vec(&response_value(&m, created)).map_err(|_| TranslateError::Internal)
+    serde_json::to_vec(&response_value(&m, created, false)).map_err(|_| TranslateError::Internal)
 }
 
-/// [`response`] on a parsed message.
-pub fn response_value(m: &Value, created: i64) -> Value {
+/// [`response`] on a parsed message. With `thinking`, thinking blocks ride along as the
+/// pivot's `thinking_blocks` (for clients that carry them back).
+pub fn response_value(m: &Value, created: i64, thinking: bool) -> Value {
     let mut text = String::new();
     let mut calls = Vec::new();
+    let mut thinking_blocks = Vec::new();
     for b in m
         .get("content")
         .and_then(Value::as_array)
@@ -226,9 +244,14 @@ pub fn response_value(m: &Value, created: i64) -> Value {
                 b.get("name").cloned().unwrap_or(Value::Null),
                 b.get("input"),
             )),
+            Some("thinking" | "redacted_thinking") if thinking => thinking_blocks.push(b.clone()),
             // Thinking blocks have no place in a chat completion.
             _ => {}
         }
+    }
+    let mut message = crate::translate::openai_message(text, calls);
+    if !thinking_blocks.is_empty() {
+        message["thinking_blocks"] = Value::Array(thinking_blocks);
     }
     let stop = m
         .get("stop_reason")
@@ -243,7 +266,7 @@ pub fn response_value(m: &Value, created: i64) -> Value {
         m.get("model").cloned().unwrap_or(Value::Null),
         vec![json!({
             "index": 0,
-            "message": crate::translate::openai_message(text, calls),
+            "message": message,
             "logprobs": null,
             "finish_reason": finish_reason(stop)
         })],
@@ -276,6 +299,8 @@ pub struct StreamTranslator {
     /// A content chunk around its text, built at `message_start`, so the events that
     /// are most of a stream (text deltas) cost one small parse and a copy.
     text: Option<crate::translate::TextChunk>,
+    /// Pass thinking on as the pivot's `delta.thinking_block` pieces.
+    thinking: bool,
 }
 
 /// Just enough of an event to recognise a text delta without building a document.
@@ -296,7 +321,7 @@ struct TextDelta<'a> {
 }
 
 impl StreamTranslator {
-    pub fn new(created: i64, include_usage: bool) -> Self {
+    pub fn new(created: i64, include_usage: bool, thinking: bool) -> Self {
         Self {
             out: crate::translate::ChunkWriter {
                 id: String::new(),
@@ -308,6 +333,7 @@ impl StreamTranslator {
             done: false,
             tool_blocks: Vec::new(),
             text: None,
+            thinking,
         }
     }
 
@@ -348,8 +374,14 @@ impl StreamTranslator {
             }
             "content_block_start" => {
                 let block = data.get("content_block").unwrap_or(&Value::Null);
-                if block.get("type").and_then(Value::as_str) != Some("tool_use") {
-                    return String::new();
+                match block.get("type").and_then(Value::as_str) {
+                    Some("tool_use") => {}
+                    Some("redacted_thinking") if self.thinking => {
+                        let piece =
+                            json!({"data": block.get("data").cloned().unwrap_or(Value::Null)});
+                        return self.out.delta(json!({ "thinking_block": piece }), None);
+                    }
+                    _ => return String::new(),
                 }
                 let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);
                 let call = self.tool_blocks.len();
@@ -369,6 +401,22 @@ impl StreamTranslator {
                 Some("text_delta") => {
                     let text = data.pointer("/delta/text").cloned().unwrap_or(Value::Null);
                     self.out.delta(json!({"content": text}), None)
+                }
+                Some("thinking_delta") if self.thinking => {
+                    let t = data
+                        .pointer("/delta/thinking")
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    self.out
+                        .delta(json!({"thinking_block": {"thinking": t}}), None)
+                }
+                Some("signature_delta") if self.thinking => {
+                    let s = data
+                        .pointer("/delta/signature")
+                        .cloned()
+                        .unwrap_or(Value::Null);
+                    self.out
+                        .delta(json!({"thinking_block": {"signature": s}}), None)
                 }
                 Some("input_json_delta") => {
                     let index = data.get("index").and_then(Value::as_u64).unwrap_or(0);

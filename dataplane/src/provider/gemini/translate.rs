@@ -175,6 +175,17 @@ pub fn request_value(obj: &Value) -> Result<Value, TranslateError> {
             config.insert(to.into(), v.clone());
         }
     }
+    // OpenAI's reasoning effort as a thinking budget (as Gemini's own OpenAI API maps it).
+    if let Some(effort) = obj.get("reasoning_effort").and_then(Value::as_str) {
+        let budget = match effort {
+            "none" => 0,
+            "minimal" => 512,
+            "low" => 1024,
+            "medium" => 8192,
+            _ => 24576,
+        };
+        config.insert("thinkingConfig".into(), json!({"thinkingBudget": budget}));
+    }
     match obj.pointer("/response_format/type").and_then(Value::as_str) {
         Some("json_object") => {
             config.insert("responseMimeType".into(), json!("application/json"));

@@ -104,7 +104,7 @@ fn responses() {
 #[test]
 fn fast_text_chunks_equal_slow_ones() {
     for include_usage in [false, true] {
-        let mut t = StreamTranslator::new(5, include_usage);
+        let mut t = StreamTranslator::new(5, include_usage, false);
         let start = crate::base::sse::Event {
             name: "message_start".into(),
             data: r#"{"type":"message_start","message":{"id":"msg_\"x","model":"claude","usage":{"input_tokens":1}}}"#.into(),
@@ -134,7 +134,7 @@ fn streams_translate_event_by_event_whatever_the_chunking() {
     let raw = input("upstream/anthropic/text.sse");
     let run = |cut: usize| {
         let mut parser = Parser::default();
-        let mut t = StreamTranslator::new(1_700_000_000, true);
+        let mut t = StreamTranslator::new(1_700_000_000, true, false);
         let mut out = String::new();
         for part in raw.chunks(cut) {
             for event in parser.feed(part).unwrap() {
@@ -150,7 +150,7 @@ fn streams_translate_event_by_event_whatever_the_chunking() {
     }
     // Without include_usage: no usage fields at all.
     let mut parser = Parser::default();
-    let mut t = StreamTranslator::new(1, false);
+    let mut t = StreamTranslator::new(1, false, false);
     let mut out = String::new();
     for event in parser.feed(&raw).unwrap() {
         out += &t.event(&event);
