@@ -107,12 +107,13 @@ impl Plan {
             }
             (Api::OpenAi, _) => self.openai_to_wire(&client)?,
             (Api::Responses, _) => {
-                let translated = crate::translate::responses::request::request(
+                let mut translated = crate::translate::responses::request::request(
                     &client,
                     self.responses_target(),
                 )?;
                 self.json_mode = translated.echo.json_mode();
                 self.echo = Some(Arc::new(translated.echo));
+                translated.chat["model"] = Value::String(self.model.to_string());
                 self.openai_to_wire(&translated.chat)?
             }
         })
@@ -275,12 +276,16 @@ impl Plan {
             (Api::Anthropic, false) => Some(Box::new(
                 crate::translate::anthropic_to_openai::StreamTranslator::new(),
             )),
-            (Api::Responses, false) => self.echo.clone().map(|echo| {
-                Box::new(crate::translate::responses::stream::Stream::new(
+            (Api::Responses, false) => {
+                // The echo is set when the request is translated, which comes first.
+                let echo = self.echo.clone().unwrap_or_else(|| {
+                    Arc::new(crate::translate::responses::Echo::of(&Value::Null))
+                });
+                Some(Box::new(crate::translate::responses::stream::Stream::new(
                     echo,
                     self.created,
-                )) as Box<dyn StreamStep>
-            }),
+                )))
+            }
             _ => None,
         };
         let usage_in_chunks = self.include_usage || second.is_some();

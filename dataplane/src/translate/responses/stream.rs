@@ -6,6 +6,10 @@
 //! `response.incomplete`) with the whole Response and its usage. Every event carries its
 //! `sequence_number`, counted from 0.
 
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde::de::IgnoredAny;
 use serde_json::{Value, json};
 
 use super::{Echo, call_item, message_item, reasoning_item, text_part};
@@ -334,7 +338,7 @@ impl Stream {
         );
     }
 
-    fn chunk(&mut self, c: &Value) -> String {
+    pub(super) fn chunk(&mut self, c: &Value) -> String {
         let mut out = String::new();
         if let Some(error) = c.get("error") {
             let message = error
@@ -420,10 +424,77 @@ impl Stream {
     }
 }
 
+/// Just enough of a pivot chunk to recognise one that only adds text, without building
+/// a document: most of a stream.
+#[derive(Deserialize)]
+struct TextOnly<'a> {
+    #[serde(borrow)]
+    choices: [TextChoice<'a>; 1],
+    #[serde(default)]
+    usage: Option<IgnoredAny>,
+    #[serde(default)]
+    error: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct TextChoice<'a> {
+    #[serde(borrow)]
+    delta: TextDelta<'a>,
+    #[serde(default)]
+    finish_reason: Option<IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+struct TextDelta<'a> {
+    #[serde(borrow)]
+    content: Cow<'a, str>,
+    #[serde(default)]
+    tool_calls: Option<IgnoredAny>,
+    #[serde(default)]
+    thinking_block: Option<IgnoredAny>,
+}
+
+impl Stream {
+    /// The `response.output_text.delta` event for a chunk that only adds text to the open
+    /// message, written without building a document (the same bytes as the general path).
+    fn text_fast(&mut self, data: &str) -> Option<String> {
+        if !matches!(self.open, Open::Text { .. }) {
+            return None;
+        }
+        let c: TextOnly<'_> = serde_json::from_str(data).ok()?;
+        let [choice] = &c.choices;
+        if c.usage.is_some()
+            || c.error.is_some()
+            || choice.finish_reason.is_some()
+            || choice.delta.tool_calls.is_some()
+            || choice.delta.thinking_block.is_some()
+            || choice.delta.content.is_empty()
+        {
+            return None;
+        }
+        let delta = &choice.delta.content;
+        if let Open::Text { text } = &mut self.open {
+            text.push_str(delta);
+        }
+        let quoted = serde_json::to_string(delta.as_ref()).ok()?;
+        let item = serde_json::to_string(&self.item_id).ok()?;
+        let out = format!(
+            "event: response.output_text.delta\ndata: {{\"content_index\":0,\"delta\":{quoted},\"item_id\":{item},\"logprobs\":[],\"output_index\":{},\"sequence_number\":{},\"type\":\"response.output_text.delta\"}}\n\n",
+            self.index(),
+            self.seq,
+        );
+        self.seq += 1;
+        Some(out)
+    }
+}
+
 impl crate::translate::StreamStep for Stream {
     fn event(&mut self, event: &sse::Event) -> String {
         if self.done {
             return String::new();
+        }
+        if let Some(out) = self.text_fast(&event.data) {
+            return out;
         }
         if event.data.trim() == "[DONE]" {
             return self.complete();

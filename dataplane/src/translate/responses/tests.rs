@@ -239,3 +239,25 @@ fn feed_done(s: &mut stream::Stream) -> String {
         data: "[DONE]".into(),
     })
 }
+
+#[test]
+fn text_chunks_take_the_fast_path_with_the_same_result() {
+    let echo = std::sync::Arc::new(Echo::of(&json!({"model": "smart"})));
+    let chunks = [
+        json!({"id": "chatcmpl-1", "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "A"}, "finish_reason": null}]}),
+        json!({"id": "chatcmpl-1", "model": "m", "choices": [{"index": 0, "delta": {"content": " \"quoted\" \u{e9}\n"}, "logprobs": null, "finish_reason": null}], "usage": null}),
+        json!({"id": "chatcmpl-1", "model": "m", "choices": [{"index": 0, "delta": {"content": "B"}, "finish_reason": null}]}),
+        json!({"id": "chatcmpl-1", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}),
+    ];
+    let mut fast = stream::Stream::new(echo.clone(), 7);
+    let mut general = stream::Stream::new(echo, 7);
+    let (mut a, mut b) = (String::new(), String::new());
+    for c in &chunks {
+        a += &feed(&mut fast, c.clone());
+        b += &general.chunk(c);
+    }
+    a += &feed_done(&mut fast);
+    b += &feed_done(&mut general);
+    assert_eq!(a, b);
+    assert!(a.contains("\"text\":\"A \\\"quoted\\\" é\\nB\""), "{a}");
+}
