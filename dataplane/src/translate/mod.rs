@@ -696,16 +696,16 @@ pub(crate) fn stream_error_event(client: crate::base::Api, message: &str) -> Str
     match client {
         crate::base::Api::OpenAi => openai_error_chunk(message, "server_error", Value::Null),
         crate::base::Api::Anthropic => anthropic_error_event(message),
-        crate::base::Api::Responses => responses_error_event(message, "server_error"),
+        crate::base::Api::Responses => responses_error_event(message, "server_error", 0),
     }
 }
 
-/// The Responses API's stream error event (`event: error`). Its `sequence_number` is not
-/// known to the gateway, which does not count the provider's events: 0.
-pub(crate) fn responses_error_event(message: &str, code: &str) -> String {
+/// The Responses API's stream error event (`event: error`), numbered `sequence` (the one
+/// after the last event the client got).
+pub(crate) fn responses_error_event(message: &str, code: &str, sequence: u64) -> String {
     sse_event(
         "error",
-        &serde_json::json!({"type": "error", "code": code, "message": message, "param": null, "sequence_number": 0}),
+        &serde_json::json!({"type": "error", "code": code, "message": message, "param": null, "sequence_number": sequence}),
     )
 }
 

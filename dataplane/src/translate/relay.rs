@@ -38,6 +38,9 @@ pub struct Relay {
     scanned: usize,
     /// The stream's last event so far is its proper end (`[DONE]`, `message_stop`).
     complete: bool,
+    /// A Responses stream's last `sequence_number` so far: an error event the gateway
+    /// writes follows it.
+    sequence: Option<u64>,
 }
 
 /// Where the last complete event of `b` ends (after its blank line), scanning from `from`.
@@ -62,6 +65,25 @@ static RESPONSE_ENDS: LazyLock<[Finder<'static>; 3]> = LazyLock::new(|| {
         Finder::new(b"\"response.failed\""),
     ]
 });
+
+static SEQUENCE_KEY: LazyLock<memchr::memmem::FinderRev<'static>> =
+    LazyLock::new(|| memchr::memmem::FinderRev::new(b"\"sequence_number\":"));
+
+/// The last `sequence_number` in `b` (whole Responses events), searched from the end, so
+/// only the last event is read.
+fn last_sequence_number(b: &[u8]) -> Option<u64> {
+    let at = SEQUENCE_KEY.rfind(b)? + SEQUENCE_KEY.needle().len();
+    let rest = &b[at..];
+    let start = rest.iter().position(|c| !c.is_ascii_whitespace())?;
+    let digits = rest[start..]
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    std::str::from_utf8(&rest[start..start + digits])
+        .ok()?
+        .parse()
+        .ok()
+}
 
 /// A Responses event that ends its stream.
 fn has_response_end(b: &[u8]) -> bool {
@@ -112,6 +134,7 @@ impl Relay {
             pending: Vec::new(),
             scanned: 0,
             complete: false,
+            sequence: None,
         }
     }
 
@@ -147,6 +170,8 @@ impl Relay {
             };
             if let Some(end) = end {
                 self.complete = memchr::memmem::find(tail, end).is_some();
+            } else if let Some(n) = last_sequence_number(&buf[..complete]) {
+                self.sequence = Some(n);
             }
         }
         Ok(self.meter(buf.slice(..complete)))
@@ -159,12 +184,19 @@ impl Relay {
         if self.complete {
             return rest;
         }
-        let client = match self.meter {
-            Meter::OpenAi { .. } => crate::base::Api::OpenAi,
-            Meter::Anthropic(_) => crate::base::Api::Anthropic,
-            Meter::Responses(_) => crate::base::Api::Responses,
+        let error = match self.meter {
+            Meter::OpenAi { .. } => {
+                super::stream_error_event(crate::base::Api::OpenAi, super::STREAM_CUT)
+            }
+            Meter::Anthropic(_) => {
+                super::stream_error_event(crate::base::Api::Anthropic, super::STREAM_CUT)
+            }
+            Meter::Responses(_) => super::responses_error_event(
+                super::STREAM_CUT,
+                "server_error",
+                self.sequence.map_or(0, |n| n + 1),
+            ),
         };
-        let error = super::stream_error_event(client, super::STREAM_CUT);
         let mut out = rest.to_vec();
         out.extend_from_slice(error.as_bytes());
         out.into()
@@ -369,6 +401,31 @@ mod tests {
         assert!(!has_usage_event(
             b"event: message_stop\ndata: {\"type\":\"message_stop\"}"
         ));
+    }
+
+    #[test]
+    fn a_cut_responses_stream_ends_with_the_next_sequence_number() {
+        let stream = concat!(
+            "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{}}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"delta\":\"sequence_number\",\"sequence_number\": 7}\n\n",
+            "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"seq",
+        );
+        for piece in [1, 9, stream.len()] {
+            let mut r = Relay::responses(None);
+            for part in stream.as_bytes().chunks(piece) {
+                r.feed(Bytes::copy_from_slice(part)).unwrap();
+            }
+            let cut = String::from_utf8(r.cut().to_vec()).unwrap();
+            assert!(cut.contains("\"sequence_number\":8"), "{cut}");
+            assert!(cut.contains("event: error"), "{cut}");
+        }
+        // Cut before any event: the first number.
+        let mut r = Relay::responses(None);
+        assert!(
+            String::from_utf8(r.cut().to_vec())
+                .unwrap()
+                .contains("\"sequence_number\":0")
+        );
     }
 
     #[test]
