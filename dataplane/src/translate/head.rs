@@ -190,6 +190,35 @@ impl<'de> Deserialize<'de> for Attachments {
     }
 }
 
+/// The Responses API's `input`: a string (no attachments), or items, walked as messages
+/// are (a message item's `content` parts count by their `type`).
+#[derive(Default)]
+struct Input(Attachments);
+
+impl<'de> Deserialize<'de> for Input {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Items;
+        impl<'de> serde::de::Visitor<'de> for Items {
+            type Value = Input;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or an array of items")
+            }
+            fn visit_str<E>(self, _: &str) -> Result<Input, E> {
+                Ok(Input::default())
+            }
+            fn visit_unit<E>(self) -> Result<Input, E> {
+                Ok(Input::default())
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, seq: A) -> Result<Input, A::Error> {
+                let mut out = Attachments::default();
+                serde::de::Visitor::visit_seq(walk::Node(&mut out, walk::At::Messages), seq)?;
+                Ok(Input(out))
+            }
+        }
+        d.deserialize_any(Items)
+    }
+}
+
 /// `stream_options`: an object (or null); anything else is the client's error, not a
 /// set of options.
 struct StreamOptions {
@@ -270,6 +299,9 @@ struct Head<'a> {
     n: Option<u64>,
     #[serde(default)]
     messages: Attachments,
+    /// The Responses API's items, walked as messages are.
+    #[serde(default)]
+    input: Input,
     #[serde(default)]
     tools: WebSearches,
     #[serde(default)]
@@ -427,7 +459,11 @@ impl ChatHead {
                 .unwrap_or(false),
             max_tokens,
             choices,
-            attachments: head.messages,
+            attachments: Attachments {
+                media: head.messages.media + head.input.0.media,
+                files: head.messages.files + head.input.0.files,
+                messages: head.messages.messages + head.input.0.messages,
+            },
             web_searches: head.tools.most,
             web_search_unbounded: head.tools.unbounded,
             temperature: head.temperature.0,
@@ -619,6 +655,23 @@ mod tests {
             ChatHead::parse(br#"{"model":"m","messages":"hi"}"#),
             Err(TranslateError::BadRequest(_))
         ));
+        // The Responses API's items: a string input holds none.
+        let body = br#"{"model":"m","input":[
+            {"role":"user","content":[
+                {"type":"input_text","text":"these"},
+                {"type":"input_image","image_url":"https://example.com/a.png"},
+                {"type":"input_file","file_id":"file-1"}]},
+            {"type":"function_call_output","call_id":"c","output":"ok"}]}"#;
+        assert_eq!(
+            ChatHead::parse(body).unwrap().attachments,
+            Attachments {
+                media: 1,
+                files: 1,
+                messages: 2
+            }
+        );
+        let plain = ChatHead::parse(br#"{"model":"m","input":"an image_url"}"#).unwrap();
+        assert_eq!(plain.attachments, Attachments::default());
         let plain =
             ChatHead::parse(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
         assert_eq!(
