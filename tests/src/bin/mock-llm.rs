@@ -12,7 +12,13 @@ ENDPOINTS
   POST /v1/chat/completions                     OpenAI chat completions (JSON, or SSE with \"stream\": true;
                                                 a final usage chunk when stream_options.include_usage is set)
   POST /openai/deployments/{d}/chat/completions Azure OpenAI (api-key header, api-version query required)
-  POST /v1/messages                             Anthropic Messages (x-api-key, anthropic-version)
+  POST /v1/responses, /openai/v1/responses      OpenAI / Azure Responses API (JSON or typed SSE events;
+                                                stored per key unless store: false, previous_response_id)
+  GET  /v1/responses/{id}, DELETE, .../input_items, POST .../cancel, POST /v1/responses/input_tokens
+  GET  /v1/responses upgraded to a WebSocket     the Responses WebSocket mode: response.create frames in,
+                                                the stream's events out, one text frame each
+  POST /v1/messages                             Anthropic Messages (x-api-key, anthropic-version;
+                                                extended thinking with signed thinking blocks)
   POST /v1beta/models/{m}:generateContent       Gemini API (x-goog-api-key or ?key=);
        /v1beta/models/{m}:streamGenerateContent  with ?alt=sse for server-sent events
   POST /v1/projects/{p}/locations/{r}/publishers/google/models/{m}:generateContent (and stream)

@@ -1,7 +1,8 @@
 //! mock-llm: a fake LLM provider for tests, the quick start and benchmarks.
 //!
 //! It speaks the providers' real wire formats (OpenAI chat completions and Responses,
-//! Anthropic messages, Gemini, Bedrock; JSON and SSE), checks requests the way the real APIs
+//! Anthropic messages, Gemini, Bedrock; JSON and SSE, and the Responses API's WebSocket
+//! mode), checks requests the way the real APIs
 //! do, and misbehaves on request: latency, error statuses with `retry-after`, resets, and
 //! streams cut half way.
 
@@ -12,6 +13,7 @@ pub mod embeddings;
 pub mod gemini;
 pub mod openai;
 pub mod responses;
+mod responses_ws;
 pub mod server;
 pub mod tools;
 

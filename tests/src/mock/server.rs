@@ -18,7 +18,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use super::directives::{Directives, Failure, Refusal};
 use super::{anthropic, bedrock, embeddings, gemini, openai, responses};
 
-type Body = BoxBody<Bytes, std::io::Error>;
+pub(super) type Body = BoxBody<Bytes, std::io::Error>;
 
 /// mock-llm's settings.
 #[derive(Clone, Debug, Default)]
@@ -98,7 +98,7 @@ fn presented_key(headers: &http::HeaderMap) -> Option<&str> {
 }
 
 #[derive(Debug)]
-struct Shared {
+pub(super) struct Shared {
     config: Config,
     faults: Mutex<Vec<Fault>>,
     requests: Mutex<VecDeque<Value>>,
@@ -123,7 +123,7 @@ fn full(status: StatusCode, body: impl Into<Bytes>, content_type: &'static str) 
     r
 }
 
-fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
+pub(super) fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     full(
         status,
         serde_json::to_vec(v).unwrap_or_default(),
@@ -131,7 +131,12 @@ fn json_response(status: StatusCode, v: &Value) -> Response<Body> {
     )
 }
 
-fn error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response<Body> {
+pub(super) fn error(
+    status: StatusCode,
+    message: &str,
+    kind: &str,
+    code: Option<&str>,
+) -> Response<Body> {
     json_response(status, &openai::error_body(message, kind, None, code))
 }
 
@@ -162,7 +167,13 @@ impl Shared {
         Ok((parts, body))
     }
 
-    fn record(&self, method: &Method, uri: &http::Uri, headers: &http::HeaderMap, body: &[u8]) {
+    pub(super) fn record(
+        &self,
+        method: &Method,
+        uri: &http::Uri,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) {
         let header_map: serde_json::Map<String, Value> = headers
             .iter()
             .filter_map(|(k, v)| {
@@ -201,7 +212,7 @@ impl Shared {
     }
 
     /// OpenAI's auth (`Authorization: Bearer`) or Azure's (`api-key`) on a request.
-    fn check_openai_key(
+    pub(super) fn check_openai_key(
         &self,
         headers: &http::HeaderMap,
         azure: bool,
@@ -308,20 +319,29 @@ async fn create_response(
     azure: bool,
 ) -> Result<Response<Body>, std::io::Error> {
     let (parts, body) = shared.read_and_record(req).await?;
-    if let Err(response) = shared.check_openai_key(&parts.headers, azure) {
+    answer_create(shared, &parts.headers, body, azure).await
+}
+
+/// The answer to a Responses create request (`body`, sent with `headers`), whether it
+/// came over HTTP or as a WebSocket frame.
+pub(super) async fn answer_create(
+    shared: Arc<Shared>,
+    headers: &http::HeaderMap,
+    body: Bytes,
+    azure: bool,
+) -> Result<Response<Body>, std::io::Error> {
+    if let Err(response) = shared.check_openai_key(headers, azure) {
         return Ok(*response);
     }
     let r = match responses::parse(&body) {
         Ok(r) => r,
         Err(e) => return Ok(json_response(StatusCode::BAD_REQUEST, &e)),
     };
-    let d = shared
-        .directives(&parts.headers, &r.texts(), &r.model)
-        .await?;
+    let d = shared.directives(headers, &r.texts(), &r.model).await?;
     if let Some(failed) = openai_failure(&d) {
         return Ok(failed);
     }
-    let account = account(&parts.headers);
+    let account = account(headers);
     let history = match &r.previous_response_id {
         None => Vec::new(),
         Some(id) => match lock(&shared.responses).get(&account, id) {
@@ -802,6 +822,9 @@ async fn handle(
         }
         (Method::POST, "/v1/messages") => messages(shared, req, None).await,
         (Method::POST, "/v1/responses" | "/responses") => create_response(shared, req, false).await,
+        (Method::GET, "/v1/responses" | "/responses") if super::responses_ws::is_upgrade(&req) => {
+            Ok(super::responses_ws::upgrade(shared, req))
+        }
         (Method::POST, "/openai/v1/responses") => create_response(shared, req, true).await,
         (_, p) if p.starts_with("/v1/responses/") || p.starts_with("/openai/v1/responses/") => {
             let rest = p.split("/responses/").nth(1).unwrap_or("").to_string();
@@ -915,7 +938,7 @@ pub async fn serve(config: Config, listener: TcpListener) {
             let io = hyper_util::rt::TokioIo::new(stream);
             let builder =
                 hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            let _ = builder.serve_connection(io, service).await;
+            let _ = builder.serve_connection_with_upgrades(io, service).await;
         });
     }
 }
