@@ -66,6 +66,21 @@ fn mock_llm_speaks_the_responses_api_to_the_official_sdk() {
     );
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["id"], asked);
+
+    // Its WebSocket mode, driven by the Agents SDK's WebSocket transport: every model
+    // call a `response.create` frame on the upgraded connection, follow-ups on the stored
+    // conversation.
+    let out = run_python(
+        &stack,
+        "agents_client.py",
+        &[&base, UPSTREAM_KEYS[0], "websocket"],
+    );
+    let ran: Value = serde_json::from_str(out.lines().last().unwrap()).unwrap();
+    assert_eq!(ran["tool_calls"], 4);
+    let frames = (stack.upstream_requests().unwrap().into_iter())
+        .filter(|r| r["path"] == "/v1/responses" && r["headers"]["upgrade"] == "websocket")
+        .count();
+    assert_eq!(frames, 8, "two model calls per turn, each a frame");
 }
 
 const ROUTES: &str = r#"
@@ -702,4 +717,202 @@ async fn a_websocket_frame_is_bounded_like_a_body() {
     assert_eq!(got["error"]["type"], "error", "{got}");
     assert_eq!(got["error"]["status"], 400, "{got}");
     assert_eq!(got["closed"], 1009, "{got}");
+}
+
+/// Routes and a rate-limited key for the Responses API's share of what chat has: a
+/// fallback from an OpenAI target to a Claude one, retries, and the key's rate limit.
+const RESILIENT: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: resilient}
+spec:
+  match: {models: ["resilient"]}
+  targets:
+    - provider: openai-primary
+      model: gpt-4o-failing
+  fallbacks:
+    - provider: anthropic
+      model: claude-sonnet-4-5
+  fallbackOn: [5xx]
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: retried}
+spec:
+  match: {models: ["retried"]}
+  targets:
+    - provider: openai-primary
+      model: gpt-4o-flaky
+  retries:
+    attempts: 1
+    backoff: {base: 10ms, max: 40ms}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: rpm}
+spec:
+  secretRef: {name: rpm-key}
+  limits: {requestsPerMinute: 2}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: rpm-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-rpm-key-0123456789}
+"#;
+
+fn header<'h>(h: &'h reqwest::header::HeaderMap, name: &str) -> &'h str {
+    h.get(name).and_then(|v| v.to_str().ok()).unwrap_or("")
+}
+
+/// A Responses request whose OpenAI target fails before its first byte falls back to a
+/// Claude target (translated, whole and streamed); a failed attempt is retried; a key's
+/// rate limit refuses in the API's format, with OpenAI's rate-limit headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn responses_fall_back_across_formats_retry_and_meet_rate_limits() {
+    let stack = Stack::start().unwrap();
+    stack.write_manifest("resilient.yaml", RESILIENT).unwrap();
+    let api = stack.dataplanes[0].api.clone();
+    until_served(&api, DEMO_KEY, "resilient", Duration::from_secs(10)).await;
+    tollgate_tests::harness::set_faults(
+        &stack.mock_url,
+        &json!([
+            {"model": "gpt-4o-failing", "status": 503},
+            {"model": "gpt-4o-flaky", "status": 503, "times": 1},
+        ]),
+    )
+    .unwrap();
+
+    let body = json!({"model": "resilient", "input": "fall back"}).to_string();
+    let (status, h, v) = post_to(&api, "/responses", Some(DEMO_KEY), &body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-tollgate-model"), "claude-sonnet-4-5");
+    assert_eq!(v["object"], "response");
+    assert_eq!(
+        v["output"][0]["content"][0]["text"],
+        "Mock reply to: fall back"
+    );
+    let id = v["id"].as_str().unwrap();
+    assert!(
+        id.starts_with("resp_") && !id.starts_with("resp_tg_"),
+        "a translated answer's id is not sealed: {id}"
+    );
+    let body = json!({"model": "resilient", "input": "fall back", "stream": true}).to_string();
+    let (status, h, v) = post_to(&api, "/responses", Some(DEMO_KEY), &body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-tollgate-model"), "claude-sonnet-4-5");
+    let text = v.as_str().unwrap();
+    assert!(text.starts_with("event: response.created\n"), "{text}");
+    assert!(text.contains("event: response.completed\n"), "{text}");
+    let upstream = stack.upstream_requests().unwrap();
+    let failing = upstream
+        .iter()
+        .filter(|r| r["path"] == "/v1/responses" && r["body"]["model"] == "gpt-4o-failing")
+        .count();
+    assert_eq!(failing, 2, "each request tried the OpenAI target first");
+
+    let body = json!({"model": "retried", "input": "again"}).to_string();
+    let (status, h, v) = post_to(&api, "/responses", Some(DEMO_KEY), &body).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(header(&h, "x-tollgate-model"), "gpt-4o-flaky");
+    assert!(v["id"].as_str().unwrap().starts_with("resp_tg_"), "{v}");
+    let flaky = (stack.upstream_requests().unwrap().iter())
+        .filter(|r| r["path"] == "/v1/responses" && r["body"]["model"] == "gpt-4o-flaky")
+        .count();
+    assert_eq!(flaky, 2, "one failure, one retry");
+
+    let rpm = "tg-rpm-key-0123456789";
+    let body = json!({"model": "resilient", "input": "count me"}).to_string();
+    for left in ["1", "0"] {
+        let (status, h, v) = post_to(&api, "/responses", Some(rpm), &body).await;
+        assert_eq!(status, 200, "{v}");
+        assert_eq!(header(&h, "x-ratelimit-limit-requests"), "2");
+        assert_eq!(header(&h, "x-ratelimit-remaining-requests"), left);
+    }
+    let (status, h, v) = post_to(&api, "/responses", Some(rpm), &body).await;
+    assert_eq!(status, 429, "{v}");
+    assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
+    assert!(h.contains_key("retry-after"));
+}
+
+/// A chat-only OpenAI-compatible server (vLLM, Ollama, ...). `MOCK` is the stack's
+/// mock-llm.
+const CHAT_ONLY: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMProvider
+metadata: {name: chat-only}
+spec:
+  type: openai-compatible
+  endpoint: MOCK/v1
+  credentials: [{secretRef: {name: openai-primary-key}}]
+  unpricedModels: free
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: chat-only}
+spec:
+  match: {models: ["chat-only"]}
+  targets: [{provider: chat-only, model: llama-3.1-8b}]
+"#;
+
+/// The Responses API on a server that speaks only chat: each turn sent as a chat
+/// completion (the model rewritten, usage asked for in streams), answered as a Response;
+/// a tool call's output goes back in the input the client sends.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_chat_only_server_answers_responses_turns_through_chat() {
+    let stack = Stack::start().unwrap();
+    stack
+        .write_manifest(
+            "chat-only.yaml",
+            &CHAT_ONLY.replace("MOCK", &stack.mock_url),
+        )
+        .unwrap();
+    let api = stack.dataplanes[0].api.clone();
+    until_served(&api, DEMO_KEY, "chat-only", Duration::from_secs(10)).await;
+    let weather = json!({"type": "function", "name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}});
+    let question = json!({"role": "user", "content": "weather in Oslo?"});
+    let body = json!({"model": "chat-only", "input": [question], "tools": [weather],
+        "reasoning": {"effort": "low"}, "max_output_tokens": 300});
+    let (status, _, v) = post_to(&api, "/responses", Some(DEMO_KEY), &body.to_string()).await;
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["output"][0]["type"], "function_call", "{v}");
+    let call = v["output"][0].clone();
+    assert_eq!(call["name"], "get_weather");
+    let sent = stack.upstream_requests().unwrap();
+    let chat = &sent.last().unwrap();
+    assert_eq!(chat["path"], "/v1/chat/completions");
+    assert_eq!(chat["body"]["model"], "llama-3.1-8b");
+    assert_eq!(chat["body"]["reasoning_effort"], "low");
+    assert_eq!(chat["body"]["max_tokens"], 300);
+    assert_eq!(chat["body"]["tools"][0]["function"]["name"], "get_weather");
+
+    let output =
+        json!({"type": "function_call_output", "call_id": call["call_id"], "output": "snow"});
+    let body = json!({"model": "chat-only", "stream": true, "tools": [weather],
+        "input": [question, call, output]});
+    let (status, _, v) = post_to(&api, "/responses", Some(DEMO_KEY), &body.to_string()).await;
+    assert_eq!(status, 200, "{v}");
+    let text = v.as_str().unwrap();
+    let events: Vec<Value> = text
+        .split("\n\n")
+        .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "response.completed", "{text}");
+    assert_eq!(
+        last["response"]["output"][0]["content"][0]["text"],
+        "Mock reply to: tool result: snow"
+    );
+    assert!(last["response"]["usage"]["output_tokens"].as_u64() > Some(0));
+    let numbers: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (0..events.len() as u64).collect::<Vec<_>>());
+    let sent = stack.upstream_requests().unwrap();
+    let chat = &sent.last().unwrap()["body"];
+    assert_eq!(chat["stream_options"]["include_usage"], true);
+    assert_eq!(chat["messages"][1]["tool_calls"][0]["id"], call["call_id"]);
+    assert_eq!(chat["messages"][2]["role"], "tool");
 }

@@ -405,6 +405,8 @@ enum Format {
     OpenAiFor(&'static str),
     /// OpenAI's Responses API.
     Responses,
+    /// The Responses API, for a model whose provider does not serve it (translated).
+    ResponsesFor(&'static str),
 }
 
 fn manifests(dir: &Path, mock: &str, limits: bool) -> anyhow::Result<()> {
@@ -563,6 +565,15 @@ fn target_for(base: &str, key: &str, format: Format, stream: bool) -> anyhow::Re
         Format::Bedrock => bedrock_target(base, key, stream),
         Format::OpenAiFor(model) => translated_target(base, key, stream, model),
         Format::Responses => responses_target(base, key, stream),
+        Format::ResponsesFor(model) => {
+            let mut t = responses_target(base, key, stream)?;
+            // Nothing is stored where the answer is translated: `store` is left out.
+            let body = String::from_utf8_lossy(&t.body)
+                .replace("gpt-4o", model)
+                .replace(",\"store\":false", "");
+            t.body = Bytes::from(body);
+            Ok(t)
+        }
     }
 }
 
@@ -688,6 +699,8 @@ async fn load_one(
 #[derive(Serialize)]
 struct Translation {
     to: &'static str,
+    /// The API called directly, for the comparison.
+    direct: &'static str,
     json: Translated,
     stream: Translated,
 }
@@ -702,9 +715,9 @@ struct Translated {
 }
 
 /// `s[direct]` is the direct call, `s[direct + 1]` Tollgate translating to it.
-fn compare_translated(s: &[Scenario], direct: usize, stream: bool) -> Translated {
+fn compare_translated(s: &[Scenario], (direct, via): (usize, usize), stream: bool) -> Translated {
     let pick = |i: usize| if stream { &s[i].stream } else { &s[i].json };
-    let (direct, tg) = (pick(direct), pick(direct + 1));
+    let (direct, tg) = (pick(direct), pick(via));
     Translated {
         added_latency_ms: Added::between(&tg.fixed_rate.latency_ms, &direct.fixed_rate.latency_ms),
         added_first_chunk_ms: match (
@@ -1083,15 +1096,16 @@ fn table(r: &Report) -> String {
             c.throughput_tollgate_over_direct, c.throughput_tollgate_over_bare_proxy
         );
     }
-    for (to, mode, t) in r
-        .translations
-        .iter()
-        .flat_map(|t| [(t.to, "json", &t.json), (t.to, "stream", &t.stream)])
-    {
+    for (to, direct, mode, t) in r.translations.iter().flat_map(|t| {
+        [
+            (t.to, t.direct, "json", &t.json),
+            (t.to, t.direct, "stream", &t.stream),
+        ]
+    }) {
         let a = &t.added_latency_ms;
         let _ = writeln!(
             out,
-            "\nadded by tollgate on the {to} path ({mode}), against a direct {to} call: p50 {:+.3} ms, p99 {:+.3}; max throughput ratio {:.2}",
+            "\nadded by tollgate on the {to} path ({mode}), against a direct {direct} call: p50 {:+.3} ms, p99 {:+.3}; max throughput ratio {:.2}",
             a.p50, a.p99, t.throughput_over_direct
         );
         if let Some(f) = &t.added_first_chunk_ms {
@@ -1222,6 +1236,12 @@ async fn main() -> anyhow::Result<()> {
             CLIENT_KEY,
             Format::Responses,
         ),
+        (
+            "tollgate-responses-to-anthropic",
+            tg.api.clone(),
+            CLIENT_KEY,
+            Format::ResponsesFor("claude-sonnet-4-5"),
+        ),
     ];
     let paths = if args.core_only {
         &paths[..3]
@@ -1284,17 +1304,19 @@ async fn main() -> anyhow::Result<()> {
         json: compare(&scenarios, false),
         stream: compare(&scenarios, true),
         translations: [
-            ("Anthropic", 3),
-            ("Gemini", 5),
-            ("Bedrock", 7),
-            ("Responses", 9),
+            ("Anthropic", "Anthropic", (3, 4)),
+            ("Gemini", "Gemini", (5, 6)),
+            ("Bedrock", "Bedrock", (7, 8)),
+            ("Responses", "Responses", (9, 10)),
+            ("Responses -> Anthropic", "Anthropic", (3, 11)),
         ]
         .into_iter()
-        .filter(|(_, direct)| direct + 1 < scenarios.len())
-        .map(|(to, direct)| Translation {
+        .filter(|(_, _, (_, via))| *via < scenarios.len())
+        .map(|(to, direct, pair)| Translation {
             to,
-            json: compare_translated(&scenarios, direct, false),
-            stream: compare_translated(&scenarios, direct, true),
+            direct,
+            json: compare_translated(&scenarios, pair, false),
+            stream: compare_translated(&scenarios, pair, true),
         })
         .collect(),
         scenarios,
