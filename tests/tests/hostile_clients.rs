@@ -415,3 +415,96 @@ async fn provider_headers_reach_clients_only_from_the_allow_list() {
     })
     .await;
 }
+
+/// Opens the Responses API's WebSocket mode on `addr` (a raw upgrade, as a client sends
+/// it); the stream once the 101 has been read.
+async fn websocket(addr: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {DEMO_KEY}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = [0u8; 512];
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before the upgrade");
+        got.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&got);
+    assert!(head.starts_with("HTTP/1.1 101"), "{head}");
+    s
+}
+
+/// A connection upgraded to a WebSocket leaves hyper's hands but not the cap: while two
+/// are open under a cap of two, a third connection is closed as accepted; one closed
+/// frees its place. On SIGTERM the open one is closed with 1001 (going away), and the
+/// process exits within its drain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upgraded_connection_counts_against_the_cap_and_closes_on_drain() {
+    let mut stack = Stack::start().unwrap();
+    stack
+        .add_dataplane_with(&["--max-connections", "2", "--drain-timeout", "10s"])
+        .unwrap();
+    let addr = host(&stack.dataplanes[1].api);
+    let mut kept = websocket(&addr).await;
+    let closed = websocket(&addr).await;
+    let refused = counter(
+        &stack.dataplanes[1],
+        "tollgate_connections_refused_total",
+        "api",
+    );
+    let mut third = TcpStream::connect(&addr).await.unwrap();
+    let _ = third
+        .write_all(b"GET /v1/models HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    assert!(closed_within(&mut third, Duration::from_secs(2)).await);
+    assert_eq!(
+        counter(
+            &stack.dataplanes[1],
+            "tollgate_connections_refused_total",
+            "api"
+        ),
+        refused + 1.0
+    );
+
+    // One closed: its place is free again.
+    drop(closed);
+    let freed = eventually(Duration::from_secs(5), || async {
+        let Ok(mut s) = TcpStream::connect(&addr).await else {
+            return false;
+        };
+        let head = format!("GET /v1/models HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {DEMO_KEY}\r\nConnection: close\r\n\r\n");
+        let _ = s.write_all(head.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), s.read_to_end(&mut answer)).await;
+        answer.starts_with(b"HTTP/1.1 200")
+    })
+    .await;
+    assert!(
+        freed < Duration::from_secs(5),
+        "the closed WebSocket's place was not freed"
+    );
+
+    // Draining: the open WebSocket gets a close frame with 1001, then the end.
+    let started = Instant::now();
+    stack.dataplanes[1].process.terminate().unwrap();
+    let mut frame = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), kept.read_to_end(&mut frame)).await;
+    assert!(frame.len() >= 4, "{frame:?}");
+    assert_eq!(frame[0], 0x88, "a final close frame: {frame:?}");
+    assert_eq!(u16::from_be_bytes([frame[2], frame[3]]), 1001, "{frame:?}");
+    let status = stack.dataplanes[1]
+        .process
+        .wait_exit(Duration::from_secs(10))
+        .unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the drain waited for the WebSocket to time out: {:?}",
+        started.elapsed()
+    );
+}

@@ -11,6 +11,11 @@
 //!   cap on concurrent streams and on header size;
 //! - back-off after accept errors (descriptor exhaustion) instead of a busy loop.
 //!
+//! A connection upgraded to another protocol (the Responses API's WebSocket mode) leaves
+//! hyper's hands: whoever takes it over takes its [`ConnectionSlot`] too, so it still
+//! counts against the cap, and watches [`Draining`] to close when the server drains; the
+//! drain waits for it as for any connection.
+//!
 //! The body-read deadline is applied where bodies are read ([`crate::translate::head`]).
 
 use std::convert::Infallible;
@@ -26,9 +31,27 @@ use http::{Request, Response};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::base::BoxError;
+
+/// A connection's place under the cap (in each request's extensions). It is given back
+/// when the connection ends, unless the handler of an upgrade took it for the upgraded
+/// connection's life.
+#[derive(Clone, Debug)]
+pub struct ConnectionSlot(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl ConnectionSlot {
+    /// The slot, for the connection an upgrade hands over.
+    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
+        crate::base::lock(&self.0).take()
+    }
+}
+
+/// Turns true when the listener starts draining (in each request's extensions): upgraded
+/// connections, which the graceful shutdown of HTTP does not reach, close then.
+#[derive(Clone, Debug)]
+pub struct Draining(pub tokio::sync::watch::Receiver<bool>);
 
 /// Limits of one listener.
 #[derive(Clone, Copy, Debug)]
@@ -315,6 +338,7 @@ pub async fn serve<H, F, B>(
         .max_concurrent_streams(MAX_H2_STREAMS)
         .max_header_list_size(MAX_H2_HEADERS);
     let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let (draining, drain_signal) = tokio::sync::watch::channel(false);
     let mut backoff = Duration::ZERO;
     tokio::pin!(shutdown);
     loop {
@@ -352,8 +376,16 @@ pub async fn serve<H, F, B>(
         };
         let handler = handler.clone();
         let on_request = activity.clone();
+        let slot = ConnectionSlot(Arc::new(std::sync::Mutex::new(Some(slot))));
+        let held = slot.clone();
+        let drain_signal = drain_signal.clone();
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
             req.extensions_mut().insert(ClientAddress(peer));
+            // Only a request that asks for an upgrade can take the connection over.
+            if req.headers().contains_key(http::header::UPGRADE) {
+                req.extensions_mut().insert(held.clone());
+                req.extensions_mut().insert(Draining(drain_signal.clone()));
+            }
             let in_flight = InFlight::new(&on_request);
             let answer = handler(req);
             async move {
@@ -389,15 +421,19 @@ pub async fn serve<H, F, B>(
             if let Some(g) = &counters.open {
                 g.dec();
             }
-            drop(slot);
+            drop(slot.take());
         });
     }
     drop(listener);
     tracing::info!(?drain, "draining open connections");
-    if tokio::time::timeout(drain, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let _ = draining.send(true);
+    // Every slot back: HTTP connections drained, upgraded ones closed.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let drained = async {
+        graceful.shutdown().await;
+        let _ = slots.acquire_many(all).await;
+    };
+    if tokio::time::timeout(drain, drained).await.is_err() {
         tracing::warn!("drain timed out; closing the remaining connections");
     }
 }

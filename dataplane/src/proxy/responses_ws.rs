@@ -3,7 +3,9 @@
 //! streamed), and each answer's events out as text frames, in order, one answer at a
 //! time on a connection. Every frame is one `POST /v1/responses` on the same pipeline as
 //! HTTP (key, route, budgets, sessions, metering, sealed ids, follow-ups), authenticated
-//! with the headers of the upgrade request.
+//! with the headers of the upgrade request. The connection keeps its place under the
+//! listener's connection cap while it lives; when the listener drains, an answer in
+//! progress is finished and the connection is closed with 1001 (going away).
 
 use std::sync::Arc;
 
@@ -95,14 +97,25 @@ pub async fn handle(state: &Arc<State>, mut req: Request<hyper::body::Incoming>)
     let config = WebSocketConfig::default()
         .max_message_size(most)
         .max_frame_size(most);
+    // The connection keeps its place under the listener's cap while it is a WebSocket,
+    // and closes when the listener drains.
+    let slot = req
+        .extensions()
+        .get::<crate::base::server::ConnectionSlot>()
+        .and_then(crate::base::server::ConnectionSlot::take);
+    let draining = req
+        .extensions()
+        .get::<crate::base::server::Draining>()
+        .map(|d| d.0.clone());
     let upgrade = hyper::upgrade::on(&mut req);
     let state = state.clone();
     tokio::spawn(async move {
+        let _slot = slot;
         match upgrade.await {
             Ok(upgraded) => {
                 let io = TokioIo::new(upgraded);
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                serve(&state, ws, headers).await;
+                serve(&state, ws, headers, draining).await;
             }
             Err(e) => tracing::debug!(error = %e, "responses websocket upgrade failed"),
         }
@@ -123,12 +136,42 @@ fn error_event(status: u16, error: &serde_json::Value) -> String {
     serde_json::json!({"type": "error", "status": status, "error": error}).to_string()
 }
 
-async fn serve<S>(state: &Arc<State>, mut ws: WebSocketStream<S>, headers: HeaderMap)
-where
+/// Resolves when the listener drains (never, without a signal).
+async fn drained(draining: &mut Option<tokio::sync::watch::Receiver<bool>>) {
+    match draining {
+        Some(d) => {
+            if d.wait_for(|on| *on).await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
+    }
+}
+
+async fn serve<S>(
+    state: &Arc<State>,
+    mut ws: WebSocketStream<S>,
+    headers: HeaderMap,
+    mut draining: Option<tokio::sync::watch::Receiver<bool>>,
+) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
 {
     let mut closing = None;
-    while let Ok(Some(message)) = tokio::time::timeout(IDLE, ws.next()).await {
+    loop {
+        // An answer in progress is finished first; the next frame waits for none.
+        let next = tokio::select! {
+            next = tokio::time::timeout(IDLE, ws.next()) => next,
+            () = drained(&mut draining) => {
+                closing = Some(CloseFrame {
+                    code: CloseCode::Away,
+                    reason: "the gateway is shutting down; reconnect".into(),
+                });
+                break;
+            }
+        };
+        let Ok(Some(message)) = next else {
+            break;
+        };
         let text = match message {
             Ok(Message::Text(t)) => t,
             Err(tokio_tungstenite::tungstenite::Error::Capacity(_)) => {
