@@ -34,12 +34,15 @@ WEATHER = {
 }
 
 
-def stream_kinds(stream):
-    """The stream's events: kinds, text deltas, argument deltas, sequence numbers."""
+def stream_kinds(stream, created=None):
+    """The stream's events: kinds, text deltas, argument deltas (the sequence numbers
+    checked); the id `response.created` gave is appended to `created`."""
     kinds, deltas, args, numbers = [], [], [], []
     for event in stream:
         kinds.append(event.type)
         numbers.append(event.sequence_number)
+        if event.type == "response.created" and created is not None:
+            created.append(event.response.id)
         if event.type == "response.output_text.delta":
             deltas.append(event.delta)
         if event.type == "response.function_call_arguments.delta":
@@ -47,6 +50,29 @@ def stream_kinds(stream):
     assert numbers == list(range(len(numbers))), numbers
     assert kinds[:2] == ["response.created", "response.in_progress"], kinds
     return kinds, deltas, args
+
+
+def streamed_text(client, model):
+    """A streamed text answer: its typed events in order and numbered, six text deltas
+    that make the final response's text, which `response.created` named."""
+    created = []
+    with client.responses.stream(model=model, input="stream this [mock chunks=6]") as stream:
+        kinds, deltas, _ = stream_kinds(stream, created)
+        final = stream.get_final_response()
+    for kind in [
+        "response.output_item.added",
+        "response.content_part.added",
+        "response.output_text.done",
+        "response.content_part.done",
+        "response.output_item.done",
+    ]:
+        assert kind in kinds, (kind, kinds)
+    assert kinds[-1] == "response.completed", kinds
+    assert len(deltas) == 6, deltas
+    assert "".join(deltas) == final.output_text, (deltas, final.output_text)
+    assert final.usage.output_tokens > 0, final.usage
+    assert created == [final.id], (created, final.id)
+    return final
 
 
 def translated(client, model):
@@ -69,21 +95,7 @@ def translated(client, model):
     assert first.usage.input_tokens > 0 and first.usage.output_tokens > 0, first.usage
     assert first.usage.total_tokens == first.usage.input_tokens + first.usage.output_tokens
 
-    with client.responses.stream(model=model, input="stream this [mock chunks=6]") as stream:
-        kinds, deltas, _ = stream_kinds(stream)
-        final = stream.get_final_response()
-    for kind in [
-        "response.output_item.added",
-        "response.content_part.added",
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-    ]:
-        assert kind in kinds, (kind, kinds)
-    assert kinds[-1] == "response.completed", kinds
-    assert len(deltas) == 6, deltas
-    assert "".join(deltas) == final.output_text, (deltas, final.output_text)
-    assert final.usage.output_tokens > 0, final.usage
+    streamed_text(client, model)
 
     # The tool round trip with the whole conversation: the items of the first answer
     # (Claude's signed thinking among them) go back with the call's output.
@@ -151,32 +163,7 @@ def main(base_url, key, model, mode="full"):
     assert first.usage.total_tokens == first.usage.input_tokens + first.usage.output_tokens
 
     # A stream: every typed event in order, numbered, ending in the whole response.
-    kinds, deltas, numbers, created = [], [], [], None
-    with client.responses.stream(model=model, input="stream this [mock chunks=6]") as stream:
-        for event in stream:
-            kinds.append(event.type)
-            numbers.append(event.sequence_number)
-            if event.type == "response.created":
-                created = event.response.id
-            if event.type == "response.output_text.delta":
-                deltas.append(event.delta)
-        final = stream.get_final_response()
-    assert kinds[0] == "response.created", kinds
-    assert kinds[1] == "response.in_progress", kinds
-    for kind in [
-        "response.output_item.added",
-        "response.content_part.added",
-        "response.output_text.done",
-        "response.content_part.done",
-        "response.output_item.done",
-    ]:
-        assert kind in kinds, (kind, kinds)
-    assert kinds[-1] == "response.completed", kinds
-    assert numbers == list(range(len(numbers))), numbers
-    assert len(deltas) == 6, deltas
-    assert "".join(deltas) == final.output_text, (deltas, final.output_text)
-    assert final.usage.output_tokens > 0
-    assert created == final.id, (created, final.id)
+    final = streamed_text(client, model)
 
     # A tool round trip: the call, then its output on the stored conversation.
     asked = client.responses.create(model=model, input="weather in Paris?", tools=[WEATHER])

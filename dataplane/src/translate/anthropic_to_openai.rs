@@ -521,25 +521,14 @@ impl StreamTranslator {
                 }}),
             ));
         }
-        if let Some(u) = c
-            .get("usage")
-            .filter(|u| !u.is_null())
-            .and_then(Usage::from_openai)
-        {
+        let chunk = super::PivotChunk::of(c);
+        if let Some(u) = chunk.usage {
             self.usage = Some(u);
         }
-        let Some(choice) = c.pointer("/choices/0") else {
-            return out;
-        };
-        let delta = choice.get("delta").unwrap_or(&Value::Null);
-        if let Some(t) = delta.get("thinking_block") {
+        if let Some(t) = chunk.thinking() {
             self.thinking_delta(t, &mut out);
         }
-        if let Some(text) = delta
-            .get("content")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
+        if let Some(text) = chunk.text() {
             let index = if self.open == Block::Text {
                 self.next_index - 1
             } else {
@@ -550,12 +539,7 @@ impl StreamTranslator {
                 &json!({"type": "content_block_delta", "index": index, "delta": {"type": "text_delta", "text": text}}),
             ));
         }
-        for call in delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for call in chunk.calls() {
             let call_index = call.get("index").and_then(Value::as_u64).unwrap_or(0);
             let index = if self.open == Block::Tool(call_index) {
                 self.next_index - 1
@@ -582,7 +566,7 @@ impl StreamTranslator {
                 ));
             }
         }
-        if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
+        if let Some(finish) = chunk.finish {
             self.finish = Some(finish.to_string());
             self.close_block(&mut out);
         }

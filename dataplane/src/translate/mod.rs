@@ -45,6 +45,53 @@ pub trait StreamStep: Send + Sync {
     fn usage(&self) -> Option<Usage>;
 }
 
+/// A pivot chunk as the steps after a provider's read it: the usage it carries, and
+/// choice 0's delta with its text and tool-call fragments.
+pub(crate) struct PivotChunk<'a> {
+    pub usage: Option<Usage>,
+    /// Choice 0's delta (none in the usage chunk).
+    pub delta: Option<&'a Value>,
+    pub finish: Option<&'a str>,
+}
+
+impl<'a> PivotChunk<'a> {
+    pub(crate) fn of(c: &'a Value) -> Self {
+        let choice = c.pointer("/choices/0");
+        Self {
+            usage: c
+                .get("usage")
+                .filter(|u| !u.is_null())
+                .and_then(Usage::from_openai),
+            delta: choice.map(|ch| ch.get("delta").unwrap_or(&Value::Null)),
+            finish: choice
+                .and_then(|ch| ch.get("finish_reason"))
+                .and_then(Value::as_str),
+        }
+    }
+
+    /// The delta's text, when it has some.
+    pub(crate) fn text(&self) -> Option<&'a str> {
+        self.delta?
+            .get("content")
+            .and_then(Value::as_str)
+            .filter(|t| !t.is_empty())
+    }
+
+    /// The delta's tool-call fragments.
+    pub(crate) fn calls(&self) -> impl Iterator<Item = &'a Value> {
+        self.delta
+            .and_then(|d| d.get("tool_calls"))
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+    }
+
+    /// The delta's piece of a thinking block (Claude's, via the pivot).
+    pub(crate) fn thinking(&self) -> Option<&'a Value> {
+        self.delta?.get("thinking_block")
+    }
+}
+
 /// A parse failure of the client's body, worded like the providers word it.
 pub(crate) fn parse_client_json(body: &[u8]) -> Result<Value, TranslateError> {
     let v: Value = serde_json::from_slice(body).map_err(|e| {

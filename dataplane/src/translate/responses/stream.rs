@@ -356,36 +356,20 @@ impl Stream {
         if !self.started {
             self.start(c, &mut out);
         }
-        if let Some(u) = c
-            .get("usage")
-            .filter(|u| !u.is_null())
-            .and_then(Usage::from_openai)
-        {
+        let chunk = crate::translate::PivotChunk::of(c);
+        if let Some(u) = chunk.usage {
             self.usage = Some(u);
         }
-        let Some(choice) = c.pointer("/choices/0") else {
-            return out;
-        };
-        let delta = choice.get("delta").unwrap_or(&Value::Null);
-        if let Some(t) = delta.get("thinking_block") {
+        if let Some(t) = chunk.thinking() {
             self.thinking(t, &mut out);
         }
-        if let Some(text) = delta
-            .get("content")
-            .and_then(Value::as_str)
-            .filter(|t| !t.is_empty())
-        {
+        if let Some(text) = chunk.text() {
             self.text(text, &mut out);
         }
-        for call in delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-        {
+        for call in chunk.calls() {
             self.call(call, &mut out);
         }
-        if let Some(finish) = choice.get("finish_reason").and_then(Value::as_str) {
+        if let Some(finish) = chunk.finish {
             self.finish = Some(finish.to_string());
             self.close(&mut out);
         }
