@@ -184,13 +184,16 @@ impl Stream {
         self.started = true;
         self.stem = super::stem(c.get("id").and_then(Value::as_str));
         self.model = c.get("model").cloned().unwrap_or(Value::Null);
-        let response = self.response();
-        self.emit(
-            out,
-            "response.created",
-            json!({"response": response.clone()}),
-        );
-        self.emit(out, "response.in_progress", json!({"response": response}));
+        // The same Response opens both events: written once (the members in the order
+        // `emit` gives them).
+        let response = self.response().to_string();
+        for kind in ["response.created", "response.in_progress"] {
+            out.push_str(&format!(
+                "event: {kind}\ndata: {{\"response\":{response},\"sequence_number\":{},\"type\":\"{kind}\"}}\n\n",
+                self.seq
+            ));
+            self.seq += 1;
+        }
     }
 
     fn text(&mut self, delta: &str, out: &mut String) {
