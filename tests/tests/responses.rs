@@ -832,6 +832,20 @@ async fn responses_fall_back_across_formats_retry_and_meet_rate_limits() {
     assert_eq!(status, 429, "{v}");
     assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
     assert!(h.contains_key("retry-after"));
+    // The endpoints that cost no tokens are requests too: refused alike, before the id
+    // or the body is looked at.
+    let (status, h, v) = post_to(&api, "/responses/input_tokens", Some(rpm), &body).await;
+    assert_eq!(status, 429, "{v}");
+    assert!(h.contains_key("retry-after"));
+    let (status, text) = http_request_with(
+        "GET",
+        &format!("{api}/responses/resp_tg_anything"),
+        &[("authorization", &format!("Bearer {rpm}"))],
+        "",
+    )
+    .unwrap();
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("rate_limit_error"), "{text}");
 }
 
 /// A chat-only OpenAI-compatible server (vLLM, Ollama, ...). `MOCK` is the stack's

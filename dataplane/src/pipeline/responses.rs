@@ -9,6 +9,46 @@ use crate::error::ApiError;
 /// How long a stored response's request may take.
 const STORED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// A request to these endpoints, past its key: the config it was checked against, the
+/// key, and its admission (one request against the key's rate and concurrency limits,
+/// refused while a budget is spent), held until the answer is read.
+struct Admitted {
+    parts: http::request::Parts,
+    snapshot: std::sync::Arc<crate::config::snapshot::Snapshot>,
+    key: std::sync::Arc<crate::config::model::VirtualKey>,
+    _reservation: crate::metering::quota::Reservation,
+}
+
+/// Authenticates and admits `parts`' key, as for every request that costs no tokens; the
+/// refusal the client gets otherwise (a rate limit's with its headers).
+async fn admitted(
+    state: &super::State,
+    parts: http::request::Parts,
+) -> Result<Admitted, http::Response<crate::base::Body>> {
+    let snapshot = state.config.load_full();
+    let key = super::authenticate(&snapshot, &parts.headers)
+        .map_err(|e| e.to_response())?
+        .clone();
+    let least = super::admission::LEAST;
+    let reservation = match super::admission::admit_free(state, &key, &parts.headers, least).await {
+        Ok(r) => r,
+        Err(e) => {
+            let rate_limited = matches!(e, ApiError::RateLimited(_));
+            let mut refused = e.to_response();
+            if rate_limited {
+                super::record::rate_limited_headers(state, &key, refused.headers_mut());
+            }
+            return Err(refused);
+        }
+    };
+    Ok(Admitted {
+        parts,
+        snapshot,
+        key,
+        _reservation: reservation,
+    })
+}
+
 /// `GET` and `DELETE /v1/responses/{id}`, `GET /v1/responses/{id}/input_items` and
 /// `POST /v1/responses/{id}/cancel`: sent to the account that stores the response (as its
 /// id says), with that account's credential; the answer's ids are the client's.
@@ -20,8 +60,15 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
 {
     let (parts, body) = req.into_parts();
-    let snapshot = state.config.load_full();
-    let key = super::authenticate(&snapshot, &parts.headers)?;
+    let Admitted {
+        parts,
+        snapshot,
+        key,
+        _reservation,
+    } = match admitted(state, parts).await {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
     let rest = parts
         .uri
         .path()
@@ -134,15 +181,22 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
 {
     let (parts, body) = req.into_parts();
-    let snapshot = state.config.load_full();
-    let key = super::authenticate(&snapshot, &parts.headers)?;
+    let Admitted {
+        parts,
+        snapshot,
+        key,
+        _reservation,
+    } = match admitted(state, parts).await {
+        Ok(a) => a,
+        Err(refused) => return Ok(refused),
+    };
     let body = super::route::read_body(body, &parts.headers, &state.bodies).await?;
     let head = crate::translate::head::ChatHead::parse(&body)?;
     if !key.allows_model(&head.model) {
         return Err(ApiError::ModelNotAllowed(head.model));
     }
     let route = snapshot
-        .route(key, &head.model, &parts.headers)
+        .route(&key, &head.model, &parts.headers)
         .ok_or_else(|| ApiError::ModelNotFound(head.model.clone()))?;
     let targets = route
         .targets
