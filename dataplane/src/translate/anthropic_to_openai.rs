@@ -632,12 +632,10 @@ impl super::StreamStep for StreamTranslator {
         if self.done {
             return String::new();
         }
-        if event.data.trim() == "[DONE]" {
-            return self.close_message();
-        }
-        match serde_json::from_str::<Value>(&event.data) {
-            Ok(c) => self.chunk(&c),
-            Err(_) => String::new(),
+        match super::PivotEvent::of(event) {
+            super::PivotEvent::Done => self.close_message(),
+            super::PivotEvent::Chunk(c) => self.chunk(&c),
+            super::PivotEvent::Other => String::new(),
         }
     }
 

@@ -45,6 +45,26 @@ pub trait StreamStep: Send + Sync {
     fn usage(&self) -> Option<Usage>;
 }
 
+/// One event of the pivot's stream, as the steps after a provider's take it: its end
+/// (`data: [DONE]`), a chunk, or nothing they read.
+pub(crate) enum PivotEvent {
+    Done,
+    Chunk(Value),
+    Other,
+}
+
+impl PivotEvent {
+    pub(crate) fn of(event: &crate::base::sse::Event) -> Self {
+        if event.data.trim() == "[DONE]" {
+            return Self::Done;
+        }
+        match serde_json::from_str::<Value>(&event.data) {
+            Ok(c) => Self::Chunk(c),
+            Err(_) => Self::Other,
+        }
+    }
+}
+
 /// A pivot chunk as the steps after a provider's read it: the usage it carries, and
 /// choice 0's delta with its text and tool-call fragments.
 pub(crate) struct PivotChunk<'a> {

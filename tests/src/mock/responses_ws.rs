@@ -18,18 +18,8 @@ use tokio_tungstenite::tungstenite::protocol::Role;
 
 use super::server::{Body, Shared};
 
-/// A request to upgrade to a WebSocket.
-pub(super) fn is_upgrade<B>(req: &Request<B>) -> bool {
-    let has = |name: header::HeaderName, token: &str| {
-        req.headers()
-            .get_all(name)
-            .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case(token))
-    };
-    has(header::CONNECTION, "upgrade") && has(header::UPGRADE, "websocket")
-}
+/// A request to upgrade to a WebSocket (the test the gateway makes).
+pub(super) use tollgate_dataplane::proxy::responses_ws::is_upgrade;
 
 /// The upgrade's answer; the connection is then served by its own task.
 pub(super) fn upgrade(shared: Arc<Shared>, mut req: Request<Incoming>) -> Response<Body> {

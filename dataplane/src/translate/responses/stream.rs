@@ -18,7 +18,7 @@ use crate::metering::usage::Usage;
 use crate::translate::sse_event;
 
 /// The output item being written.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 enum Open {
     None,
     Text {
@@ -37,7 +37,7 @@ enum Open {
     },
 }
 
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct Stream {
     echo: std::sync::Arc<Echo>,
     created: i64,
@@ -444,7 +444,7 @@ struct TextDelta<'a> {
 impl Stream {
     /// The `response.output_text.delta` event for a chunk that only adds text to the open
     /// message, written without building a document (the same bytes as the general path).
-    fn text_fast(&mut self, data: &str) -> Option<String> {
+    pub(super) fn text_fast(&mut self, data: &str) -> Option<String> {
         if !matches!(self.open, Open::Text { .. }) {
             return None;
         }
@@ -483,12 +483,10 @@ impl crate::translate::StreamStep for Stream {
         if let Some(out) = self.text_fast(&event.data) {
             return out;
         }
-        if event.data.trim() == "[DONE]" {
-            return self.complete();
-        }
-        match serde_json::from_str::<Value>(&event.data) {
-            Ok(c) => self.chunk(&c),
-            Err(_) => String::new(),
+        match crate::translate::PivotEvent::of(event) {
+            crate::translate::PivotEvent::Done => self.complete(),
+            crate::translate::PivotEvent::Chunk(c) => self.chunk(&c),
+            crate::translate::PivotEvent::Other => String::new(),
         }
     }
 
