@@ -202,18 +202,6 @@ stringData: {key: tg-tokens-key-0123456789}
 ---
 apiVersion: tollgate.dev/v1alpha1
 kind: VirtualKey
-metadata: {name: rpm}
-spec:
-  secretRef: {name: rpm-key}
-  limits: {requestsPerMinute: 2}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: rpm-key, labels: {tollgate.dev/credential: "true"}}
-stringData: {key: tg-rpm-key-0123456789}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: VirtualKey
 metadata: {name: off}
 spec:
   secretRef: {name: off-key}
@@ -243,7 +231,13 @@ const NANO_PER_TOKEN: u64 = 1000;
 async fn stack() -> Stack {
     let stack = Stack::start().unwrap();
     stack
-        .write_manifest("bounds.yaml", &MANIFEST.replace("MOCK", &stack.mock_url))
+        .write_manifest(
+            "bounds.yaml",
+            &format!(
+                "{}---\n{RPM_KEY_MANIFEST}",
+                MANIFEST.replace("MOCK", &stack.mock_url)
+            ),
+        )
         .unwrap();
     until_served(stack.api(), DEMO_KEY, "metered", Duration::from_secs(10)).await;
     stack
@@ -504,22 +498,12 @@ async fn token_counting_and_mcp_requests_are_governed() {
         assert_eq!(status, 401, "{v}");
         // Token counting is a request like any other to a rate limit (two a minute).
         for _ in 0..2 {
-            let (status, _, v) = post_to(
-                api,
-                "/messages/count_tokens",
-                Some("tg-rpm-key-0123456789"),
-                &count("hi"),
-            )
-            .await;
+            let (status, _, v) =
+                post_to(api, "/messages/count_tokens", Some(RPM_KEY), &count("hi")).await;
             assert_eq!(status, 200, "{v}");
         }
-        let (status, h, v) = post_to(
-            api,
-            "/messages/count_tokens",
-            Some("tg-rpm-key-0123456789"),
-            &count("hi"),
-        )
-        .await;
+        let (status, h, v) =
+            post_to(api, "/messages/count_tokens", Some(RPM_KEY), &count("hi")).await;
         assert_eq!(status, 429, "{v}");
         assert_eq!(v["error"]["type"], "rate_limit_error", "{v}");
         assert!(h.contains_key("retry-after"));
@@ -531,7 +515,7 @@ async fn token_counting_and_mcp_requests_are_governed() {
         let (status, _, v) = post_with(
             base,
             "/mcp",
-            Some("tg-rpm-key-0123456789"),
+            Some(RPM_KEY),
             &[("accept", "application/json, text/event-stream")],
             &init.to_string(),
         )

@@ -11,26 +11,8 @@ use tollgate_tests::harness::{DEMO_KEY, Stack, http_get};
 mod common;
 use common::*;
 
-/// A provider whose model costs 1 USD per million tokens in and out (1,000 nano-USD a
-/// token), a route to it, and keys with budgets, a rate limit and a session cap.
+/// Keys with budgets, a rate limit and a session cap, beside [`METERED_ROUTE`].
 const MANIFEST: &str = r#"
-apiVersion: tollgate.dev/v1alpha1
-kind: LLMProvider
-metadata: {name: metered}
-spec:
-  type: openai
-  endpoint: MOCK/v1
-  credentials: [{secretRef: {name: openai-primary-key}}]
-  models:
-    - {name: gpt-4o-mini, inputPerMillionUsd: 1, outputPerMillionUsd: 1}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: LLMRoute
-metadata: {name: metered}
-spec:
-  match: {models: [metered]}
-  targets: [{provider: metered, model: gpt-4o-mini}]
----
 apiVersion: tollgate.dev/v1alpha1
 kind: Budget
 metadata: {name: org}
@@ -146,7 +128,7 @@ const NANO_PER_TOKEN: u64 = 1000;
 async fn stack_with_three_dataplanes() -> (Stack, u64) {
     let mut stack = Stack::start().unwrap();
     stack
-        .write_manifest("budgets.yaml", &MANIFEST.replace("MOCK", &stack.mock_url))
+        .write_manifest("budgets.yaml", &metered(&stack, MANIFEST))
         .unwrap();
     stack.add_dataplane().unwrap();
     stack.add_dataplane().unwrap();

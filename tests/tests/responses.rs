@@ -382,26 +382,9 @@ async fn a_follow_up_reaches_the_account_that_stored_its_conversation() {
     );
 }
 
-/// A priced provider, a route to it, and a key with a small token budget and a session
-/// cap: Responses traffic spends them as chat does.
+/// A key with a small token budget and a session cap, beside [`METERED_ROUTE`]:
+/// Responses traffic spends them as chat does.
 const METERED: &str = r#"
-apiVersion: tollgate.dev/v1alpha1
-kind: LLMProvider
-metadata: {name: metered}
-spec:
-  type: openai
-  endpoint: MOCK/v1
-  credentials: [{secretRef: {name: openai-primary-key}}]
-  models:
-    - {name: gpt-4o-mini, inputPerMillionUsd: 1, outputPerMillionUsd: 1}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: LLMRoute
-metadata: {name: metered}
-spec:
-  match: {models: [metered]}
-  targets: [{provider: metered, model: gpt-4o-mini}]
----
 apiVersion: tollgate.dev/v1alpha1
 kind: Budget
 metadata: {name: tiny}
@@ -456,7 +439,7 @@ async fn turn(api: &str, session: &str, stream: bool) -> (u16, Value, u64) {
 async fn responses_spend_sessions_and_budgets_exactly_as_chat_across_replicas() {
     let mut stack = Stack::start().unwrap();
     stack
-        .write_manifest("metered.yaml", &METERED.replace("MOCK", &stack.mock_url))
+        .write_manifest("metered.yaml", &metered(&stack, METERED))
         .unwrap();
     stack.add_dataplane().unwrap();
     let apis: Vec<String> = stack.dataplanes.iter().map(|d| d.api.clone()).collect();
@@ -746,18 +729,6 @@ spec:
   retries:
     attempts: 1
     backoff: {base: 10ms, max: 40ms}
----
-apiVersion: tollgate.dev/v1alpha1
-kind: VirtualKey
-metadata: {name: rpm}
-spec:
-  secretRef: {name: rpm-key}
-  limits: {requestsPerMinute: 2}
----
-apiVersion: v1
-kind: Secret
-metadata: {name: rpm-key, labels: {tollgate.dev/credential: "true"}}
-stringData: {key: tg-rpm-key-0123456789}
 "#;
 
 fn header<'h>(h: &'h reqwest::header::HeaderMap, name: &str) -> &'h str {
@@ -770,7 +741,12 @@ fn header<'h>(h: &'h reqwest::header::HeaderMap, name: &str) -> &'h str {
 #[tokio::test(flavor = "multi_thread")]
 async fn responses_fall_back_across_formats_retry_and_meet_rate_limits() {
     let stack = Stack::start().unwrap();
-    stack.write_manifest("resilient.yaml", RESILIENT).unwrap();
+    stack
+        .write_manifest(
+            "resilient.yaml",
+            &format!("{RESILIENT}---\n{RPM_KEY_MANIFEST}"),
+        )
+        .unwrap();
     let api = stack.dataplanes[0].api.clone();
     until_served(&api, DEMO_KEY, "resilient", Duration::from_secs(10)).await;
     tollgate_tests::harness::set_faults(
@@ -820,7 +796,7 @@ async fn responses_fall_back_across_formats_retry_and_meet_rate_limits() {
         .count();
     assert_eq!(flaky, 2, "one failure, one retry");
 
-    let rpm = "tg-rpm-key-0123456789";
+    let rpm = RPM_KEY;
     let body = json!({"model": "resilient", "input": "count me"}).to_string();
     for left in ["1", "0"] {
         let (status, h, v) = post_to(&api, "/responses", Some(rpm), &body).await;

@@ -273,3 +273,47 @@ metadata: {name: x-key, namespace: team-x, labels: {tollgate.dev/credential: "tr
 stringData: {key: tg-team-x-key-0123456789}
 "#;
 pub const X_KEY: &str = "tg-team-x-key-0123456789";
+
+/// A provider whose model costs 1 USD per million tokens in and out (1,000 nano-USD a
+/// token), and a route `metered` to it. `MOCK` stands for the stack's mock-llm.
+pub const METERED_ROUTE: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMProvider
+metadata: {name: metered}
+spec:
+  type: openai
+  endpoint: MOCK/v1
+  credentials: [{secretRef: {name: openai-primary-key}}]
+  models:
+    - {name: gpt-4o-mini, inputPerMillionUsd: 1, outputPerMillionUsd: 1}
+---
+apiVersion: tollgate.dev/v1alpha1
+kind: LLMRoute
+metadata: {name: metered}
+spec:
+  match: {models: [metered]}
+  targets: [{provider: metered, model: gpt-4o-mini}]
+---
+"#;
+
+/// [`METERED_ROUTE`] and `manifest` as one file's text, for `stack`'s mock-llm (one file,
+/// so that the dataplane never serves the route without what the test adds to it).
+pub fn metered(stack: &Stack, manifest: &str) -> String {
+    format!("{METERED_ROUTE}{manifest}").replace("MOCK", &stack.mock_url)
+}
+
+/// A key limited to two requests a minute, with its Secret; and the key.
+pub const RPM_KEY_MANIFEST: &str = r#"
+apiVersion: tollgate.dev/v1alpha1
+kind: VirtualKey
+metadata: {name: rpm}
+spec:
+  secretRef: {name: rpm-key}
+  limits: {requestsPerMinute: 2}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: rpm-key, labels: {tollgate.dev/credential: "true"}}
+stringData: {key: tg-rpm-key-0123456789}
+"#;
+pub const RPM_KEY: &str = "tg-rpm-key-0123456789";
