@@ -337,11 +337,12 @@ fn messages_target(base: &str, key: &str, stream: bool) -> anyhow::Result<Target
 }
 
 /// An OpenAI chat request for `model` (a route to a provider of another format).
-fn translated_target(base: &str, key: &str, stream: bool, model: &str) -> anyhow::Result<Target> {
-    let mut t = chat_target(base, key, stream)?;
+/// `t` asking for `model` instead of `gpt-4o`: a model whose provider speaks another
+/// format, so Tollgate translates.
+fn for_model(mut t: Target, model: &str) -> Target {
     let body = String::from_utf8_lossy(&t.body).replace("gpt-4o", model);
     t.body = Bytes::from(body);
-    Ok(t)
+    t
 }
 
 /// Gemini's `generateContent` (or its SSE stream), called directly.
@@ -563,17 +564,9 @@ fn target_for(base: &str, key: &str, format: Format, stream: bool) -> anyhow::Re
         Format::Anthropic => messages_target(base, key, stream),
         Format::Gemini => gemini_target(base, key, stream),
         Format::Bedrock => bedrock_target(base, key, stream),
-        Format::OpenAiFor(model) => translated_target(base, key, stream, model),
+        Format::OpenAiFor(model) => Ok(for_model(chat_target(base, key, stream)?, model)),
         Format::Responses => responses_target(base, key, stream),
-        Format::ResponsesFor(model) => {
-            let mut t = responses_target(base, key, stream)?;
-            // Nothing is stored where the answer is translated: `store` is left out.
-            let body = String::from_utf8_lossy(&t.body)
-                .replace("gpt-4o", model)
-                .replace(",\"store\":false", "");
-            t.body = Bytes::from(body);
-            Ok(t)
-        }
+        Format::ResponsesFor(model) => Ok(for_model(responses_target(base, key, stream)?, model)),
     }
 }
 
