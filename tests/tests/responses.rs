@@ -604,6 +604,13 @@ async fn an_agents_sdk_agent_runs_its_turns_on_claude_over_http_and_websocket() 
         .filter(|r| r["body"].to_string().contains("sunny in Paris"))
         .count();
     assert!(results >= 8, "every tool result crossed: {results}");
+    // Every turn is recorded with the client's address, a WebSocket frame's too.
+    let records = responses_records(&stack);
+    assert_eq!(records.len(), 16, "{records:?}");
+    assert!(
+        records.iter().all(|r| r["client_address"] == "127.0.0.1"),
+        "{records:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -30,6 +30,14 @@ use crate::pipeline::State;
 /// turns are far shorter.
 const IDLE: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// What each frame's request carries from the upgrade request: its headers (below) and
+/// the client's address, so that every turn is recorded as an HTTP request is.
+#[derive(Clone, Debug)]
+struct Origin {
+    headers: HeaderMap,
+    peer: Option<crate::base::server::ClientAddress>,
+}
+
 /// Request headers an answer's request carries from the upgrade (the key, the agent
 /// session, trace context, ids).
 fn carried(from: &HeaderMap) -> HeaderMap {
@@ -91,7 +99,13 @@ pub async fn handle(state: &Arc<State>, mut req: Request<hyper::body::Incoming>)
         )
         .to_response_for(Api::Responses);
     };
-    let headers = carried(req.headers());
+    let origin = Origin {
+        headers: carried(req.headers()),
+        peer: req
+            .extensions()
+            .get::<crate::base::server::ClientAddress>()
+            .copied(),
+    };
     // A frame is a request body: no larger than one may be.
     let most = Some(state.bodies.max_bytes);
     let config = WebSocketConfig::default()
@@ -115,7 +129,7 @@ pub async fn handle(state: &Arc<State>, mut req: Request<hyper::body::Incoming>)
             Ok(upgraded) => {
                 let io = TokioIo::new(upgraded);
                 let ws = WebSocketStream::from_raw_socket(io, Role::Server, Some(config)).await;
-                serve(&state, ws, headers, draining).await;
+                serve(&state, ws, origin, draining).await;
             }
             Err(e) => tracing::debug!(error = %e, "responses websocket upgrade failed"),
         }
@@ -151,7 +165,7 @@ async fn drained(draining: &mut Option<tokio::sync::watch::Receiver<bool>>) {
 async fn serve<S>(
     state: &Arc<State>,
     mut ws: WebSocketStream<S>,
-    headers: HeaderMap,
+    origin: Origin,
     mut draining: Option<tokio::sync::watch::Receiver<bool>>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
@@ -206,7 +220,7 @@ async fn serve<S>(
             }
         };
         let body = serde_json::to_vec(&frame).unwrap_or_default();
-        if !answer(state, &mut ws, &headers, body).await {
+        if !answer(state, &mut ws, &origin, body).await {
             break;
         }
     }
@@ -217,7 +231,7 @@ async fn serve<S>(
 async fn answer<S>(
     state: &Arc<State>,
     ws: &mut WebSocketStream<S>,
-    headers: &HeaderMap,
+    origin: &Origin,
     body: Vec<u8>,
 ) -> bool
 where
@@ -226,7 +240,10 @@ where
     let mut req = Request::post("/v1/responses")
         .body(Full::new(Bytes::from(body)))
         .unwrap_or_default();
-    *req.headers_mut() = headers.clone();
+    *req.headers_mut() = origin.headers.clone();
+    if let Some(peer) = origin.peer {
+        req.extensions_mut().insert(peer);
+    }
     let response = super::chat::handle(state, req, Api::Responses).await;
     let status = response.status();
     let mut body = response.into_body();
